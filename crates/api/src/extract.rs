@@ -1,0 +1,146 @@
+//! Request extractors: ruma request decoding with Matrix errors, access
+//! token authentication, and the client address for rate limiting.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use chancery_proto::ruma::api::{IncomingRequest, OutgoingResponse};
+use chancery_proto::ruma::api::error::{DeserializationError, FromHttpRequestError};
+use chancery_service::AuthedUser;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// A decoded ruma request. Bodies over the configured limit are refused
+/// with `M_TOO_LARGE` before they are read whole; bodies that are not JSON
+/// get `M_NOT_JSON`; JSON of the wrong shape gets `M_BAD_JSON`.
+pub struct Ruma<T>(pub T);
+
+impl<T: IncomingRequest + Send> FromRequest<AppState> for Ruma<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid path parameter"))?
+            .iter()
+            .map(|(_, v)| v.to_owned())
+            .collect();
+        let mut bytes = read_body(body, &parts.headers, state.config.max_request_body_bytes).await?;
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                // Some clients send no body to POST /logout and friends.
+                bytes = Bytes::from_static(b"{}");
+            } else if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                return Err(ApiError::not_json("the request body is not valid JSON"));
+            }
+        }
+        let request = axum::http::Request::from_parts(parts, bytes);
+        T::try_from_http_request(request, &path_args).map(Ruma).map_err(decode_error)
+    }
+}
+
+fn decode_error(e: FromHttpRequestError) -> ApiError {
+    match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid query parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => ApiError::bad_json(format!("malformed request: {e}")),
+        FromHttpRequestError::MethodMismatch { .. } => ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED),
+        _ => ApiError::bad_json("malformed request"),
+    }
+}
+
+/// Reads a body up to `limit` bytes. A declared length over the limit is
+/// refused before anything is read.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || ApiError::too_large(format!("request bodies are limited to {limit} bytes"));
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.into_inner().is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            ApiError::bad_json("could not read the request body")
+        }
+    })
+}
+
+/// A ruma response as an HTTP response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response.map(|b| Body::from(b.freeze())).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialize a response");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error").into_response()
+            }
+        }
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer` or, deprecated
+/// but still allowed by the spec, the `access_token` query parameter.
+fn access_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "access_token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+/// The user behind the request's access token.
+pub struct Authed(pub AuthedUser);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let token = access_token(parts).ok_or(chancery_service::Error::MissingToken)?;
+        Ok(Authed(state.services.authenticate(&token).await?))
+    }
+}
+
+/// The client's address, used only as a rate-limit key and (if the
+/// operator turns it on) in logs; never stored.
+pub struct ClientAddress(pub Option<String>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(&parts.headers, &parts.extensions, state.config.trust_forwarded_for)))
+    }
+}
+
+pub(crate) fn client_address(headers: &HeaderMap, extensions: &axum::http::Extensions, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for
+        && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(first) = forwarded.split(',').next()
+    {
+        return Some(first.trim().to_owned());
+    }
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+}

@@ -1,0 +1,55 @@
+//! Discovery: `/versions`, `.well-known`, `/capabilities`, `/health`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chancery_proto::ruma::api::client::discovery::get_supported_versions;
+use serde_json::{Value as JsonValue, json};
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::{Authed, Ruma, RumaResponse};
+
+/// Spec versions whose account, login and device semantics we follow.
+/// Clients use this to pick endpoints; later capabilities (rooms, sync)
+/// add their own endpoints, which answer `M_UNRECOGNIZED` until built.
+const SPEC_VERSIONS: &[&str] = &[
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13",
+    "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
+];
+
+pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {
+    RumaResponse(get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect()))
+}
+
+pub async fn well_known_client(State(state): State<AppState>) -> Json<JsonValue> {
+    Json(json!({ "m.homeserver": { "base_url": state.config.public_baseurl } }))
+}
+
+pub async fn well_known_server(State(state): State<AppState>) -> Json<JsonValue> {
+    Json(json!({ "m.server": state.config.federation_address }))
+}
+
+/// `GET /capabilities`: only what this server really does.
+pub async fn capabilities(Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
+    Ok(Json(json!({
+        "capabilities": {
+            "m.change_password": { "enabled": true },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false },
+            "m.profile_fields": { "enabled": true },
+        }
+    })))
+}
+
+/// For load balancers: 200 when the database answers.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    if state.services.healthy().await {
+        (StatusCode::OK, "OK")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP face of Chancery: axum routers whose handlers decode ruma
+//! requests, authenticate, call the service layer and encode the answer.
+//! Errors become Matrix `errcode`s here and nowhere else.
+//!
+//! Architecture invariants: handlers hold no business logic (that is in
+//! `chancery-service`); every route is a finished endpoint (anything else
+//! gets 404/405 `M_UNRECOGNIZED`); request bodies are bounded before they
+//! are read; logs carry the matched route, never the URI (query strings can
+//! hold access tokens) nor bodies.
+
+mod error;
+mod extract;
+mod handlers;
+pub mod metrics;
+mod observe;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode, header};
+use axum::routing::{MethodFilter, delete, get, on};
+use chancery_proto::ruma::api::client::{account, device, discovery, session};
+use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
+use chancery_service::Services;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use error::{ApiError, ApiResult};
+pub use metrics::Metrics;
+
+use handlers as h;
+
+/// What the API layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_request_body_bytes: usize,
+    /// Served in `/.well-known/matrix/client`.
+    pub public_baseurl: String,
+    /// Served in `/.well-known/matrix/server` (`host:port`).
+    pub federation_address: String,
+    /// Take the client address from `X-Forwarded-For` (behind a proxy).
+    pub trust_forwarded_for: bool,
+    /// Write client addresses into request logs (off by default).
+    pub log_client_address: bool,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub config: std::sync::Arc<ApiConfig>,
+    pub metrics: Option<std::sync::Arc<Metrics>>,
+}
+
+/// Registers `handler` on every path ruma knows for endpoint `R` (stable,
+/// legacy `r0` and unstable prefixes) with `R`'s method.
+fn ruma_route<R, H, T>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    R: IncomingRequest,
+    H: Handler<T, AppState> + Clone,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+    for path in R::PATH_BUILDER.all_paths() {
+        router = router.route(path, on(filter, handler.clone()));
+    }
+    router
+}
+
+/// The client-server API, `.well-known` and `/health`.
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    r = ruma_route::<discovery::get_supported_versions::Request, _, _>(r, h::discovery::versions);
+    r = ruma_route::<session::get_login_types::v3::Request, _, _>(r, h::session::login_types);
+    r = ruma_route::<session::login::v3::Request, _, _>(r, h::session::login);
+    r = ruma_route::<session::refresh_token::v3::Request, _, _>(r, h::session::refresh);
+    r = ruma_route::<session::logout::v3::Request, _, _>(r, h::session::logout);
+    r = ruma_route::<session::logout_all::v3::Request, _, _>(r, h::session::logout_all);
+    r = ruma_route::<account::register::v3::Request, _, _>(r, h::account::register);
+    r = ruma_route::<account::get_username_availability::v3::Request, _, _>(r, h::account::username_available);
+    r = ruma_route::<account::check_registration_token_validity::v1::Request, _, _>(r, h::account::registration_token_validity);
+    r = ruma_route::<account::whoami::v3::Request, _, _>(r, h::account::whoami);
+    r = ruma_route::<account::change_password::v3::Request, _, _>(r, h::account::change_password);
+    r = ruma_route::<account::deactivate::v3::Request, _, _>(r, h::account::deactivate);
+    r = ruma_route::<device::get_devices::v3::Request, _, _>(r, h::devices::list);
+    r = ruma_route::<device::get_device::v3::Request, _, _>(r, h::devices::get);
+    r = ruma_route::<device::update_device::v3::Request, _, _>(r, h::devices::update);
+    r = ruma_route::<device::delete_device::v3::Request, _, _>(r, h::devices::delete_one);
+    r = ruma_route::<device::delete_devices::v3::Request, _, _>(r, h::devices::delete_many);
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/unstable/uk.tcpip.msc4133"] {
+        if !prefix.contains("msc4133") {
+            r = r.route(&format!("{prefix}/profile/{{user_id}}"), get(h::profile::get_profile));
+        }
+        r = r.route(
+            &format!("{prefix}/profile/{{user_id}}/{{key}}"),
+            get(h::profile::get_field).put(h::profile::set_field).merge(delete(h::profile::delete_field)),
+        );
+    }
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        r = r.route(&format!("{prefix}/capabilities"), get(h::discovery::capabilities));
+    }
+    r = r
+        .route("/.well-known/matrix/client", get(h::discovery::well_known_client))
+        .route("/.well-known/matrix/server", get(h::discovery::well_known_server))
+        .route("/health", get(h::discovery::health))
+        .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) });
+
+    // Spec "Web Browser Clients": these exact headers on every response.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::HeaderName::from_static("x-requested-with"), header::CONTENT_TYPE, header::AUTHORIZATION]);
+
+    r.layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(cors)
+        .with_state(state)
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics, served on their own listener (off unless
+//! configured): requests and latencies per endpoint, database pool, RSS.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    method: String,
+    endpoint: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    db_connections: Gauge,
+    db_idle: Gauge,
+    rss_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("chancery");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let db_connections = Gauge::default();
+        let db_idle = Gauge::default();
+        let rss_bytes = Gauge::default();
+        registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by endpoint", latency.clone());
+        registry.register("db_pool_connections", "Database connections held by the pool", db_connections.clone());
+        registry.register("db_pool_idle_connections", "Idle database connections", db_idle.clone());
+        registry.register("process_resident_memory_bytes", "Resident memory of this process", rss_bytes.clone());
+        Self { registry: Mutex::new(registry), requests, latency, db_connections, db_idle, rss_bytes }
+    }
+
+    pub(crate) fn record_request(&self, method: &str, endpoint: &str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { method: method.into(), endpoint: endpoint.into(), status }).inc();
+        self.latency
+            .get_or_create(&EndpointLabels { method: method.into(), endpoint: endpoint.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format, with gauges read now.
+    pub fn render(&self, pool: chancery_service::PoolStats) -> String {
+        self.db_connections.set(i64::try_from(pool.connections).unwrap_or(i64::MAX));
+        self.db_idle.set(i64::try_from(pool.idle).unwrap_or(i64::MAX));
+        if let Some(rss) = resident_memory_bytes() {
+            self.rss_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = encode(&mut out, &registry) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+/// Resident set size from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The router of the metrics listener.
+pub fn router(metrics: std::sync::Arc<Metrics>, services: chancery_service::Services) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            let services = services.clone();
+            async move {
+                let body = metrics.render(services.store().pool_stats());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+            }
+        }),
+    )
+}

@@ -1,0 +1,65 @@
+//! Every size and count that a client or remote party can grow has its
+//! limit here, so that an operator (and a reviewer) finds them in one place.
+//! Exceeding a limit is an operating error answered with a Matrix errcode,
+//! never a panic and never unbounded memory. Limits an operator may want to
+//! change are also exposed in the config (`[limits]`); these are defaults.
+
+/// Largest request body accepted by the client-server API (spec: events are
+/// at most 64 KiB; profile and device bodies far less). Configurable.
+pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest user id, in bytes, including the `@` sigil and the server name
+/// (spec: "The length of a user ID, including the @ sigil and the domain,
+/// MUST NOT exceed 255 bytes").
+pub const MAX_USER_ID_BYTES: usize = 255;
+
+/// Longest password accepted, in bytes. Argon2 takes any length, but a
+/// megabyte password costs hashing time for nothing.
+pub const MAX_PASSWORD_BYTES: usize = 512;
+
+/// Longest device id a client may choose, in bytes.
+pub const MAX_DEVICE_ID_BYTES: usize = 255;
+
+/// Longest device display name, in bytes.
+pub const MAX_DEVICE_DISPLAY_NAME_BYTES: usize = 256;
+
+/// Devices one account may hold; logging in once more past this is refused
+/// with `M_LIMIT_EXCEEDED` until the user removes one.
+pub const MAX_DEVICES_PER_USER: usize = 1_000;
+
+/// Devices that one `/delete_devices` request may name.
+pub const MAX_DEVICES_PER_DELETE: usize = 1_000;
+
+/// The spec limits a whole profile to 64 KiB of canonical JSON
+/// (client-server API, "Profiles": "the total size of a user's profile").
+pub const MAX_PROFILE_BYTES: usize = 65_536;
+
+/// Longest profile field name, in bytes (spec: 255 bytes).
+pub const MAX_PROFILE_KEY_BYTES: usize = 255;
+
+/// Longest `displayname`, in bytes.
+pub const MAX_DISPLAYNAME_BYTES: usize = 256;
+
+/// Longest `avatar_url`, in bytes.
+pub const MAX_AVATAR_URL_BYTES: usize = 1_024;
+
+/// Lifetime of a user-interactive-auth session.
+pub const UIA_SESSION_TTL_MS: u64 = 30 * 60 * 1000;
+
+/// Live user-interactive-auth sessions held at once, across all users.
+/// Sessions cost a row each; past this, new ones are refused with
+/// `M_LIMIT_EXCEEDED` until old ones expire.
+pub const MAX_UIA_SESSIONS: u64 = 100_000;
+
+/// Longest registration token (MSC3231: at most 64 characters from
+/// `[A-Za-z0-9._~-]`).
+pub const MAX_REGISTRATION_TOKEN_CHARS: usize = 64;
+
+/// Lifetime of an access token when the client asked for a refresh token.
+/// Configurable.
+pub const ACCESS_TOKEN_LIFETIME_MS: u64 = 5 * 60 * 1000;
+
+/// Entries kept by each in-memory rate limiter (one per client address or
+/// account). Past this the oldest idle entries are dropped, so a flood of
+/// distinct addresses cannot grow memory without bound.
+pub const MAX_RATE_LIMITER_KEYS: usize = 100_000;

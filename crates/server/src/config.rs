@@ -1,0 +1,387 @@
+//! The TOML configuration, with every key overridable by an environment
+//! variable: `CHANCERY_<KEY>` for top-level keys, `CHANCERY_<SECTION>__<KEY>`
+//! for keys in a section (e.g. `CHANCERY_RATE_LIMITS__ENABLED=false`).
+//! A wrong value stops start-up with one line naming the key.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chancery_proto::limits;
+use chancery_proto::ruma::{OwnedServerName, ServerName};
+use chancery_service::{RateLimitConfig, RegistrationMode};
+use serde::{Deserialize, Serialize};
+
+/// The commented file written on first run.
+pub const TEMPLATE: &str = include_str!("../chancery.example.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server_name: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` or `postgres://...`; default `sqlite:<data_dir>/chancery.db`.
+    pub database_url: Option<String>,
+    pub registration: RegistrationMode,
+    pub public_baseurl: Option<String>,
+    pub federation_address: Option<String>,
+    pub reserved_usernames: Vec<String>,
+    pub password_min_length: usize,
+    pub access_token_lifetime_ms: u64,
+    pub trust_forwarded_for: bool,
+    pub limits: LimitsConfig,
+    pub rate_limits: RateLimitConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_request_body_bytes: usize,
+    pub max_devices_per_user: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub sqlite_readers: usize,
+    pub postgres_max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `chancery_api=debug,info`;
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+    /// Write client addresses into request logs.
+    pub client_address: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus listener; metrics are off when unset.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            registration: RegistrationMode::Disabled,
+            public_baseurl: None,
+            federation_address: None,
+            reserved_usernames: Vec::new(),
+            password_min_length: 8,
+            access_token_lifetime_ms: limits::ACCESS_TOKEN_LIFETIME_MS,
+            trust_forwarded_for: false,
+            limits: LimitsConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_request_body_bytes: limits::MAX_REQUEST_BODY_BYTES, max_devices_per_user: limits::MAX_DEVICES_PER_USER }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { sqlite_readers: 4, postgres_max_connections: 16 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into(), client_address: false }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(key: &str, source: Option<&str>, problem: impl std::fmt::Display) -> ConfigError {
+    match source {
+        Some(var) => ConfigError(format!("key `{key}` (from {var}): {problem}")),
+        None => ConfigError(format!("key `{key}`: {problem}")),
+    }
+}
+
+/// The database a config points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// Parses TOML text, applies `CHANCERY_*` variables from `env`, and
+    /// validates.
+    pub fn load(toml_text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml_text.parse().map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {}", e.message())))?;
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("CHANCERY_") else { continue };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, env_value(&value));
+            from_env.push((path.join("."), var));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let var = from_env.iter().find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str())).map(|(_, v)| v.as_str());
+            let unknown = e.inner().message().starts_with("unknown field");
+            if unknown && let Some((k, v)) = from_env.iter().find(|(k, _)| unknown_in(k, &key)) {
+                return err(k, Some(v), "unknown key");
+            }
+            err(if key == "." { "(top level)" } else { &key }, var, e.inner().message())
+        })?;
+        config.validate(&from_env)?;
+        Ok(config)
+    }
+
+    fn validate(&self, from_env: &[(String, String)]) -> Result<(), ConfigError> {
+        let var_of = |key: &str| from_env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        ServerName::parse(&self.server_name).map_err(|e| err("server_name", var_of("server_name"), format!("not a valid server name: {e}")))?;
+        if let Some(url) = &self.database_url {
+            parse_database_url(url).map_err(|p| err("database_url", var_of("database_url"), p))?;
+        }
+        if let Some(url) = &self.public_baseurl
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(err("public_baseurl", var_of("public_baseurl"), "must start with https:// or http://"));
+        }
+        if self.password_min_length > limits::MAX_PASSWORD_BYTES {
+            return Err(err("password_min_length", var_of("password_min_length"), format!("at most {}", limits::MAX_PASSWORD_BYTES)));
+        }
+        if self.limits.max_request_body_bytes < 1024 {
+            let key = "limits.max_request_body_bytes";
+            return Err(err(key, var_of(key), "must be at least 1024"));
+        }
+        if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
+            return Err(err("database", None, "connection counts must be at least 1"));
+        }
+        for (key, limit) in [
+            ("rate_limits.login_per_address", self.rate_limits.login_per_address),
+            ("rate_limits.login_per_account", self.rate_limits.login_per_account),
+            ("rate_limits.register_per_address", self.rate_limits.register_per_address),
+        ] {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
+                return Err(err(key, None, "per_second must be > 0 and burst >= 1"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn server_name(&self) -> OwnedServerName {
+        ServerName::parse(&self.server_name).expect("validated in Config::load")
+    }
+
+    pub fn database(&self) -> DatabaseUrl {
+        match &self.database_url {
+            Some(url) => parse_database_url(url).expect("validated in Config::load"),
+            None => DatabaseUrl::Sqlite(self.data_dir.join("chancery.db")),
+        }
+    }
+
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.server_name == "localhost" => format!("http://{}", self.listen),
+            None => format!("https://{}", self.server_name),
+        }
+    }
+
+    pub fn federation_address(&self) -> String {
+        self.federation_address.clone().unwrap_or_else(|| format!("{}:443", self.server_name))
+    }
+}
+
+fn unknown_in(env_key: &str, error_path: &str) -> bool {
+    let parent = env_key.rsplit_once('.').map_or("", |(p, _)| p);
+    parent == error_path || (parent.is_empty() && error_path == ".")
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err("sqlite: needs a file path, e.g. sqlite:./data/chancery.db".into());
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseUrl::Postgres(url.to_owned()))
+    } else {
+        Err("must start with sqlite: or postgres://".into())
+    }
+}
+
+/// An environment value as TOML: numbers and booleans typed, anything else
+/// a string.
+fn env_value(raw: &str) -> toml::Value {
+    let trimmed = raw.trim();
+    if let Ok(b) = trimmed.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = trimmed.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = trimmed.parse::<f64>()
+        && trimmed.contains('.')
+        && !trimmed.contains(':')
+    {
+        return toml::Value::Float(f);
+    }
+    if trimmed.starts_with('[')
+        && let Ok(t) = format!("v = {trimmed}").parse::<toml::Table>()
+        && let Some(v) = t.get("v")
+    {
+        return v.clone();
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Where the config comes from: `--config`, else `CHANCERY_CONFIG`, else
+/// `./chancery.toml` (written from the template on first run).
+pub fn resolve_path(flag: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(p) = flag {
+        return (p.to_owned(), true);
+    }
+    if let Ok(p) = std::env::var("CHANCERY_CONFIG")
+        && !p.is_empty()
+    {
+        return (PathBuf::from(p), true);
+    }
+    (PathBuf::from("chancery.toml"), false)
+}
+
+/// Reads the config file (creating the default one if it is the implicit
+/// path and missing) and the environment.
+pub fn load_from_disk(flag: Option<&Path>) -> Result<(Config, PathBuf), ConfigError> {
+    let (path, explicit) = resolve_path(flag);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            std::fs::write(&path, TEMPLATE).map_err(|e| ConfigError(format!("could not write {}: {e}", path.display())))?;
+            eprintln!("wrote a commented default config to {}", path.display());
+            TEMPLATE.to_owned()
+        }
+        Err(e) => return Err(ConfigError(format!("could not read {}: {e}", path.display()))),
+    };
+    Ok((Config::load(&text, std::env::vars())?, path))
+}
+
+/// Keys set through the environment, for the start-up log.
+pub fn env_keys() -> BTreeSet<String> {
+    std::env::vars().filter(|(k, _)| k.starts_with("CHANCERY_")).map(|(k, _)| k).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        Config::load(toml, env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn template_is_valid_and_defaults_hold() {
+        let c = load(TEMPLATE, &[]).unwrap();
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8008");
+        assert_eq!(c.registration, RegistrationMode::Disabled);
+        assert_eq!(c.database(), DatabaseUrl::Sqlite(PathBuf::from("./data/chancery.db")));
+        assert_eq!(c.public_baseurl(), "http://127.0.0.1:8008");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            "server_name = \"a.example\"\n[rate_limits]\nenabled = true\n",
+            &[
+                ("CHANCERY_SERVER_NAME", "b.example"),
+                ("CHANCERY_LISTEN", "127.0.0.1:0"),
+                ("CHANCERY_REGISTRATION", "token"),
+                ("CHANCERY_DATABASE_URL", "postgres://u@localhost/db"),
+                ("CHANCERY_RATE_LIMITS__ENABLED", "false"),
+                ("CHANCERY_DATA_DIR", "/tmp/x"),
+                ("CHANCERY_CONFIG", "/ignored.toml"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server_name, "b.example");
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.registration, RegistrationMode::Token);
+        assert_eq!(c.database(), DatabaseUrl::Postgres("postgres://u@localhost/db".into()));
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.public_baseurl(), "https://b.example");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("listen = \"nowhere\"", &[], "key `listen`"),
+            ("", &[("CHANCERY_LISTEN", "999.1.1.1:80")], "key `listen` (from CHANCERY_LISTEN)"),
+            ("registration = \"sometimes\"", &[], "key `registration`"),
+            ("", &[("CHANCERY_REGISTRATION", "maybe")], "(from CHANCERY_REGISTRATION)"),
+            ("server_name = \"bad name!\"", &[], "key `server_name`: not a valid server name"),
+            ("database_url = \"mysql://x\"", &[], "key `database_url`: must start with sqlite: or postgres://"),
+            ("", &[("CHANCERY_DATABASE_URL", "sqlite:")], "key `database_url` (from CHANCERY_DATABASE_URL)"),
+            ("serverr_name = \"x\"", &[], "unknown field `serverr_name`"),
+            ("", &[("CHANCERY_NOPE", "1")], "key `nope` (from CHANCERY_NOPE): unknown key"),
+            ("[rate_limits]\nlogin_per_address = { per_second = 0.0, burst = 1 }", &[], "key `rate_limits.login_per_address`"),
+            ("[limits]\nmax_request_body_bytes = \"big\"", &[], "key `limits.max_request_body_bytes`"),
+            ("public_baseurl = \"example.org\"", &[], "key `public_baseurl`"),
+            ("this is not toml", &[], "invalid TOML"),
+        ];
+        for (toml, env, want) in cases {
+            let got = load(toml, env).expect_err(toml);
+            assert!(got.contains(want), "{toml:?} {env:?}: {got}");
+            assert!(!got.contains('\n'), "one line: {got}");
+        }
+    }
+}

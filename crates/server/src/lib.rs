@@ -1,0 +1,124 @@
+//! Wiring: configuration → store → services → HTTP listeners, and the
+//! `chancery` command line. The only crate that knows every other one.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chancery_api::{ApiConfig, AppState, Metrics};
+use chancery_service::{ServiceConfig, Services};
+use chancery_store::DynStore;
+use chancery_store_postgres::PostgresStore;
+use chancery_store_sqlite::SqliteStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+use config::DatabaseUrl;
+
+/// Opens the configured database, applying migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+    Ok(match config.database() {
+        DatabaseUrl::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Arc::new(SqliteStore::open(&path, config.database.sqlite_readers).await.with_context(|| format!("opening {}", path.display()))?)
+        }
+        DatabaseUrl::Postgres(url) => {
+            Arc::new(PostgresStore::connect(&url, config.database.postgres_max_connections).await.context("connecting to PostgreSQL")?)
+        }
+    })
+}
+
+pub fn services(config: &Config, store: DynStore) -> Services {
+    Services::new(
+        ServiceConfig {
+            server_name: config.server_name(),
+            registration: config.registration,
+            reserved_usernames: config.reserved_usernames.clone(),
+            password_min_length: config.password_min_length,
+            access_token_lifetime_ms: config.access_token_lifetime_ms,
+            max_devices_per_user: config.limits.max_devices_per_user,
+            rate_limits: config.rate_limits.clone(),
+        },
+        store,
+    )
+}
+
+/// A server accepting requests.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    store: DynStore,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, then closes the
+    /// database cleanly.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.await.context("server task panicked")?.context("server error")?;
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let store = open_store(&config).await?;
+    let services = services(&config, store.clone());
+    let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
+    let state = AppState {
+        services: services.clone(),
+        config: Arc::new(ApiConfig {
+            max_request_body_bytes: config.limits.max_request_body_bytes,
+            public_baseurl: config.public_baseurl(),
+            federation_address: config.federation_address(),
+            trust_forwarded_for: config.trust_forwarded_for,
+            log_client_address: config.log.client_address,
+        }),
+        metrics: metrics.clone(),
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let app = chancery_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut tasks = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
+
+    let mut metrics_addr = None;
+    if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics.listen {addr}"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        let app = chancery_api::metrics::router(metrics, services).into_make_service_with_connect_info::<SocketAddr>();
+        tasks.push(tokio::spawn(serve_until(listener, app, shutdown_rx)));
+    }
+    tracing::info!(address = %local_addr, server_name = %config.server_name, database = store.kind(), "listening");
+    if let Some(addr) = metrics_addr {
+        tracing::info!(address = %addr, "metrics listening");
+    }
+    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store })
+}
+
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}

@@ -1,0 +1,101 @@
+//! The runtime logic of Chancery: what happens when a user registers, logs
+//! in, manages devices or edits a profile. It speaks Matrix concepts and
+//! returns [`Error`]s that map one-to-one to Matrix errcodes, but knows
+//! nothing of HTTP: the `api` crate decodes requests and encodes answers.
+//!
+//! Architecture invariants: every write goes through one store call (one
+//! transaction); anything kept in memory here (rate limiters) is per node
+//! and may be lost at restart without harm.
+
+mod accounts;
+mod error;
+mod password;
+mod profile;
+pub mod ratelimit;
+mod registration_tokens;
+pub mod tokens;
+mod uia;
+
+use std::sync::Arc;
+
+use chancery_proto::ruma::OwnedServerName;
+use chancery_store::DynStore;
+
+pub use accounts::{AuthedUser, LoginOutcome, LoginRequest, RegisterOutcome, RegisterRequest};
+pub use error::{Error, UiaChallenge};
+pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use registration_tokens::NewRegistrationToken;
+pub use chancery_store::{Device, PoolStats};
+pub use uia::{AuthPayload, AuthStage};
+
+/// Who may create an account through the client-server API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Only operators create accounts (`chancery create-user`).
+    #[default]
+    Disabled,
+    /// Anyone holding a registration token.
+    Token,
+    /// Anyone.
+    Open,
+}
+
+/// What the services need from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub server_name: OwnedServerName,
+    pub registration: RegistrationMode,
+    /// Localparts nobody may register (answered with `M_EXCLUSIVE`).
+    pub reserved_usernames: Vec<String>,
+    pub password_min_length: usize,
+    /// Lifetime of access tokens that come with a refresh token.
+    pub access_token_lifetime_ms: u64,
+    pub max_devices_per_user: usize,
+    pub rate_limits: RateLimitConfig,
+}
+
+/// All services, cheap to clone and share between request handlers.
+#[derive(Clone)]
+pub struct Services {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServiceConfig,
+    store: DynStore,
+    limiters: ratelimit::Limiters,
+}
+
+impl Services {
+    pub fn new(config: ServiceConfig, store: DynStore) -> Self {
+        let limiters = ratelimit::Limiters::new(&config.rate_limits);
+        Self { inner: Arc::new(Inner { config, store, limiters }) }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    pub fn server_name(&self) -> &chancery_proto::ruma::ServerName {
+        &self.inner.config.server_name
+    }
+
+    /// Whether the database answers, for `/health`.
+    pub async fn healthy(&self) -> bool {
+        self.inner.store.ping().await.is_ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch. Services read the clock; `core` and
+/// the stores are handed the value.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

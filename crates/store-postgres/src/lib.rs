@@ -1,0 +1,172 @@
+//! The scale-out backend: one PostgreSQL database shared by any number of
+//! Chancery nodes. Every guarantee the SQLite backend gets from having a
+//! single writer is rebuilt here from row locks, conditional updates and
+//! advisory locks, because here the writers are many and on other machines.
+//!
+//! Architecture invariant: no tokio-postgres or deadpool type crosses this
+//! crate's API; their errors become [`StoreError::Backend`].
+
+mod accounts;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chancery_store::{PoolStats, Store, StoreError, StoreResult};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+/// Migrations in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+
+/// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes
+/// started together apply each migration once instead of racing on DDL.
+const MIGRATION_LOCK: i64 = 0x6368_616e_6365_7279;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+/// Keeps the server's message and SQLSTATE, which tokio-postgres' own
+/// `Display` ("db error") hides. Never formats the connection config, so a
+/// password in the URL cannot leak into logs.
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        return StoreError::Backend(format!(
+            "{} ({}): {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ));
+    }
+    match e.source() {
+        Some(cause) => StoreError::Backend(format!("{e}: {cause}")),
+        None => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => StoreError::Backend(format!("connection pool: {other}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and applies pending migrations.
+    ///
+    /// `url` is anything `tokio_postgres::Config::from_str` accepts, e.g.
+    /// - `postgres://user:password@db.example:5432/chancery`
+    /// - `postgres://user@%2Frun%2Fpostgresql/chancery` (Unix socket: the
+    ///   directory, percent-encoded, in place of the host)
+    /// - `postgres:///chancery?host=/run/postgresql&user=chancery`
+    /// - the key/value form, `host=/run/postgresql dbname=chancery user=chancery`
+    ///
+    /// A host is required (tokio-postgres has no libpq-style default
+    /// socket); the Unix socket port defaults to 5432 like libpq. TLS is
+    /// not supported yet: `sslmode=require` fails to connect, while the
+    /// default `prefer` falls back to plain text.
+    ///
+    /// `max_connections` bounds this node's share of the server's
+    /// `max_connections`; the pool opens connections lazily.
+    pub async fn connect(url: &str, max_connections: usize) -> StoreResult<Self> {
+        // The parser's errors name the offending key, never its value.
+        let config = tokio_postgres::Config::from_str(url).map_err(backend)?;
+        // Fast recycling: a dead connection surfaces as one failed request,
+        // which is cheaper than a round trip on every checkout.
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            // Bounded waits turn an unreachable or exhausted database into
+            // an error the client sees, instead of a request hanging forever.
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Taken before anything else, so even the schema_version table is
+        // created by one node only; released by COMMIT/ROLLBACK.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(backend)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await
+            .map_err(backend)?;
+        let current: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        let supported = MIGRATIONS.len() as i64;
+        if current > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported,
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = index as i64 + 1;
+            tx.batch_execute(sql).await.map_err(backend)?;
+            tx.execute("DELETE FROM schema_version", &[])
+                .await
+                .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(backend)?;
+            tracing::info!(version, "applied PostgreSQL migration");
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT 1").await.map_err(backend)?;
+        client.query_one(&stmt, &[]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let status = self.pool.status();
+        PoolStats {
+            connections: status.size as u64,
+            idle: status.available as u64,
+        }
+    }
+
+    async fn close(&self) {
+        // Every write is its own committed transaction, so there is nothing
+        // to flush: closing drops idle connections now and the busy ones as
+        // they come back.
+        self.pool.close();
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,145 @@
+//! The embedded default backend: one SQLite file in WAL mode, written by a
+//! single connection (SQLite allows one writer at a time anyway, and one
+//! connection avoids `SQLITE_BUSY` between our own writers) and read by a
+//! small pool, so readers never wait for a write to finish.
+//!
+//! Architecture invariant: no rusqlite type crosses this crate's API; every
+//! call runs on the blocking pool, never on an async worker thread.
+
+mod accounts;
+mod pool;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chancery_store::{PoolStats, Store, StoreError, StoreResult};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use pool::Pool;
+
+/// Migrations in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+
+pub struct SqliteStore {
+    pool: Arc<Pool>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // FULL: a commit is on disk before we answer the client, so an
+    // acknowledged registration survives a power cut, not only a crash.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;",
+    )
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies
+    /// pending migrations.
+    pub async fn open(path: &Path, readers: usize) -> StoreResult<Self> {
+        let path = path.to_owned();
+        let readers = readers.max(1);
+        let pool = tokio::task::spawn_blocking(move || -> StoreResult<Pool> {
+            let mut writer = Connection::open(&path).map_err(backend)?;
+            configure(&writer).map_err(backend)?;
+            migrate(&mut writer)?;
+            let mut reader_conns = Vec::with_capacity(readers);
+            for _ in 0..readers {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(backend)?;
+                conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").map_err(backend)?;
+                reader_conns.push(conn);
+            }
+            Ok(Pool::new(writer, reader_conns))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(Self { pool: Arc::new(pool) })
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer connection and
+    /// commits; on error nothing of it is kept.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = Arc::clone(&self.pool);
+        tokio::task::spawn_blocking(move || {
+            pool.with_writer(|conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                let out = f(&tx)?;
+                tx.commit().map_err(backend)?;
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Runs `f` on a reader connection (a consistent snapshot per statement;
+    /// use a transaction inside `f` for a snapshot across statements).
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = self.pool.reader_permit().await?;
+        let pool = Arc::clone(&self.pool);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.with_reader(f)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let current: i64 = tx
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew { found: current, supported });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.execute("DELETE FROM schema_version", []).map_err(backend)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [index as i64 + 1]).map_err(backend)?;
+        tracing::info!(version = index + 1, "applied SQLite migration");
+    }
+    tx.commit().map_err(backend)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    async fn close(&self) {
+        let pool = Arc::clone(&self.pool);
+        let _ = tokio::task::spawn_blocking(move || pool.close()).await;
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,138 @@
+//! Storage as the domain sees it. Backends implement these traits; nothing
+//! here knows SQL. Each method is one domain operation and one transaction:
+//! after a crash either all of it is visible or none of it.
+//!
+//! Times are passed in as milliseconds since the Unix epoch (`*_ts`), so the
+//! backends read no clock and tests control time.
+
+pub mod conformance;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value as JsonValue;
+
+pub use types::*;
+
+/// What went wrong in a store call. `Conflict`/`LimitExceeded`/`Invalid`
+/// are operating errors the caller turns into a Matrix error; `Backend` is
+/// the database failing (disk full, connection lost) and becomes a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists: {0}")]
+    Conflict(&'static str),
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
+    #[error("database schema version {found} is newer than this binary supports ({supported}); run a newer chancery")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Accounts, their devices and tokens, profiles, registration tokens and
+/// interactive-auth sessions.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates an account, and with it the first device if one is given,
+    /// consuming one use of `registration_token` if given — all or nothing.
+    /// `Conflict("user")` if the id is taken (also by a deactivated account),
+    /// `Invalid("registration_token")` if the token cannot be used any more.
+    async fn create_account(
+        &self,
+        account: NewAccount,
+        device: Option<NewDevice>,
+        registration_token: Option<&str>,
+        now_ts: u64,
+    ) -> StoreResult<()>;
+
+    async fn account(&self, user_id: &str) -> StoreResult<Option<Account>>;
+
+    /// Adds a device or, if the user already has one with this id, gives it
+    /// new tokens (invalidating the old ones) and, if given, a new name.
+    /// `LimitExceeded("devices")` if the user would have more than
+    /// `max_devices`. `Invalid("account")` if the account is deactivated or
+    /// missing.
+    async fn upsert_device(&self, device: NewDevice, max_devices: usize) -> StoreResult<()>;
+
+    /// The session an access token (by its hash) belongs to, expired or not.
+    async fn session_by_access_token(&self, access_token_hash: &str) -> StoreResult<Option<Session>>;
+
+    /// Spec `/refresh`: replaces the device's tokens if `refresh_token_hash`
+    /// is its current refresh token, or its previous one while the new pair
+    /// has not been used yet (so a client that lost the response can retry).
+    async fn refresh_tokens(&self, refresh_token_hash: &str, new: &TokenPair) -> StoreResult<Option<Session>>;
+
+    /// The device's new access token has been used: its previous refresh
+    /// token stops working.
+    async fn forget_previous_refresh_token(&self, user_id: &str, device_id: &str) -> StoreResult<()>;
+
+    async fn devices(&self, user_id: &str) -> StoreResult<Vec<Device>>;
+    async fn device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<Device>>;
+
+    /// Returns false if there is no such device.
+    async fn set_device_display_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool>;
+
+    /// Deletes these devices and their tokens; ids that do not exist are
+    /// ignored, as the spec asks.
+    async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<()>;
+
+    /// Deletes every device of the user except `keep` (if given).
+    async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()>;
+
+    /// Sets a new password hash and, if `logout_others`, deletes every device
+    /// but `keep`, in one transaction.
+    async fn change_password(&self, user_id: &str, password_hash: &str, logout_others: bool, keep: Option<&str>) -> StoreResult<()>;
+
+    /// Deactivates the account for good: no password, no devices, no
+    /// profile. The user id stays taken so it can never be handed to
+    /// someone else.
+    async fn deactivate_account(&self, user_id: &str, now_ts: u64) -> StoreResult<()>;
+
+    async fn profile(&self, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>>;
+
+    /// Sets one profile field. `LimitExceeded("profile")` if the profile's
+    /// serialized size would pass `max_profile_bytes`.
+    async fn set_profile_field(&self, user_id: &str, key: &str, value: &JsonValue, max_profile_bytes: usize) -> StoreResult<()>;
+
+    async fn delete_profile_field(&self, user_id: &str, key: &str) -> StoreResult<()>;
+
+    /// `Conflict("registration_token")` if the token exists.
+    async fn create_registration_token(&self, token: &RegistrationToken) -> StoreResult<()>;
+    async fn registration_tokens(&self) -> StoreResult<Vec<RegistrationToken>>;
+    async fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationToken>>;
+    /// Returns false if there is no such token.
+    async fn revoke_registration_token(&self, token: &str, now_ts: u64) -> StoreResult<bool>;
+
+    /// Stores a new interactive-auth session, first dropping expired ones.
+    /// `LimitExceeded("uia_sessions")` if `max_sessions` are live.
+    async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()>;
+    async fn uia_session(&self, session_id: &str) -> StoreResult<Option<UiaSession>>;
+    async fn update_uia_session(&self, session: &UiaSession) -> StoreResult<()>;
+    async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()>;
+}
+
+/// A whole backend.
+#[async_trait]
+pub trait Store: AccountStore {
+    /// Cheap round trip to the database, for `/health`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Connection pool figures, for `/metrics`.
+    fn pool_stats(&self) -> PoolStats;
+    /// Finishes writes and closes connections; later calls fail.
+    async fn close(&self);
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Size of a profile as the spec measures it: its JSON object serialized.
+pub fn profile_size_bytes(profile: &BTreeMap<String, JsonValue>) -> usize {
+    serde_json::to_vec(profile).map(|v| v.len()).unwrap_or(usize::MAX)
+}
