@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chancery_proto::limits;
 use chancery_proto::ruma::{OwnedServerName, ServerName};
-use chancery_service::{RateLimitConfig, RegistrationMode};
+pub use chancery_service::{RateLimitConfig, RegistrationMode};
 use serde::{Deserialize, Serialize};
 
 /// The commented file written on first run.

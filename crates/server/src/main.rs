@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 /// Chancery: a Matrix homeserver for institutions.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "chancery", version, about, propagate_version = true)]
 struct Cli {
     /// Configuration file [env: CHANCERY_CONFIG] (default ./chancery.toml,
     /// written with comments on first run).
@@ -74,7 +74,8 @@ enum TokenCommand {
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -93,9 +93,12 @@ impl Services {
 
     fn check_device_fields(device_id: Option<&str>, display_name: Option<&str>) -> Result<(), Error> {
         if let Some(id) = device_id
-            && (id.is_empty() || id.len() > MAX_DEVICE_ID_BYTES)
+            && (id.is_empty() || id.len() > MAX_DEVICE_ID_BYTES || id.chars().any(char::is_control))
         {
-            return Err(Error::InvalidParam(format!("device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes")));
+            return Err(Error::InvalidParam(format!("device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes without control characters")));
+        }
+        if display_name.is_some_and(|n| n.contains('\0')) {
+            return Err(Error::InvalidParam("device names must not contain NUL".into()));
         }
         if display_name.is_some_and(|n| n.len() > MAX_DEVICE_DISPLAY_NAME_BYTES) {
             return Err(Error::InvalidParam(format!("device names are at most {MAX_DEVICE_DISPLAY_NAME_BYTES} bytes")));

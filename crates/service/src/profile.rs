@@ -38,8 +38,8 @@ impl Services {
         if key.len() > MAX_PROFILE_KEY_BYTES {
             return Err(Error::KeyTooLarge);
         }
-        if key.is_empty() {
-            return Err(Error::InvalidParam("profile keys must not be empty".into()));
+        if key.is_empty() || key.chars().any(char::is_control) {
+            return Err(Error::InvalidParam("profile keys must be non-empty without control characters".into()));
         }
         match key {
             "displayname" => match &value {

@@ -50,8 +50,8 @@ impl Services {
         let now = now_ms();
         let auth = auth.unwrap_or_default();
         let existing = match &auth.session {
-            Some(id) => store.uia_session(id).await?.filter(|s| s.created_ts + UIA_SESSION_TTL_MS > now),
-            None => None,
+            Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => store.uia_session(id).await?.filter(|s| s.created_ts + UIA_SESSION_TTL_MS > now),
+            _ => None,
         };
         let mut session = match existing {
             Some(session) => session,

@@ -33,6 +33,11 @@ pub struct PostgresStore {
 fn backend(e: tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
+        // A NUL byte in text: PostgreSQL refuses it where SQLite stores it.
+        // It is bad client input, not a database failure.
+        if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
+            return StoreError::Invalid("text");
+        }
         return StoreError::Backend(format!(
             "{} ({}): {}",
             db.severity(),

@@ -215,7 +215,7 @@ impl AccountStore for SqliteStore {
             // one; presenting the previous one (a retry) keeps it so.
             let found: Option<(String, String, bool)> = tx
                 .query_row(
-                    "SELECT user_id, device_id, refresh_token_hash = ?1 FROM devices
+                    "SELECT user_id, device_id, refresh_token_hash IS ?1 FROM devices
                      WHERE refresh_token_hash = ?1 OR prev_refresh_token_hash = ?1",
                     [&old],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -19,6 +19,8 @@ use tempfile::TempDir;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(50);
 const SUPERUSER: &str = "postgres";
+/// Written by the wrapper when postgres has exited, holding its status.
+const EXITED: &str = "postgres.exited";
 
 /// A running cluster. It stops, and its directory is removed, when the test
 /// process exits however it exits: see [`PgCluster::start`].
@@ -103,15 +105,21 @@ impl PgCluster {
         drop(conf);
 
         // `$1`… are passed as arguments, never spliced into the script, so
-        // no path needs quoting. INT is ignored so that Ctrl-C on the test
-        // run still lets the wrapper clean up; postgres installs its own
-        // handler and so still gets a fast shutdown from `kill -INT`.
+        // no path needs quoting. The stdin pipe is kept on fd 3 because a
+        // background job's stdin is /dev/null. Once postgres exits (stopped,
+        // or failed on its own) the wrapper leaves a marker for
+        // `wait_ready`, but removes the directory, log included, only after
+        // the pipe has closed. INT is ignored so that Ctrl-C on the test run
+        // still lets the wrapper clean up; postgres sets its own handler and
+        // so still takes `kill -INT` as a fast shutdown.
         let script = r#"trap '' INT
-"$1" -D "$2" -k "$3" >"$4" 2>&1 </dev/null &
+exec 3<&0
+"$1" -D "$2" -k "$3" >"$4" 2>&1 </dev/null 3<&- &
 pid=$!
-read -r _
-kill -INT "$pid" 2>/dev/null
+(read -r _ <&3; kill -INT "$pid" 2>/dev/null) &
 wait "$pid"
+echo "$?" >"$5"
+wait
 rm -rf "$3""#;
         let mut child = server_command(as_root, Path::new("sh"))
             .arg("-c")
@@ -121,6 +129,7 @@ rm -rf "$3""#;
             .arg(&data)
             .arg(&dir)
             .arg(&log)
+            .arg(dir.join(EXITED))
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -188,7 +197,10 @@ rm -rf "$3""#;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().context("checking on postgres")? {
-                bail!("postgres exited early ({status})");
+                bail!("the postgres wrapper exited early ({status})");
+            }
+            if let Ok(status) = fs::read_to_string(self.dir.join(EXITED)) {
+                bail!("postgres exited early (status {})", status.trim());
             }
             let attempt = std::thread::scope(|s| {
                 s.spawn(|| -> anyhow::Result<()> {

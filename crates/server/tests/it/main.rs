@@ -1,1 +1,10 @@
+//! Integration tests: real servers on 127.0.0.1, driven over HTTP by
+//! matrix-sdk (user flows) and reqwest (errors and edge cases). One test
+//! binary for the whole workspace keeps link time down.
+
+mod bad_input;
+mod client_flows;
+mod common;
+mod process;
+mod registration;
 mod store_conformance;

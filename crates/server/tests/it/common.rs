@@ -1,0 +1,51 @@
+//! Plain-HTTP helpers shared by the tests.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap()
+}
+
+/// Sends a request and returns the status and the JSON body (`Null` if the
+/// body is not JSON).
+pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = http().request(method, url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Registers `name` through the dummy UIA flow; returns (user_id, access_token, device_id).
+pub async fn register(base: &str, name: &str) -> (String, String, String) {
+    let url = format!("{base}/_matrix/client/v3/register");
+    let (status, body) = call(Method::POST, &url, None, Some(json!({"username": name, "password": PASSWORD}))).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let auth = json!({"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}});
+    let (status, body) = call(Method::POST, &url, None, Some(auth)).await;
+    assert_eq!(status, 200, "{body}");
+    (body["user_id"].as_str().unwrap().into(), body["access_token"].as_str().unwrap().into(), body["device_id"].as_str().unwrap().into())
+}
+
+pub async fn login(base: &str, name: &str, password: &str) -> (StatusCode, Value) {
+    let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": password});
+    call(Method::POST, &format!("{base}/_matrix/client/v3/login"), None, Some(body)).await
+}
+
+/// Asserts a Matrix error answer.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: u16, errcode: &str) {
+    assert_eq!(got.0.as_u16(), status, "{}", got.1);
+    assert_eq!(got.1["errcode"], errcode, "{}", got.1);
+    assert!(got.1["error"].is_string(), "{}", got.1);
+}

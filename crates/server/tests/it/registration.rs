@@ -1,0 +1,112 @@
+//! Registration modes, interactive auth and registration tokens over HTTP.
+
+use chancery_server::config::RegistrationMode;
+use chancery_testkit::{Backend, TestServer};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{PASSWORD, assert_error, call, login};
+
+async fn token_registration(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.registration = RegistrationMode::Token).await.unwrap();
+    let base = &server.base_url;
+    let services = {
+        let store = chancery_server::open_store(&server.config).await.unwrap();
+        chancery_server::services(&server.config, store)
+    };
+    let token = services
+        .create_registration_token(chancery_service::NewRegistrationToken { token: Some("invite-2026".into()), uses_allowed: Some(1), ..Default::default() })
+        .await
+        .unwrap();
+    let validity = |t: &str| format!("{base}/_matrix/client/v1/register/m.login.registration_token/validity?token={t}");
+    assert_eq!(call(Method::GET, &validity(&token.token), None, None).await.1, json!({"valid": true}));
+    assert_eq!(call(Method::GET, &validity("nope"), None, None).await.1, json!({"valid": false}));
+
+    let url = format!("{base}/_matrix/client/v3/register");
+    let start = call(Method::POST, &url, None, Some(json!({"username": "kim", "password": PASSWORD}))).await;
+    assert_eq!(start.0, 401);
+    assert_eq!(start.1["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+    let session = start.1["session"].as_str().unwrap().to_owned();
+
+    // A dummy stage is not part of this flow; a wrong token is refused and
+    // the session goes on.
+    let dummy = json!({"username": "kim", "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}});
+    let got = call(Method::POST, &url, None, Some(dummy)).await;
+    assert_eq!(got.0, 401);
+    assert_eq!(got.1["errcode"], "M_FORBIDDEN");
+    let wrong = json!({"username": "kim", "password": PASSWORD, "auth": {"type": "m.login.registration_token", "token": "wrong", "session": session}});
+    let got = call(Method::POST, &url, None, Some(wrong)).await;
+    assert_eq!((got.0.as_u16(), got.1["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
+    assert_eq!(got.1["session"], session.as_str());
+    assert_eq!(got.1["completed"], json!([]));
+
+    let right = json!({"username": "kim", "password": PASSWORD, "inhibit_login": true,
+        "auth": {"type": "m.login.registration_token", "token": "invite-2026", "session": session}});
+    let (status, body) = call(Method::POST, &url, None, Some(right)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@kim:localhost");
+    assert!(body.get("access_token").is_none(), "inhibit_login gives no token: {body}");
+    assert_eq!(login(base, "kim", PASSWORD).await.0, 200);
+
+    // The token is used up.
+    assert_eq!(call(Method::GET, &validity("invite-2026"), None, None).await.1, json!({"valid": false}));
+    let start = call(Method::POST, &url, None, Some(json!({"username": "lee", "password": PASSWORD}))).await;
+    let session = start.1["session"].as_str().unwrap();
+    let again = json!({"username": "lee", "password": PASSWORD, "auth": {"type": "m.login.registration_token", "token": "invite-2026", "session": session}});
+    assert_eq!(call(Method::POST, &url, None, Some(again)).await.1["errcode"], "M_FORBIDDEN");
+    let listed = services.registration_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].completed, 1);
+    services.store().close().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_registration_sqlite() {
+    token_registration(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_registration_postgres() {
+    token_registration(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_disabled_by_default() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.registration = RegistrationMode::Disabled).await.unwrap();
+    let base = &server.base_url;
+    let got = call(Method::POST, &format!("{base}/_matrix/client/v3/register"), None, Some(json!({"username": "x", "password": PASSWORD}))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    assert_error(&call(Method::GET, &format!("{base}/_matrix/client/v3/register/available?username=x"), None, None).await, 403, "M_FORBIDDEN");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uia_sessions_belong_to_one_request_and_user() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = &server.base_url;
+    let (_, mallory_token, _) = crate::common::register(base, "mallory").await;
+    let (_, nina_token, _) = crate::common::register(base, "nina").await;
+    // Nina starts a deactivation; Mallory cannot finish it with her session.
+    let deactivate = format!("{base}/_matrix/client/v3/account/deactivate");
+    let start = call(Method::POST, &deactivate, Some(&nina_token), Some(json!({}))).await;
+    assert_eq!(start.0, 401);
+    assert_eq!(start.1["flows"], json!([{"stages": ["m.login.password"]}]));
+    let session = start.1["session"].as_str().unwrap();
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "mallory"}, "password": PASSWORD, "session": session}});
+    assert_error(&call(Method::POST, &deactivate, Some(&mallory_token), Some(auth)).await, 403, "M_FORBIDDEN");
+    // Nor can Nina use it for another operation.
+    let password = format!("{base}/_matrix/client/v3/account/password");
+    let auth = json!({"new_password": "another one 1", "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nina"}, "password": PASSWORD, "session": session}});
+    assert_error(&call(Method::POST, &password, Some(&nina_token), Some(auth)).await, 403, "M_FORBIDDEN");
+    // A wrong password is a 401 with the error and the same session.
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nina"}, "password": "wrong", "session": session}});
+    let got = call(Method::POST, &deactivate, Some(&nina_token), Some(auth)).await;
+    assert_eq!((got.0.as_u16(), got.1["errcode"].as_str(), got.1["session"].as_str()), (401, Some("M_FORBIDDEN"), Some(session)));
+    // Naming another user with the right password of the caller fails too.
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "mallory"}, "password": PASSWORD, "session": session}});
+    assert_eq!(call(Method::POST, &deactivate, Some(&nina_token), Some(auth)).await.0, 401);
+    // Nina is still there.
+    assert_eq!(login(base, "nina", PASSWORD).await.0, 200);
+    server.stop().await.unwrap();
+}
