@@ -9,8 +9,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use chancery_proto::ruma::api::{IncomingRequest, OutgoingResponse};
 use chancery_proto::ruma::api::error::{DeserializationError, FromHttpRequestError};
+use chancery_proto::ruma::api::{IncomingRequest, OutgoingResponse};
 use chancery_service::AuthedUser;
 
 use crate::AppState;
@@ -63,10 +63,7 @@ fn decode_error(e: FromHttpRequestError) -> ApiError {
 /// Reads a body up to `limit` bytes. A declared length over the limit is
 /// refused before anything is read.
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let too_large = || ApiError::too_large(format!("request bodies are limited to {limit} bytes"));
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
@@ -104,10 +101,7 @@ fn access_token(parts: &Parts) -> Option<String> {
         return Some(token.trim().to_owned());
     }
     parts.uri.query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "access_token")
-            .map(|(_, v)| v.to_owned())
+        q.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == "access_token").map(|(_, v)| v.to_owned())
     })
 }
 
@@ -135,7 +129,11 @@ impl FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-pub(crate) fn client_address(headers: &HeaderMap, extensions: &axum::http::Extensions, trust_forwarded_for: bool) -> Option<String> {
+pub(crate) fn client_address(
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    trust_forwarded_for: bool,
+) -> Option<String> {
     if trust_forwarded_for
         && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
         && let Some(first) = forwarded.split(',').next()

@@ -109,7 +109,5 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::HeaderName::from_static("x-requested-with"), header::CONTENT_TYPE, header::AUTHORIZATION]);
 
-    r.layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
-        .layer(cors)
-        .with_state(state)
+    r.layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe)).layer(cors).with_state(state)
 }

@@ -24,7 +24,14 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     finish(&state, &method, &endpoint, started, response, client)
 }
 
-fn finish(state: &AppState, method: &axum::http::Method, endpoint: &str, started: Instant, response: Response, client: Option<String>) -> Response {
+fn finish(
+    state: &AppState,
+    method: &axum::http::Method,
+    endpoint: &str,
+    started: Instant,
+    response: Response,
+    client: Option<String>,
+) -> Response {
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     if let Some(metrics) = &state.metrics {

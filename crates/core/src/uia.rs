@@ -35,9 +35,7 @@ impl Operation {
 /// Whether `stage` may be completed now, given what the session completed.
 pub fn may_attempt(flows: &[Vec<&str>], completed: &[String], stage: &str) -> bool {
     flows.iter().any(|flow| {
-        flow.len() > completed.len()
-            && flow.iter().zip(completed).all(|(a, b)| *a == b)
-            && flow[completed.len()] == stage
+        flow.len() > completed.len() && flow.iter().zip(completed).all(|(a, b)| *a == b) && flow[completed.len()] == stage
     })
 }
 

@@ -28,10 +28,7 @@ pub fn validate_new_localpart(localpart: &str, server_name: &ServerName) -> Resu
     if localpart.is_empty() {
         return Err(UsernameError::Empty);
     }
-    if !localpart
-        .bytes()
-        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
-    {
+    if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
         return Err(UsernameError::InvalidCharacters);
     }
     if localpart.starts_with('_') {

@@ -140,7 +140,8 @@ impl Config {
     /// Parses TOML text, applies `CHANCERY_*` variables from `env`, and
     /// validates.
     pub fn load(toml_text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml_text.parse().map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {}", e.message())))?;
+        let mut table: toml::Table =
+            toml_text.parse().map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {}", e.message())))?;
         let mut from_env: Vec<(String, String)> = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("CHANCERY_") else { continue };
@@ -153,11 +154,10 @@ impl Config {
         }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let var = from_env.iter().find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str())).map(|(_, v)| v.as_str());
-            let unknown = e.inner().message().starts_with("unknown field");
-            if unknown && let Some((k, v)) = from_env.iter().find(|(k, _)| unknown_in(k, &key)) {
-                return err(k, Some(v), "unknown key");
-            }
+            let var = from_env
+                .iter()
+                .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str()))
+                .map(|(_, v)| v.as_str());
             err(if key == "." { "(top level)" } else { &key }, var, e.inner().message())
         })?;
         config.validate(&from_env)?;
@@ -166,7 +166,8 @@ impl Config {
 
     fn validate(&self, from_env: &[(String, String)]) -> Result<(), ConfigError> {
         let var_of = |key: &str| from_env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-        ServerName::parse(&self.server_name).map_err(|e| err("server_name", var_of("server_name"), format!("not a valid server name: {e}")))?;
+        ServerName::parse(&self.server_name)
+            .map_err(|e| err("server_name", var_of("server_name"), format!("not a valid server name: {e}")))?;
         if let Some(url) = &self.database_url {
             parse_database_url(url).map_err(|p| err("database_url", var_of("database_url"), p))?;
         }
@@ -176,7 +177,11 @@ impl Config {
             return Err(err("public_baseurl", var_of("public_baseurl"), "must start with https:// or http://"));
         }
         if self.password_min_length > limits::MAX_PASSWORD_BYTES {
-            return Err(err("password_min_length", var_of("password_min_length"), format!("at most {}", limits::MAX_PASSWORD_BYTES)));
+            return Err(err(
+                "password_min_length",
+                var_of("password_min_length"),
+                format!("at most {}", limits::MAX_PASSWORD_BYTES),
+            ));
         }
         if self.limits.max_request_body_bytes < 1024 {
             let key = "limits.max_request_body_bytes";
@@ -219,11 +224,6 @@ impl Config {
     pub fn federation_address(&self) -> String {
         self.federation_address.clone().unwrap_or_else(|| format!("{}:443", self.server_name))
     }
-}
-
-fn unknown_in(env_key: &str, error_path: &str) -> bool {
-    let parent = env_key.rsplit_once('.').map_or("", |(p, _)| p);
-    parent == error_path || (parent.is_empty() && error_path == ".")
 }
 
 fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
@@ -372,7 +372,7 @@ mod tests {
             ("database_url = \"mysql://x\"", &[], "key `database_url`: must start with sqlite: or postgres://"),
             ("", &[("CHANCERY_DATABASE_URL", "sqlite:")], "key `database_url` (from CHANCERY_DATABASE_URL)"),
             ("serverr_name = \"x\"", &[], "unknown field `serverr_name`"),
-            ("", &[("CHANCERY_NOPE", "1")], "key `nope` (from CHANCERY_NOPE): unknown key"),
+            ("", &[("CHANCERY_NOPE", "1")], "key `nope` (from CHANCERY_NOPE): unknown field `nope`"),
             ("[rate_limits]\nlogin_per_address = { per_second = 0.0, burst = 1 }", &[], "key `rate_limits.login_per_address`"),
             ("[limits]\nmax_request_body_bytes = \"big\"", &[], "key `limits.max_request_body_bytes`"),
             ("public_baseurl = \"example.org\"", &[], "key `public_baseurl`"),

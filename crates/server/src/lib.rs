@@ -25,11 +25,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            Arc::new(SqliteStore::open(&path, config.database.sqlite_readers).await.with_context(|| format!("opening {}", path.display()))?)
+            Arc::new(
+                SqliteStore::open(&path, config.database.sqlite_readers)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
         }
-        DatabaseUrl::Postgres(url) => {
-            Arc::new(PostgresStore::connect(&url, config.database.postgres_max_connections).await.context("connecting to PostgreSQL")?)
-        }
+        DatabaseUrl::Postgres(url) => Arc::new(
+            PostgresStore::connect(&url, config.database.postgres_max_connections).await.context("connecting to PostgreSQL")?,
+        ),
     })
 }
 

@@ -95,7 +95,9 @@ impl Services {
         if let Some(id) = device_id
             && (id.is_empty() || id.len() > MAX_DEVICE_ID_BYTES || id.chars().any(char::is_control))
         {
-            return Err(Error::InvalidParam(format!("device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes without control characters")));
+            return Err(Error::InvalidParam(format!(
+                "device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes without control characters"
+            )));
         }
         if display_name.is_some_and(|n| n.contains('\0')) {
             return Err(Error::InvalidParam("device names must not contain NUL".into()));
@@ -211,8 +213,9 @@ impl Services {
     pub async fn create_user(&self, localpart: &str, password: Option<String>, is_admin: bool) -> Result<OwnedUserId, Error> {
         let user_id = self.new_user_id(localpart).or_else(|e| match e {
             // Operators may take reserved names.
-            Error::Exclusive => UserId::parse(format!("@{localpart}:{}", self.server_name()))
-                .map_err(|e| Error::InvalidUsername(e.to_string())),
+            Error::Exclusive => {
+                UserId::parse(format!("@{localpart}:{}", self.server_name())).map_err(|e| Error::InvalidUsername(e.to_string()))
+            }
             e => Err(e),
         })?;
         if let Some(p) = &password {
@@ -286,7 +289,8 @@ impl Services {
         if session.previous_refresh_pending {
             self.store().forget_previous_refresh_token(&session.user_id, &session.device_id).await?;
         }
-        let user_id = UserId::parse(session.user_id.as_str()).map_err(|e| Error::Internal(format!("stored user id is invalid: {e}")))?;
+        let user_id =
+            UserId::parse(session.user_id.as_str()).map_err(|e| Error::Internal(format!("stored user id is invalid: {e}")))?;
         Ok(AuthedUser { user_id, device_id: session.device_id, is_admin: session.is_admin })
     }
 
@@ -326,10 +330,7 @@ impl Services {
     }
 
     pub async fn device(&self, user: &AuthedUser, device_id: &str) -> Result<Device, Error> {
-        self.store()
-            .device(user.user_id.as_str(), device_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("no such device".into()))
+        self.store().device(user.user_id.as_str(), device_id).await?.ok_or_else(|| Error::NotFound("no such device".into()))
     }
 
     /// `PUT /devices/{deviceId}`.

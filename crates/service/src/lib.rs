@@ -22,10 +22,10 @@ use chancery_proto::ruma::OwnedServerName;
 use chancery_store::DynStore;
 
 pub use accounts::{AuthedUser, LoginOutcome, LoginRequest, RegisterOutcome, RegisterRequest};
+pub use chancery_store::{Device, PoolStats};
 pub use error::{Error, UiaChallenge};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use registration_tokens::NewRegistrationToken;
-pub use chancery_store::{Device, PoolStats};
 pub use uia::{AuthPayload, AuthStage};
 
 /// Who may create an account through the client-server API.

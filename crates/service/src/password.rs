@@ -1,8 +1,8 @@
 //! Argon2id password hashing, on the blocking pool: a hash takes tens of
 //! milliseconds of CPU and must not stall the async workers.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 
 use crate::Error;
 

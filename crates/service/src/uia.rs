@@ -23,7 +23,10 @@ pub enum AuthStage {
     Dummy,
     RegistrationToken(String),
     /// `m.login.password` with the user as the client named it.
-    Password { user: Option<String>, password: String },
+    Password {
+        user: Option<String>,
+        password: String,
+    },
     Other(String),
 }
 
@@ -50,7 +53,9 @@ impl Services {
         let now = now_ms();
         let auth = auth.unwrap_or_default();
         let existing = match &auth.session {
-            Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => store.uia_session(id).await?.filter(|s| s.created_ts + UIA_SESSION_TTL_MS > now),
+            Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                store.uia_session(id).await?.filter(|s| s.created_ts + UIA_SESSION_TTL_MS > now)
+            }
             _ => None,
         };
         let mut session = match existing {
@@ -128,11 +133,7 @@ impl Services {
         }
         session.completed.push(stage_name.to_owned());
         store.update_uia_session(&session).await?;
-        if uia::is_complete(&flows, &session.completed) {
-            Ok(session)
-        } else {
-            Err(challenge(&session, None))
-        }
+        if uia::is_complete(&flows, &session.completed) { Ok(session) } else { Err(challenge(&session, None)) }
     }
 
     pub(crate) async fn finish_uia(&self, session: &UiaSession) {

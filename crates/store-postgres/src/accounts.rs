@@ -42,11 +42,7 @@ fn u(v: i64) -> u64 {
 /// operating error rather than a 500, as in the SQLite backend.
 fn unique_or_backend(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| {
-        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            StoreError::Conflict(what)
-        } else {
-            backend(e)
-        }
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::Conflict(what) } else { backend(e) }
     }
 }
 
@@ -54,11 +50,7 @@ fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
     row.try_get(idx).map_err(backend)
 }
 
-async fn execute(
-    c: &impl GenericClient,
-    sql: &str,
-    params: Params<'_>,
-) -> Result<u64, tokio_postgres::Error> {
+async fn execute(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
     let stmt = c.prepare_cached(sql).await?;
     c.execute(&stmt, params).await
 }
@@ -68,11 +60,7 @@ async fn query(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreRe
     c.query(&stmt, params).await.map_err(backend)
 }
 
-async fn query_opt(
-    c: &impl GenericClient,
-    sql: &str,
-    params: Params<'_>,
-) -> StoreResult<Option<Row>> {
+async fn query_opt(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
     c.query_opt(&stmt, params).await.map_err(backend)
 }
@@ -81,12 +69,7 @@ async fn query_opt(
 /// all nodes, until the transaction ends. NO KEY UPDATE is enough, since the
 /// key never changes, and does not block foreign-key checks.
 async fn lock_account(c: &impl GenericClient, user_id: &str) -> StoreResult<Option<Row>> {
-    query_opt(
-        c,
-        "SELECT deactivated_ts FROM accounts WHERE user_id = $1 FOR NO KEY UPDATE",
-        &[&user_id],
-    )
-    .await
+    query_opt(c, "SELECT deactivated_ts FROM accounts WHERE user_id = $1 FOR NO KEY UPDATE", &[&user_id]).await
 }
 
 async fn insert_device(c: &impl GenericClient, d: &NewDevice) -> StoreResult<()> {
@@ -124,16 +107,10 @@ fn session_from_row(row: &Row) -> StoreResult<Session> {
 const DEVICE_COLUMNS: &str = "user_id, device_id, display_name, created_ts FROM devices";
 
 fn device_from_row(row: &Row) -> StoreResult<Device> {
-    Ok(Device {
-        user_id: get(row, 0)?,
-        device_id: get(row, 1)?,
-        display_name: get(row, 2)?,
-        created_ts: u(get(row, 3)?),
-    })
+    Ok(Device { user_id: get(row, 0)?, device_id: get(row, 1)?, display_name: get(row, 2)?, created_ts: u(get(row, 3)?) })
 }
 
-const TOKEN_COLUMNS: &str =
-    "token, uses_allowed, completed, expiry_ts, created_ts, revoked_ts FROM registration_tokens";
+const TOKEN_COLUMNS: &str = "token, uses_allowed, completed, expiry_ts, created_ts, revoked_ts FROM registration_tokens";
 
 fn token_from_row(row: &Row) -> StoreResult<RegistrationToken> {
     Ok(RegistrationToken {
@@ -152,28 +129,18 @@ fn uia_from_row(row: &Row) -> StoreResult<UiaSession> {
         session_id: get(row, 0)?,
         operation: get(row, 1)?,
         user_id: get(row, 2)?,
-        completed: serde_json::from_str(&completed)
-            .map_err(|e| StoreError::Backend(format!("corrupt UIA session: {e}")))?,
+        completed: serde_json::from_str(&completed).map_err(|e| StoreError::Backend(format!("corrupt UIA session: {e}")))?,
         registration_token: get(row, 4)?,
         created_ts: u(get(row, 5)?),
     })
 }
 
-async fn load_profile(
-    c: &impl GenericClient,
-    user_id: &str,
-) -> StoreResult<BTreeMap<String, JsonValue>> {
-    let rows = query(
-        c,
-        "SELECT field, value FROM profile_fields WHERE user_id = $1",
-        &[&user_id],
-    )
-    .await?;
+async fn load_profile(c: &impl GenericClient, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>> {
+    let rows = query(c, "SELECT field, value FROM profile_fields WHERE user_id = $1", &[&user_id]).await?;
     let mut profile = BTreeMap::new();
     for row in &rows {
         let value: &str = get(row, 1)?;
-        let value = serde_json::from_str(value)
-            .map_err(|e| StoreError::Backend(format!("corrupt profile field: {e}")))?;
+        let value = serde_json::from_str(value).map_err(|e| StoreError::Backend(format!("corrupt profile field: {e}")))?;
         profile.insert(get(row, 0)?, value);
     }
     Ok(profile)
@@ -268,12 +235,7 @@ impl AccountStore for PostgresStore {
         .await
         .map_err(backend)?;
         if updated == 0 {
-            let count = query_opt(
-                &tx,
-                "SELECT COUNT(*) FROM devices WHERE user_id = $1",
-                &[&device.user_id],
-            )
-            .await?;
+            let count = query_opt(&tx, "SELECT COUNT(*) FROM devices WHERE user_id = $1", &[&device.user_id]).await?;
             let count: i64 = count.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
             if u(count) as usize >= max_devices {
                 return Err(StoreError::LimitExceeded("devices"));
@@ -283,23 +245,13 @@ impl AccountStore for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn session_by_access_token(
-        &self,
-        access_token_hash: &str,
-    ) -> StoreResult<Option<Session>> {
+    async fn session_by_access_token(&self, access_token_hash: &str) -> StoreResult<Option<Session>> {
         let client = self.client().await?;
         let sql = format!("SELECT {SESSION_COLUMNS} WHERE d.access_token_hash = $1");
-        query_opt(&client, &sql, &[&access_token_hash])
-            .await?
-            .map(|r| session_from_row(&r))
-            .transpose()
+        query_opt(&client, &sql, &[&access_token_hash]).await?.map(|r| session_from_row(&r)).transpose()
     }
 
-    async fn refresh_tokens(
-        &self,
-        refresh_token_hash: &str,
-        new: &TokenPair,
-    ) -> StoreResult<Option<Session>> {
+    async fn refresh_tokens(&self, refresh_token_hash: &str, new: &TokenPair) -> StoreResult<Option<Session>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         // Presenting the current refresh token makes it the "previous" one;
@@ -315,8 +267,7 @@ impl AccountStore for PostgresStore {
         )
         .await?;
         let Some(found) = found else { return Ok(None) };
-        let (user_id, device_id, is_current): (String, String, bool) =
-            (get(&found, 0)?, get(&found, 1)?, get(&found, 2)?);
+        let (user_id, device_id, is_current): (String, String, bool) = (get(&found, 0)?, get(&found, 1)?, get(&found, 2)?);
         execute(
             &tx,
             "UPDATE devices SET access_token_hash = $3, access_expires_ts = $4, refresh_token_hash = $5,
@@ -327,19 +278,12 @@ impl AccountStore for PostgresStore {
         .await
         .map_err(backend)?;
         let sql = format!("SELECT {SESSION_COLUMNS} WHERE d.user_id = $1 AND d.device_id = $2");
-        let session = query_opt(&tx, &sql, &[&user_id, &device_id])
-            .await?
-            .map(|r| session_from_row(&r))
-            .transpose()?;
+        let session = query_opt(&tx, &sql, &[&user_id, &device_id]).await?.map(|r| session_from_row(&r)).transpose()?;
         tx.commit().await.map_err(backend)?;
         Ok(session)
     }
 
-    async fn forget_previous_refresh_token(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> StoreResult<()> {
+    async fn forget_previous_refresh_token(&self, user_id: &str, device_id: &str) -> StoreResult<()> {
         let client = self.client().await?;
         execute(
             &client,
@@ -354,28 +298,16 @@ impl AccountStore for PostgresStore {
     async fn devices(&self, user_id: &str) -> StoreResult<Vec<Device>> {
         let client = self.client().await?;
         let sql = format!("SELECT {DEVICE_COLUMNS} WHERE user_id = $1 ORDER BY device_id");
-        query(&client, &sql, &[&user_id])
-            .await?
-            .iter()
-            .map(device_from_row)
-            .collect()
+        query(&client, &sql, &[&user_id]).await?.iter().map(device_from_row).collect()
     }
 
     async fn device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<Device>> {
         let client = self.client().await?;
         let sql = format!("SELECT {DEVICE_COLUMNS} WHERE user_id = $1 AND device_id = $2");
-        query_opt(&client, &sql, &[&user_id, &device_id])
-            .await?
-            .map(|r| device_from_row(&r))
-            .transpose()
+        query_opt(&client, &sql, &[&user_id, &device_id]).await?.map(|r| device_from_row(&r)).transpose()
     }
 
-    async fn set_device_display_name(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        name: Option<&str>,
-    ) -> StoreResult<bool> {
+    async fn set_device_display_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool> {
         let client = self.client().await?;
         let n = execute(
             &client,
@@ -391,13 +323,9 @@ impl AccountStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         lock_account(&tx, user_id).await?;
-        execute(
-            &tx,
-            "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)",
-            &[&user_id, &device_ids],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)", &[&user_id, &device_ids])
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
 
@@ -405,13 +333,9 @@ impl AccountStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         lock_account(&tx, user_id).await?;
-        execute(
-            &tx,
-            "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
-            &[&user_id, &keep],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2", &[&user_id, &keep])
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
 
@@ -426,21 +350,13 @@ impl AccountStore for PostgresStore {
         let tx = client.transaction().await.map_err(backend)?;
         // The UPDATE locks the account row first, so a login racing with
         // this cannot slip a device in after the DELETE has run.
-        execute(
-            &tx,
-            "UPDATE accounts SET password_hash = $2 WHERE user_id = $1",
-            &[&user_id, &password_hash],
-        )
-        .await
-        .map_err(backend)?;
-        if logout_others {
-            execute(
-                &tx,
-                "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
-                &[&user_id, &keep],
-            )
+        execute(&tx, "UPDATE accounts SET password_hash = $2 WHERE user_id = $1", &[&user_id, &password_hash])
             .await
             .map_err(backend)?;
+        if logout_others {
+            execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2", &[&user_id, &keep])
+                .await
+                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -458,28 +374,12 @@ impl AccountStore for PostgresStore {
         )
         .await
         .map_err(backend)?;
-        execute(&tx, "DELETE FROM devices WHERE user_id = $1", &[&user_id])
-            .await
-            .map_err(backend)?;
-        execute(
-            &tx,
-            "DELETE FROM profile_fields WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&tx, "DELETE FROM devices WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
+        execute(&tx, "DELETE FROM profile_fields WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
         // Same lock as create_uia_session, which deletes expired sessions:
         // two DELETEs over overlapping rows could otherwise deadlock.
-        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK])
-            .await
-            .map_err(backend)?;
-        execute(
-            &tx,
-            "DELETE FROM uia_sessions WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
+        execute(&tx, "DELETE FROM uia_sessions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
 
@@ -488,13 +388,7 @@ impl AccountStore for PostgresStore {
         load_profile(&client, user_id).await
     }
 
-    async fn set_profile_field(
-        &self,
-        user_id: &str,
-        key: &str,
-        value: &JsonValue,
-        max_profile_bytes: usize,
-    ) -> StoreResult<()> {
+    async fn set_profile_field(&self, user_id: &str, key: &str, value: &JsonValue, max_profile_bytes: usize) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         // Without the lock, two nodes setting different fields could each
@@ -518,13 +412,9 @@ impl AccountStore for PostgresStore {
 
     async fn delete_profile_field(&self, user_id: &str, key: &str) -> StoreResult<()> {
         let client = self.client().await?;
-        execute(
-            &client,
-            "DELETE FROM profile_fields WHERE user_id = $1 AND field = $2",
-            &[&user_id, &key],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&client, "DELETE FROM profile_fields WHERE user_id = $1 AND field = $2", &[&user_id, &key])
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -545,20 +435,13 @@ impl AccountStore for PostgresStore {
     async fn registration_tokens(&self) -> StoreResult<Vec<RegistrationToken>> {
         let client = self.client().await?;
         let sql = format!("SELECT {TOKEN_COLUMNS} ORDER BY token");
-        query(&client, &sql, &[])
-            .await?
-            .iter()
-            .map(token_from_row)
-            .collect()
+        query(&client, &sql, &[]).await?.iter().map(token_from_row).collect()
     }
 
     async fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationToken>> {
         let client = self.client().await?;
         let sql = format!("SELECT {TOKEN_COLUMNS} WHERE token = $1");
-        query_opt(&client, &sql, &[&token])
-            .await?
-            .map(|r| token_from_row(&r))
-            .transpose()
+        query_opt(&client, &sql, &[&token]).await?.map(|r| token_from_row(&r)).transpose()
     }
 
     async fn revoke_registration_token(&self, token: &str, now_ts: u64) -> StoreResult<bool> {
@@ -573,27 +456,13 @@ impl AccountStore for PostgresStore {
         Ok(n > 0)
     }
 
-    async fn create_uia_session(
-        &self,
-        session: &UiaSession,
-        expire_before_ts: u64,
-        max_sessions: u64,
-    ) -> StoreResult<()> {
-        let completed = serde_json::to_string(&session.completed)
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+    async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()> {
+        let completed = serde_json::to_string(&session.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         // Two nodes counting at once would both see room for one more.
-        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK])
-            .await
-            .map_err(backend)?;
-        execute(
-            &tx,
-            "DELETE FROM uia_sessions WHERE created_ts < $1",
-            &[&i(expire_before_ts)],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
+        execute(&tx, "DELETE FROM uia_sessions WHERE created_ts < $1", &[&i(expire_before_ts)]).await.map_err(backend)?;
         let live = query_opt(&tx, "SELECT COUNT(*) FROM uia_sessions", &[]).await?;
         let live: i64 = live.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
         if u(live) >= max_sessions {
@@ -625,8 +494,7 @@ impl AccountStore for PostgresStore {
 
     async fn update_uia_session(&self, session: &UiaSession) -> StoreResult<()> {
         let s = session;
-        let completed =
-            serde_json::to_string(&s.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let completed = serde_json::to_string(&s.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
         let client = self.client().await?;
         execute(
             &client,
@@ -640,13 +508,7 @@ impl AccountStore for PostgresStore {
 
     async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()> {
         let client = self.client().await?;
-        execute(
-            &client,
-            "DELETE FROM uia_sessions WHERE session_id = $1",
-            &[&session_id],
-        )
-        .await
-        .map_err(backend)?;
+        execute(&client, "DELETE FROM uia_sessions WHERE session_id = $1", &[&session_id]).await.map_err(backend)?;
         Ok(())
     }
 }

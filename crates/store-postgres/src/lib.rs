@@ -38,12 +38,7 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
         if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
             return StoreError::Invalid("text");
         }
-        return StoreError::Backend(format!(
-            "{} ({}): {}",
-            db.severity(),
-            db.code().code(),
-            db.message()
-        ));
+        return StoreError::Backend(format!("{} ({}): {}", db.severity(), db.code().code(), db.message()));
     }
     match e.source() {
         Some(cause) => StoreError::Backend(format!("{e}: {cause}")),
@@ -80,13 +75,7 @@ impl PostgresStore {
         let config = tokio_postgres::Config::from_str(url).map_err(backend)?;
         // Fast recycling: a dead connection surfaces as one failed request,
         // which is cheaper than a round trip on every checkout.
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -111,36 +100,19 @@ impl PostgresStore {
         let tx = client.transaction().await.map_err(backend)?;
         // Taken before anything else, so even the schema_version table is
         // created by one node only; released by COMMIT/ROLLBACK.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(backend)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-            .await
-            .map_err(backend)?;
-        let current: i64 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-            .await
-            .map_err(backend)?
-            .get(0);
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(backend)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").await.map_err(backend)?;
+        let current: i64 =
+            tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await.map_err(backend)?.get(0);
         let supported = MIGRATIONS.len() as i64;
         if current > supported {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                supported,
-            });
+            return Err(StoreError::SchemaTooNew { found: current, supported });
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = index as i64 + 1;
             tx.batch_execute(sql).await.map_err(backend)?;
-            tx.execute("DELETE FROM schema_version", &[])
-                .await
-                .map_err(backend)?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES ($1)",
-                &[&version],
-            )
-            .await
-            .map_err(backend)?;
+            tx.execute("DELETE FROM schema_version", &[]).await.map_err(backend)?;
+            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version]).await.map_err(backend)?;
             tracing::info!(version, "applied PostgreSQL migration");
         }
         tx.commit().await.map_err(backend)
@@ -158,10 +130,7 @@ impl Store for PostgresStore {
 
     fn pool_stats(&self) -> PoolStats {
         let status = self.pool.status();
-        PoolStats {
-            connections: status.size as u64,
-            idle: status.available as u64,
-        }
+        PoolStats { connections: status.size as u64, idle: status.available as u64 }
     }
 
     async fn close(&self) {

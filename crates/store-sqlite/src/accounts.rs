@@ -52,8 +52,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-const SESSION_COLUMNS: &str =
-    "d.user_id, d.device_id, a.is_admin, d.access_expires_ts, d.prev_refresh_token_hash FROM devices d JOIN accounts a ON a.user_id = d.user_id";
+const SESSION_COLUMNS: &str = "d.user_id, d.device_id, a.is_admin, d.access_expires_ts, d.prev_refresh_token_hash FROM devices d JOIN accounts a ON a.user_id = d.user_id";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device { user_id: row.get(0)?, device_id: row.get(1)?, display_name: row.get(2)?, created_ts: u(row.get(3)?) })
@@ -86,9 +85,7 @@ fn uia_from_row(row: &Row<'_>) -> rusqlite::Result<(UiaSession, String)> {
 
 fn load_profile(conn: &Connection, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>> {
     let mut stmt = conn.prepare_cached("SELECT field, value FROM profile_fields WHERE user_id = ?1").map_err(backend)?;
-    let rows = stmt
-        .query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(backend)?;
+    let rows = stmt.query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
     let mut profile = BTreeMap::new();
     for row in rows {
         let (field, value) = row.map_err(backend)?;
@@ -199,9 +196,8 @@ impl AccountStore for SqliteStore {
     async fn session_by_access_token(&self, access_token_hash: &str) -> StoreResult<Option<Session>> {
         let hash = access_token_hash.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} WHERE d.access_token_hash = ?1"))
-                .map_err(backend)?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {SESSION_COLUMNS} WHERE d.access_token_hash = ?1")).map_err(backend)?;
             stmt.query_row([hash], session_from_row).optional().map_err(backend)
         })
         .await
@@ -227,7 +223,14 @@ impl AccountStore for SqliteStore {
                 "UPDATE devices SET access_token_hash = ?3, access_expires_ts = ?4, refresh_token_hash = ?5,
                     prev_refresh_token_hash = CASE WHEN ?6 THEN refresh_token_hash ELSE prev_refresh_token_hash END
                  WHERE user_id = ?1 AND device_id = ?2",
-                params![user_id, device_id, new.access_token_hash, new.access_expires_ts.map(i), new.refresh_token_hash, is_current],
+                params![
+                    user_id,
+                    device_id,
+                    new.access_token_hash,
+                    new.access_expires_ts.map(i),
+                    new.refresh_token_hash,
+                    is_current
+                ],
             )
             .map_err(backend)?;
             tx.query_row(
@@ -258,7 +261,9 @@ impl AccountStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT user_id, device_id, display_name, created_ts FROM devices WHERE user_id = ?1 ORDER BY device_id")
+                .prepare_cached(
+                    "SELECT user_id, device_id, display_name, created_ts FROM devices WHERE user_id = ?1 ORDER BY device_id",
+                )
                 .map_err(backend)?;
             let rows = stmt.query_map([user_id], device_from_row).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
@@ -315,7 +320,13 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn change_password(&self, user_id: &str, password_hash: &str, logout_others: bool, keep: Option<&str>) -> StoreResult<()> {
+    async fn change_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        logout_others: bool,
+        keep: Option<&str>,
+    ) -> StoreResult<()> {
         let (user_id, hash, keep) = (user_id.to_owned(), password_hash.to_owned(), keep.map(str::to_owned));
         self.write(move |tx| {
             tx.execute("UPDATE accounts SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash]).map_err(backend)?;

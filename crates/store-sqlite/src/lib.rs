@@ -108,9 +108,7 @@ impl SqliteStore {
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
-    let current: i64 = tx
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
-        .map_err(backend)?;
+    let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0)).map_err(backend)?;
     let supported = MIGRATIONS.len() as i64;
     if current > supported {
         return Err(StoreError::SchemaTooNew { found: current, supported });

@@ -165,13 +165,15 @@ pub async fn device_limit_is_enforced(store: DynStore) {
 
 pub async fn refresh_keeps_previous_token_until_new_one_used(store: DynStore) {
     let mut first = device("@a:x", "D", 1);
-    first.tokens = TokenPair { access_token_hash: "a1".into(), access_expires_ts: Some(100), refresh_token_hash: Some("r1".into()) };
+    first.tokens =
+        TokenPair { access_token_hash: "a1".into(), access_expires_ts: Some(100), refresh_token_hash: Some("r1".into()) };
     store.create_account(account("@a:x"), Some(first), None, 5).await.unwrap();
     let s = store.session_by_access_token("a1").await.unwrap().unwrap();
     assert_eq!(s.access_expires_ts, Some(100));
     assert!(!s.previous_refresh_pending);
 
-    let second = TokenPair { access_token_hash: "a2".into(), access_expires_ts: Some(200), refresh_token_hash: Some("r2".into()) };
+    let second =
+        TokenPair { access_token_hash: "a2".into(), access_expires_ts: Some(200), refresh_token_hash: Some("r2".into()) };
     assert_eq!(store.refresh_tokens("r1", &second).await.unwrap().unwrap().device_id, "D");
     assert!(store.session_by_access_token("a1").await.unwrap().is_none());
     // The response was lost: the client retries with r1 and gets a3/r3.
@@ -219,9 +221,15 @@ pub async fn profile_fields_respect_size_limit(store: DynStore) {
     store.set_profile_field("@a:x", "m.tz", &json!("Europe/Paris"), 1_000).await.unwrap();
     store.set_profile_field("@a:x", "displayname", &json!("Alice B."), 1_000).await.unwrap();
     let profile = store.profile("@a:x").await.unwrap();
-    assert_eq!(serde_json::Value::Object(profile.into_iter().collect()), json!({"displayname": "Alice B.", "m.tz": "Europe/Paris"}));
+    assert_eq!(
+        serde_json::Value::Object(profile.into_iter().collect()),
+        json!({"displayname": "Alice B.", "m.tz": "Europe/Paris"})
+    );
     let big = json!("x".repeat(990));
-    assert!(matches!(store.set_profile_field("@a:x", "org.example.big", &big, 1_000).await, Err(StoreError::LimitExceeded("profile"))));
+    assert!(matches!(
+        store.set_profile_field("@a:x", "org.example.big", &big, 1_000).await,
+        Err(StoreError::LimitExceeded("profile"))
+    ));
     assert_eq!(store.profile("@a:x").await.unwrap().len(), 2);
     store.delete_profile_field("@a:x", "m.tz").await.unwrap();
     store.delete_profile_field("@a:x", "never-set").await.unwrap();

@@ -87,7 +87,13 @@ pub trait AccountStore: Send + Sync {
 
     /// Sets a new password hash and, if `logout_others`, deletes every device
     /// but `keep`, in one transaction.
-    async fn change_password(&self, user_id: &str, password_hash: &str, logout_others: bool, keep: Option<&str>) -> StoreResult<()>;
+    async fn change_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        logout_others: bool,
+        keep: Option<&str>,
+    ) -> StoreResult<()>;
 
     /// Deactivates the account for good: no password, no devices, no
     /// profile. The user id stays taken so it can never be handed to

@@ -153,7 +153,9 @@ impl ChildServer {
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.context("no exit within 30 s after SIGTERM")??)
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("no exit within 30 s after SIGTERM")??)
     }
 }
 

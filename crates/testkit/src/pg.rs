@@ -43,10 +43,7 @@ impl PgCluster {
     /// The process-wide cluster, started on first use. Panics if it cannot
     /// be started: a test that needs PostgreSQL must fail, not skip.
     pub fn shared() -> &'static PgCluster {
-        SHARED.get_or_init(|| {
-            PgCluster::start()
-                .unwrap_or_else(|e| panic!("starting the test PostgreSQL cluster: {e:#}"))
-        })
+        SHARED.get_or_init(|| PgCluster::start().unwrap_or_else(|e| panic!("starting the test PostgreSQL cluster: {e:#}")))
     }
 
     /// Creates and starts a new cluster.
@@ -59,44 +56,28 @@ impl PgCluster {
     pub fn start() -> anyhow::Result<PgCluster> {
         let bin = find_bindir()?;
         let as_root = effective_uid_is_root()?;
-        let tempdir = tempfile::Builder::new()
-            .prefix("chancery-pg-")
-            .tempdir_in("/tmp")
-            .context("creating the cluster directory")?;
+        let tempdir =
+            tempfile::Builder::new().prefix("chancery-pg-").tempdir_in("/tmp").context("creating the cluster directory")?;
         let dir = tempdir.path().to_owned();
         let data = dir.join("data");
         let log = dir.join("postgres.log");
         if as_root {
             // initdb and postgres refuse to run as root.
-            run(
-                Command::new("chown").arg("-R").arg(SUPERUSER).arg(&dir),
-                "chown -R postgres",
-            )?;
+            run(Command::new("chown").arg("-R").arg(SUPERUSER).arg(&dir), "chown -R postgres")?;
         }
 
         run(
             server_command(as_root, &bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args([
-                    "-A",
-                    "trust",
-                    "-U",
-                    SUPERUSER,
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ])
+                .args(["-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"])
                 .current_dir(&dir),
             "initdb",
         )?;
         // Throwaway data: durability settings off for speed. Unix socket
         // only, so parallel test processes never fight over a TCP port.
-        let mut conf = fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .context("opening postgresql.conf")?;
+        let mut conf =
+            fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).context("opening postgresql.conf")?;
         writeln!(
             conf,
             "\nlisten_addresses = ''\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 200"
@@ -137,12 +118,7 @@ rm -rf "$3""#;
             .spawn()
             .context("spawning postgres")?;
         let stdin = child.stdin.take();
-        let mut cluster = PgCluster {
-            dir,
-            child,
-            stdin,
-            _tempdir: tempdir,
-        };
+        let mut cluster = PgCluster { dir, child, stdin, _tempdir: tempdir };
         if let Err(e) = cluster.wait_ready() {
             let log = fs::read_to_string(&log).unwrap_or_else(|e| format!("(no log: {e})"));
             return Err(e.context(format!("postgres did not become ready; its log:\n{log}")));
@@ -152,16 +128,9 @@ rm -rf "$3""#;
 
     /// A `postgres://` URL of a new, empty database of its own.
     pub async fn fresh_database(&self) -> anyhow::Result<String> {
-        let name = format!(
-            "test_{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
-        let (client, connection) = self
-            .admin_config()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("connecting to the test cluster")?;
+        let name = format!("test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let (client, connection) =
+            self.admin_config().connect(tokio_postgres::NoTls).await.context("connecting to the test cluster")?;
         let connection = tokio::spawn(connection);
         client
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
@@ -169,10 +138,7 @@ rm -rf "$3""#;
             .with_context(|| format!("creating database {name}"))?;
         drop(client);
         let _ = connection.await;
-        Ok(format!(
-            "postgres://{SUPERUSER}@{}/{name}",
-            percent_encode(&self.dir.to_string_lossy())
-        ))
+        Ok(format!("postgres://{SUPERUSER}@{}/{name}", percent_encode(&self.dir.to_string_lossy())))
     }
 
     /// The socket directory, for a `host=` parameter.
@@ -182,10 +148,7 @@ rm -rf "$3""#;
 
     fn admin_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&self.dir)
-            .user(SUPERUSER)
-            .dbname("postgres");
+        config.host_path(&self.dir).user(SUPERUSER).dbname("postgres");
         config
     }
 
@@ -204,9 +167,7 @@ rm -rf "$3""#;
             }
             let attempt = std::thread::scope(|s| {
                 s.spawn(|| -> anyhow::Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     runtime.block_on(async {
                         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
                         let connection = tokio::spawn(connection);
@@ -294,10 +255,7 @@ fn server_command(as_root: bool, program: &Path) -> Command {
 }
 
 fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
+    let out = command.stdin(Stdio::null()).output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
@@ -314,9 +272,7 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

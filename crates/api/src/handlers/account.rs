@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use axum::extract::State;
 use chancery_proto::ruma::OwnedDeviceId;
+use chancery_proto::ruma::api::client::account::ThirdPartyIdRemovalStatus;
 use chancery_proto::ruma::api::client::account::{
     change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
 };
-use chancery_proto::ruma::api::client::account::ThirdPartyIdRemovalStatus;
 use chancery_service::RegisterRequest;
 
 use super::auth_payload;

@@ -1,8 +1,10 @@
 //! `/devices` and `/delete_devices`.
 
 use axum::extract::State;
-use chancery_proto::ruma::api::client::device::{self as ruma_device, delete_device, delete_devices, get_device, get_devices, update_device};
 use chancery_proto::ruma::OwnedDeviceId;
+use chancery_proto::ruma::api::client::device::{
+    self as ruma_device, delete_device, delete_devices, get_device, get_devices, update_device,
+};
 use chancery_service::Device;
 
 use super::auth_payload;
@@ -16,12 +18,20 @@ fn to_ruma(device: Device) -> ruma_device::Device {
     d
 }
 
-pub async fn list(State(state): State<AppState>, Authed(user): Authed, Ruma(_): Ruma<get_devices::v3::Request>) -> ApiResult<RumaResponse<get_devices::v3::Response>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Ruma(_): Ruma<get_devices::v3::Request>,
+) -> ApiResult<RumaResponse<get_devices::v3::Response>> {
     let devices = state.services.devices(&user).await?;
     Ok(RumaResponse(get_devices::v3::Response::new(devices.into_iter().map(to_ruma).collect())))
 }
 
-pub async fn get(State(state): State<AppState>, Authed(user): Authed, Ruma(req): Ruma<get_device::v3::Request>) -> ApiResult<RumaResponse<get_device::v3::Response>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<get_device::v3::Request>,
+) -> ApiResult<RumaResponse<get_device::v3::Response>> {
     let device = state.services.device(&user, req.device_id.as_str()).await?;
     Ok(RumaResponse(get_device::v3::Response::new(to_ruma(device))))
 }

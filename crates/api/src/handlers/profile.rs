@@ -21,7 +21,10 @@ pub async fn get_profile(State(state): State<AppState>, Path(user_id): Path<Stri
     Ok(Json(JsonValue::Object(profile.into_iter().collect())))
 }
 
-pub async fn get_field(State(state): State<AppState>, Path((user_id, key)): Path<(String, String)>) -> ApiResult<Json<JsonValue>> {
+pub async fn get_field(
+    State(state): State<AppState>,
+    Path((user_id, key)): Path<(String, String)>,
+) -> ApiResult<Json<JsonValue>> {
     let value = state.services.profile_field(&parse_user(&user_id)?, &key).await?;
     let mut body = Map::new();
     body.insert(key, value);
@@ -37,7 +40,8 @@ pub async fn set_field(
 ) -> ApiResult<Json<JsonValue>> {
     let target = parse_user(&user_id)?;
     let bytes = read_body(body, &headers, state.config.max_request_body_bytes).await?;
-    let parsed: JsonValue = serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
+    let parsed: JsonValue =
+        serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
     let JsonValue::Object(mut fields) = parsed else {
         return Err(ApiError::bad_json("the request body must be a JSON object"));
     };

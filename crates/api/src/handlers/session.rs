@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use chancery_proto::ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
 use chancery_proto::ruma::OwnedDeviceId;
+use chancery_proto::ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
 use chancery_service::{Error, LoginRequest};
 
 use crate::AppState;
@@ -27,8 +27,9 @@ pub async fn login(
     // `user` is deprecated since r0.4 but older clients and scripts send it.
     #[allow(deprecated)]
     let user = match (&info.identifier, &info.user) {
-        (Some(identifier), _) => super::identifier_user(identifier)
-            .ok_or_else(|| Error::Unknown("only m.id.user identifiers are supported".into()))?,
+        (Some(identifier), _) => {
+            super::identifier_user(identifier).ok_or_else(|| Error::Unknown("only m.id.user identifiers are supported".into()))?
+        }
         (None, Some(user)) => user.clone(),
         (None, None) => return Err(Error::MissingParam("an identifier is required".into()).into()),
     };
@@ -49,7 +50,10 @@ pub async fn login(
     Ok(RumaResponse(response))
 }
 
-pub async fn refresh(State(state): State<AppState>, Ruma(req): Ruma<refresh_token::v3::Request>) -> ApiResult<RumaResponse<refresh_token::v3::Response>> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    Ruma(req): Ruma<refresh_token::v3::Request>,
+) -> ApiResult<RumaResponse<refresh_token::v3::Response>> {
     let outcome = state.services.refresh(&req.refresh_token).await?;
     let mut response = refresh_token::v3::Response::new(outcome.access_token);
     response.refresh_token = outcome.refresh_token;
@@ -57,7 +61,11 @@ pub async fn refresh(State(state): State<AppState>, Ruma(req): Ruma<refresh_toke
     Ok(RumaResponse(response))
 }
 
-pub async fn logout(State(state): State<AppState>, Authed(user): Authed, Ruma(_): Ruma<logout::v3::Request>) -> ApiResult<RumaResponse<logout::v3::Response>> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Ruma(_): Ruma<logout::v3::Request>,
+) -> ApiResult<RumaResponse<logout::v3::Response>> {
     state.services.logout(&user).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }

@@ -51,8 +51,26 @@ async fn bad_requests_get_matrix_errors() {
         case(M::POST, "/_matrix/client/v3/login", false, Json(json!(["a list"])), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": 42})), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.token", "token": "x"})), 400, "M_UNKNOWN"),
-        case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}, "password": "wrong password"})), 403, "M_FORBIDDEN"),
-        case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "whatever1"})), 403, "M_FORBIDDEN"),
+        case(
+            M::POST,
+            "/_matrix/client/v3/login",
+            false,
+            Json(
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}, "password": "wrong password"}),
+            ),
+            403,
+            "M_FORBIDDEN",
+        ),
+        case(
+            M::POST,
+            "/_matrix/client/v3/login",
+            false,
+            Json(
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "whatever1"}),
+            ),
+            403,
+            "M_FORBIDDEN",
+        ),
         case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"pad": "y".repeat(5000)})), 413, "M_TOO_LARGE"),
         case(M::GET, "/_matrix/client/v3/account/whoami", false, None, 401, "M_MISSING_TOKEN"),
         case(M::GET, "/_matrix/client/v3/devices", false, None, 401, "M_MISSING_TOKEN"),
@@ -60,24 +78,89 @@ async fn bad_requests_get_matrix_errors() {
         case(M::GET, "/_matrix/client/v3/profile/not-a-user-id", false, None, 400, "M_INVALID_PARAM"),
         case(M::GET, "/_matrix/client/v3/profile/@ghost:localhost", false, None, 404, "M_NOT_FOUND"),
         case(M::GET, "/_matrix/client/v3/profile/{me}/m.tz", false, None, 404, "M_NOT_FOUND"),
-        case(M::PUT, "/_matrix/client/v3/profile/@dave:localhost/displayname", true, Json(json!({"displayname": "Not Dave"})), 403, "M_FORBIDDEN"),
+        case(
+            M::PUT,
+            "/_matrix/client/v3/profile/@dave:localhost/displayname",
+            true,
+            Json(json!({"displayname": "Not Dave"})),
+            403,
+            "M_FORBIDDEN",
+        ),
         case(M::PUT, "/_matrix/client/v3/profile/{me}/displayname", true, Json(json!({"displayname": 5})), 400, "M_BAD_JSON"),
         case(M::PUT, "/_matrix/client/v3/profile/{me}/displayname", true, Json(json!({"other": "x"})), 400, "M_MISSING_PARAM"),
         case(M::PUT, "/_matrix/client/v3/profile/{me}/displayname", true, Raw("nope"), 400, "M_NOT_JSON"),
-        case(M::PUT, "/_matrix/client/v3/profile/{me}/avatar_url", true, Json(json!({"avatar_url": "https://example.org/a.png"})), 400, "M_INVALID_PARAM"),
-        case(M::PUT, "/_matrix/client/v3/profile/{me}/displayname", true, Json(json!({"displayname": "d".repeat(300)})), 400, "M_INVALID_PARAM"),
+        case(
+            M::PUT,
+            "/_matrix/client/v3/profile/{me}/avatar_url",
+            true,
+            Json(json!({"avatar_url": "https://example.org/a.png"})),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        case(
+            M::PUT,
+            "/_matrix/client/v3/profile/{me}/displayname",
+            true,
+            Json(json!({"displayname": "d".repeat(300)})),
+            400,
+            "M_INVALID_PARAM",
+        ),
         case(M::GET, "/_matrix/client/v3/devices/NOSUCHDEVICE", true, None, 404, "M_NOT_FOUND"),
         case(M::PUT, "/_matrix/client/v3/devices/NOSUCHDEVICE", true, Json(json!({"display_name": "x"})), 404, "M_NOT_FOUND"),
         case(M::DELETE, "/_matrix/client/v3/devices/NOSUCHDEVICE", true, Json(json!({})), 404, "M_NOT_FOUND"),
-        case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": "Bad Name!", "password": "long enough"})), 400, "M_INVALID_USERNAME"),
-        case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": "_bridge", "password": "long enough"})), 400, "M_INVALID_USERNAME"),
-        case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": "admin", "password": "long enough"})), 400, "M_EXCLUSIVE"),
-        case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": "carol", "password": "long enough"})), 400, "M_USER_IN_USE"),
-        case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": "erin", "password": "short"})), 400, "M_WEAK_PASSWORD"),
+        case(
+            M::POST,
+            "/_matrix/client/v3/register",
+            false,
+            Json(json!({"username": "Bad Name!", "password": "long enough"})),
+            400,
+            "M_INVALID_USERNAME",
+        ),
+        case(
+            M::POST,
+            "/_matrix/client/v3/register",
+            false,
+            Json(json!({"username": "_bridge", "password": "long enough"})),
+            400,
+            "M_INVALID_USERNAME",
+        ),
+        case(
+            M::POST,
+            "/_matrix/client/v3/register",
+            false,
+            Json(json!({"username": "admin", "password": "long enough"})),
+            400,
+            "M_EXCLUSIVE",
+        ),
+        case(
+            M::POST,
+            "/_matrix/client/v3/register",
+            false,
+            Json(json!({"username": "carol", "password": "long enough"})),
+            400,
+            "M_USER_IN_USE",
+        ),
+        case(
+            M::POST,
+            "/_matrix/client/v3/register",
+            false,
+            Json(json!({"username": "erin", "password": "short"})),
+            400,
+            "M_WEAK_PASSWORD",
+        ),
         case(M::POST, "/_matrix/client/v3/register?kind=guest", false, Json(json!({})), 403, "M_GUEST_ACCESS_FORBIDDEN"),
         case(M::GET, "/_matrix/client/v3/register/available?username=Bad%20Name", false, None, 400, "M_INVALID_USERNAME"),
         case(M::GET, "/_matrix/client/v3/register/available?username=carol", false, None, 400, "M_USER_IN_USE"),
-        case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}, "password": crate::common::PASSWORD, "device_id": "NUL\u{0}"})), 400, "M_INVALID_PARAM"),
+        case(
+            M::POST,
+            "/_matrix/client/v3/login",
+            false,
+            Json(
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}, "password": crate::common::PASSWORD, "device_id": "NUL\u{0}"}),
+            ),
+            400,
+            "M_INVALID_PARAM",
+        ),
         case(M::POST, "/_matrix/client/v3/refresh", false, Json(json!({})), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/delete_devices", true, Json(json!({"devices": "not a list"})), 400, "M_BAD_JSON"),
     ];
@@ -113,7 +196,11 @@ async fn profile_limits() {
     let (me, token, _) = register(base, "frank").await;
     let field = |key: &str| format!("{base}/_matrix/client/v3/profile/{me}/{key}");
     let long_key = "k".repeat(256);
-    assert_error(&call(Method::PUT, &field(&long_key), Some(&token), Some(json!({ long_key.clone(): 1 }))).await, 400, "M_KEY_TOO_LARGE");
+    assert_error(
+        &call(Method::PUT, &field(&long_key), Some(&token), Some(json!({ long_key.clone(): 1 }))).await,
+        400,
+        "M_KEY_TOO_LARGE",
+    );
     let half = "x".repeat(40_000);
     let (status, _) = call(Method::PUT, &field("org.example.a"), Some(&token), Some(json!({"org.example.a": half}))).await;
     assert_eq!(status, 200);
@@ -126,7 +213,8 @@ async fn profile_limits() {
     // Set, read and delete a display name and a custom field.
     let (status, _) = call(Method::PUT, &field("displayname"), Some(&token), Some(json!({"displayname": "Frank"}))).await;
     assert_eq!(status, 200);
-    let (status, _) = call(Method::PUT, &field("avatar_url"), Some(&token), Some(json!({"avatar_url": "mxc://localhost/abc"}))).await;
+    let (status, _) =
+        call(Method::PUT, &field("avatar_url"), Some(&token), Some(json!({"avatar_url": "mxc://localhost/abc"}))).await;
     assert_eq!(status, 200);
     let (_, got) = call(Method::GET, &field("displayname"), None, None).await;
     assert_eq!(got, json!({"displayname": "Frank"}));
@@ -238,10 +326,14 @@ async fn discovery_cors_and_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_when_configured() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.metrics.listen = Some("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let server =
+        TestServer::start_with(Backend::Sqlite, |c| c.metrics.listen = Some("127.0.0.1:0".parse().unwrap())).await.unwrap();
     register(&server.base_url, "judy").await;
     let text = http().get(server.metrics_url().unwrap()).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"chancery_http_requests_total{method="POST",endpoint="/_matrix/client/v3/register",status="200"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"chancery_http_requests_total{method="POST",endpoint="/_matrix/client/v3/register",status="200"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("chancery_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("chancery_db_pool_connections"), "{text}");
     let rss_line = text.lines().find(|l| l.starts_with("chancery_process_resident_memory_bytes ")).expect("rss");

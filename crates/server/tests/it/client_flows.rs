@@ -83,11 +83,7 @@ async fn account_lifecycle(backend: Backend) {
     // device is logged out, this one stays.
     let err = phone.account().change_password("new password 42", None).await.expect_err("needs auth");
     let session = err.as_uiaa_response().expect("UIA").session.clone();
-    phone
-        .account()
-        .change_password("new password 42", Some(password_auth("alice", PASSWORD, session)))
-        .await
-        .unwrap();
+    phone.account().change_password("new password 42", Some(password_auth("alice", PASSWORD, session))).await.unwrap();
     phone.whoami().await.unwrap();
     assert_error(&call(Method::GET, &whoami_url, Some(&new_token), None).await, 401, "M_UNKNOWN_TOKEN");
     assert_error(&login(&base, "alice", PASSWORD).await, 403, "M_FORBIDDEN");
@@ -118,7 +114,13 @@ async fn account_lifecycle(backend: Backend) {
     assert_error(&profile, 404, "M_NOT_FOUND");
     let again = call(Method::GET, &format!("{base}/_matrix/client/v3/register/available?username=alice"), None, None).await;
     assert_error(&again, 400, "M_USER_IN_USE");
-    let register_again = call(Method::POST, &format!("{base}/_matrix/client/v3/register"), None, Some(json!({"username": "alice", "password": PASSWORD}))).await;
+    let register_again = call(
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/register"),
+        None,
+        Some(json!({"username": "alice", "password": PASSWORD})),
+    )
+    .await;
     assert_error(&register_again, 400, "M_USER_IN_USE");
 
     server.stop().await.unwrap();
@@ -148,7 +150,8 @@ async fn expired_token_is_soft_logout() {
     assert_error(&expired, 401, "M_UNKNOWN_TOKEN");
     assert_eq!(expired.1["soft_logout"], true);
     let refresh_url = format!("{base}/_matrix/client/v3/refresh");
-    let (status, refreshed) = call(Method::POST, &refresh_url, None, Some(json!({"refresh_token": login["refresh_token"]}))).await;
+    let (status, refreshed) =
+        call(Method::POST, &refresh_url, None, Some(json!({"refresh_token": login["refresh_token"]}))).await;
     assert_eq!(status, 200, "{refreshed}");
     assert_ne!(refreshed["refresh_token"], login["refresh_token"]);
     // A token that never existed is a hard logout.

@@ -34,7 +34,11 @@ pub async fn register(base: &str, name: &str) -> (String, String, String) {
     let auth = json!({"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}});
     let (status, body) = call(Method::POST, &url, None, Some(auth)).await;
     assert_eq!(status, 200, "{body}");
-    (body["user_id"].as_str().unwrap().into(), body["access_token"].as_str().unwrap().into(), body["device_id"].as_str().unwrap().into())
+    (
+        body["user_id"].as_str().unwrap().into(),
+        body["access_token"].as_str().unwrap().into(),
+        body["device_id"].as_str().unwrap().into(),
+    )
 }
 
 pub async fn login(base: &str, name: &str, password: &str) -> (StatusCode, Value) {

@@ -59,7 +59,13 @@ fn version_and_help() {
     let dir = tempfile::tempdir().unwrap();
     let out = chancery(dir.path(), &["--version"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("chancery "));
-    for args in [&["--help"][..], &["serve", "--help"], &["create-user", "--help"], &["registration-token", "--help"], &["registration-token", "create", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["create-user", "--help"],
+        &["registration-token", "--help"],
+        &["registration-token", "create", "--help"],
+    ] {
         let out = chancery(dir.path(), args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
@@ -95,7 +101,11 @@ async fn cli_manages_users_and_tokens() {
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already taken"));
 
-    let out = chancery(dir.path(), &["--config", &cfg, "registration-token", "create", "--uses-allowed", "2", "--expires-in", "3600"], &[]);
+    let out = chancery(
+        dir.path(),
+        &["--config", &cfg, "registration-token", "create", "--uses-allowed", "2", "--expires-in", "3600"],
+        &[],
+    );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(token.len(), 16);
     let validity = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity?token={token}", server.base_url);
@@ -128,7 +138,13 @@ async fn sigterm_is_graceful() {
     for i in 0..4 {
         let base = base.clone();
         inflight.push(tokio::spawn(async move {
-            call(Method::POST, &format!("{base}/_matrix/client/v3/register"), None, Some(json!({"username": format!("t{i}"), "password": PASSWORD, "auth": {"type": "m.login.dummy"}}))).await
+            call(
+                Method::POST,
+                &format!("{base}/_matrix/client/v3/register"),
+                None,
+                Some(json!({"username": format!("t{i}"), "password": PASSWORD, "auth": {"type": "m.login.dummy"}})),
+            )
+            .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -141,7 +157,9 @@ async fn sigterm_is_graceful() {
             assert_eq!(status, 200, "{body}");
         }
     }
-    assert!(!dir.path().join("chancery.db-wal").exists() || std::fs::metadata(dir.path().join("chancery.db-wal")).unwrap().len() == 0);
+    assert!(
+        !dir.path().join("chancery.db-wal").exists() || std::fs::metadata(dir.path().join("chancery.db-wal")).unwrap().len() == 0
+    );
 }
 
 /// Kill -9 in the middle of a burst of registrations and logins: after a
@@ -166,13 +184,20 @@ async fn crash_safety(backend: Backend) {
                 }
                 let name = format!("w{w}u{i}");
                 let body = json!({"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}});
-                let Ok(resp) = crate::common::http().post(format!("{base}/_matrix/client/v3/register")).json(&body).send().await else { break };
+                let Ok(resp) = crate::common::http().post(format!("{base}/_matrix/client/v3/register")).json(&body).send().await
+                else {
+                    break;
+                };
                 let Ok(reg) = resp.json::<serde_json::Value>().await else { break };
                 let Some(token) = reg["access_token"].as_str() else { break };
                 accounts.lock().await.push(name.clone());
                 tokens.lock().await.push((reg["user_id"].as_str().unwrap().to_owned(), token.to_owned()));
-                let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": PASSWORD});
-                let Ok(resp) = crate::common::http().post(format!("{base}/_matrix/client/v3/login")).json(&body).send().await else { break };
+                let body =
+                    json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": PASSWORD});
+                let Ok(resp) = crate::common::http().post(format!("{base}/_matrix/client/v3/login")).json(&body).send().await
+                else {
+                    break;
+                };
                 let Ok(login) = resp.json::<serde_json::Value>().await else { break };
                 let Some(token) = login["access_token"].as_str() else { break };
                 tokens.lock().await.push((login["user_id"].as_str().unwrap().to_owned(), token.to_owned()));

@@ -15,7 +15,11 @@ async fn token_registration(backend: Backend) {
         chancery_server::services(&server.config, store)
     };
     let token = services
-        .create_registration_token(chancery_service::NewRegistrationToken { token: Some("invite-2026".into()), uses_allowed: Some(1), ..Default::default() })
+        .create_registration_token(chancery_service::NewRegistrationToken {
+            token: Some("invite-2026".into()),
+            uses_allowed: Some(1),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let validity = |t: &str| format!("{base}/_matrix/client/v1/register/m.login.registration_token/validity?token={t}");
@@ -75,9 +79,19 @@ async fn token_registration_postgres() {
 async fn registration_disabled_by_default() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.registration = RegistrationMode::Disabled).await.unwrap();
     let base = &server.base_url;
-    let got = call(Method::POST, &format!("{base}/_matrix/client/v3/register"), None, Some(json!({"username": "x", "password": PASSWORD}))).await;
+    let got = call(
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/register"),
+        None,
+        Some(json!({"username": "x", "password": PASSWORD})),
+    )
+    .await;
     assert_error(&got, 403, "M_FORBIDDEN");
-    assert_error(&call(Method::GET, &format!("{base}/_matrix/client/v3/register/available?username=x"), None, None).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &call(Method::GET, &format!("{base}/_matrix/client/v3/register/available?username=x"), None, None).await,
+        403,
+        "M_FORBIDDEN",
+    );
     server.stop().await.unwrap();
 }
 

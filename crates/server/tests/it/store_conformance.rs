@@ -10,9 +10,7 @@ mod sqlite {
 
     async fn factory() -> (DynStore, Box<dyn Any + Send>) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("chancery.db"), 2)
-            .await
-            .expect("open SQLite store");
+        let store = SqliteStore::open(&dir.path().join("chancery.db"), 2).await.expect("open SQLite store");
         (Arc::new(store), Box::new(dir))
     }
 
@@ -28,13 +26,8 @@ mod postgres {
     use chancery_testkit::pg::PgCluster;
 
     async fn factory() -> (DynStore, Box<dyn Any + Send>) {
-        let url = PgCluster::shared()
-            .fresh_database()
-            .await
-            .expect("fresh PostgreSQL database");
-        let store = PostgresStore::connect(&url, 8)
-            .await
-            .expect("connect PostgreSQL store");
+        let url = PgCluster::shared().fresh_database().await.expect("fresh PostgreSQL database");
+        let store = PostgresStore::connect(&url, 8).await.expect("connect PostgreSQL store");
         // The database lives as long as the shared cluster.
         (Arc::new(store), Box::new(()))
     }
