@@ -64,6 +64,7 @@ impl From<Error> for ApiError {
             Error::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::ProfileTooLarge => (S::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             Error::KeyTooLarge => (S::BAD_REQUEST, "M_KEY_TOO_LARGE"),
+            Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

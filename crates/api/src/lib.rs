@@ -17,8 +17,9 @@ mod observe;
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
-use axum::routing::{MethodFilter, delete, get, on};
-use chancery_proto::ruma::api::client::{account, device, discovery, session};
+use axum::routing::{MethodFilter, delete, get, on, put};
+use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
+use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, redact, room, session};
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::Services;
 use tower_http::cors::{Any, CorsLayer};
@@ -84,6 +85,35 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<device::update_device::v3::Request, _, _>(r, h::devices::update);
     r = ruma_route::<device::delete_device::v3::Request, _, _>(r, h::devices::delete_one);
     r = ruma_route::<device::delete_devices::v3::Request, _, _>(r, h::devices::delete_many);
+    r = ruma_route::<room::create_room::v3::Request, _, _>(r, h::rooms::create);
+    r = ruma_route::<membership::join_room_by_id::v3::Request, _, _>(r, h::rooms::join_by_id);
+    r = ruma_route::<membership::join_room_by_id_or_alias::v3::Request, _, _>(r, h::rooms::join_by_id_or_alias);
+    r = ruma_route::<membership::leave_room::v3::Request, _, _>(r, h::rooms::leave);
+    r = ruma_route::<membership::invite_user::v3::Request, _, _>(r, h::rooms::invite);
+    r = ruma_route::<membership::kick_user::v3::Request, _, _>(r, h::rooms::kick);
+    r = ruma_route::<membership::ban_user::v3::Request, _, _>(r, h::rooms::ban);
+    r = ruma_route::<membership::unban_user::v3::Request, _, _>(r, h::rooms::unban);
+    r = ruma_route::<membership::joined_rooms::v3::Request, _, _>(r, h::rooms::joined);
+    r = ruma_route::<membership::get_member_events::v3::Request, _, _>(r, h::rooms::members);
+    r = ruma_route::<message::get_message_events::v3::Request, _, _>(r, h::rooms::messages);
+    r = ruma_route::<redact::redact_event::v3::Request, _, _>(r, h::rooms::redact);
+    r = ruma_route::<sync_events_v3::Request, _, _>(r, h::sync::sync);
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        let rooms = format!("{prefix}/rooms/{{room_id}}");
+        r = r
+            .route(&format!("{rooms}/send/{{event_type}}/{{txn_id}}"), put(h::rooms::send))
+            .route(&format!("{rooms}/state"), get(h::rooms::get_state))
+            .route(&format!("{rooms}/state/{{event_type}}"), get(h::rooms::get_state_event).put(h::rooms::put_state))
+            .route(&format!("{rooms}/state/{{event_type}}/"), get(h::rooms::get_state_event).put(h::rooms::put_state))
+            .route(
+                &format!("{rooms}/state/{{event_type}}/{{state_key}}"),
+                get(h::rooms::get_state_event).put(h::rooms::put_state),
+            )
+            .route(&format!("{rooms}/event/{{event_id}}"), get(h::rooms::get_event))
+            .route(&format!("{rooms}/joined_members"), get(h::rooms::joined_members))
+            .route(&format!("{prefix}/user/{{user_id}}/filter"), axum::routing::post(h::filters::create))
+            .route(&format!("{prefix}/user/{{user_id}}/filter/{{filter_id}}"), get(h::filters::get));
+    }
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/unstable/uk.tcpip.msc4133"] {
         if !prefix.contains("msc4133") {
             r = r.route(&format!("{prefix}/profile/{{user_id}}"), get(h::profile::get_profile));

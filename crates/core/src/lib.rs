@@ -2,5 +2,6 @@
 //! task: callers pass time and data in, and get decisions back. That keeps
 //! every rule table-testable.
 
+pub mod pdu;
 pub mod uia;
 pub mod username;

@@ -63,3 +63,38 @@ pub const ACCESS_TOKEN_LIFETIME_MS: u64 = 5 * 60 * 1000;
 /// account). Past this the oldest idle entries are dropped, so a flood of
 /// distinct addresses cannot grow memory without bound.
 pub const MAX_RATE_LIMITER_KEYS: usize = 100_000;
+
+/// Largest PDU, in bytes of canonical JSON (spec: "The complete event MUST
+/// NOT be larger than 65536 bytes").
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// Longest event type and state key, in bytes (spec: 255 bytes each).
+pub const MAX_EVENT_TYPE_BYTES: usize = 255;
+pub const MAX_STATE_KEY_BYTES: usize = 255;
+
+/// Longest client transaction id, in bytes.
+pub const MAX_TXN_ID_BYTES: usize = 255;
+
+/// Users one `/createRoom` may invite, and initial state events it may set.
+pub const MAX_CREATE_ROOM_INVITES: usize = 100;
+pub const MAX_CREATE_ROOM_INITIAL_STATE: usize = 100;
+
+/// Timeline events per room in one `/sync` answer (filters may ask for
+/// fewer, not more).
+pub const MAX_SYNC_TIMELINE_LIMIT: usize = 100;
+/// Default when the filter says nothing (Synapse uses 10 too).
+pub const DEFAULT_SYNC_TIMELINE_LIMIT: usize = 10;
+
+/// Longest `/sync` long-poll.
+pub const MAX_SYNC_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// Events per `/messages` page.
+pub const MAX_MESSAGES_LIMIT: usize = 1_000;
+pub const DEFAULT_MESSAGES_LIMIT: usize = 10;
+
+/// Retries of an event build when another writer moved the room on.
+pub const MAX_APPEND_RETRIES: usize = 5;
+
+/// Distinct sync filters one user may store, and the size of one.
+pub const MAX_FILTERS_PER_USER: usize = 1_000;
+pub const MAX_FILTER_BYTES: usize = 16 * 1024;

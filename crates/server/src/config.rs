@@ -30,6 +30,11 @@ pub struct Config {
     pub password_min_length: usize,
     pub access_token_lifetime_ms: u64,
     pub trust_forwarded_for: bool,
+    /// Room version of new rooms: "10", "11" or "12".
+    pub default_room_version: String,
+    /// The server's ed25519 signing key; default `<data_dir>/signing.key`.
+    /// Nodes sharing one database must share this file.
+    pub signing_key_path: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub rate_limits: RateLimitConfig,
     pub database: DatabaseConfig,
@@ -90,6 +95,8 @@ impl Default for Config {
             password_min_length: 8,
             access_token_lifetime_ms: limits::ACCESS_TOKEN_LIFETIME_MS,
             trust_forwarded_for: false,
+            default_room_version: "11".into(),
+            signing_key_path: None,
             limits: LimitsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             database: DatabaseConfig::default(),
@@ -143,6 +150,7 @@ impl Config {
         let mut table: toml::Table =
             toml_text.parse().map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {}", e.message())))?;
         let mut from_env: Vec<(String, String)> = Vec::new();
+        let mut raw_values: Vec<(String, String)> = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("CHANCERY_") else { continue };
             if rest == "CONFIG" {
@@ -150,16 +158,31 @@ impl Config {
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, env_value(&value));
+            raw_values.push((var.clone(), value));
             from_env.push((path.join("."), var));
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let var = from_env
-                .iter()
-                .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str()))
-                .map(|(_, v)| v.as_str());
-            err(if key == "." { "(top level)" } else { &key }, var, e.inner().message())
-        })?;
+        // Environment values are typed by their look ("9" is a number);
+        // where the key wants a string, the same text is retried as one.
+        let config: Config = loop {
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => e,
+            };
+            let key = error.path().to_string();
+            let var =
+                from_env.iter().find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str())).map(|(_, v)| v.clone());
+            if let Some(var) = &var
+                && error.inner().message().contains("expected a string")
+                && let Ok(raw) = env_raw(&raw_values, var)
+            {
+                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                if get_path(&table, &path).is_some_and(|v| !v.is_str()) {
+                    set_path(&mut table, &path, toml::Value::String(raw));
+                    continue;
+                }
+            }
+            return Err(err(if key == "." { "(top level)" } else { &key }, var.as_deref(), error.inner().message()));
+        };
         config.validate(&from_env)?;
         Ok(config)
     }
@@ -175,6 +198,10 @@ impl Config {
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
             return Err(err("public_baseurl", var_of("public_baseurl"), "must start with https:// or http://"));
+        }
+        if !chancery_service::rooms::SUPPORTED_ROOM_VERSIONS.contains(&self.default_room_version.as_str()) {
+            let supported = chancery_service::rooms::SUPPORTED_ROOM_VERSIONS.join(", ");
+            return Err(err("default_room_version", var_of("default_room_version"), format!("must be one of {supported}")));
         }
         if self.password_min_length > limits::MAX_PASSWORD_BYTES {
             return Err(err(
@@ -211,6 +238,10 @@ impl Config {
             Some(url) => parse_database_url(url).expect("validated in Config::load"),
             None => DatabaseUrl::Sqlite(self.data_dir.join("chancery.db")),
         }
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_path.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
     }
 
     pub fn public_baseurl(&self) -> String {
@@ -263,6 +294,16 @@ fn env_value(raw: &str) -> toml::Value {
         return v.clone();
     }
     toml::Value::String(raw.to_owned())
+}
+
+fn env_raw(raw_values: &[(String, String)], var: &str) -> Result<String, ()> {
+    raw_values.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()).ok_or(())
+}
+
+fn get_path<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    if rest.is_empty() { Some(value) } else { get_path(value.as_table()?, rest) }
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
@@ -347,6 +388,7 @@ mod tests {
                 ("CHANCERY_DATABASE_URL", "postgres://u@localhost/db"),
                 ("CHANCERY_RATE_LIMITS__ENABLED", "false"),
                 ("CHANCERY_DATA_DIR", "/tmp/x"),
+                ("CHANCERY_DEFAULT_ROOM_VERSION", "12"),
                 ("CHANCERY_CONFIG", "/ignored.toml"),
                 ("HOME", "/root"),
             ],
@@ -358,6 +400,7 @@ mod tests {
         assert_eq!(c.database(), DatabaseUrl::Postgres("postgres://u@localhost/db".into()));
         assert!(!c.rate_limits.enabled);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.default_room_version, "12");
         assert_eq!(c.public_baseurl(), "https://b.example");
     }
 
@@ -376,6 +419,11 @@ mod tests {
             ("[rate_limits]\nlogin_per_address = { per_second = 0.0, burst = 1 }", &[], "key `rate_limits.login_per_address`"),
             ("[limits]\nmax_request_body_bytes = \"big\"", &[], "key `limits.max_request_body_bytes`"),
             ("public_baseurl = \"example.org\"", &[], "key `public_baseurl`"),
+            (
+                "",
+                &[("CHANCERY_DEFAULT_ROOM_VERSION", "9")],
+                "key `default_room_version` (from CHANCERY_DEFAULT_ROOM_VERSION): must be one of",
+            ),
             ("this is not toml", &[], "invalid TOML"),
         ];
         for (toml, env, want) in cases {

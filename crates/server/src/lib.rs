@@ -37,8 +37,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
     })
 }
 
-pub fn services(config: &Config, store: DynStore) -> Services {
-    Services::new(
+/// The services over `store`, with the server's signing key (generated on
+/// first use).
+pub fn services(config: &Config, store: DynStore) -> anyhow::Result<Services> {
+    let key = chancery_service::signing::load_or_generate(&config.signing_key_path()).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Services::new(
         ServiceConfig {
             server_name: config.server_name(),
             registration: config.registration,
@@ -47,9 +50,11 @@ pub fn services(config: &Config, store: DynStore) -> Services {
             access_token_lifetime_ms: config.access_token_lifetime_ms,
             max_devices_per_user: config.limits.max_devices_per_user,
             rate_limits: config.rate_limits.clone(),
+            default_room_version: config.default_room_version.clone(),
         },
         store,
-    )
+        key,
+    ))
 }
 
 /// A server accepting requests.
@@ -82,7 +87,7 @@ impl RunningServer {
 /// Binds the listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let store = open_store(&config).await?;
-    let services = services(&config, store.clone());
+    let services = services(&config, store.clone())?;
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
         services: services.clone(),

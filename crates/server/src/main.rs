@@ -112,7 +112,7 @@ async fn run(command: Command, config: Config, path: PathBuf) -> anyhow::Result<
                 (chancery_service::tokens::random_string(chancery_service::tokens::ALNUM, 20), true)
             };
             let store = chancery_server::open_store(&config).await?;
-            let services = chancery_server::services(&config, store.clone());
+            let services = chancery_server::services(&config, store.clone())?;
             let created = services.create_user(&name, Some(password.clone()), admin).await;
             store.close().await;
             let user_id = created.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -124,7 +124,7 @@ async fn run(command: Command, config: Config, path: PathBuf) -> anyhow::Result<
         }
         Command::RegistrationToken(cmd) => {
             let store = chancery_server::open_store(&config).await?;
-            let services = chancery_server::services(&config, store.clone());
+            let services = chancery_server::services(&config, store.clone())?;
             let result = registration_token(&services, cmd).await;
             store.close().await;
             result

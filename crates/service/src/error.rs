@@ -48,6 +48,8 @@ pub enum Error {
     /// More interactive-auth stages are needed (HTTP 401 with the flows).
     #[error("interactive authentication required")]
     Uia(Box<UiaChallenge>),
+    #[error("room version {0} is not supported")]
+    UnsupportedRoomVersion(String),
     #[error("internal error")]
     Internal(String),
 }

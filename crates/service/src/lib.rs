@@ -9,10 +9,14 @@
 
 mod accounts;
 mod error;
+mod filters;
 mod password;
 mod profile;
 pub mod ratelimit;
 mod registration_tokens;
+pub mod rooms;
+pub mod signing;
+mod sync;
 pub mod tokens;
 mod uia;
 
@@ -26,6 +30,7 @@ pub use chancery_store::{Device, PoolStats};
 pub use error::{Error, UiaChallenge};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use registration_tokens::NewRegistrationToken;
+pub use sync::SyncRequest;
 pub use uia::{AuthPayload, AuthStage};
 
 /// Who may create an account through the client-server API.
@@ -53,6 +58,8 @@ pub struct ServiceConfig {
     pub access_token_lifetime_ms: u64,
     pub max_devices_per_user: usize,
     pub rate_limits: RateLimitConfig,
+    /// Version of new rooms unless the client asks for another.
+    pub default_room_version: String,
 }
 
 /// All services, cheap to clone and share between request handlers.
@@ -65,12 +72,18 @@ struct Inner {
     config: ServiceConfig,
     store: DynStore,
     limiters: ratelimit::Limiters,
+    signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair,
+    rooms: rooms::RoomRuntime,
 }
 
 impl Services {
-    pub fn new(config: ServiceConfig, store: DynStore) -> Self {
+    pub fn new(config: ServiceConfig, store: DynStore, signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair) -> Self {
         let limiters = ratelimit::Limiters::new(&config.rate_limits);
-        Self { inner: Arc::new(Inner { config, store, limiters }) }
+        Self { inner: Arc::new(Inner { config, store, limiters, signing_key, rooms: rooms::RoomRuntime::new() }) }
+    }
+
+    pub(crate) fn signing_key(&self) -> &chancery_proto::ruma::signatures::Ed25519KeyPair {
+        &self.inner.signing_key
     }
 
     pub fn config(&self) -> &ServiceConfig {

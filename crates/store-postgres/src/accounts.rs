@@ -28,13 +28,13 @@ use crate::{PostgresStore, backend};
 /// ("chancuia" in ASCII).
 const UIA_LOCK: i64 = 0x6368_616e_6375_6961;
 
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u(v: i64) -> u64 {
+pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -46,7 +46,7 @@ fn unique_or_backend(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -
     }
 }
 
-fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
     row.try_get(idx).map_err(backend)
 }
 
@@ -55,12 +55,12 @@ async fn execute(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Resul
     c.execute(&stmt, params).await
 }
 
-async fn query(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+pub(crate) async fn query(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
     c.query(&stmt, params).await.map_err(backend)
 }
 
-async fn query_opt(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+pub(crate) async fn query_opt(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
     c.query_opt(&stmt, params).await.map_err(backend)
 }

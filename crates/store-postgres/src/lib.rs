@@ -7,6 +7,8 @@
 //! crate's API; their errors become [`StoreError::Backend`].
 
 mod accounts;
+mod rooms;
+mod user_data;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,7 +19,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_accounts.sql"),
+    include_str!("../migrations/0002_rooms.sql"),
+    include_str!("../migrations/0003_filters.sql"),
+];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes
 /// started together apply each migration once instead of racing on DDL.

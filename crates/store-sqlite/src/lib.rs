@@ -8,6 +8,8 @@
 
 mod accounts;
 mod pool;
+mod rooms;
+mod user_data;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +21,11 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use pool::Pool;
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_accounts.sql"),
+    include_str!("../migrations/0002_rooms.sql"),
+    include_str!("../migrations/0003_filters.sql"),
+];
 
 pub struct SqliteStore {
     pool: Arc<Pool>,

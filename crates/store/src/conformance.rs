@@ -18,6 +18,8 @@ macro_rules! store_conformance_tests {
             registration_token_uses_hold_under_concurrency, devices_and_sessions, device_limit_is_enforced,
             refresh_keeps_previous_token_until_new_one_used, password_change_logs_out_others,
             deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded,
+            rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked,
+            racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -259,4 +261,425 @@ pub async fn uia_sessions_expire_and_are_bounded(store: DynStore) {
     assert_eq!(store.uia_session("s2").await.unwrap().unwrap(), s2);
     store.delete_uia_session("s2").await.unwrap();
     assert!(store.uia_session("s2").await.unwrap().is_none());
+}
+
+fn room(id: &str) -> NewRoom {
+    NewRoom { room_id: id.into(), room_version: "11".into(), creator: "@alice:x".into(), created_ts: 1_000 }
+}
+
+/// An event of `room`; the JSON is whatever the store is given, kept
+/// byte for byte.
+fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth: u64) -> NewEvent {
+    let json = json!({
+        "event_id": id,
+        "room_id": room,
+        "type": event_type,
+        "state_key": state_key,
+        "sender": "@alice:x",
+        "depth": depth,
+        "content": {},
+    });
+    NewEvent {
+        event_id: id.into(),
+        room_id: room.into(),
+        event_type: event_type.into(),
+        state_key: state_key.map(Into::into),
+        sender: "@alice:x".into(),
+        origin_server_ts: 1_000 + depth,
+        depth,
+        json: json.to_string(),
+        membership: None,
+        redacts: None,
+        txn: None,
+    }
+}
+
+fn member(room: &str, id: &str, user: &str, membership: &str, depth: u64) -> NewEvent {
+    let mut e = event(room, id, "m.room.member", Some(user), depth);
+    e.sender = user.into();
+    e.membership = Some(membership.into());
+    e.json =
+        json!({"event_id": id, "type": "m.room.member", "state_key": user, "content": {"membership": membership}}).to_string();
+    e
+}
+
+fn message(room: &str, id: &str, depth: u64) -> NewEvent {
+    let mut e = event(room, id, "m.room.message", None, depth);
+    e.json = json!({"event_id": id, "type": "m.room.message", "content": {"msgtype": "m.text", "body": id}}).to_string();
+    e
+}
+
+fn ids(events: &[StoredEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event_id.as_str()).collect()
+}
+
+fn positions(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.stream_pos).collect()
+}
+
+fn txn(device: &str, id: &str) -> TxnKey {
+    TxnKey { user_id: "@alice:x".into(), device_id: device.into(), txn_id: id.into() }
+}
+
+pub async fn rooms_create_append_and_read(store: DynStore) {
+    let r = "!r:x";
+    assert_eq!(store.current_stream_pos().await.unwrap(), 0);
+    assert!(store.room(r).await.unwrap().is_none());
+    let created = store
+        .create_room(
+            room(r),
+            vec![
+                event(r, "$create", "m.room.create", Some(""), 1),
+                member(r, "$alice", "@alice:x", "join", 2),
+                event(r, "$pl", "m.room.power_levels", Some(""), 3),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(created, 3);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 3);
+    let again = store.create_room(room(r), vec![event(r, "$create2", "m.room.create", Some(""), 1)]).await;
+    assert!(matches!(again, Err(StoreError::Conflict("room"))), "{again:?}");
+    assert!(store.event("$create2").await.unwrap().is_none());
+
+    let info = store.room(r).await.unwrap().unwrap();
+    assert_eq!(
+        info,
+        RoomInfo {
+            room_id: r.into(),
+            room_version: "11".into(),
+            creator: "@alice:x".into(),
+            created_ts: 1_000,
+            forward_extremities: vec!["$pl".into()],
+            max_depth: 3,
+        }
+    );
+
+    // Positions: 4 message, 5 name, 6 bob joins, 7 bob leaves, 8 new name,
+    // 9 "@Zed" joins (byte order puts it before "@alice").
+    let m1 = message(r, "$m1", 4);
+    assert_eq!(store.append_event(m1.clone(), &["$pl".into()]).await.unwrap(), 4);
+    let steps = [
+        event(r, "$name1", "m.room.name", Some(""), 5),
+        member(r, "$bobjoin", "@bob:x", "join", 6),
+        member(r, "$bobleave", "@bob:x", "leave", 7),
+        event(r, "$name2", "m.room.name", Some(""), 8),
+        member(r, "$zed", "@Zed:x", "join", 9),
+    ];
+    let mut prev = "$m1".to_owned();
+    let mut last_pos = 4;
+    for e in steps {
+        let id = e.event_id.clone();
+        let pos = store.append_event(e, std::slice::from_ref(&prev)).await.unwrap();
+        assert!(pos > last_pos, "positions increase");
+        (prev, last_pos) = (id, pos);
+    }
+    assert_eq!(last_pos, 9);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 9);
+    let info = store.room(r).await.unwrap().unwrap();
+    assert_eq!((info.forward_extremities, info.max_depth), (vec!["$zed".to_owned()], 9));
+
+    let got = store.event("$m1").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        StoredEvent {
+            event_id: "$m1".into(),
+            room_id: r.into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@alice:x".into(),
+            origin_server_ts: 1_004,
+            depth: 4,
+            json: m1.json.clone(),
+            membership: None,
+            stream_pos: 4,
+            redacted_by: None,
+            txn: None,
+        }
+    );
+    let bob = store.event("$bobjoin").await.unwrap().unwrap();
+    assert_eq!((bob.state_key.as_deref(), bob.membership.as_deref(), bob.stream_pos), (Some("@bob:x"), Some("join"), 6));
+    assert!(store.event("$missing").await.unwrap().is_none());
+
+    // State now and in the past, sorted by (type, state_key).
+    let now = store.state_at(r, None).await.unwrap();
+    assert_eq!(ids(&now), ["$create", "$zed", "$alice", "$bobleave", "$name2", "$pl"]);
+    assert_eq!(store.state_at(r, Some(9)).await.unwrap(), now);
+    assert_eq!(ids(&store.state_at(r, Some(3)).await.unwrap()), ["$create", "$alice", "$pl"]);
+    assert_eq!(ids(&store.state_at(r, Some(4)).await.unwrap()), ["$create", "$alice", "$pl"]);
+    assert_eq!(ids(&store.state_at(r, Some(6)).await.unwrap()), ["$create", "$alice", "$bobjoin", "$name1", "$pl"]);
+    assert_eq!(ids(&store.state_at(r, Some(7)).await.unwrap()), ["$create", "$alice", "$bobleave", "$name1", "$pl"]);
+    assert_eq!(ids(&store.state_at(r, Some(1)).await.unwrap()), ["$create"]);
+    assert!(store.state_at(r, Some(0)).await.unwrap().is_empty());
+    assert!(store.state_at("!nope:x", None).await.unwrap().is_empty());
+
+    let name = |at| {
+        let store = store.clone();
+        async move { store.state_event(r, "m.room.name", "", at).await.unwrap().map(|e| e.event_id) }
+    };
+    assert_eq!(name(None).await.as_deref(), Some("$name2"));
+    assert_eq!(name(Some(4)).await, None);
+    assert_eq!(name(Some(5)).await.as_deref(), Some("$name1"));
+    assert_eq!(name(Some(7)).await.as_deref(), Some("$name1"));
+    assert_eq!(name(Some(8)).await.as_deref(), Some("$name2"));
+    let bob_at_6 = store.state_event(r, "m.room.member", "@bob:x", Some(6)).await.unwrap().unwrap();
+    assert_eq!(bob_at_6.membership.as_deref(), Some("join"));
+    assert!(store.state_event(r, "m.room.member", "@carol:x", None).await.unwrap().is_none());
+
+    // Only the last change per key, and only if still in force at up_to.
+    assert_eq!(ids(&store.state_changes(r, 3, 6).await.unwrap()), ["$name1", "$bobjoin"]);
+    assert_eq!(ids(&store.state_changes(r, 3, 9).await.unwrap()), ["$bobleave", "$name2", "$zed"]);
+    assert_eq!(ids(&store.state_changes(r, 5, 7).await.unwrap()), ["$bobleave"]);
+    assert_eq!(positions(&store.state_changes(r, 6, 8).await.unwrap()), [7, 8]);
+    assert!(store.state_changes(r, 9, 9).await.unwrap().is_empty());
+    assert!(store.state_changes(r, 3, 4).await.unwrap().is_empty());
+
+    // Timeline windows in both directions.
+    assert_eq!(positions(&store.room_events(r, 0, 9, 3, true).await.unwrap()), [9, 8, 7]);
+    assert_eq!(positions(&store.room_events(r, 0, 9, 3, false).await.unwrap()), [1, 2, 3]);
+    assert_eq!(positions(&store.room_events(r, 3, 5, 10, false).await.unwrap()), [4, 5]);
+    assert_eq!(positions(&store.room_events(r, 3, 5, 10, true).await.unwrap()), [5, 4]);
+    assert_eq!(positions(&store.room_events(r, 0, 9, 100, false).await.unwrap()), (1..=9).collect::<Vec<_>>());
+    assert_eq!(store.room_events(r, 0, 9, 100, false).await.unwrap()[3], got);
+    assert!(store.room_events(r, 5, 5, 10, true).await.unwrap().is_empty());
+    assert!(store.room_events(r, 0, 9, 0, true).await.unwrap().is_empty());
+    assert!(store.room_events("!nope:x", 0, 9, 10, true).await.unwrap().is_empty());
+
+    // A second room ("!a" sorts first) that alice is in too.
+    let a = "!a:x";
+    let pos = store
+        .create_room(
+            room(a),
+            vec![event(a, "$acreate", "m.room.create", Some(""), 1), member(a, "$ajoin", "@alice:x", "join", 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(pos, 11);
+    assert!(store.room_events(r, 9, 11, 10, false).await.unwrap().is_empty());
+    let alice = store.memberships_of_user("@alice:x").await.unwrap();
+    let m = |room: &str, user: &str, membership: &str, event_id: &str, stream_pos| Membership {
+        room_id: room.into(),
+        user_id: user.into(),
+        membership: membership.into(),
+        event_id: event_id.into(),
+        stream_pos,
+    };
+    assert_eq!(alice, [m(a, "@alice:x", "join", "$ajoin", 11), m(r, "@alice:x", "join", "$alice", 2)]);
+    assert_eq!(store.memberships_of_user("@bob:x").await.unwrap(), [m(r, "@bob:x", "leave", "$bobleave", 7)]);
+    assert!(store.memberships_of_user("@carol:x").await.unwrap().is_empty());
+    assert_eq!(
+        store.members_of_room(r).await.unwrap(),
+        [m(r, "@Zed:x", "join", "$zed", 9), m(r, "@alice:x", "join", "$alice", 2), m(r, "@bob:x", "leave", "$bobleave", 7)]
+    );
+    assert_eq!(store.members_of_room(a).await.unwrap(), [m(a, "@alice:x", "join", "$ajoin", 11)]);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 11);
+
+    // Malformed creations store nothing.
+    let empty = store.create_room(room("!empty:x"), vec![]).await;
+    assert!(matches!(empty, Err(StoreError::Invalid(_))), "{empty:?}");
+    let elsewhere = store.create_room(room("!b:x"), vec![event("!c:x", "$bc", "m.room.create", Some(""), 1)]).await;
+    assert!(matches!(elsewhere, Err(StoreError::Invalid("room"))), "{elsewhere:?}");
+    assert!(store.room("!b:x").await.unwrap().is_none());
+    assert_eq!(store.current_stream_pos().await.unwrap(), 11);
+}
+
+pub async fn append_checks_extremities_and_txn(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    assert_eq!(store.append_event(message(r, "$a", 2), &["$create".into()]).await.unwrap(), 2);
+
+    // Someone else appended $a: a send built on $create is refused whole.
+    let mut stale = event(r, "$b", "m.room.topic", Some(""), 2);
+    stale.txn = Some(txn("DEV", "t0"));
+    let refused = store.append_event(stale, &["$create".into()]).await;
+    assert!(matches!(refused, Err(StoreError::Conflict("extremities"))), "{refused:?}");
+    for prev in [vec![], vec!["$a".to_owned(), "$create".to_owned()], vec!["$other".to_owned()]] {
+        let refused = store.append_event(message(r, "$b", 3), &prev).await;
+        assert!(matches!(refused, Err(StoreError::Conflict("extremities"))), "{prev:?}: {refused:?}");
+    }
+    assert!(store.event("$b").await.unwrap().is_none());
+    assert!(store.event_for_txn(&txn("DEV", "t0")).await.unwrap().is_none());
+    assert!(store.state_event(r, "m.room.topic", "", None).await.unwrap().is_none());
+    assert_eq!(store.room(r).await.unwrap().unwrap().forward_extremities, ["$a"]);
+    assert_eq!(store.room(r).await.unwrap().unwrap().max_depth, 2);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 2);
+
+    let missing = store.append_event(message("!nope:x", "$n", 1), &[]).await;
+    assert!(matches!(missing, Err(StoreError::Invalid("room"))), "{missing:?}");
+
+    // Transaction ids are per device.
+    let mut sent = message(r, "$t1", 3);
+    sent.txn = Some(txn("DEV", "t1"));
+    assert_eq!(store.append_event(sent, &["$a".into()]).await.unwrap(), 3);
+    assert_eq!(store.event_for_txn(&txn("DEV", "t1")).await.unwrap().as_deref(), Some("$t1"));
+    assert_eq!(store.event("$t1").await.unwrap().unwrap().txn, Some(txn("DEV", "t1")));
+    assert!(store.event_for_txn(&txn("OTHER", "t1")).await.unwrap().is_none());
+    assert!(store.event_for_txn(&txn("DEV", "t2")).await.unwrap().is_none());
+    let mut retry = event(r, "$t1again", "m.room.topic", Some(""), 4);
+    retry.txn = Some(txn("DEV", "t1"));
+    let refused = store.append_event(retry, &["$t1".into()]).await;
+    assert!(matches!(refused, Err(StoreError::Conflict("txn"))), "{refused:?}");
+    assert!(store.event("$t1again").await.unwrap().is_none());
+    assert!(store.state_at(r, None).await.unwrap().iter().all(|e| e.event_type != "m.room.topic"));
+    assert_eq!(store.room(r).await.unwrap().unwrap().forward_extremities, ["$t1"]);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 3);
+
+    let mut other_device = message(r, "$t1other", 4);
+    other_device.txn = Some(txn("OTHER", "t1"));
+    assert_eq!(store.append_event(other_device, &["$t1".into()]).await.unwrap(), 4);
+    assert_eq!(store.event_for_txn(&txn("OTHER", "t1")).await.unwrap().as_deref(), Some("$t1other"));
+
+    // An event id is stored once.
+    let dup = store.append_event(message(r, "$a", 5), &["$t1other".into()]).await;
+    assert!(matches!(dup, Err(StoreError::Conflict("event"))), "{dup:?}");
+    assert_eq!(store.event("$a").await.unwrap().unwrap().stream_pos, 2);
+
+    // Failed appends gave their positions back: the next one is dense.
+    assert_eq!(store.append_event(message(r, "$c", 5), &["$t1other".into()]).await.unwrap(), 5);
+    assert_eq!(positions(&store.room_events(r, 0, 5, 10, false).await.unwrap()), [1, 2, 3, 4, 5]);
+}
+
+pub async fn redactions_are_linked(store: DynStore) {
+    let r = "!r:x";
+    store
+        .create_room(
+            room(r),
+            vec![event(r, "$create", "m.room.create", Some(""), 1), event(r, "$name", "m.room.name", Some(""), 2)],
+        )
+        .await
+        .unwrap();
+    store.append_event(message(r, "$m", 3), &["$name".into()]).await.unwrap();
+    let redaction = |id: &str, target: &str, depth| {
+        let mut e = event(r, id, "m.room.redaction", None, depth);
+        e.redacts = Some(target.into());
+        e
+    };
+    store.append_event(redaction("$r1", "$m", 4), &["$m".into()]).await.unwrap();
+    assert_eq!(store.event("$m").await.unwrap().unwrap().redacted_by.as_deref(), Some("$r1"));
+    // A second redaction is stored as an event, but the first one stays the link.
+    store.append_event(redaction("$r2", "$m", 5), &["$r1".into()]).await.unwrap();
+    assert_eq!(store.event("$m").await.unwrap().unwrap().redacted_by.as_deref(), Some("$r1"));
+    assert!(store.event("$r2").await.unwrap().unwrap().redacted_by.is_none());
+    let timeline = store.room_events(r, 0, 10, 10, false).await.unwrap();
+    assert_eq!(ids(&timeline), ["$create", "$name", "$m", "$r1", "$r2"]);
+    assert_eq!(timeline[2].redacted_by.as_deref(), Some("$r1"));
+    assert!(timeline.iter().filter(|e| e.event_id != "$m").all(|e| e.redacted_by.is_none()));
+
+    // Redacted state stays state, marked as redacted.
+    store.append_event(redaction("$r3", "$name", 6), &["$r2".into()]).await.unwrap();
+    let name = store.state_event(r, "m.room.name", "", None).await.unwrap().unwrap();
+    assert_eq!((name.event_id.as_str(), name.redacted_by.as_deref()), ("$name", Some("$r3")));
+    let state = store.state_at(r, Some(2)).await.unwrap();
+    assert_eq!(state.iter().map(|e| e.redacted_by.as_deref()).collect::<Vec<_>>(), [None, Some("$r3")]);
+    assert_eq!(store.state_changes(r, 0, 6).await.unwrap()[1].redacted_by.as_deref(), Some("$r3"));
+}
+
+pub async fn racing_appends_to_one_room_let_exactly_one_win(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for n in 0..6 {
+            let (store, prev) = (Arc::clone(&store), prev.clone());
+            tasks.push(tokio::spawn(async move {
+                let id = format!("$r{round}n{n}");
+                let e = event(r, &id, "m.room.topic", Some(""), round + 2);
+                store.append_event(e, &[prev]).await.map(|_| id)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(id) => winners.push(id),
+                Err(StoreError::Conflict("extremities")) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        prev = winners.pop().unwrap();
+        assert_eq!(store.room(r).await.unwrap().unwrap().forward_extremities, [prev.clone()]);
+        assert_eq!(store.state_event(r, "m.room.topic", "", None).await.unwrap().unwrap().event_id, prev);
+    }
+    assert_eq!(store.current_stream_pos().await.unwrap(), 6);
+    assert_eq!(positions(&store.room_events(r, 0, 6, 10, false).await.unwrap()), [1, 2, 3, 4, 5, 6]);
+}
+
+pub async fn concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered(store: DynStore) {
+    const ROOMS: usize = 8;
+    const PER_ROOM: usize = 25;
+    let rooms: Vec<String> = (0..ROOMS).map(|n| format!("!room{n}:x")).collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // While the writers run: everything at or below the current position
+    // must already be readable.
+    let reader = {
+        let (store, rooms, done) = (Arc::clone(&store), rooms.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut checks = 0u32;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let current = store.current_stream_pos().await.unwrap();
+                let mut seen = Vec::new();
+                for room in &rooms {
+                    seen.extend(positions(&store.room_events(room, 0, current, usize::MAX, false).await.unwrap()));
+                }
+                seen.sort_unstable();
+                assert_eq!(seen, (1..=current).collect::<Vec<_>>(), "visible positions at {current}");
+                checks += 1;
+                if finished {
+                    return checks;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    for room_id in rooms.clone() {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            let create = format!("{room_id}/create");
+            let mut got = vec![(
+                create.clone(),
+                store.create_room(room(&room_id), vec![event(&room_id, &create, "m.room.create", Some(""), 1)]).await.unwrap(),
+            )];
+            let mut prev = create;
+            for n in 0..PER_ROOM {
+                let id = format!("{room_id}/{n}");
+                let e = if n % 5 == 0 {
+                    event(&room_id, &id, "m.room.topic", Some(""), n as u64 + 2)
+                } else {
+                    message(&room_id, &id, n as u64 + 2)
+                };
+                let pos = store.append_event(e, &[prev]).await.unwrap();
+                got.push((id.clone(), pos));
+                prev = id;
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_room = Vec::new();
+    for writer in writers {
+        let got = writer.await.unwrap();
+        assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "a room's events get increasing positions");
+        all.extend(got.iter().map(|(_, pos)| *pos));
+        per_room.push(got);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let checks = reader.await.unwrap();
+    assert!(checks >= 1);
+
+    let total = (ROOMS * (PER_ROOM + 1)) as u64;
+    all.sort_unstable();
+    assert_eq!(all, (1..=total).collect::<Vec<_>>(), "dense, no duplicates");
+    assert_eq!(store.current_stream_pos().await.unwrap(), total);
+    for (room_id, got) in rooms.iter().zip(&per_room) {
+        let stored = store.room_events(room_id, 0, total, 1_000, false).await.unwrap();
+        let stored: Vec<(String, u64)> = stored.into_iter().map(|e| (e.event_id, e.stream_pos)).collect();
+        assert_eq!(&stored, got);
+        let topic = store.state_event(room_id, "m.room.topic", "", None).await.unwrap().unwrap();
+        assert_eq!(topic.event_id, format!("{room_id}/20"));
+    }
 }

@@ -6,7 +6,9 @@
 //! backends read no clock and tests control time.
 
 pub mod conformance;
+mod rooms;
 mod types;
+mod user_data;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use rooms::*;
 pub use types::*;
+pub use user_data::*;
 
 /// What went wrong in a store call. `Conflict`/`LimitExceeded`/`Invalid`
 /// are operating errors the caller turns into a Matrix error; `Backend` is
@@ -125,7 +129,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

@@ -1,8 +1,11 @@
 pub mod account;
 pub mod devices;
 pub mod discovery;
+pub mod filters;
 pub mod profile;
+pub mod rooms;
 pub mod session;
+pub mod sync;
 
 use chancery_proto::ruma::api::client::uiaa::{AuthData, UserIdentifier};
 use chancery_service::{AuthPayload, AuthStage};

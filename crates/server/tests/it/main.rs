@@ -7,4 +7,5 @@ mod client_flows;
 mod common;
 mod process;
 mod registration;
+mod rooms_flow;
 mod store_conformance;

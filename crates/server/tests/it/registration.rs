@@ -12,7 +12,7 @@ async fn token_registration(backend: Backend) {
     let base = &server.base_url;
     let services = {
         let store = chancery_server::open_store(&server.config).await.unwrap();
-        chancery_server::services(&server.config, store)
+        chancery_server::services(&server.config, store).unwrap()
     };
     let token = services
         .create_registration_token(chancery_service::NewRegistrationToken {

@@ -1,0 +1,33 @@
+//! `GET /sync`.
+
+use axum::Json;
+use axum::extract::State;
+use chancery_proto::ruma::api::client::filter::FilterDefinition;
+use chancery_proto::ruma::api::client::sync::sync_events::v3;
+use chancery_service::{Error, SyncRequest};
+use serde_json::Value as JsonValue;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::{Authed, Ruma};
+
+pub async fn sync(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<v3::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let filter = match req.filter {
+        None => FilterDefinition::default(),
+        Some(v3::Filter::FilterDefinition(f)) => f,
+        Some(v3::Filter::FilterId(id)) => state.services.filter(&user, &id).await?,
+        Some(_) => return Err(Error::BadJson("unknown filter form".into()).into()),
+    };
+    let request = SyncRequest {
+        since: req.since,
+        timeout_ms: req.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
+        full_state: req.full_state,
+        use_state_after: req.use_state_after,
+        filter,
+    };
+    Ok(Json(state.services.sync(&user, request).await?))
+}

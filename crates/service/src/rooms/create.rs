@@ -1,0 +1,253 @@
+//! `POST /createRoom` (client-server API "Creation"): the create event, the
+//! creator's join, power levels, preset state, initial state, name, topic
+//! and invites, built in that order and stored in one transaction.
+
+use chancery_core::pdu::{self, EventDraft};
+use chancery_proto::limits::{MAX_CREATE_ROOM_INITIAL_STATE, MAX_CREATE_ROOM_INVITES};
+use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
+use chancery_store::{NewEvent, NewRoom, StoreError};
+use serde_json::{Map, Value as JsonValue, json};
+
+use super::send::new_event;
+use super::{SUPPORTED_ROOM_VERSIONS, StateMap, rules_of};
+use crate::{AuthedUser, Error, Services, now_ms, tokens};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateRoom {
+    pub preset: Option<Preset>,
+    pub public: bool,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    /// (type, state_key, content)
+    pub initial_state: Vec<(String, String, JsonValue)>,
+    pub power_level_content_override: Option<JsonValue>,
+    pub room_version: Option<String>,
+    pub creation_content: Option<JsonValue>,
+    pub is_direct: bool,
+}
+
+/// Builds a room's first events one after the other, checking each
+/// against the state so far exactly as a later event would be.
+struct Builder<'a> {
+    services: &'a Services,
+    rules: chancery_proto::ruma::room_version_rules::RoomVersionRules,
+    room_id: Option<OwnedRoomId>,
+    state: StateMap,
+    prev: Vec<OwnedEventId>,
+    depth: u64,
+    events: Vec<NewEvent>,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, sender: &OwnedUserId, event_type: &str, state_key: &str, content: JsonValue) -> Result<(), Error> {
+        let draft = EventDraft {
+            room_id: self.room_id.clone(),
+            sender: sender.clone(),
+            event_type: event_type.to_owned(),
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+        };
+        let auth_events: Vec<OwnedEventId> =
+            pdu::auth_types(&draft, &self.rules)?.iter().filter_map(|k| self.state.get(k)).map(|p| p.event_id.clone()).collect();
+        self.depth += 1;
+        let built = pdu::build_pdu(
+            &draft,
+            &self.rules,
+            &self.prev,
+            &auth_events,
+            self.depth,
+            now_ms(),
+            self.services.server_name(),
+            self.services.signing_key(),
+        )?;
+        pdu::authorize(&self.rules, &built, &self.state)?;
+        if self.room_id.is_none() {
+            self.room_id = Some(built.room_id_or_derived()?);
+        }
+        let room_id = self.room_id.clone().expect("set above");
+        self.events.push(new_event(&built, &room_id, None));
+        self.prev = vec![built.event_id.clone()];
+        self.state.insert((StateEventType::from(event_type), state_key.to_owned()), built);
+        Ok(())
+    }
+}
+
+fn default_power_levels(
+    creator: &OwnedUserId,
+    list_creator: bool,
+    preset: Preset,
+    invitees: &[OwnedUserId],
+) -> Map<String, JsonValue> {
+    let mut users = Map::new();
+    if list_creator {
+        users.insert(creator.to_string(), json!(100));
+    }
+    if preset == Preset::TrustedPrivateChat {
+        for invitee in invitees {
+            users.insert(invitee.to_string(), json!(100));
+        }
+    }
+    let JsonValue::Object(map) = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": if preset == Preset::PublicChat { 50 } else { 0 },
+        "notifications": { "room": 50 },
+    }) else {
+        unreachable!("object literal")
+    };
+    map
+}
+
+impl Services {
+    pub async fn create_room(&self, user: &AuthedUser, req: CreateRoom) -> Result<OwnedRoomId, Error> {
+        if req.invite.len() > MAX_CREATE_ROOM_INVITES {
+            return Err(Error::InvalidParam(format!("at most {MAX_CREATE_ROOM_INVITES} invites")));
+        }
+        if req.initial_state.len() > MAX_CREATE_ROOM_INITIAL_STATE {
+            return Err(Error::InvalidParam(format!("at most {MAX_CREATE_ROOM_INITIAL_STATE} initial state events")));
+        }
+        let version = req.room_version.clone().unwrap_or_else(|| self.config().default_room_version.clone());
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
+            return Err(Error::UnsupportedRoomVersion(version));
+        }
+        for invitee in &req.invite {
+            self.ensure_local_user(invitee).await?;
+        }
+        let (_, rules) = rules_of(&version)?;
+        let creator = user.user_id.clone();
+        let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
+
+        let mut create_content = match req.creation_content.clone() {
+            Some(JsonValue::Object(map)) => map,
+            Some(_) => return Err(Error::BadJson("creation_content must be an object".into())),
+            None => Map::new(),
+        };
+        create_content.insert("room_version".into(), json!(version));
+        if !rules.authorization.use_room_create_sender {
+            create_content.insert("creator".into(), json!(creator));
+        }
+
+        let derived_id = rules.authorization.room_create_event_id_as_room_id;
+        let room_id = (!derived_id).then(|| {
+            RoomId::parse(format!("!{}:{}", tokens::random_string(tokens::ALNUM, 18), self.server_name())).expect("valid room id")
+        });
+        let mut b = Builder {
+            services: self,
+            rules: rules.clone(),
+            room_id,
+            state: StateMap::new(),
+            prev: vec![],
+            depth: 0,
+            events: vec![],
+        };
+        b.push(&creator, "m.room.create", "", JsonValue::Object(create_content))?;
+
+        let profile = self.store().profile(creator.as_str()).await?;
+        let mut join = json!({"membership": "join"});
+        for field in ["displayname", "avatar_url"] {
+            if let Some(v) = profile.get(field) {
+                join[field] = v.clone();
+            }
+        }
+        b.push(&creator, "m.room.member", creator.as_str(), join)?;
+
+        let list_creator = !rules.authorization.explicitly_privilege_room_creators;
+        let mut power = default_power_levels(&creator, list_creator, preset, &req.invite);
+        match &req.power_level_content_override {
+            Some(JsonValue::Object(over)) => power.extend(over.clone()),
+            Some(_) => return Err(Error::BadJson("power_level_content_override must be an object".into())),
+            None => {}
+        }
+        b.push(&creator, "m.room.power_levels", "", JsonValue::Object(power))?;
+
+        let (join_rule, guest_access) = match preset {
+            Preset::PublicChat => ("public", "forbidden"),
+            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+        };
+        let mut preset_state = vec![
+            ("m.room.join_rules".to_owned(), String::new(), json!({"join_rule": join_rule})),
+            ("m.room.history_visibility".to_owned(), String::new(), json!({"history_visibility": "shared"})),
+            ("m.room.guest_access".to_owned(), String::new(), json!({"guest_access": guest_access})),
+        ];
+        // initial_state wins over the preset for the same (type, key).
+        for (event_type, key, content) in &req.initial_state {
+            if matches!(event_type.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
+                return Err(Error::InvalidParam(format!("{event_type} cannot be part of initial_state")));
+            }
+            preset_state.retain(|(t, k, _)| !(t == event_type && k == key));
+            preset_state.push((event_type.clone(), key.clone(), content.clone()));
+        }
+        for (event_type, key, content) in preset_state {
+            b.push(&creator, &event_type, &key, content)?;
+        }
+        if let Some(name) = &req.name {
+            b.push(&creator, "m.room.name", "", json!({"name": name}))?;
+        }
+        if let Some(topic) = &req.topic {
+            b.push(
+                &creator,
+                "m.room.topic",
+                "",
+                json!({"topic": topic, "m.topic": [{"body": topic, "mimetype": "text/plain"}]}),
+            )?;
+        }
+        for invitee in &req.invite {
+            let mut content = json!({"membership": "invite"});
+            if req.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            b.push(&creator, "m.room.member", invitee.as_str(), content)?;
+        }
+
+        let room_id = b.room_id.clone().expect("create event sets the room id");
+        let room =
+            NewRoom { room_id: room_id.to_string(), room_version: version, creator: creator.to_string(), created_ts: now_ms() };
+        let pos = match self.store().create_room(room, b.events).await {
+            Ok(pos) => pos,
+            Err(StoreError::Conflict("room")) => return Err(Error::Internal("room id collision".into())),
+            Err(e) => return Err(e.into()),
+        };
+        self.inner.rooms.advance(pos);
+        tracing::info!(room_id = %room_id, "room created");
+        Ok(room_id)
+    }
+
+    /// Invites and other user-targeted actions only reach local accounts
+    /// until federation exists.
+    pub(crate) async fn ensure_local_user(&self, user_id: &chancery_proto::ruma::UserId) -> Result<(), Error> {
+        if user_id.server_name() != self.server_name() {
+            return Err(Error::Forbidden(format!(
+                "{user_id} is on another server; federation is not available on this server yet"
+            )));
+        }
+        match self.store().account(user_id.as_str()).await? {
+            Some(a) if !a.deactivated => Ok(()),
+            _ => Err(Error::NotFound(format!("{user_id} does not exist"))),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Rooms: creating them, sending events (messages, state, memberships,
+//! redactions) and reading them back as a client sees them.
+//!
+//! Write path: one room's events are built and persisted in order under a
+//! per-room lock; different rooms never wait on each other. The store
+//! rejects an append whose `prev_events` are stale (another node went
+//! first), and the event is rebuilt on the new extremities.
+
+mod client_event;
+mod create;
+mod membership;
+pub(crate) mod read;
+mod send;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use chancery_core::pdu::{Pdu, PduError};
+use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
+use chancery_proto::ruma::room_version_rules::RoomVersionRules;
+use chancery_proto::ruma::{RoomId, RoomVersionId, UserId};
+use tokio::sync::watch;
+
+pub use client_event::ClientEventOptions;
+pub use create::{CreateRoom, Preset};
+pub use membership::MembershipAction;
+pub use read::{Direction, MessagesPage, format_token, parse_token};
+
+use crate::{Error, Services};
+
+/// Room versions this server creates and joins.
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+
+pub(crate) type StateMap = BTreeMap<(StateEventType, String), Pdu>;
+
+/// Per-node runtime of rooms: write locks and the sync wake-up signal.
+pub(crate) struct RoomRuntime {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The newest stream position written by this node; long-polling
+    /// syncs wait for it to move.
+    pub(crate) stream: watch::Sender<u64>,
+}
+
+/// Idle per-room locks are dropped once this many are held.
+const MAX_IDLE_ROOM_LOCKS: usize = 10_000;
+
+impl RoomRuntime {
+    pub(crate) fn new() -> Self {
+        Self { locks: Mutex::new(HashMap::new()), stream: watch::channel(0).0 }
+    }
+
+    pub(crate) fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() >= MAX_IDLE_ROOM_LOCKS {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Arc::clone(locks.entry(room_id.to_string()).or_default())
+    }
+
+    pub(crate) fn advance(&self, pos: u64) {
+        self.stream.send_if_modified(|current| {
+            if pos > *current {
+                *current = pos;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+pub(crate) fn rules_of(version: &str) -> Result<(RoomVersionId, RoomVersionRules), Error> {
+    let id = RoomVersionId::try_from(version).map_err(|_| Error::Internal(format!("bad room version {version}")))?;
+    let rules = id.rules().ok_or_else(|| Error::Internal(format!("no rules for room version {version}")))?;
+    Ok((id, rules))
+}
+
+/// The power levels in force, with v12 room creators' unlimited power.
+pub(crate) fn power_levels(state: &StateMap, rules: &RoomVersionRules) -> Result<RoomPowerLevels, Error> {
+    let mut creators = Vec::new();
+    if rules.authorization.explicitly_privilege_room_creators
+        && let Some(create) = state.get(&(StateEventType::RoomCreate, String::new()))
+    {
+        creators.push(create.sender.clone());
+        if let Some(extra) = create.content_json().get("additional_creators").and_then(|a| a.as_array()) {
+            creators.extend(extra.iter().filter_map(|u| u.as_str()).filter_map(|u| UserId::parse(u).ok()));
+        }
+    }
+    let source = match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
+        Some(pdu) => RoomPowerLevelsSource::Original(
+            serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get())
+                .map_err(|e| Error::Internal(format!("stored power levels: {e}")))?,
+        ),
+        None => RoomPowerLevelsSource::None,
+    };
+    Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+}
+
+impl From<PduError> for Error {
+    fn from(e: PduError) -> Self {
+        match e {
+            PduError::TooLarge => Error::TooLarge(e.to_string()),
+            PduError::Invalid(m) => Error::BadJson(m),
+            PduError::Forbidden(m) => Error::Forbidden(m),
+        }
+    }
+}
+
+impl Services {
+    /// The room's current state, parsed.
+    pub(crate) async fn current_state(&self, room_id: &RoomId) -> Result<StateMap, Error> {
+        let events = self.store().state_at(room_id.as_str(), None).await?;
+        let mut state = StateMap::new();
+        for e in events {
+            let pdu = Pdu::from_json(&e.event_id, &e.json)?;
+            let key = (StateEventType::from(e.event_type.as_str()), e.state_key.unwrap_or_default());
+            state.insert(key, pdu);
+        }
+        Ok(state)
+    }
+
+    /// The user's current membership in the room (`None`: never a member).
+    pub(crate) async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>, Error> {
+        Ok(self.store().state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?.and_then(|e| e.membership))
+    }
+
+    /// Errors unless the user is joined to the room. Rooms the server does
+    /// not know answer the same as rooms the user is not in, so room ids
+    /// cannot be probed.
+    pub(crate) async fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
+        match self.membership(room_id, user_id).await?.as_deref() {
+            Some("join") => Ok(()),
+            _ => Err(Error::Forbidden("you are not joined to this room".into())),
+        }
+    }
+}

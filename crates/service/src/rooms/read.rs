@@ -1,0 +1,145 @@
+//! Reading rooms: single events, state, members, and `/messages` pages.
+//! Only joined members read a room (history of former members is a later
+//! refinement of history visibility).
+
+use chancery_proto::limits::MAX_MESSAGES_LIMIT;
+use chancery_proto::ruma::{EventId, RoomId};
+use serde_json::{Map, Value as JsonValue, json};
+
+use super::ClientEventOptions;
+use crate::{AuthedUser, Error, Services};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessagesPage {
+    pub chunk: Vec<JsonValue>,
+    pub start: String,
+    pub end: Option<String>,
+}
+
+/// Stream tokens are `s<position>`; later streams will add `_`-separated
+/// parts, which a position parser ignores.
+pub fn format_token(pos: u64) -> String {
+    format!("s{pos}")
+}
+
+pub fn parse_token(token: &str) -> Result<u64, Error> {
+    token
+        .strip_prefix('s')
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| Error::InvalidParam("malformed pagination token".into()))
+}
+
+impl Services {
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn room_event(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<JsonValue, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let event = self.store().event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
+        let event = event.ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        Ok(self.client_events(&[event], &user.into()).await?.remove(0))
+    }
+
+    /// `GET /rooms/{roomId}/state`.
+    pub async fn room_state(&self, user: &AuthedUser, room_id: &RoomId) -> Result<Vec<JsonValue>, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let state = self.store().state_at(room_id.as_str(), None).await?;
+        self.client_events(&state, &user.into()).await
+    }
+
+    /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the content, or
+    /// the whole event with `format=event`.
+    pub async fn room_state_event(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        whole_event: bool,
+    ) -> Result<JsonValue, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let event = self.store().state_event(room_id.as_str(), event_type, state_key, None).await?;
+        let event = event.ok_or_else(|| Error::NotFound("no such state event".into()))?;
+        let mut formatted = self.client_events(&[event], &user.into()).await?.remove(0);
+        Ok(if whole_event { formatted } else { formatted["content"].take() })
+    }
+
+    /// `GET /rooms/{roomId}/members`.
+    pub async fn room_members(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        at: Option<&str>,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<JsonValue>, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let at = at.map(parse_token).transpose()?;
+        let state = self.store().state_at(room_id.as_str(), at).await?;
+        let members: Vec<_> = state
+            .into_iter()
+            .filter(|e| e.event_type == "m.room.member")
+            .filter(|e| membership.is_none_or(|m| e.membership.as_deref() == Some(m)))
+            .filter(|e| not_membership.is_none_or(|m| e.membership.as_deref() != Some(m)))
+            .collect();
+        self.client_events(&members, &user.into()).await
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`.
+    pub async fn joined_members(&self, user: &AuthedUser, room_id: &RoomId) -> Result<JsonValue, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let state = self.store().state_at(room_id.as_str(), None).await?;
+        let mut joined = Map::new();
+        for e in state.iter().filter(|e| e.event_type == "m.room.member" && e.membership.as_deref() == Some("join")) {
+            let content: JsonValue =
+                serde_json::from_str::<JsonValue>(&e.json).ok().and_then(|v| v.get("content").cloned()).unwrap_or_default();
+            let mut member = Map::new();
+            for (from, to) in [("displayname", "display_name"), ("avatar_url", "avatar_url")] {
+                if let Some(v) = content.get(from).filter(|v| v.is_string()) {
+                    member.insert(to.into(), v.clone());
+                }
+            }
+            joined.insert(e.state_key.clone().unwrap_or_default(), JsonValue::Object(member));
+        }
+        Ok(json!({ "joined": joined }))
+    }
+
+    /// `GET /rooms/{roomId}/messages`.
+    pub async fn messages(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        from: Option<&str>,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<MessagesPage, Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
+        let current = self.store().current_stream_pos().await?;
+        let viewer = ClientEventOptions::from(user);
+        let (events, start, end) = match dir {
+            Direction::Backward => {
+                let up_to = from.map(parse_token).transpose()?.unwrap_or(current).min(current);
+                let events = self.store().room_events(room_id.as_str(), 0, up_to, limit, true).await?;
+                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos - 1)).flatten();
+                (events, up_to, end)
+            }
+            Direction::Forward => {
+                let after = from.map(parse_token).transpose()?.unwrap_or(0);
+                let events = self.store().room_events(room_id.as_str(), after, current, limit, false).await?;
+                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos)).flatten();
+                (events, after, end)
+            }
+        };
+        Ok(MessagesPage {
+            chunk: self.client_events(&events, &viewer).await?,
+            start: format_token(start),
+            end: end.map(format_token),
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! The write path: build, authorise, persist, wake syncs.
+
+use chancery_core::pdu::{self, EventDraft, Pdu};
+use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES, MAX_TXN_ID_BYTES};
+use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
+use chancery_store::{NewEvent, StoreError, TxnKey};
+use serde_json::Value as JsonValue;
+
+use super::{power_levels, rules_of};
+use crate::{AuthedUser, Error, Services, now_ms};
+
+pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>) -> NewEvent {
+    let membership = (pdu.event_type.to_string() == "m.room.member")
+        .then(|| pdu.content_json().get("membership").and_then(|m| m.as_str()).map(str::to_owned))
+        .flatten();
+    NewEvent {
+        event_id: pdu.event_id.to_string(),
+        room_id: room_id.to_string(),
+        event_type: pdu.event_type.to_string(),
+        state_key: pdu.state_key.clone(),
+        sender: pdu.sender.to_string(),
+        origin_server_ts: pdu.origin_server_ts.get().into(),
+        depth: pdu.depth.into(),
+        json: pdu.json.clone(),
+        membership,
+        redacts: pdu.redacts_target().map(|e| e.to_string()),
+        txn,
+    }
+}
+
+fn check_type_and_key(event_type: &str, state_key: Option<&str>) -> Result<(), Error> {
+    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(Error::InvalidParam(format!("event types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
+    }
+    if state_key.is_some_and(|k| k.len() > MAX_STATE_KEY_BYTES) {
+        return Err(Error::InvalidParam(format!("state keys are at most {MAX_STATE_KEY_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+impl Services {
+    /// Builds `draft` on the room's current extremities and state,
+    /// authorises it and persists it. Returns the event id and position.
+    pub(crate) async fn append(
+        &self,
+        room_id: &RoomId,
+        mut draft: EventDraft,
+        txn: Option<TxnKey>,
+    ) -> Result<(OwnedEventId, u64), Error> {
+        draft.room_id = Some(room_id.to_owned());
+        let lock = self.inner.rooms.lock_for(room_id);
+        let _guard = lock.lock().await;
+        if let Some(txn) = &txn
+            && let Some(existing) = self.store().event_for_txn(txn).await?
+        {
+            return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
+        }
+        for _ in 0..MAX_APPEND_RETRIES {
+            let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+            let (_, rules) = rules_of(&info.room_version)?;
+            let state = self.current_state(room_id).await?;
+            let auth_events: Vec<OwnedEventId> =
+                pdu::auth_types(&draft, &rules)?.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
+            let prev: Vec<OwnedEventId> = info
+                .forward_extremities
+                .iter()
+                .map(|e| EventId::parse(e.as_str()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let built = pdu::build_pdu(
+                &draft,
+                &rules,
+                &prev,
+                &auth_events,
+                info.max_depth + 1,
+                now_ms(),
+                self.server_name(),
+                self.signing_key(),
+            )?;
+            pdu::authorize(&rules, &built, &state)?;
+            match self.store().append_event(new_event(&built, room_id, txn.clone()), &info.forward_extremities).await {
+                Ok(pos) => {
+                    self.inner.rooms.advance(pos);
+                    return Ok((built.event_id, pos));
+                }
+                Err(StoreError::Conflict("extremities")) => continue,
+                Err(StoreError::Conflict("txn")) => {
+                    let txn = txn.as_ref().expect("txn conflict only with a txn");
+                    let existing =
+                        self.store().event_for_txn(txn).await?.ok_or_else(|| Error::Internal("txn vanished".into()))?;
+                    return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::LimitExceeded { retry_after_ms: 100 })
+    }
+
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+    pub async fn send_message(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_type: &str,
+        txn_id: &str,
+        content: JsonValue,
+    ) -> Result<OwnedEventId, Error> {
+        check_type_and_key(event_type, None)?;
+        if txn_id.is_empty() || txn_id.len() > MAX_TXN_ID_BYTES {
+            return Err(Error::InvalidParam("bad transaction id".into()));
+        }
+        if !content.is_object() {
+            return Err(Error::BadJson("content must be a JSON object".into()));
+        }
+        if event_type == "m.room.redaction" {
+            return Err(Error::InvalidParam("use /redact to redact events".into()));
+        }
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let draft = EventDraft {
+            room_id: None,
+            sender: user.user_id.clone(),
+            event_type: event_type.to_owned(),
+            state_key: None,
+            content,
+            redacts: None,
+        };
+        let txn = TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: txn_id.to_owned() };
+        Ok(self.append(room_id, draft, Some(txn)).await?.0)
+    }
+
+    /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
+    pub async fn send_state(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        content: JsonValue,
+    ) -> Result<OwnedEventId, Error> {
+        check_type_and_key(event_type, Some(state_key))?;
+        if !content.is_object() {
+            return Err(Error::BadJson("content must be a JSON object".into()));
+        }
+        if event_type == "m.room.member" {
+            return Err(Error::InvalidParam(
+                "use the membership endpoints (/invite, /join, /leave, /kick, /ban) to change memberships".into(),
+            ));
+        }
+        if event_type == "m.room.create" {
+            return Err(Error::Forbidden("a room has exactly one create event".into()));
+        }
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let draft = EventDraft {
+            room_id: None,
+            sender: user.user_id.clone(),
+            event_type: event_type.to_owned(),
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+        };
+        Ok(self.append(room_id, draft, None).await?.0)
+    }
+
+    /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
+    pub async fn redact(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        target: &EventId,
+        txn_id: &str,
+        reason: Option<String>,
+    ) -> Result<OwnedEventId, Error> {
+        if txn_id.is_empty() || txn_id.len() > MAX_TXN_ID_BYTES {
+            return Err(Error::InvalidParam("bad transaction id".into()));
+        }
+        self.ensure_joined(room_id, &user.user_id).await?;
+        let event = self.store().event(target.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
+        let Some(event) = event else {
+            return Err(Error::NotFound("no such event in this room".into()));
+        };
+        let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+        let (_, rules) = rules_of(&info.room_version)?;
+        // The auth rules let anyone send a redaction event; whether it takes
+        // effect depends on the redact power level, unless the sender
+        // redacts their own event (spec "Redactions", client behaviour).
+        if event.sender != user.user_id.as_str() {
+            let state = self.current_state(room_id).await?;
+            if !power_levels(&state, &rules)?.user_can_redact_event_of_other(&user.user_id) {
+                return Err(Error::Forbidden("you may only redact your own events".into()));
+            }
+        }
+        let mut content = serde_json::Map::new();
+        if let Some(reason) = reason {
+            content.insert("reason".into(), JsonValue::String(reason));
+        }
+        if rules.redaction.content_field_redacts {
+            content.insert("redacts".into(), JsonValue::String(target.to_string()));
+        }
+        let draft = EventDraft {
+            room_id: None,
+            sender: user.user_id.clone(),
+            event_type: "m.room.redaction".into(),
+            state_key: None,
+            content: JsonValue::Object(content),
+            redacts: Some(target.to_owned()),
+        };
+        let txn =
+            TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: format!("redact:{txn_id}") };
+        Ok(self.append(room_id, draft, Some(txn)).await?.0)
+    }
+}

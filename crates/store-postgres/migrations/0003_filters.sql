@@ -1,0 +1,7 @@
+-- Sync filters uploaded by clients (POST /user/{userId}/filter).
+CREATE TABLE filters (
+    user_id     TEXT NOT NULL,
+    filter_id   BIGINT NOT NULL,
+    filter_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);

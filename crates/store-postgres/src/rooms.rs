@@ -1,0 +1,434 @@
+//! `RoomStore` on PostgreSQL.
+//!
+//! # Appends from many nodes
+//!
+//! Each write is one READ COMMITTED transaction in two phases:
+//!
+//! 1. Lock the room row (the `UPDATE rooms SET max_depth = ...` takes it)
+//!    and read its forward extremities. Appends to one room therefore run
+//!    one after the other on every node; the second one sees the first
+//!    one's extremities (READ COMMITTED reads with a fresh snapshot after
+//!    the lock wait) and fails with `Conflict("extremities")`.
+//! 2. Allocate the stream position and write the event, its state row and
+//!    the new extremities, then COMMIT.
+//!
+//! # Stream positions commit in order
+//!
+//! Readers treat `current_stream_pos()` as "everything at or below this is
+//! visible", so position N+1 must never become visible before N. A sequence
+//! cannot promise that (two transactions commit in any order), so the
+//! position comes from the one-row table `stream_position`, incremented
+//! only at the end of the transaction and only while holding the advisory
+//! lock [`STREAM_LOCK`], which (like the row lock the UPDATE takes) is
+//! released by COMMIT, after the commit is visible. The next writer can
+//! allocate only after that, so positions are dense (a rollback gives its
+//! number back) and commit in order across all nodes.
+//!
+//! The price: from allocation to commit, writers of *all* rooms go one at a
+//! time. To keep that window short, every statement that needs no position
+//! runs before it, statements are prepared before it, and the statements
+//! after the lock are pipelined (sent together, one round trip), leaving
+//! the commit (its WAL flush) as the main cost inside the window.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use chancery_store::*;
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Row, Statement};
+
+use crate::accounts::{get, i, query, query_opt, u};
+use crate::{PostgresStore, backend};
+
+/// Advisory-lock key held from allocating a stream position until commit
+/// ("chanstrm" in ASCII).
+const STREAM_LOCK: i64 = 0x6368_616e_7374_726d;
+
+/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
+/// `r` the LEFT JOINed `redactions`.
+const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
+     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
+
+const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
+
+fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
+    let txn = match (get::<Option<String>>(row, 11)?, get::<Option<String>>(row, 12)?, get::<Option<String>>(row, 13)?) {
+        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
+        _ => None,
+    };
+    Ok(StoredEvent {
+        event_id: get(row, 0)?,
+        room_id: get(row, 1)?,
+        event_type: get(row, 2)?,
+        state_key: get(row, 3)?,
+        sender: get(row, 4)?,
+        origin_server_ts: u(get(row, 5)?),
+        depth: u(get(row, 6)?),
+        json: get(row, 7)?,
+        membership: get(row, 8)?,
+        stream_pos: u(get(row, 9)?),
+        redacted_by: get(row, 10)?,
+        txn,
+    })
+}
+
+fn membership_from_row(row: &Row) -> StoreResult<Membership> {
+    Ok(Membership {
+        room_id: get(row, 0)?,
+        user_id: get(row, 1)?,
+        membership: get::<Option<String>>(row, 2)?.unwrap_or_default(),
+        event_id: get(row, 3)?,
+        stream_pos: u(get(row, 4)?),
+    })
+}
+
+/// A unique violation becomes the conflict its index stands for.
+fn insert_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => match db.constraint() {
+            Some("events_txn_key") => StoreError::Conflict("txn"),
+            Some("events_pkey") => StoreError::Conflict("event"),
+            Some("rooms_pkey") => StoreError::Conflict("room"),
+            _ => backend(e),
+        },
+        _ => backend(e),
+    }
+}
+
+/// The statements of the write path, prepared (once per connection) before
+/// any lock is taken.
+struct Writes {
+    lock_room: Statement,
+    take_extremities: Statement,
+    add_extremity: Statement,
+    add_redaction: Statement,
+    stream_lock: Statement,
+    insert_event: Statement,
+    close_state: Statement,
+    open_state: Statement,
+}
+
+impl Writes {
+    async fn prepare(c: &deadpool_postgres::Client) -> StoreResult<Self> {
+        let p = async |sql: &str| c.prepare_cached(sql).await.map_err(backend);
+        Ok(Self {
+            lock_room: p("UPDATE rooms SET max_depth = GREATEST(max_depth, $2) WHERE room_id = $1 RETURNING room_id").await?,
+            take_extremities: p("DELETE FROM forward_extremities WHERE room_id = $1 RETURNING event_id").await?,
+            add_extremity: p("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)").await?,
+            add_redaction: p("INSERT INTO redactions (target_event_id, redaction_event_id) VALUES ($1, $2)
+                              ON CONFLICT (target_event_id) DO NOTHING")
+            .await?,
+            stream_lock: p("SELECT pg_advisory_xact_lock($1)").await?,
+            insert_event: p("WITH p AS (UPDATE stream_position SET pos = pos + 1 RETURNING pos)
+                             INSERT INTO events (event_id, room_id, stream_pos, event_type, state_key, sender,
+                                                 origin_server_ts, depth, json, membership, txn_user, txn_device, txn_id)
+                             SELECT $1::text, $2::text, p.pos, $3::text, $4::text, $5::text, $6::bigint, $7::bigint,
+                                    $8::text, $9::text, $10::text, $11::text, $12::text
+                             FROM p
+                             RETURNING stream_pos")
+            .await?,
+            // Both run after `insert_event` in the same transaction, so
+            // `stream_position` holds this event's position.
+            close_state: p("UPDATE room_state SET to_pos = (SELECT pos FROM stream_position)
+                            WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND to_pos IS NULL")
+            .await?,
+            open_state: p("INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
+                           SELECT $1::text, $2::text, $3::text, $4::text, $5::text, pos FROM stream_position")
+            .await?,
+        })
+    }
+}
+
+/// Phase 2 of a write: the room is locked and its extremities checked (and
+/// deleted). Writes `events` in order and makes the last one the room's
+/// forward extremity; returns the position of the last one.
+async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
+    let mut pos = 0;
+    for (n, event) in events.iter().enumerate() {
+        let (first, last) = (n == 0, n + 1 == events.len());
+        let txn = event.txn.as_ref();
+        let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
+        let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
+        // Pipelined: `biased` polls, hence sends, them in this order, and
+        // the server runs them in order. Only the first error counts: the
+        // statements after it fail because the transaction is aborted.
+        let (extremity, redaction, lock, inserted, closed, opened) = tokio::join!(
+            biased;
+            async {
+                if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
+            },
+            async {
+                match &event.redacts {
+                    Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
+                    None => Ok(()),
+                }
+            },
+            async { if first { tx.execute(&w.stream_lock, &[&STREAM_LOCK]).await.map(drop) } else { Ok(()) } },
+            async {
+                tx.query_one(
+                &w.insert_event,
+                &[
+                    &event.event_id,
+                    &event.room_id,
+                    &event.event_type,
+                    &event.state_key,
+                    &event.sender,
+                    &ts,
+                    &depth,
+                    &event.json,
+                    &event.membership,
+                    &user,
+                    &device,
+                    &txn_id,
+                ],
+            )
+            .await
+            },
+            async {
+                match &event.state_key {
+                    Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &event.state_key {
+                    Some(key) => tx
+                        .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &event.membership])
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            },
+        );
+        extremity.map_err(backend)?;
+        redaction.map_err(backend)?;
+        lock.map_err(backend)?;
+        pos = u(get(&inserted.map_err(insert_error)?, 0)?);
+        closed.map_err(backend)?;
+        opened.map_err(backend)?;
+    }
+    Ok(pos)
+}
+
+const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.event_id";
+
+#[async_trait]
+impl RoomStore for PostgresStore {
+    async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid("events"));
+        }
+        if events.iter().any(|e| e.room_id != room.room_id) {
+            return Err(StoreError::Invalid("room"));
+        }
+        let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
+        let mut client = self.client().await?;
+        let w = Writes::prepare(&client).await?;
+        let insert_room = client
+            .prepare_cached(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts, max_depth) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await
+            .map_err(backend)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Nobody else sees the room before COMMIT: no extremities to check.
+        tx.execute(&insert_room, &[&room.room_id, &room.room_version, &room.creator, &i(room.created_ts), &max_depth])
+            .await
+            .map_err(insert_error)?;
+        let pos = persist(&tx, &w, &events).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(pos)
+    }
+
+    async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let w = Writes::prepare(&client).await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Phase 1, one round trip: lock the room, then take its
+        // extremities (the DELETE starts after the lock wait, so it sees the
+        // previous writer's result).
+        let (room, taken) = tokio::join!(
+            biased;
+            async { tx.query_opt(&w.lock_room, &[&event.room_id, &i(event.depth)]).await },
+            async { tx.query(&w.take_extremities, &[&event.room_id]).await },
+        );
+        if room.map_err(backend)?.is_none() {
+            return Err(StoreError::Invalid("room"));
+        }
+        let current = taken.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<BTreeSet<_>>>()?;
+        if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
+            return Err(StoreError::Conflict("extremities"));
+        }
+        let pos = persist(&tx, &w, std::slice::from_ref(&event)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(pos)
+    }
+
+    async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>> {
+        let client = self.client().await?;
+        // One statement, one snapshot.
+        let row = query_opt(
+            &client,
+            "SELECT r.room_id, r.room_version, r.creator, r.created_ts, r.max_depth,
+                    ARRAY(SELECT f.event_id FROM forward_extremities f WHERE f.room_id = r.room_id ORDER BY f.event_id)
+             FROM rooms r WHERE r.room_id = $1",
+            &[&room_id],
+        )
+        .await?;
+        row.map(|r| {
+            let mut forward_extremities: Vec<String> = get(&r, 5)?;
+            forward_extremities.sort();
+            Ok(RoomInfo {
+                room_id: get(&r, 0)?,
+                room_version: get(&r, 1)?,
+                creator: get(&r, 2)?,
+                created_ts: u(get(&r, 3)?),
+                forward_extremities,
+                max_depth: u(get(&r, 4)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN} WHERE e.event_id = $1");
+        query_opt(&client, &sql, &[&event_id]).await?.map(|r| event_from_row(&r)).transpose()
+    }
+
+    async fn event_for_txn(&self, txn: &TxnKey) -> StoreResult<Option<String>> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT event_id FROM events WHERE txn_user = $1 AND txn_device = $2 AND txn_id = $3",
+            &[&txn.user_id, &txn.device_id, &txn.txn_id],
+        )
+        .await?;
+        row.map(|r| get(&r, 0)).transpose()
+    }
+
+    async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let rows = match at {
+            None => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+                     WHERE s.room_id = $1 AND s.to_pos IS NULL
+                     ORDER BY s.event_type, s.state_key"
+                );
+                query(&client, &sql, &[&room_id]).await?
+            }
+            Some(at) => {
+                // In force at `at`: current rows that started by then plus
+                // replaced rows that ended after it; each half has its own
+                // index.
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM (
+                         SELECT event_id, event_type, state_key FROM room_state
+                         WHERE room_id = $1 AND to_pos IS NULL AND from_pos <= $2
+                         UNION ALL
+                         SELECT event_id, event_type, state_key FROM room_state
+                         WHERE room_id = $1 AND to_pos > $2 AND from_pos <= $2
+                     ) s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                     ORDER BY s.event_type, s.state_key"
+                );
+                query(&client, &sql, &[&room_id, &i(at)]).await?
+            }
+        };
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        at: Option<u64>,
+    ) -> StoreResult<Option<StoredEvent>> {
+        let client = self.client().await?;
+        let row = match at {
+            None => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+                     WHERE s.room_id = $1 AND s.event_type = $2 AND s.state_key = $3 AND s.to_pos IS NULL"
+                );
+                query_opt(&client, &sql, &[&room_id, &event_type, &state_key]).await?
+            }
+            Some(at) => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+                     WHERE s.room_id = $1 AND s.event_type = $2 AND s.state_key = $3 AND s.from_pos <= $4
+                       AND (s.to_pos IS NULL OR s.to_pos > $4)
+                     ORDER BY s.from_pos DESC LIMIT 1"
+                );
+                query_opt(&client, &sql, &[&room_id, &event_type, &state_key, &i(at)]).await?
+            }
+        };
+        row.map(|r| event_from_row(&r)).transpose()
+    }
+
+    async fn state_changes(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+             WHERE s.room_id = $1 AND s.from_pos > $2 AND s.from_pos <= $3 AND (s.to_pos IS NULL OR s.to_pos > $3)
+             ORDER BY s.from_pos"
+        );
+        query(&client, &sql, &[&room_id, &i(after), &i(up_to)]).await?.iter().map(event_from_row).collect()
+    }
+
+    async fn room_events(
+        &self,
+        room_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN}
+             WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3
+             ORDER BY e.stream_pos {order} LIMIT $4"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        query(&client, &sql, &[&room_id, &i(after), &i(up_to), &limit]).await?.iter().map(event_from_row).collect()
+    }
+
+    async fn memberships_of_user(&self, user_id: &str) -> StoreResult<Vec<Membership>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state
+             WHERE state_key = $1 AND event_type = 'm.room.member' AND to_pos IS NULL
+             ORDER BY room_id",
+            &[&user_id],
+        )
+        .await?;
+        rows.iter().map(membership_from_row).collect()
+    }
+
+    async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND to_pos IS NULL
+             ORDER BY state_key",
+            &[&room_id],
+        )
+        .await?;
+        rows.iter().map(membership_from_row).collect()
+    }
+
+    async fn current_stream_pos(&self) -> StoreResult<u64> {
+        let client = self.client().await?;
+        // Positions commit in order (see the module comment), so the last
+        // allocated one is the last committed one, and all below it are
+        // visible.
+        let row = query_opt(&client, "SELECT pos FROM stream_position", &[]).await?;
+        Ok(row.map(|r| get::<i64>(&r, 0)).transpose()?.map(u).unwrap_or(0))
+    }
+}

@@ -1,0 +1,384 @@
+//! `RoomStore` on SQLite.
+//!
+//! Every write runs on the single writer connection in one IMMEDIATE
+//! transaction, so checks made inside it (room exists, forward extremities,
+//! transaction key) cannot be overtaken by another writer, and stream
+//! positions are simply `MAX(stream_pos) + 1`: dense, and committed in
+//! order. Reads run on the reader pool; a read of several statements runs
+//! in one read transaction, so it sees one snapshot.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use chancery_store::*;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use crate::accounts::{i, is_unique_violation, u};
+use crate::{SqliteStore, backend};
+
+/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
+/// `r` the LEFT JOINed `redactions`.
+const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
+     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
+
+const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let txn_user: Option<String> = row.get(11)?;
+    let txn_device: Option<String> = row.get(12)?;
+    let txn_id: Option<String> = row.get(13)?;
+    let txn = match (txn_user, txn_device, txn_id) {
+        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
+        _ => None,
+    };
+    Ok(StoredEvent {
+        event_id: row.get(0)?,
+        room_id: row.get(1)?,
+        event_type: row.get(2)?,
+        state_key: row.get(3)?,
+        sender: row.get(4)?,
+        origin_server_ts: u(row.get(5)?),
+        depth: u(row.get(6)?),
+        json: row.get(7)?,
+        membership: row.get(8)?,
+        stream_pos: u(row.get(9)?),
+        redacted_by: row.get(10)?,
+        txn,
+    })
+}
+
+fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
+    Ok(Membership {
+        room_id: row.get(0)?,
+        user_id: row.get(1)?,
+        membership: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+        event_id: row.get(3)?,
+        stream_pos: u(row.get(4)?),
+    })
+}
+
+fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+}
+
+/// The whole of `append_event` after its transaction has begun; also used
+/// for each event of `create_room`.
+fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+    let found = tx
+        .prepare_cached("UPDATE rooms SET max_depth = MAX(max_depth, ?2) WHERE room_id = ?1")
+        .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
+        .map_err(backend)?;
+    if found == 0 {
+        return Err(StoreError::Invalid("room"));
+    }
+    let current: BTreeSet<String> = {
+        let mut stmt = tx.prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1").map_err(backend)?;
+        collect(stmt.query_map([&event.room_id], |r| r.get(0)).map_err(backend)?)?.into_iter().collect()
+    };
+    if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
+        return Err(StoreError::Conflict("extremities"));
+    }
+    // One writer: these checks cannot be overtaken before the INSERT.
+    if let Some(txn) = &event.txn
+        && let Some(_) = event_for_txn_in(tx, txn)?
+    {
+        return Err(StoreError::Conflict("txn"));
+    }
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")
+        .and_then(|mut s| s.query_row([&event.event_id], |_| Ok(())).optional())
+        .map_err(backend)?;
+    if exists.is_some() {
+        return Err(StoreError::Conflict("event"));
+    }
+
+    let pos: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    let txn = event.txn.as_ref();
+    tx.prepare_cached(
+        "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, json,
+                             membership, txn_user, txn_device, txn_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            pos,
+            event.event_id,
+            event.room_id,
+            event.event_type,
+            event.state_key,
+            event.sender,
+            i(event.origin_server_ts),
+            i(event.depth),
+            event.json,
+            event.membership,
+            txn.map(|t| &t.user_id),
+            txn.map(|t| &t.device_id),
+            txn.map(|t| &t.txn_id),
+        ])
+    })
+    .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("event") } else { backend(e) })?;
+
+    tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
+        .and_then(|mut s| s.execute([&event.room_id]))
+        .map_err(backend)?;
+    tx.prepare_cached("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute([&event.room_id, &event.event_id]))
+        .map_err(backend)?;
+
+    if let Some(state_key) = &event.state_key {
+        tx.prepare_cached(
+            "UPDATE room_state SET to_pos = ?4
+             WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND to_pos IS NULL",
+        )
+        .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, pos]))
+        .map_err(backend)?;
+        tx.prepare_cached(
+            "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, event.event_id, event.membership, pos]))
+        .map_err(backend)?;
+    }
+
+    if let Some(target) = &event.redacts {
+        tx.prepare_cached(
+            "INSERT INTO redactions (target_event_id, redaction_event_id) VALUES (?1, ?2)
+             ON CONFLICT (target_event_id) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute([target, &event.event_id]))
+        .map_err(backend)?;
+    }
+    Ok(u(pos))
+}
+
+fn event_for_txn_in(conn: &Connection, txn: &TxnKey) -> StoreResult<Option<String>> {
+    conn.prepare_cached("SELECT event_id FROM events WHERE txn_user = ?1 AND txn_device = ?2 AND txn_id = ?3")
+        .and_then(|mut s| s.query_row([&txn.user_id, &txn.device_id, &txn.txn_id], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+#[async_trait]
+impl RoomStore for SqliteStore {
+    async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid("events"));
+        }
+        if events.iter().any(|e| e.room_id != room.room_id) {
+            return Err(StoreError::Invalid("room"));
+        }
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
+                params![room.room_id, room.room_version, room.creator, i(room.created_ts)],
+            )
+            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("room") } else { backend(e) })?;
+            let mut pos = 0;
+            let mut prev: Vec<String> = Vec::new();
+            for event in &events {
+                pos = append_in_tx(tx, event, &prev)?;
+                prev = vec![event.event_id.clone()];
+            }
+            Ok(pos)
+        })
+        .await
+    }
+
+    async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+        let prev = prev_extremities.to_vec();
+        self.write(move |tx| append_in_tx(tx, &event, &prev)).await
+    }
+
+    async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| {
+            // Two statements, one snapshot.
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let found = tx
+                .prepare_cached("SELECT room_id, room_version, creator, created_ts, max_depth FROM rooms WHERE room_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&room_id], |r| {
+                        Ok(RoomInfo {
+                            room_id: r.get(0)?,
+                            room_version: r.get(1)?,
+                            creator: r.get(2)?,
+                            created_ts: u(r.get(3)?),
+                            forward_extremities: Vec::new(),
+                            max_depth: u(r.get(4)?),
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(backend)?;
+            let Some(mut info) = found else { return Ok(None) };
+            let mut stmt = tx
+                .prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id")
+                .map_err(backend)?;
+            info.forward_extremities = collect(stmt.query_map([&room_id], |r| r.get(0)).map_err(backend)?)?;
+            Ok(Some(info))
+        })
+        .await
+    }
+
+    async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>> {
+        let event_id = event_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN} WHERE e.event_id = ?1");
+            conn.prepare_cached(&sql).and_then(|mut s| s.query_row([&event_id], event_from_row).optional()).map_err(backend)
+        })
+        .await
+    }
+
+    async fn event_for_txn(&self, txn: &TxnKey) -> StoreResult<Option<String>> {
+        let txn = txn.clone();
+        self.read(move |conn| event_for_txn_in(conn, &txn)).await
+    }
+
+    async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| match at {
+            None => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                     WHERE s.room_id = ?1 AND s.to_pos IS NULL
+                     ORDER BY s.event_type, s.state_key"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+                collect(stmt.query_map([&room_id], event_from_row).map_err(backend)?)
+            }
+            Some(at) => {
+                // In force at `at`: started by then and not yet ended, i.e.
+                // current rows that started by then plus replaced rows that
+                // ended after it; each half has its own index.
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM (
+                         SELECT event_id, event_type, state_key FROM room_state
+                         WHERE room_id = ?1 AND to_pos IS NULL AND from_pos <= ?2
+                         UNION ALL
+                         SELECT event_id, event_type, state_key FROM room_state
+                         WHERE room_id = ?1 AND to_pos > ?2 AND from_pos <= ?2
+                     ) s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                     ORDER BY s.event_type, s.state_key"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+                collect(stmt.query_map(params![room_id, i(at)], event_from_row).map_err(backend)?)
+            }
+        })
+        .await
+    }
+
+    async fn state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        at: Option<u64>,
+    ) -> StoreResult<Option<StoredEvent>> {
+        let (room_id, event_type, state_key) = (room_id.to_owned(), event_type.to_owned(), state_key.to_owned());
+        self.read(move |conn| {
+            let found = match at {
+                None => {
+                    let sql = format!(
+                        "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                         WHERE s.room_id = ?1 AND s.event_type = ?2 AND s.state_key = ?3 AND s.to_pos IS NULL"
+                    );
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.query_row([&room_id, &event_type, &state_key], event_from_row).optional())
+                }
+                Some(at) => {
+                    // The last row of the key that started by `at`, if it
+                    // had not ended by then.
+                    let sql = format!(
+                        "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                         WHERE s.room_id = ?1 AND s.event_type = ?2 AND s.state_key = ?3 AND s.from_pos <= ?4
+                           AND (s.to_pos IS NULL OR s.to_pos > ?4)
+                         ORDER BY s.from_pos DESC LIMIT 1"
+                    );
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.query_row(params![room_id, event_type, state_key, i(at)], event_from_row).optional())
+                }
+            };
+            found.map_err(backend)
+        })
+        .await
+    }
+
+    async fn state_changes(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                 WHERE s.room_id = ?1 AND s.from_pos > ?2 AND s.from_pos <= ?3 AND (s.to_pos IS NULL OR s.to_pos > ?3)
+                 ORDER BY s.from_pos"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![room_id, i(after), i(up_to)], event_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn room_events(
+        &self,
+        room_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let order = if newest_first { "DESC" } else { "ASC" };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN}
+                 WHERE e.room_id = ?1 AND e.stream_pos > ?2 AND e.stream_pos <= ?3
+                 ORDER BY e.stream_pos {order} LIMIT ?4"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![room_id, i(after), i(up_to), limit], event_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn memberships_of_user(&self, user_id: &str) -> StoreResult<Vec<Membership>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state
+                     WHERE state_key = ?1 AND event_type = 'm.room.member' AND to_pos IS NULL
+                     ORDER BY room_id",
+                )
+                .map_err(backend)?;
+            collect(stmt.query_map([&user_id], membership_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state
+                     WHERE room_id = ?1 AND event_type = 'm.room.member' AND to_pos IS NULL
+                     ORDER BY state_key",
+                )
+                .map_err(backend)?;
+            collect(stmt.query_map([&room_id], membership_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn current_stream_pos(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(u)
+                .map_err(backend)
+        })
+        .await
+    }
+}

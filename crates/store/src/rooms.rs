@@ -1,0 +1,161 @@
+//! Rooms and their events.
+//!
+//! Events are stored as the full signed PDU (canonical JSON) plus the
+//! columns we query by. Every event gets a position in one stream
+//! (`stream_pos`, strictly increasing in commit order: see ARCHITECTURE.md,
+//! "Stream positions"); sync tokens and pagination tokens are positions.
+//!
+//! State is a temporal table: one row per state event, valid from the
+//! position of the event that set it (inclusive) until the position of the
+//! event that replaced it (exclusive). State at any position is a range
+//! query; nothing is copied per event.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::StoreResult;
+
+/// Idempotency key of a client send (`PUT /send/{type}/{txnId}`): per
+/// device, as the spec requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnKey {
+    pub user_id: String,
+    pub device_id: String,
+    pub txn_id: String,
+}
+
+/// An event ready to persist (already authorised by the service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    /// `Some` for state events.
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: u64,
+    pub depth: u64,
+    /// The signed PDU as canonical JSON.
+    pub json: String,
+    /// `content.membership` of an `m.room.member` event.
+    pub membership: Option<String>,
+    /// The event this one redacts, if it is an `m.room.redaction` the
+    /// server accepted.
+    pub redacts: Option<String>,
+    pub txn: Option<TxnKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: u64,
+    pub depth: u64,
+    pub json: String,
+    pub membership: Option<String>,
+    pub stream_pos: u64,
+    /// Id of an accepted redaction of this event, if any.
+    pub redacted_by: Option<String>,
+    /// The transaction id, when the event was sent with one (returned to
+    /// the sending device as `unsigned.transaction_id`).
+    pub txn: Option<TxnKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoom {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub created_ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub created_ts: u64,
+    /// Events with no successor yet (the `prev_events` of the next event).
+    pub forward_extremities: Vec<String>,
+    /// Largest depth in the room.
+    pub max_depth: u64,
+}
+
+/// A user's membership in a room, as of the event that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: u64,
+}
+
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Creates the room and persists its first events in order, all in one
+    /// transaction. `Conflict("room")` if the id exists. Returns the
+    /// stream position of the last event.
+    async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64>;
+
+    /// Appends one event whose `prev_events` are `prev_extremities`.
+    /// `Conflict("extremities")` if the room's forward extremities are no
+    /// longer exactly those (another writer went first: re-read and
+    /// rebuild), `Conflict("txn")` if the transaction key was used. In one
+    /// transaction: the event, its stream position, the new extremities
+    /// (just this event), the state table if it is a state event, the
+    /// redaction link if it redacts, the transaction key. Returns the
+    /// event's stream position.
+    async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64>;
+
+    async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>>;
+
+    async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>>;
+
+    /// The event a device sent with this transaction id, if any.
+    async fn event_for_txn(&self, txn: &TxnKey) -> StoreResult<Option<String>>;
+
+    /// State events of the room at stream position `at` (the state after
+    /// the event at that position), or the current state if `None`. Sorted
+    /// by (type, state_key).
+    async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>>;
+
+    /// One state event at `at` (or now).
+    async fn state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        at: Option<u64>,
+    ) -> StoreResult<Option<StoredEvent>>;
+
+    /// State events that took effect at positions in `(after, up_to]`,
+    /// only the last one per (type, state_key) and only if it is still the
+    /// one in force at `up_to`. Sorted by position.
+    async fn state_changes(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Events of a room with positions in `(after, up_to]`, at most
+    /// `limit`: the newest ones first if `newest_first`, else the oldest
+    /// ones first.
+    async fn room_events(
+        &self,
+        room_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The user's current membership in every room they have one in.
+    async fn memberships_of_user(&self, user_id: &str) -> StoreResult<Vec<Membership>>;
+
+    /// Current members of a room (every membership state, any value).
+    async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>>;
+
+    /// The highest stream position whose event is committed. Every
+    /// position at or below it is visible to readers.
+    async fn current_stream_pos(&self) -> StoreResult<u64>;
+}
