@@ -195,13 +195,17 @@ pub fn build_pdu(
             object.insert("redacts".into(), CanonicalJsonValue::String(target.to_string()));
         }
     }
+    let size_error = |e: chancery_proto::ruma::signatures::JsonError| match e {
+        chancery_proto::ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
+        e => PduError::Invalid(e.to_string()),
+    };
     chancery_proto::ruma::signatures::hash_and_sign_event(origin.as_str(), key, &mut object, &rules.redaction)
-        .map_err(|e| PduError::Invalid(e.to_string()))?;
+        .map_err(size_error)?;
     let json = CanonicalJsonValue::Object(object.clone()).to_string();
     if json.len() > MAX_PDU_BYTES {
         return Err(PduError::TooLarge);
     }
-    let hash = chancery_proto::ruma::signatures::reference_hash(&object, rules).map_err(|e| PduError::Invalid(e.to_string()))?;
+    let hash = chancery_proto::ruma::signatures::reference_hash(&object, rules).map_err(size_error)?;
     Pdu::from_json(&format!("${hash}"), &json)
 }
 

@@ -8,4 +8,5 @@ mod common;
 mod process;
 mod registration;
 mod rooms_flow;
+mod rooms_http;
 mod store_conformance;

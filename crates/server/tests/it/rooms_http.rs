@@ -1,0 +1,286 @@
+//! Room rules and sync semantics over plain HTTP: versions, permissions,
+//! limits, idempotency, gappy timelines, long-poll wake-ups, restarts.
+
+use std::time::{Duration, Instant};
+
+use chancery_testkit::{Backend, TestServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{assert_error, call, register};
+
+struct User {
+    base: String,
+    token: String,
+    id: String,
+}
+
+impl User {
+    async fn new(base: &str, name: &str) -> User {
+        let (id, token, _) = register(base, name).await;
+        User { base: base.into(), token, id }
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}/_matrix/client/v3{path}", self.base)
+    }
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (reqwest::StatusCode, Value) {
+        call(method, &self.url(path), Some(&self.token), body).await
+    }
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(method, path, body).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+    async fn create_room(&self, body: Value) -> String {
+        self.ok(Method::POST, "/createRoom", Some(body)).await["room_id"].as_str().unwrap().to_owned()
+    }
+    async fn send(&self, room: &str, txn: &str, body: &str) -> String {
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        self.ok(Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": body}))).await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+    async fn sync(&self, query: &str) -> Value {
+        self.ok(Method::GET, &format!("/sync?{query}"), None).await
+    }
+}
+
+fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn room_rules(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+
+    for version in ["10", "11", "12"] {
+        let room = alice.create_room(json!({"room_version": version, "name": format!("v{version}")})).await;
+        assert_eq!(room.contains(':'), version != "12", "{version}: {room}");
+        let create = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.create/"), None).await;
+        assert_eq!(create["room_version"], version);
+        alice.send(&room, &format!("t{version}"), "hello").await;
+        let name = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name"), None).await;
+        assert_eq!(name, json!({"name": format!("v{version}")}));
+    }
+    assert_error(
+        &alice.call(Method::POST, "/createRoom", Some(json!({"room_version": "9"}))).await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+
+    // A private room: bob may not join uninvited.
+    let private = alice.create_room(json!({"preset": "private_chat"})).await;
+    assert_error(&bob.call(Method::POST, &format!("/rooms/{private}/join"), Some(json!({}))).await, 403, "M_FORBIDDEN");
+    assert_error(&bob.call(Method::GET, &format!("/rooms/{private}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &bob.call(Method::PUT, &format!("/rooms/{private}/send/m.room.message/x"), Some(json!({"body": "hi"}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    // A public room: bob joins, but cannot rename it (state_default 50).
+    let public = alice.create_room(json!({"preset": "public_chat", "room_version": "12"})).await;
+    bob.ok(Method::POST, &format!("/join/{public}"), Some(json!({}))).await;
+    assert_error(
+        &bob.call(Method::PUT, &format!("/rooms/{public}/state/m.room.name/"), Some(json!({"name": "mine"}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    bob.send(&public, "b1", "hi from bob").await;
+    // Alice kicks bob: he can no longer send; bans keep him out.
+    alice.ok(Method::POST, &format!("/rooms/{public}/kick"), Some(json!({"user_id": bob.id, "reason": "test"}))).await;
+    assert_error(
+        &bob.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b2"), Some(json!({"body": "x"}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice.ok(Method::POST, &format!("/rooms/{public}/ban"), Some(json!({"user_id": bob.id}))).await;
+    assert_error(&bob.call(Method::POST, &format!("/rooms/{public}/join"), Some(json!({}))).await, 403, "M_FORBIDDEN");
+    alice.ok(Method::POST, &format!("/rooms/{public}/unban"), Some(json!({"user_id": bob.id}))).await;
+    bob.ok(Method::POST, &format!("/rooms/{public}/join"), Some(json!({}))).await;
+    // Bob (power 0) cannot kick alice.
+    assert_error(
+        &bob.call(Method::POST, &format!("/rooms/{public}/kick"), Some(json!({"user_id": alice.id}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let members = alice.ok(Method::GET, &format!("/rooms/{public}/joined_members"), None).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), 2);
+    let joined = bob.ok(Method::GET, "/joined_rooms", None).await;
+    assert_eq!(joined["joined_rooms"], json!([public]));
+
+    // Bad input.
+    let big = "x".repeat(70_000);
+    assert_error(
+        &alice.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/big"), Some(json!({"body": big}))).await,
+        413,
+        "M_TOO_LARGE",
+    );
+    assert_error(
+        &alice.call(Method::PUT, "/rooms/not-a-room/send/m.room.message/t", Some(json!({}))).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/t"), Some(json!([1]))).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(&alice.call(Method::GET, "/rooms/!unknown:localhost/state", None).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.call(Method::GET, &format!("/rooms/{public}/state/m.room.topic/"), None).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &alice.call(Method::GET, &format!("/rooms/{public}/messages?dir=b&from=garbage"), None).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice
+            .call(Method::PUT, &format!("/rooms/{public}/state/m.room.member/{}", bob.id), Some(json!({"membership": "join"})))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let long_key = "k".repeat(300);
+    assert_error(
+        &alice.call(Method::PUT, &format!("/rooms/{public}/state/org.example/{long_key}"), Some(json!({}))).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice.call(Method::POST, &format!("/rooms/{public}/invite"), Some(json!({"user_id": "@nobody:localhost"}))).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // Sends are idempotent per device and transaction id.
+    let first = alice.send(&public, "same-txn", "once").await;
+    let again = alice.send(&public, "same-txn", "once").await;
+    assert_eq!(first, again);
+    let page = alice.ok(Method::GET, &format!("/rooms/{public}/messages?dir=b&limit=3"), None).await;
+    let bodies: Vec<_> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies.iter().filter(|b| **b == "once").count(), 1);
+    assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "same-txn");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_rules_sqlite() {
+    room_rules(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_rules_postgres() {
+    room_rules(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_timelines_long_poll_and_restart() {
+    let mut server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat", "name": "Ops"})).await;
+    bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+
+    // Initial sync: full state, timeline within the default limit.
+    let initial = bob.sync("").await;
+    let joined = &initial["rooms"]["join"][&room];
+    let state_types: Vec<_> =
+        joined["state"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let timeline_types: Vec<_> =
+        joined["timeline"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let all: Vec<_> = state_types.iter().chain(&timeline_types).collect();
+    for needed in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.name"] {
+        assert!(all.iter().any(|t| *t == needed), "{needed} missing: {joined}");
+    }
+    assert_eq!(joined["summary"]["m.joined_member_count"], 2);
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // Gappy: 30 messages with a limit of 5.
+    for i in 0..30 {
+        alice.send(&room, &format!("g{i}"), &format!("g{i}")).await;
+    }
+    let filter = r#"{"room":{"timeline":{"limit":5}}}"#;
+    let gappy = bob.sync(&format!("since={since}&filter={}", urlencode(filter))).await;
+    assert_eq!(timeline_bodies(&gappy, &room), ["g25", "g26", "g27", "g28", "g29"]);
+    assert_eq!(gappy["rooms"]["join"][&room]["timeline"]["limited"], true);
+    let prev_batch = gappy["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap();
+    let earlier = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=3&from={prev_batch}"), None).await;
+    let bodies: Vec<_> =
+        earlier["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
+    assert_eq!(bodies, ["g24", "g23", "g22"]);
+    let since = gappy["next_batch"].as_str().unwrap().to_owned();
+
+    // A stored filter gives the same answer as the inline one.
+    let filter_id = bob.ok(Method::POST, &format!("/user/{}/filter", bob.id), Some(serde_json::from_str(filter).unwrap())).await;
+    let filter_id = filter_id["filter_id"].as_str().unwrap().to_owned();
+    let again = bob.ok(Method::POST, &format!("/user/{}/filter", bob.id), Some(serde_json::from_str(filter).unwrap())).await;
+    assert_eq!(again["filter_id"], filter_id.as_str());
+    assert_eq!(
+        bob.ok(Method::GET, &format!("/user/{}/filter/{filter_id}", bob.id), None).await,
+        serde_json::from_str::<Value>(filter).unwrap()
+    );
+    assert_error(&alice.call(Method::GET, &format!("/user/{}/filter/{filter_id}", bob.id), None).await, 403, "M_FORBIDDEN");
+
+    // Long-poll: a sync waiting with nothing new is woken by a send.
+    let poll = {
+        let (url, token) = (bob.url(&format!("/sync?since={since}&timeout=20000&filter={filter_id}")), bob.token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = call(Method::GET, &url, Some(&token), None).await;
+            (got, started.elapsed())
+        })
+    };
+    // Give the poll a moment to start waiting (its answer is checked, not the timing).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send(&room, "wake", "wake up").await;
+    let ((status, woke), elapsed) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(timeline_bodies(&woke, &room), ["wake up"]);
+    assert!(elapsed < Duration::from_secs(20), "long-poll was not woken");
+    let since = woke["next_batch"].as_str().unwrap().to_owned();
+
+    // An empty incremental sync with timeout=0 returns at once with no rooms.
+    let empty = bob.sync(&format!("since={since}&timeout=0")).await;
+    assert!(empty["rooms"]["join"].as_object().unwrap().is_empty(), "{empty}");
+
+    // Restart between two syncs: nothing lost, nothing repeated.
+    alice.send(&room, "before-restart", "before restart").await;
+    server.restart().await.unwrap();
+    let bob = User { base: server.base_url.clone(), ..bob };
+    let alice = User { base: server.base_url.clone(), ..alice };
+    alice.send(&room, "after-restart", "after restart").await;
+    let after = bob.sync(&format!("since={since}")).await;
+    assert_eq!(timeline_bodies(&after, &room), ["before restart", "after restart"]);
+    let next = after["next_batch"].as_str().unwrap();
+    let none = bob.sync(&format!("since={next}&timeout=0")).await;
+    assert!(timeline_bodies(&none, &room).is_empty());
+
+    // Leaving shows up in the leave section once.
+    bob.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    let left = bob.sync(&format!("since={next}")).await;
+    assert!(left["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.member"));
+    assert!(left["rooms"]["join"].get(&room).is_none());
+    server.stop().await.unwrap();
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
