@@ -112,6 +112,8 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{rooms}/event/{{event_id}}"), get(h::rooms::get_event))
             .route(&format!("{rooms}/joined_members"), get(h::rooms::joined_members))
             .route(&format!("{prefix}/user/{{user_id}}/filter"), axum::routing::post(h::filters::create))
+            .route(&format!("{prefix}/search"), axum::routing::post(h::search::search))
+            .route(&format!("{prefix}/user_directory/search"), axum::routing::post(h::search::user_directory))
             .route(&format!("{prefix}/user/{{user_id}}/filter/{{filter_id}}"), get(h::filters::get));
     }
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/unstable/uk.tcpip.msc4133"] {

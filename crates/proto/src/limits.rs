@@ -98,3 +98,11 @@ pub const MAX_APPEND_RETRIES: usize = 5;
 /// Distinct sync filters one user may store, and the size of one.
 pub const MAX_FILTERS_PER_USER: usize = 1_000;
 pub const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// Longest search term (user directory and `/search`), in bytes.
+pub const MAX_SEARCH_TERM_BYTES: usize = 512;
+/// Results per user-directory answer.
+pub const MAX_USER_DIRECTORY_LIMIT: usize = 100;
+/// Results per `/search` page, and context events on each side of one.
+pub const MAX_SEARCH_RESULTS: usize = 100;
+pub const MAX_SEARCH_CONTEXT: usize = 20;

@@ -36,6 +36,7 @@ pub struct Config {
     /// Nodes sharing one database must share this file.
     pub signing_key_path: Option<PathBuf>,
     pub limits: LimitsConfig,
+    pub user_directory: UserDirectoryConfig,
     pub rate_limits: RateLimitConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
@@ -47,6 +48,14 @@ pub struct Config {
 pub struct LimitsConfig {
     pub max_request_body_bytes: usize,
     pub max_devices_per_user: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDirectoryConfig {
+    /// Search every local user, not only those sharing a room with the
+    /// searcher or in public rooms (a ministry-wide phone book).
+    pub search_all_users: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +107,7 @@ impl Default for Config {
             default_room_version: "11".into(),
             signing_key_path: None,
             limits: LimitsConfig::default(),
+            user_directory: UserDirectoryConfig::default(),
             rate_limits: RateLimitConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),

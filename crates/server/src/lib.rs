@@ -51,6 +51,7 @@ pub fn services(config: &Config, store: DynStore) -> anyhow::Result<Services> {
             max_devices_per_user: config.limits.max_devices_per_user,
             rate_limits: config.rate_limits.clone(),
             default_room_version: config.default_room_version.clone(),
+            user_directory_search_all_users: config.user_directory.search_all_users,
         },
         store,
         key,

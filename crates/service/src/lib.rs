@@ -15,6 +15,7 @@ mod profile;
 pub mod ratelimit;
 mod registration_tokens;
 pub mod rooms;
+pub mod search;
 pub mod signing;
 mod sync;
 pub mod tokens;
@@ -60,6 +61,9 @@ pub struct ServiceConfig {
     pub rate_limits: RateLimitConfig,
     /// Version of new rooms unless the client asks for another.
     pub default_room_version: String,
+    /// The user directory finds every local user, not only those sharing
+    /// a room with the searcher or in public rooms.
+    pub user_directory_search_all_users: bool,
 }
 
 /// All services, cheap to clone and share between request handlers.

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod rooms;
+mod search;
 mod user_data;
 
 use std::str::FromStr;
@@ -23,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0007_search.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

@@ -47,12 +47,12 @@ const STREAM_LOCK: i64 = 0x6368_616e_7374_726d;
 
 /// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
 /// `r` the LEFT JOINed `redactions`.
-const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
+pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
      e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
 
-const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
+pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
 
-fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
+pub(crate) fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
     let txn = match (get::<Option<String>>(row, 11)?, get::<Option<String>>(row, 12)?, get::<Option<String>>(row, 13)?) {
         (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
         _ => None,
@@ -207,6 +207,7 @@ async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> Store
         pos = u(get(&inserted.map_err(insert_error)?, 0)?);
         closed.map_err(backend)?;
         opened.map_err(backend)?;
+        crate::search::index_event(tx, event, pos).await?;
     }
     Ok(pos)
 }

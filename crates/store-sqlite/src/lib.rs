@@ -9,6 +9,7 @@
 mod accounts;
 mod pool;
 mod rooms;
+mod search;
 mod user_data;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0007_search.sql"),
 ];
 
 pub struct SqliteStore {

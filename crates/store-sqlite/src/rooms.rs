@@ -18,12 +18,12 @@ use crate::{SqliteStore, backend};
 
 /// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
 /// `r` the LEFT JOINed `redactions`.
-const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
+pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
      e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
 
-const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
+pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     let txn_user: Option<String> = row.get(11)?;
     let txn_device: Option<String> = row.get(12)?;
     let txn_id: Option<String> = row.get(13)?;
@@ -120,6 +120,7 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
         ])
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("event") } else { backend(e) })?;
+    crate::search::index_event(tx, event, pos)?;
 
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
         .and_then(|mut s| s.execute([&event.room_id]))
@@ -150,6 +151,7 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
         )
         .and_then(|mut s| s.execute([target, &event.event_id]))
         .map_err(backend)?;
+        crate::search::unindex_event(tx, target)?;
     }
     Ok(u(pos))
 }
@@ -241,7 +243,8 @@ impl RoomStore for SqliteStore {
         self.read(move |conn| match at {
             None => {
                 let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                    "SELECT {EVENT_COLUMNS} FROM room_state s INDEXED BY room_state_current
+                     JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
                      WHERE s.room_id = ?1 AND s.to_pos IS NULL
                      ORDER BY s.event_type, s.state_key"
                 );
@@ -251,13 +254,16 @@ impl RoomStore for SqliteStore {
             Some(at) => {
                 // In force at `at`: started by then and not yet ended, i.e.
                 // current rows that started by then plus replaced rows that
-                // ended after it; each half has its own index.
+                // ended after it; each half has its own index. Without
+                // statistics SQLite would rather scan the room's whole state
+                // history by primary key, hence INDEXED BY here and below
+                // (which fails loudly should an index stop being usable).
                 let sql = format!(
                     "SELECT {EVENT_COLUMNS} FROM (
-                         SELECT event_id, event_type, state_key FROM room_state
+                         SELECT event_id, event_type, state_key FROM room_state INDEXED BY room_state_current
                          WHERE room_id = ?1 AND to_pos IS NULL AND from_pos <= ?2
                          UNION ALL
-                         SELECT event_id, event_type, state_key FROM room_state
+                         SELECT event_id, event_type, state_key FROM room_state INDEXED BY room_state_by_end
                          WHERE room_id = ?1 AND to_pos > ?2 AND from_pos <= ?2
                      ) s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
                      ORDER BY s.event_type, s.state_key"
@@ -362,7 +368,7 @@ impl RoomStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state
+                    "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state INDEXED BY room_state_current
                      WHERE room_id = ?1 AND event_type = 'm.room.member' AND to_pos IS NULL
                      ORDER BY state_key",
                 )

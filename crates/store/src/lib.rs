@@ -7,6 +7,7 @@
 
 pub mod conformance;
 mod rooms;
+mod search;
 mod types;
 mod user_data;
 
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
 pub use rooms::*;
+pub use search::*;
 pub use types::*;
 pub use user_data::*;
 
@@ -129,7 +131,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

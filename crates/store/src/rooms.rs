@@ -43,6 +43,10 @@ pub struct NewEvent {
     /// server accepted.
     pub redacts: Option<String>,
     pub txn: Option<TxnKey>,
+    /// Text to index for server-side search, as (key, text) with key one of
+    /// `content.body`, `content.name`, `content.topic`. Empty for events
+    /// that are not searchable (encrypted ones among them).
+    pub search_text: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@ pub mod discovery;
 pub mod filters;
 pub mod profile;
 pub mod rooms;
+pub mod search;
 pub mod session;
 pub mod sync;
 

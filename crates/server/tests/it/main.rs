@@ -9,4 +9,5 @@ mod process;
 mod registration;
 mod rooms_flow;
 mod rooms_http;
+mod search;
 mod store_conformance;

@@ -25,6 +25,23 @@ pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>) -> New
         membership,
         redacts: pdu.redacts_target().map(|e| e.to_string()),
         txn,
+        search_text: search_text(pdu),
+    }
+}
+
+/// The text server-side search indexes (spec `/search` keys). Encrypted
+/// events have none of these fields, so they are never indexed.
+fn search_text(pdu: &Pdu) -> Vec<(String, String)> {
+    let field = match pdu.event_type.to_string().as_str() {
+        "m.room.message" => "body",
+        "m.room.name" => "name",
+        "m.room.topic" => "topic",
+        _ => return Vec::new(),
+    };
+    let content = pdu.content_json();
+    match content.get(field).and_then(|v| v.as_str()) {
+        Some(text) if !text.is_empty() => vec![(format!("content.{field}"), text.to_owned())],
+        _ => Vec::new(),
     }
 }
 

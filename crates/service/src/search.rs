@@ -1,0 +1,246 @@
+//! `POST /user_directory/search` and `POST /search`.
+
+use std::collections::BTreeMap;
+
+use chancery_proto::limits::{MAX_SEARCH_CONTEXT, MAX_SEARCH_RESULTS, MAX_SEARCH_TERM_BYTES, MAX_USER_DIRECTORY_LIMIT};
+use chancery_store::SearchOrder;
+use serde::Deserialize;
+use serde_json::{Map, Value as JsonValue, json};
+
+use crate::rooms::{ClientEventOptions, format_token};
+use crate::{AuthedUser, Error, Services};
+
+/// The `room_events` criteria of a `/search` request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoomEventsCriteria {
+    pub search_term: String,
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    #[serde(default)]
+    pub filter: Option<SearchFilter>,
+    #[serde(default)]
+    pub order_by: Option<String>,
+    #[serde(default)]
+    pub event_context: Option<EventContext>,
+    #[serde(default)]
+    pub include_state: bool,
+    #[serde(default)]
+    pub groupings: Option<Groupings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SearchFilter {
+    pub rooms: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_rooms: Vec<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventContext {
+    pub before_limit: Option<usize>,
+    pub after_limit: Option<usize>,
+    #[serde(default)]
+    pub include_profile: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Groupings {
+    #[serde(default)]
+    pub group_by: Vec<GroupKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroupKey {
+    pub key: String,
+}
+
+const KEYS: &[&str] = &["content.body", "content.name", "content.topic"];
+
+/// Words of a search term: letters and digits, lowercase, at most 20.
+fn words(term: &str) -> Vec<String> {
+    term.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(20).collect()
+}
+
+impl Services {
+    /// `POST /user_directory/search`.
+    pub async fn search_user_directory(&self, user: &AuthedUser, term: &str, limit: usize) -> Result<JsonValue, Error> {
+        if term.len() > MAX_SEARCH_TERM_BYTES {
+            return Err(Error::InvalidParam(format!("search terms are at most {MAX_SEARCH_TERM_BYTES} bytes")));
+        }
+        let limit = limit.clamp(1, MAX_USER_DIRECTORY_LIMIT);
+        let term = term.trim().to_lowercase();
+        let mut hits = self
+            .store()
+            .search_users(user.user_id.as_str(), &term, limit + 1, self.config().user_directory_search_all_users)
+            .await?;
+        let limited = hits.len() > limit;
+        hits.truncate(limit);
+        let results: Vec<JsonValue> = hits
+            .into_iter()
+            .map(|h| {
+                let mut r = json!({ "user_id": h.user_id });
+                if let Some(name) = h.displayname {
+                    r["display_name"] = json!(name);
+                }
+                if let Some(avatar) = h.avatar_url {
+                    r["avatar_url"] = json!(avatar);
+                }
+                r
+            })
+            .collect();
+        Ok(json!({ "results": results, "limited": limited }))
+    }
+
+    /// `POST /search` (category `room_events`; the only one the spec has).
+    pub async fn search_room_events(
+        &self,
+        user: &AuthedUser,
+        criteria: RoomEventsCriteria,
+        next_batch: Option<&str>,
+    ) -> Result<JsonValue, Error> {
+        if criteria.search_term.len() > MAX_SEARCH_TERM_BYTES {
+            return Err(Error::InvalidParam(format!("search terms are at most {MAX_SEARCH_TERM_BYTES} bytes")));
+        }
+        let keys: Vec<String> = match &criteria.keys {
+            Some(keys) => {
+                if let Some(bad) = keys.iter().find(|k| !KEYS.contains(&k.as_str())) {
+                    return Err(Error::InvalidParam(format!("unknown search key {bad}")));
+                }
+                keys.clone()
+            }
+            None => KEYS.iter().map(|k| (*k).to_owned()).collect(),
+        };
+        let order = match criteria.order_by.as_deref() {
+            None | Some("rank") => SearchOrder::Rank,
+            Some("recent") => SearchOrder::Recent,
+            Some(other) => return Err(Error::InvalidParam(format!("unknown order_by {other}"))),
+        };
+        let offset = match next_batch {
+            Some(token) => token.parse::<usize>().map_err(|_| Error::InvalidParam("malformed next_batch".into()))?,
+            None => 0,
+        };
+        let filter = criteria.filter.clone().unwrap_or_default();
+        let limit = filter.limit.unwrap_or(10).clamp(1, MAX_SEARCH_RESULTS);
+        let joined = self.joined_rooms(user).await?;
+        let rooms: Vec<String> = joined
+            .into_iter()
+            .filter(|r| filter.rooms.as_ref().is_none_or(|rs| rs.contains(r)) && !filter.not_rooms.contains(r))
+            .collect();
+        let words = words(&criteria.search_term);
+        let (hits, count) = if words.is_empty() || rooms.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.store().search_events(&rooms, &words, &keys, order, offset, limit).await?
+        };
+        let viewer = ClientEventOptions::from(user);
+        let events: Vec<_> = hits.iter().map(|h| h.event.clone()).collect();
+        let formatted = self.client_events(&events, &viewer).await?;
+        let mut results = Vec::with_capacity(hits.len());
+        for (hit, event) in hits.iter().zip(formatted) {
+            let mut result = json!({ "rank": hit.rank, "result": event });
+            if let Some(ctx) = &criteria.event_context {
+                result["context"] = self.search_context(ctx, &hit.event, &viewer).await?;
+            }
+            results.push(result);
+        }
+        let mut body = json!({
+            "results": results,
+            "count": count,
+            "highlights": words,
+        });
+        if (offset + hits.len()) < count as usize {
+            body["next_batch"] = json!((offset + hits.len()).to_string());
+        }
+        if let Some(groupings) = &criteria.groupings {
+            body["groups"] = group(&groupings.group_by, &hits, body.get("next_batch").cloned());
+        }
+        if criteria.include_state {
+            let mut state = Map::new();
+            let mut seen: Vec<&str> = hits.iter().map(|h| h.event.room_id.as_str()).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for room in seen {
+                let events = self.store().state_at(room, None).await?;
+                state.insert(room.to_owned(), JsonValue::Array(self.client_events(&events, &viewer).await?));
+            }
+            body["state"] = JsonValue::Object(state);
+        }
+        Ok(json!({ "search_categories": { "room_events": body } }))
+    }
+
+    async fn search_context(
+        &self,
+        ctx: &EventContext,
+        event: &chancery_store::StoredEvent,
+        viewer: &ClientEventOptions,
+    ) -> Result<JsonValue, Error> {
+        let before_limit = ctx.before_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
+        let after_limit = ctx.after_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
+        let pos = event.stream_pos;
+        let current = self.store().current_stream_pos().await?;
+        let before = if before_limit == 0 {
+            Vec::new()
+        } else {
+            self.store().room_events(&event.room_id, 0, pos - 1, before_limit, true).await?
+        };
+        let after = if after_limit == 0 {
+            Vec::new()
+        } else {
+            self.store().room_events(&event.room_id, pos, current, after_limit, false).await?
+        };
+        let start = before.last().map_or(pos - 1, |e| e.stream_pos - 1);
+        let end = after.last().map_or(pos, |e| e.stream_pos);
+        let mut context = json!({
+            "events_before": self.client_events(&before, viewer).await?,
+            "events_after": self.client_events(&after, viewer).await?,
+            "start": format_token(start),
+            "end": format_token(end),
+        });
+        if ctx.include_profile {
+            let mut profiles = Map::new();
+            for sender in before.iter().chain(after.iter()).map(|e| e.sender.as_str()).chain([event.sender.as_str()]) {
+                if profiles.contains_key(sender) {
+                    continue;
+                }
+                let profile = self.store().profile(sender).await?;
+                let mut info = Map::new();
+                if let Some(name) = profile.get("displayname") {
+                    info.insert("displayname".into(), name.clone());
+                }
+                if let Some(avatar) = profile.get("avatar_url") {
+                    info.insert("avatar_url".into(), avatar.clone());
+                }
+                profiles.insert(sender.to_owned(), JsonValue::Object(info));
+            }
+            context["profile_info"] = JsonValue::Object(profiles);
+        }
+        Ok(context)
+    }
+}
+
+/// `groups`: results partitioned by room or sender, in result order.
+fn group(keys: &[GroupKey], hits: &[chancery_store::SearchHit], next_batch: Option<JsonValue>) -> JsonValue {
+    let mut groups = Map::new();
+    for key in keys {
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for hit in hits {
+            let value = match key.key.as_str() {
+                "room_id" => hit.event.room_id.clone(),
+                "sender" => hit.event.sender.clone(),
+                _ => continue,
+            };
+            by.entry(value).or_default().push(hit.event.event_id.clone());
+        }
+        let mut entries = Map::new();
+        for (order, (value, results)) in by.into_iter().enumerate() {
+            let mut group = json!({ "results": results, "order": order + 1 });
+            if let Some(nb) = &next_batch {
+                group["next_batch"] = nb.clone();
+            }
+            entries.insert(value, group);
+        }
+        groups.insert(key.key.clone(), JsonValue::Object(entries));
+    }
+    JsonValue::Object(groups)
+}

@@ -1,0 +1,119 @@
+//! `SearchStore` on PostgreSQL: `tsvector` with the 'simple' configuration
+//! for events, ILIKE for the user directory.
+
+use async_trait::async_trait;
+use chancery_store::*;
+use deadpool_postgres::Transaction;
+
+use crate::accounts::{get, i, query, query_opt, u};
+use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use crate::{PostgresStore, backend};
+
+/// Indexes an event just appended at `pos` (same transaction).
+pub(crate) async fn index_event(tx: &Transaction<'_>, event: &NewEvent, pos: u64) -> StoreResult<()> {
+    for (key, text) in &event.search_text {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO event_search (stream_pos, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(&stmt, &[&i(pos), &event.room_id, key, text]).await.map_err(backend)?;
+    }
+    if let Some(target) = &event.redacts {
+        let stmt = tx
+            .prepare_cached("DELETE FROM event_search WHERE stream_pos = (SELECT stream_pos FROM events WHERE event_id = $1)")
+            .await
+            .map_err(backend)?;
+        tx.execute(&stmt, &[target]).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// A tsquery matching every word, the last as a prefix. Words are
+/// alphanumeric (the service splits terms), so they need no quoting
+/// beyond what `to_tsquery` of a single lexeme does.
+fn ts_query(words: &[String]) -> String {
+    let last = words.len().saturating_sub(1);
+    words.iter().enumerate().map(|(n, w)| if n == last { format!("{w}:*") } else { w.clone() }).collect::<Vec<_>>().join(" & ")
+}
+
+fn like_pattern(term: &str) -> String {
+    let escaped: String =
+        term.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
+    format!("%{escaped}%")
+}
+
+#[async_trait]
+impl SearchStore for PostgresStore {
+    async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
+        let client = self.client().await?;
+        let pattern = like_pattern(&term.to_lowercase());
+        let sql = "
+            WITH visible AS (
+                SELECT s2.state_key AS user_id FROM room_state s1
+                JOIN room_state s2 ON s2.room_id = s1.room_id AND s2.event_type = 'm.room.member'
+                     AND s2.to_pos IS NULL AND s2.membership = 'join'
+                WHERE s1.event_type = 'm.room.member' AND s1.state_key = $1 AND s1.to_pos IS NULL AND s1.membership = 'join'
+                UNION
+                SELECT m.state_key FROM room_state jr
+                JOIN events je ON je.event_id = jr.event_id
+                JOIN room_state m ON m.room_id = jr.room_id AND m.event_type = 'm.room.member'
+                     AND m.to_pos IS NULL AND m.membership = 'join'
+                WHERE jr.event_type = 'm.room.join_rules' AND jr.to_pos IS NULL
+                  AND (je.json::jsonb -> 'content' ->> 'join_rule') = 'public'
+            )
+            SELECT a.user_id,
+                   (SELECT p.value::jsonb #>> '{}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'displayname'),
+                   (SELECT p.value::jsonb #>> '{}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'avatar_url')
+            FROM accounts a
+            WHERE a.deactivated_ts IS NULL AND a.user_id <> $1
+              AND ($2 OR a.user_id IN (SELECT user_id FROM visible))
+              AND (lower(a.user_id) LIKE $3
+                   OR EXISTS (SELECT 1 FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'displayname'
+                              AND lower(p.value::jsonb #>> '{}') LIKE $3))
+            ORDER BY a.user_id
+            LIMIT $4";
+        let rows = query(&client, sql, &[&searcher, &all_users, &pattern, &i(limit as u64)]).await?;
+        rows.iter().map(|r| Ok(UserHit { user_id: get(r, 0)?, displayname: get(r, 1)?, avatar_url: get(r, 2)? })).collect()
+    }
+
+    async fn search_events(
+        &self,
+        rooms: &[String],
+        words: &[String],
+        keys: &[String],
+        order: SearchOrder,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<(Vec<SearchHit>, u64)> {
+        if words.is_empty() || rooms.is_empty() || keys.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let client = self.client().await?;
+        let tsq = ts_query(words);
+        let filter =
+            "s.vector @@ to_tsquery('simple', $1) AND s.room_id = ANY($2) AND s.key = ANY($3) AND r.redaction_event_id IS NULL";
+        let order_sql = match order {
+            SearchOrder::Rank => "rank DESC, e.stream_pos DESC",
+            SearchOrder::Recent => "e.stream_pos DESC",
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, ts_rank(s.vector, to_tsquery('simple', $1))::float8 AS rank
+             FROM event_search s JOIN events e ON e.stream_pos = s.stream_pos {REDACTION_JOIN}
+             WHERE {filter} ORDER BY {order_sql} LIMIT $4 OFFSET $5"
+        );
+        let rows = query(&client, &sql, &[&tsq, &rooms, &keys, &i(limit as u64), &i(offset as u64)]).await?;
+        let hits = rows
+            .iter()
+            .map(|r| Ok(SearchHit { event: event_from_row(r)?, rank: get(r, 14)? }))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM event_search s JOIN events e ON e.stream_pos = s.stream_pos {REDACTION_JOIN} WHERE {filter}"
+        );
+        let row = query_opt(&client, &count_sql, &[&tsq, &rooms, &keys])
+            .await?
+            .ok_or_else(|| StoreError::Backend("count returned no row".into()))?;
+        Ok((hits, u(get(&row, 0)?)))
+    }
+}
