@@ -72,6 +72,26 @@ impl TestServer {
         self.running.as_ref()?.metrics_addr.map(|a| format!("http://{a}/metrics"))
     }
 
+    /// Creates `count` accounts named `{prefix}{n}` with one logged-in
+    /// device each, straight in the database (no password hashing, so a
+    /// test can have thousands of users). Returns (user_id, access_token).
+    pub async fn bulk_users(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+        use chancery_store::{NewAccount, NewDevice, TokenPair};
+        let store = chancery_server::open_store(&self.config).await?;
+        let mut users = Vec::with_capacity(count);
+        for n in 0..count {
+            let user_id = format!("@{prefix}{n}:{}", self.config.server_name);
+            let token = format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(""));
+            let account = NewAccount { user_id: user_id.clone(), password_hash: None, is_admin: false, created_ts: 1 };
+            let tokens = TokenPair { access_token_hash: chancery_service::tokens::hash(&token), access_expires_ts: None, refresh_token_hash: None };
+            let device = NewDevice { user_id: user_id.clone(), device_id: "BULK".into(), display_name: None, tokens, now_ts: 1 };
+            store.create_account(account, Some(device), None, 1).await?;
+            users.push((user_id, token));
+        }
+        store.close().await;
+        Ok(users)
+    }
+
     /// Stops the server gracefully and starts it again on the same data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(running) = self.running.take() {

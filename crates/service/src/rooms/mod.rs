@@ -108,14 +108,16 @@ impl From<PduError> for Error {
 }
 
 impl Services {
-    /// The room's current state, parsed.
-    pub(crate) async fn current_state(&self, room_id: &RoomId) -> Result<StateMap, Error> {
-        let events = self.store().state_at(room_id.as_str(), None).await?;
+    /// The current state events of the given keys (those that exist).
+    pub(crate) async fn state_subset(&self, room_id: &RoomId, keys: &[(StateEventType, String)]) -> Result<StateMap, Error> {
         let mut state = StateMap::new();
-        for e in events {
-            let pdu = Pdu::from_json(&e.event_id, &e.json)?;
-            let key = (StateEventType::from(e.event_type.as_str()), e.state_key.unwrap_or_default());
-            state.insert(key, pdu);
+        for key in keys {
+            if state.contains_key(key) {
+                continue;
+            }
+            if let Some(e) = self.store().state_event(room_id.as_str(), &key.0.to_string(), &key.1, None).await? {
+                state.insert(key.clone(), Pdu::from_json(&e.event_id, &e.json)?);
+            }
         }
         Ok(state)
     }
