@@ -144,6 +144,9 @@ impl Writes {
 /// deleted). Writes `events` in order and makes the last one the room's
 /// forward extremity; returns the position of the last one.
 async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
+    for event in events {
+        crate::search::index_event(tx, event).await?;
+    }
     let mut pos = 0;
     for (n, event) in events.iter().enumerate() {
         let (first, last) = (n == 0, n + 1 == events.len());
@@ -207,7 +210,6 @@ async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> Store
         pos = u(get(&inserted.map_err(insert_error)?, 0)?);
         closed.map_err(backend)?;
         opened.map_err(backend)?;
-        crate::search::index_event(tx, event, pos).await?;
     }
     Ok(pos)
 }

@@ -9,22 +9,20 @@ use crate::accounts::{get, i, query, query_opt, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
 use crate::{PostgresStore, backend};
 
-/// Indexes an event just appended at `pos` (same transaction).
-pub(crate) async fn index_event(tx: &Transaction<'_>, event: &NewEvent, pos: u64) -> StoreResult<()> {
+/// Indexes an event about to be appended (same transaction, before the
+/// stream lock is taken: the row is keyed by event id, not position).
+pub(crate) async fn index_event(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
     for (key, text) in &event.search_text {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO event_search (stream_pos, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
+                "INSERT INTO event_search (event_id, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
             )
             .await
             .map_err(backend)?;
-        tx.execute(&stmt, &[&i(pos), &event.room_id, key, text]).await.map_err(backend)?;
+        tx.execute(&stmt, &[&event.event_id, &event.room_id, key, text]).await.map_err(backend)?;
     }
     if let Some(target) = &event.redacts {
-        let stmt = tx
-            .prepare_cached("DELETE FROM event_search WHERE stream_pos = (SELECT stream_pos FROM events WHERE event_id = $1)")
-            .await
-            .map_err(backend)?;
+        let stmt = tx.prepare_cached("DELETE FROM event_search WHERE event_id = $1").await.map_err(backend)?;
         tx.execute(&stmt, &[target]).await.map_err(backend)?;
     }
     Ok(())
@@ -100,7 +98,7 @@ impl SearchStore for PostgresStore {
         };
         let sql = format!(
             "SELECT {EVENT_COLUMNS}, ts_rank(s.vector, to_tsquery('simple', $1))::float8 AS rank
-             FROM event_search s JOIN events e ON e.stream_pos = s.stream_pos {REDACTION_JOIN}
+             FROM event_search s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
              WHERE {filter} ORDER BY {order_sql} LIMIT $4 OFFSET $5"
         );
         let rows = query(&client, &sql, &[&tsq, &rooms, &keys, &i(limit as u64), &i(offset as u64)]).await?;
@@ -109,7 +107,7 @@ impl SearchStore for PostgresStore {
             .map(|r| Ok(SearchHit { event: event_from_row(r)?, rank: get(r, 14)? }))
             .collect::<StoreResult<Vec<_>>>()?;
         let count_sql = format!(
-            "SELECT COUNT(*) FROM event_search s JOIN events e ON e.stream_pos = s.stream_pos {REDACTION_JOIN} WHERE {filter}"
+            "SELECT COUNT(*) FROM event_search s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN} WHERE {filter}"
         );
         let row = query_opt(&client, &count_sql, &[&tsq, &rooms, &keys])
             .await?

@@ -83,7 +83,11 @@ impl TestServer {
             let user_id = format!("@{prefix}{n}:{}", self.config.server_name);
             let token = format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(""));
             let account = NewAccount { user_id: user_id.clone(), password_hash: None, is_admin: false, created_ts: 1 };
-            let tokens = TokenPair { access_token_hash: chancery_service::tokens::hash(&token), access_expires_ts: None, refresh_token_hash: None };
+            let tokens = TokenPair {
+                access_token_hash: chancery_service::tokens::hash(&token),
+                access_expires_ts: None,
+                refresh_token_hash: None,
+            };
             let device = NewDevice { user_id: user_id.clone(), device_id: "BULK".into(), display_name: None, tokens, now_ts: 1 };
             store.create_account(account, Some(device), None, 1).await?;
             users.push((user_id, token));

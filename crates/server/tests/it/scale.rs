@@ -23,7 +23,8 @@ async fn room_of_two_thousand_and_user_in_five_hundred_rooms() {
     let (owner, owner_token) = &users[0];
 
     // 2,000 members join one public room, 8 at a time (bounded).
-    let room = ok(Method::POST, api("/createRoom"), owner_token, Some(json!({"preset": "public_chat", "name": "All staff"}))).await;
+    let room =
+        ok(Method::POST, api("/createRoom"), owner_token, Some(json!({"preset": "public_chat", "name": "All staff"}))).await;
     let room = room["room_id"].as_str().unwrap().to_owned();
     for chunk in users[1..].chunks(8) {
         let joins: Vec<_> = chunk
@@ -42,7 +43,13 @@ async fn room_of_two_thousand_and_user_in_five_hundred_rooms() {
     let (_, _) = (owner, last);
     let members = ok(Method::GET, api(&format!("/rooms/{room}/joined_members")), &last.1, None).await;
     assert_eq!(members["joined"].as_object().unwrap().len(), 2_000);
-    ok(Method::PUT, api(&format!("/rooms/{room}/send/m.room.message/hello")), owner_token, Some(json!({"msgtype": "m.text", "body": "Welcome all"}))).await;
+    ok(
+        Method::PUT,
+        api(&format!("/rooms/{room}/send/m.room.message/hello")),
+        owner_token,
+        Some(json!({"msgtype": "m.text", "body": "Welcome all"})),
+    )
+    .await;
 
     // A late member's initial sync, lazy-loading members: the room is
     // complete, the member list is not shipped whole.
@@ -64,10 +71,17 @@ async fn room_of_two_thousand_and_user_in_five_hundred_rooms() {
         let created = ok(Method::POST, api("/createRoom"), busy, Some(json!({"name": format!("Case {n}")}))).await;
         rooms.push(created["room_id"].as_str().unwrap().to_owned());
     }
-    let sync = ok(Method::GET, api(&format!("/sync?filter={}", urlencode(r#"{"room":{"timeline":{"limit":1}}}"#))), busy, None).await;
+    let sync =
+        ok(Method::GET, api(&format!("/sync?filter={}", urlencode(r#"{"room":{"timeline":{"limit":1}}}"#))), busy, None).await;
     assert_eq!(sync["rooms"]["join"].as_object().unwrap().len(), 501);
     let since = sync["next_batch"].as_str().unwrap().to_owned();
-    ok(Method::PUT, api(&format!("/rooms/{}/send/m.room.message/x", rooms[250])), busy, Some(json!({"msgtype": "m.text", "body": "case 250 update"}))).await;
+    ok(
+        Method::PUT,
+        api(&format!("/rooms/{}/send/m.room.message/x", rooms[250])),
+        busy,
+        Some(json!({"msgtype": "m.text", "body": "case 250 update"})),
+    )
+    .await;
     let incremental = ok(Method::GET, api(&format!("/sync?since={since}&timeout=0")), busy, None).await;
     let changed = incremental["rooms"]["join"].as_object().unwrap();
     assert_eq!(changed.keys().collect::<Vec<_>>(), [&rooms[250]]);

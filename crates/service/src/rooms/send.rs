@@ -80,7 +80,8 @@ impl Services {
             // costs the same in a room of 5 or 50,000 members.
             let auth_types = pdu::auth_types(&draft, &rules)?;
             let state = self.state_subset(room_id, &auth_types).await?;
-            let auth_events: Vec<OwnedEventId> = auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
+            let auth_events: Vec<OwnedEventId> =
+                auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
             let prev: Vec<OwnedEventId> = info
                 .forward_extremities
                 .iter()
