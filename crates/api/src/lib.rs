@@ -19,7 +19,7 @@ use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
 use axum::routing::{MethodFilter, delete, get, on, put};
 use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
-use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, redact, room, session};
+use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, push, redact, room, session};
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::Services;
 use tower_http::cors::{Any, CorsLayer};
@@ -98,6 +98,16 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<message::get_message_events::v3::Request, _, _>(r, h::rooms::messages);
     r = ruma_route::<redact::redact_event::v3::Request, _, _>(r, h::rooms::redact);
     r = ruma_route::<sync_events_v3::Request, _, _>(r, h::sync::sync);
+    r = ruma_route::<push::get_pushrules_all::v3::Request, _, _>(r, h::push::all);
+    r = ruma_route::<push::get_pushrules_global_scope::v3::Request, _, _>(r, h::push::global);
+    r = ruma_route::<push::get_pushrule::v3::Request, _, _>(r, h::push::get);
+    r = ruma_route::<push::set_pushrule::v3::Request, _, _>(r, h::push::set);
+    r = ruma_route::<push::delete_pushrule::v3::Request, _, _>(r, h::push::delete);
+    r = ruma_route::<push::get_pushrule_enabled::v3::Request, _, _>(r, h::push::enabled);
+    r = ruma_route::<push::set_pushrule_enabled::v3::Request, _, _>(r, h::push::set_enabled);
+    r = ruma_route::<push::get_pushrule_actions::v3::Request, _, _>(r, h::push::actions);
+    r = ruma_route::<push::set_pushrule_actions::v3::Request, _, _>(r, h::push::set_actions);
+    r = ruma_route::<push::get_notifications::v3::Request, _, _>(r, h::push::notifications);
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

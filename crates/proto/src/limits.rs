@@ -106,3 +106,6 @@ pub const MAX_USER_DIRECTORY_LIMIT: usize = 100;
 /// Results per `/search` page, and context events on each side of one.
 pub const MAX_SEARCH_RESULTS: usize = 100;
 pub const MAX_SEARCH_CONTEXT: usize = 20;
+
+/// Notifications per `/notifications` page.
+pub const MAX_NOTIFICATIONS_LIMIT: usize = 100;

@@ -12,6 +12,7 @@ mod error;
 mod filters;
 mod password;
 mod profile;
+mod push;
 pub mod ratelimit;
 mod registration_tokens;
 pub mod rooms;

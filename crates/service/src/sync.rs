@@ -211,6 +211,7 @@ impl Services {
             "ephemeral": { "events": [] },
             "account_data": { "events": [] },
             "summary": summary,
+            "unread_notifications": self.unread_counts(&user.user_id, room_id).await?,
         });
         room[state_key] = json!({ "events": self.client_events(&state, viewer).await? });
         Ok(Some(room))

@@ -7,6 +7,7 @@
 //! crate's API; their errors become [`StoreError::Backend`].
 
 mod accounts;
+mod push;
 mod rooms;
 mod search;
 mod user_data;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
     include_str!("../migrations/0007_search.sql"),
+    include_str!("../migrations/0008_push.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

@@ -146,6 +146,7 @@ impl Writes {
 async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
     for event in events {
         crate::search::index_event(tx, event).await?;
+        crate::push::insert_notifications(tx, event).await?;
     }
     let mut pos = 0;
     for (n, event) in events.iter().enumerate() {
@@ -424,6 +425,14 @@ impl RoomStore for PostgresStore {
         )
         .await?;
         rows.iter().map(membership_from_row).collect()
+    }
+
+    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {
+        let client = self.client().await?;
+        let row =
+            query_opt(&client, "SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND sender = $2", &[&room_id, &sender])
+                .await?;
+        Ok(row.map(|r| get::<Option<i64>>(&r, 0)).transpose()?.flatten().map(u))
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod pool;
+mod push;
 mod rooms;
 mod search;
 mod user_data;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
     include_str!("../migrations/0007_search.sql"),
+    include_str!("../migrations/0008_push.sql"),
 ];
 
 pub struct SqliteStore {

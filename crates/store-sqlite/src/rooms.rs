@@ -121,6 +121,7 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("event") } else { backend(e) })?;
     crate::search::index_event(tx, event, pos)?;
+    crate::push::insert_notifications(tx, event)?;
 
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
         .and_then(|mut s| s.execute([&event.room_id]))
@@ -376,6 +377,11 @@ impl RoomStore for SqliteStore {
             collect(stmt.query_map([&room_id], membership_from_row).map_err(backend)?)
         })
         .await
+    }
+
+    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {
+        let (room_id, sender) = (room_id.to_owned(), sender.to_owned());
+        self.read(move |conn| crate::push::latest_event_of_sender(conn, &room_id, &sender)).await
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {

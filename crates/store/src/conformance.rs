@@ -292,6 +292,7 @@ fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth:
         redacts: None,
         txn: None,
         search_text: Vec::new(),
+        notifications: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! backends read no clock and tests control time.
 
 pub mod conformance;
+mod push;
 mod rooms;
 mod search;
 mod types;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use push::*;
 pub use rooms::*;
 pub use search::*;
 pub use types::*;
@@ -131,7 +133,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore + PushStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

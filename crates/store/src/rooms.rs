@@ -47,6 +47,8 @@ pub struct NewEvent {
     /// `content.body`, `content.name`, `content.topic`. Empty for events
     /// that are not searchable (encrypted ones among them).
     pub search_text: Vec<(String, String)>,
+    /// Members this event notifies, per their push rules.
+    pub notifications: Vec<crate::NewNotification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +160,9 @@ pub trait RoomStore: Send + Sync {
 
     /// Current members of a room (every membership state, any value).
     async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>>;
+
+    /// Position of the newest event `sender` sent in the room.
+    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>>;
 
     /// The highest stream position whose event is committed. Every
     /// position at or below it is visible to readers.

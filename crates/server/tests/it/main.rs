@@ -6,6 +6,7 @@ mod bad_input;
 mod client_flows;
 mod common;
 mod process;
+mod push;
 mod registration;
 mod rooms_flow;
 mod rooms_http;

@@ -75,7 +75,7 @@ impl Builder<'_> {
             self.room_id = Some(built.room_id_or_derived()?);
         }
         let room_id = self.room_id.clone().expect("set above");
-        self.events.push(new_event(&built, &room_id, None));
+        self.events.push(new_event(&built, &room_id, None, Vec::new()));
         self.prev = vec![built.event_id.clone()];
         self.state.insert((StateEventType::from(event_type), state_key.to_owned()), built);
         Ok(())

@@ -4,13 +4,13 @@ use chancery_core::pdu::{self, EventDraft, Pdu};
 use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES, MAX_TXN_ID_BYTES};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
-use chancery_store::{NewEvent, StoreError, TxnKey};
+use chancery_store::{NewEvent, NewNotification, StoreError, TxnKey};
 use serde_json::Value as JsonValue;
 
 use super::{power_levels, rules_of};
 use crate::{AuthedUser, Error, Services, now_ms};
 
-pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>) -> NewEvent {
+pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>, notifications: Vec<NewNotification>) -> NewEvent {
     let membership = (pdu.event_type.to_string() == "m.room.member")
         .then(|| pdu.content_json().get("membership").and_then(|m| m.as_str()).map(str::to_owned))
         .flatten();
@@ -27,6 +27,7 @@ pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>) -> New
         redacts: pdu.redacts_target().map(|e| e.to_string()),
         txn,
         search_text: search_text(pdu),
+        notifications,
     }
 }
 
@@ -79,7 +80,11 @@ impl Services {
             // Only the state the auth rules look at is loaded, so a send
             // costs the same in a room of 5 or 50,000 members.
             let auth_types = pdu::auth_types(&draft, &rules)?;
-            let state = self.state_subset(room_id, &auth_types).await?;
+            // The create event is always needed: v12 rooms do not list it
+            // in auth_events, but the auth rules still read it.
+            let mut keys = auth_types.clone();
+            keys.push((StateEventType::RoomCreate, String::new()));
+            let state = self.state_subset(room_id, &keys).await?;
             let auth_events: Vec<OwnedEventId> =
                 auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
             let prev: Vec<OwnedEventId> = info
@@ -99,7 +104,12 @@ impl Services {
                 self.signing_key(),
             )?;
             pdu::authorize(&rules, &built, &state)?;
-            match self.store().append_event(new_event(&built, room_id, txn.clone()), &info.forward_extremities).await {
+            let notifications = self.evaluate_push(room_id, &built, &rules).await?;
+            match self
+                .store()
+                .append_event(new_event(&built, room_id, txn.clone(), notifications), &info.forward_extremities)
+                .await
+            {
                 Ok(pos) => {
                     self.inner.rooms.advance(pos);
                     return Ok((built.event_id, pos));

@@ -1,0 +1,233 @@
+//! Push rules (client-server API "Push Notifications"): each user's rule
+//! set (the spec's defaults until they change it), evaluated for every
+//! member when an event is sent, giving notification and highlight counts
+//! and `/notifications`.
+
+use chancery_core::pdu::Pdu;
+use chancery_proto::limits::MAX_NOTIFICATIONS_LIMIT;
+use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::push::{
+    Action, AnyPushRule, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+    RemovePushRuleError, RuleKind, Ruleset,
+};
+use chancery_proto::ruma::room_version_rules::RoomVersionRules;
+use chancery_proto::ruma::serde::Raw;
+use chancery_proto::ruma::{RoomId, UInt, UserId};
+use chancery_store::NewNotification;
+use serde_json::{Value as JsonValue, json};
+
+use crate::rooms::{ClientEventOptions, power_levels};
+use crate::{AuthedUser, Error, Services};
+
+/// A stored rule set, with the server's current default rules (whose
+/// `enabled`/`actions` the user may have changed) brought up to date.
+fn parse_ruleset(json: &str, user_id: &UserId) -> Result<Ruleset, Error> {
+    let mut ruleset: Ruleset = serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored push rules: {e}")))?;
+    ruleset.update_with_server_default(Ruleset::server_default(user_id));
+    Ok(ruleset)
+}
+
+impl Services {
+    /// The user's rule set: what they stored, or the server defaults.
+    pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset, Error> {
+        match self.store().push_rules(user_id.as_str()).await? {
+            Some(json) => parse_ruleset(&json, user_id),
+            None => Ok(Ruleset::server_default(user_id)),
+        }
+    }
+
+    pub(crate) async fn store_push_ruleset(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<(), Error> {
+        let json = serde_json::to_string(ruleset).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store().set_push_rules(user_id.as_str(), &json).await?;
+        Ok(())
+    }
+
+    /// Who `pdu` notifies: every joined member but the sender (and the
+    /// target of an invite), by their own push rules.
+    pub(crate) async fn evaluate_push(
+        &self,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        rules: &RoomVersionRules,
+    ) -> Result<Vec<NewNotification>, Error> {
+        let is_member_event = pdu.event_type.to_string() == "m.room.member";
+        let members = self.store().members_of_room(room_id.as_str()).await?;
+        let invitee = (pdu.event_type.to_string() == "m.room.member")
+            .then(|| pdu.state_key.clone())
+            .flatten()
+            .filter(|_| pdu.content_json().get("membership").and_then(|m| m.as_str()) == Some("invite"));
+        let joined = members.iter().filter(|m| m.membership == "join").count();
+        let targets: Vec<String> = members
+            .iter()
+            .filter(|m| m.membership == "join" || Some(&m.user_id) == invitee.as_ref())
+            .map(|m| m.user_id.clone())
+            .chain(invitee.clone())
+            .filter(|u| u != pdu.sender.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored: std::collections::HashMap<String, String> = self.store().push_rules_of(&targets).await?.into_iter().collect();
+        // Membership changes notify nobody under the default rules (but
+        // invites of the target): skip users who kept the defaults, so a
+        // join to a large room does not evaluate every member's rules.
+        let targets: Vec<String> = if is_member_event {
+            targets.into_iter().filter(|t| stored.contains_key(t) || Some(t) == invitee.as_ref()).collect()
+        } else {
+            targets
+        };
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];
+        let power = power_levels(&self.state_subset(room_id, &keys).await?, rules)?;
+        let power_ctx = PushConditionPowerLevelsCtx::from(power);
+        let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        let member_count = UInt::try_from(joined as u64).unwrap_or(UInt::MAX);
+        let mut out = Vec::new();
+        for target in targets {
+            let Ok(user_id) = UserId::parse(target.as_str()) else { continue };
+            let (ruleset, display_name) = match stored.get(&target) {
+                Some(json) => {
+                    // Only a rule of the user's own can ask for the display
+                    // name (the defaults use intentional mentions), so it is
+                    // looked up only then.
+                    let name = if json.contains("contains_display_name") {
+                        self.member_display_name(room_id, &user_id).await?
+                    } else {
+                        user_id.localpart().to_owned()
+                    };
+                    (parse_ruleset(json, &user_id).unwrap_or_else(|_| Ruleset::server_default(&user_id)), name)
+                }
+                None => (Ruleset::server_default(&user_id), user_id.localpart().to_owned()),
+            };
+            let ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
+                .with_power_levels(power_ctx.clone());
+            let actions = ruleset.get_actions(&event, &ctx).await;
+            if actions.iter().any(Action::should_notify) {
+                out.push(NewNotification {
+                    user_id: target,
+                    actions_json: serde_json::to_string(actions).map_err(|e| Error::Internal(e.to_string()))?,
+                    highlight: actions.iter().any(Action::is_highlight),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The user's display name in the room (member event), else the
+    /// localpart.
+    async fn member_display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<String, Error> {
+        let member = self.store().state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
+        let name = member
+            .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
+            .and_then(|v| v["content"]["displayname"].as_str().map(str::to_owned));
+        Ok(name.unwrap_or_else(|| user_id.localpart().to_owned()))
+    }
+
+    /// `GET /notifications`.
+    pub async fn list_notifications(
+        &self,
+        user: &AuthedUser,
+        from: Option<&str>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<JsonValue, Error> {
+        let before =
+            from.map(|f| f.parse::<u64>().map_err(|_| Error::InvalidParam("malformed from token".into()))).transpose()?;
+        let limit = limit.clamp(1, MAX_NOTIFICATIONS_LIMIT);
+        let found = self.store().notifications(user.user_id.as_str(), before, limit, only_highlight).await?;
+        let viewer = ClientEventOptions::from(user);
+        let events: Vec<_> = found.iter().map(|n| n.event.clone()).collect();
+        let formatted = self.client_events(&events, &viewer).await?;
+        let mut notifications = Vec::with_capacity(found.len());
+        for (n, event) in found.iter().zip(formatted) {
+            let read_up_to = self.read_position(&user.user_id, &n.event.room_id).await?;
+            notifications.push(json!({
+                "actions": serde_json::from_str::<JsonValue>(&n.actions_json).unwrap_or(JsonValue::Array(vec![])),
+                "event": event,
+                "read": n.event.stream_pos <= read_up_to,
+                "room_id": n.event.room_id,
+                "ts": n.event.origin_server_ts,
+            }));
+        }
+        let mut body = json!({ "notifications": notifications });
+        if found.len() == limit
+            && let Some(last) = found.last()
+        {
+            body["next_token"] = json!(last.event.stream_pos.to_string());
+        }
+        Ok(body)
+    }
+
+    /// Up to where the user has read a room: their latest own event (sending
+    /// implies reading). Read receipts move it further once they exist.
+    pub(crate) async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
+        Ok(self.store().latest_event_of_sender(room_id, user_id.as_str()).await?.unwrap_or(0))
+    }
+
+    /// `unread_notifications` of a room in `/sync`.
+    pub(crate) async fn unread_counts(&self, user_id: &UserId, room_id: &str) -> Result<JsonValue, Error> {
+        let read = self.read_position(user_id, room_id).await?;
+        let (notifications, highlights) = self.store().notification_counts(user_id.as_str(), room_id, read).await?;
+        Ok(json!({ "notification_count": notifications, "highlight_count": highlights }))
+    }
+}
+
+/// Editing one's rule set (`/pushrules/global/{kind}/{ruleId}`).
+impl Services {
+    pub async fn push_rule(&self, user: &AuthedUser, kind: RuleKind, rule_id: &str) -> Result<AnyPushRule, Error> {
+        let ruleset = self.push_ruleset(&user.user_id).await?;
+        ruleset.get(kind, rule_id).map(|r| r.to_owned()).ok_or_else(|| Error::NotFound("no such push rule".into()))
+    }
+
+    pub async fn set_push_rule(
+        &self,
+        user: &AuthedUser,
+        rule: NewPushRule,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(), Error> {
+        let mut ruleset = self.push_ruleset(&user.user_id).await?;
+        ruleset.insert(rule, after, before).map_err(|e| match e {
+            InsertPushRuleError::UnknownRuleId => Error::NotFound(e.to_string()),
+            e => Error::InvalidParam(e.to_string()),
+        })?;
+        self.store_push_ruleset(&user.user_id, &ruleset).await
+    }
+
+    pub async fn delete_push_rule(&self, user: &AuthedUser, kind: RuleKind, rule_id: &str) -> Result<(), Error> {
+        let mut ruleset = self.push_ruleset(&user.user_id).await?;
+        ruleset.remove(kind, rule_id).map_err(|e| match e {
+            RemovePushRuleError::NotFound => Error::NotFound(e.to_string()),
+            e => Error::InvalidParam(e.to_string()),
+        })?;
+        self.store_push_ruleset(&user.user_id, &ruleset).await
+    }
+
+    pub async fn set_push_rule_enabled(
+        &self,
+        user: &AuthedUser,
+        kind: RuleKind,
+        rule_id: &str,
+        enabled: bool,
+    ) -> Result<(), Error> {
+        let mut ruleset = self.push_ruleset(&user.user_id).await?;
+        ruleset.set_enabled(kind, rule_id, enabled).map_err(|e| Error::NotFound(e.to_string()))?;
+        self.store_push_ruleset(&user.user_id, &ruleset).await
+    }
+
+    pub async fn set_push_rule_actions(
+        &self,
+        user: &AuthedUser,
+        kind: RuleKind,
+        rule_id: &str,
+        actions: Vec<Action>,
+    ) -> Result<(), Error> {
+        let mut ruleset = self.push_ruleset(&user.user_id).await?;
+        ruleset.set_actions(kind, rule_id, actions).map_err(|e| Error::NotFound(e.to_string()))?;
+        self.store_push_ruleset(&user.user_id, &ruleset).await
+    }
+}

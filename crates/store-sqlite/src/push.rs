@@ -1,0 +1,106 @@
+//! `PushStore` on SQLite.
+
+use async_trait::async_trait;
+use chancery_store::*;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::accounts::{i, u};
+use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use crate::{SqliteStore, backend};
+
+/// Stores the notifications of an event being appended (same transaction).
+pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
+    for n in &event.notifications {
+        tx.prepare_cached(
+            "INSERT INTO notifications (user_id, event_id, room_id, actions, highlight) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![n.user_id, event.event_id, event.room_id, n.actions_json, n.highlight]))
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl PushStore for SqliteStore {
+    async fn push_rules(&self, user_id: &str) -> StoreResult<Option<String>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT ruleset FROM push_rules WHERE user_id = ?1")
+                .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>> {
+        let ids = serde_json::to_string(user_ids).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT user_id, ruleset FROM push_rules WHERE user_id IN (SELECT value FROM json_each(?1))")
+                .map_err(backend)?;
+            let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<()> {
+        let (user_id, ruleset) = (user_id.to_owned(), ruleset_json.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO push_rules (user_id, ruleset) VALUES (?1, ?2) ON CONFLICT (user_id) DO UPDATE SET ruleset = excluded.ruleset",
+                params![user_id, ruleset],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn notifications(
+        &self,
+        user_id: &str,
+        before: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> StoreResult<Vec<StoredNotification>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, n.actions, n.highlight
+                 FROM notifications n JOIN events e ON e.event_id = n.event_id {REDACTION_JOIN}
+                 WHERE n.user_id = ?1 AND e.stream_pos < ?2 AND (?3 = 0 OR n.highlight = 1)
+                 ORDER BY e.stream_pos DESC LIMIT ?4"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![user_id, before.map_or(i64::MAX, i), only_highlight, i(limit as u64)], |r| {
+                    Ok(StoredNotification { event: event_from_row(r)?, actions_json: r.get(14)?, highlight: r.get(15)? })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(n.highlight), 0) FROM notifications n JOIN events e ON e.event_id = n.event_id
+                 WHERE n.user_id = ?1 AND n.room_id = ?2 AND e.stream_pos > ?3",
+            )
+            .and_then(|mut s| s.query_row(params![user_id, room_id, i(after)], |r| Ok((u(r.get(0)?), u(r.get(1)?)))))
+            .map_err(backend)
+        })
+        .await
+    }
+}
+
+pub(crate) fn latest_event_of_sender(conn: &rusqlite::Connection, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {
+    conn.prepare_cached("SELECT MAX(stream_pos) FROM events WHERE room_id = ?1 AND sender = ?2")
+        .and_then(|mut s| s.query_row(params![room_id, sender], |r| r.get::<_, Option<i64>>(0)))
+        .map(|p| p.map(u))
+        .map_err(backend)
+}

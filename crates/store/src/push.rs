@@ -1,0 +1,49 @@
+//! Push rules and the notifications they produced.
+
+use async_trait::async_trait;
+
+use crate::{StoreResult, StoredEvent};
+
+/// A notification for one user, computed when the event was sent and
+/// stored with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    pub user_id: String,
+    /// The push actions as JSON (for `/notifications`).
+    pub actions_json: String,
+    pub highlight: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredNotification {
+    pub event: StoredEvent,
+    pub actions_json: String,
+    pub highlight: bool,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// The user's push rule set as JSON, if they ever changed it (else the
+    /// server defaults apply).
+    async fn push_rules(&self, user_id: &str) -> StoreResult<Option<String>>;
+
+    /// Rule sets of many users at once (for evaluating an event for every
+    /// member of a room): (user_id, ruleset JSON) for those who have one.
+    async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>>;
+
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<()>;
+
+    /// The user's notifications, newest first, with positions below
+    /// `before` (if given), at most `limit`.
+    async fn notifications(
+        &self,
+        user_id: &str,
+        before: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> StoreResult<Vec<StoredNotification>>;
+
+    /// (notifications, highlights) of the user in a room at positions
+    /// above `after` (the user's read position).
+    async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)>;
+}
