@@ -16,6 +16,7 @@ use chancery_store::{Membership, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
 
 use crate::rooms::ClientEventOptions;
+use crate::rooms::filter::type_allowed;
 use crate::rooms::read::{format_token, parse_token};
 use crate::{AuthedUser, Error, Services};
 
@@ -40,14 +41,6 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.encryption",
     "m.room.topic",
 ];
-
-fn type_allowed(filter: &RoomEventFilter, event_type: &str) -> bool {
-    let matches = |pattern: &String| match pattern.strip_suffix('*') {
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
-    };
-    filter.types.as_ref().is_none_or(|types| types.iter().any(matches)) && !filter.not_types.iter().any(matches)
-}
 
 fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
     let room = &filter.room;

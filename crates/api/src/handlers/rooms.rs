@@ -275,8 +275,8 @@ pub async fn messages(
         RumaDirection::Forward => Direction::Forward,
     };
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(usize::MAX);
-    let page = state.services.messages(&user, &req.room_id, req.from.as_deref(), dir, limit).await?;
-    let mut body = json!({ "chunk": page.chunk, "start": page.start, "state": [] });
+    let page = state.services.messages(&user, &req.room_id, req.from.as_deref(), dir, limit, &req.filter).await?;
+    let mut body = json!({ "chunk": page.chunk, "start": page.start, "state": page.state });
     if let Some(end) = page.end {
         body["end"] = json!(end);
     }

@@ -86,13 +86,13 @@ async fn chat(backend: Backend) {
     assert_eq!(raw["content"], serde_json::json!({}), "{raw}");
     assert!(raw["unsigned"]["redacted_because"].is_object(), "{raw}");
 
-    // Paginate back through 120 messages.
-    for i in 0..120 {
+    // Paginate back through 500 messages.
+    for i in 0..500 {
         bob_room.send(RoomMessageEventContent::text_plain(format!("m{i}"))).await.unwrap();
     }
     let mut seen = 0;
     let mut from = None;
-    for _ in 0..10 {
+    for _ in 0..20 {
         let mut options = MessagesOptions::backward();
         options.limit = 50u32.into();
         options.from = from.clone();
@@ -103,7 +103,7 @@ async fn chat(backend: Backend) {
             break;
         }
     }
-    assert!(seen >= 120 + 2, "paginated {seen} events");
+    assert!(seen >= 500 + 2, "paginated {seen} events");
 
     // Bob leaves; alice sees it.
     bob_room.leave().await.unwrap();

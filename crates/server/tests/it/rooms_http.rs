@@ -172,6 +172,16 @@ async fn room_rules(backend: Backend) {
     let bodies: Vec<_> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies.iter().filter(|b| **b == "once").count(), 1);
     assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "same-txn");
+
+    // /messages filters: by type and sender, with lazy-loaded members.
+    let filter = urlencode(r#"{"types":["m.room.message"],"not_senders":["@alice:localhost"],"lazy_load_members":true}"#);
+    let page = alice.ok(Method::GET, &format!("/rooms/{public}/messages?dir=b&limit=50&filter={filter}"), None).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(!chunk.is_empty());
+    assert!(chunk.iter().all(|e| e["type"] == "m.room.message" && e["sender"] == bob.id.as_str()), "{page}");
+    let state = page["state"].as_array().unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!(state[0]["state_key"], bob.id.as_str());
     server.stop().await.unwrap();
 }
 

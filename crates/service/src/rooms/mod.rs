@@ -8,6 +8,7 @@
 
 mod client_event;
 mod create;
+pub(crate) mod filter;
 mod membership;
 pub(crate) mod read;
 mod send;

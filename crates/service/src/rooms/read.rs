@@ -7,7 +7,9 @@ use chancery_proto::ruma::{EventId, RoomId};
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::ClientEventOptions;
+use super::filter::event_allowed;
 use crate::{AuthedUser, Error, Services};
+use chancery_proto::ruma::api::client::filter::{LazyLoadOptions, RoomEventFilter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -18,6 +20,8 @@ pub enum Direction {
 #[derive(Debug, Clone)]
 pub struct MessagesPage {
     pub chunk: Vec<JsonValue>,
+    /// Member events of the chunk's senders, with lazy-loaded members.
+    pub state: Vec<JsonValue>,
     pub start: String,
     pub end: Option<String>,
 }
@@ -117,6 +121,7 @@ impl Services {
         from: Option<&str>,
         dir: Direction,
         limit: usize,
+        filter: &RoomEventFilter,
     ) -> Result<MessagesPage, Error> {
         self.ensure_joined(room_id, &user.user_id).await?;
         let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
@@ -136,10 +141,30 @@ impl Services {
                 (events, after, end)
             }
         };
+        // Filtering after the page is cut keeps tokens exact; a page may hold
+        // fewer events than `limit`, which the spec allows.
+        let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
+        let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
+            // The member events of the page's senders, so the client can
+            // show them without the full member list.
+            let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
+            senders.sort_unstable();
+            senders.dedup();
+            let mut members = Vec::with_capacity(senders.len());
+            for sender in senders {
+                if let Some(m) = self.store().state_event(room_id.as_str(), "m.room.member", sender, None).await? {
+                    members.push(m);
+                }
+            }
+            self.client_events(&members, &viewer).await?
+        } else {
+            Vec::new()
+        };
         Ok(MessagesPage {
             chunk: self.client_events(&events, &viewer).await?,
             start: format_token(start),
             end: end.map(format_token),
+            state,
         })
     }
 }
