@@ -218,3 +218,175 @@ pub fn authorize(rules: &RoomVersionRules, pdu: &Pdu, state: &BTreeMap<(StateEve
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| state.get(&(t.clone(), k.to_owned())).cloned())
         .map_err(PduError::Forbidden)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The authorization rules through our PDU builder, as tables: each row
+    //! is an event someone tries to send and whether the rules accept it.
+    //! Accepted events change the state the next rows are checked against.
+
+    use chancery_proto::ruma::{RoomVersionId, server_name};
+    use serde_json::json;
+
+    use super::*;
+
+    struct Room {
+        rules: RoomVersionRules,
+        key: Ed25519KeyPair,
+        room_id: Option<OwnedRoomId>,
+        state: BTreeMap<(StateEventType, String), Pdu>,
+        prev: Vec<OwnedEventId>,
+        depth: u64,
+    }
+
+    impl Room {
+        fn new(version: &str) -> Room {
+            let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+            let key = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "test".into()).unwrap();
+            Room { rules, key, room_id: None, state: BTreeMap::new(), prev: vec![], depth: 0 }
+        }
+
+        /// Tries to send; on success the event joins the room's state.
+        fn send(&mut self, sender: &str, event_type: &str, state_key: Option<&str>, content: JsonValue) -> Result<(), PduError> {
+            let draft = EventDraft {
+                room_id: self.room_id.clone(),
+                sender: UserId::parse(sender).unwrap(),
+                event_type: event_type.into(),
+                state_key: state_key.map(Into::into),
+                content,
+                redacts: None,
+            };
+            let auth: Vec<OwnedEventId> =
+                auth_types(&draft, &self.rules)?.iter().filter_map(|k| self.state.get(k)).map(|p| p.event_id.clone()).collect();
+            let pdu = build_pdu(
+                &draft,
+                &self.rules,
+                &self.prev,
+                &auth,
+                self.depth + 1,
+                1_000 + self.depth,
+                server_name!("x"),
+                &self.key,
+            )?;
+            authorize(&self.rules, &pdu, &self.state)?;
+            if self.room_id.is_none() {
+                self.room_id = Some(pdu.room_id_or_derived()?);
+            }
+            self.depth += 1;
+            self.prev = vec![pdu.event_id.clone()];
+            if let Some(key) = &pdu.state_key {
+                self.state.insert((StateEventType::from(event_type), key.clone()), pdu);
+            }
+            Ok(())
+        }
+
+        fn create(version: &str) -> Room {
+            let mut room = Room::new(version);
+            if !room.rules.authorization.room_create_event_id_as_room_id {
+                room.room_id = Some(RoomId::parse("!test:x").unwrap());
+            }
+            let mut content = json!({"room_version": version});
+            if !room.rules.authorization.use_room_create_sender {
+                content["creator"] = json!("@alice:x");
+            }
+            room.send("@alice:x", "m.room.create", Some(""), content).unwrap();
+            room.send("@alice:x", "m.room.member", Some("@alice:x"), json!({"membership": "join"})).unwrap();
+            let mut users = json!({});
+            if !room.rules.authorization.explicitly_privilege_room_creators {
+                users["@alice:x"] = json!(100);
+            }
+            room.send(
+                "@alice:x",
+                "m.room.power_levels",
+                Some(""),
+                json!({"users": users, "state_default": 50, "ban": 50, "kick": 50, "invite": 0}),
+            )
+            .unwrap();
+            room.send("@alice:x", "m.room.join_rules", Some(""), json!({"join_rule": "invite"})).unwrap();
+            room
+        }
+    }
+
+    type Row = (&'static str, &'static str, Option<&'static str>, JsonValue, bool);
+
+    fn run(version: &str, rows: Vec<Row>) {
+        let mut room = Room::create(version);
+        for (n, (sender, event_type, key, content, allowed)) in rows.into_iter().enumerate() {
+            let got = room.send(sender, event_type, key, content.clone());
+            assert_eq!(got.is_ok(), allowed, "v{version} row {n}: {sender} {event_type} {key:?} {content} -> {got:?}");
+        }
+    }
+
+    #[test]
+    fn membership_and_power_rules_in_every_supported_version() {
+        for version in ["10", "11", "12"] {
+            run(
+                version,
+                vec![
+                    // Not invited: bob cannot join an invite-only room, nor talk.
+                    ("@bob:x", "m.room.member", Some("@bob:x"), json!({"membership": "join"}), false),
+                    ("@bob:x", "m.room.message", None, json!({"body": "hi"}), false),
+                    // Invited, he joins and talks, but cannot set state (50).
+                    ("@alice:x", "m.room.member", Some("@bob:x"), json!({"membership": "invite"}), true),
+                    ("@bob:x", "m.room.member", Some("@bob:x"), json!({"membership": "join"}), true),
+                    ("@bob:x", "m.room.message", None, json!({"body": "hi"}), true),
+                    ("@bob:x", "m.room.name", Some(""), json!({"name": "mine"}), false),
+                    // Bob cannot ban alice; alice bans bob, whose join races in
+                    // too late: banned users cannot rejoin.
+                    ("@bob:x", "m.room.member", Some("@alice:x"), json!({"membership": "ban"}), false),
+                    ("@alice:x", "m.room.member", Some("@bob:x"), json!({"membership": "ban"}), true),
+                    ("@bob:x", "m.room.member", Some("@bob:x"), json!({"membership": "join"}), false),
+                    ("@alice:x", "m.room.member", Some("@bob:x"), json!({"membership": "invite"}), false),
+                    // Unban, invite, join; given power 50 bob may rename.
+                    ("@alice:x", "m.room.member", Some("@bob:x"), json!({"membership": "leave"}), true),
+                    ("@alice:x", "m.room.member", Some("@bob:x"), json!({"membership": "invite"}), true),
+                    ("@bob:x", "m.room.member", Some("@bob:x"), json!({"membership": "join"}), true),
+                    ("@alice:x", "m.room.power_levels", Some(""), power(version, &[("@bob:x", 50)]), true),
+                    ("@bob:x", "m.room.name", Some(""), json!({"name": "ok now"}), true),
+                    // Bob (50) cannot raise himself above his level.
+                    ("@bob:x", "m.room.power_levels", Some(""), power(version, &[("@bob:x", 100)]), false),
+                    // Public join rule: carol joins without invite.
+                    ("@alice:x", "m.room.join_rules", Some(""), json!({"join_rule": "public"}), true),
+                    ("@carol:x", "m.room.member", Some("@carol:x"), json!({"membership": "join"}), true),
+                    // Carol cannot send as someone else's member event.
+                    ("@carol:x", "m.room.member", Some("@dave:x"), json!({"membership": "join"}), false),
+                ],
+            );
+        }
+    }
+
+    fn power(version: &str, extra: &[(&str, i64)]) -> JsonValue {
+        let mut users = json!({});
+        if version != "12" {
+            users["@alice:x"] = json!(100);
+        }
+        for (user, level) in extra {
+            users[*user] = json!(level);
+        }
+        json!({"users": users, "state_default": 50, "ban": 50, "kick": 50, "invite": 0})
+    }
+
+    #[test]
+    fn room_v12_creators_cannot_be_listed_or_demoted() {
+        let mut room = Room::create("12");
+        // v12: the creator has unlimited power and may not appear in users.
+        let listed = room.send("@alice:x", "m.room.power_levels", Some(""), json!({"users": {"@alice:x": 100}}));
+        assert!(listed.is_err(), "{listed:?}");
+        assert!(room.room_id.as_ref().unwrap().server_name().is_none(), "v12 room ids carry no server name");
+    }
+
+    #[test]
+    fn pdus_are_hashed_signed_and_sized() {
+        let mut room = Room::create("11");
+        let big = json!({"body": "x".repeat(70_000)});
+        assert!(matches!(room.send("@alice:x", "m.room.message", None, big), Err(PduError::TooLarge)));
+        let state = room.state.get(&(StateEventType::RoomCreate, String::new())).unwrap();
+        let value: JsonValue = serde_json::from_str(&state.json).unwrap();
+        assert!(value["hashes"]["sha256"].is_string());
+        assert!(value["signatures"]["x"]["ed25519:test"].is_string());
+        assert!(state.event_id.as_str().starts_with('$') && !state.event_id.as_str().contains(':'));
+        // A stored PDU parses back to the same event.
+        let again = Pdu::from_json(state.event_id.as_str(), &state.json).unwrap();
+        assert_eq!(again.sender, state.sender);
+    }
+}
