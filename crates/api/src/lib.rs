@@ -19,7 +19,7 @@ use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
 use axum::routing::{MethodFilter, delete, get, on, put};
 use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
-use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, push, redact, room, session};
+use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, presence, push, redact, room, session};
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::Services;
 use tower_http::cors::{Any, CorsLayer};
@@ -108,6 +108,8 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<push::get_pushrule_actions::v3::Request, _, _>(r, h::push::actions);
     r = ruma_route::<push::set_pushrule_actions::v3::Request, _, _>(r, h::push::set_actions);
     r = ruma_route::<push::get_notifications::v3::Request, _, _>(r, h::push::notifications);
+    r = ruma_route::<presence::get_presence::v3::Request, _, _>(r, h::presence::get);
+    r = ruma_route::<presence::set_presence::v3::Request, _, _>(r, h::presence::set);
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

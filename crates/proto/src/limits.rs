@@ -109,3 +109,7 @@ pub const MAX_SEARCH_CONTEXT: usize = 20;
 
 /// Notifications per `/notifications` page.
 pub const MAX_NOTIFICATIONS_LIMIT: usize = 100;
+
+/// Users whose presence one node keeps, and the longest status message.
+pub const MAX_PRESENCE_ENTRIES: usize = 100_000;
+pub const MAX_STATUS_MSG_BYTES: usize = 256;

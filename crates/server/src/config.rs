@@ -37,6 +37,7 @@ pub struct Config {
     pub signing_key_path: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub user_directory: UserDirectoryConfig,
+    pub presence: PresenceConfig,
     pub rate_limits: RateLimitConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
@@ -48,6 +49,14 @@ pub struct Config {
 pub struct LimitsConfig {
     pub max_request_body_bytes: usize,
     pub max_devices_per_user: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Share online/away status between users who share a room. Kept in
+    /// memory only; off by default (metadata minimisation).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -108,6 +117,7 @@ impl Default for Config {
             signing_key_path: None,
             limits: LimitsConfig::default(),
             user_directory: UserDirectoryConfig::default(),
+            presence: PresenceConfig::default(),
             rate_limits: RateLimitConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),

@@ -52,6 +52,7 @@ pub fn services(config: &Config, store: DynStore) -> anyhow::Result<Services> {
             rate_limits: config.rate_limits.clone(),
             default_room_version: config.default_room_version.clone(),
             user_directory_search_all_users: config.user_directory.search_all_users,
+            presence_enabled: config.presence.enabled,
         },
         store,
         key,

@@ -11,6 +11,7 @@ mod accounts;
 mod error;
 mod filters;
 mod password;
+mod presence;
 mod profile;
 mod push;
 pub mod ratelimit;
@@ -65,6 +66,8 @@ pub struct ServiceConfig {
     /// The user directory finds every local user, not only those sharing
     /// a room with the searcher or in public rooms.
     pub user_directory_search_all_users: bool,
+    /// Track and share presence (in memory only).
+    pub presence_enabled: bool,
 }
 
 /// All services, cheap to clone and share between request handlers.
@@ -79,12 +82,14 @@ struct Inner {
     limiters: ratelimit::Limiters,
     signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair,
     rooms: rooms::RoomRuntime,
+    presence: presence::PresenceRuntime,
 }
 
 impl Services {
     pub fn new(config: ServiceConfig, store: DynStore, signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair) -> Self {
         let limiters = ratelimit::Limiters::new(&config.rate_limits);
-        Self { inner: Arc::new(Inner { config, store, limiters, signing_key, rooms: rooms::RoomRuntime::new() }) }
+        let presence = presence::PresenceRuntime::new(config.presence_enabled);
+        Self { inner: Arc::new(Inner { config, store, limiters, signing_key, rooms: rooms::RoomRuntime::new(), presence }) }
     }
 
     pub(crate) fn signing_key(&self) -> &chancery_proto::ruma::signatures::Ed25519KeyPair {

@@ -3,6 +3,7 @@ pub mod devices;
 pub mod discovery;
 pub mod filters;
 pub mod profile;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod search;

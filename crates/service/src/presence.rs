@@ -1,0 +1,148 @@
+//! Presence (client-server API "Presence"): off unless the operator turns
+//! it on. When on, each node keeps the current presence of users in memory
+//! only — no history is ever written — and delivers changes in `/sync` to
+//! users sharing a room. When off, everyone appears offline and nothing is
+//! kept.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chancery_proto::limits::{MAX_PRESENCE_ENTRIES, MAX_STATUS_MSG_BYTES};
+use chancery_proto::ruma::UserId;
+use serde_json::{Value as JsonValue, json};
+
+use crate::{AuthedUser, Error, Services, now_ms};
+
+/// Users count as active this long after their last action.
+const ACTIVE_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Presence {
+    pub presence: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: u64,
+    /// Bumped on every change; `/sync` delivers entries newer than its token.
+    pub serial: u64,
+}
+
+pub(crate) struct PresenceRuntime {
+    pub enabled: bool,
+    state: Mutex<(u64, HashMap<String, Presence>)>,
+}
+
+impl PresenceRuntime {
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self { enabled, state: Mutex::new((0, HashMap::new())) }
+    }
+
+    /// Records a presence; returns the new serial if anything changed.
+    pub(crate) fn set(&self, user_id: &str, presence: &str, status_msg: Option<String>, now: u64) -> Option<u64> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (serial, map) = &mut *guard;
+        let changed = map.get(user_id).is_none_or(|p| {
+            p.presence != presence || p.status_msg != status_msg || now.saturating_sub(p.last_active_ts) > ACTIVE_WINDOW_MS
+        });
+        if !changed {
+            if let Some(p) = map.get_mut(user_id) {
+                p.last_active_ts = now;
+            }
+            return None;
+        }
+        if map.len() >= MAX_PRESENCE_ENTRIES && !map.contains_key(user_id) {
+            // Forget those who went offline first; the map never outgrows
+            // its bound.
+            map.retain(|_, p| p.presence != "offline");
+            if map.len() >= MAX_PRESENCE_ENTRIES {
+                return None;
+            }
+        }
+        *serial += 1;
+        map.insert(user_id.to_owned(), Presence { presence: presence.to_owned(), status_msg, last_active_ts: now, serial: *serial });
+        Some(*serial)
+    }
+
+    pub(crate) fn get(&self, user_id: &str) -> Option<Presence> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1.get(user_id).cloned()
+    }
+
+    pub(crate) fn serial(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Entries of `users` changed after `since`.
+    pub(crate) fn changed_since(&self, since: u64, users: &[String]) -> Vec<(String, Presence)> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        users.iter().filter_map(|u| guard.1.get(u).filter(|p| p.serial > since).map(|p| (u.clone(), p.clone()))).collect()
+    }
+}
+
+/// The `content` of an `m.presence` event, as of `now`.
+pub(crate) fn presence_content(p: &Presence, now: u64) -> JsonValue {
+    let ago = now.saturating_sub(p.last_active_ts);
+    let mut content = json!({
+        "presence": p.presence,
+        "last_active_ago": ago,
+        "currently_active": p.presence == "online" && ago < ACTIVE_WINDOW_MS,
+    });
+    if let Some(msg) = &p.status_msg {
+        content["status_msg"] = json!(msg);
+    }
+    content
+}
+
+impl Services {
+    /// `PUT /presence/{userId}/status`.
+    pub async fn set_presence(&self, user: &AuthedUser, target: &UserId, presence: &str, status_msg: Option<String>) -> Result<(), Error> {
+        if user.user_id != target {
+            return Err(Error::Forbidden("you can only set your own presence".into()));
+        }
+        if !matches!(presence, "online" | "offline" | "unavailable") {
+            return Err(Error::InvalidParam("presence must be online, offline or unavailable".into()));
+        }
+        if status_msg.as_ref().is_some_and(|m| m.len() > MAX_STATUS_MSG_BYTES) {
+            return Err(Error::InvalidParam(format!("status messages are at most {MAX_STATUS_MSG_BYTES} bytes")));
+        }
+        if self.inner.presence.enabled && self.inner.presence.set(user.user_id.as_str(), presence, status_msg, now_ms()).is_some() {
+            self.inner.rooms.poke();
+        }
+        Ok(())
+    }
+
+    /// A syncing client counts as online unless it says otherwise.
+    pub(crate) fn touch_presence(&self, user: &AuthedUser, set_presence: &str) {
+        if !self.inner.presence.enabled || set_presence == "offline" {
+            return;
+        }
+        let status = self.inner.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
+        if self.inner.presence.set(user.user_id.as_str(), set_presence, status, now_ms()).is_some() {
+            self.inner.rooms.poke();
+        }
+    }
+
+    /// `GET /presence/{userId}/status`: only for users one shares a room
+    /// with (or oneself).
+    pub async fn get_presence(&self, user: &AuthedUser, target: &UserId) -> Result<JsonValue, Error> {
+        if user.user_id != target && !self.shares_room(&user.user_id, target).await? {
+            return Err(Error::Forbidden("you do not share a room with this user".into()));
+        }
+        if !self.inner.presence.enabled {
+            return Ok(json!({ "presence": "offline" }));
+        }
+        Ok(match self.inner.presence.get(target.as_str()) {
+            Some(p) => presence_content(&p, now_ms()),
+            None => json!({ "presence": "offline" }),
+        })
+    }
+
+    pub(crate) async fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool, Error> {
+        let theirs: std::collections::HashSet<String> = self
+            .store()
+            .memberships_of_user(b.as_str())
+            .await?
+            .into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id)
+            .collect();
+        Ok(self.store().memberships_of_user(a.as_str()).await?.iter().any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
+    }
+}
