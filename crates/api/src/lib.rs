@@ -98,6 +98,8 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<message::get_message_events::v3::Request, _, _>(r, h::rooms::messages);
     r = ruma_route::<redact::redact_event::v3::Request, _, _>(r, h::rooms::redact);
     r = ruma_route::<sync_events_v3::Request, _, _>(r, h::sync::sync);
+    r = h::account_data::routes(r);
+    r = h::receipts::routes(r);
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

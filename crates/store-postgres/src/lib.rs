@@ -6,6 +6,7 @@
 //! Architecture invariant: no tokio-postgres or deadpool type crosses this
 //! crate's API; their errors become [`StoreError::Backend`].
 
+mod account_data;
 mod accounts;
 mod rooms;
 mod user_data;
@@ -23,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0004_account_data.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

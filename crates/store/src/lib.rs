@@ -5,7 +5,9 @@
 //! Times are passed in as milliseconds since the Unix epoch (`*_ts`), so the
 //! backends read no clock and tests control time.
 
+mod account_data;
 pub mod conformance;
+mod receipts;
 mod rooms;
 mod types;
 mod user_data;
@@ -16,6 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use account_data::*;
+pub use receipts::*;
 pub use rooms::*;
 pub use types::*;
 pub use user_data::*;
@@ -129,7 +133,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore + AccountDataStore + ReceiptStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

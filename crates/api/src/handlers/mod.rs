@@ -1,8 +1,10 @@
 pub mod account;
+pub mod account_data;
 pub mod devices;
 pub mod discovery;
 pub mod filters;
 pub mod profile;
+pub mod receipts;
 pub mod rooms;
 pub mod session;
 pub mod sync;

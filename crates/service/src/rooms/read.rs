@@ -22,8 +22,10 @@ pub struct MessagesPage {
     pub end: Option<String>,
 }
 
-/// Stream tokens are `s<position>`; later streams will add `_`-separated
-/// parts, which a position parser ignores.
+/// Pagination tokens are `s<position>` in the events stream. A sync token
+/// ([`crate::StreamToken`]) starts the same way and adds `_`-separated
+/// parts for the other streams, which this parser ignores, so a sync's
+/// `next_batch` also works as a `/messages` `from`.
 pub fn format_token(pos: u64) -> String {
     format!("s{pos}")
 }
@@ -136,6 +138,10 @@ impl Services {
                 (events, after, end)
             }
         };
+        // Spec "Ignoring Users": no timeline events of ignored users, here
+        // as in /sync; their state events stay.
+        let ignored = self.ignored_users(user.user_id.as_str()).await?;
+        let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
         Ok(MessagesPage {
             chunk: self.client_events(&events, &viewer).await?,
             start: format_token(start),
