@@ -57,6 +57,7 @@ impl From<Error> for ApiError {
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
             Error::NotFound(_) => (S::NOT_FOUND, "M_NOT_FOUND"),
+            Error::ServerManaged(_) => (S::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::MissingToken => (S::UNAUTHORIZED, "M_MISSING_TOKEN"),
             Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),

@@ -110,6 +110,8 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<push::get_notifications::v3::Request, _, _>(r, h::push::notifications);
     r = ruma_route::<presence::get_presence::v3::Request, _, _>(r, h::presence::get);
     r = ruma_route::<presence::set_presence::v3::Request, _, _>(r, h::presence::set);
+    r = h::account_data::routes(r);
+    r = h::receipts::routes(r);
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

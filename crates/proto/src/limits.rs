@@ -113,3 +113,29 @@ pub const MAX_NOTIFICATIONS_LIMIT: usize = 100;
 /// Users whose presence one node keeps, and the longest status message.
 pub const MAX_PRESENCE_ENTRIES: usize = 100_000;
 pub const MAX_STATUS_MSG_BYTES: usize = 256;
+/// Account-data entries (global and per room together) one user may hold.
+/// Element keeps a few per room (`m.fully_read`, `m.tag`,
+/// `m.marked_unread`), so this leaves room for thousands of rooms.
+pub const MAX_ACCOUNT_DATA_ENTRIES_PER_USER: usize = 50_000;
+
+/// Largest content of one account-data entry, in bytes of JSON. `m.direct`
+/// of a user with very many direct chats is the largest one in practice.
+pub const MAX_ACCOUNT_DATA_BYTES: usize = 128 * 1024;
+
+/// Longest room tag name, in bytes (spec "Room Tagging": "The name of a tag
+/// MUST NOT exceed 255 bytes").
+pub const MAX_TAG_BYTES: usize = 255;
+
+/// Receipts of one type one user may hold in one room: one per thread,
+/// plus the unthreaded one and `main`. Past this a receipt for yet another
+/// thread is refused.
+pub const MAX_RECEIPT_THREADS_PER_ROOM: usize = 1_000;
+
+/// Longest typing notification; a longer `timeout` is cut to this (spec
+/// "Typing Notifications" recommends clients resend every 20–30 s).
+pub const MAX_TYPING_TIMEOUT_MS: u64 = 30_000;
+
+/// Rooms whose typing state a node remembers. Past this, rooms nobody types
+/// in are forgotten, oldest change first; syncs from before the forgotten
+/// changes then get every room's typing list once.
+pub const MAX_TYPING_ROOMS: usize = 100_000;

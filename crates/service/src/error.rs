@@ -29,6 +29,10 @@ pub enum Error {
     BadJson(String),
     #[error("{0}")]
     NotFound(String),
+    /// A write to something only the server may change (HTTP 405,
+    /// `M_BAD_JSON`, as the spec asks for server-managed account data).
+    #[error("{0}")]
+    ServerManaged(String),
     #[error("{0}")]
     Unknown(String),
     #[error("missing access token")]

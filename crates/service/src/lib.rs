@@ -4,9 +4,10 @@
 //! nothing of HTTP: the `api` crate decodes requests and encodes answers.
 //!
 //! Architecture invariants: every write goes through one store call (one
-//! transaction); anything kept in memory here (rate limiters) is per node
-//! and may be lost at restart without harm.
+//! transaction); anything kept in memory here (rate limiters, typing
+//! notifications) is per node and may be lost at restart without harm.
 
+mod account_data;
 mod accounts;
 mod error;
 mod filters;
@@ -15,13 +16,17 @@ mod presence;
 mod profile;
 mod push;
 pub mod ratelimit;
+mod receipts;
 mod registration_tokens;
 pub mod rooms;
 pub mod search;
 pub mod signing;
+mod stream_token;
 mod sync;
 pub mod tokens;
+mod typing;
 mod uia;
+mod wakeups;
 
 use std::sync::Arc;
 
@@ -32,7 +37,9 @@ pub use accounts::{AuthedUser, LoginOutcome, LoginRequest, RegisterOutcome, Regi
 pub use chancery_store::{Device, PoolStats};
 pub use error::{Error, UiaChallenge};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use receipts::ReceiptThread;
 pub use registration_tokens::NewRegistrationToken;
+pub use stream_token::StreamToken;
 pub use sync::SyncRequest;
 pub use uia::{AuthPayload, AuthStage};
 
@@ -82,14 +89,31 @@ struct Inner {
     limiters: ratelimit::Limiters,
     signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair,
     rooms: rooms::RoomRuntime,
+    /// Presence: in memory, per node, only when enabled.
     presence: presence::PresenceRuntime,
+    /// Typing notifications: in memory, per node.
+    typing: typing::TypingRuntime,
+    /// Wakes long-polling syncs on account data, receipt, typing and
+    /// presence changes.
+    wakeups: wakeups::SideStreamWakeups,
 }
 
 impl Services {
     pub fn new(config: ServiceConfig, store: DynStore, signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair) -> Self {
         let limiters = ratelimit::Limiters::new(&config.rate_limits);
         let presence = presence::PresenceRuntime::new(config.presence_enabled);
-        Self { inner: Arc::new(Inner { config, store, limiters, signing_key, rooms: rooms::RoomRuntime::new(), presence }) }
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                limiters,
+                signing_key,
+                rooms: rooms::RoomRuntime::new(),
+                presence,
+                typing: typing::TypingRuntime::new(),
+                wakeups: wakeups::SideStreamWakeups::new(),
+            }),
+        }
     }
 
     pub(crate) fn signing_key(&self) -> &chancery_proto::ruma::signatures::Ed25519KeyPair {

@@ -32,7 +32,7 @@ pub(crate) struct PresenceRuntime {
 
 impl PresenceRuntime {
     pub(crate) fn new(enabled: bool) -> Self {
-        Self { enabled, state: Mutex::new((0, HashMap::new())) }
+        Self { enabled, state: Mutex::new((now_ms(), HashMap::new())) }
     }
 
     /// Records a presence; returns the new serial if anything changed.
@@ -56,8 +56,13 @@ impl PresenceRuntime {
                 return None;
             }
         }
-        *serial += 1;
-        map.insert(user_id.to_owned(), Presence { presence: presence.to_owned(), status_msg, last_active_ts: now, serial: *serial });
+        // The serial follows the wall clock, like typing's, so a restarted
+        // node never reuses a serial a client already holds.
+        *serial = (*serial + 1).max(now);
+        map.insert(
+            user_id.to_owned(),
+            Presence { presence: presence.to_owned(), status_msg, last_active_ts: now, serial: *serial },
+        );
         Some(*serial)
     }
 
@@ -92,7 +97,13 @@ pub(crate) fn presence_content(p: &Presence, now: u64) -> JsonValue {
 
 impl Services {
     /// `PUT /presence/{userId}/status`.
-    pub async fn set_presence(&self, user: &AuthedUser, target: &UserId, presence: &str, status_msg: Option<String>) -> Result<(), Error> {
+    pub async fn set_presence(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        presence: &str,
+        status_msg: Option<String>,
+    ) -> Result<(), Error> {
         if user.user_id != target {
             return Err(Error::Forbidden("you can only set your own presence".into()));
         }
@@ -102,8 +113,9 @@ impl Services {
         if status_msg.as_ref().is_some_and(|m| m.len() > MAX_STATUS_MSG_BYTES) {
             return Err(Error::InvalidParam(format!("status messages are at most {MAX_STATUS_MSG_BYTES} bytes")));
         }
-        if self.inner.presence.enabled && self.inner.presence.set(user.user_id.as_str(), presence, status_msg, now_ms()).is_some() {
-            self.inner.rooms.poke();
+        if self.inner.presence.enabled && self.inner.presence.set(user.user_id.as_str(), presence, status_msg, now_ms()).is_some()
+        {
+            self.inner.wakeups.notify();
         }
         Ok(())
     }
@@ -115,7 +127,7 @@ impl Services {
         }
         let status = self.inner.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
         if self.inner.presence.set(user.user_id.as_str(), set_presence, status, now_ms()).is_some() {
-            self.inner.rooms.poke();
+            self.inner.wakeups.notify();
         }
     }
 
@@ -134,6 +146,39 @@ impl Services {
         })
     }
 
+    /// `m.presence` events for `/sync`: changes after `since` of the users
+    /// sharing a joined room with the syncing user (and the user).
+    pub(crate) async fn presence_events(
+        &self,
+        user: &AuthedUser,
+        joined_rooms: &[&str],
+        since: u64,
+    ) -> Result<(Vec<JsonValue>, u64), Error> {
+        if !self.inner.presence.enabled {
+            return Ok((Vec::new(), since));
+        }
+        let serial = self.inner.presence.serial();
+        let mut users = std::collections::BTreeSet::new();
+        users.insert(user.user_id.to_string());
+        for room in joined_rooms {
+            for m in self.store().members_of_room(room).await? {
+                if m.membership == "join" {
+                    users.insert(m.user_id);
+                }
+            }
+        }
+        let users: Vec<String> = users.into_iter().collect();
+        let now = now_ms();
+        let events = self
+            .inner
+            .presence
+            .changed_since(since, &users)
+            .into_iter()
+            .map(|(sender, p)| json!({ "type": "m.presence", "sender": sender, "content": presence_content(&p, now) }))
+            .collect();
+        Ok((events, serial.max(since)))
+    }
+
     pub(crate) async fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool, Error> {
         let theirs: std::collections::HashSet<String> = self
             .store()
@@ -143,6 +188,11 @@ impl Services {
             .filter(|m| m.membership == "join")
             .map(|m| m.room_id)
             .collect();
-        Ok(self.store().memberships_of_user(a.as_str()).await?.iter().any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
+        Ok(self
+            .store()
+            .memberships_of_user(a.as_str())
+            .await?
+            .iter()
+            .any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
     }
 }

@@ -39,6 +39,7 @@ impl Services {
     pub(crate) async fn store_push_ruleset(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<(), Error> {
         let json = serde_json::to_string(ruleset).map_err(|e| Error::Internal(e.to_string()))?;
         self.store().set_push_rules(user_id.as_str(), &json).await?;
+        self.inner.wakeups.notify();
         Ok(())
     }
 
@@ -162,10 +163,10 @@ impl Services {
         Ok(body)
     }
 
-    /// Up to where the user has read a room: their latest own event (sending
-    /// implies reading). Read receipts move it further once they exist.
+    /// Up to where the user has read a room: their read receipt, or their
+    /// latest own event (sending implies reading), whichever is later.
     pub(crate) async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
-        Ok(self.store().latest_event_of_sender(room_id, user_id.as_str()).await?.unwrap_or(0))
+        Ok(self.store().read_up_to(room_id, user_id.as_str()).await?)
     }
 
     /// `unread_notifications` of a room in `/sync`.

@@ -1,23 +1,30 @@
 //! `/sync` v2 (client-server API "Syncing"): initial and incremental
 //! syncs over the event stream, gappy timelines, the state section or
 //! `state_after` (MSC4222), invites as stripped state, rooms left since
-//! the last sync, and long-polling woken by the write path.
+//! the last sync, account data (global and per room), receipts and typing
+//! as ephemeral events, the ignored-user list, and long-polling woken by
+//! the write path and by account data, receipt and typing changes.
 //!
-//! A `since` token is a stream position; every query of one answer is
-//! bounded by the position read at its start, so an answer is a consistent
-//! cut of the stream and the next sync continues exactly after it.
+//! A `since` token is a [`StreamToken`], one position per stream; every
+//! query of one answer is bounded by the positions read at its start, so
+//! an answer is a consistent cut of each stream and the next sync
+//! continues exactly after it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chancery_proto::limits::{DEFAULT_SYNC_TIMELINE_LIMIT, MAX_SYNC_TIMELINE_LIMIT, MAX_SYNC_TIMEOUT_MS};
 use chancery_proto::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter};
-use chancery_store::{Membership, StoredEvent};
+use chancery_store::{AccountDataEntry, Membership, Receipt, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
+use tokio::time::Instant;
 
+use crate::receipts::READ_PRIVATE;
 use crate::rooms::ClientEventOptions;
-use crate::rooms::filter::type_allowed;
-use crate::rooms::read::{format_token, parse_token};
+use crate::rooms::filter::{type_allowed, types_allowed};
+use crate::rooms::read::format_token;
+use crate::stream_token::StreamToken;
+use crate::typing::TypingSnapshot;
 use crate::{AuthedUser, Error, Services};
 
 /// What the client asked for.
@@ -27,6 +34,9 @@ pub struct SyncRequest {
     pub timeout_ms: u64,
     pub full_state: bool,
     pub use_state_after: bool,
+    /// `online` (the default), `unavailable` or `offline`: how a syncing
+    /// client counts for presence.
+    pub set_presence: String,
     pub filter: FilterDefinition,
 }
 
@@ -42,10 +52,30 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// Timeline events of ignored users are not delivered; their state events
+/// are (spec "Ignoring Users": the room must not look different).
+fn visible(event: &StoredEvent, ignored: &BTreeSet<String>) -> bool {
+    event.state_key.is_some() || !ignored.contains(&event.sender)
+}
+
 fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
     let room = &filter.room;
     room.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == room_id))
         && !room.not_rooms.iter().any(|r| r.as_str() == room_id)
+}
+
+/// What one pass of a sync works from: the request, the cut of every
+/// stream, and the per-user data read once per pass.
+struct Pass<'a> {
+    user: &'a AuthedUser,
+    req: &'a SyncRequest,
+    since: Option<StreamToken>,
+    /// The positions this answer covers up to (and its `next_batch`).
+    cut: StreamToken,
+    limit: usize,
+    viewer: ClientEventOptions,
+    ignored: BTreeSet<String>,
+    typing: TypingSnapshot,
 }
 
 struct RoomWindow {
@@ -58,22 +88,39 @@ struct RoomWindow {
 impl Services {
     /// `GET /sync`.
     pub async fn sync(&self, user: &AuthedUser, req: SyncRequest) -> Result<JsonValue, Error> {
-        let since = req.since.as_deref().map(parse_token).transpose()?;
+        let since = req.since.as_deref().map(StreamToken::parse).transpose()?;
         let timeout = Duration::from_millis(req.timeout_ms.min(MAX_SYNC_TIMEOUT_MS));
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut wakeups = self.inner.rooms.stream.subscribe();
+        let deadline = Instant::now() + timeout;
+        let mut event_wakeups = self.inner.rooms.stream.subscribe();
+        let mut side_wakeups = self.inner.wakeups.subscribe();
         loop {
-            wakeups.mark_unchanged();
-            let now = self.store().current_stream_pos().await?;
-            self.inner.rooms.advance(now);
-            let (body, has_news) = self.sync_once(user, &req, since, now).await?;
+            event_wakeups.mark_unchanged();
+            side_wakeups.mark_unchanged();
+            let events = self.store().current_stream_pos().await?;
+            self.inner.rooms.advance(events);
+            let cut = StreamToken {
+                events,
+                account_data: self.store().current_account_data_pos().await?,
+                receipts: self.store().current_receipt_pos().await?,
+                typing: 0,   // read with the typing state itself, in sync_once
+                presence: 0, // likewise
+            };
+            let (body, has_news, next_typing_expiry) = self.sync_once(user, &req, since, cut).await?;
             // An initial sync, a full-state sync or one with news answers at
-            // once; otherwise wait for the stream to move (or time out).
-            if since.is_none() || req.full_state || has_news || tokio::time::Instant::now() >= deadline {
+            // once; otherwise wait for a stream to move, for a typing
+            // notification to run out, or for the timeout.
+            if since.is_none() || req.full_state || has_news || Instant::now() >= deadline {
                 return Ok(body);
             }
-            if tokio::time::timeout_at(deadline, wakeups.changed()).await.is_err() {
-                return Ok(body);
+            let wake_at = next_typing_expiry.map_or(deadline, |expiry| expiry.min(deadline));
+            tokio::select! {
+                _ = event_wakeups.changed() => {}
+                _ = side_wakeups.changed() => {}
+                () = tokio::time::sleep_until(wake_at) => {
+                    if wake_at >= deadline {
+                        return Ok(body);
+                    }
+                }
             }
         }
     }
@@ -82,10 +129,9 @@ impl Services {
         &self,
         user: &AuthedUser,
         req: &SyncRequest,
-        since: Option<u64>,
-        now: u64,
-    ) -> Result<(JsonValue, bool), Error> {
-        let viewer = ClientEventOptions::from(user);
+        since: Option<StreamToken>,
+        mut cut: StreamToken,
+    ) -> Result<(JsonValue, bool, Option<Instant>), Error> {
         let limit = req
             .filter
             .room
@@ -95,32 +141,132 @@ impl Services {
             .unwrap_or(DEFAULT_SYNC_TIMELINE_LIMIT)
             .clamp(1, MAX_SYNC_TIMELINE_LIMIT);
         let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
+        let memberships: Vec<&Membership> =
+            memberships.iter().filter(|m| m.stream_pos <= cut.events && room_allowed(&req.filter, &m.room_id)).collect();
+
+        let (mut global_account_data, mut room_account_data) = self.account_data_since(user, req, since, cut).await?;
+        if since.is_none() && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
+            // Clients read their push rules from the initial sync; users who
+            // never changed them have the server defaults.
+            let ruleset = self.push_ruleset(&user.user_id).await?;
+            global_account_data.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
+        }
+        self.touch_presence(user, if req.set_presence.is_empty() { "online" } else { &req.set_presence });
+        let joined: Vec<&str> = memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()).collect();
+        let (presence, presence_serial) = self.presence_events(user, &joined, since.map_or(0, |s| s.presence)).await?;
+        cut.presence = presence_serial;
+        let ignored = self.ignored_users(user.user_id.as_str()).await?;
+        let typing = self.typing_snapshot(memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()));
+        // Never behind the client's token: tokens of another node (or an
+        // earlier run) may carry a higher serial, and going back would
+        // deliver the changes in between again and again.
+        cut.typing = since.map_or(typing.serial, |s| s.typing.max(typing.serial));
+        let next_typing_expiry = typing.next_expiry;
+        let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing };
+
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
-        for m in memberships.iter().filter(|m| m.stream_pos <= now && room_allowed(&req.filter, &m.room_id)) {
-            let changed_since = since.is_none_or(|s| m.stream_pos > s);
+        for m in memberships {
+            let changed_since = since.is_none_or(|s| m.stream_pos > s.events);
+            let account_data = room_account_data.remove(&m.room_id).unwrap_or_default();
             match m.membership.as_str() {
                 "join" => {
-                    if let Some(room) = self.sync_joined_room(user, req, since, now, limit, m, changed_since, &viewer).await? {
+                    if let Some(room) = self.sync_joined_room(&pass, m, changed_since, account_data).await? {
                         join.insert(m.room_id.clone(), room);
                     }
                 }
                 "invite" if changed_since => {
-                    invite.insert(m.room_id.clone(), self.sync_invite(m, &viewer).await?);
+                    if let Some(room) = self.sync_invite(&pass, m).await? {
+                        invite.insert(m.room_id.clone(), room);
+                    }
                 }
                 "leave" | "ban" if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) => {
-                    leave.insert(m.room_id.clone(), self.sync_left_room(req, since, limit, m, &viewer).await?);
+                    leave.insert(m.room_id.clone(), self.sync_left_room(&pass, m, account_data).await?);
                 }
                 _ => {}
             }
         }
-        let has_news = !(join.is_empty() && invite.is_empty() && leave.is_empty());
+        let has_news =
+            !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_account_data.is_empty() && presence.is_empty());
         let body = json!({
-            "next_batch": format_token(now),
+            "next_batch": pass.cut.to_string(),
+            "account_data": { "events": global_account_data },
+            "presence": { "events": presence },
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
         });
-        Ok((body, has_news))
+        Ok((body, has_news, next_typing_expiry))
+    }
+
+    /// Account data changed since the token (all of it on an initial sync),
+    /// as events: the global ones, and the per-room ones by room.
+    async fn account_data_since(
+        &self,
+        user: &AuthedUser,
+        req: &SyncRequest,
+        since: Option<StreamToken>,
+        cut: StreamToken,
+    ) -> Result<(Vec<JsonValue>, HashMap<String, Vec<JsonValue>>), Error> {
+        let after = since.map_or(0, |s| s.account_data);
+        let changes: Vec<AccountDataEntry> = if after < cut.account_data {
+            self.store().account_data_changes(user.user_id.as_str(), after, cut.account_data).await?
+        } else {
+            Vec::new()
+        };
+        let mut global = Vec::new();
+        let mut per_room: HashMap<String, Vec<JsonValue>> = HashMap::new();
+        for entry in changes {
+            let content: JsonValue =
+                serde_json::from_str(&entry.content).map_err(|e| Error::Internal(format!("stored account data: {e}")))?;
+            let event = json!({ "type": entry.event_type, "content": content });
+            match entry.room_id {
+                None => {
+                    let filter = &req.filter.account_data;
+                    if types_allowed(filter.types.as_deref(), &filter.not_types, &entry.event_type) {
+                        global.push(event);
+                    }
+                }
+                Some(room_id) => {
+                    if type_allowed(&req.filter.room.account_data, &entry.event_type) {
+                        per_room.entry(room_id).or_default().push(event);
+                    }
+                }
+            }
+        }
+        Ok((global, per_room))
+    }
+
+    /// The room's `m.receipt` and `m.typing` events for this answer.
+    async fn ephemeral(&self, p: &Pass<'_>, room_id: &str, whole_room: bool) -> Result<Vec<JsonValue>, Error> {
+        let filter = &p.req.filter.room.ephemeral;
+        let mut events = Vec::new();
+        if type_allowed(filter, "m.receipt") {
+            // A room joined since the last sync gets its current receipts,
+            // like an initial sync.
+            let after = match p.since {
+                Some(s) if !whole_room => s.receipts,
+                _ => 0,
+            };
+            if after < p.cut.receipts {
+                let receipts = self.store().room_receipts(room_id, after, p.cut.receipts).await?;
+                events.extend(receipt_events(&receipts, p.user.user_id.as_str()));
+            }
+        }
+        if type_allowed(filter, "m.typing") {
+            let (changed, typers) = p.typing.rooms.get(room_id).cloned().unwrap_or_default();
+            let send = match p.since {
+                Some(_) if whole_room => !typers.is_empty(),
+                None => !typers.is_empty(),
+                // The client may hold typing state this node never knew:
+                // give it every room's list once.
+                Some(s) if s.typing < p.typing.floor => true,
+                Some(s) => changed > s.typing,
+            };
+            if send {
+                events.push(json!({ "type": "m.typing", "content": { "user_ids": typers } }));
+            }
+        }
+        Ok(events)
     }
 
     /// The timeline window of a room between `since` (exclusive) and `up_to`.
@@ -131,6 +277,7 @@ impl Services {
         up_to: u64,
         limit: usize,
         filter: &RoomEventFilter,
+        ignored: &BTreeSet<String>,
     ) -> Result<RoomWindow, Error> {
         let after = since.unwrap_or(0);
         let mut events = self.store().room_events(room_id, after, up_to, limit + 1, true).await?;
@@ -138,7 +285,7 @@ impl Services {
         events.truncate(limit);
         events.reverse();
         let before_timeline = events.first().map_or(up_to, |e| e.stream_pos - 1);
-        let timeline = events.into_iter().filter(|e| type_allowed(filter, &e.event_type)).collect();
+        let timeline = events.into_iter().filter(|e| type_allowed(filter, &e.event_type) && visible(e, ignored)).collect();
         Ok(RoomWindow { timeline, limited, before_timeline })
     }
 
@@ -158,24 +305,26 @@ impl Services {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn sync_joined_room(
         &self,
-        user: &AuthedUser,
-        req: &SyncRequest,
-        since: Option<u64>,
-        now: u64,
-        limit: usize,
+        p: &Pass<'_>,
         m: &Membership,
         newly_joined: bool,
-        viewer: &ClientEventOptions,
+        account_data: Vec<JsonValue>,
     ) -> Result<Option<JsonValue>, Error> {
-        let room_id = m.room_id.as_str();
+        let (req, room_id, now) = (p.req, m.room_id.as_str(), p.cut.events);
         // A room joined since the last sync is sent whole, like in an
         // initial sync.
-        let window_since = if newly_joined { None } else { since };
-        let w = self.window(room_id, window_since, now, limit, &req.filter.room.timeline).await?;
-        if !newly_joined && !req.full_state && w.timeline.is_empty() && !w.limited {
+        let window_since = if newly_joined { None } else { p.since.map(|s| s.events) };
+        let w = self.window(room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored).await?;
+        let ephemeral = self.ephemeral(p, room_id, newly_joined).await?;
+        if !newly_joined
+            && !req.full_state
+            && w.timeline.is_empty()
+            && !w.limited
+            && account_data.is_empty()
+            && ephemeral.is_empty()
+        {
             return Ok(None);
         }
         let state = if req.use_state_after {
@@ -192,29 +341,35 @@ impl Services {
                 _ => self.store().state_at(room_id, Some(w.before_timeline)).await?,
             }
         };
-        let state = Self::filter_state(req, user, state, &w.timeline);
-        let summary = self.room_summary(room_id, user).await?;
+        let state = Self::filter_state(req, p.user, state, &w.timeline);
+        let summary = self.room_summary(room_id, p.user).await?;
         let state_key = if req.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
             "timeline": {
-                "events": self.client_events(&w.timeline, viewer).await?,
+                "events": self.client_events(&w.timeline, &p.viewer).await?,
                 "limited": w.limited,
                 "prev_batch": format_token(w.before_timeline),
             },
-            "ephemeral": { "events": [] },
-            "account_data": { "events": [] },
+            "ephemeral": { "events": ephemeral },
+            "account_data": { "events": account_data },
             "summary": summary,
-            "unread_notifications": self.unread_counts(&user.user_id, room_id).await?,
+            "unread_notifications": self.unread_counts(&p.user.user_id, room_id).await?,
         });
-        room[state_key] = json!({ "events": self.client_events(&state, viewer).await? });
+        room[state_key] = json!({ "events": self.client_events(&state, &p.viewer).await? });
         Ok(Some(room))
     }
 
-    async fn sync_invite(&self, m: &Membership, viewer: &ClientEventOptions) -> Result<JsonValue, Error> {
+    /// An invite as stripped state; `None` if the inviter is ignored (spec
+    /// "Ignoring Users": "Servers must not send room invites from ignored
+    /// users to clients").
+    async fn sync_invite(&self, p: &Pass<'_>, m: &Membership) -> Result<Option<JsonValue>, Error> {
         let state = self.store().state_at(&m.room_id, Some(m.stream_pos)).await?;
+        if state.iter().any(|e| e.event_id == m.event_id && p.ignored.contains(&e.sender)) {
+            return Ok(None);
+        }
         let mut stripped = Vec::new();
         for e in state.iter().filter(|e| INVITE_STATE_TYPES.contains(&e.event_type.as_str()) || e.event_id == m.event_id) {
-            let formatted = self.client_events(std::slice::from_ref(e), viewer).await?.remove(0);
+            let formatted = self.client_events(std::slice::from_ref(e), &p.viewer).await?.remove(0);
             stripped.push(json!({
                 "type": formatted["type"],
                 "state_key": formatted["state_key"],
@@ -222,28 +377,22 @@ impl Services {
                 "content": formatted["content"],
             }));
         }
-        Ok(json!({ "invite_state": { "events": stripped } }))
+        Ok(Some(json!({ "invite_state": { "events": stripped } })))
     }
 
-    async fn sync_left_room(
-        &self,
-        req: &SyncRequest,
-        since: Option<u64>,
-        limit: usize,
-        m: &Membership,
-        viewer: &ClientEventOptions,
-    ) -> Result<JsonValue, Error> {
+    async fn sync_left_room(&self, p: &Pass<'_>, m: &Membership, account_data: Vec<JsonValue>) -> Result<JsonValue, Error> {
         // What happened up to (and including) the user's departure.
-        let w = self.window(&m.room_id, since, m.stream_pos, limit, &req.filter.room.timeline).await?;
+        let since = p.since.map(|s| s.events);
+        let w = self.window(&m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored).await?;
         let state = match since {
             Some(s) if w.limited => self.store().state_changes(&m.room_id, s, w.before_timeline).await?,
             Some(_) => Vec::new(),
             None => self.store().state_at(&m.room_id, Some(w.before_timeline)).await?,
         };
         Ok(json!({
-            "timeline": { "events": self.client_events(&w.timeline, viewer).await?, "limited": w.limited, "prev_batch": format_token(w.before_timeline) },
-            "state": { "events": self.client_events(&state, viewer).await? },
-            "account_data": { "events": [] },
+            "timeline": { "events": self.client_events(&w.timeline, &p.viewer).await?, "limited": w.limited, "prev_batch": format_token(w.before_timeline) },
+            "state": { "events": self.client_events(&state, &p.viewer).await? },
+            "account_data": { "events": account_data },
         }))
     }
 
@@ -261,4 +410,21 @@ impl Services {
             .collect();
         Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
     }
+}
+
+/// `m.receipt` events for these receipts, one per thread (spec
+/// "Receipts", server behaviour: batched "into one event per room and
+/// thread", which also keeps a user's unthreaded and threaded receipts on
+/// one event apart). Private receipts only reach their owner.
+fn receipt_events(receipts: &[Receipt], viewer: &str) -> Vec<JsonValue> {
+    let mut by_thread: BTreeMap<Option<&str>, JsonValue> = BTreeMap::new();
+    for r in receipts.iter().filter(|r| r.receipt_type != READ_PRIVATE || r.user_id == viewer) {
+        let content = by_thread.entry(r.thread_id.as_deref()).or_insert_with(|| json!({}));
+        let mut receipt = json!({ "ts": r.ts });
+        if let Some(thread_id) = &r.thread_id {
+            receipt["thread_id"] = json!(thread_id);
+        }
+        content[r.event_id.as_str()][r.receipt_type.as_str()][r.user_id.as_str()] = receipt;
+    }
+    by_thread.into_values().map(|content| json!({ "type": "m.receipt", "content": content })).collect()
 }

@@ -6,6 +6,7 @@
 //! Architecture invariant: no tokio-postgres or deadpool type crosses this
 //! crate's API; their errors become [`StoreError::Backend`].
 
+mod account_data;
 mod accounts;
 mod push;
 mod rooms;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_filters.sql"),
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
+    include_str!("../migrations/0004_account_data.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use chancery_store::*;
 use deadpool_postgres::Transaction;
 
+use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
+
 use crate::accounts::{get, i, query, query_opt, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
 use crate::{PostgresStore, backend};
@@ -33,28 +35,36 @@ pub(crate) async fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent)
 impl PushStore for PostgresStore {
     async fn push_rules(&self, user_id: &str) -> StoreResult<Option<String>> {
         let client = self.client().await?;
-        query_opt(&client, "SELECT ruleset FROM push_rules WHERE user_id = $1", &[&user_id])
-            .await?
-            .map(|r| get(&r, 0))
-            .transpose()
+        let row = query_opt(
+            &client,
+            "SELECT (content::jsonb -> 'global')::text FROM account_data WHERE user_id = $1 AND room_id = '' AND event_type = 'm.push_rules'",
+            &[&user_id],
+        )
+        .await?;
+        Ok(row.map(|r| get::<Option<String>>(&r, 0)).transpose()?.flatten())
     }
 
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>> {
         let client = self.client().await?;
-        let rows = query(&client, "SELECT user_id, ruleset FROM push_rules WHERE user_id = ANY($1)", &[&user_ids]).await?;
-        rows.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect()
+        let rows = query(
+            &client,
+            "SELECT user_id, (content::jsonb -> 'global')::text FROM account_data
+             WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id = ANY($1)",
+            &[&user_ids],
+        )
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(ruleset) = get::<Option<String>>(r, 1)? {
+                out.push((get(r, 0)?, ruleset));
+            }
+        }
+        Ok(out)
     }
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO push_rules (user_id, ruleset) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET ruleset = excluded.ruleset",
-                &[&user_id, &ruleset_json],
-            )
-            .await
-            .map_err(backend)?;
-        Ok(())
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
+        let content = format!("{{\"global\":{ruleset_json}}}");
+        self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await
     }
 
     async fn notifications(
@@ -75,6 +85,21 @@ impl PushStore for PostgresStore {
         rows.iter()
             .map(|r| Ok(StoredNotification { event: event_from_row(r)?, actions_json: get(r, 14)?, highlight: get(r, 15)? }))
             .collect()
+    }
+
+    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<u64> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT GREATEST(
+                 (SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND sender = $2),
+                 (SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                  WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')
+                    AND r.thread_id IN ('', 'main')))",
+            &[&room_id, &user_id],
+        )
+        .await?;
+        Ok(row.map(|r| get::<Option<i64>>(&r, 0)).transpose()?.flatten().map_or(0, u))
     }
 
     async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)> {

@@ -427,14 +427,6 @@ impl RoomStore for PostgresStore {
         rows.iter().map(membership_from_row).collect()
     }
 
-    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {
-        let client = self.client().await?;
-        let row =
-            query_opt(&client, "SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND sender = $2", &[&room_id, &sender])
-                .await?;
-        Ok(row.map(|r| get::<Option<i64>>(&r, 0)).transpose()?.flatten().map(u))
-    }
-
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         let client = self.client().await?;
         // Positions commit in order (see the module comment), so the last

@@ -1,10 +1,5 @@
--- Push rule sets users changed (others use the server defaults), and the
--- notifications events produced, written with the event.
-CREATE TABLE push_rules (
-    user_id TEXT PRIMARY KEY,
-    ruleset TEXT NOT NULL
-) WITHOUT ROWID;
-
+-- The notifications events produced, written with the event. (Push rule
+-- sets live in account data as `m.push_rules`, so /sync delivers changes.)
 CREATE TABLE notifications (
     user_id   TEXT NOT NULL,
     event_id  TEXT NOT NULL,

@@ -6,6 +6,7 @@
 //! Architecture invariant: no rusqlite type crosses this crate's API; every
 //! call runs on the blocking pool, never on an async worker thread.
 
+mod account_data;
 mod accounts;
 mod pool;
 mod push;
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_filters.sql"),
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
+    include_str!("../migrations/0004_account_data.sql"),
 ];
 
 pub struct SqliteStore {

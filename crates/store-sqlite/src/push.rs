@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use chancery_store::*;
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
+
 use crate::accounts::{i, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
 use crate::{SqliteStore, backend};
@@ -26,9 +28,13 @@ impl PushStore for SqliteStore {
     async fn push_rules(&self, user_id: &str) -> StoreResult<Option<String>> {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT ruleset FROM push_rules WHERE user_id = ?1")
-                .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
-                .map_err(backend)
+            conn.prepare_cached(
+                "SELECT json_extract(content, '$.global') FROM account_data
+                 WHERE user_id = ?1 AND room_id = '' AND event_type = 'm.push_rules'",
+            )
+            .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
+            .map(Option::flatten)
+            .map_err(backend)
         })
         .await
     }
@@ -37,25 +43,21 @@ impl PushStore for SqliteStore {
         let ids = serde_json::to_string(user_ids).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT user_id, ruleset FROM push_rules WHERE user_id IN (SELECT value FROM json_each(?1))")
+                .prepare_cached(
+                    "SELECT user_id, json_extract(content, '$.global') FROM account_data
+                     WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id IN (SELECT value FROM json_each(?1))",
+                )
                 .map_err(backend)?;
-            let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?))).map_err(backend)?;
+            let rows = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+            Ok(rows.into_iter().filter_map(|(u, r)| r.map(|r| (u, r))).collect())
         })
         .await
     }
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<()> {
-        let (user_id, ruleset) = (user_id.to_owned(), ruleset_json.to_owned());
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO push_rules (user_id, ruleset) VALUES (?1, ?2) ON CONFLICT (user_id) DO UPDATE SET ruleset = excluded.ruleset",
-                params![user_id, ruleset],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
+        let content = format!("{{\"global\":{ruleset_json}}}");
+        self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await
     }
 
     async fn notifications(
@@ -80,6 +82,23 @@ impl PushStore for SqliteStore {
                 })
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<u64> {
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        self.read(move |conn| {
+            let own = latest_event_of_sender(conn, &room_id, &user_id)?.unwrap_or(0);
+            let receipt: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                     WHERE r.room_id = ?1 AND r.user_id = ?2 AND r.receipt_type IN ('m.read', 'm.read.private')
+                       AND r.thread_id IN ('', 'main')",
+                )
+                .and_then(|mut s| s.query_row(params![room_id, user_id], |r| r.get(0)))
+                .map_err(backend)?;
+            Ok(own.max(receipt.map_or(0, u)))
         })
         .await
     }

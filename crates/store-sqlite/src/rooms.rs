@@ -379,11 +379,6 @@ impl RoomStore for SqliteStore {
         .await
     }
 
-    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {
-        let (room_id, sender) = (room_id.to_owned(), sender.to_owned());
-        self.read(move |conn| crate::push::latest_event_of_sender(conn, &room_id, &sender)).await
-    }
-
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         self.read(|conn| {
             conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")

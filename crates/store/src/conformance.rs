@@ -2,10 +2,13 @@
 //! call [`store_conformance_tests!`] with a factory that returns a fresh,
 //! empty store (and a guard that keeps its files or database alive).
 
+mod account_data;
+
 use std::sync::Arc;
 
 use serde_json::json;
 
+pub use self::account_data::*;
 use crate::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -20,6 +23,8 @@ macro_rules! store_conformance_tests {
             deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded,
             rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked,
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
+            account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
+            receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -5,8 +5,10 @@
 //! Times are passed in as milliseconds since the Unix epoch (`*_ts`), so the
 //! backends read no clock and tests control time.
 
+mod account_data;
 pub mod conformance;
 mod push;
+mod receipts;
 mod rooms;
 mod search;
 mod types;
@@ -18,7 +20,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use account_data::*;
 pub use push::*;
+pub use receipts::*;
 pub use rooms::*;
 pub use search::*;
 pub use types::*;
@@ -133,7 +137,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore + PushStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore + PushStore + AccountDataStore + ReceiptStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

@@ -31,7 +31,10 @@ pub trait PushStore: Send + Sync {
     /// member of a room): (user_id, ruleset JSON) for those who have one.
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>>;
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<()>;
+    /// Stores the rule set as the user's `m.push_rules` global account data
+    /// (`{"global": ...}`), so `/sync` delivers the change; returns its
+    /// account-data position.
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64>;
 
     /// The user's notifications, newest first, with positions below
     /// `before` (if given), at most `limit`.
@@ -42,6 +45,11 @@ pub trait PushStore: Send + Sync {
         limit: usize,
         only_highlight: bool,
     ) -> StoreResult<Vec<StoredNotification>>;
+
+    /// Where the user has read the room up to: the event stream position of
+    /// their newest event, or of the event their `m.read`/`m.read.private`
+    /// receipt (unthreaded or `main`) points at, whichever is later.
+    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<u64>;
 
     /// (notifications, highlights) of the user in a room at positions
     /// above `after` (the user's read position).

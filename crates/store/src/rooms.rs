@@ -161,9 +161,6 @@ pub trait RoomStore: Send + Sync {
     /// Current members of a room (every membership state, any value).
     async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>>;
 
-    /// Position of the newest event `sender` sent in the room.
-    async fn latest_event_of_sender(&self, room_id: &str, sender: &str) -> StoreResult<Option<u64>>;
-
     /// The highest stream position whose event is committed. Every
     /// position at or below it is visible to readers.
     async fn current_stream_pos(&self) -> StoreResult<u64>;

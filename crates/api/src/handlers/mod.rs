@@ -1,10 +1,12 @@
 pub mod account;
+pub mod account_data;
 pub mod devices;
 pub mod discovery;
 pub mod filters;
-pub mod profile;
 pub mod presence;
+pub mod profile;
 pub mod push;
+pub mod receipts;
 pub mod rooms;
 pub mod search;
 pub mod session;

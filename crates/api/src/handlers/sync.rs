@@ -27,6 +27,7 @@ pub async fn sync(
         timeout_ms: req.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
         full_state: req.full_state,
         use_state_after: req.use_state_after,
+        set_presence: req.set_presence.to_string(),
         filter,
     };
     Ok(Json(state.services.sync(&user, request).await?))

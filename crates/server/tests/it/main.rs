@@ -5,6 +5,8 @@
 mod bad_input;
 mod client_flows;
 mod common;
+mod ephemeral;
+mod presence;
 mod process;
 mod push;
 mod registration;

@@ -40,6 +40,11 @@ async fn push(backend: Backend) {
     .await;
     let sync = ok(Method::GET, api("/sync"), &bob, None).await;
     assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"], json!({"notification_count": 3, "highlight_count": 1}));
+    // The initial sync carries the (default) push rules.
+    let rules =
+        sync["account_data"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.push_rules").expect("m.push_rules");
+    assert!(rules["content"]["global"]["underride"].is_array());
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
     // Alice's own messages do not notify her.
     let sync_alice = ok(Method::GET, api("/sync"), &alice, None).await;
     assert_eq!(sync_alice["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0);
@@ -69,6 +74,25 @@ async fn push(backend: Backend) {
     ok(Method::PUT, api(&format!("/pushrules/global/room/{room}")), &bob, Some(json!({"actions": []}))).await;
     let rule = ok(Method::GET, api(&format!("/pushrules/global/room/{room}")), &bob, None).await;
     assert_eq!(rule["rule_id"], room.as_str());
+    // The change reaches bob's other devices through /sync.
+    let changed = ok(Method::GET, api(&format!("/sync?since={since}&timeout=0")), &bob, None).await;
+    let rules =
+        changed["account_data"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.push_rules").expect("m.push_rules");
+    assert!(rules["content"]["global"]["room"].as_array().unwrap().iter().any(|r| r["rule_id"] == room.as_str()));
+
+    // A read receipt on the newest event clears the counts too.
+    let read_me = send(
+        alice.clone(),
+        "r1".into(),
+        json!({"msgtype": "m.text", "body": "read me", "m.mentions": {"user_ids": ["@bob:localhost"]}}),
+    )
+    .await;
+    let sync = ok(Method::GET, api("/sync"), &bob, None).await;
+    assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"], json!({"notification_count": 1, "highlight_count": 1}));
+    let read_me = read_me["event_id"].as_str().unwrap();
+    ok(Method::POST, api(&format!("/rooms/{room}/receipt/m.read/{read_me}")), &bob, Some(json!({}))).await;
+    let sync = ok(Method::GET, api("/sync"), &bob, None).await;
+    assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"], json!({"notification_count": 0, "highlight_count": 0}));
     send(alice.clone(), "4".into(), json!({"msgtype": "m.text", "body": "muted"})).await;
     let sync = ok(Method::GET, api("/sync"), &bob, None).await;
     assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0);

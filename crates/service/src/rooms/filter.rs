@@ -5,11 +5,17 @@ use chancery_proto::ruma::api::client::filter::RoomEventFilter;
 
 /// Whether an event of this type passes the filter's `types`/`not_types`.
 pub(crate) fn type_allowed(filter: &RoomEventFilter, event_type: &str) -> bool {
+    types_allowed(filter.types.as_deref(), &filter.not_types, event_type)
+}
+
+/// A filter's `types`/`not_types` (`*` at the end matches any suffix), for
+/// room event filters and the plain filters of account data alike.
+pub(crate) fn types_allowed(types: Option<&[String]>, not_types: &[String], event_type: &str) -> bool {
     let matches = |pattern: &String| match pattern.strip_suffix('*') {
         Some(prefix) => event_type.starts_with(prefix),
         None => pattern == event_type,
     };
-    filter.types.as_ref().is_none_or(|types| types.iter().any(matches)) && !filter.not_types.iter().any(matches)
+    types.is_none_or(|types| types.iter().any(matches)) && !not_types.iter().any(matches)
 }
 
 /// Whether an event passes the filter's type and sender conditions.

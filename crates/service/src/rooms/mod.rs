@@ -59,12 +59,6 @@ impl RoomRuntime {
         Arc::clone(locks.entry(room_id.to_string()).or_default())
     }
 
-    /// Wakes long-polling syncs for a change that has no stream position
-    /// (presence): they re-check and see it.
-    pub(crate) fn poke(&self) {
-        self.stream.send_modify(|_| {});
-    }
-
     pub(crate) fn advance(&self, pos: u64) {
         self.stream.send_if_modified(|current| {
             if pos > *current {

@@ -26,8 +26,10 @@ pub struct MessagesPage {
     pub end: Option<String>,
 }
 
-/// Stream tokens are `s<position>`; later streams will add `_`-separated
-/// parts, which a position parser ignores.
+/// Pagination tokens are `s<position>` in the events stream. A sync token
+/// ([`crate::StreamToken`]) starts the same way and adds `_`-separated
+/// parts for the other streams, which this parser ignores, so a sync's
+/// `next_batch` also works as a `/messages` `from`.
 pub fn format_token(pos: u64) -> String {
     format!("s{pos}")
 }
@@ -144,6 +146,10 @@ impl Services {
         // Filtering after the page is cut keeps tokens exact; a page may hold
         // fewer events than `limit`, which the spec allows.
         let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
+        // Spec "Ignoring Users": no timeline events of ignored users, here
+        // as in /sync; their state events stay.
+        let ignored = self.ignored_users(user.user_id.as_str()).await?;
+        let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
         let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
             // The member events of the page's senders, so the client can
             // show them without the full member list.

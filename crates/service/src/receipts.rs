@@ -1,0 +1,140 @@
+//! Read receipts (client-server API "Receipts") and the fully-read marker
+//! ("Read and unread markers").
+//!
+//! A receipt names an event of the room the user is joined to; threaded
+//! receipts (spec v1.4) name `main` or a thread root of the same room.
+//! Whether the receipt's event really belongs to that thread is not
+//! checked yet (relations are not indexed); clients only send receipts for
+//! events they display in that thread.
+
+use chancery_proto::limits::MAX_RECEIPT_THREADS_PER_ROOM;
+use chancery_proto::ruma::{EventId, RoomId};
+use chancery_store::{NewReceipt, StoreError};
+use serde_json::json;
+
+use crate::account_data::{LIMITS, write_error};
+use crate::{AuthedUser, Error, Services, now_ms};
+
+pub const READ: &str = "m.read";
+pub const READ_PRIVATE: &str = "m.read.private";
+pub const FULLY_READ: &str = "m.fully_read";
+
+/// Which thread a receipt is for (spec "Threaded read receipts").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptThread {
+    Unthreaded,
+    Main,
+    /// A thread root's event id, as the client sent it.
+    Root(String),
+}
+
+impl Services {
+    /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`. `m.fully_read`
+    /// is accepted here too (spec: "effectively calls /read_markers").
+    pub async fn send_receipt(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread: ReceiptThread,
+    ) -> Result<(), Error> {
+        if ![READ, READ_PRIVATE, FULLY_READ].contains(&receipt_type) {
+            return Err(Error::InvalidParam(format!("unknown receipt type {receipt_type}")));
+        }
+        if receipt_type == FULLY_READ && thread != ReceiptThread::Unthreaded {
+            return Err(Error::InvalidParam("m.fully_read takes no thread_id".into()));
+        }
+        self.ensure_joined(room_id, &user.user_id).await?;
+        self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
+        let thread_id = match thread {
+            ReceiptThread::Unthreaded => None,
+            ReceiptThread::Main => Some("main".to_owned()),
+            ReceiptThread::Root(root) => {
+                if EventId::parse(root.as_str()).is_err() {
+                    return Err(Error::InvalidParam("thread_id must be \"main\" or an event id".into()));
+                }
+                if !self.event_in_room(room_id, &root).await? {
+                    return Err(Error::InvalidParam("thread_id is not an event of this room".into()));
+                }
+                Some(root)
+            }
+        };
+        if receipt_type == FULLY_READ {
+            return self.set_fully_read(user, room_id, event_id).await;
+        }
+        self.put_receipt(user, room_id, receipt_type, event_id, thread_id).await
+    }
+
+    /// `POST /rooms/{roomId}/read_markers`: the fully-read marker and/or
+    /// unthreaded receipts, each as its own endpoint would set it.
+    pub async fn set_read_markers(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        fully_read: Option<&EventId>,
+        read: Option<&EventId>,
+        read_private: Option<&EventId>,
+    ) -> Result<(), Error> {
+        self.ensure_joined(room_id, &user.user_id).await?;
+        for event_id in [fully_read, read, read_private].into_iter().flatten() {
+            self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
+        }
+        if let Some(event_id) = fully_read {
+            self.set_fully_read(user, room_id, event_id).await?;
+        }
+        if let Some(event_id) = read {
+            self.put_receipt(user, room_id, READ, event_id, None).await?;
+        }
+        if let Some(event_id) = read_private {
+            self.put_receipt(user, room_id, READ_PRIVATE, event_id, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn event_in_room(&self, room_id: &RoomId, event_id: &str) -> Result<bool, Error> {
+        Ok(self.store().event(event_id).await?.is_some_and(|e| e.room_id == room_id.as_str()))
+    }
+
+    async fn ensure_event_in_room(&self, room_id: &RoomId, event_id: &str, missing: &str) -> Result<(), Error> {
+        if self.event_in_room(room_id, event_id).await? { Ok(()) } else { Err(Error::NotFound(missing.into())) }
+    }
+
+    /// The `m.fully_read` room account data, which clients may not write
+    /// directly (spec "Fully read markers").
+    async fn set_fully_read(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<(), Error> {
+        let content = json!({ "event_id": event_id }).to_string();
+        self.store()
+            .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
+            .await
+            .map_err(write_error)?;
+        self.inner.wakeups.notify();
+        Ok(())
+    }
+
+    async fn put_receipt(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: Option<String>,
+    ) -> Result<(), Error> {
+        let receipt = NewReceipt {
+            room_id: room_id.to_string(),
+            user_id: user.user_id.to_string(),
+            receipt_type: receipt_type.to_owned(),
+            thread_id,
+            event_id: event_id.to_string(),
+            ts: now_ms(),
+        };
+        self.store().set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await.map_err(|e| match e {
+            StoreError::LimitExceeded("receipts") => Error::ResourceLimit(format!(
+                "at most {MAX_RECEIPT_THREADS_PER_ROOM} threads per room and receipt type can hold a receipt"
+            )),
+            e => e.into(),
+        })?;
+        self.inner.wakeups.notify();
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! `AccountDataStore` and `ReceiptStore` on SQLite.
+//!
+//! Writes run on the single writer connection in one IMMEDIATE
+//! transaction, so the limit checks, the read-modify-write of `m.tag` and
+//! the position (`MAX(stream_pos) + 1` of the table) cannot be overtaken by
+//! another writer, and positions become visible in order.
+
+use async_trait::async_trait;
+use chancery_store::*;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde_json::Value as JsonValue;
+
+use crate::accounts::{i, u};
+use crate::{SqliteStore, backend};
+
+fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+}
+
+/// Writes one account-data entry at the next position, checking the
+/// per-user entry limit for new keys.
+fn put_entry(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    room_key: &str,
+    event_type: &str,
+    content: &str,
+    max_entries: usize,
+) -> StoreResult<u64> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND event_type = ?3")
+        .and_then(|mut s| s.query_row([user_id, room_key, event_type], |_| Ok(())).optional())
+        .map_err(backend)?
+        .is_some();
+    if !exists {
+        let count: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM account_data WHERE user_id = ?1")
+            .and_then(|mut s| s.query_row([user_id], |r| r.get(0)))
+            .map_err(backend)?;
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max_entries {
+            return Err(StoreError::LimitExceeded("account_data"));
+        }
+    }
+    let pos: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM account_data")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO account_data (user_id, room_id, event_type, content, stream_pos) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (user_id, room_id, event_type) DO UPDATE SET content = excluded.content, stream_pos = excluded.stream_pos",
+    )
+    .and_then(|mut s| s.execute(params![user_id, room_key, event_type, content, pos]))
+    .map_err(backend)?;
+    Ok(u(pos))
+}
+
+fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AccountDataEntry> {
+    let room_id: String = row.get(0)?;
+    Ok(AccountDataEntry {
+        room_id: (!room_id.is_empty()).then_some(room_id),
+        event_type: row.get(1)?,
+        content: row.get(2)?,
+        stream_pos: u(row.get(3)?),
+    })
+}
+
+#[async_trait]
+impl AccountDataStore for SqliteStore {
+    async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        event_type: &str,
+        content: &str,
+        max_entries: usize,
+    ) -> StoreResult<u64> {
+        let (user_id, room_key, event_type, content) =
+            (user_id.to_owned(), room_id.unwrap_or("").to_owned(), event_type.to_owned(), content.to_owned());
+        self.write(move |tx| put_entry(tx, &user_id, &room_key, &event_type, &content, max_entries)).await
+    }
+
+    async fn set_room_tag(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        tag: &str,
+        info: Option<&JsonValue>,
+        limits: AccountDataLimits,
+    ) -> StoreResult<Option<u64>> {
+        let (user_id, room_id, tag, info) = (user_id.to_owned(), room_id.to_owned(), tag.to_owned(), info.cloned());
+        self.write(move |tx| {
+            let current: Option<String> = tx
+                .prepare_cached("SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND event_type = ?3")
+                .and_then(|mut s| s.query_row([&user_id, &room_id, TAG_EVENT_TYPE], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let Some(content) = apply_tag_change(current.as_deref(), &tag, info.as_ref())? else { return Ok(None) };
+            if content.len() > limits.max_content_bytes {
+                return Err(StoreError::LimitExceeded("account_data_size"));
+            }
+            put_entry(tx, &user_id, &room_id, TAG_EVENT_TYPE, &content, limits.max_entries).map(Some)
+        })
+        .await
+    }
+
+    async fn account_data(&self, user_id: &str, room_id: Option<&str>, event_type: &str) -> StoreResult<Option<String>> {
+        let (user_id, room_key, event_type) = (user_id.to_owned(), room_id.unwrap_or("").to_owned(), event_type.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND event_type = ?3")
+                .and_then(|mut s| s.query_row([&user_id, &room_key, &event_type], |r| r.get(0)).optional())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room_id, event_type, content, stream_pos FROM account_data
+                     WHERE user_id = ?1 AND stream_pos > ?2 AND stream_pos <= ?3
+                     ORDER BY stream_pos",
+                )
+                .map_err(backend)?;
+            collect(stmt.query_map(params![user_id, i(after), i(up_to)], entry_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn current_account_data_pos(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM account_data")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(u)
+                .map_err(backend)
+        })
+        .await
+    }
+}
+
+fn receipt_from_row(row: &Row<'_>) -> rusqlite::Result<Receipt> {
+    let thread_id: String = row.get(3)?;
+    Ok(Receipt {
+        room_id: row.get(0)?,
+        user_id: row.get(1)?,
+        receipt_type: row.get(2)?,
+        thread_id: (!thread_id.is_empty()).then_some(thread_id),
+        event_id: row.get(4)?,
+        ts: u(row.get(5)?),
+        stream_pos: u(row.get(6)?),
+    })
+}
+
+#[async_trait]
+impl ReceiptStore for SqliteStore {
+    async fn set_receipt(&self, receipt: NewReceipt, max_threads: usize) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let thread_key = receipt.thread_id.as_deref().unwrap_or("");
+            let exists = tx
+                .prepare_cached(
+                    "SELECT 1 FROM receipts WHERE room_id = ?1 AND user_id = ?2 AND receipt_type = ?3 AND thread_id = ?4",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&receipt.room_id, &receipt.user_id, &receipt.receipt_type, thread_key], |_| Ok(())).optional()
+                })
+                .map_err(backend)?
+                .is_some();
+            if !exists {
+                let count: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM receipts WHERE room_id = ?1 AND user_id = ?2 AND receipt_type = ?3")
+                    .and_then(|mut s| s.query_row([&receipt.room_id, &receipt.user_id, &receipt.receipt_type], |r| r.get(0)))
+                    .map_err(backend)?;
+                if usize::try_from(count).unwrap_or(usize::MAX) >= max_threads {
+                    return Err(StoreError::LimitExceeded("receipts"));
+                }
+            }
+            let pos: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM receipts")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(backend)?;
+            tx.prepare_cached(
+                "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (room_id, user_id, receipt_type, thread_id)
+                 DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_pos = excluded.stream_pos",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    receipt.room_id,
+                    receipt.user_id,
+                    receipt.receipt_type,
+                    thread_key,
+                    receipt.event_id,
+                    i(receipt.ts),
+                    pos
+                ])
+            })
+            .map_err(backend)?;
+            Ok(u(pos))
+        })
+        .await
+    }
+
+    async fn room_receipts(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<Receipt>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts
+                     WHERE room_id = ?1 AND stream_pos > ?2 AND stream_pos <= ?3
+                     ORDER BY stream_pos",
+                )
+                .map_err(backend)?;
+            collect(stmt.query_map(params![room_id, i(after), i(up_to)], receipt_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
+    async fn current_receipt_pos(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM receipts")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(u)
+                .map_err(backend)
+        })
+        .await
+    }
+}

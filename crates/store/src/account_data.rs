@@ -1,0 +1,143 @@
+//! Account data (client-server API "Client Config"): per-user JSON
+//! objects, global or scoped to a room, including room tags (`m.tag`) and
+//! the fully-read marker (`m.fully_read`).
+//!
+//! Every change gets a position in the account-data stream, its own stream
+//! beside the events stream (a sync token carries both). Like event
+//! positions, account-data positions become visible in order: everything
+//! at or below [`AccountDataStore::current_account_data_pos`] is readable,
+//! so a syncing client that continues after that position misses nothing.
+//! A change replaces the entry and moves it to the new position, so a
+//! range query returns each key once, with its latest content.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value as JsonValue};
+
+use crate::{StoreError, StoreResult};
+
+/// The account-data type that holds a room's tags.
+pub const TAG_EVENT_TYPE: &str = "m.tag";
+
+/// One account-data entry, as of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountDataEntry {
+    /// `None` for global account data.
+    pub room_id: Option<String>,
+    pub event_type: String,
+    /// The content, a JSON object.
+    pub content: String,
+    /// Position of the last change in the account-data stream.
+    pub stream_pos: u64,
+}
+
+/// Bounds a user's account data (see `proto::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountDataLimits {
+    /// Entries (global and per room together) one user may hold.
+    pub max_entries: usize,
+    /// Serialized size of one entry's content.
+    pub max_content_bytes: usize,
+}
+
+#[async_trait]
+pub trait AccountDataStore: Send + Sync {
+    /// Sets (creates or replaces) one entry and gives it the next position
+    /// of the account-data stream, which it returns. `content` is a JSON
+    /// object serialized; its size is the caller's to check.
+    /// `LimitExceeded("account_data")` if this would be a new entry past
+    /// `max_entries` (replacing an existing one is always allowed).
+    async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        event_type: &str,
+        content: &str,
+        max_entries: usize,
+    ) -> StoreResult<u64>;
+
+    /// Adds (`info` is `Some`) or removes (`None`) one tag of the room's
+    /// `m.tag` entry, read-modify-write in one transaction, so concurrent
+    /// changes to different tags of one room all survive. Returns the new
+    /// position, or `None` if the content did not change (nothing written).
+    /// `LimitExceeded("account_data")` as for `set_account_data`,
+    /// `LimitExceeded("account_data_size")` if the `m.tag` content would
+    /// pass `max_content_bytes`.
+    async fn set_room_tag(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        tag: &str,
+        info: Option<&JsonValue>,
+        limits: AccountDataLimits,
+    ) -> StoreResult<Option<u64>>;
+
+    /// The content of one entry, if set.
+    async fn account_data(&self, user_id: &str, room_id: Option<&str>, event_type: &str) -> StoreResult<Option<String>>;
+
+    /// The user's entries (global and per room) whose last change is at a
+    /// position in `(after, up_to]`, sorted by position. `after = 0` gives
+    /// all of them (initial sync).
+    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>>;
+
+    /// The highest account-data position whose change is committed; every
+    /// position at or below it is visible to readers.
+    async fn current_account_data_pos(&self) -> StoreResult<u64>;
+}
+
+/// The `m.tag` content after adding or removing one tag, or `None` if it
+/// would not change. Shared by the backends, which call it inside their
+/// write transaction. Content of another shape (a client may have written
+/// `m.tag` through the generic endpoint) is repaired into `{"tags": {}}`
+/// rather than refused, so the tag endpoints always work.
+pub fn apply_tag_change(current: Option<&str>, tag: &str, info: Option<&JsonValue>) -> StoreResult<Option<String>> {
+    let mut content: Map<String, JsonValue> = match current.map(serde_json::from_str::<JsonValue>) {
+        Some(Ok(JsonValue::Object(map))) => map,
+        Some(Err(_)) => return Err(StoreError::Backend("stored m.tag content is not JSON".into())),
+        _ => Map::new(),
+    };
+    let before = JsonValue::Object(content.clone());
+    if !content.get("tags").is_some_and(JsonValue::is_object) {
+        content.insert("tags".into(), JsonValue::Object(Map::new()));
+    }
+    let Some(JsonValue::Object(tags)) = content.get_mut("tags") else { unreachable!("tags was just made an object") };
+    match info {
+        Some(info) => {
+            tags.insert(tag.to_owned(), info.clone());
+        }
+        None => {
+            tags.remove(tag);
+        }
+    }
+    let after = JsonValue::Object(content);
+    if current.is_some() && after == before {
+        return Ok(None);
+    }
+    // Removing a tag from a room that has none: nothing to write either.
+    if current.is_none() && info.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(after.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn tag_changes() {
+        let parsed = |s: Option<String>| s.map(|s| serde_json::from_str::<JsonValue>(&s).unwrap());
+        let add = |current: Option<&str>, tag, info: JsonValue| parsed(apply_tag_change(current, tag, Some(&info)).unwrap());
+        let remove = |current: Option<&str>, tag| parsed(apply_tag_change(current, tag, None).unwrap());
+        assert_eq!(add(None, "u.work", json!({"order": 0.5})), Some(json!({"tags": {"u.work": {"order": 0.5}}})));
+        let two = add(Some(r#"{"tags":{"u.work":{}}}"#), "m.favourite", json!({}));
+        assert_eq!(two, Some(json!({"tags": {"u.work": {}, "m.favourite": {}}})));
+        assert_eq!(add(Some(r#"{"tags":{"u.work":{}}}"#), "u.work", json!({})), None);
+        assert_eq!(remove(Some(r#"{"tags":{"u.work":{}}}"#), "u.other"), None);
+        assert_eq!(remove(None, "u.other"), None);
+        assert_eq!(remove(Some(r#"{"tags":{"u.work":{}}}"#), "u.work"), Some(json!({"tags": {}})));
+        // Other keys are kept; a broken `tags` is repaired.
+        assert_eq!(add(Some(r#"{"x":1,"tags":5}"#), "t", json!({})), Some(json!({"tags": {"t": {}}, "x": 1})));
+    }
+}
