@@ -53,3 +53,20 @@ pub fn assert_error(got: &(StatusCode, Value), status: u16, errcode: &str) {
     assert_eq!(got.1["errcode"], errcode, "{}", got.1);
     assert!(got.1["error"].is_string(), "{}", got.1);
 }
+
+/// Sends a request that must succeed; returns the JSON body.
+pub async fn ok(method: Method, url: String, token: &str, body: Option<Value>) -> Value {
+    let (status, body) = call(method, &url, Some(token), body).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    body
+}
+
+/// Percent-encodes a query parameter value (filters are JSON).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

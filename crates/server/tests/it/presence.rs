@@ -3,15 +3,9 @@
 
 use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{assert_error, call, register};
-
-async fn ok(method: Method, url: String, token: &str, body: Option<Value>) -> Value {
-    let (status, body) = call(method, &url, Some(token), body).await;
-    assert_eq!(status, 200, "{url}: {body}");
-    body
-}
+use crate::common::{assert_error, call, ok, register};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_off_by_default_and_shared_when_on() {

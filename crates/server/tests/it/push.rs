@@ -5,13 +5,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{assert_error, call, register};
-
-async fn ok(method: Method, url: String, token: &str, body: Option<Value>) -> Value {
-    let (status, body) = call(method, &url, Some(token), body).await;
-    assert_eq!(status, 200, "{url}: {body}");
-    body
-}
+use crate::common::{assert_error, call, ok, register};
 
 async fn push(backend: Backend) {
     let server = TestServer::start(backend).await.unwrap();

@@ -7,7 +7,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{assert_error, call, register};
+use crate::common::{assert_error, call, register, urlencode};
 
 struct User {
     base: String,
@@ -284,13 +284,4 @@ async fn sync_timelines_long_poll_and_restart() {
     assert!(left["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.member"));
     assert!(left["rooms"]["join"].get(&room).is_none());
     server.stop().await.unwrap();
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -4,15 +4,9 @@
 
 use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::call;
-
-async fn ok(method: Method, url: String, token: &str, body: Option<Value>) -> Value {
-    let (status, body) = call(method, &url, Some(token), body).await;
-    assert_eq!(status, 200, "{url}: {body}");
-    body
-}
+use crate::common::{ok, urlencode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_of_two_thousand_and_user_in_five_hundred_rooms() {
@@ -86,13 +80,4 @@ async fn room_of_two_thousand_and_user_in_five_hundred_rooms() {
     let changed = incremental["rooms"]["join"].as_object().unwrap();
     assert_eq!(changed.keys().collect::<Vec<_>>(), [&rooms[250]]);
     server.stop().await.unwrap();
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
