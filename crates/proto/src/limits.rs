@@ -98,3 +98,24 @@ pub const MAX_APPEND_RETRIES: usize = 5;
 /// Distinct sync filters one user may store, and the size of one.
 pub const MAX_FILTERS_PER_USER: usize = 1_000;
 pub const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// Child events per `/relations` page. The default is Synapse's, which
+/// clients are tuned to.
+pub const MAX_RELATIONS_LIMIT: usize = 1_000;
+pub const DEFAULT_RELATIONS_LIMIT: usize = 5;
+
+/// How many relations away from the parent `/relations?recurse=true`
+/// follows (spec: "Homeservers SHOULD traverse at least 3 levels").
+pub const RELATIONS_RECURSION_DEPTH: u32 = 3;
+
+/// Thread roots per `/threads` page; the default is Synapse's.
+pub const MAX_THREADS_LIMIT: usize = 100;
+pub const DEFAULT_THREADS_LIMIT: usize = 5;
+
+/// Events around the requested one in a `/context` answer (the spec's
+/// default is 10).
+pub const MAX_CONTEXT_LIMIT: usize = 100;
+
+/// `m.reference` children listed in one event's bundled aggregation; a
+/// client wanting all of them pages through `/relations`.
+pub const MAX_BUNDLED_REFERENCES: usize = 50;

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod pool;
+mod relations;
 mod rooms;
 mod user_data;
 
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0005_relations.sql"),
 ];
 
 pub struct SqliteStore {

@@ -18,12 +18,12 @@ use crate::{SqliteStore, backend};
 
 /// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
 /// `r` the LEFT JOINed `redactions`.
-const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
+pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
      e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
 
-const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
+pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     let txn_user: Option<String> = row.get(11)?;
     let txn_device: Option<String> = row.get(12)?;
     let txn_id: Option<String> = row.get(13)?;
@@ -57,7 +57,7 @@ fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
     })
 }
 
-fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
+pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
     rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
@@ -150,6 +150,10 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
         )
         .and_then(|mut s| s.execute([target, &event.event_id]))
         .map_err(backend)?;
+        crate::relations::break_relation_in(tx, target)?;
+    }
+    if let Some(relation) = &event.relates_to {
+        crate::relations::record_relation_in(tx, event, relation, pos)?;
     }
     Ok(u(pos))
 }

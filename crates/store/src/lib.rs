@@ -6,6 +6,7 @@
 //! backends read no clock and tests control time.
 
 pub mod conformance;
+mod relations;
 mod rooms;
 mod types;
 mod user_data;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use relations::*;
 pub use rooms::*;
 pub use types::*;
 pub use user_data::*;
@@ -129,7 +131,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore {
+pub trait Store: AccountStore + RoomStore + RelationStore + UserDataStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

@@ -3,6 +3,7 @@ pub mod devices;
 pub mod discovery;
 pub mod filters;
 pub mod profile;
+pub mod relations;
 pub mod rooms;
 pub mod session;
 pub mod sync;

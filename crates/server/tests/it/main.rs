@@ -7,6 +7,7 @@ mod client_flows;
 mod common;
 mod process;
 mod registration;
+mod relations;
 mod rooms_flow;
 mod rooms_http;
 mod store_conformance;
