@@ -66,6 +66,7 @@ impl From<Error> for ApiError {
             Error::ProfileTooLarge => (S::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             Error::KeyTooLarge => (S::BAD_REQUEST, "M_KEY_TOO_LARGE"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            Error::DuplicateAnnotation => (S::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

@@ -19,7 +19,9 @@ use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
 use axum::routing::{MethodFilter, delete, get, on, put};
 use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
-use chancery_proto::ruma::api::client::{account, device, discovery, membership, message, presence, push, redact, room, session};
+use chancery_proto::ruma::api::client::{
+    account, context, device, discovery, membership, message, presence, push, redact, relations, room, session, threads,
+};
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::Services;
 use tower_http::cors::{Any, CorsLayer};
@@ -112,6 +114,15 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<presence::set_presence::v3::Request, _, _>(r, h::presence::set);
     r = h::account_data::routes(r);
     r = h::receipts::routes(r);
+    r = ruma_route::<relations::get_relating_events::v1::Request, _, _>(r, h::relations::relations);
+    r = ruma_route::<relations::get_relating_events_with_rel_type::v1::Request, _, _>(r, h::relations::relations_of_type);
+    r = ruma_route::<relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+        r,
+        h::relations::relations_of_type_and_event_type,
+    );
+    r = ruma_route::<threads::get_threads::v1::Request, _, _>(r, h::relations::threads);
+    r = ruma_route::<context::get_context::v3::Request, _, _>(r, h::relations::context);
+    r = ruma_route::<room::get_event_by_timestamp::v1::Request, _, _>(r, h::relations::timestamp_to_event);
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

@@ -139,3 +139,23 @@ pub const MAX_TYPING_TIMEOUT_MS: u64 = 30_000;
 /// in are forgotten, oldest change first; syncs from before the forgotten
 /// changes then get every room's typing list once.
 pub const MAX_TYPING_ROOMS: usize = 100_000;
+/// Child events per `/relations` page. The default is Synapse's, which
+/// clients are tuned to.
+pub const MAX_RELATIONS_LIMIT: usize = 1_000;
+pub const DEFAULT_RELATIONS_LIMIT: usize = 5;
+
+/// How many relations away from the parent `/relations?recurse=true`
+/// follows (spec: "Homeservers SHOULD traverse at least 3 levels").
+pub const RELATIONS_RECURSION_DEPTH: u32 = 3;
+
+/// Thread roots per `/threads` page; the default is Synapse's.
+pub const MAX_THREADS_LIMIT: usize = 100;
+pub const DEFAULT_THREADS_LIMIT: usize = 5;
+
+/// Events around the requested one in a `/context` answer (the spec's
+/// default is 10).
+pub const MAX_CONTEXT_LIMIT: usize = 100;
+
+/// `m.reference` children listed in one event's bundled aggregation; a
+/// client wanting all of them pages through `/relations`.
+pub const MAX_BUNDLED_REFERENCES: usize = 50;

@@ -54,6 +54,10 @@ pub enum Error {
     Uia(Box<UiaChallenge>),
     #[error("room version {0} is not supported")]
     UnsupportedRoomVersion(String),
+    /// A second identical annotation of one event by one sender (spec
+    /// "Event annotations", "Avoiding duplicate annotations").
+    #[error("you already sent this annotation to that event")]
+    DuplicateAnnotation,
     #[error("internal error")]
     Internal(String),
 }

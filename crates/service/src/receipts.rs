@@ -54,7 +54,7 @@ impl Services {
                 if EventId::parse(root.as_str()).is_err() {
                     return Err(Error::InvalidParam("thread_id must be \"main\" or an event id".into()));
                 }
-                if !self.event_in_room(room_id, &root).await? {
+                if !self.is_event_in_room(room_id, &root).await? {
                     return Err(Error::InvalidParam("thread_id is not an event of this room".into()));
                 }
                 Some(root)
@@ -92,12 +92,12 @@ impl Services {
         Ok(())
     }
 
-    async fn event_in_room(&self, room_id: &RoomId, event_id: &str) -> Result<bool, Error> {
+    async fn is_event_in_room(&self, room_id: &RoomId, event_id: &str) -> Result<bool, Error> {
         Ok(self.store().event(event_id).await?.is_some_and(|e| e.room_id == room_id.as_str()))
     }
 
     async fn ensure_event_in_room(&self, room_id: &RoomId, event_id: &str, missing: &str) -> Result<(), Error> {
-        if self.event_in_room(room_id, event_id).await? { Ok(()) } else { Err(Error::NotFound(missing.into())) }
+        if self.is_event_in_room(room_id, event_id).await? { Ok(()) } else { Err(Error::NotFound(missing.into())) }
     }
 
     /// The `m.fully_read` room account data, which clients may not write

@@ -9,6 +9,7 @@
 mod account_data;
 mod accounts;
 mod push;
+mod relations;
 mod rooms;
 mod search;
 mod user_data;
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
     include_str!("../migrations/0004_account_data.sql"),
+    include_str!("../migrations/0005_relations.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

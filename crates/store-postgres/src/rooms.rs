@@ -107,6 +107,7 @@ struct Writes {
     insert_event: Statement,
     close_state: Statement,
     open_state: Statement,
+    relations: crate::relations::RelationWrites,
 }
 
 impl Writes {
@@ -136,6 +137,7 @@ impl Writes {
             open_state: p("INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
                            SELECT $1::text, $2::text, $3::text, $4::text, $5::text, pos FROM stream_position")
             .await?,
+            relations: crate::relations::RelationWrites::prepare(c).await?,
         })
     }
 }
@@ -157,7 +159,8 @@ async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> Store
         // Pipelined: `biased` polls, hence sends, them in this order, and
         // the server runs them in order. Only the first error counts: the
         // statements after it fail because the transaction is aborted.
-        let (extremity, redaction, lock, inserted, closed, opened) = tokio::join!(
+        let rw = &w.relations;
+        let results = tokio::join!(
             biased;
             async {
                 if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
@@ -165,6 +168,25 @@ async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> Store
             async {
                 match &event.redacts {
                     Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
+                    None => Ok(()),
+                }
+            },
+            // A redaction breaks its target's relation (see relations.rs).
+            async {
+                match &event.redacts {
+                    Some(target) => tx.execute(&rw.drop_thread, &[target]).await.map(drop),
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &event.redacts {
+                    Some(target) => tx.execute(&rw.rewind_thread, &[target]).await.map(drop),
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &event.redacts {
+                    Some(target) => tx.execute(&rw.drop_relation, &[target]).await.map(drop),
                     None => Ok(()),
                 }
             },
@@ -204,13 +226,49 @@ async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> Store
                     None => Ok(()),
                 }
             },
+            // After `insert_event`: `stream_position` holds this event's position.
+            async {
+                match &event.relates_to {
+                    Some(rel) => tx
+                        .execute(
+                            &rw.add_relation,
+                            &[
+                                &event.event_id,
+                                &event.room_id,
+                                &rel.parent,
+                                &rel.rel_type,
+                                &event.event_type,
+                                &event.sender,
+                                &rel.key,
+                            ],
+                        )
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &event.relates_to {
+                    Some(rel) if rel.rel_type == "m.thread" => {
+                        tx.execute(&rw.touch_thread, &[&rel.parent, &event.room_id]).await.map(drop)
+                    }
+                    _ => Ok(()),
+                }
+            },
         );
+        let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, related, threaded) =
+            results;
         extremity.map_err(backend)?;
         redaction.map_err(backend)?;
+        drop_thread.map_err(backend)?;
+        rewind_thread.map_err(backend)?;
+        drop_relation.map_err(backend)?;
         lock.map_err(backend)?;
         pos = u(get(&inserted.map_err(insert_error)?, 0)?);
         closed.map_err(backend)?;
         opened.map_err(backend)?;
+        related.map_err(backend)?;
+        threaded.map_err(backend)?;
     }
     Ok(pos)
 }

@@ -10,6 +10,7 @@ mod account_data;
 mod accounts;
 mod pool;
 mod push;
+mod relations;
 mod rooms;
 mod search;
 mod user_data;
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
     include_str!("../migrations/0004_account_data.sql"),
+    include_str!("../migrations/0005_relations.sql"),
 ];
 
 pub struct SqliteStore {

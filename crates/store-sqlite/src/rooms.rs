@@ -57,7 +57,7 @@ fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
     })
 }
 
-fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
+pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
     rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
@@ -153,6 +153,10 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
         .and_then(|mut s| s.execute([target, &event.event_id]))
         .map_err(backend)?;
         crate::search::unindex_event(tx, target)?;
+        crate::relations::break_relation_in(tx, target)?;
+    }
+    if let Some(relation) = &event.relates_to {
+        crate::relations::record_relation_in(tx, event, relation, pos)?;
     }
     Ok(u(pos))
 }

@@ -25,6 +25,8 @@ macro_rules! store_conformance_tests {
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
+            relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
+            thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -298,6 +300,7 @@ fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth:
         txn: None,
         search_text: Vec::new(),
         notifications: Vec::new(),
+        relates_to: None,
     }
 }
 
@@ -700,4 +703,329 @@ pub async fn concurrent_appends_to_different_rooms_keep_positions_dense_and_orde
         let topic = store.state_event(room_id, "m.room.topic", "", None).await.unwrap().unwrap();
         assert_eq!(topic.event_id, format!("{room_id}/{}", (PER_ROOM - 1) / 5 * 5));
     }
+}
+
+/// A child of `parent` sent by `sender`.
+fn related(room: &str, id: &str, sender: &str, rel_type: &str, parent: &str, key: Option<&str>, depth: u64) -> NewEvent {
+    let event_type = if rel_type == "m.annotation" { "m.reaction" } else { "m.room.message" };
+    let mut e = event(room, id, event_type, None, depth);
+    e.sender = sender.into();
+    e.json = json!({
+        "event_id": id,
+        "type": event_type,
+        "sender": sender,
+        "content": {"m.relates_to": {"rel_type": rel_type, "event_id": parent, "key": key}},
+    })
+    .to_string();
+    e.relates_to = Some(NewRelation { parent: parent.into(), rel_type: rel_type.into(), key: key.map(Into::into) });
+    e
+}
+
+fn redaction_of(room: &str, id: &str, target: &str, depth: u64) -> NewEvent {
+    let mut e = event(room, id, "m.room.redaction", None, depth);
+    e.redacts = Some(target.into());
+    e
+}
+
+/// Appends `events` one after the other on top of `prev`, which ends as
+/// the last one's id; returns their positions.
+async fn append_chain(store: &DynStore, prev: &mut String, events: Vec<NewEvent>) -> Vec<u64> {
+    let mut positions = Vec::new();
+    for e in events {
+        let id = e.event_id.clone();
+        positions.push(store.append_event(e, std::slice::from_ref(prev)).await.unwrap());
+        *prev = id;
+    }
+    positions
+}
+
+fn relations_query(room: &str, parent: &str) -> RelationsQuery {
+    RelationsQuery {
+        room_id: room.into(),
+        parent: parent.into(),
+        rel_type: None,
+        event_type: None,
+        after: 0,
+        up_to: u64::MAX / 2,
+        limit: 100,
+        newest_first: true,
+        max_depth: 1,
+    }
+}
+
+pub async fn relations_are_recorded_filtered_and_paginated(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    // Positions: 2 root, 3 thread reply, 4 reaction, 5 reference, 6 reply,
+    // 7 reaction to the reply (depth 2), 8 reference to that reaction
+    // (depth 3), 9 unrelated message.
+    let positions = append_chain(
+        &store,
+        &mut prev,
+        vec![
+            message(r, "$root", 2),
+            related(r, "$t1", "@bob:x", "m.thread", "$root", None, 3),
+            related(r, "$like", "@bob:x", "m.annotation", "$root", Some("👍"), 4),
+            related(r, "$ref", "@alice:x", "m.reference", "$root", None, 5),
+            related(r, "$t2", "@alice:x", "m.thread", "$root", None, 6),
+            related(r, "$like2", "@alice:x", "m.annotation", "$t2", Some("👍"), 7),
+            related(r, "$deep", "@alice:x", "m.reference", "$like2", None, 8),
+            message(r, "$other", 9),
+        ],
+    )
+    .await;
+    assert_eq!(positions, (2..=9).collect::<Vec<_>>());
+
+    let q = relations_query(r, "$root");
+    assert_eq!(ids(&store.relations(&q).await.unwrap()), ["$t2", "$ref", "$like", "$t1"]);
+    let oldest_first = RelationsQuery { newest_first: false, ..q.clone() };
+    assert_eq!(ids(&store.relations(&oldest_first).await.unwrap()), ["$t1", "$like", "$ref", "$t2"]);
+    let threads = RelationsQuery { rel_type: Some("m.thread".into()), ..q.clone() };
+    assert_eq!(ids(&store.relations(&threads).await.unwrap()), ["$t2", "$t1"]);
+    let reactions = RelationsQuery { rel_type: Some("m.annotation".into()), event_type: Some("m.reaction".into()), ..q.clone() };
+    assert_eq!(ids(&store.relations(&reactions).await.unwrap()), ["$like"]);
+    let none = RelationsQuery { rel_type: Some("m.annotation".into()), event_type: Some("m.room.message".into()), ..q.clone() };
+    assert!(store.relations(&none).await.unwrap().is_empty());
+
+    // Pages by position, in both directions.
+    let page = |after, up_to, limit, newest_first| RelationsQuery { after, up_to, limit, newest_first, ..q.clone() };
+    assert_eq!(ids(&store.relations(&page(0, 9, 2, true)).await.unwrap()), ["$t2", "$ref"]);
+    assert_eq!(ids(&store.relations(&page(0, 4, 2, true)).await.unwrap()), ["$like", "$t1"]);
+    assert_eq!(ids(&store.relations(&page(3, 9, 2, false)).await.unwrap()), ["$like", "$ref"]);
+    assert_eq!(ids(&store.relations(&page(5, 9, 2, false)).await.unwrap()), ["$t2"]);
+    assert!(store.relations(&page(6, 9, 2, false)).await.unwrap().is_empty());
+    assert!(store.relations(&page(0, 9, 0, true)).await.unwrap().is_empty());
+
+    // Recursion follows relations of relations, up to the depth asked.
+    let deep = |max_depth| RelationsQuery { max_depth, ..q.clone() };
+    assert_eq!(ids(&store.relations(&deep(2)).await.unwrap()), ["$like2", "$t2", "$ref", "$like", "$t1"]);
+    assert_eq!(ids(&store.relations(&deep(3)).await.unwrap()), ["$deep", "$like2", "$t2", "$ref", "$like", "$t1"]);
+    assert_eq!(store.relations(&deep(10)).await.unwrap(), store.relations(&deep(3)).await.unwrap());
+    let deep_refs = RelationsQuery { rel_type: Some("m.reference".into()), ..deep(3) };
+    assert_eq!(ids(&store.relations(&deep_refs).await.unwrap()), ["$deep", "$ref"]);
+    let deep_page = RelationsQuery { up_to: 6, limit: 2, ..deep(3) };
+    assert_eq!(ids(&store.relations(&deep_page).await.unwrap()), ["$t2", "$ref"]);
+
+    // Other parents and rooms are separate.
+    assert_eq!(ids(&store.relations(&relations_query(r, "$t2")).await.unwrap()), ["$like2"]);
+    assert!(store.relations(&relations_query(r, "$other")).await.unwrap().is_empty());
+    assert!(store.relations(&relations_query("!elsewhere:x", "$root")).await.unwrap().is_empty());
+    assert!(store.relations(&relations_query(r, "$missing")).await.unwrap().is_empty());
+
+    // The stored event keeps its JSON byte for byte.
+    let like = store.relations(&reactions).await.unwrap().remove(0);
+    assert_eq!(like, store.event("$like").await.unwrap().unwrap());
+
+    // A redacted child is no child any more; its own children stay (the
+    // relation of $deep to $like2 is $deep's).
+    append_chain(&store, &mut prev, vec![redaction_of(r, "$redact", "$like2", 10)]).await;
+    assert_eq!(ids(&store.relations(&deep(3)).await.unwrap()), ["$t2", "$ref", "$like", "$t1"]);
+    assert!(store.relations(&relations_query(r, "$t2")).await.unwrap().is_empty());
+    assert_eq!(ids(&store.relations(&relations_query(r, "$like2")).await.unwrap()), ["$deep"]);
+    // Redacting it again, or redacting an event without a relation, changes nothing.
+    append_chain(&store, &mut prev, vec![redaction_of(r, "$redact2", "$like2", 11), redaction_of(r, "$redact3", "$other", 12)])
+        .await;
+    assert_eq!(ids(&store.relations(&q).await.unwrap()), ["$t2", "$ref", "$like", "$t1"]);
+}
+
+pub async fn bundled_aggregations_summarise_children(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    let at = |mut e: NewEvent, ts: u64| {
+        e.origin_server_ts = ts;
+        e
+    };
+    append_chain(
+        &store,
+        &mut prev,
+        vec![
+            // Alice's message and its edits: the latest by timestamp wins,
+            // ties go to the larger event id; bob cannot edit it.
+            at(message(r, "$msg", 2), 100),
+            at(related(r, "$edit-b", "@alice:x", "m.replace", "$msg", None, 3), 500),
+            at(related(r, "$edit-a", "@alice:x", "m.replace", "$msg", None, 4), 500),
+            at(related(r, "$edit-old", "@alice:x", "m.replace", "$msg", None, 5), 200),
+            at(related(r, "$bob-edit", "@bob:x", "m.replace", "$msg", None, 6), 900),
+            // A thread on $msg with replies by bob and carol.
+            related(r, "$t1", "@bob:x", "m.thread", "$msg", None, 7),
+            related(r, "$t2", "@carol:x", "m.thread", "$msg", None, 8),
+            // References to $msg, and a reaction (not bundled).
+            related(r, "$ref1", "@bob:x", "m.reference", "$msg", None, 9),
+            related(r, "$ref2", "@bob:x", "m.reference", "$msg", None, 10),
+            related(r, "$ref3", "@bob:x", "m.reference", "$msg", None, 11),
+            related(r, "$like", "@bob:x", "m.annotation", "$msg", Some("👍"), 12),
+            // An edit of bob's thread reply, and a plain message.
+            related(r, "$t1-edit", "@bob:x", "m.replace", "$t1", None, 13),
+            message(r, "$plain", 14),
+        ],
+    )
+    .await;
+    let list = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let all = list(&["$msg", "$t1", "$plain", "$missing"]);
+
+    let got = store.bundled_aggregations(&all, "@bob:x", 2).await.unwrap();
+    let edits: Vec<(&str, &str)> = got.edits.iter().map(|(o, e)| (o.as_str(), e.event_id.as_str())).collect();
+    let mut edits = edits;
+    edits.sort();
+    assert_eq!(edits, [("$msg", "$edit-b"), ("$t1", "$t1-edit")]);
+    let edit = got.edits.iter().find(|(o, _)| o == "$msg").unwrap().1.clone();
+    assert_eq!(edit, store.event("$edit-b").await.unwrap().unwrap());
+    assert_eq!(got.threads.len(), 1);
+    let thread = &got.threads[0];
+    assert_eq!(
+        (thread.root.as_str(), thread.latest.event_id.as_str(), thread.count, thread.participated),
+        ("$msg", "$t2", 2, true)
+    );
+    assert_eq!(thread.latest, store.event("$t2").await.unwrap().unwrap());
+    assert_eq!(got.references, [("$msg".to_owned(), "$ref1".to_owned()), ("$msg".to_owned(), "$ref2".to_owned())]);
+
+    // Participation: the root's sender, a replier, or nobody.
+    for (viewer, participated) in [("@alice:x", true), ("@carol:x", true), ("@dave:x", false)] {
+        let got = store.bundled_aggregations(&list(&["$msg"]), viewer, 10).await.unwrap();
+        assert_eq!(got.threads[0].participated, participated, "{viewer}");
+        assert_eq!(got.references.len(), 3);
+    }
+    assert_eq!(store.bundled_aggregations(&[], "@bob:x", 10).await.unwrap(), BundledAggregations::default());
+    assert_eq!(store.bundled_aggregations(&list(&["$plain"]), "@bob:x", 10).await.unwrap(), BundledAggregations::default());
+
+    // Redacting the winning edit falls back to the previous one; redacting
+    // the latest reply moves the thread back to the one before.
+    append_chain(
+        &store,
+        &mut prev,
+        vec![redaction_of(r, "$x1", "$edit-b", 15), redaction_of(r, "$x2", "$t2", 16), redaction_of(r, "$x3", "$ref1", 17)],
+    )
+    .await;
+    let got = store.bundled_aggregations(&list(&["$msg"]), "@carol:x", 10).await.unwrap();
+    assert_eq!(got.edits.iter().map(|(_, e)| e.event_id.as_str()).collect::<Vec<_>>(), ["$edit-a"]);
+    let thread = &got.threads[0];
+    assert_eq!((thread.latest.event_id.as_str(), thread.count, thread.participated), ("$t1", 1, false));
+    assert_eq!(got.references.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["$ref2", "$ref3"]);
+}
+
+pub async fn thread_roots_are_ordered_by_latest_reply(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    // Roots at 2, 3, 4 (bob's); replies: A at 5 (bob), B at 6 (alice),
+    // C at 7 (carol), A again at 8 (alice).
+    let mut bob_root = message(r, "$c", 4);
+    bob_root.sender = "@bob:x".into();
+    append_chain(
+        &store,
+        &mut prev,
+        vec![
+            message(r, "$a", 2),
+            message(r, "$b", 3),
+            bob_root,
+            related(r, "$a1", "@bob:x", "m.thread", "$a", None, 5),
+            related(r, "$b1", "@alice:x", "m.thread", "$b", None, 6),
+            related(r, "$c1", "@carol:x", "m.thread", "$c", None, 7),
+            related(r, "$a2", "@alice:x", "m.thread", "$a", None, 8),
+        ],
+    )
+    .await;
+    let roots = |participant: Option<&'static str>, before: Option<u64>, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .thread_roots(r, participant, before, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| (t.root.event_id, t.latest_pos))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pairs = |v: &[(&str, u64)]| v.iter().map(|(id, pos)| ((*id).to_owned(), *pos)).collect::<Vec<_>>();
+    assert_eq!(roots(None, None, 10).await, pairs(&[("$a", 8), ("$c", 7), ("$b", 6)]));
+    assert_eq!(roots(None, None, 2).await, pairs(&[("$a", 8), ("$c", 7)]));
+    assert_eq!(roots(None, Some(7), 2).await, pairs(&[("$b", 6)]));
+    assert!(roots(None, Some(6), 2).await.is_empty());
+    // Participation: bob replied in A and sent C; carol only replied in C.
+    assert_eq!(roots(Some("@bob:x"), None, 10).await, pairs(&[("$a", 8), ("$c", 7)]));
+    assert_eq!(roots(Some("@carol:x"), None, 10).await, pairs(&[("$c", 7)]));
+    assert!(roots(Some("@dave:x"), None, 10).await.is_empty());
+    assert!(store.thread_roots("!other:x", None, None, 10).await.unwrap().is_empty());
+    let root = store.thread_roots(r, None, None, 1).await.unwrap().remove(0).root;
+    assert_eq!(root, store.event("$a").await.unwrap().unwrap());
+
+    // Redactions: A's latest reply goes (A falls back to 5), C's only one
+    // goes (C is no thread any more).
+    append_chain(&store, &mut prev, vec![redaction_of(r, "$x1", "$a2", 9), redaction_of(r, "$x2", "$c1", 10)]).await;
+    assert_eq!(roots(None, None, 10).await, pairs(&[("$b", 6), ("$a", 5)]));
+    assert!(roots(Some("@carol:x"), None, 10).await.is_empty());
+    // A new reply brings C back on top.
+    append_chain(&store, &mut prev, vec![related(r, "$c2", "@alice:x", "m.thread", "$c", None, 11)]).await;
+    assert_eq!(roots(None, None, 10).await, pairs(&[("$c", 11), ("$b", 6), ("$a", 5)]));
+}
+
+pub async fn annotations_are_counted_per_key_and_sender(store: DynStore) {
+    let r = "!r:x";
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    append_chain(
+        &store,
+        &mut prev,
+        vec![
+            message(r, "$msg", 2),
+            related(r, "$l1", "@bob:x", "m.annotation", "$msg", Some("👍"), 3),
+            related(r, "$l2", "@carol:x", "m.annotation", "$msg", Some("👍"), 4),
+            // The same sender twice counts once (duplicates can arrive over federation).
+            related(r, "$l3", "@carol:x", "m.annotation", "$msg", Some("👍"), 5),
+            related(r, "$h1", "@bob:x", "m.annotation", "$msg", Some("❤️"), 6),
+            related(r, "$t1", "@bob:x", "m.thread", "$msg", None, 7),
+        ],
+    )
+    .await;
+    let count = |event_type: &str, key: &str, count| AnnotationCount { event_type: event_type.into(), key: key.into(), count };
+    assert_eq!(
+        store.annotation_counts("$msg", None).await.unwrap(),
+        [count("m.reaction", "👍", 2), count("m.reaction", "❤️", 1)]
+    );
+    assert_eq!(
+        store.annotation_counts("$msg", Some("@bob:x")).await.unwrap(),
+        [count("m.reaction", "❤️", 1), count("m.reaction", "👍", 1)]
+    );
+    assert!(store.annotation_counts("$msg", Some("@dave:x")).await.unwrap().is_empty());
+    assert!(store.annotation_counts("$t1", None).await.unwrap().is_empty());
+
+    append_chain(&store, &mut prev, vec![redaction_of(r, "$x1", "$l1", 8), redaction_of(r, "$x2", "$h1", 9)]).await;
+    assert_eq!(store.annotation_counts("$msg", None).await.unwrap(), [count("m.reaction", "👍", 1)]);
+    assert!(store.annotation_counts("$msg", Some("@bob:x")).await.unwrap().is_empty());
+}
+
+pub async fn events_are_found_by_timestamp(store: DynStore) {
+    let r = "!r:x";
+    let at = |mut e: NewEvent, ts: u64| {
+        e.origin_server_ts = ts;
+        e
+    };
+    store.create_room(room(r), vec![at(event(r, "$create", "m.room.create", Some(""), 1), 1_000)]).await.unwrap();
+    store.create_room(room("!o:x"), vec![at(event("!o:x", "$o", "m.room.create", Some(""), 1), 1_500)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    append_chain(
+        &store,
+        &mut prev,
+        vec![at(message(r, "$m1", 2), 2_000), at(message(r, "$m2", 3), 2_000), at(message(r, "$m3", 4), 3_000)],
+    )
+    .await;
+    let near = |ts, forward| {
+        let store = store.clone();
+        async move { store.event_near_ts(r, ts, forward).await.unwrap().map(|e| e.event_id) }
+    };
+    assert_eq!(near(0, true).await.as_deref(), Some("$create"));
+    assert_eq!(near(1_000, true).await.as_deref(), Some("$create"));
+    assert_eq!(near(1_001, true).await.as_deref(), Some("$m1"));
+    assert_eq!(near(2_000, true).await.as_deref(), Some("$m1"));
+    assert_eq!(near(2_000, false).await.as_deref(), Some("$m2"));
+    assert_eq!(near(2_999, false).await.as_deref(), Some("$m2"));
+    assert_eq!(near(2_999, true).await.as_deref(), Some("$m3"));
+    assert_eq!(near(9_999, false).await.as_deref(), Some("$m3"));
+    assert_eq!(near(3_001, true).await, None);
+    assert_eq!(near(999, false).await, None);
+    assert_eq!(store.event_near_ts(r, 2_000, true).await.unwrap(), store.event("$m1").await.unwrap());
+    assert!(store.event_near_ts("!none:x", 2_000, true).await.unwrap().is_none());
 }

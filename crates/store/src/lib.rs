@@ -9,6 +9,7 @@ mod account_data;
 pub mod conformance;
 mod push;
 mod receipts;
+mod relations;
 mod rooms;
 mod search;
 mod types;
@@ -23,6 +24,7 @@ use serde_json::Value as JsonValue;
 pub use account_data::*;
 pub use push::*;
 pub use receipts::*;
+pub use relations::*;
 pub use rooms::*;
 pub use search::*;
 pub use types::*;
@@ -137,7 +139,9 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore + SearchStore + PushStore + AccountDataStore + ReceiptStore {
+pub trait Store:
+    AccountStore + RoomStore + RelationStore + UserDataStore + SearchStore + PushStore + AccountDataStore + ReceiptStore
+{
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::StoreResult;
+use crate::{NewRelation, StoreResult};
 
 /// Idempotency key of a client send (`PUT /send/{type}/{txnId}`): per
 /// device, as the spec requires.
@@ -49,6 +49,9 @@ pub struct NewEvent {
     pub search_text: Vec<(String, String)>,
     /// Members this event notifies, per their push rules.
     pub notifications: Vec<crate::NewNotification>,
+    /// The relation to record with the event (see `relations.rs`), if the
+    /// service accepted the one in its content.
+    pub relates_to: Option<NewRelation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +116,9 @@ pub trait RoomStore: Send + Sync {
     /// rebuild), `Conflict("txn")` if the transaction key was used. In one
     /// transaction: the event, its stream position, the new extremities
     /// (just this event), the state table if it is a state event, the
-    /// redaction link if it redacts, the transaction key. Returns the
-    /// event's stream position.
+    /// redaction link if it redacts (which also breaks the target's
+    /// relation), the event's own relation, the transaction key. Returns
+    /// the event's stream position.
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64>;
 
     async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>>;

@@ -7,6 +7,7 @@ pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod search;
 pub mod session;

@@ -10,6 +10,7 @@ mod presence;
 mod process;
 mod push;
 mod registration;
+mod relations;
 mod rooms_flow;
 mod rooms_http;
 mod scale;

@@ -1,8 +1,12 @@
 //! Stored PDUs as clients see them (client-server API "Room event format"):
 //! no hashes, signatures or DAG fields; `unsigned` with `age`, the sender's
-//! own `transaction_id`, and `redacted_because` with the content stripped
-//! by the room version's redaction algorithm.
+//! own `transaction_id`, `redacted_because` with the content stripped by
+//! the room version's redaction algorithm, and `m.relations`, the bundled
+//! aggregations of the event's children.
 
+use std::collections::{HashMap, HashSet};
+
+use chancery_proto::limits::MAX_BUNDLED_REFERENCES;
 use chancery_proto::ruma::CanonicalJsonObject;
 use chancery_proto::ruma::canonical_json::redact;
 use chancery_proto::ruma::room_version_rules::RedactionRules;
@@ -54,28 +58,127 @@ fn redacted_content(object: &Map<String, JsonValue>, rules: &RedactionRules) -> 
     Ok(redacted.get("content").map(|c| serde_json::to_value(c).unwrap_or(JsonValue::Null)).unwrap_or_else(|| json!({})))
 }
 
+/// Redaction rules of the rooms seen so far (a page is one room, so this
+/// is one lookup per page).
+#[derive(Default)]
+struct RulesCache {
+    rooms: HashMap<String, RedactionRules>,
+}
+
+impl RulesCache {
+    async fn get(&mut self, services: &Services, room_id: &str) -> Result<RedactionRules, Error> {
+        if let Some(rules) = self.rooms.get(room_id) {
+            return Ok(rules.clone());
+        }
+        let info = services.store().room(room_id).await?.ok_or_else(|| Error::Internal("event of unknown room".into()))?;
+        let rules = rules_of(&info.room_version)?.1.redaction;
+        self.rooms.insert(room_id.to_owned(), rules.clone());
+        Ok(rules)
+    }
+}
+
+/// `unsigned["m.relations"]` per parent event id.
+type Bundles = HashMap<String, Map<String, JsonValue>>;
+
+fn attach(events: &[StoredEvent], formatted: &mut [JsonValue], bundles: &Bundles) {
+    for (event, json) in events.iter().zip(formatted) {
+        if let Some(relations) = bundles.get(&event.event_id) {
+            json["unsigned"]["m.relations"] = JsonValue::Object(relations.clone());
+        }
+    }
+}
+
 impl Services {
-    /// Formats events of one room for a viewer.
+    /// Formats events for a viewer, with the bundled aggregations of their
+    /// children (spec "Aggregations of child events"): the latest edit
+    /// (`m.replace`), the thread summary (`m.thread`) and the references
+    /// (`m.reference`). Annotations are not bundled: since v1.7 the spec
+    /// leaves counting them to clients. State events get no aggregations
+    /// (spec: "State events do not currently receive bundled
+    /// aggregations"). The children of a whole page are looked up
+    /// together.
     pub async fn client_events(&self, events: &[StoredEvent], viewer: &ClientEventOptions) -> Result<Vec<JsonValue>, Error> {
+        let mut rules = RulesCache::default();
+        let mut out = self.format_events(events, viewer, &mut rules).await?;
+        let bundles = self.bundles(events, viewer, &mut rules, true).await?;
+        attach(events, &mut out, &bundles);
+        Ok(out)
+    }
+
+    async fn format_events(
+        &self,
+        events: &[StoredEvent],
+        viewer: &ClientEventOptions,
+        rules: &mut RulesCache,
+    ) -> Result<Vec<JsonValue>, Error> {
         let mut out = Vec::with_capacity(events.len());
-        let mut rules_cache: Option<(String, RedactionRules)> = None;
         for event in events {
-            let rules = match &rules_cache {
-                Some((room, rules)) if *room == event.room_id => rules.clone(),
-                _ => {
-                    let info = self
-                        .store()
-                        .room(&event.room_id)
-                        .await?
-                        .ok_or_else(|| Error::Internal("event of unknown room".into()))?;
-                    let rules = rules_of(&info.room_version)?.1.redaction;
-                    rules_cache = Some((event.room_id.clone(), rules.clone()));
-                    rules
-                }
-            };
+            let rules = rules.get(self, &event.room_id).await?;
             out.push(self.client_event_with(event, viewer, &rules).await?);
         }
         Ok(out)
+    }
+
+    /// The aggregations of `events`' children. A thread's latest reply is
+    /// served with its own edits and references (`with_threads` false for
+    /// it: a thread reply relates to its root, so it cannot be a thread
+    /// root itself, and the recursion ends there).
+    async fn bundles(
+        &self,
+        events: &[StoredEvent],
+        viewer: &ClientEventOptions,
+        rules: &mut RulesCache,
+        with_threads: bool,
+    ) -> Result<Bundles, Error> {
+        let mut parents: Vec<String> = events.iter().filter(|e| e.state_key.is_none()).map(|e| e.event_id.clone()).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let mut bundles = Bundles::new();
+        if parents.is_empty() {
+            return Ok(bundles);
+        }
+        let found = self.store().bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
+
+        // Spec "Server-side aggregation of m.replace relationships": no
+        // edit is bundled with a redacted original.
+        let redacted: HashSet<&str> = events.iter().filter(|e| e.redacted_by.is_some()).map(|e| e.event_id.as_str()).collect();
+        let (originals, edits): (Vec<String>, Vec<StoredEvent>) =
+            found.edits.into_iter().filter(|(original, _)| !redacted.contains(original.as_str())).unzip();
+        let formatted = self.format_events(&edits, viewer, rules).await?;
+        for (original, edit) in originals.into_iter().zip(formatted) {
+            bundles.entry(original).or_default().insert("m.replace".into(), edit);
+        }
+
+        if with_threads && !found.threads.is_empty() {
+            let latest: Vec<StoredEvent> = found.threads.iter().map(|t| t.latest.clone()).collect();
+            let mut latest_json = self.format_events(&latest, viewer, rules).await?;
+            let inner = Box::pin(self.bundles(&latest, viewer, rules, false)).await?;
+            attach(&latest, &mut latest_json, &inner);
+            for (thread, latest_event) in found.threads.iter().zip(latest_json) {
+                bundles.entry(thread.root.clone()).or_default().insert(
+                    "m.thread".into(),
+                    json!({
+                        "latest_event": latest_event,
+                        "count": thread.count,
+                        "current_user_participated": thread.participated,
+                    }),
+                );
+            }
+        }
+
+        for (parent, child) in found.references {
+            let chunk = bundles
+                .entry(parent)
+                .or_default()
+                .entry("m.reference")
+                .or_insert_with(|| json!({ "chunk": [] }))
+                .get_mut("chunk")
+                .and_then(JsonValue::as_array_mut);
+            if let Some(chunk) = chunk {
+                chunk.push(json!({ "event_id": child }));
+            }
+        }
+        Ok(bundles)
     }
 
     async fn client_event_with(

@@ -7,10 +7,12 @@
 //! first), and the event is rebuilt on the new extremities.
 
 mod client_event;
+mod context;
 mod create;
 pub(crate) mod filter;
 mod membership;
 pub(crate) mod read;
+mod relations;
 mod send;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,9 +26,11 @@ use chancery_proto::ruma::{RoomId, RoomVersionId, UserId};
 use tokio::sync::watch;
 
 pub use client_event::ClientEventOptions;
+pub use context::ContextPage;
 pub use create::{CreateRoom, Preset};
 pub use membership::MembershipAction;
 pub use read::{Direction, MessagesPage, format_token, parse_token};
+pub use relations::{RelationsPage, RelationsRequest, ThreadsPage};
 
 use crate::{Error, Services};
 

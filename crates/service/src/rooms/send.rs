@@ -28,6 +28,8 @@ pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>, notifi
         txn,
         search_text: search_text(pdu),
         notifications,
+        // Set by `append` once the relation has been checked.
+        relates_to: None,
     }
 }
 
@@ -74,6 +76,9 @@ impl Services {
         {
             return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
         }
+        // Under the lock: no other send of this node can record a relation
+        // that would change the verdict (duplicate annotations).
+        let relation = self.relation_to_record(room_id, &draft).await?;
         for _ in 0..MAX_APPEND_RETRIES {
             let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
             let (_, rules) = rules_of(&info.room_version)?;
@@ -105,11 +110,9 @@ impl Services {
             )?;
             pdu::authorize(&rules, &built, &state)?;
             let notifications = self.evaluate_push(room_id, &built, &rules).await?;
-            match self
-                .store()
-                .append_event(new_event(&built, room_id, txn.clone(), notifications), &info.forward_extremities)
-                .await
-            {
+            let mut event = new_event(&built, room_id, txn.clone(), notifications);
+            event.relates_to = relation.clone();
+            match self.store().append_event(event, &info.forward_extremities).await {
                 Ok(pos) => {
                     self.inner.rooms.advance(pos);
                     return Ok((built.event_id, pos));
