@@ -65,6 +65,9 @@ impl From<Error> for ApiError {
             Error::ProfileTooLarge => (S::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             Error::KeyTooLarge => (S::BAD_REQUEST, "M_KEY_TOO_LARGE"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
+            Error::RoomInUse(_) => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Error::AliasInUse(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

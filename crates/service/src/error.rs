@@ -50,6 +50,17 @@ pub enum Error {
     Uia(Box<UiaChallenge>),
     #[error("room version {0} is not supported")]
     UnsupportedRoomVersion(String),
+    /// An alias of an `m.room.canonical_alias` event does not point to the
+    /// room (HTTP 400 `M_BAD_ALIAS`).
+    #[error("{0}")]
+    BadAlias(String),
+    /// `createRoom`'s `room_alias_name` is taken (HTTP 400 `M_ROOM_IN_USE`).
+    #[error("{0}")]
+    RoomInUse(String),
+    /// `PUT /directory/room/{alias}` of a taken alias (HTTP 409 `M_UNKNOWN`,
+    /// as the spec says).
+    #[error("{0}")]
+    AliasInUse(String),
     #[error("internal error")]
     Internal(String),
 }

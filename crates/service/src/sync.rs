@@ -1,7 +1,8 @@
 //! `/sync` v2 (client-server API "Syncing"): initial and incremental
 //! syncs over the event stream, gappy timelines, the state section or
-//! `state_after` (MSC4222), invites as stripped state, rooms left since
-//! the last sync, and long-polling woken by the write path.
+//! `state_after` (MSC4222), invites and knocks as stripped state, rooms
+//! left since the last sync (unless forgotten), and long-polling woken by
+//! the write path.
 //!
 //! A `since` token is a stream position; every query of one answer is
 //! bounded by the position read at its start, so an answer is a consistent
@@ -29,8 +30,8 @@ pub struct SyncRequest {
     pub filter: FilterDefinition,
 }
 
-/// State event types shown in an invite (spec: "stripped state" should
-/// include these so the invite can be displayed).
+/// State event types shown in an invite or knock (spec: "stripped state"
+/// should include these so the room can be displayed).
 const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
@@ -102,8 +103,14 @@ impl Services {
             .unwrap_or(DEFAULT_SYNC_TIMELINE_LIMIT)
             .clamp(1, MAX_SYNC_TIMELINE_LIMIT);
         let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
+        let forgotten: BTreeSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
+            self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut join = Map::new();
         let mut invite = Map::new();
+        let mut knock = Map::new();
         let mut leave = Map::new();
         for m in memberships.iter().filter(|m| m.stream_pos <= now && room_allowed(&req.filter, &m.room_id)) {
             let changed_since = since.is_none_or(|s| m.stream_pos > s);
@@ -114,18 +121,24 @@ impl Services {
                     }
                 }
                 "invite" if changed_since => {
-                    invite.insert(m.room_id.clone(), self.sync_invite(m, &viewer).await?);
+                    let events = self.stripped_state(m, &viewer).await?;
+                    invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": events } }));
                 }
+                "knock" if changed_since => {
+                    let events = self.stripped_state(m, &viewer).await?;
+                    knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": events } }));
+                }
+                "leave" | "ban" if forgotten.contains(&m.room_id) => {}
                 "leave" | "ban" if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) => {
                     leave.insert(m.room_id.clone(), self.sync_left_room(req, since, limit, m, &viewer).await?);
                 }
                 _ => {}
             }
         }
-        let has_news = !(join.is_empty() && invite.is_empty() && leave.is_empty());
+        let has_news = !(join.is_empty() && invite.is_empty() && knock.is_empty() && leave.is_empty());
         let body = json!({
             "next_batch": format_token(now),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         });
         Ok((body, has_news))
     }
@@ -216,7 +229,9 @@ impl Services {
         Ok(Some(room))
     }
 
-    async fn sync_invite(&self, m: &Membership, viewer: &ClientEventOptions) -> Result<JsonValue, Error> {
+    /// The room as the user may see it before joining: a few state events,
+    /// stripped, and their own membership event, as of that event.
+    async fn stripped_state(&self, m: &Membership, viewer: &ClientEventOptions) -> Result<Vec<JsonValue>, Error> {
         let state = self.store().state_at(&m.room_id, Some(m.stream_pos)).await?;
         let mut stripped = Vec::new();
         for e in state.iter().filter(|e| INVITE_STATE_TYPES.contains(&e.event_type.as_str()) || e.event_id == m.event_id) {
@@ -228,7 +243,7 @@ impl Services {
                 "content": formatted["content"],
             }));
         }
-        Ok(json!({ "invite_state": { "events": stripped } }))
+        Ok(stripped)
     }
 
     async fn sync_left_room(

@@ -7,6 +7,9 @@
 //! crate's API; their errors become [`StoreError::Backend`].
 
 mod accounts;
+mod directory;
+mod forgotten;
+mod reports;
 mod rooms;
 mod user_data;
 
@@ -23,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0006_directory.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

@@ -7,7 +7,10 @@
 //! call runs on the blocking pool, never on an async worker thread.
 
 mod accounts;
+mod directory;
+mod forgotten;
 mod pool;
+mod reports;
 mod rooms;
 mod user_data;
 
@@ -25,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
+    include_str!("../migrations/0006_directory.sql"),
 ];
 
 pub struct SqliteStore {

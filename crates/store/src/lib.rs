@@ -6,6 +6,9 @@
 //! backends read no clock and tests control time.
 
 pub mod conformance;
+mod directory;
+mod forgotten;
+mod reports;
 mod rooms;
 mod types;
 mod user_data;
@@ -16,6 +19,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
+pub use directory::*;
+pub use forgotten::*;
+pub use reports::*;
 pub use rooms::*;
 pub use types::*;
 pub use user_data::*;
@@ -129,7 +135,7 @@ pub trait AccountStore: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + UserDataStore {
+pub trait Store: AccountStore + RoomStore + UserDataStore + DirectoryStore + ReportStore + ForgottenRoomStore {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
     /// Connection pool figures, for `/metrics`.

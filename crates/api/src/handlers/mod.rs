@@ -1,5 +1,6 @@
 pub mod account;
 pub mod devices;
+pub mod directory;
 pub mod discovery;
 pub mod filters;
 pub mod profile;

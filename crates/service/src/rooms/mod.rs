@@ -6,11 +6,17 @@
 //! rejects an append whose `prev_events` are stale (another node went
 //! first), and the event is rebuilt on the new extremities.
 
+mod aliases;
 mod client_event;
 mod create;
+mod forget;
+mod knock;
 mod membership;
+mod public_rooms;
 pub(crate) mod read;
+mod reports;
 mod send;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,7 +31,9 @@ use tokio::sync::watch;
 pub use client_event::ClientEventOptions;
 pub use create::{CreateRoom, Preset};
 pub use membership::MembershipAction;
+pub use public_rooms::PublicRoomsRequest;
 pub use read::{Direction, MessagesPage, format_token, parse_token};
+pub use upgrade::UpgradeRoom;
 
 use crate::{Error, Services};
 
