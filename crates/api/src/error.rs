@@ -67,6 +67,9 @@ impl From<Error> for ApiError {
             Error::KeyTooLarge => (S::BAD_REQUEST, "M_KEY_TOO_LARGE"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::DuplicateAnnotation => (S::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
+            Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
+            Error::RoomInUse(_) => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Error::AliasInUse(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

@@ -17,10 +17,11 @@ mod observe;
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
-use axum::routing::{MethodFilter, delete, get, on, put};
+use axum::routing::{MethodFilter, delete, get, on, post, put};
 use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
 use chancery_proto::ruma::api::client::{
-    account, context, device, discovery, membership, message, presence, push, redact, relations, room, session, threads,
+    account, alias, context, device, directory, discovery, knock, membership, message, presence, push, redact, relations, room,
+    session, threads,
 };
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::Services;
@@ -123,6 +124,22 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<threads::get_threads::v1::Request, _, _>(r, h::relations::threads);
     r = ruma_route::<context::get_context::v3::Request, _, _>(r, h::relations::context);
     r = ruma_route::<room::get_event_by_timestamp::v1::Request, _, _>(r, h::relations::timestamp_to_event);
+    r = ruma_route::<alias::get_alias::v3::Request, _, _>(r, h::directory::get_alias);
+    r = ruma_route::<alias::create_alias::v3::Request, _, _>(r, h::directory::create_alias);
+    r = ruma_route::<alias::delete_alias::v3::Request, _, _>(r, h::directory::delete_alias);
+    r = ruma_route::<room::aliases::v3::Request, _, _>(r, h::directory::room_aliases);
+    r = ruma_route::<directory::get_room_visibility::v3::Request, _, _>(r, h::directory::get_visibility);
+    r = ruma_route::<directory::set_room_visibility::v3::Request, _, _>(r, h::directory::set_visibility);
+    r = ruma_route::<directory::get_public_rooms::v3::Request, _, _>(r, h::directory::public_rooms);
+    r = ruma_route::<directory::get_public_rooms_filtered::v3::Request, _, _>(r, h::directory::public_rooms_filtered);
+    r = ruma_route::<room::upgrade_room::v3::Request, _, _>(r, h::directory::upgrade);
+    r = ruma_route::<knock::knock_room::v3::Request, _, _>(r, h::directory::knock);
+    r = ruma_route::<membership::forget_room::v3::Request, _, _>(r, h::directory::forget);
+    r = ruma_route::<room::report_room::v3::Request, _, _>(r, h::directory::report_room);
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        // Not ruma's request type: it lacks the `score` older clients send.
+        r = r.route(&format!("{prefix}/rooms/{{room_id}}/report/{{event_id}}"), post(h::directory::report_event));
+    }
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         let rooms = format!("{prefix}/rooms/{{room_id}}");
         r = r

@@ -159,3 +159,26 @@ pub const MAX_CONTEXT_LIMIT: usize = 100;
 /// `m.reference` children listed in one event's bundled aggregation; a
 /// client wanting all of them pages through `/relations`.
 pub const MAX_BUNDLED_REFERENCES: usize = 50;
+/// Local aliases one room may have (any joined member may add one).
+pub const MAX_ALIASES_PER_ROOM: usize = 100;
+
+/// Rooms per `/publicRooms` page; also the page size when the client
+/// names none (Synapse then returns every room, which does not scale).
+pub const MAX_PUBLIC_ROOMS_LIMIT: usize = 500;
+
+/// Longest `filter.generic_search_term` of `/publicRooms`, in bytes.
+pub const MAX_DIRECTORY_SEARCH_TERM_BYTES: usize = 256;
+
+/// Entries of `filter.room_types` of `/publicRooms`.
+pub const MAX_DIRECTORY_ROOM_TYPES: usize = 32;
+
+/// `additional_creators` one `/upgrade` may name.
+pub const MAX_UPGRADE_ADDITIONAL_CREATORS: usize = 100;
+
+/// Longest content-report reason, in bytes.
+pub const MAX_REPORT_REASON_BYTES: usize = 4_096;
+
+/// Reports (of events and rooms) one user may file per window; the table
+/// of reports grows by client action, so it is bounded per reporter.
+pub const MAX_REPORTS_PER_USER_PER_WINDOW: usize = 30;
+pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;

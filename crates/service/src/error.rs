@@ -58,6 +58,17 @@ pub enum Error {
     /// "Event annotations", "Avoiding duplicate annotations").
     #[error("you already sent this annotation to that event")]
     DuplicateAnnotation,
+    /// An alias of an `m.room.canonical_alias` event does not point to the
+    /// room (HTTP 400 `M_BAD_ALIAS`).
+    #[error("{0}")]
+    BadAlias(String),
+    /// `createRoom`'s `room_alias_name` is taken (HTTP 400 `M_ROOM_IN_USE`).
+    #[error("{0}")]
+    RoomInUse(String),
+    /// `PUT /directory/room/{alias}` of a taken alias (HTTP 409 `M_UNKNOWN`,
+    /// as the spec says).
+    #[error("{0}")]
+    AliasInUse(String),
     #[error("internal error")]
     Internal(String),
 }

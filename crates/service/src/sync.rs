@@ -1,9 +1,10 @@
 //! `/sync` v2 (client-server API "Syncing"): initial and incremental
 //! syncs over the event stream, gappy timelines, the state section or
-//! `state_after` (MSC4222), invites as stripped state, rooms left since
-//! the last sync, account data (global and per room), receipts and typing
-//! as ephemeral events, the ignored-user list, and long-polling woken by
-//! the write path and by account data, receipt and typing changes.
+//! `state_after` (MSC4222), invites and knocks as stripped state, rooms
+//! left since the last sync (unless forgotten), account data (global and
+//! per room), receipts and typing as ephemeral events, presence, the
+//! ignored-user list, and long-polling woken by the write path and by
+//! account data, receipt, typing and presence changes.
 //!
 //! A `since` token is a [`StreamToken`], one position per stream; every
 //! query of one answer is bounded by the positions read at its start, so
@@ -40,8 +41,8 @@ pub struct SyncRequest {
     pub filter: FilterDefinition,
 }
 
-/// State event types shown in an invite (spec: "stripped state" should
-/// include these so the invite can be displayed).
+/// State event types shown in an invite or knock (spec: "stripped state"
+/// should include these so the room can be displayed).
 const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
@@ -163,9 +164,14 @@ impl Services {
         cut.typing = since.map_or(typing.serial, |s| s.typing.max(typing.serial));
         let next_typing_expiry = typing.next_expiry;
         let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing };
-
+        let forgotten: BTreeSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
+            self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut join = Map::new();
         let mut invite = Map::new();
+        let mut knock = Map::new();
         let mut leave = Map::new();
         for m in memberships {
             let changed_since = since.is_none_or(|s| m.stream_pos > s.events);
@@ -177,23 +183,33 @@ impl Services {
                     }
                 }
                 "invite" if changed_since => {
-                    if let Some(room) = self.sync_invite(&pass, m).await? {
-                        invite.insert(m.room_id.clone(), room);
+                    if let Some(events) = self.stripped_state(&pass, m).await? {
+                        invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": events } }));
                     }
                 }
+                "knock" if changed_since => {
+                    if let Some(events) = self.stripped_state(&pass, m).await? {
+                        knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": events } }));
+                    }
+                }
+                "leave" | "ban" if forgotten.contains(&m.room_id) => {}
                 "leave" | "ban" if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) => {
                     leave.insert(m.room_id.clone(), self.sync_left_room(&pass, m, account_data).await?);
                 }
                 _ => {}
             }
         }
-        let has_news =
-            !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_account_data.is_empty() && presence.is_empty());
+        let has_news = !(join.is_empty()
+            && invite.is_empty()
+            && knock.is_empty()
+            && leave.is_empty()
+            && global_account_data.is_empty()
+            && presence.is_empty());
         let body = json!({
             "next_batch": pass.cut.to_string(),
             "account_data": { "events": global_account_data },
             "presence": { "events": presence },
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         });
         Ok((body, has_news, next_typing_expiry))
     }
@@ -359,10 +375,12 @@ impl Services {
         Ok(Some(room))
     }
 
-    /// An invite as stripped state; `None` if the inviter is ignored (spec
-    /// "Ignoring Users": "Servers must not send room invites from ignored
-    /// users to clients").
-    async fn sync_invite(&self, p: &Pass<'_>, m: &Membership) -> Result<Option<JsonValue>, Error> {
+    /// The room as the user may see it before joining (an invite or a
+    /// knock): a few state events, stripped, and their own membership
+    /// event, as of that event. `None` if that event comes from an ignored
+    /// user (spec "Ignoring Users": "Servers must not send room invites
+    /// from ignored users to clients").
+    async fn stripped_state(&self, p: &Pass<'_>, m: &Membership) -> Result<Option<Vec<JsonValue>>, Error> {
         let state = self.store().state_at(&m.room_id, Some(m.stream_pos)).await?;
         if state.iter().any(|e| e.event_id == m.event_id && p.ignored.contains(&e.sender)) {
             return Ok(None);
@@ -377,7 +395,7 @@ impl Services {
                 "content": formatted["content"],
             }));
         }
-        Ok(Some(json!({ "invite_state": { "events": stripped } })))
+        Ok(Some(stripped))
     }
 
     async fn sync_left_room(&self, p: &Pass<'_>, m: &Membership, account_data: Vec<JsonValue>) -> Result<JsonValue, Error> {

@@ -84,7 +84,7 @@ fn membership_from_row(row: &Row) -> StoreResult<Membership> {
 }
 
 /// A unique violation becomes the conflict its index stands for.
-fn insert_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn insert_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => match db.constraint() {
             Some("events_txn_key") => StoreError::Conflict("txn"),
@@ -98,9 +98,9 @@ fn insert_error(e: tokio_postgres::Error) -> StoreError {
 
 /// The statements of the write path, prepared (once per connection) before
 /// any lock is taken.
-struct Writes {
-    lock_room: Statement,
-    take_extremities: Statement,
+pub(crate) struct Writes {
+    pub(crate) lock_room: Statement,
+    pub(crate) take_extremities: Statement,
     add_extremity: Statement,
     add_redaction: Statement,
     stream_lock: Statement,
@@ -111,7 +111,7 @@ struct Writes {
 }
 
 impl Writes {
-    async fn prepare(c: &deadpool_postgres::Client) -> StoreResult<Self> {
+    pub(crate) async fn prepare(c: &deadpool_postgres::Client) -> StoreResult<Self> {
         let p = async |sql: &str| c.prepare_cached(sql).await.map_err(backend);
         Ok(Self {
             lock_room: p("UPDATE rooms SET max_depth = GREATEST(max_depth, $2) WHERE room_id = $1 RETURNING room_id").await?,
@@ -145,7 +145,7 @@ impl Writes {
 /// Phase 2 of a write: the room is locked and its extremities checked (and
 /// deleted). Writes `events` in order and makes the last one the room's
 /// forward extremity; returns the position of the last one.
-async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
+pub(crate) async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
     for event in events {
         crate::search::index_event(tx, event).await?;
         crate::push::insert_notifications(tx, event).await?;

@@ -8,9 +8,12 @@
 
 mod account_data;
 mod accounts;
+mod directory;
+mod forgotten;
 mod pool;
 mod push;
 mod relations;
+mod reports;
 mod rooms;
 mod search;
 mod user_data;
@@ -29,10 +32,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_rooms.sql"),
     include_str!("../migrations/0003_filters.sql"),
-    include_str!("../migrations/0007_search.sql"),
-    include_str!("../migrations/0008_push.sql"),
     include_str!("../migrations/0004_account_data.sql"),
     include_str!("../migrations/0005_relations.sql"),
+    include_str!("../migrations/0006_directory.sql"),
+    include_str!("../migrations/0007_search.sql"),
+    include_str!("../migrations/0008_push.sql"),
 ];
 
 pub struct SqliteStore {

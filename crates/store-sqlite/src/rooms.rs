@@ -63,7 +63,7 @@ pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Sto
 
 /// The whole of `append_event` after its transaction has begun; also used
 /// for each event of `create_room`.
-fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
     let found = tx
         .prepare_cached("UPDATE rooms SET max_depth = MAX(max_depth, ?2) WHERE room_id = ?1")
         .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
@@ -161,6 +161,29 @@ fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[Stri
     Ok(u(pos))
 }
 
+/// The whole of `create_room` inside a write transaction; also used by
+/// the directory operations that create a room together with its addresses.
+pub(crate) fn create_room_in_tx(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) -> StoreResult<u64> {
+    if events.is_empty() {
+        return Err(StoreError::Invalid("events"));
+    }
+    if events.iter().any(|e| e.room_id != room.room_id) {
+        return Err(StoreError::Invalid("room"));
+    }
+    tx.execute(
+        "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
+        params![room.room_id, room.room_version, room.creator, i(room.created_ts)],
+    )
+    .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("room") } else { backend(e) })?;
+    let mut pos = 0;
+    let mut prev: Vec<String> = Vec::new();
+    for event in events {
+        pos = append_in_tx(tx, event, &prev)?;
+        prev = vec![event.event_id.clone()];
+    }
+    Ok(pos)
+}
+
 fn event_for_txn_in(conn: &Connection, txn: &TxnKey) -> StoreResult<Option<String>> {
     conn.prepare_cached("SELECT event_id FROM events WHERE txn_user = ?1 AND txn_device = ?2 AND txn_id = ?3")
         .and_then(|mut s| s.query_row([&txn.user_id, &txn.device_id, &txn.txn_id], |r| r.get(0)).optional())
@@ -170,27 +193,7 @@ fn event_for_txn_in(conn: &Connection, txn: &TxnKey) -> StoreResult<Option<Strin
 #[async_trait]
 impl RoomStore for SqliteStore {
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
-        if events.is_empty() {
-            return Err(StoreError::Invalid("events"));
-        }
-        if events.iter().any(|e| e.room_id != room.room_id) {
-            return Err(StoreError::Invalid("room"));
-        }
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
-                params![room.room_id, room.room_version, room.creator, i(room.created_ts)],
-            )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("room") } else { backend(e) })?;
-            let mut pos = 0;
-            let mut prev: Vec<String> = Vec::new();
-            for event in &events {
-                pos = append_in_tx(tx, event, &prev)?;
-                prev = vec![event.event_id.clone()];
-            }
-            Ok(pos)
-        })
-        .await
+        self.write(move |tx| create_room_in_tx(tx, &room, &events)).await
     }
 
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {

@@ -27,6 +27,8 @@ macro_rules! store_conformance_tests {
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
             relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
+            aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
+            upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -1028,4 +1030,465 @@ pub async fn events_are_found_by_timestamp(store: DynStore) {
     assert_eq!(near(999, false).await, None);
     assert_eq!(store.event_near_ts(r, 2_000, true).await.unwrap(), store.event("$m1").await.unwrap());
     assert!(store.event_near_ts("!none:x", 2_000, true).await.unwrap().is_none());
+}
+
+fn alias(alias: &str, room: &str) -> RoomAlias {
+    RoomAlias { alias: alias.into(), room_id: room.into(), creator: "@alice:x".into(), created_ts: 5 }
+}
+
+/// A state event (empty state key) of `room` with this content.
+fn state(room: &str, id: &str, event_type: &str, content: serde_json::Value, depth: u64) -> NewEvent {
+    let mut e = event(room, id, event_type, Some(""), depth);
+    e.json = json!({"event_id": id, "room_id": room, "type": event_type, "state_key": "", "sender": "@alice:x",
+                    "depth": depth, "content": content})
+    .to_string();
+    e
+}
+
+/// A room whose events are given as (id, type, content) state events
+/// and (id, user, membership) members, in this order, built one on the
+/// other.
+async fn room_with(store: &DynStore, r: &str, states: &[(&str, &str, serde_json::Value)], members: &[(&str, &str, &str)]) {
+    let mut events = Vec::new();
+    for (id, event_type, content) in states {
+        events.push(state(r, id, event_type, content.clone(), events.len() as u64 + 1));
+    }
+    for (id, user, membership) in members {
+        events.push(member(r, id, user, membership, events.len() as u64 + 1));
+    }
+    store.create_room(room(r), events).await.unwrap();
+}
+
+fn room_ids(page: &PublicRoomsPage) -> Vec<&str> {
+    page.rooms.iter().map(|r| r.room_id.as_str()).collect()
+}
+
+pub async fn aliases_are_unique_and_bounded(store: DynStore) {
+    for r in ["!a:x", "!b:x"] {
+        room_with(&store, r, &[(&format!("$create{r}"), "m.room.create", json!({}))], &[]).await;
+    }
+    store.create_alias(&alias("#one:x", "!a:x"), 3).await.unwrap();
+    assert_eq!(store.alias("#one:x").await.unwrap(), Some(alias("#one:x", "!a:x")));
+    assert!(store.alias("#two:x").await.unwrap().is_none());
+    // Taken, whichever room asks.
+    for r in ["!a:x", "!b:x"] {
+        let taken = store.create_alias(&alias("#one:x", r), 3).await;
+        assert!(matches!(taken, Err(StoreError::Conflict("alias"))), "{taken:?}");
+    }
+    let unknown = store.create_alias(&alias("#ghost:x", "!nope:x"), 3).await;
+    assert!(matches!(unknown, Err(StoreError::Invalid("room"))), "{unknown:?}");
+    assert!(store.alias("#ghost:x").await.unwrap().is_none());
+
+    store.create_alias(&alias("#two:x", "!a:x"), 3).await.unwrap();
+    store.create_alias(&alias("#three:x", "!a:x"), 3).await.unwrap();
+    let over = store.create_alias(&alias("#four:x", "!a:x"), 3).await;
+    assert!(matches!(over, Err(StoreError::LimitExceeded("aliases"))), "{over:?}");
+    store.create_alias(&alias("#four:x", "!b:x"), 3).await.unwrap();
+    assert_eq!(store.aliases_of_room("!a:x").await.unwrap(), ["#one:x", "#three:x", "#two:x"]);
+    assert_eq!(store.aliases_of_room("!b:x").await.unwrap(), ["#four:x"]);
+    assert!(store.aliases_of_room("!nope:x").await.unwrap().is_empty());
+
+    assert!(store.delete_alias("#two:x").await.unwrap());
+    assert!(!store.delete_alias("#two:x").await.unwrap());
+    assert!(store.alias("#two:x").await.unwrap().is_none());
+    // The freed place can be taken again.
+    store.create_alias(&alias("#five:x", "!a:x"), 3).await.unwrap();
+    assert_eq!(store.aliases_of_room("!a:x").await.unwrap(), ["#five:x", "#one:x", "#three:x"]);
+
+    // The per-room bound holds under concurrency.
+    room_with(&store, "!c:x", &[("$createc", "m.room.create", json!({}))], &[]).await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move { store.create_alias(&alias(&format!("#c{n}:x"), "!c:x"), 3).await.is_ok() }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        created += usize::from(task.await.unwrap());
+    }
+    assert_eq!(created, 3);
+    assert_eq!(store.aliases_of_room("!c:x").await.unwrap().len(), 3);
+}
+
+pub async fn directory_lists_published_joinable_rooms(store: DynStore) {
+    let public = json!({"join_rule": "public"});
+    let shared = json!({"history_visibility": "shared"});
+    room_with(
+        &store,
+        "!big:x",
+        &[
+            ("$bigcreate", "m.room.create", json!({"room_version": "11"})),
+            ("$bigrules", "m.room.join_rules", public.clone()),
+            ("$bighist", "m.room.history_visibility", shared.clone()),
+            ("$bigguest", "m.room.guest_access", json!({"guest_access": "can_join"})),
+            ("$bigname", "m.room.name", json!({"name": "Crisis Cell"})),
+            ("$bigtopic", "m.room.topic", json!({"topic": "Floods in the north"})),
+            ("$bigavatar", "m.room.avatar", json!({"url": "mxc://x/avatar"})),
+            ("$bigalias", "m.room.canonical_alias", json!({"alias": "#crisis:x"})),
+        ],
+        &[
+            ("$biga", "@alice:x", "join"),
+            ("$bigb", "@bob:x", "join"),
+            ("$bigc", "@carol:x", "join"),
+            ("$bigd", "@dave:x", "leave"),
+            ("$bige", "@eve:x", "invite"),
+        ],
+    )
+    .await;
+    room_with(
+        &store,
+        "!mid:x",
+        &[
+            ("$midcreate", "m.room.create", json!({"type": "m.space"})),
+            ("$midrules", "m.room.join_rules", json!({"join_rule": "knock"})),
+            // Not a string: not shown.
+            ("$midname", "m.room.name", json!({"name": 12})),
+        ],
+        &[("$mida", "@alice:x", "join"), ("$midb", "@bob:x", "join")],
+    )
+    .await;
+    room_with(
+        &store,
+        "!small:x",
+        &[
+            ("$smallcreate", "m.room.create", json!({})),
+            ("$smallrules", "m.room.join_rules", json!({"join_rule": "invite"})),
+            ("$smallhist", "m.room.history_visibility", json!({"history_visibility": "world_readable"})),
+            ("$smalltopic", "m.room.topic", json!({"topic": "The 100% plan_b"})),
+        ],
+        &[("$smalla", "@alice:x", "join")],
+    )
+    .await;
+    room_with(
+        &store,
+        "!tied:x",
+        &[("$tiedcreate", "m.room.create", json!({})), ("$tiedrules", "m.room.join_rules", public.clone())],
+        &[("$tieda", "@alice:x", "join")],
+    )
+    .await;
+    room_with(
+        &store,
+        "!redacted:x",
+        &[
+            ("$redcreate", "m.room.create", json!({})),
+            ("$redrules", "m.room.join_rules", public.clone()),
+            ("$redname", "m.room.name", json!({"name": "Secret name"})),
+        ],
+        &[("$reda", "@alice:x", "join")],
+    )
+    .await;
+    let mut redaction = event("!redacted:x", "$redaction", "m.room.redaction", None, 5);
+    redaction.redacts = Some("$redname".into());
+    store.append_event(redaction, &["$reda".into()]).await.unwrap();
+    // Invite-only and not world-readable: published but never listed.
+    room_with(
+        &store,
+        "!private:x",
+        &[("$privcreate", "m.room.create", json!({})), ("$privrules", "m.room.join_rules", json!({"join_rule": "invite"}))],
+        &[("$priva", "@alice:x", "join")],
+    )
+    .await;
+    // Public but not published.
+    room_with(
+        &store,
+        "!unlisted:x",
+        &[("$unlcreate", "m.room.create", json!({})), ("$unlrules", "m.room.join_rules", public.clone())],
+        &[("$unla", "@alice:x", "join")],
+    )
+    .await;
+
+    for r in ["!big:x", "!mid:x", "!small:x", "!tied:x", "!redacted:x", "!private:x"] {
+        store.set_published(r, true).await.unwrap();
+    }
+    store.set_published("!big:x", true).await.unwrap();
+    assert!(store.is_published("!big:x").await.unwrap());
+    assert!(!store.is_published("!unlisted:x").await.unwrap());
+    assert!(matches!(store.set_published("!nope:x", true).await, Err(StoreError::Invalid("room"))));
+    assert!(matches!(store.set_published("!nope:x", false).await, Err(StoreError::Invalid("room"))));
+
+    let page = |query: PublicRoomsQuery| {
+        let store = store.clone();
+        async move { store.public_rooms(&query).await.unwrap() }
+    };
+    let all = page(PublicRoomsQuery { limit: 10, ..Default::default() }).await;
+    assert_eq!(room_ids(&all), ["!big:x", "!mid:x", "!redacted:x", "!small:x", "!tied:x"]);
+    assert_eq!(all.total, 6);
+    assert_eq!(
+        all.rooms[0],
+        PublicRoomEntry {
+            room_id: "!big:x".into(),
+            joined_members: 3,
+            name: Some("Crisis Cell".into()),
+            topic: Some("Floods in the north".into()),
+            avatar_url: Some("mxc://x/avatar".into()),
+            canonical_alias: Some("#crisis:x".into()),
+            join_rule: Some("public".into()),
+            history_visibility: Some("shared".into()),
+            guest_access: Some("can_join".into()),
+            room_type: None,
+        }
+    );
+    let mid = &all.rooms[1];
+    assert_eq!((mid.joined_members, mid.name.as_deref()), (2, None));
+    assert_eq!((mid.join_rule.as_deref(), mid.room_type.as_deref()), (Some("knock"), Some("m.space")));
+    assert_eq!(all.rooms[2].name, None, "a redacted name is no name");
+    assert_eq!(all.rooms[3].history_visibility.as_deref(), Some("world_readable"));
+
+    // Search: name, topic, alias; ASCII case ignored; LIKE wildcards are
+    // literal characters.
+    let search = |term: &str| PublicRoomsQuery { search: Some(term.into()), limit: 10, ..Default::default() };
+    for (term, expected) in [
+        ("crisis", vec!["!big:x"]),
+        ("FLOODS", vec!["!big:x"]),
+        ("#crisis:", vec!["!big:x"]),
+        ("100%", vec!["!small:x"]),
+        ("%", vec!["!small:x"]),
+        ("_", vec!["!small:x"]),
+        ("plan%", vec![]),
+        ("secret", vec![]),
+        ("", vec!["!big:x", "!mid:x", "!redacted:x", "!small:x", "!tied:x"]),
+    ] {
+        assert_eq!(room_ids(&page(search(term)).await), expected, "search {term:?}");
+    }
+    let types = |t: Vec<Option<&str>>| PublicRoomsQuery {
+        room_types: Some(t.into_iter().map(|t| t.map(Into::into)).collect()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(room_ids(&page(types(vec![Some("m.space")])).await), ["!mid:x"]);
+    assert_eq!(room_ids(&page(types(vec![None])).await), ["!big:x", "!redacted:x", "!small:x", "!tied:x"]);
+    assert_eq!(room_ids(&page(types(vec![None, Some("m.space")])).await).len(), 5);
+    assert_eq!(room_ids(&page(types(vec![])).await).len(), 5);
+
+    // Keyset pages in both directions, always in directory order.
+    let from = |joined_members, room_id: &str, forward, limit| PublicRoomsQuery {
+        cursor: Some(DirectoryCursor { joined_members, room_id: room_id.into(), forward }),
+        limit,
+        ..Default::default()
+    };
+    assert_eq!(room_ids(&page(PublicRoomsQuery { limit: 2, ..Default::default() }).await), ["!big:x", "!mid:x"]);
+    assert_eq!(room_ids(&page(from(2, "!mid:x", true, 2)).await), ["!redacted:x", "!small:x"]);
+    assert_eq!(room_ids(&page(from(1, "!small:x", true, 2)).await), ["!tied:x"]);
+    assert!(page(from(1, "!tied:x", true, 2)).await.rooms.is_empty());
+    assert_eq!(room_ids(&page(from(1, "!redacted:x", false, 2)).await), ["!big:x", "!mid:x"]);
+    assert_eq!(room_ids(&page(from(1, "!tied:x", false, 1)).await), ["!small:x"]);
+    assert!(page(from(3, "!big:x", false, 5)).await.rooms.is_empty());
+
+    store.set_published("!big:x", false).await.unwrap();
+    store.set_published("!big:x", false).await.unwrap();
+    assert!(!store.is_published("!big:x").await.unwrap());
+    let after = page(PublicRoomsQuery { limit: 10, ..Default::default() }).await;
+    assert_eq!(room_ids(&after), ["!mid:x", "!redacted:x", "!small:x", "!tied:x"]);
+    assert_eq!(after.total, 5);
+}
+
+pub async fn room_creation_with_addresses_is_atomic(store: DynStore) {
+    let r = "!r:x";
+    let events = |r: &str| {
+        vec![
+            event(r, &format!("$create{r}"), "m.room.create", Some(""), 1),
+            member(r, &format!("$join{r}"), "@alice:x", "join", 2),
+        ]
+    };
+    let addresses = |aliases: Vec<RoomAlias>, publish| RoomAddresses { aliases, publish };
+    let pos = store.create_room_with_addresses(room(r), events(r), addresses(vec![alias("#r:x", r)], true)).await.unwrap();
+    assert_eq!(pos, 2);
+    assert_eq!(store.alias("#r:x").await.unwrap().unwrap().room_id, r);
+    assert!(store.is_published(r).await.unwrap());
+    assert_eq!(store.room(r).await.unwrap().unwrap().forward_extremities, [format!("$join{r}")]);
+
+    // A taken alias: no room, no events, no listing, no position used.
+    let s = "!s:x";
+    let taken = store.create_room_with_addresses(room(s), events(s), addresses(vec![alias("#r:x", s)], true)).await;
+    assert!(matches!(taken, Err(StoreError::Conflict("alias"))), "{taken:?}");
+    assert!(store.room(s).await.unwrap().is_none());
+    assert!(store.event(&format!("$create{s}")).await.unwrap().is_none());
+    assert!(!store.is_published(s).await.unwrap());
+    assert_eq!(store.alias("#r:x").await.unwrap().unwrap().room_id, r);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 2);
+
+    let elsewhere = store.create_room_with_addresses(room(s), events(s), addresses(vec![alias("#s:x", r)], false)).await;
+    assert!(matches!(elsewhere, Err(StoreError::Invalid("alias"))), "{elsewhere:?}");
+    assert!(store.alias("#s:x").await.unwrap().is_none());
+
+    // The room id exists: its new alias is not kept either.
+    let mut again = events(r);
+    again[0].event_id = "$create-again".into();
+    again.truncate(1);
+    let dup = store.create_room_with_addresses(room(r), again, addresses(vec![alias("#other:x", r)], true)).await;
+    assert!(matches!(dup, Err(StoreError::Conflict("room"))), "{dup:?}");
+    assert!(store.alias("#other:x").await.unwrap().is_none());
+
+    // Without addresses it is a plain creation.
+    store.create_room_with_addresses(room(s), events(s), RoomAddresses::default()).await.unwrap();
+    assert!(store.aliases_of_room(s).await.unwrap().is_empty());
+    assert!(!store.is_published(s).await.unwrap());
+    assert_eq!(store.current_stream_pos().await.unwrap(), 4);
+}
+
+pub async fn upgrade_moves_addresses_atomically(store: DynStore) {
+    let (old, new) = ("!old:x", "!new:x");
+    room_with(&store, old, &[("$ocreate", "m.room.create", json!({}))], &[("$oalice", "@alice:x", "join")]).await;
+    store.create_alias(&alias("#a:x", old), 10).await.unwrap();
+    store.create_alias(&alias("#b:x", old), 10).await.unwrap();
+    store.set_published(old, true).await.unwrap();
+    let upgrade = |extremities: &[&str], tombstone: &str, new_room: &str| RoomUpgrade {
+        old_room_id: old.into(),
+        old_extremities: extremities.iter().map(|e| (*e).to_owned()).collect(),
+        old_room_events: vec![
+            state(old, tombstone, "m.room.tombstone", json!({"replacement_room": new_room, "body": "moved"}), 3),
+            state(old, &format!("{tombstone}-pl"), "m.room.power_levels", json!({"events_default": 50}), 4),
+        ],
+        new_room: room(new_room),
+        new_room_events: vec![
+            state(new_room, &format!("$create{new_room}"), "m.room.create", json!({"predecessor": {"room_id": old}}), 1),
+            member(new_room, &format!("$join{new_room}"), "@alice:x", "join", 2),
+        ],
+    };
+
+    // Built on stale extremities: nothing at all happens.
+    let stale = store.upgrade_room(upgrade(&["$ocreate"], "$tomb", new)).await;
+    assert!(matches!(stale, Err(StoreError::Conflict("extremities"))), "{stale:?}");
+    assert!(store.room(new).await.unwrap().is_none());
+    assert!(store.event("$tomb").await.unwrap().is_none());
+    assert_eq!(store.aliases_of_room(old).await.unwrap(), ["#a:x", "#b:x"]);
+    assert!(store.is_published(old).await.unwrap());
+    assert_eq!(store.room(old).await.unwrap().unwrap().forward_extremities, ["$oalice"]);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 2);
+
+    let pos = store.upgrade_room(upgrade(&["$oalice"], "$tomb", new)).await.unwrap();
+    assert_eq!(pos, 6);
+    assert_eq!(positions(&store.room_events(old, 0, 6, 10, false).await.unwrap()), [1, 2, 3, 4]);
+    assert_eq!(positions(&store.room_events(new, 0, 6, 10, false).await.unwrap()), [5, 6]);
+    assert_eq!(store.room(old).await.unwrap().unwrap().forward_extremities, ["$tomb-pl"]);
+    assert_eq!(store.room(new).await.unwrap().unwrap().forward_extremities, [format!("$join{new}")]);
+    assert_eq!(store.state_event(old, "m.room.tombstone", "", None).await.unwrap().unwrap().event_id, "$tomb");
+    assert!(store.aliases_of_room(old).await.unwrap().is_empty());
+    assert_eq!(store.aliases_of_room(new).await.unwrap(), ["#a:x", "#b:x"]);
+    assert_eq!(store.alias("#a:x").await.unwrap().unwrap().room_id, new);
+    assert!(!store.is_published(old).await.unwrap());
+    assert!(store.is_published(new).await.unwrap());
+
+    // A replacement id that exists: the old room gets nothing either.
+    let taken = store.upgrade_room(upgrade(&["$tomb-pl"], "$tomb2", new)).await;
+    assert!(matches!(taken, Err(StoreError::Conflict("room"))), "{taken:?}");
+    assert!(store.event("$tomb2").await.unwrap().is_none());
+    assert_eq!(store.room(old).await.unwrap().unwrap().forward_extremities, ["$tomb-pl"]);
+    assert_eq!(store.current_stream_pos().await.unwrap(), 6);
+
+    // An unpublished room without aliases upgrades without addresses.
+    let plain = store.upgrade_room(upgrade(&["$tomb-pl"], "$tomb3", "!newer:x")).await.unwrap();
+    assert_eq!(plain, 10);
+    assert!(store.aliases_of_room("!newer:x").await.unwrap().is_empty());
+    assert!(!store.is_published("!newer:x").await.unwrap());
+    assert!(store.is_published(new).await.unwrap());
+
+    let mut missing = upgrade(&[], "$tomb4", "!newest:x");
+    missing.old_room_id = "!nope:x".into();
+    for e in &mut missing.old_room_events {
+        e.room_id = "!nope:x".into();
+    }
+    let missing = store.upgrade_room(missing).await;
+    assert!(matches!(missing, Err(StoreError::Invalid("room"))), "{missing:?}");
+    assert!(store.room("!newest:x").await.unwrap().is_none());
+}
+
+pub async fn forgetting_follows_the_membership(store: DynStore) {
+    let r = "!r:x";
+    room_with(&store, r, &[("$create", "m.room.create", json!({}))], &[("$alice", "@alice:x", "join")]).await;
+    let mut prev = "$alice".to_owned();
+    let mut depth = 2;
+    let mut step = |id: &str, membership: &str| {
+        depth += 1;
+        let e = member(r, id, "@bob:x", membership, depth);
+        let p = std::mem::replace(&mut prev, id.to_owned());
+        let store = store.clone();
+        async move { store.append_event(e, &[p]).await.unwrap() }
+    };
+    step("$bobjoin", "join").await;
+    assert!(!store.forget_room("@bob:x", r).await.unwrap(), "joined rooms are not forgotten");
+    assert!(!store.forget_room("@carol:x", r).await.unwrap(), "nor rooms never joined");
+    assert!(!store.forget_room("@bob:x", "!nope:x").await.unwrap());
+    assert!(store.forgotten_rooms("@bob:x").await.unwrap().is_empty());
+
+    step("$bobleave", "leave").await;
+    assert!(store.forget_room("@bob:x", r).await.unwrap());
+    assert!(store.forget_room("@bob:x", r).await.unwrap());
+    assert_eq!(store.forgotten_rooms("@bob:x").await.unwrap(), [r]);
+    assert!(store.forgotten_rooms("@alice:x").await.unwrap().is_empty());
+
+    // A rejoin clears it; leaving again does not bring it back.
+    step("$bobjoin2", "join").await;
+    assert!(store.forgotten_rooms("@bob:x").await.unwrap().is_empty());
+    step("$bobleave2", "leave").await;
+    assert!(store.forgotten_rooms("@bob:x").await.unwrap().is_empty());
+
+    step("$bobknock", "knock").await;
+    assert!(!store.forget_room("@bob:x", r).await.unwrap(), "a pending knock is not forgotten");
+    step("$bobban", "ban").await;
+    assert!(store.forget_room("@bob:x", r).await.unwrap());
+    assert_eq!(store.forgotten_rooms("@bob:x").await.unwrap(), [r]);
+}
+
+pub async fn reports_are_bounded_per_reporter_and_window(store: DynStore) {
+    let report = |reporter: &str, n: u64| NewReport {
+        room_id: "!r:x".into(),
+        event_id: Some(format!("$e{n}")),
+        reporter: reporter.into(),
+        reason: Some(format!("reason {n}")),
+        score: Some(-100),
+        created_ts: 1_000 + n,
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(store.add_report(report("@bob:x", n), 0, 3).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let over = store.add_report(report("@bob:x", 3), 0, 3).await;
+    assert!(matches!(over, Err(StoreError::LimitExceeded("reports"))), "{over:?}");
+    // Others are not limited by bob; an older window lets bob in again.
+    store.add_report(report("@carol:x", 4), 0, 3).await.unwrap();
+    store.add_report(report("@bob:x", 5), 1_001, 3).await.unwrap();
+
+    let room_report = NewReport {
+        room_id: "!r:x".into(),
+        event_id: None,
+        reporter: "@dave:x".into(),
+        reason: None,
+        score: None,
+        created_ts: 2_000,
+    };
+    let room_report_id = store.add_report(room_report.clone(), 0, 3).await.unwrap();
+
+    let all = store.reports(0, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all[0],
+        Report {
+            report_id: ids[0],
+            room_id: "!r:x".into(),
+            event_id: Some("$e0".into()),
+            reporter: "@bob:x".into(),
+            reason: Some("reason 0".into()),
+            score: Some(-100),
+            created_ts: 1_000,
+        }
+    );
+    let last = all.last().unwrap();
+    assert_eq!((last.report_id, last.event_id.as_ref(), last.reason.as_ref(), last.score), (room_report_id, None, None, None));
+    let page = store.reports(ids[0], 2).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.report_id).collect::<Vec<_>>(), [ids[1], ids[2]]);
+    assert!(store.reports(room_report_id, 10).await.unwrap().is_empty());
+
+    // The bound holds under concurrency.
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move { store.add_report(report("@eve:x", 10 + n), 0, 3).await.is_ok() }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        stored += usize::from(task.await.unwrap());
+    }
+    assert_eq!(stored, 3);
 }

@@ -7,9 +7,12 @@
 
 mod account_data;
 pub mod conformance;
+mod directory;
+mod forgotten;
 mod push;
 mod receipts;
 mod relations;
+mod reports;
 mod rooms;
 mod search;
 mod types;
@@ -22,9 +25,12 @@ use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
 pub use account_data::*;
+pub use directory::*;
+pub use forgotten::*;
 pub use push::*;
 pub use receipts::*;
 pub use relations::*;
+pub use reports::*;
 pub use rooms::*;
 pub use search::*;
 pub use types::*;
@@ -140,7 +146,17 @@ pub trait AccountStore: Send + Sync {
 /// A whole backend.
 #[async_trait]
 pub trait Store:
-    AccountStore + RoomStore + RelationStore + UserDataStore + SearchStore + PushStore + AccountDataStore + ReceiptStore
+    AccountStore
+    + RoomStore
+    + RelationStore
+    + UserDataStore
+    + SearchStore
+    + PushStore
+    + AccountDataStore
+    + ReceiptStore
+    + DirectoryStore
+    + ReportStore
+    + ForgottenRoomStore
 {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;

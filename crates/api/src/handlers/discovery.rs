@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chancery_proto::ruma::api::client::discovery::get_supported_versions;
+use chancery_service::rooms::SUPPORTED_ROOM_VERSIONS;
 use serde_json::{Value as JsonValue, json};
 
 use crate::AppState;
@@ -32,7 +33,9 @@ pub async fn well_known_server(State(state): State<AppState>) -> Json<JsonValue>
 }
 
 /// `GET /capabilities`: only what this server really does.
-pub async fn capabilities(Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
+pub async fn capabilities(State(state): State<AppState>, Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
+    let available: serde_json::Map<String, JsonValue> =
+        SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
     Ok(Json(json!({
         "capabilities": {
             "m.change_password": { "enabled": true },
@@ -41,6 +44,10 @@ pub async fn capabilities(Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
             "m.profile_fields": { "enabled": true },
+            "m.room_versions": {
+                "default": state.services.config().default_room_version,
+                "available": available,
+            },
         }
     })))
 }

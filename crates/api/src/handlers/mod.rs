@@ -1,6 +1,7 @@
 pub mod account;
 pub mod account_data;
 pub mod devices;
+pub mod directory;
 pub mod discovery;
 pub mod filters;
 pub mod presence;

@@ -12,7 +12,7 @@ use chancery_proto::ruma::api::client::redact::redact_event;
 use chancery_proto::ruma::api::client::room::{Visibility, create_room};
 use chancery_proto::ruma::api::{Direction as RumaDirection, client::membership::get_member_events};
 use chancery_proto::ruma::room::RoomType;
-use chancery_proto::ruma::{EventId, OwnedRoomId, RoomId, RoomOrAliasId};
+use chancery_proto::ruma::{EventId, OwnedRoomId, RoomId};
 use chancery_service::Error;
 use chancery_service::rooms::{CreateRoom, Direction, MembershipAction, Preset};
 use serde::Deserialize;
@@ -31,12 +31,6 @@ pub async fn create(
     Authed(user): Authed,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
-    if req.room_alias_name.is_some() {
-        return Err(Error::InvalidParam(
-            "room aliases are not available on this server yet; create the room without an address".into(),
-        )
-        .into());
-    }
     if !req.invite_3pid.is_empty() {
         return Err(Error::InvalidParam("invites by e-mail or phone number are not supported".into()).into());
     }
@@ -69,6 +63,7 @@ pub async fn create(
         room_version: req.room_version.map(|v| v.to_string()),
         creation_content,
         is_direct: req.is_direct,
+        room_alias_name: req.room_alias_name,
     };
     let room_id = state.services.create_room(&user, create).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -88,13 +83,7 @@ pub async fn join_by_id_or_alias(
     Authed(user): Authed,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
-    let room_id: OwnedRoomId = match <&RoomId>::try_from(req.room_id_or_alias.as_str()) {
-        Ok(id) => id.to_owned(),
-        Err(_) => {
-            let _: &RoomOrAliasId = &req.room_id_or_alias;
-            return Err(Error::NotFound("room aliases are not available on this server yet".into()).into());
-        }
-    };
+    let room_id = state.services.resolve_room_or_alias(&req.room_id_or_alias).await?;
     state.services.join_room(&user, &room_id, req.reason).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }

@@ -5,6 +5,7 @@
 mod bad_input;
 mod client_flows;
 mod common;
+mod directory;
 mod ephemeral;
 mod presence;
 mod process;

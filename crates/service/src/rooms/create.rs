@@ -1,12 +1,13 @@
 //! `POST /createRoom` (client-server API "Creation"): the create event, the
-//! creator's join, power levels, preset state, initial state, name, topic
-//! and invites, built in that order and stored in one transaction.
+//! creator's join, power levels, the canonical alias, preset state, initial
+//! state, name, topic and invites, built in that order and stored in one
+//! transaction together with the room's alias and directory listing.
 
 use chancery_core::pdu::{self, EventDraft};
 use chancery_proto::limits::{MAX_CREATE_ROOM_INITIAL_STATE, MAX_CREATE_ROOM_INVITES};
 use chancery_proto::ruma::events::StateEventType;
-use chancery_proto::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
-use chancery_store::{NewEvent, NewRoom, StoreError};
+use chancery_proto::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
+use chancery_store::{NewEvent, NewRoom, RoomAddresses, RoomAlias, StoreError};
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::send::new_event;
@@ -33,22 +34,34 @@ pub struct CreateRoom {
     pub room_version: Option<String>,
     pub creation_content: Option<JsonValue>,
     pub is_direct: bool,
+    /// Localpart of an alias of this server to create for the room, which
+    /// also becomes its canonical alias.
+    pub room_alias_name: Option<String>,
 }
 
-/// Builds a room's first events one after the other, checking each
-/// against the state so far exactly as a later event would be.
-struct Builder<'a> {
-    services: &'a Services,
-    rules: chancery_proto::ruma::room_version_rules::RoomVersionRules,
-    room_id: Option<OwnedRoomId>,
-    state: StateMap,
-    prev: Vec<OwnedEventId>,
-    depth: u64,
-    events: Vec<NewEvent>,
+/// Builds state events one after the other, each on the one before,
+/// checking each against the state so far exactly as a later event would
+/// be: a new room's first events, or (upgrades) events of an existing room
+/// started from its current state and extremities.
+pub(crate) struct Builder<'a> {
+    pub(crate) services: &'a Services,
+    pub(crate) rules: chancery_proto::ruma::room_version_rules::RoomVersionRules,
+    pub(crate) room_id: Option<OwnedRoomId>,
+    pub(crate) state: StateMap,
+    pub(crate) prev: Vec<OwnedEventId>,
+    pub(crate) depth: u64,
+    pub(crate) events: Vec<NewEvent>,
 }
 
 impl Builder<'_> {
-    fn push(&mut self, sender: &OwnedUserId, event_type: &str, state_key: &str, content: JsonValue) -> Result<(), Error> {
+    /// On error (e.g. the auth rules refuse it) nothing is added.
+    pub(crate) fn push(
+        &mut self,
+        sender: &OwnedUserId,
+        event_type: &str,
+        state_key: &str,
+        content: JsonValue,
+    ) -> Result<(), Error> {
         let draft = EventDraft {
             room_id: self.room_id.clone(),
             sender: sender.clone(),
@@ -59,18 +72,19 @@ impl Builder<'_> {
         };
         let auth_events: Vec<OwnedEventId> =
             pdu::auth_types(&draft, &self.rules)?.iter().filter_map(|k| self.state.get(k)).map(|p| p.event_id.clone()).collect();
-        self.depth += 1;
+        let depth = self.depth + 1;
         let built = pdu::build_pdu(
             &draft,
             &self.rules,
             &self.prev,
             &auth_events,
-            self.depth,
+            depth,
             now_ms(),
             self.services.server_name(),
             self.services.signing_key(),
         )?;
         pdu::authorize(&self.rules, &built, &self.state)?;
+        self.depth = depth;
         if self.room_id.is_none() {
             self.room_id = Some(built.room_id_or_derived()?);
         }
@@ -138,6 +152,14 @@ impl Services {
         for invitee in &req.invite {
             self.ensure_local_user(invitee).await?;
         }
+        let alias = req.room_alias_name.as_deref().map(|name| self.new_room_alias(name)).transpose()?;
+        if let Some(alias) = &alias
+            && self.store().alias(alias.as_str()).await?.is_some()
+        {
+            // Checked again, atomically, when the room is stored; this only
+            // saves building the events.
+            return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
+        }
         let (_, rules) = rules_of(&version)?;
         let creator = user.user_id.clone();
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
@@ -184,6 +206,9 @@ impl Services {
             None => {}
         }
         b.push(&creator, "m.room.power_levels", "", JsonValue::Object(power))?;
+        if let Some(alias) = &alias {
+            b.push(&creator, "m.room.canonical_alias", "", json!({ "alias": alias }))?;
+        }
 
         let (join_rule, guest_access) = match preset {
             Preset::PublicChat => ("public", "forbidden"),
@@ -198,6 +223,9 @@ impl Services {
         for (event_type, key, content) in &req.initial_state {
             if matches!(event_type.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
                 return Err(Error::InvalidParam(format!("{event_type} cannot be part of initial_state")));
+            }
+            if event_type == "m.room.canonical_alias" {
+                check_initial_canonical_alias(content, alias.as_deref())?;
             }
             preset_state.retain(|(t, k, _)| !(t == event_type && k == key));
             preset_state.push((event_type.clone(), key.clone(), content.clone()));
@@ -227,14 +255,36 @@ impl Services {
         let room_id = b.room_id.clone().expect("create event sets the room id");
         let room =
             NewRoom { room_id: room_id.to_string(), room_version: version, creator: creator.to_string(), created_ts: now_ms() };
-        let pos = match self.store().create_room(room, b.events).await {
+        let aliases = alias
+            .iter()
+            .map(|alias| RoomAlias {
+                alias: alias.to_string(),
+                room_id: room_id.to_string(),
+                creator: creator.to_string(),
+                created_ts: room.created_ts,
+            })
+            .collect();
+        let addresses = RoomAddresses { aliases, publish: req.public };
+        let pos = match self.store().create_room_with_addresses(room, b.events, addresses).await {
             Ok(pos) => pos,
             Err(StoreError::Conflict("room")) => return Err(Error::Internal("room id collision".into())),
+            Err(StoreError::Conflict("alias")) => {
+                let alias = alias.map(|a| a.to_string()).unwrap_or_default();
+                return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
+            }
             Err(e) => return Err(e.into()),
         };
         self.inner.rooms.advance(pos);
         tracing::info!(room_id = %room_id, "room created");
         Ok(room_id)
+    }
+
+    /// `#name:our.server` for `room_alias_name`.
+    fn new_room_alias(&self, name: &str) -> Result<chancery_proto::ruma::OwnedRoomAliasId, Error> {
+        let alias = RoomAliasId::parse(format!("#{name}:{}", self.server_name()))
+            .map_err(|e| Error::InvalidParam(format!("invalid room_alias_name: {e}")))?;
+        self.check_new_local_alias(&alias)?;
+        Ok(alias)
     }
 
     /// Invites and other user-targeted actions only reach local accounts
@@ -250,4 +300,31 @@ impl Services {
             _ => Err(Error::NotFound(format!("{user_id} does not exist"))),
         }
     }
+}
+
+/// No alias can point to a room that does not exist yet, except the one
+/// created with it: an `m.room.canonical_alias` of `initial_state` may only
+/// name that one (spec: `M_BAD_ALIAS` otherwise).
+fn check_initial_canonical_alias(content: &JsonValue, created: Option<&RoomAliasId>) -> Result<(), Error> {
+    let mut named: Vec<&JsonValue> = Vec::new();
+    match content.get("alias") {
+        None | Some(JsonValue::Null) => {}
+        Some(JsonValue::String(a)) if a.is_empty() => {}
+        Some(a @ JsonValue::String(_)) => named.push(a),
+        Some(_) => return Err(Error::InvalidParam("alias must be a string".into())),
+    }
+    match content.get("alt_aliases") {
+        None => {}
+        Some(JsonValue::Array(list)) => named.extend(list),
+        Some(_) => return Err(Error::InvalidParam("alt_aliases must be a list".into())),
+    }
+    for alias in named {
+        let alias = alias.as_str().ok_or_else(|| Error::InvalidParam("aliases must be strings".into()))?;
+        let parsed =
+            RoomAliasId::parse(alias).map_err(|e| Error::InvalidParam(format!("{alias:?} is not a valid room alias: {e}")))?;
+        if created != Some(&*parsed) {
+            return Err(Error::BadAlias(format!("the alias {alias} does not point to this room")));
+        }
+    }
+    Ok(())
 }

@@ -6,14 +6,20 @@
 //! rejects an append whose `prev_events` are stale (another node went
 //! first), and the event is rebuilt on the new extremities.
 
+mod aliases;
 mod client_event;
 mod context;
 mod create;
 pub(crate) mod filter;
+mod forget;
+mod knock;
 mod membership;
+mod public_rooms;
 pub(crate) mod read;
 mod relations;
+mod reports;
 mod send;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,8 +35,10 @@ pub use client_event::ClientEventOptions;
 pub use context::ContextPage;
 pub use create::{CreateRoom, Preset};
 pub use membership::MembershipAction;
+pub use public_rooms::PublicRoomsRequest;
 pub use read::{Direction, MessagesPage, format_token, parse_token};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsPage};
+pub use upgrade::UpgradeRoom;
 
 use crate::{Error, Services};
 
@@ -113,6 +121,17 @@ impl From<PduError> for Error {
 }
 
 impl Services {
+    /// The room's whole current state, parsed (room upgrades copy it).
+    pub(crate) async fn current_state(&self, room_id: &RoomId) -> Result<StateMap, Error> {
+        let events = self.store().state_at(room_id.as_str(), None).await?;
+        let mut state = StateMap::new();
+        for e in events {
+            let pdu = Pdu::from_json(&e.event_id, &e.json)?;
+            state.insert((StateEventType::from(e.event_type.as_str()), e.state_key.unwrap_or_default()), pdu);
+        }
+        Ok(state)
+    }
+
     /// The current state events of the given keys (those that exist).
     pub(crate) async fn state_subset(&self, room_id: &RoomId, keys: &[(StateEventType, String)]) -> Result<StateMap, Error> {
         let mut state = StateMap::new();

@@ -184,6 +184,9 @@ impl Services {
             return Err(Error::Forbidden("a room has exactly one create event".into()));
         }
         self.ensure_joined(room_id, &user.user_id).await?;
+        if event_type == "m.room.canonical_alias" && state_key.is_empty() {
+            self.check_canonical_alias(room_id, &content).await?;
+        }
         let draft = EventDraft {
             room_id: None,
             sender: user.user_id.clone(),

@@ -1,0 +1,84 @@
+//! Content reports (module "Reporting content"): stored for the server's
+//! administrators, bounded per reporter and hour in the store itself so
+//! the bound holds across nodes and restarts.
+
+use chancery_proto::limits::{MAX_REPORT_REASON_BYTES, MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS};
+use chancery_proto::ruma::{EventId, RoomId};
+use chancery_store::{NewReport, StoreError};
+
+use crate::{AuthedUser, Error, Services, now_ms};
+
+impl Services {
+    /// `POST /rooms/{roomId}/report/{eventId}`. The spec answers 404 both
+    /// for an unknown event and for a reporter who is not joined, so
+    /// neither can be told apart.
+    pub async fn report_event(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_id: &EventId,
+        reason: Option<String>,
+        score: Option<i64>,
+    ) -> Result<(), Error> {
+        check_reason(reason.as_deref())?;
+        if score.is_some_and(|s| !(-100..=0).contains(&s)) {
+            return Err(Error::InvalidParam("score is between -100 and 0".into()));
+        }
+        let not_found = || Error::NotFound("the event was not found or you are not joined to its room".into());
+        self.ensure_joined(room_id, &user.user_id).await.map_err(|_| not_found())?;
+        let event = self.store().event(event_id.as_str()).await?;
+        if event.is_none_or(|e| e.room_id != room_id.as_str()) {
+            return Err(not_found());
+        }
+        self.file_report(user, room_id, Some(event_id), reason, score).await
+    }
+
+    /// `POST /rooms/{roomId}/report`. The spec forbids requiring the
+    /// reporter to be joined (rooms are also seen in the directory and in
+    /// invites); only the room must exist.
+    pub async fn report_room(&self, user: &AuthedUser, room_id: &RoomId, reason: String) -> Result<(), Error> {
+        check_reason(Some(&reason))?;
+        if self.store().room(room_id.as_str()).await?.is_none() {
+            return Err(Error::NotFound("the room was not found".into()));
+        }
+        self.file_report(user, room_id, None, Some(reason).filter(|r| !r.is_empty()), None).await
+    }
+
+    async fn file_report(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_id: Option<&EventId>,
+        reason: Option<String>,
+        score: Option<i64>,
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let report = NewReport {
+            room_id: room_id.to_string(),
+            event_id: event_id.map(|e| e.to_string()),
+            reporter: user.user_id.to_string(),
+            reason,
+            score,
+            created_ts: now,
+        };
+        let window_start = now.saturating_sub(REPORT_WINDOW_MS);
+        match self.store().add_report(report, window_start, MAX_REPORTS_PER_USER_PER_WINDOW).await {
+            Ok(id) => {
+                tracing::info!(report_id = id, room_id = %room_id, "content reported");
+                Ok(())
+            }
+            Err(StoreError::LimitExceeded("reports")) => {
+                // The window frees a place at least this often on average.
+                Err(Error::LimitExceeded { retry_after_ms: REPORT_WINDOW_MS / MAX_REPORTS_PER_USER_PER_WINDOW as u64 })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), Error> {
+    if reason.is_some_and(|r| r.len() > MAX_REPORT_REASON_BYTES) {
+        return Err(Error::InvalidParam(format!("reasons are at most {MAX_REPORT_REASON_BYTES} bytes")));
+    }
+    Ok(())
+}
