@@ -94,9 +94,15 @@ impl Services {
         let deadline = Instant::now() + timeout;
         let mut event_wakeups = self.inner.rooms.stream.subscribe();
         let mut side_wakeups = self.inner.wakeups.subscribe();
+        // Other nodes' commits (PostgreSQL LISTEN/NOTIFY); never fires on a
+        // single-process backend.
+        let mut remote = self.store().remote_changes();
         loop {
             event_wakeups.mark_unchanged();
             side_wakeups.mark_unchanged();
+            if let Some(remote) = remote.as_mut() {
+                remote.mark_unchanged();
+            }
             let events = self.store().current_stream_pos().await?;
             self.inner.rooms.advance(events);
             let cut = StreamToken {
@@ -117,6 +123,12 @@ impl Services {
             tokio::select! {
                 _ = event_wakeups.changed() => {}
                 _ = side_wakeups.changed() => {}
+                Ok(()) = async {
+                    match remote.as_mut() {
+                        Some(remote) => remote.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 () = tokio::time::sleep_until(wake_at) => {
                     if wake_at >= deadline {
                         return Ok(body);

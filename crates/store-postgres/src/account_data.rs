@@ -59,7 +59,9 @@ async fn allocate_and_write(
         async { tx.query_one(&insert_stmt, params).await },
     );
     locked.map_err(backend)?;
-    Ok(u(get(&inserted.map_err(backend)?, 0)?))
+    let pos = u(get(&inserted.map_err(backend)?, 0)?);
+    crate::notify::notify_in(tx).await?;
+    Ok(pos)
 }
 
 const UPSERT_ENTRY: &str = "WITH p AS (UPDATE stream_counters SET pos = pos + 1 WHERE stream = 'account_data' RETURNING pos)

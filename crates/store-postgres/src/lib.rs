@@ -10,6 +10,7 @@ mod account_data;
 mod accounts;
 mod directory;
 mod forgotten;
+mod notify;
 mod push;
 mod relations;
 mod reports;
@@ -43,6 +44,9 @@ const MIGRATION_LOCK: i64 = 0x6368_616e_6365_7279;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Bumped when any node commits a change syncs wait for.
+    changes: tokio::sync::watch::Receiver<u64>,
+    listener: tokio::task::JoinHandle<()>,
 }
 
 /// Keeps the server's message and SQLSTATE, which tokio-postgres' own
@@ -93,6 +97,8 @@ impl PostgresStore {
         let config = tokio_postgres::Config::from_str(url).map_err(backend)?;
         // Fast recycling: a dead connection surfaces as one failed request,
         // which is cheaper than a round trip on every checkout.
+        let (changes_tx, changes) = tokio::sync::watch::channel(0);
+        let listener = tokio::spawn(notify::listen(config.clone(), changes_tx));
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
@@ -104,7 +110,7 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = Self { pool };
+        let store = Self { pool, changes, listener };
         store.migrate().await?;
         Ok(store)
     }
@@ -156,9 +162,14 @@ impl Store for PostgresStore {
         // to flush: closing drops idle connections now and the busy ones as
         // they come back.
         self.pool.close();
+        self.listener.abort();
     }
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.clone())
     }
 }

@@ -146,6 +146,9 @@ impl Writes {
 /// deleted). Writes `events` in order and makes the last one the room's
 /// forward extremity; returns the position of the last one.
 pub(crate) async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
+    // Sent at commit; queued before the stream lock so it costs nothing
+    // inside the lock window.
+    crate::notify::notify_in(tx).await?;
     for event in events {
         crate::search::index_event(tx, event).await?;
         crate::push::insert_notifications(tx, event).await?;

@@ -166,6 +166,12 @@ pub trait Store:
     async fn close(&self);
     /// `sqlite` or `postgres`, for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// A counter that moves whenever any process sharing the database
+    /// commits a change a sync may wait for (events, account data,
+    /// receipts). `None` where only one process uses the database.
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -72,6 +72,18 @@ impl TestServer {
         self.running.as_ref()?.metrics_addr.map(|a| format!("http://{a}/metrics"))
     }
 
+    /// Another node on the same database (PostgreSQL) and the same signing
+    /// key, as a scaled-out deployment runs them.
+    pub async fn another_node(&self) -> anyhow::Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse()?;
+        config.signing_key_path = Some(self.config.signing_key_path());
+        config.data_dir = dir.path().to_owned();
+        let running = chancery_server::start(config.clone()).await?;
+        Ok(Self { base_url: running.base_url(), running: Some(running), config, dir })
+    }
+
     /// Creates `count` accounts named `{prefix}{n}` with one logged-in
     /// device each, straight in the database (no password hashing, so a
     /// test can have thousands of users). Returns (user_id, access_token).

@@ -285,3 +285,35 @@ async fn sync_timelines_long_poll_and_restart() {
     assert!(left["rooms"]["join"].get(&room).is_none());
     server.stop().await.unwrap();
 }
+
+/// Two nodes on one PostgreSQL database: a long-polling sync on one node is
+/// woken by a message sent through the other (LISTEN/NOTIFY), and both
+/// serve the same rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
+    let first = TestServer::start(Backend::Postgres).await.unwrap();
+    let second = first.another_node().await.unwrap();
+    let alice = User::new(&first.base_url, "alice").await;
+    let bob_on_first = User::new(&first.base_url, "bob").await;
+    let bob = User { base: second.base_url.clone(), ..bob_on_first };
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+
+    let poll = {
+        let (url, token) = (bob.url(&format!("/sync?since={since}&timeout=20000")), bob.token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = call(Method::GET, &url, Some(&token), None).await;
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send(&room, "cross-node", "from the first node").await;
+    let ((status, woke), elapsed) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(timeline_bodies(&woke, &room), ["from the first node"]);
+    assert!(elapsed < Duration::from_secs(15), "the other node's sync waited for its timeout ({elapsed:?})");
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
