@@ -136,9 +136,11 @@ pub(crate) fn client_address(
 ) -> Option<String> {
     if trust_forwarded_for
         && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
-        && let Some(first) = forwarded.split(',').next()
+        && let Some(nearest) = forwarded.rsplit(',').next()
     {
-        return Some(first.trim().to_owned());
+        // The proxy appends the address it saw; anything to its left was
+        // sent by the client and proves nothing.
+        return Some(nearest.trim().to_owned());
     }
     extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
 }

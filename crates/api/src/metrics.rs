@@ -62,6 +62,12 @@ impl Metrics {
     }
 
     pub(crate) fn record_request(&self, method: &str, endpoint: &str, status: u16, elapsed: Duration) {
+        // Clients can send any method name: only the standard ones become
+        // label values, so the set of series stays bounded.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "HEAD" | "PATCH" => method,
+            _ => "OTHER",
+        };
         self.requests.get_or_create(&RequestLabels { method: method.into(), endpoint: endpoint.into(), status }).inc();
         self.latency
             .get_or_create(&EndpointLabels { method: method.into(), endpoint: endpoint.into() })

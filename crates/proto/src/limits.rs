@@ -182,3 +182,6 @@ pub const MAX_REPORT_REASON_BYTES: usize = 4_096;
 /// of reports grows by client action, so it is bounded per reporter.
 pub const MAX_REPORTS_PER_USER_PER_WINDOW: usize = 30;
 pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// Rooms a `/search` filter may list (`rooms` and `not_rooms` each).
+pub const MAX_SEARCH_FILTER_ROOMS: usize = 1_000;

@@ -122,7 +122,9 @@ impl Services {
 
     /// A syncing client counts as online unless it says otherwise.
     pub(crate) fn touch_presence(&self, user: &AuthedUser, set_presence: &str) {
-        if !self.inner.presence.enabled || set_presence == "offline" {
+        // Anything but the two states a client may claim by syncing is
+        // ignored (ruma keeps unknown values as custom strings).
+        if !self.inner.presence.enabled || !matches!(set_presence, "online" | "unavailable") {
             return;
         }
         let status = self.inner.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);

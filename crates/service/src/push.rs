@@ -38,6 +38,14 @@ impl Services {
 
     pub(crate) async fn store_push_ruleset(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<(), Error> {
         let json = serde_json::to_string(ruleset).map_err(|e| Error::Internal(e.to_string()))?;
+        // The rule set is account data and is read for every event the user
+        // could be notified of: it gets the account-data size limit.
+        if json.len() > chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES {
+            return Err(Error::TooLarge(format!(
+                "push rules are limited to {} bytes in all",
+                chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES
+            )));
+        }
         self.store().set_push_rules(user_id.as_str(), &json).await?;
         self.inner.wakeups.notify();
         Ok(())

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use chancery_proto::limits::{MAX_SEARCH_CONTEXT, MAX_SEARCH_RESULTS, MAX_SEARCH_TERM_BYTES, MAX_USER_DIRECTORY_LIMIT};
+use chancery_proto::limits::{
+    MAX_SEARCH_CONTEXT, MAX_SEARCH_FILTER_ROOMS, MAX_SEARCH_RESULTS, MAX_SEARCH_TERM_BYTES, MAX_USER_DIRECTORY_LIMIT,
+};
 use chancery_store::SearchOrder;
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};
@@ -122,11 +124,16 @@ impl Services {
         };
         let filter = criteria.filter.clone().unwrap_or_default();
         let limit = filter.limit.unwrap_or(10).clamp(1, MAX_SEARCH_RESULTS);
+        if filter.rooms.as_ref().is_some_and(|r| r.len() > MAX_SEARCH_FILTER_ROOMS)
+            || filter.not_rooms.len() > MAX_SEARCH_FILTER_ROOMS
+        {
+            return Err(Error::InvalidParam(format!("room filters list at most {MAX_SEARCH_FILTER_ROOMS} rooms")));
+        }
+        let wanted: Option<std::collections::HashSet<&String>> = filter.rooms.as_ref().map(|r| r.iter().collect());
+        let unwanted: std::collections::HashSet<&String> = filter.not_rooms.iter().collect();
         let joined = self.joined_rooms(user).await?;
-        let rooms: Vec<String> = joined
-            .into_iter()
-            .filter(|r| filter.rooms.as_ref().is_none_or(|rs| rs.contains(r)) && !filter.not_rooms.contains(r))
-            .collect();
+        let rooms: Vec<String> =
+            joined.into_iter().filter(|r| wanted.as_ref().is_none_or(|w| w.contains(r)) && !unwanted.contains(r)).collect();
         let words = words(&criteria.search_term);
         let (hits, count) = if words.is_empty() || rooms.is_empty() {
             (Vec::new(), 0)

@@ -112,6 +112,10 @@ impl Services {
                 }
                 session.registration_token = Some(token);
             }
+            AuthStage::Password { user, password } if password.len() > chancery_proto::limits::MAX_PASSWORD_BYTES => {
+                let _ = (user, password);
+                return Err(challenge(&session, Some(("M_FORBIDDEN", "invalid user or password".into()))));
+            }
             AuthStage::Password { user, password } => {
                 let Some(expected) = user_id else {
                     return Err(challenge(&session, Some(("M_FORBIDDEN", "password stage needs a logged-in user".into()))));

@@ -84,6 +84,17 @@ async fn room_rules(backend: Backend) {
     let private = alice.create_room(json!({"preset": "private_chat"})).await;
     assert_error(&bob.call(Method::POST, &format!("/rooms/{private}/join"), Some(json!({}))).await, 403, "M_FORBIDDEN");
     assert_error(&bob.call(Method::GET, &format!("/rooms/{private}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
+    // Outsiders learn nothing about who is in the room.
+    assert_error(
+        &bob.call(Method::POST, &format!("/rooms/{private}/invite"), Some(json!({"user_id": alice.id}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &bob.call(Method::POST, &format!("/rooms/{private}/kick"), Some(json!({"user_id": alice.id}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
     assert_error(
         &bob.call(Method::PUT, &format!("/rooms/{private}/send/m.room.message/x"), Some(json!({"body": "hi"}))).await,
         403,
@@ -163,6 +174,12 @@ async fn room_rules(backend: Backend) {
         404,
         "M_NOT_FOUND",
     );
+
+    // Redactions have their own transaction ids: a message sent with a
+    // txn id that looks like one does not swallow a redaction.
+    let tricky = alice.send(&public, "redact:x", "tricky").await;
+    let redaction = alice.ok(Method::PUT, &format!("/rooms/{public}/redact/{tricky}/x"), Some(json!({}))).await;
+    assert_ne!(redaction["event_id"].as_str().unwrap(), tricky);
 
     // Sends are idempotent per device and transaction id.
     let first = alice.send(&public, "same-txn", "once").await;

@@ -201,6 +201,11 @@ impl Services {
                 for alias in list {
                     let alias = alias.as_str().ok_or_else(|| Error::InvalidParam("alt_aliases must be strings".into()))?;
                     if !old_alt.contains(&alias) && !added.contains(&alias) {
+                        // Checked as the list grows, so a huge list is
+                        // refused before it costs quadratic time.
+                        if added.len() > MAX_ALIASES_PER_ROOM {
+                            return Err(Error::BadAlias(format!("a room has at most {MAX_ALIASES_PER_ROOM} aliases")));
+                        }
                         added.push(alias);
                     }
                 }

@@ -198,7 +198,6 @@ impl Services {
         if let Some(txn) = &event.txn
             && txn.user_id == viewer.user_id
             && txn.device_id == viewer.device_id
-            && !txn.txn_id.starts_with("redact:")
         {
             unsigned.insert("transaction_id".into(), json!(txn.txn_id));
         }

@@ -221,6 +221,7 @@ impl Services {
         ];
         // initial_state wins over the preset for the same (type, key).
         for (event_type, key, content) in &req.initial_state {
+            super::send::check_type_and_key(event_type, Some(key))?;
             if matches!(event_type.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
                 return Err(Error::InvalidParam(format!("{event_type} cannot be part of initial_state")));
             }

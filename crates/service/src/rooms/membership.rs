@@ -82,6 +82,9 @@ impl Services {
         action: MembershipAction,
         reason: Option<String>,
     ) -> Result<(), Error> {
+        // Only members act on others: answering from the target's
+        // membership first would let outsiders probe who is in a room.
+        self.ensure_joined(room_id, &user.user_id).await?;
         let current = self.membership(room_id, target).await?;
         let membership = match action {
             MembershipAction::Invite => {

@@ -49,7 +49,7 @@ fn search_text(pdu: &Pdu) -> Vec<(String, String)> {
     }
 }
 
-fn check_type_and_key(event_type: &str, state_key: Option<&str>) -> Result<(), Error> {
+pub(crate) fn check_type_and_key(event_type: &str, state_key: Option<&str>) -> Result<(), Error> {
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
         return Err(Error::InvalidParam(format!("event types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
     }
@@ -242,8 +242,14 @@ impl Services {
             content: JsonValue::Object(content),
             redacts: Some(target.to_owned()),
         };
-        let txn =
-            TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: format!("redact:{txn_id}") };
+        let txn = TxnKey {
+            user_id: user.user_id.to_string(),
+            // Redactions have their own transaction ids: the namespace goes
+            // in the device part, which clients cannot put control
+            // characters in, so no `/send` id can collide with it.
+            device_id: format!("{}\u{1}redact", user.device_id),
+            txn_id: txn_id.to_owned(),
+        };
         Ok(self.append(room_id, draft, Some(txn)).await?.0)
     }
 }
