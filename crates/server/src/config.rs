@@ -426,7 +426,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("listen = \"nowhere\"", &[], "key `listen`"),
             ("", &[("CHANCERY_LISTEN", "999.1.1.1:80")], "key `listen` (from CHANCERY_LISTEN)"),
             ("registration = \"sometimes\"", &[], "key `registration`"),
