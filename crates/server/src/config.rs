@@ -191,6 +191,19 @@ impl Config {
             let key = error.path().to_string();
             let var =
                 from_env.iter().find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str())).map(|(_, v)| v.clone());
+            // An environment variable that names no key (orchestrators set
+            // `CHANCERY_PORT` and the like for a service called chancery) is
+            // ignored with a warning instead of stopping the server; a
+            // wrong key in the file still stops it.
+            if error.inner().message().starts_with("unknown field")
+                && let Some((env_key, env_var)) = from_env.iter().find(|(k, _)| *k == key).cloned()
+            {
+                let path: Vec<String> = env_key.split('.').map(str::to_owned).collect();
+                remove_path(&mut table, &path);
+                from_env.retain(|(k, _)| *k != env_key);
+                eprintln!("warning: ignoring {env_var}: no config key `{env_key}`");
+                continue;
+            }
             if let Some(var) = &var
                 && error.inner().message().contains("expected a string")
                 && let Ok(raw) = env_raw(&raw_values, var)
@@ -320,6 +333,20 @@ fn env_raw(raw_values: &[(String, String)], var: &str) -> Result<String, ()> {
     raw_values.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()).ok_or(())
 }
 
+fn remove_path(table: &mut toml::Table, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            table.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(toml::Value::Table(t)) = table.get_mut(first) {
+                remove_path(t, rest);
+            }
+        }
+    }
+}
+
 fn get_path<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
     let (first, rest) = path.split_first()?;
     let value = table.get(first)?;
@@ -425,6 +452,16 @@ mod tests {
     }
 
     #[test]
+    fn unknown_environment_variables_are_ignored() {
+        let env =
+            [("CHANCERY_PORT", "tcp://10.0.0.1:8008"), ("CHANCERY_SERVICE_HOST", "10.0.0.1"), ("CHANCERY_LISTEN", "127.0.0.1:9")];
+        let c = load("", &env).unwrap();
+        assert_eq!(c.listen.port(), 9);
+        // In the file, an unknown key is still an error.
+        assert!(load("port = 1", &[]).is_err());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
@@ -436,7 +473,6 @@ mod tests {
             ("database_url = \"mysql://x\"", &[], "key `database_url`: must start with sqlite: or postgres://"),
             ("", &[("CHANCERY_DATABASE_URL", "sqlite:")], "key `database_url` (from CHANCERY_DATABASE_URL)"),
             ("serverr_name = \"x\"", &[], "unknown field `serverr_name`"),
-            ("", &[("CHANCERY_NOPE", "1")], "key `nope` (from CHANCERY_NOPE): unknown field `nope`"),
             ("[rate_limits]\nlogin_per_address = { per_second = 0.0, burst = 1 }", &[], "key `rate_limits.login_per_address`"),
             ("[limits]\nmax_request_body_bytes = \"big\"", &[], "key `limits.max_request_body_bytes`"),
             ("public_baseurl = \"example.org\"", &[], "key `public_baseurl`"),

@@ -73,7 +73,15 @@ enum TokenCommand {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // ruma's state resolution logs every authorised event at INFO: too
+    // much for a server's default log, so it starts at WARN unless the
+    // operator's filter names it.
+    let level = if config.log.level.contains("ruma_state_res") {
+        config.log.level.clone()
+    } else {
+        format!("{},ruma_state_res=warn", config.log.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {

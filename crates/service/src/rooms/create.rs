@@ -14,6 +14,9 @@ use super::send::new_event;
 use super::{SUPPORTED_ROOM_VERSIONS, StateMap, rules_of};
 use crate::{AuthedUser, Error, Services, now_ms, tokens};
 
+const ROOM_ID_COLLISION: &str = "room id collision";
+const MAX_CREATE_ROOM_ATTEMPTS: usize = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     PrivateChat,
@@ -139,6 +142,22 @@ fn default_power_levels(
 
 impl Services {
     pub async fn create_room(&self, user: &AuthedUser, req: CreateRoom) -> Result<OwnedRoomId, Error> {
+        // A v12 room id is the hash of its create event: the same user
+        // creating two identical rooms within one millisecond gets the same
+        // id. The next millisecond gives another timestamp, hence another id
+        // (Synapse likewise retries with a shifted timestamp).
+        for _ in 0..MAX_CREATE_ROOM_ATTEMPTS {
+            match self.create_room_once(user, req.clone()).await {
+                Err(Error::Internal(detail)) if detail == ROOM_ID_COLLISION => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(Error::LimitExceeded { retry_after_ms: 10 })
+    }
+
+    async fn create_room_once(&self, user: &AuthedUser, req: CreateRoom) -> Result<OwnedRoomId, Error> {
         if req.invite.len() > MAX_CREATE_ROOM_INVITES {
             return Err(Error::InvalidParam(format!("at most {MAX_CREATE_ROOM_INVITES} invites")));
         }
@@ -268,7 +287,7 @@ impl Services {
         let addresses = RoomAddresses { aliases, publish: req.public };
         let pos = match self.store().create_room_with_addresses(room, b.events, addresses).await {
             Ok(pos) => pos,
-            Err(StoreError::Conflict("room")) => return Err(Error::Internal("room id collision".into())),
+            Err(StoreError::Conflict("room")) => return Err(Error::Internal(ROOM_ID_COLLISION.into())),
             Err(StoreError::Conflict("alias")) => {
                 let alias = alias.map(|a| a.to_string()).unwrap_or_default();
                 return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
