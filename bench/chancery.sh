@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds Chancery in release and starts it in the background for a
+# benchmark: client API on 127.0.0.1 only, open registration, rate limits
+# off, SQLite in DIR (or PostgreSQL given CHANCERY_DATABASE_URL).
+#
+#   bench/chancery.sh [DIR]            # DIR default /tmp/chancery-bench-chancery
+#
+# Environment: BENCH_CHANCERY_PORT (default 8028; not CHANCERY_*: Chancery
+# reads every CHANCERY_* variable as a config key), CHANCERY_DATABASE_URL
+# (default sqlite in DIR), FRESH=1 (delete DIR's database and logs first; a
+# PostgreSQL database is never touched: give an empty one), NO_BUILD=1 (use
+# the binary already built). Prints `url=`, `pid=` and `version=` lines on
+# stdout once the server answers; stop it with `kill PID`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+DIR="${1:-/tmp/chancery-bench-chancery}"
+PORT="${BENCH_CHANCERY_PORT:-8028}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET/release/chancery"
+
+log() { echo "chancery.sh: $*" >&2; }
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  log "building chancery (release)"
+  cargo build --release --locked --bin chancery >&2
+fi
+[ -x "$BIN" ] || { log "no binary at $BIN"; exit 1; }
+
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+if [ "${FRESH:-0}" = 1 ]; then
+  rm -rf "$DIR/data" "$DIR/chancery.log"
+fi
+if curl -fsS "http://127.0.0.1:$PORT/_matrix/client/versions" >/dev/null 2>&1; then
+  log "something already answers on 127.0.0.1:$PORT"
+  exit 1
+fi
+
+# The first start writes DIR/chancery.toml (every key commented); the
+# variables below decide everything that matters here.
+cd "$DIR"
+unset CHANCERY_CONFIG
+export CHANCERY_LISTEN="127.0.0.1:$PORT"
+export CHANCERY_DATA_DIR="$DIR/data"
+export CHANCERY_SERVER_NAME="localhost"
+export CHANCERY_REGISTRATION="open"
+export CHANCERY_RATE_LIMITS__ENABLED="false"
+rm -f "$DIR/ready"
+nohup "$BIN" serve --ready-file "$DIR/ready" > "$DIR/chancery.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 240); do
+  if curl -fsS "http://127.0.0.1:$PORT/_matrix/client/versions" >/dev/null 2>&1; then
+    echo "url=http://127.0.0.1:$PORT"
+    echo "pid=$PID"
+    echo "version=$("$BIN" --version | awk '{print $2}')"
+    exit 0
+  fi
+  if ! kill -0 "$PID" 2>/dev/null; then
+    log "Chancery exited during start-up; last lines of its log:"
+    tail -n 30 "$DIR/chancery.log" >&2 || true
+    exit 1
+  fi
+  sleep 0.5
+done
+log "Chancery did not answer within 120 s (pid $PID left running; see $DIR/chancery.log)"
+exit 1

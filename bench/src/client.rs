@@ -1,0 +1,305 @@
+//! A deliberately thin Matrix client: plain reqwest and `serde_json::Value`,
+//! so that the client costs little next to the server it measures. Every
+//! request passes through a [`Budget`], which bounds a scenario in request
+//! count and wall-clock time.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+
+/// Bounds one scenario on one server: no request is sent past `deadline`
+/// or past `max_requests`, so every loop of the tool stops by itself.
+#[derive(Debug)]
+pub struct Budget {
+    deadline: Mutex<Instant>,
+    max_requests: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget { deadline: Mutex::new(Instant::now()), max_requests: AtomicU64::new(0), used: AtomicU64::new(0) }
+    }
+
+    /// Starts a new scenario's allowance.
+    pub fn reset(&self, max_time: Duration, max_requests: u64) {
+        *self.deadline.lock().expect("budget lock") = Instant::now() + max_time;
+        self.max_requests.store(max_requests, Ordering::SeqCst);
+        self.used.store(0, Ordering::SeqCst);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    pub fn deadline(&self) -> Instant {
+        *self.deadline.lock().expect("budget lock")
+    }
+
+    fn charge(&self) -> Result<()> {
+        if Instant::now() >= self.deadline() {
+            bail!("scenario time budget exhausted (raise --max-seconds)");
+        }
+        let used = self.used.fetch_add(1, Ordering::SeqCst) + 1;
+        if used > self.max_requests.load(Ordering::SeqCst) {
+            bail!("scenario request budget exhausted after {} requests (raise --max-requests)", used - 1);
+        }
+        Ok(())
+    }
+}
+
+/// One logged-in device.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub localpart: String,
+    pub access_token: String,
+}
+
+/// A homeserver under test.
+#[derive(Clone)]
+pub struct Server {
+    pub label: String,
+    pub base: Url,
+    pub pid: Option<u32>,
+    http: reqwest::Client,
+    pub budget: Arc<Budget>,
+    txn: Arc<AtomicU64>,
+    run_id: String,
+}
+
+/// Per-request timeout on top of any long-poll the request asks for.
+const REQUEST_SLACK: Duration = Duration::from_secs(60);
+
+impl Server {
+    pub fn new(label: &str, base: &str, pid: Option<u32>, run_id: &str) -> Result<Self> {
+        let mut base = Url::parse(base).with_context(|| format!("server URL {base:?}"))?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(4096)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Server {
+            label: label.to_owned(),
+            base,
+            pid,
+            http,
+            budget: Arc::new(Budget::new()),
+            txn: Arc::new(AtomicU64::new(0)),
+            run_id: run_id.to_owned(),
+        })
+    }
+
+    /// A transaction id unique in this run.
+    pub fn next_txn(&self) -> String {
+        format!("{}t{}", self.run_id, self.txn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http URLs have paths");
+            path.pop_if_empty();
+            for s in segments {
+                path.push(s);
+            }
+        }
+        if !query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    /// Sends one request; returns the JSON answer and its size in bytes.
+    /// Non-2xx answers are [`MatrixError`]s carrying the `errcode`.
+    async fn json_call(
+        &self,
+        method: Method,
+        url: Url,
+        token: Option<&str>,
+        body: Option<&Value>,
+        long_poll: Duration,
+    ) -> Result<(Value, usize)> {
+        self.budget.charge()?;
+        let path = url.path().to_owned();
+        let mut req = self.http.request(method.clone(), url).timeout(long_poll + REQUEST_SLACK);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("{method} {path}: reading body"))?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{method} {path}: {status}: body is not JSON ({} bytes)", bytes.len()))?;
+        if !status.is_success() {
+            return Err(anyhow::Error::new(MatrixError { status, body: value }).context(format!("{method} {path}")));
+        }
+        Ok((value, bytes.len()))
+    }
+
+    /// `POST /register` through the user-interactive `m.login.dummy` flow,
+    /// as a client does it: ask, receive the session, complete the stage.
+    pub async fn register(&self, localpart: &str, password: &str) -> Result<Session> {
+        let url = self.url(&["_matrix", "client", "v3", "register"], &[]);
+        let mut body = json!({
+            "username": localpart,
+            "password": password,
+            "initial_device_display_name": "chancery-bench",
+        });
+        let first = self.json_call(Method::POST, url.clone(), None, Some(&body), Duration::ZERO).await;
+        let session = match first {
+            Ok((v, _)) => return session_from(&v, localpart),
+            Err(e) => match e.downcast_ref::<MatrixError>() {
+                Some(m) if m.status == StatusCode::UNAUTHORIZED => m.body["session"].as_str().map(str::to_owned),
+                _ => return Err(e.context(format!("registering {localpart}"))),
+            },
+        };
+        body["auth"] = json!({ "type": "m.login.dummy", "session": session });
+        let (v, _) = self
+            .json_call(Method::POST, url, None, Some(&body), Duration::ZERO)
+            .await
+            .with_context(|| format!("registering {localpart} (dummy stage)"))?;
+        session_from(&v, localpart)
+    }
+
+    pub async fn login(&self, localpart: &str, password: &str) -> Result<Session> {
+        let url = self.url(&["_matrix", "client", "v3", "login"], &[]);
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": localpart },
+            "password": password,
+            "initial_device_display_name": "chancery-bench",
+        });
+        let (v, _) = self.json_call(Method::POST, url, None, Some(&body), Duration::ZERO).await?;
+        session_from(&v, localpart)
+    }
+
+    pub async fn whoami(&self, s: &Session) -> Result<String> {
+        let url = self.url(&["_matrix", "client", "v3", "account", "whoami"], &[]);
+        let (v, _) = self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::ZERO).await?;
+        str_field(&v, "user_id")
+    }
+
+    /// Creates a public room (anyone on the server may join).
+    pub async fn create_room(&self, s: &Session, name: &str, room_version: Option<&str>) -> Result<String> {
+        let url = self.url(&["_matrix", "client", "v3", "createRoom"], &[]);
+        let mut body = json!({ "preset": "public_chat", "name": name });
+        if let Some(v) = room_version {
+            body["room_version"] = json!(v);
+        }
+        let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?;
+        str_field(&v, "room_id")
+    }
+
+    pub async fn join(&self, s: &Session, room_id: &str) -> Result<()> {
+        let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "join"], &[]);
+        let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;
+        let joined = str_field(&v, "room_id")?;
+        if joined != room_id {
+            bail!("joined {joined}, asked for {room_id}");
+        }
+        Ok(())
+    }
+
+    /// Sends an `m.room.message` of type `m.text`; returns its event id.
+    pub async fn send_text(&self, s: &Session, room_id: &str, body: &str) -> Result<String> {
+        let txn = self.next_txn();
+        let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "send", "m.room.message", &txn], &[]);
+        let content = json!({ "msgtype": "m.text", "body": body });
+        let (v, _) = self.json_call(Method::PUT, url, Some(&s.access_token), Some(&content), Duration::ZERO).await?;
+        str_field(&v, "event_id")
+    }
+
+    /// `GET /sync`; returns the response and its size in bytes.
+    pub async fn sync(&self, s: &Session, since: Option<&str>, timeout_ms: u64, filter: &str) -> Result<(Value, usize)> {
+        let timeout = timeout_ms.to_string();
+        let mut query = vec![("timeout", timeout.as_str()), ("filter", filter)];
+        if let Some(since) = since {
+            query.push(("since", since));
+        }
+        let url = self.url(&["_matrix", "client", "v3", "sync"], &query);
+        self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::from_millis(timeout_ms)).await
+    }
+
+    /// One page of `GET /rooms/{id}/messages`, backwards.
+    pub async fn messages_back(&self, s: &Session, room_id: &str, from: Option<&str>, limit: u32) -> Result<Value> {
+        let limit = limit.to_string();
+        let mut query = vec![("dir", "b"), ("limit", limit.as_str())];
+        if let Some(from) = from {
+            query.push(("from", from));
+        }
+        let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "messages"], &query);
+        Ok(self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::ZERO).await?.0)
+    }
+
+    pub async fn joined_members_count(&self, s: &Session, room_id: &str) -> Result<usize> {
+        let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "joined_members"], &[]);
+        let (v, _) = self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::ZERO).await?;
+        v["joined"].as_object().map(|m| m.len()).ok_or_else(|| anyhow!("joined_members: no `joined` object"))
+    }
+
+    /// `GET /_matrix/client/versions`, outside any scenario budget: checks
+    /// that the URL is a homeserver before a run starts.
+    pub async fn check_reachable(&self) -> Result<()> {
+        let url = self.url(&["_matrix", "client", "versions"], &[]);
+        let resp = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("{} ({}) is not reachable", self.label, self.base))?;
+        if !resp.status().is_success() {
+            bail!("{} ({}): /versions answered {}", self.label, self.base, resp.status());
+        }
+        Ok(())
+    }
+}
+
+/// A non-2xx answer: status and the Matrix error body.
+#[derive(Debug)]
+pub struct MatrixError {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl std::fmt::Display for MatrixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.body["errcode"].as_str().unwrap_or("?");
+        let msg = self.body["error"].as_str().unwrap_or("");
+        write!(f, "{} {code}: {msg}", self.status)?;
+        if code == "M_LIMIT_EXCEEDED" {
+            write!(f, " (the server rate-limits; lift its limits before measuring)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for MatrixError {}
+
+fn str_field(v: &Value, key: &str) -> Result<String> {
+    v[key].as_str().map(str::to_owned).ok_or_else(|| anyhow!("response has no string `{key}`"))
+}
+
+fn session_from(v: &Value, localpart: &str) -> Result<Session> {
+    Ok(Session {
+        user_id: str_field(v, "user_id")?,
+        localpart: localpart.to_owned(),
+        access_token: str_field(v, "access_token")?,
+    })
+}

@@ -1,0 +1,355 @@
+//! `chancery-bench`: drives any Matrix homeserver through the client-server
+//! API only, so the same run measures Chancery and Synapse side by side.
+//!
+//! Every scenario is bounded in time (`--max-seconds`) and requests
+//! (`--max-requests`), verifies that the work really happened (messages
+//! are read back or seen arriving), prints one JSON line on stdout and
+//! appends a row to a Markdown table (`--results`). Progress goes to stderr.
+
+mod client;
+mod report;
+mod rss;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use client::Server;
+use report::{Outcome, ResultsFile};
+use scenarios::{Ctx, Scenario, Sizes};
+
+#[derive(Parser)]
+#[command(name = "chancery-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios against one homeserver.
+    Run {
+        /// Base URL of the homeserver, e.g. http://127.0.0.1:8008.
+        #[arg(long)]
+        url: String,
+        /// Process id of the server (for `rss` and per-scenario memory peaks).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Name of the server in the output.
+        #[arg(long, default_value = "server")]
+        label: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run scenarios against two homeservers, alternating which goes first,
+    /// and print the ratio A/B of every figure.
+    Compare {
+        /// Base URL of server A (the numerator of every ratio).
+        #[arg(long)]
+        a: String,
+        /// Process id of server A.
+        #[arg(long)]
+        a_pid: Option<u32>,
+        /// Name of server A in the output.
+        #[arg(long, default_value = "A")]
+        a_label: String,
+        /// Base URL of server B (the denominator).
+        #[arg(long)]
+        b: String,
+        /// Process id of server B.
+        #[arg(long)]
+        b_pid: Option<u32>,
+        /// Name of server B in the output.
+        #[arg(long, default_value = "B")]
+        b_label: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// Small sizes: proves the tool and both servers work (minutes).
+    Smoke,
+    /// The sizes of the targets in issue 5 (an hour or more against Synapse).
+    Target,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Comma-separated scenarios; they run in the canonical order
+    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, rss).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    scenarios: Vec<Scenario>,
+    /// Default sizes; every size flag below overrides its part.
+    #[arg(long, value_enum, default_value = "smoke")]
+    preset: Preset,
+    /// Markdown file to append result rows to.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// A line to add under the run's heading in the results file (repeatable).
+    #[arg(long)]
+    note: Vec<String>,
+    /// Wall-clock bound of one scenario on one server, setup included
+    /// (default: 600 for smoke, 7200 for target).
+    #[arg(long)]
+    max_seconds: Option<u64>,
+    /// Request bound of one scenario on one server, setup included
+    /// (default: 200000 for smoke, 5000000 for target).
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Room version of every room created; "default" leaves it to the server.
+    #[arg(long, default_value = "12")]
+    room_version: String,
+    /// Users registering (and logging in) at once in `register`.
+    #[arg(long)]
+    register_users: Option<usize>,
+    #[arg(long)]
+    register_concurrency: Option<usize>,
+    /// Messages sent in `send`, by `--send-concurrency` senders over `--send-rooms` rooms.
+    #[arg(long)]
+    send_messages: Option<usize>,
+    #[arg(long)]
+    send_concurrency: Option<usize>,
+    #[arg(long)]
+    send_rooms: Option<usize>,
+    /// Messages timed in `e2e-latency`.
+    #[arg(long)]
+    e2e_samples: Option<usize>,
+    /// Pause after the receiver is long-polling, before each send.
+    #[arg(long)]
+    e2e_gap_ms: Option<u64>,
+    /// Long-polling members in `fanout`, and messages sent to them.
+    #[arg(long)]
+    fanout_members: Option<usize>,
+    #[arg(long)]
+    fanout_rounds: Option<usize>,
+    /// Pause after all members are long-polling, before each send.
+    #[arg(long)]
+    fanout_gap_ms: Option<u64>,
+    /// Rooms of the user in `initial-sync`, messages in each, other members in each.
+    #[arg(long)]
+    initial_sync_rooms: Option<usize>,
+    #[arg(long)]
+    initial_sync_history: Option<usize>,
+    #[arg(long)]
+    initial_sync_members: Option<usize>,
+    #[arg(long)]
+    initial_sync_samples: Option<usize>,
+    /// Members of the room joined in `join-large`, and users who join it (samples).
+    #[arg(long)]
+    join_members: Option<usize>,
+    #[arg(long)]
+    join_samples: Option<usize>,
+    /// Room sizes (messages) at which `history` times sends, e.g. 1000,10000,100000.
+    #[arg(long, value_delimiter = ',')]
+    history_sizes: Option<Vec<usize>>,
+    #[arg(long)]
+    history_samples: Option<usize>,
+    #[arg(long)]
+    history_fill_concurrency: Option<usize>,
+    /// Requests at once while setting up (registrations, joins, room creation).
+    #[arg(long)]
+    setup_concurrency: Option<usize>,
+    /// Long-poll timeout of syncing receivers.
+    #[arg(long, default_value_t = 30_000)]
+    sync_timeout_ms: u64,
+}
+
+impl Common {
+    fn sizes(&self) -> Sizes {
+        let target = matches!(self.preset, Preset::Target);
+        let pick = |small: usize, big: usize| if target { big } else { small };
+        Sizes {
+            register_users: self.register_users.unwrap_or(pick(20, 200)),
+            register_concurrency: self.register_concurrency.unwrap_or(pick(4, 8)),
+            send_messages: self.send_messages.unwrap_or(pick(300, 10_000)),
+            send_concurrency: self.send_concurrency.unwrap_or(pick(4, 16)),
+            send_rooms: self.send_rooms.unwrap_or(pick(2, 4)),
+            e2e_samples: self.e2e_samples.unwrap_or(pick(30, 200)),
+            e2e_gap_ms: self.e2e_gap_ms.unwrap_or(20),
+            fanout_members: self.fanout_members.unwrap_or(pick(20, 1_000)),
+            fanout_rounds: self.fanout_rounds.unwrap_or(pick(3, 5)),
+            fanout_gap_ms: self.fanout_gap_ms.unwrap_or(pick(200, 1_000) as u64),
+            initial_sync_rooms: self.initial_sync_rooms.unwrap_or(pick(20, 500)),
+            initial_sync_history: self.initial_sync_history.unwrap_or(pick(5, 20)),
+            initial_sync_members: self.initial_sync_members.unwrap_or(2),
+            initial_sync_samples: self.initial_sync_samples.unwrap_or(3),
+            join_members: self.join_members.unwrap_or(pick(50, 10_000)),
+            join_samples: self.join_samples.unwrap_or(3),
+            history_sizes: self
+                .history_sizes
+                .clone()
+                .unwrap_or_else(|| if target { vec![1_000, 10_000, 100_000] } else { vec![100, 1_000] }),
+            history_samples: self.history_samples.unwrap_or(pick(20, 100)),
+            history_fill_concurrency: self.history_fill_concurrency.unwrap_or(4),
+            setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
+            sync_timeout_ms: self.sync_timeout_ms,
+            room_version: (self.room_version != "default").then(|| self.room_version.clone()),
+            max_time: Duration::from_secs(self.max_seconds.unwrap_or(pick(600, 7_200) as u64)),
+            max_requests: self.max_requests.unwrap_or(pick(200_000, 5_000_000) as u64),
+        }
+    }
+
+    fn scenarios(&self) -> Vec<Scenario> {
+        let all = self.scenarios.contains(&Scenario::All);
+        Scenario::EVERY.into_iter().filter(|s| all || self.scenarios.contains(s)).collect()
+    }
+
+    fn preset_name(&self) -> &'static str {
+        match self.preset {
+            Preset::Smoke => "smoke",
+            Preset::Target => "target",
+        }
+    }
+}
+
+fn run_id() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{:x}{:03x}", secs, std::process::id() % 4096)
+}
+
+async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
+    let server = &ctx.server;
+    eprintln!("[{}] {} ...", server.label, scenario.name());
+    server.budget.reset(ctx.sizes.max_time, ctx.sizes.max_requests);
+    let mut o = Outcome::new(scenario.name(), &server.label, server.base.as_str());
+    let started = Instant::now();
+    let result = match scenario {
+        Scenario::Register => scenarios::register::run(ctx, &mut o).await,
+        Scenario::Send => scenarios::send::run(ctx, &mut o).await,
+        Scenario::E2eLatency => scenarios::e2e::run(ctx, &mut o).await,
+        Scenario::Fanout => scenarios::fanout::run(ctx, &mut o).await,
+        Scenario::InitialSync => scenarios::initial_sync::run(ctx, &mut o).await,
+        Scenario::JoinLarge => scenarios::join_large::run(ctx, &mut o).await,
+        Scenario::History => scenarios::history::run(ctx, &mut o).await,
+        Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
+        Scenario::All => unreachable!("expanded before running"),
+    };
+    o.wall_s = started.elapsed().as_secs_f64();
+    o.requests = server.budget.used();
+    if let Err(e) = result {
+        o.error = Some(format!("{e:#}"));
+        eprintln!("[{}] {} FAILED: {e:#}", server.label, scenario.name());
+    } else {
+        eprintln!("[{}] {} done in {:.1} s", server.label, scenario.name(), o.wall_s);
+    }
+    o
+}
+
+fn emit(o: &Outcome, results: &ResultsFile) -> Result<()> {
+    println!("{}", o.json_line());
+    results.row(o)
+}
+
+fn header_notes(common: &Common, sizes: &Sizes, servers: &[&Server]) -> Vec<String> {
+    let mut notes = vec![format!(
+        "preset `{}`, room version {}, bounds per scenario and server: {} s, {} requests",
+        common.preset_name(),
+        sizes.room_version.as_deref().unwrap_or("server default"),
+        sizes.max_time.as_secs(),
+        sizes.max_requests
+    )];
+    for s in servers {
+        notes.push(format!("{}: {} (pid {})", s.label, s.base, s.pid.map_or("not given".into(), |p| p.to_string())));
+    }
+    notes.extend(common.note.iter().cloned());
+    notes
+}
+
+async fn run_one(url: String, pid: Option<u32>, label: String, common: Common) -> Result<bool> {
+    let sizes = common.sizes();
+    let id = run_id();
+    let server = Server::new(&label, &url, pid, &id)?;
+    server.check_reachable().await?;
+    let results = ResultsFile::new(common.results.as_deref());
+    results.start_run(&format!("{} — run against {label}", report::utc_now()), &header_notes(&common, &sizes, &[&server]))?;
+    let ctx = Ctx::new(server, sizes, &id)?;
+    let mut ok = true;
+    for scenario in common.scenarios() {
+        let o = run_scenario(&ctx, scenario).await;
+        ok &= o.error.is_none();
+        emit(&o, &results)?;
+    }
+    Ok(ok)
+}
+
+async fn compare(a: (String, Option<u32>, String), b: (String, Option<u32>, String), common: Common) -> Result<bool> {
+    let sizes = common.sizes();
+    let id = run_id();
+    let server_a = Server::new(&a.2, &a.0, a.1, &format!("{id}a"))?;
+    let server_b = Server::new(&b.2, &b.0, b.1, &format!("{id}b"))?;
+    server_a.check_reachable().await?;
+    server_b.check_reachable().await?;
+    if a.2 == b.2 {
+        bail!("--a-label and --b-label must differ");
+    }
+    let results = ResultsFile::new(common.results.as_deref());
+    results.start_run(
+        &format!("{} — compare {} (A) with {} (B)", report::utc_now(), a.2, b.2),
+        &header_notes(&common, &sizes, &[&server_a, &server_b]),
+    )?;
+    // Both contexts first, so both idle memory figures precede any load.
+    let ctx_a = Ctx::new(server_a, sizes.clone(), &format!("{id}a"))?;
+    let ctx_b = Ctx::new(server_b, sizes, &format!("{id}b"))?;
+    let mut pairs = Vec::new();
+    let mut ok = true;
+    for (i, scenario) in common.scenarios().into_iter().enumerate() {
+        // Alternate which server goes first, so neither always meets a
+        // machine the other has just warmed (or heated).
+        let (oa, ob) = if i % 2 == 0 {
+            let oa = run_scenario(&ctx_a, scenario).await;
+            emit(&oa, &results)?;
+            let ob = run_scenario(&ctx_b, scenario).await;
+            emit(&ob, &results)?;
+            (oa, ob)
+        } else {
+            let ob = run_scenario(&ctx_b, scenario).await;
+            emit(&ob, &results)?;
+            let oa = run_scenario(&ctx_a, scenario).await;
+            emit(&oa, &results)?;
+            (oa, ob)
+        };
+        ok &= oa.error.is_none() && ob.error.is_none();
+        for fa in &oa.figures {
+            if let Some(vb) = ob.get(&fa.name) {
+                println!(
+                    "{}",
+                    json!({
+                        "compare": scenario.name(),
+                        "figure": fa.name,
+                        "a": a.2, "a_value": fa.value,
+                        "b": b.2, "b_value": vb,
+                        "ratio_a_over_b": fa.value / vb,
+                        "better": fa.better.describe(),
+                    })
+                );
+            }
+        }
+        pairs.push((oa, ob));
+    }
+    let table = results.ratios(&a.2, &b.2, &pairs)?;
+    eprintln!("{table}");
+    Ok(ok)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Command::Run { url, pid, label, common } => run_one(url, pid, label, common).await?,
+        Command::Compare { a, a_pid, a_label, b, b_pid, b_label, common } => {
+            compare((a, a_pid, a_label), (b, b_pid, b_label), common).await?
+        }
+    };
+    if !ok {
+        eprintln!("some scenarios failed (see the `error` fields)");
+        std::process::exit(1);
+    }
+    Ok(())
+}
