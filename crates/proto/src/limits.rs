@@ -185,3 +185,7 @@ pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;
 
 /// Rooms a `/search` filter may list (`rooms` and `not_rooms` each).
 pub const MAX_SEARCH_FILTER_ROOMS: usize = 1_000;
+
+/// Unread notifications of one room counted per thread in a `/sync`
+/// (counts past it are capped).
+pub const MAX_UNREAD_COUNTED: usize = 10_000;

@@ -4,7 +4,7 @@
 //! and `/notifications`.
 
 use chancery_core::pdu::Pdu;
-use chancery_proto::limits::MAX_NOTIFICATIONS_LIMIT;
+use chancery_proto::limits::{MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::push::{
     Action, AnyPushRule, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
@@ -175,6 +175,36 @@ impl Services {
     /// latest own event (sending implies reading), whichever is later.
     pub(crate) async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
         Ok(self.store().read_up_to(room_id, user_id.as_str()).await?)
+    }
+
+    /// `unread_notifications` and `unread_thread_notifications` of a room
+    /// when the client asked for per-thread counts (spec "Receiving
+    /// notifications", threaded read receipts): an unthreaded receipt (or
+    /// the user's own newest event) reads everything up to it, a `main`
+    /// receipt the main timeline, a thread's receipt that thread.
+    pub(crate) async fn unread_counts_by_thread(&self, user_id: &UserId, room_id: &str) -> Result<(JsonValue, JsonValue), Error> {
+        let (receipts, own) = self.store().read_positions(user_id.as_str(), room_id).await?;
+        let of = |thread: &str| receipts.iter().find(|(t, _)| t == thread).map_or(0, |(_, p)| *p);
+        let unthreaded = own.max(of(""));
+        let main = unthreaded.max(of("main"));
+        let rows = self.store().unread_notifications_by_thread(user_id.as_str(), room_id, unthreaded, MAX_UNREAD_COUNTED).await?;
+        let (mut main_counts, mut threads) = ((0u64, 0u64), std::collections::BTreeMap::<String, (u64, u64)>::new());
+        for row in rows {
+            let (read, counts) = match &row.thread_root {
+                None => (main, &mut main_counts),
+                Some(root) => (unthreaded.max(of(root)), threads.entry(root.clone()).or_default()),
+            };
+            if row.stream_pos > read {
+                counts.0 += 1;
+                counts.1 += u64::from(row.highlight);
+            }
+        }
+        let per_thread: serde_json::Map<String, JsonValue> = threads
+            .into_iter()
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(root, (n, h))| (root, json!({ "notification_count": n, "highlight_count": h })))
+            .collect();
+        Ok((json!({ "notification_count": main_counts.0, "highlight_count": main_counts.1 }), JsonValue::Object(per_thread)))
     }
 
     /// `unread_notifications` of a room in `/sync`.

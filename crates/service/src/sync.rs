@@ -381,8 +381,14 @@ impl Services {
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
             "summary": summary,
-            "unread_notifications": self.unread_counts(&p.user.user_id, room_id).await?,
         });
+        if req.filter.room.timeline.unread_thread_notifications {
+            let (main, threads) = self.unread_counts_by_thread(&p.user.user_id, room_id).await?;
+            room["unread_notifications"] = main;
+            room["unread_thread_notifications"] = threads;
+        } else {
+            room["unread_notifications"] = self.unread_counts(&p.user.user_id, room_id).await?;
+        }
         room[state_key] = json!({ "events": self.client_events(&state, &p.viewer).await? });
         Ok(Some(room))
     }

@@ -102,6 +102,50 @@ impl PushStore for PostgresStore {
         Ok(row.map(|r| get::<Option<i64>>(&r, 0)).transpose()?.flatten().map_or(0, u))
     }
 
+    async fn unread_notifications_by_thread(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<ThreadedNotification>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT rel.relates_to, e.stream_pos, n.highlight FROM notifications n
+             JOIN events e ON e.event_id = n.event_id
+             LEFT JOIN relations rel ON rel.event_id = n.event_id AND rel.rel_type = 'm.thread'
+             WHERE n.user_id = $1 AND n.room_id = $2 AND e.stream_pos > $3
+             ORDER BY e.stream_pos LIMIT $4",
+            &[&user_id, &room_id, &i(after), &i(limit as u64)],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| Ok(ThreadedNotification { thread_root: get(r, 0)?, stream_pos: u(get(r, 1)?), highlight: get(r, 2)? }))
+            .collect()
+    }
+
+    async fn read_positions(&self, user_id: &str, room_id: &str) -> StoreResult<(Vec<(String, u64)>, u64)> {
+        let client = self.client().await?;
+        let own =
+            query_opt(&client, "SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND sender = $2", &[&room_id, &user_id])
+                .await?
+                .map(|r| get::<Option<i64>>(&r, 0))
+                .transpose()?
+                .flatten()
+                .map_or(0, u);
+        let rows = query(
+            &client,
+            "SELECT r.thread_id, MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')
+             GROUP BY r.thread_id",
+            &[&room_id, &user_id],
+        )
+        .await?;
+        let positions = rows.iter().map(|r| Ok((get::<String>(r, 0)?, u(get::<i64>(r, 1)?)))).collect::<StoreResult<Vec<_>>>()?;
+        Ok((positions, own))
+    }
+
     async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)> {
         let client = self.client().await?;
         let row = query_opt(

@@ -103,6 +103,52 @@ impl PushStore for SqliteStore {
         .await
     }
 
+    async fn unread_notifications_by_thread(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<ThreadedNotification>> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT rel.relates_to, e.stream_pos, n.highlight FROM notifications n
+                     JOIN events e ON e.event_id = n.event_id
+                     LEFT JOIN relations rel ON rel.event_id = n.event_id AND rel.rel_type = 'm.thread'
+                     WHERE n.user_id = ?1 AND n.room_id = ?2 AND e.stream_pos > ?3
+                     ORDER BY e.stream_pos LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![user_id, room_id, i(after), i(limit as u64)], |r| {
+                    Ok(ThreadedNotification { thread_root: r.get(0)?, stream_pos: u(r.get(1)?), highlight: r.get(2)? })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn read_positions(&self, user_id: &str, room_id: &str) -> StoreResult<(Vec<(String, u64)>, u64)> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.read(move |conn| {
+            let own = latest_event_of_sender(conn, &room_id, &user_id)?.unwrap_or(0);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT r.thread_id, MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                     WHERE r.room_id = ?1 AND r.user_id = ?2 AND r.receipt_type IN ('m.read', 'm.read.private')
+                     GROUP BY r.thread_id",
+                )
+                .map_err(backend)?;
+            let rows =
+                stmt.query_map(params![room_id, user_id], |r| Ok((r.get::<_, String>(0)?, u(r.get(1)?)))).map_err(backend)?;
+            Ok((rows.collect::<Result<Vec<_>, _>>().map_err(backend)?, own))
+        })
+        .await
+    }
+
     async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)> {
         let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
         self.read(move |conn| {

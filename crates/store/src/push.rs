@@ -14,6 +14,15 @@ pub struct NewNotification {
     pub highlight: bool,
 }
 
+/// One unread notification, for per-thread counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadedNotification {
+    /// The thread root, `None` for the main timeline.
+    pub thread_root: Option<String>,
+    pub stream_pos: u64,
+    pub highlight: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredNotification {
     pub event: StoredEvent,
@@ -50,6 +59,22 @@ pub trait PushStore: Send + Sync {
     /// their newest event, or of the event their `m.read`/`m.read.private`
     /// receipt (unthreaded or `main`) points at, whichever is later.
     async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<u64>;
+
+    /// The user's unread notifications of a room above `after`, oldest
+    /// first, at most `limit`, each with the thread it belongs to (the root
+    /// of its `m.thread` relation), for per-thread counts.
+    async fn unread_notifications_by_thread(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<ThreadedNotification>>;
+
+    /// Where the user's read receipts of a room point, per thread id
+    /// (`""` unthreaded, `"main"`, or a thread root), as event stream
+    /// positions; and the position of their own newest event there.
+    async fn read_positions(&self, user_id: &str, room_id: &str) -> StoreResult<(Vec<(String, u64)>, u64)>;
 
     /// (notifications, highlights) of the user in a room at positions
     /// above `after` (the user's read position).

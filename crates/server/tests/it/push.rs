@@ -5,7 +5,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{assert_error, call, ok, register};
+use crate::common::{assert_error, call, ok, register, urlencode};
 
 async fn push(backend: Backend) {
     let server = TestServer::start(backend).await.unwrap();
@@ -107,6 +107,29 @@ async fn push(backend: Backend) {
     ok(Method::PUT, api("/pushrules/global/underride/.m.rule.message/actions"), &bob, Some(json!({"actions": ["notify"]}))).await;
     let actions = ok(Method::GET, api("/pushrules/global/underride/.m.rule.message/actions"), &bob, None).await;
     assert_eq!(actions, json!({"actions": ["notify"]}));
+
+    // Threads count apart when the client asks (unread_thread_notifications):
+    // a thread receipt clears its thread only.
+    ok(Method::PUT, api("/pushrules/global/underride/.m.rule.message/enabled"), &bob, Some(json!({"enabled": true}))).await;
+    ok(Method::PUT, api("/pushrules/global/underride/.m.rule.room_one_to_one/enabled"), &bob, Some(json!({"enabled": true})))
+        .await;
+    let root = send(bob.clone(), "t-root".into(), json!({"msgtype": "m.text", "body": "thread root"})).await;
+    let root = root["event_id"].as_str().unwrap().to_owned();
+    let in_thread = |n: u32| json!({"msgtype": "m.text", "body": format!("reply {n}"), "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    send(alice.clone(), "t1".into(), in_thread(1)).await;
+    let second = send(alice.clone(), "t2".into(), in_thread(2)).await;
+    send(alice.clone(), "m1".into(), json!({"msgtype": "m.text", "body": "main timeline"})).await;
+    let threaded = urlencode(r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#);
+    let sync = ok(Method::GET, api(&format!("/sync?filter={threaded}")), &bob, None).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "{joined}");
+    assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2, "{joined}");
+    let second = second["event_id"].as_str().unwrap();
+    ok(Method::POST, api(&format!("/rooms/{room}/receipt/m.read/{second}")), &bob, Some(json!({"thread_id": root}))).await;
+    let sync = ok(Method::GET, api(&format!("/sync?filter={threaded}")), &bob, None).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "{joined}");
+    assert!(joined["unread_thread_notifications"].get(&root).is_none(), "{joined}");
 
     // Errors.
     assert_error(&call(Method::GET, &api("/pushrules/global/override/nope"), Some(&bob), None).await, 404, "M_NOT_FOUND");
