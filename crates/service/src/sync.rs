@@ -300,6 +300,7 @@ impl Services {
     /// The timeline window of a room between `since` (exclusive) and `up_to`.
     async fn window(
         &self,
+        user_id: &chancery_proto::ruma::UserId,
         room_id: &str,
         since: Option<u64>,
         up_to: u64,
@@ -313,7 +314,11 @@ impl Services {
         events.truncate(limit);
         events.reverse();
         let before_timeline = events.first().map_or(up_to, |e| e.stream_pos - 1);
-        let timeline = events.into_iter().filter(|e| type_allowed(filter, &e.event_type) && visible(e, ignored)).collect();
+        let timeline: Vec<StoredEvent> =
+            events.into_iter().filter(|e| type_allowed(filter, &e.event_type) && visible(e, ignored)).collect();
+        // History visibility: a member who joined a `joined`-visibility room
+        // does not see what was said before.
+        let timeline = self.visible_events(user_id, room_id, timeline).await?;
         Ok(RoomWindow { timeline, limited, before_timeline })
     }
 
@@ -344,7 +349,7 @@ impl Services {
         // A room joined since the last sync is sent whole, like in an
         // initial sync.
         let window_since = if newly_joined { None } else { p.since.map(|s| s.events) };
-        let w = self.window(room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored).await?;
+        let w = self.window(&p.user.user_id, room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored).await?;
         let ephemeral = self.ephemeral(p, room_id, newly_joined).await?;
         if !newly_joined
             && !req.full_state
@@ -419,7 +424,9 @@ impl Services {
     async fn sync_left_room(&self, p: &Pass<'_>, m: &Membership, account_data: Vec<JsonValue>) -> Result<JsonValue, Error> {
         // What happened up to (and including) the user's departure.
         let since = p.since.map(|s| s.events);
-        let w = self.window(&m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored).await?;
+        let w = self
+            .window(&p.user.user_id, &m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored)
+            .await?;
         let state = match since {
             Some(s) if w.limited => self.store().state_changes(&m.room_id, s, w.before_timeline).await?,
             Some(_) => Vec::new(),

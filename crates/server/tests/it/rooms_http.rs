@@ -334,3 +334,40 @@ async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
     second.stop().await.unwrap();
     first.stop().await.unwrap();
 }
+
+/// History visibility: under `joined`, a newcomer does not see what was
+/// said before; a former member still reads what they were there for, not
+/// what came after; outsiders read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_visibility_is_enforced() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let carol = User::new(&base, "carol").await;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.send(&room, "s1", "secret before").await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": bob.id}))).await;
+    bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    alice.send(&room, "s2", "after join").await;
+
+    let bodies = |page: &Value| -> Vec<String> {
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+    };
+    let page = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
+    assert_eq!(bodies(&page), ["after join"]);
+    let sync = bob.sync("").await;
+    assert_eq!(timeline_bodies(&sync, &room), ["after join"]);
+    let page = alice.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
+    assert_eq!(bodies(&page), ["after join", "secret before"]);
+
+    bob.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    let later = alice.send(&room, "s3", "after leave").await;
+    let page = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
+    assert_eq!(bodies(&page), ["after join"]);
+    assert_error(&bob.call(Method::GET, &format!("/rooms/{room}/event/{later}"), None).await, 404, "M_NOT_FOUND");
+    assert_error(&carol.call(Method::GET, &format!("/rooms/{room}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
+    server.stop().await.unwrap();
+}

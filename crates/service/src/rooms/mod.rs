@@ -20,6 +20,7 @@ mod relations;
 mod reports;
 mod send;
 mod upgrade;
+mod visibility;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -45,9 +45,15 @@ pub fn parse_token(token: &str) -> Result<u64, Error> {
 impl Services {
     /// `GET /rooms/{roomId}/event/{eventId}`.
     pub async fn room_event(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<JsonValue, Error> {
-        self.ensure_joined(room_id, &user.user_id).await?;
+        self.ensure_can_read(room_id, &user.user_id).await?;
         let event = self.store().event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
         let event = event.ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        // An event the user may not see is answered like a missing one.
+        let event = self
+            .visible_events(&user.user_id, room_id.as_str(), vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
         Ok(self.client_events(&[event], &user.into()).await?.remove(0))
     }
 
@@ -125,7 +131,8 @@ impl Services {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<MessagesPage, Error> {
-        self.ensure_joined(room_id, &user.user_id).await?;
+        // Former members page through what history visibility leaves them.
+        self.ensure_can_read(room_id, &user.user_id).await?;
         let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
         let current = self.store().current_stream_pos().await?;
         let viewer = ClientEventOptions::from(user);
@@ -146,6 +153,7 @@ impl Services {
         // Filtering after the page is cut keeps tokens exact; a page may hold
         // fewer events than `limit`, which the spec allows.
         let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
+        let events = self.visible_events(&user.user_id, room_id.as_str(), events).await?;
         // Spec "Ignoring Users": no timeline events of ignored users, here
         // as in /sync; their state events stay.
         let ignored = self.ignored_users(user.user_id.as_str()).await?;
