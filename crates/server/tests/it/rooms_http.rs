@@ -351,7 +351,7 @@ async fn history_visibility_is_enforced() {
     alice.send(&room, "s1", "secret before").await;
     alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": bob.id}))).await;
     bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
-    alice.send(&room, "s2", "after join").await;
+    let after_join = alice.send(&room, "s2", "after join").await;
 
     let bodies = |page: &Value| -> Vec<String> {
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
@@ -360,6 +360,10 @@ async fn history_visibility_is_enforced() {
     assert_eq!(bodies(&page), ["after join"]);
     let sync = bob.sync("").await;
     assert_eq!(timeline_bodies(&sync, &room), ["after join"]);
+    let context = bob.ok(Method::GET, &format!("/rooms/{room}/context/{after_join}?limit=10"), None).await;
+    let before: Vec<_> =
+        context["events_before"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(before.is_empty(), "{context}");
     let page = alice.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
     assert_eq!(bodies(&page), ["after join", "secret before"]);
 

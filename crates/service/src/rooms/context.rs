@@ -81,8 +81,14 @@ impl Services {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<ContextPage, Error> {
-        self.ensure_joined(room_id, &user.user_id).await?;
+        self.ensure_can_read(room_id, &user.user_id).await?;
         let event = self.event_in_room(room_id, event_id).await?;
+        // An event the user may not see is answered like a missing one.
+        let event = self
+            .visible_events(&user.user_id, room_id.as_str(), vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
         let limit = limit.min(MAX_CONTEXT_LIMIT);
         let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
         let current = self.store().current_stream_pos().await?;
@@ -102,6 +108,8 @@ impl Services {
 
         let before: Vec<StoredEvent> = before.into_iter().filter(|e| event_allowed(filter, e)).collect();
         let after: Vec<StoredEvent> = after.into_iter().filter(|e| event_allowed(filter, e)).collect();
+        let before = self.visible_events(&user.user_id, room_id.as_str(), before).await?;
+        let after = self.visible_events(&user.user_id, room_id.as_str(), after).await?;
         let lazy = matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. });
         let senders: BTreeSet<&str> =
             before.iter().chain(&after).chain(std::iter::once(&event)).map(|e| e.sender.as_str()).collect();
