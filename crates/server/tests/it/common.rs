@@ -70,3 +70,44 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A registered user driven over plain HTTP.
+pub struct User {
+    pub base: String,
+    pub token: String,
+    pub id: String,
+}
+
+impl User {
+    pub async fn new(base: &str, name: &str) -> User {
+        let (id, token, _) = register(base, name).await;
+        User { base: base.into(), token, id }
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/_matrix/client/v3{path}", self.base)
+    }
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(method, &self.url(path), Some(&self.token), body).await
+    }
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(method, path, body).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+    pub async fn create_room(&self, body: Value) -> String {
+        self.ok(Method::POST, "/createRoom", Some(body)).await["room_id"].as_str().unwrap().to_owned()
+    }
+    /// Sends an `m.room.message` with this content; returns its event id.
+    pub async fn send(&self, room: &str, txn: &str, content: Value) -> String {
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        self.ok(Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_owned()
+    }
+    /// Sends a plain text message.
+    pub async fn say(&self, room: &str, txn: &str, text: &str) -> String {
+        self.send(room, txn, json!({"msgtype": "m.text", "body": text})).await
+    }
+    /// `GET /sync?{query}`.
+    pub async fn sync(&self, query: &str) -> Value {
+        self.ok(Method::GET, &format!("/sync?{query}"), None).await
+    }
+}

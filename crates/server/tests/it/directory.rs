@@ -16,33 +16,9 @@ use serde_json::{Value, json};
 
 use chancery_proto::limits::{MAX_REPORT_REASON_BYTES, MAX_REPORTS_PER_USER_PER_WINDOW};
 
-use crate::common::{PASSWORD, assert_error, call, login, register};
-
-struct User {
-    base: String,
-    token: String,
-    id: String,
-}
+use crate::common::{PASSWORD, User, assert_error, call, login, register};
 
 impl User {
-    async fn new(base: &str, name: &str) -> User {
-        let (id, token, _) = register(base, name).await;
-        User { base: base.into(), token, id }
-    }
-    fn url(&self, path: &str) -> String {
-        format!("{}/_matrix/client/v3{path}", self.base)
-    }
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        call(method, &self.url(path), Some(&self.token), body).await
-    }
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, body).await;
-        assert_eq!(status, 200, "{path}: {body}");
-        body
-    }
-    async fn create_room(&self, body: Value) -> String {
-        self.ok(Method::POST, "/createRoom", Some(body)).await["room_id"].as_str().unwrap().to_owned()
-    }
     async fn join(&self, room: &str) {
         self.ok(Method::POST, &format!("/join/{}", enc(room)), Some(json!({}))).await;
     }
@@ -53,9 +29,6 @@ impl User {
         let members = self.ok(Method::GET, &format!("/rooms/{room}/members"), None).await;
         let member = members["chunk"].as_array().unwrap().iter().find(|m| m["state_key"] == user);
         member.map(|m| m["content"]["membership"].as_str().unwrap().to_owned()).unwrap_or_default()
-    }
-    async fn sync(&self, query: &str) -> Value {
-        self.ok(Method::GET, &format!("/sync?{query}"), None).await
     }
     async fn public_rooms(&self, body: Value) -> Value {
         self.ok(Method::POST, "/publicRooms", Some(body)).await

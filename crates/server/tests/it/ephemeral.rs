@@ -5,44 +5,13 @@
 use std::time::{Duration, Instant};
 
 use chancery_testkit::{Backend, TestServer};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{PASSWORD, assert_error, call, http, register};
-
-struct User {
-    base: String,
-    token: String,
-    id: String,
-}
+use crate::common::{PASSWORD, User, assert_error, call, http};
 
 impl User {
-    async fn new(base: &str, name: &str) -> User {
-        let (id, token, _) = register(base, name).await;
-        User { base: base.into(), token, id }
-    }
-    fn url(&self, path: &str) -> String {
-        format!("{}/_matrix/client/v3{path}", self.base)
-    }
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        call(method, &self.url(path), Some(&self.token), body).await
-    }
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, body).await;
-        assert_eq!(status, 200, "{path}: {body}");
-        body
-    }
-    async fn create_room(&self, body: Value) -> String {
-        self.ok(Method::POST, "/createRoom", Some(body)).await["room_id"].as_str().unwrap().to_owned()
-    }
-    async fn send(&self, room: &str, txn: &str, content: Value) -> String {
-        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
-        self.ok(Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_owned()
-    }
-    async fn say(&self, room: &str, txn: &str, text: &str) -> String {
-        self.send(room, txn, json!({"msgtype": "m.text", "body": text})).await
-    }
-    async fn sync(&self, since: Option<&str>) -> Value {
+    async fn sync_since(&self, since: Option<&str>) -> Value {
         match since {
             Some(since) => self.ok(Method::GET, &format!("/sync?since={since}&timeout=0"), None).await,
             None => self.ok(Method::GET, "/sync", None).await,
@@ -159,7 +128,7 @@ async fn account_data_and_tags(backend: Backend) {
     assert_eq!(alice.ok(Method::GET, &cfg, None).await, json!({"theme": "dark"}));
 
     // Initial sync: all of it, global at the top, room data in the room.
-    let initial = alice.sync(None).await;
+    let initial = alice.sync_since(None).await;
     assert_eq!(global_account_data(&initial, "org.example.cfg"), [json!({"theme": "dark"})]);
     assert_eq!(room_account_data(&initial, &room, "org.example.cfg"), [json!({"pinned": true})]);
     let since = next_batch(&initial);
@@ -179,7 +148,7 @@ async fn account_data_and_tags(backend: Backend) {
             })
         })
         .await;
-    let quiet = alice.sync(Some(&since)).await;
+    let quiet = alice.sync_since(Some(&since)).await;
     assert!(global_account_data(&quiet, "org.example.cfg").is_empty(), "{quiet}");
 
     // Tags.
@@ -223,7 +192,7 @@ async fn account_data_and_tags(backend: Backend) {
     // Old one-part tokens still work (the other streams count from 0);
     // malformed ones are refused.
     let events_part = since.split('_').next().unwrap().to_owned();
-    let old = alice.sync(Some(&events_part)).await;
+    let old = alice.sync_since(Some(&events_part)).await;
     assert_eq!(global_account_data(&old, "org.example.cfg"), [json!({"theme": "contrast"})]);
     assert_error(&alice.call(Method::GET, "/sync?since=s1_2_x&timeout=0", None).await, 400, "M_INVALID_PARAM");
     // And a sync token works as a /messages token.
@@ -267,8 +236,8 @@ async fn receipts_and_read_markers(backend: Backend) {
     let elsewhere = alice.create_room(json!({})).await;
     let foreign = alice.say(&elsewhere, "f1", "elsewhere").await;
 
-    let bob_since = next_batch(&bob.sync(None).await);
-    let alice_since = next_batch(&alice.sync(None).await);
+    let bob_since = next_batch(&bob.sync_since(None).await);
+    let alice_since = next_batch(&alice.sync_since(None).await);
 
     // A public receipt reaches the other member.
     let receipt = |kind: &str, event: &str| format!("/rooms/{room}/receipt/{kind}/{event}");
@@ -307,7 +276,7 @@ async fn receipts_and_read_markers(backend: Backend) {
     // A newer receipt replaces the older one of its thread; an initial
     // sync shows the current ones (and private ones only to their owner).
     alice.ok(Method::POST, &receipt("m.read", &reply), Some(json!({}))).await;
-    let fresh = bob.sync(None).await;
+    let fresh = bob.sync_since(None).await;
     let current = ephemeral(&fresh, &room, "m.receipt");
     assert!(receipt_of(&current, &reply, "m.read", &alice.id).is_some(), "{fresh}");
     assert!(receipt_of(&current, &second, "m.read", &alice.id).is_some_and(|r| r["thread_id"] == "main"), "{current:?}");
@@ -317,7 +286,7 @@ async fn receipts_and_read_markers(backend: Backend) {
             assert_eq!(r["thread_id"], "main", "the unthreaded receipt moved on to the reply: {current:?}");
         }
     }
-    let alice_fresh = alice.sync(None).await;
+    let alice_fresh = alice.sync_since(None).await;
     assert!(receipt_of(&ephemeral(&alice_fresh, &room, "m.receipt"), &reply, "m.read.private", &alice.id).is_some());
 
     // Bad receipts.
@@ -386,7 +355,7 @@ async fn typing_reaches_the_other_member_and_runs_out() {
     let carol = User::new(&base, "carol").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
-    let since = next_batch(&bob.sync(None).await);
+    let since = next_batch(&bob.sync_since(None).await);
     let typing = |user: &User| format!("/rooms/{room}/typing/{}", user.id);
 
     // Bob is long-polling when alice starts typing.
@@ -412,14 +381,14 @@ async fn typing_reaches_the_other_member_and_runs_out() {
     };
     // Refreshing is no news; an initial sync shows who types.
     alice.ok(Method::PUT, &typing(&alice), Some(json!({"typing": true, "timeout": 30000}))).await;
-    assert!(ephemeral(&bob.sync(Some(&since)).await, &room, "m.typing").is_empty());
-    assert_eq!(ephemeral(&bob.sync(None).await, &room, "m.typing"), [json!({"user_ids": [alice.id]})]);
+    assert!(ephemeral(&bob.sync_since(Some(&since)).await, &room, "m.typing").is_empty());
+    assert_eq!(ephemeral(&bob.sync_since(None).await, &room, "m.typing"), [json!({"user_ids": [alice.id]})]);
 
     // Stopping reaches bob as an empty list.
     alice.ok(Method::PUT, &typing(&alice), Some(json!({"typing": false}))).await;
     let (users, since) = bob.sync_until(&since, "alice stopping", |s| ephemeral(s, &room, "m.typing").pop()).await;
     assert_eq!(users, json!({"user_ids": []}));
-    assert!(ephemeral(&bob.sync(None).await, &room, "m.typing").is_empty(), "nobody types: no m.typing at all");
+    assert!(ephemeral(&bob.sync_since(None).await, &room, "m.typing").is_empty(), "nobody types: no m.typing at all");
 
     // A short timeout runs out by itself, and the waiting poll sees it.
     alice.ok(Method::PUT, &typing(&alice), Some(json!({"typing": true, "timeout": 300}))).await;
@@ -457,7 +426,7 @@ async fn ignored_users_are_hidden() {
     let room = bob.create_room(json!({"preset": "public_chat"})).await;
     alice.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
     bob.say(&room, "b1", "before ignoring").await;
-    let since = next_batch(&alice.sync(None).await);
+    let since = next_batch(&alice.sync_since(None).await);
 
     let ignore = alice.account_data_path(None, "m.ignored_user_list");
     alice.ok(Method::PUT, &ignore, Some(json!({"ignored_users": {bob.id.clone(): {}}}))).await;
@@ -479,14 +448,14 @@ async fn ignored_users_are_hidden() {
     let page = alice.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
     assert!(messages_from(&page["chunk"], &bob.id).is_empty(), "{page}");
     assert_eq!(messages_from(&page["chunk"], &alice.id), ["alice speaks"]);
-    let initial = alice.sync(None).await;
+    let initial = alice.sync_since(None).await;
     assert!(messages_from(&initial["rooms"]["join"][&room]["timeline"]["events"], &bob.id).is_empty());
 
     // Invites from ignored users are not delivered; others are.
     let from_bob = bob.create_room(json!({"invite": [alice.id]})).await;
     let from_carol = carol.create_room(json!({"invite": [alice.id]})).await;
     let (_, since) = alice.sync_until(&since, "carol's invite", |s| s["rooms"]["invite"].get(&from_carol).cloned()).await;
-    assert!(alice.sync(None).await["rooms"]["invite"].get(&from_bob).is_none());
+    assert!(alice.sync_since(None).await["rooms"]["invite"].get(&from_bob).is_none());
 
     // Unignoring: bob's later messages arrive again.
     alice.ok(Method::PUT, &ignore, Some(json!({"ignored_users": {}}))).await;

@@ -7,44 +7,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{assert_error, call, register, urlencode};
-
-struct User {
-    base: String,
-    token: String,
-    id: String,
-}
-
-impl User {
-    async fn new(base: &str, name: &str) -> User {
-        let (id, token, _) = register(base, name).await;
-        User { base: base.into(), token, id }
-    }
-    fn url(&self, path: &str) -> String {
-        format!("{}/_matrix/client/v3{path}", self.base)
-    }
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (reqwest::StatusCode, Value) {
-        call(method, &self.url(path), Some(&self.token), body).await
-    }
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, body).await;
-        assert_eq!(status, 200, "{path}: {body}");
-        body
-    }
-    async fn create_room(&self, body: Value) -> String {
-        self.ok(Method::POST, "/createRoom", Some(body)).await["room_id"].as_str().unwrap().to_owned()
-    }
-    async fn send(&self, room: &str, txn: &str, body: &str) -> String {
-        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
-        self.ok(Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": body}))).await["event_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-    async fn sync(&self, query: &str) -> Value {
-        self.ok(Method::GET, &format!("/sync?{query}"), None).await
-    }
-}
+use crate::common::{User, assert_error, call, urlencode};
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
     sync["rooms"]["join"][room]["timeline"]["events"]
@@ -70,7 +33,7 @@ async fn room_rules(backend: Backend) {
         assert_eq!(room.contains(':'), version != "12", "{version}: {room}");
         let create = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.create/"), None).await;
         assert_eq!(create["room_version"], version);
-        alice.send(&room, &format!("t{version}"), "hello").await;
+        alice.say(&room, &format!("t{version}"), "hello").await;
         let name = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name"), None).await;
         assert_eq!(name, json!({"name": format!("v{version}")}));
     }
@@ -109,7 +72,7 @@ async fn room_rules(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
-    bob.send(&public, "b1", "hi from bob").await;
+    bob.say(&public, "b1", "hi from bob").await;
     // Alice kicks bob: he can no longer send; bans keep him out.
     alice.ok(Method::POST, &format!("/rooms/{public}/kick"), Some(json!({"user_id": bob.id, "reason": "test"}))).await;
     assert_error(
@@ -177,13 +140,13 @@ async fn room_rules(backend: Backend) {
 
     // Redactions have their own transaction ids: a message sent with a
     // txn id that looks like one does not swallow a redaction.
-    let tricky = alice.send(&public, "redact:x", "tricky").await;
+    let tricky = alice.say(&public, "redact:x", "tricky").await;
     let redaction = alice.ok(Method::PUT, &format!("/rooms/{public}/redact/{tricky}/x"), Some(json!({}))).await;
     assert_ne!(redaction["event_id"].as_str().unwrap(), tricky);
 
     // Sends are idempotent per device and transaction id.
-    let first = alice.send(&public, "same-txn", "once").await;
-    let again = alice.send(&public, "same-txn", "once").await;
+    let first = alice.say(&public, "same-txn", "once").await;
+    let again = alice.say(&public, "same-txn", "once").await;
     assert_eq!(first, again);
     let page = alice.ok(Method::GET, &format!("/rooms/{public}/messages?dir=b&limit=3"), None).await;
     let bodies: Vec<_> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
@@ -237,7 +200,7 @@ async fn sync_timelines_long_poll_and_restart() {
 
     // Gappy: 30 messages with a limit of 5.
     for i in 0..30 {
-        alice.send(&room, &format!("g{i}"), &format!("g{i}")).await;
+        alice.say(&room, &format!("g{i}"), &format!("g{i}")).await;
     }
     let filter = r#"{"room":{"timeline":{"limit":5}}}"#;
     let gappy = bob.sync(&format!("since={since}&filter={}", urlencode(filter))).await;
@@ -272,7 +235,7 @@ async fn sync_timelines_long_poll_and_restart() {
     };
     // Give the poll a moment to start waiting (its answer is checked, not the timing).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    alice.send(&room, "wake", "wake up").await;
+    alice.say(&room, "wake", "wake up").await;
     let ((status, woke), elapsed) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(timeline_bodies(&woke, &room), ["wake up"]);
@@ -284,11 +247,11 @@ async fn sync_timelines_long_poll_and_restart() {
     assert!(empty["rooms"]["join"].as_object().unwrap().is_empty(), "{empty}");
 
     // Restart between two syncs: nothing lost, nothing repeated.
-    alice.send(&room, "before-restart", "before restart").await;
+    alice.say(&room, "before-restart", "before restart").await;
     server.restart().await.unwrap();
     let bob = User { base: server.base_url.clone(), ..bob };
     let alice = User { base: server.base_url.clone(), ..alice };
-    alice.send(&room, "after-restart", "after restart").await;
+    alice.say(&room, "after-restart", "after restart").await;
     let after = bob.sync(&format!("since={since}")).await;
     assert_eq!(timeline_bodies(&after, &room), ["before restart", "after restart"]);
     let next = after["next_batch"].as_str().unwrap();
@@ -326,7 +289,7 @@ async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    alice.send(&room, "cross-node", "from the first node").await;
+    alice.say(&room, "cross-node", "from the first node").await;
     let ((status, woke), elapsed) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(timeline_bodies(&woke, &room), ["from the first node"]);
@@ -348,10 +311,10 @@ async fn history_visibility_is_enforced() {
     let room = alice
         .create_room(json!({"preset": "private_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}))
         .await;
-    alice.send(&room, "s1", "secret before").await;
+    alice.say(&room, "s1", "secret before").await;
     alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": bob.id}))).await;
     bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
-    let after_join = alice.send(&room, "s2", "after join").await;
+    let after_join = alice.say(&room, "s2", "after join").await;
 
     let bodies = |page: &Value| -> Vec<String> {
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
@@ -368,7 +331,7 @@ async fn history_visibility_is_enforced() {
     assert_eq!(bodies(&page), ["after join", "secret before"]);
 
     bob.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
-    let later = alice.send(&room, "s3", "after leave").await;
+    let later = alice.say(&room, "s3", "after leave").await;
     let page = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
     assert_eq!(bodies(&page), ["after join"]);
     assert_error(&bob.call(Method::GET, &format!("/rooms/{room}/event/{later}"), None).await, 404, "M_NOT_FOUND");
