@@ -76,7 +76,7 @@ impl Services {
             .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
             .await
             .map_err(write_error)?;
-        self.inner.wakeups.notify();
+        self.inner.wakeups.user(user.user_id.as_str());
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl Services {
             .await
             .map_err(write_error)?;
         if changed.is_some() {
-            self.inner.wakeups.notify();
+            self.inner.wakeups.user(user.user_id.as_str());
         }
         Ok(())
     }

@@ -95,7 +95,7 @@ struct Inner {
     typing: typing::TypingRuntime,
     /// Wakes long-polling syncs on account data, receipt, typing and
     /// presence changes.
-    wakeups: wakeups::SideStreamWakeups,
+    wakeups: Arc<wakeups::Wakeups>,
 }
 
 impl Services {
@@ -111,7 +111,7 @@ impl Services {
                 rooms: rooms::RoomRuntime::new(),
                 presence,
                 typing: typing::TypingRuntime::new(),
-                wakeups: wakeups::SideStreamWakeups::new(),
+                wakeups: Arc::default(),
             }),
         }
     }

@@ -115,7 +115,7 @@ impl Services {
         }
         if self.inner.presence.enabled && self.inner.presence.set(user.user_id.as_str(), presence, status_msg, now_ms()).is_some()
         {
-            self.inner.wakeups.notify();
+            self.inner.wakeups.everyone();
         }
         Ok(())
     }
@@ -129,7 +129,7 @@ impl Services {
         }
         let status = self.inner.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
         if self.inner.presence.set(user.user_id.as_str(), set_presence, status, now_ms()).is_some() {
-            self.inner.wakeups.notify();
+            self.inner.wakeups.everyone();
         }
     }
 

@@ -47,7 +47,7 @@ impl Services {
             )));
         }
         self.store().set_push_rules(user_id.as_str(), &json).await?;
-        self.inner.wakeups.notify();
+        self.inner.wakeups.user(user_id.as_str());
         Ok(())
     }
 

@@ -108,7 +108,7 @@ impl Services {
             .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
             .await
             .map_err(write_error)?;
-        self.inner.wakeups.notify();
+        self.inner.wakeups.user(user.user_id.as_str());
         Ok(())
     }
 
@@ -134,7 +134,7 @@ impl Services {
             )),
             e => e.into(),
         })?;
-        self.inner.wakeups.notify();
+        self.inner.wakeups.room(room_id.as_str());
         Ok(())
     }
 }

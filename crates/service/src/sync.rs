@@ -3,8 +3,8 @@
 //! `state_after` (MSC4222), invites and knocks as stripped state, rooms
 //! left since the last sync (unless forgotten), account data (global and
 //! per room), receipts and typing as ephemeral events, presence, the
-//! ignored-user list, and long-polling woken by the write path and by
-//! account data, receipt, typing and presence changes.
+//! ignored-user list, and long-polling woken (through
+//! [`crate::wakeups`]) only by changes to the user's rooms and data.
 //!
 //! A `since` token is a [`StreamToken`], one position per stream; every
 //! query of one answer is bounded by the positions read at its start, so
@@ -53,6 +53,9 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// Heroes in a room summary: "the first 5 members" (spec).
+const SUMMARY_HEROES: usize = 5;
+
 /// Timeline events of ignored users are not delivered; their state events
 /// are (spec "Ignoring Users": the room must not look different).
 fn visible(event: &StoredEvent, ignored: &BTreeSet<String>) -> bool {
@@ -79,6 +82,46 @@ struct Pass<'a> {
     typing: TypingSnapshot,
 }
 
+/// One pass's answer, and what a sync waiting after it needs.
+struct OnePass {
+    body: JsonValue,
+    has_news: bool,
+    next_typing_expiry: Option<Instant>,
+    joined: BTreeSet<String>,
+}
+
+/// The user's ignored list, read again only when their account data moved.
+#[derive(Default)]
+struct IgnoredCache(Option<(u64, BTreeSet<String>)>);
+
+impl IgnoredCache {
+    async fn get(&mut self, services: &Services, user: &AuthedUser, account_data_pos: u64) -> Result<BTreeSet<String>, Error> {
+        match &self.0 {
+            Some((pos, ignored)) if *pos == account_data_pos => Ok(ignored.clone()),
+            _ => {
+                let ignored = services.ignored_users(user.user_id.as_str()).await?;
+                self.0 = Some((account_data_pos, ignored.clone()));
+                Ok(ignored)
+            }
+        }
+    }
+}
+
+fn joined_rooms(memberships: &[Membership]) -> BTreeSet<String> {
+    memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.clone()).collect()
+}
+
+/// Sync serves events without their `room_id` (the spec's
+/// `ClientEventWithoutRoomID`): the room is the key they sit under.
+fn without_room_ids(mut events: Vec<JsonValue>) -> Vec<JsonValue> {
+    for event in &mut events {
+        if let Some(fields) = event.as_object_mut() {
+            fields.remove("room_id");
+        }
+    }
+    events
+}
+
 struct RoomWindow {
     timeline: Vec<StoredEvent>,
     limited: bool,
@@ -92,37 +135,42 @@ impl Services {
         let since = req.since.as_deref().map(StreamToken::parse).transpose()?;
         let timeout = Duration::from_millis(req.timeout_ms.min(MAX_SYNC_TIMEOUT_MS));
         let deadline = Instant::now() + timeout;
-        let mut event_wakeups = self.inner.rooms.stream.subscribe();
-        let mut side_wakeups = self.inner.wakeups.subscribe();
+        let may_wait = since.is_some() && !req.full_state && !timeout.is_zero();
+        // Registered before the first cut, so a change committed after it
+        // wakes this sync; the rooms follow what each pass finds.
+        let mut interest = if may_wait {
+            let rooms = self.store().memberships_of_user(user.user_id.as_str()).await?;
+            Some(self.inner.wakeups.register(user.user_id.as_str(), joined_rooms(&rooms)))
+        } else {
+            None
+        };
         // Other nodes' commits (PostgreSQL LISTEN/NOTIFY); never fires on a
         // single-process backend.
         let mut remote = self.store().remote_changes();
+        let mut ignored = IgnoredCache::default();
         loop {
-            event_wakeups.mark_unchanged();
-            side_wakeups.mark_unchanged();
             if let Some(remote) = remote.as_mut() {
                 remote.mark_unchanged();
             }
-            let events = self.store().current_stream_pos().await?;
-            self.inner.rooms.advance(events);
+            let positions = self.store().stream_positions().await?;
             let cut = StreamToken {
-                events,
-                account_data: self.store().current_account_data_pos().await?,
-                receipts: self.store().current_receipt_pos().await?,
+                events: positions.events,
+                account_data: positions.account_data,
+                receipts: positions.receipts,
                 typing: 0,   // read with the typing state itself, in sync_once
                 presence: 0, // likewise
             };
-            let (body, has_news, next_typing_expiry) = self.sync_once(user, &req, since, cut).await?;
+            let once = self.sync_once(user, &req, since, cut, &mut ignored).await?;
             // An initial sync, a full-state sync or one with news answers at
-            // once; otherwise wait for a stream to move, for a typing
-            // notification to run out, or for the timeout.
-            if since.is_none() || req.full_state || has_news || Instant::now() >= deadline {
-                return Ok(body);
-            }
-            let wake_at = next_typing_expiry.map_or(deadline, |expiry| expiry.min(deadline));
+            // once; otherwise wait for a change to the user's rooms or data,
+            // for a typing notification to run out, or for the timeout.
+            let Some(interest) = interest.as_mut().filter(|_| !once.has_news && Instant::now() < deadline) else {
+                return Ok(once.body);
+            };
+            interest.set_rooms(once.joined);
+            let wake_at = once.next_typing_expiry.map_or(deadline, |expiry| expiry.min(deadline));
             tokio::select! {
-                _ = event_wakeups.changed() => {}
-                _ = side_wakeups.changed() => {}
+                () = interest.changed() => {}
                 Ok(()) = async {
                     match remote.as_mut() {
                         Some(remote) => remote.changed().await,
@@ -131,7 +179,7 @@ impl Services {
                 } => {}
                 () = tokio::time::sleep_until(wake_at) => {
                     if wake_at >= deadline {
-                        return Ok(body);
+                        return Ok(once.body);
                     }
                 }
             }
@@ -144,7 +192,8 @@ impl Services {
         req: &SyncRequest,
         since: Option<StreamToken>,
         mut cut: StreamToken,
-    ) -> Result<(JsonValue, bool, Option<Instant>), Error> {
+        ignored: &mut IgnoredCache,
+    ) -> Result<OnePass, Error> {
         let limit = req
             .filter
             .room
@@ -168,7 +217,7 @@ impl Services {
         let joined: Vec<&str> = memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()).collect();
         let (presence, presence_serial) = self.presence_events(user, &joined, since.map_or(0, |s| s.presence)).await?;
         cut.presence = presence_serial;
-        let ignored = self.ignored_users(user.user_id.as_str()).await?;
+        let ignored = ignored.get(self, user, cut.account_data).await?;
         let typing = self.typing_snapshot(memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()));
         // Never behind the client's token: tokens of another node (or an
         // earlier run) may carry a higher serial, and going back would
@@ -223,7 +272,7 @@ impl Services {
             "presence": { "events": presence },
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         });
-        Ok((body, has_news, next_typing_expiry))
+        Ok(OnePass { body, has_news, next_typing_expiry, joined: joined.into_iter().map(str::to_owned).collect() })
     }
 
     /// Account data changed since the token (all of it on an initial sync),
@@ -375,18 +424,24 @@ impl Services {
             }
         };
         let state = Self::filter_state(req, p.user, state, &w.timeline);
-        let summary = self.room_summary(room_id, p.user).await?;
         let state_key = if req.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
             "timeline": {
-                "events": self.client_events(&w.timeline, &p.viewer).await?,
+                "events": without_room_ids(self.client_events(&w.timeline, &p.viewer).await?),
                 "limited": w.limited,
                 "prev_batch": format_token(w.before_timeline),
             },
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
-            "summary": summary,
         });
+        // The summary changes only with memberships: sent whole with the
+        // room, then again when a membership event comes (spec: "may be
+        // omitted" when unchanged), so a message in a large room does not
+        // cost a count of its members per syncing client.
+        let is_member = |e: &StoredEvent| e.event_type == "m.room.member";
+        if window_since.is_none() || req.full_state || w.timeline.iter().any(is_member) || state.iter().any(is_member) {
+            room["summary"] = self.room_summary(room_id, p.user).await?;
+        }
         if req.filter.room.timeline.unread_thread_notifications {
             let (main, threads) = self.unread_counts_by_thread(&p.user.user_id, room_id).await?;
             room["unread_notifications"] = main;
@@ -394,7 +449,7 @@ impl Services {
         } else {
             room["unread_notifications"] = self.unread_counts(&p.user.user_id, room_id).await?;
         }
-        room[state_key] = json!({ "events": self.client_events(&state, &p.viewer).await? });
+        room[state_key] = json!({ "events": without_room_ids(self.client_events(&state, &p.viewer).await?) });
         Ok(Some(room))
     }
 
@@ -433,8 +488,12 @@ impl Services {
             None => self.store().state_at(&m.room_id, Some(w.before_timeline)).await?,
         };
         Ok(json!({
-            "timeline": { "events": self.client_events(&w.timeline, &p.viewer).await?, "limited": w.limited, "prev_batch": format_token(w.before_timeline) },
-            "state": { "events": self.client_events(&state, &p.viewer).await? },
+            "timeline": {
+                "events": without_room_ids(self.client_events(&w.timeline, &p.viewer).await?),
+                "limited": w.limited,
+                "prev_batch": format_token(w.before_timeline),
+            },
+            "state": { "events": without_room_ids(self.client_events(&state, &p.viewer).await?) },
             "account_data": { "events": account_data },
         }))
     }
@@ -442,16 +501,8 @@ impl Services {
     /// `summary`: member counts and up to five heroes (spec "Calculating
     /// the display name for a room").
     async fn room_summary(&self, room_id: &str, user: &AuthedUser) -> Result<JsonValue, Error> {
-        let members = self.store().members_of_room(room_id).await?;
-        let joined = members.iter().filter(|m| m.membership == "join").count();
-        let invited = members.iter().filter(|m| m.membership == "invite").count();
-        let heroes: Vec<&str> = members
-            .iter()
-            .filter(|m| m.user_id != user.user_id.as_str() && (m.membership == "join" || m.membership == "invite"))
-            .map(|m| m.user_id.as_str())
-            .take(5)
-            .collect();
-        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+        let s = self.store().member_summary(room_id, user.user_id.as_str(), SUMMARY_HEROES).await?;
+        Ok(json!({ "m.heroes": s.heroes, "m.joined_member_count": s.joined, "m.invited_member_count": s.invited }))
     }
 }
 

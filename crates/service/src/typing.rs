@@ -188,7 +188,7 @@ impl Services {
         let until = timeout_ms.map(|ms| now + Duration::from_millis(ms.min(MAX_TYPING_TIMEOUT_MS)));
         let changed = self.inner.typing.lock().set(room_id.as_str(), user.user_id.as_str(), until, now, now_ms());
         if changed {
-            self.inner.wakeups.notify();
+            self.inner.wakeups.room(room_id.as_str());
         }
         Ok(())
     }
@@ -197,7 +197,8 @@ impl Services {
     pub(crate) fn typing_snapshot<'a>(&self, room_ids: impl IntoIterator<Item = &'a str>) -> TypingSnapshot {
         let (snapshot, expired) = self.inner.typing.lock().snapshot(room_ids, Instant::now(), now_ms());
         if expired {
-            self.inner.wakeups.notify();
+            // Rare (a timeout ran out unnoticed): not worth tracking rooms.
+            self.inner.wakeups.everyone();
         }
         snapshot
     }

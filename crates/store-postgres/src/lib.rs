@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chancery_store::{PoolStats, Store, StoreError, StoreResult};
+use chancery_store::{PoolStats, Store, StoreError, StoreResult, StreamPositions};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
@@ -171,5 +171,21 @@ impl Store for PostgresStore {
 
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.changes.clone())
+    }
+
+    async fn stream_positions(&self) -> StoreResult<StreamPositions> {
+        let client = self.client().await?;
+        // The same reads as `current_stream_pos` and the two counters.
+        let stmt = client
+            .prepare_cached(
+                "SELECT COALESCE((SELECT pos FROM stream_position), 0),
+                        COALESCE((SELECT pos FROM stream_counters WHERE stream = 'account_data'), 0),
+                        COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0)",
+            )
+            .await
+            .map_err(backend)?;
+        let row = client.query_one(&stmt, &[]).await.map_err(backend)?;
+        let pos = |i: usize| row.try_get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0)).map_err(backend);
+        Ok(StreamPositions { events: pos(0)?, account_data: pos(1)?, receipts: pos(2)? })
     }
 }

@@ -488,6 +488,32 @@ impl RoomStore for PostgresStore {
         rows.iter().map(membership_from_row).collect()
     }
 
+    async fn member_summary(&self, room_id: &str, user_id: &str, heroes: usize) -> StoreResult<MemberSummary> {
+        let client = self.client().await?;
+        let counts = query_opt(
+            &client,
+            "SELECT COUNT(*) FILTER (WHERE membership = 'join'), COUNT(*) FILTER (WHERE membership = 'invite')
+             FROM room_state WHERE room_id = $1 AND event_type = 'm.room.member' AND to_pos IS NULL",
+            &[&room_id],
+        )
+        .await?;
+        let (joined, invited) = match counts {
+            Some(row) => (u(get::<i64>(&row, 0)?), u(get::<i64>(&row, 1)?)),
+            None => (0, 0),
+        };
+        let limit = i64::try_from(heroes).unwrap_or(i64::MAX);
+        let sql = "SELECT state_key FROM room_state
+                   WHERE room_id = $1 AND event_type = 'm.room.member' AND to_pos IS NULL AND state_key <> $2
+                     AND (membership IN ('join', 'invite')) = $3
+                   ORDER BY from_pos LIMIT $4";
+        let mut rows = query(&client, sql, &[&room_id, &user_id, &true, &limit]).await?;
+        if rows.is_empty() {
+            rows = query(&client, sql, &[&room_id, &user_id, &false, &limit]).await?;
+        }
+        let heroes = rows.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<_>>()?;
+        Ok(MemberSummary { joined, invited, heroes })
+    }
+
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         let client = self.client().await?;
         // Positions commit in order (see the module comment), so the last

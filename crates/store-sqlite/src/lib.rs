@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chancery_store::{PoolStats, Store, StoreError, StoreResult};
+use chancery_store::{PoolStats, Store, StoreError, StoreResult, StreamPositions};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use pool::Pool;
@@ -157,5 +157,26 @@ impl Store for SqliteStore {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn stream_positions(&self) -> StoreResult<StreamPositions> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT (SELECT COALESCE(MAX(stream_pos), 0) FROM events),
+                        (SELECT COALESCE(MAX(stream_pos), 0) FROM account_data),
+                        (SELECT COALESCE(MAX(stream_pos), 0) FROM receipts)",
+            )
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok(StreamPositions {
+                        events: accounts::u(r.get(0)?),
+                        account_data: accounts::u(r.get(1)?),
+                        receipts: accounts::u(r.get(2)?),
+                    })
+                })
+            })
+            .map_err(backend)
+        })
+        .await
     }
 }

@@ -386,6 +386,37 @@ impl RoomStore for SqliteStore {
         .await
     }
 
+    async fn member_summary(&self, room_id: &str, user_id: &str, heroes: usize) -> StoreResult<MemberSummary> {
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        self.read(move |conn| {
+            let (joined, invited) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(membership = 'join'), 0), COALESCE(SUM(membership = 'invite'), 0)
+                     FROM room_state INDEXED BY room_state_current
+                     WHERE room_id = ?1 AND event_type = 'm.room.member' AND to_pos IS NULL",
+                )
+                .and_then(|mut s| s.query_row([&room_id], |r| Ok((u(r.get(0)?), u(r.get(1)?)))))
+                .map_err(backend)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT state_key FROM room_state INDEXED BY room_state_current
+                     WHERE room_id = ?1 AND event_type = 'm.room.member' AND to_pos IS NULL AND state_key <> ?2
+                       AND (membership IN ('join', 'invite')) = ?3
+                     ORDER BY from_pos LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let limit = i64::try_from(heroes).unwrap_or(i64::MAX);
+            let mut names: Vec<String> =
+                collect(stmt.query_map(rusqlite::params![room_id, user_id, true, limit], |r| r.get(0)).map_err(backend)?)?;
+            if names.is_empty() {
+                names =
+                    collect(stmt.query_map(rusqlite::params![room_id, user_id, false, limit], |r| r.get(0)).map_err(backend)?)?;
+            }
+            Ok(MemberSummary { joined, invited, heroes: names })
+        })
+        .await
+    }
+
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         self.read(|conn| {
             conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")

@@ -29,6 +29,7 @@ macro_rules! store_conformance_tests {
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
+            member_summaries_count_and_pick_heroes, stream_positions_read_every_stream,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -331,6 +332,70 @@ fn positions(events: &[StoredEvent]) -> Vec<u64> {
 
 fn txn(device: &str, id: &str) -> TxnKey {
     TxnKey { user_id: "@alice:x".into(), device_id: device.into(), txn_id: id.into() }
+}
+
+pub async fn member_summaries_count_and_pick_heroes(store: DynStore) {
+    let r = "!r:x";
+    store
+        .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), member(r, "$alice", "@alice:x", "join", 2)])
+        .await
+        .unwrap();
+    let summary = |user: &'static str, heroes: usize| {
+        let store = store.clone();
+        async move { store.member_summary(r, user, heroes).await.unwrap() }
+    };
+    // Alone: nobody else to name the room after.
+    assert_eq!(summary("@alice:x", 5).await, MemberSummary { joined: 1, invited: 0, heroes: vec![] });
+    // In stream order ("@Zed" first although it sorts first by bytes too,
+    // "@bob" before "@amy" by position), never the asking user.
+    let steps = [
+        member(r, "$zed", "@Zed:x", "join", 3),
+        member(r, "$bob", "@bob:x", "invite", 4),
+        member(r, "$amy", "@amy:x", "join", 5),
+        member(r, "$cat", "@cat:x", "leave", 6),
+        member(r, "$dan", "@dan:x", "ban", 7),
+    ];
+    let mut prev = "$alice".to_owned();
+    for e in steps {
+        let id = e.event_id.clone();
+        store.append_event(e, std::slice::from_ref(&prev)).await.unwrap();
+        prev = id;
+    }
+    let s = summary("@alice:x", 5).await;
+    assert_eq!((s.joined, s.invited), (3, 1));
+    assert_eq!(s.heroes, ["@Zed:x", "@bob:x", "@amy:x"]);
+    assert_eq!(summary("@amy:x", 2).await.heroes, ["@alice:x", "@Zed:x"]);
+    assert!(summary("@alice:x", 0).await.heroes.is_empty());
+    // Everyone else gone: the ones who left or were banned name it.
+    for (id, user, depth) in [("$zedleft", "@Zed:x", 8), ("$bobleft", "@bob:x", 9), ("$amyleft", "@amy:x", 10)] {
+        store.append_event(member(r, id, user, "leave", depth), std::slice::from_ref(&prev)).await.unwrap();
+        prev = id.to_owned();
+    }
+    let s = summary("@alice:x", 5).await;
+    assert_eq!((s.joined, s.invited), (1, 0));
+    assert_eq!(s.heroes, ["@cat:x", "@dan:x", "@Zed:x", "@bob:x", "@amy:x"]);
+    assert_eq!(store.member_summary("!nope:x", "@alice:x", 5).await.unwrap(), MemberSummary::default());
+}
+
+pub async fn stream_positions_read_every_stream(store: DynStore) {
+    assert_eq!(store.stream_positions().await.unwrap(), StreamPositions::default());
+    let r = "!r:x";
+    store
+        .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), member(r, "$alice", "@alice:x", "join", 2)])
+        .await
+        .unwrap();
+    store.set_account_data("@alice:x", None, "m.direct", "{}", 10).await.unwrap();
+    let got = store.stream_positions().await.unwrap();
+    assert_eq!(
+        got,
+        StreamPositions {
+            events: store.current_stream_pos().await.unwrap(),
+            account_data: store.current_account_data_pos().await.unwrap(),
+            receipts: store.current_receipt_pos().await.unwrap(),
+        }
+    );
+    assert_eq!((got.events, got.receipts), (2, 0));
+    assert!(got.account_data > 0);
 }
 
 pub async fn rooms_create_append_and_read(store: DynStore) {

@@ -172,6 +172,17 @@ pub trait Store:
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// The committed positions of the streams a sync reads, in one round
+    /// trip (each as its `current_*_pos`).
+    async fn stream_positions(&self) -> StoreResult<StreamPositions>;
+}
+
+/// What `Store::stream_positions` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamPositions {
+    pub events: u64,
+    pub account_data: u64,
+    pub receipts: u64,
 }
 
 pub type DynStore = Arc<dyn Store>;

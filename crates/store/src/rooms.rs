@@ -103,6 +103,14 @@ pub struct Membership {
     pub stream_pos: u64,
 }
 
+/// What `RoomStore::member_summary` reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberSummary {
+    pub joined: u64,
+    pub invited: u64,
+    pub heroes: Vec<String>,
+}
+
 #[async_trait]
 pub trait RoomStore: Send + Sync {
     /// Creates the room and persists its first events in order, all in one
@@ -164,6 +172,12 @@ pub trait RoomStore: Send + Sync {
 
     /// Current members of a room (every membership state, any value).
     async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>>;
+
+    /// The room's joined and invited counts and up to `heroes` other users
+    /// than `user_id` for its name (spec `m.heroes`): the first joined or
+    /// invited members by stream order, else the first who left or were
+    /// banned. Costs the same whatever the room's size.
+    async fn member_summary(&self, room_id: &str, user_id: &str, heroes: usize) -> StoreResult<MemberSummary>;
 
     /// The highest stream position whose event is committed. Every
     /// position at or below it is visible to readers.

@@ -338,3 +338,138 @@ async fn history_visibility_is_enforced() {
     assert_error(&carol.call(Method::GET, &format!("/rooms/{room}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
     server.stop().await.unwrap();
 }
+
+/// Starts `user`'s long-poll from `since` (30 s), runs `trigger` once the
+/// poll waits, and returns its answer; fails if it was not woken well
+/// before its timeout.
+async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str, trigger: F) -> Value {
+    let poll = {
+        let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000")), user.token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = call(Method::GET, &url, Some(&token), None).await;
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    trigger.await;
+    let ((status, body), elapsed) = poll.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(elapsed < Duration::from_secs(15), "not woken: answered after {elapsed:?}: {body}");
+    body
+}
+
+/// Long-polls wake for every kind of change that concerns their user (a
+/// message in their room, an invite to a new room, their account data,
+/// typing and receipts in their rooms), and only then; the room summary
+/// comes with the room and with membership changes, not with every
+/// message; sync serves events without `room_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_wake_for_what_concerns_them() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let carol = User::new(&base, "carol").await;
+    let shared = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{shared}"), Some(json!({}))).await;
+    let elsewhere = alice.create_room(json!({"preset": "public_chat"})).await;
+
+    let initial = bob.sync("").await;
+    let room = &initial["rooms"]["join"][&shared];
+    assert_eq!(room["summary"]["m.joined_member_count"], 2, "{room}");
+    assert_eq!(room["summary"]["m.heroes"], json!([alice.id]));
+    for section in ["timeline", "state"] {
+        for event in room[section]["events"].as_array().unwrap() {
+            assert!(event.get("room_id").is_none(), "sync events carry no room_id: {event}");
+            assert!(event["event_id"].is_string() && event["sender"].is_string(), "{event}");
+        }
+    }
+    let mut since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // A message in a room bob is not in does not answer his poll; the one
+    // in his room does, alone, and without a summary (nothing changed).
+    let got = woken_by(&bob, &since, async {
+        alice.say(&elsewhere, "e1", "not for bob").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice.say(&shared, "s1", "for bob").await;
+    })
+    .await;
+    assert!(got["rooms"]["join"].get(&elsewhere).is_none(), "{got}");
+    assert_eq!(timeline_bodies(&got, &shared), ["for bob"]);
+    assert!(got["rooms"]["join"][&shared].get("summary").is_none(), "unchanged summary is omitted: {got}");
+    since = got["next_batch"].as_str().unwrap().to_owned();
+
+    // A membership change brings the summary again.
+    let got = woken_by(&bob, &since, async {
+        carol.ok(Method::POST, &format!("/join/{shared}"), Some(json!({}))).await;
+    })
+    .await;
+    let summary = &got["rooms"]["join"][&shared]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 3, "{got}");
+    assert_eq!(summary["m.heroes"], json!([alice.id, carol.id]));
+    since = got["next_batch"].as_str().unwrap().to_owned();
+
+    // An invite to a room bob was never in.
+    let fresh = alice.create_room(json!({"preset": "private_chat"})).await;
+    let got = woken_by(&bob, &since, async {
+        alice.ok(Method::POST, &format!("/rooms/{fresh}/invite"), Some(json!({"user_id": bob.id}))).await;
+    })
+    .await;
+    assert!(got["rooms"]["invite"].get(&fresh).is_some(), "{got}");
+    since = got["next_batch"].as_str().unwrap().to_owned();
+
+    // Joining it (from another device of his) puts it in his waiting set.
+    let got = woken_by(&bob, &since, async {
+        bob.ok(Method::POST, &format!("/join/{fresh}"), Some(json!({}))).await;
+    })
+    .await;
+    assert!(got["rooms"]["join"].get(&fresh).is_some(), "{got}");
+    since = got["next_batch"].as_str().unwrap().to_owned();
+    let got = woken_by(&bob, &since, async {
+        alice.say(&fresh, "f1", "in the new room").await;
+    })
+    .await;
+    assert_eq!(timeline_bodies(&got, &fresh), ["in the new room"]);
+    since = got["next_batch"].as_str().unwrap().to_owned();
+
+    // His account data.
+    let got = woken_by(&bob, &since, async {
+        bob.ok(Method::PUT, &format!("/user/{}/account_data/org.example.pref", bob.id), Some(json!({"n": 1}))).await;
+    })
+    .await;
+    assert!(got["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "org.example.pref"), "{got}");
+    since = got["next_batch"].as_str().unwrap().to_owned();
+
+    // Typing, then a receipt, in his room.
+    let got = woken_by(&bob, &since, async {
+        alice
+            .ok(Method::PUT, &format!("/rooms/{shared}/typing/{}", alice.id), Some(json!({"typing": true, "timeout": 20000})))
+            .await;
+    })
+    .await;
+    let ephemeral = &got["rooms"]["join"][&shared]["ephemeral"]["events"];
+    assert!(
+        ephemeral.as_array().unwrap().iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.id]))
+    );
+    since = got["next_batch"].as_str().unwrap().to_owned();
+    let last = bob.ok(Method::GET, &format!("/rooms/{shared}/messages?dir=b&limit=1"), None).await["chunk"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = woken_by(&bob, &since, async {
+        alice.ok(Method::POST, &format!("/rooms/{shared}/receipt/m.read/{last}"), Some(json!({}))).await;
+    })
+    .await;
+    let ephemeral = &got["rooms"]["join"][&shared]["ephemeral"]["events"];
+    assert!(ephemeral.as_array().unwrap().iter().any(|e| e["type"] == "m.receipt"), "{got}");
+
+    // Nothing for him: the poll runs to its timeout with no rooms.
+    since = got["next_batch"].as_str().unwrap().to_owned();
+    alice.say(&elsewhere, "e2", "still not for bob").await;
+    let started = Instant::now();
+    let idle = bob.sync(&format!("since={since}&timeout=1000")).await;
+    assert!(started.elapsed() >= Duration::from_millis(900), "answered early: {idle}");
+    assert!(idle["rooms"]["join"].as_object().unwrap().is_empty(), "{idle}");
+    server.stop().await.unwrap();
+}

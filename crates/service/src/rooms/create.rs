@@ -285,8 +285,8 @@ impl Services {
             })
             .collect();
         let addresses = RoomAddresses { aliases, publish: req.public };
-        let pos = match self.store().create_room_with_addresses(room, b.events, addresses).await {
-            Ok(pos) => pos,
+        match self.store().create_room_with_addresses(room, b.events, addresses).await {
+            Ok(_) => {}
             Err(StoreError::Conflict("room")) => return Err(Error::Internal(ROOM_ID_COLLISION.into())),
             Err(StoreError::Conflict("alias")) => {
                 let alias = alias.map(|a| a.to_string()).unwrap_or_default();
@@ -294,7 +294,11 @@ impl Services {
             }
             Err(e) => return Err(e.into()),
         };
-        self.inner.rooms.advance(pos);
+        // The creator and the invitees: none of them waits on the room yet.
+        self.inner.wakeups.user(creator.as_str());
+        for invitee in &req.invite {
+            self.inner.wakeups.user(invitee.as_str());
+        }
         tracing::info!(room_id = %room_id, "room created");
         Ok(room_id)
     }

@@ -30,7 +30,6 @@ use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::{RoomId, RoomVersionId, UserId};
-use tokio::sync::watch;
 
 pub use client_event::ClientEventOptions;
 pub use context::ContextPage;
@@ -48,12 +47,9 @@ pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
 
 pub(crate) type StateMap = BTreeMap<(StateEventType, String), Pdu>;
 
-/// Per-node runtime of rooms: write locks and the sync wake-up signal.
+/// Per-node runtime of rooms: the write locks.
 pub(crate) struct RoomRuntime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The newest stream position written by this node; long-polling
-    /// syncs wait for it to move.
-    pub(crate) stream: watch::Sender<u64>,
 }
 
 /// Idle per-room locks are dropped once this many are held.
@@ -61,7 +57,7 @@ const MAX_IDLE_ROOM_LOCKS: usize = 10_000;
 
 impl RoomRuntime {
     pub(crate) fn new() -> Self {
-        Self { locks: Mutex::new(HashMap::new()), stream: watch::channel(0).0 }
+        Self { locks: Mutex::new(HashMap::new()) }
     }
 
     pub(crate) fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
@@ -71,16 +67,17 @@ impl RoomRuntime {
         }
         Arc::clone(locks.entry(room_id.to_string()).or_default())
     }
+}
 
-    pub(crate) fn advance(&self, pos: u64) {
-        self.stream.send_if_modified(|current| {
-            if pos > *current {
-                *current = pos;
-                true
-            } else {
-                false
-            }
-        });
+impl Services {
+    /// Wakes the syncs an event written to `room_id` concerns: the room's,
+    /// and for a membership event its target's (who may not be waiting on
+    /// the room yet: an invite, a join from elsewhere).
+    pub(crate) fn wake_for_event(&self, room_id: &str, member_target: Option<&str>) {
+        self.inner.wakeups.room(room_id);
+        if let Some(user_id) = member_target {
+            self.inner.wakeups.user(user_id);
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use chancery_core::pdu::{self, EventDraft, Pdu};
 use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES, MAX_TXN_ID_BYTES};
-use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::events::{StateEventType, TimelineEventType};
 use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
 use chancery_store::{NewEvent, NewNotification, StoreError, TxnKey};
 use serde_json::Value as JsonValue;
@@ -114,7 +114,9 @@ impl Services {
             event.relates_to = relation.clone();
             match self.store().append_event(event, &info.forward_extremities).await {
                 Ok(pos) => {
-                    self.inner.rooms.advance(pos);
+                    let target =
+                        (built.event_type == TimelineEventType::RoomMember).then(|| built.state_key.as_deref()).flatten();
+                    self.wake_for_event(room_id.as_str(), target);
                     return Ok((built.event_id, pos));
                 }
                 Err(StoreError::Conflict("extremities")) => continue,

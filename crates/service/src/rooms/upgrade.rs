@@ -109,8 +109,10 @@ impl Services {
             let new_room_id = OwnedRoomId::try_from(upgrade.new_room.room_id.as_str())
                 .map_err(|e| Error::Internal(format!("built room id: {e}")))?;
             match self.store().upgrade_room(upgrade).await {
-                Ok(pos) => {
-                    self.inner.rooms.advance(pos);
+                Ok(_) => {
+                    // The old room's members see the tombstone; the
+                    // upgrader joined the new room.
+                    self.wake_for_event(room_id.as_str(), Some(user.user_id.as_str()));
                     tracing::info!(old_room_id = %room_id, new_room_id = %new_room_id, "room upgraded");
                     return Ok(new_room_id);
                 }
