@@ -115,7 +115,7 @@ impl Services {
             match self.store().append_event(event, &info.forward_extremities).await {
                 Ok(pos) => {
                     let target =
-                        (built.event_type == TimelineEventType::RoomMember).then(|| built.state_key.as_deref()).flatten();
+                        (built.event_type == TimelineEventType::RoomMember).then_some(built.state_key.as_deref()).flatten();
                     self.wake_for_event(room_id.as_str(), target);
                     return Ok((built.event_id, pos));
                 }
