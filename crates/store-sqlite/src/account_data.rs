@@ -114,7 +114,7 @@ impl AccountDataStore for SqliteStore {
 
     async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
         let user_id = user_id.to_owned();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT room_id, event_type, content, stream_pos FROM account_data
@@ -203,7 +203,7 @@ impl ReceiptStore for SqliteStore {
 
     async fn room_receipts(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<Receipt>> {
         let room_id = room_id.to_owned();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts

@@ -163,7 +163,7 @@ impl DirectoryStore for SqliteStore {
 
     async fn public_rooms(&self, query: &PublicRoomsQuery) -> StoreResult<PublicRoomsPage> {
         let query = query.clone();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut sql = format!(
                 "SELECT room_id, joined, name, topic, avatar_url, canonical_alias, join_rule, history_visibility,
                         guest_access, room_type

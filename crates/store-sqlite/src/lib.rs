@@ -106,8 +106,22 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a reader connection (a consistent snapshot per statement;
-    /// use a transaction inside `f` for a snapshot across statements).
+    /// use a transaction inside `f` for a snapshot across statements), on
+    /// the calling task: for reads bounded to a few indexed rows, which
+    /// take microseconds on a warm page cache, less than handing them to
+    /// another thread and back (which doubled a sync's latency).
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T>,
+    {
+        let _permit = self.pool.reader_permit().await?;
+        self.pool.with_reader(f)
+    }
+
+    /// Like [`Self::read`], on the blocking pool: for reads whose size grows
+    /// with a room or the server (whole state, member lists, searches),
+    /// which must not stall the tasks sharing this thread.
+    async fn read_heavy<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,

@@ -41,7 +41,7 @@ impl PushStore for SqliteStore {
 
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>> {
         let ids = serde_json::to_string(user_ids).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT user_id, json_extract(content, '$.global') FROM account_data
@@ -68,7 +68,7 @@ impl PushStore for SqliteStore {
         only_highlight: bool,
     ) -> StoreResult<Vec<StoredNotification>> {
         let user_id = user_id.to_owned();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let sql = format!(
                 "SELECT {EVENT_COLUMNS}, n.actions, n.highlight
                  FROM notifications n JOIN events e ON e.event_id = n.event_id {REDACTION_JOIN}
@@ -111,7 +111,7 @@ impl PushStore for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<ThreadedNotification>> {
         let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT rel.relates_to, e.stream_pos, n.highlight FROM notifications n

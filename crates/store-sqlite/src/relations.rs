@@ -178,7 +178,7 @@ fn references_in(conn: &Connection, ids: &str, max_references: usize) -> StoreRe
 impl RelationStore for SqliteStore {
     async fn relations(&self, query: &RelationsQuery) -> StoreResult<Vec<StoredEvent>> {
         let query = query.clone();
-        self.read(move |conn| relations_in(conn, &query)).await
+        self.read_heavy(move |conn| relations_in(conn, &query)).await
     }
 
     async fn thread_roots(
@@ -191,7 +191,7 @@ impl RelationStore for SqliteStore {
         let (room_id, participant) = (room_id.to_owned(), participant.map(str::to_owned));
         let before = before.map_or(i64::MAX, i);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let participated = if participant.is_some() {
                 "AND (e.sender = ?3 OR EXISTS (SELECT 1 FROM relations x
                       WHERE x.relates_to = t.root_id AND x.rel_type = 'm.thread' AND x.sender = ?3))"

@@ -36,7 +36,7 @@ impl ReportStore for SqliteStore {
 
     async fn reports(&self, after_id: u64, limit: usize) -> StoreResult<Vec<Report>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT report_id, room_id, event_id, reporter, reason, score, created_ts FROM content_reports

@@ -248,7 +248,7 @@ impl RoomStore for SqliteStore {
 
     async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>> {
         let room_id = room_id.to_owned();
-        self.read(move |conn| match at {
+        self.read_heavy(move |conn| match at {
             None => {
                 let sql = format!(
                     "SELECT {EVENT_COLUMNS} FROM room_state s INDEXED BY room_state_current
@@ -321,7 +321,7 @@ impl RoomStore for SqliteStore {
 
     async fn state_changes(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<StoredEvent>> {
         let room_id = room_id.to_owned();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
                  WHERE s.room_id = ?1 AND s.from_pos > ?2 AND s.from_pos <= ?3 AND (s.to_pos IS NULL OR s.to_pos > ?3)
@@ -373,7 +373,7 @@ impl RoomStore for SqliteStore {
 
     async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>> {
         let room_id = room_id.to_owned();
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state INDEXED BY room_state_current

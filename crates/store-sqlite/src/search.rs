@@ -52,7 +52,7 @@ fn like_pattern(term: &str) -> String {
 impl SearchStore for SqliteStore {
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
         let (searcher, pattern) = (searcher.to_owned(), like_pattern(&term.to_lowercase()));
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             // Candidates: everyone (all_users), or people sharing a joined
             // room with the searcher, or joined to a public room.
             let sql = "
@@ -106,7 +106,7 @@ impl SearchStore for SqliteStore {
         let query = fts_query(words);
         let rooms = serde_json::to_string(rooms).map_err(|e| StoreError::Backend(e.to_string()))?;
         let keys = serde_json::to_string(keys).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.read(move |conn| {
+        self.read_heavy(move |conn| {
             let filter = "event_search MATCH ?1
                  AND s.room_id IN (SELECT value FROM json_each(?2))
                  AND s.key IN (SELECT value FROM json_each(?3))
