@@ -1,10 +1,13 @@
 //! The embedded default backend: one SQLite file in WAL mode, written by a
-//! single connection (SQLite allows one writer at a time anyway, and one
-//! connection avoids `SQLITE_BUSY` between our own writers) and read by a
-//! small pool, so readers never wait for a write to finish.
+//! single connection on its own thread with group commit ([`writer`]:
+//! SQLite allows one writer at a time anyway, and one connection avoids
+//! `SQLITE_BUSY` between our own writers) and read by a small pool, so
+//! readers never wait for a write to finish.
 //!
-//! Architecture invariant: no rusqlite type crosses this crate's API; every
-//! call runs on the blocking pool, never on an async worker thread.
+//! Architecture invariants: no rusqlite type crosses this crate's API;
+//! writes run on the writer thread; reads bounded to a few indexed rows run
+//! on the calling task (`read`), reads that grow with a room or the server
+//! on the blocking pool (`read_heavy`).
 
 mod account_data;
 mod accounts;
@@ -17,6 +20,7 @@ mod reports;
 mod rooms;
 mod search;
 mod user_data;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct SqliteStore {
     pool: Arc<Pool>,
+    writer: writer::Writer,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -82,27 +87,20 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
-        Ok(Self { pool: Arc::new(pool) })
+        let pool = Arc::new(pool);
+        let writer = writer::Writer::start(Arc::clone(&pool))?;
+        Ok(Self { pool, writer })
     }
 
-    /// Runs `f` in one IMMEDIATE transaction on the writer connection and
-    /// commits; on error nothing of it is kept.
+    /// Runs `f` in an IMMEDIATE transaction on the writer connection,
+    /// committed with the writes queued beside it; on error nothing of `f`
+    /// is kept.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let pool = Arc::clone(&self.pool);
-        tokio::task::spawn_blocking(move || {
-            pool.with_writer(|conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-                let out = f(&tx)?;
-                tx.commit().map_err(backend)?;
-                Ok(out)
-            })
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        self.writer.write(f).await
     }
 
     /// Runs `f` on a reader connection (a consistent snapshot per statement;
@@ -166,7 +164,14 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         let pool = Arc::clone(&self.pool);
-        let _ = tokio::task::spawn_blocking(move || pool.close()).await;
+        let writer = self.writer.stop();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(writer) = writer {
+                let _ = writer.join();
+            }
+            pool.close();
+        })
+        .await;
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,188 @@
+//! Group commit: every write of the process goes to one thread, which runs
+//! the writes waiting at that moment (up to [`MAX_BATCH`]) in one
+//! transaction, each inside its own savepoint, and commits once. With
+//! `synchronous = FULL` a commit costs an fsync; concurrent writers
+//! (senders in different rooms, registrations) now share it instead of
+//! queueing for one each. A write that fails rolls back to its savepoint
+//! and leaves the others of its batch alone; nobody hears "done" before
+//! the commit that holds their write is on disk.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use chancery_store::{StoreError, StoreResult};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use crate::backend;
+use crate::pool::Pool;
+
+/// Writes committed together at most.
+const MAX_BATCH: usize = 64;
+
+/// Runs after the batch's commit with its error, if any.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// Runs a write in the batch's transaction; `true` if it succeeded.
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Finish) + Send>;
+
+pub(crate) struct Writer {
+    jobs: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the database is closed".into())
+}
+
+impl Writer {
+    pub(crate) fn start(pool: Arc<Pool>) -> StoreResult<Self> {
+        let (jobs, queue) = channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(&pool, &queue))
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        Ok(Self { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Runs `f` in the next batch; returns its result once the batch is
+    /// committed (or the commit's error).
+    pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: Job = Box::new(move |tx| {
+            let out = f(tx);
+            let ok = out.is_ok();
+            let finish: Finish = Box::new(move |commit_error| {
+                let out = match (out, commit_error) {
+                    (Ok(_), Some(e)) => Err(StoreError::Backend(e.to_string())),
+                    (out, _) => out,
+                };
+                // The caller may have gone (its request was cancelled);
+                // the write stands either way.
+                let _ = done.send(out);
+            });
+            (ok, finish)
+        });
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
+        }
+        // A dropped sender means the write never ran: it panicked, or the
+        // batch could not begin (logged by the writer thread).
+        result.await.map_err(|_| StoreError::Backend("the write was not carried out".into()))?
+    }
+
+    /// Refuses new writes; the thread finishes the queued ones and ends.
+    /// Returns it to be joined (once).
+    pub(crate) fn stop(&self) -> Option<JoinHandle<()>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn run_cached(tx: &Transaction<'_>, sql: &str) -> StoreResult<()> {
+    tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(backend)
+}
+
+fn run(pool: &Pool, queue: &Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let committed = pool.with_writer(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            for job in batch.drain(..) {
+                run_cached(&tx, "SAVEPOINT job")?;
+                let outcome = catch_unwind(AssertUnwindSafe(|| job(&tx)));
+                let ok = match outcome {
+                    Ok((ok, finish)) => {
+                        finishes.push(finish);
+                        ok
+                    }
+                    Err(_) => {
+                        tracing::error!("a database write panicked; it was rolled back");
+                        false
+                    }
+                };
+                if !ok {
+                    run_cached(&tx, "ROLLBACK TO job")?;
+                }
+                run_cached(&tx, "RELEASE job")?;
+            }
+            tx.commit().map_err(backend)
+        });
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, writes = finishes.len() + batch.len(), "a batch of database writes failed");
+        }
+        for finish in finishes {
+            finish(committed.as_ref().err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, Arc<Pool>, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
+        let pool = Arc::new(Pool::new(conn, Vec::new()));
+        let writer = Writer::start(Arc::clone(&pool)).unwrap();
+        (dir, pool, writer)
+    }
+
+    fn count(pool: &Pool) -> i64 {
+        pool.with_writer(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).map_err(backend)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_or_panicking_write_leaves_its_batch_mates_committed() {
+        let (_dir, pool, writer) = writer();
+        let writer = Arc::new(writer);
+        let mut tasks = Vec::new();
+        for n in 0..200i64 {
+            let writer = Arc::clone(&writer);
+            tasks.push(tokio::spawn(async move {
+                writer
+                    .write(move |tx| {
+                        tx.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(backend)?;
+                        match n % 10 {
+                            // Fails after writing: its row must not stay.
+                            3 => Err(StoreError::Conflict("test")),
+                            7 => panic!("boom"),
+                            _ => Ok(n),
+                        }
+                    })
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for (n, task) in tasks.into_iter().enumerate() {
+            match (n % 10, task.await.unwrap()) {
+                (3, Err(StoreError::Conflict("test"))) | (7, Err(StoreError::Backend(_))) => {}
+                (_, Ok(got)) => {
+                    assert_eq!(got, n as i64);
+                    ok += 1;
+                }
+                (_, other) => panic!("write {n}: {other:?}"),
+            }
+        }
+        assert_eq!(ok, 160);
+        assert_eq!(count(&pool), 160);
+        writer.stop().unwrap().join().unwrap();
+        assert!(matches!(writer.write(|_| Ok(())).await, Err(StoreError::Backend(_))), "no writes after stop");
+    }
+}
