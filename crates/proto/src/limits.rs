@@ -202,3 +202,13 @@ pub const MAX_STATE_RES_FORKS: usize = 20;
 /// attempted. Rooms beyond it need a stored auth-chain index (Synapse's
 /// chain cover) rather than a walk.
 pub const MAX_STATE_RES_EVENTS: usize = 200_000;
+
+/// The lazy-loaded members cache (`service::lazy_members`): which member
+/// events each device was already sent by `/sync`. Devices remembered per
+/// node, rooms per device, members per device in all and per room. An
+/// entry is two 64-bit hashes and a serial, so the whole cache stays under
+/// about 70 MB; anything forgotten is simply sent again.
+pub const MAX_LAZY_MEMBER_DEVICES: usize = 2_048;
+pub const MAX_LAZY_MEMBER_ROOMS_PER_DEVICE: usize = 50;
+pub const MAX_LAZY_MEMBERS_PER_DEVICE: usize = 500;
+pub const MAX_LAZY_MEMBERS_PER_ROOM: usize = 100;
