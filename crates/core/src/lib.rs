@@ -3,5 +3,6 @@
 //! every rule table-testable.
 
 pub mod pdu;
+pub mod state_res;
 pub mod uia;
 pub mod username;

@@ -210,44 +210,145 @@ pub fn build_pdu(
 }
 
 /// The room version's authorization rules for `pdu` against `state` (the
-/// room state before it, keyed by type and state key).
+/// room state before it, keyed by type and state key), its `auth_events`
+/// being part of that state (the single-server write path).
 pub fn authorize(rules: &RoomVersionRules, pdu: &Pdu, state: &BTreeMap<(StateEventType, String), Pdu>) -> Result<(), PduError> {
     let by_id: BTreeMap<&EventId, &Pdu> = state.values().map(|p| (p.event_id.as_ref(), p)).collect();
-    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| by_id.get(id).map(|p| (*p).clone()))
-        .map_err(PduError::Forbidden)?;
-    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| state.get(&(t.clone(), k.to_owned())).cloned())
+    authorize_with(rules, pdu, |id| by_id.get(id).copied(), state)
+}
+
+/// The authorization rules for `pdu` with its `auth_events` looked up by
+/// id and the state-dependent rules checked against `state`, which need
+/// not contain them: the spec checks a received PDU against its auth
+/// events, the state before it and the current state in turn (server-server
+/// API, "Checks performed on receipt of a PDU"), and after a fork the
+/// resolved state holds events other than the ones it cited.
+pub fn authorize_with<'a>(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    auth_event: impl Fn(&EventId) -> Option<&'a Pdu>,
+    state: &BTreeMap<(StateEventType, String), Pdu>,
+) -> Result<(), PduError> {
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, auth_event).map_err(PduError::Forbidden)?;
+    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| state.get(&(t.clone(), k.to_owned())))
         .map_err(PduError::Forbidden)
 }
 
 #[cfg(test)]
-mod tests {
-    //! The authorization rules through our PDU builder, as tables: each row
-    //! is an event someone tries to send and whether the rules accept it.
-    //! Accepted events change the state the next rows are checked against.
+pub(crate) mod testing {
+    //! A room built event by event in memory, for the table tests of the
+    //! authorization rules and of state resolution. `send` extends the
+    //! linear tip; `send_on` extends any [`Tip`], so tests fork the DAG by
+    //! cloning a tip and building on each copy.
 
     use chancery_proto::ruma::{RoomVersionId, server_name};
     use serde_json::json;
 
     use super::*;
 
-    struct Room {
-        rules: RoomVersionRules,
+    pub(crate) type State = BTreeMap<(StateEventType, String), Pdu>;
+
+    /// One end of the DAG: the events a new event cites as `prev_events`
+    /// and the state after them.
+    #[derive(Clone)]
+    pub(crate) struct Tip {
+        pub prev: Vec<OwnedEventId>,
+        pub state: State,
+        pub depth: u64,
+    }
+
+    impl Tip {
+        /// The state as a map of event ids, the form state resolution takes.
+        pub(crate) fn state_ids(&self) -> crate::state_res::StateMap {
+            self.state.iter().map(|(k, p)| (k.clone(), p.event_id.clone())).collect()
+        }
+    }
+
+    pub(crate) struct Room {
+        pub rules: RoomVersionRules,
         key: Ed25519KeyPair,
-        room_id: Option<OwnedRoomId>,
-        state: BTreeMap<(StateEventType, String), Pdu>,
-        prev: Vec<OwnedEventId>,
-        depth: u64,
+        pub room_id: Option<OwnedRoomId>,
+        /// The tip `send` builds on.
+        pub tip: Tip,
+        /// Every event built, by id, on any branch.
+        pub events: BTreeMap<OwnedEventId, Pdu>,
+        /// `origin_server_ts` of the last event; each send moves it on.
+        clock: u64,
     }
 
     impl Room {
-        fn new(version: &str) -> Room {
+        fn new(version: &str, clock: u64) -> Room {
             let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
             let key = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "test".into()).unwrap();
-            Room { rules, key, room_id: None, state: BTreeMap::new(), prev: vec![], depth: 0 }
+            let tip = Tip { prev: vec![], state: BTreeMap::new(), depth: 0 };
+            Room { rules, key, room_id: None, tip, events: BTreeMap::new(), clock }
         }
 
-        /// Tries to send; on success the event joins the room's state.
-        fn send(&mut self, sender: &str, event_type: &str, state_key: Option<&str>, content: JsonValue) -> Result<(), PduError> {
+        /// Tries to send on the linear tip; on success the event joins its
+        /// state.
+        pub(crate) fn send(
+            &mut self,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+        ) -> Result<OwnedEventId, PduError> {
+            let mut tip = self.tip.clone();
+            let id = self.send_on(&mut tip, sender, event_type, state_key, content)?;
+            self.tip = tip;
+            Ok(id)
+        }
+
+        /// Tries to send on `tip`, checked against its state.
+        pub(crate) fn send_on(
+            &mut self,
+            tip: &mut Tip,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+        ) -> Result<OwnedEventId, PduError> {
+            self.build_on(tip, sender, event_type, state_key, content, None, true)
+        }
+
+        /// Like `send_on`, with a chosen `origin_server_ts`.
+        pub(crate) fn send_at(
+            &mut self,
+            tip: &mut Tip,
+            ts: u64,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+        ) -> Result<OwnedEventId, PduError> {
+            self.build_on(tip, sender, event_type, state_key, content, Some(ts), true)
+        }
+
+        /// Builds on `tip` without checking the rules, as a server that
+        /// breaks them would: its branch then claims a state the rules do
+        /// not allow, and state resolution must not take it.
+        pub(crate) fn inject_on(
+            &mut self,
+            tip: &mut Tip,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+        ) -> OwnedEventId {
+            self.build_on(tip, sender, event_type, state_key, content, None, false).unwrap()
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn build_on(
+            &mut self,
+            tip: &mut Tip,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+            ts: Option<u64>,
+            check: bool,
+        ) -> Result<OwnedEventId, PduError> {
             let draft = EventDraft {
                 room_id: self.room_id.clone(),
                 sender: UserId::parse(sender).unwrap(),
@@ -257,33 +358,46 @@ mod tests {
                 redacts: None,
             };
             let auth: Vec<OwnedEventId> =
-                auth_types(&draft, &self.rules)?.iter().filter_map(|k| self.state.get(k)).map(|p| p.event_id.clone()).collect();
-            let pdu = build_pdu(
-                &draft,
-                &self.rules,
-                &self.prev,
-                &auth,
-                self.depth + 1,
-                1_000 + self.depth,
-                server_name!("x"),
-                &self.key,
-            )?;
-            authorize(&self.rules, &pdu, &self.state)?;
+                auth_types(&draft, &self.rules)?.iter().filter_map(|k| tip.state.get(k)).map(|p| p.event_id.clone()).collect();
+            let ts = ts.unwrap_or(self.clock + 1);
+            let pdu = build_pdu(&draft, &self.rules, &tip.prev, &auth, tip.depth + 1, ts, server_name!("x"), &self.key)?;
+            if check {
+                authorize(&self.rules, &pdu, &tip.state)?;
+            }
+            self.clock = self.clock.max(ts);
             if self.room_id.is_none() {
                 self.room_id = Some(pdu.room_id_or_derived()?);
             }
-            self.depth += 1;
-            self.prev = vec![pdu.event_id.clone()];
+            tip.depth += 1;
+            tip.prev = vec![pdu.event_id.clone()];
             if let Some(key) = &pdu.state_key {
-                self.state.insert((StateEventType::from(event_type), key.clone()), pdu);
+                tip.state.insert((StateEventType::from(event_type), key.clone()), pdu.clone());
             }
-            Ok(())
+            self.events.insert(pdu.event_id.clone(), pdu.clone());
+            Ok(pdu.event_id)
         }
 
-        fn create(version: &str) -> Room {
-            let mut room = Room::new(version);
+        /// The tip after `tips`, with `state` (resolved from theirs) as its
+        /// state: the next event cites all of them.
+        pub(crate) fn merge(&self, tips: &[&Tip], state: &crate::state_res::StateMap) -> Tip {
+            let mut prev: Vec<OwnedEventId> = tips.iter().flat_map(|t| t.prev.iter().cloned()).collect();
+            prev.sort();
+            prev.dedup();
+            let state = state.iter().map(|(k, id)| (k.clone(), self.events[id].clone())).collect();
+            Tip { prev, state, depth: tips.iter().map(|t| t.depth).max().unwrap_or(0) }
+        }
+
+        pub(crate) fn create(version: &str) -> Room {
+            Room::create_at(version, 1_000)
+        }
+
+        /// A room made by alice, whose events start at `clock`: the v12
+        /// room id derives from the create event, so another clock makes
+        /// another room.
+        pub(crate) fn create_at(version: &str, clock: u64) -> Room {
+            let mut room = Room::new(version, clock);
             if !room.rules.authorization.room_create_event_id_as_room_id {
-                room.room_id = Some(RoomId::parse("!test:x").unwrap());
+                room.room_id = Some(RoomId::parse(format!("!test{clock}:x")).unwrap());
             }
             let mut content = json!({"room_version": version});
             if !room.rules.authorization.use_room_create_sender {
@@ -291,21 +405,36 @@ mod tests {
             }
             room.send("@alice:x", "m.room.create", Some(""), content).unwrap();
             room.send("@alice:x", "m.room.member", Some("@alice:x"), json!({"membership": "join"})).unwrap();
-            let mut users = json!({});
-            if !room.rules.authorization.explicitly_privilege_room_creators {
-                users["@alice:x"] = json!(100);
-            }
-            room.send(
-                "@alice:x",
-                "m.room.power_levels",
-                Some(""),
-                json!({"users": users, "state_default": 50, "ban": 50, "kick": 50, "invite": 0}),
-            )
-            .unwrap();
+            room.send("@alice:x", "m.room.power_levels", Some(""), power(version, &[])).unwrap();
             room.send("@alice:x", "m.room.join_rules", Some(""), json!({"join_rule": "invite"})).unwrap();
             room
         }
     }
+
+    /// Power levels with alice at 100 (before v12, where the creator is
+    /// above every level and may not be listed) and `extra` users.
+    pub(crate) fn power(version: &str, extra: &[(&str, i64)]) -> JsonValue {
+        let mut users = json!({});
+        if version != "12" {
+            users["@alice:x"] = json!(100);
+        }
+        for (user, level) in extra {
+            users[*user] = json!(level);
+        }
+        json!({"users": users, "state_default": 50, "ban": 50, "kick": 50, "invite": 0})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The authorization rules through our PDU builder, as tables: each row
+    //! is an event someone tries to send and whether the rules accept it.
+    //! Accepted events change the state the next rows are checked against.
+
+    use serde_json::json;
+
+    use super::testing::{Room, power};
+    use super::*;
 
     type Row = (&'static str, &'static str, Option<&'static str>, JsonValue, bool);
 
@@ -355,17 +484,6 @@ mod tests {
         }
     }
 
-    fn power(version: &str, extra: &[(&str, i64)]) -> JsonValue {
-        let mut users = json!({});
-        if version != "12" {
-            users["@alice:x"] = json!(100);
-        }
-        for (user, level) in extra {
-            users[*user] = json!(level);
-        }
-        json!({"users": users, "state_default": 50, "ban": 50, "kick": 50, "invite": 0})
-    }
-
     #[test]
     fn room_v12_creators_cannot_be_listed_or_demoted() {
         let mut room = Room::create("12");
@@ -380,7 +498,7 @@ mod tests {
         let mut room = Room::create("11");
         let big = json!({"body": "x".repeat(70_000)});
         assert!(matches!(room.send("@alice:x", "m.room.message", None, big), Err(PduError::TooLarge)));
-        let state = room.state.get(&(StateEventType::RoomCreate, String::new())).unwrap();
+        let state = room.tip.state.get(&(StateEventType::RoomCreate, String::new())).unwrap();
         let value: JsonValue = serde_json::from_str(&state.json).unwrap();
         assert!(value["hashes"]["sha256"].is_string());
         assert!(value["signatures"]["x"]["ed25519:test"].is_string());

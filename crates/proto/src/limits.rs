@@ -189,3 +189,26 @@ pub const MAX_SEARCH_FILTER_ROOMS: usize = 1_000;
 /// Unread notifications of one room counted per thread in a `/sync`
 /// (counts past it are capped).
 pub const MAX_UNREAD_COUNTED: usize = 10_000;
+
+/// State maps one state resolution merges. An event cites at most 20
+/// `prev_events` (room versions, "Event format"), so joining the forks
+/// before one event never needs more.
+pub const MAX_STATE_RES_FORKS: usize = 20;
+
+/// Distinct events (the forks' state and their whole auth chains) one state
+/// resolution may load. The auth chain of a room's state holds every
+/// membership and power change ever made in it, so this bounds the rooms
+/// that can be resolved in memory; past it resolution is refused, not
+/// attempted. Rooms beyond it need a stored auth-chain index (Synapse's
+/// chain cover) rather than a walk.
+pub const MAX_STATE_RES_EVENTS: usize = 200_000;
+
+/// The lazy-loaded members cache (`service::lazy_members`): which member
+/// events each device was already sent by `/sync`. Devices remembered per
+/// node, rooms per device, members per device in all and per room. An
+/// entry is two 64-bit hashes and a serial, so the whole cache stays under
+/// about 70 MB; anything forgotten is simply sent again.
+pub const MAX_LAZY_MEMBER_DEVICES: usize = 2_048;
+pub const MAX_LAZY_MEMBER_ROOMS_PER_DEVICE: usize = 50;
+pub const MAX_LAZY_MEMBERS_PER_DEVICE: usize = 500;
+pub const MAX_LAZY_MEMBERS_PER_ROOM: usize = 100;

@@ -11,6 +11,7 @@ mod account_data;
 mod accounts;
 mod error;
 mod filters;
+mod lazy_members;
 mod password;
 mod presence;
 mod profile;
@@ -96,6 +97,9 @@ struct Inner {
     /// Wakes long-polling syncs on account data, receipt, typing and
     /// presence changes.
     wakeups: Arc<wakeups::Wakeups>,
+    /// Member events each device was sent by lazy-loading syncs: in
+    /// memory, per node.
+    lazy_members: lazy_members::LazyMembersCache,
 }
 
 impl Services {
@@ -112,6 +116,7 @@ impl Services {
                 presence,
                 typing: typing::TypingRuntime::new(),
                 wakeups: Arc::default(),
+                lazy_members: lazy_members::LazyMembersCache::new(),
             }),
         }
     }

@@ -6,6 +6,14 @@
 //! ignored-user list, and long-polling woken (through
 //! [`crate::wakeups`]) only by changes to the user's rooms and data.
 //!
+//! Lazy-loaded members (`lazy_load_members` in the filter's `room.state`):
+//! the state section carries only the member events of the timeline's
+//! senders and the summary's heroes (plus the user's own on a join or a
+//! full-state sync), and, unless `include_redundant_members` is set, not
+//! those the device already holds ([`crate::lazy_members`]). Membership
+//! changes since the last sync are always sent (spec: "the server MUST
+//! return membership events for events in the gap").
+//!
 //! A `since` token is a [`StreamToken`], one position per stream; every
 //! query of one answer is bounded by the positions read at its start, so
 //! an answer is a consistent cut of each stream and the next sync
@@ -68,6 +76,27 @@ fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
         && !room.not_rooms.iter().any(|r| r.as_str() == room_id)
 }
 
+/// How this sync loads member events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LazyMembers {
+    /// Every member event of the state.
+    Off,
+    /// Those the answer needs, every time (`include_redundant_members`).
+    AlwaysSend,
+    /// Those the answer needs and the device does not hold yet.
+    SkipHeld,
+}
+
+impl LazyMembers {
+    fn of(filter: &FilterDefinition) -> Self {
+        match filter.room.state.lazy_load_options {
+            LazyLoadOptions::Disabled => Self::Off,
+            LazyLoadOptions::Enabled { include_redundant_members: true } => Self::AlwaysSend,
+            LazyLoadOptions::Enabled { include_redundant_members: false } => Self::SkipHeld,
+        }
+    }
+}
+
 /// What one pass of a sync works from: the request, the cut of every
 /// stream, and the per-user data read once per pass.
 struct Pass<'a> {
@@ -80,6 +109,7 @@ struct Pass<'a> {
     viewer: ClientEventOptions,
     ignored: BTreeSet<String>,
     typing: TypingSnapshot,
+    lazy: LazyMembers,
 }
 
 /// One pass's answer, and what a sync waiting after it needs.
@@ -148,6 +178,10 @@ impl Services {
         // single-process backend.
         let mut remote = self.store().remote_changes();
         let mut ignored = IgnoredCache::default();
+        // A new sync sequence: the client may have lost what it was sent.
+        if since.is_none() || req.full_state {
+            self.inner.lazy_members.reset(user.user_id.as_str(), &user.device_id);
+        }
         loop {
             if let Some(remote) = remote.as_mut() {
                 remote.mark_unchanged();
@@ -224,7 +258,8 @@ impl Services {
         // deliver the changes in between again and again.
         cut.typing = since.map_or(typing.serial, |s| s.typing.max(typing.serial));
         let next_typing_expiry = typing.next_expiry;
-        let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing };
+        let lazy = LazyMembers::of(&req.filter);
+        let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing, lazy };
         let forgotten: BTreeSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
             self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
         } else {
@@ -371,20 +406,75 @@ impl Services {
         Ok(RoomWindow { timeline, limited, before_timeline })
     }
 
-    /// Applies the state filter and member lazy-loading: with lazy loading,
-    /// only the members who sent timeline events (and the user) are sent.
-    fn filter_state(req: &SyncRequest, user: &AuthedUser, state: Vec<StoredEvent>, timeline: &[StoredEvent]) -> Vec<StoredEvent> {
-        let lazy = matches!(req.filter.room.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
-        let senders: BTreeSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
-        state
-            .into_iter()
-            .filter(|e| type_allowed(&req.filter.room.state, &e.event_type))
-            .filter(|e| {
-                !lazy
-                    || e.event_type != "m.room.member"
-                    || e.state_key.as_deref().is_some_and(|k| k == user.user_id.as_str() || senders.contains(k))
-            })
-            .collect()
+    /// A room's `state` section (or, with `state_after`, that one): the
+    /// whole state when the client gets the room whole, else the changes
+    /// since its last sync, through the state filter and member
+    /// lazy-loading. `end` is where the timeline ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn state_section(
+        &self,
+        p: &Pass<'_>,
+        room_id: &str,
+        window_since: Option<u64>,
+        full_state: bool,
+        state_after: bool,
+        w: &RoomWindow,
+        end: u64,
+        heroes: &[String],
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let whole = window_since.is_none() || full_state;
+        let state = match (window_since, full_state, state_after) {
+            // MSC4222: the state at the end of the timeline, as a delta when
+            // the client already has the room.
+            (Some(s), false, true) => self.store().state_changes(room_id, s, end).await?,
+            (_, _, true) => self.store().state_at(room_id, Some(end)).await?,
+            (Some(s), false, false) if w.limited => self.store().state_changes(room_id, s, w.before_timeline).await?,
+            (Some(_), false, false) => Vec::new(),
+            (_, _, false) => self.store().state_at(room_id, Some(w.before_timeline)).await?,
+        };
+        let filter = &p.req.filter.room.state;
+        let mut state: Vec<StoredEvent> = state.into_iter().filter(|e| type_allowed(filter, &e.event_type)).collect();
+        if p.lazy == LazyMembers::Off || !type_allowed(filter, "m.room.member") {
+            return Ok(state);
+        }
+        let user_id = p.user.user_id.as_str();
+        let wanted = wanted_members(&w.timeline, state_after, heroes, whole.then_some(user_id));
+        let is_member = |e: &StoredEvent| e.event_type == "m.room.member";
+        if whole {
+            state.retain(|e| !is_member(e) || e.state_key.as_deref().is_some_and(|k| wanted.contains(k)));
+        } else {
+            // Changes keep every membership change (the gap's must reach the
+            // client); the members the timeline needs are added, as of its
+            // start (or end, for `state_after`).
+            let at = if state_after { end } else { w.before_timeline };
+            let present: BTreeSet<String> = state.iter().filter(|e| is_member(e)).filter_map(|e| e.state_key.clone()).collect();
+            for member in wanted.iter().filter(|m| !present.contains(**m)) {
+                if let Some(event) = self.store().state_event(room_id, "m.room.member", member, Some(at)).await? {
+                    state.push(event);
+                }
+            }
+        }
+        if p.lazy == LazyMembers::SkipHeld {
+            let cache = &self.inner.lazy_members;
+            // A room sent whole (joined since the last sync) gets every
+            // member it needs: the client may have dropped the room when it
+            // left it.
+            if let Some(since) = p.since.as_ref().filter(|_| !whole) {
+                let holds = cache.holds(user_id, &p.user.device_id, room_id, since);
+                state.retain(|e| !is_member(e) || !holds(e.state_key.as_deref().unwrap_or_default(), &e.event_id));
+            }
+            // What the client holds after this answer: the state's member
+            // events, then (unless `state_after` replaces it) the
+            // timeline's, later ones winning.
+            let timeline: &[StoredEvent] = if state_after { &[] } else { &w.timeline };
+            let sent = state
+                .iter()
+                .chain(timeline)
+                .filter(|e| is_member(e))
+                .filter_map(|e| e.state_key.as_deref().map(|k| (k, e.event_id.as_str())));
+            cache.record(user_id, &p.user.device_id, room_id, p.cut, sent);
+        }
+        Ok(state)
     }
 
     async fn sync_joined_room(
@@ -409,21 +499,20 @@ impl Services {
         {
             return Ok(None);
         }
-        let state = if req.use_state_after {
-            // MSC4222: the state at the end of the timeline, as a delta when
-            // the client already has the room.
-            match (window_since, req.full_state) {
-                (Some(s), false) => self.store().state_changes(room_id, s, now).await?,
-                _ => self.store().state_at(room_id, Some(now)).await?,
-            }
-        } else {
-            match (window_since, req.full_state) {
-                (Some(s), false) if w.limited => self.store().state_changes(room_id, s, w.before_timeline).await?,
-                (Some(_), false) => Vec::new(),
-                _ => self.store().state_at(room_id, Some(w.before_timeline)).await?,
-            }
-        };
-        let state = Self::filter_state(req, p.user, state, &w.timeline);
+        // The summary changes only with memberships: sent whole with the
+        // room, then again when membership events come (spec: "may be
+        // omitted" when unchanged; a gap may hold some), so a message in a
+        // large room does not cost a count of its members per syncing
+        // client. Its heroes' member events go with it.
+        let is_member = |e: &StoredEvent| e.event_type == "m.room.member";
+        let (summary, heroes) =
+            if window_since.is_none() || req.full_state || w.limited || w.timeline.iter().any(is_member) {
+                let (summary, heroes) = self.room_summary(room_id, p.user).await?;
+                (Some(summary), heroes)
+            } else {
+                (None, Vec::new())
+            };
+        let state = self.state_section(p, room_id, window_since, req.full_state, req.use_state_after, &w, now, &heroes).await?;
         let state_key = if req.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
             "timeline": {
@@ -434,13 +523,8 @@ impl Services {
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
         });
-        // The summary changes only with memberships: sent whole with the
-        // room, then again when a membership event comes (spec: "may be
-        // omitted" when unchanged), so a message in a large room does not
-        // cost a count of its members per syncing client.
-        let is_member = |e: &StoredEvent| e.event_type == "m.room.member";
-        if window_since.is_none() || req.full_state || w.timeline.iter().any(is_member) || state.iter().any(is_member) {
-            room["summary"] = self.room_summary(room_id, p.user).await?;
+        if let Some(summary) = summary {
+            room["summary"] = summary;
         }
         if req.filter.room.timeline.unread_thread_notifications {
             let (main, threads) = self.unread_counts_by_thread(&p.user.user_id, room_id).await?;
@@ -482,11 +566,7 @@ impl Services {
         let w = self
             .window(&p.user.user_id, &m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored)
             .await?;
-        let state = match since {
-            Some(s) if w.limited => self.store().state_changes(&m.room_id, s, w.before_timeline).await?,
-            Some(_) => Vec::new(),
-            None => self.store().state_at(&m.room_id, Some(w.before_timeline)).await?,
-        };
+        let state = self.state_section(p, &m.room_id, since, false, false, &w, m.stream_pos, &[]).await?;
         Ok(json!({
             "timeline": {
                 "events": without_room_ids(self.client_events(&w.timeline, &p.viewer).await?),
@@ -499,11 +579,38 @@ impl Services {
     }
 
     /// `summary`: member counts and up to five heroes (spec "Calculating
-    /// the display name for a room").
-    async fn room_summary(&self, room_id: &str, user: &AuthedUser) -> Result<JsonValue, Error> {
+    /// the display name for a room"), and the heroes, whose member events
+    /// lazy-loading clients need to name the room.
+    async fn room_summary(&self, room_id: &str, user: &AuthedUser) -> Result<(JsonValue, Vec<String>), Error> {
         let s = self.store().member_summary(room_id, user.user_id.as_str(), SUMMARY_HEROES).await?;
-        Ok(json!({ "m.heroes": s.heroes, "m.joined_member_count": s.joined, "m.invited_member_count": s.invited }))
+        let summary = json!({ "m.heroes": s.heroes, "m.joined_member_count": s.joined, "m.invited_member_count": s.invited });
+        Ok((summary, s.heroes))
     }
+}
+
+/// Whose member events a lazy-loading client needs with this timeline:
+/// every sender, unless (in a `state` section) the sender's own member
+/// event came earlier in the timeline, which the client applies itself;
+/// the heroes (spec: their member events "MUST be included in the
+/// `state`, unless they are redundant"); and `me` when given (on a join or
+/// a full-state sync the user's own membership MUST be sent).
+fn wanted_members<'a>(
+    timeline: &'a [StoredEvent],
+    state_after: bool,
+    heroes: &'a [String],
+    me: Option<&'a str>,
+) -> BTreeSet<&'a str> {
+    let mut wanted: BTreeSet<&str> = heroes.iter().map(String::as_str).chain(me).collect();
+    let mut in_timeline: BTreeSet<&str> = BTreeSet::new();
+    for event in timeline {
+        if !in_timeline.contains(event.sender.as_str()) {
+            wanted.insert(&event.sender);
+        }
+        if !state_after && event.event_type == "m.room.member" {
+            in_timeline.extend(event.state_key.as_deref());
+        }
+    }
+    wanted
 }
 
 /// `m.receipt` events for these receipts, one per thread (spec

@@ -7,6 +7,7 @@ mod client_flows;
 mod common;
 mod directory;
 mod ephemeral;
+mod lazy_members;
 mod presence;
 mod process;
 mod push;

@@ -110,6 +110,10 @@ impl Services {
         let after: Vec<StoredEvent> = after.into_iter().filter(|e| event_allowed(filter, e)).collect();
         let before = self.visible_events(&user.user_id, room_id.as_str(), before).await?;
         let after = self.visible_events(&user.user_id, room_id.as_str(), after).await?;
+        // With lazy-loaded members, the member events of the senders shown,
+        // whatever `include_redundant_members` says: a context answer
+        // starts a new timeline in the client (a permalink), which holds
+        // nothing yet (see `messages`).
         let lazy = matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. });
         let senders: BTreeSet<&str> =
             before.iter().chain(&after).chain(std::iter::once(&event)).map(|e| e.sender.as_str()).collect();

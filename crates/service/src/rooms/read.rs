@@ -160,7 +160,17 @@ impl Services {
         let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
         let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
             // The member events of the page's senders, so the client can
-            // show them without the full member list.
+            // show them without the full member list. On every page, also
+            // with `include_redundant_members: false`, which lets the server
+            // leave out those "already sent to the client in prior calls to
+            // this endpoint" but does not oblige it to: a device pages
+            // through several timelines of a room (the live one, a
+            // permalink's, a thread's) and tokens are bare positions, so
+            // the server cannot tell which timeline a page extends, nor
+            // whether the client still holds an earlier page's state, and
+            // a left-out member would show as a bare user id. Synapse sends
+            // them on every page too. `/sync`, a single sequence per
+            // device, does skip them (`crate::lazy_members`).
             let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
             senders.sort_unstable();
             senders.dedup();
