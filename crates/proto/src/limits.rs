@@ -107,6 +107,12 @@ pub const MAX_USER_DIRECTORY_LIMIT: usize = 100;
 pub const MAX_SEARCH_RESULTS: usize = 100;
 pub const MAX_SEARCH_CONTEXT: usize = 20;
 
+/// Spans of history visibility and of the reader's membership that one
+/// visibility check loads (`/search` loads those of every room searched).
+/// Each is a few dozen bytes; only state changes by room admins or around
+/// the reader's own membership add spans, so real users stay far below.
+pub const MAX_VISIBILITY_SPANS: usize = 100_000;
+
 /// Notifications per `/notifications` page.
 pub const MAX_NOTIFICATIONS_LIMIT: usize = 100;
 
