@@ -189,6 +189,11 @@ pub const MAX_REPORT_REASON_BYTES: usize = 4_096;
 pub const MAX_REPORTS_PER_USER_PER_WINDOW: usize = 30;
 pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;
 
+/// Reports per page of the admin API's report lists; the default is
+/// Synapse's, which admin tools are tuned to.
+pub const MAX_ADMIN_REPORTS_LIMIT: usize = 1_000;
+pub const DEFAULT_ADMIN_REPORTS_LIMIT: usize = 100;
+
 /// Rooms a `/search` filter may list (`rooms` and `not_rooms` each).
 pub const MAX_SEARCH_FILTER_ROOMS: usize = 1_000;
 

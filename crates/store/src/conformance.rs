@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
+            reports_are_listed_filtered_and_deleted,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -1473,6 +1474,7 @@ pub async fn reports_are_bounded_per_reporter_and_window(store: DynStore) {
             reason: Some("reason 0".into()),
             score: Some(-100),
             created_ts: 1_000,
+            event_sender: None,
         }
     );
     let last = all.last().unwrap();
@@ -1629,4 +1631,99 @@ pub async fn search_stays_within_its_scopes(store: DynStore) {
     // A range ending where the room's events start finds nothing.
     assert_eq!(search(vec![scope(r, &[(0, Some(2))])], 0, 10).await, (vec![], 0));
     assert_eq!(search(vec![], 0, 10).await, (vec![], 0));
+}
+
+pub async fn reports_are_listed_filtered_and_deleted(store: DynStore) {
+    let r = "!r:x";
+    let mut by_bob = message(r, "$m2", 3);
+    by_bob.sender = "@bob:x".into();
+    store
+        .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), message(r, "$m1", 2), by_bob])
+        .await
+        .unwrap();
+    let file = |room: &str, event: Option<&str>, reporter: &str, n: u64| {
+        let store = store.clone();
+        let report = NewReport {
+            room_id: room.into(),
+            event_id: event.map(Into::into),
+            reporter: reporter.into(),
+            reason: Some(format!("reason {n}")),
+            score: None,
+            created_ts: 1_000 + n,
+        };
+        async move { store.add_report(report, 0, 100).await.unwrap() }
+    };
+    let m1_by_carol = file(r, Some("$m1"), "@carol:x", 1).await;
+    let m2_by_dave = file(r, Some("$m2"), "@dave:x", 2).await;
+    let room_by_carol = file(r, None, "@carol:x", 3).await;
+    let unknown_by_erin = file("!other:x", Some("$gone"), "@erin:x", 4).await;
+    let m2_by_carol = file(r, Some("$m2"), "@carol:x", 5).await;
+
+    let events = ReportQuery {
+        kind: ReportKind::Event,
+        reporter: None,
+        room: None,
+        event_sender: None,
+        newest_first: true,
+        before_id: None,
+        offset: 0,
+        limit: 10,
+    };
+    let page = |query: ReportQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.report_page(&query).await.unwrap();
+            (page.reports.iter().map(|r| r.report_id).collect::<Vec<_>>(), page.total)
+        }
+    };
+    assert_eq!(page(events.clone()).await, (vec![m2_by_carol, unknown_by_erin, m2_by_dave, m1_by_carol], 4));
+    let newest = store.report_page(&events).await.unwrap().reports;
+    assert_eq!(
+        newest[0],
+        Report {
+            report_id: m2_by_carol,
+            room_id: r.into(),
+            event_id: Some("$m2".into()),
+            reporter: "@carol:x".into(),
+            reason: Some("reason 5".into()),
+            score: None,
+            created_ts: 1_005,
+            event_sender: Some("@bob:x".into()),
+        }
+    );
+    assert_eq!(newest[1].event_sender, None, "the server does not have $gone");
+    assert_eq!(newest[3].event_sender.as_deref(), Some("@alice:x"));
+    // Oldest first from an offset; keyset from an id.
+    let oldest = ReportQuery { newest_first: false, offset: 1, limit: 2, ..events.clone() };
+    assert_eq!(page(oldest).await, (vec![m2_by_dave, unknown_by_erin], 4));
+    let below = ReportQuery { before_id: Some(unknown_by_erin), ..events.clone() };
+    assert_eq!(page(below).await, (vec![m2_by_dave, m1_by_carol], 4));
+    // Filters: reporter and room exactly or as substrings, the event's sender.
+    let contains = |s: &str| Some(TextFilter::Contains(s.into()));
+    let exact = |s: &str| Some(TextFilter::Exact(s.into()));
+    assert_eq!(page(ReportQuery { reporter: contains("carol"), ..events.clone() }).await, (vec![m2_by_carol, m1_by_carol], 2));
+    assert_eq!(page(ReportQuery { reporter: exact("@carol:x"), ..events.clone() }).await, (vec![m2_by_carol, m1_by_carol], 2));
+    assert_eq!(page(ReportQuery { reporter: exact("carol"), ..events.clone() }).await, (vec![], 0));
+    assert_eq!(page(ReportQuery { reporter: contains("%"), ..events.clone() }).await, (vec![], 0), "no wildcards");
+    assert_eq!(page(ReportQuery { room: contains("other"), ..events.clone() }).await, (vec![unknown_by_erin], 1));
+    assert_eq!(page(ReportQuery { room: exact(r), ..events.clone() }).await, (vec![m2_by_carol, m2_by_dave, m1_by_carol], 3));
+    let bobs = ReportQuery { event_sender: Some("@bob:x".into()), ..events.clone() };
+    assert_eq!(page(bobs).await, (vec![m2_by_carol, m2_by_dave], 2));
+    // Room reports are listed apart.
+    let rooms = ReportQuery { kind: ReportKind::Room, ..events.clone() };
+    assert_eq!(page(rooms.clone()).await, (vec![room_by_carol], 1));
+    assert_eq!(page(ReportQuery { before_id: Some(room_by_carol), ..rooms }).await, (vec![], 1));
+
+    // One by id; deletes only of the right kind; ids never come back.
+    let one = store.report(room_by_carol).await.unwrap().unwrap();
+    assert_eq!((one.event_id, one.reporter.as_str()), (None, "@carol:x"));
+    assert!(store.report(m2_by_carol + 100).await.unwrap().is_none());
+    assert!(!store.delete_report(room_by_carol, ReportKind::Event).await.unwrap());
+    assert!(store.delete_report(room_by_carol, ReportKind::Room).await.unwrap());
+    assert!(!store.delete_report(room_by_carol, ReportKind::Room).await.unwrap());
+    assert!(store.report(room_by_carol).await.unwrap().is_none());
+    assert!(store.delete_report(m2_by_carol, ReportKind::Event).await.unwrap());
+    let next = file(r, Some("$m1"), "@frank:x", 6).await;
+    assert!(next > m2_by_carol, "the deleted newest id {m2_by_carol} was reused: {next}");
+    assert_eq!(page(events).await, (vec![next, unknown_by_erin, m2_by_dave, m1_by_carol], 4));
 }
