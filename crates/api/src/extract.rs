@@ -117,6 +117,20 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// A server admin behind the request's access token: others get 403
+/// `M_FORBIDDEN` before anything else of the request is looked at.
+pub struct Admin(pub AuthedUser);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let Authed(user) = Authed::from_request_parts(parts, state).await?;
+        state.services.ensure_admin(&user)?;
+        Ok(Admin(user))
+    }
+}
+
 /// The client's address, used only as a rate-limit key and (if the
 /// operator turns it on) in logs; never stored.
 pub struct ClientAddress(pub Option<String>);

@@ -170,6 +170,12 @@ pub fn router(state: AppState) -> Router {
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         r = r.route(&format!("{prefix}/capabilities"), get(h::discovery::capabilities));
     }
+    // The Synapse-compatible admin API (not in ruma: plain handlers).
+    r = r
+        .route("/_synapse/admin/v1/event_reports", get(h::admin::event_reports))
+        .route("/_synapse/admin/v1/event_reports/{report_id}", get(h::admin::event_report).delete(h::admin::delete_event_report))
+        .route("/_synapse/admin/v1/room_reports", get(h::admin::room_reports))
+        .route("/_synapse/admin/v1/room_reports/{report_id}", get(h::admin::room_report).delete(h::admin::delete_room_report));
     r = r
         .route("/.well-known/matrix/client", get(h::discovery::well_known_client))
         .route("/.well-known/matrix/server", get(h::discovery::well_known_server))

@@ -107,6 +107,12 @@ pub const MAX_USER_DIRECTORY_LIMIT: usize = 100;
 pub const MAX_SEARCH_RESULTS: usize = 100;
 pub const MAX_SEARCH_CONTEXT: usize = 20;
 
+/// Spans of history visibility and of the reader's membership that one
+/// visibility check loads (`/search` loads those of every room searched).
+/// Each is a few dozen bytes; only state changes by room admins or around
+/// the reader's own membership add spans, so real users stay far below.
+pub const MAX_VISIBILITY_SPANS: usize = 100_000;
+
 /// Notifications per `/notifications` page.
 pub const MAX_NOTIFICATIONS_LIMIT: usize = 100;
 
@@ -182,6 +188,11 @@ pub const MAX_REPORT_REASON_BYTES: usize = 4_096;
 /// of reports grows by client action, so it is bounded per reporter.
 pub const MAX_REPORTS_PER_USER_PER_WINDOW: usize = 30;
 pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// Reports per page of the admin API's report lists; the default is
+/// Synapse's, which admin tools are tuned to.
+pub const MAX_ADMIN_REPORTS_LIMIT: usize = 1_000;
+pub const DEFAULT_ADMIN_REPORTS_LIMIT: usize = 100;
 
 /// Rooms a `/search` filter may list (`rooms` and `not_rooms` each).
 pub const MAX_SEARCH_FILTER_ROOMS: usize = 1_000;

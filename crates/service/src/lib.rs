@@ -9,6 +9,7 @@
 
 mod account_data;
 mod accounts;
+pub mod admin;
 mod error;
 mod filters;
 mod lazy_members;

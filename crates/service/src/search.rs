@@ -1,11 +1,11 @@
 //! `POST /user_directory/search` and `POST /search`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chancery_proto::limits::{
     MAX_SEARCH_CONTEXT, MAX_SEARCH_FILTER_ROOMS, MAX_SEARCH_RESULTS, MAX_SEARCH_TERM_BYTES, MAX_USER_DIRECTORY_LIMIT,
 };
-use chancery_store::SearchOrder;
+use chancery_store::{SearchOrder, SearchScope};
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};
 
@@ -129,16 +129,46 @@ impl Services {
         {
             return Err(Error::InvalidParam(format!("room filters list at most {MAX_SEARCH_FILTER_ROOMS} rooms")));
         }
-        let wanted: Option<std::collections::HashSet<&String>> = filter.rooms.as_ref().map(|r| r.iter().collect());
-        let unwanted: std::collections::HashSet<&String> = filter.not_rooms.iter().collect();
-        let joined = self.joined_rooms(user).await?;
-        let rooms: Vec<String> =
-            joined.into_iter().filter(|r| wanted.as_ref().is_none_or(|w| w.contains(r)) && !unwanted.contains(r)).collect();
+        let wanted: Option<HashSet<&String>> = filter.rooms.as_ref().map(|r| r.iter().collect());
+        let unwanted: HashSet<&String> = filter.not_rooms.iter().collect();
+        // Rooms the user is or was in (spec "Server Side Search": results
+        // must be visible to the user), minus forgotten ones; in each, only
+        // the stretches history visibility lets them read, so the store's
+        // page, count and offsets cover exactly what they may see.
+        let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
+        let forgotten: HashSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
+            self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        let mut left_at: HashMap<String, u64> = HashMap::new();
+        let mut rooms: Vec<String> = Vec::new();
+        for m in memberships {
+            let readable = match m.membership.as_str() {
+                "join" => true,
+                "leave" | "ban" => !forgotten.contains(&m.room_id),
+                _ => false,
+            };
+            if readable && wanted.as_ref().is_none_or(|w| w.contains(&m.room_id)) && !unwanted.contains(&m.room_id) {
+                if m.membership != "join" {
+                    left_at.insert(m.room_id.clone(), m.stream_pos);
+                }
+                rooms.push(m.room_id);
+            }
+        }
         let words = words(&criteria.search_term);
         let (hits, count) = if words.is_empty() || rooms.is_empty() {
             (Vec::new(), 0)
         } else {
-            self.store().search_events(&rooms, &words, &keys, order, offset, limit).await?
+            let current = self.store().current_stream_pos().await?;
+            let scopes: Vec<SearchScope> = self
+                .read_access(&user.user_id, &rooms, 0, current)
+                .await?
+                .into_iter()
+                .map(|(room_id, access)| SearchScope { room_id, ranges: access.visible_ranges() })
+                .filter(|scope| !scope.ranges.is_empty())
+                .collect();
+            self.store().search_events(&scopes, &words, &keys, order, offset, limit).await?
         };
         let viewer = ClientEventOptions::from(user);
         let events: Vec<_> = hits.iter().map(|h| h.event.clone()).collect();
@@ -147,7 +177,7 @@ impl Services {
         for (hit, event) in hits.iter().zip(formatted) {
             let mut result = json!({ "rank": hit.rank, "result": event });
             if let Some(ctx) = &criteria.event_context {
-                result["context"] = self.search_context(ctx, &hit.event, &viewer).await?;
+                result["context"] = self.search_context(ctx, &hit.event, user, &viewer).await?;
             }
             results.push(result);
         }
@@ -168,7 +198,8 @@ impl Services {
             seen.sort_unstable();
             seen.dedup();
             for room in seen {
-                let events = self.store().state_at(room, None).await?;
+                // A former member gets the state as they left it.
+                let events = self.store().state_at(room, left_at.get(room).copied()).await?;
                 state.insert(room.to_owned(), JsonValue::Array(self.client_events(&events, &viewer).await?));
             }
             body["state"] = JsonValue::Object(state);
@@ -180,6 +211,7 @@ impl Services {
         &self,
         ctx: &EventContext,
         event: &chancery_store::StoredEvent,
+        user: &AuthedUser,
         viewer: &ClientEventOptions,
     ) -> Result<JsonValue, Error> {
         let before_limit = ctx.before_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
@@ -198,6 +230,10 @@ impl Services {
         };
         let start = before.last().map_or(pos - 1, |e| e.stream_pos - 1);
         let end = after.last().map_or(pos, |e| e.stream_pos);
+        // Tokens continue after what was read; only what the user may see
+        // is shown.
+        let before = self.visible_events(&user.user_id, &event.room_id, before).await?;
+        let after = self.visible_events(&user.user_id, &event.room_id, after).await?;
         let mut context = json!({
             "events_before": self.client_events(&before, viewer).await?,
             "events_after": self.client_events(&after, viewer).await?,

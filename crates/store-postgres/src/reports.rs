@@ -3,7 +3,8 @@
 //! cannot all pass the count.
 
 use async_trait::async_trait;
-use chancery_store::{NewReport, Report, ReportStore, StoreError, StoreResult};
+use chancery_store::{NewReport, Report, ReportKind, ReportPage, ReportQuery, ReportStore, StoreError, StoreResult, TextFilter};
+use tokio_postgres::types::ToSql;
 
 use crate::accounts::{get, i, query, query_opt, u};
 use crate::{PostgresStore, backend};
@@ -40,25 +41,88 @@ impl ReportStore for PostgresStore {
     async fn reports(&self, after_id: u64, limit: usize) -> StoreResult<Vec<Report>> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = query(
-            &client,
-            "SELECT report_id, room_id, event_id, reporter, reason, score, created_ts FROM content_reports
-             WHERE report_id > $1 ORDER BY report_id LIMIT $2",
-            &[&i(after_id), &limit],
-        )
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Report {
-                    report_id: u(get(r, 0)?),
-                    room_id: get(r, 1)?,
-                    event_id: get(r, 2)?,
-                    reporter: get(r, 3)?,
-                    reason: get(r, 4)?,
-                    score: get(r, 5)?,
-                    created_ts: u(get(r, 6)?),
-                })
-            })
-            .collect()
+        let sql = format!("{REPORT_SELECT} WHERE c.report_id > $1 ORDER BY c.report_id LIMIT $2");
+        let rows = query(&client, &sql, &[&i(after_id), &limit]).await?;
+        rows.iter().map(report_from_row).collect()
     }
+
+    async fn report_page(&self, q: &ReportQuery) -> StoreResult<ReportPage> {
+        let (reporter_exact, reporter_part) = split(q.reporter.as_ref());
+        let (room_exact, room_part) = split(q.room.as_ref());
+        let is_event = q.kind == ReportKind::Event;
+        let filters: [&(dyn ToSql + Sync); 6] =
+            [&is_event, &reporter_exact, &reporter_part, &room_exact, &room_part, &q.event_sender];
+        let order = if q.newest_first { "DESC" } else { "ASC" };
+        let sql = format!(
+            "{REPORT_SELECT} WHERE {REPORT_FILTER} AND ($7::bigint IS NULL OR c.report_id < $7)
+             ORDER BY c.report_id {order} LIMIT $8 OFFSET $9"
+        );
+        let (before, limit, offset) = (q.before_id.map(i), i64::try_from(q.limit).unwrap_or(i64::MAX), i(q.offset));
+        let mut page_params: Vec<&(dyn ToSql + Sync)> = filters.to_vec();
+        page_params.extend([&before as &(dyn ToSql + Sync), &limit, &offset]);
+        let mut client = self.client().await?;
+        // The page and the total from one snapshot.
+        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
+        let tx = tx.start().await.map_err(backend)?;
+        let reports = query(&tx, &sql, &page_params).await?.iter().map(report_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let count_sql =
+            format!("SELECT COUNT(*) FROM content_reports c LEFT JOIN events e ON e.event_id = c.event_id WHERE {REPORT_FILTER}");
+        let row =
+            query_opt(&tx, &count_sql, &filters).await?.ok_or_else(|| StoreError::Backend("count returned no row".into()))?;
+        let total = u(get(&row, 0)?);
+        tx.commit().await.map_err(backend)?;
+        Ok(ReportPage { reports, total })
+    }
+
+    async fn report(&self, report_id: u64) -> StoreResult<Option<Report>> {
+        let client = self.client().await?;
+        let sql = format!("{REPORT_SELECT} WHERE c.report_id = $1");
+        query_opt(&client, &sql, &[&i(report_id)]).await?.as_ref().map(report_from_row).transpose()
+    }
+
+    async fn delete_report(&self, report_id: u64, kind: ReportKind) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM content_reports WHERE report_id = $1 AND (event_id IS NOT NULL) = $2",
+                &[&i(report_id), &(kind == ReportKind::Event)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(deleted > 0)
+    }
+}
+
+/// The columns of a [`Report`], for [`report_from_row`].
+const REPORT_SELECT: &str = "SELECT c.report_id, c.room_id, c.event_id, c.reporter, c.reason, c.score, c.created_ts, e.sender
+     FROM content_reports c LEFT JOIN events e ON e.event_id = c.event_id";
+
+/// The kind and filters of a [`ReportQuery`] as parameters $1..$6; a NULL
+/// filter matches everything. `strpos` rather than LIKE: no wildcards to
+/// escape.
+const REPORT_FILTER: &str = "(c.event_id IS NOT NULL) = $1
+     AND ($2::text IS NULL OR c.reporter = $2) AND ($3::text IS NULL OR strpos(c.reporter, $3) > 0)
+     AND ($4::text IS NULL OR c.room_id = $4) AND ($5::text IS NULL OR strpos(c.room_id, $5) > 0)
+     AND ($6::text IS NULL OR e.sender = $6)";
+
+/// A filter as (exact, substring) parameters.
+fn split(filter: Option<&TextFilter>) -> (Option<&str>, Option<&str>) {
+    match filter {
+        Some(TextFilter::Exact(s)) => (Some(s), None),
+        Some(TextFilter::Contains(s)) => (None, Some(s)),
+        None => (None, None),
+    }
+}
+
+fn report_from_row(r: &tokio_postgres::Row) -> StoreResult<Report> {
+    Ok(Report {
+        report_id: u(get(r, 0)?),
+        room_id: get(r, 1)?,
+        event_id: get(r, 2)?,
+        reporter: get(r, 3)?,
+        reason: get(r, 4)?,
+        score: get(r, 5)?,
+        created_ts: u(get(r, 6)?),
+        event_sender: get(r, 7)?,
+    })
 }

@@ -514,6 +514,50 @@ impl RoomStore for PostgresStore {
         Ok(MemberSummary { joined, invited, heroes })
     }
 
+    async fn visibility_spans(
+        &self,
+        user_id: &str,
+        rooms: &[String],
+        from: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StateSpan>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        // Both halves are ranges of the primary key (room, type, key,
+        // start); only visibility rows need the event, for its content.
+        let rows = query(
+            &client,
+            "SELECT s.room_id, s.from_pos, s.to_pos, NULL::text AS membership, e.json
+             FROM room_state s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = ANY($1) AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''
+               AND s.from_pos <= $3 AND (s.to_pos IS NULL OR s.to_pos > $2)
+             UNION ALL
+             SELECT s.room_id, s.from_pos, s.to_pos, COALESCE(s.membership, ''), NULL
+             FROM room_state s
+             WHERE s.room_id = ANY($1) AND s.event_type = 'm.room.member' AND s.state_key = $4
+               AND (s.to_pos IS NULL OR s.to_pos > $2)
+             ORDER BY 1, 2
+             LIMIT $5",
+            &[&rooms, &i(from), &i(up_to), &user_id, &i(limit as u64).saturating_add(1)],
+        )
+        .await?;
+        if rows.len() > limit {
+            return Err(StoreError::LimitExceeded("visibility spans"));
+        }
+        rows.iter()
+            .map(|r| {
+                let kind = match get::<Option<String>>(r, 3)? {
+                    Some(m) => SpanKind::Membership(m),
+                    None => SpanKind::HistoryVisibility(get::<Option<String>>(r, 4)?.as_deref().and_then(history_visibility_of)),
+                };
+                Ok(StateSpan { room_id: get(r, 0)?, from_pos: u(get(r, 1)?), to_pos: get::<Option<i64>>(r, 2)?.map(u), kind })
+            })
+            .collect()
+    }
+
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         let client = self.client().await?;
         // Positions commit in order (see the module comment), so the last

@@ -78,30 +78,50 @@ impl SearchStore for PostgresStore {
 
     async fn search_events(
         &self,
-        rooms: &[String],
+        scopes: &[SearchScope],
         words: &[String],
         keys: &[String],
         order: SearchOrder,
         offset: usize,
         limit: usize,
     ) -> StoreResult<(Vec<SearchHit>, u64)> {
-        if words.is_empty() || rooms.is_empty() || keys.is_empty() {
+        if words.is_empty() || scopes.is_empty() || keys.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let client = self.client().await?;
+        // Whole rooms are a plain array; rooms searched only in parts are
+        // three parallel arrays (room, from, to) for `unnest`.
+        let (whole, parts): (Vec<&SearchScope>, Vec<&SearchScope>) = scopes.iter().partition(|s| s.is_whole_room());
+        let whole: Vec<&str> = whole.iter().map(|s| s.room_id.as_str()).collect();
+        let ranges = parts.iter().flat_map(|s| s.ranges.iter().map(move |r| (s.room_id.as_str(), r)));
+        let (mut part_rooms, mut part_from, mut part_to) = (Vec::new(), Vec::new(), Vec::new());
+        for (room, range) in ranges {
+            part_rooms.push(room);
+            part_from.push(i(range.from));
+            part_to.push(range.to.map(i));
+        }
         let tsq = ts_query(words);
-        let filter =
-            "s.vector @@ to_tsquery('simple', $1) AND s.room_id = ANY($2) AND s.key = ANY($3) AND r.redaction_event_id IS NULL";
+        let filter = "s.vector @@ to_tsquery('simple', $1)
+            AND (s.room_id = ANY($2)
+                 OR EXISTS (SELECT 1 FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS p(room_id, from_pos, to_pos)
+                            WHERE p.room_id = s.room_id AND e.stream_pos >= p.from_pos
+                              AND (p.to_pos IS NULL OR e.stream_pos < p.to_pos)))
+            AND s.key = ANY($3) AND r.redaction_event_id IS NULL";
         let order_sql = match order {
             SearchOrder::Rank => "rank DESC, e.stream_pos DESC",
             SearchOrder::Recent => "e.stream_pos DESC",
         };
+        let mut client = self.client().await?;
+        // The page and the count from one snapshot.
+        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
+        let tx = tx.start().await.map_err(backend)?;
         let sql = format!(
             "SELECT {EVENT_COLUMNS}, ts_rank(s.vector, to_tsquery('simple', $1))::float8 AS rank
              FROM event_search s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
-             WHERE {filter} ORDER BY {order_sql} LIMIT $4 OFFSET $5"
+             WHERE {filter} ORDER BY {order_sql} LIMIT $7 OFFSET $8"
         );
-        let rows = query(&client, &sql, &[&tsq, &rooms, &keys, &i(limit as u64), &i(offset as u64)]).await?;
+        let rows =
+            query(&tx, &sql, &[&tsq, &whole, &keys, &part_rooms, &part_from, &part_to, &i(limit as u64), &i(offset as u64)])
+                .await?;
         let hits = rows
             .iter()
             .map(|r| Ok(SearchHit { event: event_from_row(r)?, rank: get(r, 14)? }))
@@ -109,9 +129,11 @@ impl SearchStore for PostgresStore {
         let count_sql = format!(
             "SELECT COUNT(*) FROM event_search s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN} WHERE {filter}"
         );
-        let row = query_opt(&client, &count_sql, &[&tsq, &rooms, &keys])
+        let row = query_opt(&tx, &count_sql, &[&tsq, &whole, &keys, &part_rooms, &part_from, &part_to])
             .await?
             .ok_or_else(|| StoreError::Backend("count returned no row".into()))?;
-        Ok((hits, u(get(&row, 0)?)))
+        let count = u(get(&row, 0)?);
+        tx.commit().await.map_err(backend)?;
+        Ok((hits, count))
     }
 }

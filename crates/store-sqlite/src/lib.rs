@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_directory.sql"),
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
+    include_str!("../migrations/0009_report_ids.sql"),
 ];
 
 pub struct SqliteStore {

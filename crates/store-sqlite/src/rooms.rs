@@ -417,6 +417,59 @@ impl RoomStore for SqliteStore {
         .await
     }
 
+    async fn visibility_spans(
+        &self,
+        user_id: &str,
+        rooms: &[String],
+        from: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StateSpan>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let user_id = user_id.to_owned();
+        let rooms = serde_json::to_string(rooms).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.read(move |conn| {
+            // Both halves are ranges of the primary key (room, type, key,
+            // start); only visibility rows need the event, for its content.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT s.room_id, s.from_pos, s.to_pos, NULL, e.json
+                     FROM room_state s JOIN events e ON e.event_id = s.event_id
+                     WHERE s.room_id IN (SELECT value FROM json_each(?1))
+                       AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''
+                       AND s.from_pos <= ?3 AND (s.to_pos IS NULL OR s.to_pos > ?2)
+                     UNION ALL
+                     SELECT s.room_id, s.from_pos, s.to_pos, COALESCE(s.membership, ''), NULL
+                     FROM room_state s
+                     WHERE s.room_id IN (SELECT value FROM json_each(?1))
+                       AND s.event_type = 'm.room.member' AND s.state_key = ?4
+                       AND (s.to_pos IS NULL OR s.to_pos > ?2)
+                     ORDER BY 1, 2
+                     LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![rooms, i(from), i(up_to), user_id, i(limit as u64).saturating_add(1)], |r| {
+                    let membership: Option<String> = r.get(3)?;
+                    let json: Option<String> = r.get(4)?;
+                    let kind = match membership {
+                        Some(m) => SpanKind::Membership(m),
+                        None => SpanKind::HistoryVisibility(json.as_deref().and_then(history_visibility_of)),
+                    };
+                    Ok(StateSpan { room_id: r.get(0)?, from_pos: u(r.get(1)?), to_pos: r.get::<_, Option<i64>>(2)?.map(u), kind })
+                })
+                .map_err(backend)?;
+            let spans = collect(rows)?;
+            if spans.len() > limit {
+                return Err(StoreError::LimitExceeded("visibility spans"));
+            }
+            Ok(spans)
+        })
+        .await
+    }
+
     async fn current_stream_pos(&self) -> StoreResult<u64> {
         self.read(|conn| {
             conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")

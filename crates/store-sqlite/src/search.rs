@@ -42,6 +42,10 @@ fn fts_query(words: &[String]) -> String {
         .join(" ")
 }
 
+fn to_json(value: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
 fn like_pattern(term: &str) -> String {
     let escaped: String =
         term.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
@@ -93,47 +97,62 @@ impl SearchStore for SqliteStore {
 
     async fn search_events(
         &self,
-        rooms: &[String],
+        scopes: &[SearchScope],
         words: &[String],
         keys: &[String],
         order: SearchOrder,
         offset: usize,
         limit: usize,
     ) -> StoreResult<(Vec<SearchHit>, u64)> {
-        if words.is_empty() || rooms.is_empty() || keys.is_empty() {
+        if words.is_empty() || scopes.is_empty() || keys.is_empty() {
             return Ok((Vec::new(), 0));
         }
         let query = fts_query(words);
-        let rooms = serde_json::to_string(rooms).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let keys = serde_json::to_string(keys).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // Whole rooms are a plain set; rooms searched only in parts are
+        // (room, from, to) triples.
+        let (whole, parts): (Vec<&SearchScope>, Vec<&SearchScope>) = scopes.iter().partition(|s| s.is_whole_room());
+        let whole: Vec<&str> = whole.iter().map(|s| s.room_id.as_str()).collect();
+        let parts: Vec<(&str, i64, Option<i64>)> =
+            parts.iter().flat_map(|s| s.ranges.iter().map(|r| (s.room_id.as_str(), i(r.from), r.to.map(i)))).collect();
+        let (whole, parts, keys) = (to_json(&whole)?, to_json(&parts)?, to_json(&keys)?);
         self.read_heavy(move |conn| {
             let filter = "event_search MATCH ?1
-                 AND s.room_id IN (SELECT value FROM json_each(?2))
+                 AND (s.room_id IN (SELECT value FROM json_each(?2))
+                      OR EXISTS (SELECT 1 FROM json_each(?4) p
+                                 WHERE json_extract(p.value, '$[0]') = s.room_id
+                                   AND e.stream_pos >= json_extract(p.value, '$[1]')
+                                   AND (json_extract(p.value, '$[2]') IS NULL
+                                        OR e.stream_pos < json_extract(p.value, '$[2]'))))
                  AND s.key IN (SELECT value FROM json_each(?3))
                  AND r.redaction_event_id IS NULL";
             let order_sql = match order {
                 SearchOrder::Rank => "rank DESC, e.stream_pos DESC",
                 SearchOrder::Recent => "e.stream_pos DESC",
             };
+            // One read transaction: the page and the count see one snapshot.
+            let tx = conn.unchecked_transaction().map_err(backend)?;
             let sql = format!(
                 "SELECT {EVENT_COLUMNS}, -bm25(event_search) AS rank
                  FROM event_search s JOIN events e ON e.stream_pos = s.rowid {REDACTION_JOIN}
-                 WHERE {filter} ORDER BY {order_sql} LIMIT ?4 OFFSET ?5"
+                 WHERE {filter} ORDER BY {order_sql} LIMIT ?5 OFFSET ?6"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = stmt
-                .query_map(params![query, rooms, keys, i(limit as u64), i(offset as u64)], |r| {
-                    Ok(SearchHit { event: event_from_row(r)?, rank: r.get(14)? })
-                })
-                .map_err(backend)?;
-            let hits = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+            let hits = {
+                let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![query, whole, keys, parts, i(limit as u64), i(offset as u64)], |r| {
+                        Ok(SearchHit { event: event_from_row(r)?, rank: r.get(14)? })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+            };
             let count_sql = format!(
                 "SELECT COUNT(*) FROM event_search s JOIN events e ON e.stream_pos = s.rowid {REDACTION_JOIN} WHERE {filter}"
             );
-            let count: i64 = conn
+            let count: i64 = tx
                 .prepare_cached(&count_sql)
-                .and_then(|mut s| s.query_row(params![query, rooms, keys], |r| r.get(0)))
+                .and_then(|mut s| s.query_row(params![query, whole, keys, parts], |r| r.get(0)))
                 .map_err(backend)?;
+            tx.commit().map_err(backend)?;
             Ok((hits, u64::try_from(count).unwrap_or(0)))
         })
         .await

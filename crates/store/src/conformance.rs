@@ -30,6 +30,8 @@ macro_rules! store_conformance_tests {
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream,
+            visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
+            reports_are_listed_filtered_and_deleted,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -1537,6 +1539,7 @@ pub async fn reports_are_bounded_per_reporter_and_window(store: DynStore) {
             reason: Some("reason 0".into()),
             score: Some(-100),
             created_ts: 1_000,
+            event_sender: None,
         }
     );
     let last = all.last().unwrap();
@@ -1556,4 +1559,236 @@ pub async fn reports_are_bounded_per_reporter_and_window(store: DynStore) {
         stored += usize::from(task.await.unwrap());
     }
     assert_eq!(stored, 3);
+}
+
+fn visibility(room: &str, id: &str, value: &str, depth: u64) -> NewEvent {
+    state(room, id, "m.room.history_visibility", json!({"history_visibility": value}), depth)
+}
+
+fn span(room: &str, from_pos: u64, to_pos: Option<u64>, kind: SpanKind) -> StateSpan {
+    StateSpan { room_id: room.into(), from_pos, to_pos, kind }
+}
+
+pub async fn visibility_spans_follow_the_state_history(store: DynStore) {
+    let (r, s) = ("!r:x", "!s:x");
+    let hv = |v: &str| SpanKind::HistoryVisibility(Some(v.into()));
+    let m = |v: &str| SpanKind::Membership(v.into());
+    // !r:x: 1 create, 2 alice joins, 3 shared, 4 bob joins, 5 message,
+    // 6 joined, 7 bob leaves, 8 message, 9 carol joins, 10 bob joins,
+    // 11 a visibility event without a usable value.
+    store
+        .create_room(
+            room(r),
+            vec![
+                event(r, "$create", "m.room.create", Some(""), 1),
+                member(r, "$alice", "@alice:x", "join", 2),
+                visibility(r, "$shared", "shared", 3),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut prev = "$shared".to_owned();
+    let broken = state(r, "$broken", "m.room.history_visibility", json!({"history_visibility": 7}), 11);
+    let positions = append_chain(
+        &store,
+        &mut prev,
+        vec![
+            member(r, "$bob1", "@bob:x", "join", 4),
+            message(r, "$m5", 5),
+            visibility(r, "$joined", "joined", 6),
+            member(r, "$bob2", "@bob:x", "leave", 7),
+            message(r, "$m8", 8),
+            member(r, "$carol", "@carol:x", "join", 9),
+            member(r, "$bob3", "@bob:x", "join", 10),
+            broken,
+        ],
+    )
+    .await;
+    assert_eq!(positions, (4..=11).collect::<Vec<u64>>());
+    // !s:x (12, 13): bob is there, no visibility event.
+    store
+        .create_room(room(s), vec![event(s, "$s-create", "m.room.create", Some(""), 1), member(s, "$s-bob", "@bob:x", "join", 2)])
+        .await
+        .unwrap();
+
+    let rooms = [r.to_owned(), s.to_owned()];
+    let all = store.visibility_spans("@bob:x", &rooms, 0, 13, 100).await.unwrap();
+    assert_eq!(
+        all,
+        [
+            span(r, 3, Some(6), hv("shared")),
+            span(r, 4, Some(7), m("join")),
+            span(r, 6, Some(11), hv("joined")),
+            span(r, 7, Some(10), m("leave")),
+            span(r, 10, None, m("join")),
+            span(r, 11, None, SpanKind::HistoryVisibility(None)),
+            span(s, 13, None, m("join")),
+        ]
+    );
+    // A window: visibility overlapping 7..=8, every membership span of the
+    // user ending after 7; other users' memberships never.
+    let window = store.visibility_spans("@bob:x", &rooms[..1], 7, 8, 100).await.unwrap();
+    assert_eq!(window, [span(r, 6, Some(11), hv("joined")), span(r, 7, Some(10), m("leave")), span(r, 10, None, m("join"))]);
+    let carol = store.visibility_spans("@carol:x", &rooms, 1, 3, 100).await.unwrap();
+    assert_eq!(carol, [span(r, 3, Some(6), hv("shared")), span(r, 9, None, m("join"))]);
+    assert!(store.visibility_spans("@dave:x", &[], 0, 13, 100).await.unwrap().is_empty());
+    assert!(store.visibility_spans("@dave:x", &["!unknown:x".to_owned()], 0, 13, 100).await.unwrap().is_empty());
+    let over = store.visibility_spans("@bob:x", &rooms, 0, 13, 6).await;
+    assert!(matches!(over, Err(StoreError::LimitExceeded("visibility spans"))), "{over:?}");
+    assert_eq!(store.visibility_spans("@bob:x", &rooms, 0, 13, 7).await.unwrap().len(), 7);
+}
+
+pub async fn search_stays_within_its_scopes(store: DynStore) {
+    let (r, s) = ("!r:x", "!s:x");
+    let searchable = |room: &str, id: &str, text: &str, depth: u64| {
+        let mut e = message(room, id, depth);
+        e.search_text = vec![("content.body".into(), text.into())];
+        e
+    };
+    store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    // Positions 2..=7: budget notes, one other message.
+    let positions = append_chain(
+        &store,
+        &mut prev,
+        vec![
+            searchable(r, "$b2", "budget two", 2),
+            searchable(r, "$b3", "budget three", 3),
+            searchable(r, "$x4", "lunch", 4),
+            searchable(r, "$b5", "budget five", 5),
+            searchable(r, "$b6", "budget six", 6),
+            searchable(r, "$b7", "budget seven", 7),
+        ],
+    )
+    .await;
+    assert_eq!(positions, (2..=7).collect::<Vec<u64>>());
+    store.create_room(room(s), vec![event(s, "$s-create", "m.room.create", Some(""), 1)]).await.unwrap();
+    let mut prev = "$s-create".to_owned();
+    append_chain(&store, &mut prev, vec![searchable(s, "$s9", "budget elsewhere", 2)]).await;
+
+    let words = ["budget".to_owned()];
+    let keys = ["content.body".to_owned()];
+    let scope = |room: &str, ranges: &[(u64, Option<u64>)]| SearchScope {
+        room_id: room.into(),
+        ranges: ranges.iter().map(|&(from, to)| PositionRange { from, to }).collect(),
+    };
+    let search = |scopes: Vec<SearchScope>, offset: usize, limit: usize| {
+        let store = store.clone();
+        let (words, keys) = (words.clone(), keys.clone());
+        async move {
+            let (hits, count) = store.search_events(&scopes, &words, &keys, SearchOrder::Recent, offset, limit).await.unwrap();
+            (hits.into_iter().map(|h| h.event.event_id).collect::<Vec<_>>(), count)
+        }
+    };
+    let whole_r = scope(r, &[(0, None)]);
+    assert!(whole_r.is_whole_room());
+    assert_eq!(
+        search(vec![whole_r.clone()], 0, 10).await,
+        (vec!["$b7".into(), "$b6".into(), "$b5".into(), "$b3".into(), "$b2".into()], 5)
+    );
+    // Parts of !r:x (3..=5 and from 7 on) and the whole of !s:x: counts and
+    // offsets cover only those.
+    let parts = vec![scope(r, &[(3, Some(6)), (7, None)]), scope(s, &[(0, None)])];
+    assert!(!parts[0].is_whole_room());
+    assert_eq!(search(parts.clone(), 0, 10).await, (vec!["$s9".into(), "$b7".into(), "$b5".into(), "$b3".into()], 4));
+    assert_eq!(search(parts.clone(), 1, 2).await, (vec!["$b7".into(), "$b5".into()], 4));
+    assert_eq!(search(parts, 3, 2).await, (vec!["$b3".into()], 4));
+    // A range ending where the room's events start finds nothing.
+    assert_eq!(search(vec![scope(r, &[(0, Some(2))])], 0, 10).await, (vec![], 0));
+    assert_eq!(search(vec![], 0, 10).await, (vec![], 0));
+}
+
+pub async fn reports_are_listed_filtered_and_deleted(store: DynStore) {
+    let r = "!r:x";
+    let mut by_bob = message(r, "$m2", 3);
+    by_bob.sender = "@bob:x".into();
+    store
+        .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), message(r, "$m1", 2), by_bob])
+        .await
+        .unwrap();
+    let file = |room: &str, event: Option<&str>, reporter: &str, n: u64| {
+        let store = store.clone();
+        let report = NewReport {
+            room_id: room.into(),
+            event_id: event.map(Into::into),
+            reporter: reporter.into(),
+            reason: Some(format!("reason {n}")),
+            score: None,
+            created_ts: 1_000 + n,
+        };
+        async move { store.add_report(report, 0, 100).await.unwrap() }
+    };
+    let m1_by_carol = file(r, Some("$m1"), "@carol:x", 1).await;
+    let m2_by_dave = file(r, Some("$m2"), "@dave:x", 2).await;
+    let room_by_carol = file(r, None, "@carol:x", 3).await;
+    let unknown_by_erin = file("!other:x", Some("$gone"), "@erin:x", 4).await;
+    let m2_by_carol = file(r, Some("$m2"), "@carol:x", 5).await;
+
+    let events = ReportQuery {
+        kind: ReportKind::Event,
+        reporter: None,
+        room: None,
+        event_sender: None,
+        newest_first: true,
+        before_id: None,
+        offset: 0,
+        limit: 10,
+    };
+    let page = |query: ReportQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.report_page(&query).await.unwrap();
+            (page.reports.iter().map(|r| r.report_id).collect::<Vec<_>>(), page.total)
+        }
+    };
+    assert_eq!(page(events.clone()).await, (vec![m2_by_carol, unknown_by_erin, m2_by_dave, m1_by_carol], 4));
+    let newest = store.report_page(&events).await.unwrap().reports;
+    assert_eq!(
+        newest[0],
+        Report {
+            report_id: m2_by_carol,
+            room_id: r.into(),
+            event_id: Some("$m2".into()),
+            reporter: "@carol:x".into(),
+            reason: Some("reason 5".into()),
+            score: None,
+            created_ts: 1_005,
+            event_sender: Some("@bob:x".into()),
+        }
+    );
+    assert_eq!(newest[1].event_sender, None, "the server does not have $gone");
+    assert_eq!(newest[3].event_sender.as_deref(), Some("@alice:x"));
+    // Oldest first from an offset; keyset from an id.
+    let oldest = ReportQuery { newest_first: false, offset: 1, limit: 2, ..events.clone() };
+    assert_eq!(page(oldest).await, (vec![m2_by_dave, unknown_by_erin], 4));
+    let below = ReportQuery { before_id: Some(unknown_by_erin), ..events.clone() };
+    assert_eq!(page(below).await, (vec![m2_by_dave, m1_by_carol], 4));
+    // Filters: reporter and room exactly or as substrings, the event's sender.
+    let contains = |s: &str| Some(TextFilter::Contains(s.into()));
+    let exact = |s: &str| Some(TextFilter::Exact(s.into()));
+    assert_eq!(page(ReportQuery { reporter: contains("carol"), ..events.clone() }).await, (vec![m2_by_carol, m1_by_carol], 2));
+    assert_eq!(page(ReportQuery { reporter: exact("@carol:x"), ..events.clone() }).await, (vec![m2_by_carol, m1_by_carol], 2));
+    assert_eq!(page(ReportQuery { reporter: exact("carol"), ..events.clone() }).await, (vec![], 0));
+    assert_eq!(page(ReportQuery { reporter: contains("%"), ..events.clone() }).await, (vec![], 0), "no wildcards");
+    assert_eq!(page(ReportQuery { room: contains("other"), ..events.clone() }).await, (vec![unknown_by_erin], 1));
+    assert_eq!(page(ReportQuery { room: exact(r), ..events.clone() }).await, (vec![m2_by_carol, m2_by_dave, m1_by_carol], 3));
+    let bobs = ReportQuery { event_sender: Some("@bob:x".into()), ..events.clone() };
+    assert_eq!(page(bobs).await, (vec![m2_by_carol, m2_by_dave], 2));
+    // Room reports are listed apart.
+    let rooms = ReportQuery { kind: ReportKind::Room, ..events.clone() };
+    assert_eq!(page(rooms.clone()).await, (vec![room_by_carol], 1));
+    assert_eq!(page(ReportQuery { before_id: Some(room_by_carol), ..rooms }).await, (vec![], 1));
+
+    // One by id; deletes only of the right kind; ids never come back.
+    let one = store.report(room_by_carol).await.unwrap().unwrap();
+    assert_eq!((one.event_id, one.reporter.as_str()), (None, "@carol:x"));
+    assert!(store.report(m2_by_carol + 100).await.unwrap().is_none());
+    assert!(!store.delete_report(room_by_carol, ReportKind::Event).await.unwrap());
+    assert!(store.delete_report(room_by_carol, ReportKind::Room).await.unwrap());
+    assert!(!store.delete_report(room_by_carol, ReportKind::Room).await.unwrap());
+    assert!(store.report(room_by_carol).await.unwrap().is_none());
+    assert!(store.delete_report(m2_by_carol, ReportKind::Event).await.unwrap());
+    let next = file(r, Some("$m1"), "@frank:x", 6).await;
+    assert!(next > m2_by_carol, "the deleted newest id {m2_by_carol} was reused: {next}");
+    assert_eq!(page(events).await, (vec![next, unknown_by_erin, m2_by_dave, m1_by_carol], 4));
 }

@@ -111,6 +111,33 @@ pub struct MemberSummary {
     pub heroes: Vec<String>,
 }
 
+/// What a [`StateSpan`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpanKind {
+    /// The room's `m.room.history_visibility`: its `content.history_visibility`
+    /// (`None` if missing or not a string).
+    HistoryVisibility(Option<String>),
+    /// A user's `content.membership`.
+    Membership(String),
+}
+
+/// A stretch of a room's history during which one state event was in
+/// force: positions `from_pos <= p < to_pos` (`to_pos` `None`: still is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSpan {
+    pub room_id: String,
+    pub from_pos: u64,
+    pub to_pos: Option<u64>,
+    pub kind: SpanKind,
+}
+
+/// `content.history_visibility` of an `m.room.history_visibility` event's
+/// JSON, for backends building [`SpanKind::HistoryVisibility`].
+pub fn history_visibility_of(event_json: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(event_json).ok()?;
+    value.get("content")?.get("history_visibility")?.as_str().map(str::to_owned)
+}
+
 #[async_trait]
 pub trait RoomStore: Send + Sync {
     /// Creates the room and persists its first events in order, all in one
@@ -178,6 +205,22 @@ pub trait RoomStore: Send + Sync {
     /// invited members by stream order, else the first who left or were
     /// banned. Costs the same whatever the room's size.
     async fn member_summary(&self, room_id: &str, user_id: &str, heroes: usize) -> StoreResult<MemberSummary>;
+
+    /// What decides which events of `rooms` `user_id` may read (spec "Room
+    /// History Visibility"): the spans of each room's
+    /// `m.room.history_visibility` that overlap positions `from..=up_to`,
+    /// and every span of the user's membership that ends after `from` (the
+    /// rule for `shared` looks at later joins too). Ordered by room, then
+    /// start. `LimitExceeded("visibility spans")` if there are more than
+    /// `limit`.
+    async fn visibility_spans(
+        &self,
+        user_id: &str,
+        rooms: &[String],
+        from: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StateSpan>>;
 
     /// The highest stream position whose event is committed. Every
     /// position at or below it is visible to readers.

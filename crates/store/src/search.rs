@@ -21,6 +21,33 @@ pub enum SearchOrder {
     Recent,
 }
 
+/// Positions `from <= p < to` of one room (`to` `None`: no end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionRange {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+impl PositionRange {
+    /// The whole room.
+    pub const ALL: PositionRange = PositionRange { from: 0, to: None };
+}
+
+/// Where to search in one room: the events whose positions fall in one of
+/// `ranges` (the parts of its history the searcher may read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchScope {
+    pub room_id: String,
+    pub ranges: Vec<PositionRange>,
+}
+
+impl SearchScope {
+    /// Whether the scope is the whole room (one range, no bounds).
+    pub fn is_whole_room(&self) -> bool {
+        self.ranges == [PositionRange::ALL]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SearchHit {
     pub event: StoredEvent,
@@ -36,14 +63,14 @@ pub trait SearchStore: Send + Sync {
     /// ordered by user id; the searcher is not included.
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>>;
 
-    /// Indexed events of `rooms` whose text under one of `keys`
+    /// Indexed events within `scopes` whose text under one of `keys`
     /// (`content.body`, `content.name`, `content.topic`) matches every word
     /// of `words` (the last one as a prefix). Skips the first `offset`
-    /// matches; returns at most `limit` and the total number of matches.
-    /// Redacted events are not found.
+    /// matches; returns at most `limit` and the total number of matches
+    /// within the scopes. Redacted events are not found.
     async fn search_events(
         &self,
-        rooms: &[String],
+        scopes: &[SearchScope],
         words: &[String],
         keys: &[String],
         order: SearchOrder,

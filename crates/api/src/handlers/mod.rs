@@ -1,5 +1,6 @@
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;

@@ -83,6 +83,21 @@ impl User {
         let (id, token, _) = register(base, name).await;
         User { base: base.into(), token, id }
     }
+    /// An account the operator created as a server admin (as `chancery
+    /// create-user --admin` does), logged in.
+    pub async fn admin(server: &chancery_testkit::TestServer, name: &str) -> User {
+        let store = chancery_server::open_store(&server.config).await.unwrap();
+        let services = chancery_server::services(&server.config, store.clone()).unwrap();
+        services.create_user(name, Some(PASSWORD.into()), true).await.unwrap();
+        store.close().await;
+        let (status, body) = login(&server.base_url, name, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        User {
+            base: server.base_url.clone(),
+            token: body["access_token"].as_str().unwrap().into(),
+            id: body["user_id"].as_str().unwrap().into(),
+        }
+    }
     pub fn url(&self, path: &str) -> String {
         format!("{}/_matrix/client/v3{path}", self.base)
     }

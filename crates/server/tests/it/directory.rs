@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use chancery_proto::limits::{MAX_REPORT_REASON_BYTES, MAX_REPORTS_PER_USER_PER_WINDOW};
 
-use crate::common::{PASSWORD, User, assert_error, call, login, register};
+use crate::common::{PASSWORD, User, assert_error, call, register};
 
 impl User {
     async fn join(&self, room: &str) {
@@ -71,21 +71,6 @@ async fn report(user: &User, room: &str, event: &str, body: Value) -> (StatusCod
 
 fn chunk_ids(page: &Value) -> Vec<String> {
     page["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
-}
-
-/// Logs in an account the operator created as a server admin.
-async fn admin(server: &TestServer, name: &str) -> User {
-    let store = chancery_server::open_store(&server.config).await.unwrap();
-    let services = chancery_server::services(&server.config, store.clone()).unwrap();
-    services.create_user(name, Some(PASSWORD.into()), true).await.unwrap();
-    store.close().await;
-    let (status, body) = login(&server.base_url, name, PASSWORD).await;
-    assert_eq!(status, 200, "{body}");
-    User {
-        base: server.base_url.clone(),
-        token: body["access_token"].as_str().unwrap().into(),
-        id: body["user_id"].as_str().unwrap().into(),
-    }
 }
 
 async fn aliases(backend: Backend) {
@@ -223,7 +208,7 @@ async fn aliases(backend: Backend) {
     );
 
     // A server admin deletes any alias, in a room they are not in.
-    let admin = admin(&server, "olivia").await;
+    let admin = User::admin(&server, "olivia").await;
     admin.ok(Method::DELETE, &alias_path("#other:localhost"), None).await;
     assert_error(&call(Method::GET, &alice.url(&alias_path("#other:localhost")), None, None).await, 404, "M_NOT_FOUND");
     server.stop().await.unwrap();

@@ -2,6 +2,7 @@
 //! matrix-sdk (user flows) and reqwest (errors and edge cases). One test
 //! binary for the whole workspace keeps link time down.
 
+mod admin;
 mod bad_input;
 mod client_flows;
 mod common;

@@ -364,6 +364,108 @@ async fn relations_over_http_postgres() {
     relations_over_http(Backend::Postgres).await;
 }
 
+/// `/relations` and `/threads` follow history visibility as `/messages`
+/// does: a member who left reads the thread up to their departure (with
+/// pages that move on past what they may not see), outsiders of a
+/// `shared` room get `/messages`' 403, anyone reads a `world_readable`
+/// room, and a forgotten room is closed.
+async fn relations_follow_history_visibility(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let carol = User::new(&base, "carol").await;
+    let dave = User::new(&base, "dave").await;
+    // private_chat: history visibility `shared`.
+    let room = alice.post("/v3/createRoom", json!({"preset": "private_chat"})).await["room_id"].as_str().unwrap().to_owned();
+    let root = alice.say(&room, text("Budget draft")).await;
+    let before_bob = alice.say(&room, thread(&root, "sent before bob joined")).await;
+    alice.post(&format!("/v3/rooms/{room}/invite"), json!({"user_id": bob.id})).await;
+    bob.post(&format!("/v3/join/{room}"), json!({})).await;
+    let bob_reply = bob.say(&room, thread(&root, "looks fine")).await;
+    let while_there = alice.say(&room, thread(&root, "thanks")).await;
+    bob.post(&format!("/v3/rooms/{room}/leave"), json!({})).await;
+    let after_leave = alice.say(&room, thread(&root, "now that bob is gone")).await;
+    let late_root = alice.say(&room, text("A new topic")).await;
+    let late_reply = alice.say(&room, thread(&late_root, "bob never sees this")).await;
+
+    let rel = |path: &str| format!("/v1/rooms/{room}/relations/{path}");
+    assert_ids(
+        &alice.get(&rel(&format!("{root}/m.thread"))).await["chunk"],
+        &[&after_leave, &while_there, &bob_reply, &before_bob],
+    );
+    // Shared history: what was said before bob joined and while he was
+    // there, nothing after he left.
+    let readable = [&while_there, &bob_reply, &before_bob];
+    assert_ids(&bob.get(&rel(&format!("{root}/m.thread"))).await["chunk"], &readable);
+    assert_ids(&bob.get(&rel(&format!("{root}?limit=50"))).await["chunk"], &readable);
+    assert_error(&bob.call(Method::GET, &rel(&late_root), None).await, 404, "M_NOT_FOUND");
+    let threads = bob.get(&format!("/v1/rooms/{room}/threads")).await;
+    assert_ids(&threads["chunk"], &[&root]);
+    assert_ids(&alice.get(&format!("/v1/rooms/{room}/threads")).await["chunk"], &[&late_root, &root]);
+    // One reply per page: the first page is empty (the newest reply is not
+    // bob's to see) yet its token moves on, and the walk ends.
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..10 {
+        let query = from.as_ref().map(|f| format!("&from={f}")).unwrap_or_default();
+        let page = bob.get(&rel(&format!("{root}/m.thread?limit=1{query}"))).await;
+        seen.extend(ids(&page["chunk"]));
+        match page["next_batch"].as_str() {
+            Some(next) => {
+                assert_ne!(Some(next), from.as_deref(), "a token that does not move: {page}");
+                from = Some(next.to_owned());
+            }
+            None => {
+                from = None;
+                break;
+            }
+        }
+    }
+    assert!(from.is_none(), "pagination did not end within 10 pages");
+    assert_eq!(seen, readable.map(|id| id.to_owned()));
+    assert!(!seen.contains(&after_leave) && !seen.contains(&late_reply));
+
+    // Never a member of a `shared` room: the answer /messages gives.
+    assert_error(&carol.call(Method::GET, &format!("/v3/rooms/{room}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
+    assert_error(&carol.call(Method::GET, &rel(&root), None).await, 403, "M_FORBIDDEN");
+    assert_error(&carol.call(Method::GET, &format!("/v1/rooms/{room}/threads"), None).await, 403, "M_FORBIDDEN");
+
+    // Anyone reads a world-readable room's relations and threads.
+    let open = alice
+        .post(
+            "/v3/createRoom",
+            json!({"preset": "public_chat", "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}]}),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let open_root = alice.say(&open, text("Public minutes")).await;
+    let open_reply = alice.say(&open, thread(&open_root, "item 1")).await;
+    let like = alice.send(&open, "m.reaction", reaction(&open_root, "👍")).await;
+    let outside = dave.get(&format!("/v1/rooms/{open}/relations/{open_root}")).await;
+    assert_ids(&outside["chunk"], &[&like, &open_reply]);
+    assert_ids(&dave.get(&format!("/v1/rooms/{open}/threads")).await["chunk"], &[&open_root]);
+
+    // Forgetting closes the history (spec "Leaving rooms").
+    bob.post(&format!("/v3/rooms/{room}/forget"), json!({})).await;
+    assert_error(&bob.call(Method::GET, &rel(&root), None).await, 403, "M_FORBIDDEN");
+    assert_error(&bob.call(Method::GET, &format!("/v3/rooms/{room}/messages?dir=b"), None).await, 403, "M_FORBIDDEN");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relations_follow_history_visibility_sqlite() {
+    relations_follow_history_visibility(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relations_follow_history_visibility_postgres() {
+    relations_follow_history_visibility(Backend::Postgres).await;
+}
+
 async fn sdk_client(base: &str, name: &str) -> matrix_sdk::Client {
     register(base, name).await;
     let client = matrix_sdk::Client::builder().homeserver_url(base).build().await.unwrap();

@@ -4,7 +4,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{assert_error, call, register};
+use crate::common::{User, assert_error, call, register};
 
 async fn post(base: &str, token: &str, path: &str, body: Value) -> Value {
     let (status, body) = call(Method::POST, &format!("{base}/_matrix/client/v3{path}"), Some(token), Some(body)).await;
@@ -158,6 +158,126 @@ async fn search_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_postgres() {
     search(Backend::Postgres).await;
+}
+
+fn bodies(results: &Value) -> Vec<String> {
+    results.as_array().unwrap().iter().map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `/search` covers the rooms the user is or was in (not forgotten ones),
+/// and in each only what history visibility lets them read; `count` counts
+/// exactly that and `next_batch` walks through it once.
+async fn search_follows_history_visibility(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let carol = User::new(&base, "carol").await;
+    let invite = |room: String| {
+        let (alice, bob_id) = (&alice, bob.id.clone());
+        async move { alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": bob_id}))).await }
+    };
+
+    // `shared` (private_chat): bob reads what came before he joined and
+    // while he was there, not what came after he left.
+    let shared = alice.create_room(json!({"preset": "private_chat", "name": "Old name"})).await;
+    alice.say(&shared, "a", "budget alpha").await;
+    invite(shared.clone()).await;
+    bob.ok(Method::POST, &format!("/join/{shared}"), Some(json!({}))).await;
+    alice.say(&shared, "b", "budget beta").await;
+    bob.ok(Method::POST, &format!("/rooms/{shared}/leave"), Some(json!({}))).await;
+    alice.say(&shared, "c", "budget gamma").await;
+    alice.ok(Method::PUT, &format!("/rooms/{shared}/state/m.room.name/"), Some(json!({"name": "New name"}))).await;
+    // `joined`: only what came after bob joined.
+    let joined = alice
+        .create_room(json!({"preset": "private_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.say(&joined, "d", "budget delta").await;
+    invite(joined.clone()).await;
+    bob.ok(Method::POST, &format!("/join/{joined}"), Some(json!({}))).await;
+    alice.say(&joined, "e", "budget epsilon").await;
+    // A room bob was never in.
+    let other = carol.create_room(json!({"preset": "public_chat"})).await;
+    carol.say(&other, "z", "budget zeta").await;
+
+    let search = |body: Value, next: Option<String>| {
+        let bob = &bob;
+        async move {
+            let path = next.map(|n| format!("/search?next_batch={n}")).unwrap_or_else(|| "/search".into());
+            bob.ok(Method::POST, &path, Some(body)).await["search_categories"]["room_events"].clone()
+        }
+    };
+    let criteria = |extra: Value| {
+        let mut c = json!({"search_term": "budget", "order_by": "recent"});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"search_categories": {"room_events": c}})
+    };
+    let visible = ["budget epsilon", "budget beta", "budget alpha"];
+    let all = search(criteria(json!({})), None).await;
+    assert_eq!(bodies(&all["results"]), visible);
+    assert_eq!(all["count"], 3, "{all}");
+    assert!(all.get("next_batch").is_none());
+
+    // One result per page: three pages, each counting 3, then no token.
+    let mut seen = Vec::new();
+    let mut next = None;
+    for _ in 0..10 {
+        let page = search(criteria(json!({"filter": {"limit": 1}})), next.clone()).await;
+        assert_eq!(page["count"], 3, "{page}");
+        seen.extend(bodies(&page["results"]));
+        next = page["next_batch"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    assert!(next.is_none(), "pagination did not end within 10 pages");
+    assert_eq!(seen, visible);
+
+    // Context around results and the state of a left room stop where bob
+    // may stop reading.
+    let with_context =
+        search(criteria(json!({"event_context": {"before_limit": 5, "after_limit": 5}, "include_state": true})), None).await;
+    let context_bodies = |n: usize, side: &str| -> Vec<String> {
+        with_context["results"][n]["context"][side]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(bodies(&with_context["results"]), visible);
+    assert!(context_bodies(0, "events_before").is_empty(), "delta came before bob joined the `joined` room");
+    assert!(context_bodies(1, "events_after").is_empty(), "gamma came after bob left");
+    assert_eq!(context_bodies(1, "events_before"), ["budget alpha"]);
+    let shared_name = with_context["state"][&shared]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .map(|e| e["content"]["name"].clone());
+    assert_eq!(shared_name, Some(json!("Old name")), "the state as bob left it");
+
+    // Alice, joined everywhere she created, sees all of her rooms.
+    let alice_all = alice.ok(Method::POST, "/search", Some(criteria(json!({})))).await;
+    assert_eq!(alice_all["search_categories"]["room_events"]["count"], 5);
+
+    // A forgotten room is not searched any more.
+    bob.ok(Method::POST, &format!("/rooms/{shared}/forget"), Some(json!({}))).await;
+    let after_forget = search(criteria(json!({})), None).await;
+    assert_eq!(bodies(&after_forget["results"]), ["budget epsilon"]);
+    assert_eq!(after_forget["count"], 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_follows_history_visibility_sqlite() {
+    search_follows_history_visibility(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_follows_history_visibility_postgres() {
+    search_follows_history_visibility(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Reading rooms: single events, state, members, and `/messages` pages.
-//! Only joined members read a room (history of former members is a later
-//! refinement of history visibility).
+//! State and members are for joined members; events follow history
+//! visibility (`visibility.rs`), so former members read what they were
+//! allowed to see.
 
 use chancery_proto::limits::MAX_MESSAGES_LIMIT;
 use chancery_proto::ruma::{EventId, RoomId};

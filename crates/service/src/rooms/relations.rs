@@ -156,8 +156,16 @@ impl Services {
         event_id: &EventId,
         req: RelationsRequest,
     ) -> Result<RelationsPage, Error> {
-        self.ensure_joined(room_id, &user.user_id).await?;
+        // Former members and readers of world-readable rooms too, each
+        // seeing what history visibility leaves them (as with /messages).
+        self.ensure_can_read(room_id, &user.user_id).await?;
         let parent = self.event_in_room(room_id, event_id).await?;
+        // A parent the user may not see is answered like a missing one.
+        let parent = self
+            .visible_events(&user.user_id, room_id.as_str(), vec![parent])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
         let limit = req.limit.unwrap_or(DEFAULT_RELATIONS_LIMIT).clamp(1, MAX_RELATIONS_LIMIT);
         let from = req.from.as_deref().map(parse_token).transpose()?;
         let to = req.to.as_deref().map(parse_token).transpose()?;
@@ -185,6 +193,10 @@ impl Services {
             }
             _ => None,
         };
+        // Filtering after the page is cut keeps the token exact (it moves
+        // past what was read, seen or not); a page may then hold fewer
+        // children than `limit`, which the spec allows.
+        let events = self.visible_events(&user.user_id, room_id.as_str(), events).await?;
         Ok(RelationsPage {
             chunk: self.client_events(&events, &ClientEventOptions::from(user)).await?,
             next_batch,
@@ -205,7 +217,7 @@ impl Services {
         from: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ThreadsPage, Error> {
-        self.ensure_joined(room_id, &user.user_id).await?;
+        self.ensure_can_read(room_id, &user.user_id).await?;
         let limit = limit.unwrap_or(DEFAULT_THREADS_LIMIT).clamp(1, MAX_THREADS_LIMIT);
         let before = from.map(parse_token).transpose()?;
         let participant = participated_only.then_some(user.user_id.as_str());
@@ -214,7 +226,10 @@ impl Services {
             Some(last) if roots.len() == limit => Some(format_token(last.latest_pos)),
             _ => None,
         };
+        // Roots the user may not see are dropped after the page is cut, so
+        // the token still moves past them.
         let roots: Vec<StoredEvent> = roots.into_iter().map(|t| t.root).collect();
+        let roots = self.visible_events(&user.user_id, room_id.as_str(), roots).await?;
         Ok(ThreadsPage { chunk: self.client_events(&roots, &ClientEventOptions::from(user)).await?, next_batch })
     }
 }

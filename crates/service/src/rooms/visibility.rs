@@ -1,87 +1,329 @@
 //! History visibility (client-server API "Room History Visibility"): which
 //! events of a room a user may read, from the room's
 //! `m.room.history_visibility` and the user's membership at each event.
+//!
+//! The rules are evaluated on the spans of those two state keys (the
+//! temporal state table gives them in one indexed read per room), so a page
+//! of events costs one read instead of one per event, and `/search` turns
+//! the same rules into position ranges the store filters by: one rule, one
+//! implementation, for every endpoint.
 
+use std::collections::BTreeMap;
+
+use chancery_proto::limits::MAX_VISIBILITY_SPANS;
 use chancery_proto::ruma::{RoomId, UserId};
-use chancery_store::StoredEvent;
-use serde_json::Value as JsonValue;
+use chancery_store::{PositionRange, SpanKind, StateSpan, StoreError, StoredEvent};
 
 use crate::{Error, Services};
 
-impl Services {
-    async fn visibility_at(&self, room_id: &str, pos: u64) -> Result<String, Error> {
-        let event = self.store().state_event(room_id, "m.room.history_visibility", "", Some(pos)).await?;
-        Ok(event
-            .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
-            .and_then(|v| v["content"]["history_visibility"].as_str().map(str::to_owned))
-            // The spec's default when the room has none.
-            .unwrap_or_else(|| "shared".to_owned()))
+/// What decides, position by position, whether one user may read one
+/// room's events: the spans of its history visibility and of the user's
+/// membership, each sorted by start and not overlapping.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAccess {
+    visibility: Vec<StateSpan>,
+    membership: Vec<StateSpan>,
+}
+
+fn span_at(spans: &[StateSpan], pos: u64) -> Option<&StateSpan> {
+    let after = spans.partition_point(|s| s.from_pos <= pos);
+    after.checked_sub(1).map(|i| &spans[i]).filter(|s| s.to_pos.is_none_or(|to| to > pos))
+}
+
+impl ReadAccess {
+    /// From one room's spans in the store's order.
+    pub(crate) fn new(spans: impl IntoIterator<Item = StateSpan>) -> Self {
+        let mut access = Self::default();
+        for span in spans {
+            match span.kind {
+                SpanKind::HistoryVisibility(_) => access.visibility.push(span),
+                SpanKind::Membership(_) => access.membership.push(span),
+            }
+        }
+        access
     }
 
-    /// The events (of one room) the user may see, in their order: those
-    /// sent while the visibility was `world_readable`, while the user was
-    /// joined (or invited, under `invited`), any under `shared` while the
-    /// user is joined now, and the user's own membership events.
+    /// The visibility in force at `pos`; spec: `shared` when there is none
+    /// or its value is not understood.
+    fn visibility_at(&self, pos: u64) -> &str {
+        match span_at(&self.visibility, pos).map(|s| &s.kind) {
+            Some(SpanKind::HistoryVisibility(Some(v))) if matches!(v.as_str(), "world_readable" | "invited" | "joined") => v,
+            _ => "shared",
+        }
+    }
+
+    fn membership_at(&self, pos: u64) -> Option<&str> {
+        match span_at(&self.membership, pos).map(|s| &s.kind) {
+            Some(SpanKind::Membership(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether the user was joined at some position after `pos`.
+    fn joined_after(&self, pos: u64) -> bool {
+        self.membership.iter().any(|s| {
+            matches!(&s.kind, SpanKind::Membership(m) if m == "join") && s.to_pos.is_none_or(|to| to > pos.saturating_add(1))
+        })
+    }
+
+    /// The spec's "Server behaviour" rules for an event at `pos` under
+    /// `visibility`: world-readable; joined at the event; `shared` and
+    /// joined at some point after it; invited at the event under `invited`.
+    fn allows(&self, visibility: &str, pos: u64) -> bool {
+        let membership = self.membership_at(pos);
+        match visibility {
+            "world_readable" => true,
+            _ if membership == Some("join") => true,
+            "invited" => membership == Some("invite"),
+            "joined" => false,
+            _ => self.joined_after(pos),
+        }
+    }
+
+    /// Whether the user may see `event`. Their own membership events are
+    /// always theirs to see; an `m.room.history_visibility` event is
+    /// visible if the visibility before or after it allows (spec).
+    pub(crate) fn may_see(&self, user_id: &str, event: &StoredEvent) -> bool {
+        if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user_id) {
+            return true;
+        }
+        let pos = event.stream_pos;
+        if self.allows(self.visibility_at(pos), pos) {
+            return true;
+        }
+        event.event_type == "m.room.history_visibility"
+            && event.state_key.as_deref() == Some("")
+            && pos > 0
+            && self.allows(self.visibility_at(pos - 1), pos)
+    }
+
+    /// The positions whose events the user may see, as ranges: the rules
+    /// of [`Self::allows`] change only where a span starts or ends, or
+    /// where "joined at some point after" stops holding, so checking one
+    /// position per stretch between those points decides the stretch.
+    pub(crate) fn visible_ranges(&self) -> Vec<PositionRange> {
+        let mut points: Vec<u64> = vec![0];
+        for span in self.visibility.iter().chain(&self.membership) {
+            points.push(span.from_pos);
+            points.extend(span.to_pos);
+        }
+        let joined_spans = || self.membership.iter().filter(|s| matches!(&s.kind, SpanKind::Membership(m) if m == "join"));
+        if joined_spans().all(|s| s.to_pos.is_some())
+            && let Some(last_end) = joined_spans().filter_map(|s| s.to_pos).max()
+        {
+            points.push(last_end.saturating_sub(1));
+        }
+        points.sort_unstable();
+        points.dedup();
+        let mut ranges: Vec<PositionRange> = Vec::new();
+        for (n, &from) in points.iter().enumerate() {
+            if !self.allows(self.visibility_at(from), from) {
+                continue;
+            }
+            let to = points.get(n + 1).copied();
+            match ranges.last_mut() {
+                Some(last) if last.to == Some(from) => last.to = to,
+                _ => ranges.push(PositionRange { from, to }),
+            }
+        }
+        ranges
+    }
+}
+
+impl Services {
+    /// The read access of `user_id` to each of `rooms` for events at
+    /// positions `from..=up_to`.
+    pub(crate) async fn read_access(
+        &self,
+        user_id: &UserId,
+        rooms: &[String],
+        from: u64,
+        up_to: u64,
+    ) -> Result<BTreeMap<String, ReadAccess>, Error> {
+        let spans = match self.store().visibility_spans(user_id.as_str(), rooms, from, up_to, MAX_VISIBILITY_SPANS).await {
+            Ok(spans) => spans,
+            Err(StoreError::LimitExceeded(_)) => {
+                return Err(Error::ResourceLimit(
+                    "the history visibility of these rooms changed too often to be evaluated at once".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut by_room: BTreeMap<String, Vec<StateSpan>> = rooms.iter().map(|r| (r.clone(), Vec::new())).collect();
+        for span in spans {
+            by_room.entry(span.room_id.clone()).or_default().push(span);
+        }
+        Ok(by_room.into_iter().map(|(room, spans)| (room, ReadAccess::new(spans))).collect())
+    }
+
+    /// The events (of one room) the user may see, in their order.
     pub(crate) async fn visible_events(
         &self,
         user_id: &UserId,
         room_id: &str,
         events: Vec<StoredEvent>,
     ) -> Result<Vec<StoredEvent>, Error> {
-        if events.is_empty() {
+        let (Some(first), Some(last)) = (events.iter().map(|e| e.stream_pos).min(), events.iter().map(|e| e.stream_pos).max())
+        else {
             return Ok(events);
-        }
-        let joined_now = self
-            .store()
-            .state_event(room_id, "m.room.member", user_id.as_str(), None)
-            .await?
-            .and_then(|e| e.membership)
-            .as_deref()
-            == Some("join");
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user_id.as_str()) {
-                out.push(event);
-                continue;
-            }
-            let visibility = self.visibility_at(room_id, event.stream_pos).await?;
-            let allowed = match visibility.as_str() {
-                "world_readable" => true,
-                "shared" if joined_now => true,
-                other => {
-                    let member_at =
-                        self.store().state_event(room_id, "m.room.member", user_id.as_str(), Some(event.stream_pos)).await?;
-                    match member_at.and_then(|m| m.membership).as_deref() {
-                        Some("join") => true,
-                        Some("invite") => other == "invited" || other == "shared",
-                        _ => false,
-                    }
-                }
-            };
-            if allowed {
-                out.push(event);
-            }
-        }
-        Ok(out)
+        };
+        // From one before the first: a visibility event is judged by the
+        // visibility before it too.
+        let rooms = [room_id.to_owned()];
+        let mut access = self.read_access(user_id, &rooms, first.saturating_sub(1), last).await?;
+        let access = access.remove(room_id).unwrap_or_default();
+        Ok(events.into_iter().filter(|e| access.may_see(user_id.as_str(), e)).collect())
     }
 
     /// Whether the user may read the room's history at all: members, former
-    /// members (up to what visibility allows), and anyone in a
-    /// world-readable room. Rooms one never belonged to answer like unknown
-    /// rooms.
+    /// members who have not forgotten the room (up to what visibility
+    /// allows), and anyone in a world-readable room. Rooms one never
+    /// belonged to answer like unknown rooms.
     pub(crate) async fn ensure_can_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
         match self.membership(room_id, user_id).await?.as_deref() {
-            Some("join" | "leave" | "ban") => Ok(()),
-            _ => {
-                let current = self.store().current_stream_pos().await?;
-                if self.store().room(room_id.as_str()).await?.is_some()
-                    && self.visibility_at(room_id.as_str(), current).await? == "world_readable"
-                {
-                    Ok(())
-                } else {
-                    Err(Error::Forbidden("you are not joined to this room".into()))
-                }
+            Some("join") => return Ok(()),
+            // Spec "Leaving rooms": after a forget the user "will no longer
+            // be able to retrieve history for this room".
+            Some("leave" | "ban")
+                if !self.store().forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
+            {
+                return Ok(());
             }
+            _ => {}
         }
+        let current = self.store().current_stream_pos().await?;
+        let world_readable = self.store().room(room_id.as_str()).await?.is_some() && {
+            let event = self.store().state_event(room_id.as_str(), "m.room.history_visibility", "", Some(current)).await?;
+            event.and_then(|e| chancery_store::history_visibility_of(&e.json)).as_deref() == Some("world_readable")
+        };
+        if world_readable { Ok(()) } else { Err(Error::Forbidden("you are not joined to this room".into())) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visibility(from: u64, to: Option<u64>, value: &str) -> StateSpan {
+        StateSpan { room_id: "!r".into(), from_pos: from, to_pos: to, kind: SpanKind::HistoryVisibility(Some(value.into())) }
+    }
+
+    fn member(from: u64, to: Option<u64>, membership: &str) -> StateSpan {
+        StateSpan { room_id: "!r".into(), from_pos: from, to_pos: to, kind: SpanKind::Membership(membership.into()) }
+    }
+
+    fn message(pos: u64) -> StoredEvent {
+        StoredEvent {
+            event_id: format!("$e{pos}"),
+            room_id: "!r".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@alice:x".into(),
+            origin_server_ts: 0,
+            depth: pos,
+            json: "{}".into(),
+            membership: None,
+            stream_pos: pos,
+            redacted_by: None,
+            txn: None,
+        }
+    }
+
+    fn visible(access: &ReadAccess, positions: std::ops::Range<u64>) -> Vec<u64> {
+        positions.filter(|p| access.may_see("@bob:x", &message(*p))).collect()
+    }
+
+    fn range(from: u64, to: Option<u64>) -> PositionRange {
+        PositionRange { from, to }
+    }
+
+    /// Each case: the spans (the visibility set from position 0, so no
+    /// stretch falls back to the default), the positions 1..20 the user may
+    /// read, and the same as ranges (which `/search` filters by).
+    #[test]
+    fn rules_and_ranges_agree() {
+        type Case = (&'static str, Vec<StateSpan>, Vec<u64>, Vec<PositionRange>);
+        let cases: Vec<Case> = vec![
+            (
+                "shared, joined now: everything",
+                vec![visibility(0, None, "shared"), member(10, None, "join")],
+                (1..20).collect(),
+                vec![range(0, None)],
+            ),
+            (
+                "shared, joined 10..15: everything before leaving",
+                vec![visibility(0, None, "shared"), member(10, Some(15), "join"), member(15, None, "leave")],
+                (1..15).collect(),
+                vec![range(0, Some(15))],
+            ),
+            (
+                "joined, joined 10..15: only while there",
+                vec![visibility(0, None, "joined"), member(10, Some(15), "join"), member(15, None, "leave")],
+                (10..15).collect(),
+                vec![range(10, Some(15))],
+            ),
+            (
+                "invited, invited at 8, joined 10..15",
+                vec![
+                    visibility(0, None, "invited"),
+                    member(8, Some(10), "invite"),
+                    member(10, Some(15), "join"),
+                    member(15, None, "leave"),
+                ],
+                (8..15).collect(),
+                vec![range(8, Some(15))],
+            ),
+            (
+                "world_readable from 17 on, never joined",
+                vec![visibility(0, Some(17), "joined"), visibility(17, None, "world_readable")],
+                (17..20).collect(),
+                vec![range(17, None)],
+            ),
+            (
+                "joined then shared while away, rejoined at 18",
+                vec![
+                    visibility(0, Some(12), "joined"),
+                    visibility(12, None, "shared"),
+                    member(5, Some(8), "join"),
+                    member(8, Some(18), "leave"),
+                    member(18, None, "join"),
+                ],
+                (5..8).chain(12..20).collect(),
+                vec![range(5, Some(8)), range(12, None)],
+            ),
+            (
+                "unknown values count as shared",
+                vec![visibility(0, None, "nonsense"), member(10, Some(12), "join"), member(12, None, "leave")],
+                (1..12).collect(),
+                vec![range(0, Some(12))],
+            ),
+        ];
+        for (name, spans, expected, ranges) in cases {
+            let access = ReadAccess::new(spans);
+            assert_eq!(visible(&access, 1..20), expected, "{name}");
+            assert_eq!(access.visible_ranges(), ranges, "{name}");
+            let in_ranges: Vec<u64> = (1..20)
+                .filter(|p| access.visible_ranges().iter().any(|r| *p >= r.from && r.to.is_none_or(|to| *p < to)))
+                .collect();
+            assert_eq!(in_ranges, expected, "{name}: ranges and rules disagree");
+        }
+    }
+
+    #[test]
+    fn own_membership_and_visibility_changes() {
+        let access = ReadAccess::new([
+            visibility(2, Some(10), "world_readable"),
+            visibility(10, None, "joined"),
+            member(12, None, "invite"),
+        ]);
+        let mut own = message(12);
+        own.event_type = "m.room.member".into();
+        own.state_key = Some("@bob:x".into());
+        assert!(access.may_see("@bob:x", &own), "one's own invite");
+        let mut change = message(10);
+        change.event_type = "m.room.history_visibility".into();
+        change.state_key = Some(String::new());
+        assert!(access.may_see("@bob:x", &change), "the change away from world_readable");
+        assert!(!access.may_see("@bob:x", &message(11)));
     }
 }
