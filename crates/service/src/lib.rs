@@ -10,6 +10,7 @@
 mod account_data;
 mod accounts;
 pub mod admin;
+mod cluster;
 mod error;
 mod filters;
 mod lazy_members;
@@ -101,13 +102,19 @@ struct Inner {
     /// Member events each device was sent by lazy-loading syncs: in
     /// memory, per node.
     lazy_members: lazy_members::LazyMembersCache,
+    /// This process among the nodes sharing the database (random).
+    node_id: u64,
+    /// Whether other nodes may share the database (typing and presence
+    /// changes are then published for them).
+    shares_ephemeral: bool,
 }
 
 impl Services {
     pub fn new(config: ServiceConfig, store: DynStore, signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair) -> Self {
         let limiters = ratelimit::Limiters::new(&config.rate_limits);
         let presence = presence::PresenceRuntime::new(config.presence_enabled);
-        Self {
+        let updates = store.ephemeral_updates();
+        let services = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
@@ -118,8 +125,14 @@ impl Services {
                 typing: typing::TypingRuntime::new(),
                 wakeups: Arc::default(),
                 lazy_members: lazy_members::LazyMembersCache::new(),
+                node_id: rand::random(),
+                shares_ephemeral: updates.is_some(),
             }),
+        };
+        if let Some(updates) = updates {
+            services.follow_other_nodes(updates);
         }
+        services
     }
 
     pub(crate) fn signing_key(&self) -> &chancery_proto::ruma::signatures::Ed25519KeyPair {

@@ -11,6 +11,7 @@ use chancery_proto::limits::{MAX_PRESENCE_ENTRIES, MAX_STATUS_MSG_BYTES};
 use chancery_proto::ruma::UserId;
 use serde_json::{Value as JsonValue, json};
 
+use crate::cluster::Update;
 use crate::{AuthedUser, Error, Services, now_ms};
 
 /// Users count as active this long after their last action.
@@ -113,9 +114,11 @@ impl Services {
         if status_msg.as_ref().is_some_and(|m| m.len() > MAX_STATUS_MSG_BYTES) {
             return Err(Error::InvalidParam(format!("status messages are at most {MAX_STATUS_MSG_BYTES} bytes")));
         }
-        if self.inner.presence.enabled && self.inner.presence.set(user.user_id.as_str(), presence, status_msg, now_ms()).is_some()
+        if self.inner.presence.enabled
+            && self.inner.presence.set(user.user_id.as_str(), presence, status_msg.clone(), now_ms()).is_some()
         {
             self.inner.wakeups.everyone();
+            self.publish(Update::Presence { user_id: user.user_id.to_string(), presence: presence.to_owned(), status_msg });
         }
         Ok(())
     }
@@ -128,8 +131,13 @@ impl Services {
             return;
         }
         let status = self.inner.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
-        if self.inner.presence.set(user.user_id.as_str(), set_presence, status, now_ms()).is_some() {
+        if self.inner.presence.set(user.user_id.as_str(), set_presence, status.clone(), now_ms()).is_some() {
             self.inner.wakeups.everyone();
+            self.publish(Update::Presence {
+                user_id: user.user_id.to_string(),
+                presence: set_presence.to_owned(),
+                status_msg: status,
+            });
         }
     }
 

@@ -163,6 +163,12 @@ impl TypingRuntime {
         Self { state: Mutex::new(TypingState::new(now_ms(), MAX_TYPING_ROOMS)) }
     }
 
+    /// Records a typing change (here or from another node); true if it
+    /// changed what syncs show.
+    pub(crate) fn set(&self, room_id: &str, user_id: &str, until: Option<Instant>, now: Instant, now_ms: u64) -> bool {
+        self.lock().set(room_id, user_id, until, now, now_ms)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, TypingState> {
         // The state stays consistent between statements, so a panic
         // elsewhere while holding the lock leaves nothing half-done.
@@ -186,9 +192,14 @@ impl Services {
         self.ensure_joined(room_id, &user.user_id).await?;
         let now = Instant::now();
         let until = timeout_ms.map(|ms| now + Duration::from_millis(ms.min(MAX_TYPING_TIMEOUT_MS)));
-        let changed = self.inner.typing.lock().set(room_id.as_str(), user.user_id.as_str(), until, now, now_ms());
+        let changed = self.inner.typing.set(room_id.as_str(), user.user_id.as_str(), until, now, now_ms());
         if changed {
             self.inner.wakeups.room(room_id.as_str());
+            self.publish(crate::cluster::Update::Typing {
+                room_id: room_id.to_string(),
+                user_id: user.user_id.to_string(),
+                timeout_ms: timeout_ms.map(|ms| ms.min(MAX_TYPING_TIMEOUT_MS)),
+            });
         }
         Ok(())
     }

@@ -46,6 +46,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Bumped when any node commits a change syncs wait for.
     changes: tokio::sync::watch::Receiver<u64>,
+    /// What nodes publish for each other's memory (typing, presence).
+    ephemeral: tokio::sync::broadcast::Sender<String>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -98,7 +100,8 @@ impl PostgresStore {
         // Fast recycling: a dead connection surfaces as one failed request,
         // which is cheaper than a round trip on every checkout.
         let (changes_tx, changes) = tokio::sync::watch::channel(0);
-        let listener = tokio::spawn(notify::listen(config.clone(), changes_tx));
+        let (ephemeral, _) = tokio::sync::broadcast::channel(notify::EPHEMERAL_BACKLOG);
+        let listener = tokio::spawn(notify::listen(config.clone(), changes_tx, ephemeral.clone()));
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
@@ -110,7 +113,7 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = Self { pool, changes, listener };
+        let store = Self { pool, changes, ephemeral, listener };
         store.migrate().await?;
         Ok(store)
     }
@@ -171,6 +174,41 @@ impl Store for PostgresStore {
 
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.changes.clone())
+    }
+
+    async fn publish_ephemeral(&self, payload: &str) -> StoreResult<()> {
+        if payload.len() > chancery_store::MAX_EPHEMERAL_PAYLOAD_BYTES {
+            return Err(StoreError::Invalid("ephemeral payload too large"));
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT pg_notify('chancery_ephemeral', $1)").await.map_err(backend)?;
+        client.execute(&stmt, &[&payload]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.ephemeral.subscribe())
+    }
+
+    async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2
+                 UNION
+                 SELECT room_id FROM receipts WHERE stream_pos > $3 AND stream_pos <= $4
+                 LIMIT $5",
+            )
+            .await
+            .map_err(backend)?;
+        let pos = |p: u64| i64::try_from(p).unwrap_or(i64::MAX);
+        let bound = pos(limit as u64).saturating_add(1);
+        let rows = client
+            .query(&stmt, &[&pos(events.0), &pos(events.1), &pos(receipts.0), &pos(receipts.1), &bound])
+            .await
+            .map_err(backend)?;
+        let rooms = rows.iter().map(|r| r.try_get::<_, String>(0).map_err(backend)).collect::<StoreResult<Vec<_>>>()?;
+        Ok((rooms.len() <= limit).then_some(rooms))
     }
 
     async fn stream_positions(&self) -> StoreResult<StreamPositions> {

@@ -179,6 +179,31 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room_id FROM events WHERE stream_pos > ?1 AND stream_pos <= ?2
+                     UNION
+                     SELECT room_id FROM receipts WHERE stream_pos > ?3 AND stream_pos <= ?4
+                     LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let bound = accounts::i(limit as u64).saturating_add(1);
+            let params = rusqlite::params![
+                accounts::i(events.0),
+                accounts::i(events.1),
+                accounts::i(receipts.0),
+                accounts::i(receipts.1),
+                bound
+            ];
+            let rooms = stmt.query_map(params, |r| r.get::<_, String>(0)).map_err(backend)?;
+            let rooms = rooms.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+            Ok((rooms.len() <= limit).then_some(rooms))
+        })
+        .await
+    }
+
     async fn stream_positions(&self) -> StoreResult<StreamPositions> {
         self.read(|conn| {
             conn.prepare_cached(

@@ -29,7 +29,7 @@ macro_rules! store_conformance_tests {
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
-            member_summaries_count_and_pick_heroes, stream_positions_read_every_stream,
+            member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
             reports_are_listed_filtered_and_deleted,
         );
@@ -377,6 +377,48 @@ pub async fn member_summaries_count_and_pick_heroes(store: DynStore) {
     assert_eq!((s.joined, s.invited), (1, 0));
     assert_eq!(s.heroes, ["@cat:x", "@dan:x", "@Zed:x", "@bob:x", "@amy:x"]);
     assert_eq!(store.member_summary("!nope:x", "@alice:x", 5).await.unwrap(), MemberSummary::default());
+}
+
+pub async fn rooms_changed_lists_rooms_with_news(store: DynStore) {
+    let sorted = |rooms: Option<Vec<String>>| {
+        rooms.map(|mut r| {
+            r.sort();
+            r
+        })
+    };
+    for r in ["!a:x", "!b:x", "!c:x"] {
+        store
+            .create_room(
+                room(r),
+                vec![
+                    event(r, &format!("$c{r}"), "m.room.create", Some(""), 1),
+                    member(r, &format!("$j{r}"), "@alice:x", "join", 2),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    // Positions: !a 1-2, !b 3-4, !c 5-6; then a message in !a at 7.
+    store.append_event(message("!a:x", "$m", 3), &["$j!a:x".into()]).await.unwrap();
+    let receipt = NewReceipt {
+        room_id: "!c:x".into(),
+        user_id: "@alice:x".into(),
+        receipt_type: "m.read".into(),
+        thread_id: None,
+        event_id: "$j!c:x".into(),
+        ts: 1,
+    };
+    let receipt_pos = store.set_receipt(receipt, 10).await.unwrap();
+    let changed = |events, receipts, limit| {
+        let store = store.clone();
+        async move { sorted(store.rooms_changed(events, receipts, limit).await.unwrap()) }
+    };
+    assert_eq!(changed((6, 7), (receipt_pos, receipt_pos), 10).await, Some(vec!["!a:x".to_owned()]));
+    assert_eq!(changed((2, 4), (0, 0), 10).await, Some(vec!["!b:x".to_owned()]));
+    assert_eq!(changed((6, 7), (receipt_pos - 1, receipt_pos), 10).await, Some(vec!["!a:x".to_owned(), "!c:x".to_owned()]));
+    assert_eq!(changed((0, 7), (0, receipt_pos), 3).await, Some(vec!["!a:x".to_owned(), "!b:x".to_owned(), "!c:x".to_owned()]));
+    assert_eq!(changed((0, 7), (0, receipt_pos), 2).await, None, "more rooms than the limit");
+    assert_eq!(changed((7, 7), (receipt_pos, receipt_pos), 10).await, Some(vec![]));
 }
 
 pub async fn stream_positions_read_every_stream(store: DynStore) {

@@ -175,7 +175,29 @@ pub trait Store:
     /// The committed positions of the streams a sync reads, in one round
     /// trip (each as its `current_*_pos`).
     async fn stream_positions(&self) -> StoreResult<StreamPositions>;
+    /// The rooms with events at positions `events.0 < p <= events.1` or
+    /// receipts at `receipts.0 < p <= receipts.1`; `None` if there are more
+    /// than `limit` (the caller then looks at every room). Costs a scan of
+    /// both ranges: callers bound them.
+    async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>>;
+    /// Sends `payload` (at most [`MAX_EPHEMERAL_PAYLOAD_BYTES`]) to every
+    /// process sharing the database, this one included, for state they keep
+    /// in memory (typing, presence). Nothing is stored. A no-op where one
+    /// process uses the database.
+    async fn publish_ephemeral(&self, _payload: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// What the processes sharing the database publish, in order; `None`
+    /// where only one process uses it. A receiver that falls behind loses
+    /// the oldest messages.
+    fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }
+
+/// Largest payload of [`Store::publish_ephemeral`] (PostgreSQL's NOTIFY
+/// takes less than 8,000 bytes).
+pub const MAX_EPHEMERAL_PAYLOAD_BYTES: usize = 7_000;
 
 /// What `Store::stream_positions` reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

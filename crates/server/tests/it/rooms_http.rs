@@ -298,6 +298,62 @@ async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
     first.stop().await.unwrap();
 }
 
+/// Two nodes on one PostgreSQL database share typing and presence, which
+/// live in memory: a user typing on one node wakes a sync on the other
+/// with the typing list, stopping clears it there, and a status set on one
+/// node is what the other answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_typing_and_presence() {
+    let first = TestServer::start_with(Backend::Postgres, |c| c.presence.enabled = true).await.unwrap();
+    let second = first.another_node().await.unwrap();
+    let alice = User::new(&first.base_url, "alice").await;
+    let bob_on_first = User::new(&first.base_url, "bob").await;
+    let bob = User { base: second.base_url.clone(), ..bob_on_first };
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    let since = bob.sync("set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+
+    let typing_of = |sync: &Value| -> Option<Value> {
+        sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["type"] == "m.typing")
+            .map(|e| e["content"]["user_ids"].clone())
+    };
+    let got = woken_by(&bob, &since, async {
+        alice
+            .ok(Method::PUT, &format!("/rooms/{room}/typing/{}", alice.id), Some(json!({"typing": true, "timeout": 20000})))
+            .await;
+    })
+    .await;
+    assert_eq!(typing_of(&got), Some(json!([alice.id])), "{got}");
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let got = woken_by(&bob, &since, async {
+        alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", alice.id), Some(json!({"typing": false}))).await;
+    })
+    .await;
+    assert_eq!(typing_of(&got), Some(json!([])), "{got}");
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/presence/{}/status", alice.id),
+            Some(json!({"presence": "unavailable", "status_msg": "in a meeting"})),
+        )
+        .await;
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = bob.ok(Method::GET, &format!("/presence/{}/status", alice.id), None).await;
+        if seen["status_msg"] == "in a meeting" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((&seen["presence"], &seen["status_msg"]), (&json!("unavailable"), &json!("in a meeting")), "{seen}");
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
+
 /// History visibility: under `joined`, a newcomer does not see what was
 /// said before; a former member still reads what they were there for, not
 /// what came after; outsiders read nothing.
@@ -344,7 +400,7 @@ async fn history_visibility_is_enforced() {
 /// before its timeout.
 async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str, trigger: F) -> Value {
     let poll = {
-        let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000")), user.token.clone());
+        let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), user.token.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let got = call(Method::GET, &url, Some(&token), None).await;
