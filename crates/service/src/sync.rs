@@ -464,21 +464,31 @@ impl Services {
         heroes: &[String],
     ) -> Result<Vec<StoredEvent>, Error> {
         let whole = window_since.is_none() || full_state;
-        let state = match (window_since, full_state, state_after) {
+        let filter = &p.req.filter.room.state;
+        let user_id = p.user.user_id.as_str();
+        // A whole room with lazy-loaded members reads only the members it
+        // sends (a 10,000-member room costs as much as a small one).
+        let lazy_whole = (whole && p.lazy != LazyMembers::Off && type_allowed(filter, "m.room.member")).then(|| {
+            wanted_members(&w.timeline, state_after, heroes, Some(user_id)).into_iter().map(str::to_owned).collect::<Vec<_>>()
+        });
+        let state = match (window_since, full_state, state_after, lazy_whole) {
             // MSC4222: the state at the end of the timeline, as a delta when
             // the client already has the room.
-            (Some(s), false, true) => self.store().state_changes(room_id, s, end).await?,
-            (_, _, true) => self.store().state_at(room_id, Some(end)).await?,
-            (Some(s), false, false) if w.limited => self.store().state_changes(room_id, s, w.before_timeline).await?,
-            (Some(_), false, false) => Vec::new(),
-            (_, _, false) => self.store().state_at(room_id, Some(w.before_timeline)).await?,
+            (Some(s), false, true, _) => self.store().state_changes(room_id, s, end).await?,
+            (_, _, true, Some(members)) => self.store().state_at_with_members(room_id, Some(end), &members).await?,
+            (_, _, true, None) => self.store().state_at(room_id, Some(end)).await?,
+            (Some(s), false, false, _) if w.limited => self.store().state_changes(room_id, s, w.before_timeline).await?,
+            (Some(_), false, false, _) => Vec::new(),
+            (_, _, false, Some(members)) => {
+                self.store().state_at_with_members(room_id, Some(w.before_timeline), &members).await?
+            }
+            (_, _, false, None) => self.store().state_at(room_id, Some(w.before_timeline)).await?,
         };
-        let filter = &p.req.filter.room.state;
         let mut state: Vec<StoredEvent> = state.into_iter().filter(|e| type_allowed(filter, &e.event_type)).collect();
         if p.lazy == LazyMembers::Off || !type_allowed(filter, "m.room.member") {
             return Ok(state);
         }
-        let user_id = p.user.user_id.as_str();
+
         let wanted = wanted_members(&w.timeline, state_after, heroes, whole.then_some(user_id));
         let is_member = |e: &StoredEvent| e.event_type == "m.room.member";
         if whole {

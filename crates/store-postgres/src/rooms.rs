@@ -404,6 +404,30 @@ impl RoomStore for PostgresStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn state_at_with_members(&self, room_id: &str, at: Option<u64>, members: &[String]) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let at = at.map_or(i64::MAX, i);
+        // As `state_at`, in three parts: the non-member state, the wanted
+        // members (index lookups), and rows replaced after `at`.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM (
+                 SELECT event_id, event_type, state_key FROM room_state
+                 WHERE room_id = $1 AND to_pos IS NULL AND from_pos <= $2 AND event_type <> 'm.room.member'
+                 UNION ALL
+                 SELECT event_id, event_type, state_key FROM room_state
+                 WHERE room_id = $1 AND to_pos IS NULL AND from_pos <= $2 AND event_type = 'm.room.member'
+                   AND state_key = ANY($3)
+                 UNION ALL
+                 SELECT event_id, event_type, state_key FROM room_state
+                 WHERE room_id = $1 AND to_pos > $2 AND from_pos <= $2
+                   AND (event_type <> 'm.room.member' OR state_key = ANY($3))
+             ) s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+             ORDER BY s.event_type, s.state_key"
+        );
+        let rows = query(&client, &sql, &[&room_id, &at, &members]).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     async fn state_event(
         &self,
         room_id: &str,

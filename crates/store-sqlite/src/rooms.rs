@@ -283,6 +283,34 @@ impl RoomStore for SqliteStore {
         .await
     }
 
+    async fn state_at_with_members(&self, room_id: &str, at: Option<u64>, members: &[String]) -> StoreResult<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        let members = serde_json::to_string(members).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let at = at.map_or(i64::MAX, i);
+        self.read(move |conn| {
+            // As `state_at`, in three parts: the non-member state, the
+            // wanted members (index lookups), and rows replaced after `at`.
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM (
+                     SELECT event_id, event_type, state_key FROM room_state INDEXED BY room_state_current
+                     WHERE room_id = ?1 AND to_pos IS NULL AND from_pos <= ?2 AND event_type <> 'm.room.member'
+                     UNION ALL
+                     SELECT event_id, event_type, state_key FROM room_state INDEXED BY room_state_current
+                     WHERE room_id = ?1 AND to_pos IS NULL AND from_pos <= ?2 AND event_type = 'm.room.member'
+                       AND state_key IN (SELECT value FROM json_each(?3))
+                     UNION ALL
+                     SELECT event_id, event_type, state_key FROM room_state INDEXED BY room_state_by_end
+                     WHERE room_id = ?1 AND to_pos > ?2 AND from_pos <= ?2
+                       AND (event_type <> 'm.room.member' OR state_key IN (SELECT value FROM json_each(?3)))
+                 ) s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                 ORDER BY s.event_type, s.state_key"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![room_id, at, members], event_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
     async fn state_event(
         &self,
         room_id: &str,

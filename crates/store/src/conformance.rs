@@ -377,6 +377,20 @@ pub async fn member_summaries_count_and_pick_heroes(store: DynStore) {
     assert_eq!((s.joined, s.invited), (1, 0));
     assert_eq!(s.heroes, ["@cat:x", "@dan:x", "@Zed:x", "@bob:x", "@amy:x"]);
     assert_eq!(store.member_summary("!nope:x", "@alice:x", 5).await.unwrap(), MemberSummary::default());
+
+    // Lazy-loading's state: the same as the whole state without the member
+    // events of anyone not asked for, now and in the past.
+    for at in [None, Some(4), Some(8)] {
+        for asked in [vec![], vec!["@bob:x".to_owned()], vec!["@Zed:x".to_owned(), "@alice:x".to_owned(), "@nobody:x".to_owned()]]
+        {
+            let whole = store.state_at(r, at).await.unwrap();
+            let expected: Vec<StoredEvent> = whole
+                .into_iter()
+                .filter(|e| e.event_type != "m.room.member" || e.state_key.as_ref().is_some_and(|k| asked.contains(k)))
+                .collect();
+            assert_eq!(store.state_at_with_members(r, at, &asked).await.unwrap(), expected, "at {at:?}, asked {asked:?}");
+        }
+    }
 }
 
 pub async fn rooms_changed_lists_rooms_with_news(store: DynStore) {

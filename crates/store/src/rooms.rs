@@ -168,6 +168,11 @@ pub trait RoomStore: Send + Sync {
     /// by (type, state_key).
     async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>>;
 
+    /// [`Self::state_at`] without the member events but those of `members`
+    /// (lazy-loading members): its cost follows the room's other state, not
+    /// its member count.
+    async fn state_at_with_members(&self, room_id: &str, at: Option<u64>, members: &[String]) -> StoreResult<Vec<StoredEvent>>;
+
     /// One state event at `at` (or now).
     async fn state_event(
         &self,
