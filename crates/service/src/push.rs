@@ -60,41 +60,54 @@ impl Services {
         rules: &RoomVersionRules,
     ) -> Result<Vec<NewNotification>, Error> {
         let is_member_event = pdu.event_type.to_string() == "m.room.member";
-        let members = self.store().members_of_room(room_id.as_str()).await?;
-        let invitee = (pdu.event_type.to_string() == "m.room.member")
+        let invitee = is_member_event
             .then(|| pdu.state_key.clone())
             .flatten()
             .filter(|_| pdu.content_json().get("membership").and_then(|m| m.as_str()) == Some("invite"));
-        let joined = members.iter().filter(|m| m.membership == "join").count();
-        let targets: Vec<String> = members
-            .iter()
-            .filter(|m| m.membership == "join" || Some(&m.user_id) == invitee.as_ref())
-            .map(|m| m.user_id.clone())
-            .chain(invitee.clone())
-            .filter(|u| u != pdu.sender.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if targets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let stored: std::collections::HashMap<String, String> = self.store().push_rules_of(&targets).await?.into_iter().collect();
-        // Membership changes notify nobody under the default rules (but
-        // invites of the target): skip users who kept the defaults, so a
-        // join to a large room does not evaluate every member's rules.
-        let targets: Vec<String> = if is_member_event {
-            targets.into_iter().filter(|t| stored.contains_key(t) || Some(t) == invitee.as_ref()).collect()
+        let (targets, stored, joined) = if is_member_event {
+            // Membership changes notify nobody under the default rules (but
+            // invites of the target): only members with rules of their own
+            // and the invitee are evaluated, found without reading the
+            // member list, so a join to a large room costs what one to a
+            // small room does.
+            let mut stored: std::collections::HashMap<String, String> =
+                self.store().push_rules_in_room(room_id.as_str()).await?.into_iter().collect();
+            if let Some(invitee) = invitee.as_ref().filter(|i| !stored.contains_key(*i)) {
+                stored.extend(self.store().push_rules_of(std::slice::from_ref(invitee)).await?);
+            }
+            let targets: Vec<String> = stored
+                .keys()
+                .cloned()
+                .chain(invitee.clone())
+                .filter(|u| u != pdu.sender.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if targets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let joined = self.store().member_summary(room_id.as_str(), "", 0).await?.joined;
+            (targets, stored, joined)
         } else {
-            targets
+            let members = self.store().members_of_room(room_id.as_str()).await?;
+            let joined = members.iter().filter(|m| m.membership == "join").count() as u64;
+            let targets: Vec<String> = members
+                .iter()
+                .filter(|m| m.membership == "join" && m.user_id != pdu.sender.as_str())
+                .map(|m| m.user_id.clone())
+                .collect();
+            if targets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let stored: std::collections::HashMap<String, String> =
+                self.store().push_rules_of(&targets).await?.into_iter().collect();
+            (targets, stored, joined)
         };
-        if targets.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];
         let power = power_levels(&self.state_subset(room_id, &keys).await?, rules)?;
         let power_ctx = PushConditionPowerLevelsCtx::from(power);
         let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
-        let member_count = UInt::try_from(joined as u64).unwrap_or(UInt::MAX);
+        let member_count = UInt::try_from(joined).unwrap_or(UInt::MAX);
         let mut out = Vec::new();
         for target in targets {
             let Ok(user_id) = UserId::parse(target.as_str()) else { continue };

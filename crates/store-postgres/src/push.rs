@@ -62,6 +62,27 @@ impl PushStore for PostgresStore {
         Ok(out)
     }
 
+    async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT a.user_id, (a.content::jsonb -> 'global')::text FROM account_data a
+             WHERE a.event_type = 'm.push_rules' AND a.room_id = ''
+               AND EXISTS (SELECT 1 FROM room_state s
+                           WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = a.user_id
+                             AND s.to_pos IS NULL AND s.membership = 'join')",
+            &[&room_id],
+        )
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(ruleset) = get::<Option<String>>(r, 1)? {
+                out.push((get(r, 0)?, ruleset));
+            }
+        }
+        Ok(out)
+    }
+
     async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
         let content = format!("{{\"global\":{ruleset_json}}}");
         self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await

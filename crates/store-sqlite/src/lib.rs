@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
     include_str!("../migrations/0009_report_ids.sql"),
+    include_str!("../migrations/0010_push_rule_owners.sql"),
 ];
 
 pub struct SqliteStore {

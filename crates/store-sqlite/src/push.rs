@@ -55,6 +55,25 @@ impl PushStore for SqliteStore {
         .await
     }
 
+    async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
+        let room_id = room_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT a.user_id, json_extract(a.content, '$.global') FROM account_data a INDEXED BY account_data_push_rules
+                     WHERE a.event_type = 'm.push_rules' AND a.room_id = ''
+                       AND EXISTS (SELECT 1 FROM room_state s INDEXED BY room_state_current
+                                   WHERE s.room_id = ?1 AND s.event_type = 'm.room.member' AND s.state_key = a.user_id
+                                     AND s.to_pos IS NULL AND s.membership = 'join')",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?))).map_err(backend)?;
+            let rows = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+            Ok(rows.into_iter().filter_map(|(u, r)| r.map(|r| (u, r))).collect())
+        })
+        .await
+    }
+
     async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
         let content = format!("{{\"global\":{ruleset_json}}}");
         self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await

@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
+            push_rules_are_read_per_user_and_per_room,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
             reports_are_listed_filtered_and_deleted,
         );
@@ -433,6 +434,39 @@ pub async fn rooms_changed_lists_rooms_with_news(store: DynStore) {
     assert_eq!(changed((0, 7), (0, receipt_pos), 3).await, Some(vec!["!a:x".to_owned(), "!b:x".to_owned(), "!c:x".to_owned()]));
     assert_eq!(changed((0, 7), (0, receipt_pos), 2).await, None, "more rooms than the limit");
     assert_eq!(changed((7, 7), (receipt_pos, receipt_pos), 10).await, Some(vec![]));
+}
+
+pub async fn push_rules_are_read_per_user_and_per_room(store: DynStore) {
+    let r = "!r:x";
+    store
+        .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), member(r, "$alice", "@alice:x", "join", 2)])
+        .await
+        .unwrap();
+    let mut prev = "$alice".to_owned();
+    for (id, user, membership, depth) in
+        [("$bob", "@bob:x", "join", 3), ("$carol", "@carol:x", "join", 4), ("$carolleft", "@carol:x", "leave", 5)]
+    {
+        store.append_event(member(r, id, user, membership, depth), std::slice::from_ref(&prev)).await.unwrap();
+        prev = id.to_owned();
+    }
+    for user in ["@alice:x", "@carol:x", "@dave:x"] {
+        store.set_push_rules(user, &format!(r#"{{"override":[],"owner":"{user}"}}"#)).await.unwrap();
+    }
+    let sorted = |mut rows: Vec<(String, String)>| {
+        rows.sort();
+        rows.into_iter().map(|(user, json)| (user, serde_json::from_str::<serde_json::Value>(&json).unwrap())).collect::<Vec<_>>()
+    };
+    // Joined members with rules of their own: not bob (defaults), not
+    // carol (left), not dave (not in the room).
+    assert_eq!(
+        sorted(store.push_rules_in_room(r).await.unwrap()),
+        [("@alice:x".to_owned(), json!({"override": [], "owner": "@alice:x"}))]
+    );
+    assert!(store.push_rules_in_room("!nope:x").await.unwrap().is_empty());
+    let asked = ["@alice:x", "@bob:x", "@dave:x"].map(str::to_owned);
+    let got = sorted(store.push_rules_of(&asked).await.unwrap());
+    assert_eq!(got.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["@alice:x", "@dave:x"]);
+    assert_eq!(got[1].1, json!({"override": [], "owner": "@dave:x"}));
 }
 
 pub async fn stream_positions_read_every_stream(store: DynStore) {

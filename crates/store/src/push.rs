@@ -40,6 +40,10 @@ pub trait PushStore: Send + Sync {
     /// member of a room): (user_id, ruleset JSON) for those who have one.
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>>;
 
+    /// Rule sets of the room's joined members who have one; costs what the
+    /// number of users with rules of their own does, not the room's size.
+    async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>>;
+
     /// Stores the rule set as the user's `m.push_rules` global account data
     /// (`{"global": ...}`), so `/sync` delivers the change; returns its
     /// account-data position.
