@@ -45,6 +45,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_push_rule_owners.sql"),
 ];
 
+/// Prepared statements kept per connection. rusqlite keeps 16 by default;
+/// a sync pass alone uses more distinct statements than that, so the cache
+/// thrashed and every query was parsed and planned again.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
+
 pub struct SqliteStore {
     pool: Arc<Pool>,
     writer: writer::Writer,
@@ -73,6 +78,7 @@ impl SqliteStore {
         let readers = readers.max(1);
         let pool = tokio::task::spawn_blocking(move || -> StoreResult<Pool> {
             let mut writer = Connection::open(&path).map_err(backend)?;
+            writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
             configure(&writer).map_err(backend)?;
             migrate(&mut writer)?;
             let mut reader_conns = Vec::with_capacity(readers);
@@ -83,6 +89,7 @@ impl SqliteStore {
                 )
                 .map_err(backend)?;
                 conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").map_err(backend)?;
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
                 reader_conns.push(conn);
             }
             Ok(Pool::new(writer, reader_conns))

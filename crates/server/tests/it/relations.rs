@@ -403,6 +403,20 @@ async fn relations_follow_history_visibility(backend: Backend) {
     let threads = bob.get(&format!("/v1/rooms/{room}/threads")).await;
     assert_ids(&threads["chunk"], &[&root]);
     assert_ids(&alice.get(&format!("/v1/rooms/{room}/threads")).await["chunk"], &[&late_root, &root]);
+    // The root as served bundles its latest reply and edit: the ones sent
+    // after bob left are not shown to him (nor is the thread's count).
+    let edit = alice
+        .say(
+            &room,
+            json!({"msgtype": "m.text", "body": "* edited after bob left", "m.new_content": {"msgtype": "m.text", "body": "edited after bob left"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+        )
+        .await;
+    let for_alice = alice.get(&format!("/v3/rooms/{room}/event/{root}")).await;
+    assert_eq!(for_alice["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"], json!(after_leave), "{for_alice}");
+    assert_eq!(for_alice["unsigned"]["m.relations"]["m.replace"]["event_id"], json!(edit), "{for_alice}");
+    let for_bob = bob.get(&format!("/v3/rooms/{room}/event/{root}")).await;
+    assert!(for_bob["unsigned"].get("m.relations").is_none(), "bob sees what came after he left: {for_bob}");
     // One reply per page: the first page is empty (the newest reply is not
     // bob's to see) yet its token moves on, and the walk ends.
     let mut seen = Vec::new();

@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 
 use chancery_proto::limits::MAX_BUNDLED_REFERENCES;
-use chancery_proto::ruma::CanonicalJsonObject;
 use chancery_proto::ruma::canonical_json::redact;
 use chancery_proto::ruma::room_version_rules::RedactionRules;
+use chancery_proto::ruma::{CanonicalJsonObject, UserId};
 use chancery_store::StoredEvent;
 use serde_json::{Map, Value as JsonValue, json};
 
@@ -137,13 +137,23 @@ impl Services {
         if parents.is_empty() {
             return Ok(bundles);
         }
-        let found = self.store().bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
+        let mut found = self.store().bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
+
+        // An edit or a thread's latest reply the viewer may not see (sent
+        // after they left, say) would show its content: not bundled.
+        let children: Vec<StoredEvent> =
+            found.edits.iter().map(|(_, edit)| edit.clone()).chain(found.threads.iter().map(|t| t.latest.clone())).collect();
+        let visible = self.visible_ids(viewer, children).await?;
+        found.threads.retain(|t| visible.contains(&t.latest.event_id));
 
         // Spec "Server-side aggregation of m.replace relationships": no
         // edit is bundled with a redacted original.
         let redacted: HashSet<&str> = events.iter().filter(|e| e.redacted_by.is_some()).map(|e| e.event_id.as_str()).collect();
-        let (originals, edits): (Vec<String>, Vec<StoredEvent>) =
-            found.edits.into_iter().filter(|(original, _)| !redacted.contains(original.as_str())).unzip();
+        let (originals, edits): (Vec<String>, Vec<StoredEvent>) = found
+            .edits
+            .into_iter()
+            .filter(|(original, edit)| !redacted.contains(original.as_str()) && visible.contains(&edit.event_id))
+            .unzip();
         let formatted = self.format_events(&edits, viewer, rules).await?;
         for (original, edit) in originals.into_iter().zip(formatted) {
             bundles.entry(original).or_default().insert("m.replace".into(), edit);
@@ -179,6 +189,23 @@ impl Services {
             }
         }
         Ok(bundles)
+    }
+
+    /// The ids of `events` (of any rooms) the viewer may see.
+    async fn visible_ids(&self, viewer: &ClientEventOptions, events: Vec<StoredEvent>) -> Result<HashSet<String>, Error> {
+        if events.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let user_id = UserId::parse(viewer.user_id.as_str()).map_err(|e| Error::Internal(format!("viewer id: {e}")))?;
+        let mut by_room: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+        for event in events {
+            by_room.entry(event.room_id.clone()).or_default().push(event);
+        }
+        let mut visible = HashSet::new();
+        for (room_id, events) in by_room {
+            visible.extend(self.visible_events(&user_id, &room_id, events).await?.into_iter().map(|e| e.event_id));
+        }
+        Ok(visible)
     }
 
     async fn client_event_with(
