@@ -26,6 +26,8 @@ use chancery_store::{PoolStats, Store, StoreError, StoreResult, StreamPositions}
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::accounts::{get, i, query, u};
+
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
@@ -193,38 +195,33 @@ impl Store for PostgresStore {
 
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2
-                 UNION
-                 SELECT room_id FROM receipts WHERE stream_pos > $3 AND stream_pos <= $4
-                 LIMIT $5",
-            )
-            .await
-            .map_err(backend)?;
-        let pos = |p: u64| i64::try_from(p).unwrap_or(i64::MAX);
-        let bound = pos(limit as u64).saturating_add(1);
-        let rows = client
-            .query(&stmt, &[&pos(events.0), &pos(events.1), &pos(receipts.0), &pos(receipts.1), &bound])
-            .await
-            .map_err(backend)?;
-        let rooms = rows.iter().map(|r| r.try_get::<_, String>(0).map_err(backend)).collect::<StoreResult<Vec<_>>>()?;
+        let bound = i(limit as u64).saturating_add(1);
+        let rows = query(
+            &client,
+            "SELECT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2
+             UNION
+             SELECT room_id FROM receipts WHERE stream_pos > $3 AND stream_pos <= $4
+             LIMIT $5",
+            &[&i(events.0), &i(events.1), &i(receipts.0), &i(receipts.1), &bound],
+        )
+        .await?;
+        let rooms = rows.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<Vec<_>>>()?;
         Ok((rooms.len() <= limit).then_some(rooms))
     }
 
     async fn stream_positions(&self) -> StoreResult<StreamPositions> {
         let client = self.client().await?;
         // The same reads as `current_stream_pos` and the two counters.
-        let stmt = client
-            .prepare_cached(
-                "SELECT COALESCE((SELECT pos FROM stream_position), 0),
-                        COALESCE((SELECT pos FROM stream_counters WHERE stream = 'account_data'), 0),
-                        COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0)",
-            )
-            .await
-            .map_err(backend)?;
-        let row = client.query_one(&stmt, &[]).await.map_err(backend)?;
-        let pos = |i: usize| row.try_get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0)).map_err(backend);
+        let rows = query(
+            &client,
+            "SELECT COALESCE((SELECT pos FROM stream_position), 0),
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'account_data'), 0),
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0)",
+            &[],
+        )
+        .await?;
+        let row = rows.first().ok_or_else(|| StoreError::Backend("no stream positions row".into()))?;
+        let pos = |idx: usize| get::<i64>(row, idx).map(u);
         Ok(StreamPositions { events: pos(0)?, account_data: pos(1)?, receipts: pos(2)? })
     }
 }
