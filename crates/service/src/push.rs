@@ -7,7 +7,7 @@ use chancery_core::pdu::Pdu;
 use chancery_proto::limits::{MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::push::{
-    Action, AnyPushRule, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+    Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
     RemovePushRuleError, RuleKind, Ruleset,
 };
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
@@ -107,6 +107,9 @@ impl Services {
         let power = power_levels(&self.state_subset(room_id, &keys).await?, rules)?;
         let power_ctx = PushConditionPowerLevelsCtx::from(power);
         let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        // Flattened once for every member (ruma's `get_actions` would
+        // flatten it again for each).
+        let event = FlattenedJson::from_raw(&event);
         let member_count = UInt::try_from(joined).unwrap_or(UInt::MAX);
         let mut out = Vec::new();
         for target in targets {
@@ -127,7 +130,13 @@ impl Services {
             };
             let ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_ctx.clone());
-            let actions = ruleset.get_actions(&event, &ctx).await;
+            let mut actions: &[Action] = &[];
+            for rule in &ruleset {
+                if rule.applies(&event, &ctx).await {
+                    actions = rule.actions();
+                    break;
+                }
+            }
             if actions.iter().any(Action::should_notify) {
                 out.push(NewNotification {
                     user_id: target,

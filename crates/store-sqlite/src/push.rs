@@ -7,17 +7,17 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
 
 use crate::accounts::{i, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, collect, event_from_row};
 use crate::{SqliteStore, backend};
 
 /// Stores the notifications of an event being appended (same transaction).
-pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
+pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
     for n in &event.notifications {
         tx.prepare_cached(
-            "INSERT INTO notifications (user_id, event_id, room_id, actions, highlight) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT DO NOTHING",
         )
-        .and_then(|mut s| s.execute(params![n.user_id, event.event_id, event.room_id, n.actions_json, n.highlight]))
+        .and_then(|mut s| s.execute(params![n.user_id, event.room_id, pos, n.actions_json, n.highlight]))
         .map_err(backend)?;
     }
     Ok(())
@@ -88,19 +88,54 @@ impl PushStore for SqliteStore {
     ) -> StoreResult<Vec<StoredNotification>> {
         let user_id = user_id.to_owned();
         self.read_heavy(move |conn| {
+            let before = before.map_or(i64::MAX, i);
+            let limit = i(limit as u64);
+            // The user's newest `limit` positions across their rooms: the
+            // newest of each room's range, merged.
+            let mut rooms = conn
+                .prepare_cached(
+                    "WITH RECURSIVE r(room_id) AS (
+                         SELECT MIN(room_id) FROM notifications WHERE user_id = ?1
+                         UNION ALL
+                         SELECT (SELECT MIN(room_id) FROM notifications WHERE user_id = ?1 AND room_id > r.room_id)
+                         FROM r WHERE r.room_id IS NOT NULL
+                     )
+                     SELECT room_id FROM r WHERE room_id IS NOT NULL",
+                )
+                .map_err(backend)?;
+            let rooms = collect::<String>(rooms.query_map([&user_id], |r| r.get(0)).map_err(backend)?)?;
+            let mut newest = conn
+                .prepare_cached(
+                    "SELECT stream_pos FROM notifications
+                     WHERE user_id = ?1 AND room_id = ?2 AND stream_pos < ?3 AND (?4 = 0 OR highlight = 1)
+                     ORDER BY stream_pos DESC LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let mut positions = Vec::new();
+            for room in &rooms {
+                positions.extend(collect::<i64>(
+                    newest.query_map(params![user_id, room, before, only_highlight, limit], |r| r.get(0)).map_err(backend)?,
+                )?);
+            }
+            positions.sort_unstable_by(|a, b| b.cmp(a));
+            positions.truncate(limit as usize);
             let sql = format!(
                 "SELECT {EVENT_COLUMNS}, n.actions, n.highlight
-                 FROM notifications n JOIN events e ON e.event_id = n.event_id {REDACTION_JOIN}
-                 WHERE n.user_id = ?1 AND e.stream_pos < ?2 AND (?3 = 0 OR n.highlight = 1)
-                 ORDER BY e.stream_pos DESC LIMIT ?4"
+                 FROM notifications n JOIN events e ON e.stream_pos = n.stream_pos {REDACTION_JOIN}
+                 WHERE n.user_id = ?1 AND n.room_id = e.room_id AND n.stream_pos = ?2"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = stmt
-                .query_map(params![user_id, before.map_or(i64::MAX, i), only_highlight, i(limit as u64)], |r| {
-                    Ok(StoredNotification { event: event_from_row(r)?, actions_json: r.get(14)?, highlight: r.get(15)? })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            let mut row = conn.prepare_cached(&sql).map_err(backend)?;
+            let mut out = Vec::with_capacity(positions.len());
+            for pos in positions {
+                let found = row
+                    .query_row(params![user_id, pos], |r| {
+                        Ok(StoredNotification { event: event_from_row(r)?, actions_json: r.get(14)?, highlight: r.get(15)? })
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                out.extend(found);
+            }
+            Ok(out)
         })
         .await
     }
@@ -133,11 +168,11 @@ impl PushStore for SqliteStore {
         self.read_heavy(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT rel.relates_to, e.stream_pos, n.highlight FROM notifications n
-                     JOIN events e ON e.event_id = n.event_id
-                     LEFT JOIN relations rel ON rel.event_id = n.event_id AND rel.rel_type = 'm.thread'
-                     WHERE n.user_id = ?1 AND n.room_id = ?2 AND e.stream_pos > ?3
-                     ORDER BY e.stream_pos LIMIT ?4",
+                    "SELECT rel.relates_to, n.stream_pos, n.highlight FROM notifications n
+                     JOIN events e ON e.stream_pos = n.stream_pos
+                     LEFT JOIN relations rel ON rel.event_id = e.event_id AND rel.rel_type = 'm.thread'
+                     WHERE n.user_id = ?1 AND n.room_id = ?2 AND n.stream_pos > ?3
+                     ORDER BY n.stream_pos LIMIT ?4",
                 )
                 .map_err(backend)?;
             let rows = stmt
@@ -172,8 +207,8 @@ impl PushStore for SqliteStore {
         let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(n.highlight), 0) FROM notifications n JOIN events e ON e.event_id = n.event_id
-                 WHERE n.user_id = ?1 AND n.room_id = ?2 AND e.stream_pos > ?3",
+                "SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM notifications
+                 WHERE user_id = ?1 AND room_id = ?2 AND stream_pos > ?3",
             )
             .and_then(|mut s| s.query_row(params![user_id, room_id, i(after)], |r| Ok((u(r.get(0)?), u(r.get(1)?)))))
             .map_err(backend)

@@ -121,7 +121,7 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("event") } else { backend(e) })?;
     crate::search::index_event(tx, event, pos)?;
-    crate::push::insert_notifications(tx, event)?;
+    crate::push::insert_notifications(tx, event, pos)?;
 
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
         .and_then(|mut s| s.execute([&event.room_id]))

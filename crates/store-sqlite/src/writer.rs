@@ -6,20 +6,51 @@
 //! queueing for one each. A write that fails rolls back to its savepoint
 //! and leaves the others of its batch alone; nobody hears "done" before
 //! the commit that holds their write is on disk.
+//!
+//! Checkpoints (copying the WAL back into the database file) run on a
+//! second thread with its own connection, so the writes queued meanwhile
+//! do not wait for them: SQLite's automatic checkpoint would run inside
+//! the commit that crossed the threshold, on this thread.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use chancery_store::{StoreError, StoreResult};
-use rusqlite::{Transaction, TransactionBehavior};
+use rusqlite::hooks::Wal;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::backend;
 use crate::pool::Pool;
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 64;
+
+/// WAL growth (pages) after which the checkpointer is asked to run:
+/// SQLite's own automatic-checkpoint default.
+const CHECKPOINT_PAGES: c_int = 1000;
+
+/// WAL size (pages) from which the writer checkpoints itself between two
+/// batches. The WAL starts over (reusing its file from the beginning) only
+/// when a write begins with every frame already copied back, which the
+/// checkpointer, running beside a busy writer, seldom leaves it: without
+/// this the WAL grew by the whole write volume (gigabytes in a benchmark).
+/// By then the checkpointer has copied nearly everything, so this is short.
+const RESTART_PAGES: c_int = 4 * CHECKPOINT_PAGES;
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection
+    /// (set by the WAL hook, which runs inside the commit).
+    static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+fn record_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
 
 /// Runs after the batch's commit with its error, if any.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -36,11 +67,25 @@ fn stopped() -> StoreError {
 }
 
 impl Writer {
-    pub(crate) fn start(pool: Arc<Pool>) -> StoreResult<Self> {
+    /// Starts the writer thread on the pool's writer connection, and the
+    /// checkpointer thread on `checkpointer` (a read-write connection to
+    /// the same database).
+    pub(crate) fn start(pool: Arc<Pool>, checkpointer: Connection) -> StoreResult<Self> {
         let (jobs, queue) = channel::<Job>();
+        let (wake_checkpointer, checkpoints) = sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run_checkpoints(&checkpointer, &checkpoints))
+            .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
+        // Our hook replaces SQLite's automatic checkpoint (which is itself a
+        // WAL hook).
+        pool.with_writer(|conn| {
+            conn.wal_hook(Some(record_wal_pages));
+            Ok(())
+        })?;
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(&pool, &queue))
+            .spawn(move || run(&pool, &queue, &wake_checkpointer))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) })
     }
@@ -88,7 +133,24 @@ fn run_cached(tx: &Transaction<'_>, sql: &str) -> StoreResult<()> {
     tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(backend)
 }
 
-fn run(pool: &Pool, queue: &Receiver<Job>) {
+/// Checkpoints whenever the writer asks, until the writer ends. PASSIVE:
+/// it copies what no reader still needs and never blocks the writer.
+fn run_checkpoints(conn: &Connection, wakes: &Receiver<()>) {
+    while wakes.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+fn run(pool: &Pool, queue: &Receiver<Job>, checkpointer: &SyncSender<()>) {
+    // The WAL's size when the checkpointer was last asked: it is asked
+    // again once CHECKPOINT_PAGES more have been written. (The WAL only
+    // starts over once a checkpoint has caught up and no reader holds it,
+    // which a busy server seldom allows; asking on every commit past the
+    // threshold made every commit's pages a checkpoint of their own.)
+    let mut asked_at: c_int = 0;
+    let mut caught_up_at: c_int = 0;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -126,6 +188,26 @@ fn run(pool: &Pool, queue: &Receiver<Job>) {
         for finish in finishes {
             finish(committed.as_ref().err());
         }
+        let pages = WAL_PAGES.with(Cell::get);
+        if pages < asked_at {
+            // The WAL started over.
+            asked_at = 0;
+            caught_up_at = 0;
+        }
+        if pages >= RESTART_PAGES && pages - caught_up_at >= CHECKPOINT_PAGES {
+            caught_up_at = pages;
+            let done = pool.with_writer(|conn| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(backend));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+        if pages - asked_at >= CHECKPOINT_PAGES {
+            asked_at = pages;
+            // Full means a request is already pending: nothing to add.
+            if let Err(TrySendError::Disconnected(())) = checkpointer.try_send(()) {
+                tracing::error!("the checkpoint thread has stopped");
+            }
+        }
     }
 }
 
@@ -139,8 +221,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
+        let checkpointer = Connection::open(dir.path().join("w.db")).unwrap();
         let pool = Arc::new(Pool::new(conn, Vec::new()));
-        let writer = Writer::start(Arc::clone(&pool)).unwrap();
+        let writer = Writer::start(Arc::clone(&pool), checkpointer).unwrap();
         (dir, pool, writer)
     }
 

@@ -18,6 +18,11 @@ async fn push(backend: Backend) {
         .unwrap()
         .to_owned();
     ok(Method::POST, api(&format!("/join/{room}")), &bob, Some(json!({}))).await;
+    let other = ok(Method::POST, api("/createRoom"), &alice, Some(json!({"preset": "public_chat"}))).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(Method::POST, api(&format!("/join/{other}")), &bob, Some(json!({}))).await;
     let send = |token: String, txn: String, content: Value| {
         let url = api(&format!("/rooms/{room}/send/m.room.message/{txn}"));
         async move { ok(Method::PUT, url, &token, Some(content)).await }
@@ -26,6 +31,14 @@ async fn push(backend: Backend) {
     // Two plain messages and one mentioning bob.
     send(alice.clone(), "1".into(), json!({"msgtype": "m.text", "body": "hello"})).await;
     send(alice.clone(), "2".into(), json!({"msgtype": "m.text", "body": "anyone?"})).await;
+    // One in another room, between them: /notifications merges the rooms.
+    ok(
+        Method::PUT,
+        api(&format!("/rooms/{other}/send/m.room.message/o1")),
+        &alice,
+        Some(json!({"msgtype": "m.text", "body": "elsewhere"})),
+    )
+    .await;
     send(
         alice.clone(),
         "3".into(),
@@ -45,8 +58,9 @@ async fn push(backend: Backend) {
 
     let notifications = ok(Method::GET, api("/notifications"), &bob, None).await;
     let list = notifications["notifications"].as_array().unwrap();
-    assert_eq!(list.len(), 3);
-    assert_eq!(list[0]["event"]["content"]["body"], "bob, look");
+    let bodies: Vec<&str> = list.iter().map(|n| n["event"]["content"]["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["bob, look", "elsewhere", "anyone?", "hello"]);
+    assert_eq!(list[1]["room_id"], other.as_str());
     assert_eq!(list[0]["room_id"], room.as_str());
     assert_eq!(list[0]["read"], false);
     assert!(list[0]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"));
@@ -55,7 +69,9 @@ async fn push(backend: Backend) {
     let page = ok(Method::GET, api("/notifications?limit=2"), &bob, None).await;
     let next = page["next_token"].as_str().unwrap();
     let rest = ok(Method::GET, api(&format!("/notifications?from={next}")), &bob, None).await;
-    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+    let rest: Vec<&str> =
+        rest["notifications"].as_array().unwrap().iter().map(|n| n["event"]["content"]["body"].as_str().unwrap()).collect();
+    assert_eq!(rest, ["anyone?", "hello"]);
 
     // Bob answers: sending implies reading, the counts reset.
     send(bob.clone(), "b1".into(), json!({"msgtype": "m.text", "body": "here"})).await;
