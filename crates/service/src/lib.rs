@@ -102,6 +102,9 @@ struct Inner {
     /// Member events each device was sent by lazy-loading syncs: in
     /// memory, per node.
     lazy_members: lazy_members::LazyMembersCache,
+    /// Whether the store wakes syncs for the events it appends, at commit
+    /// (`Store::set_event_listener`); if not, `append` does once it returns.
+    store_wakes_events: bool,
     /// This process among the nodes sharing the database (random).
     node_id: u64,
     /// Whether other nodes may share the database (typing and presence
@@ -114,6 +117,13 @@ impl Services {
         let limiters = ratelimit::Limiters::new(&config.rate_limits);
         let presence = presence::PresenceRuntime::new(config.presence_enabled);
         let updates = store.ephemeral_updates();
+        let wakeups: Arc<wakeups::Wakeups> = Arc::default();
+        let store_wakes_events = {
+            let wakeups = Arc::clone(&wakeups);
+            store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
+                wakeups.event(room_id, member_target);
+            }))
+        };
         let services = Self {
             inner: Arc::new(Inner {
                 config,
@@ -123,7 +133,8 @@ impl Services {
                 rooms: rooms::RoomRuntime::new(),
                 presence,
                 typing: typing::TypingRuntime::new(),
-                wakeups: Arc::default(),
+                wakeups,
+                store_wakes_events,
                 lazy_members: lazy_members::LazyMembersCache::new(),
                 node_id: rand::random(),
                 shares_ephemeral: updates.is_some(),

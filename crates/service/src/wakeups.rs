@@ -46,6 +46,15 @@ impl Wakeups {
         }
     }
 
+    /// An event was committed: its room's waiters, and for a membership
+    /// event its target's (who may not be waiting on the room yet).
+    pub(crate) fn event(&self, room_id: &str, member_target: Option<&str>) {
+        self.room(room_id);
+        if let Some(user_id) = member_target {
+            self.user(user_id);
+        }
+    }
+
     /// Something of the user's changed: account data, push rules, or a
     /// membership (which may be in a room they are not waiting on yet).
     pub(crate) fn user(&self, user_id: &str) {

@@ -54,6 +54,8 @@ const STATEMENT_CACHE_CAPACITY: usize = 256;
 pub struct SqliteStore {
     pool: Arc<Pool>,
     writer: writer::Writer,
+    /// Told of each appended event once committed (`Store::set_event_listener`).
+    event_listener: std::sync::OnceLock<chancery_store::EventListener>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -119,7 +121,7 @@ impl SqliteStore {
         let (pool, checkpointer) = pool;
         let pool = Arc::new(pool);
         let writer = writer::Writer::start(Arc::clone(&pool), checkpointer)?;
-        Ok(Self { pool, writer })
+        Ok(Self { pool, writer, event_listener: std::sync::OnceLock::new() })
     }
 
     /// Runs `f` in an IMMEDIATE transaction on the writer connection,
@@ -206,6 +208,12 @@ impl Store for SqliteStore {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn set_event_listener(&self, listener: chancery_store::EventListener) -> bool {
+        // Once per store: a second listener would be a second Services on
+        // the same store, which nothing does.
+        self.event_listener.set(listener).is_ok()
     }
 
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {

@@ -198,7 +198,19 @@ impl RoomStore for SqliteStore {
 
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
         let prev = prev_extremities.to_vec();
-        self.write(move |tx| append_in_tx(tx, &event, &prev)).await
+        let listener = self.event_listener.get().cloned();
+        let room_id = event.room_id.clone();
+        let target = (event.event_type == "m.room.member").then(|| event.state_key.clone()).flatten();
+        self.writer
+            .write_then(
+                move |tx| append_in_tx(tx, &event, &prev),
+                move || {
+                    if let Some(listener) = listener {
+                        listener(&room_id, target.as_deref());
+                    }
+                },
+            )
+            .await
     }
 
     async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>> {

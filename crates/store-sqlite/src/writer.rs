@@ -97,6 +97,18 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
+        self.write_then(f, || {}).await
+    }
+
+    /// Like [`Self::write`], and runs `committed` on the writer thread as
+    /// soon as the write is committed (not if it failed), before the caller
+    /// is woken.
+    pub(crate) async fn write_then<T, F, C>(&self, f: F, committed: C) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        C: FnOnce() + Send + 'static,
+    {
         let (done, result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |tx| {
             let out = f(tx);
@@ -106,6 +118,9 @@ impl Writer {
                     (Ok(_), Some(e)) => Err(StoreError::Backend(e.to_string())),
                     (out, _) => out,
                 };
+                if out.is_ok() {
+                    committed();
+                }
                 // The caller may have gone (its request was cancelled);
                 // the write stands either way.
                 let _ = done.send(out);

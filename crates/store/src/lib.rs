@@ -193,7 +193,19 @@ pub trait Store:
     fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
+    /// Asks the backend to call `listener` for every event `append_event`
+    /// commits, right after the commit, on the thread that committed it
+    /// (so the syncs it wakes start while the sender's answer is still on
+    /// its way). Returns whether it will; a backend that returns `false`
+    /// leaves the caller to act once `append_event` returns.
+    fn set_event_listener(&self, _listener: EventListener) -> bool {
+        false
+    }
 }
+
+/// Told of a committed event: its room, and for a membership event the
+/// user it is about. It must not block (it runs on the writer's thread).
+pub type EventListener = Arc<dyn Fn(&str, Option<&str>) + Send + Sync>;
 
 /// Largest payload of [`Store::publish_ephemeral`] (PostgreSQL's NOTIFY
 /// takes less than 8,000 bytes).

@@ -74,10 +74,7 @@ impl Services {
     /// and for a membership event its target's (who may not be waiting on
     /// the room yet: an invite, a join from elsewhere).
     pub(crate) fn wake_for_event(&self, room_id: &str, member_target: Option<&str>) {
-        self.inner.wakeups.room(room_id);
-        if let Some(user_id) = member_target {
-            self.inner.wakeups.user(user_id);
-        }
+        self.inner.wakeups.event(room_id, member_target);
     }
 }
 

@@ -114,9 +114,11 @@ impl Services {
             event.relates_to = relation.clone();
             match self.store().append_event(event, &info.forward_extremities).await {
                 Ok(pos) => {
-                    let target =
-                        (built.event_type == TimelineEventType::RoomMember).then_some(built.state_key.as_deref()).flatten();
-                    self.wake_for_event(room_id.as_str(), target);
+                    if !self.inner.store_wakes_events {
+                        let target =
+                            (built.event_type == TimelineEventType::RoomMember).then_some(built.state_key.as_deref()).flatten();
+                        self.wake_for_event(room_id.as_str(), target);
+                    }
                     return Ok((built.event_id, pos));
                 }
                 Err(StoreError::Conflict("extremities")) => continue,
