@@ -105,6 +105,10 @@ struct Inner {
     /// Whether the store wakes syncs for the events it appends, at commit
     /// (`Store::set_event_listener`); if not, `append` does once it returns.
     store_wakes_events: bool,
+    /// Whether the store commits queued appends in order
+    /// (`Store::queues_appends_in_order`): a room's messages are then
+    /// pipelined (`rooms::send`).
+    store_queues_appends: bool,
     /// This process among the nodes sharing the database (random).
     node_id: u64,
     /// Whether other nodes may share the database (typing and presence
@@ -124,6 +128,7 @@ impl Services {
                 wakeups.event(room_id, member_target);
             }))
         };
+        let store_queues_appends = store.queues_appends_in_order();
         let services = Self {
             inner: Arc::new(Inner {
                 config,
@@ -135,6 +140,7 @@ impl Services {
                 typing: typing::TypingRuntime::new(),
                 wakeups,
                 store_wakes_events,
+                store_queues_appends,
                 lazy_members: lazy_members::LazyMembersCache::new(),
                 node_id: rand::random(),
                 shares_ephemeral: updates.is_some(),

@@ -216,6 +216,12 @@ impl Store for SqliteStore {
         self.event_listener.set(listener).is_ok()
     }
 
+    fn queues_appends_in_order(&self) -> bool {
+        // One writer thread takes jobs from one channel, and `append_event`
+        // sends its job before its first await.
+        true
+    }
+
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {
         self.read(|conn| {
             let mut stmt = conn

@@ -201,6 +201,13 @@ pub trait Store:
     fn set_event_listener(&self, _listener: EventListener) -> bool {
         false
     }
+    /// Whether `append_event` has queued its write by the time its future
+    /// is first polled, and commits queued appends in that order. The caller
+    /// may then build a room's next event on one still being committed: if
+    /// that one fails, the next fails with `Conflict("extremities")`.
+    fn queues_appends_in_order(&self) -> bool {
+        false
+    }
 }
 
 /// Told of a committed event: its room, and for a membership event the

@@ -49,7 +49,59 @@ pub(crate) type StateMap = BTreeMap<(StateEventType, String), Pdu>;
 
 /// Per-node runtime of rooms: the write locks.
 pub(crate) struct RoomRuntime {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<String, Arc<RoomWriter>>>,
+}
+
+/// One room's writes on this node.
+#[derive(Default)]
+pub(crate) struct RoomWriter {
+    /// Held while an event is built and queued (and, for events that are
+    /// not pipelined, until it is committed).
+    pub(crate) lock: tokio::sync::Mutex<()>,
+    /// The last event queued and not yet known to be committed, when the
+    /// store commits queued appends in order: the next event is built on
+    /// it instead of waiting for its commit.
+    pub(crate) pending: Mutex<Option<PendingAppend>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct PendingAppend {
+    pub(crate) event_id: String,
+    pub(crate) depth: u64,
+    /// Turns true once its write is settled (committed or failed); closed
+    /// if the request that queued it was dropped.
+    pub(crate) settled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RoomWriter {
+    pub(crate) fn pending(&self) -> Option<PendingAppend> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_pending(&self, pending: Option<PendingAppend>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+    }
+
+    /// Waits until the pending event (if any) is settled, so that what the
+    /// store holds is the room's newest state. The caller holds `lock`, so
+    /// nothing new is queued meanwhile; earlier pending events were queued
+    /// before the last one and are settled with it.
+    pub(crate) async fn drain(&self) {
+        if let Some(pending) = self.pending() {
+            let mut settled = pending.settled.clone();
+            let _ = settled.wait_for(|done| *done).await;
+            self.settle(&pending.event_id);
+        }
+    }
+
+    /// Forgets `event_id` if it is still the pending one (it was committed,
+    /// or failed).
+    pub(crate) fn settle(&self, event_id: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.as_ref().is_some_and(|p| p.event_id == event_id) {
+            *pending = None;
+        }
+    }
 }
 
 /// Idle per-room locks are dropped once this many are held.
@@ -60,7 +112,7 @@ impl RoomRuntime {
         Self { locks: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, room_id: &RoomId) -> Arc<RoomWriter> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         if locks.len() >= MAX_IDLE_ROOM_LOCKS {
             locks.retain(|_, lock| Arc::strong_count(lock) > 1);

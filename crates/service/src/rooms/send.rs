@@ -7,7 +7,9 @@ use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
 use chancery_store::{NewEvent, NewNotification, StoreError, TxnKey};
 use serde_json::Value as JsonValue;
 
-use super::{power_levels, rules_of};
+use std::task::Poll;
+
+use super::{PendingAppend, power_levels, rules_of};
 use crate::{AuthedUser, Error, Services, now_ms};
 
 pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>, notifications: Vec<NewNotification>) -> NewEvent {
@@ -69,8 +71,8 @@ impl Services {
         txn: Option<TxnKey>,
     ) -> Result<(OwnedEventId, u64), Error> {
         draft.room_id = Some(room_id.to_owned());
-        let lock = self.inner.rooms.lock_for(room_id);
-        let _guard = lock.lock().await;
+        let writer = self.inner.rooms.lock_for(room_id);
+        let mut guard = Some(writer.lock.lock().await);
         if let Some(txn) = &txn
             && let Some(existing) = self.store().event_for_txn(txn).await?
         {
@@ -79,7 +81,24 @@ impl Services {
         // Under the lock: no other send of this node can record a relation
         // that would change the verdict (duplicate annotations).
         let relation = self.relation_to_record(room_id, &draft).await?;
+        // Pipelined: the lock is released once the write is queued, and the
+        // room's next event is built on this one while it is committed, so
+        // a busy room's messages share commits instead of waiting for one
+        // each. Only for events that change nothing the next one is checked
+        // against: no state, no redaction, no recorded relation. The others
+        // wait for the pending one and hold the lock until committed.
+        let pipelined =
+            self.inner.store_queues_appends && draft.state_key.is_none() && draft.redacts.is_none() && relation.is_none();
+        if !pipelined {
+            writer.drain().await;
+        }
         for _ in 0..MAX_APPEND_RETRIES {
+            if guard.is_none() {
+                guard = Some(writer.lock.lock().await);
+                // The pending event this one was built on failed: start
+                // again from what the store holds.
+                writer.drain().await;
+            }
             let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
             let (_, rules) = rules_of(&info.room_version)?;
             // Only the state the auth rules look at is loaded, so a send
@@ -92,27 +111,40 @@ impl Services {
             let state = self.state_subset(room_id, &keys).await?;
             let auth_events: Vec<OwnedEventId> =
                 auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
-            let prev: Vec<OwnedEventId> = info
-                .forward_extremities
+            let (extremities, depth) = match writer.pending().filter(|_| pipelined) {
+                Some(pending) => (vec![pending.event_id], pending.depth + 1),
+                None => (info.forward_extremities, info.max_depth + 1),
+            };
+            let prev: Vec<OwnedEventId> = extremities
                 .iter()
                 .map(|e| EventId::parse(e.as_str()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let built = pdu::build_pdu(
-                &draft,
-                &rules,
-                &prev,
-                &auth_events,
-                info.max_depth + 1,
-                now_ms(),
-                self.server_name(),
-                self.signing_key(),
-            )?;
+            let built =
+                pdu::build_pdu(&draft, &rules, &prev, &auth_events, depth, now_ms(), self.server_name(), self.signing_key())?;
             pdu::authorize(&rules, &built, &state)?;
             let notifications = self.evaluate_push(room_id, &built, &rules).await?;
             let mut event = new_event(&built, room_id, txn.clone(), notifications);
             event.relates_to = relation.clone();
-            match self.store().append_event(event, &info.forward_extremities).await {
+            let mut write = self.store().append_event(event, &extremities);
+            let result = if pipelined {
+                // The first poll queues the write (`queues_appends_in_order`).
+                let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+                let (settled, settled_rx) = tokio::sync::watch::channel(false);
+                let event_id = built.event_id.to_string();
+                writer.set_pending(Some(PendingAppend { event_id: event_id.clone(), depth, settled: settled_rx }));
+                drop(guard.take());
+                let result = match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => write.await,
+                };
+                writer.settle(&event_id);
+                let _ = settled.send(true);
+                result
+            } else {
+                write.await
+            };
+            match result {
                 Ok(pos) => {
                     if !self.inner.store_wakes_events {
                         let target =

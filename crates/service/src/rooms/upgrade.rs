@@ -102,8 +102,9 @@ impl Services {
         if req.additional_creators.len() > MAX_UPGRADE_ADDITIONAL_CREATORS {
             return Err(Error::InvalidParam(format!("at most {MAX_UPGRADE_ADDITIONAL_CREATORS} additional creators")));
         }
-        let lock = self.inner.rooms.lock_for(room_id);
-        let _guard = lock.lock().await;
+        let writer = self.inner.rooms.lock_for(room_id);
+        let _guard = writer.lock.lock().await;
+        writer.drain().await;
         for _ in 0..MAX_APPEND_RETRIES {
             let upgrade = self.plan_upgrade(user, room_id, &req).await?;
             let new_room_id = OwnedRoomId::try_from(upgrade.new_room.room_id.as_str())
