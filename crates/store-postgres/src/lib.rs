@@ -8,6 +8,7 @@
 
 mod account_data;
 mod accounts;
+mod appender;
 mod directory;
 mod forgotten;
 mod notify;
@@ -52,6 +53,10 @@ pub struct PostgresStore {
     /// What nodes publish for each other's memory (typing, presence).
     ephemeral: tokio::sync::broadcast::Sender<String>,
     listener: tokio::task::JoinHandle<()>,
+    /// Commits this node's appends in batches (`appender`).
+    appender: appender::Appender,
+    /// Told of each appended event once committed (`Store::set_event_listener`).
+    event_listener: std::sync::Arc<std::sync::OnceLock<chancery_store::EventListener>>,
 }
 
 /// Keeps the server's message and SQLSTATE, which tokio-postgres' own
@@ -116,7 +121,9 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = Self { pool, changes, ephemeral, listener };
+        let event_listener = std::sync::Arc::new(std::sync::OnceLock::new());
+        let appender = appender::Appender::start(pool.clone(), std::sync::Arc::clone(&event_listener));
+        let store = Self { pool, changes, ephemeral, listener, appender, event_listener };
         store.migrate().await?;
         Ok(store)
     }
@@ -167,8 +174,20 @@ impl Store for PostgresStore {
         // Every write is its own committed transaction, so there is nothing
         // to flush: closing drops idle connections now and the busy ones as
         // they come back.
+        self.appender.stop();
         self.pool.close();
         self.listener.abort();
+    }
+
+    fn set_event_listener(&self, listener: chancery_store::EventListener) -> bool {
+        self.event_listener.set(listener).is_ok()
+    }
+
+    fn queues_appends_in_order(&self) -> bool {
+        // One task per node commits the queued appends in order; another
+        // node's write to the same room makes them conflict, and the
+        // service builds them again.
+        true
     }
 
     fn kind(&self) -> &'static str {

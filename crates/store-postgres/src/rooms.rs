@@ -30,8 +30,6 @@
 //! after the lock are pipelined (sent together, one round trip), leaving
 //! the commit (its WAL flush) as the main cost inside the window.
 
-use std::collections::BTreeSet;
-
 use async_trait::async_trait;
 use chancery_store::*;
 use deadpool_postgres::{GenericClient, Transaction};
@@ -101,7 +99,7 @@ pub(crate) fn insert_error(e: tokio_postgres::Error) -> StoreError {
 pub(crate) struct Writes {
     pub(crate) lock_room: Statement,
     pub(crate) take_extremities: Statement,
-    add_extremity: Statement,
+    pub(crate) add_extremity: Statement,
     add_redaction: Statement,
     stream_lock: Statement,
     insert_event: Statement,
@@ -146,15 +144,27 @@ impl Writes {
 /// deleted). Writes `events` in order and makes the last one the room's
 /// forward extremity; returns the position of the last one.
 pub(crate) async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
+    Ok(persist_each(tx, w, events).await?.last().copied().unwrap_or(0))
+}
+
+/// Persists `events`, a chain in one room (each on the one before; the
+/// room's extremities already taken), and returns each one's position.
+pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
+    tx: &Transaction<'_>,
+    w: &Writes,
+    events: &[E],
+) -> StoreResult<Vec<u64>> {
     // Sent at commit; queued before the stream lock so it costs nothing
     // inside the lock window.
     crate::notify::notify_in(tx).await?;
     for event in events {
+        let event = event.borrow();
         crate::search::index_event(tx, event).await?;
         crate::push::insert_notifications(tx, event).await?;
     }
-    let mut pos = 0;
+    let mut positions = Vec::with_capacity(events.len());
     for (n, event) in events.iter().enumerate() {
+        let event: &NewEvent = event.borrow();
         let (first, last) = (n == 0, n + 1 == events.len());
         let txn = event.txn.as_ref();
         let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
@@ -267,13 +277,13 @@ pub(crate) async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent
         rewind_thread.map_err(backend)?;
         drop_relation.map_err(backend)?;
         lock.map_err(backend)?;
-        pos = u(get(&inserted.map_err(insert_error)?, 0)?);
+        positions.push(u(get(&inserted.map_err(insert_error)?, 0)?));
         closed.map_err(backend)?;
         opened.map_err(backend)?;
         related.map_err(backend)?;
         threaded.map_err(backend)?;
     }
-    Ok(pos)
+    Ok(positions)
 }
 
 const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.event_id";
@@ -307,27 +317,7 @@ impl RoomStore for PostgresStore {
     }
 
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
-        let mut client = self.client().await?;
-        let w = Writes::prepare(&client).await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Phase 1, one round trip: lock the room, then take its
-        // extremities (the DELETE starts after the lock wait, so it sees the
-        // previous writer's result).
-        let (room, taken) = tokio::join!(
-            biased;
-            async { tx.query_opt(&w.lock_room, &[&event.room_id, &i(event.depth)]).await },
-            async { tx.query(&w.take_extremities, &[&event.room_id]).await },
-        );
-        if room.map_err(backend)?.is_none() {
-            return Err(StoreError::Invalid("room"));
-        }
-        let current = taken.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<BTreeSet<_>>>()?;
-        if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
-            return Err(StoreError::Conflict("extremities"));
-        }
-        let pos = persist(&tx, &w, std::slice::from_ref(&event)).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(pos)
+        self.appender.append(event, prev_extremities).await
     }
 
     async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>> {

@@ -1,0 +1,188 @@
+//! Group commit of appends on this node. Every `append_event` queues its
+//! event; one task takes the events waiting at that moment (up to
+//! [`MAX_BATCH`], across rooms) and persists them in one transaction, so
+//! they share its round trips, its stream-lock window and its commit
+//! (one WAL flush). A room's events in a batch form a chain, each built on
+//! the one before (the service builds a room's next message on the one
+//! being committed, `Store::queues_appends_in_order`).
+//!
+//! Each event is checked against its room's extremities as the batch
+//! goes: one that does not fit (another node wrote to the room) is answered
+//! `Conflict("extremities")` and left out, and so are the ones built on it.
+//! If the transaction fails as a whole (a duplicate transaction id, a lost
+//! connection), each event of the batch is tried again alone, for its own
+//! answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chancery_store::{EventListener, NewEvent, StoreError, StoreResult};
+use deadpool_postgres::Pool;
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::accounts::{get, i};
+use crate::rooms::{Writes, persist_each};
+use crate::{backend, pool_error};
+
+/// Events committed together at most.
+const MAX_BATCH: usize = 64;
+
+struct Job {
+    event: NewEvent,
+    prev_extremities: Vec<String>,
+    done: oneshot::Sender<StoreResult<u64>>,
+}
+
+pub(crate) struct Appender {
+    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend("the database is closed".into())
+}
+
+impl Appender {
+    /// Starts the task that commits the queued appends; `listener` is told
+    /// of each committed event.
+    pub(crate) fn start(pool: Pool, listener: Arc<OnceLock<EventListener>>) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, listener, queue));
+        Self { jobs: Mutex::new(Some(jobs)) }
+    }
+
+    /// Queues the append (before the first await, so appends are committed
+    /// in call order) and waits for its commit.
+    pub(crate) async fn append(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+        let (done, result) = oneshot::channel();
+        let job = Job { event, prev_extremities: prev_extremities.to_vec(), done };
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.as_ref().ok_or_else(closed)?.send(job).map_err(|_| closed())?;
+        }
+        result.await.map_err(|_| StoreError::Backend("the write was not carried out".into()))?
+    }
+
+    /// Refuses new appends; the task commits the queued ones and ends.
+    pub(crate) fn stop(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match append_batch(&pool, &batch).await {
+            Ok(results) => results,
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(_) => {
+                let mut results = Vec::with_capacity(batch.len());
+                for job in &batch {
+                    results.push(match append_batch(&pool, std::slice::from_ref(job)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(StoreError::Backend("no result".into()))),
+                        Err(e) => Err(e),
+                    });
+                }
+                results
+            }
+        };
+        for (job, result) in batch.into_iter().zip(results) {
+            if result.is_ok()
+                && let Some(listener) = listener.get()
+            {
+                let target = (job.event.event_type == "m.room.member").then_some(job.event.state_key.as_deref()).flatten();
+                listener(&job.event.room_id, target);
+            }
+            // The caller may have gone; the write stands either way.
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// One transaction for `jobs`: an answer per job, or the error that
+/// failed the transaction as a whole.
+async fn append_batch(pool: &Pool, jobs: &[Job]) -> StoreResult<Vec<StoreResult<u64>>> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let w = Writes::prepare(&client).await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    // The rooms in one order on every node, so two batches never wait for
+    // each other's room locks in a cycle.
+    let mut depths: BTreeMap<&str, i64> = BTreeMap::new();
+    for job in jobs {
+        let depth = depths.entry(job.event.room_id.as_str()).or_default();
+        *depth = (*depth).max(i(job.event.depth));
+    }
+    // One round trip: lock each room, then take its extremities (each
+    // DELETE starts after its lock wait, so it sees the previous writer's).
+    let taken = join_all(depths.iter().map(|(room, depth)| {
+        let w = &w;
+        let tx = &tx;
+        async move {
+            tokio::join!(
+                biased;
+                async { tx.query_opt(&w.lock_room, &[room, depth]).await },
+                async { tx.query(&w.take_extremities, &[room]).await },
+            )
+        }
+    }))
+    .await;
+    let mut taken_by_room: BTreeMap<&str, Option<BTreeSet<String>>> = BTreeMap::new();
+    for ((room, _), (found, extremities)) in depths.iter().zip(taken) {
+        let extremities = if found.map_err(backend)?.is_some() {
+            Some(extremities.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<BTreeSet<_>>>()?)
+        } else {
+            None
+        };
+        taken_by_room.insert(room, extremities);
+    }
+
+    // Which events fit, in queue order; each accepted one becomes its
+    // room's only extremity for the next.
+    let mut results: Vec<Option<StoreResult<u64>>> = Vec::with_capacity(jobs.len());
+    let mut current = taken_by_room.clone();
+    let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, job) in jobs.iter().enumerate() {
+        let room = job.event.room_id.as_str();
+        match current.get_mut(room) {
+            Some(Some(extremities)) => {
+                if *extremities == job.prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
+                    *extremities = BTreeSet::from([job.event.event_id.clone()]);
+                    chains.entry(room).or_default().push(k);
+                    results.push(None);
+                } else {
+                    results.push(Some(Err(StoreError::Conflict("extremities"))));
+                }
+            }
+            _ => results.push(Some(Err(StoreError::Invalid("room")))),
+        }
+    }
+    if chains.is_empty() {
+        tx.rollback().await.map_err(backend)?;
+        return Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Conflict("extremities")))).collect());
+    }
+    // Rooms where nothing fits get their extremities back.
+    for (room, extremities) in &taken_by_room {
+        if let Some(extremities) = extremities
+            && !chains.contains_key(room)
+        {
+            for event_id in extremities {
+                tx.execute(&w.add_extremity, &[room, event_id]).await.map_err(backend)?;
+            }
+        }
+    }
+    for (_, chain) in &chains {
+        let events: Vec<&NewEvent> = chain.iter().map(|&k| &jobs[k].event).collect();
+        let positions = persist_each(&tx, &w, &events).await?;
+        for (&k, pos) in chain.iter().zip(positions) {
+            results[k] = Some(Ok(pos));
+        }
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("no result".into())))).collect())
+}
