@@ -16,7 +16,7 @@ use chancery_proto::ruma::{RoomId, UInt, UserId};
 use chancery_store::NewNotification;
 use serde_json::{Value as JsonValue, json};
 
-use crate::rooms::{ClientEventOptions, power_levels};
+use crate::rooms::{ClientEventOptions, StateMap, power_levels};
 use crate::{AuthedUser, Error, Services};
 
 /// A stored rule set, with the server's current default rules (whose
@@ -52,12 +52,15 @@ impl Services {
     }
 
     /// Who `pdu` notifies: every joined member but the sender (and the
-    /// target of an invite), by their own push rules.
+    /// target of an invite), by their own push rules. `auth_state` is the
+    /// state `pdu` was authorised against (its create and power levels
+    /// events are used from there when present).
     pub(crate) async fn evaluate_push(
         &self,
         room_id: &RoomId,
         pdu: &Pdu,
         rules: &RoomVersionRules,
+        auth_state: &StateMap,
     ) -> Result<Vec<NewNotification>, Error> {
         let is_member_event = pdu.event_type.to_string() == "m.room.member";
         let invitee = is_member_event
@@ -104,7 +107,11 @@ impl Services {
             (targets, stored, joined)
         };
         let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];
-        let power = power_levels(&self.state_subset(room_id, &keys).await?, rules)?;
+        let power = if keys.iter().all(|k| auth_state.contains_key(k)) {
+            power_levels(auth_state, rules)?
+        } else {
+            power_levels(&self.state_subset(room_id, &keys).await?, rules)?
+        };
         let power_ctx = PushConditionPowerLevelsCtx::from(power);
         let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         // Flattened once for every member (ruma's `get_actions` would

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_search.sql"),
     include_str!("../migrations/0008_push.sql"),
     include_str!("../migrations/0009_push_rule_owners.sql"),
+    include_str!("../migrations/0010_notifications_by_position.sql"),
 ];
 
 /// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes

@@ -6,28 +6,28 @@ use deadpool_postgres::Transaction;
 
 use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
 
+use crate::PostgresStore;
 use crate::accounts::{get, i, query, query_opt, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
-use crate::{PostgresStore, backend};
 
-/// Stores the notifications of an event about to be appended (same
-/// transaction, before the stream lock: rows are keyed by event id).
-pub(crate) async fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
+/// Stores the notifications of an event being appended (same transaction,
+/// right after the event's insert, under the stream lock: rows take the
+/// position the insert just allocated).
+pub(crate) async fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent) -> Result<(), tokio_postgres::Error> {
     if event.notifications.is_empty() {
         return Ok(());
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO notifications (user_id, event_id, room_id, actions, highlight)
-             SELECT u, $2, $3, a, h FROM UNNEST($1::text[], $4::text[], $5::bool[]) AS t(u, a, h)
+            "INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
+             SELECT u, $2, (SELECT pos FROM stream_position), a, h FROM UNNEST($1::text[], $3::text[], $4::bool[]) AS t(u, a, h)
              ON CONFLICT DO NOTHING",
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
     let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
     let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
-    tx.execute(&stmt, &[&users, &event.event_id, &event.room_id, &actions, &highlights]).await.map_err(backend)?;
+    tx.execute(&stmt, &[&users, &event.room_id, &actions, &highlights]).await?;
     Ok(())
 }
 
@@ -96,11 +96,25 @@ impl PushStore for PostgresStore {
         only_highlight: bool,
     ) -> StoreResult<Vec<StoredNotification>> {
         let client = self.client().await?;
+        // The newest of each of the user's rooms (found by skipping through
+        // the key), merged.
         let sql = format!(
-            "SELECT {EVENT_COLUMNS}, n.actions, n.highlight
-             FROM notifications n JOIN events e ON e.event_id = n.event_id {REDACTION_JOIN}
-             WHERE n.user_id = $1 AND e.stream_pos < $2 AND (NOT $3 OR n.highlight)
-             ORDER BY e.stream_pos DESC LIMIT $4"
+            "WITH RECURSIVE rooms AS (
+                 (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id
+                         ORDER BY m.room_id LIMIT 1)
+                 FROM rooms r WHERE r.room_id IS NOT NULL
+             )
+             SELECT {EVENT_COLUMNS}, n.actions, n.highlight
+             FROM rooms
+             CROSS JOIN LATERAL (
+                 SELECT * FROM notifications n
+                 WHERE n.user_id = $1 AND n.room_id = rooms.room_id AND n.stream_pos < $2 AND (NOT $3 OR n.highlight)
+                 ORDER BY n.stream_pos DESC LIMIT $4
+             ) n
+             JOIN events e ON e.stream_pos = n.stream_pos {REDACTION_JOIN}
+             ORDER BY n.stream_pos DESC LIMIT $4"
         );
         let rows = query(&client, &sql, &[&user_id, &before.map_or(i64::MAX, i), &only_highlight, &i(limit as u64)]).await?;
         rows.iter()
@@ -133,11 +147,11 @@ impl PushStore for PostgresStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT rel.relates_to, e.stream_pos, n.highlight FROM notifications n
-             JOIN events e ON e.event_id = n.event_id
-             LEFT JOIN relations rel ON rel.event_id = n.event_id AND rel.rel_type = 'm.thread'
-             WHERE n.user_id = $1 AND n.room_id = $2 AND e.stream_pos > $3
-             ORDER BY e.stream_pos LIMIT $4",
+            "SELECT rel.relates_to, n.stream_pos, n.highlight FROM notifications n
+             JOIN events e ON e.stream_pos = n.stream_pos
+             LEFT JOIN relations rel ON rel.event_id = e.event_id AND rel.rel_type = 'm.thread'
+             WHERE n.user_id = $1 AND n.room_id = $2 AND n.stream_pos > $3
+             ORDER BY n.stream_pos LIMIT $4",
             &[&user_id, &room_id, &i(after), &i(limit as u64)],
         )
         .await?;
@@ -171,8 +185,8 @@ impl PushStore for PostgresStore {
         let client = self.client().await?;
         let row = query_opt(
             &client,
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE n.highlight) FROM notifications n JOIN events e ON e.event_id = n.event_id
-             WHERE n.user_id = $1 AND n.room_id = $2 AND e.stream_pos > $3",
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE highlight) FROM notifications
+             WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3",
             &[&user_id, &room_id, &i(after)],
         )
         .await?

@@ -160,7 +160,6 @@ pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
     for event in events {
         let event = event.borrow();
         crate::search::index_event(tx, event).await?;
-        crate::push::insert_notifications(tx, event).await?;
     }
     let mut positions = Vec::with_capacity(events.len());
     for (n, event) in events.iter().enumerate() {
@@ -224,6 +223,8 @@ pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
             )
             .await
             },
+            // After `insert_event`: `stream_position` holds this event's position.
+            crate::push::insert_notifications(tx, event),
             async {
                 match &event.state_key {
                     Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
@@ -269,8 +270,20 @@ pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
                 }
             },
         );
-        let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, related, threaded) =
-            results;
+        let (
+            extremity,
+            redaction,
+            drop_thread,
+            rewind_thread,
+            drop_relation,
+            lock,
+            inserted,
+            notified,
+            closed,
+            opened,
+            related,
+            threaded,
+        ) = results;
         extremity.map_err(backend)?;
         redaction.map_err(backend)?;
         drop_thread.map_err(backend)?;
@@ -278,6 +291,7 @@ pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
         drop_relation.map_err(backend)?;
         lock.map_err(backend)?;
         positions.push(u(get(&inserted.map_err(insert_error)?, 0)?));
+        notified.map_err(backend)?;
         closed.map_err(backend)?;
         opened.map_err(backend)?;
         related.map_err(backend)?;
@@ -416,6 +430,23 @@ impl RoomStore for PostgresStore {
         );
         let rows = query(&client, &sql, &[&room_id, &at, &members]).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>> {
+        if keys.len() > MAX_STATE_KEYS_PER_READ {
+            return Err(StoreError::Invalid("keys"));
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let (types, state_keys): (Vec<&str>, Vec<&str>) = keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+             JOIN UNNEST($2::text[], $3::text[]) AS k(t, sk) ON s.event_type = k.t AND s.state_key = k.sk
+             WHERE s.room_id = $1 AND s.to_pos IS NULL"
+        );
+        query(&client, &sql, &[&room_id, &types, &state_keys]).await?.iter().map(event_from_row).collect()
     }
 
     async fn state_event(

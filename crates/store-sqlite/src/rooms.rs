@@ -323,6 +323,26 @@ impl RoomStore for SqliteStore {
         .await
     }
 
+    async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>> {
+        if keys.len() > MAX_STATE_KEYS_PER_READ {
+            return Err(StoreError::Invalid("keys"));
+        }
+        let (room_id, keys) = (room_id.to_owned(), keys.to_vec());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                 WHERE s.room_id = ?1 AND s.event_type = ?2 AND s.state_key = ?3 AND s.to_pos IS NULL"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let mut found = Vec::with_capacity(keys.len());
+            for (event_type, state_key) in &keys {
+                found.extend(stmt.query_row([&room_id, event_type, state_key], event_from_row).optional().map_err(backend)?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn state_event(
         &self,
         room_id: &str,

@@ -594,6 +594,17 @@ pub async fn rooms_create_append_and_read(store: DynStore) {
     let bob_at_6 = store.state_event(r, "m.room.member", "@bob:x", Some(6)).await.unwrap().unwrap();
     assert_eq!(bob_at_6.membership.as_deref(), Some("join"));
     assert!(store.state_event(r, "m.room.member", "@carol:x", None).await.unwrap().is_none());
+    let key = |t: &str, k: &str| (t.to_owned(), k.to_owned());
+    let keys =
+        [key("m.room.name", ""), key("m.room.member", "@bob:x"), key("m.room.member", "@carol:x"), key("m.room.create", "")];
+    let found = store.current_state_events(r, &keys).await.unwrap();
+    let mut some = ids(&found);
+    some.sort();
+    assert_eq!(some, ["$bobleave", "$create", "$name2"]);
+    assert!(store.current_state_events(r, &[]).await.unwrap().is_empty());
+    assert!(store.current_state_events("!nope:x", &keys).await.unwrap().is_empty());
+    let too_many = vec![key("m.room.name", ""); MAX_STATE_KEYS_PER_READ + 1];
+    assert!(matches!(store.current_state_events(r, &too_many).await, Err(StoreError::Invalid(_))));
 
     // Only the last change per key, and only if still in force at up_to.
     assert_eq!(ids(&store.state_changes(r, 3, 6).await.unwrap()), ["$name1", "$bobjoin"]);

@@ -173,6 +173,10 @@ pub trait RoomStore: Send + Sync {
     /// its member count.
     async fn state_at_with_members(&self, room_id: &str, at: Option<u64>, members: &[String]) -> StoreResult<Vec<StoredEvent>>;
 
+    /// The current state events of these (type, state key) pairs that
+    /// exist, in one round trip (at most [`MAX_STATE_KEYS_PER_READ`]).
+    async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>>;
+
     /// One state event at `at` (or now).
     async fn state_event(
         &self,
@@ -231,3 +235,7 @@ pub trait RoomStore: Send + Sync {
     /// position at or below it is visible to readers.
     async fn current_stream_pos(&self) -> StoreResult<u64>;
 }
+
+/// Most keys [`RoomStore::current_state_events`] takes (the auth rules
+/// name at most five).
+pub const MAX_STATE_KEYS_PER_READ: usize = 16;

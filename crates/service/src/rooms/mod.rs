@@ -181,13 +181,14 @@ impl Services {
 
     /// The current state events of the given keys (those that exist).
     pub(crate) async fn state_subset(&self, room_id: &RoomId, keys: &[(StateEventType, String)]) -> Result<StateMap, Error> {
+        let mut wanted: Vec<(String, String)> = keys.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
+        wanted.sort();
+        wanted.dedup();
         let mut state = StateMap::new();
-        for key in keys {
-            if state.contains_key(key) {
-                continue;
-            }
-            if let Some(e) = self.store().state_event(room_id.as_str(), &key.0.to_string(), &key.1, None).await? {
-                state.insert(key.clone(), Pdu::from_json(&e.event_id, &e.json)?);
+        for chunk in wanted.chunks(chancery_store::MAX_STATE_KEYS_PER_READ) {
+            for e in self.store().current_state_events(room_id.as_str(), chunk).await? {
+                let key = (StateEventType::from(e.event_type.as_str()), e.state_key.clone().unwrap_or_default());
+                state.insert(key, Pdu::from_json(&e.event_id, &e.json)?);
             }
         }
         Ok(state)

@@ -123,7 +123,7 @@ impl Services {
             let built =
                 pdu::build_pdu(&draft, &rules, &prev, &auth_events, depth, now_ms(), self.server_name(), self.signing_key())?;
             pdu::authorize(&rules, &built, &state)?;
-            let notifications = self.evaluate_push(room_id, &built, &rules).await?;
+            let notifications = self.evaluate_push(room_id, &built, &rules, &state).await?;
             let mut event = new_event(&built, room_id, txn.clone(), notifications);
             event.relates_to = relation.clone();
             let mut write = self.store().append_event(event, &extremities);
