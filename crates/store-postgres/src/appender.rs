@@ -93,14 +93,14 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
             }
         };
         for (job, result) in batch.into_iter().zip(results) {
-            if result.is_ok()
-                && let Some(listener) = listener.get()
-            {
+            let ok = result.is_ok();
+            // The caller first, then the syncs the event wakes (as on
+            // SQLite). The caller may have gone; the write stands either way.
+            let _ = job.done.send(result);
+            if ok && let Some(listener) = listener.get() {
                 let target = (job.event.event_type == "m.room.member").then_some(job.event.state_key.as_deref()).flatten();
                 listener(&job.event.room_id, target);
             }
-            // The caller may have gone; the write stands either way.
-            let _ = job.done.send(result);
         }
     }
 }

@@ -101,8 +101,8 @@ impl Writer {
     }
 
     /// Like [`Self::write`], and runs `committed` on the writer thread as
-    /// soon as the write is committed (not if it failed), before the caller
-    /// is woken.
+    /// soon as the write is committed (not if it failed), right after the
+    /// caller is woken.
     pub(crate) async fn write_then<T, F, C>(&self, f: F, committed: C) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -118,12 +118,16 @@ impl Writer {
                     (Ok(_), Some(e)) => Err(StoreError::Backend(e.to_string())),
                     (out, _) => out,
                 };
-                if out.is_ok() {
+                let ok = out.is_ok();
+                // The caller first: woken from this thread, its task is
+                // queued ahead of the syncs `committed` may wake (a room's
+                // thousand long-polls would otherwise all run before the
+                // sender hears back). The caller may have gone (its request
+                // was cancelled); the write stands either way.
+                let _ = done.send(out);
+                if ok {
                     committed();
                 }
-                // The caller may have gone (its request was cancelled);
-                // the write stands either way.
-                let _ = done.send(out);
             });
             (ok, finish)
         });
