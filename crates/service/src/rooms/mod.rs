@@ -62,6 +62,8 @@ pub(crate) struct RoomWriter {
     /// store commits queued appends in order: the next event is built on
     /// it instead of waiting for its commit.
     pub(crate) pending: Mutex<Option<PendingAppend>>,
+    /// The room's version once read (it never changes).
+    pub(crate) room_version: std::sync::OnceLock<String>,
 }
 
 #[derive(Clone)]

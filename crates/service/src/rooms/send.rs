@@ -99,8 +99,24 @@ impl Services {
                 // again from what the store holds.
                 writer.drain().await;
             }
-            let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
-            let (_, rules) = rules_of(&info.room_version)?;
+            // The pending event first: once it is settled (and forgotten),
+            // the room read after this sees it committed.
+            let pending = writer.pending().filter(|_| pipelined);
+            // Built on a pending event, the room's version (which never
+            // changes) is all that is needed of the room: no read.
+            let (room_version, extremities, depth) = match (pending, writer.room_version.get()) {
+                (Some(pending), Some(version)) => (version.clone(), vec![pending.event_id], pending.depth + 1),
+                (pending, _) => {
+                    let info =
+                        self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+                    let _ = writer.room_version.set(info.room_version.clone());
+                    match pending {
+                        Some(pending) => (info.room_version, vec![pending.event_id], pending.depth + 1),
+                        None => (info.room_version, info.forward_extremities, info.max_depth + 1),
+                    }
+                }
+            };
+            let (_, rules) = rules_of(&room_version)?;
             // Only the state the auth rules look at is loaded, so a send
             // costs the same in a room of 5 or 50,000 members.
             let auth_types = pdu::auth_types(&draft, &rules)?;
@@ -111,10 +127,6 @@ impl Services {
             let state = self.state_subset(room_id, &keys).await?;
             let auth_events: Vec<OwnedEventId> =
                 auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
-            let (extremities, depth) = match writer.pending().filter(|_| pipelined) {
-                Some(pending) => (vec![pending.event_id], pending.depth + 1),
-                None => (info.forward_extremities, info.max_depth + 1),
-            };
             let prev: Vec<OwnedEventId> = extremities
                 .iter()
                 .map(|e| EventId::parse(e.as_str()))
