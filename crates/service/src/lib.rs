@@ -102,13 +102,6 @@ struct Inner {
     /// Member events each device was sent by lazy-loading syncs: in
     /// memory, per node.
     lazy_members: lazy_members::LazyMembersCache,
-    /// Whether the store wakes syncs for the events it appends, at commit
-    /// (`Store::set_event_listener`); if not, `append` does once it returns.
-    store_wakes_events: bool,
-    /// Whether the store commits queued appends in order
-    /// (`Store::queues_appends_in_order`): a room's messages are then
-    /// pipelined (`rooms::send`).
-    store_queues_appends: bool,
     /// This process among the nodes sharing the database (random).
     node_id: u64,
     /// Whether other nodes may share the database (typing and presence
@@ -122,13 +115,13 @@ impl Services {
         let presence = presence::PresenceRuntime::new(config.presence_enabled);
         let updates = store.ephemeral_updates();
         let wakeups: Arc<wakeups::Wakeups> = Arc::default();
-        let store_wakes_events = {
+        // The store wakes the syncs an appended event concerns, at commit.
+        {
             let wakeups = Arc::clone(&wakeups);
             store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
                 wakeups.event(room_id, member_target);
-            }))
-        };
-        let store_queues_appends = store.queues_appends_in_order();
+            }));
+        }
         let services = Self {
             inner: Arc::new(Inner {
                 config,
@@ -139,8 +132,6 @@ impl Services {
                 presence,
                 typing: typing::TypingRuntime::new(),
                 wakeups,
-                store_wakes_events,
-                store_queues_appends,
                 lazy_members: lazy_members::LazyMembersCache::new(),
                 node_id: rand::random(),
                 shares_ephemeral: updates.is_some(),

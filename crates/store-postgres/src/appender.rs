@@ -4,7 +4,7 @@
 //! they share its round trips, its stream-lock window and its commit
 //! (one WAL flush). A room's events in a batch form a chain, each built on
 //! the one before (the service builds a room's next message on the one
-//! being committed, `Store::queues_appends_in_order`).
+//! being committed, as `RoomStore::append_event` allows).
 //!
 //! Each event is checked against its room's extremities as the batch
 //! goes: one that does not fit (another node wrote to the room) is answered
@@ -98,8 +98,7 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
             // SQLite). The caller may have gone; the write stands either way.
             let _ = job.done.send(result);
             if ok && let Some(listener) = listener.get() {
-                let target = (job.event.event_type == "m.room.member").then_some(job.event.state_key.as_deref()).flatten();
-                listener(&job.event.room_id, target);
+                listener(&job.event.room_id, job.event.member_target());
             }
         }
     }

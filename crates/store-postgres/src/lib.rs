@@ -180,15 +180,8 @@ impl Store for PostgresStore {
         self.listener.abort();
     }
 
-    fn set_event_listener(&self, listener: chancery_store::EventListener) -> bool {
-        self.event_listener.set(listener).is_ok()
-    }
-
-    fn queues_appends_in_order(&self) -> bool {
-        // One task per node commits the queued appends in order; another
-        // node's write to the same room makes them conflict, and the
-        // service builds them again.
-        true
+    fn set_event_listener(&self, listener: chancery_store::EventListener) {
+        let _ = self.event_listener.set(listener);
     }
 
     fn kind(&self) -> &'static str {

@@ -210,16 +210,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    fn set_event_listener(&self, listener: chancery_store::EventListener) -> bool {
+    fn set_event_listener(&self, listener: chancery_store::EventListener) {
         // Once per store: a second listener would be a second Services on
         // the same store, which nothing does.
-        self.event_listener.set(listener).is_ok()
-    }
-
-    fn queues_appends_in_order(&self) -> bool {
-        // One writer thread takes jobs from one channel, and `append_event`
-        // sends its job before its first await.
-        true
+        let _ = self.event_listener.set(listener);
     }
 
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {

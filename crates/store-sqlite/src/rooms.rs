@@ -200,7 +200,7 @@ impl RoomStore for SqliteStore {
         let prev = prev_extremities.to_vec();
         let listener = self.event_listener.get().cloned();
         let room_id = event.room_id.clone();
-        let target = (event.event_type == "m.room.member").then(|| event.state_key.clone()).flatten();
+        let target = event.member_target().map(str::to_owned);
         self.writer
             .write_then(
                 move |tx| append_in_tx(tx, &event, &prev),

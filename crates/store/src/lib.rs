@@ -193,21 +193,11 @@ pub trait Store:
     fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
-    /// Asks the backend to call `listener` for every event `append_event`
-    /// commits, right after the commit, on the thread that committed it
-    /// (so the syncs it wakes start while the sender's answer is still on
-    /// its way). Returns whether it will; a backend that returns `false`
-    /// leaves the caller to act once `append_event` returns.
-    fn set_event_listener(&self, _listener: EventListener) -> bool {
-        false
-    }
-    /// Whether `append_event` has queued its write by the time its future
-    /// is first polled, and commits queued appends in that order. The caller
-    /// may then build a room's next event on one still being committed: if
-    /// that one fails, the next fails with `Conflict("extremities")`.
-    fn queues_appends_in_order(&self) -> bool {
-        false
-    }
+    /// The backend calls `listener` for every event `append_event`
+    /// commits, right after the commit and the waking of its caller, on the
+    /// thread that committed it (so the syncs it wakes run while the
+    /// sender's answer is still on its way). Set once per store.
+    fn set_event_listener(&self, listener: EventListener);
 }
 
 /// Told of a committed event: its room, and for a membership event the

@@ -54,6 +54,13 @@ pub struct NewEvent {
     pub relates_to: Option<NewRelation>,
 }
 
+impl NewEvent {
+    /// The user a membership event is about; `None` for other events.
+    pub fn member_target(&self) -> Option<&str> {
+        (self.event_type == "m.room.member").then_some(self.state_key.as_deref()).flatten()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub event_id: String,
@@ -154,6 +161,11 @@ pub trait RoomStore: Send + Sync {
     /// redaction link if it redacts (which also breaks the target's
     /// relation), the event's own relation, the transaction key. Returns
     /// the event's stream position.
+    ///
+    /// The write is queued by the time the future is first polled, and
+    /// queued appends commit in that order: a caller may build a room's next
+    /// event on one still being committed (if that one fails, the next fails
+    /// with `Conflict("extremities")`).
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64>;
 
     async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>>;

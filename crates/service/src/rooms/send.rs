@@ -2,7 +2,7 @@
 
 use chancery_core::pdu::{self, EventDraft, Pdu};
 use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES, MAX_TXN_ID_BYTES};
-use chancery_proto::ruma::events::{StateEventType, TimelineEventType};
+use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
 use chancery_store::{NewEvent, NewNotification, StoreError, TxnKey};
 use serde_json::Value as JsonValue;
@@ -87,8 +87,7 @@ impl Services {
         // each. Only for events that change nothing the next one is checked
         // against: no state, no redaction, no recorded relation. The others
         // wait for the pending one and hold the lock until committed.
-        let pipelined =
-            self.inner.store_queues_appends && draft.state_key.is_none() && draft.redacts.is_none() && relation.is_none();
+        let pipelined = draft.state_key.is_none() && draft.redacts.is_none() && relation.is_none();
         if !pipelined {
             writer.drain().await;
         }
@@ -140,7 +139,7 @@ impl Services {
             event.relates_to = relation.clone();
             let mut write = self.store().append_event(event, &extremities);
             let result = if pipelined {
-                // The first poll queues the write (`queues_appends_in_order`).
+                // The first poll queues the write (`RoomStore::append_event`).
                 let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
                 let (settled, settled_rx) = tokio::sync::watch::channel(false);
                 let event_id = built.event_id.to_string();
@@ -157,14 +156,8 @@ impl Services {
                 write.await
             };
             match result {
-                Ok(pos) => {
-                    if !self.inner.store_wakes_events {
-                        let target =
-                            (built.event_type == TimelineEventType::RoomMember).then_some(built.state_key.as_deref()).flatten();
-                        self.wake_for_event(room_id.as_str(), target);
-                    }
-                    return Ok((built.event_id, pos));
-                }
+                // The store woke the syncs the event concerns at its commit.
+                Ok(pos) => return Ok((built.event_id, pos)),
                 Err(StoreError::Conflict("extremities")) => continue,
                 Err(StoreError::Conflict("txn")) => {
                     let txn = txn.as_ref().expect("txn conflict only with a txn");
