@@ -92,18 +92,19 @@ impl Services {
             let joined = self.store().member_summary(room_id.as_str(), "", 0).await?.joined;
             (targets, stored, joined)
         } else {
-            let members = self.store().members_of_room(room_id.as_str()).await?;
-            let joined = members.iter().filter(|m| m.membership == "join").count() as u64;
-            let targets: Vec<String> = members
-                .iter()
-                .filter(|m| m.membership == "join" && m.user_id != pdu.sender.as_str())
-                .map(|m| m.user_id.clone())
-                .collect();
+            let members = self.store().joined_members_with_push_rules(room_id.as_str()).await?;
+            let joined = members.len() as u64;
+            let mut stored = std::collections::HashMap::new();
+            let mut targets = Vec::with_capacity(members.len());
+            for (user_id, rules) in members.into_iter().filter(|(u, _)| u != pdu.sender.as_str()) {
+                if let Some(rules) = rules {
+                    stored.insert(user_id.clone(), rules);
+                }
+                targets.push(user_id);
+            }
             if targets.is_empty() {
                 return Ok(Vec::new());
             }
-            let stored: std::collections::HashMap<String, String> =
-                self.store().push_rules_of(&targets).await?.into_iter().collect();
             (targets, stored, joined)
         };
         let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];

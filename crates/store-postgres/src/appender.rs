@@ -17,12 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chancery_store::{EventListener, NewEvent, StoreError, StoreResult};
-use deadpool_postgres::Pool;
-use futures_util::future::join_all;
+use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::accounts::{get, i};
-use crate::rooms::{Writes, persist_each};
+use crate::rooms::{Step, Writes, persist_chains, pipeline};
 use crate::{backend, pool_error};
 
 /// Events committed together at most.
@@ -104,12 +103,17 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
     }
 }
 
+/// Extremities of each room of a batch: `None` for a room not found.
+type Extremities<'a> = BTreeMap<&'a str, Option<BTreeSet<String>>>;
+
 /// One transaction for `jobs`: an answer per job, or the error that
-/// failed the transaction as a whole.
+/// failed the transaction as a whole. Four round trips however many events
+/// and rooms the batch holds: BEGIN, locking the rooms and taking their
+/// extremities (one pipeline), writing the events that fit (another), and
+/// COMMIT.
 async fn append_batch(pool: &Pool, jobs: &[Job]) -> StoreResult<Vec<StoreResult<u64>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let w = Writes::prepare(&client).await?;
-    let tx = client.transaction().await.map_err(backend)?;
     // The rooms in one order on every node, so two batches never wait for
     // each other's room locks in a cycle.
     let mut depths: BTreeMap<&str, i64> = BTreeMap::new();
@@ -117,34 +121,63 @@ async fn append_batch(pool: &Pool, jobs: &[Job]) -> StoreResult<Vec<StoreResult<
         let depth = depths.entry(job.event.room_id.as_str()).or_default();
         *depth = (*depth).max(i(job.event.depth));
     }
-    // One round trip: lock each room, then take its extremities (each
-    // DELETE starts after its lock wait, so it sees the previous writer's).
-    let taken = join_all(depths.iter().map(|(room, depth)| {
-        let w = &w;
-        let tx = &tx;
-        async move {
-            tokio::join!(
-                biased;
-                async { tx.query_opt(&w.lock_room, &[room, depth]).await },
-                async { tx.query(&w.take_extremities, &[room]).await },
-            )
-        }
-    }))
-    .await;
-    let mut taken_by_room: BTreeMap<&str, Option<BTreeSet<String>>> = BTreeMap::new();
-    for ((room, _), (found, extremities)) in depths.iter().zip(taken) {
-        let extremities = if found.map_err(backend)?.is_some() {
-            Some(extremities.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<BTreeSet<_>>>()?)
-        } else {
-            None
-        };
-        taken_by_room.insert(room, extremities);
+    let tx = client.transaction().await.map_err(backend)?;
+    let taken = take_extremities(&tx, &w, &depths).await?;
+    let (mut results, chains) = fit(jobs, &taken);
+    if chains.is_empty() {
+        tx.rollback().await.map_err(backend)?;
+        return Ok(answers(results));
     }
+    // Rooms where nothing fits get their extremities back.
+    for (room, extremities) in &taken {
+        if let Some(extremities) = extremities
+            && !chains.contains_key(room)
+        {
+            for event_id in extremities {
+                tx.execute(&w.add_extremity, &[room, event_id]).await.map_err(backend)?;
+            }
+        }
+    }
+    let events: Vec<Vec<&NewEvent>> = chains.values().map(|chain| chain.iter().map(|&k| &jobs[k].event).collect()).collect();
+    let events: Vec<&[&NewEvent]> = events.iter().map(Vec::as_slice).collect();
+    for (chain, positions) in chains.values().zip(persist_chains(&tx, &w, &events).await?) {
+        for (&k, pos) in chain.iter().zip(positions) {
+            results[k] = Some(Ok(pos));
+        }
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(answers(results))
+}
 
-    // Which events fit, in queue order; each accepted one becomes its
-    // room's only extremity for the next.
-    let mut results: Vec<Option<StoreResult<u64>>> = Vec::with_capacity(jobs.len());
-    let mut current = taken_by_room.clone();
+/// Locks each room and takes its extremities, in one pipeline (each
+/// DELETE runs after its lock wait, so it sees the previous writer's).
+async fn take_extremities<'a>(tx: &Transaction<'_>, w: &Writes, depths: &BTreeMap<&'a str, i64>) -> StoreResult<Extremities<'a>> {
+    let steps: Vec<Step<'_, Option<BTreeSet<String>>>> = depths
+        .iter()
+        .map(|(room, depth)| -> Step<'_, _> {
+            Box::pin(async move {
+                let (found, extremities) = tokio::join!(
+                    biased;
+                    async { tx.query_opt(&w.lock_room, &[room, depth]).await },
+                    async { tx.query(&w.take_extremities, &[room]).await },
+                );
+                if found.map_err(backend)?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(extremities.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<_>>()?))
+            })
+        })
+        .collect();
+    Ok(depths.keys().copied().zip(pipeline(steps).await?).collect())
+}
+
+/// Which jobs fit, in queue order, given each room's extremities: each
+/// accepted one becomes its room's only extremity for the next. The
+/// answers of those that do not fit, and the chain of those that do, per
+/// room.
+fn fit<'a>(jobs: &'a [Job], extremities: &Extremities<'_>) -> (Vec<Option<StoreResult<u64>>>, BTreeMap<&'a str, Vec<usize>>) {
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut current = extremities.clone();
     let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (k, job) in jobs.iter().enumerate() {
         let room = job.event.room_id.as_str();
@@ -161,27 +194,9 @@ async fn append_batch(pool: &Pool, jobs: &[Job]) -> StoreResult<Vec<StoreResult<
             _ => results.push(Some(Err(StoreError::Invalid("room")))),
         }
     }
-    if chains.is_empty() {
-        tx.rollback().await.map_err(backend)?;
-        return Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Conflict("extremities")))).collect());
-    }
-    // Rooms where nothing fits get their extremities back.
-    for (room, extremities) in &taken_by_room {
-        if let Some(extremities) = extremities
-            && !chains.contains_key(room)
-        {
-            for event_id in extremities {
-                tx.execute(&w.add_extremity, &[room, event_id]).await.map_err(backend)?;
-            }
-        }
-    }
-    for (_, chain) in &chains {
-        let events: Vec<&NewEvent> = chain.iter().map(|&k| &jobs[k].event).collect();
-        let positions = persist_each(&tx, &w, &events).await?;
-        for (&k, pos) in chain.iter().zip(positions) {
-            results[k] = Some(Ok(pos));
-        }
-    }
-    tx.commit().await.map_err(backend)?;
-    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("no result".into())))).collect())
+    (results, chains)
+}
+
+fn answers(results: Vec<Option<StoreResult<u64>>>) -> Vec<StoreResult<u64>> {
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("no result".into())))).collect()
 }

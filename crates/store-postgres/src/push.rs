@@ -2,34 +2,12 @@
 
 use async_trait::async_trait;
 use chancery_store::*;
-use deadpool_postgres::Transaction;
 
 use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
 
 use crate::PostgresStore;
 use crate::accounts::{get, i, query, query_opt, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
-
-/// Stores the notifications of an event being appended (same transaction,
-/// right after the event's insert, under the stream lock: rows take the
-/// position the insert just allocated).
-pub(crate) async fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent) -> Result<(), tokio_postgres::Error> {
-    if event.notifications.is_empty() {
-        return Ok(());
-    }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
-             SELECT u, $2, (SELECT pos FROM stream_position), a, h FROM UNNEST($1::text[], $3::text[], $4::bool[]) AS t(u, a, h)
-             ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
-    let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
-    let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
-    tx.execute(&stmt, &[&users, &event.room_id, &actions, &highlights]).await?;
-    Ok(())
-}
 
 #[async_trait]
 impl PushStore for PostgresStore {
@@ -60,6 +38,20 @@ impl PushStore for PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT s.state_key, (a.content::jsonb -> 'global')::text FROM room_state s
+             LEFT JOIN account_data a ON a.user_id = s.state_key AND a.room_id = '' AND a.event_type = 'm.push_rules'
+             WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL AND s.membership = 'join'
+             ORDER BY s.state_key",
+            &[&room_id],
+        )
+        .await?;
+        rows.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect()
     }
 
     async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {

@@ -30,6 +30,10 @@
 //! after the lock are pipelined (sent together, one round trip), leaving
 //! the commit (its WAL flush) as the main cost inside the window.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use async_trait::async_trait;
 use chancery_store::*;
 use deadpool_postgres::{GenericClient, Transaction};
@@ -101,7 +105,11 @@ pub(crate) struct Writes {
     pub(crate) take_extremities: Statement,
     pub(crate) add_extremity: Statement,
     add_redaction: Statement,
+    notify: Statement,
+    index_text: Statement,
+    unindex: Statement,
     stream_lock: Statement,
+    insert_notifications: Statement,
     insert_event: Statement,
     close_state: Statement,
     open_state: Statement,
@@ -118,7 +126,18 @@ impl Writes {
             add_redaction: p("INSERT INTO redactions (target_event_id, redaction_event_id) VALUES ($1, $2)
                               ON CONFLICT (target_event_id) DO NOTHING")
             .await?,
+            notify: p("SELECT pg_notify('chancery_changes', '')").await?,
+            index_text: p(
+                "INSERT INTO event_search (event_id, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
+            )
+            .await?,
+            unindex: p("DELETE FROM event_search WHERE event_id = $1").await?,
             stream_lock: p("SELECT pg_advisory_xact_lock($1)").await?,
+            // After `insert_event`: `stream_position` holds the event's position.
+            insert_notifications: p("INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
+                                     SELECT u, $2, (SELECT pos FROM stream_position), a, h
+                                     FROM UNNEST($1::text[], $3::text[], $4::bool[]) AS t(u, a, h)")
+            .await?,
             insert_event: p("WITH p AS (UPDATE stream_position SET pos = pos + 1 RETURNING pos)
                              INSERT INTO events (event_id, room_id, stream_pos, event_type, state_key, sender,
                                                  origin_server_ts, depth, json, membership, txn_user, txn_device, txn_id)
@@ -144,67 +163,113 @@ impl Writes {
 /// deleted). Writes `events` in order and makes the last one the room's
 /// forward extremity; returns the position of the last one.
 pub(crate) async fn persist(tx: &Transaction<'_>, w: &Writes, events: &[NewEvent]) -> StoreResult<u64> {
-    Ok(persist_each(tx, w, events).await?.last().copied().unwrap_or(0))
+    let chain: Vec<&NewEvent> = events.iter().collect();
+    Ok(persist_chains(tx, w, &[&chain]).await?.pop().and_then(|p| p.last().copied()).unwrap_or(0))
 }
 
-/// Persists `events`, a chain in one room (each on the one before; the
-/// room's extremities already taken), and returns each one's position.
-pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
-    tx: &Transaction<'_>,
-    w: &Writes,
-    events: &[E],
-) -> StoreResult<Vec<u64>> {
-    // Sent at commit; queued before the stream lock so it costs nothing
-    // inside the lock window.
-    crate::notify::notify_in(tx).await?;
-    for event in events {
-        let event = event.borrow();
-        crate::search::index_event(tx, event).await?;
+/// One statement (or a few, joined) of a pipeline; see [`pipeline`].
+pub(crate) type Step<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+/// Runs `steps` as one pipeline: each is polled first in order, and
+/// tokio-postgres sends a statement at its first poll, so the server gets
+/// them in this order in one round trip and runs them in it. A step must
+/// therefore send every statement it has at its first poll (statements
+/// prepared beforehand, no await before). The first error in order is the
+/// answer: the statements after it fail because the transaction is
+/// aborted.
+pub(crate) async fn pipeline<T>(mut steps: Vec<Step<'_, T>>) -> StoreResult<Vec<T>> {
+    let mut done: Vec<Option<StoreResult<T>>> = steps.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (step, out) in steps.iter_mut().zip(done.iter_mut()) {
+            if out.is_none() {
+                match step.as_mut().poll(cx) {
+                    Poll::Ready(result) => *out = Some(result),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    done.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("a statement had no answer".into())))).collect()
+}
+
+/// Persists `chains`, each a chain of events in one room (each on the one
+/// before; the rooms' extremities already taken, or about to be by
+/// statements sent before this), and returns each event's position. All
+/// the statements go in one pipeline (see [`pipeline`]): the first poll
+/// sends them all.
+pub(crate) async fn persist_chains(tx: &Transaction<'_>, w: &Writes, chains: &[&[&NewEvent]]) -> StoreResult<Vec<Vec<u64>>> {
+    // Statements that need no position go first, before the stream lock,
+    // so they add nothing to its window. The NOTIFY is sent at commit.
+    let mut before: Vec<Step<'_, ()>> = vec![Box::pin(async { tx.execute(&w.notify, &[]).await.map(drop).map_err(backend) })];
+    for event in chains.iter().flat_map(|c| c.iter()) {
+        for (key, text) in &event.search_text {
+            before.push(Box::pin(async move {
+                tx.execute(&w.index_text, &[&event.event_id, &event.room_id, key, text]).await.map(drop).map_err(backend)
+            }));
+        }
+        // A redacted event leaves the search index.
+        if let Some(target) = &event.redacts {
+            before.push(Box::pin(async move { tx.execute(&w.unindex, &[target]).await.map(drop).map_err(backend) }));
+        }
     }
-    let mut positions = Vec::with_capacity(events.len());
-    for (n, event) in events.iter().enumerate() {
-        let event: &NewEvent = event.borrow();
-        let (first, last) = (n == 0, n + 1 == events.len());
-        let txn = event.txn.as_ref();
-        let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
-        let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
-        // Pipelined: `biased` polls, hence sends, them in this order, and
-        // the server runs them in order. Only the first error counts: the
-        // statements after it fail because the transaction is aborted.
-        let rw = &w.relations;
-        let results = tokio::join!(
-            biased;
-            async {
-                if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
-            },
-            async {
-                match &event.redacts {
-                    Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
-                    None => Ok(()),
-                }
-            },
-            // A redaction breaks its target's relation (see relations.rs).
-            async {
-                match &event.redacts {
-                    Some(target) => tx.execute(&rw.drop_thread, &[target]).await.map(drop),
-                    None => Ok(()),
-                }
-            },
-            async {
-                match &event.redacts {
-                    Some(target) => tx.execute(&rw.rewind_thread, &[target]).await.map(drop),
-                    None => Ok(()),
-                }
-            },
-            async {
-                match &event.redacts {
-                    Some(target) => tx.execute(&rw.drop_relation, &[target]).await.map(drop),
-                    None => Ok(()),
-                }
-            },
-            async { if first { tx.execute(&w.stream_lock, &[&STREAM_LOCK]).await.map(drop) } else { Ok(()) } },
-            async {
-                tx.query_one(
+    let mut steps: Vec<Step<'_, u64>> = Vec::new();
+    for chain in chains {
+        for (n, event) in chain.iter().enumerate() {
+            steps.push(Box::pin(persist_one(tx, w, event, steps.is_empty(), n + 1 == chain.len())));
+        }
+    }
+    let (before, positions) = tokio::join!(biased; pipeline(before), pipeline(steps));
+    before?;
+    let mut positions = positions?.into_iter();
+    Ok(chains.iter().map(|c| positions.by_ref().take(c.len()).collect()).collect())
+}
+
+/// The statements of one event: the stream lock first if `first`, and the
+/// room's new extremity if `last` of its chain.
+async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: bool, last: bool) -> StoreResult<u64> {
+    let txn = event.txn.as_ref();
+    let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
+    let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
+    let rw = &w.relations;
+    // `biased` polls, hence sends, them in this order, and the server runs
+    // them in order. Only the first error counts: the statements after it
+    // fail because the transaction is aborted.
+    let results = tokio::join!(
+        biased;
+        async {
+            if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
+        },
+        async {
+            match &event.redacts {
+                Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
+                None => Ok(()),
+            }
+        },
+        // A redaction breaks its target's relation (see relations.rs).
+        async {
+            match &event.redacts {
+                Some(target) => tx.execute(&rw.drop_thread, &[target]).await.map(drop),
+                None => Ok(()),
+            }
+        },
+        async {
+            match &event.redacts {
+                Some(target) => tx.execute(&rw.rewind_thread, &[target]).await.map(drop),
+                None => Ok(()),
+            }
+        },
+        async {
+            match &event.redacts {
+                Some(target) => tx.execute(&rw.drop_relation, &[target]).await.map(drop),
+                None => Ok(()),
+            }
+        },
+        async { if first { tx.execute(&w.stream_lock, &[&STREAM_LOCK]).await.map(drop) } else { Ok(()) } },
+        async {
+            tx.query_one(
                 &w.insert_event,
                 &[
                     &event.event_id,
@@ -222,82 +287,81 @@ pub(crate) async fn persist_each<E: std::borrow::Borrow<NewEvent> + Sync>(
                 ],
             )
             .await
-            },
-            // After `insert_event`: `stream_position` holds this event's position.
-            crate::push::insert_notifications(tx, event),
-            async {
-                match &event.state_key {
-                    Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
-                    None => Ok(()),
+        },
+        // After `insert_event`: `stream_position` holds this event's position.
+        async {
+            if event.notifications.is_empty() {
+                return Ok(());
+            }
+            let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
+            let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
+            let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
+            tx.execute(&w.insert_notifications, &[&users, &event.room_id, &actions, &highlights]).await.map(drop)
+        },
+        async {
+            match &event.state_key {
+                Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
+                None => Ok(()),
+            }
+        },
+        async {
+            match &event.state_key {
+                Some(key) => tx
+                    .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &event.membership])
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        },
+        // After `insert_event`: `stream_position` holds this event's position.
+        async {
+            match &event.relates_to {
+                Some(rel) => tx
+                    .execute(
+                        &rw.add_relation,
+                        &[&event.event_id, &event.room_id, &rel.parent, &rel.rel_type, &event.event_type, &event.sender, &rel.key],
+                    )
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        },
+        async {
+            match &event.relates_to {
+                Some(rel) if rel.rel_type == "m.thread" => {
+                    tx.execute(&rw.touch_thread, &[&rel.parent, &event.room_id]).await.map(drop)
                 }
-            },
-            async {
-                match &event.state_key {
-                    Some(key) => tx
-                        .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &event.membership])
-                        .await
-                        .map(drop),
-                    None => Ok(()),
-                }
-            },
-            // After `insert_event`: `stream_position` holds this event's position.
-            async {
-                match &event.relates_to {
-                    Some(rel) => tx
-                        .execute(
-                            &rw.add_relation,
-                            &[
-                                &event.event_id,
-                                &event.room_id,
-                                &rel.parent,
-                                &rel.rel_type,
-                                &event.event_type,
-                                &event.sender,
-                                &rel.key,
-                            ],
-                        )
-                        .await
-                        .map(drop),
-                    None => Ok(()),
-                }
-            },
-            async {
-                match &event.relates_to {
-                    Some(rel) if rel.rel_type == "m.thread" => {
-                        tx.execute(&rw.touch_thread, &[&rel.parent, &event.room_id]).await.map(drop)
-                    }
-                    _ => Ok(()),
-                }
-            },
-        );
-        let (
-            extremity,
-            redaction,
-            drop_thread,
-            rewind_thread,
-            drop_relation,
-            lock,
-            inserted,
-            notified,
-            closed,
-            opened,
-            related,
-            threaded,
-        ) = results;
-        extremity.map_err(backend)?;
-        redaction.map_err(backend)?;
-        drop_thread.map_err(backend)?;
-        rewind_thread.map_err(backend)?;
-        drop_relation.map_err(backend)?;
-        lock.map_err(backend)?;
-        positions.push(u(get(&inserted.map_err(insert_error)?, 0)?));
-        notified.map_err(backend)?;
-        closed.map_err(backend)?;
-        opened.map_err(backend)?;
-        related.map_err(backend)?;
-        threaded.map_err(backend)?;
-    }
-    Ok(positions)
+                _ => Ok(()),
+            }
+        },
+    );
+    let (
+        extremity,
+        redaction,
+        drop_thread,
+        rewind_thread,
+        drop_relation,
+        lock,
+        inserted,
+        notified,
+        closed,
+        opened,
+        related,
+        threaded,
+    ) = results;
+    extremity.map_err(backend)?;
+    redaction.map_err(backend)?;
+    drop_thread.map_err(backend)?;
+    rewind_thread.map_err(backend)?;
+    drop_relation.map_err(backend)?;
+    lock.map_err(backend)?;
+    let position = u(get(&inserted.map_err(insert_error)?, 0)?);
+    notified.map_err(backend)?;
+    closed.map_err(backend)?;
+    opened.map_err(backend)?;
+    related.map_err(backend)?;
+    threaded.map_err(backend)?;
+    Ok(position)
 }
 
 const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.event_id";

@@ -3,30 +3,10 @@
 
 use async_trait::async_trait;
 use chancery_store::*;
-use deadpool_postgres::Transaction;
 
 use crate::accounts::{get, i, query, query_opt, u};
 use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
 use crate::{PostgresStore, backend};
-
-/// Indexes an event about to be appended (same transaction, before the
-/// stream lock is taken: the row is keyed by event id, not position).
-pub(crate) async fn index_event(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
-    for (key, text) in &event.search_text {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO event_search (event_id, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(&stmt, &[&event.event_id, &event.room_id, key, text]).await.map_err(backend)?;
-    }
-    if let Some(target) = &event.redacts {
-        let stmt = tx.prepare_cached("DELETE FROM event_search WHERE event_id = $1").await.map_err(backend)?;
-        tx.execute(&stmt, &[target]).await.map_err(backend)?;
-    }
-    Ok(())
-}
 
 /// A tsquery matching every word, the last as a prefix. Words are
 /// alphanumeric (the service splits terms), so they need no quoting

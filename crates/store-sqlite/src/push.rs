@@ -14,8 +14,7 @@ use crate::{SqliteStore, backend};
 pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
     for n in &event.notifications {
         tx.prepare_cached(
-            "INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .and_then(|mut s| s.execute(params![n.user_id, event.room_id, pos, n.actions_json, n.highlight]))
         .map_err(backend)?;
@@ -51,6 +50,23 @@ impl PushStore for SqliteStore {
             let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?))).map_err(backend)?;
             let rows = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
             Ok(rows.into_iter().filter_map(|(u, r)| r.map(|r| (u, r))).collect())
+        })
+        .await
+    }
+
+    async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>> {
+        let room_id = room_id.to_owned();
+        self.read_heavy(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT s.state_key, json_extract(a.content, '$.global') FROM room_state s INDEXED BY room_state_current
+                     LEFT JOIN account_data a ON a.user_id = s.state_key AND a.room_id = '' AND a.event_type = 'm.push_rules'
+                     WHERE s.room_id = ?1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL AND s.membership = 'join'
+                     ORDER BY s.state_key",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
     }

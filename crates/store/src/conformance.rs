@@ -463,6 +463,12 @@ pub async fn push_rules_are_read_per_user_and_per_room(store: DynStore) {
         [("@alice:x".to_owned(), json!({"override": [], "owner": "@alice:x"}))]
     );
     assert!(store.push_rules_in_room("!nope:x").await.unwrap().is_empty());
+    // Every joined member, with rules or without, in user id order.
+    let members = store.joined_members_with_push_rules(r).await.unwrap();
+    let members: Vec<(&str, Option<serde_json::Value>)> =
+        members.iter().map(|(u, rules)| (u.as_str(), rules.as_deref().map(|j| serde_json::from_str(j).unwrap()))).collect();
+    assert_eq!(members, [("@alice:x", Some(json!({"override": [], "owner": "@alice:x"}))), ("@bob:x", None)]);
+    assert!(store.joined_members_with_push_rules("!nope:x").await.unwrap().is_empty());
     let asked = ["@alice:x", "@bob:x", "@dave:x"].map(str::to_owned);
     let got = sorted(store.push_rules_of(&asked).await.unwrap());
     assert_eq!(got.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["@alice:x", "@dave:x"]);

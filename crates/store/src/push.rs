@@ -40,6 +40,11 @@ pub trait PushStore: Send + Sync {
     /// member of a room): (user_id, ruleset JSON) for those who have one.
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>>;
 
+    /// Every joined member of the room (by user id), with their rule set if
+    /// they have one: what evaluating a message for the room needs, in one
+    /// read.
+    async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>>;
+
     /// Rule sets of the room's joined members who have one; costs what the
     /// number of users with rules of their own does, not the room's size.
     async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>>;

@@ -47,7 +47,7 @@ pub struct NewEvent {
     /// `content.body`, `content.name`, `content.topic`. Empty for events
     /// that are not searchable (encrypted ones among them).
     pub search_text: Vec<(String, String)>,
-    /// Members this event notifies, per their push rules.
+    /// Members this event notifies, per their push rules (each user once).
     pub notifications: Vec<crate::NewNotification>,
     /// The relation to record with the event (see `relations.rs`), if the
     /// service accepted the one in its content.

@@ -72,11 +72,28 @@ async fn room_rules(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
-    bob.say(&public, "b1", "hi from bob").await;
+    let b1 = bob.say(&public, "b1", "hi from bob").await;
+    let root = alice.say(&public, "root", "a thread root").await;
     // Alice kicks bob: he can no longer send; bans keep him out.
     alice.ok(Method::POST, &format!("/rooms/{public}/kick"), Some(json!({"user_id": bob.id, "reason": "test"}))).await;
     assert_error(
         &bob.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b2"), Some(json!({"body": "x"}))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Nor reply in a thread (its root is not looked at for him).
+    let reply = json!({"body": "x", "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    assert_error(
+        &bob.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b3"), Some(reply)).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // A retried transaction still answers with the event it sent.
+    let again = bob.ok(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b1"), Some(json!({"body": "hi"}))).await;
+    assert_eq!(again["event_id"], b1.as_str());
+    // A room the server does not know answers as one the sender is not in.
+    assert_error(
+        &bob.call(Method::PUT, "/rooms/!unknown:localhost/send/m.room.message/u", Some(json!({"body": "x"}))).await,
         403,
         "M_FORBIDDEN",
     );

@@ -64,13 +64,13 @@ pub struct ThreadsPage {
 
 /// `content["m.relates_to"]` with a `rel_type` and a well-formed `event_id`
 /// (anything else is a rich reply, or no relation the server handles).
-struct Declared {
+pub(super) struct Declared {
     parent: String,
     rel_type: String,
     key: Option<String>,
 }
 
-fn declared(content: &JsonValue) -> Option<Declared> {
+pub(super) fn declared(content: &JsonValue) -> Option<Declared> {
     let relates_to = content.get("m.relates_to")?;
     let rel_type = relates_to.get("rel_type")?.as_str()?.to_owned();
     let parent = relates_to.get("event_id")?.as_str()?;

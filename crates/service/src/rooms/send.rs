@@ -67,9 +67,32 @@ impl Services {
     pub(crate) async fn append(
         &self,
         room_id: &RoomId,
-        mut draft: EventDraft,
+        draft: EventDraft,
         txn: Option<TxnKey>,
     ) -> Result<(OwnedEventId, u64), Error> {
+        self.append_checked(room_id, draft, txn, false).await
+    }
+
+    /// [`Self::append`] for a sender who must be joined to the room, checked
+    /// on the state the event is authorised against (no read of its own).
+    /// Rooms the server does not know answer as rooms the sender is not in.
+    async fn append_as_member(
+        &self,
+        room_id: &RoomId,
+        draft: EventDraft,
+        txn: Option<TxnKey>,
+    ) -> Result<(OwnedEventId, u64), Error> {
+        self.append_checked(room_id, draft, txn, true).await
+    }
+
+    async fn append_checked(
+        &self,
+        room_id: &RoomId,
+        mut draft: EventDraft,
+        txn: Option<TxnKey>,
+        must_be_joined: bool,
+    ) -> Result<(OwnedEventId, u64), Error> {
+        let not_joined = || Error::Forbidden("you are not joined to this room".into());
         draft.room_id = Some(room_id.to_owned());
         let writer = self.inner.rooms.lock_for(room_id);
         let mut guard = Some(writer.lock.lock().await);
@@ -77,6 +100,11 @@ impl Services {
             && let Some(existing) = self.store().event_for_txn(txn).await?
         {
             return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
+        }
+        // The relation's parent is looked at before the event is built:
+        // only members may learn what it says of the room's events.
+        if must_be_joined && super::relations::declared(&draft.content).is_some() {
+            self.ensure_joined(room_id, &draft.sender).await?;
         }
         // Under the lock: no other send of this node can record a relation
         // that would change the verdict (duplicate annotations).
@@ -106,8 +134,11 @@ impl Services {
             let (room_version, extremities, depth) = match (pending, writer.room_version.get()) {
                 (Some(pending), Some(version)) => (version.clone(), vec![pending.event_id], pending.depth + 1),
                 (pending, _) => {
-                    let info =
-                        self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+                    let info = self
+                        .store()
+                        .room(room_id.as_str())
+                        .await?
+                        .ok_or_else(|| if must_be_joined { not_joined() } else { Error::NotFound("unknown room".into()) })?;
                     let _ = writer.room_version.set(info.room_version.clone());
                     match pending {
                         Some(pending) => (info.room_version, vec![pending.event_id], pending.depth + 1),
@@ -124,6 +155,15 @@ impl Services {
             let mut keys = auth_types.clone();
             keys.push((StateEventType::RoomCreate, String::new()));
             let state = self.state_subset(room_id, &keys).await?;
+            // The sender's membership is among the auth state of every event.
+            if must_be_joined {
+                let member = state.get(&(StateEventType::RoomMember, draft.sender.to_string()));
+                if member.and_then(|m| m.content_json().get("membership").and_then(|m| m.as_str()).map(str::to_owned)).as_deref()
+                    != Some("join")
+                {
+                    return Err(not_joined());
+                }
+            }
             let auth_events: Vec<OwnedEventId> =
                 auth_types.iter().filter_map(|key| state.get(key)).map(|p| p.event_id.clone()).collect();
             let prev: Vec<OwnedEventId> = extremities
@@ -190,7 +230,6 @@ impl Services {
         if event_type == "m.room.redaction" {
             return Err(Error::InvalidParam("use /redact to redact events".into()));
         }
-        self.ensure_joined(room_id, &user.user_id).await?;
         let draft = EventDraft {
             room_id: None,
             sender: user.user_id.clone(),
@@ -200,7 +239,7 @@ impl Services {
             redacts: None,
         };
         let txn = TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: txn_id.to_owned() };
-        Ok(self.append(room_id, draft, Some(txn)).await?.0)
+        Ok(self.append_as_member(room_id, draft, Some(txn)).await?.0)
     }
 
     /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
