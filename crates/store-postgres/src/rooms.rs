@@ -109,7 +109,6 @@ pub(crate) struct Writes {
     index_text: Statement,
     unindex: Statement,
     stream_lock: Statement,
-    insert_notifications: Statement,
     insert_event: Statement,
     close_state: Statement,
     open_state: Statement,
@@ -133,18 +132,19 @@ impl Writes {
             .await?,
             unindex: p("DELETE FROM event_search WHERE event_id = $1").await?,
             stream_lock: p("SELECT pg_advisory_xact_lock($1)").await?,
-            // After `insert_event`: `stream_position` holds the event's position.
-            insert_notifications: p("INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
-                                     SELECT u, $2, (SELECT pos FROM stream_position), a, h
-                                     FROM UNNEST($1::text[], $3::text[], $4::bool[]) AS t(u, a, h)")
-            .await?,
-            insert_event: p("WITH p AS (UPDATE stream_position SET pos = pos + 1 RETURNING pos)
-                             INSERT INTO events (event_id, room_id, stream_pos, event_type, state_key, sender,
-                                                 origin_server_ts, depth, json, membership, txn_user, txn_device, txn_id)
-                             SELECT $1::text, $2::text, p.pos, $3::text, $4::text, $5::text, $6::bigint, $7::bigint,
-                                    $8::text, $9::text, $10::text, $11::text, $12::text
-                             FROM p
-                             RETURNING stream_pos")
+            // The event and the notifications it makes, at the position
+            // it allocates: one statement.
+            insert_event: p("WITH p AS (UPDATE stream_position SET pos = pos + 1 RETURNING pos),
+                             e AS (INSERT INTO events (event_id, room_id, stream_pos, event_type, state_key, sender,
+                                                       origin_server_ts, depth, json, membership, txn_user, txn_device, txn_id)
+                                   SELECT $1::text, $2::text, p.pos, $3::text, $4::text, $5::text, $6::bigint, $7::bigint,
+                                          $8::text, $9::text, $10::text, $11::text, $12::text
+                                   FROM p
+                                   RETURNING stream_pos),
+                             n AS (INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
+                                   SELECT t.u, $2::text, e.stream_pos, t.a, t.h
+                                   FROM e, UNNEST($13::text[], $14::text[], $15::bool[]) AS t(u, a, h))
+                             SELECT stream_pos FROM e")
             .await?,
             // Both run after `insert_event` in the same transaction, so
             // `stream_position` holds this event's position.
@@ -234,6 +234,9 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
     let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
     let rw = &w.relations;
+    let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
+    let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
+    let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
     // `biased` polls, hence sends, them in this order, and the server runs
     // them in order. Only the first error counts: the statements after it
     // fail because the transaction is aborted.
@@ -284,19 +287,12 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
                     &user,
                     &device,
                     &txn_id,
+                    &users,
+                    &actions,
+                    &highlights,
                 ],
             )
             .await
-        },
-        // After `insert_event`: `stream_position` holds this event's position.
-        async {
-            if event.notifications.is_empty() {
-                return Ok(());
-            }
-            let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
-            let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
-            let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
-            tx.execute(&w.insert_notifications, &[&users, &event.room_id, &actions, &highlights]).await.map(drop)
         },
         async {
             match &event.state_key {
@@ -343,7 +339,6 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         drop_relation,
         lock,
         inserted,
-        notified,
         closed,
         opened,
         related,
@@ -356,7 +351,6 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     drop_relation.map_err(backend)?;
     lock.map_err(backend)?;
     let position = u(get(&inserted.map_err(insert_error)?, 0)?);
-    notified.map_err(backend)?;
     closed.map_err(backend)?;
     opened.map_err(backend)?;
     related.map_err(backend)?;
