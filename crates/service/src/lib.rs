@@ -119,7 +119,7 @@ impl Services {
         {
             let wakeups = Arc::clone(&wakeups);
             store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
-                wakeups.event(room_id, member_target);
+                wakeups.event(room_id, member_target)
             }));
         }
         let services = Self {

@@ -17,9 +17,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use chancery_store::AfterCaller;
 use tokio::sync::Notify;
 
 type Waiters = HashMap<u64, Arc<Notify>>;
+
+/// Syncs an event wakes before its sender is answered, at most; beyond
+/// that, all of them are woken after.
+const WOKEN_BEFORE_SENDER: usize = 8;
 
 #[derive(Default)]
 struct Registry {
@@ -48,11 +53,26 @@ impl Wakeups {
 
     /// An event was committed: its room's waiters, and for a membership
     /// event its target's (who may not be waiting on the room yet).
-    pub(crate) fn event(&self, room_id: &str, member_target: Option<&str>) {
-        self.room(room_id);
-        if let Some(user_id) = member_target {
-            self.user(user_id);
+    ///
+    /// Called before the sender is answered (see `Store::set_event_listener`).
+    /// A few waiters (a direct chat, a small room) are woken at once, so the
+    /// message reaches them while the sender's answer is on its way; more
+    /// are woken by what this returns, run once the sender is woken, so
+    /// the sender does not wait behind a big room's sync passes. Waiters
+    /// that register after this point look for changes after the commit,
+    /// so none misses the event.
+    pub(crate) fn event(&self, room_id: &str, member_target: Option<&str>) -> Option<AfterCaller> {
+        let r = self.registry();
+        let room = r.by_room.get(room_id);
+        let user = member_target.and_then(|u| r.by_user.get(u));
+        let count = room.map_or(0, HashMap::len) + user.map_or(0, HashMap::len);
+        let waiters = room.into_iter().chain(user).flat_map(HashMap::values);
+        if count <= WOKEN_BEFORE_SENDER {
+            waiters.for_each(|n| n.notify_one());
+            return None;
         }
+        let waiters: Vec<Arc<Notify>> = waiters.cloned().collect();
+        Some(Box::new(move || waiters.iter().for_each(|n| n.notify_one())))
     }
 
     /// Something of the user's changed: account data, push rules, or a
@@ -156,6 +176,28 @@ mod tests {
 
     async fn woke(i: &Interest) -> bool {
         tokio::time::timeout(Duration::from_millis(20), i.changed()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_event_wakes_a_few_syncs_at_once_and_many_after_its_sender() {
+        let w = Arc::new(Wakeups::default());
+        let small: Vec<Interest> = (0..2).map(|n| w.register(&format!("@s{n}:x"), rooms(&["!small"]))).collect();
+        let invitee = w.register("@new:x", rooms(&[]));
+        assert!(w.event("!small", Some("@new:x")).is_none(), "three waiters are woken at once");
+        for i in small.iter().chain([&invitee]) {
+            assert!(woke(i).await);
+        }
+
+        let big: Vec<Interest> = (0..=WOKEN_BEFORE_SENDER).map(|n| w.register(&format!("@b{n}:x"), rooms(&["!big"]))).collect();
+        let after = w.event("!big", None).expect("too many to wake before the sender");
+        for i in &big {
+            assert!(!woke(i).await, "not before the sender");
+        }
+        // Once the sender is woken, they all are.
+        after();
+        for i in &big {
+            assert!(woke(i).await);
+        }
     }
 
     #[tokio::test]

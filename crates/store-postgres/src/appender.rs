@@ -92,12 +92,16 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
             }
         };
         for (job, result) in batch.into_iter().zip(results) {
-            let ok = result.is_ok();
-            // The caller first, then the syncs the event wakes (as on
-            // SQLite). The caller may have gone; the write stands either way.
+            // The listener decides which syncs are woken before the caller
+            // and which after (as on SQLite). The caller may have gone; the
+            // write stands either way.
+            let after = match (&result, listener.get()) {
+                (Ok(_), Some(listener)) => listener(&job.event.room_id, job.event.member_target()),
+                _ => None,
+            };
             let _ = job.done.send(result);
-            if ok && let Some(listener) = listener.get() {
-                listener(&job.event.room_id, job.event.member_target());
+            if let Some(after) = after {
+                after();
             }
         }
     }

@@ -331,19 +331,8 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
             }
         },
     );
-    let (
-        extremity,
-        redaction,
-        drop_thread,
-        rewind_thread,
-        drop_relation,
-        lock,
-        inserted,
-        closed,
-        opened,
-        related,
-        threaded,
-    ) = results;
+    let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, related, threaded) =
+        results;
     extremity.map_err(backend)?;
     redaction.map_err(backend)?;
     drop_thread.map_err(backend)?;

@@ -202,14 +202,7 @@ impl RoomStore for SqliteStore {
         let room_id = event.room_id.clone();
         let target = event.member_target().map(str::to_owned);
         self.writer
-            .write_then(
-                move |tx| append_in_tx(tx, &event, &prev),
-                move || {
-                    if let Some(listener) = listener {
-                        listener(&room_id, target.as_deref());
-                    }
-                },
-            )
+            .write_then(move |tx| append_in_tx(tx, &event, &prev), move || listener.and_then(|l| l(&room_id, target.as_deref())))
             .await
     }
 

@@ -97,17 +97,17 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        self.write_then(f, || {}).await
+        self.write_then(f, || None).await
     }
 
     /// Like [`Self::write`], and runs `committed` on the writer thread as
-    /// soon as the write is committed (not if it failed), right after the
-    /// caller is woken.
+    /// soon as the write is committed (not if it failed), before the caller
+    /// is woken, and what it returns right after.
     pub(crate) async fn write_then<T, F, C>(&self, f: F, committed: C) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
-        C: FnOnce() + Send + 'static,
+        C: FnOnce() -> Option<chancery_store::AfterCaller> + Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |tx| {
@@ -118,15 +118,14 @@ impl Writer {
                     (Ok(_), Some(e)) => Err(StoreError::Backend(e.to_string())),
                     (out, _) => out,
                 };
-                let ok = out.is_ok();
-                // The caller first: woken from this thread, its task is
-                // queued ahead of the syncs `committed` may wake (a room's
-                // thousand long-polls would otherwise all run before the
-                // sender hears back). The caller may have gone (its request
-                // was cancelled); the write stands either way.
+                // Tasks woken from this thread are queued in the order they
+                // are woken: `committed` decides what goes ahead of the
+                // caller and what after. The caller may have gone (its
+                // request was cancelled); the write stands either way.
+                let after = if out.is_ok() { committed() } else { None };
                 let _ = done.send(out);
-                if ok {
-                    committed();
+                if let Some(after) = after {
+                    after();
                 }
             });
             (ok, finish)

@@ -194,15 +194,21 @@ pub trait Store:
         None
     }
     /// The backend calls `listener` for every event `append_event`
-    /// commits, right after the commit and the waking of its caller, on the
-    /// thread that committed it (so the syncs it wakes run while the
-    /// sender's answer is still on its way). Set once per store.
+    /// commits, on the thread that committed it: right after the commit and
+    /// before waking the caller, then runs what it returned right after
+    /// waking the caller. So the listener decides which syncs run ahead of
+    /// the sender's answer and which after it. Set once per store.
     fn set_event_listener(&self, listener: EventListener);
 }
 
 /// Told of a committed event: its room, and for a membership event the
-/// user it is about. It must not block (it runs on the writer's thread).
-pub type EventListener = Arc<dyn Fn(&str, Option<&str>) + Send + Sync>;
+/// user it is about. Neither it nor what it returns may block (they run
+/// on the writer's thread).
+pub type EventListener = Arc<dyn Fn(&str, Option<&str>) -> Option<AfterCaller> + Send + Sync>;
+
+/// What an [`EventListener`] leaves to run once the caller of
+/// `append_event` is woken.
+pub type AfterCaller = Box<dyn FnOnce() + Send>;
 
 /// Largest payload of [`Store::publish_ephemeral`] (PostgreSQL's NOTIFY
 /// takes less than 8,000 bytes).
