@@ -257,11 +257,16 @@ impl Services {
             .map(|l| u64::from(l) as usize)
             .unwrap_or(DEFAULT_SYNC_TIMELINE_LIMIT)
             .clamp(1, MAX_SYNC_TIMELINE_LIMIT);
-        let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
+        // Independent reads, side by side (on PostgreSQL, each its own
+        // round trip at the same time).
+        let (memberships, (mut global_account_data, mut room_account_data), quiet_rooms_known) = tokio::try_join!(
+            async { Ok::<_, Error>(self.store().memberships_of_user(user.user_id.as_str()).await?) },
+            self.account_data_since(user, req, since, cut),
+            self.rooms_with_news(req, since, cut),
+        )?;
         let memberships: Vec<&Membership> =
             memberships.iter().filter(|m| m.stream_pos <= cut.events && room_allowed(&req.filter, &m.room_id)).collect();
 
-        let (mut global_account_data, mut room_account_data) = self.account_data_since(user, req, since, cut).await?;
         if since.is_none() && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
             // Clients read their push rules from the initial sync; users who
             // never changed them have the server defaults.
@@ -290,21 +295,6 @@ impl Services {
         let mut invite = Map::new();
         let mut knock = Map::new();
         let mut leave = Map::new();
-        // An incremental sync over a short gap looks only at the rooms with
-        // news, so a user in 500 rooms does not cost 500 reads per message.
-        let quiet_rooms_known = match since {
-            Some(s) if !req.full_state => {
-                let (events, receipts) = (cut.events.saturating_sub(s.events), cut.receipts.saturating_sub(s.receipts));
-                if events + receipts <= MAX_CHANGED_SCAN {
-                    let changed =
-                        self.store().rooms_changed((s.events, cut.events), (s.receipts, cut.receipts), MAX_CHANGED_ROOMS).await?;
-                    changed.map(|rooms| rooms.into_iter().collect::<BTreeSet<String>>())
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
         for m in memberships {
             let changed_since = since.is_none_or(|s| m.stream_pos > s.events);
             let account_data = room_account_data.remove(&m.room_id).unwrap_or_default();
@@ -353,6 +343,24 @@ impl Services {
 
     /// Account data changed since the token (all of it on an initial sync),
     /// as events: the global ones, and the per-room ones by room.
+    /// The rooms with events or receipts between the tokens, when that is
+    /// cheap to know: an incremental sync over a short gap looks only at
+    /// them, so a user in 500 rooms does not cost 500 reads per message.
+    async fn rooms_with_news(
+        &self,
+        req: &SyncRequest,
+        since: Option<StreamToken>,
+        cut: StreamToken,
+    ) -> Result<Option<BTreeSet<String>>, Error> {
+        let Some(s) = since.filter(|_| !req.full_state) else { return Ok(None) };
+        let (events, receipts) = (cut.events.saturating_sub(s.events), cut.receipts.saturating_sub(s.receipts));
+        if events + receipts > MAX_CHANGED_SCAN {
+            return Ok(None);
+        }
+        let changed = self.store().rooms_changed((s.events, cut.events), (s.receipts, cut.receipts), MAX_CHANGED_ROOMS).await?;
+        Ok(changed.map(|rooms| rooms.into_iter().collect()))
+    }
+
     async fn account_data_since(
         &self,
         user: &AuthedUser,
@@ -539,8 +547,10 @@ impl Services {
         // A room joined since the last sync is sent whole, like in an
         // initial sync.
         let window_since = if newly_joined { None } else { p.since.map(|s| s.events) };
-        let w = self.window(&p.user.user_id, room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored).await?;
-        let ephemeral = self.ephemeral(p, room_id, newly_joined).await?;
+        let (w, ephemeral) = tokio::try_join!(
+            self.window(&p.user.user_id, room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored),
+            self.ephemeral(p, room_id, newly_joined),
+        )?;
         if !newly_joined
             && !req.full_state
             && w.timeline.is_empty()
@@ -562,11 +572,25 @@ impl Services {
         } else {
             (None, Vec::new())
         };
-        let state = self.state_section(p, room_id, window_since, req.full_state, req.use_state_after, &w, now, &heroes).await?;
+        let unread = async {
+            if req.filter.room.timeline.unread_thread_notifications {
+                let (main, threads) = self.unread_counts_by_thread(&p.user.user_id, room_id).await?;
+                Ok::<_, Error>((main, Some(threads)))
+            } else {
+                Ok((self.unread_counts(&p.user.user_id, room_id).await?, None))
+            }
+        };
+        let state = async {
+            let state =
+                self.state_section(p, room_id, window_since, req.full_state, req.use_state_after, &w, now, &heroes).await?;
+            self.client_events(&state, &p.viewer).await
+        };
+        let (state, timeline, (unread, unread_threads)) =
+            tokio::try_join!(state, self.client_events(&w.timeline, &p.viewer), unread)?;
         let state_key = if req.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
             "timeline": {
-                "events": without_room_ids(self.client_events(&w.timeline, &p.viewer).await?),
+                "events": without_room_ids(timeline),
                 "limited": w.limited,
                 "prev_batch": format_token(w.before_timeline),
             },
@@ -576,14 +600,11 @@ impl Services {
         if let Some(summary) = summary {
             room["summary"] = summary;
         }
-        if req.filter.room.timeline.unread_thread_notifications {
-            let (main, threads) = self.unread_counts_by_thread(&p.user.user_id, room_id).await?;
-            room["unread_notifications"] = main;
+        room["unread_notifications"] = unread;
+        if let Some(threads) = unread_threads {
             room["unread_thread_notifications"] = threads;
-        } else {
-            room["unread_notifications"] = self.unread_counts(&p.user.user_id, room_id).await?;
         }
-        room[state_key] = json!({ "events": without_room_ids(self.client_events(&state, &p.viewer).await?) });
+        room[state_key] = json!({ "events": without_room_ids(state) });
         Ok(Some(room))
     }
 
