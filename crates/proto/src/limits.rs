@@ -223,3 +223,7 @@ pub const MAX_LAZY_MEMBER_DEVICES: usize = 2_048;
 pub const MAX_LAZY_MEMBER_ROOMS_PER_DEVICE: usize = 50;
 pub const MAX_LAZY_MEMBERS_PER_DEVICE: usize = 500;
 pub const MAX_LAZY_MEMBERS_PER_ROOM: usize = 100;
+
+/// Users whose default push rule set is kept built (`service::push`; a few
+/// kB each), least recently used dropped first.
+pub const MAX_CACHED_DEFAULT_RULESETS: usize = 1_024;

@@ -102,6 +102,7 @@ struct Inner {
     /// Member events each device was sent by lazy-loading syncs: in
     /// memory, per node.
     lazy_members: lazy_members::LazyMembersCache,
+    default_rulesets: push::DefaultRulesets,
     /// This process among the nodes sharing the database (random).
     node_id: u64,
     /// Whether other nodes may share the database (typing and presence
@@ -133,6 +134,7 @@ impl Services {
                 typing: typing::TypingRuntime::new(),
                 wakeups,
                 lazy_members: lazy_members::LazyMembersCache::new(),
+                default_rulesets: push::DefaultRulesets::new(),
                 node_id: rand::random(),
                 shares_ephemeral: updates.is_some(),
             }),

@@ -4,7 +4,9 @@
 //! and `/notifications`.
 
 use chancery_core::pdu::Pdu;
-use chancery_proto::limits::{MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
+use std::sync::{Arc, Mutex};
+
+use chancery_proto::limits::{MAX_CACHED_DEFAULT_RULESETS, MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::push::{
     Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
@@ -12,8 +14,9 @@ use chancery_proto::ruma::push::{
 };
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::serde::Raw;
-use chancery_proto::ruma::{RoomId, UInt, UserId};
+use chancery_proto::ruma::{OwnedUserId, RoomId, UInt, UserId};
 use chancery_store::NewNotification;
+use hashlink::LruCache;
 use serde_json::{Value as JsonValue, json};
 
 use crate::rooms::{ClientEventOptions, StateMap, power_levels};
@@ -25,6 +28,27 @@ fn parse_ruleset(json: &str, user_id: &UserId) -> Result<Ruleset, Error> {
     let mut ruleset: Ruleset = serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored push rules: {e}")))?;
     ruleset.update_with_server_default(Ruleset::server_default(user_id));
     Ok(ruleset)
+}
+
+/// The server's default rule set of the users evaluated lately. It depends
+/// on nothing but the user id, so it never goes stale, and building it for
+/// every member of a room for every message was a tenth of a send's CPU.
+pub(crate) struct DefaultRulesets(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
+
+impl DefaultRulesets {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(LruCache::new(MAX_CACHED_DEFAULT_RULESETS)))
+    }
+
+    fn of(&self, user_id: &UserId) -> Arc<Ruleset> {
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ruleset) = lock().get(user_id) {
+            return Arc::clone(ruleset);
+        }
+        let ruleset = Arc::new(Ruleset::server_default(user_id));
+        lock().insert(user_id.to_owned(), Arc::clone(&ruleset));
+        ruleset
+    }
 }
 
 impl Services {
@@ -132,14 +156,15 @@ impl Services {
                     } else {
                         user_id.localpart().to_owned()
                     };
-                    (parse_ruleset(json, &user_id).unwrap_or_else(|_| Ruleset::server_default(&user_id)), name)
+                    let ruleset = parse_ruleset(json, &user_id).map(Arc::new);
+                    (ruleset.unwrap_or_else(|_| self.inner.default_rulesets.of(&user_id)), name)
                 }
-                None => (Ruleset::server_default(&user_id), user_id.localpart().to_owned()),
+                None => (self.inner.default_rulesets.of(&user_id), user_id.localpart().to_owned()),
             };
             let ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_ctx.clone());
             let mut actions: &[Action] = &[];
-            for rule in &ruleset {
+            for rule in ruleset.iter() {
                 if rule.applies(&event, &ctx).await {
                     actions = rule.actions();
                     break;
@@ -298,5 +323,28 @@ impl Services {
         let mut ruleset = self.push_ruleset(&user.user_id).await?;
         ruleset.set_actions(kind, rule_id, actions).map_err(|e| Error::NotFound(e.to_string()))?;
         self.store_push_ruleset(&user.user_id, &ruleset).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rulesets_are_each_users_own_and_bounded() {
+        let cache = DefaultRulesets::new();
+        let alice = UserId::parse("@alice:x").unwrap();
+        let first = cache.of(&alice);
+        assert!(Arc::ptr_eq(&first, &cache.of(&alice)), "built once");
+        let json = |r: &Ruleset| serde_json::to_value(r).unwrap();
+        assert_eq!(json(&first), json(&Ruleset::server_default(&alice)));
+        let bob = UserId::parse("@bob:x").unwrap();
+        assert_eq!(json(&cache.of(&bob)), json(&Ruleset::server_default(&bob)));
+        assert_ne!(json(&cache.of(&bob)), json(&first), "the defaults name their user");
+        for n in 0..MAX_CACHED_DEFAULT_RULESETS + 10 {
+            cache.of(&UserId::parse(format!("@u{n}:x")).unwrap());
+        }
+        assert_eq!(cache.0.lock().unwrap().len(), MAX_CACHED_DEFAULT_RULESETS);
+        assert!(!Arc::ptr_eq(&first, &cache.of(&alice)), "the least recently used went first");
     }
 }
