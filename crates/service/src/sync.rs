@@ -341,8 +341,6 @@ impl Services {
         Ok(OnePass { body, has_news, next_typing_expiry, joined: joined.into_iter().map(str::to_owned).collect() })
     }
 
-    /// Account data changed since the token (all of it on an initial sync),
-    /// as events: the global ones, and the per-room ones by room.
     /// The rooms with events or receipts between the tokens, when that is
     /// cheap to know: an incremental sync over a short gap looks only at
     /// them, so a user in 500 rooms does not cost 500 reads per message.
@@ -361,6 +359,8 @@ impl Services {
         Ok(changed.map(|rooms| rooms.into_iter().collect()))
     }
 
+    /// Account data changed since the token (all of it on an initial sync),
+    /// as events: the global ones, and the per-room ones by room.
     async fn account_data_since(
         &self,
         user: &AuthedUser,

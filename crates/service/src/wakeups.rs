@@ -61,6 +61,7 @@ impl Wakeups {
     /// the sender does not wait behind a big room's sync passes. Waiters
     /// that register after this point look for changes after the commit,
     /// so none misses the event.
+    #[must_use = "the waiters it leaves for after the sender are woken only by running what it returns"]
     pub(crate) fn event(&self, room_id: &str, member_target: Option<&str>) -> Option<AfterCaller> {
         let r = self.registry();
         let room = r.by_room.get(room_id);
@@ -130,7 +131,10 @@ pub(crate) struct Interest {
 }
 
 impl Interest {
-    /// Follows the sync's rooms as they change (a join, a leave).
+    /// Follows the sync's rooms as they change (a join, a leave). A room
+    /// added here may have had events since the pass that found it was
+    /// cut, which woke nobody here: the next wait returns at once, so a
+    /// pass looks again.
     pub(crate) fn set_rooms(&mut self, rooms: BTreeSet<String>) {
         if rooms == self.rooms {
             return;
@@ -139,11 +143,16 @@ impl Interest {
         for gone in self.rooms.difference(&rooms) {
             remove(&mut r.by_room, gone, self.id);
         }
+        let mut added = false;
         for new in rooms.difference(&self.rooms) {
             r.by_room.entry(new.clone()).or_default().insert(self.id, Arc::clone(&self.notify));
+            added = true;
         }
         drop(r);
         self.rooms = rooms;
+        if added {
+            self.notify.notify_one();
+        }
     }
 
     /// Returns once something this sync waits on changed (at once if it
@@ -222,6 +231,7 @@ mod tests {
         assert!(woke(&alice).await && woke(&bob).await);
 
         alice.set_rooms(rooms(&["!r3"]));
+        assert!(woke(&alice).await, "a room joined since the pass's cut is looked at again");
         w.room("!r1");
         assert!(!woke(&alice).await, "alice left !r1");
         w.room("!r3");

@@ -91,18 +91,19 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
                 results
             }
         };
+        // The listener decides which syncs are woken before the caller and
+        // which after: after every caller of the batch, so none waits
+        // behind another's room. The caller may have gone; the write
+        // stands either way.
+        let mut afters = Vec::new();
         for (job, result) in batch.into_iter().zip(results) {
-            // The listener decides which syncs are woken before the caller
-            // and which after (as on SQLite). The caller may have gone; the
-            // write stands either way.
-            let after = match (&result, listener.get()) {
-                (Ok(_), Some(listener)) => listener(&job.event.room_id, job.event.member_target()),
-                _ => None,
-            };
-            let _ = job.done.send(result);
-            if let Some(after) = after {
-                after();
+            if let (Ok(_), Some(listener)) = (&result, listener.get()) {
+                afters.extend(listener(&job.event.room_id, job.event.member_target()));
             }
+            let _ = job.done.send(result);
+        }
+        for after in afters {
+            after();
         }
     }
 }
@@ -112,9 +113,9 @@ type Extremities<'a> = BTreeMap<&'a str, Option<BTreeSet<String>>>;
 
 /// One transaction for `jobs`: an answer per job, or the error that
 /// failed the transaction as a whole. Four round trips however many events
-/// and rooms the batch holds: BEGIN, locking the rooms and taking their
-/// extremities (one pipeline), writing the events that fit (another), and
-/// COMMIT.
+/// and rooms the batch holds (and one more per room where nothing fits):
+/// BEGIN, locking the rooms and taking their extremities (one pipeline),
+/// writing the events that fit (another), and COMMIT.
 async fn append_batch(pool: &Pool, jobs: &[Job]) -> StoreResult<Vec<StoreResult<u64>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let w = Writes::prepare(&client).await?;

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use chancery_store::{StoreError, StoreResult};
+use chancery_store::{AfterCaller, StoreError, StoreResult};
 use rusqlite::hooks::Wal;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
@@ -52,8 +52,9 @@ fn record_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs after the batch's commit with its error, if any.
-type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// Runs after the batch's commit with its error, if any: wakes the
+/// caller and returns what is to run once all the batch's callers are woken.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) -> Option<AfterCaller> + Send>;
 /// Runs a write in the batch's transaction; `true` if it succeeded.
 type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Finish) + Send>;
 
@@ -102,12 +103,12 @@ impl Writer {
 
     /// Like [`Self::write`], and runs `committed` on the writer thread as
     /// soon as the write is committed (not if it failed), before the caller
-    /// is woken, and what it returns right after.
+    /// is woken, and what it returns once every caller of the batch is.
     pub(crate) async fn write_then<T, F, C>(&self, f: F, committed: C) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
-        C: FnOnce() -> Option<chancery_store::AfterCaller> + Send + 'static,
+        C: FnOnce() -> Option<AfterCaller> + Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |tx| {
@@ -124,9 +125,7 @@ impl Writer {
                 // request was cancelled); the write stands either way.
                 let after = if out.is_ok() { committed() } else { None };
                 let _ = done.send(out);
-                if let Some(after) = after {
-                    after();
-                }
+                after
             });
             (ok, finish)
         });
@@ -203,8 +202,12 @@ fn run(pool: &Pool, queue: &Receiver<Job>, checkpointer: &SyncSender<()>) {
         if let Err(e) = &committed {
             tracing::error!(error = %e, writes = finishes.len() + batch.len(), "a batch of database writes failed");
         }
-        for finish in finishes {
-            finish(committed.as_ref().err());
+        // Every caller of the batch is woken before what any listener left
+        // for after them (a busy room's syncs), so none of them waits
+        // behind another's.
+        let afters: Vec<AfterCaller> = finishes.into_iter().filter_map(|finish| finish(committed.as_ref().err())).collect();
+        for after in afters {
+            after();
         }
         let pages = WAL_PAGES.with(Cell::get);
         if pages < asked_at {

@@ -74,6 +74,10 @@ async fn room_rules(backend: Backend) {
     );
     let b1 = bob.say(&public, "b1", "hi from bob").await;
     let root = alice.say(&public, "root", "a thread root").await;
+    // A reply in the thread: a thread cannot start at it (threads do not nest).
+    let nested = alice
+        .send(&public, "nested", json!({"body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}))
+        .await;
     // Alice kicks bob: he can no longer send; bans keep him out.
     alice.ok(Method::POST, &format!("/rooms/{public}/kick"), Some(json!({"user_id": bob.id, "reason": "test"}))).await;
     assert_error(
@@ -81,8 +85,9 @@ async fn room_rules(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
-    // Nor reply in a thread (its root is not looked at for him).
-    let reply = json!({"body": "x", "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    // Nor start a thread: the event it would start at is not looked at for
+    // him (a member would hear that threads do not nest).
+    let reply = json!({"body": "x", "m.relates_to": {"rel_type": "m.thread", "event_id": nested}});
     assert_error(
         &bob.call(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b3"), Some(reply)).await,
         403,
@@ -91,6 +96,12 @@ async fn room_rules(backend: Backend) {
     // A retried transaction still answers with the event it sent.
     let again = bob.ok(Method::PUT, &format!("/rooms/{public}/send/m.room.message/b1"), Some(json!({"body": "hi"}))).await;
     assert_eq!(again["event_id"], b1.as_str());
+    // A transaction id answers only for the room it was used in.
+    assert_error(
+        &alice.call(Method::PUT, &format!("/rooms/{private}/send/m.room.message/root"), Some(json!({"body": "x"}))).await,
+        400,
+        "M_INVALID_PARAM",
+    );
     // A room the server does not know answers as one the sender is not in.
     assert_error(
         &bob.call(Method::PUT, "/rooms/!unknown:localhost/send/m.room.message/u", Some(json!({"body": "x"}))).await,
@@ -422,6 +433,48 @@ async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str,
     assert_eq!(status, 200, "{body}");
     assert!(elapsed < Duration::from_secs(15), "not woken: answered after {elapsed:?}: {body}");
     body
+}
+
+/// A room with more long-polls than are woken ahead of the sender's
+/// answer: they are woken right after it, every one.
+async fn many_long_polls_in_one_room_all_wake(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    // Twelve of bob's syncs (over the eight woken before the sender).
+    let polls: Vec<_> = (0..12)
+        .map(|_| {
+            let (url, token) = (bob.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), bob.token.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = call(Method::GET, &url, Some(&token), None).await;
+                (got, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.say(&room, "m1", "to every poll").await;
+    for poll in polls {
+        let ((status, body), elapsed) = poll.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(elapsed < Duration::from_secs(15), "not woken: answered after {elapsed:?}: {body}");
+        assert_eq!(timeline_bodies(&body, &room), ["to every poll"]);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_long_polls_in_one_room_all_wake_sqlite() {
+    many_long_polls_in_one_room_all_wake(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_long_polls_in_one_room_all_wake_postgres() {
+    many_long_polls_in_one_room_all_wake(Backend::Postgres).await;
 }
 
 /// Long-polls wake for every kind of change that concerns their user (a

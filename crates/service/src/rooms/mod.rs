@@ -128,7 +128,9 @@ impl Services {
     /// and for a membership event its target's (who may not be waiting on
     /// the room yet: an invite, a join from elsewhere).
     pub(crate) fn wake_for_event(&self, room_id: &str, member_target: Option<&str>) {
-        self.inner.wakeups.event(room_id, member_target);
+        if let Some(after) = self.inner.wakeups.event(room_id, member_target) {
+            after();
+        }
     }
 }
 

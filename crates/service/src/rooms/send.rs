@@ -97,9 +97,9 @@ impl Services {
         let writer = self.inner.rooms.lock_for(room_id);
         let mut guard = Some(writer.lock.lock().await);
         if let Some(txn) = &txn
-            && let Some(existing) = self.store().event_for_txn(txn).await?
+            && let Some(existing) = self.event_of_txn(txn, room_id).await?
         {
-            return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
+            return Ok((existing, 0));
         }
         // The relation's parent is looked at before the event is built:
         // only members may learn what it says of the room's events.
@@ -202,13 +202,25 @@ impl Services {
                 Err(StoreError::Conflict("txn")) => {
                     let txn = txn.as_ref().expect("txn conflict only with a txn");
                     let existing =
-                        self.store().event_for_txn(txn).await?.ok_or_else(|| Error::Internal("txn vanished".into()))?;
-                    return Ok((EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?, 0));
+                        self.event_of_txn(txn, room_id).await?.ok_or_else(|| Error::Internal("txn vanished".into()))?;
+                    return Ok((existing, 0));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::LimitExceeded { retry_after_ms: 100 })
+    }
+
+    /// The event a transaction id already made: a retried request answers
+    /// with it. An id the device already used in another room is refused
+    /// (clients make them unique per access token), rather than answered
+    /// with that room's event.
+    async fn event_of_txn(&self, txn: &TxnKey, room_id: &RoomId) -> Result<Option<OwnedEventId>, Error> {
+        let Some(existing) = self.store().event_for_txn(txn).await? else { return Ok(None) };
+        if self.store().event(&existing).await?.is_some_and(|e| e.room_id != room_id.as_str()) {
+            return Err(Error::InvalidParam("this transaction id was already used in another room".into()));
+        }
+        Ok(Some(EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?))
     }
 
     /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
