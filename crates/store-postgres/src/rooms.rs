@@ -106,7 +106,7 @@ pub(crate) struct Writes {
     pub(crate) add_extremity: Statement,
     add_redaction: Statement,
     notify: Statement,
-    index_text: Statement,
+    index_texts: Statement,
     unindex: Statement,
     stream_lock: Statement,
     insert_event: Statement,
@@ -126,11 +126,11 @@ impl Writes {
                               ON CONFLICT (target_event_id) DO NOTHING")
             .await?,
             notify: p("SELECT pg_notify('chancery_changes', '')").await?,
-            index_text: p(
-                "INSERT INTO event_search (event_id, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('simple', $4))",
-            )
+            index_texts: p("INSERT INTO event_search (event_id, room_id, key, vector)
+                            SELECT x.e, x.r, x.k, to_tsvector('simple', x.t)
+                            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(e, r, k, t)")
             .await?,
-            unindex: p("DELETE FROM event_search WHERE event_id = $1").await?,
+            unindex: p("DELETE FROM event_search WHERE event_id = ANY($1)").await?,
             stream_lock: p("SELECT pg_advisory_xact_lock($1)").await?,
             // The event and the notifications it makes, at the position
             // it allocates: one statement.
@@ -203,17 +203,27 @@ pub(crate) async fn pipeline<T>(mut steps: Vec<Step<'_, T>>) -> StoreResult<Vec<
 pub(crate) async fn persist_chains(tx: &Transaction<'_>, w: &Writes, chains: &[&[&NewEvent]]) -> StoreResult<Vec<Vec<u64>>> {
     // Statements that need no position go first, before the stream lock,
     // so they add nothing to its window. The NOTIFY is sent at commit.
-    let mut before: Vec<Step<'_, ()>> = vec![Box::pin(async { tx.execute(&w.notify, &[]).await.map(drop).map_err(backend) })];
+    // The search index, one statement for all the events.
+    let mut texts: [Vec<&str>; 4] = Default::default();
+    let mut redacted: Vec<&str> = Vec::new();
     for event in chains.iter().flat_map(|c| c.iter()) {
         for (key, text) in &event.search_text {
-            before.push(Box::pin(async move {
-                tx.execute(&w.index_text, &[&event.event_id, &event.room_id, key, text]).await.map(drop).map_err(backend)
-            }));
+            for (column, value) in texts.iter_mut().zip([&event.event_id, &event.room_id, key, text]) {
+                column.push(value);
+            }
         }
         // A redacted event leaves the search index.
-        if let Some(target) = &event.redacts {
-            before.push(Box::pin(async move { tx.execute(&w.unindex, &[target]).await.map(drop).map_err(backend) }));
-        }
+        redacted.extend(event.redacts.as_deref());
+    }
+    let mut before: Vec<Step<'_, ()>> = vec![Box::pin(async { tx.execute(&w.notify, &[]).await.map(drop).map_err(backend) })];
+    if !texts[0].is_empty() {
+        let [ids, rooms, keys, texts] = texts;
+        before.push(Box::pin(async move {
+            tx.execute(&w.index_texts, &[&ids, &rooms, &keys, &texts]).await.map(drop).map_err(backend)
+        }));
+    }
+    if !redacted.is_empty() {
+        before.push(Box::pin(async move { tx.execute(&w.unindex, &[&redacted]).await.map(drop).map_err(backend) }));
     }
     let mut steps: Vec<Step<'_, u64>> = Vec::new();
     for chain in chains {

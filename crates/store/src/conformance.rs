@@ -1753,11 +1753,11 @@ pub async fn search_stays_within_its_scopes(store: DynStore) {
         e
     };
     store.create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1)]).await.unwrap();
-    let mut prev = "$create".to_owned();
+    let mut prev_r = "$create".to_owned();
     // Positions 2..=7: budget notes, one other message.
     let positions = append_chain(
         &store,
-        &mut prev,
+        &mut prev_r,
         vec![
             searchable(r, "$b2", "budget two", 2),
             searchable(r, "$b3", "budget three", 3),
@@ -1803,6 +1803,14 @@ pub async fn search_stays_within_its_scopes(store: DynStore) {
     // A range ending where the room's events start finds nothing.
     assert_eq!(search(vec![scope(r, &[(0, Some(2))])], 0, 10).await, (vec![], 0));
     assert_eq!(search(vec![], 0, 10).await, (vec![], 0));
+    // A redacted event is found no more.
+    let mut redaction = event(r, "$redacts-b7", "m.room.redaction", None, 8);
+    redaction.redacts = Some("$b7".into());
+    append_chain(&store, &mut prev_r, vec![redaction, searchable(r, "$b10", "budget ten", 9)]).await;
+    assert_eq!(
+        search(vec![whole_r], 0, 10).await,
+        (vec!["$b10".into(), "$b6".into(), "$b5".into(), "$b3".into(), "$b2".into()], 5)
+    );
 }
 
 pub async fn reports_are_listed_filtered_and_deleted(store: DynStore) {
