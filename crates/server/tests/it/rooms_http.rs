@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chancery_testkit::{Backend, TestServer};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::{User, assert_error, call, urlencode};
@@ -415,24 +415,36 @@ async fn history_visibility_is_enforced() {
     server.stop().await.unwrap();
 }
 
-/// Starts `user`'s long-poll from `since` (30 s), runs `trigger` once the
-/// poll waits, and returns its answer; fails if it was not woken well
-/// before its timeout.
-async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str, trigger: F) -> Value {
-    let poll = {
-        let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), user.token.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let got = call(Method::GET, &url, Some(&token), None).await;
-            (got, started.elapsed())
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    trigger.await;
+/// A long-poll under way: its answer and how long it took.
+type LongPoll = tokio::task::JoinHandle<((StatusCode, Value), Duration)>;
+
+/// A long-poll of `user` from `since` (30 s), started in the background.
+fn start_long_poll(user: &User, since: &str) -> LongPoll {
+    let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), user.token.clone());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let got = call(Method::GET, &url, Some(&token), None).await;
+        (got, started.elapsed())
+    })
+}
+
+/// The answer of a long-poll; fails if it was not woken well before its
+/// timeout.
+async fn woken(poll: LongPoll) -> Value {
     let ((status, body), elapsed) = poll.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(elapsed < Duration::from_secs(15), "not woken: answered after {elapsed:?}: {body}");
     body
+}
+
+/// Starts `user`'s long-poll from `since`, runs `trigger` once the poll
+/// waits, and returns its answer; fails if it was not woken well before
+/// its timeout.
+async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str, trigger: F) -> Value {
+    let poll = start_long_poll(user, since);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    trigger.await;
+    woken(poll).await
 }
 
 /// A room with more long-polls than are woken ahead of the sender's
@@ -446,23 +458,11 @@ async fn many_long_polls_in_one_room_all_wake(backend: Backend) {
     bob.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
     let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
     // Twelve of bob's syncs (over the eight woken before the sender).
-    let polls: Vec<_> = (0..12)
-        .map(|_| {
-            let (url, token) = (bob.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), bob.token.clone());
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let got = call(Method::GET, &url, Some(&token), None).await;
-                (got, started.elapsed())
-            })
-        })
-        .collect();
+    let polls: Vec<_> = (0..12).map(|_| start_long_poll(&bob, &since)).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     alice.say(&room, "m1", "to every poll").await;
     for poll in polls {
-        let ((status, body), elapsed) = poll.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        assert!(elapsed < Duration::from_secs(15), "not woken: answered after {elapsed:?}: {body}");
-        assert_eq!(timeline_bodies(&body, &room), ["to every poll"]);
+        assert_eq!(timeline_bodies(&woken(poll).await, &room), ["to every poll"]);
     }
     server.stop().await.unwrap();
 }
