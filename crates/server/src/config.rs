@@ -232,8 +232,9 @@ impl Config {
         {
             return Err(err("public_baseurl", var_of("public_baseurl"), "must start with https:// or http://"));
         }
-        if !chancery_service::rooms::SUPPORTED_ROOM_VERSIONS.contains(&self.default_room_version.as_str()) {
-            let supported = chancery_service::rooms::SUPPORTED_ROOM_VERSIONS.join(", ");
+        if chancery_service::rooms::supported_room_version(&self.default_room_version).is_none() {
+            let supported: Vec<&str> = chancery_service::rooms::SUPPORTED_ROOM_VERSIONS.iter().map(|v| v.as_str()).collect();
+            let supported = supported.join(", ");
             return Err(err("default_room_version", var_of("default_room_version"), format!("must be one of {supported}")));
         }
         if self.password_min_length > limits::MAX_PASSWORD_BYTES {

@@ -50,7 +50,8 @@ pub fn services(config: &Config, store: DynStore) -> anyhow::Result<Services> {
             access_token_lifetime_ms: config.access_token_lifetime_ms,
             max_devices_per_user: config.limits.max_devices_per_user,
             rate_limits: config.rate_limits.clone(),
-            default_room_version: config.default_room_version.clone(),
+            default_room_version: chancery_service::rooms::supported_room_version(&config.default_room_version)
+                .context("default_room_version is not supported")?,
             user_directory_search_all_users: config.user_directory.search_all_users,
             presence_enabled: config.presence.enabled,
         },

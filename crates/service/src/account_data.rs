@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use chancery_proto::limits::{MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES, MAX_TAG_BYTES};
 use chancery_proto::ruma::{RoomId, UserId};
-use chancery_store::{AccountDataLimits, StoreError, TAG_EVENT_TYPE};
+use chancery_store::{AccountDataLimits, TAG_EVENT_TYPE};
 use serde_json::{Value as JsonValue, json};
 
 use crate::{AuthedUser, Error, Services};
@@ -36,19 +36,6 @@ fn check_type(event_type: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Store errors of account-data writes, in Matrix terms.
-pub(crate) fn write_error(e: StoreError) -> Error {
-    match e {
-        StoreError::LimitExceeded("account_data") => {
-            Error::ResourceLimit(format!("an account holds at most {MAX_ACCOUNT_DATA_ENTRIES_PER_USER} account data entries"))
-        }
-        StoreError::LimitExceeded("account_data_size") => {
-            Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes"))
-        }
-        e => e.into(),
-    }
-}
-
 impl Services {
     /// `PUT /user/{userId}/account_data/{type}` and
     /// `PUT /user/{userId}/rooms/{roomId}/account_data/{type}`.
@@ -74,8 +61,7 @@ impl Services {
         }
         self.store()
             .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
-            .await
-            .map_err(write_error)?;
+            .await?;
         self.inner.wakeups.user(user.user_id.as_str());
         Ok(())
     }
@@ -134,11 +120,7 @@ impl Services {
                 return Err(Error::BadJson("a tag's order must be a number".into()));
             }
         }
-        let changed = self
-            .store()
-            .set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS)
-            .await
-            .map_err(write_error)?;
+        let changed = self.store().set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
         if changed.is_some() {
             self.inner.wakeups.user(user.user_id.as_str());
         }

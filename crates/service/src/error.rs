@@ -84,21 +84,56 @@ pub struct UiaChallenge {
     pub error: Option<(&'static str, String)>,
 }
 
+/// Every store failure in Matrix terms: the one place they are mapped.
+/// Where the spec gives the same condition another answer on one endpoint
+/// (a taken alias is `M_ROOM_IN_USE` from `createRoom` but 409 from `PUT
+/// /directory/room`), that component matches the variant itself.
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
+        use chancery_proto::limits::{
+            MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_ALIASES_PER_ROOM, MAX_RECEIPT_THREADS_PER_ROOM,
+            MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS,
+        };
         match e {
-            StoreError::Conflict("user") => Error::UserInUse,
-            StoreError::Conflict(what) => Error::InvalidParam(format!("{what} already exists")),
-            StoreError::LimitExceeded("devices") => {
-                Error::ResourceLimit("this account has too many devices; remove one to log in".into())
+            StoreError::UserIdTaken => Error::UserInUse,
+            StoreError::RegistrationTokenExists => Error::InvalidParam("registration_token already exists".into()),
+            StoreError::UiaSessionExists => Error::InvalidParam("uia_session already exists".into()),
+            StoreError::RoomIdTaken => Error::InvalidParam("room already exists".into()),
+            StoreError::EventIdTaken => Error::InvalidParam("event already exists".into()),
+            StoreError::AliasTaken => Error::InvalidParam("alias already exists".into()),
+            StoreError::StaleExtremities => Error::LimitExceeded { retry_after_ms: 100 },
+            StoreError::TransactionIdUsed => Error::InvalidParam("txn already exists".into()),
+            StoreError::AccountInactive => Error::UserDeactivated,
+            StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
+            StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),
+            StoreError::AliasOfAnotherRoom => Error::InvalidParam("invalid alias".into()),
+            StoreError::TextNotStorable => Error::InvalidParam("invalid text".into()),
+            StoreError::PayloadTooLarge => Error::TooLarge("the message for other nodes is too large".into()),
+            StoreError::TooManyStateKeys => Error::InvalidParam("invalid keys".into()),
+            StoreError::TooManyDevices => Error::ResourceLimit("this account has too many devices; remove one to log in".into()),
+            StoreError::ProfileTooLarge => Error::ProfileTooLarge,
+            StoreError::TooManyUiaSessions => Error::LimitExceeded { retry_after_ms: 60_000 },
+            StoreError::TooManyFilters => Error::ResourceLimit("too many filters; try again later".into()),
+            StoreError::TooManyAccountData => {
+                Error::ResourceLimit(format!("an account holds at most {MAX_ACCOUNT_DATA_ENTRIES_PER_USER} account data entries"))
             }
-            StoreError::LimitExceeded("profile") => Error::ProfileTooLarge,
-            StoreError::LimitExceeded("uia_sessions") => Error::LimitExceeded { retry_after_ms: 60_000 },
-            StoreError::LimitExceeded(what) => Error::ResourceLimit(format!("too many {what}; try again later")),
-            StoreError::Invalid("registration_token") => Error::Forbidden("the registration token is not valid".into()),
-            StoreError::Invalid("account") => Error::UserDeactivated,
-            StoreError::Invalid(what) => Error::InvalidParam(format!("invalid {what}")),
-            e @ (StoreError::SchemaTooNew { .. } | StoreError::Backend(_)) => Error::Internal(e.to_string()),
+            StoreError::AccountDataTooLarge => {
+                Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes"))
+            }
+            StoreError::TooManyReceiptThreads => Error::ResourceLimit(format!(
+                "at most {MAX_RECEIPT_THREADS_PER_ROOM} threads per room and receipt type can hold a receipt"
+            )),
+            StoreError::TooManyAliases => Error::ResourceLimit(format!("a room has at most {MAX_ALIASES_PER_ROOM} aliases")),
+            // The window frees a place at least this often on average.
+            StoreError::TooManyReports => {
+                Error::LimitExceeded { retry_after_ms: REPORT_WINDOW_MS / MAX_REPORTS_PER_USER_PER_WINDOW as u64 }
+            }
+            StoreError::TooManyVisibilitySpans => {
+                Error::ResourceLimit("the history visibility of these rooms changed too often to be evaluated at once".into())
+            }
+            e @ (StoreError::Contract(_) | StoreError::SchemaTooNew { .. } | StoreError::Backend(_)) => {
+                Error::Internal(e.to_string())
+            }
         }
     }
 }

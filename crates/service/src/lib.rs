@@ -72,7 +72,7 @@ pub struct ServiceConfig {
     pub max_devices_per_user: usize,
     pub rate_limits: RateLimitConfig,
     /// Version of new rooms unless the client asks for another.
-    pub default_room_version: String,
+    pub default_room_version: chancery_proto::ruma::RoomVersionId,
     /// The user directory finds every local user, not only those sharing
     /// a room with the searcher or in public rooms.
     pub user_directory_search_all_users: bool,

@@ -4,6 +4,7 @@
 //! users sharing a room. When off, everyone appears offline and nothing is
 //! kept.
 
+use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -172,7 +173,7 @@ impl Services {
         users.insert(user.user_id.to_string());
         for room in joined_rooms {
             for m in self.store().members_of_room(room).await? {
-                if m.membership == "join" {
+                if m.membership == MembershipState::Join {
                     users.insert(m.user_id);
                 }
             }
@@ -195,7 +196,7 @@ impl Services {
             .memberships_of_user(b.as_str())
             .await?
             .into_iter()
-            .filter(|m| m.membership == "join")
+            .filter(|m| m.membership == MembershipState::Join)
             .map(|m| m.room_id)
             .collect();
         Ok(self
@@ -203,6 +204,6 @@ impl Services {
             .memberships_of_user(a.as_str())
             .await?
             .iter()
-            .any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
+            .any(|m| m.membership == MembershipState::Join && theirs.contains(&m.room_id)))
     }
 }

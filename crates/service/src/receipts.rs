@@ -9,10 +9,10 @@
 
 use chancery_proto::limits::MAX_RECEIPT_THREADS_PER_ROOM;
 use chancery_proto::ruma::{EventId, RoomId};
-use chancery_store::{NewReceipt, StoreError};
+use chancery_store::NewReceipt;
 use serde_json::json;
 
-use crate::account_data::{LIMITS, write_error};
+use crate::account_data::LIMITS;
 use crate::{AuthedUser, Error, Services, now_ms};
 
 pub const READ: &str = "m.read";
@@ -106,8 +106,7 @@ impl Services {
         let content = json!({ "event_id": event_id }).to_string();
         self.store()
             .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
-            .await
-            .map_err(write_error)?;
+            .await?;
         self.inner.wakeups.user(user.user_id.as_str());
         Ok(())
     }
@@ -128,12 +127,7 @@ impl Services {
             event_id: event_id.to_string(),
             ts: now_ms(),
         };
-        self.store().set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await.map_err(|e| match e {
-            StoreError::LimitExceeded("receipts") => Error::ResourceLimit(format!(
-                "at most {MAX_RECEIPT_THREADS_PER_ROOM} threads per room and receipt type can hold a receipt"
-            )),
-            e => e.into(),
-        })?;
+        self.store().set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await?;
         self.inner.wakeups.room(room_id.as_str());
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! `POST /user_directory/search` and `POST /search`.
 
+use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chancery_proto::limits::{
@@ -136,21 +137,22 @@ impl Services {
         // the stretches history visibility lets them read, so the store's
         // page, count and offsets cover exactly what they may see.
         let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
-        let forgotten: HashSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
-            self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
-        } else {
-            HashSet::new()
-        };
+        let forgotten: HashSet<String> =
+            if memberships.iter().any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban)) {
+                self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+            } else {
+                HashSet::new()
+            };
         let mut left_at: HashMap<String, u64> = HashMap::new();
         let mut rooms: Vec<String> = Vec::new();
         for m in memberships {
-            let readable = match m.membership.as_str() {
-                "join" => true,
-                "leave" | "ban" => !forgotten.contains(&m.room_id),
+            let readable = match m.membership {
+                MembershipState::Join => true,
+                MembershipState::Leave | MembershipState::Ban => !forgotten.contains(&m.room_id),
                 _ => false,
             };
             if readable && wanted.as_ref().is_none_or(|w| w.contains(&m.room_id)) && !unwanted.contains(&m.room_id) {
-                if m.membership != "join" {
+                if m.membership != MembershipState::Join {
                     left_at.insert(m.room_id.clone(), m.stream_pos);
                 }
                 rooms.push(m.room_id);

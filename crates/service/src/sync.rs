@@ -19,6 +19,7 @@
 //! an answer is a consistent cut of each stream and the next sync
 //! continues exactly after it.
 
+use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -159,7 +160,7 @@ impl IgnoredCache {
 }
 
 fn joined_rooms(memberships: &[Membership]) -> BTreeSet<String> {
-    memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.clone()).collect()
+    memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.clone()).collect()
 }
 
 /// Sync serves events without their `room_id` (the spec's
@@ -274,11 +275,12 @@ impl Services {
             global_account_data.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
         }
         self.touch_presence(user, if req.set_presence.is_empty() { "online" } else { &req.set_presence });
-        let joined: Vec<&str> = memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()).collect();
+        let joined: Vec<&str> =
+            memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.as_str()).collect();
         let (presence, presence_serial) = self.presence_events(user, &joined, since.map_or(0, |s| s.presence)).await?;
         cut.presence = presence_serial;
         let ignored = ignored.get(self, user, cut.account_data).await?;
-        let typing = self.typing_snapshot(memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()));
+        let typing = self.typing_snapshot(joined.iter().copied());
         // Never behind the client's token: tokens of another node (or an
         // earlier run) may carry a higher serial, and going back would
         // deliver the changes in between again and again.
@@ -286,11 +288,12 @@ impl Services {
         let next_typing_expiry = typing.next_expiry;
         let lazy = LazyMembers::of(&req.filter);
         let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing, lazy };
-        let forgotten: BTreeSet<String> = if memberships.iter().any(|m| matches!(m.membership.as_str(), "leave" | "ban")) {
-            self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
-        } else {
-            BTreeSet::new()
-        };
+        let forgotten: BTreeSet<String> =
+            if memberships.iter().any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban)) {
+                self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+            } else {
+                BTreeSet::new()
+            };
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut knock = Map::new();
@@ -298,29 +301,31 @@ impl Services {
         for m in memberships {
             let changed_since = since.is_none_or(|s| m.stream_pos > s.events);
             let account_data = room_account_data.remove(&m.room_id).unwrap_or_default();
-            match m.membership.as_str() {
-                "join"
+            match m.membership {
+                MembershipState::Join
                     if !changed_since
                         && account_data.is_empty()
                         && quiet_rooms_known.as_ref().is_some_and(|changed| !changed.contains(&m.room_id))
                         && !typing_news(&pass, &m.room_id) => {}
-                "join" => {
+                MembershipState::Join => {
                     if let Some(room) = self.sync_joined_room(&pass, m, changed_since, account_data).await? {
                         join.insert(m.room_id.clone(), room);
                     }
                 }
-                "invite" if changed_since => {
+                MembershipState::Invite if changed_since => {
                     if let Some(events) = self.stripped_state(&pass, m).await? {
                         invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": events } }));
                     }
                 }
-                "knock" if changed_since => {
+                MembershipState::Knock if changed_since => {
                     if let Some(events) = self.stripped_state(&pass, m).await? {
                         knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": events } }));
                     }
                 }
-                "leave" | "ban" if forgotten.contains(&m.room_id) => {}
-                "leave" | "ban" if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) => {
+                MembershipState::Leave | MembershipState::Ban if forgotten.contains(&m.room_id) => {}
+                MembershipState::Leave | MembershipState::Ban
+                    if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) =>
+                {
                     leave.insert(m.room_id.clone(), self.sync_left_room(&pass, m, account_data).await?);
                 }
                 _ => {}

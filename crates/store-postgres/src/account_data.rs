@@ -91,7 +91,7 @@ async fn check_entry_limit(
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
         if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_entries {
-            return Err(StoreError::LimitExceeded("account_data"));
+            return Err(StoreError::TooManyAccountData);
         }
     }
     Ok(())
@@ -154,7 +154,7 @@ impl AccountDataStore for PostgresStore {
         .transpose()?;
         let Some(content) = apply_tag_change(current.as_deref(), tag, info)? else { return Ok(None) };
         if content.len() > limits.max_content_bytes {
-            return Err(StoreError::LimitExceeded("account_data_size"));
+            return Err(StoreError::AccountDataTooLarge);
         }
         check_entry_limit(&tx, user_id, room_id, TAG_EVENT_TYPE, limits.max_entries).await?;
         let pos =
@@ -229,7 +229,7 @@ impl ReceiptStore for PostgresStore {
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
             if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_threads {
-                return Err(StoreError::LimitExceeded("receipts"));
+                return Err(StoreError::TooManyReceiptThreads);
             }
         }
         let pos = allocate_and_write(

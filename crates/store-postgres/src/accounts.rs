@@ -38,11 +38,11 @@ pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// `Conflict(what)` for a unique violation, so that a duplicate id is an
-/// operating error rather than a 500, as in the SQLite backend.
-fn unique_or_backend(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+/// `taken` for a unique violation, so that a duplicate id is an operating
+/// error rather than a 500, as in the SQLite backend.
+fn unique_or_backend(taken: StoreError) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| {
-        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::Conflict(what) } else { backend(e) }
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { taken } else { backend(e) }
     }
 }
 
@@ -171,7 +171,7 @@ impl AccountStore for PostgresStore {
             .await
             .map_err(backend)?;
             if used == 0 {
-                return Err(StoreError::Invalid("registration_token"));
+                return Err(StoreError::RegistrationTokenUnusable);
             }
         }
         execute(
@@ -180,7 +180,7 @@ impl AccountStore for PostgresStore {
             &[&account.user_id, &account.password_hash, &account.is_admin, &i(account.created_ts)],
         )
         .await
-        .map_err(unique_or_backend("user"))?;
+        .map_err(unique_or_backend(StoreError::UserIdTaken))?;
         if let Some(device) = &device {
             insert_device(&tx, device).await?;
         }
@@ -213,10 +213,10 @@ impl AccountStore for PostgresStore {
         // The lock makes concurrent logins of one user count devices one
         // after the other, so together they cannot pass `max_devices`.
         let Some(account) = lock_account(&tx, &device.user_id).await? else {
-            return Err(StoreError::Invalid("account"));
+            return Err(StoreError::AccountInactive);
         };
         if get::<Option<i64>>(&account, 0)?.is_some() {
-            return Err(StoreError::Invalid("account"));
+            return Err(StoreError::AccountInactive);
         }
         let updated = execute(
             &tx,
@@ -238,7 +238,7 @@ impl AccountStore for PostgresStore {
             let count = query_opt(&tx, "SELECT COUNT(*) FROM devices WHERE user_id = $1", &[&device.user_id]).await?;
             let count: i64 = count.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
             if u(count) as usize >= max_devices {
-                return Err(StoreError::LimitExceeded("devices"));
+                return Err(StoreError::TooManyDevices);
             }
             insert_device(&tx, &device).await?;
         }
@@ -397,7 +397,7 @@ impl AccountStore for PostgresStore {
         let mut profile = load_profile(&tx, user_id).await?;
         profile.insert(key.to_owned(), value.clone());
         if profile_size_bytes(&profile) > max_profile_bytes {
-            return Err(StoreError::LimitExceeded("profile"));
+            return Err(StoreError::ProfileTooLarge);
         }
         execute(
             &tx,
@@ -428,7 +428,7 @@ impl AccountStore for PostgresStore {
             &[&t.token, &t.uses_allowed.map(i), &i(t.completed), &t.expiry_ts.map(i), &i(t.created_ts), &t.revoked_ts.map(i)],
         )
         .await
-        .map_err(unique_or_backend("registration_token"))?;
+        .map_err(unique_or_backend(StoreError::RegistrationTokenExists))?;
         Ok(())
     }
 
@@ -466,7 +466,7 @@ impl AccountStore for PostgresStore {
         let live = query_opt(&tx, "SELECT COUNT(*) FROM uia_sessions", &[]).await?;
         let live: i64 = live.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
         if u(live) >= max_sessions {
-            return Err(StoreError::LimitExceeded("uia_sessions"));
+            return Err(StoreError::TooManyUiaSessions);
         }
         let s = session;
         execute(
@@ -476,7 +476,7 @@ impl AccountStore for PostgresStore {
             &[&s.session_id, &s.operation, &s.user_id, &completed, &s.registration_token, &i(s.created_ts)],
         )
         .await
-        .map_err(unique_or_backend("uia_session"))?;
+        .map_err(unique_or_backend(StoreError::UiaSessionExists))?;
         tx.commit().await.map_err(backend)
     }
 

@@ -8,7 +8,7 @@
 //!
 //! Each event is checked against its room's extremities as the batch
 //! goes: one that does not fit (another node wrote to the room) is answered
-//! `Conflict("extremities")` and left out, and so are the ones built on it.
+//! `StaleExtremities` and left out, and so are the ones built on it.
 //! If the transaction fails as a whole (a duplicate transaction id, a lost
 //! connection), each event of the batch is tried again alone, for its own
 //! answer.
@@ -193,10 +193,10 @@ fn fit<'a>(jobs: &'a [Job], extremities: &Extremities<'_>) -> (Vec<Option<StoreR
                     chains.entry(room).or_default().push(k);
                     results.push(None);
                 } else {
-                    results.push(Some(Err(StoreError::Conflict("extremities"))));
+                    results.push(Some(Err(StoreError::StaleExtremities)));
                 }
             }
-            _ => results.push(Some(Err(StoreError::Invalid("room")))),
+            _ => results.push(Some(Err(StoreError::UnknownRoom))),
         }
     }
     (results, chains)

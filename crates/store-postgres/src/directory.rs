@@ -20,9 +20,9 @@ use crate::{PostgresStore, backend};
 fn alias_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("room_aliases_pkey") => {
-            StoreError::Conflict("alias")
+            StoreError::AliasTaken
         }
-        Some(db) if *db.code() == SqlState::FOREIGN_KEY_VIOLATION => StoreError::Invalid("room"),
+        Some(db) if *db.code() == SqlState::FOREIGN_KEY_VIOLATION => StoreError::UnknownRoom,
         _ => backend(e),
     }
 }
@@ -43,7 +43,7 @@ async fn publish(c: &impl GenericClient, room_id: &str) -> StoreResult<()> {
         .map_err(backend)?;
     c.execute(&stmt, &[&room_id])
         .await
-        .map_err(|e| if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) { StoreError::Invalid("room") } else { backend(e) })?;
+        .map_err(|e| if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) { StoreError::UnknownRoom } else { backend(e) })?;
     Ok(())
 }
 
@@ -53,7 +53,7 @@ async fn insert_room(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) 
         .prepare_cached("INSERT INTO rooms (room_id, room_version, creator, created_ts, max_depth) VALUES ($1, $2, $3, $4, $5)")
         .await
         .map_err(backend)?;
-    tx.execute(&stmt, &[&room.room_id, &room.room_version, &room.creator, &i(room.created_ts), &max_depth])
+    tx.execute(&stmt, &[&room.room_id, &room.room_version.as_str(), &room.creator, &i(room.created_ts), &max_depth])
         .await
         .map_err(insert_error)?;
     Ok(())
@@ -61,10 +61,10 @@ async fn insert_room(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) 
 
 fn check_room_events(room_id: &str, events: &[NewEvent]) -> StoreResult<()> {
     if events.is_empty() {
-        return Err(StoreError::Invalid("events"));
+        return Err(StoreError::Contract("an empty batch of events"));
     }
     if events.iter().any(|e| e.room_id != room_id) {
-        return Err(StoreError::Invalid("room"));
+        return Err(StoreError::Contract("an event of another room"));
     }
     Ok(())
 }
@@ -133,13 +133,13 @@ impl DirectoryStore for PostgresStore {
         // Two creations for one room at once must not both pass the count.
         tx.execute("SELECT pg_advisory_xact_lock(hashtext('aliases:' || $1))", &[&alias.room_id]).await.map_err(backend)?;
         if query_opt(&tx, "SELECT 1 FROM rooms WHERE room_id = $1", &[&alias.room_id]).await?.is_none() {
-            return Err(StoreError::Invalid("room"));
+            return Err(StoreError::UnknownRoom);
         }
         let row = query_opt(&tx, "SELECT COUNT(*) FROM room_aliases WHERE room_id = $1", &[&alias.room_id])
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
         if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_per_room {
-            return Err(StoreError::LimitExceeded("aliases"));
+            return Err(StoreError::TooManyAliases);
         }
         insert_alias(&tx, alias).await?;
         tx.commit().await.map_err(backend)
@@ -179,7 +179,7 @@ impl DirectoryStore for PostgresStore {
                 &[&room_id],
             )
             .await?;
-            if row.is_none() { Err(StoreError::Invalid("room")) } else { Ok(()) }
+            if row.is_none() { Err(StoreError::UnknownRoom) } else { Ok(()) }
         }
     }
 
@@ -278,7 +278,7 @@ impl DirectoryStore for PostgresStore {
     ) -> StoreResult<u64> {
         check_room_events(&room.room_id, &events)?;
         if addresses.aliases.iter().any(|a| a.room_id != room.room_id) {
-            return Err(StoreError::Invalid("alias"));
+            return Err(StoreError::AliasOfAnotherRoom);
         }
         let mut client = self.client().await?;
         let w = Writes::prepare(&client).await?;
@@ -311,14 +311,14 @@ impl DirectoryStore for PostgresStore {
             async { tx.query(&w.take_extremities, &[old]).await },
         );
         if room.map_err(backend)?.is_none() {
-            return Err(StoreError::Invalid("room"));
+            return Err(StoreError::UnknownRoom);
         }
         let mut current = taken.map_err(backend)?.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<Vec<_>>>()?;
         let mut expected = upgrade.old_extremities.clone();
         current.sort();
         expected.sort();
         if current != expected {
-            return Err(StoreError::Conflict("extremities"));
+            return Err(StoreError::StaleExtremities);
         }
         insert_room(&tx, &upgrade.new_room, &upgrade.new_room_events).await?;
         tx.execute("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1", &[old, new]).await.map_err(backend)?;

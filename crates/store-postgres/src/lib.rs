@@ -23,7 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chancery_store::{PoolStats, Store, StoreError, StoreResult, StreamPositions};
+use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamPositions, StreamStore};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
@@ -69,7 +69,7 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
         // A NUL byte in text: PostgreSQL refuses it where SQLite stores it.
         // It is bad client input, not a database failure.
         if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
-            return StoreError::Invalid("text");
+            return StoreError::TextNotStorable;
         }
         return StoreError::Backend(format!("{} ({}): {}", db.severity(), db.code().code(), db.message()));
     }
@@ -187,14 +187,13 @@ impl Store for PostgresStore {
     fn kind(&self) -> &'static str {
         "postgres"
     }
+}
 
-    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.changes.clone())
-    }
-
+#[async_trait]
+impl NodeBus for PostgresStore {
     async fn publish_ephemeral(&self, payload: &str) -> StoreResult<()> {
         if payload.len() > chancery_store::MAX_EPHEMERAL_PAYLOAD_BYTES {
-            return Err(StoreError::Invalid("ephemeral payload too large"));
+            return Err(StoreError::PayloadTooLarge);
         }
         let client = self.client().await?;
         let stmt = client.prepare_cached("SELECT pg_notify('chancery_ephemeral', $1)").await.map_err(backend)?;
@@ -204,6 +203,13 @@ impl Store for PostgresStore {
 
     fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         Some(self.ephemeral.subscribe())
+    }
+}
+
+#[async_trait]
+impl StreamStore for PostgresStore {
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.clone())
     }
 
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {

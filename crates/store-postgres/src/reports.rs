@@ -23,7 +23,7 @@ impl ReportStore for PostgresStore {
         .await?
         .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
         if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_in_window {
-            return Err(StoreError::LimitExceeded("reports"));
+            return Err(StoreError::TooManyReports);
         }
         let row = query_opt(
             &tx,

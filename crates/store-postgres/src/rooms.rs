@@ -8,7 +8,7 @@
 //!    and read its forward extremities. Appends to one room therefore run
 //!    one after the other on every node; the second one sees the first
 //!    one's extremities (READ COMMITTED reads with a fresh snapshot after
-//!    the lock wait) and fails with `Conflict("extremities")`.
+//!    the lock wait) and fails with `StaleExtremities`.
 //! 2. Allocate the stream position and write the event, its state row and
 //!    the new extremities, then COMMIT.
 //!
@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use async_trait::async_trait;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::*;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
@@ -68,7 +69,7 @@ pub(crate) fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
         origin_server_ts: u(get(row, 5)?),
         depth: u(get(row, 6)?),
         json: get(row, 7)?,
-        membership: get(row, 8)?,
+        membership: get::<Option<String>>(row, 8)?.map(MembershipState::from),
         stream_pos: u(get(row, 9)?),
         redacted_by: get(row, 10)?,
         txn,
@@ -79,7 +80,7 @@ fn membership_from_row(row: &Row) -> StoreResult<Membership> {
     Ok(Membership {
         room_id: get(row, 0)?,
         user_id: get(row, 1)?,
-        membership: get::<Option<String>>(row, 2)?.unwrap_or_default(),
+        membership: MembershipState::from(get::<Option<String>>(row, 2)?.unwrap_or_default()),
         event_id: get(row, 3)?,
         stream_pos: u(get(row, 4)?),
     })
@@ -89,9 +90,9 @@ fn membership_from_row(row: &Row) -> StoreResult<Membership> {
 pub(crate) fn insert_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => match db.constraint() {
-            Some("events_txn_key") => StoreError::Conflict("txn"),
-            Some("events_pkey") => StoreError::Conflict("event"),
-            Some("rooms_pkey") => StoreError::Conflict("room"),
+            Some("events_txn_key") => StoreError::TransactionIdUsed,
+            Some("events_pkey") => StoreError::EventIdTaken,
+            Some("rooms_pkey") => StoreError::RoomIdTaken,
             _ => backend(e),
         },
         _ => backend(e),
@@ -243,6 +244,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     let txn = event.txn.as_ref();
     let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
     let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
+    let membership = event.membership.as_ref().map(MembershipState::as_str);
     let rw = &w.relations;
     let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
     let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
@@ -293,7 +295,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
                     &ts,
                     &depth,
                     &event.json,
-                    &event.membership,
+                    &membership,
                     &user,
                     &device,
                     &txn_id,
@@ -313,7 +315,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         async {
             match &event.state_key {
                 Some(key) => tx
-                    .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &event.membership])
+                    .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &membership])
                     .await
                     .map(drop),
                 None => Ok(()),
@@ -363,10 +365,10 @@ const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.even
 impl RoomStore for PostgresStore {
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
         if events.is_empty() {
-            return Err(StoreError::Invalid("events"));
+            return Err(StoreError::Contract("an empty batch of events"));
         }
         if events.iter().any(|e| e.room_id != room.room_id) {
-            return Err(StoreError::Invalid("room"));
+            return Err(StoreError::Contract("an event of another room"));
         }
         let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
         let mut client = self.client().await?;
@@ -379,7 +381,7 @@ impl RoomStore for PostgresStore {
             .map_err(backend)?;
         let tx = client.transaction().await.map_err(backend)?;
         // Nobody else sees the room before COMMIT: no extremities to check.
-        tx.execute(&insert_room, &[&room.room_id, &room.room_version, &room.creator, &i(room.created_ts), &max_depth])
+        tx.execute(&insert_room, &[&room.room_id, &room.room_version.as_str(), &room.creator, &i(room.created_ts), &max_depth])
             .await
             .map_err(insert_error)?;
         let pos = persist(&tx, &w, &events).await?;
@@ -407,7 +409,7 @@ impl RoomStore for PostgresStore {
             forward_extremities.sort();
             Ok(RoomInfo {
                 room_id: get(&r, 0)?,
-                room_version: get(&r, 1)?,
+                room_version: stored_room_version(&get::<String>(&r, 1)?)?,
                 creator: get(&r, 2)?,
                 created_ts: u(get(&r, 3)?),
                 forward_extremities,
@@ -491,7 +493,7 @@ impl RoomStore for PostgresStore {
 
     async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>> {
         if keys.len() > MAX_STATE_KEYS_PER_READ {
-            return Err(StoreError::Invalid("keys"));
+            return Err(StoreError::TooManyStateKeys);
         }
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -647,12 +649,12 @@ impl RoomStore for PostgresStore {
         )
         .await?;
         if rows.len() > limit {
-            return Err(StoreError::LimitExceeded("visibility spans"));
+            return Err(StoreError::TooManyVisibilitySpans);
         }
         rows.iter()
             .map(|r| {
                 let kind = match get::<Option<String>>(r, 3)? {
-                    Some(m) => SpanKind::Membership(m),
+                    Some(m) => SpanKind::Membership(MembershipState::from(m)),
                     None => SpanKind::HistoryVisibility(get::<Option<String>>(r, 4)?.as_deref().and_then(history_visibility_of)),
                 };
                 Ok(StateSpan { room_id: get(r, 0)?, from_pos: u(get(r, 1)?), to_pos: get::<Option<i64>>(r, 2)?.map(u), kind })

@@ -23,7 +23,7 @@ impl UserDataStore for PostgresStore {
                 .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
         let (count, next): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
         if usize::try_from(count).unwrap_or(usize::MAX) >= max_filters {
-            return Err(StoreError::LimitExceeded("filters"));
+            return Err(StoreError::TooManyFilters);
         }
         tx.execute("INSERT INTO filters (user_id, filter_id, filter_json) VALUES ($1, $2, $3)", &[&user_id, &next, &filter_json])
             .await

@@ -38,7 +38,7 @@ fn put_entry(
             .and_then(|mut s| s.query_row([user_id], |r| r.get(0)))
             .map_err(backend)?;
         if usize::try_from(count).unwrap_or(usize::MAX) >= max_entries {
-            return Err(StoreError::LimitExceeded("account_data"));
+            return Err(StoreError::TooManyAccountData);
         }
     }
     let pos: i64 = tx
@@ -95,7 +95,7 @@ impl AccountDataStore for SqliteStore {
                 .map_err(backend)?;
             let Some(content) = apply_tag_change(current.as_deref(), &tag, info.as_ref())? else { return Ok(None) };
             if content.len() > limits.max_content_bytes {
-                return Err(StoreError::LimitExceeded("account_data_size"));
+                return Err(StoreError::AccountDataTooLarge);
             }
             put_entry(tx, &user_id, &room_id, TAG_EVENT_TYPE, &content, limits.max_entries).map(Some)
         })
@@ -171,7 +171,7 @@ impl ReceiptStore for SqliteStore {
                     .and_then(|mut s| s.query_row([&receipt.room_id, &receipt.user_id, &receipt.receipt_type], |r| r.get(0)))
                     .map_err(backend)?;
                 if usize::try_from(count).unwrap_or(usize::MAX) >= max_threads {
-                    return Err(StoreError::LimitExceeded("receipts"));
+                    return Err(StoreError::TooManyReceiptThreads);
                 }
             }
             let pos: i64 = tx

@@ -117,14 +117,14 @@ impl AccountStore for SqliteStore {
                     )
                     .map_err(backend)?;
                 if used == 0 {
-                    return Err(StoreError::Invalid("registration_token"));
+                    return Err(StoreError::RegistrationTokenUnusable);
                 }
             }
             tx.execute(
                 "INSERT INTO accounts (user_id, password_hash, is_admin, created_ts) VALUES (?1, ?2, ?3, ?4)",
                 params![account.user_id, account.password_hash, account.is_admin, i(account.created_ts)],
             )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("user") } else { backend(e) })?;
+            .map_err(|e| if is_unique_violation(&e) { StoreError::UserIdTaken } else { backend(e) })?;
             if let Some(device) = &device {
                 insert_device(tx, device)?;
             }
@@ -162,7 +162,7 @@ impl AccountStore for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             if !matches!(active, Some(None)) {
-                return Err(StoreError::Invalid("account"));
+                return Err(StoreError::AccountInactive);
             }
             let updated = tx
                 .execute(
@@ -184,7 +184,7 @@ impl AccountStore for SqliteStore {
                     .query_row("SELECT COUNT(*) FROM devices WHERE user_id = ?1", [&device.user_id], |r| r.get(0))
                     .map_err(backend)?;
                 if u(count) as usize >= max_devices {
-                    return Err(StoreError::LimitExceeded("devices"));
+                    return Err(StoreError::TooManyDevices);
                 }
                 insert_device(tx, &device)?;
             }
@@ -366,7 +366,7 @@ impl AccountStore for SqliteStore {
             let mut profile = load_profile(tx, &user_id)?;
             profile.insert(key.clone(), value.clone());
             if profile_size_bytes(&profile) > max_profile_bytes {
-                return Err(StoreError::LimitExceeded("profile"));
+                return Err(StoreError::ProfileTooLarge);
             }
             tx.execute(
                 "INSERT INTO profile_fields (user_id, field, value) VALUES (?1, ?2, ?3)
@@ -396,7 +396,7 @@ impl AccountStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t.token, t.uses_allowed.map(i), i(t.completed), t.expiry_ts.map(i), i(t.created_ts), t.revoked_ts.map(i)],
             )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("registration_token") } else { backend(e) })?;
+            .map_err(|e| if is_unique_violation(&e) { StoreError::RegistrationTokenExists } else { backend(e) })?;
             Ok(())
         })
         .await
@@ -449,7 +449,7 @@ impl AccountStore for SqliteStore {
             tx.execute("DELETE FROM uia_sessions WHERE created_ts < ?1", [i(expire_before_ts)]).map_err(backend)?;
             let live: i64 = tx.query_row("SELECT COUNT(*) FROM uia_sessions", [], |r| r.get(0)).map_err(backend)?;
             if u(live) >= max_sessions {
-                return Err(StoreError::LimitExceeded("uia_sessions"));
+                return Err(StoreError::TooManyUiaSessions);
             }
             let completed = serde_json::to_string(&s.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
             tx.execute(
@@ -457,7 +457,7 @@ impl AccountStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![s.session_id, s.operation, s.user_id, completed, s.registration_token, i(s.created_ts)],
             )
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("uia_session") } else { backend(e) })?;
+            .map_err(|e| if is_unique_violation(&e) { StoreError::UiaSessionExists } else { backend(e) })?;
             Ok(())
         })
         .await

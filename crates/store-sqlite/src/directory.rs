@@ -14,7 +14,7 @@ use crate::{SqliteStore, backend};
 fn insert_alias(tx: &Transaction<'_>, alias: &RoomAlias) -> StoreResult<()> {
     tx.prepare_cached("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut s| s.execute(params![alias.alias, alias.room_id, alias.creator, i(alias.created_ts)]))
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("alias") } else { backend(e) })?;
+        .map_err(|e| if is_unique_violation(&e) { StoreError::AliasTaken } else { backend(e) })?;
     Ok(())
 }
 
@@ -88,13 +88,13 @@ impl DirectoryStore for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             if room.is_none() {
-                return Err(StoreError::Invalid("room"));
+                return Err(StoreError::UnknownRoom);
             }
             let count: i64 = tx
                 .query_row("SELECT COUNT(*) FROM room_aliases WHERE room_id = ?1", [&alias.room_id], |r| r.get(0))
                 .map_err(backend)?;
             if usize::try_from(count).unwrap_or(usize::MAX) >= max_per_room {
-                return Err(StoreError::LimitExceeded("aliases"));
+                return Err(StoreError::TooManyAliases);
             }
             insert_alias(tx, &alias)
         })
@@ -138,7 +138,7 @@ impl DirectoryStore for SqliteStore {
             let room =
                 tx.query_row("SELECT 1 FROM rooms WHERE room_id = ?1", [&room_id], |_| Ok(())).optional().map_err(backend)?;
             if room.is_none() {
-                return Err(StoreError::Invalid("room"));
+                return Err(StoreError::UnknownRoom);
             }
             if published {
                 publish(tx, &room_id)
@@ -247,7 +247,7 @@ impl DirectoryStore for SqliteStore {
         addresses: RoomAddresses,
     ) -> StoreResult<u64> {
         if addresses.aliases.iter().any(|a| a.room_id != room.room_id) {
-            return Err(StoreError::Invalid("alias"));
+            return Err(StoreError::AliasOfAnotherRoom);
         }
         self.write(move |tx| {
             let pos = create_room_in_tx(tx, &room, &events)?;
@@ -264,10 +264,10 @@ impl DirectoryStore for SqliteStore {
 
     async fn upgrade_room(&self, upgrade: RoomUpgrade) -> StoreResult<u64> {
         if upgrade.old_room_events.is_empty() {
-            return Err(StoreError::Invalid("events"));
+            return Err(StoreError::Contract("an empty batch of events"));
         }
         if upgrade.old_room_events.iter().any(|e| e.room_id != upgrade.old_room_id) {
-            return Err(StoreError::Invalid("room"));
+            return Err(StoreError::Contract("an event of another room"));
         }
         self.write(move |tx| {
             let mut prev = upgrade.old_extremities.clone();

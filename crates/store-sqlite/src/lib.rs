@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chancery_store::{PoolStats, Store, StoreError, StoreResult, StreamPositions};
+use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamPositions, StreamStore};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use pool::Pool;
@@ -215,7 +215,13 @@ impl Store for SqliteStore {
         // the same store, which nothing does.
         let _ = self.event_listener.set(listener);
     }
+}
 
+/// One process owns the database: nothing to hear from other nodes.
+impl NodeBus for SqliteStore {}
+
+#[async_trait]
+impl StreamStore for SqliteStore {
     async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>> {
         self.read(|conn| {
             let mut stmt = conn

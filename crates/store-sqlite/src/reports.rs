@@ -22,7 +22,7 @@ impl ReportStore for SqliteStore {
                 )
                 .map_err(backend)?;
             if usize::try_from(recent).unwrap_or(usize::MAX) >= max_in_window {
-                return Err(StoreError::LimitExceeded("reports"));
+                return Err(StoreError::TooManyReports);
             }
             tx.execute(
                 "INSERT INTO content_reports (room_id, event_id, reporter, reason, score, created_ts)

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::*;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
@@ -40,7 +41,7 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         origin_server_ts: u(row.get(5)?),
         depth: u(row.get(6)?),
         json: row.get(7)?,
-        membership: row.get(8)?,
+        membership: row.get::<_, Option<String>>(8)?.map(MembershipState::from),
         stream_pos: u(row.get(9)?),
         redacted_by: row.get(10)?,
         txn,
@@ -51,7 +52,7 @@ fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
     Ok(Membership {
         room_id: row.get(0)?,
         user_id: row.get(1)?,
-        membership: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+        membership: MembershipState::from(row.get::<_, Option<String>>(2)?.unwrap_or_default()),
         event_id: row.get(3)?,
         stream_pos: u(row.get(4)?),
     })
@@ -69,27 +70,27 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
         .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
         .map_err(backend)?;
     if found == 0 {
-        return Err(StoreError::Invalid("room"));
+        return Err(StoreError::UnknownRoom);
     }
     let current: BTreeSet<String> = {
         let mut stmt = tx.prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1").map_err(backend)?;
         collect(stmt.query_map([&event.room_id], |r| r.get(0)).map_err(backend)?)?.into_iter().collect()
     };
     if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
-        return Err(StoreError::Conflict("extremities"));
+        return Err(StoreError::StaleExtremities);
     }
     // One writer: these checks cannot be overtaken before the INSERT.
     if let Some(txn) = &event.txn
         && let Some(_) = event_for_txn_in(tx, txn)?
     {
-        return Err(StoreError::Conflict("txn"));
+        return Err(StoreError::TransactionIdUsed);
     }
     let exists = tx
         .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")
         .and_then(|mut s| s.query_row([&event.event_id], |_| Ok(())).optional())
         .map_err(backend)?;
     if exists.is_some() {
-        return Err(StoreError::Conflict("event"));
+        return Err(StoreError::EventIdTaken);
     }
 
     let pos: i64 = tx
@@ -113,13 +114,13 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
             i(event.origin_server_ts),
             i(event.depth),
             event.json,
-            event.membership,
+            event.membership.as_ref().map(MembershipState::as_str),
             txn.map(|t| &t.user_id),
             txn.map(|t| &t.device_id),
             txn.map(|t| &t.txn_id),
         ])
     })
-    .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("event") } else { backend(e) })?;
+    .map_err(|e| if is_unique_violation(&e) { StoreError::EventIdTaken } else { backend(e) })?;
     crate::search::index_event(tx, event, pos)?;
     crate::push::insert_notifications(tx, event, pos)?;
 
@@ -141,7 +142,16 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
             "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, event.event_id, event.membership, pos]))
+        .and_then(|mut s| {
+            s.execute(params![
+                event.room_id,
+                event.event_type,
+                state_key,
+                event.event_id,
+                event.membership.as_ref().map(MembershipState::as_str),
+                pos
+            ])
+        })
         .map_err(backend)?;
     }
 
@@ -165,16 +175,16 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
 /// the directory operations that create a room together with its addresses.
 pub(crate) fn create_room_in_tx(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) -> StoreResult<u64> {
     if events.is_empty() {
-        return Err(StoreError::Invalid("events"));
+        return Err(StoreError::Contract("an empty batch of events"));
     }
     if events.iter().any(|e| e.room_id != room.room_id) {
-        return Err(StoreError::Invalid("room"));
+        return Err(StoreError::Contract("an event of another room"));
     }
     tx.execute(
         "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
-        params![room.room_id, room.room_version, room.creator, i(room.created_ts)],
+        params![room.room_id, room.room_version.as_str(), room.creator, i(room.created_ts)],
     )
-    .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("room") } else { backend(e) })?;
+    .map_err(|e| if is_unique_violation(&e) { StoreError::RoomIdTaken } else { backend(e) })?;
     let mut pos = 0;
     let mut prev: Vec<String> = Vec::new();
     for event in events {
@@ -215,19 +225,15 @@ impl RoomStore for SqliteStore {
                 .prepare_cached("SELECT room_id, room_version, creator, created_ts, max_depth FROM rooms WHERE room_id = ?1")
                 .and_then(|mut s| {
                     s.query_row([&room_id], |r| {
-                        Ok(RoomInfo {
-                            room_id: r.get(0)?,
-                            room_version: r.get(1)?,
-                            creator: r.get(2)?,
-                            created_ts: u(r.get(3)?),
-                            forward_extremities: Vec::new(),
-                            max_depth: u(r.get(4)?),
-                        })
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, u(r.get(3)?), u(r.get(4)?)))
                     })
                     .optional()
                 })
                 .map_err(backend)?;
-            let Some(mut info) = found else { return Ok(None) };
+            let Some((found_id, room_version, creator, created_ts, max_depth)) = found else { return Ok(None) };
+            let room_version = stored_room_version(&room_version)?;
+            let mut info =
+                RoomInfo { room_id: found_id, room_version, creator, created_ts, forward_extremities: Vec::new(), max_depth };
             let mut stmt = tx
                 .prepare_cached("SELECT event_id FROM forward_extremities WHERE room_id = ?1 ORDER BY event_id")
                 .map_err(backend)?;
@@ -318,7 +324,7 @@ impl RoomStore for SqliteStore {
 
     async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>> {
         if keys.len() > MAX_STATE_KEYS_PER_READ {
-            return Err(StoreError::Invalid("keys"));
+            return Err(StoreError::TooManyStateKeys);
         }
         let (room_id, keys) = (room_id.to_owned(), keys.to_vec());
         self.read(move |conn| {
@@ -508,7 +514,7 @@ impl RoomStore for SqliteStore {
                     let membership: Option<String> = r.get(3)?;
                     let json: Option<String> = r.get(4)?;
                     let kind = match membership {
-                        Some(m) => SpanKind::Membership(m),
+                        Some(m) => SpanKind::Membership(MembershipState::from(m)),
                         None => SpanKind::HistoryVisibility(json.as_deref().and_then(history_visibility_of)),
                     };
                     Ok(StateSpan { room_id: r.get(0)?, from_pos: u(r.get(1)?), to_pos: r.get::<_, Option<i64>>(2)?.map(u), kind })
@@ -516,7 +522,7 @@ impl RoomStore for SqliteStore {
                 .map_err(backend)?;
             let spans = collect(rows)?;
             if spans.len() > limit {
-                return Err(StoreError::LimitExceeded("visibility spans"));
+                return Err(StoreError::TooManyVisibilitySpans);
             }
             Ok(spans)
         })

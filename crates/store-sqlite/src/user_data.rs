@@ -26,7 +26,7 @@ impl UserDataStore for SqliteStore {
                 })
                 .map_err(backend)?;
             if usize::try_from(count).unwrap_or(usize::MAX) >= max_filters {
-                return Err(StoreError::LimitExceeded("filters"));
+                return Err(StoreError::TooManyFilters);
             }
             tx.execute(
                 "INSERT INTO filters (user_id, filter_id, filter_json) VALUES (?1, ?2, ?3)",

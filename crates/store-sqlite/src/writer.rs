@@ -265,7 +265,7 @@ mod tests {
                         tx.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(backend)?;
                         match n % 10 {
                             // Fails after writing: its row must not stay.
-                            3 => Err(StoreError::Conflict("test")),
+                            3 => Err(StoreError::Contract("test")),
                             7 => panic!("boom"),
                             _ => Ok(n),
                         }
@@ -276,7 +276,7 @@ mod tests {
         let mut ok = 0;
         for (n, task) in tasks.into_iter().enumerate() {
             match (n % 10, task.await.unwrap()) {
-                (3, Err(StoreError::Conflict("test"))) | (7, Err(StoreError::Backend(_))) => {}
+                (3, Err(StoreError::Contract("test"))) | (7, Err(StoreError::Backend(_))) => {}
                 (_, Ok(got)) => {
                     assert_eq!(got, n as i64);
                     ok += 1;

@@ -44,7 +44,7 @@ pub trait AccountDataStore: Send + Sync {
     /// Sets (creates or replaces) one entry and gives it the next position
     /// of the account-data stream, which it returns. `content` is a JSON
     /// object serialized; its size is the caller's to check.
-    /// `LimitExceeded("account_data")` if this would be a new entry past
+    /// `TooManyAccountData` if this would be a new entry past
     /// `max_entries` (replacing an existing one is always allowed).
     async fn set_account_data(
         &self,
@@ -59,8 +59,8 @@ pub trait AccountDataStore: Send + Sync {
     /// `m.tag` entry, read-modify-write in one transaction, so concurrent
     /// changes to different tags of one room all survive. Returns the new
     /// position, or `None` if the content did not change (nothing written).
-    /// `LimitExceeded("account_data")` as for `set_account_data`,
-    /// `LimitExceeded("account_data_size")` if the `m.tag` content would
+    /// `TooManyAccountData` as for `set_account_data`,
+    /// `AccountDataTooLarge` if the `m.tag` content would
     /// pass `max_content_bytes`.
     async fn set_room_tag(
         &self,

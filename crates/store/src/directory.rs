@@ -94,8 +94,8 @@ pub struct PublicRoomsPage {
 
 #[async_trait]
 pub trait DirectoryStore: Send + Sync {
-    /// Maps `alias` to its room. `Conflict("alias")` if the alias exists,
-    /// `Invalid("room")` if the room does not, `LimitExceeded("aliases")`
+    /// Maps `alias` to its room. `AliasTaken` if the alias exists,
+    /// `UnknownRoom` if the room does not, `TooManyAliases`
     /// if the room already has `max_per_room` aliases.
     async fn create_alias(&self, alias: &RoomAlias, max_per_room: usize) -> StoreResult<()>;
 
@@ -108,7 +108,7 @@ pub trait DirectoryStore: Send + Sync {
     async fn aliases_of_room(&self, room_id: &str) -> StoreResult<Vec<String>>;
 
     /// Publishes the room in the directory or removes it (either is
-    /// idempotent). `Invalid("room")` if the room does not exist.
+    /// idempotent). `UnknownRoom` if the room does not exist.
     async fn set_published(&self, room_id: &str, published: bool) -> StoreResult<()>;
 
     async fn is_published(&self, room_id: &str) -> StoreResult<bool>;
@@ -121,7 +121,7 @@ pub trait DirectoryStore: Send + Sync {
 
     /// [`RoomStore::create_room`](crate::RoomStore::create_room) plus the
     /// room's aliases and directory listing, all or nothing.
-    /// `Conflict("alias")` if an alias is taken; `Invalid("alias")` if an
+    /// `AliasTaken` if an alias is taken; `AliasOfAnotherRoom` if an
     /// alias names another room.
     async fn create_room_with_addresses(
         &self,
@@ -130,9 +130,9 @@ pub trait DirectoryStore: Send + Sync {
         addresses: RoomAddresses,
     ) -> StoreResult<u64>;
 
-    /// Appends the old room's events (`Conflict("extremities")` if the old
-    /// room moved on, `Invalid("room")` if it does not exist), creates the
-    /// new room (`Conflict("room")` if its id exists), and moves every
+    /// Appends the old room's events (`StaleExtremities` if the old
+    /// room moved on, `UnknownRoom` if it does not exist), creates the
+    /// new room (`RoomIdTaken` if its id exists), and moves every
     /// local alias and the directory listing of the old room to the new
     /// one — all or nothing. Returns the last stream position written.
     async fn upgrade_room(&self, upgrade: RoomUpgrade) -> StoreResult<u64>;

@@ -36,17 +36,81 @@ pub use search::*;
 pub use types::*;
 pub use user_data::*;
 
-/// What went wrong in a store call. `Conflict`/`LimitExceeded`/`Invalid`
-/// are operating errors the caller turns into a Matrix error; `Backend` is
-/// the database failing (disk full, connection lost) and becomes a 500.
+/// What went wrong in a store call. Each variant names one domain
+/// condition, so callers match them exhaustively and the service maps
+/// each to its Matrix error in one place (`service::error`). `Contract` is
+/// a caller breaking a method's documented contract (a bug, answered with
+/// a 500); `Backend` is the database failing (disk full, connection lost).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("already exists: {0}")]
-    Conflict(&'static str),
-    #[error("limit exceeded: {0}")]
-    LimitExceeded(&'static str),
-    #[error("invalid: {0}")]
-    Invalid(&'static str),
+    // Taken ids and stale writes.
+    #[error("this user id is taken")]
+    UserIdTaken,
+    #[error("this registration token exists")]
+    RegistrationTokenExists,
+    #[error("this interactive-auth session exists")]
+    UiaSessionExists,
+    #[error("this room id is taken")]
+    RoomIdTaken,
+    #[error("this event id is taken")]
+    EventIdTaken,
+    #[error("this room alias is taken")]
+    AliasTaken,
+    /// The room's forward extremities are no longer those the event was
+    /// built on: another writer went first.
+    #[error("the room's forward extremities moved on")]
+    StaleExtremities,
+    /// The device already used this transaction id.
+    #[error("this transaction id was used")]
+    TransactionIdUsed,
+
+    // Things that do not exist or can no longer be used.
+    /// The account is deactivated or does not exist.
+    #[error("the account is deactivated or does not exist")]
+    AccountInactive,
+    /// The registration token is unknown, revoked, expired or used up.
+    #[error("the registration token cannot be used")]
+    RegistrationTokenUnusable,
+    #[error("no such room")]
+    UnknownRoom,
+    /// An alias given with a room names another room.
+    #[error("an alias names another room")]
+    AliasOfAnotherRoom,
+    /// Text the database cannot hold (PostgreSQL refuses NUL characters).
+    #[error("text holds a character the database cannot store")]
+    TextNotStorable,
+    #[error("the message for other nodes is too large")]
+    PayloadTooLarge,
+    #[error("too many state keys in one read")]
+    TooManyStateKeys,
+
+    // Quotas a user or a room reached.
+    #[error("the account has too many devices")]
+    TooManyDevices,
+    #[error("the profile would be too large")]
+    ProfileTooLarge,
+    #[error("too many interactive-auth sessions are open")]
+    TooManyUiaSessions,
+    #[error("the account has too many filters")]
+    TooManyFilters,
+    #[error("the account has too many account data entries")]
+    TooManyAccountData,
+    #[error("the account data content is too large")]
+    AccountDataTooLarge,
+    #[error("too many threads hold a receipt")]
+    TooManyReceiptThreads,
+    #[error("the room has too many aliases")]
+    TooManyAliases,
+    #[error("too many reports in the window")]
+    TooManyReports,
+    #[error("too many history visibility spans")]
+    TooManyVisibilitySpans,
+
+    // Bugs and failures.
+    /// The caller broke the method's contract (events of another room, an
+    /// empty batch): a bug, never client input.
+    #[error("store contract broken: {0}")]
+    Contract(&'static str),
     #[error("database schema version {found} is newer than this binary supports ({supported}); run a newer chancery")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("database error: {0}")]
@@ -61,8 +125,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait AccountStore: Send + Sync {
     /// Creates an account, and with it the first device if one is given,
     /// consuming one use of `registration_token` if given — all or nothing.
-    /// `Conflict("user")` if the id is taken (also by a deactivated account),
-    /// `Invalid("registration_token")` if the token cannot be used any more.
+    /// `UserIdTaken` if the id is taken (also by a deactivated account),
+    /// `RegistrationTokenUnusable` if the token cannot be used any more.
     async fn create_account(
         &self,
         account: NewAccount,
@@ -75,8 +139,8 @@ pub trait AccountStore: Send + Sync {
 
     /// Adds a device or, if the user already has one with this id, gives it
     /// new tokens (invalidating the old ones) and, if given, a new name.
-    /// `LimitExceeded("devices")` if the user would have more than
-    /// `max_devices`. `Invalid("account")` if the account is deactivated or
+    /// `TooManyDevices` if the user would have more than
+    /// `max_devices`. `AccountInactive` if the account is deactivated or
     /// missing.
     async fn upsert_device(&self, device: NewDevice, max_devices: usize) -> StoreResult<()>;
 
@@ -122,13 +186,13 @@ pub trait AccountStore: Send + Sync {
 
     async fn profile(&self, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>>;
 
-    /// Sets one profile field. `LimitExceeded("profile")` if the profile's
+    /// Sets one profile field. `ProfileTooLarge` if the profile's
     /// serialized size would pass `max_profile_bytes`.
     async fn set_profile_field(&self, user_id: &str, key: &str, value: &JsonValue, max_profile_bytes: usize) -> StoreResult<()>;
 
     async fn delete_profile_field(&self, user_id: &str, key: &str) -> StoreResult<()>;
 
-    /// `Conflict("registration_token")` if the token exists.
+    /// `RegistrationTokenExists` if the token exists.
     async fn create_registration_token(&self, token: &RegistrationToken) -> StoreResult<()>;
     async fn registration_tokens(&self) -> StoreResult<Vec<RegistrationToken>>;
     async fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationToken>>;
@@ -136,11 +200,48 @@ pub trait AccountStore: Send + Sync {
     async fn revoke_registration_token(&self, token: &str, now_ts: u64) -> StoreResult<bool>;
 
     /// Stores a new interactive-auth session, first dropping expired ones.
-    /// `LimitExceeded("uia_sessions")` if `max_sessions` are live.
+    /// `TooManyUiaSessions` if `max_sessions` are live.
     async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()>;
     async fn uia_session(&self, session_id: &str) -> StoreResult<Option<UiaSession>>;
     async fn update_uia_session(&self, session: &UiaSession) -> StoreResult<()>;
     async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()>;
+}
+
+/// The streams a sync reads, and how it hears of other nodes' commits.
+#[async_trait]
+pub trait StreamStore: Send + Sync {
+    /// A counter that moves whenever any process sharing the database
+    /// commits a change a sync may wait for (events, account data,
+    /// receipts). `None` where only one process uses the database.
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// The committed positions of the streams a sync reads, in one round
+    /// trip (each as its `current_*_pos`).
+    async fn stream_positions(&self) -> StoreResult<StreamPositions>;
+    /// The rooms with events at positions `events.0 < p <= events.1` or
+    /// receipts at `receipts.0 < p <= receipts.1`; `None` if there are more
+    /// than `limit` (the caller then looks at every room). Costs a scan of
+    /// both ranges: callers bound them.
+    async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>>;
+}
+
+/// Messages between the processes sharing a database, for the state each
+/// keeps in memory (typing, presence). Nothing is stored.
+#[async_trait]
+pub trait NodeBus: Send + Sync {
+    /// Sends `payload` (at most [`MAX_EPHEMERAL_PAYLOAD_BYTES`]) to every
+    /// process sharing the database, this one included. A no-op where one
+    /// process uses the database.
+    async fn publish_ephemeral(&self, _payload: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// What the processes sharing the database publish, in order; `None`
+    /// where only one process uses it. A receiver that falls behind loses
+    /// the oldest messages.
+    fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }
 
 /// A whole backend.
@@ -157,6 +258,8 @@ pub trait Store:
     + DirectoryStore
     + ReportStore
     + ForgottenRoomStore
+    + StreamStore
+    + NodeBus
 {
     /// Cheap round trip to the database, for `/health`.
     async fn ping(&self) -> StoreResult<()>;
@@ -166,38 +269,14 @@ pub trait Store:
     async fn close(&self);
     /// `sqlite` or `postgres`, for logs and metrics.
     fn kind(&self) -> &'static str;
-    /// A counter that moves whenever any process sharing the database
-    /// commits a change a sync may wait for (events, account data,
-    /// receipts). `None` where only one process uses the database.
-    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
-    /// The committed positions of the streams a sync reads, in one round
-    /// trip (each as its `current_*_pos`).
-    async fn stream_positions(&self) -> StoreResult<StreamPositions>;
-    /// The rooms with events at positions `events.0 < p <= events.1` or
-    /// receipts at `receipts.0 < p <= receipts.1`; `None` if there are more
-    /// than `limit` (the caller then looks at every room). Costs a scan of
-    /// both ranges: callers bound them.
-    async fn rooms_changed(&self, events: (u64, u64), receipts: (u64, u64), limit: usize) -> StoreResult<Option<Vec<String>>>;
-    /// Sends `payload` (at most [`MAX_EPHEMERAL_PAYLOAD_BYTES`]) to every
-    /// process sharing the database, this one included, for state they keep
-    /// in memory (typing, presence). Nothing is stored. A no-op where one
-    /// process uses the database.
-    async fn publish_ephemeral(&self, _payload: &str) -> StoreResult<()> {
-        Ok(())
-    }
-    /// What the processes sharing the database publish, in order; `None`
-    /// where only one process uses it. A receiver that falls behind loses
-    /// the oldest messages.
-    fn ephemeral_updates(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        None
-    }
     /// The backend calls `listener` for every event `append_event`
     /// commits, on the thread that committed it: right after the commit and
     /// before waking the caller, then runs what it returned right after
     /// waking the caller. So the listener decides which syncs run ahead of
     /// the sender's answer and which after it. Set once per store.
+    ///
+    /// The one place service code runs inside a backend (ARCHITECTURE.md,
+    /// "Wake-ups at commit" says why it is not a channel).
     fn set_event_listener(&self, listener: EventListener);
 }
 

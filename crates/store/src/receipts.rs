@@ -40,7 +40,7 @@ pub struct Receipt {
 pub trait ReceiptStore: Send + Sync {
     /// Sets the user's receipt of this type and thread in the room,
     /// replacing the previous one, and returns its new position in the
-    /// receipts stream. `LimitExceeded("receipts")` if the user would hold
+    /// receipts stream. `TooManyReceiptThreads` if the user would hold
     /// more than `max_threads` receipts of this type in the room (one per
     /// thread, plus the unthreaded one); replacing is always allowed.
     async fn set_receipt(&self, receipt: NewReceipt, max_threads: usize) -> StoreResult<u64>;

@@ -83,7 +83,7 @@ pub struct ReportPage {
 
 #[async_trait]
 pub trait ReportStore: Send + Sync {
-    /// Stores a report and returns its id. `LimitExceeded("reports")` if
+    /// Stores a report and returns its id. `TooManyReports` if
     /// the reporter already filed `max_in_window` reports at or after
     /// `window_start_ts` (checked and written in one transaction, so the
     /// bound holds under concurrency and across nodes).

@@ -11,6 +11,9 @@
 //! query; nothing is copied per event.
 
 use async_trait::async_trait;
+use chancery_proto::ruma::RoomVersionId;
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use serde::{Deserialize, Serialize};
 
 use crate::{NewRelation, StoreResult};
@@ -38,7 +41,7 @@ pub struct NewEvent {
     /// The signed PDU as canonical JSON.
     pub json: String,
     /// `content.membership` of an `m.room.member` event.
-    pub membership: Option<String>,
+    pub membership: Option<MembershipState>,
     /// The event this one redacts, if it is an `m.room.redaction` the
     /// server accepted.
     pub redacts: Option<String>,
@@ -71,7 +74,8 @@ pub struct StoredEvent {
     pub origin_server_ts: u64,
     pub depth: u64,
     pub json: String,
-    pub membership: Option<String>,
+    /// `content.membership` of an `m.room.member` event.
+    pub membership: Option<MembershipState>,
     pub stream_pos: u64,
     /// Id of an accepted redaction of this event, if any.
     pub redacted_by: Option<String>,
@@ -83,7 +87,7 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRoom {
     pub room_id: String,
-    pub room_version: String,
+    pub room_version: RoomVersionId,
     pub creator: String,
     pub created_ts: u64,
 }
@@ -91,7 +95,7 @@ pub struct NewRoom {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {
     pub room_id: String,
-    pub room_version: String,
+    pub room_version: RoomVersionId,
     pub creator: String,
     pub created_ts: u64,
     /// Events with no successor yet (the `prev_events` of the next event).
@@ -105,7 +109,7 @@ pub struct RoomInfo {
 pub struct Membership {
     pub room_id: String,
     pub user_id: String,
-    pub membership: String,
+    pub membership: MembershipState,
     pub event_id: String,
     pub stream_pos: u64,
 }
@@ -123,9 +127,9 @@ pub struct MemberSummary {
 pub enum SpanKind {
     /// The room's `m.room.history_visibility`: its `content.history_visibility`
     /// (`None` if missing or not a string).
-    HistoryVisibility(Option<String>),
+    HistoryVisibility(Option<HistoryVisibility>),
     /// A user's `content.membership`.
-    Membership(String),
+    Membership(MembershipState),
 }
 
 /// A stretch of a room's history during which one state event was in
@@ -138,24 +142,30 @@ pub struct StateSpan {
     pub kind: SpanKind,
 }
 
+/// A room version read back from the database (written from a
+/// [`RoomVersionId`], so anything else is a corrupt row).
+pub fn stored_room_version(stored: &str) -> StoreResult<RoomVersionId> {
+    RoomVersionId::try_from(stored).map_err(|e| crate::StoreError::Backend(format!("stored room version {stored:?}: {e}")))
+}
+
 /// `content.history_visibility` of an `m.room.history_visibility` event's
 /// JSON, for backends building [`SpanKind::HistoryVisibility`].
-pub fn history_visibility_of(event_json: &str) -> Option<String> {
+pub fn history_visibility_of(event_json: &str) -> Option<HistoryVisibility> {
     let value: serde_json::Value = serde_json::from_str(event_json).ok()?;
-    value.get("content")?.get("history_visibility")?.as_str().map(str::to_owned)
+    value.get("content")?.get("history_visibility")?.as_str().map(HistoryVisibility::from)
 }
 
 #[async_trait]
 pub trait RoomStore: Send + Sync {
     /// Creates the room and persists its first events in order, all in one
-    /// transaction. `Conflict("room")` if the id exists. Returns the
+    /// transaction. `RoomIdTaken` if the id exists. Returns the
     /// stream position of the last event.
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64>;
 
     /// Appends one event whose `prev_events` are `prev_extremities`.
-    /// `Conflict("extremities")` if the room's forward extremities are no
+    /// `StaleExtremities` if the room's forward extremities are no
     /// longer exactly those (another writer went first: re-read and
-    /// rebuild), `Conflict("txn")` if the transaction key was used. In one
+    /// rebuild), `TransactionIdUsed` if the transaction key was used. In one
     /// transaction: the event, its stream position, the new extremities
     /// (just this event), the state table if it is a state event, the
     /// redaction link if it redacts (which also breaks the target's
@@ -165,7 +175,7 @@ pub trait RoomStore: Send + Sync {
     /// The write is queued by the time the future is first polled, and
     /// queued appends commit in that order: a caller may build a room's next
     /// event on one still being committed (if that one fails, the next fails
-    /// with `Conflict("extremities")`).
+    /// with `StaleExtremities`).
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64>;
 
     async fn room(&self, room_id: &str) -> StoreResult<Option<RoomInfo>>;
@@ -232,7 +242,7 @@ pub trait RoomStore: Send + Sync {
     /// `m.room.history_visibility` that overlap positions `from..=up_to`,
     /// and every span of the user's membership that ends after `from` (the
     /// rule for `shared` looks at later joins too). Ordered by room, then
-    /// start. `LimitExceeded("visibility spans")` if there are more than
+    /// start. `TooManyVisibilitySpans` if there are more than
     /// `limit`.
     async fn visibility_spans(
         &self,

@@ -35,7 +35,7 @@ pub async fn well_known_server(State(state): State<AppState>) -> Json<JsonValue>
 /// `GET /capabilities`: only what this server really does.
 pub async fn capabilities(State(state): State<AppState>, Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
     let available: serde_json::Map<String, JsonValue> =
-        SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
+        SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Ok(Json(json!({
         "capabilities": {
             "m.change_password": { "enabled": true },

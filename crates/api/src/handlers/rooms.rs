@@ -11,6 +11,7 @@ use chancery_proto::ruma::api::client::message::get_message_events;
 use chancery_proto::ruma::api::client::redact::redact_event;
 use chancery_proto::ruma::api::client::room::{Visibility, create_room};
 use chancery_proto::ruma::api::{Direction as RumaDirection, client::membership::get_member_events};
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::room::RoomType;
 use chancery_proto::ruma::{EventId, OwnedRoomId, RoomId};
 use chancery_service::Error;
@@ -237,12 +238,10 @@ pub async fn members(
     Authed(user): Authed,
     Ruma(req): Ruma<get_member_events::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
-    let membership = req.membership.as_ref().map(|m| m.to_string());
-    let not_membership = req.not_membership.as_ref().map(|m| m.to_string());
-    let chunk = state
-        .services
-        .room_members(&user, &req.room_id, req.at.as_deref(), membership.as_deref(), not_membership.as_deref())
-        .await?;
+    let membership = req.membership.as_ref().map(|m| MembershipState::from(m.as_str()));
+    let not_membership = req.not_membership.as_ref().map(|m| MembershipState::from(m.as_str()));
+    let chunk =
+        state.services.room_members(&user, &req.room_id, req.at.as_deref(), membership.as_ref(), not_membership.as_ref()).await?;
     Ok(Json(json!({ "chunk": chunk })))
 }
 

@@ -72,13 +72,10 @@ impl Services {
             created_ts: now_ms(),
         };
         match self.store().create_alias(&new, MAX_ALIASES_PER_ROOM).await {
-            Ok(()) => Ok(()),
-            Err(StoreError::Conflict("alias")) => Err(Error::AliasInUse(format!("room alias {alias} already exists"))),
-            Err(StoreError::Invalid("room")) => Err(Error::NotFound("this server does not know that room".into())),
-            Err(StoreError::LimitExceeded("aliases")) => {
-                Err(Error::ResourceLimit(format!("a room has at most {MAX_ALIASES_PER_ROOM} aliases")))
-            }
-            Err(e) => Err(e.into()),
+            // The spec's answer to a taken alias here (`createRoom` answers
+            // `M_ROOM_IN_USE`).
+            Err(StoreError::AliasTaken) => Err(Error::AliasInUse(format!("room alias {alias} already exists"))),
+            other => Ok(other?),
         }
     }
 
@@ -165,7 +162,7 @@ impl Services {
             return Ok(());
         }
         self.ensure_joined(room_id, &user.user_id).await?;
-        let (_, rules) = rules_of(&info.room_version)?;
+        let rules = rules_of(&info.room_version)?;
         let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];
         let state = self.state_subset(room_id, &keys).await?;
         if power_levels(&state, &rules)?.user_can_send_state(&user.user_id, StateEventType::RoomCanonicalAlias) {

@@ -71,7 +71,7 @@ impl RulesCache {
             return Ok(rules.clone());
         }
         let info = services.store().room(room_id).await?.ok_or_else(|| Error::Internal("event of unknown room".into()))?;
-        let rules = rules_of(&info.room_version)?.1.redaction;
+        let rules = rules_of(&info.room_version)?.redaction;
         self.rooms.insert(room_id.to_owned(), rules.clone());
         Ok(rules)
     }

@@ -11,7 +11,7 @@ use chancery_store::{NewEvent, NewRoom, RoomAddresses, RoomAlias, StoreError};
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::send::new_event;
-use super::{SUPPORTED_ROOM_VERSIONS, StateMap, rules_of};
+use super::{StateMap, rules_of, supported_room_version};
 use crate::{AuthedUser, Error, Services, now_ms, tokens};
 
 const ROOM_ID_COLLISION: &str = "room id collision";
@@ -164,10 +164,12 @@ impl Services {
         if req.initial_state.len() > MAX_CREATE_ROOM_INITIAL_STATE {
             return Err(Error::InvalidParam(format!("at most {MAX_CREATE_ROOM_INITIAL_STATE} initial state events")));
         }
-        let version = req.room_version.clone().unwrap_or_else(|| self.config().default_room_version.clone());
-        if !SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
-            return Err(Error::UnsupportedRoomVersion(version));
-        }
+        let version = match &req.room_version {
+            Some(requested) => {
+                supported_room_version(requested).ok_or_else(|| Error::UnsupportedRoomVersion(requested.clone()))?
+            }
+            None => self.config().default_room_version.clone(),
+        };
         for invitee in &req.invite {
             self.ensure_local_user(invitee).await?;
         }
@@ -179,7 +181,7 @@ impl Services {
             // saves building the events.
             return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
         }
-        let (_, rules) = rules_of(&version)?;
+        let rules = rules_of(&version)?;
         let creator = user.user_id.clone();
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
 
@@ -287,8 +289,8 @@ impl Services {
         let addresses = RoomAddresses { aliases, publish: req.public };
         match self.store().create_room_with_addresses(room, b.events, addresses).await {
             Ok(_) => {}
-            Err(StoreError::Conflict("room")) => return Err(Error::Internal(ROOM_ID_COLLISION.into())),
-            Err(StoreError::Conflict("alias")) => {
+            Err(StoreError::RoomIdTaken) => return Err(Error::Internal(ROOM_ID_COLLISION.into())),
+            Err(StoreError::AliasTaken) => {
                 let alias = alias.map(|a| a.to_string()).unwrap_or_default();
                 return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
             }

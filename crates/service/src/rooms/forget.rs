@@ -3,6 +3,7 @@
 //! membership changes again.
 
 use chancery_proto::ruma::RoomId;
+use chancery_proto::ruma::events::room::member::MembershipState;
 
 use crate::{AuthedUser, Error, Services};
 
@@ -11,9 +12,9 @@ impl Services {
     /// forgotten; forgetting a room one never was in changes nothing, as
     /// in Synapse.
     pub async fn forget_room(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
-        match self.membership(room_id, &user.user_id).await?.as_deref() {
+        match self.membership(room_id, &user.user_id).await? {
             None => Ok(()),
-            Some("leave" | "ban") => {
+            Some(MembershipState::Leave | MembershipState::Ban) => {
                 // Storing nothing means the membership changed meanwhile;
                 // the room is then not one to forget any more.
                 self.store().forget_room(user.user_id.as_str(), room_id.as_str()).await?;

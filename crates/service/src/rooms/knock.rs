@@ -4,6 +4,7 @@
 //! a kick or ban refuses it, the knocker's own leave retracts it.
 
 use chancery_core::pdu::EventDraft;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{OwnedRoomId, RoomOrAliasId};
 use serde_json::{Value as JsonValue, json};
 
@@ -20,15 +21,17 @@ impl Services {
             .room(room_id.as_str())
             .await?
             .ok_or_else(|| Error::NotFound("that room does not appear to exist".into()))?;
-        let (_, rules) = rules_of(&info.room_version)?;
+        let rules = rules_of(&info.room_version)?;
         if !rules.authorization.knocking {
             return Err(Error::Forbidden(format!("room version {} does not support knocking", info.room_version)));
         }
-        match self.membership(&room_id, &user.user_id).await?.as_deref() {
-            Some("join") => return Err(Error::Forbidden("you are already in this room".into())),
-            Some("invite") => return Err(Error::Forbidden("you are already invited to this room; join it".into())),
-            Some("ban") => return Err(Error::Forbidden("you are banned from this room".into())),
-            Some("knock") => return Ok(room_id),
+        match self.membership(&room_id, &user.user_id).await? {
+            Some(MembershipState::Join) => return Err(Error::Forbidden("you are already in this room".into())),
+            Some(MembershipState::Invite) => {
+                return Err(Error::Forbidden("you are already invited to this room; join it".into()));
+            }
+            Some(MembershipState::Ban) => return Err(Error::Forbidden("you are banned from this room".into())),
+            Some(MembershipState::Knock) => return Ok(room_id),
             _ => {}
         }
         let join_rules = self.store().state_event(room_id.as_str(), "m.room.join_rules", "", None).await?;
@@ -38,7 +41,7 @@ impl Services {
         if !matches!(join_rule.as_deref(), Some("knock" | "knock_restricted")) {
             return Err(Error::Forbidden("this room does not accept knocks".into()));
         }
-        let mut content = json!({"membership": "knock"});
+        let mut content = json!({"membership": MembershipState::Knock});
         let profile = self.store().profile(user.user_id.as_str()).await?;
         for field in ["displayname", "avatar_url"] {
             if let Some(v) = profile.get(field) {

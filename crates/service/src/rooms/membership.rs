@@ -2,6 +2,7 @@
 //! whose permission the room version's authorization rules decide.
 
 use chancery_core::pdu::EventDraft;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{OwnedEventId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
@@ -41,10 +42,10 @@ impl Services {
     /// `POST /rooms/{roomId}/join` and `/join/{roomIdOrAlias}` for a room
     /// on this server. Joining again while joined changes nothing.
     pub async fn join_room(&self, user: &AuthedUser, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
-        if self.membership(room_id, &user.user_id).await?.as_deref() == Some("join") {
+        if self.membership(room_id, &user.user_id).await? == Some(MembershipState::Join) {
             return Ok(());
         }
-        let mut content = json!({"membership": "join"});
+        let mut content = json!({"membership": MembershipState::Join});
         let profile = self.store().profile(user.user_id.as_str()).await?;
         for field in ["displayname", "avatar_url"] {
             if let Some(v) = profile.get(field) {
@@ -60,12 +61,12 @@ impl Services {
 
     /// `POST /rooms/{roomId}/leave` (also rejects an invite).
     pub async fn leave_room(&self, user: &AuthedUser, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
-        match self.membership(room_id, &user.user_id).await?.as_deref() {
-            Some("join" | "invite" | "knock") => {}
-            Some("leave") => return Ok(()),
+        match self.membership(room_id, &user.user_id).await? {
+            Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
+            Some(MembershipState::Leave) => return Ok(()),
             _ => return Err(Error::Forbidden("you are not in this room".into())),
         }
-        let mut content = json!({"membership": "leave"});
+        let mut content = json!({"membership": MembershipState::Leave});
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
@@ -89,20 +90,20 @@ impl Services {
         let membership = match action {
             MembershipAction::Invite => {
                 self.ensure_local_user(target).await?;
-                match current.as_deref() {
-                    Some("join") => return Err(Error::Forbidden(format!("{target} is already in the room"))),
-                    Some("ban") => return Err(Error::Forbidden(format!("{target} is banned from the room"))),
-                    Some("invite") => return Ok(()),
-                    _ => "invite",
+                match current {
+                    Some(MembershipState::Join) => return Err(Error::Forbidden(format!("{target} is already in the room"))),
+                    Some(MembershipState::Ban) => return Err(Error::Forbidden(format!("{target} is banned from the room"))),
+                    Some(MembershipState::Invite) => return Ok(()),
+                    _ => MembershipState::Invite,
                 }
             }
-            MembershipAction::Kick => match current.as_deref() {
-                Some("join" | "invite" | "knock") => "leave",
+            MembershipAction::Kick => match current {
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => MembershipState::Leave,
                 _ => return Err(Error::Forbidden(format!("{target} is not in the room"))),
             },
-            MembershipAction::Ban => "ban",
-            MembershipAction::Unban => match current.as_deref() {
-                Some("ban") => "leave",
+            MembershipAction::Ban => MembershipState::Ban,
+            MembershipAction::Unban => match current {
+                Some(MembershipState::Ban) => MembershipState::Leave,
                 _ => return Err(Error::Forbidden(format!("{target} is not banned"))),
             },
         };
@@ -117,6 +118,6 @@ impl Services {
     /// `GET /joined_rooms`.
     pub async fn joined_rooms(&self, user: &AuthedUser) -> Result<Vec<String>, Error> {
         let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
-        Ok(memberships.into_iter().filter(|m| m.membership == "join").map(|m| m.room_id).collect())
+        Ok(memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect())
     }
 }

@@ -22,6 +22,7 @@ mod send;
 mod upgrade;
 mod visibility;
 
+use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +44,12 @@ pub use upgrade::UpgradeRoom;
 use crate::{Error, Services};
 
 /// Room versions this server creates and joins.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+pub const SUPPORTED_ROOM_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+
+/// The version a client or operator asked for, if this server supports it.
+pub fn supported_room_version(requested: &str) -> Option<RoomVersionId> {
+    SUPPORTED_ROOM_VERSIONS.iter().find(|v| v.as_str() == requested).cloned()
+}
 
 pub(crate) type StateMap = BTreeMap<(StateEventType, String), Pdu>;
 
@@ -63,7 +69,7 @@ pub(crate) struct RoomWriter {
     /// it instead of waiting for its commit.
     pub(crate) pending: Mutex<Option<PendingAppend>>,
     /// The room's version once read (it never changes).
-    pub(crate) room_version: std::sync::OnceLock<String>,
+    pub(crate) room_version: std::sync::OnceLock<RoomVersionId>,
 }
 
 #[derive(Clone)]
@@ -134,10 +140,8 @@ impl Services {
     }
 }
 
-pub(crate) fn rules_of(version: &str) -> Result<(RoomVersionId, RoomVersionRules), Error> {
-    let id = RoomVersionId::try_from(version).map_err(|_| Error::Internal(format!("bad room version {version}")))?;
-    let rules = id.rules().ok_or_else(|| Error::Internal(format!("no rules for room version {version}")))?;
-    Ok((id, rules))
+pub(crate) fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules, Error> {
+    version.rules().ok_or_else(|| Error::Internal(format!("no rules for room version {version}")))
 }
 
 /// The power levels in force, with v12 room creators' unlimited power.
@@ -199,7 +203,7 @@ impl Services {
     }
 
     /// The user's current membership in the room (`None`: never a member).
-    pub(crate) async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>, Error> {
+    pub(crate) async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>, Error> {
         Ok(self.store().state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?.and_then(|e| e.membership))
     }
 
@@ -207,8 +211,8 @@ impl Services {
     /// not know answer the same as rooms the user is not in, so room ids
     /// cannot be probed.
     pub(crate) async fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
-        match self.membership(room_id, user_id).await?.as_deref() {
-            Some("join") => Ok(()),
+        match self.membership(room_id, user_id).await? {
+            Some(MembershipState::Join) => Ok(()),
             _ => Err(Error::Forbidden("you are not joined to this room".into())),
         }
     }

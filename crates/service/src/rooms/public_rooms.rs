@@ -8,7 +8,7 @@
 
 use chancery_proto::limits::{MAX_DIRECTORY_ROOM_TYPES, MAX_DIRECTORY_SEARCH_TERM_BYTES, MAX_PUBLIC_ROOMS_LIMIT};
 use chancery_proto::ruma::RoomId;
-use chancery_store::{DirectoryCursor, PublicRoomEntry, PublicRoomsQuery, StoreError};
+use chancery_store::{DirectoryCursor, PublicRoomEntry, PublicRoomsQuery};
 use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{AuthedUser, Error, Services};
@@ -81,10 +81,7 @@ impl Services {
     /// member with power to send `m.room.canonical_alias` (Synapse's rule).
     pub async fn set_room_published(&self, user: &AuthedUser, room_id: &RoomId, published: bool) -> Result<(), Error> {
         self.ensure_can_edit_addresses(user, room_id).await?;
-        match self.store().set_published(room_id.as_str(), published).await {
-            Err(StoreError::Invalid("room")) => Err(Error::NotFound("this server does not know that room".into())),
-            other => Ok(other?),
-        }
+        Ok(self.store().set_published(room_id.as_str(), published).await?)
     }
 
     /// `GET`/`POST /publicRooms`: a page of this server's directory.

@@ -4,6 +4,7 @@
 //! allowed to see.
 
 use chancery_proto::limits::MAX_MESSAGES_LIMIT;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{EventId, RoomId};
 use serde_json::{Map, Value as JsonValue, json};
 
@@ -88,8 +89,8 @@ impl Services {
         user: &AuthedUser,
         room_id: &RoomId,
         at: Option<&str>,
-        membership: Option<&str>,
-        not_membership: Option<&str>,
+        membership: Option<&MembershipState>,
+        not_membership: Option<&MembershipState>,
     ) -> Result<Vec<JsonValue>, Error> {
         self.ensure_joined(room_id, &user.user_id).await?;
         let at = at.map(parse_token).transpose()?;
@@ -97,8 +98,8 @@ impl Services {
         let members: Vec<_> = state
             .into_iter()
             .filter(|e| e.event_type == "m.room.member")
-            .filter(|e| membership.is_none_or(|m| e.membership.as_deref() == Some(m)))
-            .filter(|e| not_membership.is_none_or(|m| e.membership.as_deref() != Some(m)))
+            .filter(|e| membership.is_none_or(|m| e.membership.as_ref() == Some(m)))
+            .filter(|e| not_membership.is_none_or(|m| e.membership.as_ref() != Some(m)))
             .collect();
         self.client_events(&members, &user.into()).await
     }
@@ -108,7 +109,7 @@ impl Services {
         self.ensure_joined(room_id, &user.user_id).await?;
         let state = self.store().state_at(room_id.as_str(), None).await?;
         let mut joined = Map::new();
-        for e in state.iter().filter(|e| e.event_type == "m.room.member" && e.membership.as_deref() == Some("join")) {
+        for e in state.iter().filter(|e| e.event_type == "m.room.member" && e.membership == Some(MembershipState::Join)) {
             let content: JsonValue =
                 serde_json::from_str::<JsonValue>(&e.json).ok().and_then(|v| v.get("content").cloned()).unwrap_or_default();
             let mut member = Map::new();

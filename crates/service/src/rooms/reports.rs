@@ -4,7 +4,7 @@
 
 use chancery_proto::limits::{MAX_REPORT_REASON_BYTES, MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS};
 use chancery_proto::ruma::{EventId, RoomId};
-use chancery_store::{NewReport, StoreError};
+use chancery_store::NewReport;
 
 use crate::{AuthedUser, Error, Services, now_ms};
 
@@ -62,17 +62,9 @@ impl Services {
             created_ts: now,
         };
         let window_start = now.saturating_sub(REPORT_WINDOW_MS);
-        match self.store().add_report(report, window_start, MAX_REPORTS_PER_USER_PER_WINDOW).await {
-            Ok(id) => {
-                tracing::info!(report_id = id, room_id = %room_id, "content reported");
-                Ok(())
-            }
-            Err(StoreError::LimitExceeded("reports")) => {
-                // The window frees a place at least this often on average.
-                Err(Error::LimitExceeded { retry_after_ms: REPORT_WINDOW_MS / MAX_REPORTS_PER_USER_PER_WINDOW as u64 })
-            }
-            Err(e) => Err(e.into()),
-        }
+        let id = self.store().add_report(report, window_start, MAX_REPORTS_PER_USER_PER_WINDOW).await?;
+        tracing::info!(report_id = id, room_id = %room_id, "content reported");
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 use chancery_core::pdu::{self, EventDraft, Pdu};
 use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES, MAX_TXN_ID_BYTES};
 use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{EventId, OwnedEventId, RoomId};
 use chancery_store::{NewEvent, NewNotification, StoreError, TxnKey};
 use serde_json::Value as JsonValue;
@@ -14,7 +15,7 @@ use crate::{AuthedUser, Error, Services, now_ms};
 
 pub(crate) fn new_event(pdu: &Pdu, room_id: &RoomId, txn: Option<TxnKey>, notifications: Vec<NewNotification>) -> NewEvent {
     let membership = (pdu.event_type.to_string() == "m.room.member")
-        .then(|| pdu.content_json().get("membership").and_then(|m| m.as_str()).map(str::to_owned))
+        .then(|| pdu.content_json().get("membership").and_then(|m| m.as_str()).map(MembershipState::from))
         .flatten();
     NewEvent {
         event_id: pdu.event_id.to_string(),
@@ -146,7 +147,7 @@ impl Services {
                     }
                 }
             };
-            let (_, rules) = rules_of(&room_version)?;
+            let rules = rules_of(&room_version)?;
             // Only the state the auth rules look at is loaded, so a send
             // costs the same in a room of 5 or 50,000 members.
             let auth_types = pdu::auth_types(&draft, &rules)?;
@@ -158,8 +159,8 @@ impl Services {
             // The sender's membership is among the auth state of every event.
             if must_be_joined {
                 let member = state.get(&(StateEventType::RoomMember, draft.sender.to_string()));
-                if member.and_then(|m| m.content_json().get("membership").and_then(|m| m.as_str()).map(str::to_owned)).as_deref()
-                    != Some("join")
+                if member.and_then(|m| m.content_json().get("membership").and_then(|m| m.as_str()).map(MembershipState::from))
+                    != Some(MembershipState::Join)
                 {
                     return Err(not_joined());
                 }
@@ -198,8 +199,8 @@ impl Services {
             match result {
                 // The store woke the syncs the event concerns at its commit.
                 Ok(pos) => return Ok((built.event_id, pos)),
-                Err(StoreError::Conflict("extremities")) => continue,
-                Err(StoreError::Conflict("txn")) => {
+                Err(StoreError::StaleExtremities) => continue,
+                Err(StoreError::TransactionIdUsed) => {
                     let txn = txn.as_ref().expect("txn conflict only with a txn");
                     let existing =
                         self.event_of_txn(txn, room_id).await?.ok_or_else(|| Error::Internal("txn vanished".into()))?;
@@ -308,7 +309,7 @@ impl Services {
             return Err(Error::NotFound("no such event in this room".into()));
         };
         let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
-        let (_, rules) = rules_of(&info.room_version)?;
+        let rules = rules_of(&info.room_version)?;
         // The auth rules let anyone send a redaction event; whether it takes
         // effect depends on the redact power level, unless the sender
         // redacts their own event (spec "Redactions", client behaviour).

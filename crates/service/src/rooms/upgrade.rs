@@ -16,12 +16,12 @@ use chancery_proto::limits::{MAX_APPEND_RETRIES, MAX_UPGRADE_ADDITIONAL_CREATORS
 use chancery_proto::ruma::canonical_json::redact;
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::room_version_rules::{RedactionRules, RoomVersionRules};
-use chancery_proto::ruma::{CanonicalJsonObject, OwnedRoomId, OwnedUserId, RoomId};
+use chancery_proto::ruma::{CanonicalJsonObject, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId};
 use chancery_store::{NewRoom, RoomUpgrade, StoreError, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::create::Builder;
-use super::{SUPPORTED_ROOM_VERSIONS, StateMap, power_levels, rules_of};
+use super::{StateMap, power_levels, rules_of, supported_room_version};
 use crate::{AuthedUser, Error, Services, now_ms, tokens};
 
 /// `POST /rooms/{roomId}/upgrade`.
@@ -96,9 +96,9 @@ fn level_for_all_state(levels: &Map<String, JsonValue>) -> i64 {
 
 impl Services {
     pub async fn upgrade_room(&self, user: &AuthedUser, room_id: &RoomId, req: UpgradeRoom) -> Result<OwnedRoomId, Error> {
-        if !SUPPORTED_ROOM_VERSIONS.contains(&req.new_version.as_str()) {
+        let Some(new_version) = supported_room_version(&req.new_version) else {
             return Err(Error::UnsupportedRoomVersion(req.new_version));
-        }
+        };
         if req.additional_creators.len() > MAX_UPGRADE_ADDITIONAL_CREATORS {
             return Err(Error::InvalidParam(format!("at most {MAX_UPGRADE_ADDITIONAL_CREATORS} additional creators")));
         }
@@ -106,7 +106,7 @@ impl Services {
         let _guard = writer.lock.lock().await;
         writer.drain().await;
         for _ in 0..MAX_APPEND_RETRIES {
-            let upgrade = self.plan_upgrade(user, room_id, &req).await?;
+            let upgrade = self.plan_upgrade(user, room_id, &new_version, &req).await?;
             let new_room_id = OwnedRoomId::try_from(upgrade.new_room.room_id.as_str())
                 .map_err(|e| Error::Internal(format!("built room id: {e}")))?;
             match self.store().upgrade_room(upgrade).await {
@@ -119,7 +119,7 @@ impl Services {
                 }
                 // Another node wrote to the old room, or (v10/v11) the
                 // random id of the new room exists: build again.
-                Err(StoreError::Conflict("extremities" | "room")) => continue,
+                Err(StoreError::StaleExtremities | StoreError::RoomIdTaken) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -128,11 +128,17 @@ impl Services {
 
     /// Checks the upgrade is allowed and builds every event of it on the
     /// old room's current state.
-    async fn plan_upgrade(&self, user: &AuthedUser, room_id: &RoomId, req: &UpgradeRoom) -> Result<RoomUpgrade, Error> {
+    async fn plan_upgrade(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        new_version: &RoomVersionId,
+        req: &UpgradeRoom,
+    ) -> Result<RoomUpgrade, Error> {
         self.ensure_joined(room_id, &user.user_id).await?;
         let info = self.store().room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
-        let (_, old_rules) = rules_of(&info.room_version)?;
-        let (_, new_rules) = rules_of(&req.new_version)?;
+        let old_rules = rules_of(&info.room_version)?;
+        let new_rules = rules_of(new_version)?;
         let state = self.current_state(room_id).await?;
         let old_levels = power_levels(&state, &old_rules)?;
         if !old_levels.user_can_send_state(&user.user_id, StateEventType::RoomTombstone) {
@@ -162,7 +168,7 @@ impl Services {
         }
         let old_create = content_of("m.room.create")?.unwrap_or_default();
         let mut create = Map::new();
-        create.insert("room_version".into(), json!(req.new_version));
+        create.insert("room_version".into(), json!(new_version));
         let mut predecessor = json!({ "room_id": room_id });
         if let Some(last) = info.forward_extremities.first() {
             predecessor["event_id"] = json!(last);
@@ -250,7 +256,7 @@ impl Services {
         }
         let new_room = NewRoom {
             room_id: new_room_id.to_string(),
-            room_version: req.new_version.clone(),
+            room_version: new_version.clone(),
             creator: creator.to_string(),
             created_ts: now_ms(),
         };

@@ -8,11 +8,13 @@
 //! the same rules into position ranges the store filters by: one rule, one
 //! implementation, for every endpoint.
 
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::BTreeMap;
 
 use chancery_proto::limits::MAX_VISIBILITY_SPANS;
 use chancery_proto::ruma::{RoomId, UserId};
-use chancery_store::{PositionRange, SpanKind, StateSpan, StoreError, StoredEvent};
+use chancery_store::{PositionRange, SpanKind, StateSpan, StoredEvent};
 
 use crate::{Error, Services};
 
@@ -45,14 +47,16 @@ impl ReadAccess {
 
     /// The visibility in force at `pos`; spec: `shared` when there is none
     /// or its value is not understood.
-    fn visibility_at(&self, pos: u64) -> &str {
+    fn visibility_at(&self, pos: u64) -> HistoryVisibility {
         match span_at(&self.visibility, pos).map(|s| &s.kind) {
-            Some(SpanKind::HistoryVisibility(Some(v))) if matches!(v.as_str(), "world_readable" | "invited" | "joined") => v,
-            _ => "shared",
+            Some(SpanKind::HistoryVisibility(Some(
+                v @ (HistoryVisibility::WorldReadable | HistoryVisibility::Invited | HistoryVisibility::Joined),
+            ))) => v.clone(),
+            _ => HistoryVisibility::Shared,
         }
     }
 
-    fn membership_at(&self, pos: u64) -> Option<&str> {
+    fn membership_at(&self, pos: u64) -> Option<&MembershipState> {
         match span_at(&self.membership, pos).map(|s| &s.kind) {
             Some(SpanKind::Membership(m)) => Some(m),
             _ => None,
@@ -62,20 +66,20 @@ impl ReadAccess {
     /// Whether the user was joined at some position after `pos`.
     fn joined_after(&self, pos: u64) -> bool {
         self.membership.iter().any(|s| {
-            matches!(&s.kind, SpanKind::Membership(m) if m == "join") && s.to_pos.is_none_or(|to| to > pos.saturating_add(1))
+            matches!(&s.kind, SpanKind::Membership(MembershipState::Join)) && s.to_pos.is_none_or(|to| to > pos.saturating_add(1))
         })
     }
 
     /// The spec's "Server behaviour" rules for an event at `pos` under
     /// `visibility`: world-readable; joined at the event; `shared` and
     /// joined at some point after it; invited at the event under `invited`.
-    fn allows(&self, visibility: &str, pos: u64) -> bool {
+    fn allows(&self, visibility: HistoryVisibility, pos: u64) -> bool {
         let membership = self.membership_at(pos);
         match visibility {
-            "world_readable" => true,
-            _ if membership == Some("join") => true,
-            "invited" => membership == Some("invite"),
-            "joined" => false,
+            HistoryVisibility::WorldReadable => true,
+            _ if membership == Some(&MembershipState::Join) => true,
+            HistoryVisibility::Invited => membership == Some(&MembershipState::Invite),
+            HistoryVisibility::Joined => false,
             _ => self.joined_after(pos),
         }
     }
@@ -107,7 +111,7 @@ impl ReadAccess {
             points.push(span.from_pos);
             points.extend(span.to_pos);
         }
-        let joined_spans = || self.membership.iter().filter(|s| matches!(&s.kind, SpanKind::Membership(m) if m == "join"));
+        let joined_spans = || self.membership.iter().filter(|s| matches!(&s.kind, SpanKind::Membership(MembershipState::Join)));
         if joined_spans().all(|s| s.to_pos.is_some())
             && let Some(last_end) = joined_spans().filter_map(|s| s.to_pos).max()
         {
@@ -140,15 +144,7 @@ impl Services {
         from: u64,
         up_to: u64,
     ) -> Result<BTreeMap<String, ReadAccess>, Error> {
-        let spans = match self.store().visibility_spans(user_id.as_str(), rooms, from, up_to, MAX_VISIBILITY_SPANS).await {
-            Ok(spans) => spans,
-            Err(StoreError::LimitExceeded(_)) => {
-                return Err(Error::ResourceLimit(
-                    "the history visibility of these rooms changed too often to be evaluated at once".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let spans = self.store().visibility_spans(user_id.as_str(), rooms, from, up_to, MAX_VISIBILITY_SPANS).await?;
         let mut by_room: BTreeMap<String, Vec<StateSpan>> = rooms.iter().map(|r| (r.clone(), Vec::new())).collect();
         for span in spans {
             by_room.entry(span.room_id.clone()).or_default().push(span);
@@ -180,11 +176,11 @@ impl Services {
     /// allows), and anyone in a world-readable room. Rooms one never
     /// belonged to answer like unknown rooms.
     pub(crate) async fn ensure_can_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
-        match self.membership(room_id, user_id).await?.as_deref() {
-            Some("join") => return Ok(()),
+        match self.membership(room_id, user_id).await? {
+            Some(MembershipState::Join) => return Ok(()),
             // Spec "Leaving rooms": after a forget the user "will no longer
             // be able to retrieve history for this room".
-            Some("leave" | "ban")
+            Some(MembershipState::Leave | MembershipState::Ban)
                 if !self.store().forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
             {
                 return Ok(());
@@ -194,7 +190,7 @@ impl Services {
         let current = self.store().current_stream_pos().await?;
         let world_readable = self.store().room(room_id.as_str()).await?.is_some() && {
             let event = self.store().state_event(room_id.as_str(), "m.room.history_visibility", "", Some(current)).await?;
-            event.and_then(|e| chancery_store::history_visibility_of(&e.json)).as_deref() == Some("world_readable")
+            event.and_then(|e| chancery_store::history_visibility_of(&e.json)) == Some(HistoryVisibility::WorldReadable)
         };
         if world_readable { Ok(()) } else { Err(Error::Forbidden("you are not joined to this room".into())) }
     }

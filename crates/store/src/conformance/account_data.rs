@@ -57,13 +57,13 @@ pub async fn account_data_limits_and_tags(store: DynStore) {
         store.set_account_data("@a:x", None, &format!("t{n}"), "{}", 3).await.unwrap();
     }
     let over = store.set_account_data("@a:x", Some("!r:x"), "t9", "{}", 3).await;
-    assert!(matches!(over, Err(StoreError::LimitExceeded("account_data"))), "{over:?}");
+    assert!(matches!(over, Err(StoreError::TooManyAccountData)), "{over:?}");
     // Replacing an entry is not a new entry; other users have their own count.
     store.set_account_data("@a:x", None, "t0", r#"{"again":true}"#, 3).await.unwrap();
     store.set_account_data("@b:x", None, "t0", "{}", 3).await.unwrap();
     let refused_tag =
         store.set_room_tag("@a:x", "!r:x", "u.work", Some(&json!({})), AccountDataLimits { max_entries: 3, ..LIMITS }).await;
-    assert!(matches!(refused_tag, Err(StoreError::LimitExceeded("account_data"))), "{refused_tag:?}");
+    assert!(matches!(refused_tag, Err(StoreError::TooManyAccountData)), "{refused_tag:?}");
     let pos = store.current_account_data_pos().await.unwrap();
     assert_eq!(pos, 5);
 
@@ -87,7 +87,7 @@ pub async fn account_data_limits_and_tags(store: DynStore) {
     let small = AccountDataLimits { max_entries: 100, max_content_bytes: 100 };
     let big = json!({"note": "x".repeat(100)});
     let too_big = store.set_room_tag("@b:x", r, "u.big", Some(&big), small).await;
-    assert!(matches!(too_big, Err(StoreError::LimitExceeded("account_data_size"))), "{too_big:?}");
+    assert!(matches!(too_big, Err(StoreError::AccountDataTooLarge)), "{too_big:?}");
     assert_eq!(tags(store.clone()).await, Some(json!({"tags": {"m.favourite": {}}})));
     assert_eq!(store.current_account_data_pos().await.unwrap(), 8);
 }
@@ -166,7 +166,7 @@ pub async fn receipts_replace_per_type_and_thread(store: DynStore) {
 
     // Threads a user holds receipts in are bounded; replacing is fine.
     let over = store.set_receipt(receipt(r, "@a:x", "m.read", Some("$root2"), "$5", 30), 3).await;
-    assert!(matches!(over, Err(StoreError::LimitExceeded("receipts"))), "{over:?}");
+    assert!(matches!(over, Err(StoreError::TooManyReceiptThreads)), "{over:?}");
     store.set_receipt(receipt(r, "@a:x", "m.read", Some("$root"), "$5", 31), 3).await.unwrap();
     store.set_receipt(receipt(r, "@b:x", "m.read", Some("$root2"), "$5", 32), 3).await.unwrap();
     assert_eq!(store.current_receipt_pos().await.unwrap(), 9);
