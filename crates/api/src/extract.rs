@@ -113,7 +113,7 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let token = access_token(parts).ok_or(chancery_service::Error::MissingToken)?;
-        Ok(Authed(state.services.authenticate(&token).await?))
+        Ok(Authed(state.components.accounts.authenticate(&token).await?))
     }
 }
 
@@ -126,7 +126,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let Authed(user) = Authed::from_request_parts(parts, state).await?;
-        state.services.ensure_admin(&user)?;
+        user.ensure_admin()?;
         Ok(Admin(user))
     }
 }

@@ -23,8 +23,14 @@ use chancery_proto::ruma::api::client::{
     account, alias, context, device, directory, discovery, knock, membership, message, presence, push, redact, relations, room,
     session, threads,
 };
+use std::sync::Arc;
+
+use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
-use chancery_service::Services;
+use chancery_service::{
+    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Profiles, Push, Reports, RoomReader, Rooms, Search,
+    Syncer,
+};
 use tower_http::cors::{Any, CorsLayer};
 
 pub use error::{ApiError, ApiResult};
@@ -46,11 +52,48 @@ pub struct ApiConfig {
     pub log_client_address: bool,
 }
 
+/// What the routers hold: the components (each handler extracts the one
+/// it needs, through [`FromRef`]), the API's configuration and metrics.
 #[derive(Clone)]
 pub struct AppState {
-    pub services: Services,
-    pub config: std::sync::Arc<ApiConfig>,
-    pub metrics: Option<std::sync::Arc<Metrics>>,
+    pub components: Components,
+    pub config: Arc<ApiConfig>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// `State<Arc<Component>>` for every component a handler may ask for.
+macro_rules! component_state {
+    ($($field:ident: $component:ty),* $(,)?) => {
+        $(
+            impl FromRef<AppState> for Arc<$component> {
+                fn from_ref(state: &AppState) -> Self {
+                    Arc::clone(&state.components.$field)
+                }
+            }
+        )*
+    };
+}
+
+component_state! {
+    accounts: Accounts,
+    profiles: Profiles,
+    account_data: AccountData,
+    push: Push,
+    rooms: Rooms,
+    room_reader: RoomReader,
+    directory: Directory,
+    search: Search,
+    ephemeral: Ephemeral,
+    syncer: Syncer,
+    reports: Reports,
+    admin: Admin,
+    health: Health,
+}
+
+impl FromRef<AppState> for Arc<ApiConfig> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.config)
+    }
 }
 
 /// Registers `handler` on every path ruma knows for endpoint `R` (stable,

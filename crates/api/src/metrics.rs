@@ -99,14 +99,14 @@ pub fn resident_memory_bytes() -> Option<u64> {
 }
 
 /// The router of the metrics listener.
-pub fn router(metrics: std::sync::Arc<Metrics>, services: chancery_service::Services) -> axum::Router {
+pub fn router(metrics: std::sync::Arc<Metrics>, health: std::sync::Arc<chancery_service::Health>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
-            let services = services.clone();
+            let health = health.clone();
             async move {
-                let body = metrics.render(services.store().pool_stats());
+                let body = metrics.render(health.pool_stats());
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
             }
         }),

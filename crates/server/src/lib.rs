@@ -1,14 +1,14 @@
-//! Wiring: configuration → store → services → HTTP listeners, and the
+//! Wiring: configuration → store → components → HTTP listeners, and the
 //! `chancery` command line. The only crate that knows every other one.
 
 pub mod config;
+mod wiring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use chancery_api::{ApiConfig, AppState, Metrics};
-use chancery_service::{ServiceConfig, Services};
 use chancery_store::DynStore;
 use chancery_store_postgres::PostgresStore;
 use chancery_store_sqlite::SqliteStore;
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 use config::DatabaseUrl;
+pub use wiring::components;
 
 /// Opens the configured database, applying migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
@@ -35,29 +36,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
             PostgresStore::connect(&url, config.database.postgres_max_connections).await.context("connecting to PostgreSQL")?,
         ),
     })
-}
-
-/// The services over `store`, with the server's signing key (generated on
-/// first use).
-pub fn services(config: &Config, store: DynStore) -> anyhow::Result<Services> {
-    let key = chancery_service::signing::load_or_generate(&config.signing_key_path()).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Services::new(
-        ServiceConfig {
-            server_name: config.server_name(),
-            registration: config.registration,
-            reserved_usernames: config.reserved_usernames.clone(),
-            password_min_length: config.password_min_length,
-            access_token_lifetime_ms: config.access_token_lifetime_ms,
-            max_devices_per_user: config.limits.max_devices_per_user,
-            rate_limits: config.rate_limits.clone(),
-            default_room_version: chancery_service::rooms::supported_room_version(&config.default_room_version)
-                .context("default_room_version is not supported")?,
-            user_directory_search_all_users: config.user_directory.search_all_users,
-            presence_enabled: config.presence.enabled,
-        },
-        store,
-        key,
-    ))
 }
 
 /// A server accepting requests.
@@ -90,10 +68,11 @@ impl RunningServer {
 /// Binds the listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let store = open_store(&config).await?;
-    let services = services(&config, store.clone())?;
+    let components = components(&config, store.clone())?;
+    let health = components.health.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
-        services: services.clone(),
+        components,
         config: Arc::new(ApiConfig {
             max_request_body_bytes: config.limits.max_request_body_bytes,
             public_baseurl: config.public_baseurl(),
@@ -113,7 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics.listen {addr}"))?;
         metrics_addr = Some(listener.local_addr()?);
-        let app = chancery_api::metrics::router(metrics, services).into_make_service_with_connect_info::<SocketAddr>();
+        let app = chancery_api::metrics::router(metrics, health).into_make_service_with_connect_info::<SocketAddr>();
         tasks.push(tokio::spawn(serve_until(listener, app, shutdown_rx)));
     }
     tracing::info!(address = %local_addr, server_name = %config.server_name, database = store.kind(), "listening");

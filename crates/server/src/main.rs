@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chancery_server::config::{self, Config, LogFormat};
 use chancery_service::NewRegistrationToken;
+use chancery_service::clock::{Clock, SystemClock};
 use clap::{Parser, Subcommand};
 
 /// Chancery: a Matrix homeserver for institutions.
@@ -117,11 +118,12 @@ async fn run(command: Command, config: Config, path: PathBuf) -> anyhow::Result<
                 std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
                 (line.trim_end_matches(['\r', '\n']).to_owned(), false)
             } else {
-                (chancery_service::tokens::random_string(chancery_service::tokens::ALNUM, 20), true)
+                let entropy = chancery_service::tokens::OsEntropy;
+                (chancery_service::tokens::random_string(&entropy, chancery_service::tokens::ALNUM, 20), true)
             };
             let store = chancery_server::open_store(&config).await?;
-            let services = chancery_server::services(&config, store.clone())?;
-            let created = services.create_user(&name, Some(password.clone()), admin).await;
+            let components = chancery_server::components(&config, store.clone())?;
+            let created = components.accounts.create_user(&name, Some(password.clone()), admin).await;
             store.close().await;
             let user_id = created.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created {user_id}{}", if admin { " (admin)" } else { "" });
@@ -132,29 +134,30 @@ async fn run(command: Command, config: Config, path: PathBuf) -> anyhow::Result<
         }
         Command::RegistrationToken(cmd) => {
             let store = chancery_server::open_store(&config).await?;
-            let services = chancery_server::services(&config, store.clone())?;
-            let result = registration_token(&services, cmd).await;
+            let components = chancery_server::components(&config, store.clone())?;
+            let result = registration_token(&components.accounts, cmd).await;
             store.close().await;
             result
         }
     }
 }
 
-async fn registration_token(services: &chancery_service::Services, cmd: TokenCommand) -> anyhow::Result<()> {
+async fn registration_token(accounts: &chancery_service::Accounts, cmd: TokenCommand) -> anyhow::Result<()> {
     let fail = |e: chancery_service::Error| anyhow::anyhow!("{e}");
     match cmd {
         TokenCommand::Create { token, length, uses_allowed, expires_in, expiry_time } => {
-            let expiry_ts = expiry_time.or(expires_in.map(|s| chancery_service::now_ms().saturating_add(s.saturating_mul(1000))));
-            let t = services
+            let now_ms = SystemClock.now_ms();
+            let expiry_ts = expiry_time.or(expires_in.map(|s| now_ms.saturating_add(s.saturating_mul(1000))));
+            let t = accounts
                 .create_registration_token(NewRegistrationToken { token, length, uses_allowed, expiry_ts })
                 .await
                 .map_err(fail)?;
             println!("{}", t.token);
         }
         TokenCommand::List => {
-            let now = chancery_service::now_ms();
+            let now = SystemClock.now_ms();
             println!("{:<24} {:>9} {:>13} {:>15} state", "token", "completed", "uses_allowed", "expiry_ms");
-            for t in services.registration_tokens().await.map_err(fail)? {
+            for t in accounts.registration_tokens().await.map_err(fail)? {
                 let state = if t.revoked_ts.is_some() {
                     "revoked"
                 } else if t.is_usable(now) {
@@ -168,7 +171,7 @@ async fn registration_token(services: &chancery_service::Services, cmd: TokenCom
             }
         }
         TokenCommand::Revoke { token } => {
-            services.revoke_registration_token(&token).await.map_err(fail)?;
+            accounts.revoke_registration_token(&token).await.map_err(fail)?;
             println!("revoked {token}");
         }
     }

@@ -9,13 +9,14 @@
 //! reports reach admins and event reports keep Synapse's exact shape.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chancery_proto::limits::{DEFAULT_ADMIN_REPORTS_LIMIT, MAX_ADMIN_REPORTS_LIMIT};
-use chancery_store::{Report, ReportKind, ReportQuery, TextFilter};
+use chancery_store::{Report, ReportKind, ReportQuery, ReportStore, RoomStore, TextFilter};
 use serde_json::{Value as JsonValue, json};
 
 use crate::rooms::Direction;
-use crate::{AuthedUser, Error, Services};
+use crate::{AuthedUser, Error};
 
 /// `GET /_synapse/admin/v1/event_reports`.
 #[derive(Debug, Clone)]
@@ -61,10 +62,16 @@ fn page_limit(limit: Option<u64>) -> usize {
     limit.clamp(1, MAX_ADMIN_REPORTS_LIMIT)
 }
 
-impl Services {
-    /// Errors unless the user is a server admin (Synapse's answer).
-    pub fn ensure_admin(&self, user: &AuthedUser) -> Result<(), Error> {
-        if user.is_admin { Ok(()) } else { Err(Error::Forbidden("You are not a server admin".into())) }
+/// The admin API's component. Every method first checks that its caller
+/// is a server admin.
+pub struct Admin {
+    reports: Arc<dyn ReportStore>,
+    rooms: Arc<dyn RoomStore>,
+}
+
+impl Admin {
+    pub fn new(reports: Arc<dyn ReportStore>, rooms: Arc<dyn RoomStore>) -> Self {
+        Self { reports, rooms }
     }
 
     async fn room_labels(&self, room_id: &str) -> Result<RoomLabels, Error> {
@@ -72,7 +79,7 @@ impl Services {
             let value: JsonValue = serde_json::from_str(&event?.json).ok()?;
             value.get("content")?.get(key)?.as_str().map(str::to_owned)
         };
-        let state = |event_type: &'static str| self.store().state_event(room_id, event_type, "", None);
+        let state = |event_type: &'static str| self.rooms.state_event(room_id, event_type, "", None);
         Ok(RoomLabels {
             name: field(state("m.room.name").await?, "name"),
             canonical_alias: field(state("m.room.canonical_alias").await?, "alias"),
@@ -93,7 +100,7 @@ impl Services {
 
     /// `GET /_synapse/admin/v1/event_reports`.
     pub async fn admin_event_reports(&self, admin: &AuthedUser, req: EventReportsRequest) -> Result<JsonValue, Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         let limit = page_limit(req.limit);
         let query = ReportQuery {
             kind: ReportKind::Event,
@@ -105,7 +112,7 @@ impl Services {
             offset: req.from,
             limit,
         };
-        let page = self.store().report_page(&query).await?;
+        let page = self.reports.report_page(&query).await?;
         let labels = self.labels_of(&page.reports).await?;
         let reports: Vec<JsonValue> =
             page.reports.iter().map(|r| event_report_json(r, labels.get(&r.room_id).unwrap_or(&NO_LABELS))).collect();
@@ -120,12 +127,12 @@ impl Services {
     /// `GET /_synapse/admin/v1/event_reports/{reportId}`: the report and
     /// the reported event as stored (the signed PDU).
     pub async fn admin_event_report(&self, admin: &AuthedUser, report_id: u64) -> Result<JsonValue, Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         let report = self.report_of_kind(report_id, ReportKind::Event).await?;
         let labels = self.room_labels(&report.room_id).await?;
         let mut body = event_report_json(&report, &labels);
         let event = match &report.event_id {
-            Some(id) => self.store().event(id).await?,
+            Some(id) => self.rooms.event(id).await?,
             None => None,
         };
         body["event_json"] = event.and_then(|e| serde_json::from_str(&e.json).ok()).unwrap_or(JsonValue::Null);
@@ -134,13 +141,13 @@ impl Services {
 
     /// `DELETE /_synapse/admin/v1/event_reports/{reportId}`.
     pub async fn admin_delete_event_report(&self, admin: &AuthedUser, report_id: u64) -> Result<(), Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         self.delete_report_of_kind(report_id, ReportKind::Event).await
     }
 
     /// `GET /_synapse/admin/v1/room_reports`.
     pub async fn admin_room_reports(&self, admin: &AuthedUser, req: RoomReportsRequest) -> Result<JsonValue, Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         let limit = page_limit(req.limit);
         let query = ReportQuery {
             kind: ReportKind::Room,
@@ -153,7 +160,7 @@ impl Services {
             // One more than shown tells whether there is a next page.
             limit: limit + 1,
         };
-        let mut page = self.store().report_page(&query).await?;
+        let mut page = self.reports.report_page(&query).await?;
         let more = page.reports.len() > limit;
         page.reports.truncate(limit);
         let labels = self.labels_of(&page.reports).await?;
@@ -168,7 +175,7 @@ impl Services {
 
     /// `GET /_synapse/admin/v1/room_reports/{reportId}`.
     pub async fn admin_room_report(&self, admin: &AuthedUser, report_id: u64) -> Result<JsonValue, Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         let report = self.report_of_kind(report_id, ReportKind::Room).await?;
         let labels = self.room_labels(&report.room_id).await?;
         Ok(room_report_json(&report, &labels))
@@ -176,17 +183,17 @@ impl Services {
 
     /// `DELETE /_synapse/admin/v1/room_reports/{reportId}`.
     pub async fn admin_delete_room_report(&self, admin: &AuthedUser, report_id: u64) -> Result<(), Error> {
-        self.ensure_admin(admin)?;
+        admin.ensure_admin()?;
         self.delete_report_of_kind(report_id, ReportKind::Room).await
     }
 
     async fn report_of_kind(&self, report_id: u64, kind: ReportKind) -> Result<Report, Error> {
-        let report = self.store().report(report_id).await?;
+        let report = self.reports.report(report_id).await?;
         report.filter(|r| (r.event_id.is_some()) == (kind == ReportKind::Event)).ok_or_else(|| not_found(kind))
     }
 
     async fn delete_report_of_kind(&self, report_id: u64, kind: ReportKind) -> Result<(), Error> {
-        if self.store().delete_report(report_id, kind).await? {
+        if self.reports.delete_report(report_id, kind).await? {
             tracing::info!(report_id, "content report deleted by an admin");
             Ok(())
         } else {

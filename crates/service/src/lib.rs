@@ -1,177 +1,93 @@
-//! The runtime logic of Chancery: what happens when a user registers, logs
-//! in, manages devices or edits a profile. It speaks Matrix concepts and
-//! returns [`Error`]s that map one-to-one to Matrix errcodes, but knows
-//! nothing of HTTP: the `api` crate decodes requests and encodes answers.
+//! The runtime of Chancery, as components. Each component owns one domain
+//! and the in-memory state that goes with it, and is handed at
+//! construction only the store traits, other components, clock and
+//! randomness it uses; `chancery-server` builds them in order and the
+//! `api` crate hands each handler the one it needs. The components speak
+//! Matrix concepts and return [`Error`]s that map one-to-one to Matrix
+//! errcodes, but know nothing of HTTP.
+//!
+//! | component | owns |
+//! |---|---|
+//! | [`Accounts`] | registration, login, tokens, devices, passwords, registration tokens |
+//! | [`InteractiveAuth`] | interactive-auth sessions and their stages |
+//! | [`Profiles`] | users' profiles |
+//! | [`AccountData`] | account data, tags, the fully-read marker, ignored users, filters |
+//! | [`Push`] | push rules, their evaluation, notifications and unread counts |
+//! | [`RoomWriter`] | the write path: per-room locks, building, authorising, appending |
+//! | [`Rooms`] | room actions: create, send, state, redact, memberships, knock, forget, upgrade |
+//! | [`RoomReader`] | events, state, members, `/messages`, `/context`, relations, threads |
+//! | [`Visibility`] | history visibility |
+//! | [`EventFormatter`] | events as clients see them, with bundled aggregations |
+//! | [`Directory`] | room aliases and the published room directory |
+//! | [`Search`] | the user directory and message search |
+//! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
+//! | [`Syncer`] | `/sync` |
+//! | [`Reports`] | content reports |
+//! | [`Admin`] | the Synapse-compatible admin API |
+//! | [`Health`] | whether the database answers, pool figures |
 //!
 //! Architecture invariants: every write goes through one store call (one
-//! transaction); anything kept in memory here (rate limiters, typing
-//! notifications) is per node and may be lost at restart without harm.
+//! transaction); anything kept in memory (rate limiters, typing, presence,
+//! per-room locks, caches) is per node and may be lost at restart without
+//! harm; no component holds another through anything but its constructor.
 
-mod account_data;
-mod accounts;
+pub mod account_data;
+pub mod accounts;
 pub mod admin;
-mod cluster;
+pub mod clock;
+pub mod directory;
+pub mod ephemeral;
 mod error;
-mod filters;
-mod lazy_members;
-mod password;
-mod presence;
-mod profile;
-mod push;
-pub mod ratelimit;
-mod receipts;
-mod registration_tokens;
+pub mod health;
+pub mod notifier;
+pub mod profiles;
+pub mod push;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod signing;
 mod stream_token;
-mod sync;
+pub mod sync;
 pub mod tokens;
-mod typing;
-mod uia;
-mod wakeups;
 
 use std::sync::Arc;
 
-use chancery_proto::ruma::OwnedServerName;
-use chancery_store::DynStore;
-
-pub use accounts::{AuthedUser, LoginOutcome, LoginRequest, RegisterOutcome, RegisterRequest};
+pub use account_data::AccountData;
+pub use accounts::{
+    Accounts, AccountsConfig, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, Limiters, LoginOutcome, LoginRequest,
+    NewRegistrationToken, RateLimitConfig, RateLimiter, RegisterOutcome, RegisterRequest, RegistrationMode,
+};
+pub use admin::Admin;
 pub use chancery_store::{Device, PoolStats};
+pub use directory::Directory;
+pub use ephemeral::{Ephemeral, ReceiptThread};
 pub use error::{Error, UiaChallenge};
-pub use ratelimit::{RateLimitConfig, RateLimiter};
-pub use receipts::ReceiptThread;
-pub use registration_tokens::NewRegistrationToken;
+pub use health::Health;
+pub use notifier::Notifier;
+pub use profiles::Profiles;
+pub use push::Push;
+pub use reports::Reports;
+pub use rooms::{EventFormatter, RoomReader, RoomWriter, Rooms, Visibility};
+pub use search::Search;
 pub use stream_token::StreamToken;
-pub use sync::SyncRequest;
-pub use uia::{AuthPayload, AuthStage};
+pub use sync::{SyncRequest, Syncer};
 
-/// Who may create an account through the client-server API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegistrationMode {
-    /// Only operators create accounts (`chancery create-user`).
-    #[default]
-    Disabled,
-    /// Anyone holding a registration token.
-    Token,
-    /// Anyone.
-    Open,
-}
-
-/// What the services need from the configuration.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    pub server_name: OwnedServerName,
-    pub registration: RegistrationMode,
-    /// Localparts nobody may register (answered with `M_EXCLUSIVE`).
-    pub reserved_usernames: Vec<String>,
-    pub password_min_length: usize,
-    /// Lifetime of access tokens that come with a refresh token.
-    pub access_token_lifetime_ms: u64,
-    pub max_devices_per_user: usize,
-    pub rate_limits: RateLimitConfig,
-    /// Version of new rooms unless the client asks for another.
-    pub default_room_version: chancery_proto::ruma::RoomVersionId,
-    /// The user directory finds every local user, not only those sharing
-    /// a room with the searcher or in public rooms.
-    pub user_directory_search_all_users: bool,
-    /// Track and share presence (in memory only).
-    pub presence_enabled: bool,
-}
-
-/// All services, cheap to clone and share between request handlers.
+/// Every client-facing component of one node, as `chancery-server` wired
+/// them: what the API layer hands out to its handlers. No component holds
+/// this; each holds only what its constructor was given.
 #[derive(Clone)]
-pub struct Services {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: ServiceConfig,
-    store: DynStore,
-    limiters: ratelimit::Limiters,
-    signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair,
-    rooms: rooms::RoomRuntime,
-    /// Presence: in memory, per node, only when enabled.
-    presence: presence::PresenceRuntime,
-    /// Typing notifications: in memory, per node.
-    typing: typing::TypingRuntime,
-    /// Wakes long-polling syncs on account data, receipt, typing and
-    /// presence changes.
-    wakeups: Arc<wakeups::Wakeups>,
-    /// Member events each device was sent by lazy-loading syncs: in
-    /// memory, per node.
-    lazy_members: lazy_members::LazyMembersCache,
-    default_rulesets: push::DefaultRulesets,
-    /// This process among the nodes sharing the database (random).
-    node_id: u64,
-    /// Whether other nodes may share the database (typing and presence
-    /// changes are then published for them).
-    shares_ephemeral: bool,
-}
-
-impl Services {
-    pub fn new(config: ServiceConfig, store: DynStore, signing_key: chancery_proto::ruma::signatures::Ed25519KeyPair) -> Self {
-        let limiters = ratelimit::Limiters::new(&config.rate_limits);
-        let presence = presence::PresenceRuntime::new(config.presence_enabled);
-        let updates = store.ephemeral_updates();
-        let wakeups: Arc<wakeups::Wakeups> = Arc::default();
-        // The store wakes the syncs an appended event concerns, at commit.
-        {
-            let wakeups = Arc::clone(&wakeups);
-            store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
-                wakeups.event(room_id, member_target)
-            }));
-        }
-        let services = Self {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                limiters,
-                signing_key,
-                rooms: rooms::RoomRuntime::new(),
-                presence,
-                typing: typing::TypingRuntime::new(),
-                wakeups,
-                lazy_members: lazy_members::LazyMembersCache::new(),
-                default_rulesets: push::DefaultRulesets::new(),
-                node_id: rand::random(),
-                shares_ephemeral: updates.is_some(),
-            }),
-        };
-        if let Some(updates) = updates {
-            services.follow_other_nodes(updates);
-        }
-        services
-    }
-
-    pub(crate) fn signing_key(&self) -> &chancery_proto::ruma::signatures::Ed25519KeyPair {
-        &self.inner.signing_key
-    }
-
-    pub fn config(&self) -> &ServiceConfig {
-        &self.inner.config
-    }
-
-    pub fn store(&self) -> &DynStore {
-        &self.inner.store
-    }
-
-    pub fn server_name(&self) -> &chancery_proto::ruma::ServerName {
-        &self.inner.config.server_name
-    }
-
-    /// Whether the database answers, for `/health`.
-    pub async fn healthy(&self) -> bool {
-        self.inner.store.ping().await.is_ok()
-    }
-}
-
-/// Milliseconds since the Unix epoch. Services read the clock; `core` and
-/// the stores are handed the value.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+pub struct Components {
+    pub accounts: Arc<Accounts>,
+    pub profiles: Arc<Profiles>,
+    pub account_data: Arc<AccountData>,
+    pub push: Arc<Push>,
+    pub rooms: Arc<Rooms>,
+    pub room_reader: Arc<RoomReader>,
+    pub directory: Arc<Directory>,
+    pub search: Arc<Search>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub syncer: Arc<Syncer>,
+    pub reports: Arc<Reports>,
+    pub admin: Arc<Admin>,
+    pub health: Arc<Health>,
 }

@@ -1,13 +1,16 @@
-//! Push rules (client-server API "Push Notifications"): each user's rule
-//! set (the spec's defaults until they change it), evaluated for every
-//! member when an event is sent, giving notification and highlight counts
-//! and `/notifications`.
+//! The push component (client-server API "Push Notifications"): each
+//! user's rule set (the spec's defaults until they change it), evaluated
+//! for every member when an event is sent (the room writer asks), giving
+//! notification and highlight counts and `/notifications`.
+//!
+//! In memory: the server's default rule sets of the users evaluated
+//! lately, which depend on nothing but the user id.
 
-use chancery_core::pdu::Pdu;
 use std::sync::{Arc, Mutex};
 
+use chancery_core::pdu::Pdu;
+
 use chancery_proto::limits::{MAX_CACHED_DEFAULT_RULESETS, MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
-use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::push::{
     Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
     RemovePushRuleError, RuleKind, Ruleset,
@@ -15,12 +18,14 @@ use chancery_proto::ruma::push::{
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{OwnedUserId, RoomId, UInt, UserId};
-use chancery_store::NewNotification;
+use chancery_store::{NewNotification, PushStore, RoomStore};
 use hashlink::LruCache;
 use serde_json::{Value as JsonValue, json};
 
-use crate::rooms::{ClientEventOptions, StateMap, power_levels};
-use crate::{AuthedUser, Error, Services};
+use crate::notifier::Notifier;
+use crate::rooms::state::{POWER_KEYS, state_subset};
+use crate::rooms::{ClientEventOptions, EventFormatter, StateMap, power_levels};
+use crate::{AuthedUser, Error};
 
 /// A stored rule set, with the server's current default rules (whose
 /// `enabled`/`actions` the user may have changed) brought up to date.
@@ -33,10 +38,10 @@ fn parse_ruleset(json: &str, user_id: &UserId) -> Result<Ruleset, Error> {
 /// The server's default rule set of the users evaluated lately. It depends
 /// on nothing but the user id, so it never goes stale, and building it for
 /// every member of a room for every message was a tenth of a send's CPU.
-pub(crate) struct DefaultRulesets(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
+struct DefaultRulesets(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
 
 impl DefaultRulesets {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self(Mutex::new(LruCache::new(MAX_CACHED_DEFAULT_RULESETS)))
     }
 
@@ -51,16 +56,34 @@ impl DefaultRulesets {
     }
 }
 
-impl Services {
+/// Push rules and notifications.
+pub struct Push {
+    store: Arc<dyn PushStore>,
+    rooms: Arc<dyn RoomStore>,
+    formatter: Arc<EventFormatter>,
+    notifier: Arc<Notifier>,
+    default_rulesets: DefaultRulesets,
+}
+
+impl Push {
+    pub fn new(
+        store: Arc<dyn PushStore>,
+        rooms: Arc<dyn RoomStore>,
+        formatter: Arc<EventFormatter>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
+        Self { store, rooms, formatter, notifier, default_rulesets: DefaultRulesets::new() }
+    }
+
     /// The user's rule set: what they stored, or the server defaults.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset, Error> {
-        match self.store().push_rules(user_id.as_str()).await? {
+        match self.store.push_rules(user_id.as_str()).await? {
             Some(json) => parse_ruleset(&json, user_id),
             None => Ok(Ruleset::server_default(user_id)),
         }
     }
 
-    pub(crate) async fn store_push_ruleset(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<(), Error> {
+    async fn store_push_ruleset(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<(), Error> {
         let json = serde_json::to_string(ruleset).map_err(|e| Error::Internal(e.to_string()))?;
         // The rule set is account data and is read for every event the user
         // could be notified of: it gets the account-data size limit.
@@ -70,8 +93,8 @@ impl Services {
                 chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES
             )));
         }
-        self.store().set_push_rules(user_id.as_str(), &json).await?;
-        self.inner.wakeups.user(user_id.as_str());
+        self.store.set_push_rules(user_id.as_str(), &json).await?;
+        self.notifier.user(user_id.as_str());
         Ok(())
     }
 
@@ -79,7 +102,7 @@ impl Services {
     /// target of an invite), by their own push rules. `auth_state` is the
     /// state `pdu` was authorised against (its create and power levels
     /// events are used from there when present).
-    pub(crate) async fn evaluate_push(
+    pub(crate) async fn evaluate(
         &self,
         room_id: &RoomId,
         pdu: &Pdu,
@@ -98,9 +121,9 @@ impl Services {
             // member list, so a join to a large room costs what one to a
             // small room does.
             let mut stored: std::collections::HashMap<String, String> =
-                self.store().push_rules_in_room(room_id.as_str()).await?.into_iter().collect();
+                self.store.push_rules_in_room(room_id.as_str()).await?.into_iter().collect();
             if let Some(invitee) = invitee.as_ref().filter(|i| !stored.contains_key(*i)) {
-                stored.extend(self.store().push_rules_of(std::slice::from_ref(invitee)).await?);
+                stored.extend(self.store.push_rules_of(std::slice::from_ref(invitee)).await?);
             }
             let targets: Vec<String> = stored
                 .keys()
@@ -113,10 +136,10 @@ impl Services {
             if targets.is_empty() {
                 return Ok(Vec::new());
             }
-            let joined = self.store().member_summary(room_id.as_str(), "", 0).await?.joined;
+            let joined = self.rooms.member_summary(room_id.as_str(), "", 0).await?.joined;
             (targets, stored, joined)
         } else {
-            let members = self.store().joined_members_with_push_rules(room_id.as_str()).await?;
+            let members = self.store.joined_members_with_push_rules(room_id.as_str()).await?;
             let joined = members.len() as u64;
             let mut stored = std::collections::HashMap::new();
             let mut targets = Vec::with_capacity(members.len());
@@ -131,11 +154,10 @@ impl Services {
             }
             (targets, stored, joined)
         };
-        let keys = [(StateEventType::RoomCreate, String::new()), (StateEventType::RoomPowerLevels, String::new())];
-        let power = if keys.iter().all(|k| auth_state.contains_key(k)) {
+        let power = if POWER_KEYS.iter().all(|k| auth_state.contains_key(k)) {
             power_levels(auth_state, rules)?
         } else {
-            power_levels(&self.state_subset(room_id, &keys).await?, rules)?
+            power_levels(&state_subset(&*self.rooms, room_id, &POWER_KEYS).await?, rules)?
         };
         let power_ctx = PushConditionPowerLevelsCtx::from(power);
         let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
@@ -157,9 +179,9 @@ impl Services {
                         user_id.localpart().to_owned()
                     };
                     let ruleset = parse_ruleset(json, &user_id).map(Arc::new);
-                    (ruleset.unwrap_or_else(|_| self.inner.default_rulesets.of(&user_id)), name)
+                    (ruleset.unwrap_or_else(|_| self.default_rulesets.of(&user_id)), name)
                 }
-                None => (self.inner.default_rulesets.of(&user_id), user_id.localpart().to_owned()),
+                None => (self.default_rulesets.of(&user_id), user_id.localpart().to_owned()),
             };
             let ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_ctx.clone());
@@ -184,7 +206,7 @@ impl Services {
     /// The user's display name in the room (member event), else the
     /// localpart.
     async fn member_display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<String, Error> {
-        let member = self.store().state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
+        let member = self.rooms.state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
         let name = member
             .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
             .and_then(|v| v["content"]["displayname"].as_str().map(str::to_owned));
@@ -202,10 +224,10 @@ impl Services {
         let before =
             from.map(|f| f.parse::<u64>().map_err(|_| Error::InvalidParam("malformed from token".into()))).transpose()?;
         let limit = limit.clamp(1, MAX_NOTIFICATIONS_LIMIT);
-        let found = self.store().notifications(user.user_id.as_str(), before, limit, only_highlight).await?;
+        let found = self.store.notifications(user.user_id.as_str(), before, limit, only_highlight).await?;
         let viewer = ClientEventOptions::from(user);
         let events: Vec<_> = found.iter().map(|n| n.event.clone()).collect();
-        let formatted = self.client_events(&events, &viewer).await?;
+        let formatted = self.formatter.client_events(&events, &viewer).await?;
         let mut notifications = Vec::with_capacity(found.len());
         for (n, event) in found.iter().zip(formatted) {
             let read_up_to = self.read_position(&user.user_id, &n.event.room_id).await?;
@@ -228,8 +250,8 @@ impl Services {
 
     /// Up to where the user has read a room: their read receipt, or their
     /// latest own event (sending implies reading), whichever is later.
-    pub(crate) async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
-        Ok(self.store().read_up_to(room_id, user_id.as_str()).await?)
+    async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
+        Ok(self.store.read_up_to(room_id, user_id.as_str()).await?)
     }
 
     /// `unread_notifications` and `unread_thread_notifications` of a room
@@ -238,11 +260,11 @@ impl Services {
     /// the user's own newest event) reads everything up to it, a `main`
     /// receipt the main timeline, a thread's receipt that thread.
     pub(crate) async fn unread_counts_by_thread(&self, user_id: &UserId, room_id: &str) -> Result<(JsonValue, JsonValue), Error> {
-        let (receipts, own) = self.store().read_positions(user_id.as_str(), room_id).await?;
+        let (receipts, own) = self.store.read_positions(user_id.as_str(), room_id).await?;
         let of = |thread: &str| receipts.iter().find(|(t, _)| t == thread).map_or(0, |(_, p)| *p);
         let unthreaded = own.max(of(""));
         let main = unthreaded.max(of("main"));
-        let rows = self.store().unread_notifications_by_thread(user_id.as_str(), room_id, unthreaded, MAX_UNREAD_COUNTED).await?;
+        let rows = self.store.unread_notifications_by_thread(user_id.as_str(), room_id, unthreaded, MAX_UNREAD_COUNTED).await?;
         let (mut main_counts, mut threads) = ((0u64, 0u64), std::collections::BTreeMap::<String, (u64, u64)>::new());
         for row in rows {
             let (read, counts) = match &row.thread_root {
@@ -265,13 +287,13 @@ impl Services {
     /// `unread_notifications` of a room in `/sync`.
     pub(crate) async fn unread_counts(&self, user_id: &UserId, room_id: &str) -> Result<JsonValue, Error> {
         let read = self.read_position(user_id, room_id).await?;
-        let (notifications, highlights) = self.store().notification_counts(user_id.as_str(), room_id, read).await?;
+        let (notifications, highlights) = self.store.notification_counts(user_id.as_str(), room_id, read).await?;
         Ok(json!({ "notification_count": notifications, "highlight_count": highlights }))
     }
 }
 
 /// Editing one's rule set (`/pushrules/global/{kind}/{ruleId}`).
-impl Services {
+impl Push {
     pub async fn push_rule(&self, user: &AuthedUser, kind: RuleKind, rule_id: &str) -> Result<AnyPushRule, Error> {
         let ruleset = self.push_ruleset(&user.user_id).await?;
         ruleset.get(kind, rule_id).map(|r| r.to_owned()).ok_or_else(|| Error::NotFound("no such push rule".into()))

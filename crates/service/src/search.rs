@@ -1,17 +1,20 @@
-//! `POST /user_directory/search` and `POST /search`.
+//! The search component: `POST /user_directory/search` and `POST /search`
+//! (client-server API "User Directory" and "Server Side Search").
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chancery_proto::ruma::events::room::member::MembershipState;
-use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chancery_proto::limits::{
     MAX_SEARCH_CONTEXT, MAX_SEARCH_FILTER_ROOMS, MAX_SEARCH_RESULTS, MAX_SEARCH_TERM_BYTES, MAX_USER_DIRECTORY_LIMIT,
 };
-use chancery_store::{SearchOrder, SearchScope};
+use chancery_store::{AccountStore, ForgottenRoomStore, RoomStore, SearchOrder, SearchScope, SearchStore};
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};
 
-use crate::rooms::{ClientEventOptions, format_token};
-use crate::{AuthedUser, Error, Services};
+use crate::rooms::{ClientEventOptions, EventFormatter, Visibility, format_token};
+use crate::{AuthedUser, Error};
 
 /// The `room_events` criteria of a `/search` request.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,7 +68,33 @@ fn words(term: &str) -> Vec<String> {
     term.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(20).collect()
 }
 
-impl Services {
+/// Searching users and messages.
+pub struct Search {
+    store: Arc<dyn SearchStore>,
+    rooms: Arc<dyn RoomStore>,
+    forgotten: Arc<dyn ForgottenRoomStore>,
+    /// Profiles of the senders around results.
+    accounts: Arc<dyn AccountStore>,
+    visibility: Arc<Visibility>,
+    formatter: Arc<EventFormatter>,
+    /// The user directory finds every local user, not only those sharing
+    /// a room with the searcher or in public rooms.
+    search_all_users: bool,
+}
+
+impl Search {
+    pub fn new(
+        store: Arc<dyn SearchStore>,
+        rooms: Arc<dyn RoomStore>,
+        forgotten: Arc<dyn ForgottenRoomStore>,
+        accounts: Arc<dyn AccountStore>,
+        visibility: Arc<Visibility>,
+        formatter: Arc<EventFormatter>,
+        search_all_users: bool,
+    ) -> Self {
+        Self { store, rooms, forgotten, accounts, visibility, formatter, search_all_users }
+    }
+
     /// `POST /user_directory/search`.
     pub async fn search_user_directory(&self, user: &AuthedUser, term: &str, limit: usize) -> Result<JsonValue, Error> {
         if term.len() > MAX_SEARCH_TERM_BYTES {
@@ -73,10 +102,7 @@ impl Services {
         }
         let limit = limit.clamp(1, MAX_USER_DIRECTORY_LIMIT);
         let term = term.trim().to_lowercase();
-        let mut hits = self
-            .store()
-            .search_users(user.user_id.as_str(), &term, limit + 1, self.config().user_directory_search_all_users)
-            .await?;
+        let mut hits = self.store.search_users(user.user_id.as_str(), &term, limit + 1, self.search_all_users).await?;
         let limited = hits.len() > limit;
         hits.truncate(limit);
         let results: Vec<JsonValue> = hits
@@ -136,10 +162,10 @@ impl Services {
         // must be visible to the user), minus forgotten ones; in each, only
         // the stretches history visibility lets them read, so the store's
         // page, count and offsets cover exactly what they may see.
-        let memberships = self.store().memberships_of_user(user.user_id.as_str()).await?;
+        let memberships = self.rooms.memberships_of_user(user.user_id.as_str()).await?;
         let forgotten: HashSet<String> =
             if memberships.iter().any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban)) {
-                self.store().forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+                self.forgotten.forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
             } else {
                 HashSet::new()
             };
@@ -162,19 +188,20 @@ impl Services {
         let (hits, count) = if words.is_empty() || rooms.is_empty() {
             (Vec::new(), 0)
         } else {
-            let current = self.store().current_stream_pos().await?;
+            let current = self.rooms.current_stream_pos().await?;
             let scopes: Vec<SearchScope> = self
+                .visibility
                 .read_access(&user.user_id, &rooms, 0, current)
                 .await?
                 .into_iter()
                 .map(|(room_id, access)| SearchScope { room_id, ranges: access.visible_ranges() })
                 .filter(|scope| !scope.ranges.is_empty())
                 .collect();
-            self.store().search_events(&scopes, &words, &keys, order, offset, limit).await?
+            self.store.search_events(&scopes, &words, &keys, order, offset, limit).await?
         };
         let viewer = ClientEventOptions::from(user);
         let events: Vec<_> = hits.iter().map(|h| h.event.clone()).collect();
-        let formatted = self.client_events(&events, &viewer).await?;
+        let formatted = self.formatter.client_events(&events, &viewer).await?;
         let mut results = Vec::with_capacity(hits.len());
         for (hit, event) in hits.iter().zip(formatted) {
             let mut result = json!({ "rank": hit.rank, "result": event });
@@ -201,8 +228,8 @@ impl Services {
             seen.dedup();
             for room in seen {
                 // A former member gets the state as they left it.
-                let events = self.store().state_at(room, left_at.get(room).copied()).await?;
-                state.insert(room.to_owned(), JsonValue::Array(self.client_events(&events, &viewer).await?));
+                let events = self.rooms.state_at(room, left_at.get(room).copied()).await?;
+                state.insert(room.to_owned(), JsonValue::Array(self.formatter.client_events(&events, &viewer).await?));
             }
             body["state"] = JsonValue::Object(state);
         }
@@ -219,26 +246,26 @@ impl Services {
         let before_limit = ctx.before_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
         let after_limit = ctx.after_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
         let pos = event.stream_pos;
-        let current = self.store().current_stream_pos().await?;
+        let current = self.rooms.current_stream_pos().await?;
         let before = if before_limit == 0 {
             Vec::new()
         } else {
-            self.store().room_events(&event.room_id, 0, pos - 1, before_limit, true).await?
+            self.rooms.room_events(&event.room_id, 0, pos - 1, before_limit, true).await?
         };
         let after = if after_limit == 0 {
             Vec::new()
         } else {
-            self.store().room_events(&event.room_id, pos, current, after_limit, false).await?
+            self.rooms.room_events(&event.room_id, pos, current, after_limit, false).await?
         };
         let start = before.last().map_or(pos - 1, |e| e.stream_pos - 1);
         let end = after.last().map_or(pos, |e| e.stream_pos);
         // Tokens continue after what was read; only what the user may see
         // is shown.
-        let before = self.visible_events(&user.user_id, &event.room_id, before).await?;
-        let after = self.visible_events(&user.user_id, &event.room_id, after).await?;
+        let before = self.visibility.visible_events(&user.user_id, &event.room_id, before).await?;
+        let after = self.visibility.visible_events(&user.user_id, &event.room_id, after).await?;
         let mut context = json!({
-            "events_before": self.client_events(&before, viewer).await?,
-            "events_after": self.client_events(&after, viewer).await?,
+            "events_before": self.formatter.client_events(&before, viewer).await?,
+            "events_after": self.formatter.client_events(&after, viewer).await?,
             "start": format_token(start),
             "end": format_token(end),
         });
@@ -248,7 +275,7 @@ impl Services {
                 if profiles.contains_key(sender) {
                     continue;
                 }
-                let profile = self.store().profile(sender).await?;
+                let profile = self.accounts.profile(sender).await?;
                 let mut info = Map::new();
                 if let Some(name) = profile.get("displayname") {
                     info.insert("displayname".into(), name.clone());

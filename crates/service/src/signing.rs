@@ -15,7 +15,7 @@ pub fn load_or_generate(path: &Path) -> Result<Ed25519KeyPair, String> {
         Ok(text) => parse(&text).map_err(|e| format!("signing key {}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let document = Ed25519KeyPair::generate();
-            let version = crate::tokens::random_string(crate::tokens::ALNUM, 6);
+            let version = crate::tokens::random_string(&crate::tokens::OsEntropy, crate::tokens::ALNUM, 6);
             let line = format!("ed25519 {version} {}\n", STANDARD_NO_PAD.encode(&*document));
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -59,8 +59,10 @@ mod tests {
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("chancery-key-test-{}", crate::tokens::random_string(crate::tokens::ALNUM, 8)));
+        let dir = std::env::temp_dir().join(format!(
+            "chancery-key-test-{}",
+            crate::tokens::random_string(&crate::tokens::OsEntropy, crate::tokens::ALNUM, 8)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

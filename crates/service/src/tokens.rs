@@ -1,16 +1,61 @@
+//! Randomness and tokens. Components draw random bytes from an [`Entropy`]
+//! handed to them at construction (the operating system's in production),
+//! so what they generate can be made repeatable in tests.
+//!
 //! Access and refresh tokens: 256 random bits, handed to the client once,
 //! stored only as SHA-256 digests so a database leak yields no sessions.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
+
+/// A source of random bytes.
+pub trait Entropy: Send + Sync {
+    fn fill(&self, bytes: &mut [u8]);
+}
+
+/// The operating system's random numbers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&self, bytes: &mut [u8]) {
+        rand::rngs::OsRng.fill_bytes(bytes);
+    }
+}
+
+/// An [`Entropy`] as a `rand` generator (for uniform choices).
+struct AsRng<'a>(&'a dyn Entropy);
+
+impl RngCore for AsRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.0.fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.0.fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
+}
 
 /// A fresh token with a short prefix telling what it is (`cha_` access,
 /// `chr_` refresh), which helps secret scanners and humans.
-pub fn generate(prefix: &str) -> String {
+pub fn generate(entropy: &dyn Entropy, prefix: &str) -> String {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    entropy.fill(&mut bytes);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -20,11 +65,10 @@ pub fn hash(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A random string from `alphabet`, for device ids, session ids and
-/// generated user names.
-pub fn random_string(alphabet: &[u8], len: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rngs::OsRng;
+/// A random string from `alphabet`, for device ids, session ids, room ids
+/// and generated user names.
+pub fn random_string(entropy: &dyn Entropy, alphabet: &[u8], len: usize) -> String {
+    let mut rng = AsRng(entropy);
     (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect()
 }
 
@@ -34,13 +78,31 @@ pub const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn tokens_are_distinct_and_hashes_stable() {
-        let a = super::generate("cha_");
-        let b = super::generate("cha_");
+        let a = generate(&OsEntropy, "cha_");
+        let b = generate(&OsEntropy, "cha_");
         assert_ne!(a, b);
         assert!(a.starts_with("cha_") && a.len() == 4 + 43);
-        assert_eq!(super::hash(&a), super::hash(&a));
-        assert_eq!(super::hash(&a).len(), 64);
+        assert_eq!(hash(&a), hash(&a));
+        assert_eq!(hash(&a).len(), 64);
+    }
+
+    /// Always the same byte: what a test passes to make ids repeatable.
+    struct Constant(u8);
+
+    impl Entropy for Constant {
+        fn fill(&self, bytes: &mut [u8]) {
+            bytes.fill(self.0);
+        }
+    }
+
+    #[test]
+    fn injected_entropy_decides_what_is_generated() {
+        assert_eq!(random_string(&Constant(0), UPPER, 4), "AAAA");
+        assert_eq!(generate(&Constant(0), "x_"), format!("x_{}", "A".repeat(43)));
+        assert!(random_string(&OsEntropy, LOWER_ALNUM, 12).bytes().all(|b| LOWER_ALNUM.contains(&b)));
     }
 }

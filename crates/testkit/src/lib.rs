@@ -93,7 +93,8 @@ impl TestServer {
         let mut users = Vec::with_capacity(count);
         for n in 0..count {
             let user_id = format!("@{prefix}{n}:{}", self.config.server_name);
-            let token = format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(""));
+            let token =
+                format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(&chancery_service::tokens::OsEntropy, ""));
             let account = NewAccount { user_id: user_id.clone(), password_hash: None, is_admin: false, created_ts: 1 };
             let tokens = TokenPair {
                 access_token_hash: chancery_service::tokens::hash(&token),

@@ -1,5 +1,6 @@
 //! Registration, whoami, password changes and deactivation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -8,20 +9,19 @@ use chancery_proto::ruma::api::client::account::ThirdPartyIdRemovalStatus;
 use chancery_proto::ruma::api::client::account::{
     change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
 };
+use chancery_service::Accounts;
 use chancery_service::RegisterRequest;
 
 use super::auth_payload;
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{Authed, ClientAddress, Ruma, RumaResponse};
 
 pub async fn register(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     ClientAddress(address): ClientAddress,
     Ruma(req): Ruma<register::v3::Request>,
 ) -> ApiResult<RumaResponse<register::v3::Response>> {
-    let outcome = state
-        .services
+    let outcome = accounts
         .register(RegisterRequest {
             username: req.username,
             password: req.password,
@@ -45,20 +45,20 @@ pub async fn register(
 }
 
 pub async fn username_available(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     ClientAddress(address): ClientAddress,
     Ruma(req): Ruma<get_username_availability::v3::Request>,
 ) -> ApiResult<RumaResponse<get_username_availability::v3::Response>> {
-    state.services.username_available(&req.username, address.as_deref()).await?;
+    accounts.username_available(&req.username, address.as_deref()).await?;
     Ok(RumaResponse(get_username_availability::v3::Response::new(true)))
 }
 
 pub async fn registration_token_validity(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     ClientAddress(address): ClientAddress,
     Ruma(req): Ruma<check_registration_token_validity::v1::Request>,
 ) -> ApiResult<RumaResponse<check_registration_token_validity::v1::Response>> {
-    let valid = state.services.registration_token_valid(&req.token, address.as_deref()).await?;
+    let valid = accounts.registration_token_valid(&req.token, address.as_deref()).await?;
     Ok(RumaResponse(check_registration_token_validity::v1::Response::new(valid)))
 }
 
@@ -69,20 +69,20 @@ pub async fn whoami(Authed(user): Authed, Ruma(_): Ruma<whoami::v3::Request>) ->
 }
 
 pub async fn change_password(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<change_password::v3::Request>,
 ) -> ApiResult<RumaResponse<change_password::v3::Response>> {
-    state.services.change_password(&user, req.new_password, req.logout_devices, auth_payload(req.auth)).await?;
+    accounts.change_password(&user, req.new_password, req.logout_devices, auth_payload(req.auth)).await?;
     Ok(RumaResponse(change_password::v3::Response::new()))
 }
 
 pub async fn deactivate(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> ApiResult<RumaResponse<deactivate::v3::Response>> {
-    state.services.deactivate(&user, auth_payload(req.auth)).await?;
+    accounts.deactivate(&user, auth_payload(req.auth)).await?;
     // No identity server bindings are kept, so none to remove.
     Ok(RumaResponse(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport)))
 }

@@ -2,6 +2,8 @@
 //! `/user/{userId}/rooms/{roomId}/...`) and room tags. Plain JSON handlers:
 //! content is any JSON object the client chooses, kept as sent.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -9,11 +11,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use chancery_proto::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use chancery_service::AccountData;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, read_body};
+use crate::{ApiConfig, AppState};
 
 /// Routes of this module, under the v3 and r0 prefixes.
 pub(crate) fn routes(mut r: Router<AppState>) -> Router<AppState> {
@@ -38,81 +41,84 @@ fn parse_room(room_id: &str) -> ApiResult<OwnedRoomId> {
 
 /// The body as JSON (`M_NOT_JSON` if it is not); its shape is the
 /// service's to check.
-async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
-    let bytes = read_body(body, headers, state.config.max_request_body_bytes).await?;
+async fn json_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
+    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
     serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))
 }
 
 pub async fn put_global(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((user_id, event_type)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let target = parse_user(&user_id)?;
-    let content = json_body(&state, &headers, body).await?;
-    state.services.set_account_data(&user, &target, None, &event_type, content).await?;
+    let content = json_body(&config, &headers, body).await?;
+    account_data.set_account_data(&user, &target, None, &event_type, content).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn get_global(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
     Authed(user): Authed,
     Path((user_id, event_type)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.account_data(&user, &parse_user(&user_id)?, None, &event_type).await?))
+    Ok(Json(account_data.account_data(&user, &parse_user(&user_id)?, None, &event_type).await?))
 }
 
 pub async fn put_room(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((user_id, room_id, event_type)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let (target, room_id) = (parse_user(&user_id)?, parse_room(&room_id)?);
-    let content = json_body(&state, &headers, body).await?;
-    state.services.set_account_data(&user, &target, Some(&room_id), &event_type, content).await?;
+    let content = json_body(&config, &headers, body).await?;
+    account_data.set_account_data(&user, &target, Some(&room_id), &event_type, content).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn get_room(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
     Authed(user): Authed,
     Path((user_id, room_id, event_type)): Path<(String, String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
     let (target, room_id) = (parse_user(&user_id)?, parse_room(&room_id)?);
-    Ok(Json(state.services.account_data(&user, &target, Some(&room_id), &event_type).await?))
+    Ok(Json(account_data.account_data(&user, &target, Some(&room_id), &event_type).await?))
 }
 
 pub async fn get_tags(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
     Authed(user): Authed,
     Path((user_id, room_id)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.room_tags(&user, &parse_user(&user_id)?, &parse_room(&room_id)?).await?))
+    Ok(Json(account_data.room_tags(&user, &parse_user(&user_id)?, &parse_room(&room_id)?).await?))
 }
 
 pub async fn put_tag(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let (target, room_id) = (parse_user(&user_id)?, parse_room(&room_id)?);
-    let info = json_body(&state, &headers, body).await?;
-    state.services.set_room_tag(&user, &target, &room_id, &tag, Some(info)).await?;
+    let info = json_body(&config, &headers, body).await?;
+    account_data.set_room_tag(&user, &target, &room_id, &tag, Some(info)).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn delete_tag(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
     Authed(user): Authed,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
     let (target, room_id) = (parse_user(&user_id)?, parse_room(&room_id)?);
-    state.services.set_room_tag(&user, &target, &room_id, &tag, None).await?;
+    account_data.set_room_tag(&user, &target, &room_id, &tag, None).await?;
     Ok(Json(json!({})))
 }

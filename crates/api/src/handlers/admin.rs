@@ -3,16 +3,17 @@
 //! or are negative, and unknown directions are 400 `M_INVALID_PARAM`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use chancery_service::Admin as AdminApi;
 use chancery_service::admin::{EventReportsRequest, RoomReportsRequest};
 use chancery_service::rooms::Direction;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Admin;
 
@@ -39,7 +40,11 @@ fn report_id(path: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
     id.parse().map_err(|_| invalid("The report_id parameter must be a string representing a positive integer."))
 }
 
-pub async fn event_reports(State(state): State<AppState>, Admin(admin): Admin, query: Params) -> ApiResult<Json<JsonValue>> {
+pub async fn event_reports(
+    State(admin_api): State<Arc<AdminApi>>,
+    Admin(admin): Admin,
+    query: Params,
+) -> ApiResult<Json<JsonValue>> {
     let params = params(query)?;
     let dir = match params.get("dir").map(String::as_str) {
         None | Some("b") => Direction::Backward,
@@ -54,27 +59,31 @@ pub async fn event_reports(State(state): State<AppState>, Admin(admin): Admin, q
         room_id: params.get("room_id").cloned(),
         event_sender_user_id: params.get("event_sender_user_id").cloned(),
     };
-    Ok(Json(state.services.admin_event_reports(&admin, req).await?))
+    Ok(Json(admin_api.admin_event_reports(&admin, req).await?))
 }
 
 pub async fn event_report(
-    State(state): State<AppState>,
+    State(admin_api): State<Arc<AdminApi>>,
     Admin(admin): Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.admin_event_report(&admin, report_id(path)?).await?))
+    Ok(Json(admin_api.admin_event_report(&admin, report_id(path)?).await?))
 }
 
 pub async fn delete_event_report(
-    State(state): State<AppState>,
+    State(admin_api): State<Arc<AdminApi>>,
     Admin(admin): Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JsonValue>> {
-    state.services.admin_delete_event_report(&admin, report_id(path)?).await?;
+    admin_api.admin_delete_event_report(&admin, report_id(path)?).await?;
     Ok(Json(json!({})))
 }
 
-pub async fn room_reports(State(state): State<AppState>, Admin(admin): Admin, query: Params) -> ApiResult<Json<JsonValue>> {
+pub async fn room_reports(
+    State(admin_api): State<Arc<AdminApi>>,
+    Admin(admin): Admin,
+    query: Params,
+) -> ApiResult<Json<JsonValue>> {
     let params = params(query)?;
     let req = RoomReportsRequest {
         from: integer(&params, "from")?,
@@ -82,22 +91,22 @@ pub async fn room_reports(State(state): State<AppState>, Admin(admin): Admin, qu
         user_id: params.get("user_id").cloned(),
         room_id: params.get("room_id").cloned(),
     };
-    Ok(Json(state.services.admin_room_reports(&admin, req).await?))
+    Ok(Json(admin_api.admin_room_reports(&admin, req).await?))
 }
 
 pub async fn room_report(
-    State(state): State<AppState>,
+    State(admin_api): State<Arc<AdminApi>>,
     Admin(admin): Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.admin_room_report(&admin, report_id(path)?).await?))
+    Ok(Json(admin_api.admin_room_report(&admin, report_id(path)?).await?))
 }
 
 pub async fn delete_room_report(
-    State(state): State<AppState>,
+    State(admin_api): State<Arc<AdminApi>>,
     Admin(admin): Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JsonValue>> {
-    state.services.admin_delete_room_report(&admin, report_id(path)?).await?;
+    admin_api.admin_delete_room_report(&admin, report_id(path)?).await?;
     Ok(Json(json!({})))
 }

@@ -1,14 +1,16 @@
 //! `/devices` and `/delete_devices`.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use chancery_proto::ruma::OwnedDeviceId;
 use chancery_proto::ruma::api::client::device::{
     self as ruma_device, delete_device, delete_devices, get_device, get_devices, update_device,
 };
+use chancery_service::Accounts;
 use chancery_service::Device;
 
 use super::auth_payload;
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma, RumaResponse};
 
@@ -19,49 +21,49 @@ fn to_ruma(device: Device) -> ruma_device::Device {
 }
 
 pub async fn list(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(_): Ruma<get_devices::v3::Request>,
 ) -> ApiResult<RumaResponse<get_devices::v3::Response>> {
-    let devices = state.services.devices(&user).await?;
+    let devices = accounts.devices(&user).await?;
     Ok(RumaResponse(get_devices::v3::Response::new(devices.into_iter().map(to_ruma).collect())))
 }
 
 pub async fn get(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_device::v3::Request>,
 ) -> ApiResult<RumaResponse<get_device::v3::Response>> {
-    let device = state.services.device(&user, req.device_id.as_str()).await?;
+    let device = accounts.device(&user, req.device_id.as_str()).await?;
     Ok(RumaResponse(get_device::v3::Response::new(to_ruma(device))))
 }
 
 pub async fn update(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<update_device::v3::Request>,
 ) -> ApiResult<RumaResponse<update_device::v3::Response>> {
-    state.services.rename_device(&user, req.device_id.as_str(), req.display_name.as_deref()).await?;
+    accounts.rename_device(&user, req.device_id.as_str(), req.display_name.as_deref()).await?;
     Ok(RumaResponse(update_device::v3::Response::new()))
 }
 
 pub async fn delete_one(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<delete_device::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_device::v3::Response>> {
     // Spec: 404 for a device that does not exist, before asking for auth.
-    state.services.device(&user, req.device_id.as_str()).await?;
-    state.services.delete_devices(&user, &[req.device_id.to_string()], auth_payload(req.auth)).await?;
+    accounts.device(&user, req.device_id.as_str()).await?;
+    accounts.delete_devices(&user, &[req.device_id.to_string()], auth_payload(req.auth)).await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
 }
 
 pub async fn delete_many(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(req): Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_devices::v3::Response>> {
     let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
-    state.services.delete_devices(&user, &ids, auth_payload(req.auth)).await?;
+    accounts.delete_devices(&user, &ids, auth_payload(req.auth)).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }

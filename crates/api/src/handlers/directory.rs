@@ -1,6 +1,8 @@
 //! Room addresses and the published directory, upgrades, knocking,
 //! forgetting and content reports.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -15,47 +17,49 @@ use chancery_proto::ruma::api::client::room::{Visibility, aliases, report_room, 
 use chancery_proto::ruma::directory::RoomNetwork;
 use chancery_proto::ruma::{EventId, OwnedRoomAliasId, RoomId};
 use chancery_service::Error;
-use chancery_service::rooms::{PublicRoomsRequest, UpgradeRoom};
+use chancery_service::directory::PublicRoomsRequest;
+use chancery_service::rooms::UpgradeRoom;
+use chancery_service::{Directory, Reports, Rooms};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
+use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Ruma, RumaResponse, read_body};
 
 pub async fn get_alias(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Ruma(req): Ruma<get_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<get_alias::v3::Response>> {
-    let room_id = state.services.resolve_alias(&req.room_alias).await?;
-    let servers = vec![state.services.server_name().to_owned()];
+    let room_id = directory.resolve_alias(&req.room_alias).await?;
+    let servers = vec![directory.server_name().to_owned()];
     Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)))
 }
 
 pub async fn create_alias(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(user): Authed,
     Ruma(req): Ruma<create_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<create_alias::v3::Response>> {
-    state.services.create_alias(&user, &req.room_alias, &req.room_id).await?;
+    directory.create_alias(&user, &req.room_alias, &req.room_id).await?;
     Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
 pub async fn delete_alias(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(user): Authed,
     Ruma(req): Ruma<delete_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_alias::v3::Response>> {
-    state.services.delete_alias(&user, &req.room_alias).await?;
+    directory.delete_alias(&user, &req.room_alias).await?;
     Ok(RumaResponse(delete_alias::v3::Response::new()))
 }
 
 pub async fn room_aliases(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(user): Authed,
     Ruma(req): Ruma<aliases::v3::Request>,
 ) -> ApiResult<RumaResponse<aliases::v3::Response>> {
-    let aliases = state.services.room_aliases(&user, &req.room_id).await?;
+    let aliases = directory.room_aliases(&user, &req.room_id).await?;
     let aliases = aliases
         .into_iter()
         .map(OwnedRoomAliasId::try_from)
@@ -65,16 +69,16 @@ pub async fn room_aliases(
 }
 
 pub async fn get_visibility(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Ruma(req): Ruma<get_room_visibility::v3::Request>,
 ) -> ApiResult<RumaResponse<get_room_visibility::v3::Response>> {
-    let published = state.services.room_published(&req.room_id).await?;
+    let published = directory.room_published(&req.room_id).await?;
     let visibility = if published { Visibility::Public } else { Visibility::Private };
     Ok(RumaResponse(get_room_visibility::v3::Response::new(visibility)))
 }
 
 pub async fn set_visibility(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(user): Authed,
     Ruma(req): Ruma<set_room_visibility::v3::Request>,
 ) -> ApiResult<RumaResponse<set_room_visibility::v3::Response>> {
@@ -83,7 +87,7 @@ pub async fn set_visibility(
         Visibility::Private => false,
         _ => return Err(Error::InvalidParam("visibility is public or private".into()).into()),
     };
-    state.services.set_room_published(&user, &req.room_id, published).await?;
+    directory.set_room_published(&user, &req.room_id, published).await?;
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
@@ -91,7 +95,7 @@ pub async fn set_visibility(
 /// (`allow_public_rooms_without_auth: false`), only this server's users
 /// may, as an institution's room list is not for the whole internet.
 pub async fn public_rooms(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(_): Authed,
     Ruma(req): Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
@@ -101,11 +105,11 @@ pub async fn public_rooms(
         since: req.since,
         ..Default::default()
     };
-    Ok(Json(state.services.public_rooms(request).await?))
+    Ok(Json(directory.public_rooms(request).await?))
 }
 
 pub async fn public_rooms_filtered(
-    State(state): State<AppState>,
+    State(directory): State<Arc<Directory>>,
     Authed(_): Authed,
     Ruma(req): Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
@@ -117,34 +121,34 @@ pub async fn public_rooms_filtered(
         room_types: req.filter.room_types.iter().map(|t| t.as_str().map(str::to_owned)).collect(),
         third_party_network: matches!(req.room_network, RoomNetwork::ThirdParty(_)),
     };
-    Ok(Json(state.services.public_rooms(request).await?))
+    Ok(Json(directory.public_rooms(request).await?))
 }
 
 pub async fn upgrade(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<upgrade_room::v3::Request>,
 ) -> ApiResult<RumaResponse<upgrade_room::v3::Response>> {
     let upgrade = UpgradeRoom { new_version: req.new_version.to_string(), additional_creators: req.additional_creators };
-    let replacement = state.services.upgrade_room(&user, &req.room_id, upgrade).await?;
+    let replacement = rooms.upgrade_room(&user, &req.room_id, upgrade).await?;
     Ok(RumaResponse(upgrade_room::v3::Response::new(replacement)))
 }
 
 pub async fn knock(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<knock_room::v3::Request>,
 ) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
-    let room_id = state.services.knock(&user, &req.room_id_or_alias, req.reason).await?;
+    let room_id = rooms.knock(&user, &req.room_id_or_alias, req.reason).await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 
 pub async fn forget(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<forget_room::v3::Request>,
 ) -> ApiResult<RumaResponse<forget_room::v3::Response>> {
-    state.services.forget_room(&user, &req.room_id).await?;
+    rooms.forget_room(&user, &req.room_id).await?;
     Ok(RumaResponse(forget_room::v3::Response::new()))
 }
 
@@ -158,7 +162,8 @@ struct EventReportBody {
 }
 
 pub async fn report_event(
-    State(state): State<AppState>,
+    State(reports): State<Arc<Reports>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((room_id, event_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -168,22 +173,22 @@ pub async fn report_event(
         |what: &str, e: String| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid {what}: {e}"));
     let room_id = RoomId::parse(&room_id).map_err(|e| invalid("room id", e.to_string()))?;
     let event_id = EventId::parse(&event_id).map_err(|e| invalid("event id", e.to_string()))?;
-    let bytes = read_body(body, &headers, state.config.max_request_body_bytes).await?;
+    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
     let value: JsonValue = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?
     };
     let body: EventReportBody = serde_json::from_value(value).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    state.services.report_event(&user, &room_id, &event_id, body.reason, body.score).await?;
+    reports.report_event(&user, &room_id, &event_id, body.reason, body.score).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn report_room(
-    State(state): State<AppState>,
+    State(reports): State<Arc<Reports>>,
     Authed(user): Authed,
     Ruma(req): Ruma<report_room::v3::Request>,
 ) -> ApiResult<RumaResponse<report_room::v3::Response>> {
-    state.services.report_room(&user, &req.room_id, req.reason).await?;
+    reports.report_room(&user, &req.room_id, req.reason).await?;
     Ok(RumaResponse(report_room::v3::Response::new()))
 }

@@ -1,14 +1,17 @@
 //! Discovery: `/versions`, `.well-known`, `/capabilities`, `/health`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chancery_proto::ruma::api::client::discovery::get_supported_versions;
 use chancery_service::rooms::SUPPORTED_ROOM_VERSIONS;
+use chancery_service::{Health, Rooms};
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
+use crate::ApiConfig;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma, RumaResponse};
 
@@ -24,16 +27,16 @@ pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaRes
     RumaResponse(get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect()))
 }
 
-pub async fn well_known_client(State(state): State<AppState>) -> Json<JsonValue> {
-    Json(json!({ "m.homeserver": { "base_url": state.config.public_baseurl } }))
+pub async fn well_known_client(State(config): State<Arc<ApiConfig>>) -> Json<JsonValue> {
+    Json(json!({ "m.homeserver": { "base_url": config.public_baseurl } }))
 }
 
-pub async fn well_known_server(State(state): State<AppState>) -> Json<JsonValue> {
-    Json(json!({ "m.server": state.config.federation_address }))
+pub async fn well_known_server(State(config): State<Arc<ApiConfig>>) -> Json<JsonValue> {
+    Json(json!({ "m.server": config.federation_address }))
 }
 
 /// `GET /capabilities`: only what this server really does.
-pub async fn capabilities(State(state): State<AppState>, Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
+pub async fn capabilities(State(rooms): State<Arc<Rooms>>, Authed(_): Authed) -> ApiResult<Json<JsonValue>> {
     let available: serde_json::Map<String, JsonValue> =
         SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Ok(Json(json!({
@@ -45,7 +48,7 @@ pub async fn capabilities(State(state): State<AppState>, Authed(_): Authed) -> A
             "m.get_login_token": { "enabled": false },
             "m.profile_fields": { "enabled": true },
             "m.room_versions": {
-                "default": state.services.config().default_room_version,
+                "default": rooms.default_room_version(),
                 "available": available,
             },
         }
@@ -53,10 +56,6 @@ pub async fn capabilities(State(state): State<AppState>, Authed(_): Authed) -> A
 }
 
 /// For load balancers: 200 when the database answers.
-pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    if state.services.healthy().await {
-        (StatusCode::OK, "OK")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
-    }
+pub async fn health(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.healthy().await { (StatusCode::OK, "OK") } else { (StatusCode::SERVICE_UNAVAILABLE, "database unavailable") }
 }

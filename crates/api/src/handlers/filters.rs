@@ -1,13 +1,16 @@
 //! `POST /user/{userId}/filter`, `GET /user/{userId}/filter/{filterId}`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use chancery_proto::ruma::UserId;
+use chancery_service::AccountData;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
+use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, read_body};
 
@@ -17,23 +20,24 @@ fn parse_user(user_id: &str) -> ApiResult<&UserId> {
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path(user_id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
-    let bytes = read_body(body, &headers, state.config.max_request_body_bytes).await?;
+    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
     let filter: JsonValue =
         serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
-    let id = state.services.create_filter(&user, parse_user(&user_id)?, filter).await?;
+    let id = account_data.create_filter(&user, parse_user(&user_id)?, filter).await?;
     Ok(Json(json!({ "filter_id": id })))
 }
 
 pub async fn get(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
     Authed(user): Authed,
     Path((user_id, filter_id)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.filter_json(&user, parse_user(&user_id)?, &filter_id).await?))
+    Ok(Json(account_data.filter_json(&user, parse_user(&user_id)?, &filter_id).await?))
 }

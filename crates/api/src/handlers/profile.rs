@@ -1,14 +1,17 @@
 //! Profiles: `/profile/{userId}` and `/profile/{userId}/{keyName}`.
 //! Plain JSON handlers: a field's value may be any JSON (spec v1.16).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use chancery_proto::ruma::{OwnedUserId, UserId};
+use chancery_service::Profiles;
 use serde_json::{Map, Value as JsonValue, json};
 
-use crate::AppState;
+use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, read_body};
 
@@ -16,30 +19,31 @@ fn parse_user(user_id: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(user_id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid user id: {e}")))
 }
 
-pub async fn get_profile(State(state): State<AppState>, Path(user_id): Path<String>) -> ApiResult<Json<JsonValue>> {
-    let profile = state.services.profile(&parse_user(&user_id)?).await?;
+pub async fn get_profile(State(profiles): State<Arc<Profiles>>, Path(user_id): Path<String>) -> ApiResult<Json<JsonValue>> {
+    let profile = profiles.profile(&parse_user(&user_id)?).await?;
     Ok(Json(JsonValue::Object(profile.into_iter().collect())))
 }
 
 pub async fn get_field(
-    State(state): State<AppState>,
+    State(profiles): State<Arc<Profiles>>,
     Path((user_id, key)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    let value = state.services.profile_field(&parse_user(&user_id)?, &key).await?;
+    let value = profiles.profile_field(&parse_user(&user_id)?, &key).await?;
     let mut body = Map::new();
     body.insert(key, value);
     Ok(Json(JsonValue::Object(body)))
 }
 
 pub async fn set_field(
-    State(state): State<AppState>,
+    State(profiles): State<Arc<Profiles>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((user_id, key)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let target = parse_user(&user_id)?;
-    let bytes = read_body(body, &headers, state.config.max_request_body_bytes).await?;
+    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
     let parsed: JsonValue =
         serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
     let JsonValue::Object(mut fields) = parsed else {
@@ -48,15 +52,15 @@ pub async fn set_field(
     let value = fields
         .remove(&key)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", format!("the body has no {key} property")))?;
-    state.services.set_profile_field(&user, &target, &key, value).await?;
+    profiles.set_profile_field(&user, &target, &key, value).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn delete_field(
-    State(state): State<AppState>,
+    State(profiles): State<Arc<Profiles>>,
     Authed(user): Authed,
     Path((user_id, key)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    state.services.delete_profile_field(&user, &parse_user(&user_id)?, &key).await?;
+    profiles.delete_profile_field(&user, &parse_user(&user_id)?, &key).await?;
     Ok(Json(json!({})))
 }

@@ -1,12 +1,14 @@
 //! Receipts, read markers and typing notifications.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::State;
 use chancery_proto::ruma::api::client::read_marker::set_read_marker;
 use chancery_proto::ruma::api::client::receipt::create_receipt;
 use chancery_proto::ruma::api::client::typing::create_typing_event::{self, v3::Typing};
 use chancery_proto::ruma::events::receipt::ReceiptThread as RumaThread;
-use chancery_service::ReceiptThread;
+use chancery_service::{Ephemeral, ReceiptThread};
 
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma, RumaResponse};
@@ -21,7 +23,7 @@ pub(crate) fn routes(mut r: Router<AppState>) -> Router<AppState> {
 }
 
 pub async fn receipt(
-    State(state): State<AppState>,
+    State(ephemeral): State<Arc<Ephemeral>>,
     Authed(user): Authed,
     Ruma(req): Ruma<create_receipt::v3::Request>,
 ) -> ApiResult<RumaResponse<create_receipt::v3::Response>> {
@@ -32,17 +34,16 @@ pub async fn receipt(
         // service's to validate.
         other => ReceiptThread::Root(other.as_str().unwrap_or_default().to_owned()),
     };
-    state.services.send_receipt(&user, &req.room_id, req.receipt_type.as_str(), &req.event_id, thread).await?;
+    ephemeral.send_receipt(&user, &req.room_id, req.receipt_type.as_str(), &req.event_id, thread).await?;
     Ok(RumaResponse(create_receipt::v3::Response::new()))
 }
 
 pub async fn read_markers(
-    State(state): State<AppState>,
+    State(ephemeral): State<Arc<Ephemeral>>,
     Authed(user): Authed,
     Ruma(req): Ruma<set_read_marker::v3::Request>,
 ) -> ApiResult<RumaResponse<set_read_marker::v3::Response>> {
-    state
-        .services
+    ephemeral
         .set_read_markers(
             &user,
             &req.room_id,
@@ -55,7 +56,7 @@ pub async fn read_markers(
 }
 
 pub async fn typing(
-    State(state): State<AppState>,
+    State(ephemeral): State<Arc<Ephemeral>>,
     Authed(user): Authed,
     Ruma(req): Ruma<create_typing_event::v3::Request>,
 ) -> ApiResult<RumaResponse<create_typing_event::v3::Response>> {
@@ -63,6 +64,6 @@ pub async fn typing(
         Typing::Yes(info) => Some(u64::try_from(info.timeout.as_millis()).unwrap_or(u64::MAX)),
         Typing::No => None,
     };
-    state.services.set_typing(&user, &req.room_id, &req.user_id, timeout_ms).await?;
+    ephemeral.set_typing(&user, &req.room_id, &req.user_id, timeout_ms).await?;
     Ok(RumaResponse(create_typing_event::v3::Response::new()))
 }

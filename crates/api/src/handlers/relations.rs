@@ -1,5 +1,7 @@
 //! Relations, threads, event context and timestamp lookup.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -10,12 +12,12 @@ use chancery_proto::ruma::api::client::relations::{
 };
 use chancery_proto::ruma::api::client::room::get_event_by_timestamp;
 use chancery_proto::ruma::{EventId, RoomId, UInt};
+use chancery_service::RoomReader;
 use chancery_service::rooms::{Direction, RelationsRequest};
 use chancery_service::{AuthedUser, Error};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma};
 
@@ -47,13 +49,13 @@ macro_rules! relations_request {
 }
 
 async fn relations_page(
-    state: &AppState,
+    reader: &RoomReader,
     user: &AuthedUser,
     room_id: &RoomId,
     event_id: &EventId,
     req: RelationsRequest,
 ) -> ApiResult<Json<JsonValue>> {
-    let page = state.services.relations(user, room_id, event_id, req).await?;
+    let page = reader.relations(user, room_id, event_id, req).await?;
     let mut body = json!({ "chunk": page.chunk });
     if let Some(next) = page.next_batch {
         body["next_batch"] = json!(next);
@@ -68,32 +70,32 @@ async fn relations_page(
 }
 
 pub async fn relations(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_relating_events::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_id) = (req.room_id.clone(), req.event_id.clone());
-    relations_page(&state, &user, &room_id, &event_id, relations_request!(req, None, None)).await
+    relations_page(&reader, &user, &room_id, &event_id, relations_request!(req, None, None)).await
 }
 
 pub async fn relations_of_type(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_relating_events_with_rel_type::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_id) = (req.room_id.clone(), req.event_id.clone());
     let rel_type = Some(req.rel_type.to_string());
-    relations_page(&state, &user, &room_id, &event_id, relations_request!(req, rel_type, None)).await
+    relations_page(&reader, &user, &room_id, &event_id, relations_request!(req, rel_type, None)).await
 }
 
 pub async fn relations_of_type_and_event_type(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_id) = (req.room_id.clone(), req.event_id.clone());
     let (rel_type, event_type) = (Some(req.rel_type.to_string()), Some(req.event_type.to_string()));
-    relations_page(&state, &user, &room_id, &event_id, relations_request!(req, rel_type, event_type)).await
+    relations_page(&reader, &user, &room_id, &event_id, relations_request!(req, rel_type, event_type)).await
 }
 
 /// The query of `/threads`. Decoded here rather than with ruma's request
@@ -107,7 +109,7 @@ pub struct ThreadsQuery {
 }
 
 pub async fn threads(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Path(room_id): Path<String>,
     query: Result<Query<ThreadsQuery>, QueryRejection>,
@@ -119,7 +121,7 @@ pub async fn threads(
         Some("participated") => true,
         Some(other) => return Err(Error::InvalidParam(format!("include must be all or participated, not {other}")).into()),
     };
-    let page = state.services.threads(&user, &room_id, participated, query.from.as_deref(), limit(query.limit)).await?;
+    let page = reader.threads(&user, &room_id, participated, query.from.as_deref(), limit(query.limit)).await?;
     let mut body = json!({ "chunk": page.chunk });
     if let Some(next) = page.next_batch {
         body["next_batch"] = json!(next);
@@ -128,12 +130,12 @@ pub async fn threads(
 }
 
 pub async fn context(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_context::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(usize::MAX);
-    let page = state.services.event_context(&user, &req.room_id, &req.event_id, limit, &req.filter).await?;
+    let page = reader.event_context(&user, &req.room_id, &req.event_id, limit, &req.filter).await?;
     Ok(Json(json!({
         "start": page.start,
         "end": page.end,
@@ -145,11 +147,11 @@ pub async fn context(
 }
 
 pub async fn timestamp_to_event(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let ts_ms = u64::from(req.ts.get());
-    let (event_id, origin_server_ts) = state.services.timestamp_to_event(&user, &req.room_id, ts_ms, direction(req.dir)).await?;
+    let (event_id, origin_server_ts) = reader.timestamp_to_event(&user, &req.room_id, ts_ms, direction(req.dir)).await?;
     Ok(Json(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts })))
 }

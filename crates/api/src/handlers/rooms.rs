@@ -1,5 +1,7 @@
 //! Rooms: creation, membership, sending and reading events.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -16,10 +18,11 @@ use chancery_proto::ruma::room::RoomType;
 use chancery_proto::ruma::{EventId, OwnedRoomId, RoomId};
 use chancery_service::Error;
 use chancery_service::rooms::{CreateRoom, Direction, MembershipAction, Preset};
+use chancery_service::{Directory, RoomReader, Rooms};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use crate::AppState;
+use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Ruma, RumaResponse, read_body};
 
@@ -28,7 +31,7 @@ fn raw_json<T>(raw: &chancery_proto::ruma::serde::Raw<T>) -> ApiResult<JsonValue
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
@@ -66,40 +69,41 @@ pub async fn create(
         is_direct: req.is_direct,
         room_alias_name: req.room_alias_name,
     };
-    let room_id = state.services.create_room(&user, create).await?;
+    let room_id = rooms.create_room(&user, create).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
 pub async fn join_by_id(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
-    state.services.join_room(&user, &req.room_id, req.reason).await?;
+    rooms.join_room(&user, &req.room_id, req.reason).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
 pub async fn join_by_id_or_alias(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
+    State(directory): State<Arc<Directory>>,
     Authed(user): Authed,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
-    let room_id = state.services.resolve_room_or_alias(&req.room_id_or_alias).await?;
-    state.services.join_room(&user, &room_id, req.reason).await?;
+    let room_id = directory.resolve_room_or_alias(&req.room_id_or_alias).await?;
+    rooms.join_room(&user, &room_id, req.reason).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
 pub async fn leave(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<leave_room::v3::Request>,
 ) -> ApiResult<RumaResponse<leave_room::v3::Response>> {
-    state.services.leave_room(&user, &req.room_id, req.reason).await?;
+    rooms.leave_room(&user, &req.room_id, req.reason).await?;
     Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
 pub async fn invite(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<invite_user::v3::Request>,
 ) -> ApiResult<RumaResponse<invite_user::v3::Response>> {
@@ -107,43 +111,43 @@ pub async fn invite(
         return Err(Error::InvalidParam("invites by e-mail or phone number are not supported".into()).into());
     };
     let (target, reason) = (&recipient.user_id, recipient.reason.clone());
-    state.services.change_membership(&user, &req.room_id, target, MembershipAction::Invite, reason).await?;
+    rooms.change_membership(&user, &req.room_id, target, MembershipAction::Invite, reason).await?;
     Ok(RumaResponse(invite_user::v3::Response::new()))
 }
 
 pub async fn kick(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<kick_user::v3::Request>,
 ) -> ApiResult<RumaResponse<kick_user::v3::Response>> {
-    state.services.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Kick, req.reason).await?;
+    rooms.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Kick, req.reason).await?;
     Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
 pub async fn ban(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<ban_user::v3::Request>,
 ) -> ApiResult<RumaResponse<ban_user::v3::Response>> {
-    state.services.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Ban, req.reason).await?;
+    rooms.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Ban, req.reason).await?;
     Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
 pub async fn unban(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<unban_user::v3::Request>,
 ) -> ApiResult<RumaResponse<unban_user::v3::Response>> {
-    state.services.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Unban, req.reason).await?;
+    rooms.change_membership(&user, &req.room_id, &req.user_id, MembershipAction::Unban, req.reason).await?;
     Ok(RumaResponse(unban_user::v3::Response::new()))
 }
 
 pub async fn joined(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(_): Ruma<joined_rooms::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(json!({ "joined_rooms": state.services.joined_rooms(&user).await? })))
+    Ok(Json(json!({ "joined_rooms": reader.joined_rooms(&user).await? })))
 }
 
 fn parse_room(room_id: &str) -> ApiResult<OwnedRoomId> {
@@ -156,8 +160,8 @@ fn parse_event(event_id: &str) -> ApiResult<chancery_proto::ruma::OwnedEventId> 
 }
 
 /// A JSON object body (event content).
-async fn object_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
-    let bytes = read_body(body, headers, state.config.max_request_body_bytes).await?;
+async fn object_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
+    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
     let value: JsonValue =
         serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
     if !value.is_object() {
@@ -167,28 +171,30 @@ async fn object_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiRe
 }
 
 pub async fn send(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let room_id = parse_room(&room_id)?;
-    let content = object_body(&state, &headers, body).await?;
-    let event_id = state.services.send_message(&user, &room_id, &event_type, &txn_id, content).await?;
+    let content = object_body(&config, &headers, body).await?;
+    let event_id = rooms.send_message(&user, &room_id, &event_type, &txn_id, content).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
 pub async fn put_state(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path(params): Path<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_type, state_key) = state_path(&params)?;
-    let content = object_body(&state, &headers, body).await?;
-    let event_id = state.services.send_state(&user, &room_id, &event_type, &state_key, content).await?;
+    let content = object_body(&config, &headers, body).await?;
+    let event_id = rooms.send_state(&user, &room_id, &event_type, &state_key, content).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -198,14 +204,14 @@ pub struct StateQuery {
 }
 
 pub async fn get_state_event(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Path(params): Path<Vec<(String, String)>>,
     Query(query): Query<StateQuery>,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_type, state_key) = state_path(&params)?;
     let whole = query.format.as_deref() == Some("event");
-    Ok(Json(state.services.room_state_event(&user, &room_id, &event_type, &state_key, whole).await?))
+    Ok(Json(reader.room_state_event(&user, &room_id, &event_type, &state_key, whole).await?))
 }
 
 /// `(room_id, event_type, state_key)` from a state path; the state key may
@@ -218,43 +224,42 @@ fn state_path(params: &[(String, String)]) -> ApiResult<(OwnedRoomId, String, St
 }
 
 pub async fn get_state(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(JsonValue::Array(state.services.room_state(&user, &parse_room(&room_id)?).await?)))
+    Ok(Json(JsonValue::Array(reader.room_state(&user, &parse_room(&room_id)?).await?)))
 }
 
 pub async fn get_event(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Path((room_id, event_id)): Path<(String, String)>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.room_event(&user, &parse_room(&room_id)?, &parse_event(&event_id)?).await?))
+    Ok(Json(reader.room_event(&user, &parse_room(&room_id)?, &parse_event(&event_id)?).await?))
 }
 
 pub async fn members(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_member_events::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let membership = req.membership.as_ref().map(|m| MembershipState::from(m.as_str()));
     let not_membership = req.not_membership.as_ref().map(|m| MembershipState::from(m.as_str()));
-    let chunk =
-        state.services.room_members(&user, &req.room_id, req.at.as_deref(), membership.as_ref(), not_membership.as_ref()).await?;
+    let chunk = reader.room_members(&user, &req.room_id, req.at.as_deref(), membership.as_ref(), not_membership.as_ref()).await?;
     Ok(Json(json!({ "chunk": chunk })))
 }
 
 pub async fn joined_members(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(state.services.joined_members(&user, &parse_room(&room_id)?).await?))
+    Ok(Json(reader.joined_members(&user, &parse_room(&room_id)?).await?))
 }
 
 pub async fn messages(
-    State(state): State<AppState>,
+    State(reader): State<Arc<RoomReader>>,
     Authed(user): Authed,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
@@ -263,7 +268,7 @@ pub async fn messages(
         RumaDirection::Forward => Direction::Forward,
     };
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(usize::MAX);
-    let page = state.services.messages(&user, &req.room_id, req.from.as_deref(), dir, limit, &req.filter).await?;
+    let page = reader.messages(&user, &req.room_id, req.from.as_deref(), dir, limit, &req.filter).await?;
     let mut body = json!({ "chunk": page.chunk, "start": page.start, "state": page.state });
     if let Some(end) = page.end {
         body["end"] = json!(end);
@@ -272,10 +277,10 @@ pub async fn messages(
 }
 
 pub async fn redact(
-    State(state): State<AppState>,
+    State(rooms): State<Arc<Rooms>>,
     Authed(user): Authed,
     Ruma(req): Ruma<redact_event::v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
-    let event_id = state.services.redact(&user, &req.room_id, &req.event_id, req.txn_id.as_str(), req.reason).await?;
+    let event_id = rooms.redact(&user, &req.room_id, &req.event_id, req.txn_id.as_str(), req.reason).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }

@@ -1,15 +1,16 @@
 //! Login, token refresh and logout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use chancery_proto::ruma::OwnedDeviceId;
 use chancery_proto::ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
+use chancery_service::Accounts;
 use chancery_service::{Error, LoginRequest};
 
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{Authed, ClientAddress, Ruma, RumaResponse};
-use axum::extract::State;
 
 pub async fn login_types(Ruma(_): Ruma<get_login_types::v3::Request>) -> RumaResponse<get_login_types::v3::Response> {
     let password = get_login_types::v3::LoginType::Password(get_login_types::v3::PasswordLoginType::new());
@@ -17,7 +18,7 @@ pub async fn login_types(Ruma(_): Ruma<get_login_types::v3::Request>) -> RumaRes
 }
 
 pub async fn login(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     ClientAddress(address): ClientAddress,
     Ruma(req): Ruma<login::v3::Request>,
 ) -> ApiResult<RumaResponse<login::v3::Response>> {
@@ -33,8 +34,7 @@ pub async fn login(
         (None, Some(user)) => user.clone(),
         (None, None) => return Err(Error::MissingParam("an identifier is required".into()).into()),
     };
-    let outcome = state
-        .services
+    let outcome = accounts
         .login(LoginRequest {
             user,
             password: info.password,
@@ -51,10 +51,10 @@ pub async fn login(
 }
 
 pub async fn refresh(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Ruma(req): Ruma<refresh_token::v3::Request>,
 ) -> ApiResult<RumaResponse<refresh_token::v3::Response>> {
-    let outcome = state.services.refresh(&req.refresh_token).await?;
+    let outcome = accounts.refresh(&req.refresh_token).await?;
     let mut response = refresh_token::v3::Response::new(outcome.access_token);
     response.refresh_token = outcome.refresh_token;
     response.expires_in_ms = outcome.expires_in_ms.map(Duration::from_millis);
@@ -62,19 +62,19 @@ pub async fn refresh(
 }
 
 pub async fn logout(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(_): Ruma<logout::v3::Request>,
 ) -> ApiResult<RumaResponse<logout::v3::Response>> {
-    state.services.logout(&user).await?;
+    accounts.logout(&user).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }
 
 pub async fn logout_all(
-    State(state): State<AppState>,
+    State(accounts): State<Arc<Accounts>>,
     Authed(user): Authed,
     Ruma(_): Ruma<logout_all::v3::Request>,
 ) -> ApiResult<RumaResponse<logout_all::v3::Response>> {
-    state.services.logout_all(&user).await?;
+    accounts.logout_all(&user).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
 }

@@ -1,25 +1,28 @@
 //! `GET /sync`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use chancery_proto::ruma::api::client::filter::FilterDefinition;
 use chancery_proto::ruma::api::client::sync::sync_events::v3;
+use chancery_service::{AccountData, Syncer};
 use chancery_service::{Error, SyncRequest};
 use serde_json::Value as JsonValue;
 
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma};
 
 pub async fn sync(
-    State(state): State<AppState>,
+    State(account_data): State<Arc<AccountData>>,
+    State(syncer): State<Arc<Syncer>>,
     Authed(user): Authed,
     Ruma(req): Ruma<v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let filter = match req.filter {
         None => FilterDefinition::default(),
         Some(v3::Filter::FilterDefinition(f)) => f,
-        Some(v3::Filter::FilterId(id)) => state.services.filter(&user, &id).await?,
+        Some(v3::Filter::FilterId(id)) => account_data.filter(&user, &id).await?,
         Some(_) => return Err(Error::BadJson("unknown filter form".into()).into()),
     };
     let request = SyncRequest {
@@ -27,8 +30,8 @@ pub async fn sync(
         timeout_ms: req.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
         full_state: req.full_state,
         use_state_after: req.use_state_after,
-        set_presence: req.set_presence.to_string(),
+        set_presence: req.set_presence,
         filter,
     };
-    Ok(Json(state.services.sync(&user, request).await?))
+    Ok(Json(syncer.sync(&user, request).await?))
 }

@@ -87,8 +87,8 @@ impl User {
     /// create-user --admin` does), logged in.
     pub async fn admin(server: &chancery_testkit::TestServer, name: &str) -> User {
         let store = chancery_server::open_store(&server.config).await.unwrap();
-        let services = chancery_server::services(&server.config, store.clone()).unwrap();
-        services.create_user(name, Some(PASSWORD.into()), true).await.unwrap();
+        let accounts = chancery_server::components(&server.config, store.clone()).unwrap().accounts;
+        accounts.create_user(name, Some(PASSWORD.into()), true).await.unwrap();
         store.close().await;
         let (status, body) = login(&server.base_url, name, PASSWORD).await;
         assert_eq!(status, 200, "{body}");

@@ -10,11 +10,9 @@ use crate::common::{PASSWORD, assert_error, call, login};
 async fn token_registration(backend: Backend) {
     let server = TestServer::start_with(backend, |c| c.registration = RegistrationMode::Token).await.unwrap();
     let base = &server.base_url;
-    let services = {
-        let store = chancery_server::open_store(&server.config).await.unwrap();
-        chancery_server::services(&server.config, store).unwrap()
-    };
-    let token = services
+    let store = chancery_server::open_store(&server.config).await.unwrap();
+    let accounts = chancery_server::components(&server.config, store.clone()).unwrap().accounts;
+    let token = accounts
         .create_registration_token(chancery_service::NewRegistrationToken {
             token: Some("invite-2026".into()),
             uses_allowed: Some(1),
@@ -58,10 +56,10 @@ async fn token_registration(backend: Backend) {
     let session = start.1["session"].as_str().unwrap();
     let again = json!({"username": "lee", "password": PASSWORD, "auth": {"type": "m.login.registration_token", "token": "invite-2026", "session": session}});
     assert_eq!(call(Method::POST, &url, None, Some(again)).await.1["errcode"], "M_FORBIDDEN");
-    let listed = services.registration_tokens().await.unwrap();
+    let listed = accounts.registration_tokens().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].completed, 1);
-    services.store().close().await;
+    store.close().await;
     server.stop().await.unwrap();
 }
 

@@ -1,5 +1,5 @@
-//! History visibility (client-server API "Room History Visibility"): which
-//! events of a room a user may read, from the room's
+//! The visibility component (client-server API "Room History
+//! Visibility"): which events of a room a user may read, from the room's
 //! `m.room.history_visibility` and the user's membership at each event.
 //!
 //! The rules are evaluated on the spans of those two state keys (the
@@ -11,12 +11,14 @@
 use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chancery_proto::limits::MAX_VISIBILITY_SPANS;
 use chancery_proto::ruma::{RoomId, UserId};
-use chancery_store::{PositionRange, SpanKind, StateSpan, StoredEvent};
+use chancery_store::{ForgottenRoomStore, PositionRange, RoomStore, SpanKind, StateSpan, StoredEvent};
 
-use crate::{Error, Services};
+use super::state::membership;
+use crate::Error;
 
 /// What decides, position by position, whether one user may read one
 /// room's events: the spans of its history visibility and of the user's
@@ -134,7 +136,17 @@ impl ReadAccess {
     }
 }
 
-impl Services {
+/// Who may read which events.
+pub struct Visibility {
+    rooms: Arc<dyn RoomStore>,
+    forgotten: Arc<dyn ForgottenRoomStore>,
+}
+
+impl Visibility {
+    pub fn new(rooms: Arc<dyn RoomStore>, forgotten: Arc<dyn ForgottenRoomStore>) -> Self {
+        Self { rooms, forgotten }
+    }
+
     /// The read access of `user_id` to each of `rooms` for events at
     /// positions `from..=up_to`.
     pub(crate) async fn read_access(
@@ -144,7 +156,7 @@ impl Services {
         from: u64,
         up_to: u64,
     ) -> Result<BTreeMap<String, ReadAccess>, Error> {
-        let spans = self.store().visibility_spans(user_id.as_str(), rooms, from, up_to, MAX_VISIBILITY_SPANS).await?;
+        let spans = self.rooms.visibility_spans(user_id.as_str(), rooms, from, up_to, MAX_VISIBILITY_SPANS).await?;
         let mut by_room: BTreeMap<String, Vec<StateSpan>> = rooms.iter().map(|r| (r.clone(), Vec::new())).collect();
         for span in spans {
             by_room.entry(span.room_id.clone()).or_default().push(span);
@@ -176,20 +188,20 @@ impl Services {
     /// allows), and anyone in a world-readable room. Rooms one never
     /// belonged to answer like unknown rooms.
     pub(crate) async fn ensure_can_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
-        match self.membership(room_id, user_id).await? {
+        match membership(&*self.rooms, room_id, user_id).await? {
             Some(MembershipState::Join) => return Ok(()),
             // Spec "Leaving rooms": after a forget the user "will no longer
             // be able to retrieve history for this room".
             Some(MembershipState::Leave | MembershipState::Ban)
-                if !self.store().forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
+                if !self.forgotten.forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
             {
                 return Ok(());
             }
             _ => {}
         }
-        let current = self.store().current_stream_pos().await?;
-        let world_readable = self.store().room(room_id.as_str()).await?.is_some() && {
-            let event = self.store().state_event(room_id.as_str(), "m.room.history_visibility", "", Some(current)).await?;
+        let current = self.rooms.current_stream_pos().await?;
+        let world_readable = self.rooms.room(room_id.as_str()).await?.is_some() && {
+            let event = self.rooms.state_event(room_id.as_str(), "m.room.history_visibility", "", Some(current)).await?;
             event.and_then(|e| chancery_store::history_visibility_of(&e.json)) == Some(HistoryVisibility::WorldReadable)
         };
         if world_readable { Ok(()) } else { Err(Error::Forbidden("you are not joined to this room".into())) }

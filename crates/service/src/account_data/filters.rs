@@ -1,0 +1,47 @@
+//! Sync filters (`/user/{userId}/filter`).
+
+use chancery_proto::limits::{MAX_FILTER_BYTES, MAX_FILTERS_PER_USER};
+use chancery_proto::ruma::UserId;
+use chancery_proto::ruma::api::client::filter::FilterDefinition;
+use serde_json::Value as JsonValue;
+
+use super::AccountData;
+use crate::{AuthedUser, Error};
+
+impl AccountData {
+    /// Stores a filter for the caller; returns its id.
+    pub async fn create_filter(&self, user: &AuthedUser, target: &UserId, filter: JsonValue) -> Result<String, Error> {
+        if user.user_id != target {
+            return Err(Error::Forbidden("you can only create filters for yourself".into()));
+        }
+        let text = filter.to_string();
+        if text.len() > MAX_FILTER_BYTES {
+            return Err(Error::TooLarge(format!("filters are at most {MAX_FILTER_BYTES} bytes")));
+        }
+        serde_json::from_str::<FilterDefinition>(&text).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?;
+        Ok(self.filters.create_filter(user.user_id.as_str(), &text, MAX_FILTERS_PER_USER).await?)
+    }
+
+    /// A stored filter, as JSON.
+    pub async fn filter_json(&self, user: &AuthedUser, target: &UserId, filter_id: &str) -> Result<JsonValue, Error> {
+        if user.user_id != target {
+            return Err(Error::Forbidden("you can only read your own filters".into()));
+        }
+        let text = self
+            .filters
+            .filter(user.user_id.as_str(), filter_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("no such filter".into()))?;
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored filter: {e}")))
+    }
+
+    /// A stored filter of the caller, parsed, for `/sync?filter=<id>`.
+    pub async fn filter(&self, user: &AuthedUser, filter_id: &str) -> Result<FilterDefinition, Error> {
+        let text = self
+            .filters
+            .filter(user.user_id.as_str(), filter_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("no such filter".into()))?;
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored filter: {e}")))
+    }
+}

@@ -1,0 +1,187 @@
+//! The account-data component: account data (client-server API "Client
+//! Config"), room tags ("Room Tagging") and the fully-read marker, all
+//! stored as account data and delivered by `/sync`; the ignored-user list
+//! that `/sync` and `/messages` apply; and stored sync filters
+//! (`filters.rs`).
+
+mod filters;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chancery_proto::limits::{MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES, MAX_TAG_BYTES};
+use chancery_proto::ruma::{EventId, RoomId, UserId};
+use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, TAG_EVENT_TYPE, UserDataStore};
+use serde_json::{Value as JsonValue, json};
+
+use crate::notifier::Notifier;
+use crate::{AuthedUser, Error};
+
+/// Types the server manages (spec "Client Config", server behaviour:
+/// "Servers MUST reject setting account data for event types that the
+/// server manages by using a 405 error response").
+const SERVER_MANAGED_TYPES: &[&str] = &[FULLY_READ, "m.push_rules"];
+
+/// Global account data listing the users whose events the user ignores.
+pub(crate) const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// The fully-read marker: room account data only the server writes.
+pub(crate) const FULLY_READ: &str = "m.fully_read";
+
+pub(crate) const LIMITS: AccountDataLimits =
+    AccountDataLimits { max_entries: MAX_ACCOUNT_DATA_ENTRIES_PER_USER, max_content_bytes: MAX_ACCOUNT_DATA_BYTES };
+
+fn ensure_self(user: &AuthedUser, target: &UserId) -> Result<(), Error> {
+    if user.user_id != target {
+        return Err(Error::Forbidden("you can only access your own account data".into()));
+    }
+    Ok(())
+}
+
+fn check_type(event_type: &str) -> Result<(), Error> {
+    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(Error::InvalidParam(format!("account data types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Users' account data and filters.
+pub struct AccountData {
+    store: Arc<dyn AccountDataStore>,
+    filters: Arc<dyn UserDataStore>,
+    notifier: Arc<Notifier>,
+}
+
+impl AccountData {
+    pub fn new(store: Arc<dyn AccountDataStore>, filters: Arc<dyn UserDataStore>, notifier: Arc<Notifier>) -> Self {
+        Self { store, filters, notifier }
+    }
+
+    /// `PUT /user/{userId}/account_data/{type}` and
+    /// `PUT /user/{userId}/rooms/{roomId}/account_data/{type}`.
+    pub async fn set_account_data(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: Option<&RoomId>,
+        event_type: &str,
+        content: JsonValue,
+    ) -> Result<(), Error> {
+        ensure_self(user, target)?;
+        check_type(event_type)?;
+        if SERVER_MANAGED_TYPES.contains(&event_type) {
+            return Err(Error::ServerManaged(format!("cannot set {event_type} through this API")));
+        }
+        if !content.is_object() {
+            return Err(Error::BadJson("account data content must be a JSON object".into()));
+        }
+        let text = content.to_string();
+        if text.len() > MAX_ACCOUNT_DATA_BYTES {
+            return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
+        }
+        self.store
+            .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
+            .await?;
+        self.notifier.user(user.user_id.as_str());
+        Ok(())
+    }
+
+    /// `GET /user/{userId}/account_data/{type}` and its per-room form: the
+    /// content. Server-managed types are readable as any other.
+    pub async fn account_data(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: Option<&RoomId>,
+        event_type: &str,
+    ) -> Result<JsonValue, Error> {
+        ensure_self(user, target)?;
+        let text = self
+            .store
+            .account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type)
+            .await?
+            .ok_or_else(|| Error::NotFound("no account data of this type".into()))?;
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored account data: {e}")))
+    }
+
+    /// `GET /user/{userId}/rooms/{roomId}/tags`: `{"tags": {...}}`, empty
+    /// when the room has none.
+    pub async fn room_tags(&self, user: &AuthedUser, target: &UserId, room_id: &RoomId) -> Result<JsonValue, Error> {
+        ensure_self(user, target)?;
+        let stored = self.store.account_data(user.user_id.as_str(), Some(room_id.as_str()), TAG_EVENT_TYPE).await?;
+        let tags = stored
+            .and_then(|text| serde_json::from_str::<JsonValue>(&text).ok())
+            .and_then(|mut content| content.get_mut("tags").map(JsonValue::take))
+            .filter(JsonValue::is_object)
+            .unwrap_or_else(|| json!({}));
+        Ok(json!({ "tags": tags }))
+    }
+
+    /// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}` (`info` is `Some`)
+    /// and `DELETE` (`None`).
+    pub async fn set_room_tag(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: &RoomId,
+        tag: &str,
+        info: Option<JsonValue>,
+    ) -> Result<(), Error> {
+        ensure_self(user, target)?;
+        if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+            return Err(Error::InvalidParam(format!("tag names are 1 to {MAX_TAG_BYTES} bytes")));
+        }
+        if let Some(info) = &info {
+            // Spec "Room Tagging": the tag's object; `order` is a number.
+            let Some(object) = info.as_object() else {
+                return Err(Error::BadJson("a tag's content must be a JSON object".into()));
+            };
+            if object.get("order").is_some_and(|o| !o.is_number()) {
+                return Err(Error::BadJson("a tag's order must be a number".into()));
+            }
+        }
+        let changed = self.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
+        if changed.is_some() {
+            self.notifier.user(user.user_id.as_str());
+        }
+        Ok(())
+    }
+
+    /// The `m.fully_read` room account data, which clients may not write
+    /// directly (spec "Fully read markers").
+    pub(crate) async fn set_fully_read(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<(), Error> {
+        let content = json!({ "event_id": event_id }).to_string();
+        self.store
+            .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
+            .await?;
+        self.notifier.user(user.user_id.as_str());
+        Ok(())
+    }
+
+    /// The user's entries changed at positions in `(after, up_to]` (all of
+    /// them from 0), for `/sync`.
+    pub(crate) async fn changes(&self, user_id: &str, after: u64, up_to: u64) -> Result<Vec<AccountDataEntry>, Error> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.account_data_changes(user_id, after, up_to).await?)
+    }
+
+    /// The users whose events `user_id` does not want to see
+    /// (`m.ignored_user_list`, spec "Ignoring Users"); empty if unset or
+    /// malformed.
+    pub(crate) async fn ignored_users(&self, user_id: &str) -> Result<BTreeSet<String>, Error> {
+        let Some(text) = self.store.account_data(user_id, None, IGNORED_USER_LIST).await? else {
+            return Ok(BTreeSet::new());
+        };
+        Ok(ignored_from_content(&text))
+    }
+}
+
+/// The user ids of an `m.ignored_user_list` content.
+pub(crate) fn ignored_from_content(text: &str) -> BTreeSet<String> {
+    serde_json::from_str::<JsonValue>(text)
+        .ok()
+        .and_then(|content| content.get("ignored_users").and_then(JsonValue::as_object).map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}

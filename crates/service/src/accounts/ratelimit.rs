@@ -1,0 +1,144 @@
+//! In-memory token buckets for login and registration, keyed by client
+//! address or account. Nothing is persisted: per the design, client
+//! addresses are not stored, and a restart forgetting the buckets is harmless.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chancery_proto::limits::MAX_RATE_LIMITER_KEYS;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// A sustained rate and a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Login attempts from one client address.
+    pub login_per_address: RateLimit,
+    /// Login attempts naming one account, from anywhere (slows password
+    /// guessing spread over many addresses).
+    pub login_per_account: RateLimit,
+    /// Registration requests from one client address.
+    pub register_per_address: RateLimit,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login_per_address: RateLimit { per_second: 0.1, burst: 10 },
+            login_per_account: RateLimit { per_second: 0.05, burst: 10 },
+            register_per_address: RateLimit { per_second: 0.05, burst: 5 },
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+pub struct RateLimiter {
+    limit: RateLimit,
+    enabled: bool,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: RateLimit, enabled: bool) -> Self {
+        Self { limit, enabled: enabled && limit.per_second > 0.0, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one token for `key`, or says how long until one is available.
+    pub fn check(&self, key: &str) -> Result<(), Error> {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: &str, now: Instant) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let burst = f64::from(self.limit.burst.max(1));
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_RATE_LIMITER_KEYS && !buckets.contains_key(key) {
+            // Drop every bucket that has refilled: forgetting them changes
+            // nothing. If all are busy (a flood of addresses), start over
+            // rather than grow without bound.
+            let per_second = self.limit.per_second;
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst);
+            if buckets.len() >= MAX_RATE_LIMITER_KEYS {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: burst, updated: now });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.limit.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_s = (1.0 - bucket.tokens) / self.limit.per_second;
+            Err(Error::LimitExceeded { retry_after_ms: (wait_s * 1000.0).ceil() as u64 })
+        }
+    }
+}
+
+/// The node's rate limiters, shared by the accounts component and
+/// interactive auth (whose password stage counts against the account).
+pub struct Limiters {
+    pub login_per_address: RateLimiter,
+    pub login_per_account: RateLimiter,
+    pub register_per_address: RateLimiter,
+}
+
+impl Limiters {
+    pub fn new(c: &RateLimitConfig) -> Self {
+        Self {
+            login_per_address: RateLimiter::new(c.login_per_address, c.enabled),
+            login_per_account: RateLimiter::new(c.login_per_account, c.enabled),
+            register_per_address: RateLimiter::new(c.register_per_address, c.enabled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn burst_then_refill() {
+        let limiter = RateLimiter::new(RateLimit { per_second: 2.0, burst: 3 }, true);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limiter.check_at("a", t0).unwrap();
+        }
+        match limiter.check_at("a", t0) {
+            Err(Error::LimitExceeded { retry_after_ms }) => assert_eq!(retry_after_ms, 500),
+            other => panic!("{other:?}"),
+        }
+        limiter.check_at("b", t0).unwrap();
+        limiter.check_at("a", t0 + Duration::from_millis(500)).unwrap();
+        assert!(limiter.check_at("a", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn disabled_never_limits() {
+        let limiter = RateLimiter::new(RateLimit { per_second: 0.001, burst: 1 }, false);
+        for _ in 0..10 {
+            limiter.check("a").unwrap();
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The directory component: room aliases (`aliases.rs`, client-server API
+//! "Room aliases") and the published room directory (`public_rooms.rs`,
+//! "Published room directory"). Only aliases of this server exist until
+//! federation does.
+
+mod aliases;
+mod public_rooms;
+
+use std::sync::Arc;
+
+use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::{OwnedServerName, RoomId};
+use chancery_store::{DirectoryStore, RoomStore};
+
+pub use public_rooms::PublicRoomsRequest;
+
+use crate::clock::Clock;
+use crate::rooms::state::{POWER_KEYS, ensure_joined, state_subset};
+use crate::rooms::{RoomWriter, power_levels, rules_of};
+use crate::{AuthedUser, Error};
+
+/// Room addresses and the room directory.
+pub struct Directory {
+    store: Arc<dyn DirectoryStore>,
+    rooms: Arc<dyn RoomStore>,
+    /// Deleting an alias also takes it out of the room's canonical alias.
+    writer: Arc<RoomWriter>,
+    server_name: OwnedServerName,
+    clock: Arc<dyn Clock>,
+}
+
+impl Directory {
+    pub fn new(
+        store: Arc<dyn DirectoryStore>,
+        rooms: Arc<dyn RoomStore>,
+        writer: Arc<RoomWriter>,
+        server_name: OwnedServerName,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, rooms, writer, server_name, clock }
+    }
+
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.server_name
+    }
+
+    /// Power over a room's addresses (deleting others' aliases, the
+    /// directory listing): a server admin, or a joined member who may send
+    /// `m.room.canonical_alias`.
+    async fn ensure_can_edit_addresses(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
+        let Some(info) = self.rooms.room(room_id.as_str()).await? else {
+            return Err(if user.is_admin {
+                Error::NotFound("this server does not know that room".into())
+            } else {
+                Error::Forbidden("you are not joined to this room".into())
+            });
+        };
+        if user.is_admin {
+            return Ok(());
+        }
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let rules = rules_of(&info.room_version)?;
+        let state = state_subset(&*self.rooms, room_id, &POWER_KEYS).await?;
+        if power_levels(&state, &rules)?.user_can_send_state(&user.user_id, StateEventType::RoomCanonicalAlias) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("you need the power to change the room's canonical alias".into()))
+        }
+    }
+}

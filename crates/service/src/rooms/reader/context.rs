@@ -1,0 +1,186 @@
+//! Finding one's way around a room's history: `/context` (the events
+//! around one event and the state there, e.g. to open a permalink) and
+//! `/timestamp_to_event` (the event closest to a time, for "jump to date").
+
+use std::collections::BTreeSet;
+
+use chancery_proto::limits::MAX_CONTEXT_LIMIT;
+use chancery_proto::ruma::api::client::filter::{LazyLoadOptions, RoomEventFilter, UrlFilter};
+use chancery_proto::ruma::{EventId, RoomId};
+use chancery_store::StoredEvent;
+use serde_json::Value as JsonValue;
+
+use super::RoomReader;
+use crate::rooms::state::{ensure_joined, event_in_room};
+use crate::rooms::{ClientEventOptions, Direction, format_token};
+use crate::{AuthedUser, Error};
+
+#[derive(Debug, Clone)]
+pub struct ContextPage {
+    /// `/messages` token to page backwards from before `events_before`.
+    pub start: String,
+    /// `/messages` token to page forwards from after `events_after`.
+    pub end: String,
+    /// Newest first.
+    pub events_before: Vec<JsonValue>,
+    pub event: JsonValue,
+    /// Oldest first.
+    pub events_after: Vec<JsonValue>,
+    /// The state at the last event returned.
+    pub state: Vec<JsonValue>,
+}
+
+/// `*` in a filter pattern matches any sequence of characters (spec
+/// "Filtering"); patterns in practice end with it (`m.room.*`), and a
+/// pattern with several is matched piece by piece.
+fn pattern_matches(pattern: &str, value: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else { return false };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Whether `event` passes a `RoomEventFilter` (types, senders, rooms and
+/// URL filters; the limit is the caller's).
+pub(crate) fn event_allowed(filter: &RoomEventFilter, event: &StoredEvent) -> bool {
+    let type_ok = filter.types.as_ref().is_none_or(|types| types.iter().any(|p| pattern_matches(p, &event.event_type)))
+        && !filter.not_types.iter().any(|p| pattern_matches(p, &event.event_type));
+    let sender_ok = filter.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s.as_str() == event.sender))
+        && !filter.not_senders.iter().any(|s| s.as_str() == event.sender);
+    let room_ok = filter.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == event.room_id))
+        && !filter.not_rooms.iter().any(|r| r.as_str() == event.room_id);
+    let url_ok = match &filter.url_filter {
+        None => true,
+        Some(wanted) => {
+            let has_url = serde_json::from_str::<JsonValue>(&event.json)
+                .ok()
+                .is_some_and(|e| e.get("content").and_then(|c| c.get("url")).is_some_and(JsonValue::is_string));
+            has_url == matches!(wanted, UrlFilter::EventsWithUrl)
+        }
+    };
+    type_ok && sender_ok && room_ok && url_ok
+}
+
+impl RoomReader {
+    /// `GET /rooms/{roomId}/context/{eventId}`. `limit` is shared by the
+    /// events before and after (half each, the odd one after); the filter
+    /// applies to them and to the state, after the limit (the spec lets the
+    /// server choose), so the tokens continue exactly after what was read.
+    pub async fn event_context(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        filter: &RoomEventFilter,
+    ) -> Result<ContextPage, Error> {
+        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let event = event_in_room(&*self.rooms, room_id, event_id).await?;
+        // An event the user may not see is answered like a missing one.
+        let event = self
+            .visibility
+            .visible_events(&user.user_id, room_id.as_str(), vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        let limit = limit.min(MAX_CONTEXT_LIMIT);
+        let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
+        let current = self.rooms.current_stream_pos().await?;
+        let pos = event.stream_pos;
+        let before = if before_limit > 0 {
+            self.rooms.room_events(room_id.as_str(), 0, pos - 1, before_limit, true).await?
+        } else {
+            Vec::new()
+        };
+        let after = if after_limit > 0 && pos < current {
+            self.rooms.room_events(room_id.as_str(), pos, current, after_limit, false).await?
+        } else {
+            Vec::new()
+        };
+        let start = before.last().map_or(pos, |e| e.stream_pos) - 1;
+        let end = after.last().map_or(pos, |e| e.stream_pos);
+
+        let before: Vec<StoredEvent> = before.into_iter().filter(|e| event_allowed(filter, e)).collect();
+        let after: Vec<StoredEvent> = after.into_iter().filter(|e| event_allowed(filter, e)).collect();
+        let before = self.visibility.visible_events(&user.user_id, room_id.as_str(), before).await?;
+        let after = self.visibility.visible_events(&user.user_id, room_id.as_str(), after).await?;
+        // With lazy-loaded members, the member events of the senders shown,
+        // whatever `include_redundant_members` says: a context answer
+        // starts a new timeline in the client (a permalink), which holds
+        // nothing yet (see `messages`).
+        let lazy = matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. });
+        let senders: BTreeSet<&str> =
+            before.iter().chain(&after).chain(std::iter::once(&event)).map(|e| e.sender.as_str()).collect();
+        let state: Vec<StoredEvent> = self
+            .rooms
+            .state_at(room_id.as_str(), Some(end))
+            .await?
+            .into_iter()
+            .filter(|e| event_allowed(filter, e))
+            .filter(|e| !lazy || e.event_type != "m.room.member" || e.state_key.as_deref().is_some_and(|k| senders.contains(k)))
+            .collect();
+
+        let viewer = ClientEventOptions::from(user);
+        let mut page = self.formatter.client_events(&[event], &viewer).await?;
+        Ok(ContextPage {
+            start: format_token(start),
+            end: format_token(end),
+            events_before: self.formatter.client_events(&before, &viewer).await?,
+            event: page.remove(0),
+            events_after: self.formatter.client_events(&after, &viewer).await?,
+            state: self.formatter.client_events(&state, &viewer).await?,
+        })
+    }
+
+    /// `GET /rooms/{roomId}/timestamp_to_event`: the id and timestamp of
+    /// the room's first event at or after `ts_ms` (forward) or last one at
+    /// or before it (backward). Only this server's copy of the room is
+    /// searched, which is all of it until federation exists.
+    pub async fn timestamp_to_event(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        ts_ms: u64,
+        dir: Direction,
+    ) -> Result<(String, u64), Error> {
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let forward = dir == Direction::Forward;
+        let found = self.relations.event_near_ts(room_id.as_str(), ts_ms, forward).await?;
+        let event = found.ok_or_else(|| {
+            let direction = if forward { "forward" } else { "backward" };
+            Error::NotFound(format!("no event from {ts_ms} in the {direction} direction"))
+        })?;
+        Ok((event.event_id, event.origin_server_ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_matches;
+
+    #[test]
+    fn filter_patterns() {
+        for (pattern, value, expected) in [
+            ("m.room.message", "m.room.message", true),
+            ("m.room.message", "m.room.messages", false),
+            ("m.room.*", "m.room.member", true),
+            ("m.room.*", "m.room.", true),
+            ("m.room.*", "m.reaction", false),
+            ("*", "anything", true),
+            ("*.message", "m.room.message", true),
+            ("m.*.member", "m.room.member", true),
+            ("m.*.member", "m.room.name", false),
+            ("m.*a*e", "m.reaction.type", true),
+        ] {
+            assert_eq!(pattern_matches(pattern, value), expected, "{pattern} ~ {value}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The room reader: single events, state, members, `/messages` pages,
+//! `/context` and `/timestamp_to_event` (`context.rs`), relations and
+//! threads (`relations.rs`). State and members are for joined members;
+//! events follow history visibility, so former members read what they
+//! were allowed to see.
+
+mod context;
+mod relations;
+
+use std::sync::Arc;
+
+use chancery_proto::limits::MAX_MESSAGES_LIMIT;
+use chancery_proto::ruma::api::client::filter::{LazyLoadOptions, RoomEventFilter};
+use chancery_proto::ruma::events::room::member::MembershipState;
+use chancery_proto::ruma::{EventId, RoomId};
+use chancery_store::{RelationStore, RoomStore};
+use serde_json::{Map, Value as JsonValue, json};
+
+pub use context::ContextPage;
+pub use relations::{RelationsPage, RelationsRequest, ThreadsPage};
+
+use super::filter::event_allowed;
+use super::state::ensure_joined;
+use super::{ClientEventOptions, Direction, EventFormatter, Visibility, format_token, parse_token};
+use crate::account_data::AccountData;
+use crate::{AuthedUser, Error};
+
+#[derive(Debug, Clone)]
+pub struct MessagesPage {
+    pub chunk: Vec<JsonValue>,
+    /// Member events of the chunk's senders, with lazy-loaded members.
+    pub state: Vec<JsonValue>,
+    pub start: String,
+    pub end: Option<String>,
+}
+
+/// Reading rooms back.
+pub struct RoomReader {
+    rooms: Arc<dyn RoomStore>,
+    relations: Arc<dyn RelationStore>,
+    visibility: Arc<Visibility>,
+    formatter: Arc<EventFormatter>,
+    /// For the ignored-user list `/messages` applies.
+    account_data: Arc<AccountData>,
+}
+
+impl RoomReader {
+    pub fn new(
+        rooms: Arc<dyn RoomStore>,
+        relations: Arc<dyn RelationStore>,
+        visibility: Arc<Visibility>,
+        formatter: Arc<EventFormatter>,
+        account_data: Arc<AccountData>,
+    ) -> Self {
+        Self { rooms, relations, visibility, formatter, account_data }
+    }
+
+    /// `GET /joined_rooms`.
+    pub async fn joined_rooms(&self, user: &AuthedUser) -> Result<Vec<String>, Error> {
+        let memberships = self.rooms.memberships_of_user(user.user_id.as_str()).await?;
+        Ok(memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect())
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn room_event(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<JsonValue, Error> {
+        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let event = self.rooms.event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
+        let event = event.ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        // An event the user may not see is answered like a missing one.
+        let event = self
+            .visibility
+            .visible_events(&user.user_id, room_id.as_str(), vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        Ok(self.formatter.client_events(&[event], &user.into()).await?.remove(0))
+    }
+
+    /// `GET /rooms/{roomId}/state`.
+    pub async fn room_state(&self, user: &AuthedUser, room_id: &RoomId) -> Result<Vec<JsonValue>, Error> {
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let state = self.rooms.state_at(room_id.as_str(), None).await?;
+        self.formatter.client_events(&state, &user.into()).await
+    }
+
+    /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the content, or
+    /// the whole event with `format=event`.
+    pub async fn room_state_event(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        whole_event: bool,
+    ) -> Result<JsonValue, Error> {
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let event = self.rooms.state_event(room_id.as_str(), event_type, state_key, None).await?;
+        let event = event.ok_or_else(|| Error::NotFound("no such state event".into()))?;
+        let mut formatted = self.formatter.client_events(&[event], &user.into()).await?.remove(0);
+        Ok(if whole_event { formatted } else { formatted["content"].take() })
+    }
+
+    /// `GET /rooms/{roomId}/members`.
+    pub async fn room_members(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        at: Option<&str>,
+        membership: Option<&MembershipState>,
+        not_membership: Option<&MembershipState>,
+    ) -> Result<Vec<JsonValue>, Error> {
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let at = at.map(parse_token).transpose()?;
+        let state = self.rooms.state_at(room_id.as_str(), at).await?;
+        let members: Vec<_> = state
+            .into_iter()
+            .filter(|e| e.event_type == "m.room.member")
+            .filter(|e| membership.is_none_or(|m| e.membership.as_ref() == Some(m)))
+            .filter(|e| not_membership.is_none_or(|m| e.membership.as_ref() != Some(m)))
+            .collect();
+        self.formatter.client_events(&members, &user.into()).await
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`.
+    pub async fn joined_members(&self, user: &AuthedUser, room_id: &RoomId) -> Result<JsonValue, Error> {
+        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        let state = self.rooms.state_at(room_id.as_str(), None).await?;
+        let mut joined = Map::new();
+        for e in state.iter().filter(|e| e.event_type == "m.room.member" && e.membership == Some(MembershipState::Join)) {
+            let content: JsonValue =
+                serde_json::from_str::<JsonValue>(&e.json).ok().and_then(|v| v.get("content").cloned()).unwrap_or_default();
+            let mut member = Map::new();
+            for (from, to) in [("displayname", "display_name"), ("avatar_url", "avatar_url")] {
+                if let Some(v) = content.get(from).filter(|v| v.is_string()) {
+                    member.insert(to.into(), v.clone());
+                }
+            }
+            joined.insert(e.state_key.clone().unwrap_or_default(), JsonValue::Object(member));
+        }
+        Ok(json!({ "joined": joined }))
+    }
+
+    /// `GET /rooms/{roomId}/messages`.
+    pub async fn messages(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        from: Option<&str>,
+        dir: Direction,
+        limit: usize,
+        filter: &RoomEventFilter,
+    ) -> Result<MessagesPage, Error> {
+        // Former members page through what history visibility leaves them.
+        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
+        let current = self.rooms.current_stream_pos().await?;
+        let viewer = ClientEventOptions::from(user);
+        let (events, start, end) = match dir {
+            Direction::Backward => {
+                let up_to = from.map(parse_token).transpose()?.unwrap_or(current).min(current);
+                let events = self.rooms.room_events(room_id.as_str(), 0, up_to, limit, true).await?;
+                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos - 1)).flatten();
+                (events, up_to, end)
+            }
+            Direction::Forward => {
+                let after = from.map(parse_token).transpose()?.unwrap_or(0);
+                let events = self.rooms.room_events(room_id.as_str(), after, current, limit, false).await?;
+                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos)).flatten();
+                (events, after, end)
+            }
+        };
+        // Filtering after the page is cut keeps tokens exact; a page may hold
+        // fewer events than `limit`, which the spec allows.
+        let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
+        let events = self.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
+        // Spec "Ignoring Users": no timeline events of ignored users, here
+        // as in /sync; their state events stay.
+        let ignored = self.account_data.ignored_users(user.user_id.as_str()).await?;
+        let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
+        let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
+            // The member events of the page's senders, so the client can
+            // show them without the full member list. On every page, also
+            // with `include_redundant_members: false`, which lets the server
+            // leave out those "already sent to the client in prior calls to
+            // this endpoint" but does not oblige it to: a device pages
+            // through several timelines of a room (the live one, a
+            // permalink's, a thread's) and tokens are bare positions, so
+            // the server cannot tell which timeline a page extends, nor
+            // whether the client still holds an earlier page's state, and
+            // a left-out member would show as a bare user id. Synapse sends
+            // them on every page too. `/sync`, a single sequence per
+            // device, does skip them (`crate::lazy_members`).
+            let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
+            senders.sort_unstable();
+            senders.dedup();
+            let mut members = Vec::with_capacity(senders.len());
+            for sender in senders {
+                if let Some(m) = self.rooms.state_event(room_id.as_str(), "m.room.member", sender, None).await? {
+                    members.push(m);
+                }
+            }
+            self.formatter.client_events(&members, &viewer).await?
+        } else {
+            Vec::new()
+        };
+        Ok(MessagesPage {
+            chunk: self.formatter.client_events(&events, &viewer).await?,
+            start: format_token(start),
+            end: end.map(format_token),
+            state,
+        })
+    }
+}
