@@ -1,18 +1,21 @@
 //! Builds the components of one node over a store, each handed exactly
 //! the store traits, other components, clock and randomness its
-//! constructor asks for. The order below is the components' dependency
-//! order: a component comes after everything it uses.
+//! constructor asks for, by name. The order below is the components'
+//! dependency order: a component comes after everything it uses. One
+//! backend implements every store trait, so the same store is handed out
+//! under each trait a component names.
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use chancery_service::accounts::InteractiveAuth;
 use chancery_service::clock::{Clock, SystemClock};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
-    AccountData, Accounts, AccountsConfig, Admin, Components, Directory, Ephemeral, EventFormatter, Health, Limiters, Notifier,
-    Profiles, Push, Reports, RoomReader, RoomWriter, Rooms, Search, Syncer, Visibility,
+    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, Directory, DirectoryDeps, Ephemeral,
+    EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Limiters, Notifier,
+    Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps,
+    Search, SearchDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -34,10 +37,15 @@ pub fn components(config: &Config, store: DynStore) -> anyhow::Result<Components
     store.set_event_listener(notifier.listener());
 
     let limiters = Arc::new(Limiters::new(&config.rate_limits));
-    let uia =
-        Arc::new(InteractiveAuth::new(store.clone(), server_name.clone(), limiters.clone(), clock.clone(), entropy.clone()));
-    let accounts = Arc::new(Accounts::new(
-        AccountsConfig {
+    let uia = Arc::new(InteractiveAuth::new(InteractiveAuthDeps {
+        store: store.clone(),
+        server_name: server_name.clone(),
+        limiters: limiters.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
+    let accounts = Arc::new(Accounts::new(AccountsDeps {
+        config: AccountsConfig {
             server_name: server_name.clone(),
             registration: config.registration,
             reserved_usernames: config.reserved_usernames.clone(),
@@ -45,71 +53,95 @@ pub fn components(config: &Config, store: DynStore) -> anyhow::Result<Components
             access_token_lifetime_ms: config.access_token_lifetime_ms,
             max_devices_per_user: config.limits.max_devices_per_user,
         },
-        store.clone(),
+        store: store.clone(),
         uia,
         limiters,
-        clock.clone(),
-        entropy.clone(),
-    ));
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
     let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone()));
-    let account_data = Arc::new(AccountData::new(store.clone(), store.clone(), notifier.clone()));
+    let account_data =
+        Arc::new(AccountData::new(AccountDataDeps { store: store.clone(), filters: store.clone(), notifier: notifier.clone() }));
 
     let visibility = Arc::new(Visibility::new(store.clone(), store.clone()));
-    let formatter = Arc::new(EventFormatter::new(store.clone(), store.clone(), visibility.clone(), clock.clone()));
-    let push = Arc::new(Push::new(store.clone(), store.clone(), formatter.clone(), notifier.clone()));
-    let writer = Arc::new(RoomWriter::new(
-        store.clone(),
-        store.clone(),
-        push.clone(),
-        ServerIdentity { server_name: server_name.clone(), signing_key },
-        clock.clone(),
-    ));
-    let directory = Arc::new(Directory::new(store.clone(), store.clone(), writer.clone(), server_name.clone(), clock.clone()));
-    let rooms = Arc::new(Rooms::new(
-        RoomsConfig { server_name, default_room_version },
+    let formatter = Arc::new(EventFormatter::new(EventFormatterDeps {
+        rooms: store.clone(),
+        relations: store.clone(),
+        visibility: visibility.clone(),
+        clock: clock.clone(),
+    }));
+    let push = Arc::new(Push::new(PushDeps {
+        store: store.clone(),
+        rooms: store.clone(),
+        formatter: formatter.clone(),
+        notifier: notifier.clone(),
+    }));
+    let writer = Arc::new(RoomWriter::new(RoomWriterDeps {
+        rooms: store.clone(),
+        relations: store.clone(),
+        push: push.clone(),
+        identity: ServerIdentity { server_name: server_name.clone(), signing_key },
+        clock: clock.clone(),
+    }));
+    let directory = Arc::new(Directory::new(DirectoryDeps {
+        store: store.clone(),
+        rooms: store.clone(),
+        writer: writer.clone(),
+        server_name: server_name.clone(),
+        clock: clock.clone(),
+    }));
+    let rooms = Arc::new(Rooms::new(RoomsDeps {
+        config: RoomsConfig { server_name, default_room_version },
         writer,
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        directory.clone(),
-        notifier.clone(),
-        clock.clone(),
-        entropy.clone(),
-    ));
-    let room_reader =
-        Arc::new(RoomReader::new(store.clone(), store.clone(), visibility.clone(), formatter.clone(), account_data.clone()));
-    let search = Arc::new(Search::new(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        visibility.clone(),
-        formatter.clone(),
-        config.user_directory.search_all_users,
-    ));
+        rooms: store.clone(),
+        addresses: store.clone(),
+        forgotten: store.clone(),
+        accounts: store.clone(),
+        directory: directory.clone(),
+        notifier: notifier.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
+    let room_reader = Arc::new(RoomReader::new(RoomReaderDeps {
+        rooms: store.clone(),
+        relations: store.clone(),
+        visibility: visibility.clone(),
+        formatter: formatter.clone(),
+        account_data: account_data.clone(),
+    }));
+    let search = Arc::new(Search::new(SearchDeps {
+        store: store.clone(),
+        rooms: store.clone(),
+        forgotten: store.clone(),
+        accounts: store.clone(),
+        visibility: visibility.clone(),
+        formatter: formatter.clone(),
+        search_all_users: config.user_directory.search_all_users,
+    }));
     let ephemeral = Ephemeral::new(
-        store.clone(),
-        store.clone(),
-        account_data.clone(),
-        store.clone(),
-        notifier.clone(),
-        clock.clone(),
+        EphemeralDeps {
+            rooms: store.clone(),
+            receipts: store.clone(),
+            account_data: account_data.clone(),
+            bus: store.clone(),
+            notifier: notifier.clone(),
+            clock: clock.clone(),
+        },
         &*entropy,
         config.presence.enabled,
     );
-    let syncer = Arc::new(Syncer::new(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        account_data.clone(),
-        push.clone(),
-        ephemeral.clone(),
+    let syncer = Arc::new(Syncer::new(SyncerDeps {
+        streams: store.clone(),
+        rooms: store.clone(),
+        forgotten: store.clone(),
+        account_data: account_data.clone(),
+        push: push.clone(),
+        ephemeral: ephemeral.clone(),
         visibility,
         formatter,
         notifier,
-    ));
-    let reports = Arc::new(Reports::new(store.clone(), store.clone(), clock));
+    }));
+    let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
     let health = Arc::new(Health::new(store));
     Ok(Components {

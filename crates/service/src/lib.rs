@@ -52,25 +52,28 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-pub use account_data::AccountData;
+pub use account_data::{AccountData, AccountDataDeps};
 pub use accounts::{
-    Accounts, AccountsConfig, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, Limiters, LoginOutcome, LoginRequest,
-    NewRegistrationToken, RateLimitConfig, RateLimiter, RegisterOutcome, RegisterRequest, RegistrationMode,
+    Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps, Limiters,
+    LoginOutcome, LoginRequest, NewRegistrationToken, RateLimitConfig, RateLimiter, RegisterOutcome, RegisterRequest,
+    RegistrationMode,
 };
 pub use admin::Admin;
 pub use chancery_store::{Device, PoolStats};
-pub use directory::Directory;
-pub use ephemeral::{Ephemeral, ReceiptThread};
+pub use directory::{Directory, DirectoryDeps};
+pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
 pub use health::Health;
 pub use notifier::Notifier;
 pub use profiles::Profiles;
-pub use push::Push;
-pub use reports::Reports;
-pub use rooms::{EventFormatter, RoomReader, RoomWriter, Rooms, Visibility};
-pub use search::Search;
+pub use push::{Push, PushDeps};
+pub use reports::{Reports, ReportsDeps};
+pub use rooms::{
+    EventFormatter, EventFormatterDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Visibility,
+};
+pub use search::{Search, SearchDeps};
 pub use stream_token::StreamToken;
-pub use sync::{SyncRequest, Syncer};
+pub use sync::{SyncRequest, Syncer, SyncerDeps};
 
 /// Every client-facing component of one node, as `chancery-server` wired
 /// them: what the API layer hands out to its handlers. No component holds

@@ -56,28 +56,29 @@ impl DefaultRulesets {
     }
 }
 
+/// What [`Push`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct PushDeps {
+    pub store: Arc<dyn PushStore>,
+    pub rooms: Arc<dyn RoomStore>,
+    pub formatter: Arc<EventFormatter>,
+    pub notifier: Arc<Notifier>,
+}
+
 /// Push rules and notifications.
 pub struct Push {
-    store: Arc<dyn PushStore>,
-    rooms: Arc<dyn RoomStore>,
-    formatter: Arc<EventFormatter>,
-    notifier: Arc<Notifier>,
+    deps: PushDeps,
     default_rulesets: DefaultRulesets,
 }
 
 impl Push {
-    pub fn new(
-        store: Arc<dyn PushStore>,
-        rooms: Arc<dyn RoomStore>,
-        formatter: Arc<EventFormatter>,
-        notifier: Arc<Notifier>,
-    ) -> Self {
-        Self { store, rooms, formatter, notifier, default_rulesets: DefaultRulesets::new() }
+    pub fn new(deps: PushDeps) -> Self {
+        Self { deps, default_rulesets: DefaultRulesets::new() }
     }
 
     /// The user's rule set: what they stored, or the server defaults.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset, Error> {
-        match self.store.push_rules(user_id.as_str()).await? {
+        match self.deps.store.push_rules(user_id.as_str()).await? {
             Some(json) => parse_ruleset(&json, user_id),
             None => Ok(Ruleset::server_default(user_id)),
         }
@@ -93,8 +94,8 @@ impl Push {
                 chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES
             )));
         }
-        self.store.set_push_rules(user_id.as_str(), &json).await?;
-        self.notifier.user(user_id.as_str());
+        self.deps.store.set_push_rules(user_id.as_str(), &json).await?;
+        self.deps.notifier.user(user_id.as_str());
         Ok(())
     }
 
@@ -121,9 +122,9 @@ impl Push {
             // member list, so a join to a large room costs what one to a
             // small room does.
             let mut stored: std::collections::HashMap<String, String> =
-                self.store.push_rules_in_room(room_id.as_str()).await?.into_iter().collect();
+                self.deps.store.push_rules_in_room(room_id.as_str()).await?.into_iter().collect();
             if let Some(invitee) = invitee.as_ref().filter(|i| !stored.contains_key(*i)) {
-                stored.extend(self.store.push_rules_of(std::slice::from_ref(invitee)).await?);
+                stored.extend(self.deps.store.push_rules_of(std::slice::from_ref(invitee)).await?);
             }
             let targets: Vec<String> = stored
                 .keys()
@@ -136,10 +137,10 @@ impl Push {
             if targets.is_empty() {
                 return Ok(Vec::new());
             }
-            let joined = self.rooms.member_summary(room_id.as_str(), "", 0).await?.joined;
+            let joined = self.deps.rooms.member_summary(room_id.as_str(), "", 0).await?.joined;
             (targets, stored, joined)
         } else {
-            let members = self.store.joined_members_with_push_rules(room_id.as_str()).await?;
+            let members = self.deps.store.joined_members_with_push_rules(room_id.as_str()).await?;
             let joined = members.len() as u64;
             let mut stored = std::collections::HashMap::new();
             let mut targets = Vec::with_capacity(members.len());
@@ -157,7 +158,7 @@ impl Push {
         let power = if POWER_KEYS.iter().all(|k| auth_state.contains_key(k)) {
             power_levels(auth_state, rules)?
         } else {
-            power_levels(&state_subset(&*self.rooms, room_id, &POWER_KEYS).await?, rules)?
+            power_levels(&state_subset(&*self.deps.rooms, room_id, &POWER_KEYS).await?, rules)?
         };
         let power_ctx = PushConditionPowerLevelsCtx::from(power);
         let event: Raw<JsonValue> = Raw::from_json_string(pdu.json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
@@ -206,7 +207,7 @@ impl Push {
     /// The user's display name in the room (member event), else the
     /// localpart.
     async fn member_display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<String, Error> {
-        let member = self.rooms.state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
+        let member = self.deps.rooms.state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
         let name = member
             .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
             .and_then(|v| v["content"]["displayname"].as_str().map(str::to_owned));
@@ -224,10 +225,10 @@ impl Push {
         let before =
             from.map(|f| f.parse::<u64>().map_err(|_| Error::InvalidParam("malformed from token".into()))).transpose()?;
         let limit = limit.clamp(1, MAX_NOTIFICATIONS_LIMIT);
-        let found = self.store.notifications(user.user_id.as_str(), before, limit, only_highlight).await?;
+        let found = self.deps.store.notifications(user.user_id.as_str(), before, limit, only_highlight).await?;
         let viewer = ClientEventOptions::from(user);
         let events: Vec<_> = found.iter().map(|n| n.event.clone()).collect();
-        let formatted = self.formatter.client_events(&events, &viewer).await?;
+        let formatted = self.deps.formatter.client_events(&events, &viewer).await?;
         let mut notifications = Vec::with_capacity(found.len());
         for (n, event) in found.iter().zip(formatted) {
             let read_up_to = self.read_position(&user.user_id, &n.event.room_id).await?;
@@ -251,7 +252,7 @@ impl Push {
     /// Up to where the user has read a room: their read receipt, or their
     /// latest own event (sending implies reading), whichever is later.
     async fn read_position(&self, user_id: &UserId, room_id: &str) -> Result<u64, Error> {
-        Ok(self.store.read_up_to(room_id, user_id.as_str()).await?)
+        Ok(self.deps.store.read_up_to(room_id, user_id.as_str()).await?)
     }
 
     /// `unread_notifications` and `unread_thread_notifications` of a room
@@ -260,11 +261,12 @@ impl Push {
     /// the user's own newest event) reads everything up to it, a `main`
     /// receipt the main timeline, a thread's receipt that thread.
     pub(crate) async fn unread_counts_by_thread(&self, user_id: &UserId, room_id: &str) -> Result<(JsonValue, JsonValue), Error> {
-        let (receipts, own) = self.store.read_positions(user_id.as_str(), room_id).await?;
+        let (receipts, own) = self.deps.store.read_positions(user_id.as_str(), room_id).await?;
         let of = |thread: &str| receipts.iter().find(|(t, _)| t == thread).map_or(0, |(_, p)| *p);
         let unthreaded = own.max(of(""));
         let main = unthreaded.max(of("main"));
-        let rows = self.store.unread_notifications_by_thread(user_id.as_str(), room_id, unthreaded, MAX_UNREAD_COUNTED).await?;
+        let rows =
+            self.deps.store.unread_notifications_by_thread(user_id.as_str(), room_id, unthreaded, MAX_UNREAD_COUNTED).await?;
         let (mut main_counts, mut threads) = ((0u64, 0u64), std::collections::BTreeMap::<String, (u64, u64)>::new());
         for row in rows {
             let (read, counts) = match &row.thread_root {
@@ -287,7 +289,7 @@ impl Push {
     /// `unread_notifications` of a room in `/sync`.
     pub(crate) async fn unread_counts(&self, user_id: &UserId, room_id: &str) -> Result<JsonValue, Error> {
         let read = self.read_position(user_id, room_id).await?;
-        let (notifications, highlights) = self.store.notification_counts(user_id.as_str(), room_id, read).await?;
+        let (notifications, highlights) = self.deps.store.notification_counts(user_id.as_str(), room_id, read).await?;
         Ok(json!({ "notification_count": notifications, "highlight_count": highlights }))
     }
 }

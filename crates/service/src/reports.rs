@@ -13,16 +13,22 @@ use crate::clock::Clock;
 use crate::rooms::state::{ensure_joined, event_of_room};
 use crate::{AuthedUser, Error};
 
+/// What [`Reports`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct ReportsDeps {
+    pub store: Arc<dyn ReportStore>,
+    pub rooms: Arc<dyn RoomStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Content reports of users.
 pub struct Reports {
-    store: Arc<dyn ReportStore>,
-    rooms: Arc<dyn RoomStore>,
-    clock: Arc<dyn Clock>,
+    deps: ReportsDeps,
 }
 
 impl Reports {
-    pub fn new(store: Arc<dyn ReportStore>, rooms: Arc<dyn RoomStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, rooms, clock }
+    pub fn new(deps: ReportsDeps) -> Self {
+        Self { deps }
     }
 
     /// `POST /rooms/{roomId}/report/{eventId}`. The spec answers 404 both
@@ -41,8 +47,8 @@ impl Reports {
             return Err(Error::InvalidParam("score is between -100 and 0".into()));
         }
         let not_found = || Error::NotFound("the event was not found or you are not joined to its room".into());
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await.map_err(|_| not_found())?;
-        if event_of_room(&*self.rooms, room_id, event_id.as_str()).await?.is_none() {
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await.map_err(|_| not_found())?;
+        if event_of_room(&*self.deps.rooms, room_id, event_id.as_str()).await?.is_none() {
             return Err(not_found());
         }
         self.file_report(user, room_id, Some(event_id), reason, score).await
@@ -53,7 +59,7 @@ impl Reports {
     /// invites); only the room must exist.
     pub async fn report_room(&self, user: &AuthedUser, room_id: &RoomId, reason: String) -> Result<(), Error> {
         check_reason(Some(&reason))?;
-        if self.rooms.room(room_id.as_str()).await?.is_none() {
+        if self.deps.rooms.room(room_id.as_str()).await?.is_none() {
             return Err(Error::NotFound("the room was not found".into()));
         }
         self.file_report(user, room_id, None, Some(reason).filter(|r| !r.is_empty()), None).await
@@ -67,7 +73,7 @@ impl Reports {
         reason: Option<String>,
         score: Option<i64>,
     ) -> Result<(), Error> {
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let report = NewReport {
             room_id: room_id.to_string(),
             event_id: event_id.map(|e| e.to_string()),
@@ -77,7 +83,7 @@ impl Reports {
             created_ts: now,
         };
         let window_start = now.saturating_sub(REPORT_WINDOW_MS);
-        let id = self.store.add_report(report, window_start, MAX_REPORTS_PER_USER_PER_WINDOW).await?;
+        let id = self.deps.store.add_report(report, window_start, MAX_REPORTS_PER_USER_PER_WINDOW).await?;
         tracing::info!(report_id = id, room_id = %room_id, "content reported");
         Ok(())
     }

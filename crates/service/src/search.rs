@@ -68,31 +68,29 @@ fn words(term: &str) -> Vec<String> {
     term.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(20).collect()
 }
 
-/// Searching users and messages.
-pub struct Search {
-    store: Arc<dyn SearchStore>,
-    rooms: Arc<dyn RoomStore>,
-    forgotten: Arc<dyn ForgottenRoomStore>,
+/// What [`Search`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct SearchDeps {
+    pub store: Arc<dyn SearchStore>,
+    pub rooms: Arc<dyn RoomStore>,
+    pub forgotten: Arc<dyn ForgottenRoomStore>,
     /// Profiles of the senders around results.
-    accounts: Arc<dyn AccountStore>,
-    visibility: Arc<Visibility>,
-    formatter: Arc<EventFormatter>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub visibility: Arc<Visibility>,
+    pub formatter: Arc<EventFormatter>,
     /// The user directory finds every local user, not only those sharing
     /// a room with the searcher or in public rooms.
-    search_all_users: bool,
+    pub search_all_users: bool,
+}
+
+/// Searching users and messages.
+pub struct Search {
+    deps: SearchDeps,
 }
 
 impl Search {
-    pub fn new(
-        store: Arc<dyn SearchStore>,
-        rooms: Arc<dyn RoomStore>,
-        forgotten: Arc<dyn ForgottenRoomStore>,
-        accounts: Arc<dyn AccountStore>,
-        visibility: Arc<Visibility>,
-        formatter: Arc<EventFormatter>,
-        search_all_users: bool,
-    ) -> Self {
-        Self { store, rooms, forgotten, accounts, visibility, formatter, search_all_users }
+    pub fn new(deps: SearchDeps) -> Self {
+        Self { deps }
     }
 
     /// `POST /user_directory/search`.
@@ -102,7 +100,7 @@ impl Search {
         }
         let limit = limit.clamp(1, MAX_USER_DIRECTORY_LIMIT);
         let term = term.trim().to_lowercase();
-        let mut hits = self.store.search_users(user.user_id.as_str(), &term, limit + 1, self.search_all_users).await?;
+        let mut hits = self.deps.store.search_users(user.user_id.as_str(), &term, limit + 1, self.deps.search_all_users).await?;
         let limited = hits.len() > limit;
         hits.truncate(limit);
         let results: Vec<JsonValue> = hits
@@ -162,10 +160,10 @@ impl Search {
         // must be visible to the user), minus forgotten ones; in each, only
         // the stretches history visibility lets them read, so the store's
         // page, count and offsets cover exactly what they may see.
-        let memberships = self.rooms.memberships_of_user(user.user_id.as_str()).await?;
+        let memberships = self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?;
         let forgotten: HashSet<String> =
             if memberships.iter().any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban)) {
-                self.forgotten.forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+                self.deps.forgotten.forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
             } else {
                 HashSet::new()
             };
@@ -188,8 +186,9 @@ impl Search {
         let (hits, count) = if words.is_empty() || rooms.is_empty() {
             (Vec::new(), 0)
         } else {
-            let current = self.rooms.current_stream_pos().await?;
+            let current = self.deps.rooms.current_stream_pos().await?;
             let scopes: Vec<SearchScope> = self
+                .deps
                 .visibility
                 .read_access(&user.user_id, &rooms, 0, current)
                 .await?
@@ -197,11 +196,11 @@ impl Search {
                 .map(|(room_id, access)| SearchScope { room_id, ranges: access.visible_ranges() })
                 .filter(|scope| !scope.ranges.is_empty())
                 .collect();
-            self.store.search_events(&scopes, &words, &keys, order, offset, limit).await?
+            self.deps.store.search_events(&scopes, &words, &keys, order, offset, limit).await?
         };
         let viewer = ClientEventOptions::from(user);
         let events: Vec<_> = hits.iter().map(|h| h.event.clone()).collect();
-        let formatted = self.formatter.client_events(&events, &viewer).await?;
+        let formatted = self.deps.formatter.client_events(&events, &viewer).await?;
         let mut results = Vec::with_capacity(hits.len());
         for (hit, event) in hits.iter().zip(formatted) {
             let mut result = json!({ "rank": hit.rank, "result": event });
@@ -228,8 +227,8 @@ impl Search {
             seen.dedup();
             for room in seen {
                 // A former member gets the state as they left it.
-                let events = self.rooms.state_at(room, left_at.get(room).copied()).await?;
-                state.insert(room.to_owned(), JsonValue::Array(self.formatter.client_events(&events, &viewer).await?));
+                let events = self.deps.rooms.state_at(room, left_at.get(room).copied()).await?;
+                state.insert(room.to_owned(), JsonValue::Array(self.deps.formatter.client_events(&events, &viewer).await?));
             }
             body["state"] = JsonValue::Object(state);
         }
@@ -246,26 +245,26 @@ impl Search {
         let before_limit = ctx.before_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
         let after_limit = ctx.after_limit.unwrap_or(5).min(MAX_SEARCH_CONTEXT);
         let pos = event.stream_pos;
-        let current = self.rooms.current_stream_pos().await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
         let before = if before_limit == 0 {
             Vec::new()
         } else {
-            self.rooms.room_events(&event.room_id, 0, pos - 1, before_limit, true).await?
+            self.deps.rooms.room_events(&event.room_id, 0, pos - 1, before_limit, true).await?
         };
         let after = if after_limit == 0 {
             Vec::new()
         } else {
-            self.rooms.room_events(&event.room_id, pos, current, after_limit, false).await?
+            self.deps.rooms.room_events(&event.room_id, pos, current, after_limit, false).await?
         };
         let start = before.last().map_or(pos - 1, |e| e.stream_pos - 1);
         let end = after.last().map_or(pos, |e| e.stream_pos);
         // Tokens continue after what was read; only what the user may see
         // is shown.
-        let before = self.visibility.visible_events(&user.user_id, &event.room_id, before).await?;
-        let after = self.visibility.visible_events(&user.user_id, &event.room_id, after).await?;
+        let before = self.deps.visibility.visible_events(&user.user_id, &event.room_id, before).await?;
+        let after = self.deps.visibility.visible_events(&user.user_id, &event.room_id, after).await?;
         let mut context = json!({
-            "events_before": self.formatter.client_events(&before, viewer).await?,
-            "events_after": self.formatter.client_events(&after, viewer).await?,
+            "events_before": self.deps.formatter.client_events(&before, viewer).await?,
+            "events_after": self.deps.formatter.client_events(&after, viewer).await?,
             "start": format_token(start),
             "end": format_token(end),
         });
@@ -275,7 +274,7 @@ impl Search {
                 if profiles.contains_key(sender) {
                     continue;
                 }
-                let profile = self.accounts.profile(sender).await?;
+                let profile = self.deps.accounts.profile(sender).await?;
                 let mut info = Map::new();
                 if let Some(name) = profile.get("displayname") {
                     info.insert("displayname".into(), name.clone());

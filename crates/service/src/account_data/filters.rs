@@ -19,7 +19,7 @@ impl AccountData {
             return Err(Error::TooLarge(format!("filters are at most {MAX_FILTER_BYTES} bytes")));
         }
         serde_json::from_str::<FilterDefinition>(&text).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?;
-        Ok(self.filters.create_filter(user.user_id.as_str(), &text, MAX_FILTERS_PER_USER).await?)
+        Ok(self.deps.filters.create_filter(user.user_id.as_str(), &text, MAX_FILTERS_PER_USER).await?)
     }
 
     /// A stored filter, as JSON.
@@ -28,6 +28,7 @@ impl AccountData {
             return Err(Error::Forbidden("you can only read your own filters".into()));
         }
         let text = self
+            .deps
             .filters
             .filter(user.user_id.as_str(), filter_id)
             .await?
@@ -38,6 +39,7 @@ impl AccountData {
     /// A stored filter of the caller, parsed, for `/sync?filter=<id>`.
     pub async fn filter(&self, user: &AuthedUser, filter_id: &str) -> Result<FilterDefinition, Error> {
         let text = self
+            .deps
             .filters
             .filter(user.user_id.as_str(), filter_id)
             .await?

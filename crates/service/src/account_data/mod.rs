@@ -45,16 +45,22 @@ fn check_type(event_type: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What [`AccountData`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct AccountDataDeps {
+    pub store: Arc<dyn AccountDataStore>,
+    pub filters: Arc<dyn UserDataStore>,
+    pub notifier: Arc<Notifier>,
+}
+
 /// Users' account data and filters.
 pub struct AccountData {
-    store: Arc<dyn AccountDataStore>,
-    filters: Arc<dyn UserDataStore>,
-    notifier: Arc<Notifier>,
+    deps: AccountDataDeps,
 }
 
 impl AccountData {
-    pub fn new(store: Arc<dyn AccountDataStore>, filters: Arc<dyn UserDataStore>, notifier: Arc<Notifier>) -> Self {
-        Self { store, filters, notifier }
+    pub fn new(deps: AccountDataDeps) -> Self {
+        Self { deps }
     }
 
     /// `PUT /user/{userId}/account_data/{type}` and
@@ -79,10 +85,11 @@ impl AccountData {
         if text.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
         }
-        self.store
+        self.deps
+            .store
             .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
             .await?;
-        self.notifier.user(user.user_id.as_str());
+        self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
 
@@ -97,6 +104,7 @@ impl AccountData {
     ) -> Result<JsonValue, Error> {
         ensure_self(user, target)?;
         let text = self
+            .deps
             .store
             .account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type)
             .await?
@@ -108,7 +116,7 @@ impl AccountData {
     /// when the room has none.
     pub async fn room_tags(&self, user: &AuthedUser, target: &UserId, room_id: &RoomId) -> Result<JsonValue, Error> {
         ensure_self(user, target)?;
-        let stored = self.store.account_data(user.user_id.as_str(), Some(room_id.as_str()), TAG_EVENT_TYPE).await?;
+        let stored = self.deps.store.account_data(user.user_id.as_str(), Some(room_id.as_str()), TAG_EVENT_TYPE).await?;
         let tags = stored
             .and_then(|text| serde_json::from_str::<JsonValue>(&text).ok())
             .and_then(|mut content| content.get_mut("tags").map(JsonValue::take))
@@ -140,9 +148,9 @@ impl AccountData {
                 return Err(Error::BadJson("a tag's order must be a number".into()));
             }
         }
-        let changed = self.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
+        let changed = self.deps.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
         if changed.is_some() {
-            self.notifier.user(user.user_id.as_str());
+            self.deps.notifier.user(user.user_id.as_str());
         }
         Ok(())
     }
@@ -151,10 +159,11 @@ impl AccountData {
     /// directly (spec "Fully read markers").
     pub(crate) async fn set_fully_read(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<(), Error> {
         let content = json!({ "event_id": event_id }).to_string();
-        self.store
+        self.deps
+            .store
             .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
             .await?;
-        self.notifier.user(user.user_id.as_str());
+        self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
 
@@ -164,14 +173,14 @@ impl AccountData {
         if after >= up_to {
             return Ok(Vec::new());
         }
-        Ok(self.store.account_data_changes(user_id, after, up_to).await?)
+        Ok(self.deps.store.account_data_changes(user_id, after, up_to).await?)
     }
 
     /// The users whose events `user_id` does not want to see
     /// (`m.ignored_user_list`, spec "Ignoring Users"); empty if unset or
     /// malformed.
     pub(crate) async fn ignored_users(&self, user_id: &str) -> Result<BTreeSet<String>, Error> {
-        let Some(text) = self.store.account_data(user_id, None, IGNORED_USER_LIST).await? else {
+        let Some(text) = self.deps.store.account_data(user_id, None, IGNORED_USER_LIST).await? else {
             return Ok(BTreeSet::new());
         };
         Ok(ignored_from_content(&text))

@@ -11,28 +11,28 @@ use crate::Error;
 impl Accounts {
     /// `POST /logout`: the device and its tokens go.
     pub async fn logout(&self, user: &AuthedUser) -> Result<(), Error> {
-        self.store.delete_devices(user.user_id.as_str(), std::slice::from_ref(&user.device_id)).await?;
+        self.deps.store.delete_devices(user.user_id.as_str(), std::slice::from_ref(&user.device_id)).await?;
         Ok(())
     }
 
     /// `POST /logout/all`.
     pub async fn logout_all(&self, user: &AuthedUser) -> Result<(), Error> {
-        self.store.delete_all_devices(user.user_id.as_str(), None).await?;
+        self.deps.store.delete_all_devices(user.user_id.as_str(), None).await?;
         Ok(())
     }
 
     pub async fn devices(&self, user: &AuthedUser) -> Result<Vec<Device>, Error> {
-        Ok(self.store.devices(user.user_id.as_str()).await?)
+        Ok(self.deps.store.devices(user.user_id.as_str()).await?)
     }
 
     pub async fn device(&self, user: &AuthedUser, device_id: &str) -> Result<Device, Error> {
-        self.store.device(user.user_id.as_str(), device_id).await?.ok_or_else(|| Error::NotFound("no such device".into()))
+        self.deps.store.device(user.user_id.as_str(), device_id).await?.ok_or_else(|| Error::NotFound("no such device".into()))
     }
 
     /// `PUT /devices/{deviceId}`.
     pub async fn rename_device(&self, user: &AuthedUser, device_id: &str, name: Option<&str>) -> Result<(), Error> {
         check_device_fields(None, name)?;
-        if self.store.set_device_display_name(user.user_id.as_str(), device_id, name).await? {
+        if self.deps.store.set_device_display_name(user.user_id.as_str(), device_id, name).await? {
             Ok(())
         } else {
             Err(Error::NotFound("no such device".into()))
@@ -46,9 +46,9 @@ impl Accounts {
             return Err(Error::InvalidParam(format!("at most {MAX_DEVICES_PER_DELETE} devices per request")));
         }
         let flows = vec![vec![stage::PASSWORD]];
-        let session = self.uia.authorize(Operation::DeleteDevices, Some(user.user_id.as_str()), flows, auth).await?;
-        self.store.delete_devices(user.user_id.as_str(), device_ids).await?;
-        self.uia.finish(&session).await;
+        let session = self.deps.uia.authorize(Operation::DeleteDevices, Some(user.user_id.as_str()), flows, auth).await?;
+        self.deps.store.delete_devices(user.user_id.as_str(), device_ids).await?;
+        self.deps.uia.finish(&session).await;
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use chancery_store::{AccountStore, NewAccount, NewDevice, TokenPair};
 
 pub use ratelimit::{Limiters, RateLimit, RateLimitConfig, RateLimiter};
 pub use registration_tokens::NewRegistrationToken;
-pub use uia::{AuthPayload, AuthStage, InteractiveAuth};
+pub use uia::{AuthPayload, AuthStage, InteractiveAuth, InteractiveAuthDeps};
 
 use crate::Error;
 use crate::clock::Clock;
@@ -131,36 +131,35 @@ impl IssuedTokens {
     }
 }
 
+/// What [`Accounts`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct AccountsDeps {
+    pub config: AccountsConfig,
+    pub store: Arc<dyn AccountStore>,
+    pub uia: Arc<InteractiveAuth>,
+    pub limiters: Arc<Limiters>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+}
+
 /// Accounts, sessions and devices.
 pub struct Accounts {
-    config: AccountsConfig,
-    store: Arc<dyn AccountStore>,
-    uia: Arc<InteractiveAuth>,
-    limiters: Arc<Limiters>,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
+    deps: AccountsDeps,
 }
 
 impl Accounts {
-    pub fn new(
-        config: AccountsConfig,
-        store: Arc<dyn AccountStore>,
-        uia: Arc<InteractiveAuth>,
-        limiters: Arc<Limiters>,
-        clock: Arc<dyn Clock>,
-        entropy: Arc<dyn Entropy>,
-    ) -> Self {
-        Self { config, store, uia, limiters, clock, entropy }
+    pub fn new(deps: AccountsDeps) -> Self {
+        Self { deps }
     }
 
     pub fn registration_mode(&self) -> RegistrationMode {
-        self.config.registration
+        self.deps.config.registration
     }
 
     fn issue_tokens(&self, with_refresh: bool, now: u64) -> IssuedTokens {
-        let access_token = tokens::generate(&*self.entropy, "cha_");
-        let refresh_token = with_refresh.then(|| tokens::generate(&*self.entropy, "chr_"));
-        let expires_in_ms = with_refresh.then_some(self.config.access_token_lifetime_ms);
+        let access_token = tokens::generate(&*self.deps.entropy, "cha_");
+        let refresh_token = with_refresh.then(|| tokens::generate(&*self.deps.entropy, "chr_"));
+        let expires_in_ms = with_refresh.then_some(self.deps.config.access_token_lifetime_ms);
         let stored = TokenPair {
             access_token_hash: tokens::hash(&access_token),
             access_expires_ts: expires_in_ms.map(|ms| now.saturating_add(ms)),
@@ -179,7 +178,7 @@ impl Accounts {
         with_refresh: bool,
         now: u64,
     ) -> (NewDevice, LoginOutcome) {
-        let device_id = device_id.unwrap_or_else(|| tokens::random_string(&*self.entropy, tokens::UPPER, 10));
+        let device_id = device_id.unwrap_or_else(|| tokens::random_string(&*self.deps.entropy, tokens::UPPER, 10));
         let issued = self.issue_tokens(with_refresh, now);
         let device = NewDevice {
             user_id: user_id.to_string(),
@@ -192,14 +191,14 @@ impl Accounts {
     }
 
     fn check_password_policy(&self, password: &str) -> Result<(), Error> {
-        check_password_policy(password, self.config.password_min_length)
+        check_password_policy(password, self.deps.config.password_min_length)
     }
 
     /// Validates a localpart for a new account and returns the user id.
     fn new_user_id(&self, localpart: &str) -> Result<OwnedUserId, Error> {
-        let server_name = &self.config.server_name;
+        let server_name = &self.deps.config.server_name;
         username::validate_new_localpart(localpart, server_name).map_err(|e| Error::InvalidUsername(e.to_string()))?;
-        if self.config.reserved_usernames.iter().any(|r| r == localpart) {
+        if self.deps.config.reserved_usernames.iter().any(|r| r == localpart) {
             return Err(Error::Exclusive);
         }
         UserId::parse(format!("@{localpart}:{server_name}")).map_err(|e| Error::InvalidUsername(e.to_string()))
@@ -208,13 +207,13 @@ impl Accounts {
     /// `GET /register/available`.
     pub async fn username_available(&self, localpart: &str, client_address: Option<&str>) -> Result<(), Error> {
         if let Some(address) = client_address {
-            self.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check(address)?;
         }
-        if self.config.registration == RegistrationMode::Disabled {
+        if self.deps.config.registration == RegistrationMode::Disabled {
             return Err(Error::RegistrationDisabled);
         }
         let user_id = self.new_user_id(localpart)?;
-        match self.store.account(user_id.as_str()).await? {
+        match self.deps.store.account(user_id.as_str()).await? {
             Some(_) => Err(Error::UserInUse),
             None => Ok(()),
         }
@@ -223,15 +222,15 @@ impl Accounts {
     /// `GET /register/m.login.registration_token/validity`.
     pub async fn registration_token_valid(&self, token: &str, client_address: Option<&str>) -> Result<bool, Error> {
         if let Some(address) = client_address {
-            self.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check(address)?;
         }
-        if self.config.registration != RegistrationMode::Token {
+        if self.deps.config.registration != RegistrationMode::Token {
             return Err(Error::RegistrationDisabled);
         }
         if !uia::is_valid_registration_token(token) {
             return Ok(false);
         }
-        Ok(self.store.registration_token(token).await?.is_some_and(|t| t.is_usable(self.clock.now_ms())))
+        Ok(self.deps.store.registration_token(token).await?.is_some_and(|t| t.is_usable(self.deps.clock.now_ms())))
     }
 
     /// `POST /register`: checks what can be checked before interactive
@@ -240,17 +239,17 @@ impl Accounts {
     /// registration token in one transaction.
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterOutcome, Error> {
         if let Some(address) = &req.client_address {
-            self.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check(address)?;
         }
         if req.guest {
             return Err(Error::GuestAccessForbidden);
         }
-        let flows = registration_flows(self.config.registration)?;
+        let flows = registration_flows(self.deps.config.registration)?;
         let user_id = match &req.username {
             Some(name) => self.new_user_id(name)?,
-            None => self.new_user_id(&tokens::random_string(&*self.entropy, tokens::LOWER_ALNUM, 12))?,
+            None => self.new_user_id(&tokens::random_string(&*self.deps.entropy, tokens::LOWER_ALNUM, 12))?,
         };
-        if self.store.account(user_id.as_str()).await?.is_some() {
+        if self.deps.store.account(user_id.as_str()).await?.is_some() {
             return Err(Error::UserInUse);
         }
         if let Some(password) = &req.password {
@@ -258,9 +257,9 @@ impl Accounts {
         }
         check_device_fields(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
 
-        let session = self.uia.authorize(Operation::Register, None, flows, req.auth).await?;
+        let session = self.deps.uia.authorize(Operation::Register, None, flows, req.auth).await?;
 
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let password_hash = match req.password {
             Some(p) => Some(password::hash(p).await?),
             None => None,
@@ -273,8 +272,8 @@ impl Accounts {
                 self.new_session(&user_id, req.device_id, req.initial_device_display_name, req.refresh_token, now);
             (Some(device), Some(outcome))
         };
-        self.store.create_account(account, device, session.registration_token.as_deref(), now).await?;
-        self.uia.finish(&session).await;
+        self.deps.store.create_account(account, device, session.registration_token.as_deref(), now).await?;
+        self.deps.uia.finish(&session).await;
         tracing::info!(user_id = %user_id, "registered a new account");
         Ok(RegisterOutcome { user_id, session: outcome })
     }
@@ -283,7 +282,7 @@ impl Accounts {
     pub async fn create_user(&self, localpart: &str, password: Option<String>, is_admin: bool) -> Result<OwnedUserId, Error> {
         let user_id = self.new_user_id(localpart).or_else(|e| match e {
             // Operators may take reserved names.
-            Error::Exclusive => UserId::parse(format!("@{localpart}:{}", self.config.server_name))
+            Error::Exclusive => UserId::parse(format!("@{localpart}:{}", self.deps.config.server_name))
                 .map_err(|e| Error::InvalidUsername(e.to_string())),
             e => Err(e),
         })?;
@@ -294,28 +293,28 @@ impl Accounts {
             Some(p) => Some(password::hash(p).await?),
             None => None,
         };
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let account = NewAccount { user_id: user_id.to_string(), password_hash, is_admin, created_ts: now };
-        self.store.create_account(account, None, None, now).await?;
+        self.deps.store.create_account(account, None, None, now).await?;
         Ok(user_id)
     }
 
     /// `POST /login` with `m.login.password`.
     pub async fn login(&self, req: LoginRequest) -> Result<LoginOutcome, Error> {
         if let Some(address) = &req.client_address {
-            self.limiters.login_per_address.check(address)?;
+            self.deps.limiters.login_per_address.check(address)?;
         }
         if req.password.len() > MAX_PASSWORD_BYTES {
             return Err(Error::Forbidden("invalid user or password".into()));
         }
-        let user_id = match username::resolve_login_user(&req.user, &self.config.server_name) {
+        let user_id = match username::resolve_login_user(&req.user, &self.deps.config.server_name) {
             Ok(u) => u,
             Err(UsernameError::ForeignServer) => return Err(Error::Forbidden("this user does not belong to this server".into())),
             Err(_) => return Err(Error::Forbidden("invalid user or password".into())),
         };
-        self.limiters.login_per_account.check(user_id.as_str())?;
+        self.deps.limiters.login_per_account.check(user_id.as_str())?;
         check_device_fields(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
-        let account = self.store.account(user_id.as_str()).await?;
+        let account = self.deps.store.account(user_id.as_str()).await?;
         let stored_hash = account.as_ref().and_then(|a| a.password_hash.clone());
         let verified = password::verify(req.password, stored_hash).await?;
         if account.as_ref().is_some_and(|a| a.deactivated) {
@@ -324,10 +323,10 @@ impl Accounts {
         if !verified {
             return Err(Error::Forbidden("invalid user or password".into()));
         }
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let (device, outcome) =
             self.new_session(&user_id, req.device_id, req.initial_device_display_name, req.refresh_token, now);
-        self.store.upsert_device(device, self.config.max_devices_per_user).await?;
+        self.deps.store.upsert_device(device, self.deps.config.max_devices_per_user).await?;
         Ok(outcome)
     }
 
@@ -336,15 +335,16 @@ impl Accounts {
     /// one is a hard logout.
     pub async fn authenticate(&self, access_token: &str) -> Result<AuthedUser, Error> {
         let session = self
+            .deps
             .store
             .session_by_access_token(&tokens::hash(access_token))
             .await?
             .ok_or(Error::UnknownToken { soft_logout: false })?;
-        if session.access_expires_ts.is_some_and(|expires| self.clock.now_ms() >= expires) {
+        if session.access_expires_ts.is_some_and(|expires| self.deps.clock.now_ms() >= expires) {
             return Err(Error::UnknownToken { soft_logout: true });
         }
         if session.previous_refresh_pending {
-            self.store.forget_previous_refresh_token(&session.user_id, &session.device_id).await?;
+            self.deps.store.forget_previous_refresh_token(&session.user_id, &session.device_id).await?;
         }
         let user_id =
             UserId::parse(session.user_id.as_str()).map_err(|e| Error::Internal(format!("stored user id is invalid: {e}")))?;
@@ -353,8 +353,9 @@ impl Accounts {
 
     /// `POST /refresh`.
     pub async fn refresh(&self, refresh_token: &str) -> Result<LoginOutcome, Error> {
-        let issued = self.issue_tokens(true, self.clock.now_ms());
+        let issued = self.issue_tokens(true, self.deps.clock.now_ms());
         let session = self
+            .deps
             .store
             .refresh_tokens(&tokens::hash(refresh_token), &issued.stored)
             .await?
@@ -373,10 +374,10 @@ impl Accounts {
     ) -> Result<(), Error> {
         self.check_password_policy(&new_password)?;
         let flows = vec![vec![stage::PASSWORD]];
-        let session = self.uia.authorize(Operation::ChangePassword, Some(user.user_id.as_str()), flows, auth).await?;
+        let session = self.deps.uia.authorize(Operation::ChangePassword, Some(user.user_id.as_str()), flows, auth).await?;
         let hash = password::hash(new_password).await?;
-        self.store.change_password(user.user_id.as_str(), &hash, logout_devices, Some(&user.device_id)).await?;
-        self.uia.finish(&session).await;
+        self.deps.store.change_password(user.user_id.as_str(), &hash, logout_devices, Some(&user.device_id)).await?;
+        self.deps.uia.finish(&session).await;
         tracing::info!(user_id = %user.user_id, logout_devices, "password changed");
         Ok(())
     }
@@ -384,9 +385,9 @@ impl Accounts {
     /// `POST /account/deactivate`.
     pub async fn deactivate(&self, user: &AuthedUser, auth: Option<AuthPayload>) -> Result<(), Error> {
         let flows = vec![vec![stage::PASSWORD]];
-        let session = self.uia.authorize(Operation::Deactivate, Some(user.user_id.as_str()), flows, auth).await?;
-        self.store.deactivate_account(user.user_id.as_str(), self.clock.now_ms()).await?;
-        self.uia.finish(&session).await;
+        let session = self.deps.uia.authorize(Operation::Deactivate, Some(user.user_id.as_str()), flows, auth).await?;
+        self.deps.store.deactivate_account(user.user_id.as_str(), self.deps.clock.now_ms()).await?;
+        self.deps.uia.finish(&session).await;
         tracing::info!(user_id = %user.user_id, "account deactivated");
         Ok(())
     }

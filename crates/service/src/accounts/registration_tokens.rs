@@ -20,12 +20,12 @@ impl Accounts {
     pub async fn create_registration_token(&self, new: NewRegistrationToken) -> Result<RegistrationToken, Error> {
         let token = match new.token {
             Some(t) => t,
-            None => tokens::random_string(&*self.entropy, tokens::ALNUM, new.length.clamp(1, 64)),
+            None => tokens::random_string(&*self.deps.entropy, tokens::ALNUM, new.length.clamp(1, 64)),
         };
         if !is_valid_registration_token(&token) {
             return Err(Error::InvalidParam("tokens are 1 to 64 characters from A-Z, a-z, 0-9, '.', '_', '~' and '-'".into()));
         }
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         if new.expiry_ts.is_some_and(|e| e <= now) {
             return Err(Error::InvalidParam("the expiry time is in the past".into()));
         }
@@ -37,16 +37,16 @@ impl Accounts {
             created_ts: now,
             revoked_ts: None,
         };
-        self.store.create_registration_token(&record).await?;
+        self.deps.store.create_registration_token(&record).await?;
         Ok(record)
     }
 
     pub async fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, Error> {
-        Ok(self.store.registration_tokens().await?)
+        Ok(self.deps.store.registration_tokens().await?)
     }
 
     pub async fn revoke_registration_token(&self, token: &str) -> Result<(), Error> {
-        if self.store.revoke_registration_token(token, self.clock.now_ms()).await? {
+        if self.deps.store.revoke_registration_token(token, self.deps.clock.now_ms()).await? {
             Ok(())
         } else {
             Err(Error::NotFound("no such registration token".into()))

@@ -46,26 +46,26 @@ pub(crate) fn is_valid_registration_token(token: &str) -> bool {
         && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
 }
 
-/// Interactive-auth sessions and their stages.
-pub struct InteractiveAuth {
-    store: Arc<dyn AccountStore>,
-    server_name: OwnedServerName,
+/// What [`InteractiveAuth`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct InteractiveAuthDeps {
+    pub store: Arc<dyn AccountStore>,
+    pub server_name: OwnedServerName,
     /// `login_per_account` also slows password guessing through the
     /// password stage.
-    limiters: Arc<Limiters>,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
+    pub limiters: Arc<Limiters>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+}
+
+/// Interactive-auth sessions and their stages.
+pub struct InteractiveAuth {
+    deps: InteractiveAuthDeps,
 }
 
 impl InteractiveAuth {
-    pub fn new(
-        store: Arc<dyn AccountStore>,
-        server_name: OwnedServerName,
-        limiters: Arc<Limiters>,
-        clock: Arc<dyn Clock>,
-        entropy: Arc<dyn Entropy>,
-    ) -> Self {
-        Self { store, server_name, limiters, clock, entropy }
+    pub fn new(deps: InteractiveAuthDeps) -> Self {
+        Self { deps }
     }
 
     /// Runs one round of interactive auth for `op`. Returns the session
@@ -79,8 +79,8 @@ impl InteractiveAuth {
         flows: Vec<Vec<&'static str>>,
         auth: Option<AuthPayload>,
     ) -> Result<UiaSession, Error> {
-        let store = &self.store;
-        let now = self.clock.now_ms();
+        let store = &self.deps.store;
+        let now = self.deps.clock.now_ms();
         let auth = auth.unwrap_or_default();
         let existing = match &auth.session {
             Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
@@ -94,7 +94,7 @@ impl InteractiveAuth {
                 // No session yet, or it expired: start one. A client that
                 // kept a stale id simply carries on with the new one.
                 let session = UiaSession {
-                    session_id: tokens::random_string(&*self.entropy, tokens::ALNUM, 24),
+                    session_id: tokens::random_string(&*self.deps.entropy, tokens::ALNUM, 24),
                     operation: op.as_str().to_owned(),
                     user_id: user_id.map(str::to_owned),
                     completed: Vec::new(),
@@ -150,8 +150,8 @@ impl InteractiveAuth {
                 let Some(expected) = user_id else {
                     return Err(challenge(&session, Some(("M_FORBIDDEN", "password stage needs a logged-in user".into()))));
                 };
-                self.limiters.login_per_account.check(expected)?;
-                let named = user.as_deref().map(|u| chancery_core::username::resolve_login_user(u, &self.server_name));
+                self.deps.limiters.login_per_account.check(expected)?;
+                let named = user.as_deref().map(|u| chancery_core::username::resolve_login_user(u, &self.deps.server_name));
                 let names_self = match named {
                     None => true,
                     Some(Ok(u)) => u.as_str() == expected,
@@ -172,7 +172,7 @@ impl InteractiveAuth {
 
     /// Deletes a session whose operation succeeded.
     pub(crate) async fn finish(&self, session: &UiaSession) {
-        if let Err(e) = self.store.delete_uia_session(&session.session_id).await {
+        if let Err(e) = self.deps.store.delete_uia_session(&session.session_id).await {
             tracing::warn!(error = %e, "could not delete a finished interactive-auth session; it will expire");
         }
     }

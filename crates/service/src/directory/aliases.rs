@@ -30,8 +30,8 @@ impl Directory {
     /// without whitespace or control characters (people type and read
     /// aliases; the grammar alone allows any character but `:` and NUL).
     fn check_new_local_alias(&self, alias: &RoomAliasId) -> Result<(), Error> {
-        if alias.server_name() != self.server_name {
-            return Err(Error::InvalidParam(format!("room aliases must end in :{}", self.server_name)));
+        if alias.server_name() != self.deps.server_name {
+            return Err(Error::InvalidParam(format!("room aliases must end in :{}", self.deps.server_name)));
         }
         let localpart = alias.alias();
         if localpart.is_empty() || localpart.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -42,7 +42,7 @@ impl Directory {
 
     /// `#name:our.server` for `createRoom`'s `room_alias_name`.
     pub(crate) fn new_local_alias(&self, name: &str) -> Result<OwnedRoomAliasId, Error> {
-        let alias = RoomAliasId::parse(format!("#{name}:{}", self.server_name))
+        let alias = RoomAliasId::parse(format!("#{name}:{}", self.deps.server_name))
             .map_err(|e| Error::InvalidParam(format!("invalid room_alias_name: {e}")))?;
         self.check_new_local_alias(&alias)?;
         Ok(alias)
@@ -50,12 +50,12 @@ impl Directory {
 
     /// `GET /directory/room/{roomAlias}`.
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
-        if alias.server_name() != self.server_name {
+        if alias.server_name() != self.deps.server_name {
             return Err(Error::NotFound(format!(
                 "{alias} belongs to another server; federation is not available on this server yet"
             )));
         }
-        let found = self.store.alias(alias.as_str()).await?;
+        let found = self.deps.store.alias(alias.as_str()).await?;
         let found = found.ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
         RoomId::parse(found.room_id).map_err(|e| Error::Internal(format!("stored alias target: {e}")))
     }
@@ -72,15 +72,15 @@ impl Directory {
     pub async fn create_alias(&self, user: &AuthedUser, alias: &RoomAliasId, room_id: &RoomId) -> Result<(), Error> {
         self.check_new_local_alias(alias)?;
         if !user.is_admin {
-            ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+            ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         }
         let new = RoomAlias {
             alias: alias.to_string(),
             room_id: room_id.to_string(),
             creator: user.user_id.to_string(),
-            created_ts: self.clock.now_ms(),
+            created_ts: self.deps.clock.now_ms(),
         };
-        match self.store.create_alias(&new, MAX_ALIASES_PER_ROOM).await {
+        match self.deps.store.create_alias(&new, MAX_ALIASES_PER_ROOM).await {
             // The spec's answer to a taken alias here (`createRoom` answers
             // `M_ROOM_IN_USE`).
             Err(StoreError::AliasTaken) => Err(Error::AliasInUse(format!("room alias {alias} already exists"))),
@@ -93,15 +93,15 @@ impl Directory {
     /// servers may, and then still delete when the user may not).
     pub async fn delete_alias(&self, user: &AuthedUser, alias: &RoomAliasId) -> Result<(), Error> {
         let not_found = || Error::NotFound(format!("room alias {alias} not found"));
-        if alias.server_name() != self.server_name {
+        if alias.server_name() != self.deps.server_name {
             return Err(not_found());
         }
-        let existing = self.store.alias(alias.as_str()).await?.ok_or_else(not_found)?;
+        let existing = self.deps.store.alias(alias.as_str()).await?.ok_or_else(not_found)?;
         let room_id = RoomId::parse(&existing.room_id).map_err(|e| Error::Internal(format!("stored alias target: {e}")))?;
         if existing.creator != user.user_id.as_str() {
             self.ensure_can_edit_addresses(user, &room_id).await?;
         }
-        if !self.store.delete_alias(alias.as_str()).await? {
+        if !self.deps.store.delete_alias(alias.as_str()).await? {
             return Err(not_found());
         }
         if let Err(e) = self.drop_from_canonical_alias(user, &room_id, alias).await {
@@ -111,7 +111,7 @@ impl Directory {
     }
 
     async fn drop_from_canonical_alias(&self, user: &AuthedUser, room_id: &RoomId, alias: &RoomAliasId) -> Result<(), Error> {
-        let Some(event) = self.rooms.state_event(room_id.as_str(), "m.room.canonical_alias", "", None).await? else {
+        let Some(event) = self.deps.rooms.state_event(room_id.as_str(), "m.room.canonical_alias", "", None).await? else {
             return Ok(());
         };
         let content: JsonValue =
@@ -138,21 +138,21 @@ impl Directory {
             content: JsonValue::Object(updated),
             redacts: None,
         };
-        self.writer.append(room_id, draft, None).await.map(drop)
+        self.deps.writer.append(room_id, draft, None).await.map(drop)
     }
 
     /// `GET /rooms/{roomId}/aliases`: for joined members, anyone if the
     /// room is world-readable, and server admins.
     pub async fn room_aliases(&self, user: &AuthedUser, room_id: &RoomId) -> Result<Vec<String>, Error> {
-        if !user.is_admin && ensure_joined(&*self.rooms, room_id, &user.user_id).await.is_err() {
-            let visibility = self.rooms.state_event(room_id.as_str(), "m.room.history_visibility", "", None).await?;
+        if !user.is_admin && ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await.is_err() {
+            let visibility = self.deps.rooms.state_event(room_id.as_str(), "m.room.history_visibility", "", None).await?;
             let world_readable =
                 visibility.and_then(|e| history_visibility_of(&e.json)) == Some(HistoryVisibility::WorldReadable);
             if !world_readable {
                 return Err(Error::Forbidden("you are not a member of this room".into()));
             }
         }
-        Ok(self.store.aliases_of_room(room_id.as_str()).await?)
+        Ok(self.deps.store.aliases_of_room(room_id.as_str()).await?)
     }
 
     /// Spec "PUT state": every alias an `m.room.canonical_alias` event adds
@@ -161,7 +161,7 @@ impl Directory {
     /// Aliases the room's current event already names are not checked
     /// again, as in Synapse: a deleted alias must not block other edits.
     pub(crate) async fn check_canonical_alias(&self, room_id: &RoomId, content: &JsonValue) -> Result<(), Error> {
-        let current = self.rooms.state_event(room_id.as_str(), "m.room.canonical_alias", "", None).await?;
+        let current = self.deps.rooms.state_event(room_id.as_str(), "m.room.canonical_alias", "", None).await?;
         let current: JsonValue = current
             .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
             .map(|v| v["content"].clone())

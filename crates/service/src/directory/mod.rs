@@ -19,36 +19,36 @@ use crate::rooms::state::{POWER_KEYS, ensure_joined, state_subset};
 use crate::rooms::{RoomWriter, power_levels, rules_of};
 use crate::{AuthedUser, Error};
 
+/// What [`Directory`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct DirectoryDeps {
+    pub store: Arc<dyn DirectoryStore>,
+    pub rooms: Arc<dyn RoomStore>,
+    /// Deleting an alias also takes it out of the room's canonical alias.
+    pub writer: Arc<RoomWriter>,
+    pub server_name: OwnedServerName,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Room addresses and the room directory.
 pub struct Directory {
-    store: Arc<dyn DirectoryStore>,
-    rooms: Arc<dyn RoomStore>,
-    /// Deleting an alias also takes it out of the room's canonical alias.
-    writer: Arc<RoomWriter>,
-    server_name: OwnedServerName,
-    clock: Arc<dyn Clock>,
+    deps: DirectoryDeps,
 }
 
 impl Directory {
-    pub fn new(
-        store: Arc<dyn DirectoryStore>,
-        rooms: Arc<dyn RoomStore>,
-        writer: Arc<RoomWriter>,
-        server_name: OwnedServerName,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self { store, rooms, writer, server_name, clock }
+    pub fn new(deps: DirectoryDeps) -> Self {
+        Self { deps }
     }
 
     pub fn server_name(&self) -> &OwnedServerName {
-        &self.server_name
+        &self.deps.server_name
     }
 
     /// Power over a room's addresses (deleting others' aliases, the
     /// directory listing): a server admin, or a joined member who may send
     /// `m.room.canonical_alias`.
     async fn ensure_can_edit_addresses(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
-        let Some(info) = self.rooms.room(room_id.as_str()).await? else {
+        let Some(info) = self.deps.rooms.room(room_id.as_str()).await? else {
             return Err(if user.is_admin {
                 Error::NotFound("this server does not know that room".into())
             } else {
@@ -58,9 +58,9 @@ impl Directory {
         if user.is_admin {
             return Ok(());
         }
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let rules = rules_of(&info.room_version)?;
-        let state = state_subset(&*self.rooms, room_id, &POWER_KEYS).await?;
+        let state = state_subset(&*self.deps.rooms, room_id, &POWER_KEYS).await?;
         if power_levels(&state, &rules)?.user_can_send_state(&user.user_id, StateEventType::RoomCanonicalAlias) {
             Ok(())
         } else {

@@ -8,6 +8,8 @@
 
 use chancery_proto::limits::{MAX_DIRECTORY_ROOM_TYPES, MAX_DIRECTORY_SEARCH_TERM_BYTES, MAX_PUBLIC_ROOMS_LIMIT};
 use chancery_proto::ruma::RoomId;
+use chancery_proto::ruma::events::room::guest_access::GuestAccess;
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
 use chancery_store::{DirectoryCursor, PublicRoomEntry, PublicRoomsQuery};
 use serde_json::{Map, Value as JsonValue, json};
 
@@ -52,8 +54,10 @@ fn chunk(entry: PublicRoomEntry) -> JsonValue {
     let mut room = Map::new();
     room.insert("room_id".into(), json!(entry.room_id));
     room.insert("num_joined_members".into(), json!(entry.joined_members));
-    room.insert("world_readable".into(), json!(entry.history_visibility.as_deref() == Some("world_readable")));
-    room.insert("guest_can_join".into(), json!(entry.guest_access.as_deref() == Some("can_join")));
+    let history_visibility = entry.history_visibility.as_deref().map(HistoryVisibility::from);
+    room.insert("world_readable".into(), json!(history_visibility == Some(HistoryVisibility::WorldReadable)));
+    let guest_access = entry.guest_access.as_deref().map(GuestAccess::from);
+    room.insert("guest_can_join".into(), json!(guest_access == Some(GuestAccess::CanJoin)));
     for (key, value) in [
         ("name", entry.name),
         ("topic", entry.topic),
@@ -72,22 +76,22 @@ fn chunk(entry: PublicRoomEntry) -> JsonValue {
 impl Directory {
     /// `GET /directory/list/room/{roomId}`: `true` if published.
     pub async fn room_published(&self, room_id: &RoomId) -> Result<bool, Error> {
-        if self.rooms.room(room_id.as_str()).await?.is_none() {
+        if self.deps.rooms.room(room_id.as_str()).await?.is_none() {
             return Err(Error::NotFound("this server does not know that room".into()));
         }
-        Ok(self.store.is_published(room_id.as_str()).await?)
+        Ok(self.deps.store.is_published(room_id.as_str()).await?)
     }
 
     /// `PUT /directory/list/room/{roomId}`: a server admin, or a joined
     /// member with power to send `m.room.canonical_alias` (Synapse's rule).
     pub async fn set_room_published(&self, user: &AuthedUser, room_id: &RoomId, published: bool) -> Result<(), Error> {
         self.ensure_can_edit_addresses(user, room_id).await?;
-        Ok(self.store.set_published(room_id.as_str(), published).await?)
+        Ok(self.deps.store.set_published(room_id.as_str(), published).await?)
     }
 
     /// `GET`/`POST /publicRooms`: a page of this server's directory.
     pub async fn public_rooms(&self, req: PublicRoomsRequest) -> Result<JsonValue, Error> {
-        if let Some(server) = req.server.as_deref().filter(|s| *s != self.server_name.as_str()) {
+        if let Some(server) = req.server.as_deref().filter(|s| *s != self.deps.server_name.as_str()) {
             // As Synapse answers when federation with that server is not
             // allowed.
             return Err(Error::Forbidden(format!(
@@ -118,7 +122,7 @@ impl Directory {
             cursor,
             limit: limit + 1,
         };
-        let mut page = self.store.public_rooms(&query).await?;
+        let mut page = self.deps.store.public_rooms(&query).await?;
         let more = page.rooms.len() > limit;
         if more {
             // The extra room is the one furthest from the cursor.

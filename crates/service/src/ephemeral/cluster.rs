@@ -51,7 +51,7 @@ impl Ephemeral {
             Ok(payload) => payload,
             Err(e) => return tracing::warn!(error = %e, "could not encode an update for other nodes"),
         };
-        let bus = Arc::clone(&self.bus);
+        let bus = Arc::clone(&self.deps.bus);
         tokio::spawn(async move {
             if let Err(e) = bus.publish_ephemeral(&payload).await {
                 tracing::warn!(error = %e, "telling other nodes about typing or presence failed");
@@ -94,17 +94,17 @@ fn apply(ephemeral: &Ephemeral, payload: &str) {
         Update::Typing { room_id, user_id, timeout_ms } => {
             let now = Instant::now();
             let until = timeout_ms.map(|ms| now + Duration::from_millis(ms.min(MAX_TYPING_TIMEOUT_MS)));
-            if ephemeral.typing.set(&room_id, &user_id, until, now, ephemeral.clock.now_ms()) {
-                ephemeral.notifier.room(&room_id);
+            if ephemeral.typing.set(&room_id, &user_id, until, now, ephemeral.deps.clock.now_ms()) {
+                ephemeral.deps.notifier.room(&room_id);
             }
         }
         Update::Presence { user_id, presence, status_msg } => {
             let valid = is_known(&presence) && status_msg.as_ref().is_none_or(|m| m.len() <= MAX_STATUS_MSG_BYTES);
             if ephemeral.presence.enabled
                 && valid
-                && ephemeral.presence.set(&user_id, &presence, status_msg, ephemeral.clock.now_ms()).is_some()
+                && ephemeral.presence.set(&user_id, &presence, status_msg, ephemeral.deps.clock.now_ms()).is_some()
             {
-                ephemeral.notifier.everyone();
+                ephemeral.deps.notifier.everyone();
             }
         }
     }

@@ -28,15 +28,21 @@ use crate::tokens::Entropy;
 use presence::PresenceRuntime;
 use typing::TypingRuntime;
 
+/// What [`Ephemeral`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct EphemeralDeps {
+    pub rooms: Arc<dyn RoomStore>,
+    pub receipts: Arc<dyn ReceiptStore>,
+    /// The fully-read marker is account data.
+    pub account_data: Arc<AccountData>,
+    pub bus: Arc<dyn NodeBus>,
+    pub notifier: Arc<Notifier>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Typing, receipts and presence.
 pub struct Ephemeral {
-    rooms: Arc<dyn RoomStore>,
-    receipts: Arc<dyn ReceiptStore>,
-    /// The fully-read marker is account data.
-    account_data: Arc<AccountData>,
-    bus: Arc<dyn NodeBus>,
-    notifier: Arc<Notifier>,
-    clock: Arc<dyn Clock>,
+    deps: EphemeralDeps,
     typing: TypingRuntime,
     presence: PresenceRuntime,
     /// This process among the nodes sharing the database (random).
@@ -48,29 +54,15 @@ pub struct Ephemeral {
 
 impl Ephemeral {
     /// Starts following what other nodes publish (when the store has
-    /// other nodes), for as long as the component lives.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        rooms: Arc<dyn RoomStore>,
-        receipts: Arc<dyn ReceiptStore>,
-        account_data: Arc<AccountData>,
-        bus: Arc<dyn NodeBus>,
-        notifier: Arc<Notifier>,
-        clock: Arc<dyn Clock>,
-        entropy: &dyn Entropy,
-        presence_enabled: bool,
-    ) -> Arc<Self> {
-        let updates = bus.ephemeral_updates();
+    /// other nodes), for as long as the component lives. The node's id
+    /// among them is drawn from `entropy`.
+    pub fn new(deps: EphemeralDeps, entropy: &dyn Entropy, presence_enabled: bool) -> Arc<Self> {
+        let updates = deps.bus.ephemeral_updates();
         let mut node_id = [0u8; 8];
         entropy.fill(&mut node_id);
-        let now_ms = clock.now_ms();
+        let now_ms = deps.clock.now_ms();
         let ephemeral = Arc::new(Self {
-            rooms,
-            receipts,
-            account_data,
-            bus,
-            notifier,
-            clock,
+            deps,
             typing: TypingRuntime::new(now_ms),
             presence: PresenceRuntime::new(presence_enabled, now_ms),
             node_id: u64::from_le_bytes(node_id),

@@ -122,9 +122,9 @@ impl Ephemeral {
             return Err(Error::InvalidParam(format!("status messages are at most {MAX_STATUS_MSG_BYTES} bytes")));
         }
         if self.presence.enabled
-            && self.presence.set(user.user_id.as_str(), presence, status_msg.clone(), self.clock.now_ms()).is_some()
+            && self.presence.set(user.user_id.as_str(), presence, status_msg.clone(), self.deps.clock.now_ms()).is_some()
         {
-            self.notifier.everyone();
+            self.deps.notifier.everyone();
             self.publish(Update::Presence { user_id: user.user_id.to_string(), presence: presence.clone(), status_msg });
         }
         Ok(())
@@ -138,8 +138,8 @@ impl Ephemeral {
             return;
         }
         let status = self.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
-        if self.presence.set(user.user_id.as_str(), set_presence, status.clone(), self.clock.now_ms()).is_some() {
-            self.notifier.everyone();
+        if self.presence.set(user.user_id.as_str(), set_presence, status.clone(), self.deps.clock.now_ms()).is_some() {
+            self.deps.notifier.everyone();
             self.publish(Update::Presence {
                 user_id: user.user_id.to_string(),
                 presence: set_presence.clone(),
@@ -158,7 +158,7 @@ impl Ephemeral {
             return Ok(json!({ "presence": PresenceState::Offline }));
         }
         Ok(match self.presence.get(target.as_str()) {
-            Some(p) => presence_content(&p, self.clock.now_ms()),
+            Some(p) => presence_content(&p, self.deps.clock.now_ms()),
             None => json!({ "presence": PresenceState::Offline }),
         })
     }
@@ -178,14 +178,14 @@ impl Ephemeral {
         let mut users = BTreeSet::new();
         users.insert(user.user_id.to_string());
         for room in joined_rooms {
-            for m in self.rooms.members_of_room(room).await? {
+            for m in self.deps.rooms.members_of_room(room).await? {
                 if m.membership == MembershipState::Join {
                     users.insert(m.user_id);
                 }
             }
         }
         let users: Vec<String> = users.into_iter().collect();
-        let now = self.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let events = self
             .presence
             .changed_since(since, &users)
@@ -197,6 +197,7 @@ impl Ephemeral {
 
     async fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool, Error> {
         let theirs: HashSet<String> = self
+            .deps
             .rooms
             .memberships_of_user(b.as_str())
             .await?
@@ -205,6 +206,7 @@ impl Ephemeral {
             .map(|m| m.room_id)
             .collect();
         Ok(self
+            .deps
             .rooms
             .memberships_of_user(a.as_str())
             .await?

@@ -48,7 +48,7 @@ impl Ephemeral {
         if receipt_type == FULLY_READ && thread != ReceiptThread::Unthreaded {
             return Err(Error::InvalidParam("m.fully_read takes no thread_id".into()));
         }
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
         let thread_id = match thread {
             ReceiptThread::Unthreaded => None,
@@ -64,7 +64,7 @@ impl Ephemeral {
             }
         };
         if receipt_type == FULLY_READ {
-            return self.account_data.set_fully_read(user, room_id, event_id).await;
+            return self.deps.account_data.set_fully_read(user, room_id, event_id).await;
         }
         self.put_receipt(user, room_id, receipt_type, event_id, thread_id).await
     }
@@ -79,12 +79,12 @@ impl Ephemeral {
         read: Option<&EventId>,
         read_private: Option<&EventId>,
     ) -> Result<(), Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         for event_id in [fully_read, read, read_private].into_iter().flatten() {
             self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
         }
         if let Some(event_id) = fully_read {
-            self.account_data.set_fully_read(user, room_id, event_id).await?;
+            self.deps.account_data.set_fully_read(user, room_id, event_id).await?;
         }
         if let Some(event_id) = read {
             self.put_receipt(user, room_id, READ, event_id, None).await?;
@@ -96,7 +96,7 @@ impl Ephemeral {
     }
 
     async fn is_event_in_room(&self, room_id: &RoomId, event_id: &str) -> Result<bool, Error> {
-        Ok(event_of_room(&*self.rooms, room_id, event_id).await?.is_some())
+        Ok(event_of_room(&*self.deps.rooms, room_id, event_id).await?.is_some())
     }
 
     async fn ensure_event_in_room(&self, room_id: &RoomId, event_id: &str, missing: &str) -> Result<(), Error> {
@@ -117,10 +117,10 @@ impl Ephemeral {
             receipt_type: receipt_type.to_owned(),
             thread_id,
             event_id: event_id.to_string(),
-            ts: self.clock.now_ms(),
+            ts: self.deps.clock.now_ms(),
         };
-        self.receipts.set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await?;
-        self.notifier.room(room_id.as_str());
+        self.deps.receipts.set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await?;
+        self.deps.notifier.room(room_id.as_str());
         Ok(())
     }
 
@@ -136,7 +136,7 @@ impl Ephemeral {
         if after >= up_to {
             return Ok(Vec::new());
         }
-        let receipts = self.receipts.room_receipts(room_id, after, up_to).await?;
+        let receipts = self.deps.receipts.room_receipts(room_id, after, up_to).await?;
         Ok(receipt_events(&receipts, viewer))
     }
 }

@@ -193,12 +193,12 @@ impl Ephemeral {
         if user.user_id != target {
             return Err(Error::Forbidden("you can only set your own typing state".into()));
         }
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let now = Instant::now();
         let until = timeout_ms.map(|ms| now + Duration::from_millis(ms.min(MAX_TYPING_TIMEOUT_MS)));
-        let changed = self.typing.set(room_id.as_str(), user.user_id.as_str(), until, now, self.clock.now_ms());
+        let changed = self.typing.set(room_id.as_str(), user.user_id.as_str(), until, now, self.deps.clock.now_ms());
         if changed {
-            self.notifier.room(room_id.as_str());
+            self.deps.notifier.room(room_id.as_str());
             self.publish(Update::Typing {
                 room_id: room_id.to_string(),
                 user_id: user.user_id.to_string(),
@@ -210,10 +210,10 @@ impl Ephemeral {
 
     /// The typing state of the given rooms, for a sync.
     pub(crate) fn typing_snapshot<'a>(&self, room_ids: impl IntoIterator<Item = &'a str>) -> TypingSnapshot {
-        let (snapshot, expired) = self.typing.lock().snapshot(room_ids, Instant::now(), self.clock.now_ms());
+        let (snapshot, expired) = self.typing.lock().snapshot(room_ids, Instant::now(), self.deps.clock.now_ms());
         if expired {
             // Rare (a timeout ran out unnoticed): not worth tracking rooms.
-            self.notifier.everyone();
+            self.deps.notifier.everyone();
         }
         snapshot
     }

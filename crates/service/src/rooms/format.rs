@@ -91,22 +91,23 @@ fn attach(events: &[StoredEvent], formatted: &mut [JsonValue], bundles: &Bundles
     }
 }
 
+/// What [`EventFormatter`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct EventFormatterDeps {
+    pub rooms: Arc<dyn RoomStore>,
+    pub relations: Arc<dyn RelationStore>,
+    pub visibility: Arc<Visibility>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Formats events for clients.
 pub struct EventFormatter {
-    rooms: Arc<dyn RoomStore>,
-    relations: Arc<dyn RelationStore>,
-    visibility: Arc<Visibility>,
-    clock: Arc<dyn Clock>,
+    deps: EventFormatterDeps,
 }
 
 impl EventFormatter {
-    pub fn new(
-        rooms: Arc<dyn RoomStore>,
-        relations: Arc<dyn RelationStore>,
-        visibility: Arc<Visibility>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self { rooms, relations, visibility, clock }
+    pub fn new(deps: EventFormatterDeps) -> Self {
+        Self { deps }
     }
 
     /// Formats events for a viewer, with the bundled aggregations of their
@@ -133,7 +134,7 @@ impl EventFormatter {
     ) -> Result<Vec<JsonValue>, Error> {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
-            let rules = rules.get(&*self.rooms, &event.room_id).await?;
+            let rules = rules.get(&*self.deps.rooms, &event.room_id).await?;
             out.push(self.client_event_with(event, viewer, &rules).await?);
         }
         Ok(out)
@@ -157,7 +158,7 @@ impl EventFormatter {
         if parents.is_empty() {
             return Ok(bundles);
         }
-        let mut found = self.relations.bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
+        let mut found = self.deps.relations.bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
 
         // An edit or a thread's latest reply the viewer may not see (sent
         // after they left, say) would show its content: not bundled.
@@ -223,7 +224,8 @@ impl EventFormatter {
         }
         let mut visible = HashSet::new();
         for (room_id, events) in by_room {
-            visible.extend(self.visibility.visible_events(&user_id, &room_id, events).await?.into_iter().map(|e| e.event_id));
+            visible
+                .extend(self.deps.visibility.visible_events(&user_id, &room_id, events).await?.into_iter().map(|e| e.event_id));
         }
         Ok(visible)
     }
@@ -241,7 +243,7 @@ impl EventFormatter {
         };
         let mut out = base(event, &object);
         let mut unsigned = Map::new();
-        unsigned.insert("age".into(), json!(self.clock.now_ms().saturating_sub(event.origin_server_ts)));
+        unsigned.insert("age".into(), json!(self.deps.clock.now_ms().saturating_sub(event.origin_server_ts)));
         if let Some(txn) = &event.txn
             && txn.user_id == viewer.user_id
             && txn.device_id == viewer.device_id
@@ -250,7 +252,7 @@ impl EventFormatter {
         }
         if let Some(redaction_id) = &event.redacted_by {
             out.insert("content".into(), redacted_content(&object, rules)?);
-            if let Some(redaction) = self.rooms.event(redaction_id).await?
+            if let Some(redaction) = self.deps.rooms.event(redaction_id).await?
                 && let Ok(JsonValue::Object(r)) = serde_json::from_str::<JsonValue>(&redaction.json)
             {
                 unsigned.insert("redacted_because".into(), JsonValue::Object(base(&redaction, &r)));

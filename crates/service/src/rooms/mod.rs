@@ -34,11 +34,11 @@ use chancery_proto::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowe
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::{RoomVersionId, UserId};
 
-pub use actions::{CreateRoom, MembershipAction, Preset, Rooms, RoomsConfig, UpgradeRoom};
-pub use format::{ClientEventOptions, EventFormatter};
-pub use reader::{ContextPage, MessagesPage, RelationsPage, RelationsRequest, RoomReader, ThreadsPage};
+pub use actions::{CreateRoom, MembershipAction, Preset, Rooms, RoomsConfig, RoomsDeps, UpgradeRoom};
+pub use format::{ClientEventOptions, EventFormatter, EventFormatterDeps};
+pub use reader::{ContextPage, MessagesPage, RelationsPage, RelationsRequest, RoomReader, RoomReaderDeps, ThreadsPage};
 pub use visibility::Visibility;
-pub use writer::{RoomWriter, ServerIdentity};
+pub use writer::{RoomWriter, RoomWriterDeps, ServerIdentity};
 
 use crate::Error;
 

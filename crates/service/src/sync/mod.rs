@@ -69,17 +69,23 @@ const MAX_CHANGED_SCAN: u64 = 10_000;
 /// ...and it names at most this many rooms; otherwise every room is looked at.
 const MAX_CHANGED_ROOMS: usize = 1_000;
 
+/// What [`Syncer`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct SyncerDeps {
+    pub streams: Arc<dyn StreamStore>,
+    pub rooms: Arc<dyn RoomStore>,
+    pub forgotten: Arc<dyn ForgottenRoomStore>,
+    pub account_data: Arc<AccountData>,
+    pub push: Arc<Push>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub visibility: Arc<Visibility>,
+    pub formatter: Arc<EventFormatter>,
+    pub notifier: Arc<Notifier>,
+}
+
 /// `/sync`.
 pub struct Syncer {
-    streams: Arc<dyn StreamStore>,
-    rooms: Arc<dyn RoomStore>,
-    forgotten: Arc<dyn ForgottenRoomStore>,
-    account_data: Arc<AccountData>,
-    push: Arc<Push>,
-    ephemeral: Arc<Ephemeral>,
-    visibility: Arc<Visibility>,
-    formatter: Arc<EventFormatter>,
-    notifier: Arc<Notifier>,
+    deps: SyncerDeps,
     /// Member events each device was sent by lazy-loading syncs.
     lazy_members: LazyMembersCache,
 }
@@ -145,30 +151,8 @@ fn joined_rooms(memberships: &[Membership]) -> BTreeSet<String> {
 type AccountDataEvents = (Vec<JsonValue>, HashMap<String, Vec<JsonValue>>);
 
 impl Syncer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        streams: Arc<dyn StreamStore>,
-        rooms: Arc<dyn RoomStore>,
-        forgotten: Arc<dyn ForgottenRoomStore>,
-        account_data: Arc<AccountData>,
-        push: Arc<Push>,
-        ephemeral: Arc<Ephemeral>,
-        visibility: Arc<Visibility>,
-        formatter: Arc<EventFormatter>,
-        notifier: Arc<Notifier>,
-    ) -> Self {
-        Self {
-            streams,
-            rooms,
-            forgotten,
-            account_data,
-            push,
-            ephemeral,
-            visibility,
-            formatter,
-            notifier,
-            lazy_members: LazyMembersCache::new(),
-        }
+    pub fn new(deps: SyncerDeps) -> Self {
+        Self { deps, lazy_members: LazyMembersCache::new() }
     }
 
     /// `GET /sync`.
@@ -180,14 +164,14 @@ impl Syncer {
         // Registered before the first cut, so a change committed after it
         // wakes this sync; the rooms follow what each pass finds.
         let mut interest = if may_wait {
-            let rooms = self.rooms.memberships_of_user(user.user_id.as_str()).await?;
-            Some(self.notifier.register(user.user_id.as_str(), joined_rooms(&rooms)))
+            let rooms = self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?;
+            Some(self.deps.notifier.register(user.user_id.as_str(), joined_rooms(&rooms)))
         } else {
             None
         };
         // Other nodes' commits (PostgreSQL LISTEN/NOTIFY); never fires on a
         // single-process backend.
-        let mut remote = self.streams.remote_changes();
+        let mut remote = self.deps.streams.remote_changes();
         let mut ignored = IgnoredCache::default();
         // A new sync sequence: the client may have lost what it was sent.
         if since.is_none() || req.full_state {
@@ -197,7 +181,7 @@ impl Syncer {
             if let Some(remote) = remote.as_mut() {
                 remote.mark_unchanged();
             }
-            let positions = self.streams.stream_positions().await?;
+            let positions = self.deps.streams.stream_positions().await?;
             let cut = StreamToken {
                 events: positions.events,
                 account_data: positions.account_data,
@@ -242,7 +226,7 @@ impl Syncer {
         // Independent reads, side by side (on PostgreSQL, each its own
         // round trip at the same time).
         let (memberships, (mut global_account_data, mut room_account_data), rooms_with_news) = tokio::try_join!(
-            async { Ok::<_, Error>(self.rooms.memberships_of_user(user.user_id.as_str()).await?) },
+            async { Ok::<_, Error>(self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?) },
             self.account_data_since(user, req, since, cut),
             self.rooms_with_news(req, since, cut),
         )?;
@@ -252,16 +236,17 @@ impl Syncer {
         if since.is_none() && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
             // Clients read their push rules from the initial sync; users who
             // never changed them have the server defaults.
-            let ruleset = self.push.push_ruleset(&user.user_id).await?;
+            let ruleset = self.deps.push.push_ruleset(&user.user_id).await?;
             global_account_data.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
         }
-        self.ephemeral.touch_presence(user, &req.set_presence);
+        self.deps.ephemeral.touch_presence(user, &req.set_presence);
         let joined: Vec<&str> =
             memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.as_str()).collect();
-        let (presence, presence_serial) = self.ephemeral.presence_events(user, &joined, since.map_or(0, |s| s.presence)).await?;
+        let (presence, presence_serial) =
+            self.deps.ephemeral.presence_events(user, &joined, since.map_or(0, |s| s.presence)).await?;
         cut.presence = presence_serial;
-        let ignored = ignored.get(&self.account_data, user, cut.account_data).await?;
-        let typing = self.ephemeral.typing_snapshot(joined.iter().copied());
+        let ignored = ignored.get(&self.deps.account_data, user, cut.account_data).await?;
+        let typing = self.deps.ephemeral.typing_snapshot(joined.iter().copied());
         // Never behind the client's token: tokens of another node (or an
         // earlier run) may carry a higher serial, and going back would
         // deliver the changes in between again and again.
@@ -272,7 +257,7 @@ impl Syncer {
         let pass = Pass { user, req, since, cut, limit, viewer: ClientEventOptions::from(user), ignored, typing, lazy };
         let forgotten: BTreeSet<String> =
             if memberships.iter().any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban)) {
-                self.forgotten.forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
+                self.deps.forgotten.forgotten_rooms(user.user_id.as_str()).await?.into_iter().collect()
             } else {
                 BTreeSet::new()
             };
@@ -337,7 +322,8 @@ impl Syncer {
         if events + receipts > MAX_CHANGED_SCAN {
             return Ok(None);
         }
-        let changed = self.streams.rooms_changed((s.events, cut.events), (s.receipts, cut.receipts), MAX_CHANGED_ROOMS).await?;
+        let changed =
+            self.deps.streams.rooms_changed((s.events, cut.events), (s.receipts, cut.receipts), MAX_CHANGED_ROOMS).await?;
         Ok(changed.map(|rooms| rooms.into_iter().collect()))
     }
 
@@ -351,7 +337,7 @@ impl Syncer {
         cut: StreamToken,
     ) -> Result<AccountDataEvents, Error> {
         let after = since.map_or(0, |s| s.account_data);
-        let changes = self.account_data.changes(user.user_id.as_str(), after, cut.account_data).await?;
+        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data).await?;
         let mut global = Vec::new();
         let mut per_room: HashMap<String, Vec<JsonValue>> = HashMap::new();
         for entry in changes {

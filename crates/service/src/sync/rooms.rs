@@ -85,19 +85,19 @@ impl Syncer {
             };
         let unread = async {
             if req.filter.room.timeline.unread_thread_notifications {
-                let (main, threads) = self.push.unread_counts_by_thread(&p.user.user_id, room_id).await?;
+                let (main, threads) = self.deps.push.unread_counts_by_thread(&p.user.user_id, room_id).await?;
                 Ok::<_, Error>((main, Some(threads)))
             } else {
-                Ok((self.push.unread_counts(&p.user.user_id, room_id).await?, None))
+                Ok((self.deps.push.unread_counts(&p.user.user_id, room_id).await?, None))
             }
         };
         let state = async {
             let state =
                 self.state_section(p, room_id, window_since, req.full_state, req.use_state_after, &w, now, &heroes).await?;
-            self.formatter.client_events(&state, &p.viewer).await
+            self.deps.formatter.client_events(&state, &p.viewer).await
         };
         let (state, timeline, (unread, unread_threads)) =
-            tokio::try_join!(state, self.formatter.client_events(&w.timeline, &p.viewer), unread)?;
+            tokio::try_join!(state, self.deps.formatter.client_events(&w.timeline, &p.viewer), unread)?;
         let state_key = if req.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
             "timeline": {
@@ -129,11 +129,11 @@ impl Syncer {
         let state = self.state_section(p, &m.room_id, since, false, false, &w, m.stream_pos, &[]).await?;
         Ok(json!({
             "timeline": {
-                "events": without_room_ids(self.formatter.client_events(&w.timeline, &p.viewer).await?),
+                "events": without_room_ids(self.deps.formatter.client_events(&w.timeline, &p.viewer).await?),
                 "limited": w.limited,
                 "prev_batch": format_token(w.before_timeline),
             },
-            "state": { "events": without_room_ids(self.formatter.client_events(&state, &p.viewer).await?) },
+            "state": { "events": without_room_ids(self.deps.formatter.client_events(&state, &p.viewer).await?) },
             "account_data": { "events": account_data },
         }))
     }
@@ -144,13 +144,13 @@ impl Syncer {
     /// user (spec "Ignoring Users": "Servers must not send room invites
     /// from ignored users to clients").
     pub(super) async fn stripped_state(&self, p: &Pass<'_>, m: &Membership) -> Result<Option<Vec<JsonValue>>, Error> {
-        let state = self.rooms.state_at(&m.room_id, Some(m.stream_pos)).await?;
+        let state = self.deps.rooms.state_at(&m.room_id, Some(m.stream_pos)).await?;
         if state.iter().any(|e| e.event_id == m.event_id && p.ignored.contains(&e.sender)) {
             return Ok(None);
         }
         let mut stripped = Vec::new();
         for e in state.iter().filter(|e| INVITE_STATE_TYPES.contains(&e.event_type.as_str()) || e.event_id == m.event_id) {
-            let formatted = self.formatter.client_events(std::slice::from_ref(e), &p.viewer).await?.remove(0);
+            let formatted = self.deps.formatter.client_events(std::slice::from_ref(e), &p.viewer).await?.remove(0);
             stripped.push(json!({
                 "type": formatted["type"],
                 "state_key": formatted["state_key"],
@@ -172,7 +172,7 @@ impl Syncer {
                 Some(s) if !whole_room => s.receipts,
                 _ => 0,
             };
-            events.extend(self.ephemeral.receipt_events(room_id, after, p.cut.receipts, p.user.user_id.as_str()).await?);
+            events.extend(self.deps.ephemeral.receipt_events(room_id, after, p.cut.receipts, p.user.user_id.as_str()).await?);
         }
         if type_allowed(filter, "m.typing") && decide::send_typing(p.typing_facts(room_id), whole_room) {
             let typers = p.typing.rooms.get(room_id).map(|(_, typers)| typers.clone()).unwrap_or_default();
@@ -194,7 +194,7 @@ impl Syncer {
         ignored: &BTreeSet<String>,
     ) -> Result<RoomWindow, Error> {
         let after = since.unwrap_or(0);
-        let mut events = self.rooms.room_events(room_id, after, up_to, limit + 1, true).await?;
+        let mut events = self.deps.rooms.room_events(room_id, after, up_to, limit + 1, true).await?;
         let limited = events.len() > limit;
         events.truncate(limit);
         events.reverse();
@@ -203,7 +203,7 @@ impl Syncer {
             events.into_iter().filter(|e| type_allowed(filter, &e.event_type) && decide::visible(e, ignored)).collect();
         // History visibility: a member who joined a `joined`-visibility room
         // does not see what was said before.
-        let timeline = self.visibility.visible_events(user_id, room_id, timeline).await?;
+        let timeline = self.deps.visibility.visible_events(user_id, room_id, timeline).await?;
         Ok(RoomWindow { timeline, limited, before_timeline })
     }
 
@@ -237,9 +237,9 @@ impl Syncer {
         let state = match decide::state_read(window_since, full_state, state_after, lazy_whole, w.limited, w.before_timeline, end)
         {
             StateRead::Nothing => Vec::new(),
-            StateRead::Changes { after, up_to } => self.rooms.state_changes(room_id, after, up_to).await?,
-            StateRead::At(at) => self.rooms.state_at(room_id, Some(at)).await?,
-            StateRead::AtWithMembers(at, members) => self.rooms.state_at_with_members(room_id, Some(at), &members).await?,
+            StateRead::Changes { after, up_to } => self.deps.rooms.state_changes(room_id, after, up_to).await?,
+            StateRead::At(at) => self.deps.rooms.state_at(room_id, Some(at)).await?,
+            StateRead::AtWithMembers(at, members) => self.deps.rooms.state_at_with_members(room_id, Some(at), &members).await?,
         };
         let mut state: Vec<StoredEvent> = state.into_iter().filter(|e| type_allowed(filter, &e.event_type)).collect();
         if p.lazy == LazyMembers::Off || !type_allowed(filter, "m.room.member") {
@@ -257,7 +257,7 @@ impl Syncer {
             let at = if state_after { end } else { w.before_timeline };
             let present: BTreeSet<String> = state.iter().filter(|e| is_member(e)).filter_map(|e| e.state_key.clone()).collect();
             for member in wanted.iter().filter(|m| !present.contains(**m)) {
-                if let Some(event) = self.rooms.state_event(room_id, "m.room.member", member, Some(at)).await? {
+                if let Some(event) = self.deps.rooms.state_event(room_id, "m.room.member", member, Some(at)).await? {
                     state.push(event);
                 }
             }
@@ -289,7 +289,7 @@ impl Syncer {
     /// the display name for a room"), and the heroes, whose member events
     /// lazy-loading clients need to name the room.
     async fn room_summary(&self, room_id: &str, user_id: &UserId) -> Result<(JsonValue, Vec<String>), Error> {
-        let s = self.rooms.member_summary(room_id, user_id.as_str(), SUMMARY_HEROES).await?;
+        let s = self.deps.rooms.member_summary(room_id, user_id.as_str(), SUMMARY_HEROES).await?;
         let summary = json!({ "m.heroes": s.heroes, "m.joined_member_count": s.joined, "m.invited_member_count": s.invited });
         Ok((summary, s.heroes))
     }

@@ -4,7 +4,10 @@
 //! transaction together with the room's alias and directory listing.
 
 use chancery_proto::limits::{MAX_CREATE_ROOM_INITIAL_STATE, MAX_CREATE_ROOM_INVITES};
+use chancery_proto::ruma::events::room::guest_access::GuestAccess;
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
 use chancery_proto::ruma::events::room::member::MembershipState;
+use chancery_proto::ruma::room::JoinRuleKind;
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId};
 use chancery_store::{NewRoom, RoomAddresses, RoomAlias, StoreError};
@@ -98,12 +101,12 @@ fn preset_state(
     alias: Option<&RoomAliasId>,
 ) -> Result<Vec<(String, String, JsonValue)>, Error> {
     let (join_rule, guest_access) = match preset {
-        Preset::PublicChat => ("public", "forbidden"),
-        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+        Preset::PublicChat => (JoinRuleKind::Public, GuestAccess::Forbidden),
+        Preset::PrivateChat | Preset::TrustedPrivateChat => (JoinRuleKind::Invite, GuestAccess::CanJoin),
     };
     let mut state = vec![
         ("m.room.join_rules".to_owned(), String::new(), json!({"join_rule": join_rule})),
-        ("m.room.history_visibility".to_owned(), String::new(), json!({"history_visibility": "shared"})),
+        ("m.room.history_visibility".to_owned(), String::new(), json!({"history_visibility": HistoryVisibility::Shared})),
         ("m.room.guest_access".to_owned(), String::new(), json!({"guest_access": guest_access})),
     ];
     for (event_type, key, content) in initial_state {
@@ -213,14 +216,14 @@ impl Rooms {
             Some(requested) => {
                 supported_room_version(requested).ok_or_else(|| Error::UnsupportedRoomVersion(requested.clone()))?
             }
-            None => self.config.default_room_version.clone(),
+            None => self.deps.config.default_room_version.clone(),
         };
         for invitee in &req.invite {
             self.ensure_local_user(invitee).await?;
         }
-        let alias = req.room_alias_name.as_deref().map(|name| self.directory.new_local_alias(name)).transpose()?;
+        let alias = req.room_alias_name.as_deref().map(|name| self.deps.directory.new_local_alias(name)).transpose()?;
         if let Some(alias) = &alias
-            && self.addresses.alias(alias.as_str()).await?.is_some()
+            && self.deps.addresses.alias(alias.as_str()).await?.is_some()
         {
             return Err(Error::RoomInUse(format!("room alias {alias} already exists")));
         }
@@ -237,15 +240,15 @@ impl Rooms {
         let rules = rules_of(version)?;
         let creator = user.user_id.clone();
         let room_id = (!rules.authorization.room_create_event_id_as_room_id).then(|| {
-            let id = tokens::random_string(&*self.entropy, tokens::ALNUM, 18);
-            RoomId::parse(format!("!{id}:{}", self.config.server_name)).expect("valid room id")
+            let id = tokens::random_string(&*self.deps.entropy, tokens::ALNUM, 18);
+            RoomId::parse(format!("!{id}:{}", self.deps.config.server_name)).expect("valid room id")
         });
         let creator_join = self.member_content(&creator, MembershipState::Join).await?;
-        let mut b = self.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0);
+        let mut b = self.deps.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0);
         push_initial_events(&mut b, req, version, &creator, creator_join, alias.map(|a| &**a), &rules)?;
 
         let room_id = b.room_id().cloned().expect("the create event sets the room id");
-        let created_ts = self.clock.now_ms();
+        let created_ts = self.deps.clock.now_ms();
         let room =
             NewRoom { room_id: room_id.to_string(), room_version: version.clone(), creator: creator.to_string(), created_ts };
         let aliases = alias
@@ -258,7 +261,7 @@ impl Rooms {
             })
             .collect();
         let addresses = RoomAddresses { aliases, publish: req.public };
-        match self.addresses.create_room_with_addresses(room, b.take_events(), addresses).await {
+        match self.deps.addresses.create_room_with_addresses(room, b.take_events(), addresses).await {
             Ok(_) => {}
             Err(StoreError::RoomIdTaken) => return Ok(Attempt::IdTaken),
             // The spec's answer to a taken alias here (`PUT /directory/room`
@@ -270,9 +273,9 @@ impl Rooms {
             Err(e) => return Err(e.into()),
         };
         // The creator and the invitees: none of them waits on the room yet.
-        self.notifier.user(creator.as_str());
+        self.deps.notifier.user(creator.as_str());
         for invitee in &req.invite {
-            self.notifier.user(invitee.as_str());
+            self.deps.notifier.user(invitee.as_str());
         }
         tracing::info!(room_id = %room_id, "room created");
         Ok(Attempt::Created(room_id))

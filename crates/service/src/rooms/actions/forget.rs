@@ -14,12 +14,12 @@ impl Rooms {
     /// forgotten; forgetting a room one never was in changes nothing, as
     /// in Synapse.
     pub async fn forget_room(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
-        match membership(&*self.rooms, room_id, &user.user_id).await? {
+        match membership(&*self.deps.rooms, room_id, &user.user_id).await? {
             None => Ok(()),
             Some(MembershipState::Leave | MembershipState::Ban) => {
                 // Storing nothing means the membership changed meanwhile;
                 // the room is then not one to forget any more.
-                self.forgotten.forget_room(user.user_id.as_str(), room_id.as_str()).await?;
+                self.deps.forgotten.forget_room(user.user_id.as_str(), room_id.as_str()).await?;
                 Ok(())
             }
             Some(_) => Err(Error::Unknown(format!("{} is in room {room_id}; leave it first", user.user_id))),

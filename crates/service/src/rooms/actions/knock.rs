@@ -24,8 +24,9 @@ impl Rooms {
     /// `POST /knock/{roomIdOrAlias}`. Knocking again while knocking
     /// changes nothing (members are not notified twice).
     pub async fn knock(&self, user: &AuthedUser, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId, Error> {
-        let room_id = self.directory.resolve_room_or_alias(target).await?;
+        let room_id = self.deps.directory.resolve_room_or_alias(target).await?;
         let info = self
+            .deps
             .rooms
             .room(room_id.as_str())
             .await?
@@ -34,7 +35,7 @@ impl Rooms {
         if !rules.authorization.knocking {
             return Err(Error::Forbidden(format!("room version {} does not support knocking", info.room_version)));
         }
-        match membership(&*self.rooms, &room_id, &user.user_id).await? {
+        match membership(&*self.deps.rooms, &room_id, &user.user_id).await? {
             Some(MembershipState::Join) => return Err(Error::Forbidden("you are already in this room".into())),
             Some(MembershipState::Invite) => {
                 return Err(Error::Forbidden("you are already invited to this room; join it".into()));
@@ -43,7 +44,7 @@ impl Rooms {
             Some(MembershipState::Knock) => return Ok(room_id),
             _ => {}
         }
-        let join_rules = self.rooms.state_event(room_id.as_str(), "m.room.join_rules", "", None).await?;
+        let join_rules = self.deps.rooms.state_event(room_id.as_str(), "m.room.join_rules", "", None).await?;
         let content = join_rules.and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok()).map(|mut v| v["content"].take());
         if !accepts_knocks(content.as_ref()) {
             return Err(Error::Forbidden("this room does not accept knocks".into()));
@@ -53,7 +54,7 @@ impl Rooms {
             content["reason"] = json!(reason);
         }
         let draft = draft(&user.user_id, "m.room.member", Some(user.user_id.as_str()), content, None);
-        self.writer.append(&room_id, draft, None).await?;
+        self.deps.writer.append(&room_id, draft, None).await?;
         Ok(room_id)
     }
 }

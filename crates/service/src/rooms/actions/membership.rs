@@ -54,17 +54,17 @@ impl Rooms {
         target: &UserId,
         content: JsonValue,
     ) -> Result<OwnedEventId, Error> {
-        if self.rooms.room(room_id.as_str()).await?.is_none() {
+        if self.deps.rooms.room(room_id.as_str()).await?.is_none() {
             return Err(Error::NotFound("this server does not know that room".into()));
         }
         let draft = draft(sender, "m.room.member", Some(target.as_str()), content, None);
-        Ok(self.writer.append(room_id, draft, None).await?.0)
+        Ok(self.deps.writer.append(room_id, draft, None).await?.0)
     }
 
     /// `POST /rooms/{roomId}/join` and `/join/{roomIdOrAlias}` for a room
     /// on this server. Joining again while joined changes nothing.
     pub async fn join_room(&self, user: &AuthedUser, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
-        if membership(&*self.rooms, room_id, &user.user_id).await? == Some(MembershipState::Join) {
+        if membership(&*self.deps.rooms, room_id, &user.user_id).await? == Some(MembershipState::Join) {
             return Ok(());
         }
         let mut content = self.member_content(&user.user_id, MembershipState::Join).await?;
@@ -77,7 +77,7 @@ impl Rooms {
 
     /// `POST /rooms/{roomId}/leave` (also rejects an invite).
     pub async fn leave_room(&self, user: &AuthedUser, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
-        match membership(&*self.rooms, room_id, &user.user_id).await? {
+        match membership(&*self.deps.rooms, room_id, &user.user_id).await? {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
             Some(MembershipState::Leave) => return Ok(()),
             _ => return Err(Error::Forbidden("you are not in this room".into())),
@@ -101,8 +101,8 @@ impl Rooms {
     ) -> Result<(), Error> {
         // Only members act on others: answering from the target's
         // membership first would let outsiders probe who is in a room.
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let current = membership(&*self.rooms, room_id, target).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let current = membership(&*self.deps.rooms, room_id, target).await?;
         if action == MembershipAction::Invite {
             self.ensure_local_user(target).await?;
         }

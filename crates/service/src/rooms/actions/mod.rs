@@ -40,41 +40,35 @@ pub struct RoomsConfig {
     pub default_room_version: RoomVersionId,
 }
 
+/// What [`Rooms`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct RoomsDeps {
+    pub config: RoomsConfig,
+    pub writer: Arc<RoomWriter>,
+    pub rooms: Arc<dyn RoomStore>,
+    /// Rooms created or upgraded together with their aliases and listing.
+    pub addresses: Arc<dyn DirectoryStore>,
+    pub forgotten: Arc<dyn ForgottenRoomStore>,
+    /// Invitees must exist; joins copy the joiner's profile.
+    pub accounts: Arc<dyn AccountStore>,
+    pub directory: Arc<Directory>,
+    pub notifier: Arc<Notifier>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+}
+
 /// Room actions of clients.
 pub struct Rooms {
-    config: RoomsConfig,
-    writer: Arc<RoomWriter>,
-    rooms: Arc<dyn RoomStore>,
-    /// Rooms created or upgraded together with their aliases and listing.
-    addresses: Arc<dyn DirectoryStore>,
-    forgotten: Arc<dyn ForgottenRoomStore>,
-    /// Invitees must exist; joins copy the joiner's profile.
-    accounts: Arc<dyn AccountStore>,
-    directory: Arc<Directory>,
-    notifier: Arc<Notifier>,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
+    deps: RoomsDeps,
 }
 
 impl Rooms {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: RoomsConfig,
-        writer: Arc<RoomWriter>,
-        rooms: Arc<dyn RoomStore>,
-        addresses: Arc<dyn DirectoryStore>,
-        forgotten: Arc<dyn ForgottenRoomStore>,
-        accounts: Arc<dyn AccountStore>,
-        directory: Arc<Directory>,
-        notifier: Arc<Notifier>,
-        clock: Arc<dyn Clock>,
-        entropy: Arc<dyn Entropy>,
-    ) -> Self {
-        Self { config, writer, rooms, addresses, forgotten, accounts, directory, notifier, clock, entropy }
+    pub fn new(deps: RoomsDeps) -> Self {
+        Self { deps }
     }
 
     pub fn default_room_version(&self) -> &RoomVersionId {
-        &self.config.default_room_version
+        &self.deps.config.default_room_version
     }
 
     /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
@@ -96,7 +90,7 @@ impl Rooms {
         }
         let draft = draft(&user.user_id, event_type, None, content, None);
         let txn = TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: txn_id.to_owned() };
-        Ok(self.writer.append_as_member(room_id, draft, Some(txn)).await?.0)
+        Ok(self.deps.writer.append_as_member(room_id, draft, Some(txn)).await?.0)
     }
 
     /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -120,12 +114,12 @@ impl Rooms {
         if event_type == "m.room.create" {
             return Err(Error::Forbidden("a room has exactly one create event".into()));
         }
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         if event_type == "m.room.canonical_alias" && state_key.is_empty() {
-            self.directory.check_canonical_alias(room_id, &content).await?;
+            self.deps.directory.check_canonical_alias(room_id, &content).await?;
         }
         let draft = draft(&user.user_id, event_type, Some(state_key), content, None);
-        Ok(self.writer.append(room_id, draft, None).await?.0)
+        Ok(self.deps.writer.append(room_id, draft, None).await?.0)
     }
 
     /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
@@ -138,17 +132,17 @@ impl Rooms {
         reason: Option<String>,
     ) -> Result<OwnedEventId, Error> {
         check_txn_id(txn_id)?;
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let Some(event) = event_of_room(&*self.rooms, room_id, target.as_str()).await? else {
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let Some(event) = event_of_room(&*self.deps.rooms, room_id, target.as_str()).await? else {
             return Err(Error::NotFound("no such event in this room".into()));
         };
-        let info = self.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
         let rules = rules_of(&info.room_version)?;
         // The auth rules let anyone send a redaction event; whether it takes
         // effect depends on the redact power level, unless the sender
         // redacts their own event (spec "Redactions", client behaviour).
         if event.sender != user.user_id.as_str() {
-            let state = state_subset(&*self.rooms, room_id, &POWER_KEYS).await?;
+            let state = state_subset(&*self.deps.rooms, room_id, &POWER_KEYS).await?;
             if !power_levels(&state, &rules)?.user_can_redact_event_of_other(&user.user_id) {
                 return Err(Error::Forbidden("you may only redact your own events".into()));
             }
@@ -169,18 +163,18 @@ impl Rooms {
             device_id: format!("{}\u{1}redact", user.device_id),
             txn_id: txn_id.to_owned(),
         };
-        Ok(self.writer.append(room_id, draft, Some(txn)).await?.0)
+        Ok(self.deps.writer.append(room_id, draft, Some(txn)).await?.0)
     }
 
     /// Invites and other user-targeted actions only reach local accounts
     /// until federation exists.
     async fn ensure_local_user(&self, user_id: &UserId) -> Result<(), Error> {
-        if user_id.server_name() != self.config.server_name {
+        if user_id.server_name() != self.deps.config.server_name {
             return Err(Error::Forbidden(format!(
                 "{user_id} is on another server; federation is not available on this server yet"
             )));
         }
-        match self.accounts.account(user_id.as_str()).await? {
+        match self.deps.accounts.account(user_id.as_str()).await? {
             Some(a) if !a.deactivated => Ok(()),
             _ => Err(Error::NotFound(format!("{user_id} does not exist"))),
         }
@@ -190,7 +184,7 @@ impl Rooms {
     /// their profile's display name and avatar.
     async fn member_content(&self, user_id: &UserId, membership: MembershipState) -> Result<JsonValue, Error> {
         let mut content = serde_json::json!({ "membership": membership });
-        let profile = self.accounts.profile(user_id.as_str()).await?;
+        let profile = self.deps.accounts.profile(user_id.as_str()).await?;
         for field in ["displayname", "avatar_url"] {
             if let Some(v) = profile.get(field) {
                 content[field] = v.clone();

@@ -181,16 +181,16 @@ impl Rooms {
         }
         // Built under the old room's write lock and checked against its
         // forward extremities like any append.
-        let _exclusive = self.writer.exclusive(room_id).await;
+        let _exclusive = self.deps.writer.exclusive(room_id).await;
         for _ in 0..MAX_APPEND_RETRIES {
             let upgrade = self.plan_upgrade(user, room_id, &new_version, &req).await?;
             let new_room_id = OwnedRoomId::try_from(upgrade.new_room.room_id.as_str())
                 .map_err(|e| Error::Internal(format!("built room id: {e}")))?;
-            match self.addresses.upgrade_room(upgrade).await {
+            match self.deps.addresses.upgrade_room(upgrade).await {
                 Ok(_) => {
                     // The old room's members see the tombstone; the
                     // upgrader joined the new room.
-                    if let Some(after) = self.notifier.event(room_id.as_str(), Some(user.user_id.as_str())) {
+                    if let Some(after) = self.deps.notifier.event(room_id.as_str(), Some(user.user_id.as_str())) {
                         after();
                     }
                     tracing::info!(old_room_id = %room_id, new_room_id = %new_room_id, "room upgraded");
@@ -224,7 +224,7 @@ impl Rooms {
             room_id: new_room_id.to_string(),
             room_version: new_version.clone(),
             creator: user.user_id.to_string(),
-            created_ts: self.clock.now_ms(),
+            created_ts: self.deps.clock.now_ms(),
         };
         let old_extremities = old.info.forward_extremities.clone();
         let old_room_events = self.build_old_room_events(old, &creators.upgrader, &new_room_id, canonical.is_some())?;
@@ -233,10 +233,10 @@ impl Rooms {
 
     /// The old room, if the user may upgrade it and it was not upgraded.
     async fn read_old_room(&self, user: &AuthedUser, room_id: &RoomId) -> Result<OldRoom, Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let info = self.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
         let rules = rules_of(&info.room_version)?;
-        let state = current_state(&*self.rooms, room_id).await?;
+        let state = current_state(&*self.deps.rooms, room_id).await?;
         let levels = power_levels(&state, &rules)?;
         if !levels.user_can_send_state(&user.user_id, StateEventType::RoomTombstone) {
             return Err(Error::Forbidden("you need the power to send m.room.tombstone to upgrade this room".into()));
@@ -244,7 +244,7 @@ impl Rooms {
         if state.contains_key(&(StateEventType::RoomTombstone, String::new())) {
             return Err(Error::Forbidden("this room has already been upgraded".into()));
         }
-        let stored = self.rooms.state_at(room_id.as_str(), None).await?;
+        let stored = self.deps.rooms.state_at(room_id.as_str(), None).await?;
         Ok(OldRoom { room_id: room_id.to_owned(), info, rules, state, levels, stored })
     }
 
@@ -261,10 +261,10 @@ impl Rooms {
     ) -> Result<(OwnedRoomId, Vec<NewEvent>, Option<JsonValue>), Error> {
         let creator = &creators.upgrader;
         let new_room_id = (!new_rules.authorization.room_create_event_id_as_room_id).then(|| {
-            let id = tokens::random_string(&*self.entropy, tokens::ALNUM, 18);
-            RoomId::parse(format!("!{id}:{}", self.config.server_name)).expect("valid room id")
+            let id = tokens::random_string(&*self.deps.entropy, tokens::ALNUM, 18);
+            RoomId::parse(format!("!{id}:{}", self.deps.config.server_name)).expect("valid room id")
         });
-        let mut b = self.writer.builder(new_rules.clone(), new_room_id, StateMap::new(), vec![], 0);
+        let mut b = self.deps.writer.builder(new_rules.clone(), new_room_id, StateMap::new(), vec![], 0);
         b.push(creator, "m.room.create", "", JsonValue::Object(new_create_content(old, new_version, new_rules, creators)?))?;
         let new_room_id = b.room_id().cloned().expect("the create event sets the room id");
         b.push(creator, "m.room.member", creator.as_str(), creator_join)?;
@@ -332,7 +332,7 @@ impl Rooms {
             .map(|e| e.as_str().try_into())
             .collect::<Result<_, _>>()
             .map_err(|e| Error::Internal(format!("stored extremity: {e}")))?;
-        let mut b = self.writer.builder(old.rules, Some(old.room_id), old.state, prev, old.info.max_depth);
+        let mut b = self.deps.writer.builder(old.rules, Some(old.room_id), old.state, prev, old.info.max_depth);
         b.push(
             creator,
             "m.room.tombstone",

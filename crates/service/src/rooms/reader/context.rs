@@ -82,10 +82,11 @@ impl RoomReader {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<ContextPage, Error> {
-        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
-        let event = event_in_room(&*self.rooms, room_id, event_id).await?;
+        self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let event = event_in_room(&*self.deps.rooms, room_id, event_id).await?;
         // An event the user may not see is answered like a missing one.
         let event = self
+            .deps
             .visibility
             .visible_events(&user.user_id, room_id.as_str(), vec![event])
             .await?
@@ -93,15 +94,15 @@ impl RoomReader {
             .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
         let limit = limit.min(MAX_CONTEXT_LIMIT);
         let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
-        let current = self.rooms.current_stream_pos().await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
         let pos = event.stream_pos;
         let before = if before_limit > 0 {
-            self.rooms.room_events(room_id.as_str(), 0, pos - 1, before_limit, true).await?
+            self.deps.rooms.room_events(room_id.as_str(), 0, pos - 1, before_limit, true).await?
         } else {
             Vec::new()
         };
         let after = if after_limit > 0 && pos < current {
-            self.rooms.room_events(room_id.as_str(), pos, current, after_limit, false).await?
+            self.deps.rooms.room_events(room_id.as_str(), pos, current, after_limit, false).await?
         } else {
             Vec::new()
         };
@@ -110,8 +111,8 @@ impl RoomReader {
 
         let before: Vec<StoredEvent> = before.into_iter().filter(|e| event_allowed(filter, e)).collect();
         let after: Vec<StoredEvent> = after.into_iter().filter(|e| event_allowed(filter, e)).collect();
-        let before = self.visibility.visible_events(&user.user_id, room_id.as_str(), before).await?;
-        let after = self.visibility.visible_events(&user.user_id, room_id.as_str(), after).await?;
+        let before = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), before).await?;
+        let after = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), after).await?;
         // With lazy-loaded members, the member events of the senders shown,
         // whatever `include_redundant_members` says: a context answer
         // starts a new timeline in the client (a permalink), which holds
@@ -120,6 +121,7 @@ impl RoomReader {
         let senders: BTreeSet<&str> =
             before.iter().chain(&after).chain(std::iter::once(&event)).map(|e| e.sender.as_str()).collect();
         let state: Vec<StoredEvent> = self
+            .deps
             .rooms
             .state_at(room_id.as_str(), Some(end))
             .await?
@@ -129,14 +131,14 @@ impl RoomReader {
             .collect();
 
         let viewer = ClientEventOptions::from(user);
-        let mut page = self.formatter.client_events(&[event], &viewer).await?;
+        let mut page = self.deps.formatter.client_events(&[event], &viewer).await?;
         Ok(ContextPage {
             start: format_token(start),
             end: format_token(end),
-            events_before: self.formatter.client_events(&before, &viewer).await?,
+            events_before: self.deps.formatter.client_events(&before, &viewer).await?,
             event: page.remove(0),
-            events_after: self.formatter.client_events(&after, &viewer).await?,
-            state: self.formatter.client_events(&state, &viewer).await?,
+            events_after: self.deps.formatter.client_events(&after, &viewer).await?,
+            state: self.deps.formatter.client_events(&state, &viewer).await?,
         })
     }
 
@@ -151,9 +153,9 @@ impl RoomReader {
         ts_ms: u64,
         dir: Direction,
     ) -> Result<(String, u64), Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let forward = dir == Direction::Forward;
-        let found = self.relations.event_near_ts(room_id.as_str(), ts_ms, forward).await?;
+        let found = self.deps.relations.event_near_ts(room_id.as_str(), ts_ms, forward).await?;
         let event = found.ok_or_else(|| {
             let direction = if forward { "forward" } else { "backward" };
             Error::NotFound(format!("no event from {ts_ms} in the {direction} direction"))

@@ -34,53 +34,54 @@ pub struct MessagesPage {
     pub end: Option<String>,
 }
 
+/// What [`RoomReader`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct RoomReaderDeps {
+    pub rooms: Arc<dyn RoomStore>,
+    pub relations: Arc<dyn RelationStore>,
+    pub visibility: Arc<Visibility>,
+    pub formatter: Arc<EventFormatter>,
+    /// For the ignored-user list `/messages` applies.
+    pub account_data: Arc<AccountData>,
+}
+
 /// Reading rooms back.
 pub struct RoomReader {
-    rooms: Arc<dyn RoomStore>,
-    relations: Arc<dyn RelationStore>,
-    visibility: Arc<Visibility>,
-    formatter: Arc<EventFormatter>,
-    /// For the ignored-user list `/messages` applies.
-    account_data: Arc<AccountData>,
+    deps: RoomReaderDeps,
 }
 
 impl RoomReader {
-    pub fn new(
-        rooms: Arc<dyn RoomStore>,
-        relations: Arc<dyn RelationStore>,
-        visibility: Arc<Visibility>,
-        formatter: Arc<EventFormatter>,
-        account_data: Arc<AccountData>,
-    ) -> Self {
-        Self { rooms, relations, visibility, formatter, account_data }
+    pub fn new(deps: RoomReaderDeps) -> Self {
+        Self { deps }
     }
 
     /// `GET /joined_rooms`.
     pub async fn joined_rooms(&self, user: &AuthedUser) -> Result<Vec<String>, Error> {
-        let memberships = self.rooms.memberships_of_user(user.user_id.as_str()).await?;
+        let memberships = self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?;
         Ok(memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect())
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
     pub async fn room_event(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<JsonValue, Error> {
-        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
-        let event = self.rooms.event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
+        self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let event = self.deps.rooms.event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
         let event = event.ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
         // An event the user may not see is answered like a missing one.
         let event = self
+            .deps
             .visibility
             .visible_events(&user.user_id, room_id.as_str(), vec![event])
             .await?
             .pop()
             .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
-        Ok(self.formatter.client_events(&[event], &user.into()).await?.remove(0))
+        Ok(self.deps.formatter.client_events(&[event], &user.into()).await?.remove(0))
     }
 
     /// `GET /rooms/{roomId}/state`.
     pub async fn room_state(&self, user: &AuthedUser, room_id: &RoomId) -> Result<Vec<JsonValue>, Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let state = self.rooms.state_at(room_id.as_str(), None).await?;
-        self.formatter.client_events(&state, &user.into()).await
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), None).await?;
+        self.deps.formatter.client_events(&state, &user.into()).await
     }
 
     /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the content, or
@@ -93,10 +94,10 @@ impl RoomReader {
         state_key: &str,
         whole_event: bool,
     ) -> Result<JsonValue, Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let event = self.rooms.state_event(room_id.as_str(), event_type, state_key, None).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let event = self.deps.rooms.state_event(room_id.as_str(), event_type, state_key, None).await?;
         let event = event.ok_or_else(|| Error::NotFound("no such state event".into()))?;
-        let mut formatted = self.formatter.client_events(&[event], &user.into()).await?.remove(0);
+        let mut formatted = self.deps.formatter.client_events(&[event], &user.into()).await?.remove(0);
         Ok(if whole_event { formatted } else { formatted["content"].take() })
     }
 
@@ -109,22 +110,22 @@ impl RoomReader {
         membership: Option<&MembershipState>,
         not_membership: Option<&MembershipState>,
     ) -> Result<Vec<JsonValue>, Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let at = at.map(parse_token).transpose()?;
-        let state = self.rooms.state_at(room_id.as_str(), at).await?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), at).await?;
         let members: Vec<_> = state
             .into_iter()
             .filter(|e| e.event_type == "m.room.member")
             .filter(|e| membership.is_none_or(|m| e.membership.as_ref() == Some(m)))
             .filter(|e| not_membership.is_none_or(|m| e.membership.as_ref() != Some(m)))
             .collect();
-        self.formatter.client_events(&members, &user.into()).await
+        self.deps.formatter.client_events(&members, &user.into()).await
     }
 
     /// `GET /rooms/{roomId}/joined_members`.
     pub async fn joined_members(&self, user: &AuthedUser, room_id: &RoomId) -> Result<JsonValue, Error> {
-        ensure_joined(&*self.rooms, room_id, &user.user_id).await?;
-        let state = self.rooms.state_at(room_id.as_str(), None).await?;
+        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), None).await?;
         let mut joined = Map::new();
         for e in state.iter().filter(|e| e.event_type == "m.room.member" && e.membership == Some(MembershipState::Join)) {
             let content: JsonValue =
@@ -151,20 +152,20 @@ impl RoomReader {
         filter: &RoomEventFilter,
     ) -> Result<MessagesPage, Error> {
         // Former members page through what history visibility leaves them.
-        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
         let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
-        let current = self.rooms.current_stream_pos().await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
         let viewer = ClientEventOptions::from(user);
         let (events, start, end) = match dir {
             Direction::Backward => {
                 let up_to = from.map(parse_token).transpose()?.unwrap_or(current).min(current);
-                let events = self.rooms.room_events(room_id.as_str(), 0, up_to, limit, true).await?;
+                let events = self.deps.rooms.room_events(room_id.as_str(), 0, up_to, limit, true).await?;
                 let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos - 1)).flatten();
                 (events, up_to, end)
             }
             Direction::Forward => {
                 let after = from.map(parse_token).transpose()?.unwrap_or(0);
-                let events = self.rooms.room_events(room_id.as_str(), after, current, limit, false).await?;
+                let events = self.deps.rooms.room_events(room_id.as_str(), after, current, limit, false).await?;
                 let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos)).flatten();
                 (events, after, end)
             }
@@ -172,10 +173,10 @@ impl RoomReader {
         // Filtering after the page is cut keeps tokens exact; a page may hold
         // fewer events than `limit`, which the spec allows.
         let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
-        let events = self.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
+        let events = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
         // Spec "Ignoring Users": no timeline events of ignored users, here
         // as in /sync; their state events stay.
-        let ignored = self.account_data.ignored_users(user.user_id.as_str()).await?;
+        let ignored = self.deps.account_data.ignored_users(user.user_id.as_str()).await?;
         let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
         let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
             // The member events of the page's senders, so the client can
@@ -195,16 +196,16 @@ impl RoomReader {
             senders.dedup();
             let mut members = Vec::with_capacity(senders.len());
             for sender in senders {
-                if let Some(m) = self.rooms.state_event(room_id.as_str(), "m.room.member", sender, None).await? {
+                if let Some(m) = self.deps.rooms.state_event(room_id.as_str(), "m.room.member", sender, None).await? {
                     members.push(m);
                 }
             }
-            self.formatter.client_events(&members, &viewer).await?
+            self.deps.formatter.client_events(&members, &viewer).await?
         } else {
             Vec::new()
         };
         Ok(MessagesPage {
-            chunk: self.formatter.client_events(&events, &viewer).await?,
+            chunk: self.deps.formatter.client_events(&events, &viewer).await?,
             start: format_token(start),
             end: end.map(format_token),
             state,

@@ -57,10 +57,11 @@ impl RoomReader {
     ) -> Result<RelationsPage, Error> {
         // Former members and readers of world-readable rooms too, each
         // seeing what history visibility leaves them (as with /messages).
-        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
-        let parent = event_in_room(&*self.rooms, room_id, event_id).await?;
+        self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        let parent = event_in_room(&*self.deps.rooms, room_id, event_id).await?;
         // A parent the user may not see is answered like a missing one.
         let parent = self
+            .deps
             .visibility
             .visible_events(&user.user_id, room_id.as_str(), vec![parent])
             .await?
@@ -69,7 +70,7 @@ impl RoomReader {
         let limit = req.limit.unwrap_or(DEFAULT_RELATIONS_LIMIT).clamp(1, MAX_RELATIONS_LIMIT);
         let from = req.from.as_deref().map(parse_token).transpose()?;
         let to = req.to.as_deref().map(parse_token).transpose()?;
-        let current = self.rooms.current_stream_pos().await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
         let (after, up_to, newest_first) = match req.dir {
             Direction::Backward => (to.unwrap_or(0), from.unwrap_or(current).min(current), true),
             Direction::Forward => (from.unwrap_or(0), to.unwrap_or(current).min(current), false),
@@ -86,7 +87,7 @@ impl RoomReader {
             newest_first,
             max_depth,
         };
-        let events = if after < up_to { self.relations.relations(&query).await? } else { Vec::new() };
+        let events = if after < up_to { self.deps.relations.relations(&query).await? } else { Vec::new() };
         let next_batch = match events.last() {
             Some(last) if events.len() == limit => {
                 Some(format_token(if newest_first { last.stream_pos - 1 } else { last.stream_pos }))
@@ -96,9 +97,9 @@ impl RoomReader {
         // Filtering after the page is cut keeps the token exact (it moves
         // past what was read, seen or not); a page may then hold fewer
         // children than `limit`, which the spec allows.
-        let events = self.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
+        let events = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
         Ok(RelationsPage {
-            chunk: self.formatter.client_events(&events, &ClientEventOptions::from(user)).await?,
+            chunk: self.deps.formatter.client_events(&events, &ClientEventOptions::from(user)).await?,
             next_batch,
             prev_batch: req.from,
             recursion_depth: req.recurse.then_some(max_depth),
@@ -117,11 +118,11 @@ impl RoomReader {
         from: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ThreadsPage, Error> {
-        self.visibility.ensure_can_read(room_id, &user.user_id).await?;
+        self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
         let limit = limit.unwrap_or(DEFAULT_THREADS_LIMIT).clamp(1, MAX_THREADS_LIMIT);
         let before = from.map(parse_token).transpose()?;
         let participant = participated_only.then_some(user.user_id.as_str());
-        let roots = self.relations.thread_roots(room_id.as_str(), participant, before, limit).await?;
+        let roots = self.deps.relations.thread_roots(room_id.as_str(), participant, before, limit).await?;
         let next_batch = match roots.last() {
             Some(last) if roots.len() == limit => Some(format_token(last.latest_pos)),
             _ => None,
@@ -129,7 +130,7 @@ impl RoomReader {
         // Roots the user may not see are dropped after the page is cut, so
         // the token still moves past them.
         let roots: Vec<StoredEvent> = roots.into_iter().map(|t| t.root).collect();
-        let roots = self.visibility.visible_events(&user.user_id, room_id.as_str(), roots).await?;
-        Ok(ThreadsPage { chunk: self.formatter.client_events(&roots, &ClientEventOptions::from(user)).await?, next_batch })
+        let roots = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), roots).await?;
+        Ok(ThreadsPage { chunk: self.deps.formatter.client_events(&roots, &ClientEventOptions::from(user)).await?, next_batch })
     }
 }

@@ -44,13 +44,19 @@ pub struct ServerIdentity {
     pub signing_key: Ed25519KeyPair,
 }
 
+/// What [`RoomWriter`] is built from: the store traits, components, clock
+/// and randomness it uses, named where the server wires it.
+pub struct RoomWriterDeps {
+    pub rooms: Arc<dyn RoomStore>,
+    pub relations: Arc<dyn RelationStore>,
+    pub push: Arc<Push>,
+    pub identity: ServerIdentity,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// The write path of every room.
 pub struct RoomWriter {
-    rooms: Arc<dyn RoomStore>,
-    relations: Arc<dyn RelationStore>,
-    push: Arc<Push>,
-    identity: ServerIdentity,
-    clock: Arc<dyn Clock>,
+    deps: RoomWriterDeps,
     locks: RoomLocks,
 }
 
@@ -71,18 +77,12 @@ struct Built {
 }
 
 impl RoomWriter {
-    pub fn new(
-        rooms: Arc<dyn RoomStore>,
-        relations: Arc<dyn RelationStore>,
-        push: Arc<Push>,
-        identity: ServerIdentity,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self { rooms, relations, push, identity, clock, locks: RoomLocks::default() }
+    pub fn new(deps: RoomWriterDeps) -> Self {
+        Self { deps, locks: RoomLocks::default() }
     }
 
     pub fn server_name(&self) -> &OwnedServerName {
-        &self.identity.server_name
+        &self.deps.identity.server_name
     }
 
     /// Builds `draft` on the room's current extremities and state,
@@ -126,7 +126,7 @@ impl RoomWriter {
         prev: Vec<OwnedEventId>,
         depth: u64,
     ) -> Builder<'_> {
-        Builder::new(&self.identity, &*self.clock, rules, room_id, state, prev, depth)
+        Builder::new(&self.deps.identity, &*self.deps.clock, rules, room_id, state, prev, depth)
     }
 
     async fn append_checked(
@@ -163,7 +163,7 @@ impl RoomWriter {
             let result = if pipelined {
                 self.persist_pipelined(&room, &mut guard, built.event, &base).await
             } else {
-                self.rooms.append_event(built.event, &base.prev).await
+                self.deps.rooms.append_event(built.event, &base.prev).await
             };
             match result {
                 // The store woke the syncs the event concerns at its commit.
@@ -191,9 +191,9 @@ impl RoomWriter {
         must_be_joined: bool,
     ) -> Result<Option<NewRelation>, Error> {
         if must_be_joined && declared_relation(&draft.content).is_some() {
-            ensure_joined(&*self.rooms, room_id, &draft.sender).await?;
+            ensure_joined(&*self.deps.rooms, room_id, &draft.sender).await?;
         }
-        relations::relation_to_record(&*self.rooms, &*self.relations, room_id, draft).await
+        relations::relation_to_record(&*self.deps.rooms, &*self.deps.relations, room_id, draft).await
     }
 
     /// What the event is built on. The pending event first: once it is
@@ -212,6 +212,7 @@ impl RoomWriter {
             return Ok(base);
         }
         let info = self
+            .deps
             .rooms
             .room(room_id.as_str())
             .await?
@@ -239,7 +240,7 @@ impl RoomWriter {
         // auth_events, but the auth rules still read it.
         let mut keys = auth_types.clone();
         keys.push((StateEventType::RoomCreate, String::new()));
-        let state = state_subset(&*self.rooms, room_id, &keys).await?;
+        let state = state_subset(&*self.deps.rooms, room_id, &keys).await?;
         // The sender's membership is among the auth state of every event.
         if must_be_joined && !sender_joined(&state, &draft.sender) {
             return Err(not_joined());
@@ -258,12 +259,12 @@ impl RoomWriter {
             &prev,
             &auth_events,
             base.depth,
-            self.clock.now_ms(),
-            &self.identity.server_name,
-            &self.identity.signing_key,
+            self.deps.clock.now_ms(),
+            &self.deps.identity.server_name,
+            &self.deps.identity.signing_key,
         )?;
         pdu::authorize(&rules, &built, &state)?;
-        let notifications = self.push.evaluate(room_id, &built, &rules, &state).await?;
+        let notifications = self.deps.push.evaluate(room_id, &built, &rules, &state).await?;
         let mut event = new_event(&built, room_id, txn, notifications);
         event.relates_to = relation;
         Ok(Built { event_id: built.event_id, event })
@@ -280,7 +281,7 @@ impl RoomWriter {
         base: &BuildBase,
     ) -> Result<u64, StoreError> {
         let event_id = event.event_id.clone();
-        let mut write = self.rooms.append_event(event, &base.prev);
+        let mut write = self.deps.rooms.append_event(event, &base.prev);
         // The first poll queues the write (`RoomStore::append_event`).
         let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
         let (settled, settled_rx) = tokio::sync::watch::channel(false);
@@ -300,8 +301,8 @@ impl RoomWriter {
     /// (clients make them unique per access token), rather than answered
     /// with that room's event.
     async fn event_of_txn(&self, txn: &TxnKey, room_id: &RoomId) -> Result<Option<OwnedEventId>, Error> {
-        let Some(existing) = self.rooms.event_for_txn(txn).await? else { return Ok(None) };
-        if self.rooms.event(&existing).await?.is_some_and(|e| e.room_id != room_id.as_str()) {
+        let Some(existing) = self.deps.rooms.event_for_txn(txn).await? else { return Ok(None) };
+        if self.deps.rooms.event(&existing).await?.is_some_and(|e| e.room_id != room_id.as_str()) {
             return Err(Error::InvalidParam("this transaction id was already used in another room".into()));
         }
         Ok(Some(EventId::parse(existing).map_err(|e| Error::Internal(e.to_string()))?))
