@@ -12,8 +12,9 @@ use bytes::BytesMut;
 use chancery_proto::ruma::api::error::{DeserializationError, FromHttpRequestError};
 use chancery_proto::ruma::api::{IncomingRequest, OutgoingResponse};
 use chancery_service::AuthedUser;
+use serde_json::Value as JsonValue;
 
-use crate::AppState;
+use crate::{ApiConfig, AppState};
 use crate::error::{ApiError, ApiResult};
 
 /// A decoded ruma request. Bodies over the configured limit are refused
@@ -75,6 +76,13 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResu
             ApiError::bad_json("could not read the request body")
         }
     })
+}
+
+/// A body that must be JSON (`M_NOT_JSON` otherwise), read up to the
+/// configured size; its shape is the caller's to check.
+pub async fn json_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
+    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
+    serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))
 }
 
 /// A ruma response as an HTTP response.

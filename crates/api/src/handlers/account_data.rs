@@ -15,7 +15,7 @@ use chancery_service::AccountData;
 use serde_json::{Value as JsonValue, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, read_body};
+use crate::extract::{Authed, json_body};
 use crate::{ApiConfig, AppState};
 
 /// Routes of this module, under the v3 and r0 prefixes.
@@ -37,13 +37,6 @@ fn parse_user(user_id: &str) -> ApiResult<OwnedUserId> {
 
 fn parse_room(room_id: &str) -> ApiResult<OwnedRoomId> {
     RoomId::parse(room_id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid room id: {e}")))
-}
-
-/// The body as JSON (`M_NOT_JSON` if it is not); its shape is the
-/// service's to check.
-async fn json_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
-    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
-    serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))
 }
 
 pub async fn put_global(

@@ -12,7 +12,7 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, read_body};
+use crate::extract::{Authed, json_body};
 
 fn parse_user(user_id: &str) -> ApiResult<&UserId> {
     <&UserId>::try_from(user_id)
@@ -27,9 +27,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
-    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
-    let filter: JsonValue =
-        serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
+    let filter = json_body(&config, &headers, body).await?;
     let id = account_data.create_filter(&user, parse_user(&user_id)?, filter).await?;
     Ok(Json(json!({ "filter_id": id })))
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value as JsonValue, json};
 
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, read_body};
+use crate::extract::{Authed, json_body};
 
 fn parse_user(user_id: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(user_id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid user id: {e}")))
@@ -43,10 +43,7 @@ pub async fn set_field(
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let target = parse_user(&user_id)?;
-    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
-    let parsed: JsonValue =
-        serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
-    let JsonValue::Object(mut fields) = parsed else {
+    let JsonValue::Object(mut fields) = json_body(&config, &headers, body).await? else {
         return Err(ApiError::bad_json("the request body must be a JSON object"));
     };
     let value = fields

@@ -24,7 +24,7 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, Ruma, RumaResponse, read_body};
+use crate::extract::{Authed, Ruma, RumaResponse, json_body};
 
 fn raw_json<T>(raw: &chancery_proto::ruma::serde::Raw<T>) -> ApiResult<JsonValue> {
     serde_json::from_str(raw.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))
@@ -161,9 +161,7 @@ fn parse_event(event_id: &str) -> ApiResult<chancery_proto::ruma::OwnedEventId> 
 
 /// A JSON object body (event content).
 async fn object_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
-    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
-    let value: JsonValue =
-        serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
+    let value = json_body(config, headers, body).await?;
     if !value.is_object() {
         return Err(ApiError::bad_json("event content must be a JSON object"));
     }

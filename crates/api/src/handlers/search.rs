@@ -13,12 +13,10 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, read_body};
+use crate::extract::{self, Authed};
 
 async fn json_body<T: serde::de::DeserializeOwned>(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<T> {
-    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
-    let value: JsonValue =
-        serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))?;
+    let value = extract::json_body(config, headers, body).await?;
     serde_json::from_value(value).map_err(|e| ApiError::bad_json(format!("malformed request: {e}")))
 }
 

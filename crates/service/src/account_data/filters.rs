@@ -27,17 +27,15 @@ impl AccountData {
         if user.user_id != target {
             return Err(Error::Forbidden("you can only read your own filters".into()));
         }
-        let text = self
-            .deps
-            .filters
-            .filter(user.user_id.as_str(), filter_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("no such filter".into()))?;
-        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored filter: {e}")))
+        self.stored_filter(user, filter_id).await
     }
 
     /// A stored filter of the caller, parsed, for `/sync?filter=<id>`.
     pub async fn filter(&self, user: &AuthedUser, filter_id: &str) -> Result<FilterDefinition, Error> {
+        self.stored_filter(user, filter_id).await
+    }
+
+    async fn stored_filter<T: serde::de::DeserializeOwned>(&self, user: &AuthedUser, filter_id: &str) -> Result<T, Error> {
         let text = self
             .deps
             .filters

@@ -183,6 +183,16 @@ impl Visibility {
         Ok(events.into_iter().filter(|e| access.may_see(user_id.as_str(), e)).collect())
     }
 
+    /// `event` if the user may see it; otherwise it is answered like a
+    /// missing one, so its existence is not revealed.
+    pub(crate) async fn visible_event(&self, user_id: &UserId, event: StoredEvent) -> Result<StoredEvent, Error> {
+        let room_id = event.room_id.clone();
+        self.visible_events(user_id, &room_id, vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound("no such event in this room".into()))
+    }
+
     /// Whether the user may read the room's history at all: members, former
     /// members who have not forgotten the room (up to what visibility
     /// allows), and anyone in a world-readable room. Rooms one never

@@ -84,14 +84,7 @@ impl RoomReader {
     ) -> Result<ContextPage, Error> {
         self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
         let event = event_in_room(&*self.deps.rooms, room_id, event_id).await?;
-        // An event the user may not see is answered like a missing one.
-        let event = self
-            .deps
-            .visibility
-            .visible_events(&user.user_id, room_id.as_str(), vec![event])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        let event = self.deps.visibility.visible_event(&user.user_id, event).await?;
         let limit = limit.min(MAX_CONTEXT_LIMIT);
         let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
         let current = self.deps.rooms.current_stream_pos().await?;

@@ -66,14 +66,7 @@ impl RoomReader {
         self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
         let event = self.deps.rooms.event(event_id.as_str()).await?.filter(|e| e.room_id == room_id.as_str());
         let event = event.ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
-        // An event the user may not see is answered like a missing one.
-        let event = self
-            .deps
-            .visibility
-            .visible_events(&user.user_id, room_id.as_str(), vec![event])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        let event = self.deps.visibility.visible_event(&user.user_id, event).await?;
         Ok(self.deps.formatter.client_events(&[event], &user.into()).await?.remove(0))
     }
 

@@ -59,14 +59,7 @@ impl RoomReader {
         // seeing what history visibility leaves them (as with /messages).
         self.deps.visibility.ensure_can_read(room_id, &user.user_id).await?;
         let parent = event_in_room(&*self.deps.rooms, room_id, event_id).await?;
-        // A parent the user may not see is answered like a missing one.
-        let parent = self
-            .deps
-            .visibility
-            .visible_events(&user.user_id, room_id.as_str(), vec![parent])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NotFound("no such event in this room".into()))?;
+        let parent = self.deps.visibility.visible_event(&user.user_id, parent).await?;
         let limit = req.limit.unwrap_or(DEFAULT_RELATIONS_LIMIT).clamp(1, MAX_RELATIONS_LIMIT);
         let from = req.from.as_deref().map(parse_token).transpose()?;
         let to = req.to.as_deref().map(parse_token).transpose()?;

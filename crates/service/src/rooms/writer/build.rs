@@ -19,29 +19,19 @@ use crate::rooms::StateMap;
 /// be: a new room's first events, or (upgrades) events of an existing room
 /// started from its current state and extremities.
 pub(crate) struct Builder<'a> {
-    identity: &'a ServerIdentity,
-    clock: &'a dyn Clock,
-    rules: RoomVersionRules,
-    room_id: Option<OwnedRoomId>,
-    state: StateMap,
-    prev: Vec<OwnedEventId>,
-    depth: u64,
-    events: Vec<NewEvent>,
+    pub(super) identity: &'a ServerIdentity,
+    pub(super) clock: &'a dyn Clock,
+    pub(super) rules: RoomVersionRules,
+    /// `None` until the create event of a room whose id derives from it.
+    pub(super) room_id: Option<OwnedRoomId>,
+    /// The state the next event is checked against.
+    pub(super) state: StateMap,
+    pub(super) prev: Vec<OwnedEventId>,
+    pub(super) depth: u64,
+    pub(super) events: Vec<NewEvent>,
 }
 
-impl<'a> Builder<'a> {
-    pub(super) fn new(
-        identity: &'a ServerIdentity,
-        clock: &'a dyn Clock,
-        rules: RoomVersionRules,
-        room_id: Option<OwnedRoomId>,
-        state: StateMap,
-        prev: Vec<OwnedEventId>,
-        depth: u64,
-    ) -> Self {
-        Self { identity, clock, rules, room_id, state, prev, depth, events: Vec::new() }
-    }
-
+impl Builder<'_> {
     /// The room's id: given, or (room version 12) derived from its create
     /// event once that is pushed.
     pub(crate) fn room_id(&self) -> Option<&OwnedRoomId> {

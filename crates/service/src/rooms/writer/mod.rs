@@ -126,7 +126,7 @@ impl RoomWriter {
         prev: Vec<OwnedEventId>,
         depth: u64,
     ) -> Builder<'_> {
-        Builder::new(&self.deps.identity, &*self.deps.clock, rules, room_id, state, prev, depth)
+        Builder { identity: &self.deps.identity, clock: &*self.deps.clock, rules, room_id, state, prev, depth, events: Vec::new() }
     }
 
     async fn append_checked(
