@@ -14,8 +14,8 @@ use chancery_proto::ruma::api::{IncomingRequest, OutgoingResponse};
 use chancery_service::AuthedUser;
 use serde_json::Value as JsonValue;
 
-use crate::{ApiConfig, AppState};
 use crate::error::{ApiError, ApiResult};
+use crate::{ApiConfig, AppState};
 
 /// A decoded ruma request. Bodies over the configured limit are refused
 /// with `M_TOO_LARGE` before they are read whole; bodies that are not JSON

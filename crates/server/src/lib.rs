@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 use config::DatabaseUrl;
-pub use wiring::components;
+pub use wiring::{components, components_with};
 
 /// Opens the configured database, applying migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {

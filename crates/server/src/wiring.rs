@@ -22,15 +22,25 @@ use chancery_store::DynStore;
 use crate::Config;
 
 /// Every component of a node over `store`, with the server's signing key
-/// (generated on first use). Registers the store's commit listener, so
-/// call it once per store.
+/// (generated on first use), the system's clock and the operating
+/// system's randomness. Registers the store's commit listener, so call it
+/// once per store.
 pub fn components(config: &Config, store: DynStore) -> anyhow::Result<Components> {
+    components_with(config, store, Arc::new(SystemClock), Arc::new(OsEntropy))
+}
+
+/// [`components`] reading time from `clock` and drawing randomness from
+/// `entropy` (tests set both).
+pub fn components_with(
+    config: &Config,
+    store: DynStore,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+) -> anyhow::Result<Components> {
     let signing_key = chancery_service::signing::load_or_generate(&config.signing_key_path()).map_err(|e| anyhow::anyhow!(e))?;
     let server_name = config.server_name();
     let default_room_version =
         supported_room_version(&config.default_room_version).context("default_room_version is not supported")?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let entropy: Arc<dyn Entropy> = Arc::new(OsEntropy);
 
     // Wake-ups: the store tells the notifier of each commit.
     let notifier = Arc::new(Notifier::default());

@@ -6,6 +6,7 @@ mod admin;
 mod bad_input;
 mod client_flows;
 mod common;
+mod components;
 mod concurrent_sends;
 mod directory;
 mod ephemeral;

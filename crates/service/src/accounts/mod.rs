@@ -152,10 +152,6 @@ impl Accounts {
         Self { deps }
     }
 
-    pub fn registration_mode(&self) -> RegistrationMode {
-        self.deps.config.registration
-    }
-
     fn issue_tokens(&self, with_refresh: bool, now: u64) -> IssuedTokens {
         let access_token = tokens::generate(&*self.deps.entropy, "cha_");
         let refresh_token = with_refresh.then(|| tokens::generate(&*self.deps.entropy, "chr_"));

@@ -2,8 +2,8 @@
 //! time. Every event of the server goes through here (or through a
 //! [`Builder`] for the several events of a room creation or upgrade).
 //!
-//! In memory, per node: a lock per room (idle ones dropped past
-//! [`MAX_IDLE_ROOM_LOCKS`]), the event of each room still being committed,
+//! In memory, per node: a lock per room (idle ones dropped past ten
+//! thousand), the event of each room still being committed,
 //! and each room's version once read. Another node's appends make the
 //! store refuse ours (stale extremities) and the event is rebuilt.
 //!
@@ -81,10 +81,6 @@ impl RoomWriter {
         Self { deps, locks: RoomLocks::default() }
     }
 
-    pub fn server_name(&self) -> &OwnedServerName {
-        &self.deps.identity.server_name
-    }
-
     /// Builds `draft` on the room's current extremities and state,
     /// authorises it and persists it. Returns the event id and position
     /// (0 when a retried transaction id answers with its first event).
@@ -126,7 +122,16 @@ impl RoomWriter {
         prev: Vec<OwnedEventId>,
         depth: u64,
     ) -> Builder<'_> {
-        Builder { identity: &self.deps.identity, clock: &*self.deps.clock, rules, room_id, state, prev, depth, events: Vec::new() }
+        Builder {
+            identity: &self.deps.identity,
+            clock: &*self.deps.clock,
+            rules,
+            room_id,
+            state,
+            prev,
+            depth,
+            events: Vec::new(),
+        }
     }
 
     async fn append_checked(

@@ -1,0 +1,56 @@
+//! Components built with an injected clock and entropy: what depends on
+//! time or chance is decided by them, so it is tested without sleeping.
+
+use std::sync::Arc;
+
+use chancery_service::clock::ManualClock;
+use chancery_service::tokens::Entropy;
+use chancery_service::{Error, LoginRequest, NewRegistrationToken};
+use chancery_testkit::{Backend, test_config};
+
+/// Always the same byte.
+struct Constant(u8);
+
+impl Entropy for Constant {
+    fn fill(&self, bytes: &mut [u8]) {
+        bytes.fill(self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_follow_the_injected_clock_and_entropy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Sqlite, dir.path()).await.unwrap();
+    let store = chancery_server::open_store(&config).await.unwrap();
+    let t0 = 1_800_000_000_000;
+    let clock = Arc::new(ManualClock::new(t0));
+    let components = chancery_server::components_with(&config, store.clone(), clock.clone(), Arc::new(Constant(0))).unwrap();
+    let accounts = &components.accounts;
+
+    accounts.create_user("alice", Some("correct horse battery".into()), false).await.unwrap();
+    let login = LoginRequest {
+        user: "alice".into(),
+        password: "correct horse battery".into(),
+        device_id: None,
+        initial_device_display_name: None,
+        refresh_token: true,
+        client_address: None,
+    };
+    let session = accounts.login(login).await.unwrap();
+    assert_eq!(session.device_id, "AAAAAAAAAA", "the device id is drawn from the injected entropy");
+    let lifetime_ms = session.expires_in_ms.expect("a refreshable token expires");
+    assert_eq!(lifetime_ms, config.access_token_lifetime_ms);
+
+    // Valid until its last millisecond, a soft logout from then on.
+    clock.set(t0 + lifetime_ms - 1);
+    assert_eq!(accounts.authenticate(&session.access_token).await.unwrap().device_id, "AAAAAAAAAA");
+    clock.set(t0 + lifetime_ms);
+    assert!(matches!(accounts.authenticate(&session.access_token).await, Err(Error::UnknownToken { soft_logout: true })));
+
+    // A registration token's expiry is judged by the same clock.
+    let expiring = NewRegistrationToken { token: Some("soon".into()), expiry_ts: Some(t0 + lifetime_ms), ..Default::default() };
+    assert!(matches!(accounts.create_registration_token(expiring).await, Err(Error::InvalidParam(_))), "already past");
+    let later = NewRegistrationToken { token: Some("later".into()), expiry_ts: Some(t0 + lifetime_ms + 1), ..Default::default() };
+    assert_eq!(accounts.create_registration_token(later).await.unwrap().created_ts, t0 + lifetime_ms);
+    store.close().await;
+}
