@@ -1,4 +1,4 @@
-//! The store conformance suite (chancery_store::conformance) against every
+//! The store conformance suite (chancery_store_conformance) against every
 //! backend, each test on a fresh, empty store.
 
 mod sqlite {
@@ -14,7 +14,7 @@ mod sqlite {
         (Arc::new(store), Box::new(dir))
     }
 
-    chancery_store::store_conformance_tests!(factory);
+    chancery_store_conformance::store_conformance_tests!(factory);
 }
 
 mod postgres {
@@ -32,7 +32,7 @@ mod postgres {
         (Arc::new(store), Box::new(()))
     }
 
-    chancery_store::store_conformance_tests!(factory);
+    chancery_store_conformance::store_conformance_tests!(factory);
 }
 
 /// A database written by a newer binary (a higher schema version) is
