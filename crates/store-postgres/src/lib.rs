@@ -13,6 +13,7 @@ mod directory;
 mod forgotten;
 mod notify;
 mod push;
+mod query;
 mod relations;
 mod reports;
 mod rooms;
@@ -27,7 +28,9 @@ use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamP
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::accounts::{get, i, query, u};
+use chancery_store_sql::{i, u};
+
+use crate::query::{get, query};
 
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[

@@ -41,49 +41,23 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, Statement};
 
-use crate::accounts::{get, i, query, query_opt, u};
+use chancery_store_sql::batches::check_room_events;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// Advisory-lock key held from allocating a stream position until commit
 /// ("chanstrm" in ASCII).
 const STREAM_LOCK: i64 = 0x6368_616e_7374_726d;
 
-/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
-/// `r` the LEFT JOINed `redactions`.
-pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
-     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
-
-pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
-
 pub(crate) fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
-    let txn = match (get::<Option<String>>(row, 11)?, get::<Option<String>>(row, 12)?, get::<Option<String>>(row, 13)?) {
-        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
-        _ => None,
-    };
-    Ok(StoredEvent {
-        event_id: get(row, 0)?,
-        room_id: get(row, 1)?,
-        event_type: get(row, 2)?,
-        state_key: get(row, 3)?,
-        sender: get(row, 4)?,
-        origin_server_ts: u(get(row, 5)?),
-        depth: u(get(row, 6)?),
-        json: get(row, 7)?,
-        membership: get::<Option<String>>(row, 8)?.map(MembershipState::from),
-        stream_pos: u(get(row, 9)?),
-        redacted_by: get(row, 10)?,
-        txn,
-    })
+    rows::stored_event(&PgRow(row))
 }
 
 fn membership_from_row(row: &Row) -> StoreResult<Membership> {
-    Ok(Membership {
-        room_id: get(row, 0)?,
-        user_id: get(row, 1)?,
-        membership: MembershipState::from(get::<Option<String>>(row, 2)?.unwrap_or_default()),
-        event_id: get(row, 3)?,
-        stream_pos: u(get(row, 4)?),
-    })
+    rows::membership(&PgRow(row))
 }
 
 /// A unique violation becomes the conflict its index stands for.
@@ -364,12 +338,7 @@ const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.even
 #[async_trait]
 impl RoomStore for PostgresStore {
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
-        if events.is_empty() {
-            return Err(StoreError::Contract("an empty batch of events"));
-        }
-        if events.iter().any(|e| e.room_id != room.room_id) {
-            return Err(StoreError::Contract("an event of another room"));
-        }
+        check_room_events(&room.room_id, &events)?;
         let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
         let mut client = self.client().await?;
         let w = Writes::prepare(&client).await?;
@@ -651,15 +620,7 @@ impl RoomStore for PostgresStore {
         if rows.len() > limit {
             return Err(StoreError::TooManyVisibilitySpans);
         }
-        rows.iter()
-            .map(|r| {
-                let kind = match get::<Option<String>>(r, 3)? {
-                    Some(m) => SpanKind::Membership(MembershipState::from(m)),
-                    None => SpanKind::HistoryVisibility(get::<Option<String>>(r, 4)?.as_deref().and_then(history_visibility_of)),
-                };
-                Ok(StateSpan { room_id: get(r, 0)?, from_pos: u(get(r, 1)?), to_pos: get::<Option<i64>>(r, 2)?.map(u), kind })
-            })
-            .collect()
+        rows.iter().map(|r| rows::visibility_span(&PgRow(r))).collect()
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {

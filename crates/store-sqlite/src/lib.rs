@@ -18,6 +18,7 @@ mod push;
 mod relations;
 mod reports;
 mod rooms;
+mod row;
 mod search;
 mod user_data;
 mod writer;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamPositions, StreamStore};
+use chancery_store_sql::{i, u};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use pool::Pool;
@@ -165,6 +167,17 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
+
+    /// A stream's committed position, read by `sql`: the single writer
+    /// allocates `MAX(stream_pos) + 1` of the stream's table and commits in
+    /// order, so its largest position is the "everything at or below is
+    /// visible" watermark.
+    async fn committed_pos(&self, sql: &'static str) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.prepare_cached(sql).and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0))).map(u).map_err(backend)
+        })
+        .await
+    }
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -232,14 +245,8 @@ impl StreamStore for SqliteStore {
                      LIMIT ?5",
                 )
                 .map_err(backend)?;
-            let bound = accounts::i(limit as u64).saturating_add(1);
-            let params = rusqlite::params![
-                accounts::i(events.0),
-                accounts::i(events.1),
-                accounts::i(receipts.0),
-                accounts::i(receipts.1),
-                bound
-            ];
+            let bound = i(limit as u64).saturating_add(1);
+            let params = rusqlite::params![i(events.0), i(events.1), i(receipts.0), i(receipts.1), bound];
             let rooms = stmt.query_map(params, |r| r.get::<_, String>(0)).map_err(backend)?;
             let rooms = rooms.collect::<Result<Vec<_>, _>>().map_err(backend)?;
             Ok((rooms.len() <= limit).then_some(rooms))
@@ -256,11 +263,7 @@ impl StreamStore for SqliteStore {
             )
             .and_then(|mut s| {
                 s.query_row([], |r| {
-                    Ok(StreamPositions {
-                        events: accounts::u(r.get(0)?),
-                        account_data: accounts::u(r.get(1)?),
-                        receipts: accounts::u(r.get(2)?),
-                    })
+                    Ok(StreamPositions { events: u(r.get(0)?), account_data: u(r.get(1)?), receipts: u(r.get(2)?) })
                 })
             })
             .map_err(backend)

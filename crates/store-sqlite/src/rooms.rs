@@ -14,48 +14,20 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::*;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::accounts::{i, is_unique_violation, u};
+use chancery_store_sql::batches::check_room_events;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::accounts::is_unique_violation;
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
-/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
-/// `r` the LEFT JOINed `redactions`.
-pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
-     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
-
-pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
-
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let txn_user: Option<String> = row.get(11)?;
-    let txn_device: Option<String> = row.get(12)?;
-    let txn_id: Option<String> = row.get(13)?;
-    let txn = match (txn_user, txn_device, txn_id) {
-        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
-        _ => None,
-    };
-    Ok(StoredEvent {
-        event_id: row.get(0)?,
-        room_id: row.get(1)?,
-        event_type: row.get(2)?,
-        state_key: row.get(3)?,
-        sender: row.get(4)?,
-        origin_server_ts: u(row.get(5)?),
-        depth: u(row.get(6)?),
-        json: row.get(7)?,
-        membership: row.get::<_, Option<String>>(8)?.map(MembershipState::from),
-        stream_pos: u(row.get(9)?),
-        redacted_by: row.get(10)?,
-        txn,
-    })
+    rows::stored_event(&SqliteRow(row))
 }
 
 fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
-    Ok(Membership {
-        room_id: row.get(0)?,
-        user_id: row.get(1)?,
-        membership: MembershipState::from(row.get::<_, Option<String>>(2)?.unwrap_or_default()),
-        event_id: row.get(3)?,
-        stream_pos: u(row.get(4)?),
-    })
+    rows::membership(&SqliteRow(row))
 }
 
 pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
@@ -174,12 +146,7 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
 /// The whole of `create_room` inside a write transaction; also used by
 /// the directory operations that create a room together with its addresses.
 pub(crate) fn create_room_in_tx(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) -> StoreResult<u64> {
-    if events.is_empty() {
-        return Err(StoreError::Contract("an empty batch of events"));
-    }
-    if events.iter().any(|e| e.room_id != room.room_id) {
-        return Err(StoreError::Contract("an event of another room"));
-    }
+    check_room_events(&room.room_id, events)?;
     tx.execute(
         "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
         params![room.room_id, room.room_version.as_str(), room.creator, i(room.created_ts)],
@@ -511,13 +478,7 @@ impl RoomStore for SqliteStore {
                 .map_err(backend)?;
             let rows = stmt
                 .query_map(params![rooms, i(from), i(up_to), user_id, i(limit as u64).saturating_add(1)], |r| {
-                    let membership: Option<String> = r.get(3)?;
-                    let json: Option<String> = r.get(4)?;
-                    let kind = match membership {
-                        Some(m) => SpanKind::Membership(MembershipState::from(m)),
-                        None => SpanKind::HistoryVisibility(json.as_deref().and_then(history_visibility_of)),
-                    };
-                    Ok(StateSpan { room_id: r.get(0)?, from_pos: u(r.get(1)?), to_pos: r.get::<_, Option<i64>>(2)?.map(u), kind })
+                    rows::visibility_span(&SqliteRow(r))
                 })
                 .map_err(backend)?;
             let spans = collect(rows)?;
@@ -530,12 +491,6 @@ impl RoomStore for SqliteStore {
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                .map(u)
-                .map_err(backend)
-        })
-        .await
+        self.committed_pos("SELECT COALESCE(MAX(stream_pos), 0) FROM events").await
     }
 }
