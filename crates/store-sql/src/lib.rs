@@ -1,6 +1,7 @@
 //! What the SQL backends (`chancery-store-sqlite`, `chancery-store-postgres`)
 //! have in common beyond their dialects: reading result rows into domain
-//! types, turning domain values into parameters, checking write batches.
+//! types, turning domain values into parameters, checking write batches,
+//! and the list of migrations.
 //!
 //! Architecture invariant: no driver here (neither rusqlite nor
 //! tokio-postgres), only pure functions and constants. A backend adapts its
@@ -10,6 +11,7 @@
 
 pub mod batches;
 pub mod directory;
+pub mod migrations;
 pub mod params;
 pub mod rows;
 
