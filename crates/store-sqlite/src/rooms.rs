@@ -37,6 +37,30 @@ pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Sto
 /// The whole of `append_event` after its transaction has begun; also used
 /// for each event of `create_room`.
 pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+    // One writer: these checks cannot be overtaken before the INSERT.
+    check_room_and_extremities(tx, event, prev_extremities)?;
+    check_ids_unused(tx, event)?;
+    let pos = next_stream_pos(tx)?;
+    insert_event(tx, event, pos)?;
+    crate::search::index_event(tx, event, pos)?;
+    crate::push::insert_notifications(tx, event, pos)?;
+    make_only_extremity(tx, event)?;
+    if let Some(state_key) = &event.state_key {
+        record_state(tx, event, state_key, pos)?;
+    }
+    if let Some(target) = &event.redacts {
+        record_redaction(tx, event, target)?;
+    }
+    if let Some(relation) = &event.relates_to {
+        crate::relations::record_relation_in(tx, event, relation, pos)?;
+    }
+    Ok(u(pos))
+}
+
+/// `UnknownRoom` or `StaleExtremities` unless the room exists and its
+/// forward extremities are exactly `prev_extremities`; raises the room's
+/// max depth to the event's.
+fn check_room_and_extremities(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<()> {
     let found = tx
         .prepare_cached("UPDATE rooms SET max_depth = MAX(max_depth, ?2) WHERE room_id = ?1")
         .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
@@ -51,7 +75,12 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
         return Err(StoreError::StaleExtremities);
     }
-    // One writer: these checks cannot be overtaken before the INSERT.
+    Ok(())
+}
+
+/// `TransactionIdUsed` or `EventIdTaken` if the event's transaction key or
+/// id is taken.
+fn check_ids_unused(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
     if let Some(txn) = &event.txn
         && let Some(_) = event_for_txn_in(tx, txn)?
     {
@@ -64,11 +93,17 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     if exists.is_some() {
         return Err(StoreError::EventIdTaken);
     }
+    Ok(())
+}
 
-    let pos: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM events")
+/// The single writer makes `MAX + 1` dense and committed in order.
+fn next_stream_pos(tx: &Transaction<'_>) -> StoreResult<i64> {
+    tx.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM events")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(backend)?;
+        .map_err(backend)
+}
+
+fn insert_event(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
     let txn = event.txn.as_ref();
     tx.prepare_cached(
         "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, json,
@@ -93,54 +128,59 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
         ])
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::EventIdTaken } else { backend(e) })?;
-    crate::search::index_event(tx, event, pos)?;
-    crate::push::insert_notifications(tx, event, pos)?;
+    Ok(())
+}
 
+/// The event becomes its room's only forward extremity.
+fn make_only_extremity(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
         .and_then(|mut s| s.execute([&event.room_id]))
         .map_err(backend)?;
     tx.prepare_cached("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")
         .and_then(|mut s| s.execute([&event.room_id, &event.event_id]))
         .map_err(backend)?;
+    Ok(())
+}
 
-    if let Some(state_key) = &event.state_key {
-        tx.prepare_cached(
-            "UPDATE room_state SET to_pos = ?4
-             WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND to_pos IS NULL",
-        )
-        .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, pos]))
-        .map_err(backend)?;
-        tx.prepare_cached(
-            "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                event.room_id,
-                event.event_type,
-                state_key,
-                event.event_id,
-                event.membership.as_ref().map(MembershipState::as_str),
-                pos
-            ])
-        })
-        .map_err(backend)?;
-    }
+/// The state event ends the span of the one it replaces and opens its own
+/// at `pos`.
+fn record_state(tx: &Transaction<'_>, event: &NewEvent, state_key: &str, pos: i64) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE room_state SET to_pos = ?4
+         WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND to_pos IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, pos]))
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            event.room_id,
+            event.event_type,
+            state_key,
+            event.event_id,
+            event.membership.as_ref().map(MembershipState::as_str),
+            pos
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
 
-    if let Some(target) = &event.redacts {
-        tx.prepare_cached(
-            "INSERT INTO redactions (target_event_id, redaction_event_id) VALUES (?1, ?2)
-             ON CONFLICT (target_event_id) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute([target, &event.event_id]))
-        .map_err(backend)?;
-        crate::search::unindex_event(tx, target)?;
-        crate::relations::break_relation_in(tx, target)?;
-    }
-    if let Some(relation) = &event.relates_to {
-        crate::relations::record_relation_in(tx, event, relation, pos)?;
-    }
-    Ok(u(pos))
+/// Links the redaction to `target` (the first one wins), which leaves the
+/// search index and loses its relation.
+fn record_redaction(tx: &Transaction<'_>, event: &NewEvent, target: &str) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO redactions (target_event_id, redaction_event_id) VALUES (?1, ?2)
+         ON CONFLICT (target_event_id) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute([target, event.event_id.as_str()]))
+    .map_err(backend)?;
+    crate::search::unindex_event(tx, target)?;
+    crate::relations::break_relation_in(tx, target)?;
+    Ok(())
 }
 
 /// The whole of `create_room` inside a write transaction; also used by
