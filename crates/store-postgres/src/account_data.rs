@@ -17,11 +17,14 @@
 
 use async_trait::async_trait;
 use chancery_store::*;
+use chancery_store_sql::params::reaches_limit;
+use chancery_store_sql::rows;
+use chancery_store_sql::{i, u};
 use deadpool_postgres::GenericClient;
 use serde_json::Value as JsonValue;
 use tokio_postgres::Row;
 
-use crate::accounts::{get, i, query, query_opt, u};
+use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// Advisory-lock key held from allocating an account-data position until
@@ -90,7 +93,7 @@ async fn check_entry_limit(
         let row = query_opt(tx, "SELECT COUNT(*) FROM account_data WHERE user_id = $1", &[&user_id])
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
-        if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_entries {
+        if reaches_limit(get(&row, 0)?, max_entries) {
             return Err(StoreError::TooManyAccountData);
         }
     }
@@ -98,13 +101,7 @@ async fn check_entry_limit(
 }
 
 fn entry_from_row(row: &Row) -> StoreResult<AccountDataEntry> {
-    let room_id: String = get(row, 0)?;
-    Ok(AccountDataEntry {
-        room_id: (!room_id.is_empty()).then_some(room_id),
-        event_type: get(row, 1)?,
-        content: get(row, 2)?,
-        stream_pos: u(get(row, 3)?),
-    })
+    rows::account_data_entry(&PgRow(row))
 }
 
 async fn counter(c: &impl GenericClient, stream: &str) -> StoreResult<u64> {
@@ -194,16 +191,7 @@ impl AccountDataStore for PostgresStore {
 }
 
 fn receipt_from_row(row: &Row) -> StoreResult<Receipt> {
-    let thread_id: String = get(row, 3)?;
-    Ok(Receipt {
-        room_id: get(row, 0)?,
-        user_id: get(row, 1)?,
-        receipt_type: get(row, 2)?,
-        thread_id: (!thread_id.is_empty()).then_some(thread_id),
-        event_id: get(row, 4)?,
-        ts: u(get(row, 5)?),
-        stream_pos: u(get(row, 6)?),
-    })
+    rows::receipt(&PgRow(row))
 }
 
 #[async_trait]
@@ -228,7 +216,7 @@ impl ReceiptStore for PostgresStore {
             )
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
-            if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_threads {
+            if reaches_limit(get(&row, 0)?, max_threads) {
                 return Err(StoreError::TooManyReceiptThreads);
             }
         }

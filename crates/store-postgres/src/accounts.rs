@@ -16,27 +16,19 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chancery_store::*;
+use chancery_store_sql::rows::{self, ACCOUNT_COLUMNS, DEVICE_COLUMNS, SESSION_COLUMNS, TOKEN_COLUMNS, UIA_COLUMNS};
+use chancery_store_sql::{i, u};
 use deadpool_postgres::GenericClient;
 use serde_json::Value as JsonValue;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{FromSql, ToSql};
 
+use crate::query::{PgRow, execute, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// Advisory-lock key serialising interactive-auth session creation
 /// ("chancuia" in ASCII).
 const UIA_LOCK: i64 = 0x6368_616e_6375_6961;
-
-pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-pub(crate) fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 /// `taken` for a unique violation, so that a duplicate id is an operating
 /// error rather than a 500, as in the SQLite backend.
@@ -44,25 +36,6 @@ fn unique_or_backend(taken: StoreError) -> impl FnOnce(tokio_postgres::Error) ->
     move |e| {
         if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { taken } else { backend(e) }
     }
-}
-
-pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
-    row.try_get(idx).map_err(backend)
-}
-
-async fn execute(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-    let stmt = c.prepare_cached(sql).await?;
-    c.execute(&stmt, params).await
-}
-
-pub(crate) async fn query(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
-    let stmt = c.prepare_cached(sql).await.map_err(backend)?;
-    c.query(&stmt, params).await.map_err(backend)
-}
-
-pub(crate) async fn query_opt(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
-    let stmt = c.prepare_cached(sql).await.map_err(backend)?;
-    c.query_opt(&stmt, params).await.map_err(backend)
 }
 
 /// Serialises device changes and per-user limit checks for one user across
@@ -92,47 +65,22 @@ async fn insert_device(c: &impl GenericClient, d: &NewDevice) -> StoreResult<()>
     Ok(())
 }
 
-const SESSION_COLUMNS: &str = "d.user_id, d.device_id, a.is_admin, d.access_expires_ts, d.prev_refresh_token_hash FROM devices d JOIN accounts a ON a.user_id = d.user_id";
-
 fn session_from_row(row: &Row) -> StoreResult<Session> {
-    Ok(Session {
-        user_id: get(row, 0)?,
-        device_id: get(row, 1)?,
-        is_admin: get(row, 2)?,
-        access_expires_ts: get::<Option<i64>>(row, 3)?.map(u),
-        previous_refresh_pending: get::<Option<String>>(row, 4)?.is_some(),
-    })
+    rows::session(&PgRow(row))
 }
-
-const DEVICE_COLUMNS: &str = "user_id, device_id, display_name, created_ts FROM devices";
 
 fn device_from_row(row: &Row) -> StoreResult<Device> {
-    Ok(Device { user_id: get(row, 0)?, device_id: get(row, 1)?, display_name: get(row, 2)?, created_ts: u(get(row, 3)?) })
+    rows::device(&PgRow(row))
 }
 
-const TOKEN_COLUMNS: &str = "token, uses_allowed, completed, expiry_ts, created_ts, revoked_ts FROM registration_tokens";
-
 fn token_from_row(row: &Row) -> StoreResult<RegistrationToken> {
-    Ok(RegistrationToken {
-        token: get(row, 0)?,
-        uses_allowed: get::<Option<i64>>(row, 1)?.map(u),
-        completed: u(get(row, 2)?),
-        expiry_ts: get::<Option<i64>>(row, 3)?.map(u),
-        created_ts: u(get(row, 4)?),
-        revoked_ts: get::<Option<i64>>(row, 5)?.map(u),
-    })
+    rows::registration_token(&PgRow(row))
 }
 
 fn uia_from_row(row: &Row) -> StoreResult<UiaSession> {
-    let completed: String = get(row, 3)?;
-    Ok(UiaSession {
-        session_id: get(row, 0)?,
-        operation: get(row, 1)?,
-        user_id: get(row, 2)?,
-        completed: serde_json::from_str(&completed).map_err(|e| StoreError::Backend(format!("corrupt UIA session: {e}")))?,
-        registration_token: get(row, 4)?,
-        created_ts: u(get(row, 5)?),
-    })
+    let (mut session, completed) = rows::uia_session(&PgRow(row))?;
+    session.completed = serde_json::from_str(&completed).map_err(|e| StoreError::Backend(format!("corrupt UIA session: {e}")))?;
+    Ok(session)
 }
 
 async fn load_profile(c: &impl GenericClient, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>> {
@@ -189,22 +137,8 @@ impl AccountStore for PostgresStore {
 
     async fn account(&self, user_id: &str) -> StoreResult<Option<Account>> {
         let client = self.client().await?;
-        let row = query_opt(
-            &client,
-            "SELECT user_id, password_hash, is_admin, deactivated_ts, created_ts FROM accounts WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await?;
-        row.map(|r| {
-            Ok(Account {
-                user_id: get(&r, 0)?,
-                password_hash: get(&r, 1)?,
-                is_admin: get(&r, 2)?,
-                deactivated: get::<Option<i64>>(&r, 3)?.is_some(),
-                created_ts: u(get(&r, 4)?),
-            })
-        })
-        .transpose()
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} WHERE user_id = $1");
+        query_opt(&client, &sql, &[&user_id]).await?.map(|r| rows::account(&PgRow(&r))).transpose()
     }
 
     async fn upsert_device(&self, device: NewDevice, max_devices: usize) -> StoreResult<()> {
@@ -482,14 +416,8 @@ impl AccountStore for PostgresStore {
 
     async fn uia_session(&self, session_id: &str) -> StoreResult<Option<UiaSession>> {
         let client = self.client().await?;
-        query_opt(
-            &client,
-            "SELECT session_id, operation, user_id, completed, registration_token, created_ts FROM uia_sessions WHERE session_id = $1",
-            &[&session_id],
-        )
-        .await?
-        .map(|r| uia_from_row(&r))
-        .transpose()
+        let sql = format!("SELECT {UIA_COLUMNS} WHERE session_id = $1");
+        query_opt(&client, &sql, &[&session_id]).await?.map(|r| uia_from_row(&r)).transpose()
     }
 
     async fn update_uia_session(&self, session: &UiaSession) -> StoreResult<()> {

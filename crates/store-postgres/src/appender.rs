@@ -20,7 +20,9 @@ use chancery_store::{EventListener, NewEvent, StoreError, StoreResult};
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accounts::{get, i};
+use chancery_store_sql::i;
+
+use crate::query::get;
 use crate::rooms::{Step, Writes, persist_chains, pipeline};
 use crate::{backend, pool_error};
 

@@ -13,7 +13,15 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use crate::accounts::{get, i, query, query_opt, u};
+use chancery_store_sql::batches::{check_aliases, check_room_events};
+use chancery_store_sql::directory::{
+    DirectoryField, LISTED_ROOMS_FILTER, PUBLIC_ROOMS_SELECT, cursor_filter, page_order, published_rooms_sql,
+};
+use chancery_store_sql::params::{like_contains, reaches_limit};
+use chancery_store_sql::rows::{self, ALIAS_COLUMNS};
+use chancery_store_sql::{i, u};
+
+use crate::query::{PgRow, get, query, query_opt};
 use crate::rooms::{Writes, insert_error, persist};
 use crate::{PostgresStore, backend};
 
@@ -59,70 +67,20 @@ async fn insert_room(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) 
     Ok(())
 }
 
-fn check_room_events(room_id: &str, events: &[NewEvent]) -> StoreResult<()> {
-    if events.is_empty() {
-        return Err(StoreError::Contract("an empty batch of events"));
-    }
-    if events.iter().any(|e| e.room_id != room_id) {
-        return Err(StoreError::Contract("an event of another room"));
-    }
-    Ok(())
-}
-
-/// A string field of the content of the room's current state event of
-/// `event_type` (empty state key), `NULL` if absent or not a string, and
-/// also if the event was redacted when `redactable` (the redaction
-/// algorithm strips the field, but the stored JSON keeps it). `json`, not
-/// `jsonb`: jsonb refuses `\u0000`, which canonical JSON may hold; events
-/// holding it are skipped, as extracting it as text would fail the query.
-fn state_field(event_type: &str, path: &str, redactable: bool) -> String {
-    let (join, unredacted) = if redactable {
-        ("LEFT JOIN redactions r ON r.target_event_id = s.event_id", "AND r.target_event_id IS NULL")
-    } else {
-        ("", "")
-    };
+/// The dialect's subquery of a directory field: a string of the content
+/// of the room's current state event, `NULL` if absent or not a string.
+/// `json`, not `jsonb`: jsonb refuses `\u0000`, which canonical JSON may
+/// hold; events holding it are skipped, as extracting it as text would
+/// fail the query.
+fn state_field(field: &DirectoryField) -> String {
+    let (event_type, path) = (field.event_type, format!("content,{}", field.content_key));
+    let (join, unredacted) = field.unredacted();
     format!(
         "(SELECT CASE WHEN json_typeof(e.json::json #> '{{{path}}}') = 'string' THEN e.json::json #>> '{{{path}}}' END
           FROM room_state s JOIN events e ON e.event_id = s.event_id {join}
           WHERE s.room_id = d.room_id AND s.event_type = '{event_type}' AND s.state_key = '' AND s.to_pos IS NULL
             AND strpos(e.json, '\\u0000') = 0 {unredacted})"
     )
-}
-
-/// The published rooms with their directory fields; `p` in the query.
-fn published_rooms_sql() -> String {
-    format!(
-        "SELECT d.room_id,
-                (SELECT COUNT(*) FROM room_state m
-                 WHERE m.room_id = d.room_id AND m.event_type = 'm.room.member' AND m.to_pos IS NULL
-                   AND m.membership = 'join') AS joined,
-                {} AS name, {} AS topic, {} AS avatar_url, {} AS canonical_alias, {} AS join_rule,
-                {} AS history_visibility, {} AS guest_access, {} AS room_type
-         FROM room_directory d",
-        state_field("m.room.name", "content,name", true),
-        state_field("m.room.topic", "content,topic", true),
-        state_field("m.room.avatar", "content,url", true),
-        state_field("m.room.canonical_alias", "content,alias", true),
-        // The redaction algorithm keeps these fields.
-        state_field("m.room.join_rules", "content,join_rule", false),
-        state_field("m.room.history_visibility", "content,history_visibility", false),
-        state_field("m.room.guest_access", "content,guest_access", true),
-        state_field("m.room.create", "content,type", false),
-    )
-}
-
-/// `%term%` for LIKE, with the wildcards of the term escaped by `\`.
-fn like_pattern(term: &str) -> String {
-    let mut out = String::with_capacity(term.len() + 2);
-    out.push('%');
-    for c in term.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
 }
 
 #[async_trait]
@@ -138,7 +96,7 @@ impl DirectoryStore for PostgresStore {
         let row = query_opt(&tx, "SELECT COUNT(*) FROM room_aliases WHERE room_id = $1", &[&alias.room_id])
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
-        if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_per_room {
+        if reaches_limit(get(&row, 0)?, max_per_room) {
             return Err(StoreError::TooManyAliases);
         }
         insert_alias(&tx, alias).await?;
@@ -147,10 +105,8 @@ impl DirectoryStore for PostgresStore {
 
     async fn alias(&self, alias: &str) -> StoreResult<Option<RoomAlias>> {
         let client = self.client().await?;
-        let row = query_opt(&client, "SELECT alias, room_id, creator, created_ts FROM room_aliases WHERE alias = $1", &[&alias])
-            .await?;
-        row.map(|r| Ok(RoomAlias { alias: get(&r, 0)?, room_id: get(&r, 1)?, creator: get(&r, 2)?, created_ts: u(get(&r, 3)?) }))
-            .transpose()
+        let sql = format!("SELECT {ALIAS_COLUMNS} WHERE alias = $1");
+        query_opt(&client, &sql, &[&alias]).await?.map(|r| rows::room_alias(&PgRow(&r))).transpose()
     }
 
     async fn delete_alias(&self, alias: &str) -> StoreResult<bool> {
@@ -189,17 +145,11 @@ impl DirectoryStore for PostgresStore {
     }
 
     async fn public_rooms(&self, query_: &PublicRoomsQuery) -> StoreResult<PublicRoomsPage> {
-        let mut sql = format!(
-            "SELECT room_id, joined, name, topic, avatar_url, canonical_alias, join_rule, history_visibility,
-                    guest_access, room_type
-             FROM ({}) p
-             WHERE (p.join_rule IN ('public', 'knock', 'knock_restricted') OR p.history_visibility = 'world_readable')",
-            published_rooms_sql()
-        );
+        let mut sql = format!("{PUBLIC_ROOMS_SELECT} FROM ({}) p WHERE {LISTED_ROOMS_FILTER}", published_rooms_sql(state_field));
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         if let Some(term) = query_.search.as_deref().filter(|t| !t.is_empty()) {
             // ILIKE: the same ASCII case-insensitivity as SQLite's LIKE.
-            args.push(Box::new(like_pattern(term)));
+            args.push(Box::new(like_contains(term)));
             let n = args.len();
             sql.push_str(&format!(
                 " AND (p.name ILIKE ${n} ESCAPE '\\' OR p.topic ILIKE ${n} ESCAPE '\\' OR p.canonical_alias ILIKE ${n} ESCAPE '\\')"
@@ -222,18 +172,10 @@ impl DirectoryStore for PostgresStore {
             args.push(Box::new(i(cursor.joined_members)));
             args.push(Box::new(cursor.room_id.clone()));
             let (count, room) = (args.len() - 1, args.len());
-            sql.push_str(&if cursor.forward {
-                format!(" AND (p.joined < ${count} OR (p.joined = ${count} AND p.room_id > ${room}))")
-            } else {
-                format!(" AND (p.joined > ${count} OR (p.joined = ${count} AND p.room_id < ${room}))")
-            });
+            sql.push_str(&cursor_filter(cursor.forward, &format!("${count}"), &format!("${room}")));
         }
         args.push(Box::new(i64::try_from(query_.limit).unwrap_or(i64::MAX)));
-        sql.push_str(&if forward {
-            format!(" ORDER BY p.joined DESC, p.room_id ASC LIMIT ${}", args.len())
-        } else {
-            format!(" ORDER BY p.joined ASC, p.room_id DESC LIMIT ${}", args.len())
-        });
+        sql.push_str(&page_order(forward, &format!("${}", args.len())));
 
         let mut client = self.client().await?;
         // The page and the total from one snapshot.
@@ -241,23 +183,7 @@ impl DirectoryStore for PostgresStore {
         let tx = tx.start().await.map_err(backend)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
         let rows = query(&tx, &sql, &params).await?;
-        let mut rooms = rows
-            .iter()
-            .map(|r| {
-                Ok(PublicRoomEntry {
-                    room_id: get(r, 0)?,
-                    joined_members: u(get(r, 1)?),
-                    name: get(r, 2)?,
-                    topic: get(r, 3)?,
-                    avatar_url: get(r, 4)?,
-                    canonical_alias: get(r, 5)?,
-                    join_rule: get(r, 6)?,
-                    history_visibility: get(r, 7)?,
-                    guest_access: get(r, 8)?,
-                    room_type: get(r, 9)?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut rooms = rows.iter().map(|r| rows::public_room(&PgRow(r))).collect::<StoreResult<Vec<_>>>()?;
         if !forward {
             rooms.reverse();
         }
@@ -277,9 +203,7 @@ impl DirectoryStore for PostgresStore {
         addresses: RoomAddresses,
     ) -> StoreResult<u64> {
         check_room_events(&room.room_id, &events)?;
-        if addresses.aliases.iter().any(|a| a.room_id != room.room_id) {
-            return Err(StoreError::AliasOfAnotherRoom);
-        }
+        check_aliases(&room.room_id, &addresses.aliases)?;
         let mut client = self.client().await?;
         let w = Writes::prepare(&client).await?;
         let tx = client.transaction().await.map_err(backend)?;

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chancery_store::{ForgottenRoomStore, StoreResult};
 
-use crate::accounts::{get, query};
+use crate::query::{get, query};
 use crate::{PostgresStore, backend};
 
 #[async_trait]

@@ -11,8 +11,10 @@ mod accounts;
 mod appender;
 mod directory;
 mod forgotten;
+mod migrations;
 mod notify;
 mod push;
+mod query;
 mod relations;
 mod reports;
 mod rooms;
@@ -27,25 +29,9 @@ use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamP
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::accounts::{get, i, query, u};
+use chancery_store_sql::{i, u};
 
-/// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_accounts.sql"),
-    include_str!("../migrations/0002_rooms.sql"),
-    include_str!("../migrations/0003_filters.sql"),
-    include_str!("../migrations/0004_account_data.sql"),
-    include_str!("../migrations/0005_relations.sql"),
-    include_str!("../migrations/0006_directory.sql"),
-    include_str!("../migrations/0007_search.sql"),
-    include_str!("../migrations/0008_push.sql"),
-    include_str!("../migrations/0009_push_rule_owners.sql"),
-    include_str!("../migrations/0010_notifications_by_position.sql"),
-];
-
-/// Advisory-lock key held while migrating ("chancery" in ASCII), so nodes
-/// started together apply each migration once instead of racing on DDL.
-const MIGRATION_LOCK: i64 = 0x6368_616e_6365_7279;
+use crate::query::{get, query};
 
 pub struct PostgresStore {
     pool: Pool,
@@ -125,35 +111,12 @@ impl PostgresStore {
         let event_listener = std::sync::Arc::new(std::sync::OnceLock::new());
         let appender = appender::Appender::start(pool.clone(), std::sync::Arc::clone(&event_listener));
         let store = Self { pool, changes, ephemeral, listener, appender, event_listener };
-        store.migrate().await?;
+        migrations::migrate(&mut store.client().await?).await?;
         Ok(store)
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
         self.pool.get().await.map_err(pool_error)
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Taken before anything else, so even the schema_version table is
-        // created by one node only; released by COMMIT/ROLLBACK.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(backend)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").await.map_err(backend)?;
-        let current: i64 =
-            tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await.map_err(backend)?.get(0);
-        let supported = MIGRATIONS.len() as i64;
-        if current > supported {
-            return Err(StoreError::SchemaTooNew { found: current, supported });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let version = index as i64 + 1;
-            tx.batch_execute(sql).await.map_err(backend)?;
-            tx.execute("DELETE FROM schema_version", &[]).await.map_err(backend)?;
-            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version]).await.map_err(backend)?;
-            tracing::info!(version, "applied PostgreSQL migration");
-        }
-        tx.commit().await.map_err(backend)
     }
 }
 

@@ -5,9 +5,11 @@ use chancery_store::*;
 
 use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
 
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
 use crate::PostgresStore;
-use crate::accounts::{get, i, query, query_opt, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use crate::query::{PgRow, get, query, query_opt};
 
 #[async_trait]
 impl PushStore for PostgresStore {
@@ -31,13 +33,7 @@ impl PushStore for PostgresStore {
             &[&user_ids],
         )
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let Some(ruleset) = get::<Option<String>>(r, 1)? {
-                out.push((get(r, 0)?, ruleset));
-            }
-        }
-        Ok(out)
+        rows.iter().map(|r| rows::user_push_rules(&PgRow(r))).filter_map(Result::transpose).collect()
     }
 
     async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>> {
@@ -51,7 +47,7 @@ impl PushStore for PostgresStore {
             &[&room_id],
         )
         .await?;
-        rows.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect()
+        rows.iter().map(|r| rows::member_push_rules(&PgRow(r))).collect()
     }
 
     async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
@@ -66,13 +62,7 @@ impl PushStore for PostgresStore {
             &[&room_id],
         )
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let Some(ruleset) = get::<Option<String>>(r, 1)? {
-                out.push((get(r, 0)?, ruleset));
-            }
-        }
-        Ok(out)
+        rows.iter().map(|r| rows::user_push_rules(&PgRow(r))).filter_map(Result::transpose).collect()
     }
 
     async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
@@ -109,9 +99,7 @@ impl PushStore for PostgresStore {
              ORDER BY n.stream_pos DESC LIMIT $4"
         );
         let rows = query(&client, &sql, &[&user_id, &before.map_or(i64::MAX, i), &only_highlight, &i(limit as u64)]).await?;
-        rows.iter()
-            .map(|r| Ok(StoredNotification { event: event_from_row(r)?, actions_json: get(r, 14)?, highlight: get(r, 15)? }))
-            .collect()
+        rows.iter().map(|r| rows::stored_notification(&PgRow(r))).collect()
     }
 
     async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<u64> {
@@ -147,9 +135,7 @@ impl PushStore for PostgresStore {
             &[&user_id, &room_id, &i(after), &i(limit as u64)],
         )
         .await?;
-        rows.iter()
-            .map(|r| Ok(ThreadedNotification { thread_root: get(r, 0)?, stream_pos: u(get(r, 1)?), highlight: get(r, 2)? }))
-            .collect()
+        rows.iter().map(|r| rows::threaded_notification(&PgRow(r))).collect()
     }
 
     async fn read_positions(&self, user_id: &str, room_id: &str) -> StoreResult<(Vec<(String, u64)>, u64)> {

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use chancery_store::*;
 use tokio_postgres::Statement;
 
-use crate::accounts::{get, i, query, query_opt, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
-use crate::{PostgresStore, backend};
+use chancery_store_sql::i;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 
-/// Number of columns in [`EVENT_COLUMNS`]; extra columns of a query follow.
-const EVENT_COLUMN_COUNT: usize = 14;
+use crate::query::{PgRow, get, query, query_opt};
+use crate::rooms::event_from_row;
+use crate::{PostgresStore, backend};
 
 /// The relation statements of the write path.
 pub(crate) struct RelationWrites {
@@ -124,7 +124,7 @@ impl RelationStore for PostgresStore {
         let before = before.map_or(i64::MAX, i);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = query(&client, &sql, &[&room_id, &before, &participant, &limit]).await?;
-        rows.iter().map(|r| Ok(ThreadRoot { root: event_from_row(r)?, latest_pos: u(get(r, EVENT_COLUMN_COUNT)?) })).collect()
+        rows.iter().map(|r| rows::thread_root(&PgRow(r))).collect()
     }
 
     async fn bundled_aggregations(
@@ -180,18 +180,8 @@ impl RelationStore for PostgresStore {
             query(&client, references_sql, &references_params),
         );
         Ok(BundledAggregations {
-            edits: edits?.iter().map(|r| Ok((get(r, EVENT_COLUMN_COUNT)?, event_from_row(r)?))).collect::<StoreResult<_>>()?,
-            threads: threads?
-                .iter()
-                .map(|r| {
-                    Ok(ThreadSummary {
-                        latest: event_from_row(r)?,
-                        root: get(r, EVENT_COLUMN_COUNT)?,
-                        count: u(get(r, EVENT_COLUMN_COUNT + 1)?),
-                        participated: get(r, EVENT_COLUMN_COUNT + 2)?,
-                    })
-                })
-                .collect::<StoreResult<_>>()?,
+            edits: edits?.iter().map(|r| rows::edit(&PgRow(r))).collect::<StoreResult<_>>()?,
+            threads: threads?.iter().map(|r| rows::thread_summary(&PgRow(r))).collect::<StoreResult<_>>()?,
             references: references?.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect::<StoreResult<_>>()?,
         })
     }
@@ -205,7 +195,7 @@ impl RelationStore for PostgresStore {
              GROUP BY event_type, rel_key ORDER BY n DESC, event_type, rel_key"
         );
         let rows = query(&client, &sql, &[&parent, &sender]).await?;
-        rows.iter().map(|r| Ok(AnnotationCount { event_type: get(r, 0)?, key: get(r, 1)?, count: u(get(r, 2)?) })).collect()
+        rows.iter().map(|r| rows::annotation_count(&PgRow(r))).collect()
     }
 
     async fn event_near_ts(&self, room_id: &str, ts: u64, forward: bool) -> StoreResult<Option<StoredEvent>> {

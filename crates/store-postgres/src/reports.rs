@@ -3,10 +3,13 @@
 //! cannot all pass the count.
 
 use async_trait::async_trait;
-use chancery_store::{NewReport, Report, ReportKind, ReportPage, ReportQuery, ReportStore, StoreError, StoreResult, TextFilter};
+use chancery_store::{NewReport, Report, ReportKind, ReportPage, ReportQuery, ReportStore, StoreError, StoreResult};
+use chancery_store_sql::params::{reaches_limit, text_filter_params};
+use chancery_store_sql::rows::{self, REPORT_SELECT};
+use chancery_store_sql::{i, u};
 use tokio_postgres::types::ToSql;
 
-use crate::accounts::{get, i, query, query_opt, u};
+use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 #[async_trait]
@@ -22,7 +25,7 @@ impl ReportStore for PostgresStore {
         )
         .await?
         .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
-        if usize::try_from(get::<i64>(&row, 0)?).unwrap_or(usize::MAX) >= max_in_window {
+        if reaches_limit(get(&row, 0)?, max_in_window) {
             return Err(StoreError::TooManyReports);
         }
         let row = query_opt(
@@ -47,8 +50,8 @@ impl ReportStore for PostgresStore {
     }
 
     async fn report_page(&self, q: &ReportQuery) -> StoreResult<ReportPage> {
-        let (reporter_exact, reporter_part) = split(q.reporter.as_ref());
-        let (room_exact, room_part) = split(q.room.as_ref());
+        let (reporter_exact, reporter_part) = text_filter_params(q.reporter.as_ref());
+        let (room_exact, room_part) = text_filter_params(q.room.as_ref());
         let is_event = q.kind == ReportKind::Event;
         let filters: [&(dyn ToSql + Sync); 6] =
             [&is_event, &reporter_exact, &reporter_part, &room_exact, &room_part, &q.event_sender];
@@ -93,10 +96,6 @@ impl ReportStore for PostgresStore {
     }
 }
 
-/// The columns of a [`Report`], for [`report_from_row`].
-const REPORT_SELECT: &str = "SELECT c.report_id, c.room_id, c.event_id, c.reporter, c.reason, c.score, c.created_ts, e.sender
-     FROM content_reports c LEFT JOIN events e ON e.event_id = c.event_id";
-
 /// The kind and filters of a [`ReportQuery`] as parameters $1..$6; a NULL
 /// filter matches everything. `strpos` rather than LIKE: no wildcards to
 /// escape.
@@ -105,24 +104,6 @@ const REPORT_FILTER: &str = "(c.event_id IS NOT NULL) = $1
      AND ($4::text IS NULL OR c.room_id = $4) AND ($5::text IS NULL OR strpos(c.room_id, $5) > 0)
      AND ($6::text IS NULL OR e.sender = $6)";
 
-/// A filter as (exact, substring) parameters.
-fn split(filter: Option<&TextFilter>) -> (Option<&str>, Option<&str>) {
-    match filter {
-        Some(TextFilter::Exact(s)) => (Some(s), None),
-        Some(TextFilter::Contains(s)) => (None, Some(s)),
-        None => (None, None),
-    }
-}
-
 fn report_from_row(r: &tokio_postgres::Row) -> StoreResult<Report> {
-    Ok(Report {
-        report_id: u(get(r, 0)?),
-        room_id: get(r, 1)?,
-        event_id: get(r, 2)?,
-        reporter: get(r, 3)?,
-        reason: get(r, 4)?,
-        score: get(r, 5)?,
-        created_ts: u(get(r, 6)?),
-        event_sender: get(r, 7)?,
-    })
+    rows::report(&PgRow(r))
 }

@@ -41,49 +41,23 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, Statement};
 
-use crate::accounts::{get, i, query, query_opt, u};
+use chancery_store_sql::batches::check_room_events;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// Advisory-lock key held from allocating a stream position until commit
 /// ("chanstrm" in ASCII).
 const STREAM_LOCK: i64 = 0x6368_616e_7374_726d;
 
-/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
-/// `r` the LEFT JOINed `redactions`.
-pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
-     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
-
-pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
-
 pub(crate) fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
-    let txn = match (get::<Option<String>>(row, 11)?, get::<Option<String>>(row, 12)?, get::<Option<String>>(row, 13)?) {
-        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
-        _ => None,
-    };
-    Ok(StoredEvent {
-        event_id: get(row, 0)?,
-        room_id: get(row, 1)?,
-        event_type: get(row, 2)?,
-        state_key: get(row, 3)?,
-        sender: get(row, 4)?,
-        origin_server_ts: u(get(row, 5)?),
-        depth: u(get(row, 6)?),
-        json: get(row, 7)?,
-        membership: get::<Option<String>>(row, 8)?.map(MembershipState::from),
-        stream_pos: u(get(row, 9)?),
-        redacted_by: get(row, 10)?,
-        txn,
-    })
+    rows::stored_event(&PgRow(row))
 }
 
 fn membership_from_row(row: &Row) -> StoreResult<Membership> {
-    Ok(Membership {
-        room_id: get(row, 0)?,
-        user_id: get(row, 1)?,
-        membership: MembershipState::from(get::<Option<String>>(row, 2)?.unwrap_or_default()),
-        event_id: get(row, 3)?,
-        stream_pos: u(get(row, 4)?),
-    })
+    rows::membership(&PgRow(row))
 }
 
 /// A unique violation becomes the conflict its index stands for.
@@ -239,109 +213,28 @@ pub(crate) async fn persist_chains(tx: &Transaction<'_>, w: &Writes, chains: &[&
 }
 
 /// The statements of one event: the stream lock first if `first`, and the
-/// room's new extremity if `last` of its chain.
+/// room's new extremity if `last` of its chain. Each step below sends its
+/// statement (or nothing) at its first poll.
 async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: bool, last: bool) -> StoreResult<u64> {
-    let txn = event.txn.as_ref();
-    let (user, device, txn_id) = (txn.map(|t| &t.user_id), txn.map(|t| &t.device_id), txn.map(|t| &t.txn_id));
-    let (depth, ts) = (i(event.depth), i(event.origin_server_ts));
-    let membership = event.membership.as_ref().map(MembershipState::as_str);
-    let rw = &w.relations;
-    let users: Vec<&str> = event.notifications.iter().map(|n| n.user_id.as_str()).collect();
-    let actions: Vec<&str> = event.notifications.iter().map(|n| n.actions_json.as_str()).collect();
-    let highlights: Vec<bool> = event.notifications.iter().map(|n| n.highlight).collect();
+    let columns = InsertColumns::of(event);
     // `biased` polls, hence sends, them in this order, and the server runs
     // them in order. Only the first error counts: the statements after it
     // fail because the transaction is aborted.
     let results = tokio::join!(
         biased;
-        async {
-            if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
-        },
-        async {
-            match &event.redacts {
-                Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
-                None => Ok(()),
-            }
-        },
+        add_extremity(tx, w, event, last),
+        add_redaction(tx, w, event),
         // A redaction breaks its target's relation (see relations.rs).
-        async {
-            match &event.redacts {
-                Some(target) => tx.execute(&rw.drop_thread, &[target]).await.map(drop),
-                None => Ok(()),
-            }
-        },
-        async {
-            match &event.redacts {
-                Some(target) => tx.execute(&rw.rewind_thread, &[target]).await.map(drop),
-                None => Ok(()),
-            }
-        },
-        async {
-            match &event.redacts {
-                Some(target) => tx.execute(&rw.drop_relation, &[target]).await.map(drop),
-                None => Ok(()),
-            }
-        },
-        async { if first { tx.execute(&w.stream_lock, &[&STREAM_LOCK]).await.map(drop) } else { Ok(()) } },
-        async {
-            tx.query_one(
-                &w.insert_event,
-                &[
-                    &event.event_id,
-                    &event.room_id,
-                    &event.event_type,
-                    &event.state_key,
-                    &event.sender,
-                    &ts,
-                    &depth,
-                    &event.json,
-                    &membership,
-                    &user,
-                    &device,
-                    &txn_id,
-                    &users,
-                    &actions,
-                    &highlights,
-                ],
-            )
-            .await
-        },
-        async {
-            match &event.state_key {
-                Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
-                None => Ok(()),
-            }
-        },
-        async {
-            match &event.state_key {
-                Some(key) => tx
-                    .execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &membership])
-                    .await
-                    .map(drop),
-                None => Ok(()),
-            }
-        },
+        on_redaction_target(tx, &w.relations.drop_thread, event),
+        on_redaction_target(tx, &w.relations.rewind_thread, event),
+        on_redaction_target(tx, &w.relations.drop_relation, event),
+        take_stream_lock(tx, w, first),
+        insert_event(tx, w, event, &columns),
+        close_state(tx, w, event),
+        open_state(tx, w, event, &columns),
         // After `insert_event`: `stream_position` holds this event's position.
-        async {
-            match &event.relates_to {
-                Some(rel) => tx
-                    .execute(
-                        &rw.add_relation,
-                        &[&event.event_id, &event.room_id, &rel.parent, &rel.rel_type, &event.event_type, &event.sender, &rel.key],
-                    )
-                    .await
-                    .map(drop),
-                None => Ok(()),
-            }
-        },
-        async {
-            match &event.relates_to {
-                Some(rel) if rel.rel_type == "m.thread" => {
-                    tx.execute(&rw.touch_thread, &[&rel.parent, &event.room_id]).await.map(drop)
-                }
-                _ => Ok(()),
-            }
-        },
+        add_relation(tx, w, event),
+        touch_thread(tx, w, event),
     );
     let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, related, threaded) =
         results;
@@ -359,17 +252,144 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     Ok(position)
 }
 
+/// What `insert_event` binds beyond the event's own fields; built before
+/// the pipeline, as the parameters must outlive it.
+struct InsertColumns<'a> {
+    txn_user: Option<&'a String>,
+    txn_device: Option<&'a String>,
+    txn_id: Option<&'a String>,
+    depth: i64,
+    origin_server_ts: i64,
+    membership: Option<&'a str>,
+    notified_users: Vec<&'a str>,
+    notification_actions: Vec<&'a str>,
+    notification_highlights: Vec<bool>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn of(event: &'a NewEvent) -> Self {
+        let txn = event.txn.as_ref();
+        let notifications = &event.notifications;
+        Self {
+            txn_user: txn.map(|t| &t.user_id),
+            txn_device: txn.map(|t| &t.device_id),
+            txn_id: txn.map(|t| &t.txn_id),
+            depth: i(event.depth),
+            origin_server_ts: i(event.origin_server_ts),
+            membership: event.membership.as_ref().map(MembershipState::as_str),
+            notified_users: notifications.iter().map(|n| n.user_id.as_str()).collect(),
+            notification_actions: notifications.iter().map(|n| n.actions_json.as_str()).collect(),
+            notification_highlights: notifications.iter().map(|n| n.highlight).collect(),
+        }
+    }
+}
+
+type StepResult = Result<(), tokio_postgres::Error>;
+
+/// The last event of its room's chain becomes the room's only extremity
+/// (the others were taken before).
+async fn add_extremity(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, last: bool) -> StepResult {
+    if last { tx.execute(&w.add_extremity, &[&event.room_id, &event.event_id]).await.map(drop) } else { Ok(()) }
+}
+
+async fn add_redaction(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> StepResult {
+    match &event.redacts {
+        Some(target) => tx.execute(&w.add_redaction, &[target, &event.event_id]).await.map(drop),
+        None => Ok(()),
+    }
+}
+
+/// `statement` on the redacted event, if `event` redacts one.
+async fn on_redaction_target(tx: &Transaction<'_>, statement: &Statement, event: &NewEvent) -> StepResult {
+    match &event.redacts {
+        Some(target) => tx.execute(statement, &[target]).await.map(drop),
+        None => Ok(()),
+    }
+}
+
+/// The first event of a batch takes the stream lock, held to the commit.
+async fn take_stream_lock(tx: &Transaction<'_>, w: &Writes, first: bool) -> StepResult {
+    if first { tx.execute(&w.stream_lock, &[&STREAM_LOCK]).await.map(drop) } else { Ok(()) }
+}
+
+/// The event and its notifications at the position it allocates; the row
+/// holds that position.
+async fn insert_event(
+    tx: &Transaction<'_>,
+    w: &Writes,
+    event: &NewEvent,
+    c: &InsertColumns<'_>,
+) -> Result<Row, tokio_postgres::Error> {
+    tx.query_one(
+        &w.insert_event,
+        &[
+            &event.event_id,
+            &event.room_id,
+            &event.event_type,
+            &event.state_key,
+            &event.sender,
+            &c.origin_server_ts,
+            &c.depth,
+            &event.json,
+            &c.membership,
+            &c.txn_user,
+            &c.txn_device,
+            &c.txn_id,
+            &c.notified_users,
+            &c.notification_actions,
+            &c.notification_highlights,
+        ],
+    )
+    .await
+}
+
+/// The state row this event replaces ends at the event's position.
+async fn close_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> StepResult {
+    match &event.state_key {
+        Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
+        None => Ok(()),
+    }
+}
+
+/// The event's own state row starts at its position.
+async fn open_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, c: &InsertColumns<'_>) -> StepResult {
+    match &event.state_key {
+        Some(key) => {
+            tx.execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &c.membership]).await.map(drop)
+        }
+        None => Ok(()),
+    }
+}
+
+async fn add_relation(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> StepResult {
+    match &event.relates_to {
+        Some(rel) => tx
+            .execute(
+                &w.relations.add_relation,
+                &[&event.event_id, &event.room_id, &rel.parent, &rel.rel_type, &event.event_type, &event.sender, &rel.key],
+            )
+            .await
+            .map(drop),
+        None => Ok(()),
+    }
+}
+
+/// A thread reply moves its thread to the top of the room's threads.
+async fn touch_thread(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> StepResult {
+    match &event.relates_to {
+        Some(rel) if rel.rel_type == "m.thread" => {
+            tx.execute(&w.relations.touch_thread, &[&rel.parent, &event.room_id]).await.map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 const STATE_JOIN: &str = "FROM room_state s JOIN events e ON e.event_id = s.event_id";
 
 #[async_trait]
 impl RoomStore for PostgresStore {
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
-        if events.is_empty() {
-            return Err(StoreError::Contract("an empty batch of events"));
-        }
-        if events.iter().any(|e| e.room_id != room.room_id) {
-            return Err(StoreError::Contract("an event of another room"));
-        }
+        check_room_events(&room.room_id, &events)?;
         let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
         let mut client = self.client().await?;
         let w = Writes::prepare(&client).await?;
@@ -651,15 +671,7 @@ impl RoomStore for PostgresStore {
         if rows.len() > limit {
             return Err(StoreError::TooManyVisibilitySpans);
         }
-        rows.iter()
-            .map(|r| {
-                let kind = match get::<Option<String>>(r, 3)? {
-                    Some(m) => SpanKind::Membership(MembershipState::from(m)),
-                    None => SpanKind::HistoryVisibility(get::<Option<String>>(r, 4)?.as_deref().and_then(history_visibility_of)),
-                };
-                Ok(StateSpan { room_id: get(r, 0)?, from_pos: u(get(r, 1)?), to_pos: get::<Option<i64>>(r, 2)?.map(u), kind })
-            })
-            .collect()
+        rows.iter().map(|r| rows::visibility_span(&PgRow(r))).collect()
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {

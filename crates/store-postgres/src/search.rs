@@ -4,8 +4,11 @@
 use async_trait::async_trait;
 use chancery_store::*;
 
-use crate::accounts::{get, i, query, query_opt, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use chancery_store_sql::params::{like_contains, search_scope_params};
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// A tsquery matching every word, the last as a prefix. Words are
@@ -16,17 +19,11 @@ fn ts_query(words: &[String]) -> String {
     words.iter().enumerate().map(|(n, w)| if n == last { format!("{w}:*") } else { w.clone() }).collect::<Vec<_>>().join(" & ")
 }
 
-fn like_pattern(term: &str) -> String {
-    let escaped: String =
-        term.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
-    format!("%{escaped}%")
-}
-
 #[async_trait]
 impl SearchStore for PostgresStore {
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
         let client = self.client().await?;
-        let pattern = like_pattern(&term.to_lowercase());
+        let pattern = like_contains(&term.to_lowercase());
         let sql = "
             WITH visible AS (
                 SELECT s2.state_key AS user_id FROM room_state s1
@@ -53,7 +50,7 @@ impl SearchStore for PostgresStore {
             ORDER BY a.user_id
             LIMIT $4";
         let rows = query(&client, sql, &[&searcher, &all_users, &pattern, &i(limit as u64)]).await?;
-        rows.iter().map(|r| Ok(UserHit { user_id: get(r, 0)?, displayname: get(r, 1)?, avatar_url: get(r, 2)? })).collect()
+        rows.iter().map(|r| rows::user_hit(&PgRow(r))).collect()
     }
 
     async fn search_events(
@@ -70,14 +67,12 @@ impl SearchStore for PostgresStore {
         }
         // Whole rooms are a plain array; rooms searched only in parts are
         // three parallel arrays (room, from, to) for `unnest`.
-        let (whole, parts): (Vec<&SearchScope>, Vec<&SearchScope>) = scopes.iter().partition(|s| s.is_whole_room());
-        let whole: Vec<&str> = whole.iter().map(|s| s.room_id.as_str()).collect();
-        let ranges = parts.iter().flat_map(|s| s.ranges.iter().map(move |r| (s.room_id.as_str(), r)));
+        let (whole, parts) = search_scope_params(scopes);
         let (mut part_rooms, mut part_from, mut part_to) = (Vec::new(), Vec::new(), Vec::new());
-        for (room, range) in ranges {
+        for (room, from, to) in parts {
             part_rooms.push(room);
-            part_from.push(i(range.from));
-            part_to.push(range.to.map(i));
+            part_from.push(from);
+            part_to.push(to);
         }
         let tsq = ts_query(words);
         let filter = "s.vector @@ to_tsquery('simple', $1)
@@ -102,10 +97,7 @@ impl SearchStore for PostgresStore {
         let rows =
             query(&tx, &sql, &[&tsq, &whole, &keys, &part_rooms, &part_from, &part_to, &i(limit as u64), &i(offset as u64)])
                 .await?;
-        let hits = rows
-            .iter()
-            .map(|r| Ok(SearchHit { event: event_from_row(r)?, rank: get(r, 14)? }))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let hits = rows.iter().map(|r| rows::search_hit(&PgRow(r))).collect::<StoreResult<Vec<_>>>()?;
         let count_sql = format!(
             "SELECT COUNT(*) FROM event_search s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN} WHERE {filter}"
         );

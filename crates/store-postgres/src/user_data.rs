@@ -1,7 +1,8 @@
 use async_trait::async_trait;
 use chancery_store::{StoreError, StoreResult, UserDataStore};
+use chancery_store_sql::params::reaches_limit;
 
-use crate::accounts::{get, query_opt};
+use crate::query::{get, query_opt};
 use crate::{PostgresStore, backend};
 
 #[async_trait]
@@ -22,7 +23,7 @@ impl UserDataStore for PostgresStore {
                 .await?
                 .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
         let (count, next): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
-        if usize::try_from(count).unwrap_or(usize::MAX) >= max_filters {
+        if reaches_limit(count, max_filters) {
             return Err(StoreError::TooManyFilters);
         }
         tx.execute("INSERT INTO filters (user_id, filter_id, filter_json) VALUES ($1, $2, $3)", &[&user_id, &next, &filter_json])

@@ -10,12 +10,13 @@ use chancery_store::*;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::Value as JsonValue;
 
-use crate::accounts::{i, u};
-use crate::{SqliteStore, backend};
+use chancery_store_sql::params::reaches_limit;
+use chancery_store_sql::rows;
+use chancery_store_sql::{i, u};
 
-fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
-    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-}
+use crate::rooms::collect;
+use crate::row::SqliteRow;
+use crate::{SqliteStore, backend};
 
 /// Writes one account-data entry at the next position, checking the
 /// per-user entry limit for new keys.
@@ -37,7 +38,7 @@ fn put_entry(
             .prepare_cached("SELECT COUNT(*) FROM account_data WHERE user_id = ?1")
             .and_then(|mut s| s.query_row([user_id], |r| r.get(0)))
             .map_err(backend)?;
-        if usize::try_from(count).unwrap_or(usize::MAX) >= max_entries {
+        if reaches_limit(count, max_entries) {
             return Err(StoreError::TooManyAccountData);
         }
     }
@@ -55,13 +56,7 @@ fn put_entry(
 }
 
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AccountDataEntry> {
-    let room_id: String = row.get(0)?;
-    Ok(AccountDataEntry {
-        room_id: (!room_id.is_empty()).then_some(room_id),
-        event_type: row.get(1)?,
-        content: row.get(2)?,
-        stream_pos: u(row.get(3)?),
-    })
+    rows::account_data_entry(&SqliteRow(row))
 }
 
 #[async_trait]
@@ -128,27 +123,12 @@ impl AccountDataStore for SqliteStore {
     }
 
     async fn current_account_data_pos(&self) -> StoreResult<u64> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM account_data")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                .map(u)
-                .map_err(backend)
-        })
-        .await
+        self.committed_pos("SELECT COALESCE(MAX(stream_pos), 0) FROM account_data").await
     }
 }
 
 fn receipt_from_row(row: &Row<'_>) -> rusqlite::Result<Receipt> {
-    let thread_id: String = row.get(3)?;
-    Ok(Receipt {
-        room_id: row.get(0)?,
-        user_id: row.get(1)?,
-        receipt_type: row.get(2)?,
-        thread_id: (!thread_id.is_empty()).then_some(thread_id),
-        event_id: row.get(4)?,
-        ts: u(row.get(5)?),
-        stream_pos: u(row.get(6)?),
-    })
+    rows::receipt(&SqliteRow(row))
 }
 
 #[async_trait]
@@ -170,7 +150,7 @@ impl ReceiptStore for SqliteStore {
                     .prepare_cached("SELECT COUNT(*) FROM receipts WHERE room_id = ?1 AND user_id = ?2 AND receipt_type = ?3")
                     .and_then(|mut s| s.query_row([&receipt.room_id, &receipt.user_id, &receipt.receipt_type], |r| r.get(0)))
                     .map_err(backend)?;
-                if usize::try_from(count).unwrap_or(usize::MAX) >= max_threads {
+                if reaches_limit(count, max_threads) {
                     return Err(StoreError::TooManyReceiptThreads);
                 }
             }
@@ -217,12 +197,6 @@ impl ReceiptStore for SqliteStore {
     }
 
     async fn current_receipt_pos(&self) -> StoreResult<u64> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM receipts")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                .map(u)
-                .map_err(backend)
-        })
-        .await
+        self.committed_pos("SELECT COALESCE(MAX(stream_pos), 0) FROM receipts").await
     }
 }

@@ -2,18 +2,13 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chancery_store::*;
+use chancery_store_sql::rows::{self, ACCOUNT_COLUMNS, DEVICE_COLUMNS, SESSION_COLUMNS, TOKEN_COLUMNS, UIA_COLUMNS};
+use chancery_store_sql::{i, u};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value as JsonValue;
 
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
-
-pub(crate) fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -43,44 +38,15 @@ fn delete_device_rows(conn: &Connection, user_id: &str, device_id: &str) -> Stor
 }
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        user_id: row.get(0)?,
-        device_id: row.get(1)?,
-        is_admin: row.get(2)?,
-        access_expires_ts: row.get::<_, Option<i64>>(3)?.map(u),
-        previous_refresh_pending: row.get::<_, Option<String>>(4)?.is_some(),
-    })
+    rows::session(&SqliteRow(row))
 }
 
-const SESSION_COLUMNS: &str = "d.user_id, d.device_id, a.is_admin, d.access_expires_ts, d.prev_refresh_token_hash FROM devices d JOIN accounts a ON a.user_id = d.user_id";
-
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
-    Ok(Device { user_id: row.get(0)?, device_id: row.get(1)?, display_name: row.get(2)?, created_ts: u(row.get(3)?) })
+    rows::device(&SqliteRow(row))
 }
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<RegistrationToken> {
-    Ok(RegistrationToken {
-        token: row.get(0)?,
-        uses_allowed: row.get::<_, Option<i64>>(1)?.map(u),
-        completed: u(row.get(2)?),
-        expiry_ts: row.get::<_, Option<i64>>(3)?.map(u),
-        created_ts: u(row.get(4)?),
-        revoked_ts: row.get::<_, Option<i64>>(5)?.map(u),
-    })
-}
-
-fn uia_from_row(row: &Row<'_>) -> rusqlite::Result<(UiaSession, String)> {
-    Ok((
-        UiaSession {
-            session_id: row.get(0)?,
-            operation: row.get(1)?,
-            user_id: row.get(2)?,
-            completed: Vec::new(),
-            registration_token: row.get(4)?,
-            created_ts: u(row.get(5)?),
-        },
-        row.get(3)?,
-    ))
+    rows::registration_token(&SqliteRow(row))
 }
 
 fn load_profile(conn: &Connection, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>> {
@@ -136,21 +102,9 @@ impl AccountStore for SqliteStore {
     async fn account(&self, user_id: &str) -> StoreResult<Option<Account>> {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT user_id, password_hash, is_admin, deactivated_ts, created_ts FROM accounts WHERE user_id = ?1",
-                [user_id],
-                |r| {
-                    Ok(Account {
-                        user_id: r.get(0)?,
-                        password_hash: r.get(1)?,
-                        is_admin: r.get(2)?,
-                        deactivated: r.get::<_, Option<i64>>(3)?.is_some(),
-                        created_ts: u(r.get(4)?),
-                    })
-                },
-            )
-            .optional()
-            .map_err(backend)
+            conn.query_row(&format!("SELECT {ACCOUNT_COLUMNS} WHERE user_id = ?1"), [user_id], |r| rows::account(&SqliteRow(r)))
+                .optional()
+                .map_err(backend)
         })
         .await
     }
@@ -261,9 +215,7 @@ impl AccountStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user_id, device_id, display_name, created_ts FROM devices WHERE user_id = ?1 ORDER BY device_id",
-                )
+                .prepare_cached(&format!("SELECT {DEVICE_COLUMNS} WHERE user_id = ?1 ORDER BY device_id"))
                 .map_err(backend)?;
             let rows = stmt.query_map([user_id], device_from_row).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
@@ -275,7 +227,7 @@ impl AccountStore for SqliteStore {
         let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
         self.read(move |conn| {
             conn.query_row(
-                "SELECT user_id, device_id, display_name, created_ts FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                &format!("SELECT {DEVICE_COLUMNS} WHERE user_id = ?1 AND device_id = ?2"),
                 params![user_id, device_id],
                 device_from_row,
             )
@@ -404,11 +356,7 @@ impl AccountStore for SqliteStore {
 
     async fn registration_tokens(&self) -> StoreResult<Vec<RegistrationToken>> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT token, uses_allowed, completed, expiry_ts, created_ts, revoked_ts FROM registration_tokens ORDER BY token",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} ORDER BY token")).map_err(backend)?;
             let rows = stmt.query_map([], token_from_row).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
@@ -418,13 +366,9 @@ impl AccountStore for SqliteStore {
     async fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationToken>> {
         let token = token.to_owned();
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT token, uses_allowed, completed, expiry_ts, created_ts, revoked_ts FROM registration_tokens WHERE token = ?1",
-                [token],
-                token_from_row,
-            )
-            .optional()
-            .map_err(backend)
+            conn.query_row(&format!("SELECT {TOKEN_COLUMNS} WHERE token = ?1"), [token], token_from_row)
+                .optional()
+                .map_err(backend)
         })
         .await
     }
@@ -467,11 +411,7 @@ impl AccountStore for SqliteStore {
         let id = session_id.to_owned();
         self.read(move |conn| {
             let found = conn
-                .query_row(
-                    "SELECT session_id, operation, user_id, completed, registration_token, created_ts FROM uia_sessions WHERE session_id = ?1",
-                    [id],
-                    uia_from_row,
-                )
+                .query_row(&format!("SELECT {UIA_COLUMNS} WHERE session_id = ?1"), [id], |r| rows::uia_session(&SqliteRow(r)))
                 .optional()
                 .map_err(backend)?;
             found

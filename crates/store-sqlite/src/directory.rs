@@ -7,8 +7,17 @@ use chancery_store::*;
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
-use crate::accounts::{i, is_unique_violation, u};
+use chancery_store_sql::batches::{check_aliases, check_room_events};
+use chancery_store_sql::directory::{
+    DirectoryField, LISTED_ROOMS_FILTER, PUBLIC_ROOMS_SELECT, cursor_filter, page_order, published_rooms_sql,
+};
+use chancery_store_sql::params::{like_contains, reaches_limit};
+use chancery_store_sql::rows::{self, ALIAS_COLUMNS};
+use chancery_store_sql::{i, u};
+
+use crate::accounts::is_unique_violation;
 use crate::rooms::{append_in_tx, create_room_in_tx};
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
 fn insert_alias(tx: &Transaction<'_>, alias: &RoomAlias) -> StoreResult<()> {
@@ -25,57 +34,16 @@ fn publish(tx: &Transaction<'_>, room_id: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// A string field of the content of the room's current state event of
-/// `event_type` (empty state key), `NULL` if absent or not a string, and
-/// also if the event was redacted when `redactable` (the redaction
-/// algorithm strips the field, but the stored JSON keeps it).
-fn state_field(event_type: &str, path: &str, redactable: bool) -> String {
-    let (join, unredacted) = if redactable {
-        ("LEFT JOIN redactions r ON r.target_event_id = s.event_id", "AND r.target_event_id IS NULL")
-    } else {
-        ("", "")
-    };
+/// The dialect's subquery of a directory field: a string of the content
+/// of the room's current state event, `NULL` if absent or not a string.
+fn state_field(field: &DirectoryField) -> String {
+    let (event_type, path) = (field.event_type, format!("$.content.{}", field.content_key));
+    let (join, unredacted) = field.unredacted();
     format!(
         "(SELECT CASE WHEN json_type(e.json, '{path}') = 'text' THEN json_extract(e.json, '{path}') END
           FROM room_state s JOIN events e ON e.event_id = s.event_id {join}
           WHERE s.room_id = d.room_id AND s.event_type = '{event_type}' AND s.state_key = '' AND s.to_pos IS NULL {unredacted})"
     )
-}
-
-/// The published rooms with their directory fields; `p` in the query.
-fn published_rooms_sql() -> String {
-    format!(
-        "SELECT d.room_id,
-                (SELECT COUNT(*) FROM room_state m
-                 WHERE m.room_id = d.room_id AND m.event_type = 'm.room.member' AND m.to_pos IS NULL
-                   AND m.membership = 'join') AS joined,
-                {} AS name, {} AS topic, {} AS avatar_url, {} AS canonical_alias, {} AS join_rule,
-                {} AS history_visibility, {} AS guest_access, {} AS room_type
-         FROM room_directory d",
-        state_field("m.room.name", "$.content.name", true),
-        state_field("m.room.topic", "$.content.topic", true),
-        state_field("m.room.avatar", "$.content.url", true),
-        state_field("m.room.canonical_alias", "$.content.alias", true),
-        // The redaction algorithm keeps these fields.
-        state_field("m.room.join_rules", "$.content.join_rule", false),
-        state_field("m.room.history_visibility", "$.content.history_visibility", false),
-        state_field("m.room.guest_access", "$.content.guest_access", true),
-        state_field("m.room.create", "$.content.type", false),
-    )
-}
-
-/// `%term%` for LIKE, with the wildcards of the term escaped by `\`.
-fn like_pattern(term: &str) -> String {
-    let mut out = String::with_capacity(term.len() + 2);
-    out.push('%');
-    for c in term.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
 }
 
 #[async_trait]
@@ -93,7 +61,7 @@ impl DirectoryStore for SqliteStore {
             let count: i64 = tx
                 .query_row("SELECT COUNT(*) FROM room_aliases WHERE room_id = ?1", [&alias.room_id], |r| r.get(0))
                 .map_err(backend)?;
-            if usize::try_from(count).unwrap_or(usize::MAX) >= max_per_room {
+            if reaches_limit(count, max_per_room) {
                 return Err(StoreError::TooManyAliases);
             }
             insert_alias(tx, &alias)
@@ -104,13 +72,8 @@ impl DirectoryStore for SqliteStore {
     async fn alias(&self, alias: &str) -> StoreResult<Option<RoomAlias>> {
         let alias = alias.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT alias, room_id, creator, created_ts FROM room_aliases WHERE alias = ?1")
-                .and_then(|mut s| {
-                    s.query_row([&alias], |r| {
-                        Ok(RoomAlias { alias: r.get(0)?, room_id: r.get(1)?, creator: r.get(2)?, created_ts: u(r.get(3)?) })
-                    })
-                    .optional()
-                })
+            conn.prepare_cached(&format!("SELECT {ALIAS_COLUMNS} WHERE alias = ?1"))
+                .and_then(|mut s| s.query_row([&alias], |r| rows::room_alias(&SqliteRow(r))).optional())
                 .map_err(backend)
         })
         .await
@@ -164,17 +127,11 @@ impl DirectoryStore for SqliteStore {
     async fn public_rooms(&self, query: &PublicRoomsQuery) -> StoreResult<PublicRoomsPage> {
         let query = query.clone();
         self.read_heavy(move |conn| {
-            let mut sql = format!(
-                "SELECT room_id, joined, name, topic, avatar_url, canonical_alias, join_rule, history_visibility,
-                        guest_access, room_type
-                 FROM ({}) p
-                 WHERE (p.join_rule IN ('public', 'knock', 'knock_restricted') OR p.history_visibility = 'world_readable')",
-                published_rooms_sql()
-            );
+            let mut sql = format!("{PUBLIC_ROOMS_SELECT} FROM ({}) p WHERE {LISTED_ROOMS_FILTER}", published_rooms_sql(state_field));
             let mut args: Vec<Value> = Vec::new();
             if let Some(term) = query.search.as_deref().filter(|t| !t.is_empty()) {
                 // SQLite's LIKE ignores ASCII case.
-                args.push(Value::Text(like_pattern(term)));
+                args.push(Value::Text(like_contains(term)));
                 let n = args.len();
                 sql.push_str(&format!(
                     " AND (p.name LIKE ?{n} ESCAPE '\\' OR p.topic LIKE ?{n} ESCAPE '\\' OR p.canonical_alias LIKE ?{n} ESCAPE '\\')"
@@ -196,39 +153,16 @@ impl DirectoryStore for SqliteStore {
                 args.push(Value::Integer(i(cursor.joined_members)));
                 args.push(Value::Text(cursor.room_id.clone()));
                 let (count, room) = (args.len() - 1, args.len());
-                sql.push_str(&if cursor.forward {
-                    format!(" AND (p.joined < ?{count} OR (p.joined = ?{count} AND p.room_id > ?{room}))")
-                } else {
-                    format!(" AND (p.joined > ?{count} OR (p.joined = ?{count} AND p.room_id < ?{room}))")
-                });
+                sql.push_str(&cursor_filter(cursor.forward, &format!("?{count}"), &format!("?{room}")));
             }
             args.push(Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
-            sql.push_str(&if forward {
-                format!(" ORDER BY p.joined DESC, p.room_id ASC LIMIT ?{}", args.len())
-            } else {
-                format!(" ORDER BY p.joined ASC, p.room_id DESC LIMIT ?{}", args.len())
-            });
+            sql.push_str(&page_order(forward, &format!("?{}", args.len())));
 
             // The page and the total from one snapshot.
             let tx = conn.unchecked_transaction().map_err(backend)?;
             let mut rooms = {
                 let mut stmt = tx.prepare(&sql).map_err(backend)?;
-                let rows = stmt
-                    .query_map(params_from_iter(args), |r| {
-                        Ok(PublicRoomEntry {
-                            room_id: r.get(0)?,
-                            joined_members: u(r.get(1)?),
-                            name: r.get(2)?,
-                            topic: r.get(3)?,
-                            avatar_url: r.get(4)?,
-                            canonical_alias: r.get(5)?,
-                            join_rule: r.get(6)?,
-                            history_visibility: r.get(7)?,
-                            guest_access: r.get(8)?,
-                            room_type: r.get(9)?,
-                        })
-                    })
-                    .map_err(backend)?;
+                let rows = stmt.query_map(params_from_iter(args), |r| rows::public_room(&SqliteRow(r))).map_err(backend)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
             };
             if !forward {
@@ -246,9 +180,7 @@ impl DirectoryStore for SqliteStore {
         events: Vec<NewEvent>,
         addresses: RoomAddresses,
     ) -> StoreResult<u64> {
-        if addresses.aliases.iter().any(|a| a.room_id != room.room_id) {
-            return Err(StoreError::AliasOfAnotherRoom);
-        }
+        check_aliases(&room.room_id, &addresses.aliases)?;
         self.write(move |tx| {
             let pos = create_room_in_tx(tx, &room, &events)?;
             for alias in &addresses.aliases {
@@ -263,12 +195,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn upgrade_room(&self, upgrade: RoomUpgrade) -> StoreResult<u64> {
-        if upgrade.old_room_events.is_empty() {
-            return Err(StoreError::Contract("an empty batch of events"));
-        }
-        if upgrade.old_room_events.iter().any(|e| e.room_id != upgrade.old_room_id) {
-            return Err(StoreError::Contract("an event of another room"));
-        }
+        check_room_events(&upgrade.old_room_id, &upgrade.old_room_events)?;
         self.write(move |tx| {
             let mut prev = upgrade.old_extremities.clone();
             for event in &upgrade.old_room_events {

@@ -18,6 +18,7 @@ mod push;
 mod relations;
 mod reports;
 mod rooms;
+mod row;
 mod search;
 mod user_data;
 mod writer;
@@ -27,24 +28,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamPositions, StreamStore};
+use chancery_store_sql::migrations::pending_migrations;
+use chancery_store_sql::{i, u};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use pool::Pool;
 
-/// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_accounts.sql"),
-    include_str!("../migrations/0002_rooms.sql"),
-    include_str!("../migrations/0003_filters.sql"),
-    include_str!("../migrations/0004_account_data.sql"),
-    include_str!("../migrations/0005_relations.sql"),
-    include_str!("../migrations/0006_directory.sql"),
-    include_str!("../migrations/0007_search.sql"),
-    include_str!("../migrations/0008_push.sql"),
-    include_str!("../migrations/0009_report_ids.sql"),
-    include_str!("../migrations/0010_push_rule_owners.sql"),
-    include_str!("../migrations/0011_notifications_by_position.sql"),
-];
+/// Migrations in order (see `chancery_store_sql::migrations`); the schema
+/// version is the number applied.
+const MIGRATIONS: &[&str] = &chancery_store_sql::migration_sql!();
 
 /// Prepared statements kept per connection. rusqlite keeps 16 by default;
 /// a sync pass alone uses more distinct statements than that, so the cache
@@ -165,18 +157,25 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
+
+    /// A stream's committed position, read by `sql`: the single writer
+    /// allocates `MAX(stream_pos) + 1` of the stream's table and commits in
+    /// order, so its largest position is the "everything at or below is
+    /// visible" watermark.
+    async fn committed_pos(&self, sql: &'static str) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.prepare_cached(sql).and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0))).map(u).map_err(backend)
+        })
+        .await
+    }
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
     let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0)).map_err(backend)?;
-    let supported = MIGRATIONS.len() as i64;
-    if current > supported {
-        return Err(StoreError::SchemaTooNew { found: current, supported });
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql).map_err(backend)?;
+    for index in pending_migrations(current, MIGRATIONS.len())? {
+        tx.execute_batch(MIGRATIONS[index]).map_err(backend)?;
         tx.execute("DELETE FROM schema_version", []).map_err(backend)?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [index as i64 + 1]).map_err(backend)?;
         tracing::info!(version = index + 1, "applied SQLite migration");
@@ -232,14 +231,8 @@ impl StreamStore for SqliteStore {
                      LIMIT ?5",
                 )
                 .map_err(backend)?;
-            let bound = accounts::i(limit as u64).saturating_add(1);
-            let params = rusqlite::params![
-                accounts::i(events.0),
-                accounts::i(events.1),
-                accounts::i(receipts.0),
-                accounts::i(receipts.1),
-                bound
-            ];
+            let bound = i(limit as u64).saturating_add(1);
+            let params = rusqlite::params![i(events.0), i(events.1), i(receipts.0), i(receipts.1), bound];
             let rooms = stmt.query_map(params, |r| r.get::<_, String>(0)).map_err(backend)?;
             let rooms = rooms.collect::<Result<Vec<_>, _>>().map_err(backend)?;
             Ok((rooms.len() <= limit).then_some(rooms))
@@ -256,11 +249,7 @@ impl StreamStore for SqliteStore {
             )
             .and_then(|mut s| {
                 s.query_row([], |r| {
-                    Ok(StreamPositions {
-                        events: accounts::u(r.get(0)?),
-                        account_data: accounts::u(r.get(1)?),
-                        receipts: accounts::u(r.get(2)?),
-                    })
+                    Ok(StreamPositions { events: u(r.get(0)?), account_data: u(r.get(1)?), receipts: u(r.get(2)?) })
                 })
             })
             .map_err(backend)

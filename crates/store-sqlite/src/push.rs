@@ -6,8 +6,11 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
 
-use crate::accounts::{i, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, collect, event_from_row};
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::rooms::collect;
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
 /// Stores the notifications of an event being appended (same transaction).
@@ -47,9 +50,8 @@ impl PushStore for SqliteStore {
                      WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(backend)?;
-            let rows = stmt.query_map([ids], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?))).map_err(backend)?;
-            let rows = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-            Ok(rows.into_iter().filter_map(|(u, r)| r.map(|r| (u, r))).collect())
+            let rows = stmt.query_map([ids], |r| rows::user_push_rules(&SqliteRow(r))).map_err(backend)?;
+            collect(rows.filter_map(Result::transpose))
         })
         .await
     }
@@ -65,8 +67,8 @@ impl PushStore for SqliteStore {
                      ORDER BY s.state_key",
                 )
                 .map_err(backend)?;
-            let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            let rows = stmt.query_map([room_id], |r| rows::member_push_rules(&SqliteRow(r))).map_err(backend)?;
+            collect(rows)
         })
         .await
     }
@@ -83,9 +85,8 @@ impl PushStore for SqliteStore {
                                      AND s.to_pos IS NULL AND s.membership = 'join')",
                 )
                 .map_err(backend)?;
-            let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?))).map_err(backend)?;
-            let rows = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-            Ok(rows.into_iter().filter_map(|(u, r)| r.map(|r| (u, r))).collect())
+            let rows = stmt.query_map([room_id], |r| rows::user_push_rules(&SqliteRow(r))).map_err(backend)?;
+            collect(rows.filter_map(Result::transpose))
         })
         .await
     }
@@ -144,9 +145,7 @@ impl PushStore for SqliteStore {
             let mut out = Vec::with_capacity(positions.len());
             for pos in positions {
                 let found = row
-                    .query_row(params![user_id, pos], |r| {
-                        Ok(StoredNotification { event: event_from_row(r)?, actions_json: r.get(14)?, highlight: r.get(15)? })
-                    })
+                    .query_row(params![user_id, pos], |r| rows::stored_notification(&SqliteRow(r)))
                     .optional()
                     .map_err(backend)?;
                 out.extend(found);
@@ -192,9 +191,7 @@ impl PushStore for SqliteStore {
                 )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![user_id, room_id, i(after), i(limit as u64)], |r| {
-                    Ok(ThreadedNotification { thread_root: r.get(0)?, stream_pos: u(r.get(1)?), highlight: r.get(2)? })
-                })
+                .query_map(params![user_id, room_id, i(after), i(limit as u64)], |r| rows::threaded_notification(&SqliteRow(r)))
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })

@@ -8,12 +8,12 @@ use async_trait::async_trait;
 use chancery_store::*;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::accounts::{i, u};
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, collect, event_from_row};
-use crate::{SqliteStore, backend};
+use chancery_store_sql::i;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 
-/// Number of columns in [`EVENT_COLUMNS`]; extra columns of a query follow.
-const EVENT_COLUMN_COUNT: usize = 14;
+use crate::rooms::{collect, event_from_row};
+use crate::row::SqliteRow;
+use crate::{SqliteStore, backend};
 
 /// Records `event`'s relation at position `pos`; a thread reply also moves
 /// its thread to the top of the room's threads.
@@ -131,7 +131,7 @@ fn edits_in(conn: &Connection, ids: &str) -> StoreResult<Vec<(String, StoredEven
          {REDACTION_JOIN}"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt.query_map([ids], |r| Ok((r.get::<_, String>(EVENT_COLUMN_COUNT)?, event_from_row(r)?))).map_err(backend)?;
+    let rows = stmt.query_map([ids], |r| rows::edit(&SqliteRow(r))).map_err(backend)?;
     collect(rows)
 }
 
@@ -147,16 +147,7 @@ fn threads_in(conn: &Connection, ids: &str, viewer: &str) -> StoreResult<Vec<Thr
          ) s JOIN events e ON e.stream_pos = s.latest_pos {REDACTION_JOIN}"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map([ids, viewer], |r| {
-            Ok(ThreadSummary {
-                latest: event_from_row(r)?,
-                root: r.get(EVENT_COLUMN_COUNT)?,
-                count: u(r.get(EVENT_COLUMN_COUNT + 1)?),
-                participated: r.get::<_, i64>(EVENT_COLUMN_COUNT + 2)? != 0,
-            })
-        })
-        .map_err(backend)?;
+    let rows = stmt.query_map([ids, viewer], |r| rows::thread_summary(&SqliteRow(r))).map_err(backend)?;
     collect(rows)
 }
 
@@ -205,9 +196,7 @@ impl RelationStore for SqliteStore {
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
             let rows = stmt
-                .query_map(params![room_id, before, participant, limit], |r| {
-                    Ok(ThreadRoot { root: event_from_row(r)?, latest_pos: u(r.get(EVENT_COLUMN_COUNT)?) })
-                })
+                .query_map(params![room_id, before, participant, limit], |r| rows::thread_root(&SqliteRow(r)))
                 .map_err(backend)?;
             collect(rows)
         })
@@ -247,11 +236,7 @@ impl RelationStore for SqliteStore {
                  GROUP BY event_type, rel_key ORDER BY n DESC, event_type, rel_key"
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = stmt
-                .query_map(params![parent, sender], |r| {
-                    Ok(AnnotationCount { event_type: r.get(0)?, key: r.get(1)?, count: u(r.get(2)?) })
-                })
-                .map_err(backend)?;
+            let rows = stmt.query_map(params![parent, sender], |r| rows::annotation_count(&SqliteRow(r))).map_err(backend)?;
             collect(rows)
         })
         .await

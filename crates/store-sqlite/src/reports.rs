@@ -2,10 +2,13 @@
 //! 0009), so an id deleted by an admin is never handed out again.
 
 use async_trait::async_trait;
-use chancery_store::{NewReport, Report, ReportKind, ReportPage, ReportQuery, ReportStore, StoreError, StoreResult, TextFilter};
+use chancery_store::{NewReport, Report, ReportKind, ReportPage, ReportQuery, ReportStore, StoreError, StoreResult};
+use chancery_store_sql::params::{reaches_limit, text_filter_params};
+use chancery_store_sql::rows::{self, REPORT_SELECT};
+use chancery_store_sql::{i, u};
 use rusqlite::{OptionalExtension, params};
 
-use crate::accounts::{i, u};
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
 #[async_trait]
@@ -21,7 +24,7 @@ impl ReportStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(backend)?;
-            if usize::try_from(recent).unwrap_or(usize::MAX) >= max_in_window {
+            if reaches_limit(recent, max_in_window) {
                 return Err(StoreError::TooManyReports);
             }
             tx.execute(
@@ -49,8 +52,8 @@ impl ReportStore for SqliteStore {
     async fn report_page(&self, query: &ReportQuery) -> StoreResult<ReportPage> {
         let query = query.clone();
         self.read_heavy(move |conn| {
-            let (reporter_exact, reporter_part) = split(query.reporter.as_ref());
-            let (room_exact, room_part) = split(query.room.as_ref());
+            let (reporter_exact, reporter_part) = text_filter_params(query.reporter.as_ref());
+            let (room_exact, room_part) = text_filter_params(query.room.as_ref());
             let filters = params![
                 query.kind == ReportKind::Event,
                 reporter_exact,
@@ -108,10 +111,6 @@ impl ReportStore for SqliteStore {
     }
 }
 
-/// The columns of a [`Report`], for [`report_from_row`].
-const REPORT_SELECT: &str = "SELECT c.report_id, c.room_id, c.event_id, c.reporter, c.reason, c.score, c.created_ts, e.sender
-     FROM content_reports c LEFT JOIN events e ON e.event_id = c.event_id";
-
 /// The kind and filters of a [`ReportQuery`] as parameters ?1..?6; a NULL
 /// filter matches everything. `instr` rather than LIKE: no wildcards to
 /// escape.
@@ -120,24 +119,6 @@ const REPORT_FILTER: &str = "(c.event_id IS NOT NULL) = ?1
      AND (?4 IS NULL OR c.room_id = ?4) AND (?5 IS NULL OR instr(c.room_id, ?5) > 0)
      AND (?6 IS NULL OR e.sender = ?6)";
 
-/// A filter as (exact, substring) parameters.
-fn split(filter: Option<&TextFilter>) -> (Option<&str>, Option<&str>) {
-    match filter {
-        Some(TextFilter::Exact(s)) => (Some(s), None),
-        Some(TextFilter::Contains(s)) => (None, Some(s)),
-        None => (None, None),
-    }
-}
-
 fn report_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Report> {
-    Ok(Report {
-        report_id: u(r.get(0)?),
-        room_id: r.get(1)?,
-        event_id: r.get(2)?,
-        reporter: r.get(3)?,
-        reason: r.get(4)?,
-        score: r.get(5)?,
-        created_ts: u(r.get(6)?),
-        event_sender: r.get(7)?,
-    })
+    rows::report(&SqliteRow(r))
 }

@@ -14,48 +14,20 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::*;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::accounts::{i, is_unique_violation, u};
+use chancery_store_sql::batches::check_room_events;
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
+
+use crate::accounts::is_unique_violation;
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
-/// Columns of a [`StoredEvent`], for [`event_from_row`]; `e` is `events`,
-/// `r` the LEFT JOINed `redactions`.
-pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.event_type, e.state_key, e.sender, e.origin_server_ts, e.depth, \
-     e.json, e.membership, e.stream_pos, r.redaction_event_id, e.txn_user, e.txn_device, e.txn_id";
-
-pub(crate) const REDACTION_JOIN: &str = "LEFT JOIN redactions r ON r.target_event_id = e.event_id";
-
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let txn_user: Option<String> = row.get(11)?;
-    let txn_device: Option<String> = row.get(12)?;
-    let txn_id: Option<String> = row.get(13)?;
-    let txn = match (txn_user, txn_device, txn_id) {
-        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnKey { user_id, device_id, txn_id }),
-        _ => None,
-    };
-    Ok(StoredEvent {
-        event_id: row.get(0)?,
-        room_id: row.get(1)?,
-        event_type: row.get(2)?,
-        state_key: row.get(3)?,
-        sender: row.get(4)?,
-        origin_server_ts: u(row.get(5)?),
-        depth: u(row.get(6)?),
-        json: row.get(7)?,
-        membership: row.get::<_, Option<String>>(8)?.map(MembershipState::from),
-        stream_pos: u(row.get(9)?),
-        redacted_by: row.get(10)?,
-        txn,
-    })
+    rows::stored_event(&SqliteRow(row))
 }
 
 fn membership_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
-    Ok(Membership {
-        room_id: row.get(0)?,
-        user_id: row.get(1)?,
-        membership: MembershipState::from(row.get::<_, Option<String>>(2)?.unwrap_or_default()),
-        event_id: row.get(3)?,
-        stream_pos: u(row.get(4)?),
-    })
+    rows::membership(&SqliteRow(row))
 }
 
 pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
@@ -65,6 +37,30 @@ pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Sto
 /// The whole of `append_event` after its transaction has begun; also used
 /// for each event of `create_room`.
 pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
+    // One writer: these checks cannot be overtaken before the INSERT.
+    check_room_and_extremities(tx, event, prev_extremities)?;
+    check_ids_unused(tx, event)?;
+    let pos = next_stream_pos(tx)?;
+    insert_event(tx, event, pos)?;
+    crate::search::index_event(tx, event, pos)?;
+    crate::push::insert_notifications(tx, event, pos)?;
+    make_only_extremity(tx, event)?;
+    if let Some(state_key) = &event.state_key {
+        record_state(tx, event, state_key, pos)?;
+    }
+    if let Some(target) = &event.redacts {
+        record_redaction(tx, event, target)?;
+    }
+    if let Some(relation) = &event.relates_to {
+        crate::relations::record_relation_in(tx, event, relation, pos)?;
+    }
+    Ok(u(pos))
+}
+
+/// `UnknownRoom` or `StaleExtremities` unless the room exists and its
+/// forward extremities are exactly `prev_extremities`; raises the room's
+/// max depth to the event's.
+fn check_room_and_extremities(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<()> {
     let found = tx
         .prepare_cached("UPDATE rooms SET max_depth = MAX(max_depth, ?2) WHERE room_id = ?1")
         .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
@@ -79,7 +75,12 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     if current != prev_extremities.iter().cloned().collect::<BTreeSet<_>>() {
         return Err(StoreError::StaleExtremities);
     }
-    // One writer: these checks cannot be overtaken before the INSERT.
+    Ok(())
+}
+
+/// `TransactionIdUsed` or `EventIdTaken` if the event's transaction key or
+/// id is taken.
+fn check_ids_unused(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
     if let Some(txn) = &event.txn
         && let Some(_) = event_for_txn_in(tx, txn)?
     {
@@ -92,11 +93,17 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     if exists.is_some() {
         return Err(StoreError::EventIdTaken);
     }
+    Ok(())
+}
 
-    let pos: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM events")
+/// The single writer makes `MAX + 1` dense and committed in order.
+fn next_stream_pos(tx: &Transaction<'_>) -> StoreResult<i64> {
+    tx.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) + 1 FROM events")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(backend)?;
+        .map_err(backend)
+}
+
+fn insert_event(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
     let txn = event.txn.as_ref();
     tx.prepare_cached(
         "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, json,
@@ -121,65 +128,65 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
         ])
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::EventIdTaken } else { backend(e) })?;
-    crate::search::index_event(tx, event, pos)?;
-    crate::push::insert_notifications(tx, event, pos)?;
+    Ok(())
+}
 
+/// The event becomes its room's only forward extremity.
+fn make_only_extremity(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()> {
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")
         .and_then(|mut s| s.execute([&event.room_id]))
         .map_err(backend)?;
     tx.prepare_cached("INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")
         .and_then(|mut s| s.execute([&event.room_id, &event.event_id]))
         .map_err(backend)?;
+    Ok(())
+}
 
-    if let Some(state_key) = &event.state_key {
-        tx.prepare_cached(
-            "UPDATE room_state SET to_pos = ?4
-             WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND to_pos IS NULL",
-        )
-        .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, pos]))
-        .map_err(backend)?;
-        tx.prepare_cached(
-            "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                event.room_id,
-                event.event_type,
-                state_key,
-                event.event_id,
-                event.membership.as_ref().map(MembershipState::as_str),
-                pos
-            ])
-        })
-        .map_err(backend)?;
-    }
+/// The state event ends the span of the one it replaces and opens its own
+/// at `pos`.
+fn record_state(tx: &Transaction<'_>, event: &NewEvent, state_key: &str, pos: i64) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE room_state SET to_pos = ?4
+         WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND to_pos IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, pos]))
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            event.room_id,
+            event.event_type,
+            state_key,
+            event.event_id,
+            event.membership.as_ref().map(MembershipState::as_str),
+            pos
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
 
-    if let Some(target) = &event.redacts {
-        tx.prepare_cached(
-            "INSERT INTO redactions (target_event_id, redaction_event_id) VALUES (?1, ?2)
-             ON CONFLICT (target_event_id) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute([target, &event.event_id]))
-        .map_err(backend)?;
-        crate::search::unindex_event(tx, target)?;
-        crate::relations::break_relation_in(tx, target)?;
-    }
-    if let Some(relation) = &event.relates_to {
-        crate::relations::record_relation_in(tx, event, relation, pos)?;
-    }
-    Ok(u(pos))
+/// Links the redaction to `target` (the first one wins), which leaves the
+/// search index and loses its relation.
+fn record_redaction(tx: &Transaction<'_>, event: &NewEvent, target: &str) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO redactions (target_event_id, redaction_event_id) VALUES (?1, ?2)
+         ON CONFLICT (target_event_id) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute([target, event.event_id.as_str()]))
+    .map_err(backend)?;
+    crate::search::unindex_event(tx, target)?;
+    crate::relations::break_relation_in(tx, target)?;
+    Ok(())
 }
 
 /// The whole of `create_room` inside a write transaction; also used by
 /// the directory operations that create a room together with its addresses.
 pub(crate) fn create_room_in_tx(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) -> StoreResult<u64> {
-    if events.is_empty() {
-        return Err(StoreError::Contract("an empty batch of events"));
-    }
-    if events.iter().any(|e| e.room_id != room.room_id) {
-        return Err(StoreError::Contract("an event of another room"));
-    }
+    check_room_events(&room.room_id, events)?;
     tx.execute(
         "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?1, ?2, ?3, ?4)",
         params![room.room_id, room.room_version.as_str(), room.creator, i(room.created_ts)],
@@ -511,13 +518,7 @@ impl RoomStore for SqliteStore {
                 .map_err(backend)?;
             let rows = stmt
                 .query_map(params![rooms, i(from), i(up_to), user_id, i(limit as u64).saturating_add(1)], |r| {
-                    let membership: Option<String> = r.get(3)?;
-                    let json: Option<String> = r.get(4)?;
-                    let kind = match membership {
-                        Some(m) => SpanKind::Membership(MembershipState::from(m)),
-                        None => SpanKind::HistoryVisibility(json.as_deref().and_then(history_visibility_of)),
-                    };
-                    Ok(StateSpan { room_id: r.get(0)?, from_pos: u(r.get(1)?), to_pos: r.get::<_, Option<i64>>(2)?.map(u), kind })
+                    rows::visibility_span(&SqliteRow(r))
                 })
                 .map_err(backend)?;
             let spans = collect(rows)?;
@@ -530,12 +531,6 @@ impl RoomStore for SqliteStore {
     }
 
     async fn current_stream_pos(&self) -> StoreResult<u64> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT COALESCE(MAX(stream_pos), 0) FROM events")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                .map(u)
-                .map_err(backend)
-        })
-        .await
+        self.committed_pos("SELECT COALESCE(MAX(stream_pos), 0) FROM events").await
     }
 }

@@ -4,8 +4,11 @@ use async_trait::async_trait;
 use chancery_store::*;
 use rusqlite::{Transaction, params};
 
-use crate::accounts::i;
-use crate::rooms::{EVENT_COLUMNS, REDACTION_JOIN, event_from_row};
+use chancery_store_sql::i;
+use chancery_store_sql::params::{like_contains, search_scope_params};
+use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
 /// Indexes an event being appended at `pos` (same transaction).
@@ -46,16 +49,10 @@ fn to_json(value: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-fn like_pattern(term: &str) -> String {
-    let escaped: String =
-        term.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
-    format!("%{escaped}%")
-}
-
 #[async_trait]
 impl SearchStore for SqliteStore {
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
-        let (searcher, pattern) = (searcher.to_owned(), like_pattern(&term.to_lowercase()));
+        let (searcher, pattern) = (searcher.to_owned(), like_contains(&term.to_lowercase()));
         self.read_heavy(move |conn| {
             // Candidates: everyone (all_users), or people sharing a joined
             // room with the searcher, or joined to a public room.
@@ -86,9 +83,7 @@ impl SearchStore for SqliteStore {
                 LIMIT ?4";
             let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
             let rows = stmt
-                .query_map(params![searcher, all_users, pattern, i(limit as u64)], |r| {
-                    Ok(UserHit { user_id: r.get(0)?, displayname: r.get(1)?, avatar_url: r.get(2)? })
-                })
+                .query_map(params![searcher, all_users, pattern, i(limit as u64)], |r| rows::user_hit(&SqliteRow(r)))
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
@@ -110,10 +105,7 @@ impl SearchStore for SqliteStore {
         let query = fts_query(words);
         // Whole rooms are a plain set; rooms searched only in parts are
         // (room, from, to) triples.
-        let (whole, parts): (Vec<&SearchScope>, Vec<&SearchScope>) = scopes.iter().partition(|s| s.is_whole_room());
-        let whole: Vec<&str> = whole.iter().map(|s| s.room_id.as_str()).collect();
-        let parts: Vec<(&str, i64, Option<i64>)> =
-            parts.iter().flat_map(|s| s.ranges.iter().map(|r| (s.room_id.as_str(), i(r.from), r.to.map(i)))).collect();
+        let (whole, parts) = search_scope_params(scopes);
         let (whole, parts, keys) = (to_json(&whole)?, to_json(&parts)?, to_json(&keys)?);
         self.read_heavy(move |conn| {
             let filter = "event_search MATCH ?1
@@ -140,7 +132,7 @@ impl SearchStore for SqliteStore {
                 let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
                 let rows = stmt
                     .query_map(params![query, whole, keys, parts, i(limit as u64), i(offset as u64)], |r| {
-                        Ok(SearchHit { event: event_from_row(r)?, rank: r.get(14)? })
+                        rows::search_hit(&SqliteRow(r))
                     })
                     .map_err(backend)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(backend)?

@@ -1,5 +1,6 @@
 use async_trait::async_trait;
 use chancery_store::{StoreError, StoreResult, UserDataStore};
+use chancery_store_sql::params::reaches_limit;
 use rusqlite::{OptionalExtension, params};
 
 use crate::{SqliteStore, backend};
@@ -25,7 +26,7 @@ impl UserDataStore for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .map_err(backend)?;
-            if usize::try_from(count).unwrap_or(usize::MAX) >= max_filters {
+            if reaches_limit(count, max_filters) {
                 return Err(StoreError::TooManyFilters);
             }
             tx.execute(

@@ -6,7 +6,6 @@
 //! backends read no clock and tests control time.
 
 mod account_data;
-pub mod conformance;
 mod directory;
 mod forgotten;
 mod push;

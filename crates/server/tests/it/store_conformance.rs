@@ -1,4 +1,4 @@
-//! The store conformance suite (chancery_store::conformance) against every
+//! The store conformance suite (chancery_store_conformance) against every
 //! backend, each test on a fresh, empty store.
 
 mod sqlite {
@@ -14,7 +14,7 @@ mod sqlite {
         (Arc::new(store), Box::new(dir))
     }
 
-    chancery_store::store_conformance_tests!(factory);
+    chancery_store_conformance::store_conformance_tests!(factory);
 }
 
 mod postgres {
@@ -32,7 +32,7 @@ mod postgres {
         (Arc::new(store), Box::new(()))
     }
 
-    chancery_store::store_conformance_tests!(factory);
+    chancery_store_conformance::store_conformance_tests!(factory);
 }
 
 /// A database written by a newer binary (a higher schema version) is
@@ -68,5 +68,131 @@ mod schema_versions {
         let _ = driver.await;
         let refused = PostgresStore::connect(&url, 2).await;
         assert!(matches!(refused, Err(StoreError::SchemaTooNew { found: 999, .. })), "{:?}", refused.err());
+    }
+}
+
+/// PostgreSQL databases written before its migrations took SQLite's
+/// numbers (PostgreSQL had no 0009_report_ids, so its 9 and 10 are now 10
+/// and 11) open with this binary: every migration applied exactly once,
+/// the data kept.
+mod postgres_migration_numbers {
+    use chancery_store::{AccountStore, PushStore, ReportStore, Store};
+    use chancery_store_postgres::PostgresStore;
+    use chancery_testkit::pg::PgCluster;
+
+    /// The files the old binary applied, in its order: SQLite's 0009 had no
+    /// PostgreSQL file, so its 9th and 10th were today's 0010 and 0011.
+    const OLD_MIGRATIONS: [&str; 10] = [
+        include_str!("../../../store-postgres/migrations/0001_accounts.sql"),
+        include_str!("../../../store-postgres/migrations/0002_rooms.sql"),
+        include_str!("../../../store-postgres/migrations/0003_filters.sql"),
+        include_str!("../../../store-postgres/migrations/0004_account_data.sql"),
+        include_str!("../../../store-postgres/migrations/0005_relations.sql"),
+        include_str!("../../../store-postgres/migrations/0006_directory.sql"),
+        include_str!("../../../store-postgres/migrations/0007_search.sql"),
+        include_str!("../../../store-postgres/migrations/0008_push.sql"),
+        include_str!("../../../store-postgres/migrations/0010_push_rule_owners.sql"),
+        include_str!("../../../store-postgres/migrations/0011_notifications_by_position.sql"),
+    ];
+
+    /// Today's 0009, which a database of the new numbering at version 9 has.
+    const REPORT_IDS: &str = include_str!("../../../store-postgres/migrations/0009_report_ids.sql");
+
+    /// Data as the old binary stored it at its version 8 or 9 (notifications
+    /// still keyed by event id): an account with push rules, a room with
+    /// one message that notified a member, a report.
+    const OLD_DATA: &str = "
+        INSERT INTO accounts (user_id, password_hash, is_admin, created_ts) VALUES ('@old:x', 'hash', FALSE, 1);
+        INSERT INTO rooms (room_id, room_version, creator, created_ts, max_depth) VALUES ('!room:x', '10', '@old:x', 2, 1);
+        INSERT INTO events (event_id, room_id, stream_pos, event_type, sender, origin_server_ts, depth, json)
+            VALUES ('$message', '!room:x', 1, 'm.room.message', '@old:x', 3, 1, '{}');
+        UPDATE stream_position SET pos = 1;
+        INSERT INTO forward_extremities (room_id, event_id) VALUES ('!room:x', '$message');
+        INSERT INTO notifications (user_id, event_id, room_id, actions, highlight)
+            VALUES ('@member:x', '$message', '!room:x', '[\"notify\"]', TRUE);
+        INSERT INTO account_data (user_id, room_id, event_type, content, stream_pos)
+            VALUES ('@old:x', '', 'm.push_rules', '{\"global\":{\"override\":[]}}', 1);
+        UPDATE stream_counters SET pos = 1 WHERE stream = 'account_data';
+        INSERT INTO content_reports (room_id, event_id, reporter, reason, created_ts)
+            VALUES ('!room:x', '$message', '@member:x', 'spam', 4);";
+
+    async fn raw_client(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A fresh database on which `migrations` ran, `data` is stored after
+    /// the first `data_after` of them, and `version` is recorded, as a
+    /// binary would have left it.
+    async fn database(migrations: &[&str], data_after: usize, version: i64) -> String {
+        let url = PgCluster::shared().fresh_database().await.unwrap();
+        let client = raw_client(&url).await;
+        client.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)").await.unwrap();
+        for (n, sql) in migrations.iter().enumerate() {
+            if n == data_after {
+                client.batch_execute(OLD_DATA).await.unwrap();
+            }
+            client.batch_execute(sql).await.unwrap();
+        }
+        client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version]).await.unwrap();
+        url
+    }
+
+    /// The stored version, and whether the index of 0010 and the key of
+    /// 0011 are there.
+    async fn schema(url: &str) -> (i64, bool, bool) {
+        let row = raw_client(url)
+            .await
+            .query_one(
+                "SELECT (SELECT version FROM schema_version),
+                        to_regclass('account_data_push_rules') IS NOT NULL,
+                        EXISTS (SELECT 1 FROM information_schema.columns
+                                WHERE table_name = 'notifications' AND column_name = 'stream_pos')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    /// Opens the database with this binary, twice, and finds the newest
+    /// version and the data.
+    async fn opens_at_the_newest_version_with_its_data(url: &str) {
+        for _ in 0..2 {
+            let store = PostgresStore::connect(url, 2).await.unwrap();
+            assert_eq!(schema(url).await, (11, true, true));
+            assert!(store.account("@old:x").await.unwrap().is_some());
+            assert_eq!(store.push_rules("@old:x").await.unwrap().as_deref(), Some(r#"{"override": []}"#));
+            let notifications = store.notifications("@member:x", None, 10, false).await.unwrap();
+            assert_eq!(notifications.len(), 1);
+            assert_eq!((notifications[0].event.event_id.as_str(), notifications[0].highlight), ("$message", true));
+            assert_eq!(store.notification_counts("@member:x", "!room:x", 0).await.unwrap(), (1, 1));
+            assert_eq!(store.report(1).await.unwrap().unwrap().reason.as_deref(), Some("spam"));
+            store.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_version_9_had_push_rule_owners() {
+        let url = database(&OLD_MIGRATIONS[..9], 8, 9).await;
+        opens_at_the_newest_version_with_its_data(&url).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_version_10_had_notifications_by_position() {
+        let url = database(&OLD_MIGRATIONS, 8, 10).await;
+        opens_at_the_newest_version_with_its_data(&url).await;
+    }
+
+    /// The same stored numbers written by this numbering are not mistaken
+    /// for old ones: 9 has only the no-op, 10 also the index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_versions_9_and_10_are_left_as_they_are() {
+        let new_migrations: Vec<&str> = OLD_MIGRATIONS[..8].iter().copied().chain([REPORT_IDS, OLD_MIGRATIONS[8]]).collect();
+        for version in [9, 10] {
+            let url = database(&new_migrations[..version], 8, version as i64).await;
+            opens_at_the_newest_version_with_its_data(&url).await;
+        }
     }
 }

@@ -1,6 +1,10 @@
-//! The behaviour every backend must have, written once. A backend's tests
-//! call [`store_conformance_tests!`] with a factory that returns a fresh,
-//! empty store (and a guard that keeps its files or database alive).
+//! The behaviour every storage backend must have, written once against
+//! the `chancery-store` traits. A backend's tests call
+//! [`store_conformance_tests!`] with a factory that returns a fresh, empty
+//! store (and a guard that keeps its files or database alive).
+//!
+//! A crate of its own, used only as a dev-dependency, so the product's
+//! `chancery-store` holds no test code.
 
 mod account_data;
 
@@ -11,7 +15,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
-use crate::*;
+use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
 /// async fn returning `(DynStore, impl Drop)`.
@@ -42,7 +46,7 @@ macro_rules! store_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let (store, _guard) = $factory().await;
-                $crate::conformance::$case(store.clone()).await;
+                $crate::$case(store.clone()).await;
                 store.close().await;
             }
         )*

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value as JsonValue, json};
 
-use crate::*;
+use chancery_store::*;
 
 const LIMITS: AccountDataLimits = AccountDataLimits { max_entries: 100, max_content_bytes: 10_000 };
 
