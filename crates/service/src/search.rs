@@ -72,7 +72,9 @@ fn words(term: &str) -> Vec<String> {
 /// and randomness it uses, named where the server wires it.
 pub struct SearchDeps {
     pub store: Arc<dyn SearchStore>,
+    /// The searcher's rooms, and the events around results.
     pub rooms: Arc<dyn RoomStore>,
+    /// Forgotten rooms are not searched.
     pub forgotten: Arc<dyn ForgottenRoomStore>,
     /// Profiles of the senders around results.
     pub accounts: Arc<dyn AccountStore>,

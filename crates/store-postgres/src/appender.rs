@@ -178,11 +178,16 @@ async fn take_extremities<'a>(tx: &Transaction<'_>, w: &Writes, depths: &BTreeMa
     Ok(depths.keys().copied().zip(pipeline(steps).await?).collect())
 }
 
+/// Per job in queue order, its answer if it is refused (`None` if it fits).
+type Refusals = Vec<Option<StoreResult<u64>>>;
+/// Per room, the indices of the jobs that fit, in order.
+type Chains<'a> = BTreeMap<&'a str, Vec<usize>>;
+
 /// Which jobs fit, in queue order, given each room's extremities: each
 /// accepted one becomes its room's only extremity for the next. The
 /// answers of those that do not fit, and the chain of those that do, per
 /// room.
-fn fit<'a>(jobs: &'a [Job], extremities: &Extremities<'_>) -> (Vec<Option<StoreResult<u64>>>, BTreeMap<&'a str, Vec<usize>>) {
+fn fit<'a>(jobs: &'a [Job], extremities: &Extremities<'_>) -> (Refusals, Chains<'a>) {
     let mut results = Vec::with_capacity(jobs.len());
     let mut current = extremities.clone();
     let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();

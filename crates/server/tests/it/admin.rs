@@ -187,12 +187,4 @@ async fn reports_admin_api(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_admin_api_sqlite() {
-    reports_admin_api(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_admin_api_postgres() {
-    reports_admin_api(Backend::Postgres).await;
-}
+on_both_backends!(reports_admin_api);

@@ -126,15 +126,7 @@ async fn account_lifecycle(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn account_lifecycle_sqlite() {
-    account_lifecycle(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn account_lifecycle_postgres() {
-    account_lifecycle(Backend::Postgres).await;
-}
+on_both_backends!(account_lifecycle);
 
 /// An expired access token is a soft logout; the refresh token still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

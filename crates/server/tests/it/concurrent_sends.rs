@@ -124,12 +124,4 @@ async fn concurrent_sends(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sends_in_one_room_sqlite() {
-    concurrent_sends(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sends_in_one_room_postgres() {
-    concurrent_sends(Backend::Postgres).await;
-}
+on_both_backends!(concurrent_sends_in_one_room: concurrent_sends());

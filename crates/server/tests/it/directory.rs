@@ -214,15 +214,7 @@ async fn aliases(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aliases_sqlite() {
-    aliases(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aliases_postgres() {
-    aliases(Backend::Postgres).await;
-}
+on_both_backends!(aliases);
 
 async fn public_directory(backend: Backend) {
     let server = TestServer::start(backend).await.unwrap();
@@ -333,15 +325,7 @@ async fn public_directory(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_directory_sqlite() {
-    public_directory(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_directory_postgres() {
-    public_directory(Backend::Postgres).await;
-}
+on_both_backends!(public_directory);
 
 async fn upgrades(backend: Backend) {
     let server = TestServer::start(backend).await.unwrap();
@@ -418,15 +402,7 @@ async fn upgrades(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrades_sqlite() {
-    upgrades(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrades_postgres() {
-    upgrades(Backend::Postgres).await;
-}
+on_both_backends!(upgrades);
 
 /// An upgrader whose own level is below what the copied state needs gets
 /// it for the copy and the room's levels at the end.
@@ -546,15 +522,7 @@ async fn knocking(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn knocking_sqlite() {
-    knocking(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn knocking_postgres() {
-    knocking(Backend::Postgres).await;
-}
+on_both_backends!(knocking);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_rooms() {
@@ -660,15 +628,7 @@ async fn reporting(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reporting_sqlite() {
-    reporting(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reporting_postgres() {
-    reporting(Backend::Postgres).await;
-}
+on_both_backends!(reporting);
 
 async fn sdk_client(base: &str, name: &str) -> Client {
     register(base, name).await;
@@ -746,12 +706,4 @@ async fn sdk_address_directory_and_upgrade(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_address_directory_and_upgrade_sqlite() {
-    sdk_address_directory_and_upgrade(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_address_directory_and_upgrade_postgres() {
-    sdk_address_directory_and_upgrade(Backend::Postgres).await;
-}
+on_both_backends!(sdk_address_directory_and_upgrade);

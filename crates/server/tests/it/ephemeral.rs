@@ -201,15 +201,7 @@ async fn account_data_and_tags(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn account_data_and_tags_sqlite() {
-    account_data_and_tags(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn account_data_and_tags_postgres() {
-    account_data_and_tags(Backend::Postgres).await;
-}
+on_both_backends!(account_data_and_tags);
 
 /// `content[event][type][user]` of the `m.receipt` events of a room.
 fn receipt_of(receipts: &[Value], event: &str, kind: &str, user: &str) -> Option<Value> {
@@ -336,15 +328,7 @@ async fn receipts_and_read_markers(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receipts_and_read_markers_sqlite() {
-    receipts_and_read_markers(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receipts_and_read_markers_postgres() {
-    receipts_and_read_markers(Backend::Postgres).await;
-}
+on_both_backends!(receipts_and_read_markers);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_other_member_and_runs_out() {

@@ -2,6 +2,31 @@
 //! matrix-sdk (user flows) and reqwest (errors and edge cases). One test
 //! binary for the whole workspace keeps link time down.
 
+/// Runs a test on both backends: `on_both_backends!(name)` makes the tests
+/// `name::sqlite` and `name::postgres` calling `name(Backend)`;
+/// `on_both_backends!(name: test(args))` calls `test(Backend, args)`.
+macro_rules! on_both_backends {
+    ($test:ident) => {
+        on_both_backends!($test: $test());
+    };
+    ($name:ident: $test:ident($($arg:expr),*)) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(chancery_testkit::Backend::Sqlite $(, $arg)*).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(chancery_testkit::Backend::Postgres $(, $arg)*).await;
+            }
+        }
+    };
+}
+
 mod admin;
 mod bad_input;
 mod client_flows;

@@ -239,12 +239,4 @@ async fn crash_safety(backend: Backend) {
     assert!(server.terminate().await.unwrap().success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_safety_sqlite() {
-    crash_safety(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_safety_postgres() {
-    crash_safety(Backend::Postgres).await;
-}
+on_both_backends!(crash_safety);

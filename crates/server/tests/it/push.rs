@@ -165,12 +165,4 @@ async fn push(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_sqlite() {
-    push(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_postgres() {
-    push(Backend::Postgres).await;
-}
+on_both_backends!(push);

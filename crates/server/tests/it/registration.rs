@@ -63,15 +63,7 @@ async fn token_registration(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_registration_sqlite() {
-    token_registration(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_registration_postgres() {
-    token_registration(Backend::Postgres).await;
-}
+on_both_backends!(token_registration);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_disabled_by_default() {

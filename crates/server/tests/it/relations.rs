@@ -354,15 +354,7 @@ async fn relations_over_http(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relations_over_http_sqlite() {
-    relations_over_http(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relations_over_http_postgres() {
-    relations_over_http(Backend::Postgres).await;
-}
+on_both_backends!(relations_over_http);
 
 /// `/relations` and `/threads` follow history visibility as `/messages`
 /// does: a member who left reads the thread up to their departure (with
@@ -470,15 +462,7 @@ async fn relations_follow_history_visibility(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relations_follow_history_visibility_sqlite() {
-    relations_follow_history_visibility(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relations_follow_history_visibility_postgres() {
-    relations_follow_history_visibility(Backend::Postgres).await;
-}
+on_both_backends!(relations_follow_history_visibility);
 
 async fn sdk_client(base: &str, name: &str) -> matrix_sdk::Client {
     register(base, name).await;

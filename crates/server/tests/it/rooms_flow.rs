@@ -126,15 +126,7 @@ async fn chat(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_sqlite() {
-    chat(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_postgres() {
-    chat(Backend::Postgres).await;
-}
+on_both_backends!(chat);
 
 /// The messages a client received through sync: (room, sender, body).
 #[derive(Clone, Default)]
@@ -274,32 +266,6 @@ async fn three_officials(backend: Backend, preset: RoomPreset) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_private_chat_sqlite() {
-    three_officials(Backend::Sqlite, RoomPreset::PrivateChat).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_public_chat_sqlite() {
-    three_officials(Backend::Sqlite, RoomPreset::PublicChat).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_trusted_private_chat_sqlite() {
-    three_officials(Backend::Sqlite, RoomPreset::TrustedPrivateChat).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_private_chat_postgres() {
-    three_officials(Backend::Postgres, RoomPreset::PrivateChat).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_public_chat_postgres() {
-    three_officials(Backend::Postgres, RoomPreset::PublicChat).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_officials_trusted_private_chat_postgres() {
-    three_officials(Backend::Postgres, RoomPreset::TrustedPrivateChat).await;
-}
+on_both_backends!(three_officials_private_chat: three_officials(RoomPreset::PrivateChat));
+on_both_backends!(three_officials_public_chat: three_officials(RoomPreset::PublicChat));
+on_both_backends!(three_officials_trusted_private_chat: three_officials(RoomPreset::TrustedPrivateChat));

@@ -193,15 +193,7 @@ async fn room_rules(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn room_rules_sqlite() {
-    room_rules(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn room_rules_postgres() {
-    room_rules(Backend::Postgres).await;
-}
+on_both_backends!(room_rules);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_timelines_long_poll_and_restart() {
@@ -467,15 +459,7 @@ async fn many_long_polls_in_one_room_all_wake(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_long_polls_in_one_room_all_wake_sqlite() {
-    many_long_polls_in_one_room_all_wake(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_long_polls_in_one_room_all_wake_postgres() {
-    many_long_polls_in_one_room_all_wake(Backend::Postgres).await;
-}
+on_both_backends!(many_long_polls_in_one_room_all_wake);
 
 /// Long-polls wake for every kind of change that concerns their user (a
 /// message in their room, an invite to a new room, their account data,

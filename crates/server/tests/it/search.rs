@@ -150,15 +150,7 @@ async fn search(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_sqlite() {
-    search(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_postgres() {
-    search(Backend::Postgres).await;
-}
+on_both_backends!(search);
 
 fn bodies(results: &Value) -> Vec<String> {
     results.as_array().unwrap().iter().map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned()).collect()
@@ -270,15 +262,7 @@ async fn search_follows_history_visibility(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_follows_history_visibility_sqlite() {
-    search_follows_history_visibility(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_follows_history_visibility_postgres() {
-    search_follows_history_visibility(Backend::Postgres).await;
-}
+on_both_backends!(search_follows_history_visibility);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_can_search_everyone() {

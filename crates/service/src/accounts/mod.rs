@@ -136,9 +136,13 @@ impl IssuedTokens {
 pub struct AccountsDeps {
     pub config: AccountsConfig,
     pub store: Arc<dyn AccountStore>,
+    /// Guards registration, device deletion, password changes and
+    /// deactivation.
     pub uia: Arc<InteractiveAuth>,
     pub limiters: Arc<Limiters>,
+    /// Token expiry and creation times.
     pub clock: Arc<dyn Clock>,
+    /// Tokens, device ids and generated user names.
     pub entropy: Arc<dyn Entropy>,
 }
 

@@ -49,12 +49,16 @@ pub(crate) fn is_valid_registration_token(token: &str) -> bool {
 /// What [`InteractiveAuth`] is built from: the store traits, components, clock
 /// and randomness it uses, named where the server wires it.
 pub struct InteractiveAuthDeps {
+    /// Sessions, registration tokens and password hashes.
     pub store: Arc<dyn AccountStore>,
+    /// Which users of a password stage are ours.
     pub server_name: OwnedServerName,
     /// `login_per_account` also slows password guessing through the
     /// password stage.
     pub limiters: Arc<Limiters>,
+    /// Session expiry.
     pub clock: Arc<dyn Clock>,
+    /// Session ids.
     pub entropy: Arc<dyn Entropy>,
 }
 

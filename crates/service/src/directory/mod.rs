@@ -23,10 +23,13 @@ use crate::{AuthedUser, Error};
 /// and randomness it uses, named where the server wires it.
 pub struct DirectoryDeps {
     pub store: Arc<dyn DirectoryStore>,
+    /// Rooms' existence, memberships and power over addresses.
     pub rooms: Arc<dyn RoomStore>,
     /// Deleting an alias also takes it out of the room's canonical alias.
     pub writer: Arc<RoomWriter>,
+    /// Only aliases of this server are served.
     pub server_name: OwnedServerName,
+    /// When an alias was created.
     pub clock: Arc<dyn Clock>,
 }
 

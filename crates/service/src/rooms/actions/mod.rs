@@ -44,16 +44,22 @@ pub struct RoomsConfig {
 /// and randomness it uses, named where the server wires it.
 pub struct RoomsDeps {
     pub config: RoomsConfig,
+    /// Every event goes through it.
     pub writer: Arc<RoomWriter>,
+    /// Memberships and state the actions are checked against.
     pub rooms: Arc<dyn RoomStore>,
     /// Rooms created or upgraded together with their aliases and listing.
     pub addresses: Arc<dyn DirectoryStore>,
     pub forgotten: Arc<dyn ForgottenRoomStore>,
     /// Invitees must exist; joins copy the joiner's profile.
     pub accounts: Arc<dyn AccountStore>,
+    /// Aliases: resolved for joins and knocks, created with rooms, checked
+    /// in canonical alias events.
     pub directory: Arc<Directory>,
+    /// A new room's creator and invitees wait on no room yet.
     pub notifier: Arc<Notifier>,
     pub clock: Arc<dyn Clock>,
+    /// Room ids of versions that do not derive them from the create event.
     pub entropy: Arc<dyn Entropy>,
 }
 

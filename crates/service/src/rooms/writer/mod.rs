@@ -48,9 +48,13 @@ pub struct ServerIdentity {
 /// and randomness it uses, named where the server wires it.
 pub struct RoomWriterDeps {
     pub rooms: Arc<dyn RoomStore>,
+    /// Whether a declared relation is valid (its parent, duplicates).
     pub relations: Arc<dyn RelationStore>,
+    /// Who each event notifies, stored with it.
     pub push: Arc<Push>,
+    /// Signs every event.
     pub identity: ServerIdentity,
+    /// Events' `origin_server_ts`.
     pub clock: Arc<dyn Clock>,
 }
 
