@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use chancery_core::pdu::Pdu;
 
 use chancery_proto::limits::{MAX_CACHED_DEFAULT_RULESETS, MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::push::{
     Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
     RemovePushRuleError, RuleKind, Ruleset,
@@ -111,10 +112,10 @@ impl Push {
         auth_state: &StateMap,
     ) -> Result<Vec<NewNotification>, Error> {
         let is_member_event = pdu.event_type.to_string() == "m.room.member";
-        let invitee = is_member_event
-            .then(|| pdu.state_key.clone())
-            .flatten()
-            .filter(|_| pdu.content_json().get("membership").and_then(|m| m.as_str()) == Some("invite"));
+        let invitee = is_member_event.then(|| pdu.state_key.clone()).flatten().filter(|_| {
+            pdu.content_json().get("membership").and_then(|m| m.as_str()).map(MembershipState::from)
+                == Some(MembershipState::Invite)
+        });
         let (targets, stored, joined) = if is_member_event {
             // Membership changes notify nobody under the default rules (but
             // invites of the target): only members with rules of their own

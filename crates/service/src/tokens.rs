@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::{Rng, RngCore};
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// A source of random bytes.
@@ -22,32 +22,6 @@ pub struct OsEntropy;
 impl Entropy for OsEntropy {
     fn fill(&self, bytes: &mut [u8]) {
         rand::rngs::OsRng.fill_bytes(bytes);
-    }
-}
-
-/// An [`Entropy`] as a `rand` generator (for uniform choices).
-struct AsRng<'a>(&'a dyn Entropy);
-
-impl RngCore for AsRng<'_> {
-    fn next_u32(&mut self) -> u32 {
-        let mut bytes = [0u8; 4];
-        self.0.fill(&mut bytes);
-        u32::from_le_bytes(bytes)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut bytes = [0u8; 8];
-        self.0.fill(&mut bytes);
-        u64::from_le_bytes(bytes)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        self.0.fill(dest);
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
-        self.0.fill(dest);
-        Ok(())
     }
 }
 
@@ -68,8 +42,15 @@ pub fn hash(token: &str) -> String {
 /// A random string from `alphabet`, for device ids, session ids, room ids
 /// and generated user names.
 pub fn random_string(entropy: &dyn Entropy, alphabet: &[u8], len: usize) -> String {
-    let mut rng = AsRng(entropy);
-    (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect()
+    (0..len)
+        .map(|_| {
+            let mut bytes = [0u8; 8];
+            entropy.fill(&mut bytes);
+            // 64 random bits modulo an alphabet of a few dozen letters: the
+            // bias is below 2^-58, and no source can make it loop.
+            alphabet[(u64::from_le_bytes(bytes) % alphabet.len() as u64) as usize] as char
+        })
+        .collect()
 }
 
 pub const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -102,6 +83,7 @@ mod tests {
     #[test]
     fn injected_entropy_decides_what_is_generated() {
         assert_eq!(random_string(&Constant(0), UPPER, 4), "AAAA");
+        assert_eq!(random_string(&Constant(0xff), UPPER, 2), "PP", "2^64 - 1 = 15 (mod 26)");
         assert_eq!(generate(&Constant(0), "x_"), format!("x_{}", "A".repeat(43)));
         assert!(random_string(&OsEntropy, LOWER_ALNUM, 12).bytes().all(|b| LOWER_ALNUM.contains(&b)));
     }

@@ -74,14 +74,16 @@ async fn store_version(tx: &deadpool_postgres::Transaction<'_>, version: i64) ->
     Ok(())
 }
 
-/// Reads which of the renumbered migrations ran.
+/// Reads which of the renumbered migrations ran. Both markers are looked
+/// up the way the migrations' own statements find their objects (through
+/// `search_path`), so a schema elsewhere on the path is judged as a whole.
 async fn probe(tx: &deadpool_postgres::Transaction<'_>) -> StoreResult<RenumberedMigrations> {
     let row = tx
         .query_one(
             "SELECT to_regclass('account_data_push_rules') IS NOT NULL,
-                    EXISTS (SELECT 1 FROM information_schema.columns
-                            WHERE table_schema = current_schema() AND table_name = 'notifications'
-                              AND column_name = 'stream_pos')",
+                    EXISTS (SELECT 1 FROM pg_attribute
+                            WHERE attrelid = to_regclass('notifications') AND attname = 'stream_pos'
+                              AND NOT attisdropped)",
             &[],
         )
         .await

@@ -3,6 +3,9 @@
 //! SELECT lists they read live beside them, so a list and its reader
 //! cannot drift apart.
 
+use chancery_proto::ruma::events::room::guest_access::GuestAccess;
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
+use chancery_proto::ruma::room::JoinRuleKind;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::*;
 
@@ -269,9 +272,9 @@ pub fn public_room<R: Row>(row: &R) -> Result<PublicRoomEntry, R::Error> {
         topic: row.opt_text(3)?,
         avatar_url: row.opt_text(4)?,
         canonical_alias: row.opt_text(5)?,
-        join_rule: row.opt_text(6)?,
-        history_visibility: row.opt_text(7)?,
-        guest_access: row.opt_text(8)?,
+        join_rule: row.opt_text(6)?.map(JoinRuleKind::from),
+        history_visibility: row.opt_text(7)?.map(HistoryVisibility::from),
+        guest_access: row.opt_text(8)?.map(GuestAccess::from),
         room_type: row.opt_text(9)?,
     })
 }

@@ -210,7 +210,7 @@ impl Store for SqliteStore {
     }
 
     fn set_event_listener(&self, listener: chancery_store::EventListener) {
-        // Once per store: a second listener would be a second Services on
+        // Once per store: a second listener would be a second wiring of components on
         // the same store, which nothing does.
         let _ = self.event_listener.set(listener);
     }

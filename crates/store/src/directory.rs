@@ -9,6 +9,9 @@
 //! room that was not created, or a tombstone without its replacement.
 
 use async_trait::async_trait;
+use chancery_proto::ruma::events::room::guest_access::GuestAccess;
+use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
+use chancery_proto::ruma::room::JoinRuleKind;
 
 use crate::{NewEvent, NewRoom, StoreResult};
 
@@ -78,9 +81,9 @@ pub struct PublicRoomEntry {
     pub topic: Option<String>,
     pub avatar_url: Option<String>,
     pub canonical_alias: Option<String>,
-    pub join_rule: Option<String>,
-    pub history_visibility: Option<String>,
-    pub guest_access: Option<String>,
+    pub join_rule: Option<JoinRuleKind>,
+    pub history_visibility: Option<HistoryVisibility>,
+    pub guest_access: Option<GuestAccess>,
     pub room_type: Option<String>,
 }
 

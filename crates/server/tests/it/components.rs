@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use chancery_service::clock::ManualClock;
+use chancery_service::rooms::CreateRoom;
 use chancery_service::tokens::Entropy;
-use chancery_service::{Error, LoginRequest, NewRegistrationToken};
+use chancery_service::{AuthedUser, Error, LoginRequest, NewRegistrationToken};
 use chancery_testkit::{Backend, test_config};
 
 /// Always the same byte.
@@ -52,5 +53,31 @@ async fn accounts_follow_the_injected_clock_and_entropy() {
     assert!(matches!(accounts.create_registration_token(expiring).await, Err(Error::InvalidParam(_))), "already past");
     let later = NewRegistrationToken { token: Some("later".into()), expiry_ts: Some(t0 + lifetime_ms + 1), ..Default::default() };
     assert_eq!(accounts.create_registration_token(later).await.unwrap().created_ts, t0 + lifetime_ms);
+    store.close().await;
+}
+
+/// Version 12 derives a room's id from its create event: two identical
+/// rooms created in the same millisecond would collide, so the second is
+/// stamped a millisecond later instead of waiting for the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_rooms_in_one_millisecond_get_their_own_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Sqlite, dir.path()).await.unwrap();
+    let store = chancery_server::open_store(&config).await.unwrap();
+    let t0 = 1_800_000_000_000;
+    let components =
+        chancery_server::components_with(&config, store.clone(), Arc::new(ManualClock::new(t0)), Arc::new(Constant(7))).unwrap();
+    let user_id = components.accounts.create_user("alice", None, false).await.unwrap();
+    let alice = AuthedUser { user_id, device_id: "DEVICE".into(), is_admin: false };
+    let request = CreateRoom { room_version: Some("12".into()), ..Default::default() };
+    let first = components.rooms.create_room(&alice, request.clone()).await.unwrap();
+    let second = components.rooms.create_room(&alice, request).await.unwrap();
+    assert_ne!(first, second);
+    let create_ts = |room: chancery_proto::ruma::OwnedRoomId| {
+        let store = store.clone();
+        async move { store.state_event(room.as_str(), "m.room.create", "", None).await.unwrap().unwrap().origin_server_ts }
+    };
+    assert_eq!(create_ts(first).await, t0);
+    assert_eq!(create_ts(second).await, t0 + 1, "the clock never moved: the retry stamped its events a millisecond on");
     store.close().await;
 }

@@ -147,8 +147,9 @@ mod postgres_migration_numbers {
             .query_one(
                 "SELECT (SELECT version FROM schema_version),
                         to_regclass('account_data_push_rules') IS NOT NULL,
-                        EXISTS (SELECT 1 FROM information_schema.columns
-                                WHERE table_name = 'notifications' AND column_name = 'stream_pos')",
+                        EXISTS (SELECT 1 FROM pg_attribute
+                                WHERE attrelid = to_regclass('notifications') AND attname = 'stream_pos'
+                                  AND NOT attisdropped)",
                 &[],
             )
             .await

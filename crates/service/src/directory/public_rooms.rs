@@ -54,16 +54,14 @@ fn chunk(entry: PublicRoomEntry) -> JsonValue {
     let mut room = Map::new();
     room.insert("room_id".into(), json!(entry.room_id));
     room.insert("num_joined_members".into(), json!(entry.joined_members));
-    let history_visibility = entry.history_visibility.as_deref().map(HistoryVisibility::from);
-    room.insert("world_readable".into(), json!(history_visibility == Some(HistoryVisibility::WorldReadable)));
-    let guest_access = entry.guest_access.as_deref().map(GuestAccess::from);
-    room.insert("guest_can_join".into(), json!(guest_access == Some(GuestAccess::CanJoin)));
+    room.insert("world_readable".into(), json!(entry.history_visibility == Some(HistoryVisibility::WorldReadable)));
+    room.insert("guest_can_join".into(), json!(entry.guest_access == Some(GuestAccess::CanJoin)));
     for (key, value) in [
         ("name", entry.name),
         ("topic", entry.topic),
         ("avatar_url", entry.avatar_url),
         ("canonical_alias", entry.canonical_alias),
-        ("join_rule", entry.join_rule),
+        ("join_rule", entry.join_rule.map(|rule| rule.as_str().to_owned())),
         ("room_type", entry.room_type),
     ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {

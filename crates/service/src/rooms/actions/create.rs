@@ -48,8 +48,11 @@ pub struct CreateRoom {
 /// How one attempt at creating a room ended.
 enum Attempt {
     Created(OwnedRoomId),
-    /// A v12 room id is the hash of its create event: another room has it.
-    IdTaken,
+    /// A v12 room id is the hash of its create event: another room has
+    /// it. The create event was stamped `create_ts`.
+    IdTaken {
+        create_ts: u64,
+    },
 }
 
 fn default_power_levels(
@@ -191,12 +194,14 @@ impl Rooms {
         let (version, alias) = self.check_create(&req).await?;
         // A v12 room id is the hash of its create event: the same user
         // creating two identical rooms within one millisecond gets the same
-        // id. The next millisecond gives another timestamp, hence another id
-        // (Synapse likewise retries with a shifted timestamp).
+        // id. The next attempt's events are stamped at least a millisecond
+        // later, which gives another hash, hence another id (Synapse
+        // likewise retries with a shifted timestamp).
+        let mut not_before_ms = 0;
         for _ in 0..MAX_CREATE_ROOM_ATTEMPTS {
-            match self.create_room_once(user, &req, &version, alias.as_ref()).await? {
+            match self.create_room_once(user, &req, &version, alias.as_ref(), not_before_ms).await? {
                 Attempt::Created(room_id) => return Ok(room_id),
-                Attempt::IdTaken => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                Attempt::IdTaken { create_ts } => not_before_ms = create_ts + 1,
             }
         }
         Err(Error::LimitExceeded { retry_after_ms: 10 })
@@ -236,6 +241,7 @@ impl Rooms {
         req: &CreateRoom,
         version: &RoomVersionId,
         alias: Option<&OwnedRoomAliasId>,
+        not_before_ms: u64,
     ) -> Result<Attempt, Error> {
         let rules = rules_of(version)?;
         let creator = user.user_id.clone();
@@ -244,7 +250,7 @@ impl Rooms {
             RoomId::parse(format!("!{id}:{}", self.deps.config.server_name)).expect("valid room id")
         });
         let creator_join = self.member_content(&creator, MembershipState::Join).await?;
-        let mut b = self.deps.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0);
+        let mut b = self.deps.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0).not_before(not_before_ms);
         push_initial_events(&mut b, req, version, &creator, creator_join, alias.map(|a| &**a), &rules)?;
 
         let room_id = b.room_id().cloned().expect("the create event sets the room id");
@@ -261,9 +267,11 @@ impl Rooms {
             })
             .collect();
         let addresses = RoomAddresses { aliases, publish: req.public };
-        match self.deps.addresses.create_room_with_addresses(room, b.take_events(), addresses).await {
+        let events = b.take_events();
+        let create_ts = events.first().map_or(0, |create| create.origin_server_ts);
+        match self.deps.addresses.create_room_with_addresses(room, events, addresses).await {
             Ok(_) => {}
-            Err(StoreError::RoomIdTaken) => return Ok(Attempt::IdTaken),
+            Err(StoreError::RoomIdTaken) => return Ok(Attempt::IdTaken { create_ts }),
             // The spec's answer to a taken alias here (`PUT /directory/room`
             // answers 409).
             Err(StoreError::AliasTaken) => {

@@ -29,6 +29,8 @@ pub(crate) struct Builder<'a> {
     pub(super) prev: Vec<OwnedEventId>,
     pub(super) depth: u64,
     pub(super) events: Vec<NewEvent>,
+    /// No event is stamped earlier than this (milliseconds since the epoch).
+    pub(super) not_before_ms: u64,
 }
 
 impl Builder<'_> {
@@ -36,6 +38,12 @@ impl Builder<'_> {
     /// event once that is pushed.
     pub(crate) fn room_id(&self) -> Option<&OwnedRoomId> {
         self.room_id.as_ref()
+    }
+
+    /// Stamps the events built from now on no earlier than `ts_ms`.
+    pub(crate) fn not_before(mut self, ts_ms: u64) -> Self {
+        self.not_before_ms = ts_ms;
+        self
     }
 
     /// The events built so far, taken out.
@@ -68,7 +76,7 @@ impl Builder<'_> {
             &self.prev,
             &auth_events,
             depth,
-            self.clock.now_ms(),
+            self.clock.now_ms().max(self.not_before_ms),
             &self.identity.server_name,
             &self.identity.signing_key,
         )?;

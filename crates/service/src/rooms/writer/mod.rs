@@ -135,6 +135,7 @@ impl RoomWriter {
             prev,
             depth,
             events: Vec::new(),
+            not_before_ms: 0,
         }
     }
 
