@@ -5,8 +5,8 @@
 
 use chancery_proto::ruma::events::room::guest_access::GuestAccess;
 use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
-use chancery_proto::ruma::room::JoinRuleKind;
 use chancery_proto::ruma::events::room::member::MembershipState;
+use chancery_proto::ruma::room::JoinRuleKind;
 use chancery_store::*;
 
 use crate::u;

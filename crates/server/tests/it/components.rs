@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use chancery_server::Config;
 use chancery_service::clock::ManualClock;
 use chancery_service::rooms::CreateRoom;
 use chancery_service::tokens::Entropy;
-use chancery_service::{AuthedUser, Error, LoginRequest, NewRegistrationToken};
+use chancery_service::{AuthedUser, Components, Error, LoginRequest, NewRegistrationToken};
+use chancery_store::DynStore;
 use chancery_testkit::{Backend, test_config};
 
 /// Always the same byte.
@@ -18,14 +20,32 @@ impl Entropy for Constant {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accounts_follow_the_injected_clock_and_entropy() {
+/// A node's components over a fresh SQLite store, at `T0` on a clock
+/// that moves only when the test sets it, drawing `entropy`.
+struct Node {
+    components: Components,
+    store: DynStore,
+    clock: Arc<ManualClock>,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+async fn node(entropy: u8) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(Backend::Sqlite, dir.path()).await.unwrap();
     let store = chancery_server::open_store(&config).await.unwrap();
-    let t0 = 1_800_000_000_000;
-    let clock = Arc::new(ManualClock::new(t0));
-    let components = chancery_server::components_with(&config, store.clone(), clock.clone(), Arc::new(Constant(0))).unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let components =
+        chancery_server::components_with(&config, store.clone(), clock.clone(), Arc::new(Constant(entropy))).unwrap();
+    Node { components, store, clock, config, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_follow_the_injected_clock_and_entropy() {
+    let Node { components, store, clock, config, _dir } = node(0).await;
+    let t0 = T0;
     let accounts = &components.accounts;
 
     accounts.create_user("alice", Some("correct horse battery".into()), false).await.unwrap();
