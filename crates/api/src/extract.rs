@@ -43,7 +43,12 @@ impl<T: IncomingRequest + Send> FromRequest<AppState> for Ruma<T> {
             }
         }
         let request = axum::http::Request::from_parts(parts, bytes);
-        T::try_from_http_request(request, &path_args).map(Ruma).map_err(decode_error)
+        // Some of ruma's request types index client JSON (login's `type`)
+        // and panic on a body of the wrong shape: that is bad input, not a
+        // server fault.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, &path_args)))
+            .map_err(|_| ApiError::bad_json("malformed request"))?;
+        decoded.map(Ruma).map_err(decode_error)
     }
 }
 

@@ -232,5 +232,9 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::HeaderName::from_static("x-requested-with"), header::CONTENT_TYPE, header::AUTHORIZATION]);
 
-    r.layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe)).layer(cors).with_state(state)
+    // Inside `observe`, so a panic's 500 is logged with its route and counted.
+    r.layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(cors)
+        .with_state(state)
 }

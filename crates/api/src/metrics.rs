@@ -34,6 +34,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    panics: Family<EndpointLabels, Counter>,
     db_connections: Gauge,
     db_idle: Gauge,
     rss_bytes: Gauge,
@@ -50,28 +51,29 @@ impl Metrics {
         let mut registry = Registry::with_prefix("chancery");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let panics = Family::<EndpointLabels, Counter>::default();
         let db_connections = Gauge::default();
         let db_idle = Gauge::default();
         let rss_bytes = Gauge::default();
         registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by endpoint", latency.clone());
+        registry.register("http_handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
         registry.register("db_pool_connections", "Database connections held by the pool", db_connections.clone());
         registry.register("db_pool_idle_connections", "Idle database connections", db_idle.clone());
         registry.register("process_resident_memory_bytes", "Resident memory of this process", rss_bytes.clone());
-        Self { registry: Mutex::new(registry), requests, latency, db_connections, db_idle, rss_bytes }
+        Self { registry: Mutex::new(registry), requests, latency, panics, db_connections, db_idle, rss_bytes }
     }
 
     pub(crate) fn record_request(&self, method: &str, endpoint: &str, status: u16, elapsed: Duration) {
-        // Clients can send any method name: only the standard ones become
-        // label values, so the set of series stays bounded.
-        let method = match method {
-            "GET" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "HEAD" | "PATCH" => method,
-            _ => "OTHER",
-        };
+        let method = method_label(method);
         self.requests.get_or_create(&RequestLabels { method: method.into(), endpoint: endpoint.into(), status }).inc();
         self.latency
             .get_or_create(&EndpointLabels { method: method.into(), endpoint: endpoint.into() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn record_panic(&self, method: &str, endpoint: &str) {
+        self.panics.get_or_create(&EndpointLabels { method: method_label(method).into(), endpoint: endpoint.into() }).inc();
     }
 
     /// The text exposition format, with gauges read now.
@@ -87,6 +89,15 @@ impl Metrics {
             tracing::error!(error = %e, "could not encode metrics");
         }
         out
+    }
+}
+
+/// Clients can send any method name: only the standard ones become label
+/// values, so the set of series stays bounded.
+fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "HEAD" | "PATCH" => method,
+        _ => "OTHER",
     }
 }
 

@@ -7,9 +7,22 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+
+/// Marks the answer to a request whose handler panicked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Panicked;
+
+/// The answer to a request whose handler panicked: 500 `M_UNKNOWN`, the
+/// connection kept, the panic counted by [`observe`].
+pub(crate) fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let mut response =
+        crate::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error").into_response();
+    response.extensions_mut().insert(Panicked);
+    response
+}
 
 pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -34,8 +47,17 @@ fn finish(
 ) -> Response {
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    let panicked = response.extensions().get::<Panicked>().is_some();
     if let Some(metrics) = &state.metrics {
         metrics.record_request(method.as_str(), endpoint, status, elapsed);
+        if panicked {
+            metrics.record_panic(method.as_str(), endpoint);
+        }
+    }
+    if panicked {
+        // The panic's own message went to stderr through the panic hook;
+        // this names the route it happened on.
+        tracing::error!(%method, endpoint, "a request handler panicked; answered 500");
     }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     match client {
@@ -43,4 +65,39 @@ fn finish(
         None => tracing::info!(%method, endpoint, status, latency_ms, "request"),
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_and_marked() {
+        let app: Router =
+            Router::new().route("/boom", get(boom)).layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.extensions().get::<Panicked>().is_some(), "observe counts it");
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+    }
+
+    #[test]
+    fn panics_are_counted_per_route() {
+        let metrics = crate::Metrics::new();
+        metrics.record_panic("GET", "/boom");
+        let text = metrics.render(chancery_service::PoolStats::default());
+        assert!(text.contains(r#"chancery_http_handler_panics_total{method="GET",endpoint="/boom"} 1"#), "{text}");
+    }
 }

@@ -48,6 +48,9 @@ async fn bad_requests_get_matrix_errors() {
         case(M::POST, "/_matrix/client/v3/login", false, Raw("{not json"), 400, "M_NOT_JSON"),
         case(M::POST, "/_matrix/client/v3/register", false, Raw("<xml/>"), 400, "M_NOT_JSON"),
         case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.password"})), 400, "M_BAD_JSON"),
+        // ruma's LoginInfo indexes a missing `type` key: a panic, caught.
+        case(M::POST, "/_matrix/client/v3/login", false, Json(json!({})), 400, "M_BAD_JSON"),
+        case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": 7})), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/login", false, Json(json!(["a list"])), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/register", false, Json(json!({"username": 42})), 400, "M_BAD_JSON"),
         case(M::POST, "/_matrix/client/v3/login", false, Json(json!({"type": "m.login.token", "token": "x"})), 400, "M_UNKNOWN"),
