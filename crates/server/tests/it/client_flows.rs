@@ -109,7 +109,8 @@ async fn account_lifecycle(backend: Backend) {
     let err = phone.account().deactivate(None, None, true).await.expect_err("needs auth");
     let session = err.as_uiaa_response().expect("UIA").session.clone();
     phone.account().deactivate(None, Some(password_auth("alice", "new password 42", session)), true).await.unwrap();
-    assert_error(&login(&base, "alice", "new password 42").await, 403, "M_USER_DEACTIVATED");
+    // Answered like a wrong password: who was deactivated is not revealed.
+    assert_error(&login(&base, "alice", "new password 42").await, 403, "M_FORBIDDEN");
     let profile = call(Method::GET, &format!("{base}/_matrix/client/v3/profile/@alice:localhost"), None, None).await;
     assert_error(&profile, 404, "M_NOT_FOUND");
     let again = call(Method::GET, &format!("{base}/_matrix/client/v3/register/available?username=alice"), None, None).await;

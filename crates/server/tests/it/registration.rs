@@ -114,3 +114,53 @@ async fn uia_sessions_belong_to_one_request_and_user() {
     assert_eq!(login(base, "nina", PASSWORD).await.0, 200);
     server.stop().await.unwrap();
 }
+
+/// Two registrations of one name race: both complete their interactive
+/// auth, one takes the name, the other is told it is taken. That client
+/// picks another name and resends with just its session: the session is
+/// complete, so the registration finishes instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_session_finishes_on_a_session_only_retry() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let url = format!("{}/_matrix/client/v3/register", server.base_url);
+    let start = |name: String| {
+        let url = url.clone();
+        async move {
+            let (status, body) = call(Method::POST, &url, None, Some(json!({"username": name, "password": PASSWORD}))).await;
+            assert_eq!(status, 401, "{body}");
+            body["session"].as_str().unwrap().to_owned()
+        }
+    };
+    let dummy = |name: String, session: String| {
+        let url = url.clone();
+        async move {
+            let body = json!({"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}});
+            call(Method::POST, &url, None, Some(body)).await
+        }
+    };
+    // The race is lost after auth when both requests pass the name check
+    // before either creates the account (the password hash in between
+    // takes milliseconds); a loser refused at the name check says nothing.
+    let mut finished = false;
+    for attempt in 0..10 {
+        let name = format!("race{attempt}");
+        let (a, b) = tokio::join!(start(name.clone()), start(name.clone()));
+        let (first, second) = tokio::join!(dummy(name.clone(), a.clone()), dummy(name.clone(), b.clone()));
+        let loser = match (first.0.as_u16(), second.0.as_u16()) {
+            (200, 400) => b,
+            (400, 200) => a,
+            other => panic!("one registration wins, one loses: {other:?} {first:?} {second:?}"),
+        };
+        let retry = json!({"username": format!("{name}b"), "password": PASSWORD, "auth": {"session": loser}});
+        let (status, body) = call(Method::POST, &url, None, Some(retry)).await;
+        if status == 200 {
+            assert_eq!(body["user_id"], format!("@{name}b:localhost"));
+            finished = true;
+            break;
+        }
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["completed"], json!([]), "a completed session must finish, not restart: {body}");
+    }
+    assert!(finished, "no attempt lost the race after its interactive auth");
+    server.stop().await.unwrap();
+}

@@ -317,11 +317,15 @@ impl Accounts {
         let account = self.deps.store.account(user_id.as_str()).await?;
         let stored_hash = account.as_ref().and_then(|a| a.password_hash.clone());
         let verified = password::verify(req.password, stored_hash).await?;
-        if account.as_ref().is_some_and(|a| a.deactivated) {
-            return Err(Error::UserDeactivated);
-        }
+        // The password first: a deactivated account answers like a wrong
+        // password to anyone who does not know it, so nobody learns which
+        // accounts were deactivated. (Deactivation clears the password, as
+        // in Synapse, so in practice it is always the wrong-password answer.)
         if !verified {
             return Err(Error::Forbidden("invalid user or password".into()));
+        }
+        if account.as_ref().is_some_and(|a| a.deactivated) {
+            return Err(Error::UserDeactivated);
         }
         let now = self.deps.clock.now_ms();
         let (device, outcome) =

@@ -123,6 +123,10 @@ impl InteractiveAuth {
             }))
         };
         let stage_name = match &auth.stage {
+            // A session whose stages are all done finishes its operation:
+            // the client retries after the operation itself failed (a name
+            // taken meanwhile) with just the session.
+            AuthStage::Query if uia::is_complete(&flows, &session.completed) => return Ok(session),
             AuthStage::Query => return Err(challenge(&session, None)),
             AuthStage::Dummy => stage::DUMMY,
             AuthStage::RegistrationToken(_) => stage::REGISTRATION_TOKEN,
