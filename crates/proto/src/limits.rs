@@ -50,6 +50,10 @@ pub const UIA_SESSION_TTL_MS: u64 = 30 * 60 * 1000;
 /// Sessions cost a row each; past this, new ones are refused with
 /// `M_LIMIT_EXCEEDED` until old ones expire.
 pub const MAX_UIA_SESSIONS: u64 = 100_000;
+/// Live interactive-auth sessions of one logged-in user. A user's open
+/// session of an operation is reused, so this is reached only by users
+/// running many different operations at once.
+pub const MAX_UIA_SESSIONS_PER_USER: u64 = 8;
 
 /// Longest registration token (MSC3231: at most 64 characters from
 /// `[A-Za-z0-9._~-]`).

@@ -255,6 +255,7 @@ impl Config {
             ("rate_limits.login_per_address", self.rate_limits.login_per_address),
             ("rate_limits.login_per_account", self.rate_limits.login_per_account),
             ("rate_limits.register_per_address", self.rate_limits.register_per_address),
+            ("rate_limits.uia_per_account", self.rate_limits.uia_per_account),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
                 return Err(err(key, None, "per_second must be > 0 and burst >= 1"));

@@ -26,7 +26,7 @@ macro_rules! store_conformance_tests {
             accounts_are_unique, account_with_first_device_is_atomic, registration_tokens_count_uses,
             registration_token_uses_hold_under_concurrency, devices_and_sessions, device_limit_is_enforced,
             refresh_keeps_previous_token_until_new_one_used, password_change_logs_out_others,
-            deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded,
+            deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded, uia_sessions_are_reused_and_bounded_per_user,
             rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked,
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
@@ -263,11 +263,12 @@ pub async fn uia_sessions_expire_and_are_bounded(store: DynStore) {
         registration_token: None,
         created_ts,
     };
-    store.create_uia_session(&session("s1", 100), 0, 2).await.unwrap();
-    store.create_uia_session(&session("s2", 200), 0, 2).await.unwrap();
-    assert!(matches!(store.create_uia_session(&session("s3", 300), 0, 2).await, Err(StoreError::TooManyUiaSessions)));
+    let two = UiaSessionLimits { max_sessions: 2, max_per_user: 2 };
+    assert_eq!(store.open_uia_session(&session("s1", 100), 0, two).await.unwrap(), session("s1", 100));
+    store.open_uia_session(&session("s2", 200), 0, two).await.unwrap();
+    assert!(matches!(store.open_uia_session(&session("s3", 300), 0, two).await, Err(StoreError::TooManyUiaSessions)));
     // s1 has expired by now: it is dropped and s3 fits.
-    store.create_uia_session(&session("s3", 300), 150, 2).await.unwrap();
+    store.open_uia_session(&session("s3", 300), 150, two).await.unwrap();
     assert!(store.uia_session("s1").await.unwrap().is_none());
     let mut s2 = store.uia_session("s2").await.unwrap().unwrap();
     s2.completed = vec!["m.login.registration_token".into()];
@@ -277,6 +278,41 @@ pub async fn uia_sessions_expire_and_are_bounded(store: DynStore) {
     assert_eq!(store.uia_session("s2").await.unwrap().unwrap(), s2);
     store.delete_uia_session("s2").await.unwrap();
     assert!(store.uia_session("s2").await.unwrap().is_none());
+}
+
+/// A logged-in user's calls of one operation share one session, and one
+/// user cannot hold more than their share of the table.
+pub async fn uia_sessions_are_reused_and_bounded_per_user(store: DynStore) {
+    let session = |id: &str, user: Option<&str>, operation: &str| UiaSession {
+        session_id: id.into(),
+        operation: operation.into(),
+        user_id: user.map(str::to_owned),
+        completed: vec![],
+        registration_token: None,
+        created_ts: 1_000,
+    };
+    let limits = UiaSessionLimits { max_sessions: 10, max_per_user: 2 };
+    let first = store.open_uia_session(&session("a1", Some("@a:x"), "delete_devices"), 0, limits).await.unwrap();
+    assert_eq!(first.session_id, "a1");
+    let mut progressed = first.clone();
+    progressed.completed = vec!["m.login.password".into()];
+    store.update_uia_session(&progressed).await.unwrap();
+    // The same user and operation: the open session, with its progress.
+    let again = store.open_uia_session(&session("a2", Some("@a:x"), "delete_devices"), 0, limits).await.unwrap();
+    assert_eq!(again, progressed);
+    assert!(store.uia_session("a2").await.unwrap().is_none(), "no second row");
+    // Another operation of theirs is a session of its own, up to their cap.
+    store.open_uia_session(&session("a3", Some("@a:x"), "change_password"), 0, limits).await.unwrap();
+    let over = store.open_uia_session(&session("a4", Some("@a:x"), "deactivate"), 0, limits).await;
+    assert!(matches!(over, Err(StoreError::TooManyUiaSessions)), "{over:?}");
+    // Others are not held back by them, nor registrations (no user).
+    store.open_uia_session(&session("b1", Some("@b:x"), "deactivate"), 0, limits).await.unwrap();
+    store.open_uia_session(&session("r1", None, "register"), 0, limits).await.unwrap();
+    let second_registration = store.open_uia_session(&session("r2", None, "register"), 0, limits).await.unwrap();
+    assert_eq!(second_registration.session_id, "r2", "registrations have no user to share a session with");
+    // Expired sessions are not reused.
+    let later = store.open_uia_session(&session("a5", Some("@a:x"), "delete_devices"), 2_000, limits).await.unwrap();
+    assert_eq!(later.session_id, "a5");
 }
 
 fn room(id: &str) -> NewRoom {

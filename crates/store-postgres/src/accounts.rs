@@ -310,7 +310,7 @@ impl AccountStore for PostgresStore {
         .map_err(backend)?;
         execute(&tx, "DELETE FROM devices WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
         execute(&tx, "DELETE FROM profile_fields WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
-        // Same lock as create_uia_session, which deletes expired sessions:
+        // Same lock as open_uia_session, which deletes expired sessions:
         // two DELETEs over overlapping rows could otherwise deadlock.
         execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
         execute(&tx, "DELETE FROM uia_sessions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
@@ -390,19 +390,38 @@ impl AccountStore for PostgresStore {
         Ok(n > 0)
     }
 
-    async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()> {
-        let completed = serde_json::to_string(&session.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
+    async fn open_uia_session(
+        &self,
+        new: &UiaSession,
+        expire_before_ts: u64,
+        limits: UiaSessionLimits,
+    ) -> StoreResult<UiaSession> {
+        let completed = serde_json::to_string(&new.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        // Two nodes counting at once would both see room for one more.
+        // Two nodes counting (or looking for a user's open session) at
+        // once would both see room for one more.
         execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
         execute(&tx, "DELETE FROM uia_sessions WHERE created_ts < $1", &[&i(expire_before_ts)]).await.map_err(backend)?;
+        if let Some(user_id) = &new.user_id {
+            let sql = format!("SELECT {UIA_COLUMNS} WHERE user_id = $1 AND operation = $2 ORDER BY created_ts DESC LIMIT 1");
+            if let Some(open) = query_opt(&tx, &sql, &[user_id, &new.operation]).await? {
+                let open = uia_from_row(&open)?;
+                tx.commit().await.map_err(backend)?;
+                return Ok(open);
+            }
+            let theirs = query_opt(&tx, "SELECT COUNT(*) FROM uia_sessions WHERE user_id = $1", &[user_id]).await?;
+            let theirs: i64 = theirs.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+            if u(theirs) >= limits.max_per_user {
+                return Err(StoreError::TooManyUiaSessions);
+            }
+        }
         let live = query_opt(&tx, "SELECT COUNT(*) FROM uia_sessions", &[]).await?;
         let live: i64 = live.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
-        if u(live) >= max_sessions {
+        if u(live) >= limits.max_sessions {
             return Err(StoreError::TooManyUiaSessions);
         }
-        let s = session;
+        let s = new;
         execute(
             &tx,
             "INSERT INTO uia_sessions (session_id, operation, user_id, completed, registration_token, created_ts)
@@ -411,7 +430,8 @@ impl AccountStore for PostgresStore {
         )
         .await
         .map_err(unique_or_backend(StoreError::UiaSessionExists))?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        Ok(new.clone())
     }
 
     async fn uia_session(&self, session_id: &str) -> StoreResult<Option<UiaSession>> {

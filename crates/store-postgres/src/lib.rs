@@ -29,6 +29,8 @@ use chancery_store::{NodeBus, PoolStats, Store, StoreError, StoreResult, StreamP
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub use migrations::SCHEMA_VERSION;
+
 use chancery_store_sql::{i, u};
 
 use crate::query::{get, query};

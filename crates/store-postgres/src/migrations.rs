@@ -15,6 +15,9 @@ use crate::backend;
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &chancery_store_sql::migration_sql!();
 
+/// The schema version this binary brings databases to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Advisory-lock key held while migrating ("chancery" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6368_616e_6365_7279;
 

@@ -27,6 +27,7 @@ macro_rules! migration_sql {
             "0009_report_ids",
             "0010_push_rule_owners",
             "0011_notifications_by_position",
+            "0012_uia_sessions_by_user",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -387,22 +387,47 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()> {
-        let s = session.clone();
+    async fn open_uia_session(
+        &self,
+        new: &UiaSession,
+        expire_before_ts: u64,
+        limits: UiaSessionLimits,
+    ) -> StoreResult<UiaSession> {
+        let new = new.clone();
         self.write(move |tx| {
             tx.execute("DELETE FROM uia_sessions WHERE created_ts < ?1", [i(expire_before_ts)]).map_err(backend)?;
+            if let Some(user_id) = &new.user_id {
+                let open = tx
+                    .query_row(
+                        &format!("SELECT {UIA_COLUMNS} WHERE user_id = ?1 AND operation = ?2 ORDER BY created_ts DESC LIMIT 1"),
+                        [user_id, &new.operation],
+                        |r| rows::uia_session(&SqliteRow(r)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some((mut open, completed)) = open {
+                    open.completed = serde_json::from_str(&completed).map_err(|e| StoreError::Backend(e.to_string()))?;
+                    return Ok(open);
+                }
+                let theirs: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM uia_sessions WHERE user_id = ?1", [user_id], |r| r.get(0))
+                    .map_err(backend)?;
+                if u(theirs) >= limits.max_per_user {
+                    return Err(StoreError::TooManyUiaSessions);
+                }
+            }
             let live: i64 = tx.query_row("SELECT COUNT(*) FROM uia_sessions", [], |r| r.get(0)).map_err(backend)?;
-            if u(live) >= max_sessions {
+            if u(live) >= limits.max_sessions {
                 return Err(StoreError::TooManyUiaSessions);
             }
-            let completed = serde_json::to_string(&s.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let completed = serde_json::to_string(&new.completed).map_err(|e| StoreError::Backend(e.to_string()))?;
             tx.execute(
                 "INSERT INTO uia_sessions (session_id, operation, user_id, completed, registration_token, created_ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![s.session_id, s.operation, s.user_id, completed, s.registration_token, i(s.created_ts)],
+                params![new.session_id, new.operation, new.user_id, completed, new.registration_token, i(new.created_ts)],
             )
             .map_err(|e| if is_unique_violation(&e) { StoreError::UiaSessionExists } else { backend(e) })?;
-            Ok(())
+            Ok(new)
         })
         .await
     }

@@ -198,9 +198,18 @@ pub trait AccountStore: Send + Sync {
     /// Returns false if there is no such token.
     async fn revoke_registration_token(&self, token: &str, now_ts: u64) -> StoreResult<bool>;
 
-    /// Stores a new interactive-auth session, first dropping expired ones.
-    /// `TooManyUiaSessions` if `max_sessions` are live.
-    async fn create_uia_session(&self, session: &UiaSession, expire_before_ts: u64, max_sessions: u64) -> StoreResult<()>;
+    /// Opens an interactive-auth session, first dropping expired ones (those
+    /// created before `expire_before_ts`): for an operation of a logged-in
+    /// user, that user's open session of the same operation if there is
+    /// one (its newest), else `new`, stored. `TooManyUiaSessions` if
+    /// `limits.max_sessions` are live, or `limits.max_per_user` of `new`'s
+    /// user. Returns the session the caller continues.
+    async fn open_uia_session(
+        &self,
+        new: &UiaSession,
+        expire_before_ts: u64,
+        limits: UiaSessionLimits,
+    ) -> StoreResult<UiaSession>;
     async fn uia_session(&self, session_id: &str) -> StoreResult<Option<UiaSession>>;
     async fn update_uia_session(&self, session: &UiaSession) -> StoreResult<()>;
     async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()>;

@@ -83,6 +83,15 @@ impl RegistrationToken {
     }
 }
 
+/// Bounds of the interactive-auth sessions (see `proto::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UiaSessionLimits {
+    /// Live sessions of everyone together.
+    pub max_sessions: u64,
+    /// Live sessions of one logged-in user.
+    pub max_per_user: u64,
+}
+
 /// A user-interactive-auth session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UiaSession {

@@ -164,3 +164,29 @@ async fn a_completed_session_finishes_on_a_session_only_retry() {
     assert!(finished, "no attempt lost the race after its interactive auth");
     server.stop().await.unwrap();
 }
+
+/// Calls of a guarded operation without auth neither pile up sessions nor
+/// go unbounded: the user's open session is answered again, and the calls
+/// are rate-limited per user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uia_sessions_are_reused_and_calls_rate_limited() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.uia_per_account.burst = 6;
+        c.rate_limits.uia_per_account.per_second = 0.01;
+    })
+    .await
+    .unwrap();
+    let base = &server.base_url;
+    let (_, token, _) = crate::common::register(base, "olga").await;
+    let delete = format!("{base}/_matrix/client/v3/delete_devices");
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = call(Method::POST, &delete, Some(&token), Some(json!({"devices": []}))).await;
+        assert_eq!(status, 401, "{body}");
+        sessions.push(body["session"].as_str().unwrap().to_owned());
+    }
+    assert!(sessions.iter().all(|s| *s == sessions[0]), "one open session, answered again: {sessions:?}");
+    assert_error(&call(Method::POST, &delete, Some(&token), Some(json!({"devices": []}))).await, 429, "M_LIMIT_EXCEEDED");
+    server.stop().await.unwrap();
+}

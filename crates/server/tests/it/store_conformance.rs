@@ -162,7 +162,7 @@ mod postgres_migration_numbers {
     async fn opens_at_the_newest_version_with_its_data(url: &str) {
         for _ in 0..2 {
             let store = PostgresStore::connect(url, 2).await.unwrap();
-            assert_eq!(schema(url).await, (11, true, true));
+            assert_eq!(schema(url).await, (chancery_store_postgres::SCHEMA_VERSION, true, true));
             assert!(store.account("@old:x").await.unwrap().is_some());
             assert_eq!(store.push_rules("@old:x").await.unwrap().as_deref(), Some(r#"{"override": []}"#));
             let notifications = store.notifications("@member:x", None, 10, false).await.unwrap();

@@ -30,6 +30,10 @@ pub struct RateLimitConfig {
     pub login_per_account: RateLimit,
     /// Registration requests from one client address.
     pub register_per_address: RateLimit,
+    /// Calls of one user's operations guarded by interactive auth
+    /// (deleting devices, changing the password, deactivating), each
+    /// answered or authorised: a client needs two per operation.
+    pub uia_per_account: RateLimit,
 }
 
 impl Default for RateLimitConfig {
@@ -39,6 +43,7 @@ impl Default for RateLimitConfig {
             login_per_address: RateLimit { per_second: 0.1, burst: 10 },
             login_per_account: RateLimit { per_second: 0.05, burst: 10 },
             register_per_address: RateLimit { per_second: 0.05, burst: 5 },
+            uia_per_account: RateLimit { per_second: 0.1, burst: 10 },
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct Limiters {
     pub login_per_address: RateLimiter,
     pub login_per_account: RateLimiter,
     pub register_per_address: RateLimiter,
+    pub uia_per_account: RateLimiter,
 }
 
 impl Limiters {
@@ -108,6 +114,7 @@ impl Limiters {
             login_per_address: RateLimiter::new(c.login_per_address, c.enabled),
             login_per_account: RateLimiter::new(c.login_per_account, c.enabled),
             register_per_address: RateLimiter::new(c.register_per_address, c.enabled),
+            uia_per_account: RateLimiter::new(c.uia_per_account, c.enabled),
         }
     }
 }

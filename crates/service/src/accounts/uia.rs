@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use chancery_core::uia::{self, Operation, stage};
-use chancery_proto::limits::{MAX_REGISTRATION_TOKEN_CHARS, MAX_UIA_SESSIONS, UIA_SESSION_TTL_MS};
+use chancery_proto::limits::{MAX_REGISTRATION_TOKEN_CHARS, MAX_UIA_SESSIONS, MAX_UIA_SESSIONS_PER_USER, UIA_SESSION_TTL_MS};
 use chancery_proto::ruma::OwnedServerName;
-use chancery_store::{AccountStore, UiaSession};
+use chancery_store::{AccountStore, UiaSession, UiaSessionLimits};
 use serde_json::json;
 
 use super::{Limiters, password};
@@ -86,6 +86,11 @@ impl InteractiveAuth {
         let store = &self.deps.store;
         let now = self.deps.clock.now_ms();
         let auth = auth.unwrap_or_default();
+        // Each call of a logged-in user's guarded operation costs store
+        // work whether or not it carries auth: bounded per user.
+        if let Some(user_id) = user_id {
+            self.deps.limiters.uia_per_account.check(user_id)?;
+        }
         let existing = match &auth.session {
             Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
                 store.uia_session(id).await?.filter(|s| s.created_ts + UIA_SESSION_TTL_MS > now)
@@ -95,9 +100,11 @@ impl InteractiveAuth {
         let mut session = match existing {
             Some(session) => session,
             None => {
-                // No session yet, or it expired: start one. A client that
-                // kept a stale id simply carries on with the new one.
-                let session = UiaSession {
+                // No session yet, or it expired: start one, or continue the
+                // user's open one of this operation (so repeated calls do
+                // not pile up sessions). A client that kept a stale id
+                // simply carries on with the one it gets.
+                let new = UiaSession {
                     session_id: tokens::random_string(&*self.deps.entropy, tokens::ALNUM, 24),
                     operation: op.as_str().to_owned(),
                     user_id: user_id.map(str::to_owned),
@@ -105,8 +112,8 @@ impl InteractiveAuth {
                     registration_token: None,
                     created_ts: now,
                 };
-                store.create_uia_session(&session, now.saturating_sub(UIA_SESSION_TTL_MS), MAX_UIA_SESSIONS).await?;
-                session
+                let limits = UiaSessionLimits { max_sessions: MAX_UIA_SESSIONS, max_per_user: MAX_UIA_SESSIONS_PER_USER };
+                store.open_uia_session(&new, now.saturating_sub(UIA_SESSION_TTL_MS), limits).await?
             }
         };
         if session.operation != op.as_str() || session.user_id.as_deref() != user_id {
