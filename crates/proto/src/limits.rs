@@ -16,6 +16,10 @@ pub const MAX_USER_ID_BYTES: usize = 255;
 /// Longest password accepted, in bytes. Argon2 takes any length, but a
 /// megabyte password costs hashing time for nothing.
 pub const MAX_PASSWORD_BYTES: usize = 512;
+/// Password hashes waiting or running at once in one process (two run at a
+/// time, tens of milliseconds each): past this, logins and registrations
+/// are answered `M_LIMIT_EXCEEDED` at once instead of queueing for seconds.
+pub const MAX_QUEUED_PASSWORD_HASHES: usize = 64;
 
 /// Longest device id a client may choose, in bytes.
 pub const MAX_DEVICE_ID_BYTES: usize = 255;

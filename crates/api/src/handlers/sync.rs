@@ -21,7 +21,7 @@ pub async fn sync(
 ) -> ApiResult<Json<JsonValue>> {
     let filter = match req.filter {
         None => FilterDefinition::default(),
-        Some(v3::Filter::FilterDefinition(f)) => f,
+        Some(v3::Filter::FilterDefinition(f)) => account_data.inline_filter(f)?,
         Some(v3::Filter::FilterId(id)) => account_data.filter(&user, &id).await?,
         Some(_) => return Err(Error::BadJson("unknown filter form".into()).into()),
     };

@@ -344,3 +344,25 @@ async fn metrics_when_configured() {
     assert!(rss > 1_000_000, "{rss_line}");
     server.stop().await.unwrap();
 }
+
+/// An inline `/sync` filter is read on every pass of the sync: it is
+/// bounded like a stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_sync_filters_are_bounded() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = &server.base_url;
+    let (_, token, _) = register(base, "karl").await;
+    let sync_with = |filter: Value| {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{base}/_matrix/client/v3/sync"),
+            &[("filter", filter.to_string()), ("timeout", "0".to_owned())],
+        )
+        .unwrap();
+        let token = token.clone();
+        async move { call(Method::GET, url.as_str(), Some(&token), None).await }
+    };
+    let types = |n: usize| json!({"room": {"timeline": {"not_types": (0..n).map(|i| format!("org.example.type.{i:05}")).collect::<Vec<_>>()}}});
+    assert_eq!(sync_with(types(10)).await.0, 200);
+    assert_error(&sync_with(types(1_000)).await, 413, "M_TOO_LARGE");
+    server.stop().await.unwrap();
+}

@@ -30,6 +30,16 @@ impl AccountData {
         self.stored_filter(user, filter_id).await
     }
 
+    /// A filter given inline in `/sync?filter=`, bounded like a stored one
+    /// (it is read on every pass of the sync).
+    pub fn inline_filter(&self, filter: FilterDefinition) -> Result<FilterDefinition, Error> {
+        let size = serde_json::to_string(&filter).map_err(|e| Error::Internal(e.to_string()))?.len();
+        if size > MAX_FILTER_BYTES {
+            return Err(Error::TooLarge(format!("filters are at most {MAX_FILTER_BYTES} bytes")));
+        }
+        Ok(filter)
+    }
+
     /// A stored filter of the caller, parsed, for `/sync?filter=<id>`.
     pub async fn filter(&self, user: &AuthedUser, filter_id: &str) -> Result<FilterDefinition, Error> {
         self.stored_filter(user, filter_id).await

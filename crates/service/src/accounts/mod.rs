@@ -207,7 +207,7 @@ impl Accounts {
     /// `GET /register/available`.
     pub async fn username_available(&self, localpart: &str, client_address: Option<&str>) -> Result<(), Error> {
         if let Some(address) = client_address {
-            self.deps.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check_address(address)?;
         }
         if self.deps.config.registration == RegistrationMode::Disabled {
             return Err(Error::RegistrationDisabled);
@@ -222,7 +222,7 @@ impl Accounts {
     /// `GET /register/m.login.registration_token/validity`.
     pub async fn registration_token_valid(&self, token: &str, client_address: Option<&str>) -> Result<bool, Error> {
         if let Some(address) = client_address {
-            self.deps.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check_address(address)?;
         }
         if self.deps.config.registration != RegistrationMode::Token {
             return Err(Error::RegistrationDisabled);
@@ -239,7 +239,7 @@ impl Accounts {
     /// registration token in one transaction.
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterOutcome, Error> {
         if let Some(address) = &req.client_address {
-            self.deps.limiters.register_per_address.check(address)?;
+            self.deps.limiters.register_per_address.check_address(address)?;
         }
         if req.guest {
             return Err(Error::GuestAccessForbidden);
@@ -302,7 +302,7 @@ impl Accounts {
     /// `POST /login` with `m.login.password`.
     pub async fn login(&self, req: LoginRequest) -> Result<LoginOutcome, Error> {
         if let Some(address) = &req.client_address {
-            self.deps.limiters.login_per_address.check(address)?;
+            self.deps.limiters.login_per_address.check_address(address)?;
         }
         if req.password.len() > MAX_PASSWORD_BYTES {
             return Err(Error::Forbidden("invalid user or password".into()));

@@ -6,13 +6,20 @@
 //! logins). So at most `HASH_SLOTS` hashes run at once, each on a buffer
 //! taken from a small pool and put back afterwards: the working memory is
 //! allocated once and the process stays small; a flood of logins waits in
-//! line instead of using every core.
+//! line instead of using every core. The line itself is bounded
+//! (`MAX_QUEUED_PASSWORD_HASHES`): past it, a request is told to retry
+//! rather than hold a task and its password in memory for minutes.
+//!
+//! The pool is per process, not per component: it budgets this process's
+//! memory and cores, which every caller of a hash shares.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use chancery_proto::limits::MAX_QUEUED_PASSWORD_HASHES;
 use tokio::sync::Semaphore;
 
 use crate::Error;
@@ -23,13 +30,50 @@ const HASH_SLOTS: usize = 2;
 struct HashPool {
     slots: Semaphore,
     buffers: Mutex<Vec<Vec<Block>>>,
+    line: Line,
 }
 
-static POOL: LazyLock<HashPool> =
-    LazyLock::new(|| HashPool { slots: Semaphore::new(HASH_SLOTS), buffers: Mutex::new(Vec::new()) });
+static POOL: LazyLock<HashPool> = LazyLock::new(|| HashPool {
+    slots: Semaphore::new(HASH_SLOTS),
+    buffers: Mutex::new(Vec::new()),
+    line: Line::new(MAX_QUEUED_PASSWORD_HASHES),
+});
+
+/// Hashes waiting or running, at most `max`.
+struct Line {
+    len: AtomicUsize,
+    max: usize,
+}
+
+/// A place in the [`Line`], given back when dropped.
+struct Place<'a>(&'a Line);
+
+impl Line {
+    const fn new(max: usize) -> Self {
+        Self { len: AtomicUsize::new(0), max }
+    }
+
+    /// A place, or `None` if the line is full.
+    fn join(&self) -> Option<Place<'_>> {
+        let before = self.len.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(self))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.len.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Runs one Argon2id computation on a pooled buffer.
 async fn compute(params: Params, password: String, salt: Vec<u8>) -> Result<Vec<u8>, Error> {
+    // A full line means seconds of hashing ahead: the client retries.
+    let _place = POOL.line.join().ok_or(Error::LimitExceeded { retry_after_ms: 1_000 })?;
     let _slot = POOL.slots.acquire().await.map_err(|_| Error::Internal("hash pool closed".into()))?;
     tokio::task::spawn_blocking(move || {
         let mut buffer = POOL.buffers.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
@@ -94,6 +138,18 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0Q1jcJ
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_line_is_bounded_and_places_are_given_back() {
+        let line = super::Line::new(2);
+        let first = line.join().expect("room");
+        let second = line.join().expect("room");
+        assert!(line.join().is_none(), "full");
+        drop(first);
+        let third = line.join().expect("a place came free");
+        drop((second, third));
+        assert_eq!(line.len.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
     use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
     #[tokio::test]

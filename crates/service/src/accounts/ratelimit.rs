@@ -3,6 +3,7 @@
 //! addresses are not stored, and a restart forgetting the buckets is harmless.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -53,6 +54,25 @@ struct Bucket {
     updated: Instant,
 }
 
+/// The key a client address is limited by: an IPv4 address itself, an
+/// IPv6 address by its /64 (one subscriber usually holds a whole /64, and
+/// would otherwise get a fresh bucket per address), an IPv4-mapped IPv6
+/// address as its IPv4 address. Anything else (a proxy's odd header) as
+/// given.
+pub fn address_key(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", Ipv6Addr::from(network))
+            }
+        },
+        Err(_) => address.to_owned(),
+    }
+}
+
 pub struct RateLimiter {
     limit: RateLimit,
     enabled: bool,
@@ -67,6 +87,11 @@ impl RateLimiter {
     /// Takes one token for `key`, or says how long until one is available.
     pub fn check(&self, key: &str) -> Result<(), Error> {
         self.check_at(key, Instant::now())
+    }
+
+    /// [`Self::check`] for a client address, keyed by [`address_key`].
+    pub fn check_address(&self, address: &str) -> Result<(), Error> {
+        self.check(&address_key(address))
     }
 
     fn check_at(&self, key: &str, now: Instant) -> Result<(), Error> {
@@ -139,6 +164,22 @@ mod tests {
         limiter.check_at("b", t0).unwrap();
         limiter.check_at("a", t0 + Duration::from_millis(500)).unwrap();
         assert!(limiter.check_at("a", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_subscriber() {
+        assert_eq!(address_key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(address_key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64", "one /64, one bucket");
+        assert_ne!(address_key("2001:db8:1:3::1"), address_key("2001:db8:1:2::1"));
+        assert_eq!(address_key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key("not an address"), "not an address");
+        // A flood from one /64 is one flood.
+        let limiter = RateLimiter::new(RateLimit { per_second: 0.001, burst: 2 }, true);
+        limiter.check_address("2001:db8::1").unwrap();
+        limiter.check_address("2001:db8::2").unwrap();
+        assert!(limiter.check_address("2001:db8::3").is_err());
+        limiter.check_address("2001:db8:0:1::3").unwrap();
     }
 
     #[test]

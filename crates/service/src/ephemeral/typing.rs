@@ -74,9 +74,9 @@ impl TypingState {
         self.serial
     }
 
-    /// Removes typers whose time is up. Returns whether anything changed.
-    fn expire(&mut self, now: Instant, wall_ms: u64) -> bool {
-        let mut changed = false;
+    /// Removes typers whose time is up. Returns the rooms that changed.
+    fn expire(&mut self, now: Instant, wall_ms: u64) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
         while let Some(first) = self.expiries.first()
             && first.0 <= now
         {
@@ -86,7 +86,7 @@ impl TypingState {
                 room.typers.remove(&user_id);
                 room.changed = serial;
             }
-            changed = true;
+            changed.insert(room_id);
         }
         changed
     }
@@ -95,7 +95,7 @@ impl TypingState {
     /// room's typing set changed (a refresh of someone already typing
     /// only moves their expiry).
     pub(crate) fn set(&mut self, room_id: &str, user_id: &str, until: Option<Instant>, now: Instant, wall_ms: u64) -> bool {
-        let mut changed = self.expire(now, wall_ms);
+        let mut changed = !self.expire(now, wall_ms).is_empty();
         let room = self.rooms.entry(room_id.to_owned()).or_default();
         let previous = match until {
             Some(until) => room.typers.insert(user_id.to_owned(), until),
@@ -132,14 +132,14 @@ impl TypingState {
         }
     }
 
-    /// The state of `room_ids`, after removing expired typers. Returns
-    /// whether expiring changed anything (so waiting syncs can be woken).
+    /// The state of `room_ids`, after removing expired typers. Returns the
+    /// rooms expiring changed (so their waiting syncs can be woken).
     pub(crate) fn snapshot<'a>(
         &mut self,
         room_ids: impl IntoIterator<Item = &'a str>,
         now: Instant,
         wall_ms: u64,
-    ) -> (TypingSnapshot, bool) {
+    ) -> (TypingSnapshot, BTreeSet<String>) {
         let expired = self.expire(now, wall_ms);
         let mut snapshot = TypingSnapshot { serial: self.serial, floor: self.floor, ..Default::default() };
         for room_id in room_ids {
@@ -211,9 +211,10 @@ impl Ephemeral {
     /// The typing state of the given rooms, for a sync.
     pub(crate) fn typing_snapshot<'a>(&self, room_ids: impl IntoIterator<Item = &'a str>) -> TypingSnapshot {
         let (snapshot, expired) = self.typing.lock().snapshot(room_ids, Instant::now(), self.deps.clock.now_ms());
-        if expired {
-            // Rare (a timeout ran out unnoticed): not worth tracking rooms.
-            self.deps.notifier.everyone();
+        // A timeout ran out unnoticed: the syncs waiting on those rooms,
+        // and only those, look again.
+        for room_id in &expired {
+            self.deps.notifier.room(room_id);
         }
         snapshot
     }
@@ -235,7 +236,7 @@ mod tests {
         assert!(!s.set("!r", "@a", Some(at(t0, 2_000)), at(t0, 500), 0), "a refresh is no change");
         assert!(s.set("!r", "@b", Some(at(t0, 1_000)), at(t0, 500), 0));
         let (snap, expired) = s.snapshot(["!r", "!none"], at(t0, 600), 0);
-        assert!(!expired);
+        assert!(expired.is_empty());
         assert_eq!(snap.serial, 102);
         assert_eq!(snap.floor, 100);
         assert_eq!(snap.rooms["!r"], (102, vec!["@a".to_owned(), "@b".to_owned()]));
@@ -244,7 +245,7 @@ mod tests {
 
         // @b's time is up: the reader that notices removes them, as a change.
         let (snap, expired) = s.snapshot(["!r"], at(t0, 1_000), 0);
-        assert!(expired);
+        assert_eq!(expired, BTreeSet::from(["!r".to_owned()]), "only the room whose typer ran out");
         assert_eq!(snap.rooms["!r"], (103, vec!["@a".to_owned()]));
         assert_eq!(snap.next_expiry, Some(at(t0, 2_000)), "a's refresh moved their expiry");
 
@@ -255,7 +256,7 @@ mod tests {
         assert_eq!(snap.next_expiry, None);
         // The stale expiry entry of @a's first timeout is gone too.
         let (_, expired) = s.snapshot(["!r"], at(t0, 5_000), 0);
-        assert!(!expired);
+        assert!(expired.is_empty());
     }
 
     #[test]
