@@ -256,6 +256,10 @@ impl Config {
             ("rate_limits.login_per_account", self.rate_limits.login_per_account),
             ("rate_limits.register_per_address", self.rate_limits.register_per_address),
             ("rate_limits.uia_per_account", self.rate_limits.uia_per_account),
+            ("rate_limits.events_per_user", self.rate_limits.events_per_user),
+            ("rate_limits.rooms_per_user", self.rate_limits.rooms_per_user),
+            ("rate_limits.invites_per_user", self.rate_limits.invites_per_user),
+            ("rate_limits.receipts_per_user", self.rate_limits.receipts_per_user),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
                 return Err(err(key, None, "per_second must be > 0 and burst >= 1"));

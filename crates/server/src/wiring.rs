@@ -65,7 +65,7 @@ pub fn components_with(
         },
         store: store.clone(),
         uia,
-        limiters,
+        limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
@@ -109,6 +109,7 @@ pub fn components_with(
         accounts: store.clone(),
         directory: directory.clone(),
         notifier: notifier.clone(),
+        limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
@@ -135,6 +136,7 @@ pub fn components_with(
             account_data: account_data.clone(),
             bus: store.clone(),
             notifier: notifier.clone(),
+            limiters,
             clock: clock.clone(),
         },
         &*entropy,

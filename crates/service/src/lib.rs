@@ -42,6 +42,7 @@ pub mod health;
 pub mod notifier;
 pub mod profiles;
 pub mod push;
+pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
 pub mod search;
@@ -54,8 +55,8 @@ use std::sync::Arc;
 
 pub use account_data::{AccountData, AccountDataDeps};
 pub use accounts::{
-    Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps, Limiters,
-    LoginOutcome, LoginRequest, NewRegistrationToken, RateLimitConfig, RateLimiter, RegisterOutcome, RegisterRequest,
+    Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps, LoginOutcome,
+    LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest,
     RegistrationMode,
 };
 pub use admin::Admin;
@@ -67,6 +68,7 @@ pub use health::Health;
 pub use notifier::Notifier;
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
+pub use ratelimit::{Limiters, RateLimit, RateLimitConfig, RateLimiter};
 pub use reports::{Reports, ReportsDeps};
 pub use rooms::{
     EventFormatter, EventFormatterDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Visibility,

@@ -271,6 +271,84 @@ async fn login_and_registration_are_rate_limited() {
     server.stop().await.unwrap();
 }
 
+/// One user's flood of events, rooms, invites or receipts is theirs
+/// alone: 429 with a wait for them, nothing for anyone else, nothing for
+/// server admins, and a retried send still gets its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_actions_are_rate_limited_per_user() {
+    use crate::common::User;
+    let slow = chancery_service::RateLimit { per_second: 0.001, burst: 3 };
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.register_per_address.burst = 20;
+        c.rate_limits.events_per_user = slow;
+        c.rate_limits.rooms_per_user = chancery_service::RateLimit { burst: 2, ..slow };
+        c.rate_limits.invites_per_user = chancery_service::RateLimit { burst: 2, ..slow };
+        c.rate_limits.receipts_per_user = chancery_service::RateLimit { burst: 2, ..slow };
+    })
+    .await
+    .unwrap();
+    let base = &server.base_url;
+    let limited = |got: &(StatusCode, Value)| {
+        assert_error(got, 429, "M_LIMIT_EXCEEDED");
+        assert!(got.1["retry_after_ms"].as_u64().unwrap() > 0, "{}", got.1);
+    };
+    let alice = User::new(base, "alice").await;
+    let bob = User::new(base, "bob").await;
+    let carol = User::new(base, "carol").await;
+
+    // Rooms: two, then a wait.
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice.create_room(json!({})).await;
+    limited(&alice.call(Method::POST, "/createRoom", Some(json!({}))).await);
+    let upgrade = json!({"new_version": "11"});
+    limited(&alice.call(Method::POST, &format!("/rooms/{room}/upgrade"), Some(upgrade)).await);
+    bob.create_room(json!({})).await;
+
+    // Invites: two, then a wait.
+    for who in [&bob, &carol] {
+        alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": who.id}))).await;
+    }
+    let dave = User::new(base, "dave").await;
+    limited(&alice.call(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": dave.id}))).await);
+    bob.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+
+    // Events: three of any kind, then a wait; a retry of a send that went
+    // through is answered with its event.
+    let first = alice.say(&room, "t1", "one").await;
+    alice.say(&room, "t2", "two").await;
+    alice.ok(Method::PUT, &format!("/rooms/{room}/state/org.example.s/k"), Some(json!({"v": 1}))).await;
+    limited(&alice.call(Method::PUT, &format!("/rooms/{room}/send/m.room.message/t3"), Some(json!({"body": "3"}))).await);
+    limited(&alice.call(Method::PUT, &format!("/rooms/{room}/state/org.example.s/k"), Some(json!({"v": 2}))).await);
+    limited(&alice.call(Method::PUT, &format!("/rooms/{room}/redact/{first}/r1"), Some(json!({}))).await);
+    let retried = alice.call(Method::PUT, &format!("/rooms/{room}/send/m.room.message/t1"), Some(json!({"body": "one"}))).await;
+    assert_eq!(retried, (StatusCode::OK, json!({"event_id": first})));
+    let bobs = bob.say(&room, "b1", "bob is not limited by alice").await;
+
+    // Receipts and read markers share one bucket.
+    bob.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{first}"), Some(json!({}))).await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/read_markers"), Some(json!({"m.fully_read": first}))).await;
+    limited(&bob.call(Method::POST, &format!("/rooms/{room}/receipt/m.read/{bobs}"), Some(json!({}))).await);
+    limited(&bob.call(Method::POST, &format!("/rooms/{room}/read_markers"), Some(json!({"m.read": bobs}))).await);
+
+    // An outsider's send is refused as forbidden (before the room's write
+    // lock), and still counts against them.
+    for txn in ["o1", "o2", "o3"] {
+        let got = dave.call(Method::PUT, &format!("/rooms/{room}/send/m.room.message/{txn}"), Some(json!({}))).await;
+        assert_error(&got, 403, "M_FORBIDDEN");
+    }
+    limited(&dave.call(Method::PUT, &format!("/rooms/{room}/send/m.room.message/o4"), Some(json!({}))).await);
+
+    // Server admins run imports and bots: not limited.
+    let admin = User::admin(&server, "operator").await;
+    let own = admin.create_room(json!({})).await;
+    for i in 0..5 {
+        admin.create_room(json!({})).await;
+        admin.say(&own, &format!("a{i}"), "unlimited").await;
+    }
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_cors_and_health() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {

@@ -1,15 +1,12 @@
 //! The accounts component: registration, login, access and refresh
 //! tokens, devices, password changes, deactivation and registration
-//! tokens. Interactive auth ([`InteractiveAuth`]) and the rate limiters
-//! ([`Limiters`]) are its parts, shared with the components that need
-//! them; passwords are hashed in [`password`].
+//! tokens. Interactive auth ([`InteractiveAuth`]) is its part, shared with
+//! the components that need it; passwords are hashed in [`password`].
 //!
-//! In memory: the rate limiters' buckets and the Argon2 buffer pool, both
-//! per node and disposable.
+//! In memory: the Argon2 buffer pool and queue, per node and disposable.
 
 mod devices;
 mod password;
-pub mod ratelimit;
 mod registration_tokens;
 mod uia;
 
@@ -21,11 +18,11 @@ use chancery_proto::limits::{MAX_DEVICE_DISPLAY_NAME_BYTES, MAX_DEVICE_ID_BYTES,
 use chancery_proto::ruma::{OwnedServerName, OwnedUserId, UserId};
 use chancery_store::{AccountStore, NewAccount, NewDevice, TokenPair};
 
-pub use ratelimit::{Limiters, RateLimit, RateLimitConfig, RateLimiter};
 pub use registration_tokens::NewRegistrationToken;
 pub use uia::{AuthPayload, AuthStage, InteractiveAuth, InteractiveAuthDeps};
 
 use crate::Error;
+use crate::ratelimit::Limiters;
 use crate::clock::Clock;
 use crate::tokens::{self, Entropy};
 

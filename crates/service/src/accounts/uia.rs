@@ -12,7 +12,8 @@ use chancery_proto::ruma::OwnedServerName;
 use chancery_store::{AccountStore, UiaSession, UiaSessionLimits};
 use serde_json::json;
 
-use super::{Limiters, password};
+use super::password;
+use crate::ratelimit::Limiters;
 use crate::clock::Clock;
 use crate::tokens::{self, Entropy};
 use crate::{Error, UiaChallenge};

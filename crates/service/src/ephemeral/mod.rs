@@ -24,6 +24,7 @@ pub(crate) use typing::TypingSnapshot;
 use crate::account_data::AccountData;
 use crate::clock::Clock;
 use crate::notifier::Notifier;
+use crate::ratelimit::Limiters;
 use crate::tokens::Entropy;
 use presence::PresenceRuntime;
 use typing::TypingRuntime;
@@ -37,6 +38,8 @@ pub struct EphemeralDeps {
     pub account_data: Arc<AccountData>,
     pub bus: Arc<dyn NodeBus>,
     pub notifier: Arc<Notifier>,
+    /// Per-user bounds on receipts and read markers.
+    pub limiters: Arc<Limiters>,
     pub clock: Arc<dyn Clock>,
 }
 

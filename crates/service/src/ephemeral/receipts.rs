@@ -48,6 +48,7 @@ impl Ephemeral {
         if receipt_type == FULLY_READ && thread != ReceiptThread::Unthreaded {
             return Err(Error::InvalidParam("m.fully_read takes no thread_id".into()));
         }
+        self.deps.limiters.receipts_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
         let thread_id = match thread {
@@ -79,6 +80,7 @@ impl Ephemeral {
         read: Option<&EventId>,
         read_private: Option<&EventId>,
     ) -> Result<(), Error> {
+        self.deps.limiters.receipts_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         for event_id in [fully_read, read, read_private].into_iter().flatten() {
             self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;

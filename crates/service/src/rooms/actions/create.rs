@@ -191,6 +191,7 @@ fn push_initial_events(
 
 impl Rooms {
     pub async fn create_room(&self, user: &AuthedUser, req: CreateRoom) -> Result<OwnedRoomId, Error> {
+        self.deps.limiters.rooms_per_user.check_user(user)?;
         let (version, alias) = self.check_create(&req).await?;
         // A v12 room id is the hash of its create event: the same user
         // creating two identical rooms within one millisecond gets the same

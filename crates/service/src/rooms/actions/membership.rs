@@ -104,6 +104,7 @@ impl Rooms {
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let current = membership(&*self.deps.rooms, room_id, target).await?;
         if action == MembershipAction::Invite {
+            self.deps.limiters.invites_per_user.check_user(user)?;
             self.ensure_local_user(target).await?;
         }
         let Some(membership) = membership_after(action, target, current.as_ref())? else { return Ok(()) };

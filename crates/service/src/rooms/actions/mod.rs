@@ -29,6 +29,7 @@ use super::{RoomWriter, power_levels, rules_of};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::notifier::Notifier;
+use crate::ratelimit::Limiters;
 use crate::tokens::Entropy;
 use crate::{AuthedUser, Error};
 
@@ -58,6 +59,8 @@ pub struct RoomsDeps {
     pub directory: Arc<Directory>,
     /// A new room's creator and invitees wait on no room yet.
     pub notifier: Arc<Notifier>,
+    /// Per-user bounds on events, rooms and invites.
+    pub limiters: Arc<Limiters>,
     pub clock: Arc<dyn Clock>,
     /// Room ids of versions that do not derive them from the create event.
     pub entropy: Arc<dyn Entropy>,
@@ -94,8 +97,23 @@ impl Rooms {
         if event_type == "m.room.redaction" {
             return Err(Error::InvalidParam("use /redact to redact events".into()));
         }
-        let draft = draft(&user.user_id, event_type, None, content, None);
         let txn = TxnKey { user_id: user.user_id.to_string(), device_id: user.device_id.clone(), txn_id: txn_id.to_owned() };
+        // Refused before the room's write lock: a flood, or an outsider's
+        // sends, must not queue in front of the members' sends. The writer
+        // checks membership again under the lock, where the answer is
+        // final. A retry of a send that went through is answered with its
+        // event whatever the limits say now.
+        let admitted = match self.deps.limiters.events_per_user.check_user(user) {
+            Ok(()) => ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(refusal) = admitted {
+            return match self.deps.writer.event_of_txn(&txn, room_id).await? {
+                Some(existing) => Ok(existing),
+                None => Err(refusal),
+            };
+        }
+        let draft = draft(&user.user_id, event_type, None, content, None);
         Ok(self.deps.writer.append_as_member(room_id, draft, Some(txn)).await?.0)
     }
 
@@ -120,6 +138,7 @@ impl Rooms {
         if event_type == "m.room.create" {
             return Err(Error::Forbidden("a room has exactly one create event".into()));
         }
+        self.deps.limiters.events_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         if event_type == "m.room.canonical_alias" && state_key.is_empty() {
             self.deps.directory.check_canonical_alias(room_id, &content).await?;
@@ -138,6 +157,7 @@ impl Rooms {
         reason: Option<String>,
     ) -> Result<OwnedEventId, Error> {
         check_txn_id(txn_id)?;
+        self.deps.limiters.events_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let Some(event) = event_of_room(&*self.deps.rooms, room_id, target.as_str()).await? else {
             return Err(Error::NotFound("no such event in this room".into()));

@@ -173,6 +173,7 @@ fn level_for_all_state(levels: &Map<String, JsonValue>) -> i64 {
 
 impl Rooms {
     pub async fn upgrade_room(&self, user: &AuthedUser, room_id: &RoomId, req: UpgradeRoom) -> Result<OwnedRoomId, Error> {
+        self.deps.limiters.rooms_per_user.check_user(user)?;
         let Some(new_version) = supported_room_version(&req.new_version) else {
             return Err(Error::UnsupportedRoomVersion(req.new_version));
         };

@@ -310,7 +310,9 @@ impl RoomWriter {
     /// with it. An id the device already used in another room is refused
     /// (clients make them unique per access token), rather than answered
     /// with that room's event.
-    async fn event_of_txn(&self, txn: &TxnKey, room_id: &RoomId) -> Result<Option<OwnedEventId>, Error> {
+    /// The event a transaction already sent to the room, if any (a retry
+    /// is answered with it).
+    pub(crate) async fn event_of_txn(&self, txn: &TxnKey, room_id: &RoomId) -> Result<Option<OwnedEventId>, Error> {
         let Some(existing) = self.deps.rooms.event_for_txn(txn).await? else { return Ok(None) };
         if self.deps.rooms.event(&existing).await?.is_some_and(|e| e.room_id != room_id.as_str()) {
             return Err(Error::InvalidParam("this transaction id was already used in another room".into()));

@@ -1,6 +1,8 @@
-//! In-memory token buckets for login and registration, keyed by client
-//! address or account. Nothing is persisted: per the design, client
-//! addresses are not stored, and a restart forgetting the buckets is harmless.
+//! In-memory token buckets, keyed by client address (login, registration)
+//! or by user (interactive auth, events, rooms, invites, receipts). Nothing
+//! is persisted: per the design, client addresses are not stored, and a
+//! restart forgetting the buckets is harmless. Server admins are not
+//! limited by the per-user buckets (they run imports and bots).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -10,7 +12,7 @@ use std::time::Instant;
 use chancery_proto::limits::MAX_RATE_LIMITER_KEYS;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{AuthedUser, Error};
 
 /// A sustained rate and a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -35,6 +37,14 @@ pub struct RateLimitConfig {
     /// (deleting devices, changing the password, deactivating), each
     /// answered or authorised: a client needs two per operation.
     pub uia_per_account: RateLimit,
+    /// Events one user sends: messages, state events, redactions.
+    pub events_per_user: RateLimit,
+    /// Rooms one user creates or upgrades.
+    pub rooms_per_user: RateLimit,
+    /// Invitations one user sends.
+    pub invites_per_user: RateLimit,
+    /// Read receipts and read markers one user sets.
+    pub receipts_per_user: RateLimit,
 }
 
 impl Default for RateLimitConfig {
@@ -45,6 +55,10 @@ impl Default for RateLimitConfig {
             login_per_account: RateLimit { per_second: 0.05, burst: 10 },
             register_per_address: RateLimit { per_second: 0.05, burst: 5 },
             uia_per_account: RateLimit { per_second: 0.1, burst: 10 },
+            events_per_user: RateLimit { per_second: 0.5, burst: 30 },
+            rooms_per_user: RateLimit { per_second: 0.05, burst: 10 },
+            invites_per_user: RateLimit { per_second: 0.2, burst: 20 },
+            receipts_per_user: RateLimit { per_second: 1.0, burst: 30 },
         }
     }
 }
@@ -89,6 +103,11 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// [`Self::check`] for a user's action; server admins pass.
+    pub fn check_user(&self, user: &AuthedUser) -> Result<(), Error> {
+        if user.is_admin { Ok(()) } else { self.check(user.user_id.as_str()) }
+    }
+
     /// [`Self::check`] for a client address, keyed by [`address_key`].
     pub fn check_address(&self, address: &str) -> Result<(), Error> {
         self.check(&address_key(address))
@@ -124,13 +143,18 @@ impl RateLimiter {
     }
 }
 
-/// The node's rate limiters, shared by the accounts component and
-/// interactive auth (whose password stage counts against the account).
+/// The node's rate limiters, shared by the components whose actions they
+/// bound (interactive auth's password stage counts against the account's
+/// logins).
 pub struct Limiters {
     pub login_per_address: RateLimiter,
     pub login_per_account: RateLimiter,
     pub register_per_address: RateLimiter,
     pub uia_per_account: RateLimiter,
+    pub events_per_user: RateLimiter,
+    pub rooms_per_user: RateLimiter,
+    pub invites_per_user: RateLimiter,
+    pub receipts_per_user: RateLimiter,
 }
 
 impl Limiters {
@@ -140,6 +164,10 @@ impl Limiters {
             login_per_account: RateLimiter::new(c.login_per_account, c.enabled),
             register_per_address: RateLimiter::new(c.register_per_address, c.enabled),
             uia_per_account: RateLimiter::new(c.uia_per_account, c.enabled),
+            events_per_user: RateLimiter::new(c.events_per_user, c.enabled),
+            rooms_per_user: RateLimiter::new(c.rooms_per_user, c.enabled),
+            invites_per_user: RateLimiter::new(c.invites_per_user, c.enabled),
+            receipts_per_user: RateLimiter::new(c.receipts_per_user, c.enabled),
         }
     }
 }
