@@ -96,6 +96,12 @@ pub const DEFAULT_SYNC_TIMELINE_LIMIT: usize = 10;
 /// Longest `/sync` long-poll.
 pub const MAX_SYNC_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 
+/// `/sync` long-polls one user may have waiting at once on one node (one
+/// per device and a few tabs is normal; a poll whose client went away is
+/// dropped with its connection). Past this, a new one is answered
+/// `M_LIMIT_EXCEEDED`.
+pub const MAX_LONG_POLLS_PER_USER: usize = 16;
+
 /// Events per `/messages` page.
 pub const MAX_MESSAGES_LIMIT: usize = 1_000;
 pub const DEFAULT_MESSAGES_LIMIT: usize = 10;

@@ -100,19 +100,23 @@ impl Notifier {
     }
 
     /// Registers a sync of `user_id` waiting on `rooms`; it stays
-    /// registered until the returned interest is dropped.
-    pub(crate) fn register(self: &Arc<Self>, user_id: &str, rooms: BTreeSet<String>) -> Interest {
+    /// registered until the returned interest is dropped. None when the
+    /// user already has `max_per_user` syncs registered.
+    pub(crate) fn register(self: &Arc<Self>, user_id: &str, rooms: BTreeSet<String>, max_per_user: usize) -> Option<Interest> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         {
             let mut r = self.registry();
+            if r.by_user.get(user_id).is_some_and(|w| w.len() >= max_per_user) {
+                return None;
+            }
             r.by_user.entry(user_id.to_owned()).or_default().insert(id, Arc::clone(&notify));
             r.all.insert(id, Arc::clone(&notify));
             for room in &rooms {
                 r.by_room.entry(room.clone()).or_default().insert(id, Arc::clone(&notify));
             }
         }
-        Interest { notifier: Arc::clone(self), id, user_id: user_id.to_owned(), rooms, notify }
+        Some(Interest { notifier: Arc::clone(self), id, user_id: user_id.to_owned(), rooms, notify })
     }
 
     #[cfg(test)]
@@ -200,14 +204,16 @@ mod tests {
     #[tokio::test]
     async fn an_event_wakes_a_few_syncs_at_once_and_many_after_its_sender() {
         let w = Arc::new(Notifier::default());
-        let small: Vec<Interest> = (0..2).map(|n| w.register(&format!("@s{n}:x"), rooms(&["!small"]))).collect();
-        let invitee = w.register("@new:x", rooms(&[]));
+        let small: Vec<Interest> =
+            (0..2).map(|n| w.register(&format!("@s{n}:x"), rooms(&["!small"]), usize::MAX).unwrap()).collect();
+        let invitee = w.register("@new:x", rooms(&[]), usize::MAX).unwrap();
         assert!(w.event("!small", Some("@new:x")).is_none(), "three waiters are woken at once");
         for i in small.iter().chain([&invitee]) {
             assert!(woke(i).await);
         }
 
-        let big: Vec<Interest> = (0..=WOKEN_BEFORE_SENDER).map(|n| w.register(&format!("@b{n}:x"), rooms(&["!big"]))).collect();
+        let big: Vec<Interest> =
+            (0..=WOKEN_BEFORE_SENDER).map(|n| w.register(&format!("@b{n}:x"), rooms(&["!big"]), usize::MAX).unwrap()).collect();
         let after = w.event("!big", None).expect("too many to wake before the sender");
         for i in &big {
             assert!(!woke(i).await, "not before the sender");
@@ -222,8 +228,8 @@ mod tests {
     #[tokio::test]
     async fn wakes_only_the_syncs_a_change_concerns() {
         let w = Arc::new(Notifier::default());
-        let mut alice = w.register("@a:x", rooms(&["!r1", "!r2"]));
-        let bob = w.register("@b:x", rooms(&["!r2"]));
+        let mut alice = w.register("@a:x", rooms(&["!r1", "!r2"]), usize::MAX).unwrap();
+        let bob = w.register("@b:x", rooms(&["!r2"]), usize::MAX).unwrap();
 
         w.room("!r1");
         assert!(woke(&alice).await);
@@ -250,5 +256,15 @@ mod tests {
         drop(alice);
         drop(bob);
         assert_eq!(w.keys(), (0, 0, 0), "dropped interests leave nothing behind");
+    }
+
+    #[test]
+    fn a_user_has_a_bounded_number_of_waiting_syncs() {
+        let w = Arc::new(Notifier::default());
+        let mine: Vec<Interest> = (0..3).map(|_| w.register("@a:x", rooms(&["!r"]), 3).unwrap()).collect();
+        assert!(w.register("@a:x", rooms(&["!r"]), 3).is_none());
+        let _other = w.register("@b:x", rooms(&["!r"]), 3).expect("another user is not limited by @a's syncs");
+        drop(mine);
+        assert!(w.register("@a:x", rooms(&["!r"]), 3).is_some(), "a dropped sync frees its place");
     }
 }

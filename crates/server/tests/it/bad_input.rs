@@ -349,6 +349,68 @@ async fn room_actions_are_rate_limited_per_user() {
     server.stop().await.unwrap();
 }
 
+/// One user's pile of waiting `/sync` long-polls is bounded: past
+/// MAX_LONG_POLLS_PER_USER, a new one is 429; other users are not
+/// affected, and polls whose clients went away free their places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_per_user_are_bounded() {
+    use crate::common::User;
+    use chancery_proto::limits::MAX_LONG_POLLS_PER_USER;
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = &server.base_url;
+    let alice = User::new(base, "alice").await;
+    let bob = User::new(base, "bob").await;
+    let since = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let bob_since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    // Four more than the bound at once: the four last to arrive are
+    // refused, the others wait.
+    let extra = 4;
+    let mut polls: Vec<_> = (0..MAX_LONG_POLLS_PER_USER + extra)
+        .map(|_| {
+            let url = alice.url(&format!("/sync?since={since}&timeout=60000"));
+            let token = alice.token.clone();
+            tokio::spawn(async move { call(Method::GET, &url, Some(&token), None).await })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        let (done, waiting): (Vec<_>, Vec<_>) = polls.into_iter().partition(|p| p.is_finished());
+        polls = waiting;
+        for poll in done {
+            refused.push(poll.await.unwrap());
+        }
+        if refused.len() >= extra {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.len(), extra, "{refused:?}");
+    for got in &refused {
+        assert_error(got, 429, "M_LIMIT_EXCEEDED");
+    }
+    let short = |user: &User, since: &str| {
+        let url = user.url(&format!("/sync?since={since}&timeout=50"));
+        let token = user.token.clone();
+        async move { call(Method::GET, &url, Some(&token), None).await }
+    };
+    assert_error(&short(&alice, &since).await, 429, "M_LIMIT_EXCEEDED");
+    assert_eq!(short(&bob, &bob_since).await.0, 200, "bob's sync does not count alice's");
+    // Alice's clients give up: their places free up.
+    for poll in &polls {
+        poll.abort();
+    }
+    let mut freed = false;
+    for _ in 0..100 {
+        if short(&alice, &since).await.0 == StatusCode::OK {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the polls of clients that went away still hold their places");
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_cors_and_health() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {

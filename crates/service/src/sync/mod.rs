@@ -32,7 +32,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chancery_proto::limits::MAX_SYNC_TIMEOUT_MS;
+use chancery_proto::limits::{MAX_LONG_POLLS_PER_USER, MAX_SYNC_TIMEOUT_MS};
 use chancery_proto::ruma::api::client::filter::FilterDefinition;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::presence::PresenceState;
@@ -50,6 +50,9 @@ use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
 use decide::{LazyMembers, RoomFacts, Section, TypingFacts};
 use lazy_members::LazyMembersCache;
+
+/// How long a user with too many syncs waiting is told to wait.
+const LONG_POLLS_RETRY_AFTER_MS: u64 = 1000;
 
 /// What the client asked for.
 #[derive(Debug, Clone, Default)]
@@ -165,7 +168,8 @@ impl Syncer {
         // wakes this sync; the rooms follow what each pass finds.
         let mut interest = if may_wait {
             let rooms = self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?;
-            Some(self.deps.notifier.register(user.user_id.as_str(), joined_rooms(&rooms)))
+            let interest = self.deps.notifier.register(user.user_id.as_str(), joined_rooms(&rooms), MAX_LONG_POLLS_PER_USER);
+            Some(interest.ok_or(Error::LimitExceeded { retry_after_ms: LONG_POLLS_RETRY_AFTER_MS })?)
         } else {
             None
         };
