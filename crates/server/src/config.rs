@@ -39,6 +39,7 @@ pub struct Config {
     pub user_directory: UserDirectoryConfig,
     pub presence: PresenceConfig,
     pub rate_limits: RateLimitConfig,
+    pub retention: RetentionConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -65,6 +66,20 @@ pub struct UserDirectoryConfig {
     /// Search every local user, not only those sharing a room with the
     /// searcher or in public rooms (a ministry-wide phone book).
     pub search_all_users: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a notification is kept (`GET /notifications`, and the unread
+    /// notification counts, which therefore cover this many days).
+    pub notifications_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { notifications_days: 30 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +134,7 @@ impl Default for Config {
             user_directory: UserDirectoryConfig::default(),
             presence: PresenceConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            retention: RetentionConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -247,6 +263,10 @@ impl Config {
         if self.limits.max_request_body_bytes < 1024 {
             let key = "limits.max_request_body_bytes";
             return Err(err(key, var_of(key), "must be at least 1024"));
+        }
+        if self.retention.notifications_days == 0 {
+            let key = "retention.notifications_days";
+            return Err(err(key, var_of(key), "must be at least 1"));
         }
         if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
             return Err(err("database", None, "connection counts must be at least 1"));

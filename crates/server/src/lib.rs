@@ -2,6 +2,7 @@
 //! `chancery` command line. The only crate that knows every other one.
 
 pub mod config;
+mod maintenance;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -70,6 +71,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let store = open_store(&config).await?;
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
+    let push = components.push.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
         components,
@@ -86,7 +88,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let app = chancery_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut tasks = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(serve_until(listener, app, shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, shutdown_rx.clone())),
+    ];
 
     let mut metrics_addr = None;
     if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {

@@ -85,6 +85,8 @@ pub fn components_with(
         rooms: store.clone(),
         formatter: formatter.clone(),
         notifier: notifier.clone(),
+        clock: clock.clone(),
+        notification_retention_ms: u64::from(config.retention.notifications_days) * 24 * 60 * 60 * 1000,
     }));
     let writer = Arc::new(RoomWriter::new(RoomWriterDeps {
         rooms: store.clone(),

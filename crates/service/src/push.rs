@@ -23,6 +23,7 @@ use chancery_store::{NewNotification, PushStore, RoomStore};
 use hashlink::LruCache;
 use serde_json::{Value as JsonValue, json};
 
+use crate::clock::Clock;
 use crate::notifier::Notifier;
 use crate::rooms::state::{POWER_KEYS, state_subset};
 use crate::rooms::{ClientEventOptions, EventFormatter, StateMap, power_levels};
@@ -64,6 +65,10 @@ pub struct PushDeps {
     pub rooms: Arc<dyn RoomStore>,
     pub formatter: Arc<EventFormatter>,
     pub notifier: Arc<Notifier>,
+    /// Decides which notifications are old.
+    pub clock: Arc<dyn Clock>,
+    /// How long notifications are kept.
+    pub notification_retention_ms: u64,
 }
 
 /// Push rules and notifications.
@@ -371,5 +376,27 @@ mod tests {
         }
         assert_eq!(cache.0.lock().unwrap().len(), MAX_CACHED_DEFAULT_RULESETS);
         assert!(!Arc::ptr_eq(&first, &cache.of(&alice)), "the least recently used went first");
+    }
+}
+
+/// Users whose old notifications one store call deletes.
+const PRUNE_USERS_PER_CALL: usize = 64;
+
+impl Push {
+    /// Deletes the notifications older than the retention, read or not
+    /// (unread counts cover the retention), a few users at a time. Returns
+    /// the rows deleted.
+    pub async fn prune_notifications(&self) -> Result<u64, Error> {
+        let before_ts = self.deps.clock.now_ms().saturating_sub(self.deps.notification_retention_ms);
+        let (mut total, mut after) = (0, None::<String>);
+        loop {
+            let (deleted, last) = self.deps.store.prune_notifications(before_ts, after.as_deref(), PRUNE_USERS_PER_CALL).await?;
+            total += deleted;
+            match last {
+                // Each call moves past the users it looked at: the pass ends.
+                Some(last) => after = Some(last),
+                None => return Ok(total),
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ macro_rules! store_conformance_tests {
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
-            push_rules_are_read_per_user_and_per_room,
+            push_rules_are_read_per_user_and_per_room, old_notifications_are_pruned_per_user,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
             reports_are_listed_filtered_and_deleted,
         );
@@ -512,6 +512,52 @@ pub async fn push_rules_are_read_per_user_and_per_room(store: DynStore) {
     let got = sorted(store.push_rules_of(&asked).await.unwrap());
     assert_eq!(got.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["@alice:x", "@dave:x"]);
     assert_eq!(got[1].1, json!({"override": [], "owner": "@dave:x"}));
+}
+
+pub async fn old_notifications_are_pruned_per_user(store: DynStore) {
+    let notify = |mut e: NewEvent, ts: u64, users: &[&str]| {
+        e.origin_server_ts = ts;
+        e.notifications = users
+            .iter()
+            .map(|u| NewNotification { user_id: (*u).into(), actions_json: "[\"notify\"]".into(), highlight: false })
+            .collect();
+        e
+    };
+    for r in ["!a:x", "!b:x"] {
+        let create = format!("$create{r}");
+        store.create_room(room(r), vec![event(r, &create, "m.room.create", Some(""), 1)]).await.unwrap();
+        let mut prev = create;
+        let ids = [2, 3, 4].map(|n| format!("$m{n}{r}"));
+        // Two old messages and a new one in each room, for bob and carol.
+        append_chain(
+            &store,
+            &mut prev,
+            vec![
+                notify(message(r, &ids[0], 2), 1_000, &["@bob:x", "@carol:x"]),
+                notify(message(r, &ids[1], 3), 2_000, &["@bob:x", "@carol:x"]),
+                notify(message(r, &ids[2], 4), 9_000, &["@bob:x", "@carol:x"]),
+            ],
+        )
+        .await;
+    }
+    let count = |user: &'static str| {
+        let store = store.clone();
+        async move { store.notifications(user, None, 100, false).await.unwrap().len() }
+    };
+    assert_eq!((count("@bob:x").await, count("@carol:x").await), (6, 6));
+    // One user per call, in user id order: bob, then carol, then done.
+    let (deleted, last) = store.prune_notifications(5_000, None, 1).await.unwrap();
+    assert_eq!((deleted, last.as_deref()), (4, Some("@bob:x")));
+    assert_eq!((count("@bob:x").await, count("@carol:x").await), (2, 6));
+    assert_eq!(store.notification_counts("@bob:x", "!a:x", 0).await.unwrap(), (1, 0), "the new one is still unread");
+    let (deleted, last) = store.prune_notifications(5_000, last.as_deref(), 1).await.unwrap();
+    assert_eq!((deleted, last.as_deref()), (4, Some("@carol:x")));
+    assert_eq!(store.prune_notifications(5_000, last.as_deref(), 1).await.unwrap(), (0, None));
+    // Stamped exactly at the cut: kept; nothing before the first stamp.
+    assert_eq!(store.prune_notifications(9_000, None, 10).await.unwrap(), (0, None));
+    assert_eq!(count("@carol:x").await, 2);
+    assert_eq!(store.prune_notifications(9_001, None, 10).await.unwrap(), (4, None));
+    assert_eq!((count("@bob:x").await, count("@carol:x").await), (0, 0));
 }
 
 pub async fn stream_positions_read_every_stream(store: DynStore) {

@@ -171,4 +171,49 @@ impl PushStore for PostgresStore {
         .ok_or_else(|| StoreError::Backend("count returned no row".into()))?;
         Ok((u(get(&row, 0)?), u(get(&row, 1)?)))
     }
+
+    async fn prune_notifications(
+        &self,
+        before_ts: u64,
+        after_user: Option<&str>,
+        max_users: usize,
+    ) -> StoreResult<(u64, Option<String>)> {
+        let client = self.client().await?;
+        let after_user = after_user.unwrap_or("");
+        let rows = query(
+            &client,
+            "SELECT DISTINCT user_id FROM notifications WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+            &[&after_user, &i(max_users as u64)],
+        )
+        .await?;
+        let users = rows.iter().map(|r| get::<String>(r, 0)).collect::<StoreResult<Vec<_>>>()?;
+        // Per user, one statement: their rooms (skipping through the key),
+        // each with the position of its newest event stamped before the
+        // cut, and the rows up to it.
+        let delete = client
+            .prepare_cached(
+                "WITH RECURSIVE rooms AS (
+                     (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id
+                             ORDER BY m.room_id LIMIT 1)
+                     FROM rooms r WHERE r.room_id IS NOT NULL
+                 ), cut AS (
+                     SELECT r.room_id, (SELECT e.stream_pos FROM events e
+                                        WHERE e.room_id = r.room_id AND e.origin_server_ts < $2
+                                        ORDER BY e.origin_server_ts DESC LIMIT 1) AS pos
+                     FROM rooms r WHERE r.room_id IS NOT NULL
+                 )
+                 DELETE FROM notifications n USING cut
+                 WHERE n.user_id = $1 AND n.room_id = cut.room_id AND n.stream_pos <= cut.pos",
+            )
+            .await
+            .map_err(crate::backend)?;
+        let mut deleted = 0;
+        for user in &users {
+            deleted += client.execute(&delete, &[user, &i(before_ts)]).await.map_err(crate::backend)?;
+        }
+        let last = if users.len() < max_users { None } else { users.last().cloned() };
+        Ok((deleted, last))
+    }
 }

@@ -228,6 +228,63 @@ impl PushStore for SqliteStore {
         })
         .await
     }
+
+    async fn prune_notifications(
+        &self,
+        before_ts: u64,
+        after_user: Option<&str>,
+        max_users: usize,
+    ) -> StoreResult<(u64, Option<String>)> {
+        let after_user = after_user.unwrap_or("").to_owned();
+        let users = self
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT DISTINCT user_id FROM notifications WHERE user_id > ?1 ORDER BY user_id LIMIT ?2")
+                    .map_err(backend)?;
+                collect::<String>(stmt.query_map(params![after_user, i(max_users as u64)], |r| r.get(0)).map_err(backend)?)
+            })
+            .await?;
+        let mut deleted = 0;
+        for user in &users {
+            let user = user.clone();
+            deleted += self
+                .write(move |tx| {
+                    // The user's rooms (skipping through the key), each
+                    // with the position of its newest event stamped before
+                    // the cut.
+                    let rooms = collect::<(String, Option<i64>)>(
+                        tx.prepare_cached(
+                            "WITH RECURSIVE r(room_id) AS (
+                                 SELECT MIN(room_id) FROM notifications WHERE user_id = ?1
+                                 UNION ALL
+                                 SELECT (SELECT MIN(room_id) FROM notifications WHERE user_id = ?1 AND room_id > r.room_id)
+                                 FROM r WHERE r.room_id IS NOT NULL
+                             )
+                             SELECT room_id, (SELECT e.stream_pos FROM events e
+                                              WHERE e.room_id = r.room_id AND e.origin_server_ts < ?2
+                                              ORDER BY e.origin_server_ts DESC LIMIT 1)
+                             FROM r WHERE room_id IS NOT NULL",
+                        )
+                        .map_err(backend)?
+                        .query_map(params![user, i(before_ts)], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(backend)?,
+                    )?;
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM notifications WHERE user_id = ?1 AND room_id = ?2 AND stream_pos <= ?3")
+                        .map_err(backend)?;
+                    let mut deleted = 0;
+                    for (room_id, cut) in rooms {
+                        if let Some(cut) = cut {
+                            deleted += delete.execute(params![user, room_id, cut]).map_err(backend)? as u64;
+                        }
+                    }
+                    Ok(deleted)
+                })
+                .await?;
+        }
+        let last = if users.len() < max_users { None } else { users.last().cloned() };
+        Ok((deleted, last))
+    }
 }
 
 pub(crate) fn latest_event_of_sender(conn: &rusqlite::Connection, room_id: &str, sender: &str) -> StoreResult<Option<u64>> {

@@ -88,4 +88,16 @@ pub trait PushStore: Send + Sync {
     /// (notifications, highlights) of the user in a room at positions
     /// above `after` (the user's read position).
     async fn notification_counts(&self, user_id: &str, room_id: &str, after: u64) -> StoreResult<(u64, u64)>;
+
+    /// Deletes the notifications of events stamped before `before_ts`
+    /// (`origin_server_ts`, ms) of at most `max_users` users, those whose
+    /// ids sort after `after_user`. Returns the rows deleted and the last
+    /// user looked at; `None` when no user is left. Each user's rows go in
+    /// one short write, so a pass over the server never holds the writer.
+    async fn prune_notifications(
+        &self,
+        before_ts: u64,
+        after_user: Option<&str>,
+        max_users: usize,
+    ) -> StoreResult<(u64, Option<String>)>;
 }

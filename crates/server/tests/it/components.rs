@@ -101,3 +101,43 @@ async fn identical_rooms_in_one_millisecond_get_their_own_ids() {
     assert_eq!(create_ts(second).await, t0 + 1, "the clock never moved: the retry stamped its events a millisecond on");
     store.close().await;
 }
+
+/// Notifications older than the retention (30 days by default) are
+/// deleted by the periodic pass; newer ones stay, unread ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_older_than_the_retention_are_deleted() {
+    let Node { components, store, clock, config, _dir } = node(3).await;
+    let day_ms = 24 * 60 * 60 * 1000;
+    let retention_ms = u64::from(config.retention.notifications_days) * day_ms;
+    let user = |user_id| AuthedUser { user_id, device_id: "DEVICE".into(), is_admin: false };
+    let alice = user(components.accounts.create_user("alice", None, false).await.unwrap());
+    let bob = user(components.accounts.create_user("bob", None, false).await.unwrap());
+    let request = CreateRoom { invite: vec![bob.user_id.clone()], is_direct: true, ..Default::default() };
+    let room = components.rooms.create_room(&alice, request).await.unwrap();
+    components.rooms.join_room(&bob, &room, None).await.unwrap();
+    let say = |txn: &'static str| {
+        let (components, alice, room) = (&components, &alice, &room);
+        async move {
+            let content = serde_json::json!({"msgtype": "m.text", "body": txn});
+            components.rooms.send_message(alice, room, "m.room.message", txn, content).await.unwrap()
+        }
+    };
+    let bodies = || async {
+        let list = components.push.list_notifications(&bob, None, 50, false).await.unwrap();
+        list["notifications"].as_array().unwrap().iter().map(|n| n["event"]["content"]["body"].clone()).collect::<Vec<_>>()
+    };
+    say("old").await;
+    clock.set(T0 + day_ms);
+    say("recent").await;
+    assert_eq!(bodies().await, ["recent", "old"]);
+
+    // Within the retention of both: nothing goes.
+    clock.set(T0 + retention_ms);
+    assert_eq!(components.push.prune_notifications().await.unwrap(), 0);
+    // Past the old one's.
+    clock.set(T0 + retention_ms + 1);
+    assert_eq!(components.push.prune_notifications().await.unwrap(), 1);
+    assert_eq!(bodies().await, ["recent"]);
+    assert_eq!(components.push.prune_notifications().await.unwrap(), 0, "a second pass finds nothing more");
+    store.close().await;
+}

@@ -1,0 +1,34 @@
+//! Periodic upkeep of the store. Every node runs it; each pass is
+//! idempotent, so nodes sharing a database may overlap harmlessly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chancery_service::Push;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// The first pass waits for startup to settle.
+const FIRST_PASS_AFTER: Duration = Duration::from_secs(5 * 60);
+const PASS_EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// Runs the passes until shutdown; a pass in progress is abandoned then
+/// (each store call it makes is a transaction of its own).
+pub(crate) async fn run(push: Arc<Push>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval_at(Instant::now() + FIRST_PASS_AFTER, PASS_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let passes = async {
+        loop {
+            tick.tick().await;
+            match push.prune_notifications().await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "deleted notifications older than the retention"),
+                Err(e) => tracing::warn!(error = %e, "deleting old notifications failed; the next pass retries"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+        () = passes => Ok(()),
+    }
+}
