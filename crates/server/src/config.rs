@@ -87,6 +87,9 @@ impl Default for RetentionConfig {
 pub struct DatabaseConfig {
     pub sqlite_readers: usize,
     pub postgres_max_connections: usize,
+    /// How long one database statement may run (reads whose size grows
+    /// with a room or the server); past it the request is answered 503.
+    pub query_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +153,7 @@ impl Default for LimitsConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { sqlite_readers: 4, postgres_max_connections: 16 }
+        Self { sqlite_readers: 4, postgres_max_connections: 16, query_timeout_ms: 20_000 }
     }
 }
 
@@ -267,6 +270,10 @@ impl Config {
         if self.retention.notifications_days == 0 {
             let key = "retention.notifications_days";
             return Err(err(key, var_of(key), "must be at least 1"));
+        }
+        if self.database.query_timeout_ms < 100 {
+            let key = "database.query_timeout_ms";
+            return Err(err(key, var_of(key), "must be at least 100"));
         }
         if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
             return Err(err("database", None, "connection counts must be at least 1"));

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use chancery_api::{ApiConfig, AppState, Metrics};
 use chancery_store::DynStore;
-use chancery_store_postgres::PostgresStore;
-use chancery_store_sqlite::SqliteStore;
+use chancery_store_postgres::{PostgresOptions, PostgresStore};
+use chancery_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -22,19 +22,28 @@ pub use wiring::{components, components_with};
 
 /// Opens the configured database, applying migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+    let query_timeout = std::time::Duration::from_millis(config.database.query_timeout_ms);
     Ok(match config.database() {
         DatabaseUrl::Sqlite(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             Arc::new(
-                SqliteStore::open(&path, config.database.sqlite_readers)
-                    .await
-                    .with_context(|| format!("opening {}", path.display()))?,
+                SqliteStore::open_with(
+                    &path,
+                    SqliteOptions { readers: config.database.sqlite_readers, read_timeout: query_timeout },
+                )
+                .await
+                .with_context(|| format!("opening {}", path.display()))?,
             )
         }
         DatabaseUrl::Postgres(url) => Arc::new(
-            PostgresStore::connect(&url, config.database.postgres_max_connections).await.context("connecting to PostgreSQL")?,
+            PostgresStore::connect_with(
+                &url,
+                PostgresOptions { max_connections: config.database.postgres_max_connections, statement_timeout: query_timeout },
+            )
+            .await
+            .context("connecting to PostgreSQL")?,
         ),
     })
 }

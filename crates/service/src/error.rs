@@ -69,6 +69,10 @@ pub enum Error {
     /// as the spec says).
     #[error("{0}")]
     AliasInUse(String),
+    /// The server cannot answer now (a busy or unreachable database):
+    /// 503 with `Retry-After`.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_ms: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -131,6 +135,10 @@ impl From<StoreError> for Error {
             StoreError::TooManyVisibilitySpans => {
                 Error::ResourceLimit("the history visibility of these rooms changed too often to be evaluated at once".into())
             }
+            StoreError::QueryTimedOut => Error::Unavailable {
+                message: "the server took too long to answer; try again later, or ask for less".into(),
+                retry_after_ms: 10_000,
+            },
             e @ (StoreError::Contract(_) | StoreError::SchemaTooNew { .. } | StoreError::Backend(_)) => {
                 Error::Internal(e.to_string())
             }

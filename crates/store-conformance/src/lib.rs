@@ -37,6 +37,7 @@ macro_rules! store_conformance_tests {
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
             push_rules_are_read_per_user_and_per_room, old_notifications_are_pruned_per_user,
+            heavy_reads_leave_a_connection_for_small_ones,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
             reports_are_listed_filtered_and_deleted,
         );
@@ -558,6 +559,53 @@ pub async fn old_notifications_are_pruned_per_user(store: DynStore) {
     assert_eq!(count("@carol:x").await, 2);
     assert_eq!(store.prune_notifications(9_001, None, 10).await.unwrap(), (4, None));
     assert_eq!((count("@bob:x").await, count("@carol:x").await), (0, 0));
+}
+
+/// A room of `members` joined members: reads of its state or member list
+/// grow with it.
+pub async fn big_room(store: &DynStore, r: &str, members: usize) {
+    let mut events = vec![event(r, &format!("$create{r}"), "m.room.create", Some(""), 1)];
+    for n in 0..members {
+        events.push(member(r, &format!("$m{n}{r}"), &format!("@u{n}:x"), "join", n as u64 + 2));
+    }
+    store.create_room(room(r), events).await.unwrap();
+}
+
+/// Many reads of a big room's whole state at once do not hold every
+/// connection: a small read (an access-token check is one) still finds
+/// one while most of them wait.
+pub async fn heavy_reads_leave_a_connection_for_small_ones(store: DynStore) {
+    const HEAVY: usize = 16;
+    let members = 8_000;
+    big_room(&store, "!big:x", members).await;
+    store.create_account(account("@alice:x"), None, None, 1).await.unwrap();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heavy: Vec<_> = (0..HEAVY)
+        .map(|_| {
+            let (store, started) = (store.clone(), started.clone());
+            tokio::spawn(async move {
+                // Counted in the same poll that queues the read for a
+                // connection.
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                store.state_at("!big:x", None).await.map(|state| state.len())
+            })
+        })
+        .collect();
+    for _ in 0..1_000 {
+        if started.load(std::sync::atomic::Ordering::SeqCst) == HEAVY {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), HEAVY);
+    for _ in 0..3 {
+        assert!(store.account("@alice:x").await.unwrap().is_some());
+    }
+    let waiting = heavy.iter().filter(|h| !h.is_finished()).count();
+    assert!(waiting > HEAVY / 2, "the small reads waited for {} of {HEAVY} heavy ones", HEAVY - waiting);
+    for h in heavy {
+        assert_eq!(h.await.unwrap().unwrap(), members + 1);
+    }
 }
 
 pub async fn stream_positions_read_every_stream(store: DynStore) {

@@ -173,7 +173,7 @@ impl AccountDataStore for PostgresStore {
     }
 
     async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT room_id, event_type, content, stream_pos FROM account_data
@@ -237,7 +237,7 @@ impl ReceiptStore for PostgresStore {
     }
 
     async fn room_receipts(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<Receipt>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts

@@ -177,7 +177,7 @@ impl DirectoryStore for PostgresStore {
         args.push(Box::new(i64::try_from(query_.limit).unwrap_or(i64::MAX)));
         sql.push_str(&page_order(forward, &format!("${}", args.len())));
 
-        let mut client = self.client().await?;
+        let (_heavy, mut client) = self.heavy_client().await?;
         // The page and the total from one snapshot.
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
         let tx = tx.start().await.map_err(backend)?;

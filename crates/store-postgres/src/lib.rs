@@ -37,6 +37,8 @@ use crate::query::{get, query};
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Permits of heavy reads (see `heavy_client`).
+    heavy_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Bumped when any node commits a change syncs wait for.
     changes: tokio::sync::watch::Receiver<u64>,
     /// What nodes publish for each other's memory (typing, presence).
@@ -59,6 +61,10 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
         if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
             return StoreError::TextNotStorable;
         }
+        // statement_timeout (see `connect_with`).
+        if *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED {
+            return StoreError::QueryTimedOut;
+        }
         return StoreError::Backend(format!("{} ({}): {}", db.severity(), db.code().code(), db.message()));
     }
     match e.source() {
@@ -71,6 +77,21 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => backend(e),
         other => StoreError::Backend(format!("connection pool: {other}")),
+    }
+}
+
+/// How a [`PostgresStore`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// This node's share of the server's `max_connections`.
+    pub max_connections: usize,
+    /// How long one statement may run before the server cancels it.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { max_connections: 16, statement_timeout: Duration::from_secs(20) }
     }
 }
 
@@ -92,8 +113,21 @@ impl PostgresStore {
     /// `max_connections` bounds this node's share of the server's
     /// `max_connections`; the pool opens connections lazily.
     pub async fn connect(url: &str, max_connections: usize) -> StoreResult<Self> {
+        Self::connect_with(url, PostgresOptions { max_connections, ..PostgresOptions::default() }).await
+    }
+
+    /// [`Self::connect`] with every option.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> StoreResult<Self> {
+        let max_connections = options.max_connections;
         // The parser's errors name the offending key, never its value.
-        let config = tokio_postgres::Config::from_str(url).map_err(backend)?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(backend)?;
+        // Every statement of this node is bounded (migrations lift it for
+        // their transaction); a read past it fails with `QueryTimedOut`
+        // instead of holding its connection. Added to the options the URL
+        // gives, which stay as they are.
+        let timeout_ms = options.statement_timeout.as_millis().max(1);
+        let given = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        config.options(format!("{given}-c statement_timeout={timeout_ms}"));
         // Fast recycling: a dead connection surfaces as one failed request,
         // which is cheaper than a round trip on every checkout.
         let (changes_tx, changes) = tokio::sync::watch::channel(0);
@@ -112,13 +146,26 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
         let event_listener = std::sync::Arc::new(std::sync::OnceLock::new());
         let appender = appender::Appender::start(pool.clone(), std::sync::Arc::clone(&event_listener));
-        let store = Self { pool, changes, ephemeral, listener, appender, event_listener };
+        let heavy_slots = std::sync::Arc::new(tokio::sync::Semaphore::new((max_connections / 2).max(1)));
+        let store = Self { pool, heavy_slots, changes, ephemeral, listener, appender, event_listener };
         migrations::migrate(&mut store.client().await?).await?;
         Ok(store)
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// A connection for a read whose size grows with a room or the server
+    /// (whole state, member lists, searches), with the permit that keeps
+    /// such reads to half the pool: the small reads every request makes
+    /// (the access-token check first) always find a connection.
+    async fn heavy_client(&self) -> StoreResult<(tokio::sync::OwnedSemaphorePermit, deadpool_postgres::Client)> {
+        let permit = std::sync::Arc::clone(&self.heavy_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Backend("the database is closed".into()))?;
+        Ok((permit, self.client().await?))
     }
 }
 

@@ -52,6 +52,9 @@ fn renumbered(stored: i64, applied: RenumberedMigrations) -> i64 {
 /// Creates or updates the schema in one transaction.
 pub(crate) async fn migrate(client: &mut deadpool_postgres::Client) -> StoreResult<()> {
     let tx = client.transaction().await.map_err(backend)?;
+    // Migrations of a big database, and waiting for another node's, take
+    // as long as they take.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(backend)?;
     // Taken before anything else, so even the schema_version table is
     // created by one node only; released by COMMIT/ROLLBACK.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(backend)?;

@@ -25,7 +25,7 @@ impl PushStore for PostgresStore {
     }
 
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT user_id, (content::jsonb -> 'global')::text FROM account_data
@@ -37,7 +37,7 @@ impl PushStore for PostgresStore {
     }
 
     async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT s.state_key, (a.content::jsonb -> 'global')::text FROM room_state s
@@ -77,7 +77,7 @@ impl PushStore for PostgresStore {
         limit: usize,
         only_highlight: bool,
     ) -> StoreResult<Vec<StoredNotification>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         // The newest of each of the user's rooms (found by skipping through
         // the key), merged.
         let sql = format!(
@@ -124,7 +124,7 @@ impl PushStore for PostgresStore {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<ThreadedNotification>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT rel.relates_to, n.stream_pos, n.highlight FROM notifications n

@@ -64,7 +64,7 @@ impl RelationWrites {
 #[async_trait]
 impl RelationStore for PostgresStore {
     async fn relations(&self, q: &RelationsQuery) -> StoreResult<Vec<StoredEvent>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let order = if q.newest_first { "DESC" } else { "ASC" };
         // Separate texts per filter, so a filtered page walks the
         // (relates_to, rel_type, stream_pos) index in order instead of
@@ -109,7 +109,7 @@ impl RelationStore for PostgresStore {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<ThreadRoot>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let participated = if participant.is_some() {
             "AND (e.sender = $3 OR EXISTS (SELECT 1 FROM relations x
                   WHERE x.relates_to = t.root_id AND x.rel_type = 'm.thread' AND x.sender = $3))"

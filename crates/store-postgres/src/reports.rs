@@ -42,7 +42,7 @@ impl ReportStore for PostgresStore {
     }
 
     async fn reports(&self, after_id: u64, limit: usize) -> StoreResult<Vec<Report>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!("{REPORT_SELECT} WHERE c.report_id > $1 ORDER BY c.report_id LIMIT $2");
         let rows = query(&client, &sql, &[&i(after_id), &limit]).await?;
@@ -63,7 +63,7 @@ impl ReportStore for PostgresStore {
         let (before, limit, offset) = (q.before_id.map(i), i64::try_from(q.limit).unwrap_or(i64::MAX), i(q.offset));
         let mut page_params: Vec<&(dyn ToSql + Sync)> = filters.to_vec();
         page_params.extend([&before as &(dyn ToSql + Sync), &limit, &offset]);
-        let mut client = self.client().await?;
+        let (_heavy, mut client) = self.heavy_client().await?;
         // The page and the total from one snapshot.
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
         let tx = tx.start().await.map_err(backend)?;

@@ -457,7 +457,7 @@ impl RoomStore for PostgresStore {
     }
 
     async fn state_at(&self, room_id: &str, at: Option<u64>) -> StoreResult<Vec<StoredEvent>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = match at {
             None => {
                 let sql = format!(
@@ -558,7 +558,7 @@ impl RoomStore for PostgresStore {
     }
 
     async fn state_changes(&self, room_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<StoredEvent>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let sql = format!(
             "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
              WHERE s.room_id = $1 AND s.from_pos > $2 AND s.from_pos <= $3 AND (s.to_pos IS NULL OR s.to_pos > $3)
@@ -600,7 +600,7 @@ impl RoomStore for PostgresStore {
     }
 
     async fn members_of_room(&self, room_id: &str) -> StoreResult<Vec<Membership>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
             "SELECT room_id, state_key, membership, event_id, from_pos FROM room_state

@@ -22,7 +22,7 @@ fn ts_query(words: &[String]) -> String {
 #[async_trait]
 impl SearchStore for PostgresStore {
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
-        let client = self.client().await?;
+        let (_heavy, client) = self.heavy_client().await?;
         let pattern = like_contains(&term.to_lowercase());
         let sql = "
             WITH visible AS (
@@ -85,7 +85,7 @@ impl SearchStore for PostgresStore {
             SearchOrder::Rank => "rank DESC, e.stream_pos DESC",
             SearchOrder::Recent => "e.stream_pos DESC",
         };
-        let mut client = self.client().await?;
+        let (_heavy, mut client) = self.heavy_client().await?;
         // The page and the count from one snapshot.
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
         let tx = tx.start().await.map_err(backend)?;

@@ -51,6 +51,10 @@ pub struct SqliteStore {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
+    // The progress handler stopped a read past its deadline.
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
+        return StoreError::QueryTimedOut;
+    }
     StoreError::Backend(e.to_string())
 }
 
@@ -81,12 +85,32 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(drop)
 }
 
+/// How a [`SqliteStore`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    /// Read-only connections (at least one).
+    pub readers: usize,
+    /// How long one read may run before it is interrupted.
+    pub read_timeout: std::time::Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { readers: 4, read_timeout: std::time::Duration::from_secs(20) }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies
     /// pending migrations.
     pub async fn open(path: &Path, readers: usize) -> StoreResult<Self> {
+        Self::open_with(path, SqliteOptions { readers, ..SqliteOptions::default() }).await
+    }
+
+    /// [`Self::open`] with every option.
+    pub async fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<Self> {
         let path = path.to_owned();
-        let readers = readers.max(1);
+        let readers = options.readers.max(1);
         let pool = tokio::task::spawn_blocking(move || -> StoreResult<(Pool, Connection)> {
             let mut writer = Connection::open(&path).map_err(backend)?;
             writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
@@ -102,11 +126,11 @@ impl SqliteStore {
                 conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").map_err(backend)?;
                 stable_plans(&conn).map_err(backend)?;
                 conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-                reader_conns.push(conn);
+                reader_conns.push(pool::Reader::new(conn));
             }
             let checkpointer = Connection::open(&path).map_err(backend)?;
             configure(&checkpointer).map_err(backend)?;
-            Ok((Pool::new(writer, reader_conns), checkpointer))
+            Ok((Pool::new(writer, reader_conns, options.read_timeout), checkpointer))
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
@@ -148,10 +172,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let permit = self.pool.reader_permit().await?;
+        let permits = self.pool.heavy_reader_permit().await?;
         let pool = Arc::clone(&self.pool);
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = permits;
             pool.with_reader(f)
         })
         .await

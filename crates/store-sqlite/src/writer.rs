@@ -243,7 +243,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
         let checkpointer = Connection::open(dir.path().join("w.db")).unwrap();
-        let pool = Arc::new(Pool::new(conn, Vec::new()));
+        let pool = Arc::new(Pool::new(conn, Vec::new(), std::time::Duration::from_secs(20)));
         let writer = Writer::start(Arc::clone(&pool), checkpointer).unwrap();
         (dir, pool, writer)
     }

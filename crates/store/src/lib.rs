@@ -106,6 +106,9 @@ pub enum StoreError {
     TooManyVisibilitySpans,
 
     // Bugs and failures.
+    /// A read ran past the database's time limit and was stopped.
+    #[error("the query ran past its time limit")]
+    QueryTimedOut,
     /// The caller broke the method's contract (events of another room, an
     /// empty batch): a bug, never client input.
     #[error("store contract broken: {0}")]

@@ -197,3 +197,51 @@ mod postgres_migration_numbers {
         }
     }
 }
+
+/// A read past the database's time limit is stopped and reported as
+/// such (the API answers 503 with Retry-After), while small reads on the
+/// same store go on; on both backends.
+mod query_timeouts {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chancery_store::{DynStore, NewAccount, StoreError};
+    use chancery_store_postgres::{PostgresOptions, PostgresStore};
+    use chancery_store_sqlite::{SqliteOptions, SqliteStore};
+    use chancery_testkit::pg::PgCluster;
+
+    const MEMBERS: usize = 8_000;
+
+    async fn fill(store: DynStore) {
+        chancery_store_conformance::big_room(&store, "!big:x", MEMBERS).await;
+        let alice = NewAccount { user_id: "@alice:x".into(), password_hash: None, is_admin: false, created_ts: 1 };
+        store.create_account(alice, None, None, 1).await.unwrap();
+        store.close().await;
+    }
+
+    async fn a_slow_read_is_stopped(store: DynStore) {
+        let stopped = store.state_at("!big:x", None).await;
+        assert!(matches!(stopped, Err(StoreError::QueryTimedOut)), "{:?}", stopped.map(|s| s.len()));
+        assert!(store.account("@alice:x").await.unwrap().is_some(), "a small read is not stopped");
+        // The connection is usable again.
+        assert!(matches!(store.state_at("!big:x", None).await, Err(StoreError::QueryTimedOut)));
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_stops_a_read_past_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chancery.db");
+        fill(Arc::new(SqliteStore::open(&path, 2).await.unwrap())).await;
+        let options = SqliteOptions { readers: 2, read_timeout: Duration::from_millis(1) };
+        a_slow_read_is_stopped(Arc::new(SqliteStore::open_with(&path, options).await.unwrap())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_stops_a_statement_past_its_timeout() {
+        let url = PgCluster::shared().fresh_database().await.unwrap();
+        fill(Arc::new(PostgresStore::connect(&url, 2).await.unwrap())).await;
+        let options = PostgresOptions { max_connections: 2, statement_timeout: Duration::from_millis(2) };
+        a_slow_read_is_stopped(Arc::new(PostgresStore::connect_with(&url, options).await.unwrap())).await;
+    }
+}
