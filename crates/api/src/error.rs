@@ -71,6 +71,7 @@ impl From<Error> for ApiError {
             Error::RoomInUse(_) => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
             Error::AliasInUse(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
+            Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never
                 // holds request content; clients only see a generic message.
@@ -87,6 +88,8 @@ impl From<Error> for ApiError {
                 err.extra.insert("retry_after_ms".into(), json!(retry_after_ms));
                 err.retry_after_ms = Some(retry_after_ms);
             }
+            // Only the header: `retry_after_ms` belongs to M_LIMIT_EXCEEDED.
+            Error::Unavailable { retry_after_ms, .. } => err.retry_after_ms = Some(retry_after_ms),
             Error::Uia(challenge) => {
                 // A 401 interactive-auth body; errcode/error only when a
                 // stage failed (spec: "User-Interactive Authentication API").
