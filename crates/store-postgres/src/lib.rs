@@ -243,3 +243,24 @@ impl StreamStore for PostgresStore {
         Ok(StreamPositions { events: pos(0)?, account_data: pos(1)?, receipts: pos(2)? })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_name_the_faults_a_client_can_wait_out() {
+        let fault = |code: &str| fault_of(code, format!("detail of {code}"));
+        for code in ["40001", "40P01"] {
+            assert!(matches!(fault(code), Some(StoreError::Conflict(_))), "{code}");
+        }
+        for code in ["57P01", "57P02", "57P03", "53300", "08000", "08003", "08006", "08001"] {
+            assert!(matches!(fault(code), Some(StoreError::Unavailable(_))), "{code}");
+        }
+        assert!(matches!(fault("53100"), Some(StoreError::DiskFull)));
+        // Domain conditions and bugs stay what they are.
+        for code in ["23505", "22P02", "42P01", "XX000", "55P03"] {
+            assert!(fault(code).is_none(), "{code}");
+        }
+    }
+}

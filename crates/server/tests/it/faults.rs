@@ -53,10 +53,10 @@ async fn room_bodies(user: &User, room: &str) -> Vec<String> {
     bodies
 }
 
-/// A long-poll of `user` from `since` (30 s) in the background: its answer
+/// A long-poll of `user` from `since` (20 s, under the client's 30 s) in the background: its answer
 /// and how long it took.
 fn start_long_poll(user: &User, since: &str) -> tokio::task::JoinHandle<((StatusCode, Value), Duration)> {
-    let (url, token) = (user.url(&format!("/sync?since={since}&timeout=30000&set_presence=offline")), user.token.clone());
+    let (url, token) = (user.url(&format!("/sync?since={since}&timeout=20000&set_presence=offline")), user.token.clone());
     tokio::spawn(async move {
         let started = Instant::now();
         let got = call(Method::GET, &url, Some(&token), None).await;
@@ -380,3 +380,80 @@ async fn debug_logs_hold_no_secrets_or_bodies(backend: Backend) {
 }
 
 on_both_backends!(debug_logs_hold_no_secrets_or_bodies);
+
+/// A store event of `room` with no content to speak of.
+fn bare_event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth: u64) -> chancery_store::NewEvent {
+    chancery_store::NewEvent {
+        event_id: id.into(),
+        room_id: room.into(),
+        event_type: event_type.into(),
+        state_key: state_key.map(Into::into),
+        sender: "@alice:x".into(),
+        origin_server_ts: 1_000 + depth,
+        depth,
+        json: json!({"event_id": id, "type": event_type, "content": {}}).to_string(),
+        membership: None,
+        redacts: None,
+        txn: None,
+        search_text: Vec::new(),
+        notifications: Vec::new(),
+        relates_to: None,
+    }
+}
+
+/// An append that PostgreSQL picks as the victim of a deadlock (another
+/// transaction holds the stream lock it waits for, then waits for its
+/// room) is run again and commits, instead of failing its sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deadlocked_append_is_run_again() {
+    use chancery_store::{RoomStore, Store};
+    // `rooms::STREAM_LOCK` of the PostgreSQL store ("chanstrm").
+    const STREAM_LOCK: i64 = 0x6368_616e_7374_726d;
+    let url = PgCluster::shared().fresh_database().await.unwrap();
+    let store = std::sync::Arc::new(chancery_store_postgres::PostgresStore::connect(&url, 4).await.unwrap());
+    let room = chancery_store::NewRoom {
+        room_id: "!r:x".into(),
+        room_version: chancery_proto::ruma::RoomVersionId::V11,
+        creator: "@alice:x".into(),
+        created_ts: 1,
+    };
+    store.create_room(room, vec![bare_event("!r:x", "$create", "m.room.create", Some(""), 1)]).await.unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("SET deadlock_timeout = '5s'; BEGIN; SELECT pg_advisory_xact_lock({STREAM_LOCK})"))
+        .await
+        .unwrap();
+    let append = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(
+            async move { store.append_event(bare_event("!r:x", "$m", "m.room.message", None, 2), &["$create".into()]).await },
+        )
+    };
+    // The append holds the room's row and waits for the stream lock.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = client
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the append never waited for the stream lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now this transaction waits for the room: a deadlock, which the
+    // append's backend (waiting longer, with the default 1 s timeout)
+    // detects and breaks by failing the append's transaction.
+    client.execute("UPDATE rooms SET max_depth = max_depth WHERE room_id = '!r:x'", &[]).await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    let appended = append.await.unwrap();
+    assert!(matches!(appended, Ok(2)), "{appended:?}");
+    assert!(store.event("$m").await.unwrap().is_some());
+    drop(client);
+    let _ = driver.await;
+    store.close().await;
+}
