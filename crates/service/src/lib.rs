@@ -55,8 +55,9 @@ use std::sync::Arc;
 
 pub use account_data::{AccountData, AccountDataDeps};
 pub use accounts::{
-    Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps,
-    LoginOutcome, LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest, RegistrationMode,
+    Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps, LoginOutcome,
+    LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest,
+    RegistrationMode,
 };
 pub use admin::Admin;
 pub use chancery_store::{Device, PoolStats};

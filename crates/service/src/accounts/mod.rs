@@ -22,8 +22,8 @@ pub use registration_tokens::NewRegistrationToken;
 pub use uia::{AuthPayload, AuthStage, InteractiveAuth, InteractiveAuthDeps};
 
 use crate::Error;
-use crate::clock::Clock;
 use crate::ratelimit::Limiters;
+use crate::clock::Clock;
 use crate::tokens::{self, Entropy};
 
 /// Who may create an account through the client-server API.

@@ -13,8 +13,8 @@ use chancery_store::{AccountStore, UiaSession, UiaSessionLimits};
 use serde_json::json;
 
 use super::password;
-use crate::clock::Clock;
 use crate::ratelimit::Limiters;
+use crate::clock::Clock;
 use crate::tokens::{self, Entropy};
 use crate::{Error, UiaChallenge};
 
