@@ -88,6 +88,7 @@ impl From<Error> for ApiError {
                 err.extra.insert("retry_after_ms".into(), json!(retry_after_ms));
                 err.retry_after_ms = Some(retry_after_ms);
             }
+            // Only the header: `retry_after_ms` belongs to M_LIMIT_EXCEEDED.
             Error::Unavailable { retry_after_ms, .. } => err.retry_after_ms = Some(retry_after_ms),
             Error::Uia(challenge) => {
                 // A 401 interactive-auth body; errcode/error only when a

@@ -73,7 +73,9 @@ enum TokenCommand {
 }
 
 fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
     // ruma's state resolution logs every authorised event at INFO: too
     // much for a server's default log, so it starts at WARN unless the
     // operator's filter names it.
@@ -84,11 +86,19 @@ fn init_logging(config: &Config) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let output = match config.log.format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).with_ansi(ansi).boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).boxed(),
+    };
+    tracing_subscriber::registry().with(output.with_filter(filter).with_filter(filter_fn(holds_no_bound_parameters))).init();
+}
+
+/// tokio-postgres logs every statement's bound parameters at DEBUG (through
+/// the `log` crate): token hashes, password hashes, message bodies. Its
+/// logs stop at INFO whatever the operator's filter asks (`RUST_LOG=debug`,
+/// or naming its targets), so turning on debug logging never writes them.
+fn holds_no_bound_parameters(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
 }
 
 fn main() {

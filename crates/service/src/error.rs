@@ -69,13 +69,24 @@ pub enum Error {
     /// as the spec says).
     #[error("{0}")]
     AliasInUse(String),
-    /// The server cannot answer now (a busy or unreachable database):
-    /// 503 with `Retry-After`.
-    #[error("{message}")]
-    Unavailable { message: String, retry_after_ms: u64 },
     #[error("internal error")]
     Internal(String),
+    /// The server cannot do this now but will later (its database is
+    /// unreachable, busy or out of disk): HTTP 503 with `Retry-After`.
+    /// The message says what is wrong, never request content.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_ms: u64 },
 }
+
+/// How long a client waits before trying again when the database is
+/// unreachable: about what a restart or a failover takes.
+const UNAVAILABLE_RETRY_AFTER_MS: u64 = 5_000;
+/// ... when its transaction met a concurrent one too often: a moment.
+const CONFLICT_RETRY_AFTER_MS: u64 = 1_000;
+/// ... when the database's disk is full: an operator has to act.
+const DISK_FULL_RETRY_AFTER_MS: u64 = 60_000;
+/// A statement stopped at its deadline: the load may have passed.
+const QUERY_TIMED_OUT_RETRY_AFTER_MS: u64 = 10_000;
 
 /// The body of a 401 interactive-auth answer.
 #[derive(Debug, Clone)]
@@ -135,12 +146,38 @@ impl From<StoreError> for Error {
             StoreError::TooManyVisibilitySpans => {
                 Error::ResourceLimit("the history visibility of these rooms changed too often to be evaluated at once".into())
             }
-            StoreError::QueryTimedOut => Error::Unavailable {
-                message: "the server took too long to answer; try again later, or ask for less".into(),
-                retry_after_ms: 10_000,
-            },
+            StoreError::QueryTimedOut => {
+                tracing::warn!("a database statement ran past database.query_timeout_ms and was stopped");
+                Error::Unavailable {
+                    message: "the server took too long to answer; try again later, or ask for less".into(),
+                    retry_after_ms: QUERY_TIMED_OUT_RETRY_AFTER_MS,
+                }
+            }
             e @ (StoreError::Contract(_) | StoreError::SchemaTooNew { .. } | StoreError::Backend(_)) => {
                 Error::Internal(e.to_string())
+            }
+            // Faults that pass: the client is told to come back (ARCHITECTURE.md, "Faults").
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                Error::Unavailable {
+                    message: "the database is unavailable; try again shortly".into(),
+                    retry_after_ms: UNAVAILABLE_RETRY_AFTER_MS,
+                }
+            }
+            StoreError::Conflict(detail) => {
+                tracing::warn!(error = %detail, "transaction kept meeting concurrent ones");
+                Error::Unavailable {
+                    message: "the server is busy; try again shortly".into(),
+                    retry_after_ms: CONFLICT_RETRY_AFTER_MS,
+                }
+            }
+            StoreError::DiskFull => {
+                tracing::error!("the database's disk is full: writes fail until space is freed");
+                Error::Unavailable {
+                    message: "the server's disk is full: nothing can be saved until its operator frees space; reading works"
+                        .into(),
+                    retry_after_ms: DISK_FULL_RETRY_AFTER_MS,
+                }
             }
         }
     }

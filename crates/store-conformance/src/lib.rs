@@ -29,6 +29,7 @@ macro_rules! store_conformance_tests {
             deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded, uia_sessions_are_reused_and_bounded_per_user,
             rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked,
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
+            one_bad_append_among_concurrent_ones_fails_alone,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
             relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
@@ -925,6 +926,49 @@ pub async fn racing_appends_to_one_room_let_exactly_one_win(store: DynStore) {
     }
     assert_eq!(store.current_stream_pos().await.unwrap(), 6);
     assert_eq!(positions(&store.room_events(r, 0, 6, 10, false).await.unwrap()), [1, 2, 3, 4, 5, 6]);
+}
+
+/// Appends queued together share a transaction (both backends' group
+/// commit). One of them whose transaction id is used fails alone with
+/// `TransactionIdUsed`; the others, queued before and after it, commit
+/// with dense positions, several rounds over.
+pub async fn one_bad_append_among_concurrent_ones_fails_alone(store: DynStore) {
+    const ROOMS: usize = 40;
+    const ROUNDS: u64 = 3;
+    let rooms: Vec<String> = (0..ROOMS).map(|n| format!("!batch{n}:x")).collect();
+    for r in &rooms {
+        store.create_room(room(r), vec![event(r, &format!("$create{r}"), "m.room.create", Some(""), 1)]).await.unwrap();
+    }
+    let mut used = message(&rooms[0], "$used", 2);
+    used.txn = Some(txn("DEV", "used"));
+    store.append_event(used, &[format!("$create{}", rooms[0])]).await.unwrap();
+    for round in 0..ROUNDS {
+        let before = store.current_stream_pos().await.unwrap();
+        let bad = (round as usize * 13 + 7) % ROOMS;
+        let mut appends = tokio::task::JoinSet::new();
+        for (k, r) in rooms.iter().enumerate() {
+            let prev = store.room(r).await.unwrap().unwrap().forward_extremities;
+            let depth = store.room(r).await.unwrap().unwrap().max_depth + 1;
+            let mut e = message(r, &format!("$r{round}m{k}"), depth);
+            if k == bad {
+                e.txn = Some(txn("DEV", "used"));
+            }
+            let store = Arc::clone(&store);
+            appends.spawn(async move { (k, store.append_event(e, &prev).await) });
+        }
+        let mut committed = Vec::new();
+        for (k, result) in appends.join_all().await {
+            match result {
+                Err(StoreError::TransactionIdUsed) if k == bad => {}
+                Ok(pos) if k != bad => committed.push(pos),
+                other => panic!("round {round}, append {k} (bad: {bad}): {other:?}"),
+            }
+        }
+        committed.sort_unstable();
+        assert_eq!(committed, (before + 1..before + ROOMS as u64).collect::<Vec<_>>(), "round {round}");
+        assert!(store.event(&format!("$r{round}m{bad}")).await.unwrap().is_none());
+        assert_eq!(store.event_for_txn(&txn("DEV", "used")).await.unwrap().as_deref(), Some("$used"));
+    }
 }
 
 pub async fn concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered(store: DynStore) {

@@ -9,14 +9,20 @@
 //! Each event is checked against its room's extremities as the batch
 //! goes: one that does not fit (another node wrote to the room) is answered
 //! `StaleExtremities` and left out, and so are the ones built on it.
-//! If the transaction fails as a whole (a duplicate transaction id, a lost
-//! connection), each event of the batch is tried again alone, for its own
-//! answer.
+//! If the transaction fails as a whole because of one of its events (a
+//! used transaction id), the batch is split in halves, committed in order
+//! ([`bisect`]), so one bad event costs about 2·log2(n) transactions
+//! instead of one per event. A transaction given up for a concurrent one
+//! (deadlock) is run again first ([`retry::conflicts`]); a fault of the
+//! database (unreachable, disk full) is every event's answer, since
+//! splitting cannot help.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use chancery_store::{EventListener, NewEvent, StoreError, StoreResult};
+use chancery_store::{EventListener, NewEvent, StoreError, StoreResult, retry};
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,20 +85,12 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
                 Err(_) => break,
             }
         }
-        let results = match append_batch(&pool, &batch).await {
-            Ok(results) => results,
-            Err(e) if batch.len() == 1 => vec![Err(e)],
-            Err(_) => {
-                let mut results = Vec::with_capacity(batch.len());
-                for job in &batch {
-                    results.push(match append_batch(&pool, std::slice::from_ref(job)).await {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(StoreError::Backend("no result".into()))),
-                        Err(e) => Err(e),
-                    });
-                }
-                results
-            }
-        };
+        let (pool, batch_ref) = (&pool, &batch);
+        let results = bisect(batch.len(), |range| {
+            let part = &batch_ref[range];
+            retry::conflicts(move || append_batch(pool, part))
+        })
+        .await;
         // The listener decides which syncs are woken before the caller and
         // which after: after every caller of the batch, so none waits
         // behind another's room. The caller may have gone; the write
@@ -108,6 +106,55 @@ async fn run(pool: Pool, listener: Arc<OnceLock<EventListener>>, mut queue: mpsc
             after();
         }
     }
+}
+
+/// An answer for each of `n` items, from `try_part`, which answers a
+/// contiguous range of them in one transaction or fails as a whole. A part
+/// that fails because of what it holds is split in halves, left before
+/// right, so parts commit in queue order and one bad item among n costs
+/// about 2·log2(n) tries (at most 2n - 1 however many are bad). A fault of
+/// the database is the answer of the whole part: splitting it would only
+/// repeat it.
+pub(crate) async fn bisect<R, F>(n: usize, mut try_part: impl FnMut(Range<usize>) -> F) -> Vec<StoreResult<R>>
+where
+    F: Future<Output = StoreResult<Vec<StoreResult<R>>>>,
+{
+    let mut results: Vec<Option<StoreResult<R>>> = (0..n).map(|_| None).collect();
+    // Ranges still to try, the next one on top.
+    let mut pending = vec![(0, n)];
+    while let Some((start, end)) = pending.pop() {
+        if start >= end {
+            continue;
+        }
+        match try_part(start..end).await {
+            Ok(answers) if answers.len() == end - start => {
+                for (slot, answer) in results[start..end].iter_mut().zip(answers) {
+                    *slot = Some(answer);
+                }
+            }
+            Ok(_) => {
+                for slot in &mut results[start..end] {
+                    *slot = Some(Err(StoreError::Contract("a batch answered another number of jobs")));
+                }
+            }
+            Err(e) if end - start == 1 || is_fault(&e) => {
+                for slot in &mut results[start..end] {
+                    *slot = Some(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                let middle = start + (end - start) / 2;
+                pending.push((middle, end));
+                pending.push((start, middle));
+            }
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("no result".into())))).collect()
+}
+
+/// A failure of the database rather than of what a batch holds.
+fn is_fault(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_) | StoreError::Conflict(_) | StoreError::DiskFull)
 }
 
 /// Extremities of each room of a batch: `None` for a room not found.
@@ -211,4 +258,53 @@ fn fit<'a>(jobs: &'a [Job], extremities: &Extremities<'_>) -> (Refusals, Chains<
 
 fn answers(results: Vec<Option<StoreResult<u64>>>) -> Vec<StoreResult<u64>> {
     results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("no result".into())))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tries `bisect` makes over `n` items of which those in `bad` fail
+    /// their part; checks every answer.
+    async fn tries(n: usize, bad: &[usize], fault: Option<StoreError>) -> usize {
+        let mut tries = 0;
+        let answers = bisect(n, |part: Range<usize>| {
+            tries += 1;
+            let outcome = match &fault {
+                Some(fault) => Err(fault.clone()),
+                None if part.clone().any(|k| bad.contains(&k)) => Err(StoreError::TransactionIdUsed),
+                None => Ok(part.map(|k| Ok(k as u64)).collect()),
+            };
+            async move { outcome }
+        })
+        .await;
+        assert_eq!(answers.len(), n);
+        for (k, answer) in answers.into_iter().enumerate() {
+            match (&fault, answer) {
+                (Some(_), Err(e)) => assert!(is_fault(&e), "{k}: {e:?}"),
+                (None, Err(StoreError::TransactionIdUsed)) => assert!(bad.contains(&k), "{k} failed"),
+                (None, Ok(pos)) => assert!(!bad.contains(&k) && pos == k as u64, "{k} committed"),
+                (_, other) => panic!("{k}: {other:?}"),
+            }
+        }
+        tries
+    }
+
+    #[tokio::test]
+    async fn one_bad_job_costs_a_logarithmic_number_of_tries() {
+        assert_eq!(tries(64, &[], None).await, 1);
+        // One bad job of 64: the whole batch, then two halves per level
+        // down to it (6 levels), never one transaction per job.
+        for bad in [0, 31, 32, 63] {
+            let n = tries(64, &[bad], None).await;
+            assert!(n <= 1 + 2 * 6, "bad job {bad}: {n} tries");
+        }
+        assert_eq!(tries(1, &[0], None).await, 1);
+        // Several bad jobs still cost at most 2n - 1 tries.
+        assert!(tries(64, &[1, 20, 40, 41], None).await < 2 * 64);
+        assert!(tries(7, &[0, 1, 2, 3, 4, 5, 6], None).await < 2 * 7);
+        // A database fault is every job's answer at once.
+        assert_eq!(tries(64, &[], Some(StoreError::Unavailable("down".into()))).await, 1);
+        assert_eq!(tries(64, &[], Some(StoreError::DiskFull)).await, 1);
+    }
 }

@@ -52,7 +52,8 @@ pub struct PostgresStore {
 
 /// Keeps the server's message and SQLSTATE, which tokio-postgres' own
 /// `Display` ("db error") hides. Never formats the connection config, so a
-/// password in the URL cannot leak into logs.
+/// password in the URL cannot leak into logs. Faults that pass get their
+/// own variants ([`fault_of`]).
 fn backend(e: tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
@@ -61,22 +62,53 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
         if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
             return StoreError::TextNotStorable;
         }
-        // statement_timeout (see `connect_with`).
-        if *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED {
-            return StoreError::QueryTimedOut;
-        }
-        return StoreError::Backend(format!("{} ({}): {}", db.severity(), db.code().code(), db.message()));
+        let detail = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+        return fault_of(db.code().code(), detail.clone()).unwrap_or(StoreError::Backend(detail));
     }
-    match e.source() {
-        Some(cause) => StoreError::Backend(format!("{e}: {cause}")),
-        None => StoreError::Backend(e.to_string()),
+    let detail = match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    // With no SQLSTATE, the connection failed: refused, reset, closed (the
+    // server stopped, or the network went away). What else tokio-postgres
+    // reports without one is our bug (a column of the wrong type) and has
+    // no I/O error under it.
+    let io = e.source().is_some_and(|cause| cause.is::<std::io::Error>());
+    if e.is_closed() || io {
+        return StoreError::Unavailable(detail);
     }
+    StoreError::Backend(detail)
 }
 
+/// The faults a SQLSTATE names that a client can wait out
+/// (ARCHITECTURE.md, "Faults"): `None` for the others.
+fn fault_of(sqlstate: &str, detail: String) -> Option<StoreError> {
+    Some(match sqlstate {
+        // serialization_failure, deadlock_detected: rolled back, safe to
+        // run again.
+        "40001" | "40P01" => StoreError::Conflict(detail),
+        // admin_shutdown, crash_shutdown, cannot_connect_now (starting or
+        // stopping), too_many_connections, and every connection exception
+        // (class 08).
+        "57P01" | "57P02" | "57P03" | "53300" => StoreError::Unavailable(detail),
+        s if s.starts_with("08") => StoreError::Unavailable(detail),
+        // disk_full: as SQLite's SQLITE_FULL.
+        "53100" => StoreError::DiskFull,
+        // query_canceled: statement_timeout (see `connect_with`).
+        "57014" => StoreError::QueryTimedOut,
+        _ => return None,
+    })
+}
+
+/// A connection could not be had: the database is unreachable (or every
+/// connection stayed busy for the pool's whole wait).
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => backend(e),
-        other => StoreError::Backend(format!("connection pool: {other}")),
+        deadpool_postgres::PoolError::Backend(e) => match backend(e) {
+            StoreError::Backend(detail) => StoreError::Unavailable(detail),
+            other => other,
+        },
+        other => StoreError::Unavailable(format!("connection pool: {other}")),
     }
 }
 
@@ -254,5 +286,26 @@ impl StreamStore for PostgresStore {
         let row = rows.first().ok_or_else(|| StoreError::Backend("no stream positions row".into()))?;
         let pos = |idx: usize| get::<i64>(row, idx).map(u);
         Ok(StreamPositions { events: pos(0)?, account_data: pos(1)?, receipts: pos(2)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_name_the_faults_a_client_can_wait_out() {
+        let fault = |code: &str| fault_of(code, format!("detail of {code}"));
+        for code in ["40001", "40P01"] {
+            assert!(matches!(fault(code), Some(StoreError::Conflict(_))), "{code}");
+        }
+        for code in ["57P01", "57P02", "57P03", "53300", "08000", "08003", "08006", "08001"] {
+            assert!(matches!(fault(code), Some(StoreError::Unavailable(_))), "{code}");
+        }
+        assert!(matches!(fault("53100"), Some(StoreError::DiskFull)));
+        // Domain conditions and bugs stay what they are.
+        for code in ["23505", "22P02", "42P01", "XX000", "55P03"] {
+            assert!(fault(code).is_none(), "{code}");
+        }
     }
 }

@@ -30,30 +30,58 @@ pub(crate) async fn notify_in(tx: &deadpool_postgres::Transaction<'_>) -> StoreR
     Ok(())
 }
 
+/// The first wait before connecting again after the connection dropped.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two tries: once the database is back, this
+/// node hears the others again within about this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Listens until the sender's receivers are all gone, reconnecting with a
-/// bounded back-off when the connection drops.
+/// bounded back-off when the connection drops (the database restarting, a
+/// failover). Each time it is listening again, every waiting sync is woken
+/// once: what other nodes committed while it was deaf was never heard, and
+/// a sync that started waiting then would otherwise sleep until its
+/// timeout.
 pub(crate) async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>, ephemeral: broadcast::Sender<String>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
+    let mut deaf_since: Option<std::time::Instant> = None;
     while !changes.is_closed() {
-        match listen_once(&config, &changes, &ephemeral).await {
+        let listening = || {
+            if let Some(since) = deaf_since.take() {
+                tracing::info!(after_ms = since.elapsed().as_millis() as u64, "LISTEN connection is back");
+            }
+            changes.send_modify(|n| *n += 1);
+        };
+        match listen_once(&config, &changes, &ephemeral, listening).await {
             Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection lost; other nodes' changes wake syncs only at their timeout until it is back");
-                // Wake everyone once: changes may have been missed meanwhile.
-                changes.send_modify(|n| *n += 1);
+            Err((was_listening, e)) => {
+                if was_listening {
+                    tracing::warn!(error = %e, "LISTEN connection lost; other nodes' changes wake syncs only at their timeout until it is back");
+                    // Wake everyone once: changes may have been missed meanwhile.
+                    changes.send_modify(|n| *n += 1);
+                    backoff = FIRST_BACKOFF;
+                    deaf_since.get_or_insert_with(std::time::Instant::now);
+                } else {
+                    tracing::debug!(error = %e, "LISTEN connection not back yet");
+                    deaf_since.get_or_insert_with(std::time::Instant::now);
+                }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 }
 
+/// Listens on one connection until it fails (`true` in the error if it was
+/// listening by then) or the receivers are gone; calls `listening` once
+/// subscribed.
 async fn listen_once(
     config: &tokio_postgres::Config,
     changes: &watch::Sender<u64>,
     ephemeral: &broadcast::Sender<String>,
-) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| backend(e).to_string())?;
+    listening: impl FnOnce(),
+) -> Result<(), (bool, String)> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| (false, backend(e).to_string()))?;
     let (messages_tx, mut messages) = mpsc::unbounded_channel();
     // The connection must be driven for LISTEN to run and for
     // notifications to arrive; it forwards them to this task.
@@ -75,7 +103,11 @@ async fn listen_once(
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EPHEMERAL_CHANNEL}")).await.map_err(|e| backend(e).to_string())?;
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EPHEMERAL_CHANNEL}")).await {
+        driver.abort();
+        return Err((false, backend(e).to_string()));
+    }
+    listening();
     loop {
         tokio::select! {
             got = messages.recv() => match got {
@@ -91,5 +123,5 @@ async fn listen_once(
         }
     }
     driver.abort();
-    Err("connection closed".into())
+    Err((true, "connection closed".into()))
 }

@@ -391,22 +391,31 @@ impl RoomStore for PostgresStore {
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
         check_room_events(&room.room_id, &events)?;
         let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
-        let mut client = self.client().await?;
-        let w = Writes::prepare(&client).await?;
-        let insert_room = client
-            .prepare_cached(
-                "INSERT INTO rooms (room_id, room_version, creator, created_ts, max_depth) VALUES ($1, $2, $3, $4, $5)",
+        // It takes the stream lock like every append: a deadlock with
+        // another node's transaction is run again.
+        let (room, events) = (&room, &events);
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let w = Writes::prepare(&client).await?;
+            let insert_room = client
+                .prepare_cached(
+                    "INSERT INTO rooms (room_id, room_version, creator, created_ts, max_depth) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await
+                .map_err(backend)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            // Nobody else sees the room before COMMIT: no extremities to check.
+            tx.execute(
+                &insert_room,
+                &[&room.room_id, &room.room_version.as_str(), &room.creator, &i(room.created_ts), &max_depth],
             )
             .await
-            .map_err(backend)?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Nobody else sees the room before COMMIT: no extremities to check.
-        tx.execute(&insert_room, &[&room.room_id, &room.room_version.as_str(), &room.creator, &i(room.created_ts), &max_depth])
-            .await
             .map_err(insert_error)?;
-        let pos = persist(&tx, &w, &events).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(pos)
+            let pos = persist(&tx, &w, events).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(pos)
+        })
+        .await
     }
 
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {

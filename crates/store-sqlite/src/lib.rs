@@ -50,13 +50,27 @@ pub struct SqliteStore {
     event_listener: std::sync::OnceLock<chancery_store::EventListener>,
 }
 
+/// SQLite's error as a `StoreError`: the faults a client can wait out get
+/// their own variants (ARCHITECTURE.md, "Faults").
 fn backend(e: rusqlite::Error) -> StoreError {
-    // The progress handler stopped a read past its deadline.
-    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
-        return StoreError::QueryTimedOut;
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        // The disk (or the filesystem's quota) is full: writes fail until
+        // space returns; readers go on.
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+        // Another connection (another process: `chancery create-user`
+        // beside a running server) held the lock for all of
+        // `BUSY_TIMEOUT_MS`, during which SQLite's busy handler kept
+        // trying: a transaction that can run again later.
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Conflict(e.to_string()),
+        // The progress handler stopped a read past its deadline (`pool`).
+        Some(ErrorCode::OperationInterrupted) => StoreError::QueryTimedOut,
+        _ => StoreError::Backend(e.to_string()),
     }
-    StoreError::Backend(e.to_string())
 }
+
+/// How long a connection waits for another's lock before giving up.
+const BUSY_TIMEOUT_MS: u32 = if cfg!(test) { 200 } else { 10_000 };
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // FULL: a commit is on disk before we answer the client, so an
@@ -68,10 +82,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 10000;
          PRAGMA temp_store = MEMORY;
          PRAGMA journal_size_limit = 67108864;",
     )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
     stable_plans(conn)
 }
 
@@ -123,7 +137,8 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
                 )
                 .map_err(backend)?;
-                conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;").map_err(backend)?;
+                conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(backend)?;
+                conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into())).map_err(backend)?;
                 stable_plans(&conn).map_err(backend)?;
                 conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
                 reader_conns.push(pool::Reader::new(conn));
@@ -279,5 +294,32 @@ impl StreamStore for SqliteStore {
             .map_err(backend)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chancery_store::{AccountStore, NewAccount};
+
+    use super::*;
+
+    /// A write lock another process holds past the busy timeout (as
+    /// `chancery create-user` beside a busy server might) is a conflict to
+    /// wait out (503 with Retry-After), not a failure of the server; the
+    /// next write after it is released goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_held_elsewhere_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chancery.db");
+        let store = SqliteStore::open(&path, 1).await.unwrap();
+        let account = |user: &str| NewAccount { user_id: user.into(), password_hash: None, is_admin: false, created_ts: 1 };
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let refused = store.create_account(account("@a:x"), None, None, 1).await;
+        assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+        other.execute_batch("ROLLBACK").unwrap();
+        store.create_account(account("@a:x"), None, None, 1).await.unwrap();
+        assert!(store.account("@a:x").await.unwrap().is_some());
+        store.close().await;
     }
 }

@@ -55,8 +55,59 @@ fn record_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 /// Runs after the batch's commit with its error, if any: wakes the
 /// caller and returns what is to run once all the batch's callers are woken.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) -> Option<AfterCaller> + Send>;
-/// Runs a write in the batch's transaction; `true` if it succeeded.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Finish) + Send>;
+type Job = Box<dyn WriteJob>;
+
+/// A write waiting for its batch.
+trait WriteJob: Send {
+    /// Runs the write in the batch's transaction: its error if it failed,
+    /// and what finishes it once the batch is committed.
+    fn run(self: Box<Self>, tx: &Transaction<'_>) -> (Result<(), StoreError>, Finish);
+    /// The batch failed before this write ran: its caller gets the
+    /// batch's error (a full disk, a lock held elsewhere), not a vague one.
+    fn abandon(self: Box<Self>, error: &StoreError);
+}
+
+struct Write<F, C, T> {
+    f: F,
+    committed: C,
+    done: tokio::sync::oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F, C> WriteJob for Write<F, C, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    C: FnOnce() -> Option<AfterCaller> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &Transaction<'_>) -> (Result<(), StoreError>, Finish) {
+        let Write { f, committed, done } = *self;
+        let out = f(tx);
+        let outcome = out.as_ref().map(drop).map_err(Clone::clone);
+        let finish: Finish = Box::new(move |commit_error| {
+            let out = match (out, commit_error) {
+                (Ok(_), Some(e)) => Err(e.clone()),
+                (out, _) => out,
+            };
+            // Tasks woken from this thread are queued in the order they
+            // are woken: `committed` decides what goes ahead of the
+            // caller and what after. The caller may have gone (its
+            // request was cancelled); the write stands either way.
+            let after = if out.is_ok() { committed() } else { None };
+            let _ = done.send(out);
+            after
+        });
+        (outcome, finish)
+    }
+
+    fn abandon(self: Box<Self>, error: &StoreError) {
+        let _ = self.done.send(Err(error.clone()));
+    }
+}
+
+/// A failure of the database rather than of one write's content.
+fn is_fault(e: &StoreError) -> bool {
+    matches!(e, StoreError::DiskFull | StoreError::Conflict(_) | StoreError::Unavailable(_))
+}
 
 pub(crate) struct Writer {
     jobs: Mutex<Option<Sender<Job>>>,
@@ -111,24 +162,7 @@ impl Writer {
         C: FnOnce() -> Option<AfterCaller> + Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |tx| {
-            let out = f(tx);
-            let ok = out.is_ok();
-            let finish: Finish = Box::new(move |commit_error| {
-                let out = match (out, commit_error) {
-                    (Ok(_), Some(e)) => Err(StoreError::Backend(e.to_string())),
-                    (out, _) => out,
-                };
-                // Tasks woken from this thread are queued in the order they
-                // are woken: `committed` decides what goes ahead of the
-                // caller and what after. The caller may have gone (its
-                // request was cancelled); the write stands either way.
-                let after = if out.is_ok() { committed() } else { None };
-                let _ = done.send(out);
-                after
-            });
-            (ok, finish)
-        });
+        let job: Job = Box::new(Write { f, committed, done });
         {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
@@ -177,30 +211,39 @@ fn run(pool: &Pool, queue: &Receiver<Job>, checkpointer: &SyncSender<()>) {
             }
         }
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let mut waiting = batch.into_iter();
         let committed = pool.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            for job in batch.drain(..) {
+            for job in waiting.by_ref() {
                 run_cached(&tx, "SAVEPOINT job")?;
-                let outcome = catch_unwind(AssertUnwindSafe(|| job(&tx)));
-                let ok = match outcome {
-                    Ok((ok, finish)) => {
+                let outcome = match catch_unwind(AssertUnwindSafe(|| job.run(&tx))) {
+                    Ok((outcome, finish)) => {
                         finishes.push(finish);
-                        ok
+                        outcome
                     }
                     Err(_) => {
                         tracing::error!("a database write panicked; it was rolled back");
-                        false
+                        Err(StoreError::Backend("the write panicked".into()))
                     }
                 };
-                if !ok {
-                    run_cached(&tx, "ROLLBACK TO job")?;
+                if let Err(job_error) = outcome
+                    && let Err(e) = run_cached(&tx, "ROLLBACK TO job")
+                {
+                    // SQLite rolls the whole transaction back on some
+                    // errors (a full disk among them): then the write's
+                    // error is why the batch failed.
+                    return Err(if is_fault(&job_error) { job_error } else { e });
                 }
                 run_cached(&tx, "RELEASE job")?;
             }
             tx.commit().map_err(backend)
         });
         if let Err(e) = &committed {
-            tracing::error!(error = %e, writes = finishes.len() + batch.len(), "a batch of database writes failed");
+            let abandoned = waiting.len();
+            tracing::error!(error = %e, writes = finishes.len() + abandoned, "a batch of database writes failed");
+            for job in waiting {
+                job.abandon(e);
+            }
         }
         // Every caller of the batch is woken before what any listener left
         // for after them (a busy room's syncs), so none of them waits
@@ -288,5 +331,32 @@ mod tests {
         assert_eq!(count(&pool), 160);
         writer.stop().unwrap().join().unwrap();
         assert!(matches!(writer.write(|_| Ok(())).await, Err(StoreError::Backend(_))), "no writes after stop");
+    }
+
+    /// Another connection (another process) holds the write lock: every
+    /// write of the batch that cannot begin is answered with that
+    /// conflict, which the API turns into 503 with Retry-After, and writes
+    /// go through again once the lock is released.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_cannot_begin_answers_each_write_with_why() {
+        let (dir, pool, writer) = writer();
+        let writer = Arc::new(writer);
+        let other = Connection::open(dir.path().join("w.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (n) VALUES (-1);").unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..20i64 {
+            let writer = Arc::clone(&writer);
+            tasks.push(tokio::spawn(async move {
+                writer.write(move |tx| tx.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop).map_err(backend)).await
+            }));
+        }
+        for task in tasks {
+            let got = task.await.unwrap();
+            assert!(matches!(got, Err(StoreError::Conflict(_))), "{got:?}");
+        }
+        other.execute_batch("ROLLBACK").unwrap();
+        writer.write(|tx| tx.execute("INSERT INTO t (n) VALUES (100)", []).map(drop).map_err(backend)).await.unwrap();
+        assert_eq!(count(&pool), 1);
+        writer.stop().unwrap().join().unwrap();
     }
 }

@@ -12,6 +12,7 @@ mod push;
 mod receipts;
 mod relations;
 mod reports;
+pub mod retry;
 mod rooms;
 mod search;
 mod types;
@@ -39,8 +40,11 @@ pub use user_data::*;
 /// condition, so callers match them exhaustively and the service maps
 /// each to its Matrix error in one place (`service::error`). `Contract` is
 /// a caller breaking a method's documented contract (a bug, answered with
-/// a 500); `Backend` is the database failing (disk full, connection lost).
-#[derive(Debug, thiserror::Error)]
+/// a 500); `Backend` is any other failure of the database. The database's
+/// faults a client can wait out have variants of their own (`Conflict`,
+/// `Unavailable`, `DiskFull`: ARCHITECTURE.md, "Faults"), so they are
+/// answered 503 with `Retry-After`, not 500.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     // Taken ids and stale writes.
     #[error("this user id is taken")]
@@ -117,6 +121,23 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("database error: {0}")]
     Backend(String),
+
+    // Faults of the database that pass (ARCHITECTURE.md, "Faults").
+    /// The database gave up the transaction because of a concurrent one (a
+    /// deadlock, a serialization failure, a lock held too long) and rolled
+    /// it back: running the operation again is safe ([`retry::conflicts`]).
+    #[error("the database refused the transaction because of a concurrent one: {0}")]
+    Conflict(String),
+    /// The database cannot be reached, or is shutting down or starting
+    /// (connection refused or lost, pool exhausted). Nothing may be
+    /// assumed about a write whose connection was lost: it may have
+    /// committed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database's disk is full: writes fail until space is freed;
+    /// reads go on.
+    #[error("the database's disk is full")]
+    DiskFull,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -141,6 +141,12 @@ impl ChildServer {
     /// Writes `config` as TOML next to the data and starts `binary serve`
     /// with it, waiting (at most 30 s) until it is listening.
     pub async fn spawn(binary: &Path, config: &Config) -> anyhow::Result<Self> {
+        Self::spawn_with(binary, config, &[], Stdio::inherit()).await
+    }
+
+    /// Like [`Self::spawn`], with these environment variables set and its
+    /// log (stderr) written to `stderr`.
+    pub async fn spawn_with(binary: &Path, config: &Config, env: &[(&str, &str)], stderr: Stdio) -> anyhow::Result<Self> {
         let config_path = config.data_dir.join("chancery.toml");
         std::fs::write(&config_path, toml_of(config)?)?;
         let ready = config.data_dir.join("ready");
@@ -152,9 +158,10 @@ impl ChildServer {
             .arg("--ready-file")
             .arg(&ready)
             .env_remove("CHANCERY_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;

@@ -87,26 +87,36 @@ impl PgCluster {
 
         // `$1`… are passed as arguments, never spliced into the script, so
         // no path needs quoting. The stdin pipe is kept on fd 3 because a
-        // background job's stdin is /dev/null. Once postgres exits (stopped,
-        // or failed on its own) the wrapper leaves a marker for
-        // `wait_ready`, but removes the directory, log included, only after
-        // the pipe has closed. INT is ignored so that Ctrl-C on the test run
-        // still lets the wrapper clean up; postgres sets its own handler and
-        // so still takes `kill -INT` as a fast shutdown.
+        // background job's stdin is /dev/null. It carries commands, one a
+        // line: `stop` (a fast shutdown, waited for) and `start`, so a test
+        // can take the server away and bring it back on the same socket
+        // ([`PgCluster::stop`], [`PgCluster::start_again`]). Once postgres
+        // exits (stopped, or failed on its own) the wrapper leaves a marker
+        // for `wait_ready` and `stop`. When the pipe closes (the test
+        // process ended, however) it stops postgres and removes the
+        // directory, log included. INT is ignored so that Ctrl-C on the
+        // test run still lets the wrapper clean up; postgres sets its own
+        // handler and so still takes `kill -INT` as a fast shutdown.
         let script = r#"trap '' INT
 exec 3<&0
-"$1" -D "$2" -k "$3" >"$4" 2>&1 </dev/null 3<&- &
-pid=$!
-(read -r _ <&3; kill -INT "$pid" 2>/dev/null) &
-wait "$pid"
-echo "$?" >"$5"
+run() {
+  ("$1/postgres" -D "$2" -k "$3" >>"$4" 2>&1 </dev/null 3<&-; echo "$?" >"$5") 3<&- &
+}
+run "$@"
+while read -r command <&3; do
+  case "$command" in
+    stop) "$1/pg_ctl" stop -D "$2" -m fast -w -t 60 >>"$4" 2>&1 </dev/null 3<&-; wait ;;
+    start) run "$@" ;;
+  esac
+done
+"$1/pg_ctl" stop -D "$2" -m fast -w -t 60 >/dev/null 2>&1 </dev/null 3<&-
 wait
 rm -rf "$3""#;
         let mut child = server_command(as_root, Path::new("sh"))
             .arg("-c")
             .arg(script)
             .arg("chancery-pg")
-            .arg(bin.join("postgres"))
+            .arg(&bin)
             .arg(&data)
             .arg(&dir)
             .arg(&log)
@@ -124,6 +134,35 @@ rm -rf "$3""#;
             return Err(e.context(format!("postgres did not become ready; its log:\n{log}")));
         }
         Ok(cluster)
+    }
+
+    /// Stops the server as an operator would (`pg_ctl stop -m fast`:
+    /// clients are disconnected, the data is flushed) and waits (at most
+    /// 60 s) until it has exited. Its data and socket directory stay, for
+    /// [`Self::start_again`].
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.command("stop")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.dir.join(EXITED).exists() {
+            if Instant::now() > deadline {
+                bail!("postgres did not stop within 60 s");
+            }
+            std::thread::sleep(READY_POLL);
+        }
+        Ok(())
+    }
+
+    /// Starts the stopped server again, on the same data and socket, and
+    /// waits until it accepts connections.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        fs::remove_file(self.dir.join(EXITED)).context("postgres is not stopped")?;
+        self.command("start")?;
+        self.wait_ready()
+    }
+
+    fn command(&mut self, command: &str) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("the cluster is being dropped")?;
+        writeln!(stdin, "{command}").and_then(|()| stdin.flush()).with_context(|| format!("telling postgres to {command}"))
     }
 
     /// A `postgres://` URL of a new, empty database of its own.

@@ -35,6 +35,7 @@ mod components;
 mod concurrent_sends;
 mod directory;
 mod ephemeral;
+mod faults;
 mod lazy_members;
 mod presence;
 mod process;
