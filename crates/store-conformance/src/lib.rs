@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod nul;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::nul::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -38,7 +40,7 @@ macro_rules! store_conformance_tests {
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
             push_rules_are_read_per_user_and_per_room,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
-            reports_are_listed_filtered_and_deleted,
+            reports_are_listed_filtered_and_deleted, stored_nul_characters_break_no_shared_read,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -36,6 +36,7 @@ mod concurrent_sends;
 mod directory;
 mod ephemeral;
 mod lazy_members;
+mod nul_text;
 mod presence;
 mod process;
 mod push;

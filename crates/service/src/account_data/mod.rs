@@ -15,6 +15,7 @@ use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, TAG_
 use serde_json::{Value as JsonValue, json};
 
 use crate::notifier::Notifier;
+use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
 use crate::{AuthedUser, Error};
 
 /// Types the server manages (spec "Client Config", server behaviour:
@@ -42,7 +43,7 @@ fn check_type(event_type: &str) -> Result<(), Error> {
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
         return Err(Error::InvalidParam(format!("account data types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
     }
-    Ok(())
+    refuse_nul_in_param(event_type, "account data types")
 }
 
 /// What [`AccountData`] is built from: the store traits, components, clock
@@ -81,6 +82,7 @@ impl AccountData {
         if !content.is_object() {
             return Err(Error::BadJson("account data content must be a JSON object".into()));
         }
+        refuse_nul_in_json(&content, "account data")?;
         let text = content.to_string();
         if text.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
@@ -140,6 +142,9 @@ impl AccountData {
             return Err(Error::InvalidParam(format!("tag names are 1 to {MAX_TAG_BYTES} bytes")));
         }
         if let Some(info) = &info {
+            // The tag's name becomes a key of the stored `m.tag` content
+            // (removing one stored before this check stays possible).
+            refuse_nul_in_param(tag, "tag names")?;
             // Spec "Room Tagging": the tag's object; `order` is a number.
             let Some(object) = info.as_object() else {
                 return Err(Error::BadJson("a tag's content must be a JSON object".into()));
@@ -147,6 +152,7 @@ impl AccountData {
             if object.get("order").is_some_and(|o| !o.is_number()) {
                 return Err(Error::BadJson("a tag's order must be a number".into()));
             }
+            refuse_nul_in_json(info, "a tag's content")?;
         }
         let changed = self.deps.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
         if changed.is_some() {
