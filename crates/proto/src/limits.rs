@@ -128,6 +128,14 @@ pub const MAX_ACCOUNT_DATA_ENTRIES_PER_USER: usize = 50_000;
 /// of a user with very many direct chats is the largest one in practice.
 pub const MAX_ACCOUNT_DATA_BYTES: usize = 128 * 1024;
 
+/// All of one user's account data together, in bytes (each entry's room
+/// id, type and content), checked in the write's transaction. Without it
+/// the two limits above let one user store 50,000 × 128 KiB. Element's
+/// account data comes to a few hundred bytes per room plus some tens of
+/// KiB of global data, so this leaves room for tens of thousands of rooms
+/// and a large `m.direct`, while 128 full-size entries reach it.
+pub const MAX_ACCOUNT_DATA_BYTES_PER_USER: usize = 16 * 1024 * 1024;
+
 /// Longest room tag name, in bytes (spec "Room Tagging": "The name of a tag
 /// MUST NOT exceed 255 bytes").
 pub const MAX_TAG_BYTES: usize = 255;

@@ -102,7 +102,7 @@ impl Push {
                 chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES
             )));
         }
-        self.deps.store.set_push_rules(user_id.as_str(), &json).await?;
+        self.deps.store.set_push_rules(user_id.as_str(), &json, crate::account_data::LIMITS).await?;
         self.deps.notifier.user(user_id.as_str());
         Ok(())
     }

@@ -34,7 +34,7 @@ pub async fn stored_nul_characters_break_no_shared_read(store: DynStore) {
     let bob_rules = json!({"content": [
         {"rule_id": "nul", "pattern": "\u{0}", "actions": ["notify"], "default": false, "enabled": true}
     ]});
-    store.set_push_rules("@bob:x", &bob_rules.to_string()).await.unwrap();
+    store.set_push_rules("@bob:x", &bob_rules.to_string(), super::account_data::LIMITS).await.unwrap();
     let parsed = |rules: &str| serde_json::from_str::<serde_json::Value>(rules).unwrap();
 
     // Every send evaluates the members' push rules; every membership change

@@ -7,8 +7,6 @@ use chancery_store::*;
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
-use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
-
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 use chancery_store_sql::{i, u};
 
@@ -117,9 +115,9 @@ impl PushStore for PostgresStore {
         rows.iter().map(user_push_rules).filter_map(Result::transpose).collect()
     }
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str, limits: AccountDataLimits) -> StoreResult<u64> {
         let content = format!("{{\"global\":{ruleset_json}}}");
-        self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await
+        self.set_account_data(user_id, None, "m.push_rules", &content, limits).await
     }
 
     async fn notifications(

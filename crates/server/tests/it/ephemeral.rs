@@ -203,6 +203,35 @@ async fn account_data_and_tags(backend: Backend) {
 
 on_both_backends!(account_data_and_tags);
 
+async fn account_data_is_bounded_per_user(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    // Fill alice's account data with entries of the largest content
+    // (128 KiB) until one is refused.
+    let largest = json!({"blob": "y".repeat(128 * 1024 - 11)});
+    assert_eq!(largest.to_string().len(), 128 * 1024);
+    let mut refused = None;
+    for n in 0..200 {
+        let path = alice.account_data_path(None, &format!("org.example.fill{n:03}"));
+        let got = alice.call(Method::PUT, &path, Some(largest.clone())).await;
+        if got.0 != 200 {
+            refused = Some((n, path, got));
+            break;
+        }
+    }
+    let (accepted, path, got) = refused.expect("the total is bounded");
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // The bound is 16 MiB, not far below.
+    assert!(accepted >= 120, "refused after {accepted}");
+    assert_error(&alice.call(Method::GET, &path, None).await, 404, "M_NOT_FOUND");
+    // Replacing an entry by one no larger still works.
+    alice.ok(Method::PUT, &alice.account_data_path(None, "org.example.fill000"), Some(largest.clone())).await;
+    alice.ok(Method::PUT, &alice.account_data_path(None, "org.example.fill001"), Some(json!({"small": true}))).await;
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(account_data_is_bounded_per_user);
+
 /// `content[event][type][user]` of the `m.receipt` events of a room.
 fn receipt_of(receipts: &[Value], event: &str, kind: &str, user: &str) -> Option<Value> {
     receipts.iter().find_map(|c| c.get(event).and_then(|e| e.get(kind)).and_then(|k| k.get(user)).cloned())

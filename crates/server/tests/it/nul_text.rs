@@ -129,7 +129,8 @@ async fn stored_nul_breaks_no_other_users_request(backend: Backend) {
     let rules = json!({"content": [
         {"rule_id": "nul", "pattern": "\u{0}", "actions": ["notify"], "default": false, "enabled": true}
     ]});
-    store.set_push_rules(&bob.id, &rules.to_string()).await.unwrap();
+    let limits = chancery_store::AccountDataLimits { max_entries: 10, max_content_bytes: 65_536, max_total_bytes: 65_536 };
+    store.set_push_rules(&bob.id, &rules.to_string(), limits).await.unwrap();
     store.set_profile_field(&bob.id, "displayname", &json!("Bob\u{0}"), 65_536).await.unwrap();
     store.close().await;
     rewrite_stored_event(

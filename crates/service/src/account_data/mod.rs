@@ -9,7 +9,10 @@ mod filters;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chancery_proto::limits::{MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES, MAX_TAG_BYTES};
+use chancery_proto::limits::{
+    MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_BYTES_PER_USER, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES,
+    MAX_TAG_BYTES,
+};
 use chancery_proto::ruma::{EventId, RoomId, UserId};
 use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, TAG_EVENT_TYPE, UserDataStore};
 use serde_json::{Value as JsonValue, json};
@@ -29,8 +32,11 @@ pub(crate) const IGNORED_USER_LIST: &str = "m.ignored_user_list";
 /// The fully-read marker: room account data only the server writes.
 pub(crate) const FULLY_READ: &str = "m.fully_read";
 
-pub(crate) const LIMITS: AccountDataLimits =
-    AccountDataLimits { max_entries: MAX_ACCOUNT_DATA_ENTRIES_PER_USER, max_content_bytes: MAX_ACCOUNT_DATA_BYTES };
+pub(crate) const LIMITS: AccountDataLimits = AccountDataLimits {
+    max_entries: MAX_ACCOUNT_DATA_ENTRIES_PER_USER,
+    max_content_bytes: MAX_ACCOUNT_DATA_BYTES,
+    max_total_bytes: MAX_ACCOUNT_DATA_BYTES_PER_USER,
+};
 
 fn ensure_self(user: &AuthedUser, target: &UserId) -> Result<(), Error> {
     if user.user_id != target {
@@ -87,10 +93,7 @@ impl AccountData {
         if text.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
         }
-        self.deps
-            .store
-            .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
-            .await?;
+        self.deps.store.set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS).await?;
         self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
@@ -165,10 +168,7 @@ impl AccountData {
     /// directly (spec "Fully read markers").
     pub(crate) async fn set_fully_read(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<(), Error> {
         let content = json!({ "event_id": event_id }).to_string();
-        self.deps
-            .store
-            .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
-            .await?;
+        self.deps.store.set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS).await?;
         self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
