@@ -232,6 +232,36 @@ async fn account_data_is_bounded_per_user(backend: Backend) {
 
 on_both_backends!(account_data_is_bounded_per_user);
 
+async fn room_account_data_needs_a_membership(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    // Room account data and tags: only for rooms alice has a membership in
+    // (invited, joined, left); removing a tag needs none.
+    let room = bob.create_room(json!({})).await;
+    let cfg = alice.account_data_path(Some(&room), "org.example.cfg");
+    let tag = format!("/user/{}/rooms/{room}/tags/u.work", alice.id);
+    assert_error(&alice.call(Method::PUT, &cfg, Some(json!({"n": 1}))).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.call(Method::PUT, &tag, Some(json!({}))).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.call(Method::GET, &cfg, None).await, 404, "M_NOT_FOUND");
+    alice.ok(Method::DELETE, &tag, None).await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": alice.id}))).await;
+    alice.ok(Method::PUT, &cfg, Some(json!({"n": 2}))).await;
+    alice.ok(Method::PUT, &tag, Some(json!({}))).await;
+    alice.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    alice.ok(Method::PUT, &cfg, Some(json!({"n": 3}))).await;
+    assert_eq!(alice.ok(Method::GET, &cfg, None).await, json!({"n": 3}));
+    assert_eq!(
+        alice.ok(Method::GET, &format!("/user/{}/rooms/{room}/tags", alice.id), None).await,
+        json!({"tags": {"u.work": {}}})
+    );
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(room_account_data_needs_a_membership);
+
 /// `content[event][type][user]` of the `m.receipt` events of a room.
 fn receipt_of(receipts: &[Value], event: &str, kind: &str, user: &str) -> Option<Value> {
     receipts.iter().find_map(|c| c.get(event).and_then(|e| e.get(kind)).and_then(|k| k.get(user)).cloned())

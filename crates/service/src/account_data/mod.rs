@@ -14,11 +14,12 @@ use chancery_proto::limits::{
     MAX_TAG_BYTES,
 };
 use chancery_proto::ruma::{EventId, RoomId, UserId};
-use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, TAG_EVENT_TYPE, UserDataStore};
+use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, RoomStore, TAG_EVENT_TYPE, UserDataStore};
 use serde_json::{Value as JsonValue, json};
 
 use crate::notifier::Notifier;
 use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
+use crate::rooms::state::membership;
 use crate::{AuthedUser, Error};
 
 /// Types the server manages (spec "Client Config", server behaviour:
@@ -57,6 +58,8 @@ fn check_type(event_type: &str) -> Result<(), Error> {
 pub struct AccountDataDeps {
     pub store: Arc<dyn AccountDataStore>,
     pub filters: Arc<dyn UserDataStore>,
+    /// Room account data and tags only for rooms the user has a membership in.
+    pub rooms: Arc<dyn RoomStore>,
     pub notifier: Arc<Notifier>,
 }
 
@@ -92,6 +95,9 @@ impl AccountData {
         let text = content.to_string();
         if text.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
+        }
+        if let Some(room_id) = room_id {
+            self.ensure_member(user, room_id).await?;
         }
         self.deps.store.set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS).await?;
         self.deps.notifier.user(user.user_id.as_str());
@@ -156,6 +162,8 @@ impl AccountData {
                 return Err(Error::BadJson("a tag's order must be a number".into()));
             }
             refuse_nul_in_json(info, "a tag's content")?;
+            // Only adding: removing a tag frees space, whatever the room.
+            self.ensure_member(user, room_id).await?;
         }
         let changed = self.deps.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
         if changed.is_some() {
@@ -180,6 +188,19 @@ impl AccountData {
             return Ok(Vec::new());
         }
         Ok(self.deps.store.account_data_changes(user_id, after, up_to).await?)
+    }
+
+    /// Room account data and tags are for rooms the user is in, was in,
+    /// or is invited to or knocking on: any membership, as Synapse asks of
+    /// tags. The spec ("Client Config", "Room Tagging") sets no condition,
+    /// but a room the user never had anything to do with is only a way to
+    /// grow their data; invites and rooms left are tagged by clients too
+    /// (low priority, archived).
+    async fn ensure_member(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
+        match membership(&*self.deps.rooms, room_id, &user.user_id).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Forbidden("you have no membership in this room".into())),
+        }
     }
 
     /// The users whose events `user_id` does not want to see
