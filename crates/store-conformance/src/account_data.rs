@@ -18,6 +18,9 @@ fn entries(max_entries: usize) -> AccountDataLimits {
     AccountDataLimits { max_entries, ..LIMITS }
 }
 
+/// A read of changes that nothing cuts short.
+const ALL: AccountDataBatchLimits = AccountDataBatchLimits { max_entries: usize::MAX, max_bytes: usize::MAX };
+
 fn entry(room_id: Option<&str>, event_type: &str, content: JsonValue, stream_pos: u64) -> AccountDataEntry {
     AccountDataEntry { room_id: room_id.map(Into::into), event_type: event_type.into(), content: content.to_string(), stream_pos }
 }
@@ -43,18 +46,21 @@ pub async fn account_data_is_per_user_and_room_with_a_stream(store: DynStore) {
     assert_eq!(store.current_account_data_pos().await.unwrap(), 3);
 
     assert_eq!(
-        store.account_data_changes("@a:x", 0, 3).await.unwrap(),
+        store.account_data_changes("@a:x", 0, 3, ALL).await.unwrap(),
         [entry(None, "m.direct", direct.clone(), 1), entry(Some("!r:x"), "org.example", json!({"n": 1}), 2)]
     );
-    assert_eq!(store.account_data_changes("@a:x", 1, 3).await.unwrap().len(), 1);
-    assert!(store.account_data_changes("@a:x", 2, 3).await.unwrap().is_empty());
-    assert_eq!(store.account_data_changes("@a:x", 0, 1).await.unwrap().len(), 1);
+    assert_eq!(store.account_data_changes("@a:x", 1, 3, ALL).await.unwrap().len(), 1);
+    assert!(store.account_data_changes("@a:x", 2, 3, ALL).await.unwrap().is_empty());
+    assert_eq!(store.account_data_changes("@a:x", 0, 1, ALL).await.unwrap().len(), 1);
 
     // Replacing moves the entry to a new position: a client that synced up
     // to 3 gets it again, once, with the new content.
     assert_eq!(store.set_account_data("@a:x", Some("!r:x"), "org.example", r#"{"n":2}"#, entries(10)).await.unwrap(), 4);
-    assert_eq!(store.account_data_changes("@a:x", 3, 4).await.unwrap(), [entry(Some("!r:x"), "org.example", json!({"n": 2}), 4)]);
-    assert_eq!(store.account_data_changes("@a:x", 0, 4).await.unwrap().len(), 2);
+    assert_eq!(
+        store.account_data_changes("@a:x", 3, 4, ALL).await.unwrap(),
+        [entry(Some("!r:x"), "org.example", json!({"n": 2}), 4)]
+    );
+    assert_eq!(store.account_data_changes("@a:x", 0, 4, ALL).await.unwrap().len(), 2);
     assert_eq!(store.current_account_data_pos().await.unwrap(), 4);
 }
 
@@ -86,7 +92,7 @@ pub async fn account_data_limits_and_tags(store: DynStore) {
     assert!(store.account_data("@b:x", Some("!untagged:x"), TAG_EVENT_TYPE).await.unwrap().is_none());
     assert_eq!(store.set_room_tag("@b:x", r, "u.work", None, LIMITS).await.unwrap(), Some(8));
     assert_eq!(tags(store.clone()).await, Some(json!({"tags": {"m.favourite": {}}})));
-    let changes = store.account_data_changes("@b:x", 5, 8).await.unwrap();
+    let changes = store.account_data_changes("@b:x", 5, 8, ALL).await.unwrap();
     assert_eq!(changes, [entry(Some(r), TAG_EVENT_TYPE, json!({"tags": {"m.favourite": {}}}), 8)]);
 
     // The m.tag content as a whole is bounded.
@@ -172,7 +178,40 @@ pub async fn account_data_total_holds_under_concurrency(store: DynStore) {
     }
     assert_eq!(written, 5);
     let pos = store.current_account_data_pos().await.unwrap();
-    assert_eq!(store.account_data_changes("@a:x", 0, pos).await.unwrap().len(), 5);
+    assert_eq!(store.account_data_changes("@a:x", 0, pos, ALL).await.unwrap().len(), 5);
+}
+
+pub async fn account_data_changes_come_in_bounded_batches(store: DynStore) {
+    // Alice's entries at positions 1, 3, 5, 7, 9 (Bob's in between), 100
+    // bytes each.
+    for n in 0..5 {
+        store.set_account_data("@a:x", None, &format!("a{n}"), &content_of(98), LIMITS).await.unwrap();
+        store.set_account_data("@b:x", None, &format!("b{n}"), &content_of(98), LIMITS).await.unwrap();
+    }
+    let up_to = store.current_account_data_pos().await.unwrap();
+    let positions = |changes: Vec<AccountDataEntry>| changes.into_iter().map(|e| e.stream_pos).collect::<Vec<_>>();
+    let read = |after: u64, batch: AccountDataBatchLimits| {
+        let store = store.clone();
+        async move { positions(store.account_data_changes("@a:x", after, up_to, batch).await.unwrap()) }
+    };
+    assert_eq!(read(0, ALL).await, [1, 3, 5, 7, 9]);
+    // By count: each read continues after the last one returned.
+    let two = AccountDataBatchLimits { max_entries: 2, max_bytes: usize::MAX };
+    assert_eq!(read(0, two).await, [1, 3]);
+    assert_eq!(read(3, two).await, [5, 7]);
+    assert_eq!(read(7, two).await, [9]);
+    assert!(read(9, two).await.is_empty());
+    // By bytes: entries while those before come to less than the bound.
+    let bytes = |max_bytes| AccountDataBatchLimits { max_entries: usize::MAX, max_bytes };
+    assert_eq!(read(0, bytes(200)).await, [1, 3]);
+    assert_eq!(read(0, bytes(201)).await, [1, 3, 5]);
+    assert_eq!(read(3, bytes(150)).await, [5, 7]);
+    // At least one, however large.
+    assert_eq!(read(0, bytes(1)).await, [1]);
+    // Both bounds: whichever comes first.
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 2, max_bytes: 101 }).await, [1, 3]);
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 4, max_bytes: 101 }).await, [1, 3]);
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 4, max_bytes: 100 }).await, [1]);
 }
 
 pub async fn concurrent_tag_changes_all_survive(store: DynStore) {
@@ -275,7 +314,7 @@ pub async fn concurrent_side_stream_writers_become_visible_in_order(store: DynSt
                 let receipts = store.current_receipt_pos().await.unwrap();
                 let mut seen_data = Vec::new();
                 for user in &users {
-                    let changes = store.account_data_changes(user, 0, account_data).await.unwrap();
+                    let changes = store.account_data_changes(user, 0, account_data, ALL).await.unwrap();
                     seen_data.extend(changes.iter().map(|e| e.stream_pos));
                 }
                 seen_data.sort_unstable();

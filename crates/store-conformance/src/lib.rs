@@ -33,6 +33,7 @@ macro_rules! store_conformance_tests {
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
             account_data_total_bytes_are_bounded, account_data_total_holds_under_concurrency,
+            account_data_changes_come_in_bounded_batches,
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
             relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,

@@ -192,14 +192,30 @@ impl AccountDataStore for PostgresStore {
         row.map(|r| get(&r, 0)).transpose()
     }
 
-    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
+    async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> StoreResult<Vec<AccountDataEntry>> {
         let client = self.client().await?;
+        // The bytes of the entries before each one, in position order: an
+        // entry is read while those came to less than the batch's bytes.
         let rows = query(
             &client,
-            "SELECT room_id, event_type, content, stream_pos FROM account_data
-             WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
-             ORDER BY stream_pos",
-            &[&user_id, &i(after), &i(up_to)],
+            &format!(
+                "SELECT room_id, event_type, content, stream_pos FROM (
+                     SELECT room_id, event_type, content, stream_pos,
+                            SUM({ACCOUNT_DATA_ENTRY_BYTES}) OVER (ORDER BY stream_pos) - {ACCOUNT_DATA_ENTRY_BYTES} AS bytes_before
+                     FROM account_data
+                     WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
+                 ) AS changes
+                 WHERE bytes_before < $4
+                 ORDER BY stream_pos
+                 LIMIT $5"
+            ),
+            &[&user_id, &i(after), &i(up_to), &i(batch.max_bytes as u64), &i(batch.max_entries as u64)],
         )
         .await?;
         rows.iter().map(entry_from_row).collect()

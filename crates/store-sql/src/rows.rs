@@ -151,8 +151,8 @@ pub fn uia_session<R: Row>(row: &R) -> Result<(UiaSession, String), R::Error> {
     ))
 }
 
-/// What an `account_data` row counts for in the user's byte quota:
-/// `chancery_store::account_data_entry_bytes` in SQL
+/// What an `account_data` row counts for in the user's byte quota and in
+/// a batch of changes: `chancery_store::account_data_entry_bytes` in SQL
 /// (the room id is '' for global data). Both dialects count bytes with
 /// `octet_length`.
 pub const ACCOUNT_DATA_ENTRY_BYTES: &str = "(octet_length(room_id) + octet_length(event_type) + octet_length(content))";

@@ -121,17 +121,32 @@ impl AccountDataStore for SqliteStore {
         .await
     }
 
-    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
+    async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> StoreResult<Vec<AccountDataEntry>> {
         let user_id = user_id.to_owned();
         self.read_heavy(move |conn| {
+            // The bytes of the entries before each one, in position order: an
+            // entry is read while those came to less than the batch's bytes.
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT room_id, event_type, content, stream_pos FROM account_data
-                     WHERE user_id = ?1 AND stream_pos > ?2 AND stream_pos <= ?3
-                     ORDER BY stream_pos",
-                )
+                .prepare_cached(&format!(
+                    "SELECT room_id, event_type, content, stream_pos FROM (
+                         SELECT room_id, event_type, content, stream_pos,
+                                SUM({ACCOUNT_DATA_ENTRY_BYTES}) OVER (ORDER BY stream_pos) - {ACCOUNT_DATA_ENTRY_BYTES} AS bytes_before
+                         FROM account_data
+                         WHERE user_id = ?1 AND stream_pos > ?2 AND stream_pos <= ?3
+                     )
+                     WHERE bytes_before < ?4
+                     ORDER BY stream_pos
+                     LIMIT ?5"
+                ))
                 .map_err(backend)?;
-            collect(stmt.query_map(params![user_id, i(after), i(up_to)], entry_from_row).map_err(backend)?)
+            let params = params![user_id, i(after), i(up_to), i(batch.max_bytes as u64), i(batch.max_entries as u64)];
+            collect(stmt.query_map(params, entry_from_row).map_err(backend)?)
         })
         .await
     }

@@ -46,8 +46,19 @@ pub struct AccountDataLimits {
     pub max_total_bytes: usize,
 }
 
-/// What one entry counts for in [`AccountDataLimits::max_total_bytes`]:
-/// the bytes of its room id
+/// Bounds one read of a user's changes ([`AccountDataStore::account_data_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountDataBatchLimits {
+    /// Entries read at most.
+    pub max_entries: usize,
+    /// Entries are read while those before came to less than this many
+    /// bytes ([`account_data_entry_bytes`]), so one read holds at most this
+    /// plus one entry.
+    pub max_bytes: usize,
+}
+
+/// What one entry counts for in [`AccountDataLimits::max_total_bytes`]
+/// and [`AccountDataBatchLimits::max_bytes`]: the bytes of its room id
 /// (empty for global data), type and content. The SQL backends compute
 /// the same in SQL (`chancery_store_sql::rows::ACCOUNT_DATA_ENTRY_BYTES`).
 pub fn account_data_entry_bytes(room_id: Option<&str>, event_type: &str, content: &str) -> usize {
@@ -94,9 +105,17 @@ pub trait AccountDataStore: Send + Sync {
     async fn account_data(&self, user_id: &str, room_id: Option<&str>, event_type: &str) -> StoreResult<Option<String>>;
 
     /// The user's entries (global and per room) whose last change is at a
-    /// position in `(after, up_to]`, sorted by position. `after = 0` gives
-    /// all of them (initial sync).
-    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>>;
+    /// position in `(after, up_to]`, sorted by position (`after = 0`:
+    /// initial sync), as many as `batch` allows from the lowest position
+    /// on (at least one, if there is one): the caller continues after the
+    /// last one returned.
+    async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> StoreResult<Vec<AccountDataEntry>>;
 
     /// The highest account-data position whose change is committed; every
     /// position at or below it is visible to readers.

@@ -14,7 +14,9 @@ use chancery_proto::limits::{
     MAX_TAG_BYTES,
 };
 use chancery_proto::ruma::{EventId, RoomId, UserId};
-use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, RoomStore, TAG_EVENT_TYPE, UserDataStore};
+use chancery_store::{
+    AccountDataBatchLimits, AccountDataEntry, AccountDataLimits, AccountDataStore, RoomStore, TAG_EVENT_TYPE, UserDataStore,
+};
 use serde_json::{Value as JsonValue, json};
 
 use crate::notifier::Notifier;
@@ -182,12 +184,19 @@ impl AccountData {
     }
 
     /// The user's entries changed at positions in `(after, up_to]` (all of
-    /// them from 0), for `/sync`.
-    pub(crate) async fn changes(&self, user_id: &str, after: u64, up_to: u64) -> Result<Vec<AccountDataEntry>, Error> {
+    /// them from 0), for `/sync`: the first of them, as many as `batch`
+    /// allows.
+    pub(crate) async fn changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> Result<Vec<AccountDataEntry>, Error> {
         if after >= up_to {
             return Ok(Vec::new());
         }
-        Ok(self.deps.store.account_data_changes(user_id, after, up_to).await?)
+        Ok(self.deps.store.account_data_changes(user_id, after, up_to, batch).await?)
     }
 
     /// Room account data and tags are for rooms the user is in, was in,
