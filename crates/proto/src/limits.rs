@@ -142,6 +142,22 @@ pub const MAX_ACCOUNT_DATA_ENTRIES_PER_USER: usize = 50_000;
 /// of a user with very many direct chats is the largest one in practice.
 pub const MAX_ACCOUNT_DATA_BYTES: usize = 128 * 1024;
 
+/// All of one user's account data together, in bytes (each entry's room
+/// id, type and content), checked in the write's transaction. Without it
+/// the two limits above let one user store 50,000 × 128 KiB. Element's
+/// account data comes to a few hundred bytes per room plus some tens of
+/// KiB of global data, so this leaves room for tens of thousands of rooms
+/// and a large `m.direct`, while 128 full-size entries reach it.
+pub const MAX_ACCOUNT_DATA_BYTES_PER_USER: usize = 16 * 1024 * 1024;
+
+/// Account-data entries (global and per room together) one `/sync`
+/// answer carries at most, and their bytes: entries are added while
+/// those before come to less, so an answer holds at most this plus one
+/// entry. The rest follow in the next answers (the token then stops at
+/// the last entry sent). Most users' account data fits in one answer.
+pub const MAX_SYNC_ACCOUNT_DATA_ENTRIES: usize = 1_000;
+pub const MAX_SYNC_ACCOUNT_DATA_BYTES: usize = 1024 * 1024;
+
 /// Longest room tag name, in bytes (spec "Room Tagging": "The name of a tag
 /// MUST NOT exceed 255 bytes").
 pub const MAX_TAG_BYTES: usize = 255;

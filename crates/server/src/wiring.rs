@@ -70,8 +70,12 @@ pub fn components_with(
         entropy: entropy.clone(),
     }));
     let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone()));
-    let account_data =
-        Arc::new(AccountData::new(AccountDataDeps { store: store.clone(), filters: store.clone(), notifier: notifier.clone() }));
+    let account_data = Arc::new(AccountData::new(AccountDataDeps {
+        store: store.clone(),
+        filters: store.clone(),
+        rooms: store.clone(),
+        notifier: notifier.clone(),
+    }));
 
     let visibility = Arc::new(Visibility::new(store.clone(), store.clone()));
     let formatter = Arc::new(EventFormatter::new(EventFormatterDeps {

@@ -106,8 +106,8 @@ pub struct UiaChallenge {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         use chancery_proto::limits::{
-            MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_ALIASES_PER_ROOM, MAX_RECEIPT_THREADS_PER_ROOM,
-            MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS,
+            MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_BYTES_PER_USER, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_ALIASES_PER_ROOM,
+            MAX_RECEIPT_THREADS_PER_ROOM, MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS,
         };
         match e {
             StoreError::UserIdTaken => Error::UserInUse,
@@ -135,6 +135,11 @@ impl From<StoreError> for Error {
             StoreError::AccountDataTooLarge => {
                 Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes"))
             }
+            // A quota, like the entry count above: the user has to remove
+            // or shrink entries, retrying does not help.
+            StoreError::AccountDataTotalTooLarge => Error::ResourceLimit(format!(
+                "an account holds at most {MAX_ACCOUNT_DATA_BYTES_PER_USER} bytes of account data in all"
+            )),
             StoreError::TooManyReceiptThreads => Error::ResourceLimit(format!(
                 "at most {MAX_RECEIPT_THREADS_PER_ROOM} threads per room and receipt type can hold a receipt"
             )),

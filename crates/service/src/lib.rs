@@ -40,6 +40,7 @@ pub mod ephemeral;
 mod error;
 pub mod health;
 pub mod notifier;
+mod nul;
 pub mod profiles;
 pub mod push;
 pub mod ratelimit;

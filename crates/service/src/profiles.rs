@@ -10,6 +10,7 @@ use chancery_proto::ruma::{MxcUri, OwnedServerName, UserId};
 use chancery_store::AccountStore;
 use serde_json::Value as JsonValue;
 
+use crate::nul::refuse_nul_in_json;
 use crate::{AuthedUser, Error};
 
 /// Users' profiles.
@@ -77,6 +78,8 @@ impl Profiles {
             "m.tz" if !value.is_string() => return Err(Error::BadJson("m.tz must be a string".into())),
             _ => {}
         }
+        // Display names are copied into member events and searched as JSON.
+        refuse_nul_in_json(&value, "profile fields")?;
         self.local_active_user(target).await?;
         self.store.set_profile_field(target.as_str(), key, &value, MAX_PROFILE_BYTES).await?;
         Ok(())

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use chancery_core::pdu::Pdu;
 
 use chancery_proto::limits::{MAX_CACHED_DEFAULT_RULESETS, MAX_NOTIFICATIONS_LIMIT, MAX_UNREAD_COUNTED};
+use chancery_proto::ruma::api::client::push::PushRule;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::push::{
     Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
@@ -25,6 +26,7 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::clock::Clock;
 use crate::notifier::Notifier;
+use crate::nul::refuse_nul_in_json;
 use crate::rooms::state::{POWER_KEYS, state_subset};
 use crate::rooms::{ClientEventOptions, EventFormatter, StateMap, power_levels};
 use crate::{AuthedUser, Error};
@@ -35,6 +37,11 @@ fn parse_ruleset(json: &str, user_id: &UserId) -> Result<Ruleset, Error> {
     let mut ruleset: Ruleset = serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored push rules: {e}")))?;
     ruleset.update_with_server_default(Ruleset::server_default(user_id));
     Ok(ruleset)
+}
+
+/// What a request adds to a rule set, as JSON for [`refuse_nul_in_json`].
+fn to_json(value: &impl serde::Serialize) -> Result<JsonValue, Error> {
+    serde_json::to_value(value).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// The server's default rule set of the users evaluated lately. It depends
@@ -100,7 +107,7 @@ impl Push {
                 chancery_proto::limits::MAX_ACCOUNT_DATA_BYTES
             )));
         }
-        self.deps.store.set_push_rules(user_id.as_str(), &json).await?;
+        self.deps.store.set_push_rules(user_id.as_str(), &json, crate::account_data::LIMITS).await?;
         self.deps.notifier.user(user_id.as_str());
         Ok(())
     }
@@ -315,10 +322,16 @@ impl Push {
         after: Option<&str>,
     ) -> Result<(), Error> {
         let mut ruleset = self.push_ruleset(&user.user_id).await?;
+        let (kind, rule_id) = (rule.kind(), rule.rule_id().to_owned());
         ruleset.insert(rule, after, before).map_err(|e| match e {
             InsertPushRuleError::UnknownRuleId => Error::NotFound(e.to_string()),
             e => Error::InvalidParam(e.to_string()),
         })?;
+        // The new rule as it will be stored (its id, pattern, conditions and
+        // actions); rules stored before this check do not block edits.
+        if let Some(inserted) = ruleset.get(kind, &rule_id) {
+            refuse_nul_in_json(&to_json(&PushRule::from(inserted.to_owned()))?, "push rules")?;
+        }
         self.store_push_ruleset(&user.user_id, &ruleset).await
     }
 
@@ -350,6 +363,7 @@ impl Push {
         rule_id: &str,
         actions: Vec<Action>,
     ) -> Result<(), Error> {
+        refuse_nul_in_json(&to_json(&actions)?, "push rule actions")?;
         let mut ruleset = self.push_ruleset(&user.user_id).await?;
         ruleset.set_actions(kind, rule_id, actions).map_err(|e| Error::NotFound(e.to_string()))?;
         self.store_push_ruleset(&user.user_id, &ruleset).await

@@ -10,7 +10,16 @@ use serde_json::{Value as JsonValue, json};
 
 use chancery_store::*;
 
-const LIMITS: AccountDataLimits = AccountDataLimits { max_entries: 100, max_content_bytes: 10_000 };
+pub(crate) const LIMITS: AccountDataLimits =
+    AccountDataLimits { max_entries: 100, max_content_bytes: 10_000, max_total_bytes: 1_000_000 };
+
+/// [`LIMITS`] with another entry count.
+fn entries(max_entries: usize) -> AccountDataLimits {
+    AccountDataLimits { max_entries, ..LIMITS }
+}
+
+/// A read of changes that nothing cuts short.
+const ALL: AccountDataBatchLimits = AccountDataBatchLimits { max_entries: usize::MAX, max_bytes: usize::MAX };
 
 fn entry(room_id: Option<&str>, event_type: &str, content: JsonValue, stream_pos: u64) -> AccountDataEntry {
     AccountDataEntry { room_id: room_id.map(Into::into), event_type: event_type.into(), content: content.to_string(), stream_pos }
@@ -25,9 +34,9 @@ pub async fn account_data_is_per_user_and_room_with_a_stream(store: DynStore) {
     assert!(store.account_data("@a:x", None, "m.direct").await.unwrap().is_none());
 
     let direct = json!({"@b:x": ["!dm:x"]});
-    assert_eq!(store.set_account_data("@a:x", None, "m.direct", &direct.to_string(), 10).await.unwrap(), 1);
-    assert_eq!(store.set_account_data("@a:x", Some("!r:x"), "org.example", r#"{"n":1}"#, 10).await.unwrap(), 2);
-    assert_eq!(store.set_account_data("@b:x", None, "m.direct", "{}", 10).await.unwrap(), 3);
+    assert_eq!(store.set_account_data("@a:x", None, "m.direct", &direct.to_string(), entries(10)).await.unwrap(), 1);
+    assert_eq!(store.set_account_data("@a:x", Some("!r:x"), "org.example", r#"{"n":1}"#, entries(10)).await.unwrap(), 2);
+    assert_eq!(store.set_account_data("@b:x", None, "m.direct", "{}", entries(10)).await.unwrap(), 3);
     assert_eq!(parsed(store.account_data("@a:x", None, "m.direct").await.unwrap()), Some(direct.clone()));
     assert_eq!(store.account_data("@a:x", Some("!r:x"), "org.example").await.unwrap().as_deref(), Some(r#"{"n":1}"#));
     // Room and global data do not fall back to each other.
@@ -37,30 +46,33 @@ pub async fn account_data_is_per_user_and_room_with_a_stream(store: DynStore) {
     assert_eq!(store.current_account_data_pos().await.unwrap(), 3);
 
     assert_eq!(
-        store.account_data_changes("@a:x", 0, 3).await.unwrap(),
+        store.account_data_changes("@a:x", 0, 3, ALL).await.unwrap(),
         [entry(None, "m.direct", direct.clone(), 1), entry(Some("!r:x"), "org.example", json!({"n": 1}), 2)]
     );
-    assert_eq!(store.account_data_changes("@a:x", 1, 3).await.unwrap().len(), 1);
-    assert!(store.account_data_changes("@a:x", 2, 3).await.unwrap().is_empty());
-    assert_eq!(store.account_data_changes("@a:x", 0, 1).await.unwrap().len(), 1);
+    assert_eq!(store.account_data_changes("@a:x", 1, 3, ALL).await.unwrap().len(), 1);
+    assert!(store.account_data_changes("@a:x", 2, 3, ALL).await.unwrap().is_empty());
+    assert_eq!(store.account_data_changes("@a:x", 0, 1, ALL).await.unwrap().len(), 1);
 
     // Replacing moves the entry to a new position: a client that synced up
     // to 3 gets it again, once, with the new content.
-    assert_eq!(store.set_account_data("@a:x", Some("!r:x"), "org.example", r#"{"n":2}"#, 10).await.unwrap(), 4);
-    assert_eq!(store.account_data_changes("@a:x", 3, 4).await.unwrap(), [entry(Some("!r:x"), "org.example", json!({"n": 2}), 4)]);
-    assert_eq!(store.account_data_changes("@a:x", 0, 4).await.unwrap().len(), 2);
+    assert_eq!(store.set_account_data("@a:x", Some("!r:x"), "org.example", r#"{"n":2}"#, entries(10)).await.unwrap(), 4);
+    assert_eq!(
+        store.account_data_changes("@a:x", 3, 4, ALL).await.unwrap(),
+        [entry(Some("!r:x"), "org.example", json!({"n": 2}), 4)]
+    );
+    assert_eq!(store.account_data_changes("@a:x", 0, 4, ALL).await.unwrap().len(), 2);
     assert_eq!(store.current_account_data_pos().await.unwrap(), 4);
 }
 
 pub async fn account_data_limits_and_tags(store: DynStore) {
     for n in 0..3 {
-        store.set_account_data("@a:x", None, &format!("t{n}"), "{}", 3).await.unwrap();
+        store.set_account_data("@a:x", None, &format!("t{n}"), "{}", entries(3)).await.unwrap();
     }
-    let over = store.set_account_data("@a:x", Some("!r:x"), "t9", "{}", 3).await;
+    let over = store.set_account_data("@a:x", Some("!r:x"), "t9", "{}", entries(3)).await;
     assert!(matches!(over, Err(StoreError::TooManyAccountData)), "{over:?}");
     // Replacing an entry is not a new entry; other users have their own count.
-    store.set_account_data("@a:x", None, "t0", r#"{"again":true}"#, 3).await.unwrap();
-    store.set_account_data("@b:x", None, "t0", "{}", 3).await.unwrap();
+    store.set_account_data("@a:x", None, "t0", r#"{"again":true}"#, entries(3)).await.unwrap();
+    store.set_account_data("@b:x", None, "t0", "{}", entries(3)).await.unwrap();
     let refused_tag =
         store.set_room_tag("@a:x", "!r:x", "u.work", Some(&json!({})), AccountDataLimits { max_entries: 3, ..LIMITS }).await;
     assert!(matches!(refused_tag, Err(StoreError::TooManyAccountData)), "{refused_tag:?}");
@@ -80,16 +92,126 @@ pub async fn account_data_limits_and_tags(store: DynStore) {
     assert!(store.account_data("@b:x", Some("!untagged:x"), TAG_EVENT_TYPE).await.unwrap().is_none());
     assert_eq!(store.set_room_tag("@b:x", r, "u.work", None, LIMITS).await.unwrap(), Some(8));
     assert_eq!(tags(store.clone()).await, Some(json!({"tags": {"m.favourite": {}}})));
-    let changes = store.account_data_changes("@b:x", 5, 8).await.unwrap();
+    let changes = store.account_data_changes("@b:x", 5, 8, ALL).await.unwrap();
     assert_eq!(changes, [entry(Some(r), TAG_EVENT_TYPE, json!({"tags": {"m.favourite": {}}}), 8)]);
 
     // The m.tag content as a whole is bounded.
-    let small = AccountDataLimits { max_entries: 100, max_content_bytes: 100 };
+    let small = AccountDataLimits { max_content_bytes: 100, ..LIMITS };
     let big = json!({"note": "x".repeat(100)});
     let too_big = store.set_room_tag("@b:x", r, "u.big", Some(&big), small).await;
     assert!(matches!(too_big, Err(StoreError::AccountDataTooLarge)), "{too_big:?}");
     assert_eq!(tags(store.clone()).await, Some(json!({"tags": {"m.favourite": {}}})));
     assert_eq!(store.current_account_data_pos().await.unwrap(), 8);
+}
+
+/// A JSON object of exactly `bytes` bytes.
+fn content_of(bytes: usize) -> String {
+    let content = format!(r#"{{"v":"{}"}}"#, "x".repeat(bytes - 8));
+    assert_eq!(content.len(), bytes);
+    content
+}
+
+pub async fn account_data_total_bytes_are_bounded(store: DynStore) {
+    // An entry counts its room id, type and content.
+    assert_eq!(account_data_entry_bytes(Some("!r:x"), "t", "{}"), 7);
+    let limits = AccountDataLimits { max_entries: 100, max_content_bytes: 1_000, max_total_bytes: 300 };
+    let set = |user: &'static str, room: Option<&'static str>, event_type: &'static str, bytes: usize, limits| {
+        let store = store.clone();
+        async move { store.set_account_data(user, room, event_type, &content_of(bytes), limits).await }
+    };
+    let over = |result: StoreResult<u64>| matches!(result, Err(StoreError::AccountDataTotalTooLarge));
+    set("@a:x", None, "t1", 100, limits).await.unwrap();
+    set("@a:x", None, "t2", 100, limits).await.unwrap();
+    // 102 + 102 + 102 > 300: refused, nothing written.
+    assert!(over(set("@a:x", None, "t3", 100, limits).await));
+    assert!(store.account_data("@a:x", None, "t3").await.unwrap().is_none());
+    assert_eq!(store.current_account_data_pos().await.unwrap(), 2);
+    // Exactly the limit is fine.
+    set("@a:x", None, "t3", 94, limits).await.unwrap();
+    // A replacement counts by what it adds.
+    assert!(over(set("@a:x", None, "t1", 101, limits).await));
+    set("@a:x", None, "t1", 100, limits).await.unwrap();
+    set("@a:x", None, "t1", 50, limits).await.unwrap();
+    // The room id counts: 52 + 102 + 96 + (4 + 1 + 46) > 300.
+    assert!(over(set("@a:x", Some("!r:x"), "t", 46, limits).await));
+    set("@a:x", Some("!r:x"), "t", 45, limits).await.unwrap();
+    // Other users have their own total.
+    set("@b:x", None, "t1", 290, limits).await.unwrap();
+    // Tags and push rules are account data too.
+    let tag = store.set_room_tag("@a:x", "!s:x", "u.work", Some(&json!({})), limits).await;
+    assert!(matches!(tag, Err(StoreError::AccountDataTotalTooLarge)), "{tag:?}");
+    assert!(store.account_data("@a:x", Some("!s:x"), TAG_EVENT_TYPE).await.unwrap().is_none());
+    let rules = store.set_push_rules("@a:x", "{}", limits).await;
+    assert!(matches!(rules, Err(StoreError::AccountDataTotalTooLarge)), "{rules:?}");
+    // The content limit holds in the store too.
+    let big = store.set_account_data("@c:x", None, "t", &content_of(1_001), limits).await;
+    assert!(matches!(big, Err(StoreError::AccountDataTooLarge)), "{big:?}");
+
+    // Over a lowered limit, entries can still be replaced by no more.
+    let lowered = AccountDataLimits { max_total_bytes: 100, ..limits };
+    set("@a:x", None, "t2", 100, lowered).await.unwrap();
+    set("@a:x", None, "t2", 60, lowered).await.unwrap();
+    assert!(over(set("@a:x", None, "t2", 61, lowered).await));
+    assert!(over(set("@a:x", None, "t4", 10, lowered).await));
+    let tags_unchanged = store.set_room_tag("@a:x", "!r:x", "u.gone", None, lowered).await.unwrap();
+    assert_eq!(tags_unchanged, None);
+}
+
+pub async fn account_data_total_holds_under_concurrency(store: DynStore) {
+    // Twelve writers of new 100-byte entries race for a 500-byte total.
+    let limits = AccountDataLimits { max_entries: 100, max_content_bytes: 1_000, max_total_bytes: 500 };
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let event_type = format!("c{n:02}");
+            match store.set_account_data("@a:x", None, &event_type, &content_of(97), limits).await {
+                Ok(_) => true,
+                Err(StoreError::AccountDataTotalTooLarge) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }));
+    }
+    let mut written = 0;
+    for task in tasks {
+        written += usize::from(task.await.unwrap());
+    }
+    assert_eq!(written, 5);
+    let pos = store.current_account_data_pos().await.unwrap();
+    assert_eq!(store.account_data_changes("@a:x", 0, pos, ALL).await.unwrap().len(), 5);
+}
+
+pub async fn account_data_changes_come_in_bounded_batches(store: DynStore) {
+    // Alice's entries at positions 1, 3, 5, 7, 9 (Bob's in between), 100
+    // bytes each.
+    for n in 0..5 {
+        store.set_account_data("@a:x", None, &format!("a{n}"), &content_of(98), LIMITS).await.unwrap();
+        store.set_account_data("@b:x", None, &format!("b{n}"), &content_of(98), LIMITS).await.unwrap();
+    }
+    let up_to = store.current_account_data_pos().await.unwrap();
+    let positions = |changes: Vec<AccountDataEntry>| changes.into_iter().map(|e| e.stream_pos).collect::<Vec<_>>();
+    let read = |after: u64, batch: AccountDataBatchLimits| {
+        let store = store.clone();
+        async move { positions(store.account_data_changes("@a:x", after, up_to, batch).await.unwrap()) }
+    };
+    assert_eq!(read(0, ALL).await, [1, 3, 5, 7, 9]);
+    // By count: each read continues after the last one returned.
+    let two = AccountDataBatchLimits { max_entries: 2, max_bytes: usize::MAX };
+    assert_eq!(read(0, two).await, [1, 3]);
+    assert_eq!(read(3, two).await, [5, 7]);
+    assert_eq!(read(7, two).await, [9]);
+    assert!(read(9, two).await.is_empty());
+    // By bytes: entries while those before come to less than the bound.
+    let bytes = |max_bytes| AccountDataBatchLimits { max_entries: usize::MAX, max_bytes };
+    assert_eq!(read(0, bytes(200)).await, [1, 3]);
+    assert_eq!(read(0, bytes(201)).await, [1, 3, 5]);
+    assert_eq!(read(3, bytes(150)).await, [5, 7]);
+    // At least one, however large.
+    assert_eq!(read(0, bytes(1)).await, [1]);
+    // Both bounds: whichever comes first.
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 2, max_bytes: 101 }).await, [1, 3]);
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 4, max_bytes: 101 }).await, [1, 3]);
+    assert_eq!(read(0, AccountDataBatchLimits { max_entries: 4, max_bytes: 100 }).await, [1]);
 }
 
 pub async fn concurrent_tag_changes_all_survive(store: DynStore) {
@@ -192,7 +314,7 @@ pub async fn concurrent_side_stream_writers_become_visible_in_order(store: DynSt
                 let receipts = store.current_receipt_pos().await.unwrap();
                 let mut seen_data = Vec::new();
                 for user in &users {
-                    let changes = store.account_data_changes(user, 0, account_data).await.unwrap();
+                    let changes = store.account_data_changes(user, 0, account_data, ALL).await.unwrap();
                     seen_data.extend(changes.iter().map(|e| e.stream_pos));
                 }
                 seen_data.sort_unstable();
@@ -217,7 +339,7 @@ pub async fn concurrent_side_stream_writers_become_visible_in_order(store: DynSt
             let mut positions = (Vec::new(), Vec::new());
             for n in 0..PER_WRITER {
                 // Distinct keys, so no write replaces another one.
-                let pos = store.set_account_data(&user, None, &format!("org.example.{n}"), "{}", 1_000).await.unwrap();
+                let pos = store.set_account_data(&user, None, &format!("org.example.{n}"), "{}", entries(1_000)).await.unwrap();
                 positions.0.push(pos);
                 let thread = format!("$thread{n}");
                 let pos = store.set_receipt(receipt("!r:x", &user, "m.read", Some(&thread), "$e", 1), 1_000).await.unwrap();

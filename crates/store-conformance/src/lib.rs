@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod nul;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::nul::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -31,6 +33,8 @@ macro_rules! store_conformance_tests {
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
             one_bad_append_among_concurrent_ones_fails_alone,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
+            account_data_total_bytes_are_bounded, account_data_total_holds_under_concurrency,
+            account_data_changes_come_in_bounded_batches,
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
             relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
@@ -40,7 +44,7 @@ macro_rules! store_conformance_tests {
             push_rules_are_read_per_user_and_per_room, old_notifications_are_pruned_per_user,
             heavy_reads_leave_a_connection_for_small_ones,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
-            reports_are_listed_filtered_and_deleted,
+            reports_are_listed_filtered_and_deleted, stored_nul_characters_break_no_shared_read,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -491,7 +495,7 @@ pub async fn push_rules_are_read_per_user_and_per_room(store: DynStore) {
         prev = id.to_owned();
     }
     for user in ["@alice:x", "@carol:x", "@dave:x"] {
-        store.set_push_rules(user, &format!(r#"{{"override":[],"owner":"{user}"}}"#)).await.unwrap();
+        store.set_push_rules(user, &format!(r#"{{"override":[],"owner":"{user}"}}"#), account_data::LIMITS).await.unwrap();
     }
     let sorted = |mut rows: Vec<(String, String)>| {
         rows.sort();
@@ -616,7 +620,7 @@ pub async fn stream_positions_read_every_stream(store: DynStore) {
         .create_room(room(r), vec![event(r, "$create", "m.room.create", Some(""), 1), member(r, "$alice", "@alice:x", "join", 2)])
         .await
         .unwrap();
-    store.set_account_data("@alice:x", None, "m.direct", "{}", 10).await.unwrap();
+    store.set_account_data("@alice:x", None, "m.direct", "{}", account_data::LIMITS).await.unwrap();
     let got = store.stream_positions().await.unwrap();
     assert_eq!(
         got,

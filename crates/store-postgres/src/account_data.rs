@@ -5,8 +5,9 @@
 //!
 //! 1. Take a per-user advisory lock (two-key form, so it never collides
 //!    with the one-key stream locks) and do the checks that must hold under
-//!    concurrency from any node: the entry limit, and the read-modify-write
-//!    of `m.tag`, so two tag changes of one room both survive.
+//!    concurrency from any node: the user's entry and byte limits, and the
+//!    read-modify-write of `m.tag`, so two tag changes of one room both
+//!    survive.
 //! 2. Take the stream's advisory lock, increment its counter row in
 //!    `stream_counters` and write the row at that position, then COMMIT,
 //!    which releases the lock after the commit is visible. Positions
@@ -17,8 +18,8 @@
 
 use async_trait::async_trait;
 use chancery_store::*;
-use chancery_store_sql::params::reaches_limit;
-use chancery_store_sql::rows;
+use chancery_store_sql::params::{passes_total_limit, reaches_limit};
+use chancery_store_sql::rows::{self, ACCOUNT_DATA_ENTRY_BYTES};
 use chancery_store_sql::{i, u};
 use deadpool_postgres::GenericClient;
 use serde_json::Value as JsonValue;
@@ -73,28 +74,50 @@ const UPSERT_ENTRY: &str = "WITH p AS (UPDATE stream_counters SET pos = pos + 1 
      ON CONFLICT (user_id, room_id, event_type) DO UPDATE SET content = EXCLUDED.content, stream_pos = EXCLUDED.stream_pos
      RETURNING stream_pos";
 
-/// Phase 1's limit check for an entry about to be written; the per-user
-/// lock is held.
-async fn check_entry_limit(
+/// Phase 1's limit checks for an entry about to be written; the per-user
+/// lock is held, so no other write of the user's can pass them at once.
+async fn check_limits(
     tx: &impl GenericClient,
     user_id: &str,
     room_key: &str,
     event_type: &str,
-    max_entries: usize,
+    content: &str,
+    limits: AccountDataLimits,
 ) -> StoreResult<()> {
-    let exists = query_opt(
+    if content.len() > limits.max_content_bytes {
+        return Err(StoreError::AccountDataTooLarge);
+    }
+    let replaced = query_opt(
         tx,
-        "SELECT 1 FROM account_data WHERE user_id = $1 AND room_id = $2 AND event_type = $3",
+        &format!(
+            "SELECT {ACCOUNT_DATA_ENTRY_BYTES}::bigint FROM account_data WHERE user_id = $1 AND room_id = $2 AND event_type = $3"
+        ),
         &[&user_id, &room_key, &event_type],
     )
     .await?
-    .is_some();
-    if !exists {
+    .map(|r| get::<i64>(&r, 0))
+    .transpose()?;
+    if replaced.is_none() {
         let row = query_opt(tx, "SELECT COUNT(*) FROM account_data WHERE user_id = $1", &[&user_id])
             .await?
             .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
-        if reaches_limit(get(&row, 0)?, max_entries) {
+        if reaches_limit(get(&row, 0)?, limits.max_entries) {
             return Err(StoreError::TooManyAccountData);
+        }
+    }
+    let (replaced, new) = (replaced.unwrap_or(0), account_data_entry_bytes(Some(room_key), event_type, content));
+    // Summing the user's entries is a scan of them: only for a write that
+    // grows them (a fully-read marker moving on does not).
+    if i64::try_from(new).unwrap_or(i64::MAX) > replaced {
+        let row = query_opt(
+            tx,
+            &format!("SELECT COALESCE(SUM({ACCOUNT_DATA_ENTRY_BYTES}), 0)::bigint FROM account_data WHERE user_id = $1"),
+            &[&user_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Backend("aggregate returned no row".into()))?;
+        if passes_total_limit(get(&row, 0)?, replaced, new, limits.max_total_bytes) {
+            return Err(StoreError::AccountDataTotalTooLarge);
         }
     }
     Ok(())
@@ -117,13 +140,13 @@ impl AccountDataStore for PostgresStore {
         room_id: Option<&str>,
         event_type: &str,
         content: &str,
-        max_entries: usize,
+        limits: AccountDataLimits,
     ) -> StoreResult<u64> {
         let room_key = room_id.unwrap_or("");
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         lock_user(&tx, ACCOUNT_DATA_USER_LOCK, user_id).await?;
-        check_entry_limit(&tx, user_id, room_key, event_type, max_entries).await?;
+        check_limits(&tx, user_id, room_key, event_type, content, limits).await?;
         let pos = allocate_and_write(&tx, ACCOUNT_DATA_STREAM_LOCK, UPSERT_ENTRY, &[&user_id, &room_key, &event_type, &content])
             .await?;
         tx.commit().await.map_err(backend)?;
@@ -150,10 +173,7 @@ impl AccountDataStore for PostgresStore {
         .map(|r| get::<String>(&r, 0))
         .transpose()?;
         let Some(content) = apply_tag_change(current.as_deref(), tag, info)? else { return Ok(None) };
-        if content.len() > limits.max_content_bytes {
-            return Err(StoreError::AccountDataTooLarge);
-        }
-        check_entry_limit(&tx, user_id, room_id, TAG_EVENT_TYPE, limits.max_entries).await?;
+        check_limits(&tx, user_id, room_id, TAG_EVENT_TYPE, &content, limits).await?;
         let pos =
             allocate_and_write(&tx, ACCOUNT_DATA_STREAM_LOCK, UPSERT_ENTRY, &[&user_id, &room_id, &TAG_EVENT_TYPE, &content])
                 .await?;
@@ -172,14 +192,30 @@ impl AccountDataStore for PostgresStore {
         row.map(|r| get(&r, 0)).transpose()
     }
 
-    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>> {
+    async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> StoreResult<Vec<AccountDataEntry>> {
         let (_heavy, client) = self.heavy_client().await?;
+        // The bytes of the entries before each one, in position order: an
+        // entry is read while those came to less than the batch's bytes.
         let rows = query(
             &client,
-            "SELECT room_id, event_type, content, stream_pos FROM account_data
-             WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
-             ORDER BY stream_pos",
-            &[&user_id, &i(after), &i(up_to)],
+            &format!(
+                "SELECT room_id, event_type, content, stream_pos FROM (
+                     SELECT room_id, event_type, content, stream_pos,
+                            SUM({ACCOUNT_DATA_ENTRY_BYTES}) OVER (ORDER BY stream_pos) - {ACCOUNT_DATA_ENTRY_BYTES} AS bytes_before
+                     FROM account_data
+                     WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
+                 ) AS changes
+                 WHERE bytes_before < $4
+                 ORDER BY stream_pos
+                 LIMIT $5"
+            ),
+            &[&user_id, &i(after), &i(up_to), &i(batch.max_bytes as u64), &i(batch.max_entries as u64)],
         )
         .await?;
         rows.iter().map(entry_from_row).collect()

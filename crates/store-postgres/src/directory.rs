@@ -21,6 +21,7 @@ use chancery_store_sql::params::{like_contains, reaches_limit};
 use chancery_store_sql::rows::{self, ALIAS_COLUMNS};
 use chancery_store_sql::{i, u};
 
+use crate::json::no_nul_escape;
 use crate::query::{PgRow, get, query, query_opt};
 use crate::rooms::{Writes, insert_error, persist};
 use crate::{PostgresStore, backend};
@@ -69,17 +70,18 @@ async fn insert_room(tx: &Transaction<'_>, room: &NewRoom, events: &[NewEvent]) 
 
 /// The dialect's subquery of a directory field: a string of the content
 /// of the room's current state event, `NULL` if absent or not a string.
-/// `json`, not `jsonb`: jsonb refuses `\u0000`, which canonical JSON may
-/// hold; events holding it are skipped, as extracting it as text would
-/// fail the query.
+/// Events holding `\u0000` are skipped (see `json.rs`): any JSON operation
+/// on them would fail the query. `json`, not `jsonb`: one field is read
+/// of each, so the text need not be converted as a whole.
 fn state_field(field: &DirectoryField) -> String {
     let (event_type, path) = (field.event_type, format!("content,{}", field.content_key));
     let (join, unredacted) = field.unredacted();
+    let no_nul = no_nul_escape("e.json");
     format!(
         "(SELECT CASE WHEN json_typeof(e.json::json #> '{{{path}}}') = 'string' THEN e.json::json #>> '{{{path}}}' END
           FROM room_state s JOIN events e ON e.event_id = s.event_id {join}
           WHERE s.room_id = d.room_id AND s.event_type = '{event_type}' AND s.state_key = '' AND s.to_pos IS NULL
-            AND strpos(e.json, '\\u0000') = 0 {unredacted})"
+            AND {no_nul} {unredacted})"
     )
 }
 

@@ -11,6 +11,7 @@ mod accounts;
 mod appender;
 mod directory;
 mod forgotten;
+mod json;
 mod migrations;
 mod notify;
 mod push;
@@ -57,9 +58,11 @@ pub struct PostgresStore {
 fn backend(e: tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
-        // A NUL byte in text: PostgreSQL refuses it where SQLite stores it.
-        // It is bad client input, not a database failure.
-        if *db.code() == tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE {
+        // A NUL character PostgreSQL refuses where SQLite stores it: in text
+        // (22021), or as `\u0000` in JSON it converts (22P05). Bad client
+        // input, not a database failure.
+        use tokio_postgres::error::SqlState;
+        if [SqlState::CHARACTER_NOT_IN_REPERTOIRE, SqlState::UNTRANSLATABLE_CHARACTER].contains(db.code()) {
             return StoreError::TextNotStorable;
         }
         let detail = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());

@@ -1,15 +1,53 @@
 //! `PushStore` on PostgreSQL.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chancery_store::*;
-
-use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
+use serde_json::value::RawValue;
+use tokio_postgres::Row;
 
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 use chancery_store_sql::{i, u};
 
 use crate::PostgresStore;
+use crate::json::no_nul_escape;
 use crate::query::{PgRow, get, query, query_opt};
+
+/// Two columns for the rule set in the `m.push_rules` content `content`
+/// (`{"global": ...}`, NULL for none): taken out by PostgreSQL, or, where
+/// the content holds `\u0000` (see `json.rs`), the content itself, for
+/// [`global_ruleset`]. So a rule set stored with one before the service
+/// refused it keeps working, and never fails the sends of every room its
+/// owner is in.
+fn ruleset_columns(content: &str) -> String {
+    let no_nul = no_nul_escape(content);
+    format!("CASE WHEN {no_nul} THEN ({content}::jsonb -> 'global')::text END, CASE WHEN NOT {no_nul} THEN {content} END")
+}
+
+/// The rule set of an `m.push_rules` content, as the JSON text the service
+/// parses; `None` (the defaults) if the content has none.
+fn global_ruleset(content: &str) -> Option<String> {
+    let mut content = serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(content).ok()?;
+    content.remove("global").map(|ruleset| String::from(Box::<str>::from(ruleset)))
+}
+
+/// The rule set of [`ruleset_columns`] at `column` and the next.
+fn ruleset_of(row: &Row, column: usize) -> StoreResult<Option<String>> {
+    let read_by_sql = get::<Option<String>>(row, column)?;
+    Ok(read_by_sql.or(get::<Option<String>>(row, column + 1)?.as_deref().and_then(global_ruleset)))
+}
+
+/// Columns (user_id, [`ruleset_columns`]): the user and their rule set.
+fn member_push_rules(row: &Row) -> StoreResult<(String, Option<String>)> {
+    Ok((get(row, 0)?, ruleset_of(row, 1)?))
+}
+
+/// As [`member_push_rules`], `None` for a user without rules of their own.
+fn user_push_rules(row: &Row) -> StoreResult<Option<(String, String)>> {
+    let (user_id, rules) = member_push_rules(row)?;
+    Ok(rules.map(|rules| (user_id, rules)))
+}
 
 #[async_trait]
 impl PushStore for PostgresStore {
@@ -17,57 +55,69 @@ impl PushStore for PostgresStore {
         let client = self.client().await?;
         let row = query_opt(
             &client,
-            "SELECT (content::jsonb -> 'global')::text FROM account_data WHERE user_id = $1 AND room_id = '' AND event_type = 'm.push_rules'",
+            &format!(
+                "SELECT {} FROM account_data WHERE user_id = $1 AND room_id = '' AND event_type = 'm.push_rules'",
+                ruleset_columns("content")
+            ),
             &[&user_id],
         )
         .await?;
-        Ok(row.map(|r| get::<Option<String>>(&r, 0)).transpose()?.flatten())
+        Ok(row.map(|r| ruleset_of(&r, 0)).transpose()?.flatten())
     }
 
     async fn push_rules_of(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String)>> {
         let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
-            "SELECT user_id, (content::jsonb -> 'global')::text FROM account_data
-             WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id = ANY($1)",
+            &format!(
+                "SELECT user_id, {} FROM account_data
+                 WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id = ANY($1)",
+                ruleset_columns("content")
+            ),
             &[&user_ids],
         )
         .await?;
-        rows.iter().map(|r| rows::user_push_rules(&PgRow(r))).filter_map(Result::transpose).collect()
+        rows.iter().map(user_push_rules).filter_map(Result::transpose).collect()
     }
 
     async fn joined_members_with_push_rules(&self, room_id: &str) -> StoreResult<Vec<(String, Option<String>)>> {
         let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
-            "SELECT s.state_key, (a.content::jsonb -> 'global')::text FROM room_state s
-             LEFT JOIN account_data a ON a.user_id = s.state_key AND a.room_id = '' AND a.event_type = 'm.push_rules'
-             WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL AND s.membership = 'join'
-             ORDER BY s.state_key",
+            &format!(
+                "SELECT s.state_key, {} FROM room_state s
+                 LEFT JOIN account_data a ON a.user_id = s.state_key AND a.room_id = '' AND a.event_type = 'm.push_rules'
+                 WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL AND s.membership = 'join'
+                 ORDER BY s.state_key",
+                ruleset_columns("a.content")
+            ),
             &[&room_id],
         )
         .await?;
-        rows.iter().map(|r| rows::member_push_rules(&PgRow(r))).collect()
+        rows.iter().map(member_push_rules).collect()
     }
 
     async fn push_rules_in_room(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT a.user_id, (a.content::jsonb -> 'global')::text FROM account_data a
-             WHERE a.event_type = 'm.push_rules' AND a.room_id = ''
-               AND EXISTS (SELECT 1 FROM room_state s
-                           WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = a.user_id
-                             AND s.to_pos IS NULL AND s.membership = 'join')",
+            &format!(
+                "SELECT a.user_id, {} FROM account_data a
+                 WHERE a.event_type = 'm.push_rules' AND a.room_id = ''
+                   AND EXISTS (SELECT 1 FROM room_state s
+                               WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = a.user_id
+                                 AND s.to_pos IS NULL AND s.membership = 'join')",
+                ruleset_columns("a.content")
+            ),
             &[&room_id],
         )
         .await?;
-        rows.iter().map(|r| rows::user_push_rules(&PgRow(r))).filter_map(Result::transpose).collect()
+        rows.iter().map(user_push_rules).filter_map(Result::transpose).collect()
     }
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str, limits: AccountDataLimits) -> StoreResult<u64> {
         let content = format!("{{\"global\":{ruleset_json}}}");
-        self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await
+        self.set_account_data(user_id, None, "m.push_rules", &content, limits).await
     }
 
     async fn notifications(

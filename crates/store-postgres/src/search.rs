@@ -8,6 +8,7 @@ use chancery_store_sql::params::{like_contains, search_scope_params};
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 use chancery_store_sql::{i, u};
 
+use crate::json::jsonb_or_null;
 use crate::query::{PgRow, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
@@ -24,7 +25,12 @@ impl SearchStore for PostgresStore {
     async fn search_users(&self, searcher: &str, term: &str, limit: usize, all_users: bool) -> StoreResult<Vec<UserHit>> {
         let (_heavy, client) = self.heavy_client().await?;
         let pattern = like_contains(&term.to_lowercase());
-        let sql = "
+        // Join rules and profile values as JSON only where they hold no
+        // `\u0000` (see `json.rs`): one such row must not fail every search.
+        let join_rules = jsonb_or_null("je.json");
+        let profile_value = jsonb_or_null("p.value");
+        let sql = format!(
+            "
             WITH visible AS (
                 SELECT s2.state_key AS user_id FROM room_state s1
                 JOIN room_state s2 ON s2.room_id = s1.room_id AND s2.event_type = 'm.room.member'
@@ -36,20 +42,21 @@ impl SearchStore for PostgresStore {
                 JOIN room_state m ON m.room_id = jr.room_id AND m.event_type = 'm.room.member'
                      AND m.to_pos IS NULL AND m.membership = 'join'
                 WHERE jr.event_type = 'm.room.join_rules' AND jr.to_pos IS NULL
-                  AND (je.json::jsonb -> 'content' ->> 'join_rule') = 'public'
+                  AND ({join_rules} -> 'content' ->> 'join_rule') = 'public'
             )
             SELECT a.user_id,
-                   (SELECT p.value::jsonb #>> '{}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'displayname'),
-                   (SELECT p.value::jsonb #>> '{}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'avatar_url')
+                   (SELECT {profile_value} #>> '{{}}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'displayname'),
+                   (SELECT {profile_value} #>> '{{}}' FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'avatar_url')
             FROM accounts a
             WHERE a.deactivated_ts IS NULL AND a.user_id <> $1
               AND ($2 OR a.user_id IN (SELECT user_id FROM visible))
               AND (lower(a.user_id) LIKE $3
                    OR EXISTS (SELECT 1 FROM profile_fields p WHERE p.user_id = a.user_id AND p.field = 'displayname'
-                              AND lower(p.value::jsonb #>> '{}') LIKE $3))
+                              AND lower({profile_value} #>> '{{}}') LIKE $3))
             ORDER BY a.user_id
-            LIMIT $4";
-        let rows = query(&client, sql, &[&searcher, &all_users, &pattern, &i(limit as u64)]).await?;
+            LIMIT $4"
+        );
+        let rows = query(&client, &sql, &[&searcher, &all_users, &pattern, &i(limit as u64)]).await?;
         rows.iter().map(|r| rows::user_hit(&PgRow(r))).collect()
     }
 

@@ -20,6 +20,16 @@ pub fn reaches_limit(count: i64, limit: usize) -> bool {
     usize::try_from(count).unwrap_or(usize::MAX) >= limit
 }
 
+/// Whether replacing an entry of `replaced_bytes` (0 for a new one) by
+/// one of `new_bytes` takes a user's account data, now `total_bytes` in
+/// all, past `max_total_bytes`. A write that does not grow the total never
+/// does, so the backends sum a user's entries only for one that grows.
+pub fn passes_total_limit(total_bytes: i64, replaced_bytes: i64, new_bytes: usize, max_total_bytes: usize) -> bool {
+    let new_bytes = i64::try_from(new_bytes).unwrap_or(i64::MAX);
+    let max = i64::try_from(max_total_bytes).unwrap_or(i64::MAX);
+    new_bytes > replaced_bytes && total_bytes.saturating_sub(replaced_bytes).saturating_add(new_bytes) > max
+}
+
 /// `%term%` for LIKE, with the term's wildcards escaped by `\`: it matches
 /// `term` anywhere, literally. (PostgreSQL escapes with `\` by default;
 /// SQLite needs `ESCAPE '\'`.)
@@ -78,6 +88,24 @@ mod tests {
         assert!(!reaches_limit(2, 3));
         assert!(reaches_limit(3, 3));
         assert!(reaches_limit(4, 3));
+    }
+
+    #[test]
+    fn only_growth_past_the_total_passes_it() {
+        // (total now, replaced entry, new entry, limit) -> passes
+        for (total, replaced, new, max, passes) in [
+            (90, 0, 10, 100, false),
+            (90, 0, 11, 100, true),
+            (100, 10, 10, 100, false),
+            (100, 10, 11, 100, true),
+            // Over a lowered limit already: replacing by no more is allowed.
+            (500, 50, 50, 100, false),
+            (500, 50, 10, 100, false),
+            (500, 50, 51, 100, true),
+            (0, 0, usize::MAX, usize::MAX, false),
+        ] {
+            assert_eq!(passes_total_limit(total, replaced, new, max), passes, "{total} - {replaced} + {new} vs {max}");
+        }
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub fn uia_session<R: Row>(row: &R) -> Result<(UiaSession, String), R::Error> {
     ))
 }
 
+/// What an `account_data` row counts for in the user's byte quota and in
+/// a batch of changes: `chancery_store::account_data_entry_bytes` in SQL
+/// (the room id is '' for global data). Both dialects count bytes with
+/// `octet_length`.
+pub const ACCOUNT_DATA_ENTRY_BYTES: &str = "(octet_length(room_id) + octet_length(event_type) + octet_length(content))";
+
 /// Columns (room_id, event_type, content, stream_pos) of `account_data`.
 pub fn account_data_entry<R: Row>(row: &R) -> Result<AccountDataEntry, R::Error> {
     let room_id = row.text(0)?;

@@ -4,8 +4,6 @@ use async_trait::async_trait;
 use chancery_store::*;
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use chancery_proto::limits::MAX_ACCOUNT_DATA_ENTRIES_PER_USER;
-
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 use chancery_store_sql::{i, u};
 
@@ -91,9 +89,9 @@ impl PushStore for SqliteStore {
         .await
     }
 
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64> {
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str, limits: AccountDataLimits) -> StoreResult<u64> {
         let content = format!("{{\"global\":{ruleset_json}}}");
-        self.set_account_data(user_id, None, "m.push_rules", &content, MAX_ACCOUNT_DATA_ENTRIES_PER_USER).await
+        self.set_account_data(user_id, None, "m.push_rules", &content, limits).await
     }
 
     async fn notifications(

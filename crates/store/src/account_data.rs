@@ -9,6 +9,10 @@
 //! so a syncing client that continues after that position misses nothing.
 //! A change replaces the entry and moves it to the new position, so a
 //! range query returns each key once, with its latest content.
+//!
+//! A user's account data is bounded as a whole, in entries and in bytes
+//! ([`AccountDataLimits`]), checked in the write's transaction under the
+//! user's lock, so the bounds hold under concurrent writes from any node.
 
 use async_trait::async_trait;
 use serde_json::{Map, Value as JsonValue};
@@ -37,31 +41,57 @@ pub struct AccountDataLimits {
     pub max_entries: usize,
     /// Serialized size of one entry's content.
     pub max_content_bytes: usize,
+    /// Size of all of one user's entries together, each measured by
+    /// [`account_data_entry_bytes`].
+    pub max_total_bytes: usize,
+}
+
+/// Bounds one read of a user's changes ([`AccountDataStore::account_data_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountDataBatchLimits {
+    /// Entries read at most.
+    pub max_entries: usize,
+    /// Entries are read while those before came to less than this many
+    /// bytes ([`account_data_entry_bytes`]), so one read holds at most this
+    /// plus one entry.
+    pub max_bytes: usize,
+}
+
+/// What one entry counts for in [`AccountDataLimits::max_total_bytes`]
+/// and [`AccountDataBatchLimits::max_bytes`]: the bytes of its room id
+/// (empty for global data), type and content. The SQL backends compute
+/// the same in SQL (`chancery_store_sql::rows::ACCOUNT_DATA_ENTRY_BYTES`).
+pub fn account_data_entry_bytes(room_id: Option<&str>, event_type: &str, content: &str) -> usize {
+    room_id.map_or(0, str::len) + event_type.len() + content.len()
 }
 
 #[async_trait]
 pub trait AccountDataStore: Send + Sync {
     /// Sets (creates or replaces) one entry and gives it the next position
     /// of the account-data stream, which it returns. `content` is a JSON
-    /// object serialized; its size is the caller's to check.
+    /// object serialized. Nothing is written if a limit would be passed:
+    /// `AccountDataTooLarge` if `content` is over `max_content_bytes`;
     /// `TooManyAccountData` if this would be a new entry past
-    /// `max_entries` (replacing an existing one is always allowed).
+    /// `max_entries` (replacing an existing one is always allowed);
+    /// `AccountDataTotalTooLarge` if the user's entries would come to more
+    /// than `max_total_bytes` (a write that does not grow them is always
+    /// allowed, so a user over a lowered limit can still replace entries).
     async fn set_account_data(
         &self,
         user_id: &str,
         room_id: Option<&str>,
         event_type: &str,
         content: &str,
-        max_entries: usize,
+        limits: AccountDataLimits,
     ) -> StoreResult<u64>;
 
     /// Adds (`info` is `Some`) or removes (`None`) one tag of the room's
     /// `m.tag` entry, read-modify-write in one transaction, so concurrent
     /// changes to different tags of one room all survive. Returns the new
     /// position, or `None` if the content did not change (nothing written).
-    /// `TooManyAccountData` as for `set_account_data`,
-    /// `AccountDataTooLarge` if the `m.tag` content would
-    /// pass `max_content_bytes`.
+    /// `AccountDataTooLarge`, `TooManyAccountData` and
+    /// `AccountDataTotalTooLarge` as for `set_account_data`, of the new
+    /// `m.tag` content.
     async fn set_room_tag(
         &self,
         user_id: &str,
@@ -75,9 +105,17 @@ pub trait AccountDataStore: Send + Sync {
     async fn account_data(&self, user_id: &str, room_id: Option<&str>, event_type: &str) -> StoreResult<Option<String>>;
 
     /// The user's entries (global and per room) whose last change is at a
-    /// position in `(after, up_to]`, sorted by position. `after = 0` gives
-    /// all of them (initial sync).
-    async fn account_data_changes(&self, user_id: &str, after: u64, up_to: u64) -> StoreResult<Vec<AccountDataEntry>>;
+    /// position in `(after, up_to]`, sorted by position (`after = 0`:
+    /// initial sync), as many as `batch` allows from the lowest position
+    /// on (at least one, if there is one): the caller continues after the
+    /// last one returned.
+    async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> StoreResult<Vec<AccountDataEntry>>;
 
     /// The highest account-data position whose change is committed; every
     /// position at or below it is visible to readers.

@@ -100,6 +100,9 @@ pub enum StoreError {
     TooManyAccountData,
     #[error("the account data content is too large")]
     AccountDataTooLarge,
+    /// All of the user's account data together would pass its byte quota.
+    #[error("the account's account data would be too large in all")]
+    AccountDataTotalTooLarge,
     #[error("too many threads hold a receipt")]
     TooManyReceiptThreads,
     #[error("the room has too many aliases")]

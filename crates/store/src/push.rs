@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::{StoreResult, StoredEvent};
+use crate::{AccountDataLimits, StoreResult, StoredEvent};
 
 /// A notification for one user, computed when the event was sent and
 /// stored with it.
@@ -51,8 +51,9 @@ pub trait PushStore: Send + Sync {
 
     /// Stores the rule set as the user's `m.push_rules` global account data
     /// (`{"global": ...}`), so `/sync` delivers the change; returns its
-    /// account-data position.
-    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str) -> StoreResult<u64>;
+    /// account-data position. It counts towards the account-data `limits`
+    /// (errors as for `AccountDataStore::set_account_data`).
+    async fn set_push_rules(&self, user_id: &str, ruleset_json: &str, limits: AccountDataLimits) -> StoreResult<u64>;
 
     /// The user's notifications, newest first, with positions below
     /// `before` (if given), at most `limit`.

@@ -203,6 +203,113 @@ async fn account_data_and_tags(backend: Backend) {
 
 on_both_backends!(account_data_and_tags);
 
+async fn account_data_is_bounded_per_user(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    // Fill alice's account data with entries of the largest content
+    // (128 KiB) until one is refused.
+    let largest = json!({"blob": "y".repeat(128 * 1024 - 11)});
+    assert_eq!(largest.to_string().len(), 128 * 1024);
+    let mut refused = None;
+    for n in 0..200 {
+        let path = alice.account_data_path(None, &format!("org.example.fill{n:03}"));
+        let got = alice.call(Method::PUT, &path, Some(largest.clone())).await;
+        if got.0 != 200 {
+            refused = Some((n, path, got));
+            break;
+        }
+    }
+    let (accepted, path, got) = refused.expect("the total is bounded");
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // The bound is 16 MiB, not far below.
+    assert!(accepted >= 120, "refused after {accepted}");
+    assert_error(&alice.call(Method::GET, &path, None).await, 404, "M_NOT_FOUND");
+    // Replacing an entry by one no larger still works.
+    alice.ok(Method::PUT, &alice.account_data_path(None, "org.example.fill000"), Some(largest.clone())).await;
+    alice.ok(Method::PUT, &alice.account_data_path(None, "org.example.fill001"), Some(json!({"small": true}))).await;
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(account_data_is_bounded_per_user);
+
+async fn room_account_data_needs_a_membership(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    // Room account data and tags: only for rooms alice has a membership in
+    // (invited, joined, left); removing a tag needs none.
+    let room = bob.create_room(json!({})).await;
+    let cfg = alice.account_data_path(Some(&room), "org.example.cfg");
+    let tag = format!("/user/{}/rooms/{room}/tags/u.work", alice.id);
+    assert_error(&alice.call(Method::PUT, &cfg, Some(json!({"n": 1}))).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.call(Method::PUT, &tag, Some(json!({}))).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.call(Method::GET, &cfg, None).await, 404, "M_NOT_FOUND");
+    alice.ok(Method::DELETE, &tag, None).await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": alice.id}))).await;
+    alice.ok(Method::PUT, &cfg, Some(json!({"n": 2}))).await;
+    alice.ok(Method::PUT, &tag, Some(json!({}))).await;
+    alice.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    alice.ok(Method::PUT, &cfg, Some(json!({"n": 3}))).await;
+    assert_eq!(alice.ok(Method::GET, &cfg, None).await, json!({"n": 3}));
+    assert_eq!(
+        alice.ok(Method::GET, &format!("/user/{}/rooms/{room}/tags", alice.id), None).await,
+        json!({"tags": {"u.work": {}}})
+    );
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(room_account_data_needs_a_membership);
+
+/// The org.example.big* types of an answer's global account data.
+fn big_types(sync: &Value) -> Vec<String> {
+    let events = sync["account_data"]["events"].as_array().cloned().unwrap_or_default();
+    events.iter().filter_map(|e| e["type"].as_str()).filter(|t| t.starts_with("org.example.big")).map(str::to_owned).collect()
+}
+
+async fn sync_answers_carry_bounded_account_data(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    // 25 entries of 100 KiB are more than one answer carries: the initial
+    // sync gets the first ones, each sync after it the next ones at once,
+    // every one exactly once.
+    let blob = "x".repeat(100 * 1024);
+    let all: Vec<String> = (0..25).map(|n| format!("org.example.big{n:02}")).collect();
+    for event_type in &all {
+        alice.ok(Method::PUT, &alice.account_data_path(None, event_type), Some(json!({"blob": blob}))).await;
+    }
+    let initial = alice.sync_since(None).await;
+    let mut seen = big_types(&initial);
+    assert!(!seen.is_empty() && seen.len() < all.len(), "{} in the initial sync", seen.len());
+    let mut since = next_batch(&initial);
+    for _ in 0..all.len() {
+        if seen.len() >= all.len() {
+            break;
+        }
+        let started = Instant::now();
+        let next = alice.ok(Method::GET, &format!("/sync?since={since}&timeout=20000"), None).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "the rest waited for a change");
+        seen.extend(big_types(&next));
+        since = next_batch(&next);
+    }
+    assert_eq!(seen, all, "each once, in order");
+    assert!(big_types(&alice.sync_since(Some(&since)).await).is_empty());
+
+    // Cut short, an answer comes back at once even when its filter leaves
+    // out all it carried (the token moves on through the account data).
+    let filter = crate::common::urlencode(r#"{"account_data":{"types":["m.none"]}}"#);
+    let initial = alice.ok(Method::GET, &format!("/sync?filter={filter}"), None).await;
+    let started = Instant::now();
+    let next = alice.ok(Method::GET, &format!("/sync?filter={filter}&since={}&timeout=20000", next_batch(&initial)), None).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "a filtered, cut-short answer waited");
+    let account_data_part = |token: &str| token.split('_').nth(1).unwrap().parse::<u64>().unwrap();
+    assert!(account_data_part(&next_batch(&next)) > account_data_part(&next_batch(&initial)));
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(sync_answers_carry_bounded_account_data);
+
 /// `content[event][type][user]` of the `m.receipt` events of a room.
 fn receipt_of(receipts: &[Value], event: &str, kind: &str, user: &str) -> Option<Value> {
     receipts.iter().find_map(|c| c.get(event).and_then(|e| e.get(kind)).and_then(|k| k.get(user)).cloned())

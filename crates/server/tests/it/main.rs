@@ -37,6 +37,7 @@ mod directory;
 mod ephemeral;
 mod faults;
 mod lazy_members;
+mod nul_text;
 mod presence;
 mod process;
 mod push;

@@ -6,6 +6,7 @@ use chancery_proto::ruma::api::client::filter::FilterDefinition;
 use serde_json::Value as JsonValue;
 
 use super::AccountData;
+use crate::nul::refuse_nul_in_json;
 use crate::{AuthedUser, Error};
 
 impl AccountData {
@@ -18,6 +19,7 @@ impl AccountData {
         if text.len() > MAX_FILTER_BYTES {
             return Err(Error::TooLarge(format!("filters are at most {MAX_FILTER_BYTES} bytes")));
         }
+        refuse_nul_in_json(&filter, "filters")?;
         serde_json::from_str::<FilterDefinition>(&text).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?;
         Ok(self.deps.filters.create_filter(user.user_id.as_str(), &text, MAX_FILTERS_PER_USER).await?)
     }

@@ -9,12 +9,19 @@ mod filters;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chancery_proto::limits::{MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES, MAX_TAG_BYTES};
+use chancery_proto::limits::{
+    MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_BYTES_PER_USER, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_EVENT_TYPE_BYTES,
+    MAX_TAG_BYTES,
+};
 use chancery_proto::ruma::{EventId, RoomId, UserId};
-use chancery_store::{AccountDataEntry, AccountDataLimits, AccountDataStore, TAG_EVENT_TYPE, UserDataStore};
+use chancery_store::{
+    AccountDataBatchLimits, AccountDataEntry, AccountDataLimits, AccountDataStore, RoomStore, TAG_EVENT_TYPE, UserDataStore,
+};
 use serde_json::{Value as JsonValue, json};
 
 use crate::notifier::Notifier;
+use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
+use crate::rooms::state::membership;
 use crate::{AuthedUser, Error};
 
 /// Types the server manages (spec "Client Config", server behaviour:
@@ -28,8 +35,11 @@ pub(crate) const IGNORED_USER_LIST: &str = "m.ignored_user_list";
 /// The fully-read marker: room account data only the server writes.
 pub(crate) const FULLY_READ: &str = "m.fully_read";
 
-pub(crate) const LIMITS: AccountDataLimits =
-    AccountDataLimits { max_entries: MAX_ACCOUNT_DATA_ENTRIES_PER_USER, max_content_bytes: MAX_ACCOUNT_DATA_BYTES };
+pub(crate) const LIMITS: AccountDataLimits = AccountDataLimits {
+    max_entries: MAX_ACCOUNT_DATA_ENTRIES_PER_USER,
+    max_content_bytes: MAX_ACCOUNT_DATA_BYTES,
+    max_total_bytes: MAX_ACCOUNT_DATA_BYTES_PER_USER,
+};
 
 fn ensure_self(user: &AuthedUser, target: &UserId) -> Result<(), Error> {
     if user.user_id != target {
@@ -42,7 +52,7 @@ fn check_type(event_type: &str) -> Result<(), Error> {
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
         return Err(Error::InvalidParam(format!("account data types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
     }
-    Ok(())
+    refuse_nul_in_param(event_type, "account data types")
 }
 
 /// What [`AccountData`] is built from: the store traits, components, clock
@@ -50,6 +60,8 @@ fn check_type(event_type: &str) -> Result<(), Error> {
 pub struct AccountDataDeps {
     pub store: Arc<dyn AccountDataStore>,
     pub filters: Arc<dyn UserDataStore>,
+    /// Room account data and tags only for rooms the user has a membership in.
+    pub rooms: Arc<dyn RoomStore>,
     pub notifier: Arc<Notifier>,
 }
 
@@ -81,14 +93,15 @@ impl AccountData {
         if !content.is_object() {
             return Err(Error::BadJson("account data content must be a JSON object".into()));
         }
+        refuse_nul_in_json(&content, "account data")?;
         let text = content.to_string();
         if text.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge(format!("account data content is at most {MAX_ACCOUNT_DATA_BYTES} bytes")));
         }
-        self.deps
-            .store
-            .set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS.max_entries)
-            .await?;
+        if let Some(room_id) = room_id {
+            self.ensure_member(user, room_id).await?;
+        }
+        self.deps.store.set_account_data(user.user_id.as_str(), room_id.map(|r| r.as_str()), event_type, &text, LIMITS).await?;
         self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
@@ -140,6 +153,9 @@ impl AccountData {
             return Err(Error::InvalidParam(format!("tag names are 1 to {MAX_TAG_BYTES} bytes")));
         }
         if let Some(info) = &info {
+            // The tag's name becomes a key of the stored `m.tag` content
+            // (removing one stored before this check stays possible).
+            refuse_nul_in_param(tag, "tag names")?;
             // Spec "Room Tagging": the tag's object; `order` is a number.
             let Some(object) = info.as_object() else {
                 return Err(Error::BadJson("a tag's content must be a JSON object".into()));
@@ -147,6 +163,9 @@ impl AccountData {
             if object.get("order").is_some_and(|o| !o.is_number()) {
                 return Err(Error::BadJson("a tag's order must be a number".into()));
             }
+            refuse_nul_in_json(info, "a tag's content")?;
+            // Only adding: removing a tag frees space, whatever the room.
+            self.ensure_member(user, room_id).await?;
         }
         let changed = self.deps.store.set_room_tag(user.user_id.as_str(), room_id.as_str(), tag, info.as_ref(), LIMITS).await?;
         if changed.is_some() {
@@ -159,21 +178,38 @@ impl AccountData {
     /// directly (spec "Fully read markers").
     pub(crate) async fn set_fully_read(&self, user: &AuthedUser, room_id: &RoomId, event_id: &EventId) -> Result<(), Error> {
         let content = json!({ "event_id": event_id }).to_string();
-        self.deps
-            .store
-            .set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS.max_entries)
-            .await?;
+        self.deps.store.set_account_data(user.user_id.as_str(), Some(room_id.as_str()), FULLY_READ, &content, LIMITS).await?;
         self.deps.notifier.user(user.user_id.as_str());
         Ok(())
     }
 
     /// The user's entries changed at positions in `(after, up_to]` (all of
-    /// them from 0), for `/sync`.
-    pub(crate) async fn changes(&self, user_id: &str, after: u64, up_to: u64) -> Result<Vec<AccountDataEntry>, Error> {
+    /// them from 0), for `/sync`: the first of them, as many as `batch`
+    /// allows.
+    pub(crate) async fn changes(
+        &self,
+        user_id: &str,
+        after: u64,
+        up_to: u64,
+        batch: AccountDataBatchLimits,
+    ) -> Result<Vec<AccountDataEntry>, Error> {
         if after >= up_to {
             return Ok(Vec::new());
         }
-        Ok(self.deps.store.account_data_changes(user_id, after, up_to).await?)
+        Ok(self.deps.store.account_data_changes(user_id, after, up_to, batch).await?)
+    }
+
+    /// Room account data and tags are for rooms the user is in, was in,
+    /// or is invited to or knocking on: any membership, as Synapse asks of
+    /// tags. The spec ("Client Config", "Room Tagging") sets no condition,
+    /// but a room the user never had anything to do with is only a way to
+    /// grow their data; invites and rooms left are tagged by clients too
+    /// (low priority, archived).
+    async fn ensure_member(&self, user: &AuthedUser, room_id: &RoomId) -> Result<(), Error> {
+        match membership(&*self.deps.rooms, room_id, &user.user_id).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Forbidden("you have no membership in this room".into())),
+        }
     }
 
     /// The users whose events `user_id` does not want to see

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use chancery_proto::limits::{DEFAULT_SYNC_TIMELINE_LIMIT, MAX_SYNC_TIMELINE_LIMIT};
 use chancery_proto::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use chancery_proto::ruma::events::room::member::MembershipState;
-use chancery_store::StoredEvent;
+use chancery_store::{AccountDataBatchLimits, StoredEvent};
 
 /// How this sync loads member events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +215,22 @@ pub(super) fn has_news(rooms_with_news: usize, global_account_data: usize, prese
     rooms_with_news + global_account_data + presence > 0
 }
 
+/// Where an answer's account data ends, given the (position, bytes) of
+/// the changes read after the client's token in position order, at most
+/// `batch` of them: at the cut (`up_to`) if `batch` did not cut the read
+/// short, else at the last change read, so the next sync continues right
+/// after it and everything at or below the token has been delivered (the
+/// stream's promise, ARCHITECTURE.md "Sync tokens are compound"). `true`
+/// when more may follow: the answer then counts as news, so the client
+/// comes back at once instead of long-polling on changes already there.
+pub(super) fn account_data_reach(read: &[(u64, usize)], up_to: u64, batch: AccountDataBatchLimits) -> (u64, bool) {
+    let bytes = read.iter().fold(0usize, |sum, (_, b)| sum.saturating_add(*b));
+    match read.last() {
+        Some(&(last, _)) if read.len() >= batch.max_entries || bytes >= batch.max_bytes => (last, true),
+        _ => (up_to, false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +333,21 @@ mod tests {
             redacted_by: None,
             txn: None,
         }
+    }
+
+    #[test]
+    fn account_data_ends_at_the_last_change_sent_when_cut_short() {
+        let batch = AccountDataBatchLimits { max_entries: 3, max_bytes: 100 };
+        // The (position, bytes) read; the token's position, whether more may follow.
+        let case = |name: &str, read: &[(u64, usize)], expected: (u64, bool)| {
+            assert_eq!(account_data_reach(read, 50, batch), expected, "{name}");
+        };
+        case("nothing changed", &[], (50, false));
+        case("all of it", &[(4, 10), (9, 10)], (50, false));
+        case("as many as an answer holds", &[(4, 10), (9, 10), (12, 10)], (12, true));
+        case("as many bytes", &[(4, 60), (9, 40)], (9, true));
+        case("one entry over the bytes", &[(4, 500)], (4, true));
+        case("just under the bytes", &[(4, 60), (9, 39)], (50, false));
     }
 
     #[test]

@@ -32,11 +32,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chancery_proto::limits::{MAX_LONG_POLLS_PER_USER, MAX_SYNC_TIMEOUT_MS};
+use chancery_proto::limits::{
+    MAX_LONG_POLLS_PER_USER, MAX_SYNC_ACCOUNT_DATA_BYTES, MAX_SYNC_ACCOUNT_DATA_ENTRIES, MAX_SYNC_TIMEOUT_MS,
+};
 use chancery_proto::ruma::api::client::filter::FilterDefinition;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::presence::PresenceState;
-use chancery_store::{ForgottenRoomStore, Membership, RoomStore, StreamStore};
+use chancery_store::{AccountDataBatchLimits, ForgottenRoomStore, Membership, RoomStore, StreamStore, account_data_entry_bytes};
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
 
@@ -65,6 +67,11 @@ pub struct SyncRequest {
     pub set_presence: PresenceState,
     pub filter: FilterDefinition,
 }
+
+/// What one answer carries of account data at most; the rest follows in
+/// the next answers.
+const ACCOUNT_DATA_BATCH: AccountDataBatchLimits =
+    AccountDataBatchLimits { max_entries: MAX_SYNC_ACCOUNT_DATA_ENTRIES, max_bytes: MAX_SYNC_ACCOUNT_DATA_BYTES };
 
 /// An incremental sync asks the store which rooms changed when the gap
 /// spans at most this many positions (events and receipts together)...
@@ -150,8 +157,15 @@ fn joined_rooms(memberships: &[Membership]) -> BTreeSet<String> {
     memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.clone()).collect()
 }
 
-/// Account data of one answer: the global events, and per room.
-type AccountDataEvents = (Vec<JsonValue>, HashMap<String, Vec<JsonValue>>);
+/// Account data of one answer.
+struct AccountDataPart {
+    global: Vec<JsonValue>,
+    per_room: HashMap<String, Vec<JsonValue>>,
+    /// The account-data position the answer's token carries.
+    up_to: u64,
+    /// Changes past `up_to` were left for the next answer.
+    more: bool,
+}
 
 impl Syncer {
     pub fn new(deps: SyncerDeps) -> Self {
@@ -229,11 +243,13 @@ impl Syncer {
     ) -> Result<OnePass, Error> {
         // Independent reads, side by side (on PostgreSQL, each its own
         // round trip at the same time).
-        let (memberships, (mut global_account_data, mut room_account_data), rooms_with_news) = tokio::try_join!(
+        let (memberships, account_data, rooms_with_news) = tokio::try_join!(
             async { Ok::<_, Error>(self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?) },
             self.account_data_since(user, req, since, cut),
             self.rooms_with_news(req, since, cut),
         )?;
+        let AccountDataPart { global: mut global_account_data, per_room: mut room_account_data, up_to, more } = account_data;
+        cut.account_data = up_to;
         let memberships: Vec<&Membership> =
             memberships.iter().filter(|m| m.stream_pos <= cut.events && decide::room_allowed(&req.filter, &m.room_id)).collect();
 
@@ -301,8 +317,8 @@ impl Syncer {
                 }
             }
         }
-        let has_news =
-            decide::has_news(join.len() + invite.len() + knock.len() + leave.len(), global_account_data.len(), presence.len());
+        let has_news = more
+            || decide::has_news(join.len() + invite.len() + knock.len() + leave.len(), global_account_data.len(), presence.len());
         let body = json!({
             "next_batch": pass.cut.to_string(),
             "account_data": { "events": global_account_data },
@@ -331,17 +347,23 @@ impl Syncer {
         Ok(changed.map(|rooms| rooms.into_iter().collect()))
     }
 
-    /// Account data changed since the token (all of it on an initial sync),
-    /// as events: the global ones, and the per-room ones by room.
+    /// Account data changed since the token (all of it on an initial sync,
+    /// as much as one answer carries), as events: the global ones, and the
+    /// per-room ones by room.
     async fn account_data_since(
         &self,
         user: &AuthedUser,
         req: &SyncRequest,
         since: Option<StreamToken>,
         cut: StreamToken,
-    ) -> Result<AccountDataEvents, Error> {
+    ) -> Result<AccountDataPart, Error> {
         let after = since.map_or(0, |s| s.account_data);
-        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data).await?;
+        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data, ACCOUNT_DATA_BATCH).await?;
+        let read: Vec<(u64, usize)> = changes
+            .iter()
+            .map(|e| (e.stream_pos, account_data_entry_bytes(e.room_id.as_deref(), &e.event_type, &e.content)))
+            .collect();
+        let (up_to, more) = decide::account_data_reach(&read, cut.account_data, ACCOUNT_DATA_BATCH);
         let mut global = Vec::new();
         let mut per_room: HashMap<String, Vec<JsonValue>> = HashMap::new();
         for entry in changes {
@@ -362,6 +384,6 @@ impl Syncer {
                 }
             }
         }
-        Ok((global, per_room))
+        Ok(AccountDataPart { global, per_room, up_to, more })
     }
 }

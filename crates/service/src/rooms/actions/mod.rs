@@ -29,6 +29,7 @@ use super::{RoomWriter, power_levels, rules_of};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::notifier::Notifier;
+use crate::nul::json_holds_nul;
 use crate::ratelimit::Limiters;
 use crate::tokens::Entropy;
 use crate::{AuthedUser, Error};
@@ -207,12 +208,14 @@ impl Rooms {
     }
 
     /// The content of the user's own join (or knock): the membership and
-    /// their profile's display name and avatar.
+    /// their profile's display name and avatar. A field holding U+0000,
+    /// stored before profiles refused it, is left out rather than failing
+    /// the join (the writer refuses events holding it).
     async fn member_content(&self, user_id: &UserId, membership: MembershipState) -> Result<JsonValue, Error> {
         let mut content = serde_json::json!({ "membership": membership });
         let profile = self.deps.accounts.profile(user_id.as_str()).await?;
         for field in ["displayname", "avatar_url"] {
-            if let Some(v) = profile.get(field) {
+            if let Some(v) = profile.get(field).filter(|v| !json_holds_nul(v)) {
                 content[field] = v.clone();
             }
         }

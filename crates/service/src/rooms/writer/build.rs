@@ -67,6 +67,7 @@ impl Builder<'_> {
             content,
             redacts: None,
         };
+        super::refuse_nul(&draft)?;
         let auth_events: Vec<OwnedEventId> =
             pdu::auth_types(&draft, &self.rules)?.iter().filter_map(|k| self.state.get(k)).map(|p| p.event_id.clone()).collect();
         let depth = self.depth + 1;

@@ -35,6 +35,7 @@ use super::state::{ensure_joined, state_subset};
 use super::{StateMap, rules_of};
 use crate::Error;
 use crate::clock::Clock;
+use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
 use crate::push::Push;
 
 /// This server's name and the key it signs its events with (shared by the
@@ -146,6 +147,7 @@ impl RoomWriter {
         txn: Option<TxnKey>,
         must_be_joined: bool,
     ) -> Result<(OwnedEventId, u64), Error> {
+        refuse_nul(&draft)?;
         draft.room_id = Some(room_id.to_owned());
         let room = self.locks.room(room_id);
         let mut guard = Some(room.lock.lock().await);
@@ -359,6 +361,16 @@ fn sender_joined(state: &StateMap, sender: &UserId) -> bool {
     let member = state.get(&(StateEventType::RoomMember, sender.to_string()));
     member.and_then(|m| m.content_json().get("membership").and_then(|m| m.as_str()).map(MembershipState::from))
         == Some(MembershipState::Join)
+}
+
+/// Every event is stored, and read back, as JSON (see [`crate::nul`]):
+/// its type, state key and content must hold no U+0000.
+pub(super) fn refuse_nul(draft: &EventDraft) -> Result<(), Error> {
+    refuse_nul_in_param(&draft.event_type, "the event type")?;
+    if let Some(state_key) = &draft.state_key {
+        refuse_nul_in_param(state_key, "the state key")?;
+    }
+    refuse_nul_in_json(&draft.content, "event content")
 }
 
 pub(crate) fn check_type_and_key(event_type: &str, state_key: Option<&str>) -> Result<(), Error> {
