@@ -46,3 +46,4 @@ mod rooms_http;
 mod scale;
 mod search;
 mod store_conformance;
+mod visibility;

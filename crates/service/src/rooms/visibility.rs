@@ -86,6 +86,24 @@ impl ReadAccess {
         }
     }
 
+    /// Whether the user may read an event at `pos` by the rules alone
+    /// (without [`Self::may_see`]'s exceptions for their own membership and
+    /// visibility changes): what [`Self::visible_ranges`] describes.
+    pub(crate) fn may_read_at(&self, pos: u64) -> bool {
+        self.allows(self.visibility_at(pos), pos)
+    }
+
+    /// Whether the user may see the room's state at `event` (after it).
+    /// That state is the state before the event plus the event itself, so:
+    /// where the user may read, or where they may see the event (their own
+    /// leave, say) and could read just before it. Anything else would show
+    /// state from where they may not read: the members after they left, or
+    /// before a `joined` room let them in.
+    pub(crate) fn may_see_state_at(&self, user_id: &str, event: &StoredEvent) -> bool {
+        let pos = event.stream_pos;
+        self.may_read_at(pos) || (pos > 0 && self.may_read_at(pos - 1) && self.may_see(user_id, event))
+    }
+
     /// Whether the user may see `event`. Their own membership events are
     /// always theirs to see; an `m.room.history_visibility` event is
     /// visible if the visibility before or after it allows (spec).
@@ -164,6 +182,14 @@ impl Visibility {
         Ok(by_room.into_iter().map(|(room, spans)| (room, ReadAccess::new(spans))).collect())
     }
 
+    /// The read access of `user_id` to one room for events at positions
+    /// `from..=up_to` (from one below the first event to judge: a
+    /// visibility change is judged by the visibility before it too).
+    pub(crate) async fn room_access(&self, user_id: &UserId, room_id: &str, from: u64, up_to: u64) -> Result<ReadAccess, Error> {
+        let rooms = [room_id.to_owned()];
+        Ok(self.read_access(user_id, &rooms, from, up_to).await?.remove(room_id).unwrap_or_default())
+    }
+
     /// The events (of one room) the user may see, in their order.
     pub(crate) async fn visible_events(
         &self,
@@ -175,11 +201,7 @@ impl Visibility {
         else {
             return Ok(events);
         };
-        // From one before the first: a visibility event is judged by the
-        // visibility before it too.
-        let rooms = [room_id.to_owned()];
-        let mut access = self.read_access(user_id, &rooms, first.saturating_sub(1), last).await?;
-        let access = access.remove(room_id).unwrap_or_default();
+        let access = self.room_access(user_id, room_id, first.saturating_sub(1), last).await?;
         Ok(events.into_iter().filter(|e| access.may_see(user_id.as_str(), e)).collect())
     }
 
@@ -324,6 +346,61 @@ mod tests {
                 .filter(|p| access.visible_ranges().iter().any(|r| *p >= r.from && r.to.is_none_or(|to| *p < to)))
                 .collect();
             assert_eq!(in_ranges, expected, "{name}: ranges and rules disagree");
+        }
+    }
+
+    fn own_membership(pos: u64) -> StoredEvent {
+        let mut event = message(pos);
+        event.event_type = "m.room.member".into();
+        event.state_key = Some("@bob:x".into());
+        event
+    }
+
+    fn visibility_change(pos: u64) -> StoredEvent {
+        let mut event = message(pos);
+        event.event_type = "m.room.history_visibility".into();
+        event.state_key = Some(String::new());
+        event
+    }
+
+    /// Each case: the spans, an event, and whether the user may see the
+    /// state at it (`/context`, `/members`): where they may read, or at an
+    /// event they may see whose state before they could read.
+    #[test]
+    fn state_at_an_event() {
+        let left_shared = || vec![visibility(0, None, "shared"), member(10, Some(15), "join"), member(15, None, "leave")];
+        let rejected = |value| vec![visibility(0, None, value), member(8, Some(12), "invite"), member(12, None, "leave")];
+        let cases: Vec<(&str, Vec<StateSpan>, StoredEvent, bool)> = vec![
+            ("shared, left at 15: a message while there", left_shared(), message(12), true),
+            ("shared, left at 15: before joining", left_shared(), message(3), true),
+            ("shared, left at 15: their own leave", left_shared(), own_membership(15), true),
+            ("shared, left at 15: after leaving", left_shared(), message(16), false),
+            ("joined, joined at 10: before", vec![visibility(0, None, "joined"), member(10, None, "join")], message(9), false),
+            (
+                "joined, joined at 10: their join",
+                vec![visibility(0, None, "joined"), member(10, None, "join")],
+                own_membership(10),
+                true,
+            ),
+            ("shared, invite rejected, never joined: the rejection", rejected("shared"), own_membership(12), false),
+            ("shared, invite rejected, never joined: the invite", rejected("shared"), own_membership(8), false),
+            ("invited, invite rejected: the rejection", rejected("invited"), own_membership(12), true),
+            (
+                "world_readable to joined at 10, never joined: the change",
+                vec![visibility(0, Some(10), "world_readable"), visibility(10, None, "joined")],
+                visibility_change(10),
+                true,
+            ),
+            (
+                "world_readable to joined at 10, never joined: after it",
+                vec![visibility(0, Some(10), "world_readable"), visibility(10, None, "joined")],
+                message(11),
+                false,
+            ),
+        ];
+        for (name, spans, event, expected) in cases {
+            let access = ReadAccess::new(spans);
+            assert_eq!(access.may_see_state_at("@bob:x", &event), expected, "{name}");
         }
     }
 
