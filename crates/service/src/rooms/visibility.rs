@@ -17,7 +17,6 @@ use chancery_proto::limits::MAX_VISIBILITY_SPANS;
 use chancery_proto::ruma::{RoomId, UserId};
 use chancery_store::{ForgottenRoomStore, PositionRange, RoomStore, SpanKind, StateSpan, StoredEvent};
 
-use super::state::membership;
 use crate::Error;
 
 /// What decides, position by position, whether one user may read one
@@ -154,6 +153,16 @@ impl ReadAccess {
     }
 }
 
+/// Where a user stands in a room, for what they may read of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    Member,
+    /// Left or banned at position `left_at`, and has not forgotten the room.
+    FormerMember {
+        left_at: u64,
+    },
+}
+
 /// Who may read which events.
 pub struct Visibility {
     rooms: Arc<dyn RoomStore>,
@@ -215,21 +224,45 @@ impl Visibility {
             .ok_or_else(|| Error::NotFound("no such event in this room".into()))
     }
 
+    /// Whether the user is in the room, or was and may still read what
+    /// they were allowed to (`None`: neither).
+    pub(crate) async fn standing(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Standing>, Error> {
+        let own = self.rooms.state_event(room_id.as_str(), "m.room.member", user_id.as_str(), None).await?;
+        Ok(match own {
+            Some(e) if e.membership == Some(MembershipState::Join) => Some(Standing::Member),
+            // Spec "Leaving rooms": after a forget the user "will no longer
+            // be able to retrieve history for this room".
+            Some(e)
+                if matches!(e.membership, Some(MembershipState::Leave | MembershipState::Ban))
+                    && !self.forgotten.forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
+            {
+                Some(Standing::FormerMember { left_at: e.stream_pos })
+            }
+            _ => None,
+        })
+    }
+
+    /// Errors unless the user may see the room's state at position `pos`
+    /// (the state after the room's last event at or before it; see
+    /// [`ReadAccess::may_see_state_at`]). One event read and one span read.
+    pub(crate) async fn ensure_can_see_state_at(&self, user_id: &UserId, room_id: &RoomId, pos: u64) -> Result<(), Error> {
+        // Before the room's first event there is no state to hide.
+        let Some(last) = self.rooms.room_events(room_id.as_str(), 0, pos, 1, true).await?.pop() else { return Ok(()) };
+        let access = self.room_access(user_id, room_id.as_str(), last.stream_pos.saturating_sub(1), last.stream_pos).await?;
+        if access.may_see_state_at(user_id.as_str(), &last) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("the room's history visibility does not let you see its state at this point".into()))
+        }
+    }
+
     /// Whether the user may read the room's history at all: members, former
     /// members who have not forgotten the room (up to what visibility
     /// allows), and anyone in a world-readable room. Rooms one never
     /// belonged to answer like unknown rooms.
     pub(crate) async fn ensure_can_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<(), Error> {
-        match membership(&*self.rooms, room_id, user_id).await? {
-            Some(MembershipState::Join) => return Ok(()),
-            // Spec "Leaving rooms": after a forget the user "will no longer
-            // be able to retrieve history for this room".
-            Some(MembershipState::Leave | MembershipState::Ban)
-                if !self.forgotten.forgotten_rooms(user_id.as_str()).await?.iter().any(|r| r == room_id.as_str()) =>
-            {
-                return Ok(());
-            }
-            _ => {}
+        if self.standing(room_id, user_id).await?.is_some() {
+            return Ok(());
         }
         let current = self.rooms.current_stream_pos().await?;
         let world_readable = self.rooms.room(room_id.as_str()).await?.is_some() && {
