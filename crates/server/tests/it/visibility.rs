@@ -130,3 +130,59 @@ async fn members_follow_history_visibility() {
     assert_eq!(members(&page), listed(&[(&alice, "join")]));
     server.stop().await.unwrap();
 }
+
+/// Bundled aggregations follow history visibility as the events do: a
+/// member of a `joined` room who was away for a while sees a thread count
+/// of the replies they may read, only the references they may read, and
+/// no `redacted_because` for a redaction made while they were away (the
+/// content stays stripped).
+async fn bundled_aggregations_follow_history_visibility(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let room = joined_only_room(&alice).await;
+    join(&bob, &room).await;
+    let root = alice.say(&room, "root", "budget draft").await;
+    let in_thread =
+        |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    let referring =
+        |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.reference", "event_id": root}});
+    alice.send(&room, "r1", in_thread("reply while bob is there")).await;
+    let ref1 = alice.send(&room, "ref1", referring("see also 1")).await;
+    let doomed = alice.say(&room, "doomed", "to be redacted while bob is away").await;
+    leave(&bob, &room).await;
+    alice.send(&room, "r2", in_thread("reply while bob is away")).await;
+    let ref2 = alice.send(&room, "ref2", referring("see also 2")).await;
+    let redaction =
+        alice.ok(Method::PUT, &format!("/rooms/{room}/redact/{doomed}/x1"), Some(json!({}))).await["event_id"].clone();
+    join(&bob, &room).await;
+    let r3 = alice.send(&room, "r3", in_thread("reply after bob is back")).await;
+    let ref3 = alice.send(&room, "ref3", referring("see also 3")).await;
+
+    let relations = |event: &Value| event["unsigned"]["m.relations"].clone();
+    let references = |relations: &Value| -> Vec<String> {
+        relations["m.reference"]["chunk"].as_array().unwrap().iter().map(|c| c["event_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let for_alice = relations(&alice.ok(Method::GET, &format!("/rooms/{room}/event/{root}"), None).await);
+    assert_eq!(for_alice["m.thread"]["count"], 3, "{for_alice}");
+    assert_eq!(references(&for_alice), [ref1.as_str(), &ref2, &ref3]);
+    let for_bob = relations(&bob.ok(Method::GET, &format!("/rooms/{room}/event/{root}"), None).await);
+    assert_eq!(for_bob["m.thread"]["latest_event"]["event_id"], json!(r3), "{for_bob}");
+    assert_eq!(for_bob["m.thread"]["count"], 2, "the reply sent while bob was away is not counted: {for_bob}");
+    assert_eq!(references(&for_bob), [ref1.as_str(), &ref3]);
+    // The same in a page of /messages.
+    let page = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=50"), None).await;
+    let root_in_page = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == json!(root)).unwrap();
+    assert_eq!(relations(root_in_page)["m.thread"]["count"], 2, "{root_in_page}");
+    assert_eq!(references(&relations(root_in_page)), [ref1.as_str(), &ref3]);
+
+    let redacted_for_alice = alice.ok(Method::GET, &format!("/rooms/{room}/event/{doomed}"), None).await;
+    assert_eq!(redacted_for_alice["unsigned"]["redacted_because"]["event_id"], redaction, "{redacted_for_alice}");
+    let redacted_for_bob = bob.ok(Method::GET, &format!("/rooms/{room}/event/{doomed}"), None).await;
+    assert_eq!(redacted_for_bob["content"], json!({}), "{redacted_for_bob}");
+    assert!(redacted_for_bob["unsigned"].get("redacted_because").is_none(), "made while bob was away: {redacted_for_bob}");
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(bundled_aggregations_follow_history_visibility);

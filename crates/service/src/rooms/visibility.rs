@@ -6,7 +6,10 @@
 //! temporal state table gives them in one indexed read per room), so a page
 //! of events costs one read instead of one per event, and `/search` turns
 //! the same rules into position ranges the store filters by: one rule, one
-//! implementation, for every endpoint.
+//! implementation, for every endpoint. The same spans decide what else
+//! would show the history: the state at a position (`/context`,
+//! `/members`), and events known only by their position (bundled
+//! children, store filters).
 
 use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
 use chancery_proto::ruma::events::room::member::MembershipState;
@@ -90,6 +93,51 @@ impl ReadAccess {
     /// visibility changes): what [`Self::visible_ranges`] describes.
     pub(crate) fn may_read_at(&self, pos: u64) -> bool {
         self.allows(self.visibility_at(pos), pos)
+    }
+
+    /// Whether the event at `pos` is one [`Self::may_see`] lets through by
+    /// its exceptions. A span starts at the event that set it, so the spans
+    /// tell which events those are: the user's own membership events, and
+    /// visibility changes the visibility before them allowed.
+    fn excepted_at(&self, pos: u64) -> bool {
+        let starts_at = |spans: &[StateSpan]| spans.binary_search_by_key(&pos, |s| s.from_pos).is_ok();
+        starts_at(&self.membership) || (pos > 0 && starts_at(&self.visibility) && self.allows(self.visibility_at(pos - 1), pos))
+    }
+
+    /// [`Self::may_see`] for an event known only by its position (a child
+    /// bundled by id): the same answer, the exceptions read off the spans.
+    pub(crate) fn may_see_at(&self, pos: u64) -> bool {
+        self.may_read_at(pos) || self.excepted_at(pos)
+    }
+
+    /// The positions of every event the user may see ([`Self::may_see_at`])
+    /// as ranges: [`Self::visible_ranges`] plus the single positions of the
+    /// exceptions, for stores to filter by.
+    pub(crate) fn seen_ranges(&self) -> Vec<PositionRange> {
+        let excepted = self.membership.iter().chain(&self.visibility).map(|s| s.from_pos).filter(|p| self.excepted_at(*p));
+        let mut ranges = self.visible_ranges();
+        ranges.extend(excepted.map(|p| PositionRange { from: p, to: Some(p.saturating_add(1)) }));
+        ranges.sort_unstable_by_key(|r| r.from);
+        let mut merged: Vec<PositionRange> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if last.to.is_none_or(|to| to >= range.from) => {
+                    last.to = match (last.to, range.to) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                _ => merged.push(range),
+            }
+        }
+        merged
+    }
+
+    /// Whether the user may read every position in `after + 1..=up_to`
+    /// (a thread's replies, known only by their span, all fall there).
+    pub(crate) fn reads_all_between(&self, after: u64, up_to: u64) -> bool {
+        let first = after.saturating_add(1);
+        first > up_to || self.visible_ranges().iter().any(|r| r.from <= first && r.to.is_none_or(|to| to > up_to))
     }
 
     /// Whether the user may see the room's state at `event` (after it).
@@ -372,13 +420,80 @@ mod tests {
             ),
         ];
         for (name, spans, expected, ranges) in cases {
-            let access = ReadAccess::new(spans);
+            let access = ReadAccess::new(spans.clone());
             assert_eq!(visible(&access, 1..20), expected, "{name}");
             assert_eq!(access.visible_ranges(), ranges, "{name}");
             let in_ranges: Vec<u64> = (1..20)
                 .filter(|p| access.visible_ranges().iter().any(|r| *p >= r.from && r.to.is_none_or(|to| *p < to)))
                 .collect();
             assert_eq!(in_ranges, expected, "{name}: ranges and rules disagree");
+            exceptions_agree(name, &spans);
+        }
+    }
+
+    /// The event at `pos` in a history with these spans: the one that
+    /// started a span there, else a message.
+    fn event_at(spans: &[StateSpan], pos: u64) -> StoredEvent {
+        match spans.iter().find(|s| s.from_pos == pos).map(|s| &s.kind) {
+            Some(SpanKind::Membership(_)) => own_membership(pos),
+            Some(SpanKind::HistoryVisibility(_)) => visibility_change(pos),
+            None => message(pos),
+        }
+    }
+
+    /// Judged by position alone (children bundled by id, `/search`-style
+    /// store filters), every event gets the answer `may_see` gives it.
+    fn exceptions_agree(name: &str, spans: &[StateSpan]) {
+        let access = ReadAccess::new(spans.to_vec());
+        let seen = access.seen_ranges();
+        for pos in 1..25 {
+            let expected = access.may_see("@bob:x", &event_at(spans, pos));
+            assert_eq!(access.may_see_at(pos), expected, "{name}: at {pos}");
+            let in_ranges = seen.iter().any(|r| pos >= r.from && r.to.is_none_or(|to| pos < to));
+            assert_eq!(in_ranges, expected, "{name}: at {pos} in {seen:?}");
+        }
+        assert!(seen.windows(2).all(|w| w[0].to.is_some_and(|to| to < w[1].from)), "{name}: not merged: {seen:?}");
+    }
+
+    #[test]
+    fn exceptions_are_read_off_the_spans() {
+        let cases: Vec<(&str, Vec<StateSpan>)> = vec![
+            (
+                "joined, invited at 8, joined 10..15: the invite and the leave",
+                vec![
+                    visibility(0, None, "joined"),
+                    member(8, Some(10), "invite"),
+                    member(10, Some(15), "join"),
+                    member(15, None, "leave"),
+                ],
+            ),
+            (
+                "world_readable to joined at 10, invited at 12, never joined",
+                vec![visibility(2, Some(10), "world_readable"), visibility(10, None, "joined"), member(12, None, "invite")],
+            ),
+            (
+                "joined to shared at 12 while away, back at 18",
+                vec![
+                    visibility(0, Some(12), "joined"),
+                    visibility(12, None, "shared"),
+                    member(5, Some(8), "join"),
+                    member(8, Some(18), "leave"),
+                    member(18, None, "join"),
+                ],
+            ),
+            (
+                "shared to joined at 6, then joined 9..11, the change and the join adjacent",
+                vec![
+                    visibility(0, Some(6), "shared"),
+                    visibility(6, None, "joined"),
+                    member(7, Some(9), "invite"),
+                    member(9, Some(11), "join"),
+                    member(11, None, "leave"),
+                ],
+            ),
+        ];
+        for (name, spans) in cases {
+            exceptions_agree(name, &spans);
         }
     }
 
@@ -434,6 +549,48 @@ mod tests {
         for (name, spans, event, expected) in cases {
             let access = ReadAccess::new(spans);
             assert_eq!(access.may_see_state_at("@bob:x", &event), expected, "{name}");
+        }
+    }
+
+    /// Each case: the spans, a stretch `(after, up_to]` (a thread's
+    /// replies), and whether every position of it may be read; checked
+    /// against the rules position by position too.
+    #[test]
+    fn whole_stretches() {
+        let away = || {
+            vec![
+                visibility(0, None, "joined"),
+                member(5, Some(8), "join"),
+                member(8, Some(18), "leave"),
+                member(18, None, "join"),
+            ]
+        };
+        let cases: Vec<(&str, Vec<StateSpan>, u64, u64, bool)> = vec![
+            ("shared, joined now", vec![visibility(0, None, "shared"), member(10, None, "join")], 1, 19, true),
+            ("joined, all while there", away(), 5, 7, true),
+            ("joined, a stretch starting before the join", away(), 3, 7, false),
+            ("joined, across the time away", away(), 6, 19, false),
+            ("joined, since coming back", away(), 17, 19, true),
+            ("an empty stretch", away(), 10, 10, true),
+            (
+                "shared, left at 15: up to leaving",
+                vec![visibility(0, None, "shared"), member(10, Some(15), "join"), member(15, None, "leave")],
+                2,
+                14,
+                true,
+            ),
+            (
+                "shared, left at 15: past leaving",
+                vec![visibility(0, None, "shared"), member(10, Some(15), "join"), member(15, None, "leave")],
+                2,
+                15,
+                false,
+            ),
+        ];
+        for (name, spans, after, up_to, expected) in cases {
+            let access = ReadAccess::new(spans);
+            assert_eq!(access.reads_all_between(after, up_to), expected, "{name}");
+            assert_eq!((after + 1..=up_to).all(|p| access.may_read_at(p)), expected, "{name}: the rules disagree");
         }
     }
 
