@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use chancery_testkit::{Backend, TestServer};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, assert_error};
+use crate::common::{User, assert_error, call};
 
 /// A room whose `m.room.history_visibility` is `joined`; anyone may join.
 async fn joined_only_room(alice: &User) -> String {
@@ -27,6 +27,14 @@ async fn join(user: &User, room: &str) {
 async fn leave(user: &User, room: &str) {
     user.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
 }
+
+/// `GET /_matrix/client/v1{path}`.
+async fn call_v1(user: &User, path: &str) -> (StatusCode, Value) {
+    call(Method::GET, &format!("{}/_matrix/client/v1{path}", user.base), Some(&user.token), None).await
+}
+
+/// A well-formed event id that names no event.
+const NO_EVENT: &str = "$nosucheventnosucheventnosucheventnosuchevent";
 
 /// `/context` of an event a former member may read: its state is the state
 /// at the last event they may see (their leave), not at the end of the
@@ -128,6 +136,92 @@ async fn members_follow_history_visibility() {
     join(&bob, &shared).await;
     let page = bob.ok(Method::GET, &format!("/rooms/{shared}/members?at={before_bob}"), None).await;
     assert_eq!(members(&page), listed(&[(&alice, "join")]));
+    server.stop().await.unwrap();
+}
+
+/// `/timestamp_to_event` passes over the events a member may not see as
+/// if they did not exist: under `joined`, a late joiner looking for the
+/// event nearest a message sent before they joined finds the nearest one
+/// they may read (as `/messages` shows them), in both directions.
+async fn timestamp_to_event_passes_over_hidden_events(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let room = joined_only_room(&alice).await;
+    let secret = alice.say(&room, "s1", "before bob").await;
+    join(&bob, &room).await;
+    alice.say(&room, "s2", "after bob joined").await;
+    let near = |dir: &str, ts: u64| format!("/rooms/{room}/timestamp_to_event?dir={dir}&ts={ts}");
+    let secret_ts =
+        alice.ok(Method::GET, &format!("/rooms/{room}/event/{secret}"), None).await["origin_server_ts"].as_u64().unwrap();
+    for dir in ["f", "b"] {
+        let (status, found) = call_v1(&alice, &near(dir, secret_ts)).await;
+        assert_eq!((status, &found["event_id"]), (StatusCode::OK, &json!(secret)), "{dir}");
+    }
+
+    // What bob may read, oldest first (the server's clock does not go
+    // back, so positions and timestamps agree in order): the room's first
+    // events (`shared` until the visibility is set), then from his join.
+    let readable = bob.ok(Method::GET, &format!("/rooms/{room}/messages?dir=f&limit=50"), None).await;
+    let readable: Vec<(String, u64)> = readable["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event_id"].as_str().unwrap().to_owned(), e["origin_server_ts"].as_u64().unwrap()))
+        .collect();
+    assert!(!readable.iter().any(|(id, _)| *id == secret), "{readable:?}");
+    let first_after = readable.iter().find(|(_, ts)| *ts >= secret_ts).unwrap();
+    let last_before = readable.iter().rev().find(|(_, ts)| *ts <= secret_ts).unwrap();
+    let (status, forward) = call_v1(&bob, &near("f", secret_ts)).await;
+    assert_eq!((status, &forward["event_id"]), (StatusCode::OK, &json!(first_after.0)), "{forward}");
+    let (status, backward) = call_v1(&bob, &near("b", secret_ts)).await;
+    assert_eq!((status, &backward["event_id"]), (StatusCode::OK, &json!(last_before.0)), "{backward}");
+    // Past the last event, nothing: the same answer for both.
+    let far_future = 4_102_444_800_000;
+    let nothing = call_v1(&alice, &near("f", far_future)).await;
+    assert_error(&nothing, 404, "M_NOT_FOUND");
+    assert_eq!(call_v1(&bob, &near("f", far_future)).await, nothing);
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(timestamp_to_event_passes_over_hidden_events);
+
+/// Receipts, read markers and reports name events: one the user may not
+/// see is answered exactly as one that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_reports_answer_hidden_events_as_missing() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let base = server.base_url.clone();
+    let alice = User::new(&base, "alice").await;
+    let bob = User::new(&base, "bob").await;
+    let room = joined_only_room(&alice).await;
+    let secret = alice.say(&room, "s1", "before bob").await;
+    join(&bob, &room).await;
+    let seen = alice.say(&room, "s2", "after bob joined").await;
+
+    let receipt = |event: &str| format!("/rooms/{room}/receipt/m.read/{event}");
+    let missing = bob.call(Method::POST, &receipt(NO_EVENT), Some(json!({}))).await;
+    assert_error(&missing, 404, "M_NOT_FOUND");
+    assert_eq!(bob.call(Method::POST, &receipt(&secret), Some(json!({}))).await, missing);
+    let fully_read = format!("/rooms/{room}/receipt/m.fully_read/{secret}");
+    assert_eq!(bob.call(Method::POST, &fully_read, Some(json!({}))).await, missing);
+    let markers = |event: &str| json!({"m.fully_read": seen, "m.read": event});
+    let markers_missing = bob.call(Method::POST, &format!("/rooms/{room}/read_markers"), Some(markers(NO_EVENT))).await;
+    assert_error(&markers_missing, 404, "M_NOT_FOUND");
+    assert_eq!(bob.call(Method::POST, &format!("/rooms/{room}/read_markers"), Some(markers(&secret))).await, markers_missing);
+    let threaded = |root: &str| json!({"thread_id": root});
+    let no_root = bob.call(Method::POST, &receipt(&seen), Some(threaded(NO_EVENT))).await;
+    assert_error(&no_root, 400, "M_INVALID_PARAM");
+    assert_eq!(bob.call(Method::POST, &receipt(&seen), Some(threaded(&secret))).await, no_root);
+    bob.ok(Method::POST, &receipt(&seen), Some(json!({}))).await;
+
+    let report = |event: &str| format!("/rooms/{room}/report/{event}");
+    let missing = bob.call(Method::POST, &report(NO_EVENT), Some(json!({"reason": "spam"}))).await;
+    assert_error(&missing, 404, "M_NOT_FOUND");
+    assert_eq!(bob.call(Method::POST, &report(&secret), Some(json!({"reason": "spam"}))).await, missing);
+    bob.ok(Method::POST, &report(&seen), Some(json!({"reason": "spam"}))).await;
+    alice.ok(Method::POST, &report(&secret), Some(json!({"reason": "spam"}))).await;
     server.stop().await.unwrap();
 }
 

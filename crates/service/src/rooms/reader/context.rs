@@ -146,7 +146,9 @@ impl RoomReader {
 
     /// `GET /rooms/{roomId}/timestamp_to_event`: the id and timestamp of
     /// the room's first event at or after `ts_ms` (forward) or last one at
-    /// or before it (backward). Only this server's copy of the room is
+    /// or before it (backward), among those the user may see: events
+    /// hidden from them are passed over as if they did not exist, so the
+    /// answer does not reveal them. Only this server's copy of the room is
     /// searched, which is all of it until federation exists.
     pub async fn timestamp_to_event(
         &self,
@@ -157,7 +159,9 @@ impl RoomReader {
     ) -> Result<(String, u64), Error> {
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let forward = dir == Direction::Forward;
-        let found = self.deps.relations.event_near_ts(room_id.as_str(), ts_ms, forward).await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
+        let seen = self.deps.visibility.room_access(&user.user_id, room_id.as_str(), 0, current).await?.seen_ranges();
+        let found = self.deps.relations.event_near_ts_within(room_id.as_str(), ts_ms, forward, &seen).await?;
         let event = found.ok_or_else(|| {
             let direction = if forward { "forward" } else { "backward" };
             Error::NotFound(format!("no event from {ts_ms} in the {direction} direction"))
