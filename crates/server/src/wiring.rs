@@ -138,6 +138,7 @@ pub fn components_with(
     let ephemeral = Ephemeral::new(
         EphemeralDeps {
             rooms: store.clone(),
+            visibility: visibility.clone(),
             receipts: store.clone(),
             account_data: account_data.clone(),
             bus: store.clone(),
@@ -155,11 +156,11 @@ pub fn components_with(
         account_data: account_data.clone(),
         push: push.clone(),
         ephemeral: ephemeral.clone(),
-        visibility,
+        visibility: visibility.clone(),
         formatter,
         notifier,
     }));
-    let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), clock }));
+    let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
     let health = Arc::new(Health::new(store));
     Ok(Components {

@@ -10,6 +10,7 @@ use chancery_proto::ruma::{EventId, RoomId};
 use chancery_store::{NewReport, ReportStore, RoomStore};
 
 use crate::clock::Clock;
+use crate::rooms::Visibility;
 use crate::rooms::state::{ensure_joined, event_of_room};
 use crate::{AuthedUser, Error};
 
@@ -18,6 +19,8 @@ use crate::{AuthedUser, Error};
 pub struct ReportsDeps {
     pub store: Arc<dyn ReportStore>,
     pub rooms: Arc<dyn RoomStore>,
+    /// Only events the reporter may see can be reported.
+    pub visibility: Arc<Visibility>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -33,7 +36,8 @@ impl Reports {
 
     /// `POST /rooms/{roomId}/report/{eventId}`. The spec answers 404 both
     /// for an unknown event and for a reporter who is not joined, so
-    /// neither can be told apart.
+    /// neither can be told apart; an event history visibility hides from
+    /// the reporter is answered the same way.
     pub async fn report_event(
         &self,
         user: &AuthedUser,
@@ -48,9 +52,11 @@ impl Reports {
         }
         let not_found = || Error::NotFound("the event was not found or you are not joined to its room".into());
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await.map_err(|_| not_found())?;
-        if event_of_room(&*self.deps.rooms, room_id, event_id.as_str()).await?.is_none() {
-            return Err(not_found());
-        }
+        let event = event_of_room(&*self.deps.rooms, room_id, event_id.as_str()).await?.ok_or_else(not_found)?;
+        self.deps.visibility.visible_event(&user.user_id, event).await.map_err(|e| match e {
+            Error::NotFound(_) => not_found(),
+            other => other,
+        })?;
         self.file_report(user, room_id, Some(event_id), reason, score).await
     }
 

@@ -9,6 +9,7 @@
 mod account_data;
 mod nul;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chancery_proto::ruma::RoomVersionId;
@@ -38,6 +39,7 @@ macro_rules! store_conformance_tests {
             receipts_replace_per_type_and_thread, concurrent_side_stream_writers_become_visible_in_order,
             relations_are_recorded_filtered_and_paginated, bundled_aggregations_summarise_children,
             thread_roots_are_ordered_by_latest_reply, annotations_are_counted_per_key_and_sender, events_are_found_by_timestamp,
+            children_and_times_are_read_within_ranges,
             aliases_are_unique_and_bounded, directory_lists_published_joinable_rooms, room_creation_with_addresses_is_atomic,
             upgrade_moves_addresses_atomically, forgetting_follows_the_membership, reports_are_bounded_per_reporter_and_window,
             member_summaries_count_and_pick_heroes, stream_positions_read_every_stream, rooms_changed_lists_rooms_with_news,
@@ -1388,6 +1390,75 @@ pub async fn events_are_found_by_timestamp(store: DynStore) {
     assert_eq!(near(999, false).await, None);
     assert_eq!(store.event_near_ts(r, 2_000, true).await.unwrap(), store.event("$m1").await.unwrap());
     assert!(store.event_near_ts("!none:x", 2_000, true).await.unwrap().is_none());
+}
+
+/// What readers need to leave out what history visibility hides: the
+/// positions of bundled references, thread replies counted within position
+/// ranges, and the event nearest a time within ranges.
+pub async fn children_and_times_are_read_within_ranges(store: DynStore) {
+    let r = "!r:x";
+    let at = |mut e: NewEvent, ts: u64| {
+        e.origin_server_ts = ts;
+        e
+    };
+    store.create_room(room(r), vec![at(event(r, "$create", "m.room.create", Some(""), 1), 1_000)]).await.unwrap();
+    let mut prev = "$create".to_owned();
+    let pos = append_chain(
+        &store,
+        &mut prev,
+        vec![
+            at(message(r, "$root", 2), 2_000),
+            at(related(r, "$t1", "@bob:x", "m.thread", "$root", None, 3), 3_000),
+            at(related(r, "$ref1", "@bob:x", "m.reference", "$root", None, 4), 4_000),
+            at(related(r, "$t2", "@bob:x", "m.thread", "$root", None, 5), 5_000),
+            at(related(r, "$ref2", "@bob:x", "m.reference", "$root", None, 6), 6_000),
+            at(related(r, "$t3", "@bob:x", "m.thread", "$root", None, 7), 7_000),
+        ],
+    )
+    .await;
+    let [root, t1, ref1, t2, ref2, t3] = pos[..] else { panic!("six positions: {pos:?}") };
+    let list = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let got = store.bundled_aggregations(&list(&["$root"]), "@bob:x", 10).await.unwrap();
+    assert_eq!(got.reference_positions, BTreeMap::from([("$ref1".to_owned(), ref1), ("$ref2".to_owned(), ref2)]));
+    let got = store.bundled_aggregations(&list(&["$root"]), "@bob:x", 1).await.unwrap();
+    assert_eq!(got.reference_positions, BTreeMap::from([("$ref1".to_owned(), ref1)]), "only the references bundled");
+
+    let range = |from: u64, to: Option<u64>| PositionRange { from, to };
+    let roots = list(&["$root", "$t1", "$missing"]);
+    let counts = |within: Vec<PositionRange>| {
+        let (store, roots) = (store.clone(), roots.clone());
+        async move {
+            let mut got = store.thread_reply_counts(&roots, &within).await.unwrap();
+            got.sort();
+            got
+        }
+    };
+    let expect = |n: u64| vec![("$missing".to_owned(), 0), ("$root".to_owned(), n), ("$t1".to_owned(), 0)];
+    assert_eq!(counts(vec![PositionRange::ALL]).await, expect(3));
+    assert_eq!(counts(vec![range(root, Some(t2))]).await, expect(1));
+    assert_eq!(counts(vec![range(0, Some(t1 + 1)), range(t3, None)]).await, expect(2));
+    assert_eq!(counts(vec![range(t2, Some(t2 + 1))]).await, expect(1));
+    assert_eq!(counts(vec![]).await, expect(0));
+    assert!(store.thread_reply_counts(&[], &[PositionRange::ALL]).await.unwrap().is_empty());
+
+    let near = |ts, forward, within: Vec<PositionRange>| {
+        let store = store.clone();
+        async move { store.event_near_ts_within(r, ts, forward, &within).await.unwrap().map(|e| e.event_id) }
+    };
+    assert_eq!(near(2_500, true, vec![PositionRange::ALL]).await.as_deref(), Some("$t1"));
+    // Hidden events are passed over in both directions.
+    assert_eq!(near(2_500, true, vec![range(t2, None)]).await.as_deref(), Some("$t2"));
+    assert_eq!(near(6_500, false, vec![range(0, Some(ref1))]).await.as_deref(), Some("$t1"));
+    assert_eq!(near(6_500, false, vec![range(0, Some(t1)), range(t2, Some(ref2))]).await.as_deref(), Some("$t2"));
+    assert_eq!(near(2_500, true, vec![range(0, Some(t1))]).await, None);
+    assert_eq!(near(2_500, true, vec![]).await, None);
+    assert_eq!(near(9_000, false, vec![range(t3, None)]).await.as_deref(), Some("$t3"));
+    assert_eq!(
+        store.event_near_ts_within(r, 2_000, true, &[range(root, Some(root + 1))]).await.unwrap(),
+        store.event("$root").await.unwrap()
+    );
+    assert!(store.event_near_ts_within("!none:x", 2_000, true, &[range(0, None)]).await.unwrap().is_none());
 }
 
 fn alias(alias: &str, room: &str) -> RoomAlias {

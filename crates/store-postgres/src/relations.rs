@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use chancery_store::*;
 use tokio_postgres::Statement;
 
-use chancery_store_sql::i;
+use chancery_store_sql::params::position_range_params;
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
 
 use crate::query::{PgRow, get, query, query_opt};
 use crate::rooms::event_from_row;
@@ -59,6 +60,21 @@ impl RelationWrites {
             .await?,
         })
     }
+}
+
+/// Position ranges as two parallel arrays, (from, to), for `unnest`.
+fn range_arrays(ranges: &[(i64, Option<i64>)]) -> (Vec<i64>, Vec<Option<i64>>) {
+    ranges.iter().copied().unzip()
+}
+
+/// Whether `stream_pos` (a column) lies in one of the ranges of the
+/// parallel arrays `$n` (from) and `$n+1` (to, NULL: no end).
+fn within_ranges(stream_pos: &str, n: u8) -> String {
+    let to = n + 1;
+    format!(
+        "EXISTS (SELECT 1 FROM unnest(${n}::bigint[], ${to}::bigint[]) AS w(from_pos, to_pos)
+                 WHERE {stream_pos} >= w.from_pos AND (w.to_pos IS NULL OR {stream_pos} < w.to_pos))"
+    )
 }
 
 #[async_trait]
@@ -160,7 +176,7 @@ impl RelationStore for PostgresStore {
                  GROUP BY p.id
              ) s JOIN events e ON e.stream_pos = s.latest_pos {REDACTION_JOIN}"
         );
-        let references_sql = "SELECT p.id, y.event_id FROM unnest($1::text[]) AS p(id)
+        let references_sql = "SELECT p.id, y.event_id, y.stream_pos FROM unnest($1::text[]) AS p(id)
              CROSS JOIN LATERAL (
                  SELECT event_id, stream_pos FROM relations
                  WHERE relates_to = p.id AND rel_type = 'm.reference'
@@ -179,11 +195,31 @@ impl RelationStore for PostgresStore {
             query(&client, &threads_sql, &threads_params),
             query(&client, references_sql, &references_params),
         );
+        let references: Vec<(String, String, u64)> =
+            references?.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?, u(get(r, 2)?)))).collect::<StoreResult<_>>()?;
         Ok(BundledAggregations {
             edits: edits?.iter().map(|r| rows::edit(&PgRow(r))).collect::<StoreResult<_>>()?,
             threads: threads?.iter().map(|r| rows::thread_summary(&PgRow(r))).collect::<StoreResult<_>>()?,
-            references: references?.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect::<StoreResult<_>>()?,
+            reference_positions: references.iter().map(|(_, child, pos)| (child.clone(), *pos)).collect(),
+            references: references.into_iter().map(|(parent, child, _)| (parent, child)).collect(),
         })
+    }
+
+    async fn thread_reply_counts(&self, roots: &[String], within: &[PositionRange]) -> StoreResult<Vec<(String, u64)>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let (from, to) = range_arrays(&position_range_params(within).unwrap_or_else(|| vec![(0, None)]));
+        let sql = format!(
+            "SELECT p.id, (SELECT COUNT(*) FROM relations x
+                           WHERE x.relates_to = p.id AND x.rel_type = 'm.thread' AND {})
+             FROM unnest($1::text[]) AS p(id)",
+            within_ranges("x.stream_pos", 2)
+        );
+        let ids: Vec<&str> = roots.iter().map(String::as_str).collect();
+        let rows = query(&client, &sql, &[&ids, &from, &to]).await?;
+        rows.iter().map(|r| Ok((get(r, 0)?, u(get(r, 1)?)))).collect()
     }
 
     async fn annotation_counts(&self, parent: &str, sender: Option<&str>) -> StoreResult<Vec<AnnotationCount>> {
@@ -198,14 +234,33 @@ impl RelationStore for PostgresStore {
         rows.iter().map(|r| rows::annotation_count(&PgRow(r))).collect()
     }
 
-    async fn event_near_ts(&self, room_id: &str, ts: u64, forward: bool) -> StoreResult<Option<StoredEvent>> {
+    async fn event_near_ts_within(
+        &self,
+        room_id: &str,
+        ts: u64,
+        forward: bool,
+        within: &[PositionRange],
+    ) -> StoreResult<Option<StoredEvent>> {
+        if within.is_empty() {
+            return Ok(None);
+        }
         let client = self.client().await?;
         let (cmp, order) = if forward { (">=", "ASC") } else { ("<=", "DESC") };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN}
-             WHERE e.room_id = $1 AND e.origin_server_ts {cmp} $2
-             ORDER BY e.origin_server_ts {order}, e.stream_pos {order} LIMIT 1"
-        );
-        query_opt(&client, &sql, &[&room_id, &i(ts)]).await?.map(|r| event_from_row(&r)).transpose()
+        let near = |filter: &str| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN}
+                 WHERE e.room_id = $1 AND e.origin_server_ts {cmp} $2 {filter}
+                 ORDER BY e.origin_server_ts {order}, e.stream_pos {order} LIMIT 1"
+            )
+        };
+        let row = match position_range_params(within) {
+            None => query_opt(&client, &near(""), &[&room_id, &i(ts)]).await?,
+            Some(ranges) => {
+                let (from, to) = range_arrays(&ranges);
+                let sql = near(&format!("AND {}", within_ranges("e.stream_pos", 3)));
+                query_opt(&client, &sql, &[&room_id, &i(ts), &from, &to]).await?
+            }
+        };
+        row.map(|r| event_from_row(&r)).transpose()
     }
 }

@@ -1,6 +1,6 @@
 //! Domain values as query parameters.
 
-use chancery_store::{SearchScope, TextFilter};
+use chancery_store::{PositionRange, SearchScope, TextFilter};
 
 /// A count, position or timestamp as an SQL integer (both databases store
 /// signed 64 bits); saturates rather than wrapping into negatives.
@@ -69,6 +69,13 @@ pub fn search_scope_params(scopes: &[SearchScope]) -> ScopeParams<'_> {
     (whole, parts)
 }
 
+/// Position ranges as (from, to) parameters; `None` when they are the
+/// whole room, which the queries then leave out (a separate statement, so
+/// the common case keeps its plan and pays nothing for the filter).
+pub fn position_range_params(ranges: &[PositionRange]) -> Option<Vec<(i64, Option<i64>)>> {
+    (ranges != [PositionRange::ALL]).then(|| ranges.iter().map(|r| (i(r.from), r.to.map(i))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use chancery_store::PositionRange;
@@ -120,6 +127,14 @@ mod tests {
         assert_eq!(text_filter_params(Some(&TextFilter::Exact("a".into()))), (Some("a"), None));
         assert_eq!(text_filter_params(Some(&TextFilter::Contains("b".into()))), (None, Some("b")));
         assert_eq!(text_filter_params(None), (None, None));
+    }
+
+    #[test]
+    fn position_ranges_are_left_out_for_the_whole_room() {
+        assert_eq!(position_range_params(&[PositionRange::ALL]), None);
+        assert_eq!(position_range_params(&[]), Some(vec![]));
+        let parts = [PositionRange { from: 1, to: Some(4) }, PositionRange { from: 9, to: None }];
+        assert_eq!(position_range_params(&parts), Some(vec![(1, Some(4)), (9, None)]));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use chancery_store::*;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use chancery_store_sql::i;
+use chancery_store_sql::params::position_range_params;
 use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
+use chancery_store_sql::{i, u};
 
 use crate::rooms::{collect, event_from_row};
 use crate::row::SqliteRow;
@@ -151,10 +152,11 @@ fn threads_in(conn: &Connection, ids: &str, viewer: &str) -> StoreResult<Vec<Thr
     collect(rows)
 }
 
-fn references_in(conn: &Connection, ids: &str, max_references: usize) -> StoreResult<Vec<(String, String)>> {
+/// `(parent, child, child's position)` of the references.
+fn references_in(conn: &Connection, ids: &str, max_references: usize) -> StoreResult<Vec<(String, String, u64)>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT p.value, x.event_id FROM json_each(?1) p
+            "SELECT p.value, x.event_id, x.stream_pos FROM json_each(?1) p
              JOIN relations x ON x.event_id IN (
                  SELECT y.event_id FROM relations y WHERE y.relates_to = p.value AND y.rel_type = 'm.reference'
                  ORDER BY y.stream_pos LIMIT ?2)
@@ -162,7 +164,17 @@ fn references_in(conn: &Connection, ids: &str, max_references: usize) -> StoreRe
         )
         .map_err(backend)?;
     let limit = i64::try_from(max_references).unwrap_or(i64::MAX);
-    collect(stmt.query_map(params![ids, limit], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?)
+    collect(stmt.query_map(params![ids, limit], |r| Ok((r.get(0)?, r.get(1)?, u(r.get(2)?)))).map_err(backend)?)
+}
+
+/// Whether `stream_pos` (a column) lies in one of the (from, to) pairs of
+/// the JSON array parameter `?{n}`.
+fn within_ranges(stream_pos: &str, n: u8) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM json_each(?{n}) w
+                 WHERE {stream_pos} >= json_extract(w.value, '$[0]')
+                   AND (json_extract(w.value, '$[1]') IS NULL OR {stream_pos} < json_extract(w.value, '$[1]')))"
+    )
 }
 
 #[async_trait]
@@ -217,11 +229,33 @@ impl RelationStore for SqliteStore {
         self.read(move |conn| {
             // Three statements, one snapshot.
             let tx = conn.unchecked_transaction().map_err(backend)?;
+            let references = references_in(&tx, &ids, max_references)?;
             Ok(BundledAggregations {
                 edits: edits_in(&tx, &ids)?,
                 threads: threads_in(&tx, &ids, &viewer)?,
-                references: references_in(&tx, &ids, max_references)?,
+                reference_positions: references.iter().map(|(_, child, pos)| (child.clone(), *pos)).collect(),
+                references: references.into_iter().map(|(parent, child, _)| (parent, child)).collect(),
             })
+        })
+        .await
+    }
+
+    async fn thread_reply_counts(&self, roots: &[String], within: &[PositionRange]) -> StoreResult<Vec<(String, u64)>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = json_list(roots)?;
+        let ranges = serde_json::to_string(&position_range_params(within).unwrap_or_else(|| vec![(0, None)]))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT p.value, (SELECT COUNT(*) FROM relations x
+                                  WHERE x.relates_to = p.value AND x.rel_type = 'm.thread' AND {})
+                 FROM json_each(?1) p",
+                within_ranges("x.stream_pos", 2)
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![ids, ranges], |r| Ok((r.get(0)?, u(r.get(1)?)))).map_err(backend)?)
         })
         .await
     }
@@ -242,19 +276,47 @@ impl RelationStore for SqliteStore {
         .await
     }
 
-    async fn event_near_ts(&self, room_id: &str, ts: u64, forward: bool) -> StoreResult<Option<StoredEvent>> {
+    async fn event_near_ts_within(
+        &self,
+        room_id: &str,
+        ts: u64,
+        forward: bool,
+        within: &[PositionRange],
+    ) -> StoreResult<Option<StoredEvent>> {
+        if within.is_empty() {
+            return Ok(None);
+        }
         let room_id = room_id.to_owned();
-        self.read(move |conn| {
-            let (cmp, order) = if forward { (">=", "ASC") } else { ("<=", "DESC") };
-            let sql = format!(
+        let (cmp, order) = if forward { (">=", "ASC") } else { ("<=", "DESC") };
+        let near = |filter: &str| {
+            format!(
                 "SELECT {EVENT_COLUMNS} FROM events e {REDACTION_JOIN}
-                 WHERE e.room_id = ?1 AND e.origin_server_ts {cmp} ?2
+                 WHERE e.room_id = ?1 AND e.origin_server_ts {cmp} ?2 {filter}
                  ORDER BY e.origin_server_ts {order}, e.stream_pos {order} LIMIT 1"
-            );
-            conn.prepare_cached(&sql)
-                .and_then(|mut s| s.query_row(params![room_id, i(ts)], event_from_row).optional())
-                .map_err(backend)
-        })
-        .await
+            )
+        };
+        match position_range_params(within) {
+            None => {
+                let sql = near("");
+                self.read(move |conn| {
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.query_row(params![room_id, i(ts)], event_from_row).optional())
+                        .map_err(backend)
+                })
+                .await
+            }
+            // Passing over hidden events grows with the room: off the
+            // calling task.
+            Some(ranges) => {
+                let sql = near(&format!("AND {}", within_ranges("e.stream_pos", 3)));
+                let ranges = serde_json::to_string(&ranges).map_err(|e| StoreError::Backend(e.to_string()))?;
+                self.read_heavy(move |conn| {
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.query_row(params![room_id, i(ts), ranges], event_from_row).optional())
+                        .map_err(backend)
+                })
+                .await
+            }
+        }
     }
 }

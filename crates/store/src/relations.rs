@@ -18,9 +18,11 @@
 //! so `/threads` pages through a room's threads by recency without
 //! scanning every reply of the room.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
-use crate::{StoreResult, StoredEvent};
+use crate::{PositionRange, StoreResult, StoredEvent};
 
 /// The relation an event declares in `content["m.relates_to"]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,10 @@ pub struct BundledAggregations {
     /// `(parent, event id of an m.reference child)`, oldest first per
     /// parent, at most `max_references` per parent.
     pub references: Vec<(String, String)>,
+    /// The stream position of each child in `references`, by event id, so
+    /// a reader can judge whether the viewer may see it (history
+    /// visibility) without loading it.
+    pub reference_positions: BTreeMap<String, u64>,
 }
 
 /// A thread root with the position of its latest reply, which orders
@@ -129,9 +135,31 @@ pub trait RelationStore: Send + Sync {
     /// frequent first; with `sender`, only that sender's.
     async fn annotation_counts(&self, parent: &str, sender: Option<&str>) -> StoreResult<Vec<AnnotationCount>>;
 
+    /// How many replies each of `roots` (thread roots of one room) has at
+    /// positions within `within`: the replies a reader may see, when
+    /// history visibility hides some (an empty `within`: none). Every root
+    /// is answered, with 0 if it has none there. Costs what the thread
+    /// count of [`Self::bundled_aggregations`] costs.
+    async fn thread_reply_counts(&self, roots: &[String], within: &[PositionRange]) -> StoreResult<Vec<(String, u64)>>;
+
     /// The room's event closest to `ts` (milliseconds since the epoch):
     /// the first at or after it if `forward`, else the last at or before
     /// it. Ties of timestamps go to the earliest (forward) or latest
     /// (backward) position.
-    async fn event_near_ts(&self, room_id: &str, ts: u64, forward: bool) -> StoreResult<Option<StoredEvent>>;
+    async fn event_near_ts(&self, room_id: &str, ts: u64, forward: bool) -> StoreResult<Option<StoredEvent>> {
+        self.event_near_ts_within(room_id, ts, forward, &[PositionRange::ALL]).await
+    }
+
+    /// [`Self::event_near_ts`] among the events at positions within
+    /// `within` (the parts of the room a reader may see; empty: none).
+    /// With anything but the whole room, the walk along timestamps passes
+    /// over the events outside `within`, so it grows with the hidden part
+    /// of the room between `ts` and the answer.
+    async fn event_near_ts_within(
+        &self,
+        room_id: &str,
+        ts: u64,
+        forward: bool,
+        within: &[PositionRange],
+    ) -> StoreResult<Option<StoredEvent>>;
 }

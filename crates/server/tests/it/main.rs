@@ -48,3 +48,4 @@ mod rooms_http;
 mod scale;
 mod search;
 mod store_conformance;
+mod visibility;

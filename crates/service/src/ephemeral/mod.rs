@@ -25,6 +25,7 @@ use crate::account_data::AccountData;
 use crate::clock::Clock;
 use crate::notifier::Notifier;
 use crate::ratelimit::Limiters;
+use crate::rooms::Visibility;
 use crate::tokens::Entropy;
 use presence::PresenceRuntime;
 use typing::TypingRuntime;
@@ -33,6 +34,8 @@ use typing::TypingRuntime;
 /// and randomness it uses, named where the server wires it.
 pub struct EphemeralDeps {
     pub rooms: Arc<dyn RoomStore>,
+    /// A receipt may name only events the user may see.
+    pub visibility: Arc<Visibility>,
     pub receipts: Arc<dyn ReceiptStore>,
     /// The fully-read marker is account data.
     pub account_data: Arc<AccountData>,

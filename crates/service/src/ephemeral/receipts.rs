@@ -1,13 +1,15 @@
 //! Read receipts (client-server API "Receipts") and the fully-read marker
 //! ("Read and unread markers").
 //!
-//! A receipt names an event of the room the user is joined to; threaded
-//! receipts (spec v1.4) name `main` or a thread root of the same room.
+//! A receipt names an event of the room the user is joined to and may see
+//! (history visibility; one they may not see is answered as a missing one
+//! is); threaded receipts (spec v1.4) name `main` or a thread root of the
+//! same room, under the same rule.
 //! Whether the receipt's event really belongs to that thread is not
 //! checked yet (relations are not indexed); clients only send receipts for
 //! events they display in that thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chancery_proto::limits::MAX_RECEIPT_THREADS_PER_ROOM;
 use chancery_proto::ruma::{EventId, RoomId};
@@ -20,6 +22,8 @@ use crate::rooms::state::{ensure_joined, event_of_room};
 use crate::{AuthedUser, Error};
 
 const READ: &str = "m.read";
+/// The answer for an event that does not exist, or that the user may not see.
+const NO_SUCH_EVENT: &str = "no such event in this room";
 pub(crate) const READ_PRIVATE: &str = "m.read.private";
 
 /// Which thread a receipt is for (spec "Threaded read receipts").
@@ -50,7 +54,14 @@ impl Ephemeral {
         }
         self.deps.limiters.receipts_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
-        self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
+        let root = match &thread {
+            ReceiptThread::Root(root) if EventId::parse(root.as_str()).is_ok() => Some(root.as_str()),
+            _ => None,
+        };
+        let seen = self.seen_events(user, room_id, [Some(event_id.as_str()), root]).await?;
+        if !seen.contains(event_id.as_str()) {
+            return Err(Error::NotFound(NO_SUCH_EVENT.into()));
+        }
         let thread_id = match thread {
             ReceiptThread::Unthreaded => None,
             ReceiptThread::Main => Some("main".to_owned()),
@@ -58,7 +69,7 @@ impl Ephemeral {
                 if EventId::parse(root.as_str()).is_err() {
                     return Err(Error::InvalidParam("thread_id must be \"main\" or an event id".into()));
                 }
-                if !self.is_event_in_room(room_id, &root).await? {
+                if !seen.contains(root.as_str()) {
                     return Err(Error::InvalidParam("thread_id is not an event of this room".into()));
                 }
                 Some(root)
@@ -82,8 +93,10 @@ impl Ephemeral {
     ) -> Result<(), Error> {
         self.deps.limiters.receipts_per_user.check_user(user)?;
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
-        for event_id in [fully_read, read, read_private].into_iter().flatten() {
-            self.ensure_event_in_room(room_id, event_id.as_str(), "no such event in this room").await?;
+        let named = [fully_read, read, read_private];
+        let seen = self.seen_events(user, room_id, named.map(|e| e.map(EventId::as_str))).await?;
+        if named.into_iter().flatten().any(|e| !seen.contains(e.as_str())) {
+            return Err(Error::NotFound(NO_SUCH_EVENT.into()));
         }
         if let Some(event_id) = fully_read {
             self.deps.account_data.set_fully_read(user, room_id, event_id).await?;
@@ -97,12 +110,22 @@ impl Ephemeral {
         Ok(())
     }
 
-    async fn is_event_in_room(&self, room_id: &RoomId, event_id: &str) -> Result<bool, Error> {
-        Ok(event_of_room(&*self.deps.rooms, room_id, event_id).await?.is_some())
-    }
-
-    async fn ensure_event_in_room(&self, room_id: &RoomId, event_id: &str, missing: &str) -> Result<(), Error> {
-        if self.is_event_in_room(room_id, event_id).await? { Ok(()) } else { Err(Error::NotFound(missing.into())) }
+    /// Which of `event_ids` name events of the room the user may see
+    /// (history visibility), judged together in one read. The others are
+    /// answered as missing events are, so a receipt cannot probe for
+    /// events hidden from the user.
+    async fn seen_events<const N: usize>(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        event_ids: [Option<&str>; N],
+    ) -> Result<HashSet<String>, Error> {
+        let mut events = Vec::with_capacity(N);
+        for event_id in event_ids.into_iter().flatten() {
+            events.extend(event_of_room(&*self.deps.rooms, room_id, event_id).await?);
+        }
+        let seen = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
+        Ok(seen.into_iter().map(|e| e.event_id).collect())
     }
 
     async fn put_receipt(

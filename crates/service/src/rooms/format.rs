@@ -5,16 +5,17 @@
 //! the room version's redaction algorithm, and `m.relations`, the bundled
 //! aggregations of the event's children.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chancery_proto::limits::MAX_BUNDLED_REFERENCES;
 use chancery_proto::ruma::canonical_json::redact;
 use chancery_proto::ruma::room_version_rules::RedactionRules;
 use chancery_proto::ruma::{CanonicalJsonObject, UserId};
-use chancery_store::{RelationStore, RoomStore, StoredEvent};
+use chancery_store::{BundledAggregations, RelationStore, RoomStore, StoredEvent, ThreadSummary};
 use serde_json::{Map, Value as JsonValue, json};
 
+use super::visibility::ReadAccess;
 use super::{Visibility, rules_of};
 use crate::clock::Clock;
 use crate::{AuthedUser, Error};
@@ -91,6 +92,46 @@ fn attach(events: &[StoredEvent], formatted: &mut [JsonValue], bundles: &Bundles
     }
 }
 
+/// The viewer's read access to the rooms of a page's children and
+/// redactions, read once per page.
+struct Judge<'v> {
+    user_id: &'v str,
+    rooms: BTreeMap<String, ReadAccess>,
+    /// For rooms not read (nothing of them to judge): reads nothing.
+    nothing: ReadAccess,
+}
+
+impl Judge<'_> {
+    fn access(&self, room_id: &str) -> &ReadAccess {
+        self.rooms.get(room_id).unwrap_or(&self.nothing)
+    }
+
+    fn may_see(&self, event: &StoredEvent) -> bool {
+        self.access(&event.room_id).may_see(self.user_id, event)
+    }
+
+    /// What of `found` (the children of `parents`) the viewer may see: an
+    /// edit or a thread's latest reply they may not see would show its
+    /// content, a reference its existence. A thread whose latest reply is
+    /// hidden is left out rather than shown with an older one. Spec
+    /// "Server-side aggregation of m.replace relationships": no edit is
+    /// bundled with a redacted original.
+    fn visible_children(&self, mut found: BundledAggregations, parents: &[StoredEvent]) -> BundledAggregations {
+        let by_id: HashMap<&str, &StoredEvent> = parents.iter().map(|e| (e.event_id.as_str(), e)).collect();
+        found.edits.retain(|(original, edit)| {
+            by_id.get(original.as_str()).is_some_and(|o| o.redacted_by.is_none()) && self.may_see(edit)
+        });
+        found.threads.retain(|t| self.may_see(&t.latest));
+        // References are known by id and position only, which suffices.
+        let positions = &found.reference_positions;
+        found.references.retain(|(parent, child)| match (by_id.get(parent.as_str()), positions.get(child)) {
+            (Some(parent), Some(pos)) => self.access(&parent.room_id).may_see_at(*pos),
+            _ => false,
+        });
+        found
+    }
+}
+
 /// What [`EventFormatter`] is built from: the store traits, components, clock
 /// and randomness it uses, named where the server wires it.
 pub struct EventFormatterDeps {
@@ -118,12 +159,140 @@ impl EventFormatter {
     /// (spec: "State events do not currently receive bundled
     /// aggregations"). The children of a whole page are looked up
     /// together.
+    ///
+    /// What is bundled follows history visibility as the events do: a
+    /// redaction, edit, latest reply or reference the viewer may not see
+    /// (sent after they left, say) is not shown, and a thread's count
+    /// counts only the replies they may see. Everything these decisions
+    /// look at is fetched first, so one read of the visibility spans
+    /// decides them all.
     pub async fn client_events(&self, events: &[StoredEvent], viewer: &ClientEventOptions) -> Result<Vec<JsonValue>, Error> {
+        let redactions = self.redactions_of(events).await?;
+        let page = self.aggregations_of(events, viewer).await?;
+        // A thread's latest reply is served with its own edits and
+        // references; a reply relates to its root, so it cannot be a
+        // thread root itself, and the nesting ends there.
+        let latest: Vec<StoredEvent> = page.threads.iter().map(|t| t.latest.clone()).collect();
+        let mut of_latest = self.aggregations_of(&latest, viewer).await?;
+        of_latest.threads.clear();
+        let judge = self.judge(viewer, events, &redactions, &page, &latest, &of_latest).await?;
+
         let mut rules = RulesCache::default();
-        let mut out = self.format_events(events, viewer, &mut rules).await?;
-        let bundles = self.bundles(events, viewer, &mut rules, true).await?;
+        // The content of a redacted event stays stripped whoever looks;
+        // the redaction itself is shown only to who may see it.
+        let redactions: HashMap<String, StoredEvent> =
+            redactions.into_iter().filter(|r| judge.may_see(r)).map(|r| (r.event_id.clone(), r)).collect();
+        let mut out = self.format_events(events, viewer, &mut rules, &redactions).await?;
+        let mut page = judge.visible_children(page, events);
+        self.count_visible_replies(&mut page.threads, events, &judge).await?;
+        let latest: Vec<StoredEvent> = page.threads.iter().map(|t| t.latest.clone()).collect();
+        let of_latest = judge.visible_children(of_latest, &latest);
+        // Bundled children are never redacted (a redaction breaks the
+        // relation), so they need no redactions.
+        let mut latest_json = self.format_events(&latest, viewer, &mut rules, &HashMap::new()).await?;
+        let latest_bundles = self.bundles(of_latest, Vec::new(), viewer, &mut rules).await?;
+        attach(&latest, &mut latest_json, &latest_bundles);
+        let bundles = self.bundles(page, latest_json, viewer, &mut rules).await?;
         attach(events, &mut out, &bundles);
         Ok(out)
+    }
+
+    /// The redaction events of the redacted ones among `events`.
+    async fn redactions_of(&self, events: &[StoredEvent]) -> Result<Vec<StoredEvent>, Error> {
+        let mut redactions = Vec::new();
+        for redaction_id in events.iter().filter_map(|e| e.redacted_by.as_deref()) {
+            redactions.extend(self.deps.rooms.event(redaction_id).await?);
+        }
+        Ok(redactions)
+    }
+
+    /// The children of `events` as stored, whoever may see them.
+    async fn aggregations_of(&self, events: &[StoredEvent], viewer: &ClientEventOptions) -> Result<BundledAggregations, Error> {
+        let mut parents: Vec<String> = events.iter().filter(|e| e.state_key.is_none()).map(|e| e.event_id.clone()).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        if parents.is_empty() {
+            return Ok(BundledAggregations::default());
+        }
+        Ok(self.deps.relations.bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?)
+    }
+
+    /// The viewer's read access to the rooms of everything a page shows
+    /// beside its events: one read of the spans over the positions from
+    /// the lowest to the highest of them (none if there is nothing).
+    async fn judge<'v>(
+        &self,
+        viewer: &'v ClientEventOptions,
+        events: &[StoredEvent],
+        redactions: &[StoredEvent],
+        page: &BundledAggregations,
+        latest: &[StoredEvent],
+        of_latest: &BundledAggregations,
+    ) -> Result<Judge<'v>, Error> {
+        let mut positions: Vec<(&str, u64)> = redactions.iter().map(|r| (r.room_id.as_str(), r.stream_pos)).collect();
+        for (parents, found) in [(events, page), (latest, of_latest)] {
+            let room_of: HashMap<&str, &StoredEvent> = parents.iter().map(|e| (e.event_id.as_str(), e)).collect();
+            positions.extend(found.edits.iter().map(|(_, edit)| (edit.room_id.as_str(), edit.stream_pos)));
+            for thread in &found.threads {
+                positions.push((thread.latest.room_id.as_str(), thread.latest.stream_pos));
+                // From the root on: its count depends on every reply's.
+                positions.extend(room_of.get(thread.root.as_str()).map(|root| (root.room_id.as_str(), root.stream_pos)));
+            }
+            for (parent, child) in &found.references {
+                if let (Some(parent), Some(pos)) = (room_of.get(parent.as_str()), found.reference_positions.get(child)) {
+                    positions.push((parent.room_id.as_str(), *pos));
+                }
+            }
+        }
+        let mut judge = Judge { user_id: &viewer.user_id, rooms: BTreeMap::new(), nothing: ReadAccess::default() };
+        let (Some(lowest), Some(highest)) = (positions.iter().map(|p| p.1).min(), positions.iter().map(|p| p.1).max()) else {
+            return Ok(judge);
+        };
+        let mut rooms: Vec<String> = positions.iter().map(|p| p.0.to_owned()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let user_id = UserId::parse(viewer.user_id.as_str()).map_err(|e| Error::Internal(format!("viewer id: {e}")))?;
+        // From one before the lowest: a visibility change is judged by the
+        // visibility before it too.
+        judge.rooms = self.deps.visibility.read_access(&user_id, &rooms, lowest.saturating_sub(1), highest).await?;
+        Ok(judge)
+    }
+
+    /// Thread counts of the replies the viewer may see. Usually they may
+    /// see every position from the root to the latest reply, and the
+    /// stored count is theirs; otherwise (they left and came back to a
+    /// `joined` room, say) the visible replies are counted, in one
+    /// statement per room, only then.
+    async fn count_visible_replies(
+        &self,
+        threads: &mut [ThreadSummary],
+        roots: &[StoredEvent],
+        judge: &Judge<'_>,
+    ) -> Result<(), Error> {
+        let root_pos: HashMap<&str, u64> = roots.iter().map(|e| (e.event_id.as_str(), e.stream_pos)).collect();
+        let mut recount: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for thread in threads.iter() {
+            let room_id = &thread.latest.room_id;
+            let root = root_pos.get(thread.root.as_str()).copied().unwrap_or(0);
+            if !judge.access(room_id).reads_all_between(root, thread.latest.stream_pos) {
+                recount.entry(room_id.clone()).or_default().push(thread.root.clone());
+            }
+        }
+        for (room_id, roots) in recount {
+            let counts: HashMap<String, u64> = self
+                .deps
+                .relations
+                .thread_reply_counts(&roots, &judge.access(&room_id).seen_ranges())
+                .await?
+                .into_iter()
+                .collect();
+            for thread in threads.iter_mut().filter(|t| t.latest.room_id == room_id) {
+                if let Some(count) = counts.get(&thread.root) {
+                    thread.count = *count;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn format_events(
@@ -131,72 +300,43 @@ impl EventFormatter {
         events: &[StoredEvent],
         viewer: &ClientEventOptions,
         rules: &mut RulesCache,
+        redactions: &HashMap<String, StoredEvent>,
     ) -> Result<Vec<JsonValue>, Error> {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             let rules = rules.get(&*self.deps.rooms, &event.room_id).await?;
-            out.push(self.client_event_with(event, viewer, &rules).await?);
+            let redaction = event.redacted_by.as_ref().and_then(|id| redactions.get(id));
+            out.push(self.client_event_with(event, viewer, &rules, redaction)?);
         }
         Ok(out)
     }
 
-    /// The aggregations of `events`' children. A thread's latest reply is
-    /// served with its own edits and references (`with_threads` false for
-    /// it: a thread reply relates to its root, so it cannot be a thread
-    /// root itself, and the recursion ends there).
+    /// `unsigned["m.relations"]` per parent, from children the viewer may
+    /// see; `latest` holds the formatted latest reply of each of
+    /// `found.threads`, in their order.
     async fn bundles(
         &self,
-        events: &[StoredEvent],
+        found: BundledAggregations,
+        latest: Vec<JsonValue>,
         viewer: &ClientEventOptions,
         rules: &mut RulesCache,
-        with_threads: bool,
     ) -> Result<Bundles, Error> {
-        let mut parents: Vec<String> = events.iter().filter(|e| e.state_key.is_none()).map(|e| e.event_id.clone()).collect();
-        parents.sort_unstable();
-        parents.dedup();
         let mut bundles = Bundles::new();
-        if parents.is_empty() {
-            return Ok(bundles);
-        }
-        let mut found = self.deps.relations.bundled_aggregations(&parents, &viewer.user_id, MAX_BUNDLED_REFERENCES).await?;
-
-        // An edit or a thread's latest reply the viewer may not see (sent
-        // after they left, say) would show its content: not bundled.
-        let children: Vec<StoredEvent> =
-            found.edits.iter().map(|(_, edit)| edit.clone()).chain(found.threads.iter().map(|t| t.latest.clone())).collect();
-        let visible = self.visible_ids(viewer, children).await?;
-        found.threads.retain(|t| visible.contains(&t.latest.event_id));
-
-        // Spec "Server-side aggregation of m.replace relationships": no
-        // edit is bundled with a redacted original.
-        let redacted: HashSet<&str> = events.iter().filter(|e| e.redacted_by.is_some()).map(|e| e.event_id.as_str()).collect();
-        let (originals, edits): (Vec<String>, Vec<StoredEvent>) = found
-            .edits
-            .into_iter()
-            .filter(|(original, edit)| !redacted.contains(original.as_str()) && visible.contains(&edit.event_id))
-            .unzip();
-        let formatted = self.format_events(&edits, viewer, rules).await?;
+        let (originals, edits): (Vec<String>, Vec<StoredEvent>) = found.edits.into_iter().unzip();
+        let formatted = self.format_events(&edits, viewer, rules, &HashMap::new()).await?;
         for (original, edit) in originals.into_iter().zip(formatted) {
             bundles.entry(original).or_default().insert("m.replace".into(), edit);
         }
-
-        if with_threads && !found.threads.is_empty() {
-            let latest: Vec<StoredEvent> = found.threads.iter().map(|t| t.latest.clone()).collect();
-            let mut latest_json = self.format_events(&latest, viewer, rules).await?;
-            let inner = Box::pin(self.bundles(&latest, viewer, rules, false)).await?;
-            attach(&latest, &mut latest_json, &inner);
-            for (thread, latest_event) in found.threads.iter().zip(latest_json) {
-                bundles.entry(thread.root.clone()).or_default().insert(
-                    "m.thread".into(),
-                    json!({
-                        "latest_event": latest_event,
-                        "count": thread.count,
-                        "current_user_participated": thread.participated,
-                    }),
-                );
-            }
+        for (thread, latest_event) in found.threads.iter().zip(latest) {
+            bundles.entry(thread.root.clone()).or_default().insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": latest_event,
+                    "count": thread.count,
+                    "current_user_participated": thread.participated,
+                }),
+            );
         }
-
         for (parent, child) in found.references {
             let chunk = bundles
                 .entry(parent)
@@ -212,29 +352,13 @@ impl EventFormatter {
         Ok(bundles)
     }
 
-    /// The ids of `events` (of any rooms) the viewer may see.
-    async fn visible_ids(&self, viewer: &ClientEventOptions, events: Vec<StoredEvent>) -> Result<HashSet<String>, Error> {
-        if events.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let user_id = UserId::parse(viewer.user_id.as_str()).map_err(|e| Error::Internal(format!("viewer id: {e}")))?;
-        let mut by_room: HashMap<String, Vec<StoredEvent>> = HashMap::new();
-        for event in events {
-            by_room.entry(event.room_id.clone()).or_default().push(event);
-        }
-        let mut visible = HashSet::new();
-        for (room_id, events) in by_room {
-            visible
-                .extend(self.deps.visibility.visible_events(&user_id, &room_id, events).await?.into_iter().map(|e| e.event_id));
-        }
-        Ok(visible)
-    }
-
-    async fn client_event_with(
+    /// One event; `redaction` is its redaction if the viewer may see it.
+    fn client_event_with(
         &self,
         event: &StoredEvent,
         viewer: &ClientEventOptions,
         rules: &RedactionRules,
+        redaction: Option<&StoredEvent>,
     ) -> Result<JsonValue, Error> {
         let JsonValue::Object(object) =
             serde_json::from_str(&event.json).map_err(|e| Error::Internal(format!("stored event: {e}")))?
@@ -250,12 +374,12 @@ impl EventFormatter {
         {
             unsigned.insert("transaction_id".into(), json!(txn.txn_id));
         }
-        if let Some(redaction_id) = &event.redacted_by {
+        if event.redacted_by.is_some() {
             out.insert("content".into(), redacted_content(&object, rules)?);
-            if let Some(redaction) = self.deps.rooms.event(redaction_id).await?
+            if let Some(redaction) = redaction
                 && let Ok(JsonValue::Object(r)) = serde_json::from_str::<JsonValue>(&redaction.json)
             {
-                unsigned.insert("redacted_because".into(), JsonValue::Object(base(&redaction, &r)));
+                unsigned.insert("redacted_because".into(), JsonValue::Object(base(redaction, &r)));
             }
         }
         out.insert("unsigned".into(), JsonValue::Object(unsigned));

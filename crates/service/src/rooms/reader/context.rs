@@ -102,10 +102,19 @@ impl RoomReader {
         let start = before.last().map_or(pos, |e| e.stream_pos) - 1;
         let end = after.last().map_or(pos, |e| e.stream_pos);
 
+        // One read of the spans judges the events on both sides and the state.
+        let viewer_id = user.user_id.as_str();
+        let access = self.deps.visibility.room_access(&user.user_id, room_id.as_str(), start, end).await?;
+        let before: Vec<StoredEvent> = before.into_iter().filter(|e| access.may_see(viewer_id, e)).collect();
+        let after: Vec<StoredEvent> = after.into_iter().filter(|e| access.may_see(viewer_id, e)).collect();
+        // The state at the last event returned (spec), but never at one the
+        // user may not see: the state at `end` would show who joined or left
+        // (and names, topics) after what they may read. Of the events they
+        // see, the last whose state they may see, down to this one.
+        let state_event = after.iter().rev().chain([&event]).find(|e| access.may_see_state_at(viewer_id, e));
+        let state_pos = state_event.map(|e| e.stream_pos);
         let before: Vec<StoredEvent> = before.into_iter().filter(|e| event_allowed(filter, e)).collect();
         let after: Vec<StoredEvent> = after.into_iter().filter(|e| event_allowed(filter, e)).collect();
-        let before = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), before).await?;
-        let after = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), after).await?;
         // With lazy-loaded members, the member events of the senders shown,
         // whatever `include_redundant_members` says: a context answer
         // starts a new timeline in the client (a permalink), which holds
@@ -113,11 +122,11 @@ impl RoomReader {
         let lazy = matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. });
         let senders: BTreeSet<&str> =
             before.iter().chain(&after).chain(std::iter::once(&event)).map(|e| e.sender.as_str()).collect();
-        let state: Vec<StoredEvent> = self
-            .deps
-            .rooms
-            .state_at(room_id.as_str(), Some(end))
-            .await?
+        let state = match state_pos {
+            Some(pos) => self.deps.rooms.state_at(room_id.as_str(), Some(pos)).await?,
+            None => Vec::new(),
+        };
+        let state: Vec<StoredEvent> = state
             .into_iter()
             .filter(|e| event_allowed(filter, e))
             .filter(|e| !lazy || e.event_type != "m.room.member" || e.state_key.as_deref().is_some_and(|k| senders.contains(k)))
@@ -137,7 +146,9 @@ impl RoomReader {
 
     /// `GET /rooms/{roomId}/timestamp_to_event`: the id and timestamp of
     /// the room's first event at or after `ts_ms` (forward) or last one at
-    /// or before it (backward). Only this server's copy of the room is
+    /// or before it (backward), among those the user may see: events
+    /// hidden from them are passed over as if they did not exist, so the
+    /// answer does not reveal them. Only this server's copy of the room is
     /// searched, which is all of it until federation exists.
     pub async fn timestamp_to_event(
         &self,
@@ -148,7 +159,9 @@ impl RoomReader {
     ) -> Result<(String, u64), Error> {
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let forward = dir == Direction::Forward;
-        let found = self.deps.relations.event_near_ts(room_id.as_str(), ts_ms, forward).await?;
+        let current = self.deps.rooms.current_stream_pos().await?;
+        let seen = self.deps.visibility.room_access(&user.user_id, room_id.as_str(), 0, current).await?.seen_ranges();
+        let found = self.deps.relations.event_near_ts_within(room_id.as_str(), ts_ms, forward, &seen).await?;
         let event = found.ok_or_else(|| {
             let direction = if forward { "forward" } else { "backward" };
             Error::NotFound(format!("no event from {ts_ms} in the {direction} direction"))

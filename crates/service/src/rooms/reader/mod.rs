@@ -1,8 +1,8 @@
 //! The room reader: single events, state, members, `/messages` pages,
 //! `/context` and `/timestamp_to_event` (`context.rs`), relations and
-//! threads (`relations.rs`). State and members are for joined members;
-//! events follow history visibility, so former members read what they
-//! were allowed to see.
+//! threads (`relations.rs`). State is for joined members, members also
+//! for former ones; events and members follow history visibility, so
+//! former members read what they were allowed to see.
 
 mod context;
 mod relations;
@@ -21,6 +21,7 @@ pub use relations::{RelationsPage, RelationsRequest, ThreadsPage};
 
 use super::filter::event_allowed;
 use super::state::ensure_joined;
+use super::visibility::Standing;
 use super::{ClientEventOptions, Direction, EventFormatter, Visibility, format_token, parse_token};
 use crate::account_data::AccountData;
 use crate::{AuthedUser, Error};
@@ -94,7 +95,12 @@ impl RoomReader {
         Ok(if whole_event { formatted } else { formatted["content"].take() })
     }
 
-    /// `GET /rooms/{roomId}/members`.
+    /// `GET /rooms/{roomId}/members`: for members the current members or
+    /// those `at` a position; for former members (spec: 403 only for who
+    /// "weren't previously a member") those when they left, or `at` a
+    /// position. A position must be one whose state the user may see
+    /// (`ReadAccess::may_see_state_at`), else 403: members from before a
+    /// `joined` room let them in, or after they left, are not theirs to see.
     pub async fn room_members(
         &self,
         user: &AuthedUser,
@@ -103,8 +109,16 @@ impl RoomReader {
         membership: Option<&MembershipState>,
         not_membership: Option<&MembershipState>,
     ) -> Result<Vec<JsonValue>, Error> {
-        ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
+        let standing = self.deps.visibility.standing(room_id, &user.user_id).await?;
+        let standing = standing.ok_or_else(|| Error::Forbidden("you are not joined to this room".into()))?;
         let at = at.map(parse_token).transpose()?;
+        let at = match standing {
+            Standing::Member => at,
+            Standing::FormerMember { left_at } => Some(at.unwrap_or(left_at)),
+        };
+        if let Some(pos) = at {
+            self.deps.visibility.ensure_can_see_state_at(&user.user_id, room_id, pos).await?;
+        }
         let state = self.deps.rooms.state_at(room_id.as_str(), at).await?;
         let members: Vec<_> = state
             .into_iter()
