@@ -36,6 +36,7 @@ mod concurrent_sends;
 mod directory;
 mod ephemeral;
 mod faults;
+mod hostile;
 mod lazy_members;
 mod nul_text;
 mod presence;
