@@ -33,7 +33,7 @@ impl<T: IncomingRequest + Send> FromRequest<AppState> for Ruma<T> {
             .iter()
             .map(|(_, v)| v.to_owned())
             .collect();
-        let mut bytes = read_body(body, &parts.headers, state.config.max_request_body_bytes).await?;
+        let mut bytes = read_body(body, &parts.headers, &state.config).await?;
         if parts.method != Method::GET && parts.method != Method::HEAD {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 // Some clients send no body to POST /logout and friends.
@@ -66,15 +66,21 @@ fn decode_error(e: FromHttpRequestError) -> ApiError {
     }
 }
 
-/// Reads a body up to `limit` bytes. A declared length over the limit is
-/// refused before anything is read.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
+/// Reads a body up to the configured size, within the configured time
+/// (408 `M_UNKNOWN` for a client that sends too slowly). A declared length
+/// over the limit is refused before anything is read.
+pub async fn read_body(body: Body, headers: &HeaderMap, config: &ApiConfig) -> ApiResult<Bytes> {
+    let limit = config.max_request_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let too_large = || ApiError::too_large(format!("request bodies are limited to {limit} bytes"));
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(config.body_read_timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        let secs = config.body_read_timeout.as_secs_f64();
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", format!("the request body did not arrive within {secs} s"))
+    })?;
+    read.map_err(|e| {
         if e.into_inner().is::<http_body_util::LengthLimitError>() {
             too_large()
         } else {
@@ -86,7 +92,7 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResu
 /// A body that must be JSON (`M_NOT_JSON` otherwise), read up to the
 /// configured size; its shape is the caller's to check.
 pub async fn json_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> ApiResult<JsonValue> {
-    let bytes = read_body(body, headers, config.max_request_body_bytes).await?;
+    let bytes = read_body(body, headers, config).await?;
     serde_json::from_slice(&bytes).map_err(|_| ApiError::not_json("the request body is not valid JSON"))
 }
 

@@ -24,6 +24,7 @@ use chancery_proto::ruma::api::client::{
     session, threads,
 };
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
@@ -50,6 +51,18 @@ pub struct ApiConfig {
     pub trust_forwarded_for: bool,
     /// Write client addresses into request logs (off by default).
     pub log_client_address: bool,
+    /// A request body must arrive whole within this time (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// A request must be answered within this time (503 otherwise).
+    pub request_timeout: Duration,
+}
+
+impl ApiConfig {
+    /// The longest a `/sync` long-poll waits: under the request timeout,
+    /// so a quiet long-poll answers empty instead of timing out.
+    pub fn max_long_poll(&self) -> Duration {
+        self.request_timeout * 9 / 10
+    }
 }
 
 /// What the routers hold: the components (each handler extracts the one
@@ -232,8 +245,10 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::HeaderName::from_static("x-requested-with"), header::CONTENT_TYPE, header::AUTHORIZATION]);
 
-    // Inside `observe`, so a panic's 500 is logged with its route and counted.
+    // Inside `observe`, so a panic's 500 or a timeout's 503 is logged with
+    // its route and counted.
     r.layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
         .layer(cors)
         .with_state(state)

@@ -24,6 +24,25 @@ pub(crate) fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) 
     response
 }
 
+/// Answers 503 `M_UNKNOWN` (with `Retry-After`) for a request not answered
+/// within the configured request timeout: slow bodies, stuck reads and any
+/// handler that waits too long give their task back. A long-poll waits
+/// less than this (see [`crate::ApiConfig::max_long_poll`]).
+pub(crate) async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "a request was not answered in time; answered 503");
+            crate::ApiError::from(chancery_service::Error::Unavailable {
+                message: format!("the request was not answered within {} s", limit.as_secs_f64()),
+                retry_after_ms: 1_000,
+            })
+            .into_response()
+        }
+    }
+}
+
 pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();

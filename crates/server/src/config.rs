@@ -50,6 +50,23 @@ pub struct Config {
 pub struct LimitsConfig {
     pub max_request_body_bytes: usize,
     pub max_devices_per_user: usize,
+    /// Open client connections in all; past it a new one is answered 503.
+    pub max_connections: usize,
+    /// Open connections from one address (IPv6: one /64); past it a new
+    /// one is answered 429. Not applied with `trust_forwarded_for`, where
+    /// every connection comes from the proxy.
+    pub max_connections_per_address: usize,
+    /// A request head must arrive within this time, and a kept-alive
+    /// connection sending no new request is closed after it.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this time (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// A request must be answered within this time (503 otherwise);
+    /// `/sync` long-polls wait at most nine tenths of it.
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long requests in flight may take to finish
+    /// before their connections are closed.
+    pub shutdown_drain_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -147,7 +164,16 @@ impl Default for Config {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_request_body_bytes: limits::MAX_REQUEST_BODY_BYTES, max_devices_per_user: limits::MAX_DEVICES_PER_USER }
+        Self {
+            max_request_body_bytes: limits::MAX_REQUEST_BODY_BYTES,
+            max_devices_per_user: limits::MAX_DEVICES_PER_USER,
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            request_timeout_ms: 120_000,
+            shutdown_drain_ms: 10_000,
+        }
     }
 }
 
@@ -267,6 +293,21 @@ impl Config {
             let key = "limits.max_request_body_bytes";
             return Err(err(key, var_of(key), "must be at least 1024"));
         }
+        for (key, value, min) in [
+            ("limits.max_connections", self.limits.max_connections as u64, 1),
+            ("limits.max_connections_per_address", self.limits.max_connections_per_address as u64, 1),
+            ("limits.header_read_timeout_ms", self.limits.header_read_timeout_ms, 100),
+            ("limits.body_read_timeout_ms", self.limits.body_read_timeout_ms, 100),
+            ("limits.request_timeout_ms", self.limits.request_timeout_ms, 1_000),
+        ] {
+            if value < min {
+                return Err(err(key, var_of(key), format!("must be at least {min}")));
+            }
+        }
+        if self.limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            let key = "limits.max_connections";
+            return Err(err(key, var_of(key), format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS)));
+        }
         if self.retention.notifications_days == 0 {
             let key = "retention.notifications_days";
             return Err(err(key, var_of(key), "must be at least 1"));
@@ -293,6 +334,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What the HTTP listeners allow their clients.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        let ms = std::time::Duration::from_millis;
+        crate::http::HttpLimits {
+            header_read_timeout: ms(self.limits.header_read_timeout_ms),
+            max_connections: self.limits.max_connections,
+            max_connections_per_address: (!self.trust_forwarded_for).then_some(self.limits.max_connections_per_address),
+            shutdown_drain: ms(self.limits.shutdown_drain_ms),
+        }
     }
 
     pub fn server_name(&self) -> OwnedServerName {

@@ -2,11 +2,13 @@
 //! `chancery` command line. The only crate that knows every other one.
 
 pub mod config;
+mod http;
 mod maintenance;
 mod wiring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use chancery_api::{ApiConfig, AppState, Metrics};
@@ -90,15 +92,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             federation_address: config.federation_address(),
             trust_forwarded_for: config.trust_forwarded_for,
             log_client_address: config.log.client_address,
+            body_read_timeout: Duration::from_millis(config.limits.body_read_timeout_ms),
+            request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         }),
         metrics: metrics.clone(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
-    let app = chancery_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let limits = config.http_limits();
+    let app = chancery_api::router(state);
     let mut tasks = vec![
-        tokio::spawn(serve_until(listener, app, shutdown_rx.clone())),
+        tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
         tokio::spawn(maintenance::run(push, shutdown_rx.clone())),
     ];
 
@@ -106,24 +111,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics.listen {addr}"))?;
         metrics_addr = Some(listener.local_addr()?);
-        let app = chancery_api::metrics::router(metrics, health).into_make_service_with_connect_info::<SocketAddr>();
-        tasks.push(tokio::spawn(serve_until(listener, app, shutdown_rx)));
+        let app = chancery_api::metrics::router(metrics, health);
+        tasks.push(tokio::spawn(http::serve(listener, app, limits, shutdown_rx)));
     }
     tracing::info!(address = %local_addr, server_name = %config.server_name, database = store.kind(), "listening");
     if let Some(addr) = metrics_addr {
         tracing::info!(address = %addr, "metrics listening");
     }
     Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store })
-}
-
-async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
 }

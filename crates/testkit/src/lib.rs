@@ -42,6 +42,31 @@ pub async fn test_config(backend: Backend, dir: &Path) -> anyhow::Result<Config>
     Ok(config)
 }
 
+/// Creates `count` accounts named `{prefix}{n}` with one logged-in
+/// device each, straight in the database of `config`, whether a server
+/// runs on it or not (no password hashing, so a test can have thousands
+/// of users). Returns (user_id, access_token).
+pub async fn bulk_users(config: &Config, prefix: &str, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+    use chancery_store::{NewAccount, NewDevice, TokenPair};
+    let store = chancery_server::open_store(config).await?;
+    let mut users = Vec::with_capacity(count);
+    for n in 0..count {
+        let user_id = format!("@{prefix}{n}:{}", config.server_name);
+        let token = format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(&chancery_service::tokens::OsEntropy, ""));
+        let account = NewAccount { user_id: user_id.clone(), password_hash: None, is_admin: false, created_ts: 1 };
+        let tokens = TokenPair {
+            access_token_hash: chancery_service::tokens::hash(&token),
+            access_expires_ts: None,
+            refresh_token_hash: None,
+        };
+        let device = NewDevice { user_id: user_id.clone(), device_id: "BULK".into(), display_name: None, tokens, now_ts: 1 };
+        store.create_account(account, Some(device), None, 1).await?;
+        users.push((user_id, token));
+    }
+    store.close().await;
+    Ok(users)
+}
+
 /// A server running inside the test process.
 pub struct TestServer {
     running: Option<RunningServer>,
@@ -84,29 +109,9 @@ impl TestServer {
         Ok(Self { base_url: running.base_url(), running: Some(running), config, dir })
     }
 
-    /// Creates `count` accounts named `{prefix}{n}` with one logged-in
-    /// device each, straight in the database (no password hashing, so a
-    /// test can have thousands of users). Returns (user_id, access_token).
+    /// Creates `count` accounts straight in the database: see [`bulk_users`].
     pub async fn bulk_users(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<(String, String)>> {
-        use chancery_store::{NewAccount, NewDevice, TokenPair};
-        let store = chancery_server::open_store(&self.config).await?;
-        let mut users = Vec::with_capacity(count);
-        for n in 0..count {
-            let user_id = format!("@{prefix}{n}:{}", self.config.server_name);
-            let token =
-                format!("bulk_{prefix}{n}_{}", chancery_service::tokens::generate(&chancery_service::tokens::OsEntropy, ""));
-            let account = NewAccount { user_id: user_id.clone(), password_hash: None, is_admin: false, created_ts: 1 };
-            let tokens = TokenPair {
-                access_token_hash: chancery_service::tokens::hash(&token),
-                access_expires_ts: None,
-                refresh_token_hash: None,
-            };
-            let device = NewDevice { user_id: user_id.clone(), device_id: "BULK".into(), display_name: None, tokens, now_ts: 1 };
-            store.create_account(account, Some(device), None, 1).await?;
-            users.push((user_id, token));
-        }
-        store.close().await;
-        Ok(users)
+        bulk_users(&self.config, prefix, count).await
     }
 
     /// Stops the server gracefully and starts it again on the same data.

@@ -173,7 +173,7 @@ pub async fn report_event(
         |what: &str, e: String| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", format!("invalid {what}: {e}"));
     let room_id = RoomId::parse(&room_id).map_err(|e| invalid("room id", e.to_string()))?;
     let event_id = EventId::parse(&event_id).map_err(|e| invalid("event id", e.to_string()))?;
-    let bytes = read_body(body, &headers, config.max_request_body_bytes).await?;
+    let bytes = read_body(body, &headers, &config).await?;
     let value: JsonValue = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

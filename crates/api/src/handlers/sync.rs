@@ -10,12 +10,14 @@ use chancery_service::{AccountData, Syncer};
 use chancery_service::{Error, SyncRequest};
 use serde_json::Value as JsonValue;
 
+use crate::ApiConfig;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma};
 
 pub async fn sync(
     State(account_data): State<Arc<AccountData>>,
     State(syncer): State<Arc<Syncer>>,
+    State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Ruma(req): Ruma<v3::Request>,
 ) -> ApiResult<Json<JsonValue>> {
@@ -27,7 +29,7 @@ pub async fn sync(
     };
     let request = SyncRequest {
         since: req.since,
-        timeout_ms: req.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
+        timeout_ms: req.timeout.map_or(0, |t| u64::try_from(t.min(config.max_long_poll()).as_millis()).unwrap_or(u64::MAX)),
         full_state: req.full_state,
         use_state_after: req.use_state_after,
         set_presence: req.set_presence,

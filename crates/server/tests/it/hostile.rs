@@ -29,7 +29,10 @@ const TABLE: &[Row] = &[
     Row { item: "4", tries: "filling the interactive-auth sessions", run: |base| Box::pin(uia_sessions(base)) },
     Row { item: "5", tries: "confirming events history visibility hides", run: |base| Box::pin(hidden_events(base)) },
     Row { item: "7", tries: "floods of events, rooms, invites, receipts, filters", run: |base| Box::pin(floods(base)) },
+    Row { item: "8", tries: "more connections from one address than allowed", run: |base| Box::pin(connection_flood(base)) },
     Row { item: "10", tries: "probing for deactivated accounts", run: |base| Box::pin(deactivated_probe(base)) },
+    // Item 8's slow heads and bodies, request and drain deadlines, and
+    // thousands of idle connections and long-polls: connections::*.
     // Item 6 (starved readers): store_conformance::*::heavy_reads_leave_a_connection_for_small_ones,
     // query_timeouts::*. Item 9 (faults): faults::*. Item 7's long-polls:
     // bad_input::long_polls_per_user_are_bounded; notification pruning:
@@ -47,6 +50,7 @@ async fn hostile_client_table(backend: Backend) {
         c.rate_limits.rooms_per_user = slow(3);
         c.rate_limits.invites_per_user = slow(2);
         c.rate_limits.receipts_per_user = slow(3);
+        c.limits.max_connections_per_address = CONNECTIONS_PER_ADDRESS;
     })
     .await
     .unwrap();
@@ -58,6 +62,8 @@ async fn hostile_client_table(backend: Backend) {
 }
 
 on_both_backends!(hostile_client_table);
+
+const CONNECTIONS_PER_ADDRESS: usize = 32;
 
 /// A fresh user of this row (each row draws on its own rate limits).
 async fn user(base: &str, row: &str, name: &str) -> User {
@@ -138,6 +144,30 @@ async fn hidden_events(base: &str) {
     }
     assert_error(&bob.call(Method::GET, &format!("/rooms/{room}/context/{secret}"), None).await, 404, "M_NOT_FOUND");
     assert_error(&bob.call(Method::GET, &format!("/rooms/{room}/event/{secret}"), None).await, 404, "M_NOT_FOUND");
+}
+
+async fn connection_flood(base: &str) {
+    use crate::connections::{VERSIONS, answer, connect};
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    let refusal = loop {
+        assert!(held.len() <= CONNECTIONS_PER_ADDRESS, "{} connections from one address admitted", held.len());
+        let mut stream = connect(base).await;
+        stream.write_all(VERSIONS).await.unwrap();
+        let (status, _, body) = answer(&mut stream).await.expect("an answer");
+        if status != 200 {
+            break (status, body);
+        }
+        held.push(stream);
+    };
+    assert_eq!((refusal.0, refusal.1["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{}", refusal.1);
+    drop(held);
+    // Their places come back once the server has seen them close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while call(Method::GET, &format!("{base}/_matrix/client/versions"), None, None).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "closed connections kept their places");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 async fn floods(base: &str) {

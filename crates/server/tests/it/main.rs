@@ -33,6 +33,7 @@ mod client_flows;
 mod common;
 mod components;
 mod concurrent_sends;
+mod connections;
 mod directory;
 mod ephemeral;
 mod faults;
