@@ -186,6 +186,23 @@ impl Burst {
         Arc::new(Self { acked: AtomicUsize::new(0), kill_after, enough: Notify::new(), killed: AtomicBool::new(false) })
     }
 
+    /// Spawns a worker of the burst. One that fails ends the wait for the
+    /// kill at once: the test fails anyway, and says why sooner.
+    fn spawn<T: Send + 'static, W: Future<Output = Result<Stopped<T>, String>> + Send + 'static>(
+        self: &Arc<Self>,
+        worker: impl FnOnce(Arc<Self>) -> W,
+    ) -> JoinHandle<Result<Stopped<T>, String>> {
+        let burst = Arc::clone(self);
+        let worker = worker(Arc::clone(self));
+        tokio::spawn(async move {
+            let stopped = worker.await;
+            if stopped.is_err() {
+                burst.enough.notify_one();
+            }
+            stopped
+        })
+    }
+
     /// Counts one acknowledged write.
     fn acknowledged(&self) {
         if self.acked.fetch_add(1, Ordering::SeqCst) + 1 == self.kill_after {
@@ -275,8 +292,8 @@ async fn crash_safety(backend: Backend) {
     let burst = Burst::new(30);
     let mut workers = Vec::new();
     for w in 0..6 {
-        let (base, burst) = (server.base_url.clone(), burst.clone());
-        workers.push(tokio::spawn(async move {
+        let base = server.base_url.clone();
+        workers.push(burst.spawn(|burst| async move {
             let client = http();
             // (account name, user id, access token) of each acknowledged
             // registration and login.
@@ -357,7 +374,12 @@ async fn crash_safety_of_sends(backend: Backend) {
     }
     let mut rooms = Vec::new();
     for _ in 0..ROOMS {
-        rooms.push(senders[0].create_room(json!({"preset": "public_chat"})).await);
+        let everyone_may_change_it = json!({"events": {BURST_STATE.0: 0}});
+        rooms.push(
+            senders[0]
+                .create_room(json!({"preset": "public_chat", "power_level_content_override": everyone_may_change_it}))
+                .await,
+        );
     }
     for sender in &senders[1..] {
         for room in &rooms {
@@ -370,9 +392,9 @@ async fn crash_safety_of_sends(backend: Backend) {
     let burst = Burst::new(SENDERS * SENDS_PER_SENDER / 3);
     let mut workers = Vec::new();
     for (w, sender) in senders.iter().enumerate() {
-        let (burst, rooms, token) = (burst.clone(), rooms.clone(), sender.token.clone());
+        let (rooms, token) = (rooms.clone(), sender.token.clone());
         let url = sender.url("");
-        workers.push(tokio::spawn(async move {
+        workers.push(burst.spawn(|burst| async move {
             let client = http();
             let mut acked = Vec::new();
             for i in 0..SENDS_PER_SENDER {
@@ -403,7 +425,7 @@ async fn crash_safety_of_sends(backend: Backend) {
 
     let server = ChildServer::spawn(BIN.as_ref(), &config).await.unwrap();
     let reader = User { base: server.base_url.clone(), token: senders[0].token.clone(), id: senders[0].id.clone() };
-    for room in &rooms {
+    for (r, room) in rooms.iter().enumerate() {
         let timeline = room_timeline(&reader, room).await;
         let mut position = HashMap::new();
         for (at, event) in timeline.iter().enumerate() {
@@ -433,7 +455,7 @@ async fn crash_safety_of_sends(backend: Backend) {
         } else {
             assert!(acked_state.is_empty(), "{room}: acknowledged state events but no current state");
         }
-        reader.say(room, "after-the-crash", "after the crash").await;
+        reader.say(room, &format!("after-the-crash-{r}"), "after the crash").await;
     }
     assert!(acked.iter().flatten().any(|e| e.is_state), "no state event was acknowledged");
     assert!(server.terminate().await.unwrap().success());
