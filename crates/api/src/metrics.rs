@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on their own listener (off unless
-//! configured): requests and latencies per endpoint, database pool, RSS.
+//! configured): requests and latencies per endpoint, database pool, RSS,
+//! syncs waiting for news.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub struct Metrics {
     db_connections: Gauge,
     db_idle: Gauge,
     rss_bytes: Gauge,
+    long_polls_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,13 +57,19 @@ impl Metrics {
         let db_connections = Gauge::default();
         let db_idle = Gauge::default();
         let rss_bytes = Gauge::default();
+        let long_polls_waiting = Gauge::default();
         registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by endpoint", latency.clone());
         registry.register("http_handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
         registry.register("db_pool_connections", "Database connections held by the pool", db_connections.clone());
         registry.register("db_pool_idle_connections", "Idle database connections", db_idle.clone());
         registry.register("process_resident_memory_bytes", "Resident memory of this process", rss_bytes.clone());
-        Self { registry: Mutex::new(registry), requests, latency, panics, db_connections, db_idle, rss_bytes }
+        registry.register(
+            "sync_long_polls_waiting",
+            "/sync requests of this node parked waiting for news",
+            long_polls_waiting.clone(),
+        );
+        Self { registry: Mutex::new(registry), requests, latency, panics, db_connections, db_idle, rss_bytes, long_polls_waiting }
     }
 
     pub(crate) fn record_request(&self, method: &str, endpoint: &str, status: u16, elapsed: Duration) {
@@ -77,8 +85,9 @@ impl Metrics {
     }
 
     /// The text exposition format, with gauges read now.
-    pub fn render(&self, pool: chancery_service::PoolStats) -> String {
+    pub fn render(&self, pool: chancery_service::PoolStats, long_polls_waiting: usize) -> String {
         self.db_connections.set(i64::try_from(pool.connections).unwrap_or(i64::MAX));
+        self.long_polls_waiting.set(i64::try_from(long_polls_waiting).unwrap_or(i64::MAX));
         self.db_idle.set(i64::try_from(pool.idle).unwrap_or(i64::MAX));
         if let Some(rss) = resident_memory_bytes() {
             self.rss_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
@@ -117,7 +126,7 @@ pub fn router(metrics: std::sync::Arc<Metrics>, health: std::sync::Arc<chancery_
             let metrics = metrics.clone();
             let health = health.clone();
             async move {
-                let body = metrics.render(health.pool_stats());
+                let body = metrics.render(health.pool_stats(), health.long_polls_waiting());
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
             }
         }),

@@ -116,7 +116,7 @@ mod tests {
     fn panics_are_counted_per_route() {
         let metrics = crate::Metrics::new();
         metrics.record_panic("GET", "/boom");
-        let text = metrics.render(chancery_service::PoolStats::default());
+        let text = metrics.render(chancery_service::PoolStats::default(), 0);
         assert!(text.contains(r#"chancery_http_handler_panics_total{method="GET",endpoint="/boom"} 1"#), "{text}");
     }
 }

@@ -158,11 +158,11 @@ pub fn components_with(
         ephemeral: ephemeral.clone(),
         visibility: visibility.clone(),
         formatter,
-        notifier,
+        notifier: notifier.clone(),
     }));
     let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
-    let health = Arc::new(Health::new(store));
+    let health = Arc::new(Health::new(store, notifier));
     Ok(Components {
         accounts,
         profiles,

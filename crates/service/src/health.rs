@@ -1,16 +1,22 @@
-//! The health component: whether the database answers (for `/health`)
-//! and how its connection pool fares (for `/metrics`).
+//! The health component: whether the database answers (for `/health`),
+//! how its connection pool fares and how many syncs wait (for `/metrics`).
+
+use std::sync::Arc;
 
 use chancery_store::{DynStore, PoolStats};
 
-/// The database's health, as load balancers and metrics see it.
+use crate::Notifier;
+
+/// The database's health and the node's waiting syncs, as load balancers
+/// and metrics see them.
 pub struct Health {
     store: DynStore,
+    notifier: Arc<Notifier>,
 }
 
 impl Health {
-    pub fn new(store: DynStore) -> Self {
-        Self { store }
+    pub fn new(store: DynStore, notifier: Arc<Notifier>) -> Self {
+        Self { store, notifier }
     }
 
     /// Whether the database answers.
@@ -20,5 +26,10 @@ impl Health {
 
     pub fn pool_stats(&self) -> PoolStats {
         self.store.pool_stats()
+    }
+
+    /// Syncs of this node parked waiting for news.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.notifier.long_polls_waiting()
     }
 }

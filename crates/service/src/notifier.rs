@@ -17,7 +17,7 @@
 //! everyone through the store's `remote_changes` instead.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chancery_store::{AfterCaller, EventListener};
@@ -40,6 +40,8 @@ struct Registry {
 pub struct Notifier {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
+    /// Syncs parked in [`Interest::changed`] right now.
+    parked: AtomicUsize,
 }
 
 impl Notifier {
@@ -119,6 +121,13 @@ impl Notifier {
         Some(Interest { notifier: Arc::clone(self), id, user_id: user_id.to_owned(), rooms, notify })
     }
 
+    /// How many syncs are parked waiting for a change right now (not
+    /// those registered but still reading): the
+    /// `chancery_sync_long_polls_waiting` gauge.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
     #[cfg(test)]
     fn keys(&self) -> (usize, usize, usize) {
         let r = self.registry();
@@ -171,8 +180,32 @@ impl Interest {
 
     /// Returns once something this sync waits on changed (at once if it
     /// changed since the last call).
+    /// Counted in [`Notifier::long_polls_waiting`] while it waits.
     pub(crate) async fn changed(&self) {
-        self.notify.notified().await;
+        let mut notified = std::pin::pin!(self.notify.notified());
+        // A waiter of the `Notify` before it counts as parked, so a change
+        // made once the gauge shows it wakes it (not a stored permit).
+        notified.as_mut().enable();
+        let _parked = Parked::new(&self.notifier.parked);
+        notified.await;
+    }
+}
+
+/// One count in [`Notifier::long_polls_waiting`], taken back when the wait
+/// ends however it ends: woken, or dropped (a timeout, a remote change, a
+/// client that went away).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -256,6 +289,32 @@ mod tests {
         drop(alice);
         drop(bob);
         assert_eq!(w.keys(), (0, 0, 0), "dropped interests leave nothing behind");
+    }
+
+    #[test]
+    fn a_sync_counts_as_waiting_only_while_it_is_parked() {
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Waker};
+
+        let w = Arc::new(Notifier::default());
+        let i = w.register("@a:x", rooms(&["!r"]), usize::MAX).unwrap();
+        assert_eq!(w.long_polls_waiting(), 0, "registered, still reading");
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut wait = pin!(i.changed());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(w.long_polls_waiting(), 1);
+            w.room("!r");
+            assert!(wait.as_mut().poll(&mut cx).is_ready());
+            assert_eq!(w.long_polls_waiting(), 0, "woken");
+        }
+        {
+            let mut wait = pin!(i.changed());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(w.long_polls_waiting(), 1);
+        }
+        assert_eq!(w.long_polls_waiting(), 0, "given up (timeout, client gone)");
     }
 
     #[test]

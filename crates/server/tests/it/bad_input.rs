@@ -479,6 +479,7 @@ async fn metrics_when_configured() {
     );
     assert!(text.contains("chancery_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("chancery_db_pool_connections"), "{text}");
+    assert!(text.lines().any(|l| l == "chancery_sync_long_polls_waiting 0"), "{text}");
     let rss_line = text.lines().find(|l| l.starts_with("chancery_process_resident_memory_bytes ")).expect("rss");
     let rss: u64 = rss_line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(rss > 1_000_000, "{rss_line}");

@@ -61,6 +61,32 @@ pub async fn ok(method: Method, url: String, token: &str, body: Option<Value>) -
     body
 }
 
+/// Turns on the Prometheus listener (loopback, any port), which
+/// [`wait_for_parked_polls`] reads: for `TestServer::start_with`.
+pub fn with_metrics(config: &mut chancery_server::Config) {
+    config.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+}
+
+/// Waits until exactly `count` `/sync` long-polls are parked on `server`
+/// waiting for news (its `chancery_sync_long_polls_waiting` gauge), so
+/// that what a test does next happens while they wait and must wake them.
+/// Polls every 5 ms for at most 10 s; fails if the count is not reached.
+/// The server needs [`with_metrics`].
+pub async fn wait_for_parked_polls(server: &chancery_testkit::TestServer, count: usize) {
+    let url = server.metrics_url().expect("the server was started with_metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut parked = None;
+    while std::time::Instant::now() < deadline {
+        let text = http().get(&url).send().await.expect("metrics answer").text().await.expect("metrics text");
+        parked = text.lines().find_map(|l| l.strip_prefix("chancery_sync_long_polls_waiting ")).and_then(|v| v.parse().ok());
+        if parked == Some(count) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("{count} long-polls never waited on {url} within 10 s (last seen: {parked:?})");
+}
+
 /// Percent-encodes a query parameter value (filters are JSON).
 pub fn urlencode(s: &str) -> String {
     s.bytes()

@@ -11,7 +11,7 @@ use chancery_testkit::{Backend, ChildServer, TestServer, test_config};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, call, http, login};
+use crate::common::{User, call, http, login, wait_for_parked_polls, with_metrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chancery");
 
@@ -64,12 +64,12 @@ fn start_long_poll(user: &User, since: &str) -> tokio::task::JoinHandle<((Status
     })
 }
 
-/// Starts `user`'s long-poll from `since`, runs `trigger` once it waits,
-/// and returns its answer; fails unless it was woken well before its
-/// timeout.
-async fn woken_by(user: &User, since: &str, trigger: impl std::future::Future<Output = ()>) -> Value {
+/// Starts `user`'s long-poll from `since` on `server` (the node `user`
+/// talks to), runs `trigger` once the poll is parked there, and returns
+/// its answer; fails unless it was woken well before its timeout.
+async fn woken_by(server: &TestServer, user: &User, since: &str, trigger: impl std::future::Future<Output = ()>) -> Value {
     let poll = start_long_poll(user, since);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_parked_polls(server, 1).await;
     trigger.await;
     let ((status, body), elapsed) = poll.await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -108,6 +108,7 @@ async fn postgres_restart_under_two_nodes() {
     let mut cluster = PgCluster::start().unwrap();
     let url = cluster.fresh_database().await.unwrap();
     let first = TestServer::start_with(Backend::Postgres, |c| {
+        with_metrics(c);
         c.database_url = Some(url.clone());
         c.presence.enabled = true;
     })
@@ -130,7 +131,7 @@ async fn postgres_restart_under_two_nodes() {
 
     // A long-poll waiting on the second node when the database goes away.
     let poll = start_long_poll(&bob, &since);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_parked_polls(&second, 1).await;
     tokio::task::block_in_place(|| cluster.stop()).unwrap();
     let ((status, body), elapsed) = poll.await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -161,14 +162,14 @@ async fn postgres_restart_under_two_nodes() {
 
     // Cross-node wake-ups, both ways.
     let since = bob.sync("timeout=0&set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
-    let woke = woken_by(&bob, &since, async {
+    let woke = woken_by(&second, &bob, &since, async {
         alice.say(&room, "cross-1", "alice to bob across nodes").await;
     })
     .await;
     assert_eq!(timeline_bodies(&woke, &room), ["alice to bob across nodes"]);
     acknowledged.push("alice to bob across nodes".into());
     let alice_since = alice.sync("timeout=0&set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
-    let woke = woken_by(&alice, &alice_since, async {
+    let woke = woken_by(&first, &alice, &alice_since, async {
         bob.say(&room, "cross-2", "bob to alice across nodes").await;
     })
     .await;
@@ -177,7 +178,7 @@ async fn postgres_restart_under_two_nodes() {
 
     // Typing and presence, which only travel between nodes by NOTIFY.
     let since = bob.sync("timeout=0&set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
-    let typing = woken_by(&bob, &since, async {
+    let typing = woken_by(&second, &bob, &since, async {
         alice
             .ok(Method::PUT, &format!("/rooms/{room}/typing/{}", alice.id), Some(json!({"typing": true, "timeout": 20000})))
             .await;

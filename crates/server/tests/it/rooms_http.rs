@@ -7,7 +7,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, assert_error, call, urlencode};
+use crate::common::{User, assert_error, call, urlencode, wait_for_parked_polls, with_metrics};
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
     sync["rooms"]["join"][room]["timeline"]["events"]
@@ -197,7 +197,7 @@ on_both_backends!(room_rules);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_timelines_long_poll_and_restart() {
-    let mut server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let mut server = TestServer::start_with(Backend::Sqlite, with_metrics).await.unwrap();
     let base = server.base_url.clone();
     let alice = User::new(&base, "alice").await;
     let bob = User::new(&base, "bob").await;
@@ -253,8 +253,7 @@ async fn sync_timelines_long_poll_and_restart() {
             (got, started.elapsed())
         })
     };
-    // Give the poll a moment to start waiting (its answer is checked, not the timing).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_parked_polls(&server, 1).await;
     alice.say(&room, "wake", "wake up").await;
     let ((status, woke), elapsed) = poll.await.unwrap();
     assert_eq!(status, 200);
@@ -291,7 +290,7 @@ async fn sync_timelines_long_poll_and_restart() {
 /// serve the same rooms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
-    let first = TestServer::start(Backend::Postgres).await.unwrap();
+    let first = TestServer::start_with(Backend::Postgres, with_metrics).await.unwrap();
     let second = first.another_node().await.unwrap();
     let alice = User::new(&first.base_url, "alice").await;
     let bob_on_first = User::new(&first.base_url, "bob").await;
@@ -301,7 +300,7 @@ async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
     let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
 
     // Fails unless the other node's commit wakes the poll well before its timeout.
-    let woke = woken_by(&bob, &since, async {
+    let woke = woken_by(&second, &bob, &since, async {
         alice.say(&room, "cross-node", "from the first node").await;
     })
     .await;
@@ -316,7 +315,12 @@ async fn two_nodes_share_rooms_and_wake_each_others_syncs() {
 /// node is what the other answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_typing_and_presence() {
-    let first = TestServer::start_with(Backend::Postgres, |c| c.presence.enabled = true).await.unwrap();
+    let first = TestServer::start_with(Backend::Postgres, |c| {
+        with_metrics(c);
+        c.presence.enabled = true;
+    })
+    .await
+    .unwrap();
     let second = first.another_node().await.unwrap();
     let alice = User::new(&first.base_url, "alice").await;
     let bob_on_first = User::new(&first.base_url, "bob").await;
@@ -332,7 +336,7 @@ async fn two_nodes_share_typing_and_presence() {
             .find(|e| e["type"] == "m.typing")
             .map(|e| e["content"]["user_ids"].clone())
     };
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&second, &bob, &since, async {
         alice
             .ok(Method::PUT, &format!("/rooms/{room}/typing/{}", alice.id), Some(json!({"typing": true, "timeout": 20000})))
             .await;
@@ -340,7 +344,7 @@ async fn two_nodes_share_typing_and_presence() {
     .await;
     assert_eq!(typing_of(&got), Some(json!([alice.id])), "{got}");
     let since = got["next_batch"].as_str().unwrap().to_owned();
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&second, &bob, &since, async {
         alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", alice.id), Some(json!({"typing": false}))).await;
     })
     .await;
@@ -429,12 +433,12 @@ async fn woken(poll: LongPoll) -> Value {
     body
 }
 
-/// Starts `user`'s long-poll from `since`, runs `trigger` once the poll
-/// waits, and returns its answer; fails if it was not woken well before
-/// its timeout.
-async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str, trigger: F) -> Value {
+/// Starts `user`'s long-poll from `since` on `server` (the node `user`
+/// talks to), runs `trigger` once the poll is parked there, and returns
+/// its answer; fails if it was not woken well before its timeout.
+async fn woken_by<F: std::future::Future<Output = ()>>(server: &TestServer, user: &User, since: &str, trigger: F) -> Value {
     let poll = start_long_poll(user, since);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_parked_polls(server, 1).await;
     trigger.await;
     woken(poll).await
 }
@@ -442,7 +446,7 @@ async fn woken_by<F: std::future::Future<Output = ()>>(user: &User, since: &str,
 /// A room with more long-polls than are woken ahead of the sender's
 /// answer: they are woken right after it, every one.
 async fn many_long_polls_in_one_room_all_wake(backend: Backend) {
-    let server = TestServer::start(backend).await.unwrap();
+    let server = TestServer::start_with(backend, with_metrics).await.unwrap();
     let base = server.base_url.clone();
     let alice = User::new(&base, "alice").await;
     let bob = User::new(&base, "bob").await;
@@ -451,7 +455,7 @@ async fn many_long_polls_in_one_room_all_wake(backend: Backend) {
     let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
     // Twelve of bob's syncs (over the eight woken before the sender).
     let polls: Vec<_> = (0..12).map(|_| start_long_poll(&bob, &since)).collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_parked_polls(&server, 12).await;
     alice.say(&room, "m1", "to every poll").await;
     for poll in polls {
         assert_eq!(timeline_bodies(&woken(poll).await, &room), ["to every poll"]);
@@ -468,7 +472,7 @@ on_both_backends!(many_long_polls_in_one_room_all_wake);
 /// message; sync serves events without `room_id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_wake_for_what_concerns_them() {
-    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let server = TestServer::start_with(Backend::Sqlite, with_metrics).await.unwrap();
     let base = server.base_url.clone();
     let alice = User::new(&base, "alice").await;
     let bob = User::new(&base, "bob").await;
@@ -491,7 +495,7 @@ async fn long_polls_wake_for_what_concerns_them() {
 
     // A message in a room bob is not in does not answer his poll; the one
     // in his room does, alone, and without a summary (nothing changed).
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         alice.say(&elsewhere, "e1", "not for bob").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         alice.say(&shared, "s1", "for bob").await;
@@ -503,7 +507,7 @@ async fn long_polls_wake_for_what_concerns_them() {
     since = got["next_batch"].as_str().unwrap().to_owned();
 
     // A membership change brings the summary again.
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         carol.ok(Method::POST, &format!("/join/{shared}"), Some(json!({}))).await;
     })
     .await;
@@ -514,7 +518,7 @@ async fn long_polls_wake_for_what_concerns_them() {
 
     // An invite to a room bob was never in.
     let fresh = alice.create_room(json!({"preset": "private_chat"})).await;
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         alice.ok(Method::POST, &format!("/rooms/{fresh}/invite"), Some(json!({"user_id": bob.id}))).await;
     })
     .await;
@@ -522,13 +526,13 @@ async fn long_polls_wake_for_what_concerns_them() {
     since = got["next_batch"].as_str().unwrap().to_owned();
 
     // Joining it (from another device of his) puts it in his waiting set.
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         bob.ok(Method::POST, &format!("/join/{fresh}"), Some(json!({}))).await;
     })
     .await;
     assert!(got["rooms"]["join"].get(&fresh).is_some(), "{got}");
     since = got["next_batch"].as_str().unwrap().to_owned();
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         alice.say(&fresh, "f1", "in the new room").await;
     })
     .await;
@@ -536,7 +540,7 @@ async fn long_polls_wake_for_what_concerns_them() {
     since = got["next_batch"].as_str().unwrap().to_owned();
 
     // His account data.
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         bob.ok(Method::PUT, &format!("/user/{}/account_data/org.example.pref", bob.id), Some(json!({"n": 1}))).await;
     })
     .await;
@@ -544,7 +548,7 @@ async fn long_polls_wake_for_what_concerns_them() {
     since = got["next_batch"].as_str().unwrap().to_owned();
 
     // Typing, then a receipt, in his room.
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         alice
             .ok(Method::PUT, &format!("/rooms/{shared}/typing/{}", alice.id), Some(json!({"typing": true, "timeout": 20000})))
             .await;
@@ -559,7 +563,7 @@ async fn long_polls_wake_for_what_concerns_them() {
         .as_str()
         .unwrap()
         .to_owned();
-    let got = woken_by(&bob, &since, async {
+    let got = woken_by(&server, &bob, &since, async {
         alice.ok(Method::POST, &format!("/rooms/{shared}/receipt/m.read/{last}"), Some(json!({}))).await;
     })
     .await;
