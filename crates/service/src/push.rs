@@ -370,6 +370,28 @@ impl Push {
     }
 }
 
+/// Users whose old notifications one store call deletes.
+const PRUNE_USERS_PER_CALL: usize = 64;
+
+impl Push {
+    /// Deletes the notifications older than the retention, read or not
+    /// (unread counts cover the retention), a few users at a time. Returns
+    /// the rows deleted.
+    pub async fn prune_notifications(&self) -> Result<u64, Error> {
+        let before_ts = self.deps.clock.now_ms().saturating_sub(self.deps.notification_retention_ms);
+        let (mut total, mut after) = (0, None::<String>);
+        loop {
+            let (deleted, last) = self.deps.store.prune_notifications(before_ts, after.as_deref(), PRUNE_USERS_PER_CALL).await?;
+            total += deleted;
+            match last {
+                // Each call moves past the users it looked at: the pass ends.
+                Some(last) => after = Some(last),
+                None => return Ok(total),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,27 +412,5 @@ mod tests {
         }
         assert_eq!(cache.0.lock().unwrap().len(), MAX_CACHED_DEFAULT_RULESETS);
         assert!(!Arc::ptr_eq(&first, &cache.of(&alice)), "the least recently used went first");
-    }
-}
-
-/// Users whose old notifications one store call deletes.
-const PRUNE_USERS_PER_CALL: usize = 64;
-
-impl Push {
-    /// Deletes the notifications older than the retention, read or not
-    /// (unread counts cover the retention), a few users at a time. Returns
-    /// the rows deleted.
-    pub async fn prune_notifications(&self) -> Result<u64, Error> {
-        let before_ts = self.deps.clock.now_ms().saturating_sub(self.deps.notification_retention_ms);
-        let (mut total, mut after) = (0, None::<String>);
-        loop {
-            let (deleted, last) = self.deps.store.prune_notifications(before_ts, after.as_deref(), PRUNE_USERS_PER_CALL).await?;
-            total += deleted;
-            match last {
-                // Each call moves past the users it looked at: the pass ends.
-                Some(last) => after = Some(last),
-                None => return Ok(total),
-            }
-        }
     }
 }
