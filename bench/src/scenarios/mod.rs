@@ -2,6 +2,7 @@
 //! registered users, the memory sampler), bounded concurrency, long-poll
 //! receivers and the check that messages really are in a room.
 
+pub mod connections;
 pub mod e2e;
 pub mod fanout;
 pub mod history;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -55,13 +57,14 @@ pub enum Scenario {
     InitialSync,
     JoinLarge,
     History,
+    Connections,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 8] = [
+    pub const EVERY: [Scenario; 9] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -69,6 +72,7 @@ impl Scenario {
         Scenario::InitialSync,
         Scenario::JoinLarge,
         Scenario::History,
+        Scenario::Connections,
         Scenario::Rss,
     ];
 
@@ -81,6 +85,7 @@ impl Scenario {
             Scenario::InitialSync => "initial-sync",
             Scenario::JoinLarge => "join-large",
             Scenario::History => "history",
+            Scenario::Connections => "connections",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -109,6 +114,10 @@ pub struct Sizes {
     pub history_sizes: Vec<usize>,
     pub history_samples: usize,
     pub history_fill_concurrency: usize,
+    pub idle_connections: usize,
+    pub long_polls: usize,
+    pub long_polls_per_user: usize,
+    pub probe_samples: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
@@ -401,6 +410,43 @@ impl Receivers {
         self.stop.store(true, Ordering::Relaxed);
         self.tasks.abort_all();
     }
+}
+
+/// Checks that a room as one `/sync` answer shows it (`rooms.join.<id>`)
+/// carries what a client needs to draw it: the create event, power levels,
+/// join rules and the name `name` among the state (the `state` block and
+/// the state events of the timeline together), the member event of every
+/// sender in the timeline (lazy loading must still send those), and a
+/// `summary` counting `joined` members.
+pub fn check_room_view(room: &Value, name: &str, joined: usize) -> Result<()> {
+    let timeline = room["timeline"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let state: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .chain(timeline.iter().filter(|e| e.get("state_key").is_some()))
+        .collect();
+    let find = |kind: &str, key: &str| state.iter().find(|e| e["type"] == kind && e["state_key"] == key).copied();
+    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules"] {
+        if find(kind, "").is_none() {
+            bail!("no {kind} in the room's state");
+        }
+    }
+    let shown = find("m.room.name", "").and_then(|e| e["content"]["name"].as_str());
+    if shown != Some(name) {
+        bail!("room name in the state is {shown:?}, expected {name:?}");
+    }
+    for sender in timeline.iter().filter_map(|e| e["sender"].as_str()) {
+        if find("m.room.member", sender).is_none() {
+            bail!("no m.room.member of {sender}, who sent an event in the timeline");
+        }
+    }
+    let count = &room["summary"]["m.joined_member_count"];
+    if count.as_u64() != Some(joined as u64) {
+        bail!("summary m.joined_member_count is {count}, expected {joined}");
+    }
+    Ok(())
 }
 
 /// `d` in milliseconds.
