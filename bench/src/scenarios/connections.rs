@@ -29,7 +29,7 @@ use crate::rss::rss_kb;
 use crate::stats::Samples;
 
 /// Connections opened (and later checked) at once.
-const OPEN_CONCURRENCY: usize = 64;
+const OPEN_CONCURRENCY: usize = 32;
 /// File descriptors kept free for everything else (the HTTP client's own
 /// connections, the results file, /proc reads).
 const FD_SLACK: usize = 256;

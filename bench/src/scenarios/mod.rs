@@ -453,3 +453,60 @@ pub fn check_room_view(room: &Value, name: &str, joined: usize) -> Result<()> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::check_room_view;
+
+    fn state(kind: &str, key: &str, content: serde_json::Value) -> serde_json::Value {
+        json!({ "type": kind, "state_key": key, "sender": "@a:x", "content": content })
+    }
+
+    /// A lazy-loaded room: @b's member event only in the timeline, @a's in
+    /// the state block, the name in the timeline.
+    fn room() -> serde_json::Value {
+        json!({
+            "summary": { "m.joined_member_count": 2 },
+            "state": { "events": [
+                state("m.room.create", "", json!({})),
+                state("m.room.power_levels", "", json!({})),
+                state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+                state("m.room.member", "@a:x", json!({ "membership": "join" })),
+            ]},
+            "timeline": { "events": [
+                state("m.room.name", "", json!({ "name": "r" })),
+                { "type": "m.room.member", "state_key": "@b:x", "sender": "@b:x", "content": { "membership": "join" } },
+                { "type": "m.room.message", "sender": "@b:x", "content": { "body": "hi" } },
+                { "type": "m.room.message", "sender": "@a:x", "content": { "body": "hi" } },
+            ]},
+        })
+    }
+
+    #[test]
+    fn a_complete_room_passes() {
+        check_room_view(&room(), "r", 2).unwrap();
+    }
+
+    #[test]
+    fn missing_state_members_or_count_fail() {
+        let err = |r: &serde_json::Value, name: &str, joined: usize| check_room_view(r, name, joined).unwrap_err().to_string();
+        assert!(err(&room(), "r", 3).contains("m.joined_member_count"));
+        assert!(err(&room(), "other", 2).contains("room name"));
+        for (i, kind) in ["m.room.create", "m.room.power_levels", "m.room.join_rules"].iter().enumerate() {
+            let mut r = room();
+            r["state"]["events"].as_array_mut().unwrap().remove(i);
+            assert!(err(&r, "r", 2).contains(kind));
+        }
+        let mut r = room();
+        r["state"]["events"].as_array_mut().unwrap().remove(3);
+        assert!(err(&r, "r", 2).contains("m.room.member of @a:x"));
+        let mut r = room();
+        r["timeline"]["events"].as_array_mut().unwrap().remove(1);
+        assert!(err(&r, "r", 2).contains("m.room.member of @b:x"));
+        let mut r = room();
+        r.as_object_mut().unwrap().remove("summary");
+        assert!(err(&r, "r", 2).contains("m.joined_member_count"));
+    }
+}
