@@ -3,8 +3,8 @@
 //! idle connection and per long-poll, and whether another user's requests
 //! (`/whoami`, a send) keep their latency under that load.
 //!
-//! An idle connection is a raw TCP stream that made one `GET
-//! /_matrix/client/versions` and then stays quiet, as a client's
+//! An idle connection is an HTTP/1.1 connection of its own that made one
+//! `GET /_matrix/client/versions` and then stays quiet, as a client's
 //! keep-alive connection does. The long-polls come from several users in
 //! one room (a server may cap long-polls per user), each with its own
 //! filter so no server can answer several of them with one computation;
@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{SendRequest, handshake};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -90,7 +93,7 @@ pub async fn run(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
 
     let idle = open_idle(&ctx.server, n).await?;
     tokio::time::sleep(SETTLE).await;
-    let open_at_reading = idle.iter().filter(|c| still_open(c)).count();
+    let open_at_reading = idle.iter().filter(|c| c.open()).count();
     let rss_idle = rss_kb(pid)?;
 
     let mut polls = LongPolls::start(ctx, &pollers, &since, per_user, l, wake_room.as_deref(), &marker);
@@ -100,7 +103,7 @@ pub async fn run(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
         tokio::time::sleep(SETTLE + Duration::from_millis(2 * l as u64)).await;
         let rss_polls = rss_kb(pid)?;
         let loaded = time_probes(ctx, &probe, &probe_room, &marker, "loaded", &mut sent).await?;
-        let open_after_probes = idle.iter().filter(|c| still_open(c)).count();
+        let open_after_probes = idle.iter().filter(|c| c.open()).count();
         Ok::<_, anyhow::Error>((rss_polls, loaded, open_after_probes))
     }
     .await;
@@ -204,100 +207,95 @@ fn check_fd_limit(pid: &str, wanted: usize) -> Result<()> {
     Ok(())
 }
 
-/// The request line and headers of `GET /_matrix/client/versions`.
-fn versions_request(server: &Server) -> Result<(String, Vec<u8>)> {
+/// A client's kept-alive connection: one HTTP/1.1 connection of its own.
+struct Idle {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Drives the connection; ends when either side closes it.
+    conn: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Idle {
+    /// Whether the server has not closed the connection.
+    fn open(&self) -> bool {
+        !self.conn.is_finished() && !self.sender.is_closed()
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// The address to connect to and the `/versions` URI of `server`.
+fn versions_target(server: &Server) -> Result<(String, hyper::Uri)> {
     let url = server.base.join("_matrix/client/versions")?;
-    let host = url.host_str().ok_or_else(|| anyhow!("{url} has no host"))?;
-    let port = url.port_or_known_default().ok_or_else(|| anyhow!("{url} has no port"))?;
     if url.scheme() != "http" {
         bail!("connections holds raw TCP connections, so it needs an http:// URL, not {url}");
     }
-    let addr = format!("{host}:{port}");
-    let request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: chancery-bench\r\n\r\n", url.path());
-    Ok((addr, request.into_bytes()))
+    let host = url.host_str().ok_or_else(|| anyhow!("{url} has no host"))?;
+    let port = url.port_or_known_default().ok_or_else(|| anyhow!("{url} has no port"))?;
+    Ok((format!("{host}:{port}"), url.as_str().parse()?))
+}
+
+/// One `GET /versions` on `idle`; the status of the whole answer.
+async fn versions(idle: &mut Idle, addr: &str, uri: &hyper::Uri) -> Result<u16> {
+    let request =
+        hyper::Request::get(uri.path()).header(hyper::header::HOST, addr).body(Empty::new()).context("building the request")?;
+    let exchange = async {
+        idle.sender.ready().await.context("connection not ready")?;
+        let answer = idle.sender.send_request(request).await.context("sending /versions")?;
+        let status = answer.status().as_u16();
+        answer.into_body().collect().await.context("reading the answer")?;
+        Ok::<_, anyhow::Error>(status)
+    };
+    tokio::time::timeout(RAW_TIMEOUT, exchange).await.map_err(|_| anyhow!("no whole answer within {RAW_TIMEOUT:?}"))?
 }
 
 /// Opens `n` connections, each making one `/versions` request, at most
 /// [`OPEN_CONCURRENCY`] at a time.
-async fn open_idle(server: &Server, n: usize) -> Result<Vec<TcpStream>> {
-    let (addr, request) = versions_request(server)?;
-    let (addr, request) = (Arc::new(addr), Arc::new(request));
+async fn open_idle(server: &Server, n: usize) -> Result<Vec<Idle>> {
+    let (addr, uri) = versions_target(server)?;
+    let (addr, uri) = (Arc::new(addr), Arc::new(uri));
     let server = server.clone();
     bounded((0..n).collect(), OPEN_CONCURRENCY, move |i| {
-        let (server, addr, request) = (server.clone(), addr.clone(), request.clone());
+        let (server, addr, uri) = (server.clone(), addr.clone(), uri.clone());
         async move {
             server.budget.charge()?;
-            let mut stream = tokio::time::timeout(RAW_TIMEOUT, TcpStream::connect(addr.as_str()))
+            let opening = async {
+                let stream = TcpStream::connect(addr.as_str()).await.context("connecting")?;
+                stream.set_nodelay(true)?;
+                let (sender, conn) = handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake")?;
+                Ok::<_, anyhow::Error>(Idle { sender, conn: tokio::spawn(conn) })
+            };
+            let mut idle = tokio::time::timeout(RAW_TIMEOUT, opening)
                 .await
-                .map_err(|_| anyhow!("connecting idle connection {i}: no answer in {RAW_TIMEOUT:?}"))?
-                .with_context(|| format!("connecting idle connection {i} (of {n})"))?;
-            let status = exchange(&mut stream, &request).await.with_context(|| format!("idle connection {i}"))?;
+                .map_err(|_| anyhow!("idle connection {i}: not open within {RAW_TIMEOUT:?}"))?
+                .with_context(|| format!("idle connection {i} (of {n})"))?;
+            let status = versions(&mut idle, &addr, &uri).await.with_context(|| format!("idle connection {i}"))?;
             if status != 200 {
                 bail!("idle connection {i}: /versions answered {status}");
             }
-            Ok(stream)
+            Ok(idle)
         }
     })
     .await
 }
 
-/// Whether the peer has not closed `stream` (no EOF or error pending).
-fn still_open(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
 /// A second `/versions` on every held connection; how many answered 200.
-async fn check_idle(server: &Server, idle: Vec<TcpStream>) -> Result<usize> {
-    let (_, request) = versions_request(server)?;
-    let request = Arc::new(request);
+async fn check_idle(server: &Server, idle: Vec<Idle>) -> Result<usize> {
+    let (addr, uri) = versions_target(server)?;
+    let (addr, uri) = (Arc::new(addr), Arc::new(uri));
     let server = server.clone();
-    let answered = bounded(idle, OPEN_CONCURRENCY, move |mut stream| {
-        let (server, request) = (server.clone(), request.clone());
+    let answered = bounded(idle, OPEN_CONCURRENCY, move |mut c| {
+        let (server, addr, uri) = (server.clone(), addr.clone(), uri.clone());
         async move {
             server.budget.charge()?;
-            Ok(still_open(&stream) && matches!(exchange(&mut stream, &request).await, Ok(200)))
+            Ok(c.open() && matches!(versions(&mut c, &addr, &uri).await, Ok(200)))
         }
     })
     .await?;
     Ok(answered.into_iter().filter(|ok| *ok).count())
-}
-
-/// Writes `request` and reads one whole HTTP/1.1 answer (headers and a
-/// `Content-Length` body, as both servers send for JSON), leaving the
-/// connection ready for the next request; returns the status code.
-async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<u16> {
-    const MAX_ANSWER: usize = 1 << 20;
-    let read = async {
-        stream.write_all(request).await.context("writing the request")?;
-        let mut buf = Vec::with_capacity(2048);
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&buf[..end]).context("answer headers are not UTF-8")?;
-                let status = head.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
-                let length = head.lines().find_map(|h| {
-                    let (name, value) = h.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok()).flatten()
-                });
-                let (Some(status), Some(length)) = (status, length) else {
-                    bail!("answer without a status or Content-Length: {head:?}");
-                };
-                if buf.len() >= end + 4 + length {
-                    return Ok(status);
-                }
-            }
-            if buf.len() > MAX_ANSWER {
-                bail!("answer longer than {MAX_ANSWER} bytes");
-            }
-            let got = stream.read(&mut chunk).await.context("reading the answer")?;
-            if got == 0 {
-                bail!("the server closed the connection");
-            }
-            buf.extend_from_slice(&chunk[..got]);
-        }
-    };
-    tokio::time::timeout(RAW_TIMEOUT, read).await.map_err(|_| anyhow!("no whole answer within {RAW_TIMEOUT:?}"))?
 }
 
 /// `count` long-poll loops spread over `users`, `per_user` each; every
