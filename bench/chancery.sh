@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Chancery in release and starts it in the background for a
 # benchmark: client API on 127.0.0.1 only, open registration, rate limits
-# off, SQLite in DIR (or PostgreSQL given CHANCERY_DATABASE_URL).
+# and connection caps off, SQLite in DIR (or PostgreSQL given CHANCERY_DATABASE_URL).
 #
 #   bench/chancery.sh [DIR]            # DIR default /tmp/chancery-bench-chancery
 #
@@ -47,6 +47,11 @@ export CHANCERY_DATA_DIR="$DIR/data"
 export CHANCERY_SERVER_NAME="localhost"
 export CHANCERY_REGISTRATION="open"
 export CHANCERY_RATE_LIMITS__ENABLED="false"
+# The benchmark connects from one address (`connections` holds thousands of
+# connections): lift the connection caps. A server without these keys
+# ignores them with a warning (unknown CHANCERY_* variables do not stop it).
+export CHANCERY_LIMITS__MAX_CONNECTIONS="100000"
+export CHANCERY_LIMITS__MAX_CONNECTIONS_PER_ADDRESS="100000"
 rm -f "$DIR/ready"
 nohup "$BIN" serve --ready-file "$DIR/ready" > "$DIR/chancery.log" 2>&1 &
 PID=$!

@@ -41,7 +41,8 @@ impl Budget {
         *self.deadline.lock().expect("budget lock")
     }
 
-    fn charge(&self) -> Result<()> {
+    /// Counts one request against the allowance; an error past either bound.
+    pub fn charge(&self) -> Result<()> {
         if Instant::now() >= self.deadline() {
             bail!("scenario time budget exhausted (raise --max-seconds)");
         }

@@ -83,7 +83,7 @@ enum Preset {
 #[derive(Args)]
 struct Common {
     /// Comma-separated scenarios; they run in the canonical order
-    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, rss).
+    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, connections, rss).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Default sizes; every size flag below overrides its part.
@@ -153,6 +153,18 @@ struct Common {
     history_samples: Option<usize>,
     #[arg(long)]
     history_fill_concurrency: Option<usize>,
+    /// Idle keep-alive connections `connections` holds open (each made one
+    /// `GET /versions`), and long-poll `/sync` requests it keeps out.
+    #[arg(long)]
+    idle_connections: Option<usize>,
+    #[arg(long)]
+    long_polls: Option<usize>,
+    /// Long-polls per user in `connections` (servers may cap them per user).
+    #[arg(long)]
+    long_polls_per_user: Option<usize>,
+    /// `/whoami` calls and sends timed in `connections`, before and under the load.
+    #[arg(long)]
+    probe_samples: Option<usize>,
     /// Requests at once while setting up (registrations, joins, room creation).
     #[arg(long)]
     setup_concurrency: Option<usize>,
@@ -174,20 +186,24 @@ impl Common {
             e2e_samples: self.e2e_samples.unwrap_or(pick(30, 200)),
             e2e_gap_ms: self.e2e_gap_ms.unwrap_or(20),
             fanout_members: self.fanout_members.unwrap_or(pick(20, 1_000)),
-            fanout_rounds: self.fanout_rounds.unwrap_or(pick(3, 5)),
+            fanout_rounds: self.fanout_rounds.unwrap_or(20),
             fanout_gap_ms: self.fanout_gap_ms.unwrap_or(pick(200, 1_000) as u64),
             initial_sync_rooms: self.initial_sync_rooms.unwrap_or(pick(20, 500)),
             initial_sync_history: self.initial_sync_history.unwrap_or(pick(5, 20)),
             initial_sync_members: self.initial_sync_members.unwrap_or(2),
-            initial_sync_samples: self.initial_sync_samples.unwrap_or(3),
+            initial_sync_samples: self.initial_sync_samples.unwrap_or(20),
             join_members: self.join_members.unwrap_or(pick(50, 10_000)),
-            join_samples: self.join_samples.unwrap_or(3),
+            join_samples: self.join_samples.unwrap_or(20),
             history_sizes: self
                 .history_sizes
                 .clone()
                 .unwrap_or_else(|| if target { vec![1_000, 10_000, 100_000] } else { vec![100, 1_000] }),
             history_samples: self.history_samples.unwrap_or(pick(20, 100)),
             history_fill_concurrency: self.history_fill_concurrency.unwrap_or(4),
+            idle_connections: self.idle_connections.unwrap_or(pick(500, 5_000)),
+            long_polls: self.long_polls.unwrap_or(pick(200, 2_000)),
+            long_polls_per_user: self.long_polls_per_user.unwrap_or(8),
+            probe_samples: self.probe_samples.unwrap_or(100),
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
@@ -228,6 +244,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::InitialSync => scenarios::initial_sync::run(ctx, &mut o).await,
         Scenario::JoinLarge => scenarios::join_large::run(ctx, &mut o).await,
         Scenario::History => scenarios::history::run(ctx, &mut o).await,
+        Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };

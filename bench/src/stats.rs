@@ -2,6 +2,13 @@
 
 use std::time::Duration;
 
+use anyhow::{Result, bail};
+
+/// The fewest samples a reported percentile (median included) may rest on:
+/// below that a p95 or p99 is one sample's noise, and a median over three
+/// rounds says little more.
+pub const MIN_SAMPLES: usize = 20;
+
 /// Latency samples in milliseconds.
 #[derive(Debug, Default, Clone)]
 pub struct Samples(Vec<f64>);
@@ -23,12 +30,19 @@ impl Samples {
         self.0.len()
     }
 
-    /// Nearest-rank percentile, `p` in 0..=100; NaN when empty.
-    pub fn percentile(&self, p: f64) -> f64 {
-        percentile(&self.0, p)
+    /// Nearest-rank percentile, `p` in 0..=100; an error when there are
+    /// fewer than [`MIN_SAMPLES`] samples, so no figure rests on a handful.
+    pub fn percentile(&self, p: f64) -> Result<f64> {
+        if self.0.len() < MIN_SAMPLES {
+            bail!(
+                "a percentile needs at least {MIN_SAMPLES} samples, this one has {} (raise the samples or rounds)",
+                self.0.len()
+            );
+        }
+        Ok(percentile(&self.0, p))
     }
 
-    pub fn median(&self) -> f64 {
+    pub fn median(&self) -> Result<f64> {
         self.percentile(50.0)
     }
 
@@ -63,5 +77,18 @@ mod tests {
         assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn too_few_samples_give_no_percentile() {
+        let mut s = Samples::new();
+        for i in 0..MIN_SAMPLES - 1 {
+            s.push_ms(i as f64);
+        }
+        assert!(s.median().is_err());
+        assert!(s.percentile(99.0).is_err());
+        s.push_ms(100.0);
+        assert_eq!(s.percentile(99.0).unwrap(), 100.0);
+        assert_eq!(s.median().unwrap(), 9.0);
     }
 }

@@ -1,7 +1,12 @@
-//! `e2e-latency`: the time from a send returning to the message arriving
+//! `e2e-latency`: the time from the start of a send to the message arriving
 //! in another user's long-poll `/sync`. One message at a time, each sent
 //! once the receiver is parked in its long-poll, so every sample measures
 //! the wake-up path rather than a queue.
+//!
+//! The headline counts from the start of the send: a server may wake the
+//! receiver before it answers the sender, and a figure counted from the
+//! answer would score such arrivals as 0 ms. The answer-relative figure is
+//! kept, named as such, as a secondary one.
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +41,8 @@ async fn measure(
     receivers: &mut Receivers,
 ) -> Result<()> {
     let s = &ctx.sizes;
-    let (mut after_return, mut from_start) = (Samples::new(), Samples::new());
-    let mut before_return = 0usize;
+    let (mut from_start, mut from_answer) = (Samples::new(), Samples::new());
+    let mut before_answer = 0usize;
     ctx.measure_begin();
     // Sample 0 is a warm-up, not counted.
     for i in 0..=s.e2e_samples {
@@ -45,7 +50,7 @@ async fn measure(
         let body = format!("{marker} {i}");
         let t0 = Instant::now();
         let event_id = ctx.server.send_text(sender, room, &body).await?;
-        let returned = Instant::now();
+        let answered = Instant::now();
         let arrival = loop {
             let a = receivers.next(Duration::from_secs(30)).await?;
             if a.body == body {
@@ -58,21 +63,22 @@ async fn measure(
         if i == 0 {
             continue;
         }
-        if arrival.at < returned {
-            before_return += 1;
+        if arrival.at < answered {
+            before_answer += 1;
         }
-        after_return.push(arrival.at.saturating_duration_since(returned));
         from_start.push_ms(ms(arrival.at - t0));
+        from_answer.push(arrival.at.saturating_duration_since(answered));
     }
     ctx.measure_end("e2e-latency", o).await;
 
-    o.figure("e2e_p50_ms", after_return.percentile(50.0), Better::Lower);
-    o.figure("e2e_p95_ms", after_return.percentile(95.0), Better::Lower);
-    o.figure("e2e_p99_ms", after_return.percentile(99.0), Better::Lower);
-    o.figure("send_to_arrival_p50_ms", from_start.percentile(50.0), Better::Lower);
+    o.figure("send_to_arrival_p50_ms", from_start.percentile(50.0)?, Better::Lower);
+    o.figure("send_to_arrival_p95_ms", from_start.percentile(95.0)?, Better::Lower);
+    o.figure("send_to_arrival_p99_ms", from_start.percentile(99.0)?, Better::Lower);
+    o.figure("answer_to_arrival_p50_ms", from_answer.percentile(50.0)?, Better::Lower);
+    o.figure("answer_to_arrival_p99_ms", from_answer.percentile(99.0)?, Better::Lower);
     o.verified = format!(
-        "{} of {} messages arrived in the receiver's long-poll with the sent event id ({before_return} before the send returned, counted as 0 ms)",
-        after_return.len(),
+        "{} of {} messages arrived in the receiver's long-poll with the sent event id ({before_answer} before the send was answered: 0 ms in answer_to_arrival)",
+        from_start.len(),
         s.e2e_samples
     );
     Ok(())

@@ -74,16 +74,16 @@ async fn measure(
             lat.push_ms(ms(a.at - t0));
         }
         if round > 0 {
-            round_p50.push_ms(lat.median());
+            round_p50.push_ms(lat.median()?);
             round_max.push_ms(lat.max());
         }
     }
     ctx.measure_end("fanout", o).await;
 
-    o.figure("fanout_p50_ms", round_p50.median(), Better::Lower);
-    o.figure("fanout_all_ms", round_max.median(), Better::Lower);
+    o.figure("fanout_p50_ms", round_p50.median()?, Better::Lower);
+    o.figure("fanout_all_ms", round_max.median()?, Better::Lower);
     o.figure("fanout_all_worst_ms", round_max.max(), Better::Lower);
-    o.figure("send_p50_ms", send_lat.median(), Better::Lower);
+    o.figure("send_p50_ms", send_lat.median()?, Better::Lower);
     o.verified = format!("each of {} rounds: all {m} members' long-polls returned the sent event id", s.fanout_rounds);
     Ok(())
 }

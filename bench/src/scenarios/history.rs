@@ -58,13 +58,13 @@ pub async fn run(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
             sample_ids.insert(id);
         }
         sent += s.history_samples;
-        o.figure(format!("h{size}_send_p50_ms"), lat.percentile(50.0), Better::Lower);
-        o.figure(format!("h{size}_send_p95_ms"), lat.percentile(95.0), Better::Lower);
-        o.figure(format!("h{size}_send_p99_ms"), lat.percentile(99.0), Better::Lower);
+        o.figure(format!("h{size}_send_p50_ms"), lat.percentile(50.0)?, Better::Lower);
+        o.figure(format!("h{size}_send_p95_ms"), lat.percentile(95.0)?, Better::Lower);
+        o.figure(format!("h{size}_send_p99_ms"), lat.percentile(99.0)?, Better::Lower);
         if fill > 0 {
             o.figure(format!("h{size}_fill_msgs_per_s"), fill as f64 / fill_s, Better::Higher);
         }
-        p50s.push(lat.percentile(50.0));
+        p50s.push(lat.percentile(50.0)?);
     }
     ctx.measure_end("history", o).await;
     if let (Some(first), Some(last)) = (p50s.first(), p50s.last())

@@ -2,6 +2,7 @@
 //! registered users, the memory sampler), bounded concurrency, long-poll
 //! receivers and the check that messages really are in a room.
 
+pub mod connections;
 pub mod e2e;
 pub mod fanout;
 pub mod history;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -55,13 +57,14 @@ pub enum Scenario {
     InitialSync,
     JoinLarge,
     History,
+    Connections,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 8] = [
+    pub const EVERY: [Scenario; 9] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -69,6 +72,7 @@ impl Scenario {
         Scenario::InitialSync,
         Scenario::JoinLarge,
         Scenario::History,
+        Scenario::Connections,
         Scenario::Rss,
     ];
 
@@ -81,6 +85,7 @@ impl Scenario {
             Scenario::InitialSync => "initial-sync",
             Scenario::JoinLarge => "join-large",
             Scenario::History => "history",
+            Scenario::Connections => "connections",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -109,6 +114,10 @@ pub struct Sizes {
     pub history_sizes: Vec<usize>,
     pub history_samples: usize,
     pub history_fill_concurrency: usize,
+    pub idle_connections: usize,
+    pub long_polls: usize,
+    pub long_polls_per_user: usize,
+    pub probe_samples: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
@@ -403,7 +412,101 @@ impl Receivers {
     }
 }
 
+/// Checks that a room as one `/sync` answer shows it (`rooms.join.<id>`)
+/// carries what a client needs to draw it: the create event, power levels,
+/// join rules and the name `name` among the state (the `state` block and
+/// the state events of the timeline together), the member event of every
+/// sender in the timeline (lazy loading must still send those), and a
+/// `summary` counting `joined` members.
+pub fn check_room_view(room: &Value, name: &str, joined: usize) -> Result<()> {
+    let timeline = room["timeline"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let state: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .chain(timeline.iter().filter(|e| e.get("state_key").is_some()))
+        .collect();
+    let find = |kind: &str, key: &str| state.iter().find(|e| e["type"] == kind && e["state_key"] == key).copied();
+    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules"] {
+        if find(kind, "").is_none() {
+            bail!("no {kind} in the room's state");
+        }
+    }
+    let shown = find("m.room.name", "").and_then(|e| e["content"]["name"].as_str());
+    if shown != Some(name) {
+        bail!("room name in the state is {shown:?}, expected {name:?}");
+    }
+    for sender in timeline.iter().filter_map(|e| e["sender"].as_str()) {
+        if find("m.room.member", sender).is_none() {
+            bail!("no m.room.member of {sender}, who sent an event in the timeline");
+        }
+    }
+    let count = &room["summary"]["m.joined_member_count"];
+    if count.as_u64() != Some(joined as u64) {
+        bail!("summary m.joined_member_count is {count}, expected {joined}");
+    }
+    Ok(())
+}
+
 /// `d` in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::check_room_view;
+
+    fn state(kind: &str, key: &str, content: serde_json::Value) -> serde_json::Value {
+        json!({ "type": kind, "state_key": key, "sender": "@a:x", "content": content })
+    }
+
+    /// A lazy-loaded room: @b's member event only in the timeline, @a's in
+    /// the state block, the name in the timeline.
+    fn room() -> serde_json::Value {
+        json!({
+            "summary": { "m.joined_member_count": 2 },
+            "state": { "events": [
+                state("m.room.create", "", json!({})),
+                state("m.room.power_levels", "", json!({})),
+                state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+                state("m.room.member", "@a:x", json!({ "membership": "join" })),
+            ]},
+            "timeline": { "events": [
+                state("m.room.name", "", json!({ "name": "r" })),
+                { "type": "m.room.member", "state_key": "@b:x", "sender": "@b:x", "content": { "membership": "join" } },
+                { "type": "m.room.message", "sender": "@b:x", "content": { "body": "hi" } },
+                { "type": "m.room.message", "sender": "@a:x", "content": { "body": "hi" } },
+            ]},
+        })
+    }
+
+    #[test]
+    fn a_complete_room_passes() {
+        check_room_view(&room(), "r", 2).unwrap();
+    }
+
+    #[test]
+    fn missing_state_members_or_count_fail() {
+        let err = |r: &serde_json::Value, name: &str, joined: usize| check_room_view(r, name, joined).unwrap_err().to_string();
+        assert!(err(&room(), "r", 3).contains("m.joined_member_count"));
+        assert!(err(&room(), "other", 2).contains("room name"));
+        for (i, kind) in ["m.room.create", "m.room.power_levels", "m.room.join_rules"].iter().enumerate() {
+            let mut r = room();
+            r["state"]["events"].as_array_mut().unwrap().remove(i);
+            assert!(err(&r, "r", 2).contains(kind));
+        }
+        let mut r = room();
+        r["state"]["events"].as_array_mut().unwrap().remove(3);
+        assert!(err(&r, "r", 2).contains("m.room.member of @a:x"));
+        let mut r = room();
+        r["timeline"]["events"].as_array_mut().unwrap().remove(1);
+        assert!(err(&r, "r", 2).contains("m.room.member of @b:x"));
+        let mut r = room();
+        r.as_object_mut().unwrap().remove("summary");
+        assert!(err(&r, "r", 2).contains("m.joined_member_count"));
+    }
 }
