@@ -11,34 +11,25 @@ use chancery_store_sql::rows::{self, EVENT_COLUMNS, REDACTION_JOIN};
 use chancery_store_sql::{i, u};
 
 use crate::PostgresStore;
-use crate::json::no_nul_escape;
 use crate::query::{PgRow, get, query, query_opt};
 
-/// Two columns for the rule set in the `m.push_rules` content `content`
-/// (`{"global": ...}`, NULL for none): taken out by PostgreSQL, or, where
-/// the content holds `\u0000` (see `json.rs`), the content itself, for
-/// [`global_ruleset`]. So a rule set stored with one before the service
-/// refused it keeps working, and never fails the sends of every room its
-/// owner is in.
-fn ruleset_columns(content: &str) -> String {
-    let no_nul = no_nul_escape(content);
-    format!("CASE WHEN {no_nul} THEN ({content}::jsonb -> 'global')::text END, CASE WHEN NOT {no_nul} THEN {content} END")
-}
-
 /// The rule set of an `m.push_rules` content, as the JSON text the service
-/// parses; `None` (the defaults) if the content has none.
+/// parses; `None` (the defaults) if the content has none. Taken out of the
+/// stored text here, never through `jsonb`: PostgreSQL writes numbers back
+/// in its own form (`5e-324` as 324 decimals, integers past i64 as
+/// digits), which is not always what was stored, and which a rule set
+/// reader may refuse. A stored `\u0000` (see `json.rs`) is fine here too.
 fn global_ruleset(content: &str) -> Option<String> {
     let mut content = serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(content).ok()?;
     content.remove("global").map(|ruleset| String::from(Box::<str>::from(ruleset)))
 }
 
-/// The rule set of [`ruleset_columns`] at `column` and the next.
+/// The rule set in the `m.push_rules` content at `column`.
 fn ruleset_of(row: &Row, column: usize) -> StoreResult<Option<String>> {
-    let read_by_sql = get::<Option<String>>(row, column)?;
-    Ok(read_by_sql.or(get::<Option<String>>(row, column + 1)?.as_deref().and_then(global_ruleset)))
+    Ok(get::<Option<String>>(row, column)?.as_deref().and_then(global_ruleset))
 }
 
-/// Columns (user_id, [`ruleset_columns`]): the user and their rule set.
+/// Columns (user_id, `m.push_rules` content): the user and their rule set.
 fn member_push_rules(row: &Row) -> StoreResult<(String, Option<String>)> {
     Ok((get(row, 0)?, ruleset_of(row, 1)?))
 }
@@ -55,10 +46,7 @@ impl PushStore for PostgresStore {
         let client = self.client().await?;
         let row = query_opt(
             &client,
-            &format!(
-                "SELECT {} FROM account_data WHERE user_id = $1 AND room_id = '' AND event_type = 'm.push_rules'",
-                ruleset_columns("content")
-            ),
+            "SELECT content FROM account_data WHERE user_id = $1 AND room_id = '' AND event_type = 'm.push_rules'",
             &[&user_id],
         )
         .await?;
@@ -69,11 +57,8 @@ impl PushStore for PostgresStore {
         let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
-            &format!(
-                "SELECT user_id, {} FROM account_data
+            "SELECT user_id, content FROM account_data
                  WHERE room_id = '' AND event_type = 'm.push_rules' AND user_id = ANY($1)",
-                ruleset_columns("content")
-            ),
             &[&user_ids],
         )
         .await?;
@@ -84,13 +69,10 @@ impl PushStore for PostgresStore {
         let (_heavy, client) = self.heavy_client().await?;
         let rows = query(
             &client,
-            &format!(
-                "SELECT s.state_key, {} FROM room_state s
+            "SELECT s.state_key, a.content FROM room_state s
                  LEFT JOIN account_data a ON a.user_id = s.state_key AND a.room_id = '' AND a.event_type = 'm.push_rules'
                  WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL AND s.membership = 'join'
                  ORDER BY s.state_key",
-                ruleset_columns("a.content")
-            ),
             &[&room_id],
         )
         .await?;
@@ -101,14 +83,11 @@ impl PushStore for PostgresStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            &format!(
-                "SELECT a.user_id, {} FROM account_data a
+            "SELECT a.user_id, a.content FROM account_data a
                  WHERE a.event_type = 'm.push_rules' AND a.room_id = ''
                    AND EXISTS (SELECT 1 FROM room_state s
                                WHERE s.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = a.user_id
                                  AND s.to_pos IS NULL AND s.membership = 'join')",
-                ruleset_columns("a.content")
-            ),
             &[&room_id],
         )
         .await?;

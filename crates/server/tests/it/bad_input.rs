@@ -507,3 +507,54 @@ async fn inline_sync_filters_are_bounded() {
     assert_error(&sync_with(types(1_000)).await, 413, "M_TOO_LARGE");
     server.stop().await.unwrap();
 }
+
+/// Numbers at the edges of what JSON clients send (past i64, tiny and huge
+/// exponents) in custom push rule actions read back as they were stored,
+/// on both backends. Found by `scripts/fuzz --postgres`: PostgreSQL's
+/// `jsonb` wrote such a number back in a form the rule set's reader could
+/// not parse ("number out of range"), and every push rule request of the
+/// user failed with 500 from then on.
+async fn push_rule_numbers_read_back(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let (_, token, _) = register(&server.base_url, "numbers").await;
+    let rule = format!("{}/_matrix/client/v3/pushrules/global/content/edge", server.base_url);
+    let (status, body) = call(Method::PUT, &rule, Some(&token), Some(json!({"pattern": "edge", "actions": ["notify"]}))).await;
+    assert_eq!(status, 200, "{body}");
+    let numbers = [
+        "-2671115983894042279673856",
+        "9.46442809221581e-258",
+        "5e-324",
+        "1.7976931348623157e308",
+        "-1.401298464324817e-45",
+        "3.99144745841383e+16",
+        "0.3333333333333333",
+        "-2.220446049250313e-16",
+        "6.103515625e-05",
+        "87178291201",
+    ];
+    let actions = format!(r#"{{"actions": ["notify", {{"edge": [{}]}}]}}"#, numbers.join(", "));
+    let resp = http()
+        .put(format!("{rule}/actions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(actions)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    for path in ["/pushrules/", "/pushrules/global/", "/pushrules/global/content/edge", "/pushrules/global/content/edge/actions"]
+    {
+        let (status, body) = call(Method::GET, &format!("{}/_matrix/client/v3{path}", server.base_url), Some(&token), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, actions) = call(Method::GET, &format!("{rule}/actions"), Some(&token), None).await;
+    let stored = actions["actions"][1]["edge"].as_array().expect("the custom action back").clone();
+    assert_eq!(stored.len(), numbers.len());
+    for (got, sent) in stored.iter().zip(numbers) {
+        let sent: f64 = sent.parse().unwrap();
+        assert_eq!(got.as_f64(), Some(sent), "{got} read back for {sent}");
+    }
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(push_rule_numbers_read_back);
