@@ -55,6 +55,20 @@ def inline(node, path, seen=()):
     return {k: inline(v, path, seen) for k, v in node.items()}
 
 
+def merge(operation, other):
+    """Let `operation` also take `other`'s request bodies and parameters."""
+    for media, body in other.get("requestBody", {}).get("content", {}).items():
+        content = operation.setdefault("requestBody", {}).setdefault("content", {})
+        if media in content:
+            content[media] = {"schema": {"anyOf": [content[media].get("schema", {}), body.get("schema", {})]}}
+        else:
+            content[media] = body
+    known = {(p["in"], p["name"]) for p in operation.get("parameters", [])}
+    for parameter in other.get("parameters", []):
+        if (parameter["in"], parameter["name"]) not in known:
+            operation.setdefault("parameters", []).append({**parameter, "required": False} if parameter["in"] != "path" else parameter)
+
+
 def base_path(doc):
     for server in doc.get("servers", []):
         default = server.get("variables", {}).get("basePath", {}).get("default")
@@ -72,7 +86,15 @@ def main(api_dir, out):
         doc = load(path)
         prefix = base_path(doc)
         for route, item in inline(doc.get("paths", {}), path).items():
-            paths.setdefault(prefix + route, {}).update(item)
+            # The spec writes a second operation on a path with a trailing
+            # space (`/invite ` for third-party invites); merged here as
+            # one operation accepting either request body.
+            merged = paths.setdefault(prefix + route.rstrip(), {})
+            for method, operation in item.items():
+                if method in merged:
+                    merge(merged[method], operation)
+                else:
+                    merged[method] = operation
     bundle = {
         "openapi": "3.1.0",
         "info": {"title": "Matrix client-server API (bundled)", "version": "1.19"},
