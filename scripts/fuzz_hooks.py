@@ -1,8 +1,9 @@
 """Schemathesis hooks for scripts/fuzz (loaded through SCHEMATHESIS_HOOKS).
 
 They keep long-polls short, so a legitimate wait is not mistaken for a hang,
-keep the fuzzer in its room, and count what happened to every request: the totals `scripts/fuzz` prints
-come from the JSON file written at exit (CHANCERY_FUZZ_STATS).
+keep the fuzzer in its room, and count what happened to every request: the
+totals `scripts/fuzz` prints come from the JSON file written at exit
+(CHANCERY_FUZZ_STATS).
 """
 
 import atexit
@@ -27,7 +28,6 @@ _stats = {
     "server_errors": [],
     "timeouts": [],
     "connection_errors": [],
-    "unrecognized": {},
     "operations": {},
 }
 
@@ -49,10 +49,11 @@ def _rejoin(case, response):
     room = os.environ.get("CHANCERY_FUZZ_ROOM")
     if not room or unquote(str(case.path_parameters.get("roomId"))) != room or response.status_code != 200:
         return
-    if not case.operation.path.endswith(("/leave", "/forget")):
+    auth = response.request.headers.get("Authorization")
+    if not auth or not case.operation.path.endswith(("/leave", "/forget")):
         return
     url = response.request.url.split("/_matrix/")[0] + "/_matrix/client/v3/join/" + quote(room, safe="")
-    requests.post(url, json={}, headers={"Authorization": response.request.headers["Authorization"]}, timeout=30)
+    requests.post(url, json={}, headers={"Authorization": auth}, timeout=30)
 
 
 @schemathesis.hook
