@@ -22,7 +22,7 @@ use crate::{ApiConfig, AppState};
 /// get `M_NOT_JSON`; JSON of the wrong shape gets `M_BAD_JSON`.
 pub struct Ruma<T>(pub T);
 
-impl<T: IncomingRequest + Send> FromRequest<AppState> for Ruma<T> {
+impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Ruma<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
@@ -42,14 +42,30 @@ impl<T: IncomingRequest + Send> FromRequest<AppState> for Ruma<T> {
                 return Err(ApiError::not_json("the request body is not valid JSON"));
             }
         }
+        refuse_what_ruma_panics_on::<T>(&bytes)?;
         let request = axum::http::Request::from_parts(parts, bytes);
-        // Some of ruma's request types index client JSON (login's `type`)
-        // and panic on a body of the wrong shape: that is bad input, not a
+        // Should another of ruma's request types index client JSON and
+        // panic on a body of the wrong shape, that is bad input too, not a
         // server fault.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, &path_args)))
             .map_err(|_| ApiError::bad_json("malformed request"))?;
         decoded.map(Ruma).map_err(decode_error)
     }
+}
+
+/// Refuses, before ruma sees them, the bodies its decoders are known to
+/// panic on: a login without a string `type` (ruma's `LoginInfo` indexes
+/// the key). A panic caught is still a panic: it reaches the log through
+/// the panic hook, once per request a client chooses to send.
+fn refuse_what_ruma_panics_on<T: 'static>(body: &[u8]) -> ApiResult<()> {
+    use chancery_proto::ruma::api::client::session::login;
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<login::v3::Request>() {
+        let login_type = serde_json::from_slice::<JsonValue>(body).ok().and_then(|v| v.get("type").map(JsonValue::is_string));
+        if login_type != Some(true) {
+            return Err(ApiError::bad_json("a login needs a string `type`"));
+        }
+    }
+    Ok(())
 }
 
 fn decode_error(e: FromHttpRequestError) -> ApiError {
@@ -176,4 +192,33 @@ pub(crate) fn client_address(
         return Some(nearest.trim().to_owned());
     }
     extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use chancery_proto::ruma::api::client::session::{login, logout};
+
+    use super::*;
+
+    #[test]
+    fn login_bodies_ruma_panics_on_are_refused_first() {
+        let decode = |body: &'static [u8]| {
+            let request = axum::http::Request::post("/_matrix/client/v3/login").body(body).unwrap();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                login::v3::Request::try_from_http_request(request, &[] as &[String])
+            }))
+            .is_err()
+        };
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let ruma_panics = decode(b"{}");
+        std::panic::set_hook(hook);
+        assert!(ruma_panics, "ruma's login decoder no longer panics on {{}}: the guard may go");
+        for body in [&b"{}"[..], br#"{"type": 7}"#, b"[]", b"\"m.login.password\""] {
+            let refused = refuse_what_ruma_panics_on::<login::v3::Request>(body).unwrap_err();
+            assert_eq!(refused.errcode, "M_BAD_JSON");
+        }
+        assert!(refuse_what_ruma_panics_on::<login::v3::Request>(br#"{"type": "m.login.password"}"#).is_ok());
+        assert!(refuse_what_ruma_panics_on::<logout::v3::Request>(b"{}").is_ok(), "other requests are ruma's to judge");
+    }
 }
