@@ -57,13 +57,17 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     store: DynStore,
+    syncer: Arc<chancery_service::Syncer>,
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, then closes the
-    /// database cleanly.
+    /// Stops accepting, answers waiting long-polls, lets in-flight requests
+    /// finish (within the drain deadline), then closes the database
+    /// cleanly.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        // Parked long-polls answer now rather than hold the drain.
+        self.syncer.close();
         for task in self.tasks {
             task.await.context("server task panicked")?.context("server error")?;
         }
@@ -83,6 +87,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
     let push = components.push.clone();
+    let syncer = components.syncer.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
         components,
@@ -118,5 +123,5 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let Some(addr) = metrics_addr {
         tracing::info!(address = %addr, "metrics listening");
     }
-    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store })
+    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store, syncer })
 }

@@ -251,6 +251,32 @@ async fn shutdown_closes_what_outlives_the_drain_deadline() {
     closed_by_server(&mut stuck).await;
 }
 
+/// Shutdown answers a parked long-poll at once (nothing new, a position to
+/// resume from) instead of letting it hold the drain until its timeout or
+/// the deadline: a rolling restart takes no longer than its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_waiting_long_polls_at_once() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.limits.shutdown_drain_ms = 60_000;
+        crate::common::with_metrics(c);
+    })
+    .await
+    .unwrap();
+    let user = User::new(&server.base_url, "poller").await;
+    let since = user.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let url = user.url(&format!("/sync?since={since}&timeout=60000"));
+    let token = user.token.clone();
+    let poll = tokio::spawn(async move {
+        let resp = http().get(url).bearer_auth(token).send().await.expect("the long-poll was cut off");
+        (resp.status(), resp.json::<Value>().await.expect("a whole JSON answer"))
+    });
+    crate::common::wait_for_parked_polls(&server, 1).await;
+    tokio::time::timeout(Duration::from_secs(10), server.stop()).await.expect("shutdown waited on a parked long-poll").unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("no answer").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["next_batch"].is_string(), "{body}");
+}
+
 /// 5,000 idle connections and 2,000 long-polls (a child process, so the
 /// server's descriptors are its own): other users keep being served, every
 /// long-poller gets the message sent to its room, and the server keeps

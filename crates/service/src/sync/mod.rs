@@ -98,6 +98,8 @@ pub struct Syncer {
     deps: SyncerDeps,
     /// Member events each device was sent by lazy-loading syncs.
     lazy_members: LazyMembersCache,
+    /// Set when the server shuts down: long-polls answer at once.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// What one pass of a sync works from: the request, the cut of every
@@ -169,7 +171,14 @@ struct AccountDataPart {
 
 impl Syncer {
     pub fn new(deps: SyncerDeps) -> Self {
-        Self { deps, lazy_members: LazyMembersCache::new() }
+        Self { deps, lazy_members: LazyMembersCache::new(), closing: tokio::sync::watch::Sender::new(false) }
+    }
+
+    /// The server is shutting down: every waiting long-poll answers now
+    /// with what it has (nothing new, the same position), and later ones
+    /// do not wait, so that draining does not wait on them.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// `GET /sync`.
@@ -191,6 +200,7 @@ impl Syncer {
         // single-process backend.
         let mut remote = self.deps.streams.remote_changes();
         let mut ignored = IgnoredCache::default();
+        let mut closing = self.closing.subscribe();
         // A new sync sequence: the client may have lost what it was sent.
         if since.is_none() || req.full_state {
             self.lazy_members.reset(user.user_id.as_str(), &user.device_id);
@@ -211,7 +221,8 @@ impl Syncer {
             // An initial sync, a full-state sync or one with news answers at
             // once; otherwise wait for a change to the user's rooms or data,
             // for a typing notification to run out, or for the timeout.
-            let Some(interest) = interest.as_mut().filter(|_| !once.has_news && Instant::now() < deadline) else {
+            let Some(interest) = interest.as_mut().filter(|_| !once.has_news && Instant::now() < deadline && !*closing.borrow())
+            else {
                 return Ok(once.body);
             };
             interest.set_rooms(once.joined);
@@ -229,6 +240,7 @@ impl Syncer {
                         return Ok(once.body);
                     }
                 }
+                _ = closing.wait_for(|closing| *closing) => return Ok(once.body),
             }
         }
     }
