@@ -40,6 +40,16 @@ fn user_push_rules(row: &Row) -> StoreResult<Option<(String, String)>> {
     Ok(rules.map(|rules| (user_id, rules)))
 }
 
+/// `rooms`: the rooms user `$1` has notifications in, found by skipping
+/// through the (user_id, room_id) key, with a NULL row last.
+const NOTIFIED_ROOMS: &str = "rooms AS (
+    (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id
+            ORDER BY m.room_id LIMIT 1)
+    FROM rooms r WHERE r.room_id IS NOT NULL
+)";
+
 #[async_trait]
 impl PushStore for PostgresStore {
     async fn push_rules(&self, user_id: &str) -> StoreResult<Option<String>> {
@@ -110,13 +120,7 @@ impl PushStore for PostgresStore {
         // The newest of each of the user's rooms (found by skipping through
         // the key), merged.
         let sql = format!(
-            "WITH RECURSIVE rooms AS (
-                 (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id
-                         ORDER BY m.room_id LIMIT 1)
-                 FROM rooms r WHERE r.room_id IS NOT NULL
-             )
+            "WITH RECURSIVE {NOTIFIED_ROOMS}
              SELECT {EVENT_COLUMNS}, n.actions, n.highlight
              FROM rooms
              CROSS JOIN LATERAL (
@@ -220,22 +224,16 @@ impl PushStore for PostgresStore {
         // each with the position of its newest event stamped before the
         // cut, and the rows up to it.
         let delete = client
-            .prepare_cached(
-                "WITH RECURSIVE rooms AS (
-                     (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
-                     UNION ALL
-                     SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id
-                             ORDER BY m.room_id LIMIT 1)
-                     FROM rooms r WHERE r.room_id IS NOT NULL
-                 ), cut AS (
+            .prepare_cached(&format!(
+                "WITH RECURSIVE {NOTIFIED_ROOMS}, cut AS (
                      SELECT r.room_id, (SELECT e.stream_pos FROM events e
                                         WHERE e.room_id = r.room_id AND e.origin_server_ts < $2
                                         ORDER BY e.origin_server_ts DESC LIMIT 1) AS pos
                      FROM rooms r WHERE r.room_id IS NOT NULL
                  )
                  DELETE FROM notifications n USING cut
-                 WHERE n.user_id = $1 AND n.room_id = cut.room_id AND n.stream_pos <= cut.pos",
-            )
+                 WHERE n.user_id = $1 AND n.room_id = cut.room_id AND n.stream_pos <= cut.pos"
+            ))
             .await
             .map_err(crate::backend)?;
         let mut deleted = 0;

@@ -9,9 +9,8 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap()
 }
 
-/// Sends a request and returns the status and the JSON body (`Null` if the
-/// body is not JSON).
-pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+/// A request with an optional access token and JSON body.
+pub fn request(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> reqwest::RequestBuilder {
     let mut req = http().request(method, url);
     if let Some(token) = token {
         req = req.bearer_auth(token);
@@ -19,7 +18,13 @@ pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<V
     if let Some(body) = body {
         req = req.json(&body);
     }
-    let resp = req.send().await.expect("request sent");
+    req
+}
+
+/// Sends a request and returns the status and the JSON body (`Null` if the
+/// body is not JSON).
+pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    let resp = request(method, url, token, body).send().await.expect("request sent");
     let status = resp.status();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
@@ -151,4 +156,20 @@ impl User {
     pub async fn sync(&self, query: &str) -> Value {
         self.ok(Method::GET, &format!("/sync?{query}"), None).await
     }
+}
+
+/// `user` sets presence "unavailable" with `status_msg`, and `watcher` (on
+/// this node or another) sees it within 5 s (polled every 100 ms).
+pub async fn status_reaches(user: &User, watcher: &User, status_msg: &str) {
+    let path = format!("/presence/{}/status", user.id);
+    user.ok(Method::PUT, &path, Some(json!({"presence": "unavailable", "status_msg": status_msg}))).await;
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = watcher.ok(Method::GET, &path, None).await;
+        if seen["status_msg"] == status_msg {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((&seen["presence"], &seen["status_msg"]), (&json!("unavailable"), &json!(status_msg)), "{seen}");
 }

@@ -11,21 +11,14 @@ use chancery_testkit::{Backend, ChildServer, TestServer, test_config};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, call, http, login, wait_for_parked_polls, with_metrics};
+use crate::common::{User, call, login, request, status_reaches, wait_for_parked_polls, with_metrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chancery");
 
 /// Sends a request that the server must refuse for now: 503, `M_UNKNOWN`,
 /// and a `Retry-After` of whole seconds. Returns the error message.
 async fn assert_unavailable(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> String {
-    let mut req = http().request(method, url);
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request sent");
+    let resp = request(method, url, token, body).send().await.expect("request sent");
     let status = resp.status();
     let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
@@ -189,22 +182,7 @@ async fn postgres_restart_under_two_nodes() {
         .and_then(|events| events.iter().find(|e| e["type"] == "m.typing"))
         .map(|e| e["content"]["user_ids"].clone());
     assert_eq!(typers, Some(json!([alice.id])), "{typing}");
-    alice
-        .ok(
-            Method::PUT,
-            &format!("/presence/{}/status", alice.id),
-            Some(json!({"presence": "unavailable", "status_msg": "back"})),
-        )
-        .await;
-    let mut seen = Value::Null;
-    for _ in 0..50 {
-        seen = bob.ok(Method::GET, &format!("/presence/{}/status", alice.id), None).await;
-        if seen["status_msg"] == "back" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!((&seen["presence"], &seen["status_msg"]), (&json!("unavailable"), &json!("back")), "{seen}");
+    status_reaches(&alice, &bob, "back").await;
 
     // Every acknowledged message is there, once, in order, on both nodes;
     // nothing sent during the outage is.

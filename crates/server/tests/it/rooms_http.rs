@@ -7,7 +7,7 @@ use chancery_testkit::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, assert_error, call, urlencode, wait_for_parked_polls, with_metrics};
+use crate::common::{User, assert_error, call, status_reaches, urlencode, wait_for_parked_polls, with_metrics};
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
     sync["rooms"]["join"][room]["timeline"]["events"]
@@ -350,22 +350,7 @@ async fn two_nodes_share_typing_and_presence() {
     .await;
     assert_eq!(typing_of(&got), Some(json!([])), "{got}");
 
-    alice
-        .ok(
-            Method::PUT,
-            &format!("/presence/{}/status", alice.id),
-            Some(json!({"presence": "unavailable", "status_msg": "in a meeting"})),
-        )
-        .await;
-    let mut seen = Value::Null;
-    for _ in 0..50 {
-        seen = bob.ok(Method::GET, &format!("/presence/{}/status", alice.id), None).await;
-        if seen["status_msg"] == "in a meeting" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!((&seen["presence"], &seen["status_msg"]), (&json!("unavailable"), &json!("in a meeting")), "{seen}");
+    status_reaches(&alice, &bob, "in a meeting").await;
     second.stop().await.unwrap();
     first.stop().await.unwrap();
 }
