@@ -28,6 +28,7 @@ macro_rules! migration_sql {
             "0010_push_rule_owners",
             "0011_notifications_by_position",
             "0012_uia_sessions_by_user",
+            "0013_e2ee",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -8,6 +8,7 @@
 mod account_data;
 mod directory;
 mod forgotten;
+mod keys;
 mod push;
 mod receipts;
 mod relations;
@@ -27,6 +28,7 @@ use serde_json::Value as JsonValue;
 pub use account_data::*;
 pub use directory::*;
 pub use forgotten::*;
+pub use keys::*;
 pub use push::*;
 pub use receipts::*;
 pub use relations::*;
@@ -66,6 +68,22 @@ pub enum StoreError {
     /// The device already used this transaction id.
     #[error("this transaction id was used")]
     TransactionIdUsed,
+    /// The user has a device of this id (not the one being replaced).
+    #[error("this device id is taken")]
+    DeviceIdTaken,
+    /// The device's identity keys are stored and these differ.
+    #[error("the device's keys are already uploaded with other content")]
+    DeviceKeysChanged,
+    /// A one-time key id is held with another key.
+    #[error("a one-time key of this id is already uploaded with other content")]
+    OneTimeKeyChanged,
+    /// Keys were put into a backup version that is not the current one
+    /// (the current one given, `None` when there is none).
+    #[error("this backup version is not the current one")]
+    WrongBackupVersion(Option<String>),
+    /// A backup version's algorithm cannot change.
+    #[error("the backup version's algorithm differs")]
+    BackupAlgorithmMismatch,
 
     // Things that do not exist or can no longer be used.
     /// The account is deactivated or does not exist.
@@ -76,6 +94,8 @@ pub enum StoreError {
     RegistrationTokenUnusable,
     #[error("no such room")]
     UnknownRoom,
+    #[error("no such device")]
+    UnknownDevice,
     /// An alias given with a room names another room.
     #[error("an alias names another room")]
     AliasOfAnotherRoom,
@@ -111,6 +131,12 @@ pub enum StoreError {
     TooManyReports,
     #[error("too many history visibility spans")]
     TooManyVisibilitySpans,
+    #[error("the device has too many one-time keys")]
+    TooManyOneTimeKeys,
+    #[error("the key backup has too many keys")]
+    TooManyBackedUpKeys,
+    #[error("the account has too many key backup versions")]
+    TooManyBackupVersions,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -247,7 +273,7 @@ pub trait AccountStore: Send + Sync {
 pub trait StreamStore: Send + Sync {
     /// A counter that moves whenever any process sharing the database
     /// commits a change a sync may wait for (events, account data,
-    /// receipts). `None` where only one process uses the database.
+    /// receipts, device lists, to-device messages). `None` where only one process uses the database.
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
@@ -293,6 +319,7 @@ pub trait Store:
     + DirectoryStore
     + ReportStore
     + ForgottenRoomStore
+    + KeyStore
     + StreamStore
     + NodeBus
 {
@@ -334,6 +361,10 @@ pub struct StreamPositions {
     pub events: u64,
     pub account_data: u64,
     pub receipts: u64,
+    /// See [`KeyStore`]: users whose devices or keys changed.
+    pub device_lists: u64,
+    /// See [`KeyStore`]: messages queued for devices.
+    pub to_device: u64,
 }
 
 pub type DynStore = Arc<dyn Store>;
