@@ -70,6 +70,8 @@ impl From<Error> for ApiError {
             Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
             Error::RoomInUse(_) => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
             Error::AliasInUse(_) => (S::CONFLICT, "M_UNKNOWN"),
+            Error::InvalidSignature(_) => (S::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+            Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {
@@ -90,6 +92,11 @@ impl From<Error> for ApiError {
             }
             // Only the header: `retry_after_ms` belongs to M_LIMIT_EXCEEDED.
             Error::Unavailable { retry_after_ms, .. } => err.retry_after_ms = Some(retry_after_ms),
+            // Spec "Server-side key backups": the client learns which
+            // version to use (absent when there is none).
+            Error::WrongRoomKeysVersion { current: Some(current) } => {
+                err.extra.insert("current_version".into(), json!(current));
+            }
             Error::Uia(challenge) => {
                 // A 401 interactive-auth body; errcode/error only when a
                 // stage failed (spec: "User-Interactive Authentication API").

@@ -29,7 +29,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Profiles, Push, Reports, RoomReader, Rooms, Search,
+    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Reports, RoomReader, Rooms,
+    Search,
     Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
@@ -97,6 +98,7 @@ component_state! {
     directory: Directory,
     search: Search,
     ephemeral: Ephemeral,
+    keys: Keys,
     syncer: Syncer,
     reports: Reports,
     admin: Admin,
@@ -122,6 +124,38 @@ where
         router = router.route(path, on(filter, handler.clone()));
     }
     router
+}
+
+/// End-to-end encryption: keys, to-device messages, key backups and
+/// dehydrated devices (MSC3814).
+fn keys_routes(mut r: Router<AppState>) -> Router<AppState> {
+    use chancery_proto::ruma::api::client::{backup, dehydrated_device, keys, to_device};
+    r = ruma_route::<keys::upload_keys::v3::Request, _, _>(r, h::keys::upload);
+    r = ruma_route::<keys::get_keys::v3::Request, _, _>(r, h::keys::query);
+    r = ruma_route::<keys::claim_keys::v3::Request, _, _>(r, h::keys::claim);
+    r = ruma_route::<keys::get_key_changes::v3::Request, _, _>(r, h::keys::changes);
+    r = ruma_route::<keys::upload_signing_keys::v3::Request, _, _>(r, h::keys::upload_signing_keys);
+    r = ruma_route::<keys::upload_signatures::v3::Request, _, _>(r, h::keys::upload_signatures);
+    r = ruma_route::<to_device::send_event_to_device::v3::Request, _, _>(r, h::keys::send_to_device);
+    r = ruma_route::<backup::create_backup_version::v3::Request, _, _>(r, h::keys::create_backup);
+    r = ruma_route::<backup::get_latest_backup_info::v3::Request, _, _>(r, h::keys::latest_backup);
+    r = ruma_route::<backup::get_backup_info::v3::Request, _, _>(r, h::keys::backup);
+    r = ruma_route::<backup::update_backup_version::v3::Request, _, _>(r, h::keys::update_backup);
+    r = ruma_route::<backup::delete_backup_version::v3::Request, _, _>(r, h::keys::delete_backup);
+    r = ruma_route::<backup::add_backup_keys::v3::Request, _, _>(r, h::keys::put_backup_keys);
+    r = ruma_route::<backup::add_backup_keys_for_room::v3::Request, _, _>(r, h::keys::put_backup_room_keys);
+    r = ruma_route::<backup::add_backup_keys_for_session::v3::Request, _, _>(r, h::keys::put_backup_session_key);
+    r = ruma_route::<backup::get_backup_keys::v3::Request, _, _>(r, h::keys::backup_keys);
+    r = ruma_route::<backup::get_backup_keys_for_room::v3::Request, _, _>(r, h::keys::backup_room_keys);
+    r = ruma_route::<backup::get_backup_keys_for_session::v3::Request, _, _>(r, h::keys::backup_session_key);
+    r = ruma_route::<backup::delete_backup_keys::v3::Request, _, _>(r, h::keys::delete_backup_keys);
+    r = ruma_route::<backup::delete_backup_keys_for_room::v3::Request, _, _>(r, h::keys::delete_backup_room_keys);
+    r = ruma_route::<backup::delete_backup_keys_for_session::v3::Request, _, _>(r, h::keys::delete_backup_session_key);
+    r = ruma_route::<dehydrated_device::put_dehydrated_device::unstable::Request, _, _>(r, h::keys::put_dehydrated_device);
+    r = ruma_route::<dehydrated_device::get_dehydrated_device::unstable::Request, _, _>(r, h::keys::get_dehydrated_device);
+    r = ruma_route::<dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(r, h::keys::delete_dehydrated_device);
+    r = ruma_route::<dehydrated_device::get_events::unstable::Request, _, _>(r, h::keys::dehydrated_device_events);
+    r
 }
 
 /// The client-server API, `.well-known` and `/health`.
@@ -170,6 +204,7 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<presence::get_presence::v3::Request, _, _>(r, h::presence::get);
     r = ruma_route::<presence::set_presence::v3::Request, _, _>(r, h::presence::set);
     r = h::account_data::routes(r);
+    r = keys_routes(r);
     r = h::receipts::routes(r);
     r = ruma_route::<relations::get_relating_events::v1::Request, _, _>(r, h::relations::relations);
     r = ruma_route::<relations::get_relating_events_with_rel_type::v1::Request, _, _>(r, h::relations::relations_of_type);

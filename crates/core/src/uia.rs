@@ -19,6 +19,8 @@ pub enum Operation {
     DeleteDevices,
     ChangePassword,
     Deactivate,
+    /// Replacing cross-signing keys (`/keys/device_signing/upload`).
+    SigningKeys,
 }
 
 impl Operation {
@@ -28,6 +30,7 @@ impl Operation {
             Operation::DeleteDevices => "delete_devices",
             Operation::ChangePassword => "change_password",
             Operation::Deactivate => "deactivate",
+            Operation::SigningKeys => "signing_keys",
         }
     }
 }

@@ -257,3 +257,45 @@ pub const MAX_LAZY_MEMBERS_PER_ROOM: usize = 100;
 /// Users whose default push rule set is kept built (`service::push`; a few
 /// kB each), least recently used dropped first.
 pub const MAX_CACHED_DEFAULT_RULESETS: usize = 1_024;
+
+// End-to-end encryption (`service::keys`).
+
+/// Serialized size of one key object a client uploads: device keys, a
+/// one-time or fallback key, a cross-signing key (a few hundred bytes in
+/// practice; signatures of many devices make a master key grow).
+pub const MAX_KEY_OBJECT_BYTES: usize = 16 * 1024;
+/// One-time and fallback keys in one `/keys/upload` (clients upload 50 at
+/// a time; a dehydrated device a few more).
+pub const MAX_KEYS_PER_UPLOAD: usize = 1_000;
+/// Unclaimed one-time keys one device may hold (clients keep half of
+/// what their Olm account holds, 100, on the server).
+pub const MAX_ONE_TIME_KEYS_PER_DEVICE: usize = 1_000;
+/// Users one `/keys/query` may ask about (a sender queries a whole room's
+/// members at once), and devices named per user.
+pub const MAX_KEY_QUERY_USERS: usize = 10_000;
+/// Keys one `/keys/claim` may claim (a room key shared with a big room).
+pub const MAX_KEY_CLAIMS: usize = 10_000;
+/// Signatures one `/keys/signatures/upload` may carry.
+pub const MAX_SIGNATURE_UPLOADS: usize = 1_000;
+/// Messages one `/sendToDevice` may queue, counting a `*` as one per
+/// device (clients send at most 250 per request).
+pub const MAX_TO_DEVICE_MESSAGES_PER_REQUEST: usize = 10_000;
+/// Serialized size of one to-device message's content.
+pub const MAX_TO_DEVICE_CONTENT_BYTES: usize = 65_536;
+/// Messages waiting for one device; more are dropped for that device
+/// only, so a device nobody uses any more cannot grow the database
+/// forever, nor stop a sender reaching everyone else.
+pub const MAX_TO_DEVICE_INBOX: usize = 50_000;
+/// To-device messages one `/sync` answer (or one dehydrated-device read)
+/// carries; the rest come with the next.
+pub const MAX_SYNC_TO_DEVICE_EVENTS: usize = 100;
+/// Sessions one key backup version may hold, and versions a user may
+/// keep (not counting deleted ones).
+pub const MAX_BACKED_UP_KEYS: u64 = 250_000;
+pub const MAX_BACKUP_VERSIONS: usize = 100;
+/// Serialized size of a backup's `auth_data` and of one session's
+/// `session_data`.
+pub const MAX_BACKUP_AUTH_DATA_BYTES: usize = 16 * 1024;
+pub const MAX_BACKUP_SESSION_BYTES: usize = 16 * 1024;
+/// Serialized size of a dehydrated device's opaque `device_data`.
+pub const MAX_DEHYDRATED_DEVICE_DATA_BYTES: usize = 256 * 1024;

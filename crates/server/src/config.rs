@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chancery_proto::limits;
 use chancery_proto::ruma::{OwnedServerName, ServerName};
+pub use chancery_service::rooms::EncryptionByDefault;
 pub use chancery_service::{RateLimitConfig, RegistrationMode};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,9 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Room version of new rooms: "10", "11" or "12".
     pub default_room_version: String,
+    /// Which new rooms are end-to-end encrypted from their creation:
+    /// `invite` (rooms of the private presets, the default), `all`, `off`.
+    pub encryption_by_default: EncryptionByDefault,
     /// The server's ed25519 signing key; default `<data_dir>/signing.key`.
     /// Nodes sharing one database must share this file.
     pub signing_key_path: Option<PathBuf>,
@@ -149,6 +153,7 @@ impl Default for Config {
             access_token_lifetime_ms: limits::ACCESS_TOKEN_LIFETIME_MS,
             trust_forwarded_for: false,
             default_room_version: "11".into(),
+            encryption_by_default: EncryptionByDefault::default(),
             signing_key_path: None,
             limits: LimitsConfig::default(),
             user_directory: UserDirectoryConfig::default(),

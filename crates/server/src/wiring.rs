@@ -14,7 +14,7 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, Directory, DirectoryDeps, Ephemeral,
     EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Limiters, Notifier,
-    Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps,
+    Keys, KeysDeps, DeviceLists, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps,
     Search, SearchDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
@@ -47,10 +47,21 @@ pub fn components_with(
     store.set_event_listener(notifier.listener());
 
     let limiters = Arc::new(Limiters::new(&config.rate_limits));
+    let device_lists = Arc::new(DeviceLists::new(store.clone(), notifier.clone()));
     let uia = Arc::new(InteractiveAuth::new(InteractiveAuthDeps {
         store: store.clone(),
         server_name: server_name.clone(),
         limiters: limiters.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
+    let keys = Arc::new(Keys::new(KeysDeps {
+        server_name: server_name.clone(),
+        keys: store.clone(),
+        accounts: store.clone(),
+        uia: uia.clone(),
+        device_lists: device_lists.clone(),
+        max_devices_per_user: config.limits.max_devices_per_user,
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
@@ -68,6 +79,7 @@ pub fn components_with(
         limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
+        device_lists,
     }));
     let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone()));
     let account_data = Arc::new(AccountData::new(AccountDataDeps {
@@ -107,7 +119,11 @@ pub fn components_with(
         clock: clock.clone(),
     }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
-        config: RoomsConfig { server_name, default_room_version },
+        config: RoomsConfig {
+            server_name,
+            default_room_version,
+            encryption_by_default: config.encryption_by_default,
+        },
         writer,
         rooms: store.clone(),
         addresses: store.clone(),
@@ -159,6 +175,7 @@ pub fn components_with(
         visibility: visibility.clone(),
         formatter,
         notifier: notifier.clone(),
+        keys: keys.clone(),
     }));
     let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
@@ -173,6 +190,7 @@ pub fn components_with(
         directory,
         search,
         ephemeral,
+        keys,
         syncer,
         reports,
         admin,

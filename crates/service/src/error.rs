@@ -69,6 +69,14 @@ pub enum Error {
     /// as the spec says).
     #[error("{0}")]
     AliasInUse(String),
+    /// A key's signature is missing or does not verify (HTTP 400
+    /// `M_INVALID_SIGNATURE`).
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// Keys were sent to a backup version that is not the current one
+    /// (HTTP 403 `M_WRONG_ROOM_KEYS_VERSION` with `current_version`).
+    #[error("this backup version is not the current one")]
+    WrongRoomKeysVersion { current: Option<String> },
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is
@@ -107,7 +115,8 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         use chancery_proto::limits::{
             MAX_ACCOUNT_DATA_BYTES, MAX_ACCOUNT_DATA_BYTES_PER_USER, MAX_ACCOUNT_DATA_ENTRIES_PER_USER, MAX_ALIASES_PER_ROOM,
-            MAX_RECEIPT_THREADS_PER_ROOM, MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS,
+            MAX_BACKED_UP_KEYS, MAX_BACKUP_VERSIONS, MAX_ONE_TIME_KEYS_PER_DEVICE, MAX_RECEIPT_THREADS_PER_ROOM,
+            MAX_REPORTS_PER_USER_PER_WINDOW, REPORT_WINDOW_MS,
         };
         match e {
             StoreError::UserIdTaken => Error::UserInUse,
@@ -119,6 +128,27 @@ impl From<StoreError> for Error {
             StoreError::StaleExtremities => Error::LimitExceeded { retry_after_ms: 100 },
             StoreError::TransactionIdUsed => Error::InvalidParam("txn already exists".into()),
             StoreError::AccountInactive => Error::UserDeactivated,
+            StoreError::UnknownDevice => Error::NotFound("no such device".into()),
+            StoreError::DeviceIdTaken => Error::InvalidParam("this device id is taken by another device of yours".into()),
+            StoreError::DeviceKeysChanged => Error::InvalidParam(
+                "this device's keys are already uploaded and cannot be replaced; log in as a new device".into(),
+            ),
+            StoreError::OneTimeKeyChanged => {
+                Error::InvalidParam("a one-time key of this id is already uploaded with another key".into())
+            }
+            StoreError::WrongBackupVersion(current) => Error::WrongRoomKeysVersion { current },
+            StoreError::BackupAlgorithmMismatch => {
+                Error::InvalidParam("the algorithm of a backup version cannot change; create a new version".into())
+            }
+            StoreError::TooManyOneTimeKeys => Error::ResourceLimit(format!(
+                "a device holds at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
+            )),
+            StoreError::TooManyBackedUpKeys => {
+                Error::ResourceLimit(format!("a key backup holds at most {MAX_BACKED_UP_KEYS} sessions"))
+            }
+            StoreError::TooManyBackupVersions => {
+                Error::ResourceLimit(format!("an account keeps at most {MAX_BACKUP_VERSIONS} key backup versions; delete one"))
+            }
             StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
             StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),
             StoreError::AliasOfAnotherRoom => Error::InvalidParam("invalid alias".into()),

@@ -21,6 +21,7 @@
 //! | [`Directory`] | room aliases and the published room directory |
 //! | [`Search`] | the user directory and message search |
 //! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
+//! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
@@ -39,6 +40,7 @@ pub mod directory;
 pub mod ephemeral;
 mod error;
 pub mod health;
+pub mod keys;
 pub mod notifier;
 mod nul;
 pub mod profiles;
@@ -65,6 +67,7 @@ pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
 pub use health::Health;
+pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use notifier::Notifier;
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
@@ -91,6 +94,7 @@ pub struct Components {
     pub directory: Arc<Directory>,
     pub search: Arc<Search>,
     pub ephemeral: Arc<Ephemeral>,
+    pub keys: Arc<Keys>,
     pub syncer: Arc<Syncer>,
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,

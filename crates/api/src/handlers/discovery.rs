@@ -23,8 +23,17 @@ const SPEC_VERSIONS: &[&str] = &[
     "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
+/// Unstable features this server has, as `/versions` names them: only
+/// what is routed.
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Dehydrated devices (`/unstable/org.matrix.msc3814.v1/dehydrated_device`).
+    "org.matrix.msc3814",
+];
+
 pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {
-    RumaResponse(get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect()))
+    let mut response = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
+    RumaResponse(response)
 }
 
 pub async fn well_known_client(State(config): State<Arc<ApiConfig>>) -> Json<JsonValue> {

@@ -5,6 +5,7 @@ pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod filters;
+pub mod keys;
 pub mod presence;
 pub mod profile;
 pub mod push;

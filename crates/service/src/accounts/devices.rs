@@ -12,12 +12,14 @@ impl Accounts {
     /// `POST /logout`: the device and its tokens go.
     pub async fn logout(&self, user: &AuthedUser) -> Result<(), Error> {
         self.deps.store.delete_devices(user.user_id.as_str(), std::slice::from_ref(&user.device_id)).await?;
+        self.deps.device_lists.changed(user.user_id.as_str()).await;
         Ok(())
     }
 
     /// `POST /logout/all`.
     pub async fn logout_all(&self, user: &AuthedUser) -> Result<(), Error> {
         self.deps.store.delete_all_devices(user.user_id.as_str(), None).await?;
+        self.deps.device_lists.changed(user.user_id.as_str()).await;
         Ok(())
     }
 
@@ -49,6 +51,7 @@ impl Accounts {
         let session = self.deps.uia.authorize(Operation::DeleteDevices, Some(user.user_id.as_str()), flows, auth).await?;
         self.deps.store.delete_devices(user.user_id.as_str(), device_ids).await?;
         self.deps.uia.finish(&session).await;
+        self.deps.device_lists.changed(user.user_id.as_str()).await;
         Ok(())
     }
 }

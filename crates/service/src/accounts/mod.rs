@@ -141,6 +141,9 @@ pub struct AccountsDeps {
     pub clock: Arc<dyn Clock>,
     /// Tokens, device ids and generated user names.
     pub entropy: Arc<dyn Entropy>,
+    /// Deleted devices (whose keys the store deletes with them) change
+    /// the user's device list: waiting syncs are told.
+    pub device_lists: Arc<crate::keys::DeviceLists>,
 }
 
 /// Accounts, sessions and devices.
@@ -379,6 +382,9 @@ impl Accounts {
         let hash = password::hash(new_password).await?;
         self.deps.store.change_password(user.user_id.as_str(), &hash, logout_devices, Some(&user.device_id)).await?;
         self.deps.uia.finish(&session).await;
+        if logout_devices {
+            self.deps.device_lists.changed(user.user_id.as_str()).await;
+        }
         tracing::info!(user_id = %user.user_id, logout_devices, "password changed");
         Ok(())
     }
@@ -389,6 +395,7 @@ impl Accounts {
         let session = self.deps.uia.authorize(Operation::Deactivate, Some(user.user_id.as_str()), flows, auth).await?;
         self.deps.store.deactivate_account(user.user_id.as_str(), self.deps.clock.now_ms()).await?;
         self.deps.uia.finish(&session).await;
+        self.deps.device_lists.changed(user.user_id.as_str()).await;
         tracing::info!(user_id = %user.user_id, "account deactivated");
         Ok(())
     }

@@ -9,6 +9,9 @@ use chancery_proto::limits::{DEFAULT_SYNC_TIMELINE_LIMIT, MAX_SYNC_TIMELINE_LIMI
 use chancery_proto::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::{AccountDataBatchLimits, StoredEvent};
+use serde_json::Value as JsonValue;
+
+use crate::keys::MembershipNews;
 
 /// How this sync loads member events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +231,40 @@ pub(super) fn account_data_reach(read: &[(u64, usize)], up_to: u64, batch: Accou
     match read.last() {
         Some(&(last, _)) if read.len() >= batch.max_entries || bytes >= batch.max_bytes => (last, true),
         _ => (up_to, false),
+    }
+}
+
+/// Event types whose change in a room changes whose device lists its
+/// members track.
+const DEVICE_LIST_EVENT_TYPES: [&str; 2] = ["m.room.member", "m.room.encryption"];
+
+/// Whether this answer's rooms carry a membership or encryption change, so
+/// the device lists of the users they concern must be looked at. Read off
+/// the answer's joined rooms (a room joined since the last sync carries
+/// its members in its state) and whether any room was left. A filter
+/// that may hide such events (by type or by room) leaves it possible.
+pub(super) fn membership_news<'a>(
+    filter: &FilterDefinition,
+    joined: impl Iterator<Item = &'a JsonValue>,
+    left_any: bool,
+) -> MembershipNews {
+    let room = &filter.room;
+    let may_hide = room.rooms.is_some()
+        || !room.not_rooms.is_empty()
+        || room.timeline.types.is_some()
+        || !room.timeline.not_types.is_empty()
+        || room.state.types.is_some()
+        || !room.state.not_types.is_empty();
+    let is_news = |event: &JsonValue| event["type"].as_str().is_some_and(|t| DEVICE_LIST_EVENT_TYPES.contains(&t));
+    let section_has_news = |room: &JsonValue| {
+        ["timeline", "state", "state_after"]
+            .iter()
+            .any(|section| room[section]["events"].as_array().is_some_and(|events| events.iter().any(is_news)))
+    };
+    if may_hide || left_any || joined.into_iter().any(section_has_news) {
+        MembershipNews::Possible
+    } else {
+        MembershipNews::None
     }
 }
 

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::account_data::AccountData;
 use crate::ephemeral::{Ephemeral, TypingSnapshot};
+use crate::keys::Keys;
 use crate::notifier::Notifier;
 use crate::push::Push;
 use crate::rooms::filter::{type_allowed, types_allowed};
@@ -91,6 +92,8 @@ pub struct SyncerDeps {
     pub visibility: Arc<Visibility>,
     pub formatter: Arc<EventFormatter>,
     pub notifier: Arc<Notifier>,
+    /// To-device messages, device lists and key counts.
+    pub keys: Arc<Keys>,
 }
 
 /// `/sync`.
@@ -216,6 +219,8 @@ impl Syncer {
                 receipts: positions.receipts,
                 typing: 0,   // read with the typing state itself, in sync_once
                 presence: 0, // likewise
+                to_device: positions.to_device,
+                device_lists: positions.device_lists,
             };
             let once = self.sync_once(user, &req, since, cut, &mut ignored).await?;
             // An initial sync, a full-state sync or one with news answers at
@@ -329,14 +334,21 @@ impl Syncer {
                 }
             }
         }
+        let membership_news = decide::membership_news(&req.filter, join.values(), !leave.is_empty());
+        let keys = self.deps.keys.sync_part(user, since, pass.cut, membership_news).await?;
+        let mut cut = pass.cut;
+        cut.to_device = keys.to_device_up_to;
         let has_news = more
+            || keys.has_news()
+            || keys.more_to_device
             || decide::has_news(join.len() + invite.len() + knock.len() + leave.len(), global_account_data.len(), presence.len());
-        let body = json!({
-            "next_batch": pass.cut.to_string(),
+        let mut body = json!({
+            "next_batch": cut.to_string(),
             "account_data": { "events": global_account_data },
             "presence": { "events": presence },
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         });
+        keys.write_into(&mut body);
         Ok(OnePass { body, has_news, next_typing_expiry, joined: joined.into_iter().map(str::to_owned).collect() })
     }
 

@@ -13,7 +13,7 @@ use chancery_proto::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAlias
 use chancery_store::{NewRoom, RoomAddresses, RoomAlias, StoreError};
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::Rooms;
+use super::{EncryptionByDefault, Rooms};
 use crate::rooms::writer::{Builder, check_type_and_key};
 use crate::rooms::{StateMap, rules_of, supported_room_version};
 use crate::{AuthedUser, Error, tokens};
@@ -100,6 +100,7 @@ fn default_power_levels(
 /// access, with `initial_state` winning for the same (type, key).
 fn preset_state(
     preset: Preset,
+    encryption: EncryptionByDefault,
     initial_state: &[(String, String, JsonValue)],
     alias: Option<&RoomAliasId>,
 ) -> Result<Vec<(String, String, JsonValue)>, Error> {
@@ -112,6 +113,14 @@ fn preset_state(
         ("m.room.history_visibility".to_owned(), String::new(), json!({"history_visibility": HistoryVisibility::Shared})),
         ("m.room.guest_access".to_owned(), String::new(), json!({"guest_access": guest_access})),
     ];
+    let encrypted = match encryption {
+        EncryptionByDefault::All => true,
+        EncryptionByDefault::Invite => preset != Preset::PublicChat,
+        EncryptionByDefault::Off => false,
+    };
+    if encrypted {
+        state.push(("m.room.encryption".to_owned(), String::new(), json!({"algorithm": MEGOLM_ALGORITHM})));
+    }
     for (event_type, key, content) in initial_state {
         check_type_and_key(event_type, Some(key))?;
         if matches!(event_type.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
@@ -145,10 +154,15 @@ fn create_content(
     Ok(content)
 }
 
+/// The room-key algorithm of rooms encrypted by default.
+const MEGOLM_ALGORITHM: &str = "m.megolm.v1.aes-sha2";
+
 /// Every event of a new room, in the spec's order, on `b`.
+#[allow(clippy::too_many_arguments)]
 fn push_initial_events(
     b: &mut Builder<'_>,
     req: &CreateRoom,
+    encryption: EncryptionByDefault,
     version: &RoomVersionId,
     creator: &OwnedUserId,
     creator_join: JsonValue,
@@ -170,7 +184,7 @@ fn push_initial_events(
     if let Some(alias) = alias {
         b.push(creator, "m.room.canonical_alias", "", json!({ "alias": alias }))?;
     }
-    for (event_type, key, content) in preset_state(preset, &req.initial_state, alias)? {
+    for (event_type, key, content) in preset_state(preset, encryption, &req.initial_state, alias)? {
         b.push(creator, &event_type, &key, content)?;
     }
     if let Some(name) = &req.name {
@@ -252,7 +266,7 @@ impl Rooms {
         });
         let creator_join = self.member_content(&creator, MembershipState::Join).await?;
         let mut b = self.deps.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0).not_before(not_before_ms);
-        push_initial_events(&mut b, req, version, &creator, creator_join, alias.map(|a| &**a), &rules)?;
+        push_initial_events(&mut b, req, self.deps.config.encryption_by_default, version, &creator, creator_join, alias.map(|a| &**a), &rules)?;
 
         let room_id = b.room_id().cloned().expect("the create event sets the room id");
         let created_ts = self.deps.clock.now_ms();

@@ -40,6 +40,26 @@ pub struct RoomsConfig {
     pub server_name: OwnedServerName,
     /// Version of new rooms unless the client asks for another.
     pub default_room_version: RoomVersionId,
+    /// Which new rooms are end-to-end encrypted from their creation.
+    pub encryption_by_default: EncryptionByDefault,
+}
+
+/// Which rooms `createRoom` makes end-to-end encrypted (an
+/// `m.room.encryption` event with Megolm) unless the client's
+/// `initial_state` says otherwise. Synapse's
+/// `encryption_enabled_by_default_for_room_type`, with `invite` the
+/// default here: private rooms are encrypted, as officials expect of a
+/// messenger, and public ones stay readable by whoever joins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionByDefault {
+    /// Rooms of the `private_chat` and `trusted_private_chat` presets.
+    #[default]
+    Invite,
+    /// Every room.
+    All,
+    /// None: clients decide.
+    Off,
 }
 
 /// What [`Rooms`] is built from: the store traits, components, clock

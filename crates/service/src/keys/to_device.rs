@@ -1,0 +1,89 @@
+//! To-device messages (client-server API "Send-to-Device messaging"):
+//! queued per device in one store transaction, idempotent per sending
+//! device and transaction id, delivered by `/sync` (`sync.rs`) and
+//! deleted once the client's next token acknowledges them.
+
+use std::collections::BTreeSet;
+
+use chancery_proto::limits::{
+    MAX_EVENT_TYPE_BYTES, MAX_TO_DEVICE_CONTENT_BYTES, MAX_TO_DEVICE_INBOX, MAX_TO_DEVICE_MESSAGES_PER_REQUEST, MAX_TXN_ID_BYTES,
+};
+use chancery_proto::ruma::UserId;
+use chancery_store::{StoreError, ToDeviceMessage};
+
+use super::Keys;
+use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
+use crate::{AuthedUser, Error};
+
+/// One message of a `/sendToDevice` request: the recipient user, device
+/// (`None` for `*`) and the content as the client sent it.
+pub struct OutgoingToDevice {
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub content: serde_json::Value,
+}
+
+impl Keys {
+    /// `PUT /sendToDevice/{eventType}/{txnId}`. A transaction id the
+    /// device used before answers as the first time did, queueing
+    /// nothing again. Messages for users of other servers are not
+    /// delivered (no federation yet); those for devices that do not exist
+    /// are dropped, as Synapse does.
+    pub async fn send_to_device(
+        &self,
+        user: &AuthedUser,
+        event_type: &str,
+        txn_id: &str,
+        messages: Vec<OutgoingToDevice>,
+    ) -> Result<(), Error> {
+        if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_BYTES {
+            return Err(Error::InvalidParam(format!("event types are 1 to {MAX_EVENT_TYPE_BYTES} bytes")));
+        }
+        if txn_id.is_empty() || txn_id.len() > MAX_TXN_ID_BYTES {
+            return Err(Error::InvalidParam(format!("transaction ids are 1 to {MAX_TXN_ID_BYTES} bytes")));
+        }
+        refuse_nul_in_param(event_type, "event types")?;
+        refuse_nul_in_param(txn_id, "transaction ids")?;
+        if messages.len() > MAX_TO_DEVICE_MESSAGES_PER_REQUEST {
+            return Err(Error::InvalidParam(format!("at most {MAX_TO_DEVICE_MESSAGES_PER_REQUEST} messages per request")));
+        }
+        let mut queued = Vec::with_capacity(messages.len());
+        let mut remote = 0usize;
+        for m in messages {
+            let Ok(recipient) = UserId::parse(m.user_id.as_str()) else {
+                return Err(Error::InvalidParam(format!("{:?} is not a user id", m.user_id)));
+            };
+            if !m.content.is_object() {
+                return Err(Error::BadJson("to-device content must be a JSON object".into()));
+            }
+            refuse_nul_in_json(&m.content, "to-device messages")?;
+            let content = m.content.to_string();
+            if content.len() > MAX_TO_DEVICE_CONTENT_BYTES {
+                return Err(Error::TooLarge(format!("a to-device message is at most {MAX_TO_DEVICE_CONTENT_BYTES} bytes")));
+            }
+            if !self.is_local(&recipient) {
+                remote += 1;
+                continue;
+            }
+            queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content });
+        }
+        if remote > 0 {
+            tracing::debug!(remote, "to-device messages for other servers not delivered: no federation");
+        }
+        let sender = user.user_id.as_str();
+        match self.deps.keys.send_to_device(sender, &user.device_id, txn_id, event_type, &queued, MAX_TO_DEVICE_INBOX).await {
+            Ok(outcome) => {
+                if outcome.dropped_full > 0 {
+                    tracing::warn!(dropped = outcome.dropped_full, "to-device messages dropped: their device's inbox is full");
+                }
+                let recipients: BTreeSet<&str> = queued.iter().map(|m| m.user_id.as_str()).collect();
+                self.deps.device_lists.to_device_queued(recipients);
+                Ok(())
+            }
+            // Spec "Transaction identifiers": a retry is answered as the
+            // original request was.
+            Err(StoreError::TransactionIdUsed) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
