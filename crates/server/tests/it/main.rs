@@ -35,6 +35,8 @@ mod components;
 mod concurrent_sends;
 mod connections;
 mod directory;
+mod e2ee;
+mod e2ee_http;
 mod ephemeral;
 mod faults;
 mod hostile;

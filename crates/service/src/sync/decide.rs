@@ -402,4 +402,28 @@ mod tests {
         assert!(summary_needed(true, false, false, false) && summary_needed(false, false, false, true));
         assert!(!summary_needed(false, false, false, false));
     }
+
+    #[test]
+    fn device_lists_are_looked_at_only_after_membership_or_encryption_changes() {
+        use serde_json::json;
+        let plain = FilterDefinition::default();
+        let message = json!({"timeline": {"events": [{"type": "m.room.message"}]}, "state": {"events": []}});
+        let joined = json!({"timeline": {"events": [{"type": "m.room.member"}]}, "state": {"events": []}});
+        let gappy = json!({"timeline": {"events": []}, "state": {"events": [{"type": "m.room.member"}]}});
+        let encrypted = json!({"timeline": {"events": [{"type": "m.room.encryption"}]}});
+        let after = json!({"timeline": {"events": []}, "state_after": {"events": [{"type": "m.room.member"}]}});
+        assert_eq!(membership_news(&plain, [&message].into_iter(), false), MembershipNews::None);
+        assert_eq!(membership_news(&plain, std::iter::empty(), false), MembershipNews::None);
+        for room in [&joined, &gappy, &encrypted, &after] {
+            assert_eq!(membership_news(&plain, [&message, room].into_iter(), false), MembershipNews::Possible, "{room}");
+        }
+        assert_eq!(membership_news(&plain, [&message].into_iter(), true), MembershipNews::Possible, "a room was left");
+        // A filter that may hide member events leaves it to the store.
+        let mut by_type = FilterDefinition::default();
+        by_type.room.timeline.not_types = vec!["m.room.member".into()];
+        assert_eq!(membership_news(&by_type, [&message].into_iter(), false), MembershipNews::Possible);
+        let mut by_room = FilterDefinition::default();
+        by_room.room.rooms = Some(vec![]);
+        assert_eq!(membership_news(&by_room, std::iter::empty(), false), MembershipNews::Possible);
+    }
 }
