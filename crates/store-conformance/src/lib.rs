@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod keys;
 mod nul;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::keys::*;
 pub use self::nul::*;
 use chancery_store::*;
 
@@ -47,6 +49,12 @@ macro_rules! store_conformance_tests {
             heavy_reads_leave_a_connection_for_small_ones,
             visibility_spans_follow_the_state_history, search_stays_within_its_scopes,
             reports_are_listed_filtered_and_deleted, stored_nul_characters_break_no_shared_read,
+            key_uploads_are_all_or_nothing_and_counted, claims_hand_out_one_time_keys_once_then_the_fallback,
+            concurrent_claims_never_hand_out_a_key_twice, cross_signing_keys_and_signatures_replace_and_cascade,
+            device_list_updates_follow_shared_encrypted_rooms, deleting_devices_deletes_their_keys_and_inbox,
+            deactivation_deletes_every_key_of_the_account, to_device_messages_are_queued_bounded_and_acknowledged,
+            backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
+            dehydrated_device_is_replaced_whole,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -630,6 +638,9 @@ pub async fn stream_positions_read_every_stream(store: DynStore) {
             events: store.current_stream_pos().await.unwrap(),
             account_data: store.current_account_data_pos().await.unwrap(),
             receipts: store.current_receipt_pos().await.unwrap(),
+            // No keys changed and no message was sent.
+            device_lists: 0,
+            to_device: 0,
         }
     );
     assert_eq!((got.events, got.receipts), (2, 0));

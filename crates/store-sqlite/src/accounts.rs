@@ -7,6 +7,7 @@ use chancery_store_sql::{i, u};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value as JsonValue;
 
+use crate::keys::{device_ids_of, forget_account, forget_devices};
 use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
@@ -14,7 +15,7 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-fn insert_device(conn: &Connection, d: &NewDevice) -> StoreResult<()> {
+pub(crate) fn insert_device(conn: &Connection, d: &NewDevice) -> StoreResult<()> {
     conn.execute(
         "INSERT INTO devices (user_id, device_id, display_name, created_ts, access_token_hash, access_expires_ts, refresh_token_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -29,11 +30,6 @@ fn insert_device(conn: &Connection, d: &NewDevice) -> StoreResult<()> {
         ],
     )
     .map_err(backend)?;
-    Ok(())
-}
-
-fn delete_device_rows(conn: &Connection, user_id: &str, device_id: &str) -> StoreResult<()> {
-    conn.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id]).map_err(backend)?;
     Ok(())
 }
 
@@ -253,21 +249,14 @@ impl AccountStore for SqliteStore {
 
     async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<()> {
         let (user_id, device_ids) = (user_id.to_owned(), device_ids.to_vec());
-        self.write(move |tx| {
-            for device_id in &device_ids {
-                delete_device_rows(tx, &user_id, device_id)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| forget_devices(tx, &user_id, &device_ids)).await
     }
 
     async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()> {
         let (user_id, keep) = (user_id.to_owned(), keep.map(str::to_owned));
         self.write(move |tx| {
-            tx.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id IS NOT ?2", params![user_id, keep])
-                .map_err(backend)?;
-            Ok(())
+            let device_ids = device_ids_of(tx, &user_id, keep.as_deref())?;
+            forget_devices(tx, &user_id, &device_ids)
         })
         .await
     }
@@ -283,8 +272,8 @@ impl AccountStore for SqliteStore {
         self.write(move |tx| {
             tx.execute("UPDATE accounts SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash]).map_err(backend)?;
             if logout_others {
-                tx.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id IS NOT ?2", params![user_id, keep])
-                    .map_err(backend)?;
+                let device_ids = device_ids_of(tx, &user_id, keep.as_deref())?;
+                forget_devices(tx, &user_id, &device_ids)?;
             }
             Ok(())
         })
@@ -294,7 +283,7 @@ impl AccountStore for SqliteStore {
     async fn deactivate_account(&self, user_id: &str, now_ts: u64) -> StoreResult<()> {
         let user_id = user_id.to_owned();
         self.write(move |tx| {
-            tx.execute("DELETE FROM devices WHERE user_id = ?1", [&user_id]).map_err(backend)?;
+            forget_account(tx, &user_id)?;
             tx.execute("DELETE FROM profile_fields WHERE user_id = ?1", [&user_id]).map_err(backend)?;
             tx.execute("DELETE FROM uia_sessions WHERE user_id = ?1", [&user_id]).map_err(backend)?;
             tx.execute(

@@ -13,6 +13,7 @@ mod account_data;
 mod accounts;
 mod directory;
 mod forgotten;
+mod keys;
 mod pool;
 mod push;
 mod relations;
@@ -284,11 +285,21 @@ impl StreamStore for SqliteStore {
             conn.prepare_cached(
                 "SELECT (SELECT COALESCE(MAX(stream_pos), 0) FROM events),
                         (SELECT COALESCE(MAX(stream_pos), 0) FROM account_data),
-                        (SELECT COALESCE(MAX(stream_pos), 0) FROM receipts)",
+                        (SELECT COALESCE(MAX(stream_pos), 0) FROM receipts),
+                        (SELECT COALESCE(MAX(stream_pos), 0) FROM device_list_changes),
+                        (SELECT pos FROM to_device_position WHERE id = 0)",
             )
             .and_then(|mut s| {
                 s.query_row([], |r| {
-                    Ok(StreamPositions { events: u(r.get(0)?), account_data: u(r.get(1)?), receipts: u(r.get(2)?) })
+                    Ok(StreamPositions {
+                        events: u(r.get(0)?),
+                        account_data: u(r.get(1)?),
+                        receipts: u(r.get(2)?),
+                        device_lists: u(r.get(3)?),
+                        // The counter, not the table's maximum: read
+                        // messages are deleted, so the maximum goes back.
+                        to_device: u(r.get(4)?),
+                    })
                 })
             })
             .map_err(backend)
