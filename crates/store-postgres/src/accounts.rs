@@ -10,7 +10,11 @@
 //! - registration-token uses are counted by a conditional UPDATE, whose row
 //!   lock makes a concurrent use re-check the limit against the new count;
 //! - the global interactive-auth session cap is checked under an advisory
-//!   lock, as there is no row to lock for "the number of sessions".
+//!   lock, as there is no row to lock for "the number of sessions";
+//! - a deletion of devices deletes their keys, inboxes and transaction ids
+//!   too and moves the user in the device-list stream (`keys.rs`); those
+//!   key rows may be held by a one-time key claim waiting for one the
+//!   deletion holds, so the deleting methods run again on a deadlock.
 
 use std::collections::BTreeMap;
 
@@ -41,11 +45,11 @@ fn unique_or_backend(taken: StoreError) -> impl FnOnce(tokio_postgres::Error) ->
 /// Serialises device changes and per-user limit checks for one user across
 /// all nodes, until the transaction ends. NO KEY UPDATE is enough, since the
 /// key never changes, and does not block foreign-key checks.
-async fn lock_account(c: &impl GenericClient, user_id: &str) -> StoreResult<Option<Row>> {
+pub(crate) async fn lock_account(c: &impl GenericClient, user_id: &str) -> StoreResult<Option<Row>> {
     query_opt(c, "SELECT deactivated_ts FROM accounts WHERE user_id = $1 FOR NO KEY UPDATE", &[&user_id]).await
 }
 
-async fn insert_device(c: &impl GenericClient, d: &NewDevice) -> StoreResult<()> {
+pub(crate) async fn insert_device(c: &impl GenericClient, d: &NewDevice) -> StoreResult<()> {
     execute(
         c,
         "INSERT INTO devices (user_id, device_id, display_name, created_ts, access_token_hash, access_expires_ts, refresh_token_hash)
@@ -63,6 +67,19 @@ async fn insert_device(c: &impl GenericClient, d: &NewDevice) -> StoreResult<()>
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// Every device but `$2` (all when NULL) of user `$1`.
+const DELETE_OTHER_DEVICES: &str = "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2 RETURNING device_id";
+
+/// Runs a `DELETE FROM devices ... RETURNING device_id`: the devices whose
+/// keys go with them (`keys::forget_devices`).
+async fn delete_devices_returning(
+    c: &impl GenericClient,
+    sql: &str,
+    params: crate::query::Params<'_>,
+) -> StoreResult<Vec<String>> {
+    query(c, sql, params).await?.iter().map(|r| get(r, 0)).collect()
 }
 
 fn session_from_row(row: &Row) -> StoreResult<Session> {
@@ -254,23 +271,34 @@ impl AccountStore for PostgresStore {
     }
 
     async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        lock_account(&tx, user_id).await?;
-        execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)", &[&user_id, &device_ids])
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        // Deleting the devices' keys takes key rows a claim may hold (see
+        // `keys.rs`): a deadlock is run again.
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            lock_account(&tx, user_id).await?;
+            let deleted = delete_devices_returning(
+                &tx,
+                "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2) RETURNING device_id",
+                &[&user_id, &device_ids],
+            )
+            .await?;
+            crate::keys::forget_devices(&tx, user_id, &deleted).await?;
+            tx.commit().await.map_err(backend)
+        })
+        .await
     }
 
     async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        lock_account(&tx, user_id).await?;
-        execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2", &[&user_id, &keep])
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            lock_account(&tx, user_id).await?;
+            let deleted = delete_devices_returning(&tx, DELETE_OTHER_DEVICES, &[&user_id, &keep]).await?;
+            crate::keys::forget_devices(&tx, user_id, &deleted).await?;
+            tx.commit().await.map_err(backend)
+        })
+        .await
     }
 
     async fn change_password(
@@ -280,41 +308,50 @@ impl AccountStore for PostgresStore {
         logout_others: bool,
         keep: Option<&str>,
     ) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // The UPDATE locks the account row first, so a login racing with
-        // this cannot slip a device in after the DELETE has run.
-        execute(&tx, "UPDATE accounts SET password_hash = $2 WHERE user_id = $1", &[&user_id, &password_hash])
-            .await
-            .map_err(backend)?;
-        if logout_others {
-            execute(&tx, "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2", &[&user_id, &keep])
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            // The UPDATE locks the account row first, so a login racing with
+            // this cannot slip a device in after the DELETE has run.
+            execute(&tx, "UPDATE accounts SET password_hash = $2 WHERE user_id = $1", &[&user_id, &password_hash])
                 .await
                 .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+            if logout_others {
+                let deleted = delete_devices_returning(&tx, DELETE_OTHER_DEVICES, &[&user_id, &keep]).await?;
+                crate::keys::forget_devices(&tx, user_id, &deleted).await?;
+            }
+            tx.commit().await.map_err(backend)
+        })
+        .await
     }
 
     async fn deactivate_account(&self, user_id: &str, now_ts: u64) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Account first (unlike SQLite, order matters here): once its row is
-        // locked and marked, no login or profile write can add rows behind
-        // the DELETEs below.
-        execute(
-            &tx,
-            "UPDATE accounts SET password_hash = NULL, deactivated_ts = COALESCE(deactivated_ts, $2) WHERE user_id = $1",
-            &[&user_id, &i(now_ts)],
-        )
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            // Account first (unlike SQLite, order matters here): once its row is
+            // locked and marked, no login or profile write can add rows behind
+            // the DELETEs below.
+            execute(
+                &tx,
+                "UPDATE accounts SET password_hash = NULL, deactivated_ts = COALESCE(deactivated_ts, $2) WHERE user_id = $1",
+                &[&user_id, &i(now_ts)],
+            )
+            .await
+            .map_err(backend)?;
+            let deleted =
+                delete_devices_returning(&tx, "DELETE FROM devices WHERE user_id = $1 RETURNING device_id", &[&user_id]).await?;
+            execute(&tx, "DELETE FROM profile_fields WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
+            // Same lock as open_uia_session, which deletes expired sessions:
+            // two DELETEs over overlapping rows could otherwise deadlock.
+            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
+            execute(&tx, "DELETE FROM uia_sessions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
+            // Last: it ends in the device-list stream's lock, which is held
+            // until commit.
+            crate::keys::forget_account(&tx, user_id, &deleted).await?;
+            tx.commit().await.map_err(backend)
+        })
         .await
-        .map_err(backend)?;
-        execute(&tx, "DELETE FROM devices WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
-        execute(&tx, "DELETE FROM profile_fields WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
-        // Same lock as open_uia_session, which deletes expired sessions:
-        // two DELETEs over overlapping rows could otherwise deadlock.
-        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
-        execute(&tx, "DELETE FROM uia_sessions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)
     }
 
     async fn profile(&self, user_id: &str) -> StoreResult<BTreeMap<String, JsonValue>> {

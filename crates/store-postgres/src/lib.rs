@@ -12,6 +12,7 @@ mod appender;
 mod directory;
 mod forgotten;
 mod json;
+mod keys;
 mod migrations;
 mod notify;
 mod push;
@@ -277,18 +278,27 @@ impl StreamStore for PostgresStore {
 
     async fn stream_positions(&self) -> StoreResult<StreamPositions> {
         let client = self.client().await?;
-        // The same reads as `current_stream_pos` and the two counters.
+        // The same reads as `current_stream_pos` and the counters, in one
+        // statement: one snapshot, so the positions are one cut.
         let rows = query(
             &client,
             "SELECT COALESCE((SELECT pos FROM stream_position), 0),
                     COALESCE((SELECT pos FROM stream_counters WHERE stream = 'account_data'), 0),
-                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0)",
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0),
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'device_lists'), 0),
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'to_device'), 0)",
             &[],
         )
         .await?;
         let row = rows.first().ok_or_else(|| StoreError::Backend("no stream positions row".into()))?;
         let pos = |idx: usize| get::<i64>(row, idx).map(u);
-        Ok(StreamPositions { events: pos(0)?, account_data: pos(1)?, receipts: pos(2)? })
+        Ok(StreamPositions {
+            events: pos(0)?,
+            account_data: pos(1)?,
+            receipts: pos(2)?,
+            device_lists: pos(3)?,
+            to_device: pos(4)?,
+        })
     }
 }
 
