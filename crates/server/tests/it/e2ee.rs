@@ -17,7 +17,7 @@ use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
-use matrix_sdk::ruma::api::client::uiaa::{AuthData, Password, UserIdentifier};
+use matrix_sdk::ruma::api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier};
 use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent};
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomId, RoomId, UserId};
 use matrix_sdk::{Client, Room};
@@ -79,6 +79,27 @@ where
     panic!("gave up waiting for: {what}");
 }
 
+/// Syncs every client once per round until `found` finds something.
+async fn sync_until_some<T, F, Fut>(clients: &[&Client], what: &str, mut found: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let result = Mutex::new(None);
+    sync_until(clients, what, || {
+        let next = found();
+        let result = &result;
+        async move {
+            let value = next.await;
+            let found = value.is_some();
+            *result.lock().unwrap() = value;
+            found
+        }
+    })
+    .await;
+    result.into_inner().unwrap().expect("sync_until returns only once found")
+}
+
 /// The plaintext bodies the client's sync handed to its handlers
 /// (decrypted ones included), in order.
 fn collect_texts(client: &Client) -> Arc<Mutex<Vec<String>>> {
@@ -123,7 +144,10 @@ async fn stored_events(base: &str, client: &Client, room_id: &RoomId) -> Vec<Val
 }
 
 fn password_auth(user: &UserId) -> AuthData {
-    AuthData::Password(Password::new(UserIdentifier::UserIdOrLocalpart(user.localpart().to_owned()), PASSWORD.to_owned()))
+    AuthData::Password(Password::new(
+        UserIdentifier::Matrix(MatrixUserIdentifier::new(user.localpart().to_owned())),
+        PASSWORD.to_owned(),
+    ))
 }
 
 /// Alice and Bob exchange encrypted messages both ways in a private room
@@ -261,24 +285,20 @@ async fn cross_signing_and_sas(backend: Backend) {
     let request: VerificationRequest = bob_device.request_verification().await.unwrap();
     let flow_id = request.flow_id().to_owned();
 
-    let mut bob_request = None;
-    sync_until(&[&alice, &bob], "Bob receives the verification request", || async {
-        bob_request = bob.encryption().get_verification_request(&alice_id, &flow_id).await;
-        bob_request.is_some()
+    let bob_request = sync_until_some(&[&alice, &bob], "Bob receives the verification request", || async {
+        bob.encryption().get_verification_request(&alice_id, &flow_id).await
     })
     .await;
-    bob_request.unwrap().accept().await.unwrap();
+    bob_request.accept().await.unwrap();
     sync_until(&[&alice, &bob], "the request is ready", || async { request.is_ready() }).await;
     let alice_sas: SasVerification = request.start_sas().await.unwrap().expect("SAS starts");
-    let mut bob_sas = None;
-    sync_until(&[&alice, &bob], "Bob sees the SAS", || async {
-        if let Some(Verification::SasV1(sas)) = bob.encryption().get_verification(&alice_id, &flow_id).await {
-            bob_sas = Some(sas);
+    let bob_sas = sync_until_some(&[&alice, &bob], "Bob sees the SAS", || async {
+        match bob.encryption().get_verification(&alice_id, &flow_id).await {
+            Some(Verification::SasV1(sas)) => Some(sas),
+            _ => None,
         }
-        bob_sas.is_some()
     })
     .await;
-    let bob_sas = bob_sas.unwrap();
     bob_sas.accept().await.unwrap();
     sync_until(&[&alice, &bob], "both can show the emoji", || async {
         alice_sas.can_be_presented() && bob_sas.can_be_presented()

@@ -182,7 +182,10 @@ async fn concurrent_claims(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     let ids: Vec<String> = (0..10).map(|n| format!("K{n}")).collect();
     bob.upload_one_time_keys(&ids.iter().map(String::as_str).collect::<Vec<_>>(), Some("FB")).await;
-    let claimers: Vec<User> = futures_util::future::join_all((0..5).map(|n| User::new(&base, &format!("claimer{n}")))).await;
+    let claimers: Vec<User> = futures_util::future::join_all((0..5).map(|n| {
+        let base = base.clone();
+        async move { User::new(&base, &format!("claimer{n}")).await }
+    })).await;
     let claims = (0..50).map(|n| {
         let claimer = &claimers[n % claimers.len()];
         let body = json!({ "one_time_keys": { bob.user.id.as_str(): { bob.device_id.as_str(): "signed_curve25519" } } });
