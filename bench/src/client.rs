@@ -60,6 +60,9 @@ pub struct Session {
     pub user_id: String,
     pub localpart: String,
     pub access_token: String,
+    /// The device the access token belongs to (its to-device inbox and
+    /// its end-to-end keys in `key-share`).
+    pub device_id: String,
 }
 
 /// A homeserver under test.
@@ -198,8 +201,23 @@ impl Server {
 
     /// Creates a public room (anyone on the server may join).
     pub async fn create_room(&self, s: &Session, name: &str, room_version: Option<&str>) -> Result<String> {
+        self.create_room_with_state(s, name, room_version, &[]).await
+    }
+
+    /// Creates a public room with `initial_state` events (e.g.
+    /// `m.room.encryption`).
+    pub async fn create_room_with_state(
+        &self,
+        s: &Session,
+        name: &str,
+        room_version: Option<&str>,
+        initial_state: &[Value],
+    ) -> Result<String> {
         let url = self.url(&["_matrix", "client", "v3", "createRoom"], &[]);
         let mut body = json!({ "preset": "public_chat", "name": name });
+        if !initial_state.is_empty() {
+            body["initial_state"] = json!(initial_state);
+        }
         if let Some(v) = room_version {
             body["room_version"] = json!(v);
         }
@@ -254,6 +272,43 @@ impl Server {
         v["joined"].as_object().map(|m| m.len()).ok_or_else(|| anyhow!("joined_members: no `joined` object"))
     }
 
+    /// `POST /keys/upload` with a body the caller built (device keys
+    /// and/or one-time keys); returns the answer (`one_time_key_counts`).
+    pub async fn keys_upload(&self, s: &Session, body: &Value) -> Result<Value> {
+        let url = self.url(&["_matrix", "client", "v3", "keys", "upload"], &[]);
+        Ok(self.json_call(Method::POST, url, Some(&s.access_token), Some(body), Duration::ZERO).await?.0)
+    }
+
+    /// `POST /keys/query` for every device of `user_ids`.
+    pub async fn keys_query(&self, s: &Session, user_ids: &[String]) -> Result<Value> {
+        let url = self.url(&["_matrix", "client", "v3", "keys", "query"], &[]);
+        let device_keys: serde_json::Map<String, Value> = user_ids.iter().map(|u| (u.clone(), json!([]))).collect();
+        let body = json!({ "device_keys": device_keys });
+        Ok(self.json_call(Method::POST, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?.0)
+    }
+
+    /// `POST /keys/claim` of one key of `algorithm` for each (user, device).
+    pub async fn keys_claim(&self, s: &Session, devices: &[(String, String)], algorithm: &str) -> Result<Value> {
+        let url = self.url(&["_matrix", "client", "v3", "keys", "claim"], &[]);
+        let mut wanted = serde_json::Map::new();
+        for (user, device) in devices {
+            let per_user = wanted.entry(user.clone()).or_insert_with(|| json!({}));
+            per_user[device] = json!(algorithm);
+        }
+        let body = json!({ "one_time_keys": wanted });
+        Ok(self.json_call(Method::POST, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?.0)
+    }
+
+    /// `PUT /sendToDevice/{event_type}/{txn}` with `messages`
+    /// (`{user: {device: content}}`), under a new transaction id.
+    pub async fn send_to_device(&self, s: &Session, event_type: &str, messages: &Value) -> Result<()> {
+        let txn = self.next_txn();
+        let url = self.url(&["_matrix", "client", "v3", "sendToDevice", event_type, &txn], &[]);
+        let body = json!({ "messages": messages });
+        self.json_call(Method::PUT, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?;
+        Ok(())
+    }
+
     /// `GET /_matrix/client/versions`, outside any scenario budget: checks
     /// that the URL is a homeserver before a run starts.
     pub async fn check_reachable(&self) -> Result<()> {
@@ -302,5 +357,6 @@ fn session_from(v: &Value, localpart: &str) -> Result<Session> {
         user_id: str_field(v, "user_id")?,
         localpart: localpart.to_owned(),
         access_token: str_field(v, "access_token")?,
+        device_id: str_field(v, "device_id")?,
     })
 }

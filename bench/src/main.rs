@@ -83,7 +83,7 @@ enum Preset {
 #[derive(Args)]
 struct Common {
     /// Comma-separated scenarios; they run in the canonical order
-    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, connections, rss).
+    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, connections, key-share, rss).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Default sizes; every size flag below overrides its part.
@@ -165,6 +165,15 @@ struct Common {
     /// `/whoami` calls and sends timed in `connections`, before and under the load.
     #[arg(long)]
     probe_samples: Option<usize>,
+    /// Members of the encrypted room in `key-share` (each with one device),
+    /// shares timed (each after a warm-up share), and users per
+    /// `/keys/query` and messages per `/sendToDevice` request.
+    #[arg(long)]
+    key_share_members: Option<usize>,
+    #[arg(long)]
+    key_share_rounds: Option<usize>,
+    #[arg(long)]
+    key_share_batch: Option<usize>,
     /// Requests at once while setting up (registrations, joins, room creation).
     #[arg(long)]
     setup_concurrency: Option<usize>,
@@ -204,6 +213,10 @@ impl Common {
             long_polls: self.long_polls.unwrap_or(pick(200, 2_000)),
             long_polls_per_user: self.long_polls_per_user.unwrap_or(8),
             probe_samples: self.probe_samples.unwrap_or(100),
+            key_share_members: self.key_share_members.unwrap_or(pick(100, 1_000)),
+            key_share_rounds: self.key_share_rounds.unwrap_or(20),
+            // matrix-sdk's chunks (MAX_KEY_QUERY_USERS, MAX_TO_DEVICE_MESSAGES).
+            key_share_batch: self.key_share_batch.unwrap_or(250),
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
@@ -245,6 +258,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::JoinLarge => scenarios::join_large::run(ctx, &mut o).await,
         Scenario::History => scenarios::history::run(ctx, &mut o).await,
         Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
+        Scenario::KeyShare => scenarios::key_share::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };

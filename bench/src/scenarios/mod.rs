@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod history;
 pub mod initial_sync;
 pub mod join_large;
+pub mod key_share;
 pub mod register;
 pub mod rss;
 pub mod send;
@@ -58,13 +59,14 @@ pub enum Scenario {
     JoinLarge,
     History,
     Connections,
+    KeyShare,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 9] = [
+    pub const EVERY: [Scenario; 10] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -73,6 +75,7 @@ impl Scenario {
         Scenario::JoinLarge,
         Scenario::History,
         Scenario::Connections,
+        Scenario::KeyShare,
         Scenario::Rss,
     ];
 
@@ -86,6 +89,7 @@ impl Scenario {
             Scenario::JoinLarge => "join-large",
             Scenario::History => "history",
             Scenario::Connections => "connections",
+            Scenario::KeyShare => "key-share",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -118,6 +122,9 @@ pub struct Sizes {
     pub long_polls: usize,
     pub long_polls_per_user: usize,
     pub probe_samples: usize,
+    pub key_share_members: usize,
+    pub key_share_rounds: usize,
+    pub key_share_batch: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
