@@ -280,6 +280,10 @@ pub const MAX_SIGNATURE_UPLOADS: usize = 1_000;
 /// Messages one `/sendToDevice` may queue, counting a `*` as one per
 /// device (clients send at most 250 per request).
 pub const MAX_TO_DEVICE_MESSAGES_PER_REQUEST: usize = 10_000;
+/// Transaction ids of `/sendToDevice` remembered per sending device: a
+/// retry comes within seconds, and the table must not grow with every
+/// request a device ever made. The oldest are forgotten first.
+pub const MAX_TO_DEVICE_TXNS_PER_DEVICE: u64 = 1_000;
 /// Serialized size of one to-device message's content.
 pub const MAX_TO_DEVICE_CONTENT_BYTES: usize = 65_536;
 /// Messages waiting for one device; more are dropped for that device

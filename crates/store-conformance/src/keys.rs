@@ -791,6 +791,33 @@ async fn inbox_contents(store: &DynStore, user: &str, device: &str, after: u64) 
     inbox.messages.iter().map(|m| serde_json::from_str(&m.content).expect("stored content is JSON")).collect()
 }
 
+/// A device's transaction ids are remembered, the newest
+/// `MAX_TO_DEVICE_TXNS_PER_DEVICE` of them: the oldest is forgotten once
+/// that many newer ones were used, so the table does not grow with every
+/// request a device ever made.
+pub async fn to_device_transaction_ids_are_remembered_per_device_and_bounded(store: DynStore) {
+    use chancery_proto::limits::MAX_TO_DEVICE_TXNS_PER_DEVICE;
+    user_with(&store, "@a:x", &["ONE", "TWO"]).await;
+    let send = |device: &'static str, txn: String| {
+        let store = store.clone();
+        async move { store.send_to_device("@a:x", device, &txn, "m.test", &[], 10).await }
+    };
+    send("ONE", "first".into()).await.unwrap();
+    assert!(matches!(send("ONE", "first".into()).await, Err(StoreError::TransactionIdUsed)));
+    // Another device of the user has ids of its own.
+    send("TWO", "first".into()).await.unwrap();
+    for n in 0..MAX_TO_DEVICE_TXNS_PER_DEVICE - 1 {
+        send("ONE", format!("t{n}")).await.unwrap();
+    }
+    // `first` is still among the newest: refused.
+    assert!(matches!(send("ONE", "first".into()).await, Err(StoreError::TransactionIdUsed)));
+    send("ONE", "one more".into()).await.unwrap();
+    // Now it is forgotten, the next-oldest not.
+    send("ONE", "first".into()).await.expect("the oldest id is forgotten");
+    assert!(matches!(send("ONE", "t1".into()).await, Err(StoreError::TransactionIdUsed)));
+    assert!(matches!(send("TWO", "first".into()).await, Err(StoreError::TransactionIdUsed)));
+}
+
 pub async fn to_device_messages_are_queued_bounded_and_acknowledged(store: DynStore) {
     let (a, b) = ("@a:x", "@b:x");
     user_with(&store, a, &["A1", "A2"]).await;

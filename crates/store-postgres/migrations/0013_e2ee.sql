@@ -85,9 +85,12 @@ CREATE INDEX to_device_by_device ON to_device_messages (user_id, device_id, stre
 CREATE TABLE to_device_txns (
     user_id   TEXT COLLATE "C" NOT NULL,
     device_id TEXT COLLATE "C" NOT NULL,
+    -- Per sending device, increasing: the oldest are forgotten first.
+    seq       BIGINT NOT NULL,
     txn_id    TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (user_id, device_id, txn_id)
 );
+CREATE INDEX to_device_txns_by_seq ON to_device_txns (user_id, device_id, seq);
 
 -- Versions are numbered 1, 2, 3... per user and never reused: a deleted
 -- version stays as a row marked deleted while it is the user's highest.

@@ -51,6 +51,9 @@ use tokio_postgres::types::ToSql;
 use crate::query::{execute, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
+/// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
+const MAX_TXNS: i64 = chancery_proto::limits::MAX_TO_DEVICE_TXNS_PER_DEVICE as i64;
+
 /// Advisory-lock key held from allocating device-list positions until
 /// commit ("chandevl" in ASCII).
 const DEVICE_LIST_STREAM_LOCK: i64 = 0x6368_616e_6465_766c;
@@ -819,10 +822,19 @@ impl KeyStore for PostgresStore {
         let tx = client.transaction().await.map_err(backend)?;
         // A concurrent send of the same id waits here for the first one's
         // commit, then fails.
+        // The device's oldest ids are forgotten in the same statement (a
+        // retry comes soon); two sends of one device at once may share a
+        // `seq`, which only orders the forgetting.
         execute(
             &tx,
-            "INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES ($1, $2, $3)",
-            &[&sender_user_id, &sender_device_id, &txn_id],
+            "WITH new AS (
+                 INSERT INTO to_device_txns (user_id, device_id, seq, txn_id)
+                 VALUES ($1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM to_device_txns WHERE user_id = $1 AND device_id = $2), $3)
+                 RETURNING seq
+             )
+             DELETE FROM to_device_txns t USING new
+             WHERE t.user_id = $1 AND t.device_id = $2 AND t.seq <= new.seq - $4",
+            &[&sender_user_id, &sender_device_id, &txn_id, &MAX_TXNS],
         )
         .await
         .map_err(|e| if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::TransactionIdUsed } else { backend(e) })?;

@@ -78,9 +78,12 @@ INSERT INTO to_device_position (id, pos) VALUES (0, 0);
 CREATE TABLE to_device_txns (
     user_id   TEXT NOT NULL,
     device_id TEXT NOT NULL,
+    -- Per sending device, increasing: the oldest are forgotten first.
+    seq       INTEGER NOT NULL,
     txn_id    TEXT NOT NULL,
     PRIMARY KEY (user_id, device_id, txn_id)
 ) WITHOUT ROWID;
+CREATE INDEX to_device_txns_by_seq ON to_device_txns (user_id, device_id, seq);
 
 CREATE TABLE backup_versions (
     user_id   TEXT NOT NULL,

@@ -27,6 +27,9 @@ use crate::accounts::{insert_device, is_unique_violation};
 use crate::rooms::collect;
 use crate::{SqliteStore, backend};
 
+/// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
+const MAX_TXNS: i64 = chancery_proto::limits::MAX_TO_DEVICE_TXNS_PER_DEVICE as i64;
+
 /// Moves the user to the next position of the device-list stream.
 fn move_device_list(conn: &Connection, user_id: &str) -> StoreResult<()> {
     conn.prepare_cached(
@@ -633,9 +636,18 @@ impl KeyStore for SqliteStore {
             (sender_user_id.to_owned(), sender_device_id.to_owned(), txn_id.to_owned(), event_type.to_owned());
         let messages = messages.to_vec();
         self.write(move |tx| {
-            tx.prepare_cached("INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute([&sender, &sender_device, &txn_id]))
+            let seq: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO to_device_txns (user_id, device_id, seq, txn_id)
+                     VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM to_device_txns WHERE user_id = ?1 AND device_id = ?2), ?3)
+                     RETURNING seq",
+                )
+                .and_then(|mut s| s.query_row([&sender, &sender_device, &txn_id], |r| r.get(0)))
                 .map_err(|e| if is_unique_violation(&e) { StoreError::TransactionIdUsed } else { backend(e) })?;
+            // The device's oldest ids are forgotten (a retry comes soon).
+            tx.prepare_cached("DELETE FROM to_device_txns WHERE user_id = ?1 AND device_id = ?2 AND seq <= ?3")
+                .and_then(|mut s| s.execute(params![&sender, &sender_device, seq - MAX_TXNS]))
+                .map_err(backend)?;
             let mut queued = ToDeviceQueued::default();
             // Messages in each inbox, counted once per request.
             let mut inboxes: HashMap<(String, String), usize> = HashMap::new();

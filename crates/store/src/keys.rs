@@ -330,7 +330,9 @@ pub trait KeyStore: Send + Sync {
 
     /// Queues messages of one `/sendToDevice` request, all or nothing.
     /// `TransactionIdUsed` if the sender's device already used `txn_id`
-    /// (nothing queued again). Messages to users or devices that do not
+    /// (nothing queued again); a device's newest
+    /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE` ids are remembered, older
+    /// ones forgotten in the same transaction. Messages to users or devices that do not
     /// exist are left out; a message to an inbox holding
     /// `max_inbox` messages is dropped (counted in `dropped_full`). Each
     /// message gets its own position in the to-device stream.
