@@ -733,8 +733,8 @@ pub async fn deactivation_deletes_every_key_of_the_account(store: DynStore) {
     full_keys(&store, a, &["ONE", "TWO"]).await;
     full_keys(&store, b, &["DEVB"]).await;
     store.send_to_device(b, "DEVB", "t", "m.test", &[to_device(a, None, json!({"n": 1}))], 100).await.unwrap();
-    // And one for b, whose inbox must outlive a's deactivation.
-    store.send_to_device(a, "ONE", "t", "m.test", &[to_device(b, Some("DEVB"), json!({"n": 2}))], 100).await.unwrap();
+    // What a sent is b's: it stays in b's inbox.
+    store.send_to_device(a, "ONE", "t", "m.test", &[to_device(b, None, json!({"n": 2}))], 100).await.unwrap();
     store
         .set_cross_signing_keys(
             a,
