@@ -121,12 +121,12 @@ pub(crate) async fn move_device_lists(tx: &Transaction<'_>, users: &[&str]) -> S
 /// Deletes what belongs to these devices of the user beside their
 /// `devices` rows (which the caller deletes): keys, one-time and fallback
 /// keys, signatures of their keys, their inboxes, the transaction ids they
-/// sent with and the dehydrated-device row if one of them is it. The
-/// to-device lock first, so a message being queued for one of them either
-/// committed (and is deleted here) or sees the device gone.
+/// sent with and the dehydrated-device row if one of them is it. Then,
+/// under the to-device lock, their inboxes once more: a message being
+/// queued for one of them meanwhile either committed (and is deleted here)
+/// or sees the device gone. The inboxes are deleted before too, so the
+/// lock, which every sender waits for, is held only for what came since.
 async fn delete_device_data(tx: &Transaction<'_>, user_id: &str, device_ids: &[String]) -> StoreResult<()> {
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(backend)?;
-    tx.execute(&lock, &[&TO_DEVICE_STREAM_LOCK]).await.map_err(backend)?;
     execute(
         tx,
         "WITH dk AS (DELETE FROM device_keys WHERE user_id = $1 AND device_id = ANY($2)),
@@ -141,6 +141,16 @@ async fn delete_device_data(tx: &Transaction<'_>, user_id: &str, device_ids: &[S
     )
     .await
     .map_err(backend)?;
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(backend)?;
+    let inbox =
+        tx.prepare_cached("DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)").await.map_err(backend)?;
+    let (locked, deleted) = tokio::join!(
+        biased;
+        async { tx.execute(&lock, &[&TO_DEVICE_STREAM_LOCK]).await },
+        async { tx.execute(&inbox, &[&user_id, &device_ids]).await },
+    );
+    locked.map_err(backend)?;
+    deleted.map_err(backend)?;
     Ok(())
 }
 
@@ -378,17 +388,18 @@ const CLAIM: &str = "WITH otk AS (
     SELECT key_id, key FROM otk UNION ALL SELECT key_id, key FROM fallback";
 
 /// Messages queued in one statement under the to-device lock: the targets
-/// whose device still exists, each device's inbox counted (up to the bound,
-/// no further), those that fit numbered in request order, the counter
-/// moved by their number and the messages written at the positions it
-/// gave. Answers (queued, targets that exist).
+/// whose device still exists, each device's inbox counted once (up to the
+/// bound, no further; MATERIALIZED, or the count would run once per
+/// message), those that fit numbered in request order, the counter moved
+/// by their number and the messages written at the positions it gave.
+/// Answers (queued, targets that exist).
 const QUEUE: &str = "WITH t AS (
         SELECT x.user_id, x.device_id, x.msg, x.ord,
                ROW_NUMBER() OVER (PARTITION BY x.user_id, x.device_id ORDER BY x.ord) AS nth
         FROM UNNEST($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS x(user_id, device_id, msg, ord)
         WHERE EXISTS (SELECT 1 FROM devices d WHERE d.user_id = x.user_id AND d.device_id = x.device_id)
     ),
-    held AS (
+    held AS MATERIALIZED (
         SELECT d.user_id, d.device_id,
                (SELECT COUNT(*) FROM (SELECT 1 FROM to_device_messages m
                                       WHERE m.user_id = d.user_id AND m.device_id = d.device_id LIMIT $4) AS c) AS n
