@@ -40,6 +40,7 @@ mod e2ee_http;
 mod ephemeral;
 mod faults;
 mod hostile;
+mod js_client;
 mod lazy_members;
 mod nul_text;
 mod presence;
