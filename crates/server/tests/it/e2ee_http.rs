@@ -134,8 +134,14 @@ async fn bad_keys_are_refused(backend: Backend) {
     let answer = alice.upload(json!({ "device_keys": alice.device_keys(), "one_time_keys": { otk_id: otk } })).await;
     assert_eq!(answer.0, 200, "{}", answer.1);
     assert_eq!(answer.1["one_time_key_counts"]["signed_curve25519"], 1);
-    // The same keys again change nothing.
+    // The same keys again change nothing, nor do they with one more
+    // signature (matrix-js-sdk sends them again so when it sets up
+    // cross-signing while its first upload is in flight).
     assert_eq!(alice.upload(json!({ "device_keys": alice.device_keys() })).await.0, 200);
+    let mut countersigned = alice.device_keys();
+    countersigned["signatures"][&alice.user.id]["ed25519:SELFSIGNING"] = json!("c2lnbmF0dXJl");
+    let again = alice.upload(json!({ "device_keys": countersigned })).await;
+    assert_eq!(again.0, 200, "{}", again.1);
     let impostor = Device { pair: key_pair(&alice.device_id), ..Device::new(&base, "spare").await };
     let mut replaced = impostor.unsigned_device_keys();
     replaced["user_id"] = json!(alice.user.id);
@@ -366,3 +372,45 @@ async fn device_list_changes(backend: Backend) {
 }
 
 on_both_backends!(device_list_changes);
+
+async fn encryption_of(user: &User, room: String) -> (reqwest::StatusCode, Value) {
+    user.call(Method::GET, &format!("/rooms/{room}/state/m.room.encryption/"), None).await
+}
+
+/// Private rooms are encrypted from their creation (Megolm), public ones
+/// not; `encryption_by_default` changes that, and `initial_state` wins.
+async fn private_rooms_are_encrypted_by_default(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    for preset in ["private_chat", "trusted_private_chat"] {
+        let room = alice.create_room(json!({ "preset": preset })).await;
+        let (status, content) = encryption_of(&alice, room).await;
+        assert_eq!((status.as_u16(), &content), (200, &json!({"algorithm": "m.megolm.v1.aes-sha2"})), "{preset}");
+    }
+    let public = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(encryption_of(&alice, public).await.0, 404);
+    let rotated = json!({"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 10});
+    let own = alice
+        .create_room(json!({ "preset": "private_chat", "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": rotated}] }))
+        .await;
+    assert_eq!(encryption_of(&alice, own).await.1, rotated, "the client's initial_state wins");
+
+    let off = TestServer::start_with(backend, |config| {
+        config.encryption_by_default = chancery_server::config::EncryptionByDefault::Off;
+    })
+    .await
+    .unwrap();
+    let bob = User::new(&off.base_url, "bob").await;
+    let room = bob.create_room(json!({ "preset": "private_chat" })).await;
+    assert_eq!(encryption_of(&bob, room).await.0, 404, "off: clients decide");
+    let all = TestServer::start_with(backend, |config| {
+        config.encryption_by_default = chancery_server::config::EncryptionByDefault::All;
+    })
+    .await
+    .unwrap();
+    let carol = User::new(&all.base_url, "carol").await;
+    let room = carol.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(encryption_of(&carol, room).await.0, 200, "all: public rooms too");
+}
+
+on_both_backends!(private_rooms_are_encrypted_by_default);

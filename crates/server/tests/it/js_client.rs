@@ -16,8 +16,8 @@
 //!
 //! The Node steps need `node` (20 or newer) and `npm ci` run in
 //! `crates/server/tests/js/`: `./scripts/test` does both. They never skip.
-//! `reference_server` runs the same flow against another homeserver
-//! (`CHANCERY_JS_REFERENCE_URL`, e.g. the Synapse of `bench/synapse.sh`),
+//! Each step is a script of its own that takes any homeserver's URL, so
+//! the same steps can be run by hand against Synapse (`bench/synapse.sh`)
 //! to tell a server bug from a test bug.
 
 use std::path::PathBuf;
@@ -334,14 +334,3 @@ async fn js_client(backend: Backend) {
 }
 
 on_both_backends!(js_client);
-
-/// The same flow against the homeserver at `CHANCERY_JS_REFERENCE_URL`
-/// (open registration with `m.login.dummy`, rate limits off), with fresh
-/// user names each run: `bench/synapse.sh` starts such a Synapse.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs CHANCERY_JS_REFERENCE_URL, a homeserver such as the Synapse of bench/synapse.sh"]
-async fn reference_server() {
-    let base = std::env::var("CHANCERY_JS_REFERENCE_URL").expect("CHANCERY_JS_REFERENCE_URL names the homeserver to run against");
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    flow(&base, &format!("alice{run}"), &format!("bob{run}")).await;
-}

@@ -165,7 +165,14 @@ fn level(n: i64) -> UserPowerLevel {
 /// power levels the preset gives (trusted_private_chat: the invitees get
 /// the creator's level, before and after carol's return).
 async fn three_officials(backend: Backend, preset: RoomPreset) {
-    let server = TestServer::start(backend).await.unwrap();
+    // Presets, power and shared history as such: unencrypted rooms, so
+    // that what was said while Carol was away is readable to her (in an
+    // encrypted room she was never sent its key: `e2ee.rs`).
+    let server = TestServer::start_with(backend, |config| {
+        config.encryption_by_default = chancery_server::config::EncryptionByDefault::Off;
+    })
+    .await
+    .unwrap();
     let base = server.base_url.clone();
     let alice = logged_in(&base, "alice").await;
     let bob = logged_in(&base, "bob").await;

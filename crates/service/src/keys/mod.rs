@@ -126,7 +126,22 @@ impl Keys {
         one_time_keys: &[(String, String)],
         fallback_keys: &[(String, String)],
     ) -> Result<BTreeMap<String, u64>, Error> {
-        let upload = self.checked_upload(user.user_id.as_str(), &user.device_id, device_keys, one_time_keys, fallback_keys).await?;
+        let mut upload =
+            self.checked_upload(user.user_id.as_str(), &user.device_id, device_keys, one_time_keys, fallback_keys).await?;
+        if let Some(new) = &upload.device_keys {
+            // The same identity again with more signatures (a client that set
+            // up cross-signing while its first upload was in flight signs
+            // its device keys and sends them again; Synapse takes it): the
+            // stored keys stay, the signature comes through
+            // `/keys/signatures/upload` as well. Other identity keys are
+            // refused by the store.
+            let stored = self.deps.keys.device_keys(&[(user.user_id.to_string(), vec![user.device_id.clone()])]).await?;
+            if let Some(stored) = stored.first() {
+                if same_apart_from_signatures(&canonical_object(&stored.keys)?, &canonical_object(new)?) {
+                    upload.device_keys = None;
+                }
+            }
+        }
         let new_device_keys = upload.device_keys.is_some();
         let counts = self.deps.keys.upload_keys(user.user_id.as_str(), &user.device_id, upload, KEY_LIMITS).await?;
         if new_device_keys {
