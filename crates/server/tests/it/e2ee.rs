@@ -35,7 +35,7 @@ fn settings() -> SyncSettings {
     SyncSettings::default().timeout(Duration::from_millis(500))
 }
 
-fn encryption(cross_signing: bool, backups: bool) -> EncryptionSettings {
+pub(crate) fn encryption(cross_signing: bool, backups: bool) -> EncryptionSettings {
     EncryptionSettings {
         auto_enable_cross_signing: cross_signing,
         backup_download_strategy: BackupDownloadStrategy::OneShot,
@@ -51,13 +51,13 @@ async fn login(base: &str, name: &str, settings: EncryptionSettings) -> Client {
     client
 }
 
-async fn new_user(base: &str, name: &str, settings: EncryptionSettings) -> Client {
+pub(crate) async fn new_user(base: &str, name: &str, settings: EncryptionSettings) -> Client {
     register(base, name).await;
     login(base, name, settings).await
 }
 
 /// Syncs every client once per round until `done` holds.
-async fn sync_until<F, Fut>(clients: &[&Client], what: &str, mut done: F)
+pub(crate) async fn sync_until<F, Fut>(clients: &[&Client], what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

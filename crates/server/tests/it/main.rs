@@ -36,6 +36,7 @@ mod concurrent_sends;
 mod connections;
 mod directory;
 mod e2ee;
+mod e2ee_dehydrated;
 mod e2ee_http;
 mod ephemeral;
 mod faults;
