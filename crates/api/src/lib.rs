@@ -30,8 +30,7 @@ use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
     AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Reports, RoomReader, Rooms,
-    Search,
-    Syncer,
+    Search, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 

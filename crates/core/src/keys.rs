@@ -8,9 +8,9 @@
 use chancery_proto::limits::MAX_KEY_OBJECT_BYTES;
 use chancery_proto::ruma::CanonicalJsonObject;
 use chancery_proto::ruma::CanonicalJsonValue;
+use chancery_proto::ruma::SigningKeyAlgorithm;
 use chancery_proto::ruma::serde::Base64;
 use chancery_proto::ruma::signatures::{to_canonical_json_string_for_signing, verify_canonical_json_bytes};
-use chancery_proto::ruma::SigningKeyAlgorithm;
 
 /// Why a key was refused; the message is for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,9 +81,12 @@ pub fn verify_signature(object: &CanonicalJsonObject, signer: &str, key_id: &str
         },
         _ => return Err(bad("is missing")),
     };
-    let public_key = Base64::<chancery_proto::ruma::serde::base64::Standard>::parse(public_key).map_err(|_| bad("names a key that is not base64"))?;
-    let signature = Base64::<chancery_proto::ruma::serde::base64::Standard>::parse(signature).map_err(|_| bad("is not base64"))?;
-    let canonical = to_canonical_json_string_for_signing(object).map_err(|_| bad("covers an object that cannot be serialized"))?;
+    let public_key = Base64::<chancery_proto::ruma::serde::base64::Standard>::parse(public_key)
+        .map_err(|_| bad("names a key that is not base64"))?;
+    let signature =
+        Base64::<chancery_proto::ruma::serde::base64::Standard>::parse(signature).map_err(|_| bad("is not base64"))?;
+    let canonical =
+        to_canonical_json_string_for_signing(object).map_err(|_| bad("covers an object that cannot be serialized"))?;
     verify_canonical_json_bytes(&SigningKeyAlgorithm::Ed25519, public_key.as_bytes(), signature.as_bytes(), canonical.as_bytes())
         .map_err(|_| bad("does not verify"))
 }
@@ -192,7 +195,8 @@ pub fn check_cross_signing_key(raw: &str, user_id: &str, usage: &str) -> Result<
         return Err(KeyError::WrongOwner("cross-signing keys must be the uploading user's".into()));
     }
     match object.get("usage") {
-        Some(CanonicalJsonValue::Array(usages)) if usages.iter().any(|u| matches!(u, CanonicalJsonValue::String(s) if s == usage)) => {}
+        Some(CanonicalJsonValue::Array(usages))
+            if usages.iter().any(|u| matches!(u, CanonicalJsonValue::String(s) if s == usage)) => {}
         _ => return Err(malformed(format!("the {usage} key's `usage` must list {usage:?}"))),
     }
     let keys = object_field(&object, "keys")?;
@@ -314,7 +318,10 @@ mod tests {
         // Without the device's keys there is nothing to check it against.
         assert!(matches!(check_one_time_key("signed_curve25519:A", &otk, "@a:x", "DEV", None), Err(KeyError::BadSignature(_))));
         let other = public(&key_pair("DEV"));
-        assert!(matches!(check_one_time_key("signed_curve25519:A", &otk, "@a:x", "DEV", Some(&other)), Err(KeyError::BadSignature(_))));
+        assert!(matches!(
+            check_one_time_key("signed_curve25519:A", &otk, "@a:x", "DEV", Some(&other)),
+            Err(KeyError::BadSignature(_))
+        ));
         assert!(check_one_time_key("curve25519:A", "\"abc\"", "@a:x", "DEV", None).is_ok());
         assert!(matches!(check_one_time_key("curve25519:A", "{}", "@a:x", "DEV", None), Err(KeyError::Malformed(_))));
         assert!(matches!(check_one_time_key("rot13:A", "\"abc\"", "@a:x", "DEV", None), Err(KeyError::UnknownAlgorithm(_))));

@@ -12,10 +12,10 @@ use chancery_service::clock::{Clock, SystemClock};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
-    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, Directory, DirectoryDeps, Ephemeral,
-    EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Limiters, Notifier,
-    Keys, KeysDeps, DeviceLists, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps,
-    Search, SearchDeps, Syncer, SyncerDeps, Visibility,
+    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
+    DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
+    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
+    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -119,11 +119,7 @@ pub fn components_with(
         clock: clock.clone(),
     }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
-        config: RoomsConfig {
-            server_name,
-            default_room_version,
-            encryption_by_default: config.encryption_by_default,
-        },
+        config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },
         writer,
         rooms: store.clone(),
         addresses: store.clone(),

@@ -140,9 +140,9 @@ impl From<StoreError> for Error {
             StoreError::BackupAlgorithmMismatch => {
                 Error::InvalidParam("the algorithm of a backup version cannot change; create a new version".into())
             }
-            StoreError::TooManyOneTimeKeys => Error::ResourceLimit(format!(
-                "a device holds at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
-            )),
+            StoreError::TooManyOneTimeKeys => {
+                Error::ResourceLimit(format!("a device holds at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"))
+            }
             StoreError::TooManyBackedUpKeys => {
                 Error::ResourceLimit(format!("a key backup holds at most {MAX_BACKED_UP_KEYS} sessions"))
             }

@@ -563,24 +563,22 @@ impl KeyStore for SqliteStore {
         self.write(move |tx| {
             let mut claimed = Vec::with_capacity(claims.len());
             for c in &claims {
+                // The first unclaimed key, taken in one statement.
                 let one_time: Option<(String, String)> = tx
                     .prepare_cached(
-                        "SELECT key_id, key FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3
-                         ORDER BY key_id LIMIT 1",
+                        "DELETE FROM one_time_keys
+                         WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3
+                           AND key_id = (SELECT key_id FROM one_time_keys
+                                         WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3
+                                         ORDER BY key_id LIMIT 1)
+                         RETURNING key_id, key",
                     )
                     .and_then(|mut s| {
                         s.query_row([&c.user_id, &c.device_id, &c.algorithm], |r| Ok((r.get(0)?, r.get(1)?))).optional()
                     })
                     .map_err(backend)?;
                 let key = match one_time {
-                    Some((key_id, key)) => {
-                        tx.prepare_cached(
-                            "DELETE FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 AND key_id = ?4",
-                        )
-                        .and_then(|mut s| s.execute([&c.user_id, &c.device_id, &c.algorithm, &key_id]))
-                        .map_err(backend)?;
-                        Some((key_id, key))
-                    }
+                    Some(taken) => Some(taken),
                     None => tx
                         .prepare_cached(
                             "UPDATE fallback_keys SET used = 1 WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3
@@ -649,6 +647,12 @@ impl KeyStore for SqliteStore {
                 .and_then(|mut s| s.execute(params![&sender, &sender_device, seq - MAX_TXNS]))
                 .map_err(backend)?;
             let mut queued = ToDeviceQueued::default();
+            // Positions follow the counter, which moves once per request.
+            let first_pos: i64 = tx
+                .prepare_cached("SELECT pos FROM to_device_position WHERE id = 0")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(backend)?;
+            let mut last_pos = first_pos;
             // Messages in each inbox, counted once per request.
             let mut inboxes: HashMap<(String, String), usize> = HashMap::new();
             for message in &messages {
@@ -674,10 +678,8 @@ impl KeyStore for SqliteStore {
                         continue;
                     }
                     *held += 1;
-                    let pos: i64 = tx
-                        .prepare_cached("UPDATE to_device_position SET pos = pos + 1 WHERE id = 0 RETURNING pos")
-                        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                        .map_err(backend)?;
+                    last_pos += 1;
+                    let pos = last_pos;
                     tx.prepare_cached(
                         "INSERT INTO to_device_messages (stream_pos, user_id, device_id, sender, event_type, content)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -686,6 +688,11 @@ impl KeyStore for SqliteStore {
                     .map_err(backend)?;
                     queued.queued += 1;
                 }
+            }
+            if last_pos > first_pos {
+                tx.prepare_cached("UPDATE to_device_position SET pos = ?1 WHERE id = 0")
+                    .and_then(|mut s| s.execute([last_pos]))
+                    .map_err(backend)?;
             }
             Ok(queued)
         })

@@ -40,7 +40,11 @@ fn raw_json<T>(raw: &Raw<T>) -> Result<JsonValue, Error> {
     serde_json::from_str(raw.json().get()).map_err(|e| Error::BadJson(format!("not JSON: {e}")))
 }
 
-pub async fn upload(State(keys): State<Arc<Keys>>, Authed(user): Authed, Ruma(req): Ruma<upload_keys::v3::Request>) -> JsonResult {
+pub async fn upload(
+    State(keys): State<Arc<Keys>>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<upload_keys::v3::Request>,
+) -> JsonResult {
     let device_keys = req.device_keys.as_ref().map(|raw| raw.json().get());
     let counts = keys.upload(&user, device_keys, &raw_keys(&req.one_time_keys), &raw_keys(&req.fallback_keys)).await?;
     Ok(Json(json!({ "one_time_key_counts": counts })))
@@ -67,7 +71,11 @@ pub async fn claim(State(keys): State<Arc<Keys>>, Authed(_user): Authed, Ruma(re
     Ok(Json(keys.claim(wanted).await?))
 }
 
-pub async fn changes(State(keys): State<Arc<Keys>>, Authed(user): Authed, Ruma(req): Ruma<get_key_changes::v3::Request>) -> JsonResult {
+pub async fn changes(
+    State(keys): State<Arc<Keys>>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<get_key_changes::v3::Request>,
+) -> JsonResult {
     Ok(Json(keys.changes(&user, &req.from, &req.to).await?))
 }
 
@@ -91,7 +99,9 @@ pub async fn upload_signatures(
     let signed = req
         .signed_keys
         .iter()
-        .map(|(user_id, keys)| (user_id.to_string(), keys.iter().map(|(id, raw)| (id.to_owned(), raw.get().to_owned())).collect()))
+        .map(|(user_id, keys)| {
+            (user_id.to_string(), keys.iter().map(|(id, raw)| (id.to_owned(), raw.get().to_owned())).collect())
+        })
         .collect();
     Ok(Json(keys.upload_signatures(&user, signed).await?))
 }
@@ -108,7 +118,7 @@ pub async fn send_to_device(
                 DeviceIdOrAllDevices::DeviceId(d) => Some(d.to_string()),
                 DeviceIdOrAllDevices::AllDevices => None,
             };
-            messages.push(OutgoingToDevice { user_id: user_id.to_string(), device_id, content: raw_json(content)? });
+            messages.push(OutgoingToDevice { user_id: user_id.to_string(), device_id, content: content.json().get().to_owned() });
         }
     }
     keys.send_to_device(&user, &req.event_type.to_string(), req.txn_id.as_str(), messages).await?;
@@ -140,7 +150,11 @@ pub async fn latest_backup(
     Ok(Json(keys.backup(&user, None).await?))
 }
 
-pub async fn backup(State(keys): State<Arc<Keys>>, Authed(user): Authed, Ruma(req): Ruma<get_backup_info::v3::Request>) -> JsonResult {
+pub async fn backup(
+    State(keys): State<Arc<Keys>>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<get_backup_info::v3::Request>,
+) -> JsonResult {
     Ok(Json(keys.backup(&user, Some(&req.version)).await?))
 }
 
@@ -198,11 +212,19 @@ pub async fn put_backup_session_key(
     Authed(user): Authed,
     Ruma(req): Ruma<add_backup_keys_for_session::v3::Request>,
 ) -> JsonResult {
-    let session = UploadedSession { room_id: req.room_id.to_string(), session_id: req.session_id.clone(), data: raw_json(&req.session_data)? };
+    let session = UploadedSession {
+        room_id: req.room_id.to_string(),
+        session_id: req.session_id.clone(),
+        data: raw_json(&req.session_data)?,
+    };
     Ok(Json(keys.put_backup_keys(&user, &req.version, vec![session]).await?))
 }
 
-pub async fn backup_keys(State(keys): State<Arc<Keys>>, Authed(user): Authed, Ruma(req): Ruma<get_backup_keys::v3::Request>) -> JsonResult {
+pub async fn backup_keys(
+    State(keys): State<Arc<Keys>>,
+    Authed(user): Authed,
+    Ruma(req): Ruma<get_backup_keys::v3::Request>,
+) -> JsonResult {
     Ok(Json(keys.backup_keys(&user, &req.version, BackupScope::All).await?))
 }
 

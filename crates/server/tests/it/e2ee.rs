@@ -308,10 +308,8 @@ async fn cross_signing_and_sas(backend: Backend) {
     assert_eq!(symbols(&alice_sas), symbols(&bob_sas), "both sides show the same emoji");
     alice_sas.confirm().await.unwrap();
     bob_sas.confirm().await.unwrap();
-    sync_until(&[&alice, &bob], "the verification is done on both sides", || async {
-        alice_sas.is_done() && bob_sas.is_done()
-    })
-    .await;
+    sync_until(&[&alice, &bob], "the verification is done on both sides", || async { alice_sas.is_done() && bob_sas.is_done() })
+        .await;
     sync_until(&[&alice, &bob], "each trusts the other's device and identity", || async {
         let alice_trusts = alice.encryption().get_device(&bob_id, &bob_device_id).await.unwrap().unwrap().is_verified()
             && alice.encryption().get_user_identity(&bob_id).await.unwrap().unwrap().is_verified();

@@ -158,7 +158,10 @@ impl BobDevice {
         upload.self_signing_key = keys.self_signing_key.map(|k| k.to_raw());
         upload.user_signing_key = keys.user_signing_key.map(|k| k.to_raw());
         let uploaded = api.send(&self.token, upload).await;
-        self.machine.mark_request_as_sent(&TransactionId::new(), AnyIncomingResponse::SigningKeysUpload(&uploaded)).await.unwrap();
+        self.machine
+            .mark_request_as_sent(&TransactionId::new(), AnyIncomingResponse::SigningKeysUpload(&uploaded))
+            .await
+            .unwrap();
         let signed = api.send(&self.token, requests.upload_signatures_req).await;
         assert!(signed.failures.is_empty(), "{:?}", signed.failures);
     }
@@ -236,9 +239,8 @@ async fn message_to_dehydrated_device_is_read_after_rehydration(backend: Backend
 
     let first_device: OwnedDeviceId = first_device.into();
     sync_until(&[&alice], "Alice sees Bob joined and knows his dehydrated device only", || async {
-        let joined = alice
-            .get_room(&room_id)
-            .is_some_and(|r| r.encryption_state().is_encrypted() && r.joined_members_count() == 2);
+        let joined =
+            alice.get_room(&room_id).is_some_and(|r| r.encryption_state().is_encrypted() && r.joined_members_count() == 2);
         let device = |id: OwnedDeviceId| {
             let (alice, bob_user) = (alice.clone(), bob_user.clone());
             async move { alice.encryption().get_device(&bob_user, &id).await.unwrap() }

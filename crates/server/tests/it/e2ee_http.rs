@@ -52,7 +52,11 @@ impl Device {
         assert_eq!(status, 200, "{body}");
         let device_id = body["device_id"].as_str().unwrap().to_owned();
         let token = body["access_token"].as_str().unwrap().to_owned();
-        Device { pair: key_pair(&device_id), user: User { base: self.user.base.clone(), token, id: self.user.id.clone() }, device_id }
+        Device {
+            pair: key_pair(&device_id),
+            user: User { base: self.user.base.clone(), token, id: self.user.id.clone() },
+            device_id,
+        }
     }
 
     fn unsigned_device_keys(&self) -> Value {
@@ -156,8 +160,7 @@ async fn bad_keys_are_refused(backend: Backend) {
     assert_eq!(stored[&alice.device_id]["keys"], alice.device_keys()["keys"], "the first identity stays");
 
     // Too many keys in one upload.
-    let many: serde_json::Map<String, Value> =
-        (0..1_001).map(|n| (format!("curve25519:K{n}"), json!(format!("k{n}")))).collect();
+    let many: serde_json::Map<String, Value> = (0..1_001).map(|n| (format!("curve25519:K{n}"), json!(format!("k{n}")))).collect();
     assert_error(&alice.upload(json!({ "one_time_keys": many })).await, 400, "M_INVALID_PARAM");
     let counts = alice.upload(json!({})).await.1;
     assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 1, "{counts}");
@@ -191,7 +194,8 @@ async fn concurrent_claims(backend: Backend) {
     let claimers: Vec<User> = futures_util::future::join_all((0..5).map(|n| {
         let base = base.clone();
         async move { User::new(&base, &format!("claimer{n}")).await }
-    })).await;
+    }))
+    .await;
     let claims = (0..50).map(|n| {
         let claimer = &claimers[n % claimers.len()];
         let body = json!({ "one_time_keys": { bob.user.id.as_str(): { bob.device_id.as_str(): "signed_curve25519" } } });
@@ -306,9 +310,7 @@ async fn key_backup(backend: Backend) {
     assert_eq!((&info["version"], &info["count"], &info["auth_data"]), (&json!(v1), &json!(0), &json!({ "public_key": "abc" })));
     let etag0 = info["etag"].clone();
 
-    let session = |index: u64, verified: bool, marker: &str| {
-        json!({ "first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": { "ciphertext": marker } })
-    };
+    let session = |index: u64, verified: bool, marker: &str| json!({ "first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": { "ciphertext": marker } });
     let path = |room: &str, session: &str, version: &str| format!("/room_keys/keys/{room}/{session}?version={version}");
     let room = "!r:localhost";
     let put = bob.ok(Method::PUT, &path(room, "S1", &v1), Some(session(5, false, "first"))).await;
@@ -326,10 +328,11 @@ async fn key_backup(backend: Backend) {
     assert_error(&bob.call(Method::GET, &path(room, "NOPE", &v1), None).await, 404, "M_NOT_FOUND");
 
     // A new version: keys for the old one are refused, naming the new.
-    let v2 = bob.ok(Method::POST, "/room_keys/version", Some(json!({ "algorithm": algorithm, "auth_data": {} }))).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v2 =
+        bob.ok(Method::POST, "/room_keys/version", Some(json!({ "algorithm": algorithm, "auth_data": {} }))).await["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let wrong = bob.call(Method::PUT, &path(room, "S2", &v1), Some(session(0, false, "late"))).await;
     assert_error(&wrong, 403, "M_WRONG_ROOM_KEYS_VERSION");
     assert_eq!(wrong.1["current_version"], json!(v2));

@@ -51,12 +51,23 @@ fn check_auth_data(algorithm: &str, auth_data: &JsonValue) -> Result<String, Err
 /// A session's `KeyBackupData`, checked.
 fn backed_up_key(s: UploadedSession) -> Result<BackedUpKey, Error> {
     let number = |field: &str| {
-        s.data.get(field).and_then(JsonValue::as_u64).ok_or_else(|| Error::BadJson(format!("`{field}` must be a non-negative integer")))
+        s.data
+            .get(field)
+            .and_then(JsonValue::as_u64)
+            .ok_or_else(|| Error::BadJson(format!("`{field}` must be a non-negative integer")))
     };
     let first_message_index = number("first_message_index")?;
     let forwarded_count = number("forwarded_count")?;
-    let is_verified = s.data.get("is_verified").and_then(JsonValue::as_bool).ok_or_else(|| Error::BadJson("`is_verified` must be a boolean".into()))?;
-    let session_data = s.data.get("session_data").filter(|d| d.is_object()).ok_or_else(|| Error::BadJson("`session_data` must be an object".into()))?;
+    let is_verified = s
+        .data
+        .get("is_verified")
+        .and_then(JsonValue::as_bool)
+        .ok_or_else(|| Error::BadJson("`is_verified` must be a boolean".into()))?;
+    let session_data = s
+        .data
+        .get("session_data")
+        .filter(|d| d.is_object())
+        .ok_or_else(|| Error::BadJson("`session_data` must be an object".into()))?;
     refuse_nul_in_json(session_data, "session_data")?;
     let session_data = session_data.to_string();
     if session_data.len() > MAX_BACKUP_SESSION_BYTES {
@@ -65,7 +76,14 @@ fn backed_up_key(s: UploadedSession) -> Result<BackedUpKey, Error> {
     if s.room_id.is_empty() || s.session_id.is_empty() || s.room_id.len() > 255 || s.session_id.len() > 255 {
         return Err(Error::InvalidParam("room and session ids are 1 to 255 bytes".into()));
     }
-    Ok(BackedUpKey { room_id: s.room_id, session_id: s.session_id, first_message_index, forwarded_count, is_verified, session_data })
+    Ok(BackedUpKey {
+        room_id: s.room_id,
+        session_id: s.session_id,
+        first_message_index,
+        forwarded_count,
+        is_verified,
+        session_data,
+    })
 }
 
 fn key_json(k: &BackedUpKey) -> Result<JsonValue, Error> {
@@ -127,7 +145,12 @@ impl Keys {
 
     /// `PUT /room_keys/keys[/{roomId}[/{sessionId}]]`: into the current
     /// version only (`M_WRONG_ROOM_KEYS_VERSION` otherwise, naming it).
-    pub async fn put_backup_keys(&self, user: &AuthedUser, version: &str, sessions: Vec<UploadedSession>) -> Result<JsonValue, Error> {
+    pub async fn put_backup_keys(
+        &self,
+        user: &AuthedUser,
+        version: &str,
+        sessions: Vec<UploadedSession>,
+    ) -> Result<JsonValue, Error> {
         let keys = sessions.into_iter().map(backed_up_key).collect::<Result<Vec<_>, _>>()?;
         let after = self.deps.keys.put_backed_up_keys(user.user_id.as_str(), version, &keys, LIMITS).await?;
         Ok(etag_and_count(&after))

@@ -6,7 +6,9 @@
 //! storage, and reads the messages queued for it. One per user; a new one
 //! replaces the old one with its keys and inbox.
 
-use chancery_proto::limits::{MAX_DEHYDRATED_DEVICE_DATA_BYTES, MAX_DEVICE_DISPLAY_NAME_BYTES, MAX_DEVICE_ID_BYTES, MAX_SYNC_TO_DEVICE_EVENTS};
+use chancery_proto::limits::{
+    MAX_DEHYDRATED_DEVICE_DATA_BYTES, MAX_DEVICE_DISPLAY_NAME_BYTES, MAX_DEVICE_ID_BYTES, MAX_SYNC_TO_DEVICE_EVENTS,
+};
 use chancery_store::{NewDevice, TokenPair};
 use serde_json::{Value as JsonValue, json};
 
@@ -88,7 +90,12 @@ impl Keys {
     /// `POST /dehydrated_device/{deviceId}/events`: the dehydrated
     /// device's inbox after `next_batch`; what `next_batch` acknowledged
     /// is deleted.
-    pub async fn dehydrated_device_events(&self, user: &AuthedUser, device_id: &str, next_batch: Option<&str>) -> Result<JsonValue, Error> {
+    pub async fn dehydrated_device_events(
+        &self,
+        user: &AuthedUser,
+        device_id: &str,
+        next_batch: Option<&str>,
+    ) -> Result<JsonValue, Error> {
         let user_id = user.user_id.as_str();
         let current = self.deps.keys.dehydrated_device(user_id).await?;
         if current.is_none_or(|d| d.device_id != device_id) {

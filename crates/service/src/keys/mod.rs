@@ -41,10 +41,10 @@ use crate::stream_token::StreamToken;
 use crate::tokens::Entropy;
 use crate::{AuthedUser, Error};
 pub use backup::UploadedSession;
+pub use chancery_store::BackupScope;
 pub use dehydrated::NewDehydratedDevice;
 pub use device_lists::DeviceLists;
 pub use sync::{KeysSyncPart, MembershipNews};
-pub use chancery_store::BackupScope;
 pub use to_device::OutgoingToDevice;
 
 pub(crate) const KEY_LIMITS: KeyLimits = KeyLimits { max_one_time_keys: MAX_ONE_TIME_KEYS_PER_DEVICE };
@@ -136,10 +136,10 @@ impl Keys {
             // `/keys/signatures/upload` as well. Other identity keys are
             // refused by the store.
             let stored = self.deps.keys.device_keys(&[(user.user_id.to_string(), vec![user.device_id.clone()])]).await?;
-            if let Some(stored) = stored.first() {
-                if same_apart_from_signatures(&canonical_object(&stored.keys)?, &canonical_object(new)?) {
-                    upload.device_keys = None;
-                }
+            if let Some(stored) = stored.first()
+                && same_apart_from_signatures(&canonical_object(&stored.keys)?, &canonical_object(new)?)
+            {
+                upload.device_keys = None;
             }
         }
         let new_device_keys = upload.device_keys.is_some();
@@ -283,7 +283,12 @@ impl Keys {
         let claimed = self.deps.keys.claim_keys(&claims).await?;
         let mut one_time_keys: BTreeMap<String, BTreeMap<String, Map<String, JsonValue>>> = BTreeMap::new();
         for key in claimed {
-            one_time_keys.entry(key.user_id).or_default().entry(key.device_id).or_default().insert(key.key_id, stored_json(&key.key)?);
+            one_time_keys
+                .entry(key.user_id)
+                .or_default()
+                .entry(key.device_id)
+                .or_default()
+                .insert(key.key_id, stored_json(&key.key)?);
         }
         Ok(json!({ "one_time_keys": one_time_keys, "failures": failures }))
     }
@@ -350,10 +355,8 @@ impl Keys {
         } else {
             None
         };
-        let keys: Vec<CrossSigningKey> = given
-            .into_iter()
-            .filter_map(|(kind, key)| key.as_ref().map(|key| to_stored(user_id, kind, key)))
-            .collect();
+        let keys: Vec<CrossSigningKey> =
+            given.into_iter().filter_map(|(kind, key)| key.as_ref().map(|key| to_stored(user_id, kind, key))).collect();
         self.deps.keys.set_cross_signing_keys(user_id, &keys).await?;
         if let Some(session) = session {
             self.deps.uia.finish(&session).await;
@@ -367,7 +370,11 @@ impl Keys {
     /// (with a device), or of another user's master key (with their
     /// user-signing key). Each key is judged on its own; what fails is
     /// listed in `failures` and the rest is stored.
-    pub async fn upload_signatures(&self, user: &AuthedUser, signed: BTreeMap<String, BTreeMap<String, String>>) -> Result<JsonValue, Error> {
+    pub async fn upload_signatures(
+        &self,
+        user: &AuthedUser,
+        signed: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<JsonValue, Error> {
         let count: usize = signed.values().map(BTreeMap::len).sum();
         if count > MAX_SIGNATURE_UPLOADS {
             return Err(Error::InvalidParam(format!("at most {MAX_SIGNATURE_UPLOADS} signed keys per upload")));
@@ -400,7 +407,10 @@ impl Keys {
                             Error::NotFound(m) => ("M_NOT_FOUND", m.clone()),
                             other => ("M_INVALID_PARAM", other.to_string()),
                         };
-                        failures.entry(target_user.clone()).or_default().insert(key_id.clone(), json!({ "errcode": errcode, "error": message }));
+                        failures
+                            .entry(target_user.clone())
+                            .or_default()
+                            .insert(key_id.clone(), json!({ "errcode": errcode, "error": message }));
                     }
                 }
             }
@@ -453,7 +463,9 @@ impl Keys {
                 return Ok(signature.into_iter().map(|(id, sig)| row(id, sig)).collect());
             }
             // The user's master key, signed by one of their devices.
-            let master = master_of(signer).filter(|m| m.public_key == key_id).ok_or_else(|| Error::NotFound("no such device or key".into()))?;
+            let master = master_of(signer)
+                .filter(|m| m.public_key == key_id)
+                .ok_or_else(|| Error::NotFound("no such device or key".into()))?;
             let stored = canonical_object(&master.key)?;
             if !same_apart_from_signatures(&stored, &object) {
                 return Err(Error::InvalidParam("the signed master key differs from the one uploaded".into()));
@@ -474,12 +486,15 @@ impl Keys {
             return Ok(rows);
         }
         // Another user's master key, signed with the user-signing key.
-        let master = master_of(target_user).filter(|m| m.public_key == key_id).ok_or_else(|| Error::NotFound("no such master key".into()))?;
+        let master = master_of(target_user)
+            .filter(|m| m.public_key == key_id)
+            .ok_or_else(|| Error::NotFound("no such master key".into()))?;
         let stored = canonical_object(&master.key)?;
         if !same_apart_from_signatures(&stored, &object) {
             return Err(Error::InvalidParam("the signed master key differs from the one uploaded".into()));
         }
-        let usk = own(CrossSigningKeyKind::UserSigning).ok_or_else(|| Error::NotFound("upload a user-signing key first".into()))?;
+        let usk =
+            own(CrossSigningKeyKind::UserSigning).ok_or_else(|| Error::NotFound("upload a user-signing key first".into()))?;
         let usk_id = format!("ed25519:{}", usk.public_key);
         verify_signature(&object, signer, &usk_id, &usk.public_key)?;
         let signature = signatures_by(&object, signer).into_iter().find(|(id, _)| *id == usk_id);

@@ -88,7 +88,11 @@ impl Keys {
         let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
         let acknowledged = since.map_or(0, |s| s.to_device.min(cut.to_device));
         let inbox = async {
-            let inbox = self.deps.keys.to_device_inbox(user_id, device_id, acknowledged, cut.to_device, MAX_SYNC_TO_DEVICE_EVENTS).await?;
+            let inbox = self
+                .deps
+                .keys
+                .to_device_inbox(user_id, device_id, acknowledged, cut.to_device, MAX_SYNC_TO_DEVICE_EVENTS)
+                .await?;
             if inbox.acknowledged_waiting {
                 self.deps.keys.delete_to_device(user_id, device_id, acknowledged).await?;
             }
@@ -105,7 +109,8 @@ impl Keys {
             Ok::<_, Error>(self.deps.keys.device_list_updates(user_id, keys, events).await?)
         };
         let counts = async { Ok::<_, Error>(self.deps.keys.key_counts(user_id, device_id).await?) };
-        let (messages, device_lists, (one_time_key_counts, unused_fallback_key_types)) = tokio::try_join!(inbox, device_lists, counts)?;
+        let (messages, device_lists, (one_time_key_counts, unused_fallback_key_types)) =
+            tokio::try_join!(inbox, device_lists, counts)?;
         let positions: Vec<u64> = messages.iter().map(|m| m.stream_pos).collect();
         let (to_device_up_to, more_to_device) = to_device_reach(&positions, MAX_SYNC_TO_DEVICE_EVENTS, cut.to_device);
         let to_device = messages.into_iter().map(to_device_event).collect::<Result<_, _>>()?;

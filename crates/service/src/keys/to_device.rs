@@ -16,11 +16,32 @@ use crate::nul::{refuse_nul_in_json, refuse_nul_in_param};
 use crate::{AuthedUser, Error};
 
 /// One message of a `/sendToDevice` request: the recipient user, device
-/// (`None` for `*`) and the content as the client sent it.
+/// (`None` for `*`) and the content as the client sent it: JSON text the
+/// API layer already parsed once (it is stored as it came, not parsed and
+/// written again: a room key shared with a big room is a thousand of
+/// them).
 pub struct OutgoingToDevice {
     pub user_id: String,
     pub device_id: Option<String>,
-    pub content: serde_json::Value,
+    pub content: String,
+}
+
+/// Refuses content that is not a JSON object, is too large, or holds
+/// U+0000. `content` is JSON the API layer parsed, so an object starts
+/// with `{`, and a NUL can only be the escape `\u0000` (parsed only then,
+/// to tell it from an escaped backslash followed by `u0000`).
+fn check_content(content: &str) -> Result<(), Error> {
+    if !content.trim_start().starts_with('{') {
+        return Err(Error::BadJson("to-device content must be a JSON object".into()));
+    }
+    if content.len() > MAX_TO_DEVICE_CONTENT_BYTES {
+        return Err(Error::TooLarge(format!("a to-device message is at most {MAX_TO_DEVICE_CONTENT_BYTES} bytes")));
+    }
+    if content.contains("\\u0000") {
+        let value: serde_json::Value = serde_json::from_str(content).map_err(|e| Error::BadJson(format!("not JSON: {e}")))?;
+        refuse_nul_in_json(&value, "to-device messages")?;
+    }
+    Ok(())
 }
 
 impl Keys {
@@ -53,19 +74,12 @@ impl Keys {
             let Ok(recipient) = UserId::parse(m.user_id.as_str()) else {
                 return Err(Error::InvalidParam(format!("{:?} is not a user id", m.user_id)));
             };
-            if !m.content.is_object() {
-                return Err(Error::BadJson("to-device content must be a JSON object".into()));
-            }
-            refuse_nul_in_json(&m.content, "to-device messages")?;
-            let content = m.content.to_string();
-            if content.len() > MAX_TO_DEVICE_CONTENT_BYTES {
-                return Err(Error::TooLarge(format!("a to-device message is at most {MAX_TO_DEVICE_CONTENT_BYTES} bytes")));
-            }
+            check_content(&m.content)?;
             if !self.is_local(&recipient) {
                 remote += 1;
                 continue;
             }
-            queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content });
+            queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content: m.content });
         }
         if remote > 0 {
             tracing::debug!(remote, "to-device messages for other servers not delivered: no federation");
@@ -85,5 +99,23 @@ impl Keys {
             Err(StoreError::TransactionIdUsed) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_must_be_an_object_bounded_and_without_nul() {
+        assert!(check_content(r#"{"a": 1}"#).is_ok());
+        assert!(check_content(r#" {"a": 1}"#).is_ok());
+        assert!(matches!(check_content("[1]"), Err(Error::BadJson(_))));
+        assert!(matches!(check_content("\"text\""), Err(Error::BadJson(_))));
+        assert!(matches!(check_content(r#"{"a": "x\u0000"}"#), Err(Error::BadJson(_))));
+        // An escaped backslash followed by `u0000` is no NUL.
+        assert!(check_content(r#"{"a": "x\\u0000"}"#).is_ok());
+        let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(MAX_TO_DEVICE_CONTENT_BYTES));
+        assert!(matches!(check_content(&big), Err(Error::TooLarge(_))));
     }
 }

@@ -261,11 +261,7 @@ pub(super) fn membership_news<'a>(
             .iter()
             .any(|section| room[section]["events"].as_array().is_some_and(|events| events.iter().any(is_news)))
     };
-    if may_hide || left_any || joined.into_iter().any(section_has_news) {
-        MembershipNews::Possible
-    } else {
-        MembershipNews::None
-    }
+    if may_hide || left_any || joined.into_iter().any(section_has_news) { MembershipNews::Possible } else { MembershipNews::None }
 }
 
 #[cfg(test)]

@@ -266,7 +266,16 @@ impl Rooms {
         });
         let creator_join = self.member_content(&creator, MembershipState::Join).await?;
         let mut b = self.deps.writer.builder(rules.clone(), room_id, StateMap::new(), vec![], 0).not_before(not_before_ms);
-        push_initial_events(&mut b, req, self.deps.config.encryption_by_default, version, &creator, creator_join, alias.map(|a| &**a), &rules)?;
+        push_initial_events(
+            &mut b,
+            req,
+            self.deps.config.encryption_by_default,
+            version,
+            &creator,
+            creator_join,
+            alias.map(|a| &**a),
+            &rules,
+        )?;
 
         let room_id = b.room_id().cloned().expect("the create event sets the room id");
         let created_ts = self.deps.clock.now_ms();
