@@ -74,16 +74,16 @@ pub(super) fn to_device_reach(delivered: &[u64], limit: usize, cut: u64) -> (u64
 }
 
 impl Keys {
-    /// The encryption part of one sync pass, from the client's token to
-    /// the pass's cut. Messages the token acknowledged are deleted first
-    /// (spec: the server removes them once the client's next sync carries
-    /// the token that delivered them).
-    pub async fn sync_part(
+    /// The device's part of one sync pass, from the client's token to the
+    /// pass's cut: its inbox and key counts (`device_lists` are left
+    /// empty, for [`Keys::sync_device_lists`]). Messages the token
+    /// acknowledged are deleted first (spec: the server removes them once
+    /// the client's next sync carries the token that delivered them).
+    pub async fn sync_inbox(
         &self,
         user: &AuthedUser,
         since: Option<StreamToken>,
         cut: StreamToken,
-        membership_news: MembershipNews,
     ) -> Result<KeysSyncPart, Error> {
         let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
         let acknowledged = since.map_or(0, |s| s.to_device.min(cut.to_device));
@@ -98,19 +98,8 @@ impl Keys {
             }
             Ok::<_, Error>(inbox.messages)
         };
-        let device_lists = async {
-            // Device lists are news only between two tokens.
-            let Some(s) = since else { return Ok(DeviceListUpdates::default()) };
-            let keys = (s.device_lists, cut.device_lists.max(s.device_lists));
-            let events = (membership_news == MembershipNews::Possible && s.events < cut.events).then_some((s.events, cut.events));
-            if keys.0 == keys.1 && events.is_none() {
-                return Ok(DeviceListUpdates::default());
-            }
-            Ok::<_, Error>(self.deps.keys.device_list_updates(user_id, keys, events).await?)
-        };
         let counts = async { Ok::<_, Error>(self.deps.keys.key_counts(user_id, device_id).await?) };
-        let (messages, device_lists, (one_time_key_counts, unused_fallback_key_types)) =
-            tokio::try_join!(inbox, device_lists, counts)?;
+        let (messages, (one_time_key_counts, unused_fallback_key_types)) = tokio::try_join!(inbox, counts)?;
         let positions: Vec<u64> = messages.iter().map(|m| m.stream_pos).collect();
         let (to_device_up_to, more_to_device) = to_device_reach(&positions, MAX_SYNC_TO_DEVICE_EVENTS, cut.to_device);
         let to_device = messages.into_iter().map(to_device_event).collect::<Result<_, _>>()?;
@@ -118,10 +107,30 @@ impl Keys {
             to_device,
             to_device_up_to: to_device_up_to.max(acknowledged),
             more_to_device,
-            device_lists,
+            device_lists: DeviceListUpdates::default(),
             one_time_key_counts,
             unused_fallback_key_types,
         })
+    }
+
+    /// The users whose device lists moved between the client's token and
+    /// the pass's cut (none on an initial sync). The store is asked only
+    /// when the device-list stream moved or the answer's rooms may carry
+    /// membership changes.
+    pub async fn sync_device_lists(
+        &self,
+        user: &AuthedUser,
+        since: Option<StreamToken>,
+        cut: StreamToken,
+        membership_news: MembershipNews,
+    ) -> Result<DeviceListUpdates, Error> {
+        let Some(s) = since else { return Ok(DeviceListUpdates::default()) };
+        let keys = (s.device_lists, cut.device_lists.max(s.device_lists));
+        let events = (membership_news == MembershipNews::Possible && s.events < cut.events).then_some((s.events, cut.events));
+        if keys.0 == keys.1 && events.is_none() {
+            return Ok(DeviceListUpdates::default());
+        }
+        Ok(self.deps.keys.device_list_updates(user.user_id.as_str(), keys, events).await?)
     }
 }
 

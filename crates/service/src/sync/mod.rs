@@ -299,43 +299,49 @@ impl Syncer {
                 BTreeSet::new()
             };
         let typing_allowed = type_allowed(&req.filter.room.ephemeral, "m.typing");
-        let mut join = Map::new();
-        let mut invite = Map::new();
-        let mut knock = Map::new();
-        let mut leave = Map::new();
-        for m in memberships {
-            let account_data = room_account_data.remove(&m.room_id).unwrap_or_default();
-            let facts = RoomFacts {
-                membership_changed: since.is_none_or(|s| m.stream_pos > s.events),
-                has_account_data: !account_data.is_empty(),
-                store_news: rooms_with_news.as_ref().map(|changed| changed.contains(&m.room_id)),
-                typing_news: typing_allowed && decide::typing_news(pass.typing_facts(&m.room_id)),
-                forgotten: forgotten.contains(&m.room_id),
-            };
-            match decide::section(&m.membership, facts, since.is_none(), req.filter.room.include_leave) {
-                Section::Skip => {}
-                Section::Joined => {
-                    if let Some(room) = self.joined_room(&pass, m, facts.membership_changed, account_data).await? {
-                        join.insert(m.room_id.clone(), room);
+        let rooms = async {
+            let mut join = Map::new();
+            let mut invite = Map::new();
+            let mut knock = Map::new();
+            let mut leave = Map::new();
+            for m in memberships {
+                let account_data = room_account_data.remove(&m.room_id).unwrap_or_default();
+                let facts = RoomFacts {
+                    membership_changed: since.is_none_or(|s| m.stream_pos > s.events),
+                    has_account_data: !account_data.is_empty(),
+                    store_news: rooms_with_news.as_ref().map(|changed| changed.contains(&m.room_id)),
+                    typing_news: typing_allowed && decide::typing_news(pass.typing_facts(&m.room_id)),
+                    forgotten: forgotten.contains(&m.room_id),
+                };
+                match decide::section(&m.membership, facts, since.is_none(), req.filter.room.include_leave) {
+                    Section::Skip => {}
+                    Section::Joined => {
+                        if let Some(room) = self.joined_room(&pass, m, facts.membership_changed, account_data).await? {
+                            join.insert(m.room_id.clone(), room);
+                        }
                     }
-                }
-                Section::Invited => {
-                    if let Some(events) = self.stripped_state(&pass, m).await? {
-                        invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": events } }));
+                    Section::Invited => {
+                        if let Some(events) = self.stripped_state(&pass, m).await? {
+                            invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": events } }));
+                        }
                     }
-                }
-                Section::Knocked => {
-                    if let Some(events) = self.stripped_state(&pass, m).await? {
-                        knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": events } }));
+                    Section::Knocked => {
+                        if let Some(events) = self.stripped_state(&pass, m).await? {
+                            knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": events } }));
+                        }
                     }
-                }
-                Section::Left => {
-                    leave.insert(m.room_id.clone(), self.left_room(&pass, m, account_data).await?);
+                    Section::Left => {
+                        leave.insert(m.room_id.clone(), self.left_room(&pass, m, account_data).await?);
+                    }
                 }
             }
-        }
+            Ok::<_, Error>((join, invite, knock, leave))
+        };
+        // The device's inbox and key counts are read while the rooms are;
+        // the device lists need to know what the rooms carried.
+        let (mut keys, (join, invite, knock, leave)) = tokio::try_join!(self.deps.keys.sync_inbox(user, since, pass.cut), rooms)?;
         let membership_news = decide::membership_news(&req.filter, join.values(), !leave.is_empty());
-        let keys = self.deps.keys.sync_part(user, since, pass.cut, membership_news).await?;
+        keys.device_lists = self.deps.keys.sync_device_lists(user, since, pass.cut, membership_news).await?;
         let mut cut = pass.cut;
         cut.to_device = keys.to_device_up_to;
         let has_news = more
