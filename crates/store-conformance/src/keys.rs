@@ -818,6 +818,33 @@ pub async fn to_device_transaction_ids_are_remembered_per_device_and_bounded(sto
     assert!(matches!(send("TWO", "first".into()).await, Err(StoreError::TransactionIdUsed)));
 }
 
+/// `device_sync_state` reads what `to_device_inbox` and `key_counts` read.
+pub async fn device_sync_state_is_the_inbox_and_the_key_counts(store: DynStore) {
+    let (a, b) = ("@a:x", "@b:x");
+    user_with(&store, a, &["A1"]).await;
+    user_with(&store, b, &["B1"]).await;
+    full_keys(&store, b, &["B1"]).await;
+    for n in 0..3 {
+        store
+            .send_to_device(a, "A1", &format!("t{n}"), "m.test", &[to_device(b, Some("B1"), json!({"n": n}))], 100)
+            .await
+            .unwrap();
+    }
+    let up_to = to_device_pos(&store).await;
+    for (after, limit) in [(0, 100), (0, 2), (up_to - 1, 100), (up_to, 100)] {
+        let state = store.device_sync_state(b, "B1", after, up_to, limit).await.unwrap();
+        assert_eq!(
+            state.inbox,
+            store.to_device_inbox(b, "B1", after, up_to, limit).await.unwrap(),
+            "after {after}, limit {limit}"
+        );
+        let (counts, fallbacks) = store.key_counts(b, "B1").await.unwrap();
+        assert_eq!((state.one_time_key_counts, state.unused_fallback_key_types), (counts, fallbacks));
+    }
+    let empty = store.device_sync_state(a, "A1", 0, up_to, 100).await.unwrap();
+    assert_eq!(empty, DeviceSyncState::default(), "a device with no keys and no messages");
+}
+
 pub async fn to_device_messages_are_queued_bounded_and_acknowledged(store: DynStore) {
     let (a, b) = ("@a:x", "@b:x");
     user_with(&store, a, &["A1", "A2"]).await;

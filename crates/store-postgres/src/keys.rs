@@ -534,6 +534,76 @@ fn device_list_updates_sql() -> String {
     )
 }
 
+/// The device's unclaimed one-time keys by algorithm and the algorithms
+/// of its unused fallback keys.
+async fn key_counts_of(
+    client: &impl GenericClient,
+    user_id: &str,
+    device_id: &str,
+) -> StoreResult<(BTreeMap<String, u64>, Vec<String>)> {
+    // One statement: both from one snapshot.
+    let rows = query(
+        client,
+        "SELECT algorithm, COUNT(*), FALSE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+             UNION ALL
+             SELECT algorithm, 0::bigint, TRUE FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used",
+        &[&user_id, &device_id],
+    )
+    .await?;
+    let (mut counts, mut fallbacks) = (BTreeMap::new(), Vec::new());
+    for row in &rows {
+        let algorithm: String = get(row, 0)?;
+        if get(row, 2)? {
+            fallbacks.push(algorithm);
+        } else {
+            counts.insert(algorithm, u(get(row, 1)?));
+        }
+    }
+    fallbacks.sort();
+    Ok((counts, fallbacks))
+}
+
+/// The device's messages at positions `after < p <= up_to` (at most
+/// `limit`, in order), and whether any at or below `after` are left.
+async fn inbox_of(
+    client: &impl GenericClient,
+    user_id: &str,
+    device_id: &str,
+    after: u64,
+    up_to: u64,
+    limit: usize,
+) -> StoreResult<ToDeviceInbox> {
+    // One statement, one snapshot: always one row, the messages' columns
+    // NULL when there are none.
+    let rows = query(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM to_device_messages
+                            WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3),
+                    m.stream_pos, m.sender, m.event_type, m.content
+             FROM (SELECT 1) AS one
+             LEFT JOIN LATERAL (
+                 SELECT stream_pos, sender, event_type, content FROM to_device_messages
+                 WHERE user_id = $1 AND device_id = $2 AND stream_pos > $3 AND stream_pos <= $4
+                 ORDER BY stream_pos LIMIT $5
+             ) AS m ON TRUE",
+        &[&user_id, &device_id, &i(after), &i(up_to), &i(limit as u64)],
+    )
+    .await?;
+    let mut inbox = ToDeviceInbox::default();
+    for row in &rows {
+        inbox.acknowledged_waiting = get(row, 0)?;
+        if let Some(pos) = get::<Option<i64>>(row, 1)? {
+            inbox.messages.push(ToDeviceEvent {
+                stream_pos: u(pos),
+                sender: get(row, 2)?,
+                event_type: get(row, 3)?,
+                content: get(row, 4)?,
+            });
+        }
+    }
+    Ok(inbox)
+}
+
 #[async_trait]
 impl KeyStore for PostgresStore {
     async fn upload_keys(
@@ -567,26 +637,7 @@ impl KeyStore for PostgresStore {
 
     async fn key_counts(&self, user_id: &str, device_id: &str) -> StoreResult<(BTreeMap<String, u64>, Vec<String>)> {
         let client = self.client().await?;
-        // One statement: both from one snapshot.
-        let rows = query(
-            &client,
-            "SELECT algorithm, COUNT(*), FALSE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
-             UNION ALL
-             SELECT algorithm, 0::bigint, TRUE FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used",
-            &[&user_id, &device_id],
-        )
-        .await?;
-        let (mut counts, mut fallbacks) = (BTreeMap::new(), Vec::new());
-        for row in &rows {
-            let algorithm: String = get(row, 0)?;
-            if get(row, 2)? {
-                fallbacks.push(algorithm);
-            } else {
-                counts.insert(algorithm, u(get(row, 1)?));
-            }
-        }
-        fallbacks.sort();
-        Ok((counts, fallbacks))
+        key_counts_of(&client, user_id, device_id).await
     }
 
     async fn device_keys(&self, queries: &[(String, Vec<String>)]) -> StoreResult<Vec<DeviceKeysEntry>> {
@@ -910,35 +961,24 @@ impl KeyStore for PostgresStore {
         limit: usize,
     ) -> StoreResult<ToDeviceInbox> {
         let client = self.client().await?;
-        // One statement, one snapshot: always one row, the messages' columns
-        // NULL when there are none.
-        let rows = query(
-            &client,
-            "SELECT EXISTS (SELECT 1 FROM to_device_messages
-                            WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3),
-                    m.stream_pos, m.sender, m.event_type, m.content
-             FROM (SELECT 1) AS one
-             LEFT JOIN LATERAL (
-                 SELECT stream_pos, sender, event_type, content FROM to_device_messages
-                 WHERE user_id = $1 AND device_id = $2 AND stream_pos > $3 AND stream_pos <= $4
-                 ORDER BY stream_pos LIMIT $5
-             ) AS m ON TRUE",
-            &[&user_id, &device_id, &i(after), &i(up_to), &i(limit as u64)],
-        )
-        .await?;
-        let mut inbox = ToDeviceInbox::default();
-        for row in &rows {
-            inbox.acknowledged_waiting = get(row, 0)?;
-            if let Some(pos) = get::<Option<i64>>(row, 1)? {
-                inbox.messages.push(ToDeviceEvent {
-                    stream_pos: u(pos),
-                    sender: get(row, 2)?,
-                    event_type: get(row, 3)?,
-                    content: get(row, 4)?,
-                });
-            }
-        }
-        Ok(inbox)
+        inbox_of(&client, user_id, device_id, after, up_to, limit).await
+    }
+
+    async fn device_sync_state(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<DeviceSyncState> {
+        let client = self.client().await?;
+        // Both statements in one round trip (pipelined on the connection).
+        let (inbox, (one_time_key_counts, unused_fallback_key_types)) = tokio::try_join!(
+            inbox_of(&client, user_id, device_id, after, up_to, limit),
+            key_counts_of(&client, user_id, device_id),
+        )?;
+        Ok(DeviceSyncState { inbox, one_time_key_counts, unused_fallback_key_types })
     }
 
     async fn delete_to_device(&self, user_id: &str, device_id: &str, up_to: u64) -> StoreResult<()> {

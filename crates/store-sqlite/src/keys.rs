@@ -122,6 +122,51 @@ fn device_exists(conn: &Connection, user_id: &str, device_id: &str) -> StoreResu
         .map_err(backend)
 }
 
+/// The device's unclaimed one-time keys by algorithm and the algorithms
+/// of its unused fallback keys. Each is one statement; they need no common
+/// snapshot (a claim between them only makes the next sync's figures the
+/// newer ones).
+fn key_counts_of(conn: &Connection, user_id: &str, device_id: &str) -> StoreResult<(BTreeMap<String, u64>, Vec<String>)> {
+    let counts = one_time_key_counts(conn, user_id, device_id)?;
+    let fallbacks = strings(
+        conn,
+        "SELECT algorithm FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2 AND used = 0 ORDER BY algorithm",
+        [user_id, device_id],
+    )?;
+    Ok((counts, fallbacks))
+}
+
+/// The device's messages at positions `after < p <= up_to` (at most
+/// `limit`, in order), and whether any at or below `after` are left.
+fn inbox_of(
+    conn: &Connection,
+    user_id: &str,
+    device_id: &str,
+    after: u64,
+    up_to: u64,
+    limit: usize,
+) -> StoreResult<ToDeviceInbox> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT stream_pos, sender, event_type, content FROM to_device_messages
+             WHERE user_id = ?1 AND device_id = ?2 AND stream_pos > ?3 AND stream_pos <= ?4
+             ORDER BY stream_pos LIMIT ?5",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![user_id, device_id, i(after), i(up_to), i(limit as u64)], |r| {
+            Ok(ToDeviceEvent { stream_pos: u(r.get(0)?), sender: r.get(1)?, event_type: r.get(2)?, content: r.get(3)? })
+        })
+        .map_err(backend)?;
+    let messages = collect(rows)?;
+    let acknowledged_waiting = conn
+        .prepare_cached("SELECT 1 FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2 AND stream_pos <= ?3 LIMIT 1")
+        .and_then(|mut s| s.query_row(params![user_id, device_id, i(after)], |_| Ok(())).optional())
+        .map_err(backend)?
+        .is_some();
+    Ok(ToDeviceInbox { messages, acknowledged_waiting })
+}
+
 /// The device's unclaimed one-time keys counted by algorithm.
 fn one_time_key_counts(conn: &Connection, user_id: &str, device_id: &str) -> StoreResult<BTreeMap<String, u64>> {
     let mut stmt = conn
@@ -389,18 +434,7 @@ impl KeyStore for SqliteStore {
 
     async fn key_counts(&self, user_id: &str, device_id: &str) -> StoreResult<(BTreeMap<String, u64>, Vec<String>)> {
         let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
-        self.read(move |conn| {
-            // Two statements, one snapshot.
-            let tx = conn.unchecked_transaction().map_err(backend)?;
-            let counts = one_time_key_counts(&tx, &user_id, &device_id)?;
-            let fallbacks = strings(
-                &tx,
-                "SELECT algorithm FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2 AND used = 0 ORDER BY algorithm",
-                [&user_id, &device_id],
-            )?;
-            Ok((counts, fallbacks))
-        })
-        .await
+        self.read(move |conn| key_counts_of(conn, &user_id, &device_id)).await
     }
 
     async fn device_keys(&self, queries: &[(String, Vec<String>)]) -> StoreResult<Vec<DeviceKeysEntry>> {
@@ -708,29 +742,22 @@ impl KeyStore for SqliteStore {
         limit: usize,
     ) -> StoreResult<ToDeviceInbox> {
         let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
+        self.read(move |conn| inbox_of(conn, &user_id, &device_id, after, up_to, limit)).await
+    }
+
+    async fn device_sync_state(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<DeviceSyncState> {
+        let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
         self.read(move |conn| {
-            let tx = conn.unchecked_transaction().map_err(backend)?;
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT stream_pos, sender, event_type, content FROM to_device_messages
-                     WHERE user_id = ?1 AND device_id = ?2 AND stream_pos > ?3 AND stream_pos <= ?4
-                     ORDER BY stream_pos LIMIT ?5",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![user_id, device_id, i(after), i(up_to), i(limit as u64)], |r| {
-                    Ok(ToDeviceEvent { stream_pos: u(r.get(0)?), sender: r.get(1)?, event_type: r.get(2)?, content: r.get(3)? })
-                })
-                .map_err(backend)?;
-            let messages = collect(rows)?;
-            let acknowledged_waiting = tx
-                .prepare_cached(
-                    "SELECT 1 FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2 AND stream_pos <= ?3 LIMIT 1",
-                )
-                .and_then(|mut s| s.query_row(params![user_id, device_id, i(after)], |_| Ok(())).optional())
-                .map_err(backend)?
-                .is_some();
-            Ok(ToDeviceInbox { messages, acknowledged_waiting })
+            let inbox = inbox_of(conn, &user_id, &device_id, after, up_to, limit)?;
+            let (one_time_key_counts, unused_fallback_key_types) = key_counts_of(conn, &user_id, &device_id)?;
+            Ok(DeviceSyncState { inbox, one_time_key_counts, unused_fallback_key_types })
         })
         .await
     }

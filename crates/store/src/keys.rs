@@ -198,6 +198,15 @@ pub struct ToDeviceInbox {
     pub acknowledged_waiting: bool,
 }
 
+/// What a syncing device needs of its own, read at once
+/// ([`KeyStore::device_sync_state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceSyncState {
+    pub inbox: ToDeviceInbox,
+    pub one_time_key_counts: BTreeMap<String, u64>,
+    pub unused_fallback_key_types: Vec<String>,
+}
+
 /// A key backup version (`/room_keys/version`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupVersion {
@@ -356,6 +365,18 @@ pub trait KeyStore: Send + Sync {
         up_to: u64,
         limit: usize,
     ) -> StoreResult<ToDeviceInbox>;
+
+    /// What every sync of a device reads, in one go (one connection, one
+    /// round trip): its inbox as [`KeyStore::to_device_inbox`] and its key
+    /// counts as [`KeyStore::key_counts`].
+    async fn device_sync_state(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<DeviceSyncState>;
 
     /// Deletes the device's messages at or below `up_to` (acknowledged).
     async fn delete_to_device(&self, user_id: &str, device_id: &str, up_to: u64) -> StoreResult<()>;

@@ -87,19 +87,15 @@ impl Keys {
     ) -> Result<KeysSyncPart, Error> {
         let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
         let acknowledged = since.map_or(0, |s| s.to_device.min(cut.to_device));
-        let inbox = async {
-            let inbox = self
-                .deps
-                .keys
-                .to_device_inbox(user_id, device_id, acknowledged, cut.to_device, MAX_SYNC_TO_DEVICE_EVENTS)
-                .await?;
-            if inbox.acknowledged_waiting {
-                self.deps.keys.delete_to_device(user_id, device_id, acknowledged).await?;
-            }
-            Ok::<_, Error>(inbox.messages)
-        };
-        let counts = async { Ok::<_, Error>(self.deps.keys.key_counts(user_id, device_id).await?) };
-        let (messages, (one_time_key_counts, unused_fallback_key_types)) = tokio::try_join!(inbox, counts)?;
+        // One read (every sync of every device makes it), then the
+        // acknowledged messages' deletion when there are any.
+        let state =
+            self.deps.keys.device_sync_state(user_id, device_id, acknowledged, cut.to_device, MAX_SYNC_TO_DEVICE_EVENTS).await?;
+        if state.inbox.acknowledged_waiting {
+            self.deps.keys.delete_to_device(user_id, device_id, acknowledged).await?;
+        }
+        let (messages, one_time_key_counts, unused_fallback_key_types) =
+            (state.inbox.messages, state.one_time_key_counts, state.unused_fallback_key_types);
         let positions: Vec<u64> = messages.iter().map(|m| m.stream_pos).collect();
         let (to_device_up_to, more_to_device) = to_device_reach(&positions, MAX_SYNC_TO_DEVICE_EVENTS, cut.to_device);
         let to_device = messages.into_iter().map(to_device_event).collect::<Result<_, _>>()?;
