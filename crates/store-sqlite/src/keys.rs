@@ -123,16 +123,27 @@ fn device_exists(conn: &Connection, user_id: &str, device_id: &str) -> StoreResu
 }
 
 /// The device's unclaimed one-time keys by algorithm and the algorithms
-/// of its unused fallback keys. Each is one statement; they need no common
-/// snapshot (a claim between them only makes the next sync's figures the
-/// newer ones).
+/// of its unused fallback keys, in one statement (every sync reads them).
 fn key_counts_of(conn: &Connection, user_id: &str, device_id: &str) -> StoreResult<(BTreeMap<String, u64>, Vec<String>)> {
-    let counts = one_time_key_counts(conn, user_id, device_id)?;
-    let fallbacks = strings(
-        conn,
-        "SELECT algorithm FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2 AND used = 0 ORDER BY algorithm",
-        [user_id, device_id],
-    )?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT algorithm, COUNT(*), 0 FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 GROUP BY algorithm
+             UNION ALL
+             SELECT algorithm, 0, 1 FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2 AND used = 0",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([user_id, device_id], |r| Ok((r.get::<_, String>(0)?, u(r.get(1)?), r.get::<_, bool>(2)?)))
+        .map_err(backend)?;
+    let (mut counts, mut fallbacks) = (BTreeMap::new(), Vec::new());
+    for (algorithm, count, fallback) in collect(rows)? {
+        if fallback {
+            fallbacks.push(algorithm);
+        } else {
+            counts.insert(algorithm, count);
+        }
+    }
+    fallbacks.sort();
     Ok((counts, fallbacks))
 }
 
@@ -146,25 +157,38 @@ fn inbox_of(
     up_to: u64,
     limit: usize,
 ) -> StoreResult<ToDeviceInbox> {
+    // One statement (every sync reads it): always one row, the messages'
+    // columns NULL when there are none.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT stream_pos, sender, event_type, content FROM to_device_messages
-             WHERE user_id = ?1 AND device_id = ?2 AND stream_pos > ?3 AND stream_pos <= ?4
-             ORDER BY stream_pos LIMIT ?5",
+            "SELECT EXISTS (SELECT 1 FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2 AND stream_pos <= ?3),
+                    m.stream_pos, m.sender, m.event_type, m.content
+             FROM (SELECT 1) AS one
+             LEFT JOIN (
+                 SELECT stream_pos, sender, event_type, content FROM to_device_messages
+                 WHERE user_id = ?1 AND device_id = ?2 AND stream_pos > ?3 AND stream_pos <= ?4
+                 ORDER BY stream_pos LIMIT ?5
+             ) AS m
+             ORDER BY m.stream_pos",
         )
         .map_err(backend)?;
     let rows = stmt
         .query_map(params![user_id, device_id, i(after), i(up_to), i(limit as u64)], |r| {
-            Ok(ToDeviceEvent { stream_pos: u(r.get(0)?), sender: r.get(1)?, event_type: r.get(2)?, content: r.get(3)? })
+            let message = match r.get::<_, Option<i64>>(1)? {
+                Some(pos) => {
+                    Some(ToDeviceEvent { stream_pos: u(pos), sender: r.get(2)?, event_type: r.get(3)?, content: r.get(4)? })
+                }
+                None => None,
+            };
+            Ok((r.get::<_, bool>(0)?, message))
         })
         .map_err(backend)?;
-    let messages = collect(rows)?;
-    let acknowledged_waiting = conn
-        .prepare_cached("SELECT 1 FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2 AND stream_pos <= ?3 LIMIT 1")
-        .and_then(|mut s| s.query_row(params![user_id, device_id, i(after)], |_| Ok(())).optional())
-        .map_err(backend)?
-        .is_some();
-    Ok(ToDeviceInbox { messages, acknowledged_waiting })
+    let mut inbox = ToDeviceInbox::default();
+    for (acknowledged_waiting, message) in collect(rows)? {
+        inbox.acknowledged_waiting = acknowledged_waiting;
+        inbox.messages.extend(message);
+    }
+    Ok(inbox)
 }
 
 /// The device's unclaimed one-time keys counted by algorithm.
