@@ -676,8 +676,13 @@ pub async fn deleting_devices_deletes_their_keys_and_inbox(store: DynStore) {
     // ONE used a transaction id, which goes with it.
     store.send_to_device(a, "ONE", "txn", "m.test", &[to_device(b, Some("DEVB"), json!({"n": 2}))], 100).await.unwrap();
 
+    // ONE and TWO signed a's master key; ONE's signature goes with ONE.
+    let by_two = signature(a, "AM", a, "ed25519:TWO", "sig-am-two");
+    store.add_key_signatures(&[signature(a, "AM", a, "ed25519:ONE", "sig-am-one"), by_two.clone()]).await.unwrap();
+
     moves(&store, a, b, "delete_devices", store.delete_devices(a, &["ONE".into(), "MISSING".into()])).await;
     assert_device_cleared(&store, a, "ONE").await;
+    assert_eq!(signatures_on(&store, &[a]).await, rows(&[&by_two]), "the signature ONE made went with it");
     for kept in ["TWO", "THREE", "FOUR"] {
         assert_device_kept(&store, a, kept).await;
     }

@@ -120,7 +120,7 @@ pub(crate) async fn move_device_lists(tx: &Transaction<'_>, users: &[&str]) -> S
 
 /// Deletes what belongs to these devices of the user beside their
 /// `devices` rows (which the caller deletes): keys, one-time and fallback
-/// keys, signatures of their keys, their inboxes, the transaction ids they
+/// keys, signatures of their keys and those they made, their inboxes, the transaction ids they
 /// sent with and the dehydrated-device row if one of them is it. Then,
 /// under the to-device lock, their inboxes once more: a message being
 /// queued for one of them meanwhile either committed (and is deleted here)
@@ -133,6 +133,10 @@ async fn delete_device_data(tx: &Transaction<'_>, user_id: &str, device_ids: &[S
               otk AS (DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = ANY($2)),
               fb AS (DELETE FROM fallback_keys WHERE user_id = $1 AND device_id = ANY($2)),
               sig AS (DELETE FROM key_signatures WHERE target_user_id = $1 AND target_key_id = ANY($2)),
+              -- A device's signature of its user's master key goes with it:
+              -- every login that verifies itself adds one.
+              made AS (DELETE FROM key_signatures
+                       WHERE signer_user_id = $1 AND signer_key_id = ANY(SELECT 'ed25519:' || d FROM UNNEST($2::text[]) AS d)),
               inbox AS (DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)),
               txn AS (DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = ANY($2)),
               dehydrated AS (DELETE FROM dehydrated_devices WHERE user_id = $1 AND device_id = ANY($2))
@@ -585,7 +589,8 @@ async fn inbox_of(
                  SELECT stream_pos, sender, event_type, content FROM to_device_messages
                  WHERE user_id = $1 AND device_id = $2 AND stream_pos > $3 AND stream_pos <= $4
                  ORDER BY stream_pos LIMIT $5
-             ) AS m ON TRUE",
+             ) AS m ON TRUE
+             ORDER BY m.stream_pos",
         &[&user_id, &device_id, &i(after), &i(up_to), &i(limit as u64)],
     )
     .await?;

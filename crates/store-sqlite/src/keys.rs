@@ -44,16 +44,20 @@ fn move_device_list(conn: &Connection, user_id: &str) -> StoreResult<()> {
 
 /// Deletes the devices (ids that do not exist are ignored) with everything
 /// of theirs this module keeps: keys, one-time and fallback keys,
-/// signatures added to their keys, inbox, to-device transaction ids, and
+/// signatures added to their keys and those they made, inbox, to-device
+/// transaction ids, and
 /// the dehydrated-device record if one of them is it. Returns whether
 /// anything was there to delete.
 fn delete_devices_and_keys(conn: &Connection, user_id: &str, device_ids: &[String]) -> StoreResult<bool> {
-    const DELETES: [&str; 7] = [
+    const DELETES: [&str; 8] = [
         "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM key_signatures WHERE target_user_id = ?1 AND target_key_id = ?2",
+        // A device's signature of its user's master key goes with it: every
+        // login that verifies itself adds one, and none would ever go.
+        "DELETE FROM key_signatures WHERE signer_user_id = ?1 AND signer_key_id = 'ed25519:' || ?2",
         "DELETE FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM to_device_txns WHERE user_id = ?1 AND device_id = ?2",
     ];

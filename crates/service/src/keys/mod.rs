@@ -147,6 +147,9 @@ impl Keys {
         if new_device_keys {
             self.deps.device_lists.changed(user.user_id.as_str()).await;
         }
+        // As in `/sync`: zero is said, not left out.
+        let mut counts = counts;
+        counts.entry("signed_curve25519".into()).or_insert(0);
         Ok(counts)
     }
 

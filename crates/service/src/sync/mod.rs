@@ -299,6 +299,14 @@ impl Syncer {
                 BTreeSet::new()
             };
         let typing_allowed = type_allowed(&req.filter.room.ephemeral, "m.typing");
+        // Left (or banned from) since the token, whether or not the room is
+        // in this answer (a forgotten one is not): its members may now be
+        // `device_lists.left`.
+        let left_any = since.is_some_and(|s| {
+            memberships
+                .iter()
+                .any(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban) && m.stream_pos > s.events)
+        });
         let rooms = async {
             let mut join = Map::new();
             let mut invite = Map::new();
@@ -340,7 +348,7 @@ impl Syncer {
         // The device's inbox and key counts are read while the rooms are;
         // the device lists need to know what the rooms carried.
         let (mut keys, (join, invite, knock, leave)) = tokio::try_join!(self.deps.keys.sync_inbox(user, since, pass.cut), rooms)?;
-        let membership_news = decide::membership_news(&req.filter, join.values(), !leave.is_empty());
+        let membership_news = decide::membership_news(&req.filter, join.values(), left_any || !leave.is_empty());
         keys.device_lists = self.deps.keys.sync_device_lists(user, since, pass.cut, membership_news).await?;
         let mut cut = pass.cut;
         cut.to_device = keys.to_device_up_to;
