@@ -280,6 +280,11 @@ pub const MAX_SIGNATURE_UPLOADS: usize = 1_000;
 /// Messages one `/sendToDevice` may queue, counting a `*` as one per
 /// device (clients send at most 250 per request).
 pub const MAX_TO_DEVICE_MESSAGES_PER_REQUEST: usize = 10_000;
+/// Messages from one sender waiting for one device: a sender shares a
+/// room key once per session and device, so this is far above what any
+/// client queues, and a user who floods someone's device fills only this
+/// share of its inbox; the rest stays free for everyone else's keys.
+pub const MAX_TO_DEVICE_FROM_ONE_SENDER: u64 = 1_000;
 /// Transaction ids of `/sendToDevice` remembered per sending device: a
 /// retry comes within seconds, and the table must not grow with every
 /// request a device ever made. The oldest are forgotten first.

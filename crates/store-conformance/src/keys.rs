@@ -850,6 +850,24 @@ pub async fn device_sync_state_is_the_inbox_and_the_key_counts(store: DynStore) 
     assert_eq!(empty, DeviceSyncState::default(), "a device with no keys and no messages");
 }
 
+/// One sender fills at most `MAX_TO_DEVICE_FROM_ONE_SENDER` of a device's
+/// inbox: a flood from one user leaves the rest for everyone else.
+pub async fn one_sender_fills_only_its_share_of_an_inbox(store: DynStore) {
+    use chancery_proto::limits::MAX_TO_DEVICE_FROM_ONE_SENDER;
+    let share = MAX_TO_DEVICE_FROM_ONE_SENDER as usize;
+    let (flooder, other, victim) = ("@f:x", "@o:x", "@v:x");
+    user_with(&store, flooder, &["F1"]).await;
+    user_with(&store, other, &["O1"]).await;
+    user_with(&store, victim, &["V1"]).await;
+    let flood: Vec<ToDeviceMessage> = (0..share + 1).map(|n| to_device(victim, Some("V1"), json!({"n": n}))).collect();
+    let queued = store.send_to_device(flooder, "F1", "flood", "m.test", &flood, 10 * share).await.unwrap();
+    assert_eq!((queued.queued, queued.dropped_full), (share, 1), "the flooder's share is full");
+    let more = store.send_to_device(flooder, "F1", "more", "m.test", &flood[..1], 10 * share).await.unwrap();
+    assert_eq!((more.queued, more.dropped_full), (0, 1), "and stays full in a later request");
+    let key = store.send_to_device(other, "O1", "key", "m.test", &flood[..1], 10 * share).await.unwrap();
+    assert_eq!((key.queued, key.dropped_full), (1, 0), "another sender still reaches the device");
+}
+
 pub async fn to_device_messages_are_queued_bounded_and_acknowledged(store: DynStore) {
     let (a, b) = ("@a:x", "@b:x");
     user_with(&store, a, &["A1", "A2"]).await;

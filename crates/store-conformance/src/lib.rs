@@ -54,6 +54,7 @@ macro_rules! store_conformance_tests {
             device_list_updates_follow_shared_encrypted_rooms, deleting_devices_deletes_their_keys_and_inbox,
             deactivation_deletes_every_key_of_the_account, to_device_messages_are_queued_bounded_and_acknowledged,
             to_device_transaction_ids_are_remembered_per_device_and_bounded, device_sync_state_is_the_inbox_and_the_key_counts,
+            one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
         );

@@ -80,6 +80,8 @@ CREATE TABLE to_device_messages (
     content    TEXT NOT NULL
 );
 CREATE INDEX to_device_by_device ON to_device_messages (user_id, device_id, stream_pos);
+-- What one sender has waiting for one device (bounded per sender).
+CREATE INDEX to_device_by_sender ON to_device_messages (user_id, device_id, sender);
 
 -- Transaction ids of `/sendToDevice`, per sending device.
 CREATE TABLE to_device_txns (

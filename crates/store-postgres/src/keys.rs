@@ -53,6 +53,8 @@ use crate::{PostgresStore, backend};
 
 /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
 const MAX_TXNS: i64 = chancery_proto::limits::MAX_TO_DEVICE_TXNS_PER_DEVICE as i64;
+/// `limits::MAX_TO_DEVICE_FROM_ONE_SENDER`, as the database counts.
+const MAX_FROM_ONE_SENDER: i64 = chancery_proto::limits::MAX_TO_DEVICE_FROM_ONE_SENDER as i64;
 
 /// Advisory-lock key held from allocating device-list positions until
 /// commit ("chandevl" in ASCII).
@@ -406,13 +408,16 @@ const QUEUE: &str = "WITH t AS (
     held AS MATERIALIZED (
         SELECT d.user_id, d.device_id,
                (SELECT COUNT(*) FROM (SELECT 1 FROM to_device_messages m
-                                      WHERE m.user_id = d.user_id AND m.device_id = d.device_id LIMIT $4) AS c) AS n
+                                      WHERE m.user_id = d.user_id AND m.device_id = d.device_id LIMIT $4) AS c) AS n,
+               (SELECT COUNT(*) FROM (SELECT 1 FROM to_device_messages m
+                                      WHERE m.user_id = d.user_id AND m.device_id = d.device_id AND m.sender = $5
+                                      LIMIT $8) AS c) AS from_sender
         FROM (SELECT DISTINCT user_id, device_id FROM t) AS d
     ),
     kept AS (
         SELECT t.user_id, t.device_id, t.msg, ROW_NUMBER() OVER (ORDER BY t.ord) AS k
         FROM t JOIN held h ON h.user_id = t.user_id AND h.device_id = t.device_id
-        WHERE h.n + t.nth <= $4
+        WHERE h.n + t.nth <= $4 AND h.from_sender + t.nth <= $8
     ),
     p AS (
         UPDATE stream_counters SET pos = pos + (SELECT COUNT(*) FROM kept) WHERE stream = 'to_device' RETURNING pos
@@ -940,8 +945,16 @@ impl KeyStore for PostgresStore {
                 biased;
                 async { tx.execute(&lock, &[&TO_DEVICE_STREAM_LOCK]).await },
                 async {
-                    let params: [&(dyn ToSql + Sync); 7] =
-                        [&target_users, &target_devices, &target_messages, &max_inbox, &sender_user_id, &event_type, &contents];
+                    let params: [&(dyn ToSql + Sync); 8] = [
+                        &target_users,
+                        &target_devices,
+                        &target_messages,
+                        &max_inbox,
+                        &sender_user_id,
+                        &event_type,
+                        &contents,
+                        &MAX_FROM_ONE_SENDER,
+                    ];
                     tx.query_one(&queue, &params).await
                 },
                 async { tx.execute(&notify, &[]).await },

@@ -67,6 +67,8 @@ CREATE TABLE to_device_messages (
     content    TEXT NOT NULL
 );
 CREATE INDEX to_device_by_device ON to_device_messages (user_id, device_id, stream_pos);
+-- What one sender has waiting for one device (bounded per sender).
+CREATE INDEX to_device_by_sender ON to_device_messages (user_id, device_id, sender);
 -- A position no message holds any more is still never handed out again.
 CREATE TABLE to_device_position (
     id  INTEGER PRIMARY KEY CHECK (id = 0),

@@ -29,6 +29,7 @@ use crate::{SqliteStore, backend};
 
 /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
 const MAX_TXNS: i64 = chancery_proto::limits::MAX_TO_DEVICE_TXNS_PER_DEVICE as i64;
+use chancery_proto::limits::MAX_TO_DEVICE_FROM_ONE_SENDER as MAX_FROM_ONE_SENDER;
 
 /// Moves the user to the next position of the device-list stream.
 fn move_device_list(conn: &Connection, user_id: &str) -> StoreResult<()> {
@@ -715,8 +716,9 @@ impl KeyStore for SqliteStore {
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(backend)?;
             let mut last_pos = first_pos;
-            // Messages in each inbox, counted once per request.
-            let mut inboxes: HashMap<(String, String), usize> = HashMap::new();
+            // Messages in each inbox, and those from this sender, counted
+            // once per request.
+            let mut inboxes: HashMap<(String, String), (usize, usize)> = HashMap::new();
             for message in &messages {
                 let devices = match &message.device_id {
                     None => device_ids_of(tx, &message.user_id, None)?,
@@ -728,18 +730,24 @@ impl KeyStore for SqliteStore {
                     let held = match inboxes.entry(inbox.clone()) {
                         Entry::Occupied(held) => held.into_mut(),
                         Entry::Vacant(vacant) => {
-                            let count: i64 = tx
-                                .prepare_cached("SELECT COUNT(*) FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2")
-                                .and_then(|mut s| s.query_row([&inbox.0, &inbox.1], |r| r.get(0)))
+                            let (all, from_sender): (i64, i64) = tx
+                                .prepare_cached(
+                                    "SELECT (SELECT COUNT(*) FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2),
+                                            (SELECT COUNT(*) FROM to_device_messages
+                                             WHERE user_id = ?1 AND device_id = ?2 AND sender = ?3)",
+                                )
+                                .and_then(|mut s| s.query_row([&inbox.0, &inbox.1, &sender], |r| Ok((r.get(0)?, r.get(1)?))))
                                 .map_err(backend)?;
-                            vacant.insert(usize::try_from(count).unwrap_or(usize::MAX))
+                            let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
+                            vacant.insert((count(all), count(from_sender)))
                         }
                     };
-                    if *held >= max_inbox {
+                    if held.0 >= max_inbox || held.1 as u64 >= MAX_FROM_ONE_SENDER {
                         queued.dropped_full += 1;
                         continue;
                     }
-                    *held += 1;
+                    held.0 += 1;
+                    held.1 += 1;
                     last_pos += 1;
                     let pos = last_pos;
                     tx.prepare_cached(

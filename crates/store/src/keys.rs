@@ -342,8 +342,9 @@ pub trait KeyStore: Send + Sync {
     /// (nothing queued again); a device's newest
     /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE` ids are remembered, older
     /// ones forgotten in the same transaction. Messages to users or devices that do not
-    /// exist are left out; a message to an inbox holding
-    /// `max_inbox` messages is dropped (counted in `dropped_full`). Each
+    /// exist are left out; a message to an inbox holding `max_inbox`
+    /// messages, or `limits::MAX_TO_DEVICE_FROM_ONE_SENDER` from this
+    /// sender, is dropped (counted in `dropped_full`). Each
     /// message gets its own position in the to-device stream.
     async fn send_to_device(
         &self,
