@@ -299,12 +299,13 @@ pub const MAX_TO_DEVICE_INBOX: usize = 50_000;
 /// carries; the rest come with the next.
 pub const MAX_SYNC_TO_DEVICE_EVENTS: usize = 100;
 /// Sessions one key backup version may hold, and versions a user may
-/// keep (not counting deleted ones).
+/// keep (not counting deleted ones: clients use one, and make a new one
+/// only when they reset their backup).
 pub const MAX_BACKED_UP_KEYS: u64 = 250_000;
-pub const MAX_BACKUP_VERSIONS: usize = 100;
+pub const MAX_BACKUP_VERSIONS: usize = 10;
 /// Serialized size of a backup's `auth_data` and of one session's
-/// `session_data`.
+/// `session_data` (an encrypted session key is about 1 KB).
 pub const MAX_BACKUP_AUTH_DATA_BYTES: usize = 16 * 1024;
-pub const MAX_BACKUP_SESSION_BYTES: usize = 16 * 1024;
+pub const MAX_BACKUP_SESSION_BYTES: usize = 8 * 1024;
 /// Serialized size of a dehydrated device's opaque `device_data`.
 pub const MAX_DEHYDRATED_DEVICE_DATA_BYTES: usize = 256 * 1024;
