@@ -42,13 +42,13 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chancery_store::*;
+use chancery_store_sql::rows::{self, BACKUP_VERSION_COLUMNS, KEY_SIGNATURE_COLUMNS};
 use chancery_store_sql::{i, u};
 use deadpool_postgres::{GenericClient, Transaction};
-use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use crate::query::{execute, get, query, query_opt};
+use crate::query::{PgRow, execute, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
 /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
@@ -335,33 +335,10 @@ fn parse_version(version: &str) -> Option<i64> {
     version.parse::<i64>().ok().filter(|n| *n > 0 && n.to_string() == version)
 }
 
-const VERSION_COLUMNS: &str = "version, algorithm, auth_data, etag, key_count";
-
-fn version_from_row(row: &Row) -> StoreResult<BackupVersion> {
-    Ok(BackupVersion {
-        version: get::<i64>(row, 0)?.to_string(),
-        algorithm: get(row, 1)?,
-        auth_data: get(row, 2)?,
-        etag: get::<i64>(row, 3)?.to_string(),
-        count: u(get(row, 4)?),
-    })
-}
-
 /// A version that is not deleted.
 async fn live_version(c: &impl GenericClient, user_id: &str, version: i64) -> StoreResult<Option<BackupVersion>> {
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM backup_versions WHERE user_id = $1 AND version = $2 AND NOT deleted");
-    query_opt(c, &sql, &[&user_id, &version]).await?.map(|r| version_from_row(&r)).transpose()
-}
-
-fn backed_up_key_from_row(row: &Row) -> StoreResult<BackedUpKey> {
-    Ok(BackedUpKey {
-        room_id: get(row, 0)?,
-        session_id: get(row, 1)?,
-        first_message_index: u(get(row, 2)?),
-        forwarded_count: u(get(row, 3)?),
-        is_verified: get(row, 4)?,
-        session_data: get(row, 5)?,
-    })
+    let sql = format!("SELECT {BACKUP_VERSION_COLUMNS} FROM backup_versions WHERE user_id = $1 AND version = $2 AND NOT deleted");
+    query_opt(c, &sql, &[&user_id, &version]).await?.map(|r| rows::backup_version(&PgRow(&r))).transpose()
 }
 
 /// (room, session) of a scope, NULL matching everything.
@@ -717,25 +694,17 @@ impl KeyStore for PostgresStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let rows = query(
+        let found = query(
             &client,
-            "SELECT target_user_id, target_key_id, signer_user_id, signer_key_id, signature FROM key_signatures
-             WHERE target_user_id = ANY($1)
-             ORDER BY target_user_id, target_key_id, signer_user_id, signer_key_id",
+            &format!(
+                "SELECT {KEY_SIGNATURE_COLUMNS} FROM key_signatures
+                 WHERE target_user_id = ANY($1)
+                 ORDER BY target_user_id, target_key_id, signer_user_id, signer_key_id"
+            ),
             &[&target_user_ids],
         )
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KeySignature {
-                    target_user_id: get(r, 0)?,
-                    target_key_id: get(r, 1)?,
-                    signer_user_id: get(r, 2)?,
-                    signer_key_id: get(r, 3)?,
-                    signature: get(r, 4)?,
-                })
-            })
-            .collect()
+        found.iter().map(|r| rows::key_signature(&PgRow(r))).collect()
     }
 
     async fn set_cross_signing_keys(&self, user_id: &str, keys: &[CrossSigningKey]) -> StoreResult<()> {
@@ -1056,9 +1025,9 @@ impl KeyStore for PostgresStore {
             },
             None => {
                 let sql = format!(
-                    "SELECT {VERSION_COLUMNS} FROM backup_versions WHERE user_id = $1 AND NOT deleted ORDER BY version DESC LIMIT 1"
+                    "SELECT {BACKUP_VERSION_COLUMNS} FROM backup_versions WHERE user_id = $1 AND NOT deleted ORDER BY version DESC LIMIT 1"
                 );
-                query_opt(&client, &sql, &[&user_id]).await?.map(|r| version_from_row(&r)).transpose()
+                query_opt(&client, &sql, &[&user_id]).await?.map(|r| rows::backup_version(&PgRow(&r))).transpose()
             }
         }
     }
@@ -1159,7 +1128,7 @@ impl KeyStore for PostgresStore {
         .await?;
         let held: BTreeMap<(String, String), BackedUpKey> = held
             .iter()
-            .map(|r| backed_up_key_from_row(r).map(|k| ((k.room_id.clone(), k.session_id.clone()), k)))
+            .map(|r| rows::backed_up_key(&PgRow(r)).map(|k| ((k.room_id.clone(), k.session_id.clone()), k)))
             .collect::<StoreResult<_>>()?;
         let mut added: u64 = 0;
         let mut writes: Vec<&BackedUpKey> = Vec::new();
@@ -1240,7 +1209,7 @@ impl KeyStore for PostgresStore {
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
             if get::<Option<&str>>(row, 0)?.is_some() {
-                keys.push(backed_up_key_from_row(row)?);
+                keys.push(rows::backed_up_key(&PgRow(row))?);
             }
         }
         Ok(Some(keys))

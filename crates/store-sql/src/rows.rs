@@ -284,3 +284,45 @@ pub fn public_room<R: Row>(row: &R) -> Result<PublicRoomEntry, R::Error> {
         room_type: row.opt_text(9)?,
     })
 }
+
+/// Columns of a [`BackupVersion`] in `backup_versions`, for
+/// [`backup_version`].
+pub const BACKUP_VERSION_COLUMNS: &str = "version, algorithm, auth_data, etag, key_count";
+
+pub fn backup_version<R: Row>(row: &R) -> Result<BackupVersion, R::Error> {
+    Ok(BackupVersion {
+        version: row.int(0)?.to_string(),
+        algorithm: row.text(1)?,
+        auth_data: row.text(2)?,
+        etag: row.int(3)?.to_string(),
+        count: row.uint(4)?,
+    })
+}
+
+/// Columns of a [`BackedUpKey`] in `backup_keys`, for [`backed_up_key`].
+pub const BACKED_UP_KEY_COLUMNS: &str = "room_id, session_id, first_message_index, forwarded_count, is_verified, session_data";
+
+pub fn backed_up_key<R: Row>(row: &R) -> Result<BackedUpKey, R::Error> {
+    Ok(BackedUpKey {
+        room_id: row.text(0)?,
+        session_id: row.text(1)?,
+        first_message_index: row.uint(2)?,
+        forwarded_count: row.uint(3)?,
+        is_verified: row.boolean(4)?,
+        session_data: row.text(5)?,
+    })
+}
+
+/// Columns of a [`KeySignature`] in `key_signatures`, for
+/// [`key_signature`].
+pub const KEY_SIGNATURE_COLUMNS: &str = "target_user_id, target_key_id, signer_user_id, signer_key_id, signature";
+
+pub fn key_signature<R: Row>(row: &R) -> Result<KeySignature, R::Error> {
+    Ok(KeySignature {
+        target_user_id: row.text(0)?,
+        target_key_id: row.text(1)?,
+        signer_user_id: row.text(2)?,
+        signer_key_id: row.text(3)?,
+        signature: row.text(4)?,
+    })
+}

@@ -20,11 +20,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use async_trait::async_trait;
 use chancery_store::*;
 use chancery_store_sql::params::reaches_limit;
+use chancery_store_sql::rows::{self, BACKED_UP_KEY_COLUMNS, BACKUP_VERSION_COLUMNS, KEY_SIGNATURE_COLUMNS};
 use chancery_store_sql::{i, u};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::accounts::{insert_device, is_unique_violation};
 use crate::rooms::collect;
+use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
 /// `limits::MAX_TO_DEVICE_TXNS_PER_DEVICE`, as the database counts.
@@ -287,22 +289,10 @@ fn current_version(conn: &Connection, user_id: &str) -> StoreResult<Option<i64>>
 }
 
 fn read_version(conn: &Connection, user_id: &str, version: i64) -> StoreResult<Option<BackupVersion>> {
-    conn.prepare_cached(
-        "SELECT version, algorithm, auth_data, etag, key_count FROM backup_versions
-         WHERE user_id = ?1 AND version = ?2 AND deleted = 0",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![user_id, version], |r| {
-            Ok(BackupVersion {
-                version: r.get::<_, i64>(0)?.to_string(),
-                algorithm: r.get(1)?,
-                auth_data: r.get(2)?,
-                etag: r.get::<_, i64>(3)?.to_string(),
-                count: u(r.get(4)?),
-            })
-        })
-        .optional()
-    })
+    conn.prepare_cached(&format!(
+        "SELECT {BACKUP_VERSION_COLUMNS} FROM backup_versions WHERE user_id = ?1 AND version = ?2 AND deleted = 0"
+    ))
+    .and_then(|mut s| s.query_row(params![user_id, version], |r| rows::backup_version(&SqliteRow(r))).optional())
     .map_err(backend)
 }
 
@@ -540,25 +530,15 @@ impl KeyStore for SqliteStore {
         self.read_heavy(move |conn| {
             let tx = conn.unchecked_transaction().map_err(backend)?;
             let mut stmt = tx
-                .prepare_cached(
-                    "SELECT target_user_id, target_key_id, signer_user_id, signer_key_id, signature FROM key_signatures
-                     WHERE target_user_id = ?1 ORDER BY target_key_id, signer_user_id, signer_key_id",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {KEY_SIGNATURE_COLUMNS} FROM key_signatures
+                     WHERE target_user_id = ?1 ORDER BY target_key_id, signer_user_id, signer_key_id"
+                ))
                 .map_err(backend)?;
             let mut signatures = Vec::new();
             for user_id in &user_ids {
-                let rows = stmt
-                    .query_map([user_id], |r| {
-                        Ok(KeySignature {
-                            target_user_id: r.get(0)?,
-                            target_key_id: r.get(1)?,
-                            signer_user_id: r.get(2)?,
-                            signer_key_id: r.get(3)?,
-                            signature: r.get(4)?,
-                        })
-                    })
-                    .map_err(backend)?;
-                signatures.extend(collect(rows)?);
+                let found = stmt.query_map([user_id], |r| rows::key_signature(&SqliteRow(r))).map_err(backend)?;
+                signatures.extend(collect(found)?);
             }
             Ok(signatures)
         })
@@ -907,22 +887,13 @@ impl KeyStore for SqliteStore {
             let (mut count, mut changed) = (held.count, false);
             for key in &keys {
                 let old = tx
-                    .prepare_cached(
-                        "SELECT first_message_index, forwarded_count, is_verified, session_data FROM backup_keys
-                         WHERE user_id = ?1 AND version = ?2 AND room_id = ?3 AND session_id = ?4",
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {BACKED_UP_KEY_COLUMNS} FROM backup_keys
+                         WHERE user_id = ?1 AND version = ?2 AND room_id = ?3 AND session_id = ?4"
+                    ))
                     .and_then(|mut s| {
-                        s.query_row(params![user_id, number, key.room_id, key.session_id], |r| {
-                            Ok(BackedUpKey {
-                                room_id: key.room_id.clone(),
-                                session_id: key.session_id.clone(),
-                                first_message_index: u(r.get(0)?),
-                                forwarded_count: u(r.get(1)?),
-                                is_verified: r.get(2)?,
-                                session_data: r.get(3)?,
-                            })
-                        })
-                        .optional()
+                        s.query_row(params![user_id, number, key.room_id, key.session_id], |r| rows::backed_up_key(&SqliteRow(r)))
+                            .optional()
                     })
                     .map_err(backend)?;
                 match old {
@@ -985,23 +956,13 @@ impl KeyStore for SqliteStore {
             let Some(number) = existing_version(&tx, &user_id, &version)? else { return Ok(None) };
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data
-                     FROM backup_keys WHERE {filter} ORDER BY room_id, session_id"
+                    "SELECT {BACKED_UP_KEY_COLUMNS} FROM backup_keys WHERE {filter} ORDER BY room_id, session_id"
                 ))
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![user_id, number, room, session], |r| {
-                    Ok(BackedUpKey {
-                        room_id: r.get(0)?,
-                        session_id: r.get(1)?,
-                        first_message_index: u(r.get(2)?),
-                        forwarded_count: u(r.get(3)?),
-                        is_verified: r.get(4)?,
-                        session_data: r.get(5)?,
-                    })
-                })
+            let found = stmt
+                .query_map(params![user_id, number, room, session], |r| rows::backed_up_key(&SqliteRow(r)))
                 .map_err(backend)?;
-            collect(rows).map(Some)
+            collect(found).map(Some)
         })
         .await
     }

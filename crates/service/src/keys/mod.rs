@@ -191,9 +191,7 @@ impl Keys {
     /// The ed25519 key of a device's stored device keys.
     async fn stored_device_ed25519(&self, user_id: &str, device_id: &str) -> Result<Option<String>, Error> {
         let stored = self.deps.keys.device_keys(&[(user_id.to_owned(), vec![device_id.to_owned()])]).await?;
-        let Some(entry) = stored.first() else { return Ok(None) };
-        let keys = stored_json(&entry.keys)?;
-        Ok(keys["keys"][format!("ed25519:{device_id}")].as_str().map(str::to_owned))
+        device_ed25519_of(device_id, &stored)
     }
 
     /// `POST /keys/query`: device keys and cross-signing keys of the users
@@ -505,7 +503,7 @@ impl Keys {
     }
 }
 
-/// The ed25519 key of one of the signer's devices.
+/// The ed25519 key of one of these devices' stored keys.
 fn device_ed25519_of(device_id: &str, devices: &[chancery_store::DeviceKeysEntry]) -> Result<Option<String>, Error> {
     let Some(device) = devices.iter().find(|d| d.device_id == device_id) else { return Ok(None) };
     let keys = stored_json(&device.keys)?;
