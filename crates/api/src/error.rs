@@ -72,6 +72,7 @@ impl From<Error> for ApiError {
             Error::AliasInUse(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::InvalidSignature(_) => (S::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+            Error::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {

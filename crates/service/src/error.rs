@@ -77,6 +77,10 @@ pub enum Error {
     /// (HTTP 403 `M_WRONG_ROOM_KEYS_VERSION` with `current_version`).
     #[error("this backup version is not the current one")]
     WrongRoomKeysVersion { current: Option<String> },
+    /// A sliding-sync `pos` this connection does not have (HTTP 400
+    /// `M_UNKNOWN_POS`: the client starts the connection afresh).
+    #[error("unknown or expired sliding sync position")]
+    UnknownPos,
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is
@@ -151,6 +155,7 @@ impl From<StoreError> for Error {
             }
             StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
             StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),
+            StoreError::UnknownPosition => Error::UnknownPos,
             StoreError::AliasOfAnotherRoom => Error::InvalidParam("invalid alias".into()),
             StoreError::TextNotStorable => Error::InvalidParam("invalid text".into()),
             StoreError::PayloadTooLarge => Error::TooLarge("the message for other nodes is too large".into()),

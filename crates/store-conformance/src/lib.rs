@@ -9,6 +9,7 @@
 mod account_data;
 mod keys;
 mod nul;
+mod sliding_sync;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::json;
 pub use self::account_data::*;
 pub use self::keys::*;
 pub use self::nul::*;
+pub use self::sliding_sync::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -57,6 +59,8 @@ macro_rules! store_conformance_tests {
             one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
+            room_list_carries_bumps_types_and_encryption, sliding_positions_keep_what_the_client_may_still_send,
+            sliding_connections_are_bounded_per_device_and_expire,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -21,6 +21,7 @@ mod relations;
 mod reports;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod user_data;
 
 use std::str::FromStr;

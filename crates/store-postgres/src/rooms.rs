@@ -87,6 +87,7 @@ pub(crate) struct Writes {
     insert_event: Statement,
     close_state: Statement,
     open_state: Statement,
+    bump_room: Statement,
     relations: crate::relations::RelationWrites,
 }
 
@@ -128,6 +129,10 @@ impl Writes {
             .await?,
             open_state: p("INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
                            SELECT $1::text, $2::text, $3::text, $4::text, $5::text, pos FROM stream_position")
+            .await?,
+            // After `insert_event`, like `open_state`.
+            bump_room: p("UPDATE rooms SET bump_pos = (SELECT pos FROM stream_position), room_type = COALESCE($2, room_type)
+                          WHERE room_id = $1")
             .await?,
             relations: crate::relations::RelationWrites::prepare(c).await?,
         })
@@ -232,11 +237,12 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         insert_event(tx, w, event, &columns),
         close_state(tx, w, event),
         open_state(tx, w, event, &columns),
+        bump_room(tx, w, event, &columns),
         // After `insert_event`: `stream_position` holds this event's position.
         add_relation(tx, w, event),
         touch_thread(tx, w, event),
     );
-    let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, related, threaded) =
+    let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, bumped, related, threaded) =
         results;
     extremity.map_err(backend)?;
     redaction.map_err(backend)?;
@@ -247,6 +253,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     let position = u(get(&inserted.map_err(insert_error)?, 0)?);
     closed.map_err(backend)?;
     opened.map_err(backend)?;
+    bumped.map_err(backend)?;
     related.map_err(backend)?;
     threaded.map_err(backend)?;
     Ok(position)
@@ -264,6 +271,8 @@ struct InsertColumns<'a> {
     notified_users: Vec<&'a str>,
     notification_actions: Vec<&'a str>,
     notification_highlights: Vec<bool>,
+    /// The room's type, for a create event.
+    room_type: Option<String>,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -280,6 +289,7 @@ impl<'a> InsertColumns<'a> {
             notified_users: notifications.iter().map(|n| n.user_id.as_str()).collect(),
             notification_actions: notifications.iter().map(|n| n.actions_json.as_str()).collect(),
             notification_highlights: notifications.iter().map(|n| n.highlight).collect(),
+            room_type: (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten(),
         }
     }
 }
@@ -348,6 +358,16 @@ async fn close_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> Step
     match &event.state_key {
         Some(key) => tx.execute(&w.close_state, &[&event.room_id, &event.event_type, key]).await.map(drop),
         None => Ok(()),
+    }
+}
+
+/// An event of a bump type moves its room up the room list (sliding
+/// sync); the create event also records the room's type.
+async fn bump_room(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, c: &InsertColumns<'_>) -> StepResult {
+    if bumps_room(&event.event_type) {
+        tx.execute(&w.bump_room, &[&event.room_id, &c.room_type]).await.map(drop)
+    } else {
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@ mod reports;
 mod rooms;
 mod row;
 mod search;
+mod sliding_sync;
 mod user_data;
 mod writer;
 

@@ -42,6 +42,7 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
     check_ids_unused(tx, event)?;
     let pos = next_stream_pos(tx)?;
     insert_event(tx, event, pos)?;
+    bump_room(tx, event, pos)?;
     crate::search::index_event(tx, event, pos)?;
     crate::push::insert_notifications(tx, event, pos)?;
     make_only_extremity(tx, event)?;
@@ -128,6 +129,19 @@ fn insert_event(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult
         ])
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::EventIdTaken } else { backend(e) })?;
+    Ok(())
+}
+
+/// An event of a bump type moves its room up the room list (sliding
+/// sync); the create event also records the room's type.
+fn bump_room(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
+    if !bumps_room(&event.event_type) {
+        return Ok(());
+    }
+    let room_type = (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten();
+    tx.prepare_cached("UPDATE rooms SET bump_pos = ?2, room_type = COALESCE(?3, room_type) WHERE room_id = ?1")
+        .and_then(|mut s| s.execute(params![event.room_id, pos, room_type]))
+        .map_err(backend)?;
     Ok(())
 }
 

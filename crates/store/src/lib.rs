@@ -16,6 +16,7 @@ mod reports;
 pub mod retry;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod types;
 mod user_data;
 
@@ -35,6 +36,7 @@ pub use relations::*;
 pub use reports::*;
 pub use rooms::*;
 pub use search::*;
+pub use sliding_sync::*;
 pub use types::*;
 pub use user_data::*;
 
@@ -106,6 +108,10 @@ pub enum StoreError {
     PayloadTooLarge,
     #[error("too many state keys in one read")]
     TooManyStateKeys,
+    /// A sliding-sync position the connection does not have (never
+    /// issued to this device, expired, or its connection restarted).
+    #[error("no such sliding sync position")]
+    UnknownPosition,
 
     // Quotas a user or a room reached.
     #[error("the account has too many devices")]
@@ -320,6 +326,7 @@ pub trait Store:
     + ReportStore
     + ForgottenRoomStore
     + KeyStore
+    + SlidingSyncStore
     + StreamStore
     + NodeBus
 {
