@@ -35,11 +35,12 @@ pub async fn room_list_carries_bumps_types_and_encryption(store: DynStore) {
     room_with(&store, "!invite:x", &[("$i1", "m.room.create", json!({}))], &[("$i2", "@alice:x", "invite")]).await;
     let chat_message = store.append_event(message("!chat:x", "$c4", 4), &["$c3".into()]).await.unwrap();
     // A state event moves the room's events on, not its bump.
-    store.append_event(state("!chat:x", "$c5", "m.room.topic", json!({"topic": "t"}), 5), &["$c4".into()]).await.unwrap();
+    let topic =
+        store.append_event(state("!chat:x", "$c5", "m.room.topic", json!({"topic": "t"}), 5), &["$c4".into()]).await.unwrap();
     let list = store.room_list("@alice:x").await.unwrap();
     assert_eq!(list.iter().map(|e| e.room_id.as_str()).collect::<Vec<_>>(), ["!chat:x", "!invite:x", "!space:x"]);
     let [chat, invite, space] = [&list[0], &list[1], &list[2]];
-    assert_eq!(chat.bump_pos, chat_message);
+    assert_eq!((chat.bump_pos, chat.last_pos), (chat_message, topic));
     assert!(chat.encrypted && !space.encrypted && !invite.encrypted);
     assert_eq!(space.room_type.as_deref(), Some("m.space"));
     assert_eq!(chat.room_type, None);
@@ -50,6 +51,7 @@ pub async fn room_list_carries_bumps_types_and_encryption(store: DynStore) {
     // The create event bumps a room that has had nothing else.
     let create = store.event("$s1").await.unwrap().unwrap();
     assert_eq!(space.bump_pos, create.stream_pos);
+    assert_eq!(space.last_pos, store.event("$s2").await.unwrap().unwrap().stream_pos);
     // Another user's list is theirs alone.
     assert!(store.room_list("@bob:x").await.unwrap().is_empty());
     store.append_event(member("!space:x", "$s3", "@bob:x", "join", 3), &["$s2".into()]).await.unwrap();

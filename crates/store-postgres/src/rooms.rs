@@ -131,8 +131,9 @@ impl Writes {
                            SELECT $1::text, $2::text, $3::text, $4::text, $5::text, pos FROM stream_position")
             .await?,
             // After `insert_event`, like `open_state`.
-            bump_room: p("UPDATE rooms SET bump_pos = (SELECT pos FROM stream_position), room_type = COALESCE($2, room_type)
-                          WHERE room_id = $1")
+            bump_room: p("UPDATE rooms SET last_pos = s.pos, bump_pos = CASE WHEN $3 THEN s.pos ELSE bump_pos END,
+                                 room_type = COALESCE($2, room_type)
+                          FROM stream_position s WHERE room_id = $1")
             .await?,
             relations: crate::relations::RelationWrites::prepare(c).await?,
         })
@@ -273,6 +274,7 @@ struct InsertColumns<'a> {
     notification_highlights: Vec<bool>,
     /// The room's type, for a create event.
     room_type: Option<String>,
+    bumps: bool,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -290,6 +292,7 @@ impl<'a> InsertColumns<'a> {
             notification_actions: notifications.iter().map(|n| n.actions_json.as_str()).collect(),
             notification_highlights: notifications.iter().map(|n| n.highlight).collect(),
             room_type: (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten(),
+            bumps: bumps_room(&event.event_type),
         }
     }
 }
@@ -361,14 +364,11 @@ async fn close_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> Step
     }
 }
 
-/// An event of a bump type moves its room up the room list (sliding
-/// sync); the create event also records the room's type.
+/// Every event is its room's newest; one of a bump type also moves the
+/// room up the room list (sliding sync); the create event records the
+/// room's type.
 async fn bump_room(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, c: &InsertColumns<'_>) -> StepResult {
-    if bumps_room(&event.event_type) {
-        tx.execute(&w.bump_room, &[&event.room_id, &c.room_type]).await.map(drop)
-    } else {
-        Ok(())
-    }
+    tx.execute(&w.bump_room, &[&event.room_id, &c.room_type, &c.bumps]).await.map(drop)
 }
 
 /// The event's own state row starts at its position.

@@ -330,7 +330,7 @@ pub fn key_signature<R: Row>(row: &R) -> Result<KeySignature, R::Error> {
 /// Columns of a [`RoomListEntry`], for [`room_list_entry`]: the user's
 /// current membership row `s` of `room_state`, its room `r`, and whether
 /// the room has an encryption state event (the last column).
-pub const ROOM_LIST_COLUMNS: &str = "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.room_type";
+pub const ROOM_LIST_COLUMNS: &str = "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type";
 
 /// A row of [`ROOM_LIST_COLUMNS`] followed by the encryption flag.
 pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
@@ -340,7 +340,8 @@ pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
         membership_event_id: row.text(2)?,
         membership_pos: row.uint(3)?,
         bump_pos: row.uint(4)?,
-        room_type: row.opt_text(5)?,
-        encrypted: row.boolean(6)?,
+        last_pos: row.uint(5)?,
+        room_type: row.opt_text(6)?,
+        encrypted: row.boolean(7)?,
     })
 }

@@ -1,9 +1,12 @@
 -- Simplified sliding sync (MSC4186).
 --
--- The room list sorts by each room's newest "bump" event and filters by
--- room type: both kept on the room by every append, so a user's list is
--- one read of their memberships joined with their rooms.
+-- The room list sorts by each room's newest "bump" event, filters by
+-- room type, and sees which rooms moved on since a connection last sent
+-- them by their newest event: all kept on the room by every append, so a
+-- user's list is one read of their memberships joined with their rooms.
 ALTER TABLE rooms ADD COLUMN bump_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN last_pos INTEGER NOT NULL DEFAULT 0;
+UPDATE rooms SET last_pos = COALESCE((SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = rooms.room_id), 0);
 ALTER TABLE rooms ADD COLUMN room_type TEXT;
 UPDATE rooms SET bump_pos = COALESCE((
     SELECT MAX(e.stream_pos) FROM events e

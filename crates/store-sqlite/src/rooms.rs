@@ -132,15 +132,16 @@ fn insert_event(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult
     Ok(())
 }
 
-/// An event of a bump type moves its room up the room list (sliding
-/// sync); the create event also records the room's type.
+/// Every event is its room's newest; one of a bump type also moves the
+/// room up the room list (sliding sync); the create event records the
+/// room's type.
 fn bump_room(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
-    if !bumps_room(&event.event_type) {
-        return Ok(());
-    }
     let room_type = (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten();
-    tx.prepare_cached("UPDATE rooms SET bump_pos = ?2, room_type = COALESCE(?3, room_type) WHERE room_id = ?1")
-        .and_then(|mut s| s.execute(params![event.room_id, pos, room_type]))
+    tx.prepare_cached(
+        "UPDATE rooms SET last_pos = ?2, bump_pos = CASE WHEN ?3 THEN ?2 ELSE bump_pos END, room_type = COALESCE(?4, room_type)
+         WHERE room_id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![event.room_id, pos, bumps_room(&event.event_type), room_type]))
         .map_err(backend)?;
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct RoomListEntry {
     pub membership_pos: u64,
     /// Position of the room's newest event of a [`BUMP_EVENT_TYPES`] type.
     pub bump_pos: u64,
+    /// Position of the room's newest event of any type.
+    pub last_pos: u64,
     /// `content.type` of the room's create event.
     pub room_type: Option<String>,
     /// The room has an `m.room.encryption` state event.
