@@ -19,6 +19,7 @@ use axum::handler::Handler;
 use axum::http::{Method, StatusCode, header};
 use axum::routing::{MethodFilter, delete, get, on, post, put};
 use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
+use chancery_proto::ruma::api::client::sync::sync_events::v5 as sync_events_v5;
 use chancery_proto::ruma::api::client::{
     account, alias, context, device, directory, discovery, knock, membership, message, presence, push, redact, relations, room,
     session, threads,
@@ -30,7 +31,7 @@ use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
     AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Reports, RoomReader, Rooms,
-    Search, Syncer,
+    Search, SlidingSync, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -99,6 +100,7 @@ component_state! {
     ephemeral: Ephemeral,
     keys: Keys,
     syncer: Syncer,
+    sliding_sync: SlidingSync,
     reports: Reports,
     admin: Admin,
     health: Health,
@@ -190,6 +192,7 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<message::get_message_events::v3::Request, _, _>(r, h::rooms::messages);
     r = ruma_route::<redact::redact_event::v3::Request, _, _>(r, h::rooms::redact);
     r = ruma_route::<sync_events_v3::Request, _, _>(r, h::sync::sync);
+    r = ruma_route::<sync_events_v5::Request, _, _>(r, h::sync::sliding_sync);
     r = ruma_route::<push::get_pushrules_all::v3::Request, _, _>(r, h::push::all);
     r = ruma_route::<push::get_pushrules_global_scope::v3::Request, _, _>(r, h::push::global);
     r = ruma_route::<push::get_pushrule::v3::Request, _, _>(r, h::push::get);

@@ -309,3 +309,25 @@ pub const MAX_BACKUP_AUTH_DATA_BYTES: usize = 16 * 1024;
 pub const MAX_BACKUP_SESSION_BYTES: usize = 8 * 1024;
 /// Serialized size of a dehydrated device's opaque `device_data`.
 pub const MAX_DEHYDRATED_DEVICE_DATA_BYTES: usize = 256 * 1024;
+
+// Simplified sliding sync (MSC4186).
+/// Lists and room subscriptions of one request (the MSC's own caps).
+pub const MAX_SLIDING_LISTS: usize = 100;
+pub const MAX_SLIDING_SUBSCRIPTIONS: usize = 100;
+/// Ranges of one list (clients send one).
+pub const MAX_SLIDING_RANGES_PER_LIST: usize = 10;
+/// `required_state` entries of one list or subscription.
+pub const MAX_SLIDING_REQUIRED_STATE: usize = 100;
+/// Longest `timeline_limit` honoured (larger ones are capped, as the MSC allows).
+pub const MAX_SLIDING_TIMELINE_LIMIT: usize = 100;
+/// Rooms one answer carries; the others of the lists' ranges follow in
+/// the next answers (they count as news, so the client comes back at once).
+pub const MAX_SLIDING_ROOMS_PER_ANSWER: usize = 200;
+/// Connections one device keeps; starting one more drops the least recently used.
+pub const MAX_SLIDING_CONNECTIONS_PER_DEVICE: usize = 10;
+/// Longest `conn_id` and list name (ruma's documentation says 16; clients send short names).
+pub const MAX_SLIDING_NAME_BYTES: usize = 64;
+/// A connection unused this long is forgotten (its next request gets `M_UNKNOWN_POS`).
+pub const SLIDING_CONNECTION_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Connections whose state (what was sent per room) one node keeps in memory.
+pub const SLIDING_CONNECTIONS_CACHED: usize = 1_000;

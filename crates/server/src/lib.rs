@@ -58,6 +58,7 @@ pub struct RunningServer {
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     store: DynStore,
     syncer: Arc<chancery_service::Syncer>,
+    sliding_sync: Arc<chancery_service::SlidingSync>,
 }
 
 impl RunningServer {
@@ -68,6 +69,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         // Parked long-polls answer now rather than hold the drain.
         self.syncer.close();
+        self.sliding_sync.close();
         for task in self.tasks {
             task.await.context("server task panicked")?.context("server error")?;
         }
@@ -88,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let health = components.health.clone();
     let push = components.push.clone();
     let syncer = components.syncer.clone();
+    let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
         components,
@@ -109,7 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = chancery_api::router(state);
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
-        tokio::spawn(maintenance::run(push, shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, sliding_sync.clone(), shutdown_rx.clone())),
     ];
 
     let mut metrics_addr = None;
@@ -123,5 +126,5 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let Some(addr) = metrics_addr {
         tracing::info!(address = %addr, "metrics listening");
     }
-    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store, syncer })
+    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store, syncer, sliding_sync })
 }

@@ -15,7 +15,7 @@ use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
     Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
+    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -169,9 +169,23 @@ pub fn components_with(
         push: push.clone(),
         ephemeral: ephemeral.clone(),
         visibility: visibility.clone(),
+        formatter: formatter.clone(),
+        notifier: notifier.clone(),
+        keys: keys.clone(),
+    }));
+    let sliding_sync = Arc::new(SlidingSync::new(SlidingSyncDeps {
+        store: store.clone(),
+        streams: store.clone(),
+        rooms: store.clone(),
+        forgotten: store.clone(),
+        account_data: account_data.clone(),
+        push: push.clone(),
+        ephemeral: ephemeral.clone(),
+        visibility: visibility.clone(),
         formatter,
         notifier: notifier.clone(),
         keys: keys.clone(),
+        clock: clock.clone(),
     }));
     let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
@@ -188,6 +202,7 @@ pub fn components_with(
         ephemeral,
         keys,
         syncer,
+        sliding_sync,
         reports,
         admin,
         health,

@@ -23,6 +23,7 @@
 //! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
+//! | [`SlidingSync`] | simplified sliding sync (MSC4186) for Element X |
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
@@ -50,6 +51,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod signing;
+pub mod sliding_sync;
 mod stream_token;
 pub mod sync;
 pub mod tokens;
@@ -77,6 +79,7 @@ pub use rooms::{
     EventFormatter, EventFormatterDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Visibility,
 };
 pub use search::{Search, SearchDeps};
+pub use sliding_sync::{SlidingSync, SlidingSyncDeps};
 pub use stream_token::StreamToken;
 pub use sync::{SyncRequest, Syncer, SyncerDeps};
 
@@ -96,6 +99,7 @@ pub struct Components {
     pub ephemeral: Arc<Ephemeral>,
     pub keys: Arc<Keys>,
     pub syncer: Arc<Syncer>,
+    pub sliding_sync: Arc<SlidingSync>,
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,
     pub health: Arc<Health>,

@@ -28,6 +28,9 @@ const SPEC_VERSIONS: &[&str] = &[
 const UNSTABLE_FEATURES: &[&str] = &[
     // Dehydrated devices (`/unstable/org.matrix.msc3814.v1/dehydrated_device`).
     "org.matrix.msc3814",
+    // Simplified sliding sync (`/unstable/org.matrix.simplified_msc3575/sync`):
+    // matrix-sdk's discovery, hence Element X, looks for it.
+    "org.matrix.simplified_msc3575",
 ];
 
 pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {

@@ -1,12 +1,12 @@
-//! `GET /sync`.
+//! `GET /sync` and simplified sliding sync (MSC4186).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use chancery_proto::ruma::api::client::filter::FilterDefinition;
-use chancery_proto::ruma::api::client::sync::sync_events::v3;
-use chancery_service::{AccountData, Syncer};
+use chancery_proto::ruma::api::client::sync::sync_events::{v3, v5};
+use chancery_service::{AccountData, SlidingSync, Syncer};
 use chancery_service::{Error, SyncRequest};
 use serde_json::Value as JsonValue;
 
@@ -36,4 +36,15 @@ pub async fn sync(
         filter,
     };
     Ok(Json(syncer.sync(&user, request).await?))
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`.
+pub async fn sliding_sync(
+    State(sliding): State<Arc<SlidingSync>>,
+    State(config): State<Arc<ApiConfig>>,
+    Authed(user): Authed,
+    Ruma(mut req): Ruma<v5::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    req.timeout = req.timeout.map(|t| t.min(config.max_long_poll()));
+    Ok(Json(sliding.sync(&user, req).await?))
 }

@@ -215,6 +215,17 @@ impl AccountData {
     /// The users whose events `user_id` does not want to see
     /// (`m.ignored_user_list`, spec "Ignoring Users"); empty if unset or
     /// malformed.
+    /// The rooms the user's `m.direct` account data names (spec "Direct
+    /// Messaging"): `{user_id: [room_id, ...]}`; anything else is skipped.
+    pub(crate) async fn direct_rooms(&self, user_id: &str) -> Result<BTreeSet<String>, Error> {
+        let Some(text) = self.deps.store.account_data(user_id, None, "m.direct").await? else {
+            return Ok(BTreeSet::new());
+        };
+        let content: JsonValue = serde_json::from_str(&text).unwrap_or_default();
+        let rooms = content.as_object().into_iter().flat_map(|by_user| by_user.values());
+        Ok(rooms.filter_map(JsonValue::as_array).flatten().filter_map(JsonValue::as_str).map(str::to_owned).collect())
+    }
+
     pub(crate) async fn ignored_users(&self, user_id: &str) -> Result<BTreeSet<String>, Error> {
         let Some(text) = self.deps.store.account_data(user_id, None, IGNORED_USER_LIST).await? else {
             return Ok(BTreeSet::new());

@@ -226,7 +226,7 @@ pub(super) fn has_news(rooms_with_news: usize, global_account_data: usize, prese
 /// stream's promise, ARCHITECTURE.md "Sync tokens are compound"). `true`
 /// when more may follow: the answer then counts as news, so the client
 /// comes back at once instead of long-polling on changes already there.
-pub(super) fn account_data_reach(read: &[(u64, usize)], up_to: u64, batch: AccountDataBatchLimits) -> (u64, bool) {
+pub(crate) fn account_data_reach(read: &[(u64, usize)], up_to: u64, batch: AccountDataBatchLimits) -> (u64, bool) {
     let bytes = read.iter().fold(0usize, |sum, (_, b)| sum.saturating_add(*b));
     match read.last() {
         Some(&(last, _)) if read.len() >= batch.max_entries || bytes >= batch.max_bytes => (last, true),

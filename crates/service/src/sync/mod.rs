@@ -26,7 +26,7 @@
 
 mod decide;
 mod lazy_members;
-mod rooms;
+pub(crate) mod rooms;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -51,6 +51,7 @@ use crate::rooms::filter::{type_allowed, types_allowed};
 use crate::rooms::{ClientEventOptions, EventFormatter, Visibility};
 use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
+pub(crate) use decide::account_data_reach;
 use decide::{LazyMembers, RoomFacts, Section, TypingFacts};
 use lazy_members::LazyMembersCache;
 

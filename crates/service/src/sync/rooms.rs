@@ -6,14 +6,14 @@ use std::collections::BTreeSet;
 
 use chancery_proto::ruma::UserId;
 use chancery_proto::ruma::api::client::filter::RoomEventFilter;
-use chancery_store::{Membership, StoredEvent};
+use chancery_store::{Membership, RoomStore, StoredEvent};
 use serde_json::{Value as JsonValue, json};
 
 use super::decide::{self, LazyMembers, StateRead};
 use super::{Pass, Syncer};
 use crate::Error;
 use crate::rooms::filter::type_allowed;
-use crate::rooms::format_token;
+use crate::rooms::{ClientEventOptions, EventFormatter, format_token};
 
 /// State event types shown in an invite or knock (spec: "stripped state"
 /// should include these so the room can be displayed).
@@ -27,12 +27,38 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
-/// Heroes in a room summary: "the first 5 members" (spec).
-const SUMMARY_HEROES: usize = 5;
+/// The room as the user may see it before joining (an invite or a
+/// knock): a few state events, stripped, and their own membership event,
+/// as of that event. `None` if that event comes from an ignored user
+/// (spec "Ignoring Users": "Servers must not send room invites from
+/// ignored users to clients"). `/sync` and sliding sync both send it.
+pub(crate) async fn stripped_state(
+    rooms: &dyn RoomStore,
+    formatter: &EventFormatter,
+    viewer: &ClientEventOptions,
+    m: &Membership,
+    ignored: &BTreeSet<String>,
+) -> Result<Option<Vec<JsonValue>>, Error> {
+    let state = rooms.state_at(&m.room_id, Some(m.stream_pos)).await?;
+    if state.iter().any(|e| e.event_id == m.event_id && ignored.contains(&e.sender)) {
+        return Ok(None);
+    }
+    let mut stripped = Vec::new();
+    for e in state.iter().filter(|e| INVITE_STATE_TYPES.contains(&e.event_type.as_str()) || e.event_id == m.event_id) {
+        let formatted = formatter.client_events(std::slice::from_ref(e), viewer).await?.remove(0);
+        stripped.push(json!({
+            "type": formatted["type"],
+            "state_key": formatted["state_key"],
+            "sender": formatted["sender"],
+            "content": formatted["content"],
+        }));
+    }
+    Ok(Some(stripped))
+}
 
 /// Sync serves events without their `room_id` (the spec's
 /// `ClientEventWithoutRoomID`): the room is the key they sit under.
-fn without_room_ids(mut events: Vec<JsonValue>) -> Vec<JsonValue> {
+pub(crate) fn without_room_ids(mut events: Vec<JsonValue>) -> Vec<JsonValue> {
     for event in &mut events {
         if let Some(fields) = event.as_object_mut() {
             fields.remove("room_id");
@@ -40,6 +66,9 @@ fn without_room_ids(mut events: Vec<JsonValue>) -> Vec<JsonValue> {
     }
     events
 }
+
+/// Heroes in a room summary: "the first 5 members" (spec).
+const SUMMARY_HEROES: usize = 5;
 
 pub(super) struct RoomWindow {
     timeline: Vec<StoredEvent>,
@@ -138,27 +167,10 @@ impl Syncer {
         }))
     }
 
-    /// The room as the user may see it before joining (an invite or a
-    /// knock): a few state events, stripped, and their own membership
-    /// event, as of that event. `None` if that event comes from an ignored
-    /// user (spec "Ignoring Users": "Servers must not send room invites
-    /// from ignored users to clients").
+    /// The room as the user may see it before joining (see
+    /// [`stripped_state`]).
     pub(super) async fn stripped_state(&self, p: &Pass<'_>, m: &Membership) -> Result<Option<Vec<JsonValue>>, Error> {
-        let state = self.deps.rooms.state_at(&m.room_id, Some(m.stream_pos)).await?;
-        if state.iter().any(|e| e.event_id == m.event_id && p.ignored.contains(&e.sender)) {
-            return Ok(None);
-        }
-        let mut stripped = Vec::new();
-        for e in state.iter().filter(|e| INVITE_STATE_TYPES.contains(&e.event_type.as_str()) || e.event_id == m.event_id) {
-            let formatted = self.deps.formatter.client_events(std::slice::from_ref(e), &p.viewer).await?.remove(0);
-            stripped.push(json!({
-                "type": formatted["type"],
-                "state_key": formatted["state_key"],
-                "sender": formatted["sender"],
-                "content": formatted["content"],
-            }));
-        }
-        Ok(Some(stripped))
+        stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &p.viewer, m, &p.ignored).await
     }
 
     /// The room's `m.receipt` and `m.typing` events for this answer.

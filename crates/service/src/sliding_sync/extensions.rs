@@ -1,0 +1,157 @@
+//! Sliding-sync extensions (MSC3885 to-device, MSC3884 e2ee, MSC3959
+//! account data, MSC3960 receipts, MSC3961 typing), from the same
+//! components `/sync` uses.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chancery_proto::limits::{MAX_SYNC_ACCOUNT_DATA_BYTES, MAX_SYNC_ACCOUNT_DATA_ENTRIES};
+use chancery_proto::ruma::api::client::sync::sync_events::v5::request;
+use chancery_store::{AccountDataBatchLimits, account_data_entry_bytes};
+use serde_json::{Map, Value as JsonValue, json};
+use tokio::time::Instant;
+
+use super::SlidingSync;
+use crate::keys::MembershipNews;
+use crate::stream_token::StreamToken;
+use crate::{AuthedUser, Error};
+
+const ACCOUNT_DATA_BATCH: AccountDataBatchLimits =
+    AccountDataBatchLimits { max_entries: MAX_SYNC_ACCOUNT_DATA_ENTRIES, max_bytes: MAX_SYNC_ACCOUNT_DATA_BYTES };
+
+pub(super) struct ExtensionsPart {
+    pub body: JsonValue,
+    pub has_news: bool,
+    pub next_typing_expiry: Option<Instant>,
+}
+
+/// Where the client's to-device extension stands (`since`: the
+/// `next_batch` it last got).
+fn to_device_since(since: Option<&str>) -> Result<Option<StreamToken>, Error> {
+    since
+        .map(|s| s.parse::<u64>().map(|to_device| StreamToken { to_device, ..StreamToken::default() }))
+        .transpose()
+        .map_err(|_| Error::InvalidParam("malformed to_device since token".into()))
+}
+
+impl SlidingSync {
+    /// The extensions the request enables, for the rooms in `view` (the
+    /// answer's rooms and the subscriptions); moves `cut`'s account-data
+    /// and typing positions to what was sent.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn extensions(
+        &self,
+        user: &AuthedUser,
+        ext: &request::Extensions,
+        since: Option<StreamToken>,
+        cut: &mut StreamToken,
+        joined: &BTreeSet<String>,
+        view: &[&str],
+        initial_rooms: &BTreeSet<&str>,
+    ) -> Result<ExtensionsPart, Error> {
+        let mut body = Map::new();
+        let mut has_news = false;
+        let to_device_on = ext.to_device.enabled == Some(true);
+        let e2ee_on = ext.e2ee.enabled == Some(true);
+        if to_device_on || e2ee_on {
+            // Without the to-device extension the inbox is only read for
+            // the key counts: nothing is delivered or acknowledged.
+            let td_since = if to_device_on { to_device_since(ext.to_device.since.as_deref())? } else { None };
+            let inbox = self.deps.keys.sync_inbox(user, td_since, *cut).await?;
+            if to_device_on {
+                has_news |= !inbox.to_device.is_empty() || inbox.more_to_device;
+                body.insert(
+                    "to_device".into(),
+                    json!({ "next_batch": inbox.to_device_up_to.to_string(), "events": inbox.to_device }),
+                );
+            }
+            if e2ee_on {
+                let lists = self.deps.keys.sync_device_lists(user, since, *cut, MembershipNews::Possible).await?;
+                has_news |= !lists.changed.is_empty() || !lists.left.is_empty();
+                let mut counts = inbox.one_time_key_counts;
+                counts.entry("signed_curve25519".into()).or_insert(0);
+                body.insert(
+                    "e2ee".into(),
+                    json!({
+                        "device_lists": { "changed": lists.changed, "left": lists.left },
+                        "device_one_time_keys_count": counts,
+                        "device_unused_fallback_key_types": inbox.unused_fallback_key_types,
+                    }),
+                );
+            }
+        }
+        if ext.account_data.enabled == Some(true) {
+            let (part, news) = self.account_data_part(user, since, cut).await?;
+            has_news |= news;
+            body.insert("account_data".into(), part);
+        }
+        let joined_view: Vec<&str> = view.iter().copied().filter(|r| joined.contains(*r)).collect();
+        if ext.receipts.enabled == Some(true) {
+            let mut rooms = Map::new();
+            for room_id in &joined_view {
+                let after = if initial_rooms.contains(room_id) { 0 } else { since.map_or(0, |s| s.receipts) };
+                let events =
+                    self.deps.ephemeral.receipt_events(room_id, after, cut.receipts, user.user_id.as_str()).await?;
+                if let Some(event) = events.into_iter().next() {
+                    rooms.insert((*room_id).to_owned(), event);
+                }
+            }
+            has_news |= !rooms.is_empty();
+            body.insert("receipts".into(), json!({ "rooms": rooms }));
+        }
+        let mut next_typing_expiry = None;
+        if ext.typing.enabled == Some(true) {
+            let snapshot = self.deps.ephemeral.typing_snapshot(joined_view.iter().copied());
+            cut.typing = since.map_or(snapshot.serial, |s| s.typing.max(snapshot.serial));
+            let mut rooms = Map::new();
+            for (room_id, (changed, typers)) in &snapshot.rooms {
+                let news = match since {
+                    Some(s) => *changed > s.typing || (initial_rooms.contains(room_id.as_str()) && !typers.is_empty()),
+                    None => !typers.is_empty(),
+                };
+                if news {
+                    rooms.insert(room_id.clone(), json!({ "type": "m.typing", "content": { "user_ids": typers } }));
+                }
+            }
+            has_news |= !rooms.is_empty();
+            next_typing_expiry = snapshot.next_expiry;
+            body.insert("typing".into(), json!({ "rooms": rooms }));
+        }
+        Ok(ExtensionsPart { body: JsonValue::Object(body), has_news, next_typing_expiry })
+    }
+
+    /// Account data changed since the client's token (all of it on a new
+    /// connection, with the default push rules if the user has none), as
+    /// much as one answer carries.
+    async fn account_data_part(
+        &self,
+        user: &AuthedUser,
+        since: Option<StreamToken>,
+        cut: &mut StreamToken,
+    ) -> Result<(JsonValue, bool), Error> {
+        let after = since.map_or(0, |s| s.account_data);
+        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data, ACCOUNT_DATA_BATCH).await?;
+        let read: Vec<(u64, usize)> = changes
+            .iter()
+            .map(|e| (e.stream_pos, account_data_entry_bytes(e.room_id.as_deref(), &e.event_type, &e.content)))
+            .collect();
+        let (up_to, more) = crate::sync::account_data_reach(&read, cut.account_data, ACCOUNT_DATA_BATCH);
+        cut.account_data = up_to;
+        let mut global = Vec::new();
+        let mut rooms: HashMap<String, Vec<JsonValue>> = HashMap::new();
+        for entry in changes {
+            let content: JsonValue =
+                serde_json::from_str(&entry.content).map_err(|e| Error::Internal(format!("stored account data: {e}")))?;
+            let event = json!({ "type": entry.event_type, "content": content });
+            match entry.room_id {
+                None => global.push(event),
+                Some(room_id) => rooms.entry(room_id).or_default().push(event),
+            }
+        }
+        let news = more || !global.is_empty() || !rooms.is_empty();
+        if since.is_none() && !global.iter().any(|e| e["type"] == "m.push_rules") {
+            let ruleset = self.deps.push.push_ruleset(&user.user_id).await?;
+            global.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
+        }
+        Ok((json!({ "global": global, "rooms": rooms }), news))
+    }
+}

@@ -1,0 +1,220 @@
+//! One room of a sliding-sync answer (MSC4186 "Room results"): its
+//! timeline, the state its config asks for, name, avatar, heroes, counts;
+//! or, for an invite or knock, its stripped state.
+
+use std::collections::BTreeSet;
+
+use chancery_proto::ruma::events::room::member::MembershipState;
+use chancery_store::{Membership, RoomListEntry, StoredEvent};
+use serde_json::{Map, Value as JsonValue, json};
+
+use super::SlidingSync;
+use super::decide::{self, RoomConfig, RoomRecord, RoomUpdate};
+use crate::rooms::{ClientEventOptions, format_token};
+use crate::stream_token::StreamToken;
+use crate::sync::rooms::{stripped_state, without_room_ids};
+use crate::{AuthedUser, Error};
+
+/// Heroes sent for a room without a name (as `/sync`'s summary).
+const HEROES: usize = 5;
+
+/// What every room of one answer shares.
+pub(super) struct Context<'a> {
+    pub user: &'a AuthedUser,
+    /// The client's token (none on a new connection).
+    pub since: Option<StreamToken>,
+    pub cut: StreamToken,
+    pub ignored: &'a BTreeSet<String>,
+    /// Rooms `m.direct` names.
+    pub direct: &'a BTreeSet<String>,
+}
+
+fn content_str<'e>(event: Option<&'e StoredEvent>, field: &str) -> Option<String> {
+    let event = event?;
+    let json: JsonValue = serde_json::from_str(&event.json).ok()?;
+    json.get("content")?.get(field)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+impl SlidingSync {
+    /// The room's entry in the answer, and what the connection then holds
+    /// of it.
+    pub(super) async fn room(
+        &self,
+        ctx: &Context<'_>,
+        entry: &RoomListEntry,
+        config: &RoomConfig,
+        in_lists: &[&str],
+        update: RoomUpdate,
+    ) -> Result<(JsonValue, RoomRecord), Error> {
+        let room_id = entry.room_id.as_str();
+        let viewer = ClientEventOptions::from(ctx.user);
+        let mut room = Map::new();
+        if update == RoomUpdate::Initial {
+            room.insert("initial".into(), json!(true));
+        }
+        room.insert("bump_stamp".into(), json!(decide::bump_stamp(entry)));
+        room.insert("membership".into(), json!(entry.membership.as_str()));
+        if !in_lists.is_empty() {
+            room.insert("lists".into(), json!(in_lists));
+        }
+        let mut record = RoomRecord {
+            pos: entry.membership_pos,
+            membership: entry.membership.as_str().to_owned(),
+            timeline_limit: config.timeline_limit,
+            required_state: config.required_state.clone(),
+            counts: (0, 0),
+        };
+        if !decide::sees_room(&entry.membership) {
+            let m = Membership {
+                room_id: entry.room_id.clone(),
+                user_id: ctx.user.user_id.to_string(),
+                membership: entry.membership.clone(),
+                event_id: entry.membership_event_id.clone(),
+                stream_pos: entry.membership_pos,
+            };
+            let stripped =
+                stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored).await?.unwrap_or_default();
+            // ruma and matrix-sdk read `invite_state`; the MSC renamed it.
+            room.insert("invite_state".into(), json!(stripped));
+            room.insert("stripped_state".into(), json!(stripped));
+            return Ok((JsonValue::Object(room), record));
+        }
+
+        let joined = entry.membership == MembershipState::Join;
+        let up_to = if joined { ctx.cut.events } else { entry.membership_pos };
+        record.pos = up_to;
+        let (after, expanded, state_from) = match update {
+            RoomUpdate::Changes { after, expanded_timeline, widened_state } => {
+                (if expanded_timeline { 0 } else { after }, expanded_timeline, (!widened_state).then_some(after))
+            }
+            _ => (0, false, None),
+        };
+        let timeline = self.timeline(ctx, room_id, after, up_to, config.timeline_limit);
+        let summary = self.deps.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES);
+        let (window, summary) = tokio::try_join!(timeline, async { Ok::<_, Error>(summary.await?) })?;
+        let (events, limited, prev_batch) = window;
+
+        // The state the config asks for: whole when the room is new to
+        // the client (or the config grew), else what changed.
+        let me = ctx.user.user_id.as_str();
+        let rs = &config.required_state;
+        let mut lazy: BTreeSet<String> = BTreeSet::new();
+        if rs.lazy_members() {
+            for e in &events {
+                lazy.insert(e.sender.clone());
+                if e.event_type == "m.room.member"
+                    && let Some(key) = &e.state_key
+                {
+                    lazy.insert(key.clone());
+                }
+            }
+        }
+        let named: BTreeSet<String> = rs.named_members(me).map(str::to_owned).collect();
+        let wanted = |e: &StoredEvent| {
+            let key = e.state_key.as_deref().unwrap_or_default();
+            rs.matches(&e.event_type, key, me) || (e.event_type == "m.room.member" && lazy.contains(key))
+        };
+        let mut state: Vec<StoredEvent> = match state_from {
+            None if rs.all_members() => self.deps.rooms.state_at(room_id, Some(up_to)).await?,
+            None => {
+                let members: Vec<String> = named.iter().chain(&lazy).cloned().collect();
+                self.deps.rooms.state_at_with_members(room_id, Some(up_to), &members).await?
+            }
+            Some(after) => self.deps.rooms.state_changes(room_id, after, up_to).await?,
+        };
+        state.retain(|e| wanted(e));
+        if state_from.is_some() {
+            // The members the new timeline needs that did not change.
+            let present: BTreeSet<&str> =
+                state.iter().filter(|e| e.event_type == "m.room.member").filter_map(|e| e.state_key.as_deref()).collect();
+            let missing: Vec<(String, String)> = lazy
+                .iter()
+                .filter(|m| !present.contains(m.as_str()))
+                .map(|m| ("m.room.member".to_owned(), m.clone()))
+                .collect();
+            for chunk in missing.chunks(chancery_store::MAX_STATE_KEYS_PER_READ) {
+                state.extend(self.deps.rooms.current_state_events(room_id, chunk).await?);
+            }
+        }
+
+        // Name, avatar and heroes, whatever the config: Element X shows them.
+        let mut keys = vec![("m.room.name".to_owned(), String::new()), ("m.room.avatar".to_owned(), String::new())];
+        keys.extend(summary.heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
+        let looks = self.deps.rooms.current_state_events(room_id, &keys).await?;
+        let find = |t: &str, k: &str| looks.iter().find(|e| e.event_type == t && e.state_key.as_deref() == Some(k));
+        match content_str(find("m.room.name", ""), "name") {
+            Some(name) => {
+                room.insert("name".into(), json!(name));
+            }
+            None => {
+                let heroes: Vec<JsonValue> = summary
+                    .heroes
+                    .iter()
+                    .map(|h| {
+                        let member = find("m.room.member", h);
+                        let mut hero = json!({ "user_id": h });
+                        if let Some(name) = content_str(member, "displayname") {
+                            hero["displayname"] = json!(name);
+                        }
+                        if let Some(avatar) = content_str(member, "avatar_url") {
+                            hero["avatar_url"] = json!(avatar);
+                        }
+                        hero
+                    })
+                    .collect();
+                room.insert("heroes".into(), json!(heroes));
+            }
+        }
+        match content_str(find("m.room.avatar", ""), "url") {
+            Some(url) => room.insert("avatar".into(), json!(url)),
+            None => room.insert("avatar".into(), JsonValue::Null),
+        };
+        room.insert("joined_count".into(), json!(summary.joined));
+        room.insert("invited_count".into(), json!(summary.invited));
+        room.insert("is_dm".into(), json!(ctx.direct.contains(room_id)));
+        if joined {
+            let counts = self.deps.push.unread_counts(&ctx.user.user_id, room_id).await?;
+            record.counts = (counts["notification_count"].as_u64().unwrap_or(0), counts["highlight_count"].as_u64().unwrap_or(0));
+            room.insert("notification_count".into(), json!(record.counts.0));
+            room.insert("highlight_count".into(), json!(record.counts.1));
+        }
+
+        let positions: Vec<u64> = events.iter().map(|e| e.stream_pos).collect();
+        let (state, timeline) = tokio::try_join!(
+            self.deps.formatter.client_events(&state, &viewer),
+            self.deps.formatter.client_events(&events, &viewer)
+        )?;
+        room.insert("required_state".into(), json!(without_room_ids(state)));
+        room.insert("timeline".into(), json!(without_room_ids(timeline)));
+        room.insert("limited".into(), json!(limited));
+        room.insert("prev_batch".into(), json!(prev_batch));
+        room.insert("num_live".into(), json!(decide::num_live(&positions, ctx.since.map(|s| s.events))));
+        if expanded {
+            // The MSC's name and the one Synapse (and clients) used first.
+            room.insert("expanded_timeline".into(), json!(true));
+            room.insert("unstable_expanded_timeline".into(), json!(true));
+        }
+        Ok((JsonValue::Object(room), record))
+    }
+
+    /// The newest `limit` events of the room in `(after, up_to]` the user
+    /// may see, whether there were more, and the token before them.
+    async fn timeline(
+        &self,
+        ctx: &Context<'_>,
+        room_id: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, bool, String), Error> {
+        let mut events = self.deps.rooms.room_events(room_id, after, up_to, limit + 1, true).await?;
+        let limited = events.len() > limit;
+        events.truncate(limit);
+        events.reverse();
+        let prev_batch = format_token(events.first().map_or(up_to, |e| e.stream_pos - 1));
+        let me = ctx.user.user_id.as_str();
+        events.retain(|e| e.sender == me || !ctx.ignored.contains(&e.sender));
+        let events = self.deps.visibility.visible_events(&ctx.user.user_id, room_id, events).await?;
+        Ok((events, limited, prev_batch))
+    }
+}
