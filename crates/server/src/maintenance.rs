@@ -14,7 +14,11 @@ const PASS_EVERY: Duration = Duration::from_secs(60 * 60);
 
 /// Runs the passes until shutdown; a pass in progress is abandoned then
 /// (each store call it makes is a transaction of its own).
-pub(crate) async fn run(push: Arc<Push>, sliding_sync: Arc<SlidingSync>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub(crate) async fn run(
+    push: Arc<Push>,
+    sliding_sync: Arc<SlidingSync>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut tick = tokio::time::interval_at(Instant::now() + FIRST_PASS_AFTER, PASS_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let passes = async {

@@ -243,8 +243,20 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         add_relation(tx, w, event),
         touch_thread(tx, w, event),
     );
-    let (extremity, redaction, drop_thread, rewind_thread, drop_relation, lock, inserted, closed, opened, bumped, related, threaded) =
-        results;
+    let (
+        extremity,
+        redaction,
+        drop_thread,
+        rewind_thread,
+        drop_relation,
+        lock,
+        inserted,
+        closed,
+        opened,
+        bumped,
+        related,
+        threaded,
+    ) = results;
     extremity.map_err(backend)?;
     redaction.map_err(backend)?;
     drop_thread.map_err(backend)?;

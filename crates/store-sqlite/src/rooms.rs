@@ -142,7 +142,7 @@ fn bump_room(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()
          WHERE room_id = ?1",
     )
     .and_then(|mut s| s.execute(params![event.room_id, pos, bumps_room(&event.event_type), room_type]))
-        .map_err(backend)?;
+    .map_err(backend)?;
     Ok(())
 }
 

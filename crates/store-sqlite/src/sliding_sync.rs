@@ -25,13 +25,10 @@ fn drop_connection(conn: &Connection, conn_key: i64) -> StoreResult<()> {
 /// Each room's newest record at or before `pos`, by room id.
 fn rooms_at(conn: &Connection, conn_key: i64, pos: i64) -> StoreResult<Vec<SentRoom>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT room_id, record FROM sliding_sync_rooms WHERE conn_key = ?1 AND pos <= ?2 ORDER BY room_id, pos",
-        )
+        .prepare_cached("SELECT room_id, record FROM sliding_sync_rooms WHERE conn_key = ?1 AND pos <= ?2 ORDER BY room_id, pos")
         .map_err(backend)?;
-    let rows = collect(
-        stmt.query_map([conn_key, pos], |r| Ok(SentRoom { room_id: r.get(0)?, record: r.get(1)? })).map_err(backend)?,
-    )?;
+    let rows =
+        collect(stmt.query_map([conn_key, pos], |r| Ok(SentRoom { room_id: r.get(0)?, record: r.get(1)? })).map_err(backend)?)?;
     let mut rooms: Vec<SentRoom> = Vec::with_capacity(rows.len());
     for room in rows {
         match rooms.last_mut() {
@@ -115,9 +112,7 @@ impl SlidingSyncStore for SqliteStore {
                      JOIN sliding_sync_positions p ON p.conn_key = c.conn_key AND p.pos = ?5
                      WHERE c.conn_key = ?4 AND c.user_id = ?1 AND c.device_id = ?2 AND c.conn_id = ?3",
                 )
-                .and_then(|mut s| {
-                    s.query_row(params![user_id, device_id, conn_id, i(conn_key), i(pos)], |r| r.get(0)).optional()
-                })
+                .and_then(|mut s| s.query_row(params![user_id, device_id, conn_id, i(conn_key), i(pos)], |r| r.get(0)).optional())
                 .map_err(backend)?;
             let token = token.ok_or(StoreError::UnknownPosition)?;
             let rooms = if with_rooms { rooms_at(&tx, i(conn_key), i(pos))? } else { Vec::new() };

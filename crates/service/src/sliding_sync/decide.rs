@@ -44,11 +44,10 @@ impl RequiredState {
 
     /// Member state keys asked for by name (`$ME` as `me`).
     pub fn named_members<'a>(&'a self, me: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(|(t, k)| (t == "m.room.member" || t == ANY) && k != ANY && k != LAZY).map(
-            move |(_, k)| {
-                if k == ME { me } else { k.as_str() }
-            },
-        )
+        self.0
+            .iter()
+            .filter(|(t, k)| (t == "m.room.member" || t == ANY) && k != ANY && k != LAZY)
+            .map(move |(_, k)| if k == ME { me } else { k.as_str() })
     }
 
     /// Asks for some state this one does not (a widened config: the

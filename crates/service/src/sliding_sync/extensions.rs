@@ -89,8 +89,7 @@ impl SlidingSync {
             let mut rooms = Map::new();
             for room_id in &joined_view {
                 let after = if initial_rooms.contains(room_id) { 0 } else { since.map_or(0, |s| s.receipts) };
-                let events =
-                    self.deps.ephemeral.receipt_events(room_id, after, cut.receipts, user.user_id.as_str()).await?;
+                let events = self.deps.ephemeral.receipt_events(room_id, after, cut.receipts, user.user_id.as_str()).await?;
                 if let Some(event) = events.into_iter().next() {
                     rooms.insert((*room_id).to_owned(), event);
                 }

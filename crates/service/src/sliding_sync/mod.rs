@@ -215,7 +215,8 @@ impl SlidingSync {
                 remote.mark_unchanged();
             }
             let answer = self.pass(user, &wanted, &conn).await?;
-            let Some(interest) = interest.as_mut().filter(|_| !answer.has_news && Instant::now() < deadline && !*closing.borrow())
+            let Some(interest) =
+                interest.as_mut().filter(|_| !answer.has_news && Instant::now() < deadline && !*closing.borrow())
             else {
                 break answer;
             };
@@ -329,8 +330,11 @@ impl SlidingSync {
         let mut lists = Map::new();
         let mut selected: BTreeMap<&str, (RoomConfig, Vec<&str>, &RoomListEntry)> = BTreeMap::new();
         for (name, list) in &wanted.lists {
-            let matching: Vec<&RoomListEntry> =
-                sorted.iter().copied().filter(|e| decide::passes(list.filters.as_ref(), e, direct.contains(&e.room_id))).collect();
+            let matching: Vec<&RoomListEntry> = sorted
+                .iter()
+                .copied()
+                .filter(|e| decide::passes(list.filters.as_ref(), e, direct.contains(&e.room_id)))
+                .collect();
             lists.insert(name.clone(), json!({ "count": matching.len() }));
             for index in decide::in_ranges(&list.ranges, matching.len()) {
                 let entry = matching[index];

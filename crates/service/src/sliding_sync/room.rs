@@ -29,7 +29,7 @@ pub(super) struct Context<'a> {
     pub direct: &'a BTreeSet<String>,
 }
 
-fn content_str<'e>(event: Option<&'e StoredEvent>, field: &str) -> Option<String> {
+fn content_str(event: Option<&StoredEvent>, field: &str) -> Option<String> {
     let event = event?;
     let json: JsonValue = serde_json::from_str(&event.json).ok()?;
     json.get("content")?.get(field)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
@@ -72,8 +72,9 @@ impl SlidingSync {
                 event_id: entry.membership_event_id.clone(),
                 stream_pos: entry.membership_pos,
             };
-            let stripped =
-                stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored).await?.unwrap_or_default();
+            let stripped = stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored)
+                .await?
+                .unwrap_or_default();
             // ruma and matrix-sdk read `invite_state`; the MSC renamed it.
             room.insert("invite_state".into(), json!(stripped));
             room.insert("stripped_state".into(), json!(stripped));
@@ -127,11 +128,8 @@ impl SlidingSync {
             // The members the new timeline needs that did not change.
             let present: BTreeSet<&str> =
                 state.iter().filter(|e| e.event_type == "m.room.member").filter_map(|e| e.state_key.as_deref()).collect();
-            let missing: Vec<(String, String)> = lazy
-                .iter()
-                .filter(|m| !present.contains(m.as_str()))
-                .map(|m| ("m.room.member".to_owned(), m.clone()))
-                .collect();
+            let missing: Vec<(String, String)> =
+                lazy.iter().filter(|m| !present.contains(m.as_str())).map(|m| ("m.room.member".to_owned(), m.clone())).collect();
             for chunk in missing.chunks(chancery_store::MAX_STATE_KEYS_PER_READ) {
                 state.extend(self.deps.rooms.current_state_events(room_id, chunk).await?);
             }
