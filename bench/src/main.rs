@@ -83,7 +83,8 @@ enum Preset {
 #[derive(Args)]
 struct Common {
     /// Comma-separated scenarios; they run in the canonical order
-    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, connections, key-share, rss).
+    /// (register, send, e2e-latency, fanout, initial-sync, ss-first, ss-arrival, join-large, history, connections,
+    /// key-share, rss).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Default sizes; every size flag below overrides its part.
@@ -141,6 +142,18 @@ struct Common {
     initial_sync_members: Option<usize>,
     #[arg(long)]
     initial_sync_samples: Option<usize>,
+    /// Rooms of the user in `ss-first` (each created with a name, then given
+    /// `--ss-first-messages` messages), and first sliding-sync answers timed.
+    #[arg(long)]
+    ss_first_rooms: Option<usize>,
+    #[arg(long)]
+    ss_first_messages: Option<usize>,
+    #[arg(long)]
+    ss_first_samples: Option<usize>,
+    /// Messages timed in `ss-arrival` (after a warm-up; the pause before
+    /// each send is `--e2e-gap-ms`).
+    #[arg(long)]
+    ss_arrival_samples: Option<usize>,
     /// Members of the room joined in `join-large`, and users who join it (samples).
     #[arg(long)]
     join_members: Option<usize>,
@@ -201,6 +214,12 @@ impl Common {
             initial_sync_history: self.initial_sync_history.unwrap_or(pick(5, 20)),
             initial_sync_members: self.initial_sync_members.unwrap_or(2),
             initial_sync_samples: self.initial_sync_samples.unwrap_or(20),
+            // The sizes of issue 14's goal in both presets: the first screen
+            // of a user in 2,000 rooms is what the scenario is about.
+            ss_first_rooms: self.ss_first_rooms.unwrap_or(2_000),
+            ss_first_messages: self.ss_first_messages.unwrap_or(1),
+            ss_first_samples: self.ss_first_samples.unwrap_or(20),
+            ss_arrival_samples: self.ss_arrival_samples.unwrap_or(50),
             join_members: self.join_members.unwrap_or(pick(50, 10_000)),
             join_samples: self.join_samples.unwrap_or(20),
             history_sizes: self
@@ -255,6 +274,8 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::E2eLatency => scenarios::e2e::run(ctx, &mut o).await,
         Scenario::Fanout => scenarios::fanout::run(ctx, &mut o).await,
         Scenario::InitialSync => scenarios::initial_sync::run(ctx, &mut o).await,
+        Scenario::SsFirst => scenarios::ss_first::run(ctx, &mut o).await,
+        Scenario::SsArrival => scenarios::ss_arrival::run(ctx, &mut o).await,
         Scenario::JoinLarge => scenarios::join_large::run(ctx, &mut o).await,
         Scenario::History => scenarios::history::run(ctx, &mut o).await,
         Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
