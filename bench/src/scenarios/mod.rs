@@ -142,6 +142,8 @@ pub struct Sizes {
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
     pub max_time: Duration,
+    /// `max_time` for `ss-first`, whose setup grows with its rooms.
+    pub ss_first_max_time: Duration,
     pub max_requests: u64,
 }
 
