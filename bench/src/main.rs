@@ -242,8 +242,8 @@ impl Common {
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
             max_time: Duration::from_secs(self.max_seconds.unwrap_or(pick(600, 7_200) as u64)),
-            // `ss-first` creates its rooms one after another: 0.1 to 0.35 s
-            // each on Synapse on the 2-core machine, so 2,000 rooms outlast
+            // `ss-first` creates its rooms one after another: 0.1 to 0.4 s
+            // a room on Synapse on the 2-core machine, so 2,000 rooms outlast
             // the smoke bound. A second a room bounds it without cutting a
             // slow but working server short; an explicit bound wins.
             ss_first_max_time: Duration::from_secs(self.max_seconds.unwrap_or(pick(600, 7_200).max(ss_first_rooms) as u64)),
