@@ -255,6 +255,21 @@ impl Server {
         self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::from_millis(timeout_ms)).await
     }
 
+    /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`
+    /// (MSC4186 simplified sliding sync) with `body`; `pos` and `timeout`
+    /// travel in the query, as ruma's `sync_events::v5::Request` puts them
+    /// (matrix-sdk always sends `timeout`, 0 for an answer at once).
+    /// Returns the response and its size in bytes.
+    pub async fn sliding_sync(&self, s: &Session, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Result<(Value, usize)> {
+        let timeout = timeout_ms.to_string();
+        let mut query = vec![("timeout", timeout.as_str())];
+        if let Some(pos) = pos {
+            query.push(("pos", pos));
+        }
+        let url = self.url(&["_matrix", "client", "unstable", "org.matrix.simplified_msc3575", "sync"], &query);
+        self.json_call(Method::POST, url, Some(&s.access_token), Some(body), Duration::from_millis(timeout_ms)).await
+    }
+
     /// One page of `GET /rooms/{id}/messages`, backwards.
     pub async fn messages_back(&self, s: &Session, room_id: &str, from: Option<&str>, limit: u32) -> Result<Value> {
         let limit = limit.to_string();

@@ -83,7 +83,8 @@ enum Preset {
 #[derive(Args)]
 struct Common {
     /// Comma-separated scenarios; they run in the canonical order
-    /// (register, send, e2e-latency, fanout, initial-sync, join-large, history, connections, key-share, rss).
+    /// (register, send, e2e-latency, fanout, initial-sync, ss-first, ss-arrival, join-large, history, connections,
+    /// key-share, rss).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     scenarios: Vec<Scenario>,
     /// Default sizes; every size flag below overrides its part.
@@ -96,7 +97,8 @@ struct Common {
     #[arg(long)]
     note: Vec<String>,
     /// Wall-clock bound of one scenario on one server, setup included
-    /// (default: 600 for smoke, 7200 for target).
+    /// (default: 600 for smoke, 7200 for target; for `ss-first` at least
+    /// one second per room unless given).
     #[arg(long)]
     max_seconds: Option<u64>,
     /// Request bound of one scenario on one server, setup included
@@ -141,6 +143,18 @@ struct Common {
     initial_sync_members: Option<usize>,
     #[arg(long)]
     initial_sync_samples: Option<usize>,
+    /// Rooms of the user in `ss-first` (each created with a name, then given
+    /// `--ss-first-messages` messages), and first sliding-sync answers timed.
+    #[arg(long)]
+    ss_first_rooms: Option<usize>,
+    #[arg(long)]
+    ss_first_messages: Option<usize>,
+    #[arg(long)]
+    ss_first_samples: Option<usize>,
+    /// Messages timed in `ss-arrival` (after a warm-up; the pause before
+    /// each send is `--e2e-gap-ms`).
+    #[arg(long)]
+    ss_arrival_samples: Option<usize>,
     /// Members of the room joined in `join-large`, and users who join it (samples).
     #[arg(long)]
     join_members: Option<usize>,
@@ -186,6 +200,7 @@ impl Common {
     fn sizes(&self) -> Sizes {
         let target = matches!(self.preset, Preset::Target);
         let pick = |small: usize, big: usize| if target { big } else { small };
+        let ss_first_rooms = self.ss_first_rooms.unwrap_or(2_000);
         Sizes {
             register_users: self.register_users.unwrap_or(pick(20, 200)),
             register_concurrency: self.register_concurrency.unwrap_or(pick(4, 8)),
@@ -201,6 +216,12 @@ impl Common {
             initial_sync_history: self.initial_sync_history.unwrap_or(pick(5, 20)),
             initial_sync_members: self.initial_sync_members.unwrap_or(2),
             initial_sync_samples: self.initial_sync_samples.unwrap_or(20),
+            // The sizes of issue 14's goal in both presets: the first screen
+            // of a user in 2,000 rooms is what the scenario is about.
+            ss_first_rooms,
+            ss_first_messages: self.ss_first_messages.unwrap_or(1),
+            ss_first_samples: self.ss_first_samples.unwrap_or(20),
+            ss_arrival_samples: self.ss_arrival_samples.unwrap_or(50),
             join_members: self.join_members.unwrap_or(pick(50, 10_000)),
             join_samples: self.join_samples.unwrap_or(20),
             history_sizes: self
@@ -221,6 +242,11 @@ impl Common {
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
             max_time: Duration::from_secs(self.max_seconds.unwrap_or(pick(600, 7_200) as u64)),
+            // `ss-first` creates its rooms one after another: 0.1 to 0.4 s
+            // a room on Synapse on the 2-core machine, so 2,000 rooms outlast
+            // the smoke bound. A second a room bounds it without cutting a
+            // slow but working server short; an explicit bound wins.
+            ss_first_max_time: Duration::from_secs(self.max_seconds.unwrap_or(pick(600, 7_200).max(ss_first_rooms) as u64)),
             max_requests: self.max_requests.unwrap_or(pick(200_000, 5_000_000) as u64),
         }
     }
@@ -246,7 +272,8 @@ fn run_id() -> String {
 async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
     let server = &ctx.server;
     eprintln!("[{}] {} ...", server.label, scenario.name());
-    server.budget.reset(ctx.sizes.max_time, ctx.sizes.max_requests);
+    let max_time = if scenario == Scenario::SsFirst { ctx.sizes.ss_first_max_time } else { ctx.sizes.max_time };
+    server.budget.reset(max_time, ctx.sizes.max_requests);
     let mut o = Outcome::new(scenario.name(), &server.label, server.base.as_str());
     let started = Instant::now();
     let result = match scenario {
@@ -255,6 +282,8 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::E2eLatency => scenarios::e2e::run(ctx, &mut o).await,
         Scenario::Fanout => scenarios::fanout::run(ctx, &mut o).await,
         Scenario::InitialSync => scenarios::initial_sync::run(ctx, &mut o).await,
+        Scenario::SsFirst => scenarios::ss_first::run(ctx, &mut o).await,
+        Scenario::SsArrival => scenarios::ss_arrival::run(ctx, &mut o).await,
         Scenario::JoinLarge => scenarios::join_large::run(ctx, &mut o).await,
         Scenario::History => scenarios::history::run(ctx, &mut o).await,
         Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
@@ -280,10 +309,11 @@ fn emit(o: &Outcome, results: &ResultsFile) -> Result<()> {
 
 fn header_notes(common: &Common, sizes: &Sizes, servers: &[&Server]) -> Vec<String> {
     let mut notes = vec![format!(
-        "preset `{}`, room version {}, bounds per scenario and server: {} s, {} requests",
+        "preset `{}`, room version {}, bounds per scenario and server: {} s (ss-first {} s), {} requests",
         common.preset_name(),
         sizes.room_version.as_deref().unwrap_or("server default"),
         sizes.max_time.as_secs(),
+        sizes.ss_first_max_time.as_secs(),
         sizes.max_requests
     )];
     for s in servers {

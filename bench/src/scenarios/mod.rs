@@ -12,6 +12,9 @@ pub mod key_share;
 pub mod register;
 pub mod rss;
 pub mod send;
+pub mod sliding;
+pub mod ss_arrival;
+pub mod ss_first;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +59,8 @@ pub enum Scenario {
     E2eLatency,
     Fanout,
     InitialSync,
+    SsFirst,
+    SsArrival,
     JoinLarge,
     History,
     Connections,
@@ -66,12 +71,14 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 10] = [
+    pub const EVERY: [Scenario; 12] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
         Scenario::Fanout,
         Scenario::InitialSync,
+        Scenario::SsFirst,
+        Scenario::SsArrival,
         Scenario::JoinLarge,
         Scenario::History,
         Scenario::Connections,
@@ -86,6 +93,8 @@ impl Scenario {
             Scenario::E2eLatency => "e2e-latency",
             Scenario::Fanout => "fanout",
             Scenario::InitialSync => "initial-sync",
+            Scenario::SsFirst => "ss-first",
+            Scenario::SsArrival => "ss-arrival",
             Scenario::JoinLarge => "join-large",
             Scenario::History => "history",
             Scenario::Connections => "connections",
@@ -113,6 +122,10 @@ pub struct Sizes {
     pub initial_sync_history: usize,
     pub initial_sync_members: usize,
     pub initial_sync_samples: usize,
+    pub ss_first_rooms: usize,
+    pub ss_first_messages: usize,
+    pub ss_first_samples: usize,
+    pub ss_arrival_samples: usize,
     pub join_members: usize,
     pub join_samples: usize,
     pub history_sizes: Vec<usize>,
@@ -129,6 +142,8 @@ pub struct Sizes {
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
     pub max_time: Duration,
+    /// `max_time` for `ss-first`, whose setup grows with its rooms.
+    pub ss_first_max_time: Duration,
     pub max_requests: u64,
 }
 
@@ -308,13 +323,52 @@ pub struct Arrival {
     pub at: Instant,
 }
 
-/// Users long-polling `/sync`, each reporting every message of one room
-/// whose body starts with a marker.
+/// Users long-polling (`/sync`, or a sliding-sync connection), each
+/// reporting every message of one room whose body starts with a marker.
 pub struct Receivers {
     parked: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     arrivals: mpsc::UnboundedReceiver<Arrival>,
     tasks: JoinSet<Result<()>>,
+}
+
+/// What one receiver's task reports through: whether it has a long-poll
+/// out, and the messages it saw.
+pub struct ReceiverLink {
+    receiver: usize,
+    parked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Arrival>,
+}
+
+impl ReceiverLink {
+    /// Whether the receivers are being stopped (the task should return).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Runs one long-poll request, counted as parked while it is out;
+    /// returns its result and the instant it was answered.
+    pub async fn poll<T>(&self, request: impl Future<Output = T>) -> (T, Instant) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        let answer = request.await;
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+        (answer, Instant::now())
+    }
+
+    /// Reports every `m.room.message` among `events` whose body starts
+    /// with `marker`, as arrived `at`.
+    pub fn report(&self, events: &Value, marker: &str, at: Instant) {
+        for ev in events.as_array().into_iter().flatten() {
+            if ev["type"] == "m.room.message"
+                && let Some(body) = ev["content"]["body"].as_str()
+                && body.starts_with(marker)
+            {
+                let event_id = ev["event_id"].as_str().unwrap_or_default().to_owned();
+                let _ = self.tx.send(Arrival { receiver: self.receiver, event_id, body: body.to_owned(), at });
+            }
+        }
+    }
 }
 
 impl Receivers {
@@ -337,36 +391,39 @@ impl Receivers {
         .await
         .context("initial syncs of the receivers")?;
 
+        let (server, room, marker, timeout_ms) =
+            (ctx.server.clone(), room_id.to_owned(), marker.to_owned(), ctx.sizes.sync_timeout_ms);
+        Ok(Receivers::spawn(initial, move |(user, mut since), link| {
+            let (server, room, marker) = (server.clone(), room.clone(), marker.clone());
+            async move {
+                while !link.stopping() {
+                    let (answer, at) = link.poll(server.sync(&user, Some(&since), timeout_ms, SYNC_FILTER)).await;
+                    let (v, _) = answer?;
+                    link.report(&v["rooms"]["join"][&room]["timeline"]["events"], &marker, at);
+                    since = v["next_batch"].as_str().ok_or_else(|| anyhow!("sync without next_batch"))?.to_owned();
+                }
+                Ok(())
+            }
+        }))
+    }
+
+    /// Spawns one task per receiver, `task(receiver, link)`: it long-polls
+    /// through `link.poll` and reports messages through `link.report`
+    /// until `link.stopping()` (or it is aborted by [`Receivers::stop`]).
+    pub fn spawn<T, F, Fut>(receivers: Vec<T>, task: F) -> Self
+    where
+        F: Fn(T, ReceiverLink) -> Fut,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
         let parked = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, arrivals) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
-        for (receiver, (user, since)) in initial.into_iter().enumerate() {
-            let (server, parked, stop, tx) = (ctx.server.clone(), parked.clone(), stop.clone(), tx.clone());
-            let (room, marker, timeout_ms) = (room_id.to_owned(), marker.to_owned(), ctx.sizes.sync_timeout_ms);
-            tasks.spawn(async move {
-                let mut since = since;
-                while !stop.load(Ordering::Relaxed) {
-                    parked.fetch_add(1, Ordering::SeqCst);
-                    let answer = server.sync(&user, Some(&since), timeout_ms, SYNC_FILTER).await;
-                    parked.fetch_sub(1, Ordering::SeqCst);
-                    let at = Instant::now();
-                    let (v, _) = answer?;
-                    for ev in v["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten() {
-                        if ev["type"] == "m.room.message"
-                            && let Some(body) = ev["content"]["body"].as_str()
-                            && body.starts_with(&marker)
-                        {
-                            let event_id = ev["event_id"].as_str().unwrap_or_default().to_owned();
-                            let _ = tx.send(Arrival { receiver, event_id, body: body.to_owned(), at });
-                        }
-                    }
-                    since = v["next_batch"].as_str().ok_or_else(|| anyhow!("sync without next_batch"))?.to_owned();
-                }
-                Ok(())
-            });
+        for (receiver, r) in receivers.into_iter().enumerate() {
+            let link = ReceiverLink { receiver, parked: parked.clone(), stop: stop.clone(), tx: tx.clone() };
+            tasks.spawn(task(r, link));
         }
-        Ok(Receivers { parked, stop, arrivals, tasks })
+        Receivers { parked, stop, arrivals, tasks }
     }
 
     /// Waits until `n` receivers have a long-poll request out, then `gap`
