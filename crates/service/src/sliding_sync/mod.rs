@@ -301,19 +301,19 @@ impl SlidingSync {
             to_device: positions.to_device,
             device_lists: positions.device_lists,
         };
-        let dm_filter = wanted.lists.values().any(|l| l.filters.as_ref().is_some_and(|f| f.is_dm.is_some()));
-        let (entries, direct, forgotten) = tokio::try_join!(
-            async { Ok::<_, Error>(self.deps.store.room_list(user_id).await?) },
-            async {
-                // `m.direct` for `is_dm`: read once, and only if asked.
-                if dm_filter || !wanted.lists.is_empty() || !wanted.subscriptions.is_empty() {
-                    self.deps.account_data.direct_rooms(user_id).await
-                } else {
-                    Ok(BTreeSet::new())
-                }
-            },
-            async { Ok::<_, Error>(self.deps.forgotten.forgotten_rooms(user_id).await?) },
-        )?;
+        // A connection without lists or subscriptions (Element X's
+        // encryption sync) reads no rooms at all.
+        let wants_rooms = !wanted.lists.is_empty() || !wanted.subscriptions.is_empty();
+        let (entries, direct, forgotten) = if wants_rooms {
+            tokio::try_join!(
+                async { Ok::<_, Error>(self.deps.store.room_list(user_id).await?) },
+                // `m.direct`, for `is_dm`.
+                self.deps.account_data.direct_rooms(user_id),
+                async { Ok::<_, Error>(self.deps.forgotten.forgotten_rooms(user_id).await?) },
+            )?
+        } else {
+            (Vec::new(), BTreeSet::new(), Vec::new())
+        };
         let forgotten: BTreeSet<String> = forgotten.into_iter().collect();
         // What the answer covers: rooms joined up to the cut.
         let entries: Vec<&RoomListEntry> = entries
