@@ -25,7 +25,10 @@ use matrix_sdk_ui::room_list_service::filters::new_filter_non_left;
 use matrix_sdk_ui::sync_service::SyncService;
 use matrix_sdk_ui::timeline::RoomExt;
 
-use crate::common::{PASSWORD, register};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{PASSWORD, call, register};
 use crate::e2ee::{encryption, new_user};
 
 /// The longest any one expectation may take to come true.
@@ -176,6 +179,34 @@ async fn room_list_timeline_and_invites(backend: Backend) {
         assert!(Instant::now() < deadline, "back-pagination never reached the start: {bodies:?}");
         history_timeline.paginate_backwards(10).await.unwrap();
     }
+
+    // The server forgets the room list's connection (as it does with an
+    // idle one): the client's next request gets M_UNKNOWN_POS, it starts
+    // the connection again, and the list goes on.
+    let token = alice.access_token().unwrap();
+    let restart = json!({ "conn_id": "room-list", "lists": {} });
+    let url = format!("{base}/_matrix/client/unstable/org.matrix.simplified_msc3575/sync");
+    let (status, body) = call(Method::POST, &url, Some(&token), Some(restart)).await;
+    assert_eq!(status, 200, "{body}");
+    say(&bob, &older, "after the reset").await;
+    // Element X restarts its sync service when it stops on an error.
+    let mut state = sync.state();
+    let stopped = tokio::time::timeout(WAIT, async {
+        loop {
+            if let matrix_sdk_ui::sync_service::State::Error(error) = state.get() {
+                break error;
+            }
+            state.next().await;
+        }
+    })
+    .await
+    .expect("the sync service stops on the unknown position");
+    assert!(format!("{stopped:?}").contains("UnknownPos"), "{stopped:?}");
+    sync.start().await;
+    list_until(&mut stream, &mut items, "the list after a lost connection", |items| {
+        names(items).first().map(String::as_str) == Some("Older")
+    })
+    .await;
 
     // An invite shows in the list and is accepted from it.
     let invited = create(&bob, "Invitation", RoomPreset::PrivateChat, &[&alice]).await;
