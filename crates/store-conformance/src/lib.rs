@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod hierarchy;
 mod keys;
 mod nul;
 
@@ -18,6 +19,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::nul::*;
 use chancery_store::*;
@@ -57,6 +59,7 @@ macro_rules! store_conformance_tests {
             one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
+            current_state_of_one_type_is_read_in_state_key_order, hierarchy_walks_expire_and_are_bounded_per_user,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
