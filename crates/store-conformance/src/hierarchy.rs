@@ -46,10 +46,7 @@ fn walk(token: &str, user: &str, created_ts: u64) -> HierarchyWalk {
         room_id: "!space:x".into(),
         suggested_only: true,
         max_depth: 3,
-        pending: vec![
-            PendingRoom { room_id: "!b:x".into(), depth: 1 },
-            PendingRoom { room_id: "!a:x".into(), depth: 2 },
-        ],
+        pending: vec![PendingRoom { room_id: "!b:x".into(), depth: 1 }, PendingRoom { room_id: "!a:x".into(), depth: 2 }],
         visited: vec!["!space:x".into(), "!c:x".into()],
         created_ts,
     }
@@ -88,8 +85,5 @@ pub async fn hierarchy_walks_expire_and_are_bounded_per_user(store: DynStore) {
     store.save_hierarchy_walk(&walk("t5", "@alice:x", 5_000), 1_002, 3).await.unwrap();
     assert_eq!(live(&["t1", "t2", "t3", "t4", "t5", "b1"]).await, ["t3", "t4", "t5"]);
     // A token is never saved twice.
-    assert!(matches!(
-        store.save_hierarchy_walk(&walk("t5", "@alice:x", 5_001), 0, 3).await,
-        Err(StoreError::Contract(_))
-    ));
+    assert!(matches!(store.save_hierarchy_walk(&walk("t5", "@alice:x", 5_001), 0, 3).await, Err(StoreError::Contract(_))));
 }

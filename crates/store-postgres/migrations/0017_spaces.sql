@@ -7,7 +7,7 @@ CREATE TABLE hierarchy_walks (
     user_id        TEXT COLLATE "C" NOT NULL,
     room_id        TEXT COLLATE "C" NOT NULL,
     suggested_only BOOLEAN NOT NULL,
-    max_depth      INTEGER NOT NULL,
+    max_depth      BIGINT NOT NULL,
     walk           TEXT NOT NULL,
     created_ts     BIGINT NOT NULL
 );

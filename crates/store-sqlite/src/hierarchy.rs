@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use chancery_store::{HierarchyStore, HierarchyWalk, StoreError, StoreResult, read_walk_state, walk_state_json};
-use chancery_store_sql::rows::{self, HIERARCHY_WALK_COLUMNS};
 use chancery_store_sql::i;
+use chancery_store_sql::rows::{self, HIERARCHY_WALK_COLUMNS};
 use rusqlite::{OptionalExtension, params};
 
 use crate::accounts::is_unique_violation;
@@ -52,7 +52,9 @@ impl HierarchyStore for SqliteStore {
         let token = token.to_owned();
         self.read(move |conn| {
             let found = conn
-                .query_row(&format!("{HIERARCHY_WALK_COLUMNS} WHERE token = ?1"), [token], |r| rows::hierarchy_walk(&SqliteRow(r)))
+                .query_row(&format!("{HIERARCHY_WALK_COLUMNS} WHERE token = ?1"), [token], |r| {
+                    rows::hierarchy_walk(&SqliteRow(r))
+                })
                 .optional()
                 .map_err(backend)?;
             let Some((mut walk, state)) = found else { return Ok(None) };

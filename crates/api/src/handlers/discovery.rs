@@ -28,6 +28,9 @@ const SPEC_VERSIONS: &[&str] = &[
 const UNSTABLE_FEATURES: &[&str] = &[
     // Dehydrated devices (`/unstable/org.matrix.msc3814.v1/dehydrated_device`).
     "org.matrix.msc3814",
+    // Room summaries (`/unstable/im.nheko.summary/...`, MSC3266; stable
+    // as `/v1/room_summary` since v1.15).
+    "im.nheko.summary",
 ];
 
 pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {

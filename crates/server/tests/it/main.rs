@@ -53,5 +53,6 @@ mod rooms_flow;
 mod rooms_http;
 mod scale;
 mod search;
+mod spaces;
 mod store_conformance;
 mod visibility;
