@@ -152,6 +152,22 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// The user behind the request's access token, if it carries one
+/// (endpoints where authentication is optional). A token that is sent
+/// but unknown or expired is refused as on any other endpoint.
+pub struct MaybeAuthed(pub Option<AuthedUser>);
+
+impl FromRequestParts<AppState> for MaybeAuthed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        match access_token(parts) {
+            None => Ok(MaybeAuthed(None)),
+            Some(token) => Ok(MaybeAuthed(Some(state.components.accounts.authenticate(&token).await?))),
+        }
+    }
+}
+
 /// A server admin behind the request's access token: others get 403
 /// `M_FORBIDDEN` before anything else of the request is looked at.
 pub struct Admin(pub AuthedUser);

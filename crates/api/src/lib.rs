@@ -22,7 +22,7 @@ use chancery_proto::ruma::api::client::sync::sync_events::v3 as sync_events_v3;
 use chancery_proto::ruma::api::client::sync::sync_events::v5 as sync_events_v5;
 use chancery_proto::ruma::api::client::{
     account, alias, context, device, directory, discovery, knock, membership, message, presence, push, redact, relations, room,
-    session, threads,
+    session, space, threads,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
     AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Reports, RoomReader, Rooms,
-    Search, SlidingSync, Syncer,
+    Search, SlidingSync, Spaces, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -97,6 +97,7 @@ component_state! {
     room_reader: RoomReader,
     directory: Directory,
     search: Search,
+    spaces: Spaces,
     ephemeral: Ephemeral,
     keys: Keys,
     syncer: Syncer,
@@ -229,6 +230,11 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<knock::knock_room::v3::Request, _, _>(r, h::directory::knock);
     r = ruma_route::<membership::forget_room::v3::Request, _, _>(r, h::directory::forget);
     r = ruma_route::<room::report_room::v3::Request, _, _>(r, h::directory::report_room);
+    r = ruma_route::<space::get_hierarchy::v1::Request, _, _>(r, h::spaces::hierarchy);
+    r = ruma_route::<room::get_summary::v1::Request, _, _>(r, h::spaces::room_summary);
+    // MSC3266's unstable path as it ended (Synapse serves it too; ruma
+    // knows only the earlier `/rooms/{roomIdOrAlias}/summary`).
+    r = r.route("/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}", get(h::spaces::room_summary));
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         // Not ruma's request type: it lacks the `score` older clients send.
         r = r.route(&format!("{prefix}/rooms/{{room_id}}/report/{{event_id}}"), post(h::directory::report_event));

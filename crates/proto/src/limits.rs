@@ -331,3 +331,26 @@ pub const MAX_SLIDING_NAME_BYTES: usize = 64;
 pub const SLIDING_CONNECTION_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Connections whose state (what was sent per room) one node keeps in memory.
 pub const SLIDING_CONNECTIONS_CACHED: usize = 1_000;
+// Spaces and room previews (`service::spaces`).
+
+/// Rooms one `/hierarchy` page lists: the default and the most a client
+/// may ask for (Synapse's cap too).
+pub const MAX_HIERARCHY_LIMIT: usize = 50;
+/// How far below its root a hierarchy walk goes: the default and the most
+/// a client may ask for (spaces are nested a few levels in practice).
+pub const MAX_HIERARCHY_DEPTH: u32 = 20;
+/// Rooms one `/hierarchy` request looks at, listed or not (each costs a
+/// few indexed reads); past it the page ends early with a `next_batch`.
+pub const MAX_HIERARCHY_ROOMS_VISITED_PER_REQUEST: usize = 200;
+/// Rooms one walk over all its pages visits or holds in its frontier:
+/// bounds the walk saved between pages; children past it are not listed.
+pub const MAX_HIERARCHY_ROOMS_PER_WALK: usize = 2_000;
+/// `m.space.child` links read of one space (the first by child room id).
+pub const MAX_SPACE_CHILDREN: usize = 500;
+/// Rooms of a restricted room's `allow` list checked for the requester's
+/// membership when deciding whether they may preview it.
+pub const MAX_ALLOW_ROOMS_CHECKED: usize = 50;
+/// Walks paused between `/hierarchy` pages kept per user (the oldest go
+/// first), and how long a `next_batch` token stays valid.
+pub const MAX_HIERARCHY_WALKS_PER_USER: usize = 20;
+pub const HIERARCHY_WALK_TTL_MS: u64 = 10 * 60 * 1000;

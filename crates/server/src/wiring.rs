@@ -15,7 +15,7 @@ use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
     Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Syncer, SyncerDeps, Visibility,
+    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -118,6 +118,14 @@ pub fn components_with(
         server_name: server_name.clone(),
         clock: clock.clone(),
     }));
+    let spaces = Arc::new(Spaces::new(SpacesDeps {
+        rooms: store.clone(),
+        aliases: store.clone(),
+        walks: store.clone(),
+        server_name: server_name.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
         config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },
         writer,
@@ -199,6 +207,7 @@ pub fn components_with(
         room_reader,
         directory,
         search,
+        spaces,
         ephemeral,
         keys,
         syncer,

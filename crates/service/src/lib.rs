@@ -20,6 +20,7 @@
 //! | [`EventFormatter`] | events as clients see them, with bundled aggregations |
 //! | [`Directory`] | room aliases and the published room directory |
 //! | [`Search`] | the user directory and message search |
+//! | [`Spaces`] | space hierarchies and room previews (summaries) |
 //! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
@@ -52,6 +53,7 @@ pub mod rooms;
 pub mod search;
 pub mod signing;
 pub mod sliding_sync;
+pub mod spaces;
 mod stream_token;
 pub mod sync;
 pub mod tokens;
@@ -80,6 +82,7 @@ pub use rooms::{
 };
 pub use search::{Search, SearchDeps};
 pub use sliding_sync::{SlidingSync, SlidingSyncDeps};
+pub use spaces::{Spaces, SpacesDeps};
 pub use stream_token::StreamToken;
 pub use sync::{SyncRequest, Syncer, SyncerDeps};
 
@@ -96,6 +99,7 @@ pub struct Components {
     pub room_reader: Arc<RoomReader>,
     pub directory: Arc<Directory>,
     pub search: Arc<Search>,
+    pub spaces: Arc<Spaces>,
     pub ephemeral: Arc<Ephemeral>,
     pub keys: Arc<Keys>,
     pub syncer: Arc<Syncer>,

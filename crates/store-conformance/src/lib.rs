@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod hierarchy;
 mod keys;
 mod nul;
 mod sliding_sync;
@@ -19,6 +20,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::nul::*;
 pub use self::sliding_sync::*;
@@ -61,6 +63,7 @@ macro_rules! store_conformance_tests {
             dehydrated_device_is_replaced_whole,
             room_list_carries_bumps_types_and_encryption, sliding_positions_keep_what_the_client_may_still_send,
             sliding_connections_are_bounded_per_device_and_expire,
+            current_state_of_one_type_is_read_in_state_key_order, hierarchy_walks_expire_and_are_bounded_per_user,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

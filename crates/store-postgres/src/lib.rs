@@ -11,6 +11,7 @@ mod accounts;
 mod appender;
 mod directory;
 mod forgotten;
+mod hierarchy;
 mod json;
 mod keys;
 mod migrations;

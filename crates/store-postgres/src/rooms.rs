@@ -569,6 +569,17 @@ impl RoomStore for PostgresStore {
         query(&client, &sql, &[&room_id, &types, &state_keys]).await?.iter().map(event_from_row).collect()
     }
 
+    async fn current_state_of_type(&self, room_id: &str, event_type: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let limit = i(u64::try_from(limit).unwrap_or(u64::MAX));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} {STATE_JOIN} {REDACTION_JOIN}
+             WHERE s.room_id = $1 AND s.event_type = $2 AND s.to_pos IS NULL
+             ORDER BY s.state_key LIMIT $3"
+        );
+        query(&client, &sql, &[&room_id, &event_type, &limit]).await?.iter().map(event_from_row).collect()
+    }
+
     async fn state_event(
         &self,
         room_id: &str,

@@ -30,6 +30,7 @@ macro_rules! migration_sql {
             "0012_uia_sessions_by_user",
             "0013_e2ee",
             "0016_sliding_sync",
+            "0017_spaces",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -345,3 +345,25 @@ pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
         encrypted: row.boolean(7)?,
     })
 }
+
+/// Columns of a [`HierarchyWalk`], for [`hierarchy_walk`].
+pub const HIERARCHY_WALK_COLUMNS: &str =
+    "SELECT token, user_id, room_id, suggested_only, max_depth, walk, created_ts FROM hierarchy_walks";
+
+/// The walk with an empty frontier, and its frontier and visited rooms as
+/// stored (JSON), which the backend reads with `read_walk_state`.
+pub fn hierarchy_walk<R: Row>(row: &R) -> Result<(HierarchyWalk, String), R::Error> {
+    Ok((
+        HierarchyWalk {
+            token: row.text(0)?,
+            user_id: row.text(1)?,
+            room_id: row.text(2)?,
+            suggested_only: row.boolean(3)?,
+            max_depth: u32::try_from(row.int(4)?).unwrap_or(u32::MAX),
+            pending: Vec::new(),
+            visited: Vec::new(),
+            created_ts: row.uint(6)?,
+        },
+        row.text(5)?,
+    ))
+}

@@ -13,6 +13,7 @@ mod account_data;
 mod accounts;
 mod directory;
 mod forgotten;
+mod hierarchy;
 mod keys;
 mod pool;
 mod push;

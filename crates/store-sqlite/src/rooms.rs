@@ -364,6 +364,21 @@ impl RoomStore for SqliteStore {
         .await
     }
 
+    async fn current_state_of_type(&self, room_id: &str, event_type: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let (room_id, event_type) = (room_id.to_owned(), event_type.to_owned());
+        let limit = i(u64::try_from(limit).unwrap_or(u64::MAX));
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM room_state s JOIN events e ON e.event_id = s.event_id {REDACTION_JOIN}
+                 WHERE s.room_id = ?1 AND s.event_type = ?2 AND s.to_pos IS NULL
+                 ORDER BY s.state_key LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![room_id, event_type, limit], event_from_row).map_err(backend)?)
+        })
+        .await
+    }
+
     async fn state_event(
         &self,
         room_id: &str,

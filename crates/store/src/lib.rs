@@ -8,6 +8,7 @@
 mod account_data;
 mod directory;
 mod forgotten;
+mod hierarchy;
 mod keys;
 mod push;
 mod receipts;
@@ -29,6 +30,7 @@ use serde_json::Value as JsonValue;
 pub use account_data::*;
 pub use directory::*;
 pub use forgotten::*;
+pub use hierarchy::*;
 pub use keys::*;
 pub use push::*;
 pub use receipts::*;
@@ -327,6 +329,7 @@ pub trait Store:
     + ForgottenRoomStore
     + KeyStore
     + SlidingSyncStore
+    + HierarchyStore
     + StreamStore
     + NodeBus
 {

@@ -199,6 +199,12 @@ pub trait RoomStore: Send + Sync {
     /// exist, in one round trip (at most [`MAX_STATE_KEYS_PER_READ`]).
     async fn current_state_events(&self, room_id: &str, keys: &[(String, String)]) -> StoreResult<Vec<StoredEvent>>;
 
+    /// The current state events of one type, sorted by state key, at most
+    /// `limit` of them (a space's `m.space.child` links: their state keys
+    /// are the children, not known beforehand). Costs what those events
+    /// cost, not the room's whole state.
+    async fn current_state_of_type(&self, room_id: &str, event_type: &str, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+
     /// One state event at `at` (or now).
     async fn state_event(
         &self,

@@ -31,6 +31,9 @@ const UNSTABLE_FEATURES: &[&str] = &[
     // Simplified sliding sync (`/unstable/org.matrix.simplified_msc3575/sync`):
     // matrix-sdk's discovery, hence Element X, looks for it.
     "org.matrix.simplified_msc3575",
+    // Room summaries (`/unstable/im.nheko.summary/...`, MSC3266; stable
+    // as `/v1/room_summary` since v1.15).
+    "im.nheko.summary",
 ];
 
 pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {

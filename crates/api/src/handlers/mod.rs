@@ -14,6 +14,7 @@ pub mod relations;
 pub mod rooms;
 pub mod search;
 pub mod session;
+pub mod spaces;
 pub mod sync;
 
 use chancery_proto::ruma::api::client::uiaa::{AuthData, UserIdentifier};

@@ -55,5 +55,6 @@ mod rooms_http;
 mod scale;
 mod search;
 mod sliding_sync_http;
+mod spaces;
 mod store_conformance;
 mod visibility;

@@ -55,7 +55,7 @@ fn base(event: &StoredEvent, object: &Map<String, JsonValue>) -> Map<String, Jso
     out
 }
 
-fn redacted_content(object: &Map<String, JsonValue>, rules: &RedactionRules) -> Result<JsonValue, Error> {
+pub(crate) fn redacted_content(object: &Map<String, JsonValue>, rules: &RedactionRules) -> Result<JsonValue, Error> {
     let canonical: CanonicalJsonObject =
         serde_json::from_value(JsonValue::Object(object.clone())).map_err(|e| Error::Internal(e.to_string()))?;
     let redacted = redact(canonical, rules, None).map_err(|e| Error::Internal(e.to_string()))?;

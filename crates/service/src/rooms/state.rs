@@ -73,3 +73,21 @@ pub(crate) async fn event_of_room(store: &dyn RoomStore, room_id: &RoomId, event
 pub(crate) async fn event_in_room(store: &dyn RoomStore, room_id: &RoomId, event_id: &EventId) -> Result<StoredEvent, Error> {
     event_of_room(store, room_id, event_id.as_str()).await?.ok_or_else(|| Error::NotFound("no such event in this room".into()))
 }
+
+/// A state event's content as clients see it: stripped by the room
+/// version's redaction algorithm if the event was redacted (the store
+/// keeps the signed original byte for byte). A content that is not an
+/// object reads as `{}`.
+pub(crate) fn effective_content(
+    event: &StoredEvent,
+    rules: &chancery_proto::ruma::room_version_rules::RedactionRules,
+) -> Result<serde_json::Value, Error> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&event.json).map_err(|e| Error::Internal(format!("stored event {}: {e}", event.event_id)))?;
+    let content = if event.redacted_by.is_some() {
+        super::format::redacted_content(&object, rules)?
+    } else {
+        object.get("content").cloned().unwrap_or_default()
+    };
+    Ok(if content.is_object() { content } else { serde_json::json!({}) })
+}
