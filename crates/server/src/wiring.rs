@@ -15,7 +15,8 @@ use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
     Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
+    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps,
+    Visibility,
 };
 use chancery_store::DynStore;
 

@@ -4,9 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use chancery_proto::limits::{MAX_SYNC_ACCOUNT_DATA_BYTES, MAX_SYNC_ACCOUNT_DATA_ENTRIES};
 use chancery_proto::ruma::api::client::sync::sync_events::v5::request;
-use chancery_store::{AccountDataBatchLimits, account_data_entry_bytes};
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
 
@@ -14,9 +12,6 @@ use super::SlidingSync;
 use crate::keys::MembershipNews;
 use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
-
-const ACCOUNT_DATA_BATCH: AccountDataBatchLimits =
-    AccountDataBatchLimits { max_entries: MAX_SYNC_ACCOUNT_DATA_ENTRIES, max_bytes: MAX_SYNC_ACCOUNT_DATA_BYTES };
 
 pub(super) struct ExtensionsPart {
     pub body: JsonValue,
@@ -128,20 +123,13 @@ impl SlidingSync {
         cut: &mut StreamToken,
     ) -> Result<(JsonValue, bool), Error> {
         let after = since.map_or(0, |s| s.account_data);
-        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data, ACCOUNT_DATA_BATCH).await?;
-        let read: Vec<(u64, usize)> = changes
-            .iter()
-            .map(|e| (e.stream_pos, account_data_entry_bytes(e.room_id.as_deref(), &e.event_type, &e.content)))
-            .collect();
-        let (up_to, more) = crate::sync::account_data_reach(&read, cut.account_data, ACCOUNT_DATA_BATCH);
+        let (changes, up_to, more) =
+            crate::sync::account_data_batch(&self.deps.account_data, user.user_id.as_str(), after, cut.account_data).await?;
         cut.account_data = up_to;
         let mut global = Vec::new();
         let mut rooms: HashMap<String, Vec<JsonValue>> = HashMap::new();
-        for entry in changes {
-            let content: JsonValue =
-                serde_json::from_str(&entry.content).map_err(|e| Error::Internal(format!("stored account data: {e}")))?;
-            let event = json!({ "type": entry.event_type, "content": content });
-            match entry.room_id {
+        for (room_id, event) in changes {
+            match room_id {
                 None => global.push(event),
                 Some(room_id) => rooms.entry(room_id).or_default().push(event),
             }

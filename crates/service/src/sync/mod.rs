@@ -51,7 +51,6 @@ use crate::rooms::filter::{type_allowed, types_allowed};
 use crate::rooms::{ClientEventOptions, EventFormatter, Visibility};
 use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
-pub(crate) use decide::account_data_reach;
 use decide::{LazyMembers, RoomFacts, Section, TypingFacts};
 use lazy_members::LazyMembersCache;
 
@@ -161,6 +160,30 @@ impl IgnoredCache {
 
 fn joined_rooms(memberships: &[Membership]) -> BTreeSet<String> {
     memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.clone()).collect()
+}
+
+/// Account data changed in `(after, up_to]`, as much as one answer
+/// carries, as events with their room (none for global ones); the position
+/// the answer's token carries, and whether changes past it wait.
+pub(crate) async fn account_data_batch(
+    account_data: &AccountData,
+    user_id: &str,
+    after: u64,
+    up_to: u64,
+) -> Result<(Vec<(Option<String>, JsonValue)>, u64, bool), Error> {
+    let changes = account_data.changes(user_id, after, up_to, ACCOUNT_DATA_BATCH).await?;
+    let read: Vec<(u64, usize)> = changes
+        .iter()
+        .map(|e| (e.stream_pos, account_data_entry_bytes(e.room_id.as_deref(), &e.event_type, &e.content)))
+        .collect();
+    let (reach, more) = decide::account_data_reach(&read, up_to, ACCOUNT_DATA_BATCH);
+    let mut events = Vec::with_capacity(changes.len());
+    for entry in changes {
+        let content: JsonValue =
+            serde_json::from_str(&entry.content).map_err(|e| Error::Internal(format!("stored account data: {e}")))?;
+        events.push((entry.room_id, json!({ "type": entry.event_type, "content": content })));
+    }
+    Ok((events, reach, more))
 }
 
 /// Account data of one answer.
@@ -397,27 +420,21 @@ impl Syncer {
         cut: StreamToken,
     ) -> Result<AccountDataPart, Error> {
         let after = since.map_or(0, |s| s.account_data);
-        let changes = self.deps.account_data.changes(user.user_id.as_str(), after, cut.account_data, ACCOUNT_DATA_BATCH).await?;
-        let read: Vec<(u64, usize)> = changes
-            .iter()
-            .map(|e| (e.stream_pos, account_data_entry_bytes(e.room_id.as_deref(), &e.event_type, &e.content)))
-            .collect();
-        let (up_to, more) = decide::account_data_reach(&read, cut.account_data, ACCOUNT_DATA_BATCH);
+        let (changes, up_to, more) =
+            account_data_batch(&self.deps.account_data, user.user_id.as_str(), after, cut.account_data).await?;
         let mut global = Vec::new();
         let mut per_room: HashMap<String, Vec<JsonValue>> = HashMap::new();
-        for entry in changes {
-            let content: JsonValue =
-                serde_json::from_str(&entry.content).map_err(|e| Error::Internal(format!("stored account data: {e}")))?;
-            let event = json!({ "type": entry.event_type, "content": content });
-            match entry.room_id {
+        for (room_id, event) in changes {
+            let event_type = event["type"].as_str().unwrap_or_default().to_owned();
+            match room_id {
                 None => {
                     let filter = &req.filter.account_data;
-                    if types_allowed(filter.types.as_deref(), &filter.not_types, &entry.event_type) {
+                    if types_allowed(filter.types.as_deref(), &filter.not_types, &event_type) {
                         global.push(event);
                     }
                 }
                 Some(room_id) => {
-                    if type_allowed(&req.filter.room.account_data, &entry.event_type) {
+                    if type_allowed(&req.filter.room.account_data, &event_type) {
                         per_room.entry(room_id).or_default().push(event);
                     }
                 }
