@@ -4,6 +4,7 @@
 pub mod config;
 mod http;
 mod maintenance;
+mod push_gateway;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -87,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
     let push = components.push.clone();
+    let pushers = components.pushers.clone();
     let syncer = components.syncer.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
@@ -110,6 +112,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
         tokio::spawn(maintenance::run(push, shutdown_rx.clone())),
+        tokio::spawn({
+            let shutdown = shutdown_rx.clone();
+            async move {
+                pushers.run_delivery(shutdown).await;
+                Ok(())
+            }
+        }),
     ];
 
     let mut metrics_addr = None;

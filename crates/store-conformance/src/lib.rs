@@ -9,6 +9,7 @@
 mod account_data;
 mod keys;
 mod nul;
+mod pushers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::json;
 pub use self::account_data::*;
 pub use self::keys::*;
 pub use self::nul::*;
+pub use self::pushers::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -57,6 +59,10 @@ macro_rules! store_conformance_tests {
             one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
+            pushers_are_set_updated_listed_and_deleted, pushers_go_with_their_device,
+            appends_queue_notifications_for_pushers, queued_notifications_merge_rooms_in_position_order,
+            a_pusher_is_leased_to_one_node_at_a_time, concurrent_claims_give_a_pusher_to_one_node,
+            badge_counts_follow_reads_and_invites,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

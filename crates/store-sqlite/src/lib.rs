@@ -16,6 +16,7 @@ mod forgotten;
 mod keys;
 mod pool;
 mod push;
+mod pushers;
 mod relations;
 mod reports;
 mod rooms;

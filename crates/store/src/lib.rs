@@ -10,6 +10,7 @@ mod directory;
 mod forgotten;
 mod keys;
 mod push;
+mod pushers;
 mod receipts;
 mod relations;
 mod reports;
@@ -30,6 +31,7 @@ pub use directory::*;
 pub use forgotten::*;
 pub use keys::*;
 pub use push::*;
+pub use pushers::*;
 pub use receipts::*;
 pub use relations::*;
 pub use reports::*;
@@ -137,6 +139,8 @@ pub enum StoreError {
     TooManyBackedUpKeys,
     #[error("the account has too many key backup versions")]
     TooManyBackupVersions,
+    #[error("the account has too many pushers")]
+    TooManyPushers,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -314,6 +318,7 @@ pub trait Store:
     + UserDataStore
     + SearchStore
     + PushStore
+    + PusherStore
     + AccountDataStore
     + ReceiptStore
     + DirectoryStore
