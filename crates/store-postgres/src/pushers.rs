@@ -192,8 +192,8 @@ impl PusherStore for PostgresStore {
         let client = self.client().await?;
         let row = query_opt(
             &client,
-            "UPDATE pushers SET delivered_pos = $3, failures = $4, retry_at_ts = $5, lease_until_ts = $6,
-                 lease_owner = CASE WHEN $6 = 0 THEN NULL ELSE lease_owner END
+            "UPDATE pushers SET delivered_pos = $3, failures = $4, retry_at_ts = $5, lease_until_ts = $6::bigint,
+                 lease_owner = CASE WHEN $6::bigint = 0 THEN NULL ELSE lease_owner END
              WHERE id = $1 AND lease_owner = $2
              RETURNING queued_pos",
             &[
