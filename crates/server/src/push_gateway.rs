@@ -66,13 +66,7 @@ impl PushGateway for HttpGateway {
             tracing::debug!("push gateway address refused by push.allow_private_gateway_addresses");
             return Reply::Unreachable;
         }
-        let sent = self
-            .client
-            .post(parsed)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+        let sent = self.client.post(parsed).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
@@ -148,7 +142,9 @@ mod tests {
                 let Ok((mut socket, _)) = listener.accept().await else { return };
                 let mut buf = [0u8; 4096];
                 let _ = socket.read(&mut buf).await;
-                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"rejected\":[]}").await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"rejected\":[]}")
+                    .await;
             }
         });
         let strict = HttpGateway::new(GatewayPolicy { allow_http: true, allow_private_addresses: false }).unwrap();

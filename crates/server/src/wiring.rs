@@ -15,8 +15,8 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
-    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
+    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
+    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 

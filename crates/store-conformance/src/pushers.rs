@@ -126,10 +126,12 @@ pub async fn pushers_go_with_their_device(store: DynStore) {
 /// Room `!r:x` with alice (the sender) and bob joined; returns the last
 /// event id, for appending.
 async fn room_of_alice_and_bob(store: &DynStore) -> String {
-    room_with(store, "!r:x", &[("$create", "m.room.create", serde_json::json!({}))], &[
-        ("$alice", "@alice:x", "join"),
-        ("$bob", "@bob:x", "join"),
-    ])
+    room_with(
+        store,
+        "!r:x",
+        &[("$create", "m.room.create", serde_json::json!({}))],
+        &[("$alice", "@alice:x", "join"), ("$bob", "@bob:x", "join")],
+    )
     .await;
     "$bob".into()
 }
@@ -170,8 +172,7 @@ pub async fn appends_queue_notifications_for_pushers(store: DynStore) {
     assert_eq!(claimed.queued_pos, positions[2], "the newest notification of bob's");
     assert_eq!(claimed.progress.failures, 0);
     assert!(claimed.progress.delivered_pos < positions[0], "starts before the first one after it was set");
-    let queued =
-        store.queued_notifications("@bob:x", claimed.progress.delivered_pos, claimed.queued_pos, 10).await.unwrap();
+    let queued = store.queued_notifications("@bob:x", claimed.progress.delivered_pos, claimed.queued_pos, 10).await.unwrap();
     let ids: Vec<&str> = queued.iter().map(|q| q.notification.event.event_id.as_str()).collect();
     assert_eq!(ids, ["$m1", "$m2"], "only bob's, not $early (before the pusher), not carol's");
     assert!(queued.iter().all(|q| !q.read));
@@ -296,12 +297,8 @@ pub async fn badge_counts_follow_reads_and_invites(store: DynStore) {
     room_with(&store, "!t:x", &[("$tcreate", "m.room.create", serde_json::json!({}))], &[("$tbob", "@bob:x", "invite")]).await;
     assert_eq!(store.badge_counts("@bob:x").await.unwrap(), BadgeCounts { invites: 1, unread_per_room: vec![] });
 
-    append_chain(
-        &store,
-        &mut in_r,
-        vec![notifying("!r:x", "$r1", 4, &["@bob:x"]), notifying("!r:x", "$r2", 5, &["@bob:x"])],
-    )
-    .await;
+    append_chain(&store, &mut in_r, vec![notifying("!r:x", "$r1", 4, &["@bob:x"]), notifying("!r:x", "$r2", 5, &["@bob:x"])])
+        .await;
     append_chain(&store, &mut in_s, vec![notifying("!s:x", "$s1", 3, &["@bob:x"])]).await;
     let mut counts = store.badge_counts("@bob:x").await.unwrap();
     counts.unread_per_room.sort_unstable();

@@ -32,7 +32,8 @@ async fn set_in(tx: &impl GenericClient, p: &NewPusher, append: bool, max_per_us
     // The account row first, as device deletions lock it: a deletion of
     // this device either finished (the device is gone) or waits for this.
     crate::accounts::lock_account(tx, &p.user_id).await?;
-    let device = query_opt(tx, "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2", &[&p.user_id, &p.device_id]).await?;
+    let device =
+        query_opt(tx, "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2", &[&p.user_id, &p.device_id]).await?;
     if device.is_none() {
         return Err(StoreError::UnknownDevice);
     }

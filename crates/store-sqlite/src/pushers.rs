@@ -34,9 +34,8 @@ const NOTIFIED_ROOMS: &str = "r(room_id) AS (
 /// Part of an event's append (same transaction): every pusher of the
 /// users `notified` now has work up to `pos`.
 pub(crate) fn raise_queued_positions(tx: &Transaction<'_>, notified: &[NewNotification], pos: i64) -> StoreResult<()> {
-    let mut stmt = tx
-        .prepare_cached("UPDATE pushers SET queued_pos = ?2 WHERE user_id = ?1 AND queued_pos < ?2")
-        .map_err(backend)?;
+    let mut stmt =
+        tx.prepare_cached("UPDATE pushers SET queued_pos = ?2 WHERE user_id = ?1 AND queued_pos < ?2").map_err(backend)?;
     for n in notified {
         stmt.execute(params![n.user_id, pos]).map_err(backend)?;
     }

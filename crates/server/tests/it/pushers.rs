@@ -70,9 +70,8 @@ async fn notify(State(state): State<Arc<GatewayState>>, Json(body): Json<Value>)
 impl Gateway {
     async fn start() -> Gateway {
         let state = Arc::new(GatewayState { mode: Mutex::new(Mode::Accept), recorded: Mutex::new(Recorded::default()) });
-        let app = axum::Router::new()
-            .route("/_matrix/push/v1/notify", axum::routing::post(notify))
-            .with_state(Arc::clone(&state));
+        let app =
+            axum::Router::new().route("/_matrix/push/v1/notify", axum::routing::post(notify)).with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
@@ -277,8 +276,10 @@ async fn pushes_reach_the_gateway(backend: Backend) {
     let fourth = bob.say(&room, "m4", "hello?").await;
     gateway.wait_for_event(&fourth, "alice-full-key").await;
     assert_eq!(gateway.count_of(&third), 0, "{:#?}", gateway.accepted());
-    assert!(gateway.accepted().iter().all(|p| p["notification"]["event_id"] != fourth.as_str()
-        || p["notification"]["devices"][0]["pushkey"] == "alice-full-key"));
+    assert!(
+        gateway.accepted().iter().all(|p| p["notification"]["event_id"] != fourth.as_str()
+            || p["notification"]["devices"][0]["pushkey"] == "alice-full-key")
+    );
     server.stop().await.unwrap();
 }
 on_both_backends!(pushes_reach_the_gateway);

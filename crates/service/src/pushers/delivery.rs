@@ -51,7 +51,10 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// How a push ended.
 enum Pushed {
-    Answered { verdict: Verdict, unread: u64 },
+    Answered {
+        verdict: Verdict,
+        unread: u64,
+    },
     /// The node is stopping.
     Shutdown,
 }
@@ -230,7 +233,12 @@ impl Pushers {
                             if progress.failures == 1 {
                                 tracing::warn!(pusher = id, app_id = %c.pusher.app_id, retry_in_ms, "push gateway failed; backing off");
                             } else {
-                                tracing::debug!(pusher = id, failures = progress.failures, retry_in_ms, "push gateway still failing");
+                                tracing::debug!(
+                                    pusher = id,
+                                    failures = progress.failures,
+                                    retry_in_ms,
+                                    "push gateway still failing"
+                                );
                             }
                             self.release(&c).await;
                             return;

@@ -251,14 +251,22 @@ mod tests {
             ("read ones skipped", progress(5, 0, 0), &[Queued { read: true, ..fresh(6) }, fresh(8)], 8, Step::Send { index: 1 }),
             ("redacted skipped", progress(5, 0, 0), &[Queued { redacted: true, ..fresh(6) }], 9, Step::Advance { to_pos: 9 }),
             ("too old skipped", progress(5, 0, 0), &[old], 7, Step::Advance { to_pos: 7 }),
-            ("exactly max age is pushed", progress(5, 0, 0), &[Queued { ts: NOW - POLICY.max_age_ms, ..fresh(6) }], 6, Step::Send {
-                index: 0,
-            }),
+            (
+                "exactly max age is pushed",
+                progress(5, 0, 0),
+                &[Queued { ts: NOW - POLICY.max_age_ms, ..fresh(6) }],
+                6,
+                Step::Send { index: 0 },
+            ),
             ("all read, more to read", progress(5, 0, 0), &[Queued { read: true, ..fresh(6) }], 6, Step::Advance { to_pos: 6 }),
             ("behind what was read", progress(9, 0, 0), &[fresh(6)], 9, Step::Idle),
-            ("a timestamp from the future is fresh", progress(0, 0, 0), &[Queued { ts: NOW + 5_000, ..fresh(1) }], 1, Step::Send {
-                index: 0,
-            }),
+            (
+                "a timestamp from the future is fresh",
+                progress(0, 0, 0),
+                &[Queued { ts: NOW + 5_000, ..fresh(1) }],
+                1,
+                Step::Send { index: 0 },
+            ),
         ];
         for (name, progress, queue, covered, expected) in cases {
             assert_eq!(next_step(&POLICY, progress, NOW, queue, *covered), *expected, "{name}");
@@ -300,7 +308,10 @@ mod tests {
             Outcome::Backoff(progress(5, 1, NOW + 1_000)),
             "the position stays"
         );
-        assert_eq!(after_push(&POLICY, &progress(5, 3, 0), NOW, 9, Verdict::Failed), Outcome::Backoff(progress(5, 4, NOW + 8_000)));
+        assert_eq!(
+            after_push(&POLICY, &progress(5, 3, 0), NOW, 9, Verdict::Failed),
+            Outcome::Backoff(progress(5, 4, NOW + 8_000))
+        );
         assert!(after_badge(Verdict::Rejected));
         assert!(!after_badge(Verdict::Failed) && !after_badge(Verdict::Delivered));
     }
