@@ -350,6 +350,6 @@ pub const MAX_PUSHES_PER_TURN: usize = 64;
 /// same count again); forgotten ones are simply sent again.
 pub const MAX_REMEMBERED_BADGES: usize = 10_000;
 /// Users whose badge update (after a read receipt) waits to be sent on a
-/// node; past it new ones are dropped (a badge is corrected by the next
-/// push).
+/// node, and pushers of theirs waiting for it; past it new ones are
+/// dropped (a badge is corrected by the next push).
 pub const MAX_PENDING_BADGE_USERS: usize = 10_000;
