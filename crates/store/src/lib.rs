@@ -218,8 +218,9 @@ pub trait AccountStore: Send + Sync {
     /// Returns false if there is no such device.
     async fn set_device_display_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool>;
 
-    /// Deletes these devices and their tokens; ids that do not exist are
-    /// ignored, as the spec asks.
+    /// Deletes these devices and their tokens (and what belongs to them:
+    /// keys, inbox, pushers; see [`KeyStore`] and [`PusherStore`]); ids
+    /// that do not exist are ignored, as the spec asks.
     async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<()>;
 
     /// Deletes every device of the user except `keep` (if given).
@@ -236,7 +237,7 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<()>;
 
     /// Deactivates the account for good: no password, no devices, no
-    /// profile. The user id stays taken so it can never be handed to
+    /// profile, no pushers. The user id stays taken so it can never be handed to
     /// someone else.
     async fn deactivate_account(&self, user_id: &str, now_ts: u64) -> StoreResult<()>;
 
