@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Reports, RoomReader, Rooms,
-    Search, SlidingSync, Spaces, Syncer,
+    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Pushers, Reports, RoomReader,
+    Rooms, Search, SlidingSync, Spaces, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -93,6 +93,7 @@ component_state! {
     profiles: Profiles,
     account_data: AccountData,
     push: Push,
+    pushers: Pushers,
     rooms: Rooms,
     room_reader: RoomReader,
     directory: Directory,
@@ -204,6 +205,8 @@ pub fn router(state: AppState) -> Router {
     r = ruma_route::<push::get_pushrule_actions::v3::Request, _, _>(r, h::push::actions);
     r = ruma_route::<push::set_pushrule_actions::v3::Request, _, _>(r, h::push::set_actions);
     r = ruma_route::<push::get_notifications::v3::Request, _, _>(r, h::push::notifications);
+    r = ruma_route::<push::get_pushers::v3::Request, _, _>(r, h::pushers::list);
+    r = ruma_route::<push::set_pusher::v3::Request, _, _>(r, h::pushers::set);
     r = ruma_route::<presence::get_presence::v3::Request, _, _>(r, h::presence::get);
     r = ruma_route::<presence::set_presence::v3::Request, _, _>(r, h::presence::set);
     r = h::account_data::routes(r);

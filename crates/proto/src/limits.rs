@@ -354,3 +354,46 @@ pub const MAX_ALLOW_ROOMS_CHECKED: usize = 50;
 /// first), and how long a `next_batch` token stays valid.
 pub const MAX_HIERARCHY_WALKS_PER_USER: usize = 20;
 pub const HIERARCHY_WALK_TTL_MS: u64 = 10 * 60 * 1000;
+// Pushers and push delivery (`service::pushers`).
+
+/// Pushers one user may have (one per device and app in practice).
+pub const MAX_PUSHERS_PER_USER: usize = 100;
+/// A pushkey's length (spec `POST /pushers/set`: "Max length, 512 bytes").
+pub const MAX_PUSHKEY_BYTES: usize = 512;
+/// An app id's length (spec: "Max length, 64 chars").
+pub const MAX_PUSHER_APP_ID_CHARS: usize = 64;
+/// `app_display_name`, `device_display_name`, `profile_tag` and `lang`.
+pub const MAX_PUSHER_TEXT_BYTES: usize = 256;
+/// A push gateway URL.
+pub const MAX_PUSHER_URL_BYTES: usize = 2_048;
+/// A pusher's `data` object, serialized: it is forwarded (without `url`)
+/// in every push (iOS apps put a `default_payload` there).
+pub const MAX_PUSHER_DATA_BYTES: usize = 8 * 1024;
+/// Notifications older than this (by their event's timestamp) are not
+/// pushed any more: after a long gateway outage the device is told of
+/// recent messages only (Synapse gives up on a notification after a day
+/// of failures too).
+pub const MAX_PUSH_AGE_MS: u64 = 24 * 60 * 60 * 1000;
+/// Pushes one node has in flight at once (each waits on a gateway).
+pub const MAX_CONCURRENT_PUSHES: usize = 64;
+/// A push gateway must answer within this time; slower is a failure.
+pub const PUSH_GATEWAY_TIMEOUT_MS: u64 = 15_000;
+/// What is read of a gateway's answer (`{"rejected": [...]}`).
+pub const MAX_PUSH_GATEWAY_ANSWER_BYTES: usize = 64 * 1024;
+/// How long a node's hold on a pusher lasts unless renewed: longer than
+/// one push (gateway timeout and two store writes), so a live node never
+/// loses it mid-push; a node that died frees it after this.
+pub const PUSHER_LEASE_MS: u64 = 60_000;
+/// Queued notifications read per step of a pusher's delivery.
+pub const PUSH_QUEUE_BATCH: usize = 16;
+/// Pushes one pusher is given before the node turns to others (it comes
+/// back at once if more are queued), so one busy pusher never holds a
+/// delivery slot for long.
+pub const MAX_PUSHES_PER_TURN: usize = 64;
+/// Pushers whose last badge count a node remembers (to skip sending the
+/// same count again); forgotten ones are simply sent again.
+pub const MAX_REMEMBERED_BADGES: usize = 10_000;
+/// Users whose badge update (after a read receipt) waits to be sent on a
+/// node, and pushers of theirs waiting for it; past it new ones are
+/// dropped (a badge is corrected by the next push).
+pub const MAX_PENDING_BADGE_USERS: usize = 10_000;

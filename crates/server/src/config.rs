@@ -44,6 +44,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub rate_limits: RateLimitConfig,
     pub retention: RetentionConfig,
+    pub push: PushConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -100,6 +101,39 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self { notifications_days: 30 }
+    }
+}
+
+/// Push notifications to phones, through the push gateways their apps
+/// name (`POST /pushers/set`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Accept push gateways at plain `http://` URLs (the spec asks for
+    /// https): only for a gateway on a network you trust.
+    pub allow_http_gateways: bool,
+    /// Accept push gateways at loopback, private or link-local addresses
+    /// (a gateway inside the institution's network). Off, no user can
+    /// make the server send requests into its own network.
+    pub allow_private_gateway_addresses: bool,
+    /// The badge (`counts.unread`) counts rooms with unread notifications,
+    /// as Synapse does by default; false counts the notifications.
+    pub group_unread_count_by_room: bool,
+    /// The wait after a gateway's first failure; it doubles with each
+    /// failure after, up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            allow_http_gateways: false,
+            allow_private_gateway_addresses: false,
+            group_unread_count_by_room: true,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60 * 60 * 1000,
+        }
     }
 }
 
@@ -160,6 +194,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             rate_limits: RateLimitConfig::default(),
             retention: RetentionConfig::default(),
+            push: PushConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -316,6 +351,14 @@ impl Config {
         if self.retention.notifications_days == 0 {
             let key = "retention.notifications_days";
             return Err(err(key, var_of(key), "must be at least 1"));
+        }
+        if self.push.retry_initial_ms < 10 {
+            let key = "push.retry_initial_ms";
+            return Err(err(key, var_of(key), "must be at least 10"));
+        }
+        if self.push.retry_max_ms < self.push.retry_initial_ms {
+            let key = "push.retry_max_ms";
+            return Err(err(key, var_of(key), "must be at least push.retry_initial_ms"));
         }
         if self.database.query_timeout_ms < 100 {
             let key = "database.query_timeout_ms";
@@ -566,6 +609,8 @@ mod tests {
             ("[rate_limits]\nlogin_per_address = { per_second = 0.0, burst = 1 }", &[], "key `rate_limits.login_per_address`"),
             ("[limits]\nmax_request_body_bytes = \"big\"", &[], "key `limits.max_request_body_bytes`"),
             ("public_baseurl = \"example.org\"", &[], "key `public_baseurl`"),
+            ("[push]\nretry_initial_ms = 5", &[], "key `push.retry_initial_ms`: must be at least 10"),
+            ("[push]\nretry_max_ms = 100", &[], "key `push.retry_max_ms`"),
             (
                 "",
                 &[("CHANCERY_DEFAULT_ROOM_VERSION", "9")],

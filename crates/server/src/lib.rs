@@ -4,6 +4,7 @@
 pub mod config;
 mod http;
 mod maintenance;
+mod push_gateway;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -89,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
     let push = components.push.clone();
+    let pushers = components.pushers.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -113,6 +115,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
         tokio::spawn(maintenance::run(push, sliding_sync.clone(), shutdown_rx.clone())),
+        tokio::spawn({
+            let shutdown = shutdown_rx.clone();
+            async move {
+                pushers.run_delivery(shutdown).await;
+                Ok(())
+            }
+        }),
     ];
 
     let mut metrics_addr = None;

@@ -9,18 +9,20 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chancery_service::clock::{Clock, SystemClock};
+use chancery_service::pushers::{GatewayPolicy, RetryPolicy};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
-    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps,
-    Visibility,
+    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
+    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces,
+    SpacesDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
 use crate::Config;
+use crate::push_gateway::HttpGateway;
 
 /// Every component of a node over `store`, with the server's signing key
 /// (generated on first use), the system's clock and the operating
@@ -42,10 +44,21 @@ pub fn components_with(
     let server_name = config.server_name();
     let default_room_version =
         supported_room_version(&config.default_room_version).context("default_room_version is not supported")?;
+    let gateways = GatewayPolicy {
+        allow_http: config.push.allow_http_gateways,
+        allow_private_addresses: config.push.allow_private_gateway_addresses,
+    };
 
-    // Wake-ups: the store tells the notifier of each commit.
+    // Wake-ups: the store tells the notifier of each commit, and wakes the
+    // push delivery (a commit may have queued notifications).
     let notifier = Arc::new(Notifier::default());
-    store.set_event_listener(notifier.listener());
+    let push_wake = Arc::new(tokio::sync::Notify::new());
+    let syncs = notifier.listener();
+    let pushes = push_wake.clone();
+    store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
+        pushes.notify_one();
+        syncs(room_id, member_target)
+    }));
 
     let limiters = Arc::new(Limiters::new(&config.rate_limits));
     let device_lists = Arc::new(DeviceLists::new(store.clone(), notifier.clone()));
@@ -156,6 +169,26 @@ pub fn components_with(
         formatter: formatter.clone(),
         search_all_users: config.user_directory.search_all_users,
     }));
+    let pushers = Arc::new(Pushers::new(
+        PushersDeps {
+            store: store.clone(),
+            rooms: store.clone(),
+            streams: store.clone(),
+            gateway: Arc::new(HttpGateway::new(gateways)?),
+            wake: push_wake,
+            config: PushersConfig {
+                gateways,
+                group_unread_count_by_room: config.push.group_unread_count_by_room,
+                retry: RetryPolicy {
+                    initial_ms: config.push.retry_initial_ms,
+                    max_ms: config.push.retry_max_ms,
+                    max_age_ms: chancery_proto::limits::MAX_PUSH_AGE_MS,
+                },
+            },
+            clock: clock.clone(),
+        },
+        &*entropy,
+    ));
     let ephemeral = Ephemeral::new(
         EphemeralDeps {
             rooms: store.clone(),
@@ -164,6 +197,7 @@ pub fn components_with(
             account_data: account_data.clone(),
             bus: store.clone(),
             notifier: notifier.clone(),
+            pushers: pushers.clone(),
             limiters,
             clock: clock.clone(),
         },
@@ -204,6 +238,7 @@ pub fn components_with(
         profiles,
         account_data,
         push,
+        pushers,
         rooms,
         room_reader,
         directory,

@@ -153,6 +153,10 @@ impl From<StoreError> for Error {
             StoreError::TooManyBackupVersions => {
                 Error::ResourceLimit(format!("an account keeps at most {MAX_BACKUP_VERSIONS} key backup versions; delete one"))
             }
+            StoreError::TooManyPushers => Error::ResourceLimit(format!(
+                "an account has at most {} pushers; delete one of them first",
+                chancery_proto::limits::MAX_PUSHERS_PER_USER
+            )),
             StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
             StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),
             StoreError::UnknownPosition => Error::UnknownPos,

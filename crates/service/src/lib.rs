@@ -13,6 +13,7 @@
 //! | [`Profiles`] | users' profiles |
 //! | [`AccountData`] | account data, tags, the fully-read marker, ignored users, filters |
 //! | [`Push`] | push rules, their evaluation, notifications and unread counts |
+//! | [`Pushers`] | pushers, and delivering notifications to push gateways |
 //! | [`RoomWriter`] | the write path: per-room locks, building, authorising, appending |
 //! | [`Rooms`] | room actions: create, send, state, redact, memberships, knock, forget, upgrade |
 //! | [`RoomReader`] | events, state, members, `/messages`, `/context`, relations, threads |
@@ -47,6 +48,7 @@ pub mod notifier;
 mod nul;
 pub mod profiles;
 pub mod push;
+pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
@@ -75,6 +77,7 @@ pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use notifier::Notifier;
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
+pub use pushers::{PushGateway, Pushers, PushersConfig, PushersDeps};
 pub use ratelimit::{Limiters, RateLimit, RateLimitConfig, RateLimiter};
 pub use reports::{Reports, ReportsDeps};
 pub use rooms::{
@@ -95,6 +98,7 @@ pub struct Components {
     pub profiles: Arc<Profiles>,
     pub account_data: Arc<AccountData>,
     pub push: Arc<Push>,
+    pub pushers: Arc<Pushers>,
     pub rooms: Arc<Rooms>,
     pub room_reader: Arc<RoomReader>,
     pub directory: Arc<Directory>,

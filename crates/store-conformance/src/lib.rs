@@ -11,6 +11,7 @@ mod hierarchy;
 mod keys;
 mod nul;
 mod sliding_sync;
+mod pushers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::nul::*;
 pub use self::sliding_sync::*;
+pub use self::pushers::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -64,6 +66,10 @@ macro_rules! store_conformance_tests {
             room_list_carries_bumps_types_and_encryption, sliding_positions_keep_what_the_client_may_still_send,
             sliding_connections_are_bounded_per_device_and_expire,
             current_state_of_one_type_is_read_in_state_key_order, hierarchy_walks_expire_and_are_bounded_per_user,
+            pushers_are_set_updated_listed_and_deleted, pushers_go_with_their_device,
+            appends_queue_notifications_for_pushers, queued_notifications_merge_rooms_in_position_order,
+            a_pusher_is_leased_to_one_node_at_a_time, concurrent_claims_give_a_pusher_to_one_node,
+            badge_counts_follow_reads_and_invites,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -123,7 +123,8 @@ pub(crate) async fn move_device_lists(tx: &Transaction<'_>, users: &[&str]) -> S
 /// Deletes what belongs to these devices of the user beside their
 /// `devices` rows (which the caller deletes): keys, one-time and fallback
 /// keys, signatures of their keys and those they made, their inboxes, the transaction ids they
-/// sent with and the dehydrated-device row if one of them is it. Then,
+/// sent with, their pushers and the dehydrated-device row if one of them
+/// is it. Then,
 /// under the to-device lock, their inboxes once more: a message being
 /// queued for one of them meanwhile either committed (and is deleted here)
 /// or sees the device gone. The inboxes are deleted before too, so the
@@ -141,7 +142,9 @@ async fn delete_device_data(tx: &Transaction<'_>, user_id: &str, device_ids: &[S
                        WHERE signer_user_id = $1 AND signer_key_id = ANY(SELECT 'ed25519:' || d FROM UNNEST($2::text[]) AS d)),
               inbox AS (DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)),
               txn AS (DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = ANY($2)),
-              dehydrated AS (DELETE FROM dehydrated_devices WHERE user_id = $1 AND device_id = ANY($2))
+              dehydrated AS (DELETE FROM dehydrated_devices WHERE user_id = $1 AND device_id = ANY($2)),
+              -- A pusher belongs to the device whose access token set it.
+              pushers AS (DELETE FROM pushers WHERE user_id = $1 AND device_id = ANY($2))
          SELECT 1",
         &[&user_id, &device_ids],
     )
@@ -189,7 +192,8 @@ pub(crate) async fn forget_account(tx: &Transaction<'_>, user_id: &str, device_i
               sig AS (DELETE FROM key_signatures WHERE target_user_id = $1 OR signer_user_id = $1),
               bk AS (DELETE FROM backup_keys WHERE user_id = $1),
               bv AS (DELETE FROM backup_versions WHERE user_id = $1),
-              dd AS (DELETE FROM dehydrated_devices WHERE user_id = $1)
+              dd AS (DELETE FROM dehydrated_devices WHERE user_id = $1),
+              pu AS (DELETE FROM pushers WHERE user_id = $1)
          SELECT 1",
         &[&user_id],
     )

@@ -17,6 +17,7 @@ mod keys;
 mod migrations;
 mod notify;
 mod push;
+mod pushers;
 mod query;
 mod relations;
 mod reports;

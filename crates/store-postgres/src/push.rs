@@ -42,7 +42,7 @@ fn user_push_rules(row: &Row) -> StoreResult<Option<(String, String)>> {
 
 /// `rooms`: the rooms user `$1` has notifications in, found by skipping
 /// through the (user_id, room_id) key, with a NULL row last.
-const NOTIFIED_ROOMS: &str = "rooms AS (
+pub(crate) const NOTIFIED_ROOMS: &str = "rooms AS (
     (SELECT room_id FROM notifications WHERE user_id = $1 ORDER BY room_id LIMIT 1)
     UNION ALL
     SELECT (SELECT m.room_id FROM notifications m WHERE m.user_id = $1 AND m.room_id > r.room_id

@@ -109,7 +109,8 @@ impl Writes {
             unindex: p("DELETE FROM event_search WHERE event_id = ANY($1)").await?,
             stream_lock: p("SELECT pg_advisory_xact_lock($1)").await?,
             // The event and the notifications it makes, at the position
-            // it allocates: one statement.
+            // it allocates, and its place in the pushers' queues: one
+            // statement.
             insert_event: p("WITH p AS (UPDATE stream_position SET pos = pos + 1 RETURNING pos),
                              e AS (INSERT INTO events (event_id, room_id, stream_pos, event_type, state_key, sender,
                                                        origin_server_ts, depth, json, membership, txn_user, txn_device, txn_id)
@@ -119,7 +120,12 @@ impl Writes {
                                    RETURNING stream_pos),
                              n AS (INSERT INTO notifications (user_id, room_id, stream_pos, actions, highlight)
                                    SELECT t.u, $2::text, e.stream_pos, t.a, t.h
-                                   FROM e, UNNEST($13::text[], $14::text[], $15::bool[]) AS t(u, a, h))
+                                   FROM e, UNNEST($13::text[], $14::text[], $15::bool[]) AS t(u, a, h)),
+                             -- The notified users' pushers have work up to here
+                             -- (`PusherStore`): taken under the stream lock, so
+                             -- in position order.
+                             q AS (UPDATE pushers SET queued_pos = e.stream_pos FROM e
+                                   WHERE pushers.user_id = ANY($13::text[]) AND pushers.queued_pos < e.stream_pos)
                              SELECT stream_pos FROM e")
             .await?,
             // Both run after `insert_event` in the same transaction, so

@@ -367,3 +367,51 @@ pub fn hierarchy_walk<R: Row>(row: &R) -> Result<(HierarchyWalk, String), R::Err
         row.text(5)?,
     ))
 }
+
+/// Columns of a [`Pusher`] in `pushers`, for [`pusher`].
+pub const PUSHER_COLUMNS: &str = "id, user_id, device_id, app_id, pushkey, kind, app_display_name, device_display_name, \
+     profile_tag, lang, data, pushkey_ts";
+
+/// Number of columns in [`PUSHER_COLUMNS`]; extra columns of a query follow.
+pub const PUSHER_COLUMN_COUNT: usize = 12;
+
+pub fn pusher<R: Row>(row: &R) -> Result<Pusher, R::Error> {
+    Ok(Pusher {
+        id: row.uint(0)?,
+        user_id: row.text(1)?,
+        device_id: row.text(2)?,
+        app_id: row.text(3)?,
+        pushkey: row.text(4)?,
+        kind: row.text(5)?,
+        app_display_name: row.text(6)?,
+        device_display_name: row.text(7)?,
+        profile_tag: row.opt_text(8)?,
+        lang: row.text(9)?,
+        data_json: row.text(10)?,
+        pushkey_ts: row.uint(11)?,
+    })
+}
+
+/// Columns [`PUSHER_COLUMNS`] and [`CLAIMED_PUSHER_STATE`], for
+/// [`claimed_pusher`].
+pub const CLAIMED_PUSHER_STATE: &str = "delivered_pos, queued_pos, failures, retry_at_ts";
+
+pub fn claimed_pusher<R: Row>(row: &R) -> Result<ClaimedPusher, R::Error> {
+    let n = PUSHER_COLUMN_COUNT;
+    Ok(ClaimedPusher {
+        pusher: pusher(row)?,
+        progress: DeliveryProgress {
+            delivered_pos: row.uint(n)?,
+            // A count the store wrote itself, from a u32.
+            failures: u32::try_from(row.uint(n + 2)?).unwrap_or(u32::MAX),
+            retry_at_ts: row.uint(n + 3)?,
+        },
+        queued_pos: row.uint(n + 1)?,
+    })
+}
+
+/// [`EVENT_COLUMNS`], the notification's actions and highlight, then
+/// whether the user has read it.
+pub fn queued_notification<R: Row>(row: &R) -> Result<QueuedNotification, R::Error> {
+    Ok(QueuedNotification { notification: stored_notification(row)?, read: row.boolean(EVENT_COLUMN_COUNT + 2)? })
+}

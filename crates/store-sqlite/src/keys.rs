@@ -48,7 +48,7 @@ fn move_device_list(conn: &Connection, user_id: &str) -> StoreResult<()> {
 /// Deletes the devices (ids that do not exist are ignored) with everything
 /// of theirs this module keeps: keys, one-time and fallback keys,
 /// signatures added to their keys and those they made, inbox, to-device
-/// transaction ids, and
+/// transaction ids, pushers, and
 /// the dehydrated-device record if one of them is it. Returns whether
 /// anything was there to delete.
 fn delete_devices_and_keys(conn: &Connection, user_id: &str, device_ids: &[String]) -> StoreResult<bool> {
@@ -75,6 +75,8 @@ fn delete_devices_and_keys(conn: &Connection, user_id: &str, device_ids: &[Strin
         conn.prepare_cached("DELETE FROM dehydrated_devices WHERE user_id = ?1 AND device_id = ?2")
             .and_then(|mut s| s.execute([user_id, device_id]))
             .map_err(backend)?;
+        // A pusher belongs to the device whose access token set it.
+        crate::pushers::delete_pushers_of_device(conn, user_id, device_id)?;
     }
     Ok(deleted)
 }
@@ -100,8 +102,8 @@ pub(crate) fn device_ids_of(conn: &Connection, user_id: &str, except: Option<&st
     collect(stmt.query_map(params![user_id, except], |r| r.get(0)).map_err(backend)?)
 }
 
-/// What deactivation deletes besides devices: every device with its keys,
-/// the cross-signing keys, signatures made on the user's keys or by them,
+/// What deactivation deletes besides devices: every device with its keys
+/// and pushers, the cross-signing keys, signatures made on the user's keys or by them,
 /// the key backups and the dehydrated device; and the user moved in the
 /// device-list stream (their keys are gone).
 pub(crate) fn forget_account(conn: &Connection, user_id: &str) -> StoreResult<()> {
@@ -119,6 +121,7 @@ pub(crate) fn forget_account(conn: &Connection, user_id: &str) -> StoreResult<()
     ] {
         conn.prepare_cached(sql).and_then(|mut s| s.execute([user_id])).map_err(backend)?;
     }
+    crate::pushers::delete_pushers_of_user(conn, user_id)?;
     move_device_list(conn, user_id)
 }
 

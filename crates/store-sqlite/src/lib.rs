@@ -17,6 +17,7 @@ mod hierarchy;
 mod keys;
 mod pool;
 mod push;
+mod pushers;
 mod relations;
 mod reports;
 mod rooms;

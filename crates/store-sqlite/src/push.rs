@@ -11,7 +11,8 @@ use crate::rooms::collect;
 use crate::row::SqliteRow;
 use crate::{SqliteStore, backend};
 
-/// Stores the notifications of an event being appended (same transaction).
+/// Stores the notifications of an event being appended (same transaction),
+/// and queues them for the notified users' pushers.
 pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
     for n in &event.notifications {
         tx.prepare_cached(
@@ -20,7 +21,7 @@ pub(crate) fn insert_notifications(tx: &Transaction<'_>, event: &NewEvent, pos: 
         .and_then(|mut s| s.execute(params![n.user_id, event.room_id, pos, n.actions_json, n.highlight]))
         .map_err(backend)?;
     }
-    Ok(())
+    crate::pushers::raise_queued_positions(tx, &event.notifications, pos)
 }
 
 #[async_trait]

@@ -11,6 +11,7 @@ mod forgotten;
 mod hierarchy;
 mod keys;
 mod push;
+mod pushers;
 mod receipts;
 mod relations;
 mod reports;
@@ -33,6 +34,7 @@ pub use forgotten::*;
 pub use hierarchy::*;
 pub use keys::*;
 pub use push::*;
+pub use pushers::*;
 pub use receipts::*;
 pub use relations::*;
 pub use reports::*;
@@ -145,6 +147,8 @@ pub enum StoreError {
     TooManyBackedUpKeys,
     #[error("the account has too many key backup versions")]
     TooManyBackupVersions,
+    #[error("the account has too many pushers")]
+    TooManyPushers,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -222,8 +226,9 @@ pub trait AccountStore: Send + Sync {
     /// Returns false if there is no such device.
     async fn set_device_display_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool>;
 
-    /// Deletes these devices and their tokens; ids that do not exist are
-    /// ignored, as the spec asks.
+    /// Deletes these devices and their tokens (and what belongs to them:
+    /// keys, inbox, pushers; see [`KeyStore`] and [`PusherStore`]); ids
+    /// that do not exist are ignored, as the spec asks.
     async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<()>;
 
     /// Deletes every device of the user except `keep` (if given).
@@ -240,7 +245,7 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<()>;
 
     /// Deactivates the account for good: no password, no devices, no
-    /// profile. The user id stays taken so it can never be handed to
+    /// profile, no pushers. The user id stays taken so it can never be handed to
     /// someone else.
     async fn deactivate_account(&self, user_id: &str, now_ts: u64) -> StoreResult<()>;
 
@@ -322,6 +327,7 @@ pub trait Store:
     + UserDataStore
     + SearchStore
     + PushStore
+    + PusherStore
     + AccountDataStore
     + ReceiptStore
     + DirectoryStore

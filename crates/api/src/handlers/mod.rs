@@ -9,6 +9,7 @@ pub mod keys;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod pushers;
 pub mod receipts;
 pub mod relations;
 pub mod rooms;

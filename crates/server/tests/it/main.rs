@@ -48,6 +48,7 @@ mod nul_text;
 mod presence;
 mod process;
 mod push;
+mod pushers;
 mod registration;
 mod relations;
 mod rooms_flow;

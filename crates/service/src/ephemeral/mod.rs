@@ -24,6 +24,7 @@ pub(crate) use typing::TypingSnapshot;
 use crate::account_data::AccountData;
 use crate::clock::Clock;
 use crate::notifier::Notifier;
+use crate::pushers::Pushers;
 use crate::ratelimit::Limiters;
 use crate::rooms::Visibility;
 use crate::tokens::Entropy;
@@ -41,6 +42,8 @@ pub struct EphemeralDeps {
     pub account_data: Arc<AccountData>,
     pub bus: Arc<dyn NodeBus>,
     pub notifier: Arc<Notifier>,
+    /// A read receipt changes the reader's badge on their phones.
+    pub pushers: Arc<Pushers>,
     /// Per-user bounds on receipts and read markers.
     pub limiters: Arc<Limiters>,
     pub clock: Arc<dyn Clock>,

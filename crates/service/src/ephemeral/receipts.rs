@@ -146,6 +146,9 @@ impl Ephemeral {
         };
         self.deps.receipts.set_receipt(receipt, MAX_RECEIPT_THREADS_PER_ROOM).await?;
         self.deps.notifier.room(room_id.as_str());
+        // Both read receipt types clear notifications (spec "Marking
+        // notifications as read"): the badge may have gone down.
+        self.deps.pushers.user_read(user.user_id.as_str());
         Ok(())
     }
 
