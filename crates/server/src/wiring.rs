@@ -16,8 +16,8 @@ use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
     Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
-    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces,
-    SpacesDeps, Syncer, SyncerDeps, Visibility,
+    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps,
+    Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 

@@ -10,8 +10,8 @@ mod account_data;
 mod hierarchy;
 mod keys;
 mod nul;
-mod sliding_sync;
 mod pushers;
+mod sliding_sync;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ pub use self::account_data::*;
 pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::nul::*;
-pub use self::sliding_sync::*;
 pub use self::pushers::*;
+pub use self::sliding_sync::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an

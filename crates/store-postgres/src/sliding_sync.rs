@@ -10,6 +10,9 @@ use tokio_postgres::error::SqlState;
 use crate::query::{PgRow, execute, get, query, query_opt};
 use crate::{PostgresStore, backend};
 
+/// The advisory lock class of a device's connection starts ("slid").
+const CONNECTIONS_LOCK: i32 = 0x736c_6964;
+
 /// Drops these connections and everything recorded for them.
 async fn drop_connections(tx: &Transaction<'_>, conn_keys: &[i64]) -> StoreResult<()> {
     if conn_keys.is_empty() {
@@ -59,16 +62,19 @@ impl SlidingSyncStore for PostgresStore {
     async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        // Starts of one device's connections go one at a time.
-        query_opt(
+        // Starts of one device's connections go one at a time, and the
+        // rows they drop are locked first, so an answer being recorded on
+        // one of them finishes before its rows go (none is left behind).
+        query(
             &tx,
-            "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE",
-            &[&owner.user_id, &owner.device_id],
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))",
+            &[&CONNECTIONS_LOCK, &owner.user_id, &owner.device_id],
         )
         .await?;
         let previous: Vec<i64> = query(
             &tx,
-            "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2 AND conn_id = $3",
+            "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2 AND conn_id = $3
+             FOR UPDATE",
             &[&owner.user_id, &owner.device_id, &owner.conn_id],
         )
         .await?
@@ -88,7 +94,7 @@ impl SlidingSyncStore for PostgresStore {
         let beyond: Vec<i64> = query(
             &tx,
             "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2
-             ORDER BY last_used_ts DESC, conn_key DESC OFFSET $3",
+             ORDER BY last_used_ts DESC, conn_key DESC OFFSET $3 FOR UPDATE",
             &[&owner.user_id, &owner.device_id, &i(max_per_device as u64)],
         )
         .await?

@@ -233,3 +233,40 @@ async fn a_connection_moves_between_nodes() {
     assert_eq!(timeline_bodies(&news["rooms"][&room]), ["after"]);
     assert_eq!(news["rooms"][&room].get("initial"), None);
 }
+
+/// A rejected invite leaves the list with the user's own leave and
+/// nothing of the room; an invite from an ignored user never shows.
+async fn rejected_and_ignored_invites(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    let bob = User::new(&server.base_url, "bob").await;
+    let carol = User::new(&server.base_url, "carol").await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/user/{}/account_data/m.ignored_user_list", alice.id),
+            Some(json!({
+                "ignored_users": { &carol.id: {} }
+            })),
+        )
+        .await;
+    let secret = bob.create_room(json!({ "name": "secret plans", "topic": "private", "invite": [alice.id] })).await;
+    let ignored = carol.create_room(json!({ "name": "spam", "invite": [alice.id] })).await;
+    let first = sliding_ok(&alice, list_request(None, 0)).await;
+    assert_eq!(first["rooms"][&secret]["membership"], "invite");
+    assert!(first["rooms"].get(&ignored).is_none(), "an ignored user's invite: {first}");
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    alice.ok(Method::POST, &format!("/rooms/{secret}/leave"), Some(json!({}))).await;
+    bob.say(&secret, "t1", "after alice left").await;
+    let after = sliding_ok(&alice, list_request(Some(&pos), 0)).await;
+    let left = &after["rooms"][&secret];
+    assert_eq!(left["membership"], "leave", "{after}");
+    let state = left["required_state"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "only her own leave: {left}");
+    assert_eq!(state[0]["state_key"], alice.id);
+    assert_eq!(state[0]["content"]["membership"], "leave");
+    assert!(left.get("name").is_none() && left.get("joined_count").is_none(), "{left}");
+    assert!(timeline_bodies(left).is_empty(), "{left}");
+}
+on_both_backends!(rejected_and_ignored_invites);

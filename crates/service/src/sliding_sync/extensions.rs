@@ -28,6 +28,51 @@ fn to_device_since(since: Option<&str>) -> Result<Option<StreamToken>, Error> {
         .map_err(|_| Error::InvalidParam("malformed to_device since token".into()))
 }
 
+/// The room's receipt events (one per thread) as the one `m.receipt`
+/// event the extension carries per room: their contents merged, event
+/// by event, receipt type by receipt type (each receipt keeps its
+/// `thread_id`).
+fn merged_receipts(events: Vec<JsonValue>) -> Option<JsonValue> {
+    let mut merged: Map<String, JsonValue> = Map::new();
+    for mut event in events {
+        let JsonValue::Object(content) = event["content"].take() else { continue };
+        for (event_id, by_type) in content {
+            let JsonValue::Object(by_type) = by_type else { continue };
+            let JsonValue::Object(slot) = merged.entry(event_id).or_insert_with(|| json!({})) else { continue };
+            for (receipt_type, by_user) in by_type {
+                let JsonValue::Object(by_user) = by_user else { continue };
+                if let JsonValue::Object(users) = slot.entry(receipt_type).or_insert_with(|| json!({})) {
+                    users.extend(by_user);
+                }
+            }
+        }
+    }
+    (!merged.is_empty()).then(|| json!({ "type": "m.receipt", "content": merged }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_of_every_thread_go_in_one_event() {
+        let unthreaded = json!({"type": "m.receipt", "content": {"$a": {"m.read": {"@x:s": {"ts": 1}}}}});
+        let main = json!({"type": "m.receipt", "content": {
+            "$a": {"m.read": {"@y:s": {"ts": 2, "thread_id": "main"}}},
+            "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
+        }});
+        let merged = merged_receipts(vec![unthreaded, main]).unwrap();
+        assert_eq!(
+            merged,
+            json!({"type": "m.receipt", "content": {
+                "$a": {"m.read": {"@x:s": {"ts": 1}, "@y:s": {"ts": 2, "thread_id": "main"}}},
+                "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
+            }})
+        );
+        assert_eq!(merged_receipts(Vec::new()), None);
+    }
+}
+
 impl SlidingSync {
     /// The extensions the request enables, for the rooms in `view` (the
     /// answer's rooms and the subscriptions); moves `cut`'s account-data
@@ -97,13 +142,19 @@ impl SlidingSync {
             let snapshot = self.deps.ephemeral.typing_snapshot(joined_view.iter().copied());
             cut.typing = since.map_or(snapshot.serial, |s| s.typing.max(snapshot.serial));
             let mut rooms = Map::new();
-            for (room_id, (changed, typers)) in &snapshot.rooms {
+            // Behind the floor (a token of another node, or from before a
+            // restart), the client may hold typers that are gone: every
+            // room in view is told who types now.
+            let stale = since.is_some_and(|s| s.typing < snapshot.floor);
+            for room_id in &joined_view {
+                let (changed, typers) = snapshot.rooms.get(*room_id).map_or((0, &[][..]), |(c, t)| (*c, t.as_slice()));
                 let news = match since {
-                    Some(s) => *changed > s.typing || (initial_rooms.contains(room_id.as_str()) && !typers.is_empty()),
+                    _ if stale => true,
+                    Some(s) => changed > s.typing || (initial_rooms.contains(room_id) && !typers.is_empty()),
                     None => !typers.is_empty(),
                 };
                 if news {
-                    rooms.insert(room_id.clone(), json!({ "type": "m.typing", "content": { "user_ids": typers } }));
+                    rooms.insert((*room_id).to_owned(), json!({ "type": "m.typing", "content": { "user_ids": typers } }));
                 }
             }
             has_news |= !rooms.is_empty();

@@ -163,8 +163,10 @@ fn parse_pos(pos: &str) -> Result<(u64, u64), Error> {
     Ok((key.parse().map_err(|_| Error::UnknownPos)?, at.parse().map_err(|_| Error::UnknownPos)?))
 }
 
+/// A stored record; one this version cannot read (written by another)
+/// makes the client start the connection again.
 fn record_of(stored: &SentRoom) -> Result<RoomRecord, Error> {
-    serde_json::from_str(&stored.record).map_err(|e| Error::Internal(format!("stored sliding sync record: {e}")))
+    serde_json::from_str(&stored.record).map_err(|_| Error::UnknownPos)
 }
 
 impl SlidingSync {
@@ -244,16 +246,21 @@ impl SlidingSync {
     /// Records the answer as the connection's next position.
     async fn finish(&self, conn: &Connection, answer: Answer, txn_id: Option<String>) -> Result<JsonValue, Error> {
         let mut sent = Vec::with_capacity(answer.changed.len());
-        let mut records = (*conn.records).clone();
-        for (room_id, record) in answer.changed {
-            let json = serde_json::to_string(&record).map_err(|e| Error::Internal(format!("sliding sync record: {e}")))?;
-            sent.push(SentRoom { room_id: room_id.clone(), record: json });
-            records.insert(room_id, record);
-        }
+        let records = if answer.changed.is_empty() {
+            Arc::clone(&conn.records)
+        } else {
+            let mut records = (*conn.records).clone();
+            for (room_id, record) in answer.changed {
+                let json = serde_json::to_string(&record).map_err(|e| Error::Internal(format!("sliding sync record: {e}")))?;
+                sent.push(SentRoom { room_id: room_id.clone(), record: json });
+                records.insert(room_id, record);
+            }
+            Arc::new(records)
+        };
         let now = self.deps.clock.now_ms();
         let token = answer.cut.to_string();
         let pos = self.deps.store.record_sliding_answer(conn.key, conn.base_pos, &token, &sent, now).await?;
-        self.cache.lock().expect("sliding sync cache").insert(conn.key, (pos, Arc::new(records)));
+        self.cache.lock().expect("sliding sync cache").insert(conn.key, (pos, records));
         let mut body = answer.body;
         body["pos"] = json!(format!("{}_{pos}", conn.key));
         if let Some(txn_id) = txn_id {
@@ -321,8 +328,14 @@ impl SlidingSync {
             .filter(|e| e.membership_pos <= cut.events && !forgotten.contains(&e.room_id))
             .filter(|e| decide::listed(e, conn.records.contains_key(&e.room_id)))
             .collect();
-        let joined: BTreeSet<String> =
-            entries.iter().filter(|e| e.membership == MembershipState::Join).map(|e| e.room_id.clone()).collect();
+        let joined: BTreeSet<String> = if wants_rooms {
+            entries.iter().filter(|e| e.membership == MembershipState::Join).map(|e| e.room_id.clone()).collect()
+        } else {
+            // Still the rooms a long-poll waits on: a device-list change
+            // of a room's member wakes the syncs of that room.
+            let memberships = self.deps.rooms.memberships_of_user(user_id).await?;
+            memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect()
+        };
 
         // Lists: sort once, filter per list, cut the ranges.
         let mut sorted = entries.clone();
@@ -373,7 +386,11 @@ impl SlidingSync {
                 update => updates.push((entry, config, in_lists, update)),
             }
         }
-        updates.sort_by_key(|(entry, ..)| std::cmp::Reverse(decide::bump_stamp(entry)));
+        // Subscribed rooms (the one the user has open) first, then the
+        // newest, when the answer is capped.
+        updates.sort_by_key(|(entry, ..)| {
+            (!wanted.subscriptions.contains_key(&entry.room_id), std::cmp::Reverse(decide::bump_stamp(entry)))
+        });
         let more_rooms = updates.len() > MAX_SLIDING_ROOMS_PER_ANSWER;
         updates.truncate(MAX_SLIDING_ROOMS_PER_ANSWER);
         let initial_rooms: BTreeSet<&str> =
@@ -383,7 +400,7 @@ impl SlidingSync {
         let ctx = room::Context { user, since: conn.since, cut, ignored: &ignored, direct: &direct };
         // A few rooms at a time: an answer of 200 rooms must not take the
         // whole connection pool.
-        let mut built: Vec<(JsonValue, RoomRecord)> = Vec::with_capacity(updates.len());
+        let mut built: Vec<(Option<JsonValue>, RoomRecord)> = Vec::with_capacity(updates.len());
         for chunk in updates.chunks(ROOMS_BUILT_AT_ONCE) {
             let mut part = Vec::with_capacity(chunk.len());
             for (entry, config, in_lists, update) in chunk {
@@ -394,7 +411,9 @@ impl SlidingSync {
         let mut rooms = Map::new();
         let mut changed = Vec::new();
         for ((entry, ..), (body, record)) in updates.iter().zip(built) {
-            rooms.insert(entry.room_id.clone(), body);
+            if let Some(body) = body {
+                rooms.insert(entry.room_id.clone(), body);
+            }
             changed.push((entry.room_id.clone(), record));
         }
 

@@ -45,7 +45,7 @@ impl SlidingSync {
         config: &RoomConfig,
         in_lists: &[&str],
         update: RoomUpdate,
-    ) -> Result<(JsonValue, RoomRecord), Error> {
+    ) -> Result<(Option<JsonValue>, RoomRecord), Error> {
         let room_id = entry.room_id.as_str();
         let viewer = ClientEventOptions::from(ctx.user);
         let mut room = Map::new();
@@ -72,18 +72,27 @@ impl SlidingSync {
                 event_id: entry.membership_event_id.clone(),
                 stream_pos: entry.membership_pos,
             };
-            let stripped = stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored)
-                .await?
-                .unwrap_or_default();
+            // An invite from an ignored user is not sent (spec "Ignoring
+            // Users"); its record keeps it from being looked at again.
+            let Some(stripped) = stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored).await?
+            else {
+                return Ok((None, record));
+            };
             // ruma and matrix-sdk read `invite_state`; the MSC renamed it.
             room.insert("invite_state".into(), json!(stripped));
             room.insert("stripped_state".into(), json!(stripped));
-            return Ok((JsonValue::Object(room), record));
+            return Ok((Some(JsonValue::Object(room)), record));
         }
 
         let joined = entry.membership == MembershipState::Join;
         let up_to = if joined { ctx.cut.events } else { entry.membership_pos };
         record.pos = up_to;
+        if !joined {
+            let room = self.left_room(ctx, entry, room.clone(), &viewer).await?;
+            if let Some(room) = room {
+                return Ok((Some(room), record));
+            }
+        }
         let (after, expanded, state_from) = match update {
             RoomUpdate::Changes { after, expanded_timeline, widened_state } => {
                 (if expanded_timeline { 0 } else { after }, expanded_timeline, (!widened_state).then_some(after))
@@ -91,8 +100,14 @@ impl SlidingSync {
             _ => (0, false, None),
         };
         let timeline = self.timeline(ctx, room_id, after, up_to, config.timeline_limit);
-        let summary = self.deps.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES);
-        let (window, summary) = tokio::try_join!(timeline, async { Ok::<_, Error>(summary.await?) })?;
+        let summary = async {
+            if joined {
+                Ok::<_, Error>(Some(self.deps.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES).await?))
+            } else {
+                Ok(None)
+            }
+        };
+        let (window, summary) = tokio::try_join!(timeline, summary)?;
         let (events, limited, prev_batch) = window;
 
         // The state the config asks for: whole when the room is new to
@@ -135,18 +150,27 @@ impl SlidingSync {
             }
         }
 
-        // Name, avatar and heroes, whatever the config: Element X shows them.
+        // Name, avatar and heroes, whatever the config: Element X shows
+        // them. A room the user left is shown as it was when they left.
+        let heroes: Vec<String> = summary.as_ref().map(|s| s.heroes.clone()).unwrap_or_default();
         let mut keys = vec![("m.room.name".to_owned(), String::new()), ("m.room.avatar".to_owned(), String::new())];
-        keys.extend(summary.heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
-        let looks = self.deps.rooms.current_state_events(room_id, &keys).await?;
+        keys.extend(heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
+        let looks = if joined {
+            self.deps.rooms.current_state_events(room_id, &keys).await?
+        } else {
+            let mut looks = Vec::new();
+            for (t, k) in &keys {
+                looks.extend(self.deps.rooms.state_event(room_id, t, k, Some(up_to)).await?);
+            }
+            looks
+        };
         let find = |t: &str, k: &str| looks.iter().find(|e| e.event_type == t && e.state_key.as_deref() == Some(k));
         match content_str(find("m.room.name", ""), "name") {
             Some(name) => {
                 room.insert("name".into(), json!(name));
             }
-            None => {
-                let heroes: Vec<JsonValue> = summary
-                    .heroes
+            None if joined => {
+                let heroes: Vec<JsonValue> = heroes
                     .iter()
                     .map(|h| {
                         let member = find("m.room.member", h);
@@ -162,15 +186,16 @@ impl SlidingSync {
                     .collect();
                 room.insert("heroes".into(), json!(heroes));
             }
+            None => {}
         }
         match content_str(find("m.room.avatar", ""), "url") {
             Some(url) => room.insert("avatar".into(), json!(url)),
             None => room.insert("avatar".into(), JsonValue::Null),
         };
-        room.insert("joined_count".into(), json!(summary.joined));
-        room.insert("invited_count".into(), json!(summary.invited));
         room.insert("is_dm".into(), json!(ctx.direct.contains(room_id)));
-        if joined {
+        if let Some(summary) = &summary {
+            room.insert("joined_count".into(), json!(summary.joined));
+            room.insert("invited_count".into(), json!(summary.invited));
             let counts = self.deps.push.unread_counts(&ctx.user.user_id, room_id).await?;
             record.counts = (counts["notification_count"].as_u64().unwrap_or(0), counts["highlight_count"].as_u64().unwrap_or(0));
             room.insert("notification_count".into(), json!(record.counts.0));
@@ -192,7 +217,35 @@ impl SlidingSync {
             room.insert("expanded_timeline".into(), json!(true));
             room.insert("unstable_expanded_timeline".into(), json!(true));
         }
-        Ok((JsonValue::Object(room), record))
+        Ok((Some(JsonValue::Object(room)), record))
+    }
+
+    /// A room the user left or was banned from, when they may not see its
+    /// state as of their departure (an invite they rejected, a ban before
+    /// they ever joined): only their own membership event, so the client
+    /// drops the invite and learns nothing else. `None` when they may see
+    /// it (the room is then answered like a joined one, as of the leave).
+    async fn left_room(
+        &self,
+        ctx: &Context<'_>,
+        entry: &RoomListEntry,
+        mut room: Map<String, JsonValue>,
+        viewer: &ClientEventOptions,
+    ) -> Result<Option<JsonValue>, Error> {
+        let room_id =
+            chancery_proto::ruma::RoomId::parse(&entry.room_id).map_err(|e| Error::Internal(format!("stored room id: {e}")))?;
+        match self.deps.visibility.ensure_can_see_state_at(&ctx.user.user_id, &room_id, entry.membership_pos).await {
+            Ok(()) => Ok(None),
+            Err(Error::Forbidden(_)) => {
+                let own = self.deps.rooms.event(&entry.membership_event_id).await?;
+                let own = self.deps.formatter.client_events(own.as_slice(), viewer).await?;
+                let own = without_room_ids(own);
+                room.insert("required_state".into(), json!(own));
+                room.insert("timeline".into(), json!(own));
+                Ok(Some(JsonValue::Object(room)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The newest `limit` events of the room in `(after, up_to]` the user
@@ -211,7 +264,7 @@ impl SlidingSync {
         events.reverse();
         let prev_batch = format_token(events.first().map_or(up_to, |e| e.stream_pos - 1));
         let me = ctx.user.user_id.as_str();
-        events.retain(|e| e.sender == me || !ctx.ignored.contains(&e.sender));
+        events.retain(|e| e.sender == me || crate::sync::decide::visible(e, ctx.ignored));
         let events = self.deps.visibility.visible_events(&ctx.user.user_id, room_id, events).await?;
         Ok((events, limited, prev_batch))
     }

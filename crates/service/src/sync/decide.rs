@@ -54,7 +54,7 @@ pub(super) fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
 
 /// Timeline events of ignored users are not delivered; their state events
 /// are (spec "Ignoring Users": the room must not look different).
-pub(super) fn visible(event: &StoredEvent, ignored: &BTreeSet<String>) -> bool {
+pub(crate) fn visible(event: &StoredEvent, ignored: &BTreeSet<String>) -> bool {
     event.state_key.is_some() || !ignored.contains(&event.sender)
 }
 

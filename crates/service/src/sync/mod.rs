@@ -24,7 +24,7 @@
 //!
 //! In memory, per node: which member events each device holds.
 
-mod decide;
+pub(crate) mod decide;
 mod lazy_members;
 pub(crate) mod rooms;
 
