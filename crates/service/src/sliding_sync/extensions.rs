@@ -50,29 +50,6 @@ fn merged_receipts(events: Vec<JsonValue>) -> Option<JsonValue> {
     (!merged.is_empty()).then(|| json!({ "type": "m.receipt", "content": merged }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn receipts_of_every_thread_go_in_one_event() {
-        let unthreaded = json!({"type": "m.receipt", "content": {"$a": {"m.read": {"@x:s": {"ts": 1}}}}});
-        let main = json!({"type": "m.receipt", "content": {
-            "$a": {"m.read": {"@y:s": {"ts": 2, "thread_id": "main"}}},
-            "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
-        }});
-        let merged = merged_receipts(vec![unthreaded, main]).unwrap();
-        assert_eq!(
-            merged,
-            json!({"type": "m.receipt", "content": {
-                "$a": {"m.read": {"@x:s": {"ts": 1}, "@y:s": {"ts": 2, "thread_id": "main"}}},
-                "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
-            }})
-        );
-        assert_eq!(merged_receipts(Vec::new()), None);
-    }
-}
-
 impl SlidingSync {
     /// The extensions the request enables, for the rooms in `view` (the
     /// answer's rooms and the subscriptions); moves `cut`'s account-data
@@ -130,7 +107,7 @@ impl SlidingSync {
             for room_id in &joined_view {
                 let after = if initial_rooms.contains(room_id) { 0 } else { since.map_or(0, |s| s.receipts) };
                 let events = self.deps.ephemeral.receipt_events(room_id, after, cut.receipts, user.user_id.as_str()).await?;
-                if let Some(event) = events.into_iter().next() {
+                if let Some(event) = merged_receipts(events) {
                     rooms.insert((*room_id).to_owned(), event);
                 }
             }
@@ -191,5 +168,28 @@ impl SlidingSync {
             global.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
         }
         Ok((json!({ "global": global, "rooms": rooms }), news))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_of_every_thread_go_in_one_event() {
+        let unthreaded = json!({"type": "m.receipt", "content": {"$a": {"m.read": {"@x:s": {"ts": 1}}}}});
+        let main = json!({"type": "m.receipt", "content": {
+            "$a": {"m.read": {"@y:s": {"ts": 2, "thread_id": "main"}}},
+            "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
+        }});
+        let merged = merged_receipts(vec![unthreaded, main]).unwrap();
+        assert_eq!(
+            merged,
+            json!({"type": "m.receipt", "content": {
+                "$a": {"m.read": {"@x:s": {"ts": 1}, "@y:s": {"ts": 2, "thread_id": "main"}}},
+                "$b": {"m.read.private": {"@me:s": {"ts": 3, "thread_id": "main"}}},
+            }})
+        );
+        assert_eq!(merged_receipts(Vec::new()), None);
     }
 }
