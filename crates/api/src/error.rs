@@ -73,6 +73,8 @@ impl From<Error> for ApiError {
             Error::InvalidSignature(_) => (S::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
+            Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

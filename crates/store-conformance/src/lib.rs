@@ -8,6 +8,7 @@
 
 mod account_data;
 mod keys;
+mod media;
 mod nul;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use serde_json::json;
 
 pub use self::account_data::*;
 pub use self::keys::*;
+pub use self::media::*;
 pub use self::nul::*;
 use chancery_store::*;
 
@@ -57,6 +59,9 @@ macro_rules! store_conformance_tests {
             one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
+            media_is_stored_once_and_counted_against_the_quota, concurrent_uploads_hold_the_quota,
+            pending_media_is_bounded_expires_and_completes_once,
+            thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

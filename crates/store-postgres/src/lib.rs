@@ -13,6 +13,7 @@ mod directory;
 mod forgotten;
 mod json;
 mod keys;
+mod media;
 mod migrations;
 mod notify;
 mod push;

@@ -14,6 +14,7 @@ mod accounts;
 mod directory;
 mod forgotten;
 mod keys;
+mod media;
 mod pool;
 mod push;
 mod relations;
