@@ -75,6 +75,7 @@ impl From<Error> for ApiError {
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            Error::UpstreamFailed(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

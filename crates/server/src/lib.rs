@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
     let push = components.push.clone();
+    let media = components.media.clone();
     let syncer = components.syncer.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
     let state = AppState {
@@ -99,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             log_client_address: config.log.client_address,
             body_read_timeout: Duration::from_millis(config.limits.body_read_timeout_ms),
             request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            upload_timeout: Duration::from_millis(config.media.upload_timeout_ms),
         }),
         metrics: metrics.clone(),
     };
@@ -109,7 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = chancery_api::router(state);
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
-        tokio::spawn(maintenance::run(push, shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, media, shutdown_rx.clone())),
     ];
 
     let mut metrics_addr = None;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chancery_service::Push;
+use chancery_service::{Media, Push};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -14,7 +14,7 @@ const PASS_EVERY: Duration = Duration::from_secs(60 * 60);
 
 /// Runs the passes until shutdown; a pass in progress is abandoned then
 /// (each store call it makes is a transaction of its own).
-pub(crate) async fn run(push: Arc<Push>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub(crate) async fn run(push: Arc<Push>, media: Arc<Media>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
     let mut tick = tokio::time::interval_at(Instant::now() + FIRST_PASS_AFTER, PASS_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let passes = async {
@@ -24,6 +24,13 @@ pub(crate) async fn run(push: Arc<Push>, mut shutdown: watch::Receiver<bool>) ->
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(rows, "deleted notifications older than the retention"),
                 Err(e) => tracing::warn!(error = %e, "deleting old notifications failed; the next pass retries"),
+            }
+            // Expired pending media ids, abandoned uploads, files a crash or
+            // a deletion left without a row.
+            match media.collect_garbage().await {
+                Ok(report) if report == Default::default() => {}
+                Ok(report) => tracing::info!(?report, "collected media garbage"),
+                Err(e) => tracing::warn!(error = %e, "collecting media garbage failed; the next pass retries"),
             }
         }
     };

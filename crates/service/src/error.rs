@@ -85,6 +85,10 @@ pub enum Error {
     /// `M_NOT_YET_UPLOADED`).
     #[error("the content of this media has not been uploaded yet")]
     NotYetUploaded,
+    /// Something the server fetched for the client failed (a URL
+    /// preview's page): HTTP 502 `M_UNKNOWN`.
+    #[error("{0}")]
+    UpstreamFailed(String),
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is

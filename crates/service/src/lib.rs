@@ -23,6 +23,7 @@
 //! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
+//! | [`Media`] | the content repository: uploads, downloads, thumbnails, URL previews, quarantine |
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
@@ -41,6 +42,7 @@ pub mod ephemeral;
 mod error;
 pub mod health;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 mod nul;
 pub mod profiles;
@@ -68,6 +70,7 @@ pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
+pub use media::{Media, MediaConfig, MediaDeps};
 pub use notifier::Notifier;
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
@@ -98,5 +101,6 @@ pub struct Components {
     pub syncer: Arc<Syncer>,
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,
+    pub media: Arc<Media>,
     pub health: Arc<Health>,
 }
