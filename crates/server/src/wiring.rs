@@ -14,8 +14,8 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
-    Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
+    Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles, Push, PushDeps, Reports, ReportsDeps,
+    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 

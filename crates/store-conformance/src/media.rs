@@ -91,10 +91,7 @@ pub async fn pending_media_is_bounded_expires_and_completes_once(store: DynStore
     ));
     // Bob has his own bound; an id is used once.
     store.create_pending_media(pending("p3", "@bob:x", 10_000), now, 2).await.unwrap();
-    assert!(matches!(
-        store.create_pending_media(pending("p3", "@alice:x", 10_000), now, 3).await,
-        Err(StoreError::MediaIdTaken)
-    ));
+    assert!(matches!(store.create_pending_media(pending("p3", "@alice:x", 10_000), now, 3).await, Err(StoreError::MediaIdTaken)));
     let record = store.media("p1").await.unwrap().unwrap();
     assert_eq!((record.content, record.unused_expires_ts, record.created_ts), (None, Some(10_000), 1_000));
 
@@ -118,10 +115,7 @@ pub async fn pending_media_is_bounded_expires_and_completes_once(store: DynStore
     ));
     // Direct uploads cannot take a pending id either.
     assert!(matches!(store.store_media(content("p4", "@alice:x"), 100).await, Err(StoreError::MediaIdTaken)));
-    assert!(matches!(
-        store.complete_pending_media(content("p4", "@alice:x"), 10_000, 100).await,
-        Err(StoreError::UnknownMedia)
-    ));
+    assert!(matches!(store.complete_pending_media(content("p4", "@alice:x"), 10_000, 100).await, Err(StoreError::UnknownMedia)));
 
     // The sweep forgets expired ids only; uploaded ones stay.
     assert_eq!(store.delete_expired_pending_media(10_000).await.unwrap(), 2);
@@ -154,20 +148,14 @@ pub async fn thumbnails_and_deletions_tell_which_files_are_unreferenced(store: D
     let deleted = store.delete_media("a").await.unwrap().unwrap();
     assert_eq!(deleted.unreferenced, ["t32s"]);
     assert!(store.thumbnail("a", key).await.unwrap().is_none());
-    assert!(matches!(
-        store.store_thumbnail("a", thumb(96, ThumbnailMethod::Crop, "t96")).await,
-        Err(StoreError::UnknownMedia)
-    ));
+    assert!(matches!(store.store_thumbnail("a", thumb(96, ThumbnailMethod::Crop, "t96")).await, Err(StoreError::UnknownMedia)));
     let mut deleted = store.delete_media("b").await.unwrap().unwrap().unreferenced;
     deleted.sort();
     assert_eq!(deleted, ["shared", "t32"]);
 
     // A pending id has no thumbnails.
     store.create_pending_media(pending("p", "@alice:x", 10_000), 1, 5).await.unwrap();
-    assert!(matches!(
-        store.store_thumbnail("p", thumb(32, ThumbnailMethod::Crop, "t")).await,
-        Err(StoreError::UnknownMedia)
-    ));
+    assert!(matches!(store.store_thumbnail("p", thumb(32, ThumbnailMethod::Crop, "t")).await, Err(StoreError::UnknownMedia)));
     assert_eq!(store.delete_media("p").await.unwrap(), Some(DeletedMedia::default()));
 }
 

@@ -151,14 +151,7 @@ impl MediaStore for PostgresStore {
             "UPDATE media SET content_type = $2, file_name = $3, size_bytes = $4, sha256 = $5, uploaded_ts = $6,
                     unused_expires_ts = NULL
              WHERE media_id = $1",
-            &[
-                &media.media_id,
-                &media.content_type,
-                &media.file_name,
-                &i(media.size_bytes),
-                &media.sha256,
-                &i(media.uploaded_ts),
-            ],
+            &[&media.media_id, &media.content_type, &media.file_name, &i(media.size_bytes), &media.sha256, &i(media.uploaded_ts)],
         )
         .await
         .map_err(backend)?;

@@ -46,11 +46,9 @@ fn is_referenced(tx: &rusqlite::Connection, sha256: &str) -> StoreResult<bool> {
 impl MediaStore for SqliteStore {
     async fn create_pending_media(&self, pending: PendingMedia, now_ts: u64, max_pending: usize) -> StoreResult<()> {
         self.write(move |tx| {
-            tx.prepare_cached(
-                "DELETE FROM media WHERE uploader = ?1 AND sha256 IS NULL AND unused_expires_ts <= ?2",
-            )
-            .and_then(|mut s| s.execute(params![pending.uploader, i(now_ts)]))
-            .map_err(backend)?;
+            tx.prepare_cached("DELETE FROM media WHERE uploader = ?1 AND sha256 IS NULL AND unused_expires_ts <= ?2")
+                .and_then(|mut s| s.execute(params![pending.uploader, i(now_ts)]))
+                .map_err(backend)?;
             let live: i64 = tx
                 .prepare_cached("SELECT COUNT(*) FROM media WHERE uploader = ?1 AND sha256 IS NULL")
                 .and_then(|mut s| s.query_row([&pending.uploader], |r| r.get(0)))

@@ -329,7 +329,11 @@ async fn thumbnails(backend: Backend) {
     truncated.truncate(300);
     let truncated = upload_ok(&alice, truncated, Some("image/jpeg"), None).await;
     let answer = thumbnail(&alice, &truncated, "width=96&height=96&method=crop").await;
-    assert!(answer.status == 400 || answer.status == 200, "a cut JPEG is refused or decoded as far as it goes: {}", answer.status);
+    assert!(
+        answer.status == 400 || answer.status == 200,
+        "a cut JPEG is refused or decoded as far as it goes: {}",
+        answer.status
+    );
     assert_eq!(decoded(&thumbnail(&alice, &photo, "width=32&height=32&method=crop").await).width(), 32);
 }
 on_both_backends!(thumbnails);
@@ -360,7 +364,8 @@ async fn animated_thumbnails(backend: Backend) {
 on_both_backends!(animated_thumbnails);
 
 async fn create(user: &User) -> (String, u64) {
-    let created = send(http().post(format!("{}/_matrix/media/v1/create", user.base)).bearer_auth(&user.token).json(&json!({}))).await;
+    let created =
+        send(http().post(format!("{}/_matrix/media/v1/create", user.base)).bearer_auth(&user.token).json(&json!({}))).await;
     assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.bytes));
     let body = created.json();
     let uri = body["content_uri"].as_str().unwrap();
@@ -595,8 +600,7 @@ async fn preview_site() -> (String, tokio::task::JoinHandle<()>) {
                     "/hop" => ("302 Found", "text/plain", Vec::new()),
                     _ => ("404 Not Found", "text/plain", b"no".to_vec()),
                 };
-                let location =
-                    if path == "/hop" { format!("Location: http://127.0.0.2:{port}/page\r\n") } else { String::new() };
+                let location = if path == "/hop" { format!("Location: http://127.0.0.2:{port}/page\r\n") } else { String::new() };
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{location}Connection: close\r\n\r\n",
                     body.len()
@@ -642,7 +646,8 @@ async fn url_previews(backend: Backend) {
         let answer = get(Some(&alice), &alice.base, &preview_path(&refused)).await;
         answer.error(403, "M_FORBIDDEN");
     }
-    for refused in ["http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/"] {
+    for refused in ["http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/"]
+    {
         get(Some(&alice), &alice.base, &preview_path(refused)).await.error(403, "M_FORBIDDEN");
     }
     get(Some(&alice), &alice.base, &preview_path("file:///etc/passwd")).await.error(400, "M_INVALID_PARAM");

@@ -96,11 +96,7 @@ pub fn served(stored: Option<&str>) -> String {
     match stored {
         Some(ct) if is_well_formed(ct) => {
             let lower = ct.to_ascii_lowercase();
-            if lower.starts_with("text/") && !lower.contains("charset=") {
-                format!("{ct}; charset=utf-8")
-            } else {
-                ct.to_owned()
-            }
+            if lower.starts_with("text/") && !lower.contains("charset=") { format!("{ct}; charset=utf-8") } else { ct.to_owned() }
         }
         _ => OCTET_STREAM.to_owned(),
     }

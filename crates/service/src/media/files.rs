@@ -228,7 +228,9 @@ impl FileStore {
             let mut temps = 0;
             for entry in std::fs::read_dir(root.join("tmp"))? {
                 let entry = entry?;
-                if entry.metadata().is_ok_and(|m| m.is_file() && old(&m, TEMP_GRACE)) && std::fs::remove_file(entry.path()).is_ok() {
+                if entry.metadata().is_ok_and(|m| m.is_file() && old(&m, TEMP_GRACE))
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
                     temps += 1;
                 }
             }
@@ -292,7 +294,7 @@ mod tests {
         drop((a, b));
         assert_eq!(temp_files(dir.path()), 0);
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
-        files.remove(&"b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9".to_owned()).await.unwrap();
+        files.remove("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9").await.unwrap();
         assert!(!path.exists());
     }
 

@@ -331,7 +331,8 @@ impl Media {
         let now = self.clock.now_ms();
         let media_id = random_string(&*self.entropy, ALNUM, MEDIA_ID_LEN);
         let expires_ts = now.saturating_add(PENDING_MEDIA_TTL_MS);
-        let pending = PendingMedia { media_id: media_id.clone(), uploader: user.user_id.to_string(), created_ts: now, expires_ts };
+        let pending =
+            PendingMedia { media_id: media_id.clone(), uploader: user.user_id.to_string(), created_ts: now, expires_ts };
         self.store.create_pending_media(pending, now, MAX_PENDING_MEDIA_PER_USER).await?;
         Ok(CreatedMedia { content_uri: self.mxc(&media_id), unused_expires_at_ms: expires_ts })
     }
@@ -777,9 +778,8 @@ impl Thumbnailer {
             jobs_map.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_key);
             result
         });
-        let job = async move { task.await.unwrap_or_else(|e| Err(JobError::Failed(format!("thumbnail task: {e}")))) }
-            .boxed()
-            .shared();
+        let job =
+            async move { task.await.unwrap_or_else(|e| Err(JobError::Failed(format!("thumbnail task: {e}")))) }.boxed().shared();
         jobs.insert(job_key, job.clone());
         Ok(job)
     }

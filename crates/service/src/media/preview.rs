@@ -122,18 +122,18 @@ pub fn is_internal(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4_is_internal(v4),
         IpAddr::V6(v6) => {
             let unicast_internal = [
-                ("::", 96),        // unspecified, loopback and IPv4-compatible
-                ("::ffff:0:0", 96), // IPv4-mapped
-                ("64:ff9b::", 96), // NAT64
+                ("::", 96),          // unspecified, loopback and IPv4-compatible
+                ("::ffff:0:0", 96),  // IPv4-mapped
+                ("64:ff9b::", 96),   // NAT64
                 ("64:ff9b:1::", 48), // local-use NAT64
-                ("100::", 64),     // discard
-                ("2001::", 23),    // IETF protocol assignments (Teredo, ORCHID, ...)
-                ("2001:db8::", 32), // documentation
-                ("2002::", 16),    // 6to4
-                ("fc00::", 7),     // unique-local (fd00:ec2::254, a metadata address, too)
-                ("fe80::", 10),    // link-local
-                ("fec0::", 10),    // site-local
-                ("ff00::", 8),     // multicast
+                ("100::", 64),       // discard
+                ("2001::", 23),      // IETF protocol assignments (Teredo, ORCHID, ...)
+                ("2001:db8::", 32),  // documentation
+                ("2002::", 16),      // 6to4
+                ("fc00::", 7),       // unique-local (fd00:ec2::254, a metadata address, too)
+                ("fe80::", 10),      // link-local
+                ("fec0::", 10),      // site-local
+                ("ff00::", 8),       // multicast
             ];
             unicast_internal.iter().any(|(net, prefix)| in_v6(v6, net.parse().unwrap_or(Ipv6Addr::UNSPECIFIED), *prefix))
         }
@@ -182,12 +182,15 @@ pub(crate) struct Page {
     pub image: Option<FetchedImage>,
 }
 
+/// An answer and when it expires.
+type CachedPreview = (u64, Arc<Map<String, JsonValue>>);
+
 /// Fetches and reads pages for previews.
 pub(crate) struct Previewer {
     config: UrlPreviewConfig,
     client: reqwest::Client,
     permits: Semaphore,
-    cache: Mutex<hashlink::LruCache<String, (u64, Arc<Map<String, JsonValue>>)>>,
+    cache: Mutex<hashlink::LruCache<String, CachedPreview>>,
 }
 
 /// A fetch that failed; what the client is told.
@@ -249,13 +252,12 @@ impl Previewer {
     async fn fetch(&self, url: Url, max_bytes: usize) -> Result<(Url, String, Vec<u8>), Error> {
         let mut url = url;
         for _ in 0..=MAX_URL_PREVIEW_REDIRECTS {
-            let response = self.client.get(url.clone()).send().await.map_err(|e| {
-                if is_refusal(&e) {
-                    refused()
-                } else {
-                    upstream("the site could not be reached")
-                }
-            })?;
+            let response = self
+                .client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(|e| if is_refusal(&e) { refused() } else { upstream("the site could not be reached") })?;
             if response.status().is_redirection() {
                 let location = response
                     .headers()
@@ -418,7 +420,9 @@ mod tests {
     #[tokio::test]
     async fn urls_naming_internal_addresses_are_refused_before_any_fetch() {
         let previewer = Previewer::new(UrlPreviewConfig::default()).unwrap();
-        for url in ["http://127.0.0.1/", "http://[::1]:8080/", "https://169.254.169.254/latest/meta-data", "http://[::ffff:7f00:1]/"] {
+        for url in
+            ["http://127.0.0.1/", "http://[::1]:8080/", "https://169.254.169.254/latest/meta-data", "http://[::ffff:7f00:1]/"]
+        {
             assert!(matches!(previewer.check_url(url), Err(Error::Forbidden(_))), "{url}");
         }
         for url in ["ftp://example.org/", "file:///etc/passwd", "not a url", "mailto:someone@example.org"] {

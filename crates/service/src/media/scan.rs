@@ -29,7 +29,9 @@ pub struct DeliverySubject<'a> {
 pub enum DeliveryVerdict {
     Deliver,
     /// Not served; `reason` is shown to the client.
-    Refuse { reason: String },
+    Refuse {
+        reason: String,
+    },
 }
 
 /// Decides, before delivery, whether an item may be served.

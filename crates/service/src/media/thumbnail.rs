@@ -21,7 +21,11 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orie
 pub(crate) fn choose_box(width: u32, height: u32, method: ThumbnailMethod, sizes: &[ThumbnailKey]) -> Option<ThumbnailKey> {
     let of_method = || sizes.iter().filter(|k| k.method == method);
     let area = |k: &&ThumbnailKey| u64::from(k.width) * u64::from(k.height);
-    of_method().filter(|k| k.width >= width && k.height >= height).min_by_key(area).or_else(|| of_method().max_by_key(area)).copied()
+    of_method()
+        .filter(|k| k.width >= width && k.height >= height)
+        .min_by_key(area)
+        .or_else(|| of_method().max_by_key(area))
+        .copied()
 }
 
 /// A rectangle of the source: `(x, y, width, height)`.
@@ -140,7 +144,9 @@ fn image_error(e: image::ImageError) -> ThumbnailError {
         image::ImageError::Limits(_) => ThumbnailError::TooLarge,
         // A file cut short or holding nonsense is bad content, not a
         // failing disk.
-        image::ImageError::IoError(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) => {
+        image::ImageError::IoError(e)
+            if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
+        {
             ThumbnailError::Undecodable
         }
         image::ImageError::IoError(e) => ThumbnailError::Io(e.to_string()),
@@ -169,7 +175,10 @@ fn check_size(decoder: &impl ImageDecoder) -> Result<(), ThumbnailError> {
 }
 
 fn swaps_sides(orientation: Orientation) -> bool {
-    matches!(orientation, Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH)
+    matches!(
+        orientation,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    )
 }
 
 /// Whether an image of a format that can animate does: a second GIF frame
