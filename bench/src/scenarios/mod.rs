@@ -12,6 +12,7 @@ pub mod key_share;
 pub mod register;
 pub mod rss;
 pub mod send;
+pub mod thumbnail;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,13 +61,14 @@ pub enum Scenario {
     History,
     Connections,
     KeyShare,
+    Thumbnail,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 10] = [
+    pub const EVERY: [Scenario; 11] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -76,6 +78,7 @@ impl Scenario {
         Scenario::History,
         Scenario::Connections,
         Scenario::KeyShare,
+        Scenario::Thumbnail,
         Scenario::Rss,
     ];
 
@@ -90,6 +93,7 @@ impl Scenario {
             Scenario::History => "history",
             Scenario::Connections => "connections",
             Scenario::KeyShare => "key-share",
+            Scenario::Thumbnail => "thumbnail",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -125,6 +129,7 @@ pub struct Sizes {
     pub key_share_members: usize,
     pub key_share_rounds: usize,
     pub key_share_batch: usize,
+    pub thumbnail_samples: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,
