@@ -310,8 +310,9 @@ async fn thumbnails(backend: Backend) {
     // Made once: the same box again is the same file.
     let again = thumbnail(&alice, &photo, "width=90&height=90&method=crop").await;
     assert_eq!(again.bytes, cropped.bytes);
-    // Originals, the five thumbnails.
-    assert_eq!(content_files(server.data_dir()).len(), 2 + 5);
+    // One decoding makes every box of an item: the photo's five, the
+    // logo's three (it fits 640×480 and 800×600 whole).
+    assert_eq!(content_files(server.data_dir()).len(), 2 + 5 + 3);
 
     // Smaller than the box: the original, untouched.
     let small = picture(100, 80, image::ImageFormat::Png);

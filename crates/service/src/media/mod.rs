@@ -530,8 +530,8 @@ impl Media {
         if let Some(thumb) = &cached {
             return self.serve_stored(thumb).await;
         }
-        let job = self.thumbnails.job(self, media_id, key, path, plan)?;
-        let stored = match tokio::time::timeout(Duration::from_millis(THUMBNAIL_WAIT_MS), job).await {
+        let job = self.thumbnails.job(self, media_id, source, path)?;
+        let made = match tokio::time::timeout(Duration::from_millis(THUMBNAIL_WAIT_MS), job).await {
             Ok(result) => result.map_err(JobError::into_error)?,
             Err(_) => {
                 return Err(Error::Unavailable {
@@ -540,7 +540,8 @@ impl Media {
                 });
             }
         };
-        self.serve_stored(&stored).await
+        let stored = made.iter().find(|t| t.key == key).ok_or_else(|| Error::Internal("a thumbnail job skipped a box".into()))?;
+        self.serve_stored(stored).await
     }
 
     async fn serve_stored(&self, thumb: &StoredThumbnail) -> Result<Served, Error> {
@@ -747,84 +748,97 @@ impl JobError {
     }
 }
 
-type Job = Shared<BoxFuture<'static, Result<StoredThumbnail, JobError>>>;
-type JobKey = (String, ThumbnailKey);
+type Made = Arc<Vec<StoredThumbnail>>;
+type Job = Shared<BoxFuture<'static, Result<Made, JobError>>>;
 
-/// Thumbnails being made: each made once however many ask for it at once,
-/// at most `permits` decoded at a time, at most [`MAX_QUEUED_THUMBNAILS`]
-/// waiting. A job runs to its end (and its thumbnail is stored) even when
-/// everyone who asked gave up waiting.
+/// Thumbnails being made: one job per item makes every box the item is
+/// cut into from one decoding (decoding is most of the cost; Synapse makes
+/// them all at upload), however many ask at once; at most `permits` jobs
+/// decode at a time and at most [`MAX_QUEUED_THUMBNAILS`] wait. A job runs
+/// to its end (and its thumbnails are stored) even when everyone who asked
+/// gave up waiting.
 struct Thumbnailer {
     permits: Arc<Semaphore>,
-    jobs: Arc<Mutex<HashMap<JobKey, Job>>>,
+    jobs: Arc<Mutex<HashMap<String, Job>>>,
 }
 
 impl Thumbnailer {
-    fn job(&self, media: &Media, media_id: &str, key: ThumbnailKey, path: std::path::PathBuf, plan: Plan) -> Result<Job, Error> {
+    fn job(&self, media: &Media, media_id: &str, source: thumbnail::Source, path: std::path::PathBuf) -> Result<Job, Error> {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let job_key = (media_id.to_owned(), key);
-        if let Some(job) = jobs.get(&job_key) {
+        if let Some(job) = jobs.get(media_id) {
             return Ok(job.clone());
         }
         if jobs.len() >= MAX_QUEUED_THUMBNAILS {
             return Err(Error::LimitExceeded { retry_after_ms: 1_000 });
         }
+        // Every box that is a still of this source (the others are answered
+        // with the original).
+        let boxes: Vec<(ThumbnailKey, Plan)> = media
+            .config
+            .thumbnail_sizes
+            .iter()
+            .map(|key| (*key, thumbnail::plan(source, *key, false)))
+            .filter(|(_, plan)| *plan != Plan::Original)
+            .collect();
         let (permits, jobs_map) = (Arc::clone(&self.permits), Arc::clone(&self.jobs));
         let (files, store, entropy) = (Arc::clone(&media.files), Arc::clone(&media.store), Arc::clone(&media.entropy));
         let media_id = media_id.to_owned();
-        let task_key = job_key.clone();
+        let task_key = media_id.clone();
         let task = tokio::spawn(async move {
-            let result = make_thumbnail(permits, files, store, entropy, media_id, key, path, plan).await;
-            jobs_map.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_key);
+            let result = make_thumbnails(permits, files, store, entropy, &media_id, boxes, path).await;
+            jobs_map.lock().unwrap_or_else(|p| p.into_inner()).remove(&media_id);
             result
         });
         let job =
             async move { task.await.unwrap_or_else(|e| Err(JobError::Failed(format!("thumbnail task: {e}")))) }.boxed().shared();
-        jobs.insert(job_key, job.clone());
+        jobs.insert(task_key, job.clone());
         Ok(job)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn make_thumbnail(
+async fn make_thumbnails(
     permits: Arc<Semaphore>,
     files: Arc<FileStore>,
     store: Arc<dyn MediaStore>,
     entropy: Arc<dyn Entropy>,
-    media_id: String,
-    key: ThumbnailKey,
+    media_id: &str,
+    boxes: Vec<(ThumbnailKey, Plan)>,
     path: std::path::PathBuf,
-    plan: Plan,
-) -> Result<StoredThumbnail, JobError> {
+) -> Result<Made, JobError> {
     let _permit = permits.acquire_owned().await.map_err(|e| JobError::Failed(e.to_string()))?;
-    let (bytes, format) = tokio::task::spawn_blocking(move || thumbnail::render(&path, plan))
+    let plans: Vec<Plan> = boxes.iter().map(|(_, plan)| *plan).collect();
+    let rendered = tokio::task::spawn_blocking(move || thumbnail::render_all(&path, &plans))
         .await
         .map_err(|e| JobError::Failed(format!("thumbnail task: {e}")))?
         .map_err(JobError::Thumbnail)?;
-    let mut received = files.receive_bytes(bytes, &*entropy).await.map_err(|e| JobError::Failed(e.to_string()))?;
-    let sha256 = received.sha256.clone();
-    let thumb = StoredThumbnail {
-        key,
-        content_type: thumbnail::content_type(format).to_owned(),
-        size_bytes: received.size_bytes,
-        sha256: sha256.clone(),
-    };
-    let _lock = files.lock(&sha256).await;
-    let placed = files.place(&mut received).await.map_err(|e| JobError::Failed(e.to_string()))?;
-    let stored = store.store_thumbnail(&media_id, thumb).await;
-    if placed && stored.as_ref().map_or(true, |s| s.sha256 != sha256) {
-        // Another node's thumbnail won, or the item is gone: ours is garbage.
-        if let Ok(free) = store.unreferenced_media_hashes(std::slice::from_ref(&sha256)).await
-            && !free.is_empty()
-        {
-            let _ = files.remove(&sha256).await;
+    let mut made = Vec::with_capacity(boxes.len());
+    for ((key, _), (bytes, format)) in boxes.into_iter().zip(rendered) {
+        let mut received = files.receive_bytes(bytes, &*entropy).await.map_err(|e| JobError::Failed(e.to_string()))?;
+        let sha256 = received.sha256.clone();
+        let thumb = StoredThumbnail {
+            key,
+            content_type: thumbnail::content_type(format).to_owned(),
+            size_bytes: received.size_bytes,
+            sha256: sha256.clone(),
+        };
+        let _lock = files.lock(&sha256).await;
+        let placed = files.place(&mut received).await.map_err(|e| JobError::Failed(e.to_string()))?;
+        let stored = store.store_thumbnail(media_id, thumb).await;
+        if placed && stored.as_ref().map_or(true, |s| s.sha256 != sha256) {
+            // Another node's thumbnail won, or the item is gone: ours is garbage.
+            if let Ok(free) = store.unreferenced_media_hashes(std::slice::from_ref(&sha256)).await
+                && !free.is_empty()
+            {
+                let _ = files.remove(&sha256).await;
+            }
+        }
+        match stored {
+            Ok(stored) => made.push(stored),
+            Err(chancery_store::StoreError::UnknownMedia) => return Err(JobError::Gone),
+            Err(e) => return Err(JobError::Failed(e.to_string())),
         }
     }
-    match stored {
-        Ok(stored) => Ok(stored),
-        Err(chancery_store::StoreError::UnknownMedia) => Err(JobError::Gone),
-        Err(e) => Err(JobError::Failed(e.to_string())),
-    }
+    Ok(Arc::new(made))
 }
 
 #[cfg(test)]

@@ -215,14 +215,18 @@ pub(crate) fn probe(path: &Path, fits: (u32, u32)) -> Result<Source, ThumbnailEr
     Ok(Source { format, width, height, animated })
 }
 
-/// Decodes the image at `path` (its first frame), applies its EXIF
-/// orientation, cuts it as `plan` says and encodes it: JPEG (quality 80)
-/// from a JPEG, PNG otherwise (keeping transparency). Blocking and
-/// CPU-bound: run on the blocking pool, a few at a time.
-pub(crate) fn render(path: &Path, plan: Plan) -> Result<(Vec<u8>, ImageFormat), ThumbnailError> {
-    let Plan::Still { crop, width, height } = plan else { return Err(ThumbnailError::Undecodable) };
-    if width == 0 || height == 0 || width > MAX_THUMBNAIL_DIMENSION || height > MAX_THUMBNAIL_DIMENSION {
-        return Err(ThumbnailError::TooLarge);
+/// Decodes the image at `path` (its first frame) once, applies its EXIF
+/// orientation, and makes a still of it for each plan: cut as the plan
+/// says and encoded as JPEG (quality 80) from a JPEG, PNG otherwise
+/// (keeping transparency). Blocking and CPU-bound: run on the blocking
+/// pool, a few at a time. The decoding is most of the cost, so one pass
+/// makes every box an item will be asked for.
+pub(crate) fn render_all(path: &Path, plans: &[Plan]) -> Result<Vec<(Vec<u8>, ImageFormat)>, ThumbnailError> {
+    for plan in plans {
+        let Plan::Still { width, height, .. } = *plan else { return Err(ThumbnailError::Undecodable) };
+        if width == 0 || height == 0 || width > MAX_THUMBNAIL_DIMENSION || height > MAX_THUMBNAIL_DIMENSION {
+            return Err(ThumbnailError::TooLarge);
+        }
     }
     let file = std::fs::File::open(path).map_err(|e| ThumbnailError::Io(e.to_string()))?;
     let (reader, format) = reader(BufReader::new(file))?;
@@ -233,13 +237,34 @@ pub(crate) fn render(path: &Path, plan: Plan) -> Result<(Vec<u8>, ImageFormat), 
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     image.apply_orientation(orientation);
-    if let Some((x, y, w, h)) = crop {
-        image = image.crop_imm(x, y, w, h);
-    }
-    let thumb = if (image.width(), image.height()) == (width, height) { image } else { image.thumbnail_exact(width, height) };
-    let out_format = if format == ImageFormat::Jpeg && !thumb.color().has_alpha() { ImageFormat::Jpeg } else { ImageFormat::Png };
+    plans
+        .iter()
+        .map(|plan| {
+            let Plan::Still { crop, width, height } = *plan else { return Err(ThumbnailError::Undecodable) };
+            let cropped;
+            let source = match crop {
+                Some((x, y, w, h)) => {
+                    cropped = image.crop_imm(x, y, w, h);
+                    &cropped
+                }
+                None => &image,
+            };
+            let thumb = if (source.width(), source.height()) == (width, height) {
+                source.clone()
+            } else {
+                source.thumbnail_exact(width, height)
+            };
+            encode(&thumb, format)
+        })
+        .collect()
+}
+
+/// JPEG (quality 80) for a JPEG source without transparency, PNG otherwise.
+fn encode(thumb: &DynamicImage, source_format: ImageFormat) -> Result<(Vec<u8>, ImageFormat), ThumbnailError> {
+    let format =
+        if source_format == ImageFormat::Jpeg && !thumb.color().has_alpha() { ImageFormat::Jpeg } else { ImageFormat::Png };
     let mut bytes = Vec::new();
-    match out_format {
+    match format {
         ImageFormat::Jpeg => {
             let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 80);
             thumb.to_rgb8().write_with_encoder(encoder).map_err(image_error)?;
@@ -253,7 +278,13 @@ pub(crate) fn render(path: &Path, plan: Plan) -> Result<(Vec<u8>, ImageFormat), 
             thumb.write_with_encoder(encoder).map_err(image_error)?;
         }
     }
-    Ok((bytes, out_format))
+    Ok((bytes, format))
+}
+
+/// One still: [`render_all`] of one plan.
+#[cfg(test)]
+pub(crate) fn render(path: &Path, plan: Plan) -> Result<(Vec<u8>, ImageFormat), ThumbnailError> {
+    render_all(path, &[plan]).map(|mut all| all.remove(0))
 }
 
 #[cfg(test)]
