@@ -237,6 +237,26 @@ pub(crate) fn render_all(path: &Path, plans: &[Plan]) -> Result<Vec<(Vec<u8>, Im
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     image.apply_orientation(orientation);
+    // Resizing reads every source pixel: shrink a large source once to
+    // twice what the most demanding box needs, and cut every box from that.
+    let factor = intermediate_factor(image.width(), image.height(), plans);
+    let plans: Vec<Plan> = if factor < 1.0 {
+        let (w, h) = (scale_by(image.width(), factor), scale_by(image.height(), factor));
+        let factor_x = f64::from(w) / f64::from(image.width());
+        let factor_y = f64::from(h) / f64::from(image.height());
+        // Halving by averaging 2×2 blocks is a few times cheaper per source
+        // pixel than the general resize; it does the bulk of the shrinking.
+        while image.width() >= 2 * w && image.height() >= 2 * h {
+            match halve(&image) {
+                Some(half) => image = half,
+                None => break,
+            }
+        }
+        image = image.thumbnail_exact(w, h);
+        plans.iter().map(|plan| shrink_plan(*plan, factor_x, factor_y, w, h)).collect()
+    } else {
+        plans.to_vec()
+    };
     plans
         .iter()
         .map(|plan| {
@@ -257,6 +277,86 @@ pub(crate) fn render_all(path: &Path, plans: &[Plan]) -> Result<Vec<(Vec<u8>, Im
             encode(&thumb, format)
         })
         .collect()
+}
+
+/// The image at half its size, each pixel the mean of a 2×2 block (an odd
+/// last row or column dropped); `None` for pixel types other than 8-bit
+/// grey, RGB and RGBA (those are resized the general way).
+fn halve(image: &DynamicImage) -> Option<DynamicImage> {
+    fn halve_raw(raw: &[u8], width: u32, height: u32, channels: usize) -> Vec<u8> {
+        let (w, h) = ((width / 2) as usize, (height / 2) as usize);
+        let stride = width as usize * channels;
+        let mut out = Vec::with_capacity(w * h * channels);
+        for y in 0..h {
+            let (top, bottom) = (&raw[2 * y * stride..][..stride], &raw[(2 * y + 1) * stride..][..stride]);
+            for x in 0..w {
+                for c in 0..channels {
+                    let at = 2 * x * channels + c;
+                    let sum = u16::from(top[at])
+                        + u16::from(top[at + channels])
+                        + u16::from(bottom[at])
+                        + u16::from(bottom[at + channels]);
+                    out.push(((sum + 2) / 4) as u8);
+                }
+            }
+        }
+        out
+    }
+    let (width, height) = (image.width(), image.height());
+    let (w, h) = (width / 2, height / 2);
+    if w == 0 || h == 0 {
+        return None;
+    }
+    Some(match image {
+        DynamicImage::ImageRgb8(img) => {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, halve_raw(img.as_raw(), width, height, 3))?)
+        }
+        DynamicImage::ImageRgba8(img) => {
+            DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, halve_raw(img.as_raw(), width, height, 4))?)
+        }
+        DynamicImage::ImageLuma8(img) => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, halve_raw(img.as_raw(), width, height, 1))?)
+        }
+        _ => return None,
+    })
+}
+
+fn scale_by(v: u32, factor: f64) -> u32 {
+    ((f64::from(v) * factor).round() as u32).max(1)
+}
+
+/// How much a `width`×`height` source can shrink before it is cut into
+/// `plans`: to twice the resolution the most demanding plan takes from it
+/// (a box's pixels per pixel of the part of the source it shows), so the
+/// area averaging of the last step still has several pixels to average.
+/// 1 (no shrinking) when some plan needs more than half the source, or
+/// there is no still to make.
+pub(crate) fn intermediate_factor(width: u32, height: u32, plans: &[Plan]) -> f64 {
+    let needed = plans
+        .iter()
+        .filter_map(|plan| match *plan {
+            Plan::Still { crop, width: tw, height: th } => {
+                let (cw, ch) = crop.map_or((width, height), |(_, _, w, h)| (w, h));
+                Some((f64::from(tw) / f64::from(cw.max(1))).max(f64::from(th) / f64::from(ch.max(1))))
+            }
+            Plan::Original => None,
+        })
+        .fold(0.0f64, f64::max);
+    if needed > 0.0 { (2.0 * needed).min(1.0) } else { 1.0 }
+}
+
+/// A plan of the source, made for the source shrunk by these factors to
+/// `w`×`h`: its crop scaled (and kept inside), its size unchanged but never
+/// larger than its part of the shrunk source.
+fn shrink_plan(plan: Plan, factor_x: f64, factor_y: f64, w: u32, h: u32) -> Plan {
+    let Plan::Still { crop, width, height } = plan else { return plan };
+    let crop = crop.map(|(x, y, cw, ch)| {
+        let x = ((f64::from(x) * factor_x).round() as u32).min(w - 1);
+        let y = ((f64::from(y) * factor_y).round() as u32).min(h - 1);
+        (x, y, scale_by(cw, factor_x).min(w - x), scale_by(ch, factor_y).min(h - y))
+    });
+    let (cw, ch) = crop.map_or((w, h), |(_, _, cw, ch)| (cw, ch));
+    Plan::Still { crop, width: width.min(cw), height: height.min(ch) }
 }
 
 /// JPEG (quality 80) for a JPEG source without transparency, PNG otherwise.
@@ -364,6 +464,31 @@ mod tests {
         assert_eq!(plan(large, box_, true), still(240, 240, None), "animations are not resized");
         let static_gif = Source { animated: false, ..gif };
         assert_eq!(plan(static_gif, box_, false), Plan::Original);
+    }
+
+    #[test]
+    fn large_sources_shrink_once_to_twice_what_the_boxes_need() {
+        let boxes = [still(800, 600, None), still(96, 96, Some((500, 0, 3000, 3000))), still(32, 32, Some((500, 0, 3000, 3000)))];
+        // 800/4000 = 0.2 is the most any box takes: shrink to 0.4.
+        assert!((intermediate_factor(4000, 3000, &boxes) - 0.4).abs() < 1e-9);
+        // A box taking more than half the source: no shrinking.
+        assert_eq!(intermediate_factor(1000, 750, &[still(800, 600, None)]), 1.0);
+        assert_eq!(intermediate_factor(4000, 3000, &[Plan::Original]), 1.0);
+        // Crops follow the shrinking and stay inside the shrunk source.
+        let shrunk = shrink_plan(still(96, 96, Some((500, 0, 3000, 3000))), 0.4, 0.4, 1600, 1200);
+        assert_eq!(shrunk, still(96, 96, Some((200, 0, 1200, 1200))));
+        let edge = shrink_plan(still(96, 96, Some((999, 0, 1, 3000))), 0.4, 0.4, 400, 1200);
+        assert_eq!(edge, still(1, 96, Some((399, 0, 1, 1200))));
+    }
+
+    #[test]
+    fn halving_averages_two_by_two_blocks() {
+        let img = image::RgbImage::from_raw(3, 2, vec![0, 0, 0, 10, 20, 30, 99, 99, 99, 4, 8, 12, 2, 4, 6, 99, 99, 99]).unwrap();
+        let half = halve(&DynamicImage::ImageRgb8(img)).unwrap();
+        assert_eq!((half.width(), half.height()), (1, 1));
+        assert_eq!(half.to_rgb8().as_raw(), &vec![4, 8, 12]);
+        assert!(halve(&DynamicImage::new_rgb8(1, 5)).is_none());
+        assert!(halve(&DynamicImage::new_rgb16(4, 4)).is_none());
     }
 
     fn encoded(image: DynamicImage, format: ImageFormat) -> tempfile::NamedTempFile {
