@@ -622,6 +622,25 @@ mod tests {
         assert_eq!(c.registration, RegistrationMode::Disabled);
         assert_eq!(c.database(), DatabaseUrl::Sqlite(PathBuf::from("./data/chancery.db")));
         assert_eq!(c.public_baseurl(), "http://127.0.0.1:8008");
+        assert_eq!(c.media_path(), PathBuf::from("./data/media"));
+        assert!(!c.media.url_preview);
+        assert_eq!(c.media.max_upload_bytes, limits::MAX_UPLOAD_BYTES);
+        assert_eq!(c.media_thumbnail_sizes().unwrap(), chancery_service::media::default_thumbnail_sizes());
+    }
+
+    #[test]
+    fn media_keys_come_from_the_environment_too() {
+        let env = [
+            ("CHANCERY_MEDIA__MAX_UPLOAD_BYTES", "1000"),
+            ("CHANCERY_MEDIA__URL_PREVIEW", "true"),
+            ("CHANCERY_MEDIA__URL_PREVIEW_ALLOW_RANGES", "[\"10.1.0.0/16\", \"fd00::/8\"]"),
+            ("CHANCERY_MEDIA__PATH", "/srv/media"),
+        ];
+        let c = load("", &env).unwrap();
+        assert_eq!(c.media.max_upload_bytes, 1000);
+        assert!(c.media.url_preview);
+        assert_eq!(c.media_allow_ranges().unwrap().len(), 2);
+        assert_eq!(c.media_path(), PathBuf::from("/srv/media"));
     }
 
     #[test]
@@ -682,6 +701,16 @@ mod tests {
                 "key `default_room_version` (from CHANCERY_DEFAULT_ROOM_VERSION): must be one of",
             ),
             ("this is not toml", &[], "invalid TOML"),
+            ("[media]\nmax_upload_bytes = 0", &[], "key `media.max_upload_bytes`: must be at least 1"),
+            ("", &[("CHANCERY_MEDIA__MAX_CONCURRENT_THUMBNAILS", "0")], "(from CHANCERY_MEDIA__MAX_CONCURRENT_THUMBNAILS)"),
+            ("[media]\nthumbnail_sizes = []", &[], "key `media.thumbnail_sizes`: at least one size"),
+            (
+                "[media]\nthumbnail_sizes = [{ width = 32, height = 32, method = \"stretch\" }]",
+                &[],
+                "method `stretch` must be `scale` or `crop`",
+            ),
+            ("[media]\nthumbnail_sizes = [{ width = 5000, height = 32, method = \"crop\" }]", &[], "widths and heights are 1 to"),
+            ("[media]\nurl_preview_allow_ranges = [\"10.0.0.0/40\"]", &[], "key `media.url_preview_allow_ranges`"),
         ];
         for (toml, env, want) in cases {
             let got = load(toml, env).expect_err(toml);
