@@ -193,6 +193,50 @@ impl Server {
         session_from(&v, localpart)
     }
 
+    /// `POST /_matrix/media/v3/upload` of `bytes`; returns the `mxc://` URI.
+    pub async fn upload_media(&self, s: &Session, bytes: Vec<u8>, content_type: &str, file_name: &str) -> Result<String> {
+        self.budget.charge()?;
+        let url = self.url(&["_matrix", "media", "v3", "upload"], &[("filename", file_name)]);
+        let resp = self
+            .http
+            .post(url)
+            .timeout(REQUEST_SLACK)
+            .bearer_auth(&s.access_token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes)
+            .send()
+            .await
+            .context("POST /_matrix/media/v3/upload")?;
+        let status = resp.status();
+        let value: Value = resp.json().await.context("upload: the answer is not JSON")?;
+        if !status.is_success() {
+            return Err(anyhow::Error::new(MatrixError { status, body: value }).context("POST /_matrix/media/v3/upload"));
+        }
+        str_field(&value, "content_uri")
+    }
+
+    /// `GET /_matrix/client/v1/media/thumbnail/{server}/{media}` with these
+    /// query parameters; returns the bytes and their `Content-Type`.
+    pub async fn thumbnail(&self, s: &Session, mxc: &str, query: &[(&str, &str)]) -> Result<(Vec<u8>, String)> {
+        self.budget.charge()?;
+        let (server, media) = mxc
+            .strip_prefix("mxc://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| anyhow::anyhow!("not an mxc URI: {mxc}"))?;
+        let url = self.url(&["_matrix", "client", "v1", "media", "thumbnail", server, media], query);
+        let resp =
+            self.http.get(url).timeout(REQUEST_SLACK).bearer_auth(&s.access_token).send().await.context("GET thumbnail")?;
+        let status = resp.status();
+        let content_type =
+            resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let bytes = resp.bytes().await.context("GET thumbnail: reading body")?;
+        if !status.is_success() {
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(anyhow::Error::new(MatrixError { status, body }).context("GET thumbnail"));
+        }
+        Ok((bytes.to_vec(), content_type))
+    }
+
     pub async fn whoami(&self, s: &Session) -> Result<String> {
         let url = self.url(&["_matrix", "client", "v3", "account", "whoami"], &[]);
         let (v, _) = self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::ZERO).await?;

@@ -188,6 +188,9 @@ struct Common {
     key_share_rounds: Option<usize>,
     #[arg(long)]
     key_share_batch: Option<usize>,
+    /// Distinct 4,000×3,000 JPEGs `thumbnail` uploads and thumbnails.
+    #[arg(long)]
+    thumbnail_samples: Option<usize>,
     /// Requests at once while setting up (registrations, joins, room creation).
     #[arg(long)]
     setup_concurrency: Option<usize>,
@@ -238,6 +241,7 @@ impl Common {
             key_share_rounds: self.key_share_rounds.unwrap_or(20),
             // matrix-sdk's chunks (MAX_KEY_QUERY_USERS, MAX_TO_DEVICE_MESSAGES).
             key_share_batch: self.key_share_batch.unwrap_or(250),
+            thumbnail_samples: self.thumbnail_samples.unwrap_or(20),
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
@@ -288,6 +292,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::History => scenarios::history::run(ctx, &mut o).await,
         Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
         Scenario::KeyShare => scenarios::key_share::run(ctx, &mut o).await,
+        Scenario::Thumbnail => scenarios::thumbnail::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };

@@ -15,6 +15,7 @@ pub mod send;
 pub mod sliding;
 pub mod ss_arrival;
 pub mod ss_first;
+pub mod thumbnail;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -65,13 +66,14 @@ pub enum Scenario {
     History,
     Connections,
     KeyShare,
+    Thumbnail,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 12] = [
+    pub const EVERY: [Scenario; 13] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -83,6 +85,7 @@ impl Scenario {
         Scenario::History,
         Scenario::Connections,
         Scenario::KeyShare,
+        Scenario::Thumbnail,
         Scenario::Rss,
     ];
 
@@ -99,6 +102,7 @@ impl Scenario {
             Scenario::History => "history",
             Scenario::Connections => "connections",
             Scenario::KeyShare => "key-share",
+            Scenario::Thumbnail => "thumbnail",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -138,6 +142,7 @@ pub struct Sizes {
     pub key_share_members: usize,
     pub key_share_rounds: usize,
     pub key_share_batch: usize,
+    pub thumbnail_samples: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,

@@ -74,6 +74,9 @@ impl From<Error> for ApiError {
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
+            Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            Error::UpstreamFailed(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never

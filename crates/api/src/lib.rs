@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Profiles, Push, Pushers, Reports, RoomReader,
-    Rooms, Search, SlidingSync, Spaces, Syncer,
+    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Media, Profiles, Push, Pushers, Reports,
+    RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -56,6 +56,9 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// A request must be answered within this time (503 otherwise).
     pub request_timeout: Duration,
+    /// ... but an upload (whose body is as large as the media limit) within
+    /// this one.
+    pub upload_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -105,6 +108,7 @@ component_state! {
     sliding_sync: SlidingSync,
     reports: Reports,
     admin: Admin,
+    media: Media,
     health: Health,
 }
 
@@ -161,9 +165,62 @@ fn keys_routes(mut r: Router<AppState>) -> Router<AppState> {
     r
 }
 
+/// The content repository: authenticated media, uploads, the frozen
+/// unauthenticated downloads, and Synapse's admin endpoints for media.
+/// `preview_url` is routed only when the operator turned previews on
+/// (otherwise it is an unknown endpoint, 404 `M_UNRECOGNIZED`).
+// The deprecated endpoints' request types name their paths; nothing else
+// of them is used.
+#[allow(deprecated)]
+fn media_routes(mut r: Router<AppState>, url_preview: bool) -> Router<AppState> {
+    use chancery_proto::ruma::api::Metadata;
+    use chancery_proto::ruma::api::client::authenticated_media as authed;
+    use chancery_proto::ruma::api::client::media as legacy;
+    r = ruma_route::<authed::get_media_config::v1::Request, _, _>(r, h::media::config);
+    r = ruma_route::<legacy::get_media_config::v3::Request, _, _>(r, h::media::config);
+    r = ruma_route::<authed::get_content::v1::Request, _, _>(r, h::media::download);
+    r = ruma_route::<authed::get_content_as_filename::v1::Request, _, _>(r, h::media::download_as);
+    r = ruma_route::<authed::get_content_thumbnail::v1::Request, _, _>(r, h::media::thumbnail);
+    if url_preview {
+        r = ruma_route::<authed::get_media_preview::v1::Request, _, _>(r, h::media::preview_url);
+        for path in legacy::get_media_preview::v3::Request::PATH_BUILDER.all_paths() {
+            r = r.route(path, get(h::media::preview_url));
+        }
+    }
+    // Uploads stream their bodies: not ruma's request types, which hold
+    // the whole body.
+    for path in legacy::create_content::v3::Request::PATH_BUILDER.all_paths() {
+        r = r.route(path, post(h::media::upload));
+    }
+    for path in legacy::create_mxc_uri::v1::Request::PATH_BUILDER.all_paths() {
+        r = r.route(path, post(h::media::create));
+    }
+    for path in legacy::create_content_async::v3::Request::PATH_BUILDER.all_paths() {
+        r = r.route(path, put(h::media::upload_to));
+    }
+    for path in legacy::get_content::v3::Request::PATH_BUILDER
+        .all_paths()
+        .chain(legacy::get_content_as_filename::v3::Request::PATH_BUILDER.all_paths())
+        .chain(legacy::get_content_thumbnail::v3::Request::PATH_BUILDER.all_paths())
+    {
+        r = r.route(path, get(h::media::frozen));
+    }
+    r.route("/_synapse/admin/v1/media/{server_name}/{media_id}", delete(h::media::admin_delete))
+        .route("/_synapse/admin/v1/media/quarantine/{server_name}/{media_id}", post(h::media::admin_quarantine))
+        .route("/_synapse/admin/v1/media/unquarantine/{server_name}/{media_id}", post(h::media::admin_unquarantine))
+        .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(h::media::admin_quarantine_user))
+}
+
+/// Whether a matched route is an upload, whose deadline is
+/// [`ApiConfig::upload_timeout`].
+pub(crate) fn is_upload_route(route: &str) -> bool {
+    route.starts_with("/_matrix/media/") && route.contains("/upload")
+}
+
 /// The client-server API, `.well-known` and `/health`.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
+    r = media_routes(r, state.components.media.url_preview_enabled());
     r = ruma_route::<discovery::get_supported_versions::Request, _, _>(r, h::discovery::versions);
     r = ruma_route::<session::get_login_types::v3::Request, _, _>(r, h::session::login_types);
     r = ruma_route::<session::login::v3::Request, _, _>(r, h::session::login);

@@ -29,7 +29,8 @@ pub(crate) fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) 
 /// handler that waits too long give their task back. A long-poll waits
 /// less than this (see [`crate::ApiConfig::max_long_poll`]).
 pub(crate) async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = state.config.request_timeout;
+    let upload = req.extensions().get::<MatchedPath>().is_some_and(|m| crate::is_upload_route(m.as_str()));
+    let limit = if upload { state.config.upload_timeout } else { state.config.request_timeout };
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -397,3 +397,57 @@ pub const MAX_REMEMBERED_BADGES: usize = 10_000;
 /// node, and pushers of theirs waiting for it; past it new ones are
 /// dropped (a badge is corrected by the next push).
 pub const MAX_PENDING_BADGE_USERS: usize = 10_000;
+/// Largest upload (spec "Content repository": larger ones are refused with
+/// 413 `M_TOO_LARGE`), and the request body bound of the upload endpoints,
+/// which stream to disk instead of holding the body. Configurable
+/// (`media.max_upload_bytes`).
+pub const MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+/// Bytes of media one user may keep (403 `M_FORBIDDEN` past it, as the
+/// spec says for a quota). Configurable (`media.max_bytes_per_user`).
+pub const MAX_MEDIA_BYTES_PER_USER: u64 = 10 * 1024 * 1024 * 1024;
+/// Media ids one user may hold without content (`POST
+/// /_matrix/media/v1/create`; 429 `M_LIMIT_EXCEEDED` past it), and how long
+/// one waits for its content (the spec recommends 24 hours).
+pub const MAX_PENDING_MEDIA_PER_USER: usize = 10;
+pub const PENDING_MEDIA_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// Longest `Content-Type` and file name kept with an upload, in bytes.
+pub const MAX_MEDIA_CONTENT_TYPE_BYTES: usize = 255;
+pub const MAX_MEDIA_FILE_NAME_BYTES: usize = 255;
+/// Longest media id looked up (ours are 24 characters).
+pub const MAX_MEDIA_ID_BYTES: usize = 255;
+/// Longest a download waits for the content of a pending media id (the
+/// spec's `timeout_ms`, default 20 s, which a server SHOULD bound).
+pub const MAX_MEDIA_DOWNLOAD_WAIT_MS: u64 = 60_000;
+/// Downloads of one node waiting for pending content at once; more are
+/// answered `M_NOT_YET_UPLOADED` without waiting.
+pub const MAX_MEDIA_DOWNLOAD_WAITERS: usize = 10_000;
+/// Thumbnails: images of more pixels or bytes are not decoded (413
+/// `M_TOO_LARGE`), a decoder may allocate at most this much, a thumbnail
+/// box is at most this wide or high, at most this many images are
+/// decoded at once per node (configurable,
+/// `media.max_concurrent_thumbnails`), at most this many thumbnails wait
+/// to be made (then 429), and a request waits at most this long for one
+/// (then 503 with `Retry-After`: the thumbnail is still made and cached).
+pub const MAX_THUMBNAIL_SOURCE_PIXELS: u64 = 40_000_000;
+pub const MAX_THUMBNAIL_SOURCE_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_THUMBNAIL_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+pub const MAX_THUMBNAIL_DIMENSION: u32 = 2_048;
+pub const MAX_CONCURRENT_THUMBNAILS: usize = 2;
+pub const MAX_QUEUED_THUMBNAILS: usize = 256;
+pub const THUMBNAIL_WAIT_MS: u64 = 30_000;
+/// URL previews (off unless `media.url_preview`): the longest URL taken,
+/// the bytes of a page read (the rest is never fetched) and of its image,
+/// how long a fetch may take in all, the redirects followed (each one
+/// checked again), fetches at once per node, previews cached per node
+/// and for how long, and the OpenGraph properties kept per page and the
+/// length of each.
+pub const MAX_URL_PREVIEW_URL_BYTES: usize = 2_048;
+pub const MAX_URL_PREVIEW_PAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_URL_PREVIEW_IMAGE_BYTES: u64 = 10 * 1024 * 1024;
+pub const URL_PREVIEW_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_URL_PREVIEW_REDIRECTS: usize = 5;
+pub const MAX_CONCURRENT_URL_PREVIEWS: usize = 16;
+pub const URL_PREVIEW_CACHE_ENTRIES: usize = 1_000;
+pub const URL_PREVIEW_CACHE_TTL_MS: u64 = 60 * 60 * 1000;
+pub const MAX_OPENGRAPH_PROPERTIES: usize = 64;
+pub const MAX_OPENGRAPH_VALUE_BYTES: usize = 2_048;

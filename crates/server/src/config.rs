@@ -45,9 +45,65 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub retention: RetentionConfig,
     pub push: PushConfig,
+    pub media: MediaSection,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+}
+
+/// `[media]`: the content repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Where media files live; default `<data_dir>/media`. Nodes sharing a
+    /// database must share this directory (like the signing key).
+    pub path: Option<PathBuf>,
+    /// Largest upload (413 `M_TOO_LARGE` past it); also the request body
+    /// bound of the upload endpoints, which stream to disk.
+    pub max_upload_bytes: u64,
+    /// Bytes of uploads each user may keep (403 `M_FORBIDDEN` past it).
+    pub max_bytes_per_user: u64,
+    /// Serve `preview_url`: the server then fetches pages clients name.
+    pub url_preview: bool,
+    /// Address ranges (CIDR) previews may fetch although they are
+    /// internal (loopback, private, link-local, ...), e.g. an intranet.
+    pub url_preview_allow_ranges: Vec<String>,
+    /// The boxes thumbnails are made for.
+    pub thumbnail_sizes: Vec<ThumbnailSize>,
+    /// Images decoded for thumbnails at once.
+    pub max_concurrent_thumbnails: usize,
+    /// An upload must arrive whole within this time (the general
+    /// `limits.request_timeout_ms` is for JSON requests).
+    pub upload_timeout_ms: u64,
+}
+
+/// One thumbnail box: `{ width = 96, height = 96, method = "crop" }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSize {
+    pub width: u32,
+    pub height: u32,
+    /// `scale` or `crop`.
+    pub method: String,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        let sizes = chancery_service::media::default_thumbnail_sizes();
+        Self {
+            path: None,
+            max_upload_bytes: limits::MAX_UPLOAD_BYTES,
+            max_bytes_per_user: limits::MAX_MEDIA_BYTES_PER_USER,
+            url_preview: false,
+            url_preview_allow_ranges: Vec::new(),
+            thumbnail_sizes: sizes
+                .iter()
+                .map(|k| ThumbnailSize { width: k.width, height: k.height, method: k.method.as_str().into() })
+                .collect(),
+            max_concurrent_thumbnails: limits::MAX_CONCURRENT_THUMBNAILS,
+            upload_timeout_ms: 10 * 60 * 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +251,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             retention: RetentionConfig::default(),
             push: PushConfig::default(),
+            media: MediaSection::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -364,6 +421,7 @@ impl Config {
             let key = "database.query_timeout_ms";
             return Err(err(key, var_of(key), "must be at least 100"));
         }
+        self.validate_media(&var_of)?;
         if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
             return Err(err("database", None, "connection counts must be at least 1"));
         }
@@ -382,6 +440,58 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_media<'a>(&self, var_of: &dyn Fn(&str) -> Option<&'a str>) -> Result<(), ConfigError> {
+        let media = &self.media;
+        for (key, value, min) in [
+            ("media.max_upload_bytes", media.max_upload_bytes, 1),
+            ("media.max_bytes_per_user", media.max_bytes_per_user, 1),
+            ("media.max_concurrent_thumbnails", media.max_concurrent_thumbnails as u64, 1),
+            ("media.upload_timeout_ms", media.upload_timeout_ms, 1_000),
+        ] {
+            if value < min {
+                return Err(err(key, var_of(key), format!("must be at least {min}")));
+            }
+        }
+        if media.max_concurrent_thumbnails > 64 {
+            let key = "media.max_concurrent_thumbnails";
+            return Err(err(key, var_of(key), "at most 64"));
+        }
+        self.media_thumbnail_sizes().map_err(|p| err("media.thumbnail_sizes", var_of("media.thumbnail_sizes"), p))?;
+        self.media_allow_ranges()
+            .map_err(|p| err("media.url_preview_allow_ranges", var_of("media.url_preview_allow_ranges"), p))?;
+        Ok(())
+    }
+
+    /// The thumbnail boxes, checked.
+    pub fn media_thumbnail_sizes(&self) -> Result<Vec<chancery_store::ThumbnailKey>, String> {
+        let max = limits::MAX_THUMBNAIL_DIMENSION;
+        if self.media.thumbnail_sizes.is_empty() {
+            return Err("at least one size is needed".into());
+        }
+        self.media
+            .thumbnail_sizes
+            .iter()
+            .map(|s| {
+                let method = chancery_store::ThumbnailMethod::parse(&s.method)
+                    .ok_or_else(|| format!("method `{}` must be `scale` or `crop`", s.method))?;
+                if !(1..=max).contains(&s.width) || !(1..=max).contains(&s.height) {
+                    return Err(format!("widths and heights are 1 to {max}"));
+                }
+                Ok(chancery_store::ThumbnailKey { width: s.width, height: s.height, method })
+            })
+            .collect()
+    }
+
+    /// The ranges previews may fetch although internal, checked.
+    pub fn media_allow_ranges(&self) -> Result<Vec<chancery_service::media::IpRange>, String> {
+        self.media.url_preview_allow_ranges.iter().map(|r| r.parse()).collect()
+    }
+
+    /// Where media files live.
+    pub fn media_path(&self) -> PathBuf {
+        self.media.path.clone().unwrap_or_else(|| self.data_dir.join("media"))
     }
 
     /// What the HTTP listeners allow their clients.
@@ -555,6 +665,25 @@ mod tests {
         assert_eq!(c.registration, RegistrationMode::Disabled);
         assert_eq!(c.database(), DatabaseUrl::Sqlite(PathBuf::from("./data/chancery.db")));
         assert_eq!(c.public_baseurl(), "http://127.0.0.1:8008");
+        assert_eq!(c.media_path(), PathBuf::from("./data/media"));
+        assert!(!c.media.url_preview);
+        assert_eq!(c.media.max_upload_bytes, limits::MAX_UPLOAD_BYTES);
+        assert_eq!(c.media_thumbnail_sizes().unwrap(), chancery_service::media::default_thumbnail_sizes());
+    }
+
+    #[test]
+    fn media_keys_come_from_the_environment_too() {
+        let env = [
+            ("CHANCERY_MEDIA__MAX_UPLOAD_BYTES", "1000"),
+            ("CHANCERY_MEDIA__URL_PREVIEW", "true"),
+            ("CHANCERY_MEDIA__URL_PREVIEW_ALLOW_RANGES", "[\"10.1.0.0/16\", \"fd00::/8\"]"),
+            ("CHANCERY_MEDIA__PATH", "/srv/media"),
+        ];
+        let c = load("", &env).unwrap();
+        assert_eq!(c.media.max_upload_bytes, 1000);
+        assert!(c.media.url_preview);
+        assert_eq!(c.media_allow_ranges().unwrap().len(), 2);
+        assert_eq!(c.media_path(), PathBuf::from("/srv/media"));
     }
 
     #[test]
@@ -617,6 +746,16 @@ mod tests {
                 "key `default_room_version` (from CHANCERY_DEFAULT_ROOM_VERSION): must be one of",
             ),
             ("this is not toml", &[], "invalid TOML"),
+            ("[media]\nmax_upload_bytes = 0", &[], "key `media.max_upload_bytes`: must be at least 1"),
+            ("", &[("CHANCERY_MEDIA__MAX_CONCURRENT_THUMBNAILS", "0")], "(from CHANCERY_MEDIA__MAX_CONCURRENT_THUMBNAILS)"),
+            ("[media]\nthumbnail_sizes = []", &[], "key `media.thumbnail_sizes`: at least one size"),
+            (
+                "[media]\nthumbnail_sizes = [{ width = 32, height = 32, method = \"stretch\" }]",
+                &[],
+                "method `stretch` must be `scale` or `crop`",
+            ),
+            ("[media]\nthumbnail_sizes = [{ width = 5000, height = 32, method = \"crop\" }]", &[], "widths and heights are 1 to"),
+            ("[media]\nurl_preview_allow_ranges = [\"10.0.0.0/40\"]", &[], "key `media.url_preview_allow_ranges`"),
         ];
         for (toml, env, want) in cases {
             let got = load(toml, env).expect_err(toml);

@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let health = components.health.clone();
     let push = components.push.clone();
     let pushers = components.pushers.clone();
+    let media = components.media.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -104,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             log_client_address: config.log.client_address,
             body_read_timeout: Duration::from_millis(config.limits.body_read_timeout_ms),
             request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            upload_timeout: Duration::from_millis(config.media.upload_timeout_ms),
         }),
         metrics: metrics.clone(),
     };
@@ -114,7 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = chancery_api::router(state);
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
-        tokio::spawn(maintenance::run(push, sliding_sync.clone(), shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, shutdown_rx.clone())),
         tokio::spawn({
             let shutdown = shutdown_rx.clone();
             async move {

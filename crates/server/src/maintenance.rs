@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chancery_service::{Push, SlidingSync};
+use chancery_service::{Media, Push, SlidingSync};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -17,6 +17,7 @@ const PASS_EVERY: Duration = Duration::from_secs(60 * 60);
 pub(crate) async fn run(
     push: Arc<Push>,
     sliding_sync: Arc<SlidingSync>,
+    media: Arc<Media>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut tick = tokio::time::interval_at(Instant::now() + FIRST_PASS_AFTER, PASS_EVERY);
@@ -33,6 +34,13 @@ pub(crate) async fn run(
                 Ok(0) => {}
                 Ok(connections) => tracing::info!(connections, "forgot idle sliding sync connections"),
                 Err(e) => tracing::warn!(error = %e, "forgetting idle sliding sync connections failed; the next pass retries"),
+            }
+            // Expired pending media ids, abandoned uploads, files a crash or
+            // a deletion left without a row.
+            match media.collect_garbage().await {
+                Ok(report) if report == Default::default() => {}
+                Ok(report) => tracing::info!(?report, "collected media garbage"),
+                Err(e) => tracing::warn!(error = %e, "collecting media garbage failed; the next pass retries"),
             }
         }
     };

@@ -15,9 +15,9 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
     DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
-    Keys, KeysDeps, Limiters, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
-    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps,
-    Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
+    Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig,
+    PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search,
+    SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -230,6 +230,28 @@ pub fn components_with(
         keys: keys.clone(),
         clock: clock.clone(),
     }));
+    let media = Arc::new(
+        Media::new(MediaDeps {
+            config: MediaConfig {
+                server_name: config.server_name(),
+                directory: config.media_path(),
+                max_upload_bytes: config.media.max_upload_bytes,
+                max_bytes_per_user: config.media.max_bytes_per_user,
+                thumbnail_sizes: config.media_thumbnail_sizes().map_err(|e| anyhow::anyhow!(e))?,
+                max_concurrent_thumbnails: config.media.max_concurrent_thumbnails,
+                upload_idle_timeout: std::time::Duration::from_millis(config.limits.body_read_timeout_ms),
+                url_preview: config.media.url_preview.then(|| chancery_service::media::UrlPreviewConfig {
+                    allow_ranges: config.media_allow_ranges().unwrap_or_default(),
+                }),
+            },
+            store: store.clone(),
+            clock: clock.clone(),
+            entropy: entropy.clone(),
+            // Issue 17's virus scanner plugs in here.
+            delivery_check: None,
+        })
+        .with_context(|| format!("opening the media directory {}", config.media_path().display()))?,
+    );
     let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
     let health = Arc::new(Health::new(store, notifier));
@@ -250,6 +272,7 @@ pub fn components_with(
         sliding_sync,
         reports,
         admin,
+        media,
         health,
     })
 }

@@ -81,6 +81,18 @@ pub enum Error {
     /// `M_UNKNOWN_POS`: the client starts the connection afresh).
     #[error("unknown or expired sliding sync position")]
     UnknownPos,
+    /// Content for a media id that has some (HTTP 409
+    /// `M_CANNOT_OVERWRITE_MEDIA`).
+    #[error("this media already has content; it cannot be overwritten")]
+    CannotOverwriteMedia,
+    /// A media id whose content did not come within the wait (HTTP 504
+    /// `M_NOT_YET_UPLOADED`).
+    #[error("the content of this media has not been uploaded yet")]
+    NotYetUploaded,
+    /// Something the server fetched for the client failed (a URL
+    /// preview's page): HTTP 502 `M_UNKNOWN`.
+    #[error("{0}")]
+    UpstreamFailed(String),
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is
@@ -99,6 +111,10 @@ const CONFLICT_RETRY_AFTER_MS: u64 = 1_000;
 const DISK_FULL_RETRY_AFTER_MS: u64 = 60_000;
 /// A statement stopped at its deadline: the load may have passed.
 const QUERY_TIMED_OUT_RETRY_AFTER_MS: u64 = 10_000;
+
+/// How long a client with too many pending media ids waits: until it
+/// uploads one of them, which a client does within seconds.
+const PENDING_MEDIA_RETRY_AFTER_MS: u64 = 10_000;
 
 /// The body of a 401 interactive-auth answer.
 #[derive(Debug, Clone)]
@@ -160,6 +176,21 @@ impl From<StoreError> for Error {
             StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
             StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),
             StoreError::UnknownPosition => Error::UnknownPos,
+            StoreError::UnknownMedia => Error::NotFound("unknown media id".into()),
+            StoreError::NotMediaCreator => Error::Forbidden("this media id was created by another user".into()),
+            StoreError::MediaAlreadyUploaded => Error::CannotOverwriteMedia,
+            // Media ids are 24 random letters and digits: a collision is a
+            // broken entropy source, not a client's doing.
+            StoreError::MediaIdTaken => Error::Internal("a freshly drawn media id was taken".into()),
+            // Spec "Content repository", upload: a quota for uploaded content
+            // is 403 M_FORBIDDEN (ARCHITECTURE.md, "Media", says why not the
+            // other codes).
+            StoreError::MediaQuotaExceeded => {
+                Error::ResourceLimit("your uploads have reached this server's storage quota for your account".into())
+            }
+            // Spec `POST /_matrix/media/v1/create`: 429 M_LIMIT_EXCEEDED for
+            // too many pending uploads; one frees as soon as one is uploaded.
+            StoreError::TooManyPendingMedia => Error::LimitExceeded { retry_after_ms: PENDING_MEDIA_RETRY_AFTER_MS },
             StoreError::AliasOfAnotherRoom => Error::InvalidParam("invalid alias".into()),
             StoreError::TextNotStorable => Error::InvalidParam("invalid text".into()),
             StoreError::PayloadTooLarge => Error::TooLarge("the message for other nodes is too large".into()),

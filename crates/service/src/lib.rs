@@ -26,6 +26,7 @@
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
 //! | [`SlidingSync`] | simplified sliding sync (MSC4186) for Element X |
+//! | [`Media`] | the content repository: uploads, downloads, thumbnails, URL previews, quarantine |
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
@@ -44,6 +45,7 @@ pub mod ephemeral;
 mod error;
 pub mod health;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 mod nul;
 pub mod profiles;
@@ -74,6 +76,7 @@ pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
+pub use media::{Media, MediaConfig, MediaDeps};
 pub use notifier::Notifier;
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
@@ -110,5 +113,6 @@ pub struct Components {
     pub sliding_sync: Arc<SlidingSync>,
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,
+    pub media: Arc<Media>,
     pub health: Arc<Health>,
 }

@@ -9,6 +9,7 @@
 mod account_data;
 mod hierarchy;
 mod keys;
+mod media;
 mod nul;
 mod pushers;
 mod sliding_sync;
@@ -23,6 +24,7 @@ use serde_json::json;
 pub use self::account_data::*;
 pub use self::hierarchy::*;
 pub use self::keys::*;
+pub use self::media::*;
 pub use self::nul::*;
 pub use self::pushers::*;
 pub use self::sliding_sync::*;
@@ -70,6 +72,9 @@ macro_rules! store_conformance_tests {
             appends_queue_notifications_for_pushers, queued_notifications_merge_rooms_in_position_order,
             a_pusher_is_leased_to_one_node_at_a_time, concurrent_claims_give_a_pusher_to_one_node,
             badge_counts_follow_reads_and_invites,
+            media_is_stored_once_and_counted_against_the_quota, concurrent_uploads_hold_the_quota,
+            pending_media_is_bounded_expires_and_completes_once,
+            thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -14,6 +14,7 @@ mod forgotten;
 mod hierarchy;
 mod json;
 mod keys;
+mod media;
 mod migrations;
 mod notify;
 mod push;

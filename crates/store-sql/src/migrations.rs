@@ -29,6 +29,7 @@ macro_rules! migration_sql {
             "0011_notifications_by_position",
             "0012_uia_sessions_by_user",
             "0013_e2ee",
+            "0014_media",
             "0015_pushers",
             "0016_sliding_sync",
             "0017_spaces",

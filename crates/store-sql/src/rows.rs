@@ -415,3 +415,38 @@ pub fn claimed_pusher<R: Row>(row: &R) -> Result<ClaimedPusher, R::Error> {
 pub fn queued_notification<R: Row>(row: &R) -> Result<QueuedNotification, R::Error> {
     Ok(QueuedNotification { notification: stored_notification(row)?, read: row.boolean(EVENT_COLUMN_COUNT + 2)? })
 }
+
+/// Columns of a [`MediaRecord`], for [`media_record`].
+pub const MEDIA_SELECT: &str = "SELECT media_id, uploader, created_ts, unused_expires_ts, content_type, file_name, \
+     size_bytes, sha256, uploaded_ts, quarantined FROM media";
+
+/// A row of [`MEDIA_SELECT`]. An item has content once its hash is set.
+pub fn media_record<R: Row>(row: &R) -> Result<MediaRecord, R::Error> {
+    let sha256 = row.opt_text(7)?;
+    let content = match sha256 {
+        Some(sha256) => Some(MediaContent {
+            content_type: row.opt_text(4)?,
+            file_name: row.opt_text(5)?,
+            size_bytes: row.opt_uint(6)?.unwrap_or(0),
+            sha256,
+            uploaded_ts: row.opt_uint(8)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(MediaRecord {
+        media_id: row.text(0)?,
+        uploader: row.opt_text(1)?,
+        created_ts: row.uint(2)?,
+        unused_expires_ts: if content.is_some() { None } else { row.opt_uint(3)? },
+        content,
+        quarantined: row.boolean(9)?,
+    })
+}
+
+/// Columns of a [`StoredThumbnail`] but its key, for [`stored_thumbnail`].
+pub const THUMBNAIL_COLUMNS: &str = "content_type, size_bytes, sha256";
+
+/// A row of [`THUMBNAIL_COLUMNS`] of the thumbnail made for `key`.
+pub fn stored_thumbnail<R: Row>(row: &R, key: ThumbnailKey) -> Result<StoredThumbnail, R::Error> {
+    Ok(StoredThumbnail { key, content_type: row.text(0)?, size_bytes: row.uint(1)?, sha256: row.text(2)? })
+}

@@ -15,6 +15,7 @@ mod directory;
 mod forgotten;
 mod hierarchy;
 mod keys;
+mod media;
 mod pool;
 mod push;
 mod pushers;

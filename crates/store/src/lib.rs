@@ -10,6 +10,7 @@ mod directory;
 mod forgotten;
 mod hierarchy;
 mod keys;
+mod media;
 mod push;
 mod pushers;
 mod receipts;
@@ -33,6 +34,7 @@ pub use directory::*;
 pub use forgotten::*;
 pub use hierarchy::*;
 pub use keys::*;
+pub use media::*;
 pub use push::*;
 pub use pushers::*;
 pub use receipts::*;
@@ -67,6 +69,8 @@ pub enum StoreError {
     EventIdTaken,
     #[error("this room alias is taken")]
     AliasTaken,
+    #[error("this media id is taken")]
+    MediaIdTaken,
     /// The room's forward extremities are no longer those the event was
     /// built on: another writer went first.
     #[error("the room's forward extremities moved on")]
@@ -102,6 +106,15 @@ pub enum StoreError {
     UnknownRoom,
     #[error("no such device")]
     UnknownDevice,
+    /// No such media id, or a pending one that expired.
+    #[error("no such media")]
+    UnknownMedia,
+    /// A pending media id's content comes from another user than its creator.
+    #[error("this media id was created by another user")]
+    NotMediaCreator,
+    /// A media id's content was uploaded already.
+    #[error("this media id already has content")]
+    MediaAlreadyUploaded,
     /// An alias given with a room names another room.
     #[error("an alias names another room")]
     AliasOfAnotherRoom,
@@ -149,6 +162,12 @@ pub enum StoreError {
     TooManyBackupVersions,
     #[error("the account has too many pushers")]
     TooManyPushers,
+    /// The uploader's media would pass their byte quota.
+    #[error("the account's media would pass its quota")]
+    MediaQuotaExceeded,
+    /// The uploader holds as many pending media ids as allowed.
+    #[error("the account has too many pending media uploads")]
+    TooManyPendingMedia,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -336,6 +355,7 @@ pub trait Store:
     + KeyStore
     + SlidingSyncStore
     + HierarchyStore
+    + MediaStore
     + StreamStore
     + NodeBus
 {

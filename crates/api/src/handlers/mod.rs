@@ -6,6 +6,7 @@ pub mod directory;
 pub mod discovery;
 pub mod filters;
 pub mod keys;
+pub mod media;
 pub mod presence;
 pub mod profile;
 pub mod push;

@@ -44,6 +44,7 @@ mod faults;
 mod hostile;
 mod js_client;
 mod lazy_members;
+mod media;
 mod nul_text;
 mod presence;
 mod process;
