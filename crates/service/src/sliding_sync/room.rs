@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use chancery_proto::ruma::api::client::filter::RoomEventFilter;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::{Membership, RoomListEntry, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
@@ -12,7 +13,7 @@ use super::SlidingSync;
 use super::decide::{self, RoomConfig, RoomRecord, RoomUpdate};
 use crate::rooms::{ClientEventOptions, format_token};
 use crate::stream_token::StreamToken;
-use crate::sync::rooms::{stripped_state, without_room_ids};
+use crate::sync::rooms::{TimelineWindow, stripped_state, timeline_window, without_room_ids};
 use crate::{AuthedUser, Error};
 
 /// Heroes sent for a room without a name (as `/sync`'s summary).
@@ -99,7 +100,12 @@ impl SlidingSync {
             }
             _ => (0, false, None),
         };
-        let timeline = self.timeline(ctx, room_id, after, up_to, config.timeline_limit);
+        let no_filter = RoomEventFilter::default();
+        let window = TimelineWindow { after, up_to, limit: config.timeline_limit, filter: &no_filter, ignored: ctx.ignored };
+        let timeline = async {
+            let w = timeline_window(self.deps.rooms.as_ref(), &self.deps.visibility, &ctx.user.user_id, room_id, window).await?;
+            Ok::<_, Error>((w.timeline, w.limited, format_token(w.before_timeline)))
+        };
         let summary = async {
             if joined {
                 Ok::<_, Error>(Some(self.deps.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES).await?))
@@ -246,26 +252,5 @@ impl SlidingSync {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// The newest `limit` events of the room in `(after, up_to]` the user
-    /// may see, whether there were more, and the token before them.
-    async fn timeline(
-        &self,
-        ctx: &Context<'_>,
-        room_id: &str,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, bool, String), Error> {
-        let mut events = self.deps.rooms.room_events(room_id, after, up_to, limit + 1, true).await?;
-        let limited = events.len() > limit;
-        events.truncate(limit);
-        events.reverse();
-        let prev_batch = format_token(events.first().map_or(up_to, |e| e.stream_pos - 1));
-        let me = ctx.user.user_id.as_str();
-        events.retain(|e| e.sender == me || crate::sync::decide::visible(e, ctx.ignored));
-        let events = self.deps.visibility.visible_events(&ctx.user.user_id, room_id, events).await?;
-        Ok((events, limited, prev_batch))
     }
 }

@@ -13,7 +13,7 @@ use super::decide::{self, LazyMembers, StateRead};
 use super::{Pass, Syncer};
 use crate::Error;
 use crate::rooms::filter::type_allowed;
-use crate::rooms::{ClientEventOptions, EventFormatter, format_token};
+use crate::rooms::{ClientEventOptions, EventFormatter, Visibility, format_token};
 
 /// State event types shown in an invite or knock (spec: "stripped state"
 /// should include these so the room can be displayed).
@@ -70,11 +70,45 @@ pub(crate) fn without_room_ids(mut events: Vec<JsonValue>) -> Vec<JsonValue> {
 /// Heroes in a room summary: "the first 5 members" (spec).
 const SUMMARY_HEROES: usize = 5;
 
-pub(super) struct RoomWindow {
-    timeline: Vec<StoredEvent>,
-    limited: bool,
+pub(crate) struct RoomWindow {
+    pub timeline: Vec<StoredEvent>,
+    pub limited: bool,
     /// Position just before the first timeline event (or the window end).
-    before_timeline: u64,
+    pub before_timeline: u64,
+}
+
+/// Which events of a room a timeline window takes: the newest `limit`
+/// in `(after, up_to]` that pass `filter` and are not from `ignored`
+/// users (state events excepted).
+pub(crate) struct TimelineWindow<'a> {
+    pub after: u64,
+    pub up_to: u64,
+    pub limit: usize,
+    pub filter: &'a RoomEventFilter,
+    pub ignored: &'a BTreeSet<String>,
+}
+
+/// A room's timeline window as `user_id` may see it (history visibility
+/// applied), whether it was cut short, and where it starts. `/sync` and
+/// sliding sync both send it.
+pub(crate) async fn timeline_window(
+    rooms: &dyn RoomStore,
+    visibility: &Visibility,
+    user_id: &UserId,
+    room_id: &str,
+    w: TimelineWindow<'_>,
+) -> Result<RoomWindow, Error> {
+    let mut events = rooms.room_events(room_id, w.after, w.up_to, w.limit + 1, true).await?;
+    let limited = events.len() > w.limit;
+    events.truncate(w.limit);
+    events.reverse();
+    let before_timeline = events.first().map_or(w.up_to, |e| e.stream_pos - 1);
+    let timeline: Vec<StoredEvent> =
+        events.into_iter().filter(|e| type_allowed(w.filter, &e.event_type) && decide::visible(e, w.ignored)).collect();
+    // History visibility: a member who joined a `joined`-visibility room
+    // does not see what was said before.
+    let timeline = visibility.visible_events(user_id, room_id, timeline).await?;
+    Ok(RoomWindow { timeline, limited, before_timeline })
 }
 
 impl Syncer {
@@ -205,18 +239,8 @@ impl Syncer {
         filter: &RoomEventFilter,
         ignored: &BTreeSet<String>,
     ) -> Result<RoomWindow, Error> {
-        let after = since.unwrap_or(0);
-        let mut events = self.deps.rooms.room_events(room_id, after, up_to, limit + 1, true).await?;
-        let limited = events.len() > limit;
-        events.truncate(limit);
-        events.reverse();
-        let before_timeline = events.first().map_or(up_to, |e| e.stream_pos - 1);
-        let timeline: Vec<StoredEvent> =
-            events.into_iter().filter(|e| type_allowed(filter, &e.event_type) && decide::visible(e, ignored)).collect();
-        // History visibility: a member who joined a `joined`-visibility room
-        // does not see what was said before.
-        let timeline = self.deps.visibility.visible_events(user_id, room_id, timeline).await?;
-        Ok(RoomWindow { timeline, limited, before_timeline })
+        let window = TimelineWindow { after: since.unwrap_or(0), up_to, limit, filter, ignored };
+        timeline_window(self.deps.rooms.as_ref(), &self.deps.visibility, user_id, room_id, window).await
     }
 
     /// A room's `state` section (or, with `state_after`, that one): the
