@@ -34,11 +34,19 @@ const NOTIFIED_ROOMS: &str = "r(room_id) AS (
 /// Part of an event's append (same transaction): every pusher of the
 /// users `notified` now has work up to `pos`.
 pub(crate) fn raise_queued_positions(tx: &Transaction<'_>, notified: &[NewNotification], pos: i64) -> StoreResult<()> {
-    let mut stmt =
-        tx.prepare_cached("UPDATE pushers SET queued_pos = ?2 WHERE user_id = ?1 AND queued_pos < ?2").map_err(backend)?;
-    for n in notified {
-        stmt.execute(params![n.user_id, pos]).map_err(backend)?;
+    if notified.is_empty() {
+        return Ok(());
     }
+    // One statement for every notified user: a send in a big room must
+    // not cost a statement per member (most of whom have no pusher).
+    let users = serde_json::to_string(&notified.iter().map(|n| n.user_id.as_str()).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Backend(format!("notified users: {e}")))?;
+    tx.prepare_cached(
+        "UPDATE pushers SET queued_pos = ?2
+         WHERE queued_pos < ?2 AND user_id IN (SELECT value FROM json_each(?1))",
+    )
+    .and_then(|mut s| s.execute(params![users, pos]))
+    .map_err(backend)?;
     Ok(())
 }
 

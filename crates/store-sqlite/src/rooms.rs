@@ -38,11 +38,10 @@ pub(crate) fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Sto
 /// for each event of `create_room`.
 pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
     // One writer: these checks cannot be overtaken before the INSERT.
-    check_room_and_extremities(tx, event, prev_extremities)?;
-    check_ids_unused(tx, event)?;
     let pos = next_stream_pos(tx)?;
+    check_room_and_extremities(tx, event, prev_extremities, pos)?;
+    check_ids_unused(tx, event)?;
     insert_event(tx, event, pos)?;
-    bump_room(tx, event, pos)?;
     crate::search::index_event(tx, event, pos)?;
     crate::push::insert_notifications(tx, event, pos)?;
     make_only_extremity(tx, event)?;
@@ -60,11 +59,18 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
 
 /// `UnknownRoom` or `StaleExtremities` unless the room exists and its
 /// forward extremities are exactly `prev_extremities`; raises the room's
-/// max depth to the event's.
-fn check_room_and_extremities(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String]) -> StoreResult<()> {
+/// max depth to the event's, and records it as the room's newest event
+/// at `pos` (and newest "bump", for the room list, if its type bumps;
+/// the create event also records the room's type).
+fn check_room_and_extremities(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String], pos: i64) -> StoreResult<()> {
+    let room_type = (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten();
     let found = tx
-        .prepare_cached("UPDATE rooms SET max_depth = MAX(max_depth, ?2) WHERE room_id = ?1")
-        .and_then(|mut s| s.execute(params![event.room_id, i(event.depth)]))
+        .prepare_cached(
+            "UPDATE rooms SET max_depth = MAX(max_depth, ?2), last_pos = ?3,
+                              bump_pos = CASE WHEN ?4 THEN ?3 ELSE bump_pos END, room_type = COALESCE(?5, room_type)
+             WHERE room_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![event.room_id, i(event.depth), pos, bumps_room(&event.event_type), room_type]))
         .map_err(backend)?;
     if found == 0 {
         return Err(StoreError::UnknownRoom);
@@ -129,20 +135,6 @@ fn insert_event(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult
         ])
     })
     .map_err(|e| if is_unique_violation(&e) { StoreError::EventIdTaken } else { backend(e) })?;
-    Ok(())
-}
-
-/// Every event is its room's newest; one of a bump type also moves the
-/// room up the room list (sliding sync); the create event records the
-/// room's type.
-fn bump_room(tx: &Transaction<'_>, event: &NewEvent, pos: i64) -> StoreResult<()> {
-    let room_type = (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten();
-    tx.prepare_cached(
-        "UPDATE rooms SET last_pos = ?2, bump_pos = CASE WHEN ?3 THEN ?2 ELSE bump_pos END, room_type = COALESCE(?4, room_type)
-         WHERE room_id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![event.room_id, pos, bumps_room(&event.event_type), room_type]))
-    .map_err(backend)?;
     Ok(())
 }
 
