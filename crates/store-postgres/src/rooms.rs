@@ -138,7 +138,7 @@ impl Writes {
             .await?,
             // After `insert_event`, like `open_state`.
             bump_room: p("UPDATE rooms SET last_pos = s.pos, bump_pos = CASE WHEN $3 THEN s.pos ELSE bump_pos END,
-                                 room_type = COALESCE($2, room_type)
+                                 room_type = COALESCE($2, room_type), encrypted = encrypted OR $4
                           FROM stream_position s WHERE room_id = $1")
             .await?,
             relations: crate::relations::RelationWrites::prepare(c).await?,
@@ -293,6 +293,7 @@ struct InsertColumns<'a> {
     /// The room's type, for a create event.
     room_type: Option<String>,
     bumps: bool,
+    encrypts: bool,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -311,6 +312,7 @@ impl<'a> InsertColumns<'a> {
             notification_highlights: notifications.iter().map(|n| n.highlight).collect(),
             room_type: (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten(),
             bumps: bumps_room(&event.event_type),
+            encrypts: enables_encryption(&event.event_type, event.state_key.as_deref()),
         }
     }
 }
@@ -386,7 +388,7 @@ async fn close_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> Step
 /// room up the room list (sliding sync); the create event records the
 /// room's type.
 async fn bump_room(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, c: &InsertColumns<'_>) -> StepResult {
-    tx.execute(&w.bump_room, &[&event.room_id, &c.room_type, &c.bumps]).await.map(drop)
+    tx.execute(&w.bump_room, &[&event.room_id, &c.room_type, &c.bumps, &c.encrypts]).await.map(drop)
 }
 
 /// The event's own state row starts at its position.

@@ -47,10 +47,7 @@ impl SlidingSyncStore for PostgresStore {
     async fn room_list(&self, user_id: &str) -> StoreResult<Vec<RoomListEntry>> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT {ROOM_LIST_COLUMNS},
-                    EXISTS (SELECT 1 FROM room_state x
-                            WHERE x.room_id = s.room_id AND x.event_type = 'm.room.encryption'
-                              AND x.state_key = '' AND x.to_pos IS NULL)
+            "SELECT {ROOM_LIST_COLUMNS}
              FROM room_state s JOIN rooms r ON r.room_id = s.room_id
              WHERE s.state_key = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL
              ORDER BY s.room_id"

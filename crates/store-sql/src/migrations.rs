@@ -33,6 +33,7 @@ macro_rules! migration_sql {
             "0015_pushers",
             "0016_sliding_sync",
             "0017_spaces",
+            "0021_room_list",
         )
     };
     (@files $($name:literal),* $(,)?) => {

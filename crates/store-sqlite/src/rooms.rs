@@ -61,16 +61,27 @@ pub(crate) fn append_in_tx(tx: &Transaction<'_>, event: &NewEvent, prev_extremit
 /// forward extremities are exactly `prev_extremities`; raises the room's
 /// max depth to the event's, and records it as the room's newest event
 /// at `pos` (and newest "bump", for the room list, if its type bumps;
-/// the create event also records the room's type).
+/// the create event also records the room's type, the encryption event
+/// that it is encrypted).
 fn check_room_and_extremities(tx: &Transaction<'_>, event: &NewEvent, prev_extremities: &[String], pos: i64) -> StoreResult<()> {
     let room_type = (event.event_type == "m.room.create").then(|| room_type_of_create(&event.json)).flatten();
     let found = tx
         .prepare_cached(
             "UPDATE rooms SET max_depth = MAX(max_depth, ?2), last_pos = ?3,
-                              bump_pos = CASE WHEN ?4 THEN ?3 ELSE bump_pos END, room_type = COALESCE(?5, room_type)
+                              bump_pos = CASE WHEN ?4 THEN ?3 ELSE bump_pos END, room_type = COALESCE(?5, room_type),
+                              encrypted = encrypted OR ?6
              WHERE room_id = ?1",
         )
-        .and_then(|mut s| s.execute(params![event.room_id, i(event.depth), pos, bumps_room(&event.event_type), room_type]))
+        .and_then(|mut s| {
+            s.execute(params![
+                event.room_id,
+                i(event.depth),
+                pos,
+                bumps_room(&event.event_type),
+                room_type,
+                enables_encryption(&event.event_type, event.state_key.as_deref())
+            ])
+        })
         .map_err(backend)?;
     if found == 0 {
         return Err(StoreError::UnknownRoom);

@@ -46,10 +46,7 @@ impl SlidingSyncStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
             let sql = format!(
-                "SELECT {ROOM_LIST_COLUMNS},
-                        EXISTS (SELECT 1 FROM room_state x
-                                WHERE x.room_id = s.room_id AND x.event_type = 'm.room.encryption'
-                                  AND x.state_key = '' AND x.to_pos IS NULL)
+                "SELECT {ROOM_LIST_COLUMNS}
                  FROM room_state s JOIN rooms r ON r.room_id = s.room_id
                  WHERE s.state_key = ?1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL
                  ORDER BY s.room_id"

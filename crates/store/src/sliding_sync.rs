@@ -37,6 +37,13 @@ pub fn bumps_room(event_type: &str) -> bool {
     BUMP_EVENT_TYPES.contains(&event_type)
 }
 
+/// Whether an event with this type and state key turns on its room's
+/// encryption (which is never turned off), for backends recording it
+/// with the room.
+pub fn enables_encryption(event_type: &str, state_key: Option<&str>) -> bool {
+    event_type == "m.room.encryption" && state_key == Some("")
+}
+
 /// `content.type` of an `m.room.create` event's JSON (the room type,
 /// `m.space` for spaces), for backends recording it with the room.
 pub fn room_type_of_create(event_json: &str) -> Option<String> {
