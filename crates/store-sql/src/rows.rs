@@ -330,7 +330,8 @@ pub fn key_signature<R: Row>(row: &R) -> Result<KeySignature, R::Error> {
 /// Columns of a [`RoomListEntry`], for [`room_list_entry`]: the user's
 /// current membership row `s` of `room_state`, its room `r`, and whether
 /// the room has an encryption state event (the last column).
-pub const ROOM_LIST_COLUMNS: &str = "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type, r.encrypted";
+pub const ROOM_LIST_COLUMNS: &str =
+    "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type, r.encrypted";
 
 /// A row of [`ROOM_LIST_COLUMNS`].
 pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {

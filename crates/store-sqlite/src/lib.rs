@@ -51,6 +51,9 @@ const STATEMENT_CACHE_CAPACITY: usize = 256;
 pub struct SqliteStore {
     pool: Arc<Pool>,
     writer: writer::Writer,
+    /// Sliding-sync connection state, in a file of its own
+    /// ([`sliding_sync::ConnectionFile`]).
+    connections: sliding_sync::ConnectionFile,
     /// Told of each appended event once committed (`Store::set_event_listener`).
     event_listener: std::sync::OnceLock<chancery_store::EventListener>,
 }
@@ -75,7 +78,7 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 /// How long a connection waits for another's lock before giving up.
-const BUSY_TIMEOUT_MS: u32 = if cfg!(test) { 200 } else { 10_000 };
+pub(crate) const BUSY_TIMEOUT_MS: u32 = if cfg!(test) { 200 } else { 10_000 };
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // FULL: a commit is on disk before we answer the client, so an
@@ -100,7 +103,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// `... WHERE event_type = 'm.room.member'`) is planned again each time
 /// that value changes, which was a tenth of a send's CPU. The queries that
 /// want a partial index name its literal.
-fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(drop)
 }
 
@@ -129,6 +132,7 @@ impl SqliteStore {
     /// [`Self::open`] with every option.
     pub async fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<Self> {
         let path = path.to_owned();
+        let connections = sliding_sync::ConnectionFile::open(&path).await?;
         let readers = options.readers.max(1);
         let pool = tokio::task::spawn_blocking(move || -> StoreResult<(Pool, Connection)> {
             let mut writer = Connection::open(&path).map_err(backend)?;
@@ -157,7 +161,7 @@ impl SqliteStore {
         let (pool, checkpointer) = pool;
         let pool = Arc::new(pool);
         let writer = writer::Writer::start(Arc::clone(&pool), checkpointer)?;
-        Ok(Self { pool, writer, event_listener: std::sync::OnceLock::new() })
+        Ok(Self { pool, writer, connections, event_listener: std::sync::OnceLock::new() })
     }
 
     /// Runs `f` in an IMMEDIATE transaction on the writer connection,
@@ -247,6 +251,7 @@ impl Store for SqliteStore {
             pool.close();
         })
         .await;
+        self.connections.close();
     }
 
     fn kind(&self) -> &'static str {

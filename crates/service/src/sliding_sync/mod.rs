@@ -34,7 +34,10 @@ use chancery_proto::limits::{
 };
 use chancery_proto::ruma::api::client::sync::sync_events::v5::{Request, request};
 use chancery_proto::ruma::events::room::member::MembershipState;
-use chancery_store::{ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore};
+use chancery_store::{
+    AnswerBase, ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore,
+};
+use futures_util::{StreamExt, TryStreamExt};
 use hashlink::LruCache;
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
@@ -77,7 +80,7 @@ type Records = Arc<BTreeMap<String, RoomRecord>>;
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`.
 pub struct SlidingSync {
-    deps: SlidingSyncDeps,
+    deps: Arc<SlidingSyncDeps>,
     /// Per connection key: its last position and the records there.
     cache: Mutex<LruCache<u64, (u64, Records)>>,
     closing: tokio::sync::watch::Sender<bool>,
@@ -98,8 +101,9 @@ struct WantedList {
 
 /// The connection an answer continues.
 struct Connection {
-    key: u64,
-    base_pos: u64,
+    /// The connection's key and the client's position; none for a new
+    /// connection (started when its first answer is recorded).
+    at: Option<(u64, u64)>,
     since: Option<StreamToken>,
     records: Records,
 }
@@ -172,7 +176,7 @@ fn record_of(stored: &SentRoom) -> Result<RoomRecord, Error> {
 impl SlidingSync {
     pub fn new(deps: SlidingSyncDeps) -> Self {
         let cache = Mutex::new(LruCache::new(SLIDING_CONNECTIONS_CACHED));
-        Self { deps, cache, closing: tokio::sync::watch::Sender::new(false) }
+        Self { deps: Arc::new(deps), cache, closing: tokio::sync::watch::Sender::new(false) }
     }
 
     /// The server is shutting down: waiting long-polls answer now.
@@ -240,11 +244,17 @@ impl SlidingSync {
                 _ = closing.wait_for(|closing| *closing) => break answer,
             }
         };
-        self.finish(&conn, answer, txn_id).await
+        self.finish(owner, &conn, answer, txn_id).await
     }
 
     /// Records the answer as the connection's next position.
-    async fn finish(&self, conn: &Connection, answer: Answer, txn_id: Option<String>) -> Result<JsonValue, Error> {
+    async fn finish(
+        &self,
+        owner: ConnectionOwner<'_>,
+        conn: &Connection,
+        answer: Answer,
+        txn_id: Option<String>,
+    ) -> Result<JsonValue, Error> {
         let mut sent = Vec::with_capacity(answer.changed.len());
         let records = if answer.changed.is_empty() {
             Arc::clone(&conn.records)
@@ -259,10 +269,14 @@ impl SlidingSync {
         };
         let now = self.deps.clock.now_ms();
         let token = answer.cut.to_string();
-        let pos = self.deps.store.record_sliding_answer(conn.key, conn.base_pos, &token, &sent, now).await?;
-        self.cache.lock().expect("sliding sync cache").insert(conn.key, (pos, records));
+        let base = match conn.at {
+            None => AnswerBase::Start { owner, max_per_device: MAX_SLIDING_CONNECTIONS_PER_DEVICE },
+            Some((conn_key, base_pos)) => AnswerBase::After { conn_key, base_pos },
+        };
+        let (key, pos) = self.deps.store.record_sliding_answer(base, &token, &sent, now).await?;
+        self.cache.lock().expect("sliding sync cache").insert(key, (pos, records));
         let mut body = answer.body;
-        body["pos"] = json!(format!("{}_{pos}", conn.key));
+        body["pos"] = json!(format!("{key}_{pos}"));
         if let Some(txn_id) = txn_id {
             body["txn_id"] = json!(txn_id);
         }
@@ -272,9 +286,7 @@ impl SlidingSync {
     /// The connection at the client's `pos`, or a new one.
     async fn connection(&self, owner: ConnectionOwner<'_>, pos: Option<&str>) -> Result<Connection, Error> {
         let Some(pos) = pos else {
-            let now = self.deps.clock.now_ms();
-            let key = self.deps.store.start_sliding_connection(owner, now, MAX_SLIDING_CONNECTIONS_PER_DEVICE).await?;
-            return Ok(Connection { key, base_pos: 0, since: None, records: Arc::default() });
+            return Ok(Connection { at: None, since: None, records: Arc::default() });
         };
         let (key, at) = parse_pos(pos)?;
         let cached = self.cache.lock().expect("sliding sync cache").get(&key).filter(|(p, _)| *p == at).map(|(_, r)| r.clone());
@@ -292,7 +304,7 @@ impl SlidingSync {
             }
         };
         let since = StreamToken::parse(&position.token).map_err(|_| Error::UnknownPos)?;
-        Ok(Connection { key, base_pos: at, since: Some(since), records })
+        Ok(Connection { at: Some((key, at)), since: Some(since), records })
     }
 
     /// One pass: the cut, the lists, the rooms to send, the extensions.
@@ -397,17 +409,26 @@ impl SlidingSync {
             updates.iter().filter(|u| u.3 == RoomUpdate::Initial).map(|u| u.0.room_id.as_str()).collect();
 
         let ignored = self.deps.account_data.ignored_users(user_id).await?;
-        let ctx = room::Context { user, since: conn.since, cut, ignored: &ignored, direct: &direct };
-        // A few rooms at a time: an answer of 200 rooms must not take the
-        // whole connection pool.
-        let mut built: Vec<(Option<JsonValue>, RoomRecord)> = Vec::with_capacity(updates.len());
-        for chunk in updates.chunks(ROOMS_BUILT_AT_ONCE) {
-            let mut part = Vec::with_capacity(chunk.len());
-            for (entry, config, in_lists, update) in chunk {
-                part.push(self.room(&ctx, entry, config, in_lists, *update));
-            }
-            built.extend(futures_util::future::try_join_all(part).await?);
-        }
+        let ctx = Arc::new(room::Context { user: user.clone(), since: conn.since, cut, ignored, direct: direct.clone() });
+        // Each room on a task of its own, a few at a time: the rooms of a
+        // window are read side by side on the runtime's threads (SQLite
+        // reads run on the task that asks), and an answer of 200 rooms
+        // does not take the whole connection pool.
+        let jobs: Vec<(RoomListEntry, RoomConfig, Vec<String>, RoomUpdate)> = updates
+            .iter()
+            .map(|(entry, config, in_lists, update)| {
+                ((*entry).clone(), config.clone(), in_lists.iter().map(|l| (*l).to_owned()).collect(), *update)
+            })
+            .collect();
+        let jobs = jobs.into_iter().map(|(entry, config, in_lists, update)| {
+            let (deps, ctx) = (Arc::clone(&self.deps), Arc::clone(&ctx));
+            tokio::spawn(async move { deps.room(&ctx, &entry, &config, &in_lists, update).await })
+        });
+        let built: Vec<(Option<JsonValue>, RoomRecord)> = futures_util::stream::iter(jobs)
+            .buffered(ROOMS_BUILT_AT_ONCE)
+            .map(|joined| joined.map_err(|e| Error::Internal(format!("building a sliding-sync room: {e}")))?)
+            .try_collect()
+            .await?;
         let mut rooms = Map::new();
         let mut changed = Vec::new();
         for ((entry, ..), (body, record)) in updates.iter().zip(built) {

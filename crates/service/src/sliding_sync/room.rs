@@ -9,7 +9,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::{Membership, RoomListEntry, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::SlidingSync;
+use super::SlidingSyncDeps;
 use super::decide::{self, RoomConfig, RoomRecord, RoomUpdate};
 use crate::rooms::{ClientEventOptions, format_token};
 use crate::stream_token::StreamToken;
@@ -20,14 +20,14 @@ use crate::{AuthedUser, Error};
 const HEROES: usize = 5;
 
 /// What every room of one answer shares.
-pub(super) struct Context<'a> {
-    pub user: &'a AuthedUser,
+pub(super) struct Context {
+    pub user: AuthedUser,
     /// The client's token (none on a new connection).
     pub since: Option<StreamToken>,
     pub cut: StreamToken,
-    pub ignored: &'a BTreeSet<String>,
+    pub ignored: BTreeSet<String>,
     /// Rooms `m.direct` names.
-    pub direct: &'a BTreeSet<String>,
+    pub direct: BTreeSet<String>,
 }
 
 fn content_str(event: Option<&StoredEvent>, field: &str) -> Option<String> {
@@ -36,19 +36,19 @@ fn content_str(event: Option<&StoredEvent>, field: &str) -> Option<String> {
     json.get("content")?.get(field)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
-impl SlidingSync {
+impl SlidingSyncDeps {
     /// The room's entry in the answer, and what the connection then holds
     /// of it.
     pub(super) async fn room(
         &self,
-        ctx: &Context<'_>,
+        ctx: &Context,
         entry: &RoomListEntry,
         config: &RoomConfig,
-        in_lists: &[&str],
+        in_lists: &[String],
         update: RoomUpdate,
     ) -> Result<(Option<JsonValue>, RoomRecord), Error> {
         let room_id = entry.room_id.as_str();
-        let viewer = ClientEventOptions::from(ctx.user);
+        let viewer = ClientEventOptions::from(&ctx.user);
         let mut room = Map::new();
         if update == RoomUpdate::Initial {
             room.insert("initial".into(), json!(true));
@@ -75,8 +75,7 @@ impl SlidingSync {
             };
             // An invite from an ignored user is not sent (spec "Ignoring
             // Users"); its record keeps it from being looked at again.
-            let Some(stripped) = stripped_state(self.deps.rooms.as_ref(), &self.deps.formatter, &viewer, &m, ctx.ignored).await?
-            else {
+            let Some(stripped) = stripped_state(self.rooms.as_ref(), &self.formatter, &viewer, &m, &ctx.ignored).await? else {
                 return Ok((None, record));
             };
             // ruma and matrix-sdk read `invite_state`; the MSC renamed it.
@@ -101,14 +100,14 @@ impl SlidingSync {
             _ => (0, false, None),
         };
         let no_filter = RoomEventFilter::default();
-        let window = TimelineWindow { after, up_to, limit: config.timeline_limit, filter: &no_filter, ignored: ctx.ignored };
+        let window = TimelineWindow { after, up_to, limit: config.timeline_limit, filter: &no_filter, ignored: &ctx.ignored };
         let timeline = async {
-            let w = timeline_window(self.deps.rooms.as_ref(), &self.deps.visibility, &ctx.user.user_id, room_id, window).await?;
+            let w = timeline_window(self.rooms.as_ref(), &self.visibility, &ctx.user.user_id, room_id, window).await?;
             Ok::<_, Error>((w.timeline, w.limited, format_token(w.before_timeline)))
         };
         let summary = async {
             if joined {
-                Ok::<_, Error>(Some(self.deps.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES).await?))
+                Ok::<_, Error>(Some(self.rooms.member_summary(room_id, ctx.user.user_id.as_str(), HEROES).await?))
             } else {
                 Ok(None)
             }
@@ -137,12 +136,12 @@ impl SlidingSync {
             rs.matches(&e.event_type, key, me) || (e.event_type == "m.room.member" && lazy.contains(key))
         };
         let mut state: Vec<StoredEvent> = match state_from {
-            None if rs.all_members() => self.deps.rooms.state_at(room_id, Some(up_to)).await?,
+            None if rs.all_members() => self.rooms.state_at(room_id, Some(up_to)).await?,
             None => {
                 let members: Vec<String> = named.iter().chain(&lazy).cloned().collect();
-                self.deps.rooms.state_at_with_members(room_id, Some(up_to), &members).await?
+                self.rooms.state_at_with_members(room_id, Some(up_to), &members).await?
             }
-            Some(after) => self.deps.rooms.state_changes(room_id, after, up_to).await?,
+            Some(after) => self.rooms.state_changes(room_id, after, up_to).await?,
         };
         state.retain(|e| wanted(e));
         if state_from.is_some() {
@@ -152,7 +151,7 @@ impl SlidingSync {
             let missing: Vec<(String, String)> =
                 lazy.iter().filter(|m| !present.contains(m.as_str())).map(|m| ("m.room.member".to_owned(), m.clone())).collect();
             for chunk in missing.chunks(chancery_store::MAX_STATE_KEYS_PER_READ) {
-                state.extend(self.deps.rooms.current_state_events(room_id, chunk).await?);
+                state.extend(self.rooms.current_state_events(room_id, chunk).await?);
             }
         }
 
@@ -162,11 +161,11 @@ impl SlidingSync {
         let mut keys = vec![("m.room.name".to_owned(), String::new()), ("m.room.avatar".to_owned(), String::new())];
         keys.extend(heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
         let looks = if joined {
-            self.deps.rooms.current_state_events(room_id, &keys).await?
+            self.rooms.current_state_events(room_id, &keys).await?
         } else {
             let mut looks = Vec::new();
             for (t, k) in &keys {
-                looks.extend(self.deps.rooms.state_event(room_id, t, k, Some(up_to)).await?);
+                looks.extend(self.rooms.state_event(room_id, t, k, Some(up_to)).await?);
             }
             looks
         };
@@ -202,17 +201,15 @@ impl SlidingSync {
         if let Some(summary) = &summary {
             room.insert("joined_count".into(), json!(summary.joined));
             room.insert("invited_count".into(), json!(summary.invited));
-            let counts = self.deps.push.unread_counts(&ctx.user.user_id, room_id).await?;
+            let counts = self.push.unread_counts(&ctx.user.user_id, room_id).await?;
             record.counts = (counts["notification_count"].as_u64().unwrap_or(0), counts["highlight_count"].as_u64().unwrap_or(0));
             room.insert("notification_count".into(), json!(record.counts.0));
             room.insert("highlight_count".into(), json!(record.counts.1));
         }
 
         let positions: Vec<u64> = events.iter().map(|e| e.stream_pos).collect();
-        let (state, timeline) = tokio::try_join!(
-            self.deps.formatter.client_events(&state, &viewer),
-            self.deps.formatter.client_events(&events, &viewer)
-        )?;
+        let (state, timeline) =
+            tokio::try_join!(self.formatter.client_events(&state, &viewer), self.formatter.client_events(&events, &viewer))?;
         room.insert("required_state".into(), json!(without_room_ids(state)));
         room.insert("timeline".into(), json!(without_room_ids(timeline)));
         room.insert("limited".into(), json!(limited));
@@ -233,18 +230,18 @@ impl SlidingSync {
     /// it (the room is then answered like a joined one, as of the leave).
     async fn left_room(
         &self,
-        ctx: &Context<'_>,
+        ctx: &Context,
         entry: &RoomListEntry,
         mut room: Map<String, JsonValue>,
         viewer: &ClientEventOptions,
     ) -> Result<Option<JsonValue>, Error> {
         let room_id =
             chancery_proto::ruma::RoomId::parse(&entry.room_id).map_err(|e| Error::Internal(format!("stored room id: {e}")))?;
-        match self.deps.visibility.ensure_can_see_state_at(&ctx.user.user_id, &room_id, entry.membership_pos).await {
+        match self.visibility.ensure_can_see_state_at(&ctx.user.user_id, &room_id, entry.membership_pos).await {
             Ok(()) => Ok(None),
             Err(Error::Forbidden(_)) => {
-                let own = self.deps.rooms.event(&entry.membership_event_id).await?;
-                let own = self.deps.formatter.client_events(own.as_slice(), viewer).await?;
+                let own = self.rooms.event(&entry.membership_event_id).await?;
+                let own = self.formatter.client_events(own.as_slice(), viewer).await?;
                 let own = without_room_ids(own);
                 room.insert("required_state".into(), json!(own));
                 room.insert("timeline".into(), json!(own));
