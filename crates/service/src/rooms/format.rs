@@ -62,21 +62,30 @@ pub(crate) fn redacted_content(object: &Map<String, JsonValue>, rules: &Redactio
     Ok(redacted.get("content").map(|c| serde_json::to_value(c).unwrap_or(JsonValue::Null)).unwrap_or_else(|| json!({})))
 }
 
-/// Redaction rules of the rooms seen so far (a page is one room, so this
-/// is one lookup per page).
+/// Redaction rules by room. A room's version never changes, so they are
+/// kept for the life of the process (on every node alike), bounded: the
+/// cache is emptied when full. A sliding-sync answer looked each room up
+/// twice per room otherwise.
 #[derive(Default)]
 struct RulesCache {
-    rooms: HashMap<String, RedactionRules>,
+    rooms: std::sync::Mutex<HashMap<String, RedactionRules>>,
 }
 
+/// Rooms whose rules [`RulesCache`] holds at most.
+const RULES_CACHED: usize = 10_000;
+
 impl RulesCache {
-    async fn get(&mut self, store: &dyn RoomStore, room_id: &str) -> Result<RedactionRules, Error> {
-        if let Some(rules) = self.rooms.get(room_id) {
+    async fn get(&self, store: &dyn RoomStore, room_id: &str) -> Result<RedactionRules, Error> {
+        if let Some(rules) = self.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(room_id) {
             return Ok(rules.clone());
         }
         let info = store.room(room_id).await?.ok_or_else(|| Error::Internal("event of unknown room".into()))?;
         let rules = rules_of(&info.room_version)?.redaction;
-        self.rooms.insert(room_id.to_owned(), rules.clone());
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if rooms.len() >= RULES_CACHED {
+            rooms.clear();
+        }
+        rooms.insert(room_id.to_owned(), rules.clone());
         Ok(rules)
     }
 }
@@ -144,11 +153,12 @@ pub struct EventFormatterDeps {
 /// Formats events for clients.
 pub struct EventFormatter {
     deps: EventFormatterDeps,
+    rules: RulesCache,
 }
 
 impl EventFormatter {
     pub fn new(deps: EventFormatterDeps) -> Self {
-        Self { deps }
+        Self { deps, rules: RulesCache::default() }
     }
 
     /// Formats events for a viewer, with the bundled aggregations of their
@@ -177,22 +187,21 @@ impl EventFormatter {
         of_latest.threads.clear();
         let judge = self.judge(viewer, events, &redactions, &page, &latest, &of_latest).await?;
 
-        let mut rules = RulesCache::default();
         // The content of a redacted event stays stripped whoever looks;
         // the redaction itself is shown only to who may see it.
         let redactions: HashMap<String, StoredEvent> =
             redactions.into_iter().filter(|r| judge.may_see(r)).map(|r| (r.event_id.clone(), r)).collect();
-        let mut out = self.format_events(events, viewer, &mut rules, &redactions).await?;
+        let mut out = self.format_events(events, viewer, &redactions).await?;
         let mut page = judge.visible_children(page, events);
         self.count_visible_replies(&mut page.threads, events, &judge).await?;
         let latest: Vec<StoredEvent> = page.threads.iter().map(|t| t.latest.clone()).collect();
         let of_latest = judge.visible_children(of_latest, &latest);
         // Bundled children are never redacted (a redaction breaks the
         // relation), so they need no redactions.
-        let mut latest_json = self.format_events(&latest, viewer, &mut rules, &HashMap::new()).await?;
-        let latest_bundles = self.bundles(of_latest, Vec::new(), viewer, &mut rules).await?;
+        let mut latest_json = self.format_events(&latest, viewer, &HashMap::new()).await?;
+        let latest_bundles = self.bundles(of_latest, Vec::new(), viewer).await?;
         attach(&latest, &mut latest_json, &latest_bundles);
-        let bundles = self.bundles(page, latest_json, viewer, &mut rules).await?;
+        let bundles = self.bundles(page, latest_json, viewer).await?;
         attach(events, &mut out, &bundles);
         Ok(out)
     }
@@ -299,12 +308,11 @@ impl EventFormatter {
         &self,
         events: &[StoredEvent],
         viewer: &ClientEventOptions,
-        rules: &mut RulesCache,
         redactions: &HashMap<String, StoredEvent>,
     ) -> Result<Vec<JsonValue>, Error> {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
-            let rules = rules.get(&*self.deps.rooms, &event.room_id).await?;
+            let rules = self.rules.get(&*self.deps.rooms, &event.room_id).await?;
             let redaction = event.redacted_by.as_ref().and_then(|id| redactions.get(id));
             out.push(self.client_event_with(event, viewer, &rules, redaction)?);
         }
@@ -319,11 +327,10 @@ impl EventFormatter {
         found: BundledAggregations,
         latest: Vec<JsonValue>,
         viewer: &ClientEventOptions,
-        rules: &mut RulesCache,
     ) -> Result<Bundles, Error> {
         let mut bundles = Bundles::new();
         let (originals, edits): (Vec<String>, Vec<StoredEvent>) = found.edits.into_iter().unzip();
-        let formatted = self.format_events(&edits, viewer, rules, &HashMap::new()).await?;
+        let formatted = self.format_events(&edits, viewer, &HashMap::new()).await?;
         for (original, edit) in originals.into_iter().zip(formatted) {
             bundles.entry(original).or_default().insert("m.replace".into(), edit);
         }

@@ -157,10 +157,24 @@ impl SlidingSyncDeps {
 
         // Name, avatar and heroes, whatever the config: Element X shows
         // them. A room the user left is shown as it was when they left.
+        // The whole state just read holds them if the config asks for them
+        // (Element X's does); heroes are needed only for a room without a name.
         let heroes: Vec<String> = summary.as_ref().map(|s| s.heroes.clone()).unwrap_or_default();
-        let mut keys = vec![("m.room.name".to_owned(), String::new()), ("m.room.avatar".to_owned(), String::new())];
-        keys.extend(heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
-        let looks = if joined {
+        let in_state = |t: &str| joined && state_from.is_none() && rs.matches(t, "", me);
+        let named = in_state("m.room.name")
+            && content_str(state.iter().find(|e| e.event_type == "m.room.name" && e.state_key.as_deref() == Some("")), "name")
+                .is_some();
+        let mut keys: Vec<(String, String)> = ["m.room.name", "m.room.avatar"]
+            .into_iter()
+            .filter(|t| !in_state(t))
+            .map(|t| (t.to_owned(), String::new()))
+            .collect();
+        if !named {
+            keys.extend(heroes.iter().map(|h| ("m.room.member".to_owned(), h.clone())));
+        }
+        let looks = if keys.is_empty() {
+            Vec::new()
+        } else if joined {
             self.rooms.current_state_events(room_id, &keys).await?
         } else {
             let mut looks = Vec::new();
@@ -169,7 +183,7 @@ impl SlidingSyncDeps {
             }
             looks
         };
-        let find = |t: &str, k: &str| looks.iter().find(|e| e.event_type == t && e.state_key.as_deref() == Some(k));
+        let find = |t: &str, k: &str| looks.iter().chain(&state).find(|e| e.event_type == t && e.state_key.as_deref() == Some(k));
         match content_str(find("m.room.name", ""), "name") {
             Some(name) => {
                 room.insert("name".into(), json!(name));
