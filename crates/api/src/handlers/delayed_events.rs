@@ -10,7 +10,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use chancery_service::DelayedEvents;
 use chancery_service::delayed_events::{Action, decide};
@@ -23,14 +24,23 @@ use crate::extract::{Authed, json_body};
 /// The query parameter that makes a send a delayed one.
 pub const DELAY_PARAM: &str = "org.matrix.msc4140.delay";
 
-/// The delay a `/send` or `/state` request asks for, if any. Not a
-/// number of milliseconds: 400 `M_INVALID_PARAM`.
-pub(crate) fn requested_delay(query: Result<Query<HashMap<String, String>>, QueryRejection>) -> ApiResult<Option<u64>> {
-    let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m);
-    let Query(query) = query.map_err(|_| invalid("malformed query string"))?;
-    match query.get(DELAY_PARAM) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| invalid("org.matrix.msc4140.delay is a number of milliseconds")),
+/// The delay a `/send` or `/state` request asks for, if any
+/// ([`DELAY_PARAM`]). Not a number of milliseconds: 400 `M_INVALID_PARAM`.
+pub struct RequestedDelay(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestedDelay {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m);
+        let query: Result<Query<HashMap<String, String>>, QueryRejection> = Query::from_request_parts(parts, state).await;
+        let Query(query) = query.map_err(|_| invalid("malformed query string"))?;
+        match query.get(DELAY_PARAM) {
+            None => Ok(Self(None)),
+            Some(v) => {
+                v.parse().map(|ms| Self(Some(ms))).map_err(|_| invalid("org.matrix.msc4140.delay is a number of milliseconds"))
+            }
+        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! Rooms: creation, membership, sending and reading events.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chancery_proto::ruma::api::client::membership::{
@@ -25,7 +23,7 @@ use chancery_service::{DelayedEvents, Directory, RoomReader, Rooms};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use super::delayed_events::requested_delay;
+use super::delayed_events::RequestedDelay;
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Ruma, RumaResponse, json_body};
@@ -172,18 +170,19 @@ async fn object_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> Api
     Ok(value)
 }
 
+// Each argument is one axum extractor.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     State(rooms): State<Arc<Rooms>>,
     State(delayed): State<Arc<DelayedEvents>>,
     State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    RequestedDelay(delay_ms): RequestedDelay,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let room_id = parse_room(&room_id)?;
-    let delay_ms = requested_delay(query)?;
     let content = object_body(&config, &headers, body).await?;
     if let Some(delay_ms) = delay_ms {
         let req = ScheduleRequest {
@@ -200,18 +199,19 @@ pub async fn send(
     Ok(Json(json!({ "event_id": event_id })))
 }
 
+// Each argument is one axum extractor.
+#[allow(clippy::too_many_arguments)]
 pub async fn put_state(
     State(rooms): State<Arc<Rooms>>,
     State(delayed): State<Arc<DelayedEvents>>,
     State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path(params): Path<Vec<(String, String)>>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    RequestedDelay(delay_ms): RequestedDelay,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_type, state_key) = state_path(&params)?;
-    let delay_ms = requested_delay(query)?;
     let content = object_body(&config, &headers, body).await?;
     if let Some(delay_ms) = delay_ms {
         let req = ScheduleRequest {
