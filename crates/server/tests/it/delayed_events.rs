@@ -1,17 +1,29 @@
 //! Delayed events (MSC4140) over HTTP, as Element Call (matrix-js-sdk) and
 //! lk-jwt-service call them: scheduling with `org.matrix.msc4140.delay`,
 //! the listing, restart/cancel/send by delay id alone, limits, firing on
-//! time and after a restart. Time passes for real here (the server's
-//! clock is the system's): delays are short and every wait is a bounded
-//! poll of what the server answers.
+//! time, after a restart or a crash, and once across nodes; and through
+//! matrix-sdk as Element X's widget driver (Element Call inside Element X)
+//! sends it. Time passes for real here (the server's clock is the
+//! system's): delays are short and every wait is a bounded poll of what
+//! the server answers.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chancery_testkit::{Backend, TestServer};
+use chancery_testkit::{Backend, ChildServer, TestServer, test_config};
+use matrix_sdk::Client;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::api::client::delayed_events::update_delayed_event::unstable::UpdateAction;
+use matrix_sdk::ruma::api::client::delayed_events::{DelayParameters, delayed_state_event, update_delayed_event};
+use matrix_sdk::ruma::events::StateEventType;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, RoomId};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{User, assert_error, call};
+use crate::common::{PASSWORD, User, assert_error, call};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chancery");
 
 const CALL_MEMBER: &str = "org.matrix.msc3401.call.member";
 const PREFIX: &str = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events";
@@ -348,3 +360,157 @@ async fn switched_off(backend: Backend) {
     server.stop().await.unwrap();
 }
 on_both_backends!(switched_off);
+
+/// Element Call inside Element X: matrix-sdk's widget driver sends the
+/// delayed leave and its restarts as these ruma requests (the `delay`
+/// query parameter on `/state`, `{"action": ...}` with a token); another
+/// matrix-sdk client sees the leave arrive through /sync once the
+/// restarts stop.
+async fn sdk_delayed_leave_as_element_x_sends_it(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let (alice, bob) = (User::new(&server.base_url, "alice").await, User::new(&server.base_url, "bob").await);
+    let room = call_room(&alice, &bob).await;
+    let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
+    let (alice_sdk, bob_sdk) = (sdk_login(&server.base_url, "alice").await, sdk_login(&server.base_url, "bob").await);
+    let key = format!("_{}_SDKDEVICE_m.call", bob.id);
+    let schedule = |key: &str, delay_ms: u64, content: Value| {
+        let body = Raw::from_json(serde_json::value::to_raw_value(&content).unwrap());
+        let delay = DelayParameters::Timeout { timeout: Duration::from_millis(delay_ms) };
+        delayed_state_event::unstable::Request::new_raw(room_id.clone(), key.to_owned(), CALL_MEMBER.into(), delay, body)
+    };
+    let update = |id: &str, action: UpdateAction| update_delayed_event::unstable::Request::new(id.to_owned(), action);
+
+    let started = Instant::now();
+    let leave = bob_sdk.send(schedule(&key, 1_500, json!({}))).await.unwrap().delay_id;
+    let cancelled = bob_sdk.send(schedule("cancelled", 500, json!({"cancelled": true}))).await.unwrap().delay_id;
+    let sent = bob_sdk.send(schedule("sent", 3_600_000, json!({"sent": true}))).await.unwrap().delay_id;
+    bob_sdk.send(update(&cancelled, UpdateAction::Cancel)).await.unwrap();
+    bob_sdk.send(update(&sent, UpdateAction::Send)).await.unwrap();
+    assert_eq!(state_at(&alice, &room, "sent").await, Some(json!({"sent": true})));
+    let gone = bob_sdk.send(update(&sent, UpdateAction::Send)).await.unwrap_err();
+    assert_eq!(gone.as_client_api_error().map(|e| e.status_code.as_u16()), Some(404), "{gone}");
+    // The heartbeat: past the first due time, it has not fired.
+    while started.elapsed() < Duration::from_millis(2_000) {
+        bob_sdk.send(update(&leave, UpdateAction::Restart)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    bob_sdk.send(update(&leave, UpdateAction::Restart)).await.unwrap();
+    assert_eq!(state_at(&alice, &room, &key).await, None, "restarted, it has not fired");
+
+    // The client vanishes: alice's /sync brings the leave, sent as bob.
+    let alice_room = sdk_room(&alice_sdk, &room_id).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let fired = loop {
+        alice_sdk.sync_once(SyncSettings::default().timeout(Duration::from_millis(500))).await.unwrap();
+        if let Some(raw) = alice_room.get_state_event(StateEventType::from(CALL_MEMBER), &key).await.unwrap() {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "the delayed leave never reached alice's sync");
+    };
+    let fired: Value = match fired {
+        matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) => {
+            serde_json::from_str(raw.json().get()).unwrap()
+        }
+        other => panic!("a stripped state event in a joined room: {other:?}"),
+    };
+    assert_eq!((&fired["sender"], &fired["content"]), (&json!(bob.id), &json!({})));
+    assert_eq!(state_at(&alice, &room, "cancelled").await, None, "cancelled, it never fired");
+    server.stop().await.unwrap();
+}
+on_both_backends!(sdk_delayed_leave_as_element_x_sends_it);
+
+async fn sdk_login(base: &str, name: &str) -> Client {
+    let client = Client::builder().homeserver_url(base).build().await.unwrap();
+    client.matrix_auth().login_username(name, PASSWORD).send().await.unwrap();
+    client
+}
+
+/// The room as `client` knows it after a first sync.
+async fn sdk_room(client: &Client, room_id: &RoomId) -> matrix_sdk::Room {
+    client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.unwrap();
+    client.get_room(room_id).expect("a joined room after a sync")
+}
+
+/// The server is killed (SIGKILL) with two events pending; one comes due
+/// while it is down. Started again on the same data, it sends that one at
+/// once, not a whole idle period later, and keeps the other scheduled as
+/// it was.
+async fn overdue_events_fire_at_once_after_a_crash(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(backend, dir.path()).await.unwrap();
+    let mut server = ChildServer::spawn(BIN.as_ref(), &config).await.unwrap();
+    let (alice, bob) = (User::new(&server.base_url, "alice").await, User::new(&server.base_url, "bob").await);
+    let room = call_room(&alice, &bob).await;
+    let overdue_at = now_ms() + 1_000;
+    schedule_ok(&bob, &room, "overdue", 1_000, json!({"after": "crash"})).await;
+    let pending = schedule_ok(&bob, &room, "pending", 600_000, json!({})).await;
+    let running_since = listed(&bob).await.iter().find(|p| p["delay_id"] == json!(pending)).unwrap()["running_since"].clone();
+    server.kill().await.unwrap();
+    // Nothing to poll while it is down: wait (bounded) for the due time to
+    // pass on the wall clock the server reads.
+    while now_ms() <= overdue_at + 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let server = ChildServer::spawn(BIN.as_ref(), &config).await.unwrap();
+    let started = Instant::now();
+    let (alice, bob) = (User { base: server.base_url.clone(), ..alice }, User { base: server.base_url.clone(), ..bob });
+    wait_for_state(&alice, &room, "overdue", &json!({"after": "crash"})).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(decide_max_idle_ms() / 3), "an overdue event waited {waited:?} after the start");
+    let left = listed(&bob).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((&left[0]["delay_id"], &left[0]["running_since"]), (&json!(pending), &running_since));
+    server.terminate().await.unwrap();
+}
+on_both_backends!(overdue_events_fire_at_once_after_a_crash);
+
+/// How long the firing task sleeps at most: an event that fired well
+/// within it was not found by a late wake-up.
+fn decide_max_idle_ms() -> u64 {
+    chancery_service::delayed_events::decide::MAX_IDLE_MS
+}
+
+/// Two nodes on one PostgreSQL database, events scheduled on both and due
+/// together: both firing tasks wake and race for them, and each is sent
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_fires_once_across_nodes() {
+    let first = TestServer::start(Backend::Postgres).await.unwrap();
+    let second = first.another_node().await.unwrap();
+    let alice = User::new(&first.base_url, "alice").await;
+    let bob_on_first = User::new(&first.base_url, "bob").await;
+    let bob_on_second = User { base: second.base_url.clone(), token: bob_on_first.token.clone(), id: bob_on_first.id.clone() };
+    let room = call_room(&alice, &bob_on_first).await;
+    const COUNT: usize = 24;
+    let due = now_ms() + 1_500;
+    for n in 0..COUNT {
+        let bob = if n % 2 == 0 { &bob_on_first } else { &bob_on_second };
+        // All due at the same instant, whichever node took them.
+        let delay = due.saturating_sub(now_ms()).max(1);
+        let path = format!("/rooms/{room}/send/m.room.message/d{n}?org.matrix.msc4140.delay={delay}");
+        bob.ok(Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": format!("delayed {n}")}))).await;
+    }
+    // Claimed events (being sent) are no longer listed: wait for the
+    // room to hold them all, then for the listing to be empty.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let messages = alice.ok(Method::GET, &format!("/rooms/{room}/messages?dir=b&limit=100"), None).await;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for event in messages["chunk"].as_array().unwrap() {
+            if event["type"] == "m.room.message" {
+                *seen.entry(event["content"]["body"].as_str().unwrap().to_owned()).or_default() += 1;
+            }
+        }
+        if seen.len() == COUNT {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "delayed events were never all sent: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(seen.values().all(|&n| n == 1), "sent more than once: {seen:?}");
+    assert!((0..COUNT).all(|n| seen.contains_key(&format!("delayed {n}"))), "{seen:?}");
+    assert!(listed(&bob_on_first).await.is_empty());
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
