@@ -702,6 +702,21 @@ mod tests {
         assert!(!c.media.url_preview);
         assert_eq!(c.media.max_upload_bytes, limits::MAX_UPLOAD_BYTES);
         assert_eq!(c.media_thumbnail_sizes().unwrap(), chancery_service::media::default_thumbnail_sizes());
+        let delayed = &c.delayed_events;
+        assert!(delayed.enabled);
+        assert_eq!(delayed.max_delay_ms, limits::MAX_EVENT_DELAY_MS);
+        assert_eq!(delayed.max_per_user, limits::MAX_DELAYED_EVENTS_PER_USER);
+    }
+
+    #[test]
+    fn delayed_event_limits_are_positive() {
+        let env = [("CHANCERY_DELAYED_EVENTS__MAX_DELAY_MS", "5000"), ("CHANCERY_DELAYED_EVENTS__ENABLED", "false")];
+        let c = load("", &env).unwrap();
+        assert_eq!((c.delayed_events.max_delay_ms, c.delayed_events.enabled), (5000, false));
+        for key in ["max_delay_ms", "max_per_user"] {
+            let err = load(&format!("[delayed_events]\n{key} = 0\n"), &[]).unwrap_err();
+            assert!(err.contains(&format!("delayed_events.{key}")), "{err}");
+        }
     }
 
     #[test]
