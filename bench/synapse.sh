@@ -111,6 +111,10 @@ config = {
     "rc_media_create": unlimited,
     "rc_presence": {"per_user": unlimited},
     "rc_delayed_event_mgmt": unlimited,
+    # Delayed events (MSC4140, the `delayed-restart` scenario): on when a
+    # maximum delay is set (and msc4140_max_delayed_events_per_user, 100 by
+    # default, is not 0).
+    "max_event_delay_duration": "24h",
     "rc_reports": unlimited,
     "rc_user_directory": unlimited,
     "rc_profile": unlimited,

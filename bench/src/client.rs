@@ -269,6 +269,64 @@ impl Server {
         str_field(&v, "room_id")
     }
 
+    /// Creates a public room where every member may send `event_type`
+    /// state (as Element Call's call rooms let members send their call
+    /// membership).
+    pub async fn create_room_open_to(
+        &self,
+        s: &Session,
+        name: &str,
+        room_version: Option<&str>,
+        event_type: &str,
+    ) -> Result<String> {
+        let url = self.url(&["_matrix", "client", "v3", "createRoom"], &[]);
+        let mut body = json!({
+            "preset": "public_chat",
+            "name": name,
+            "power_level_content_override": { "events": { event_type: 0 } },
+        });
+        if let Some(v) = room_version {
+            body["room_version"] = json!(v);
+        }
+        let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?;
+        str_field(&v, "room_id")
+    }
+
+    /// Schedules a delayed state event (MSC4140, `org.matrix.msc4140.delay`);
+    /// returns its delay id.
+    pub async fn schedule_delayed_state(
+        &self,
+        s: &Session,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        delay_ms: u64,
+        content: &Value,
+    ) -> Result<String> {
+        let delay = delay_ms.to_string();
+        let url = self.url(
+            &["_matrix", "client", "v3", "rooms", room_id, "state", event_type, state_key],
+            &[("org.matrix.msc4140.delay", &delay)],
+        );
+        let (v, _) = self.json_call(Method::PUT, url, Some(&s.access_token), Some(content), Duration::ZERO).await?;
+        str_field(&v, "delay_id")
+    }
+
+    /// `POST …/delayed_events/{delay_id}/{action}` without an access token,
+    /// as lk-jwt-service calls it (`restart`, `cancel`, `send`).
+    pub async fn delayed_event_action(&self, delay_id: &str, action: &str) -> Result<()> {
+        let url = self.url(&["_matrix", "client", "unstable", "org.matrix.msc4140", "delayed_events", delay_id, action], &[]);
+        self.json_call(Method::POST, url, None, Some(&json!({})), Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// The user's scheduled delayed events (MSC4140 listing).
+    pub async fn delayed_events(&self, s: &Session) -> Result<Vec<Value>> {
+        let url = self.url(&["_matrix", "client", "unstable", "org.matrix.msc4140", "delayed_events"], &[]);
+        let (v, _) = self.json_call(Method::GET, url, Some(&s.access_token), None, Duration::ZERO).await?;
+        v.get("delayed_events").and_then(Value::as_array).cloned().ok_or_else(|| anyhow!("no delayed_events list in {v}"))
+    }
+
     pub async fn join(&self, s: &Session, room_id: &str) -> Result<()> {
         let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "join"], &[]);
         let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;

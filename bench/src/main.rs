@@ -191,6 +191,12 @@ struct Common {
     /// Distinct 4,000×3,000 JPEGs `thumbnail` uploads and thumbnails.
     #[arg(long)]
     thumbnail_samples: Option<usize>,
+    /// Call members in `delayed-restart` (each one delayed leave event),
+    /// and restarts each sends back to back.
+    #[arg(long)]
+    delayed_members: Option<usize>,
+    #[arg(long)]
+    delayed_restarts: Option<usize>,
     /// Requests at once while setting up (registrations, joins, room creation).
     #[arg(long)]
     setup_concurrency: Option<usize>,
@@ -242,6 +248,8 @@ impl Common {
             // matrix-sdk's chunks (MAX_KEY_QUERY_USERS, MAX_TO_DEVICE_MESSAGES).
             key_share_batch: self.key_share_batch.unwrap_or(250),
             thumbnail_samples: self.thumbnail_samples.unwrap_or(20),
+            delayed_members: self.delayed_members.unwrap_or(pick(20, 200)),
+            delayed_restarts: self.delayed_restarts.unwrap_or(pick(50, 200)),
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
@@ -293,6 +301,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::Connections => scenarios::connections::run(ctx, &mut o).await,
         Scenario::KeyShare => scenarios::key_share::run(ctx, &mut o).await,
         Scenario::Thumbnail => scenarios::thumbnail::run(ctx, &mut o).await,
+        Scenario::DelayedRestart => scenarios::delayed_restart::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };

@@ -3,6 +3,7 @@
 //! receivers and the check that messages really are in a room.
 
 pub mod connections;
+pub mod delayed_restart;
 pub mod e2e;
 pub mod fanout;
 pub mod history;
@@ -67,13 +68,14 @@ pub enum Scenario {
     Connections,
     KeyShare,
     Thumbnail,
+    DelayedRestart,
     Rss,
     /// Every scenario above, in this order.
     All,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 13] = [
+    pub const EVERY: [Scenario; 14] = [
         Scenario::Register,
         Scenario::Send,
         Scenario::E2eLatency,
@@ -86,6 +88,7 @@ impl Scenario {
         Scenario::Connections,
         Scenario::KeyShare,
         Scenario::Thumbnail,
+        Scenario::DelayedRestart,
         Scenario::Rss,
     ];
 
@@ -103,6 +106,7 @@ impl Scenario {
             Scenario::Connections => "connections",
             Scenario::KeyShare => "key-share",
             Scenario::Thumbnail => "thumbnail",
+            Scenario::DelayedRestart => "delayed-restart",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -143,6 +147,8 @@ pub struct Sizes {
     pub key_share_rounds: usize,
     pub key_share_batch: usize,
     pub thumbnail_samples: usize,
+    pub delayed_members: usize,
+    pub delayed_restarts: usize,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,

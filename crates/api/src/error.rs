@@ -78,6 +78,7 @@ impl From<Error> for ApiError {
             Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Error::UpstreamFailed(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
+            Error::MaxDelayExceeded { .. } => (S::BAD_REQUEST, "M_MAX_DELAY_EXCEEDED"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never
                 // holds request content; clients only see a generic message.
@@ -98,6 +99,10 @@ impl From<Error> for ApiError {
             Error::Unavailable { retry_after_ms, .. } => err.retry_after_ms = Some(retry_after_ms),
             // Spec "Server-side key backups": the client learns which
             // version to use (absent when there is none).
+            // MSC4140: the maximum allowed delay, in milliseconds.
+            Error::MaxDelayExceeded { max_delay_ms } => {
+                err.extra.insert("max_delay".into(), json!(max_delay_ms));
+            }
             Error::WrongRoomKeysVersion { current: Some(current) } => {
                 err.extra.insert("current_version".into(), json!(current));
             }

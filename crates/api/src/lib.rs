@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, Directory, Ephemeral, Health, Keys, Media, Profiles, Push, Pushers, Reports,
-    RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Health, Keys, Media, Profiles, Push, Pushers,
+    Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -109,6 +109,7 @@ component_state! {
     reports: Reports,
     admin: Admin,
     media: Media,
+    delayed_events: DelayedEvents,
     health: Health,
 }
 
@@ -213,6 +214,15 @@ fn media_routes(mut r: Router<AppState>, url_preview: bool) -> Router<AppState> 
 
 /// Whether a matched route is an upload, whose deadline is
 /// [`ApiConfig::upload_timeout`].
+/// Delayed events (MSC4140) under their unstable prefix; only routed when
+/// they are on. The management endpoints take no access token.
+fn delayed_event_routes(r: Router<AppState>) -> Router<AppState> {
+    let base = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events";
+    r.route(base, get(h::delayed_events::list))
+        .route(&format!("{base}/{{delay_id}}"), post(h::delayed_events::update_by_body))
+        .route(&format!("{base}/{{delay_id}}/{{action}}"), post(h::delayed_events::update_by_path))
+}
+
 pub(crate) fn is_upload_route(route: &str) -> bool {
     route.starts_with("/_matrix/media/") && route.contains("/upload")
 }
@@ -328,6 +338,9 @@ pub fn router(state: AppState) -> Router {
     }
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         r = r.route(&format!("{prefix}/capabilities"), get(h::discovery::capabilities));
+    }
+    if state.components.delayed_events.enabled() {
+        r = delayed_event_routes(r);
     }
     // The Synapse-compatible admin API (not in ruma: plain handlers).
     r = r

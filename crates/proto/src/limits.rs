@@ -451,3 +451,17 @@ pub const URL_PREVIEW_CACHE_ENTRIES: usize = 1_000;
 pub const URL_PREVIEW_CACHE_TTL_MS: u64 = 60 * 60 * 1000;
 pub const MAX_OPENGRAPH_PROPERTIES: usize = 64;
 pub const MAX_OPENGRAPH_VALUE_BYTES: usize = 2_048;
+
+// Delayed events (MSC4140, `service::delayed_events`).
+
+/// Delayed events one user may have scheduled at once, by default
+/// (`delayed_events.max_per_user`; Synapse's
+/// `msc4140_max_delayed_events_per_user` default). A call member holds
+/// one per device and call.
+pub const MAX_DELAYED_EVENTS_PER_USER: usize = 100;
+/// The longest delay a client may ask for, by default
+/// (`delayed_events.max_delay_ms`): a day, MSC4140's example. Element
+/// Call asks for seconds; an SFU delegated the delayed leave for hours.
+pub const MAX_EVENT_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Delayed events one listing answers, whatever the configured bound.
+pub const MAX_DELAYED_EVENTS_LISTED: usize = 1_000;

@@ -46,6 +46,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub push: PushConfig,
     pub media: MediaSection,
+    pub delayed_events: DelayedEventsSection,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -128,6 +129,29 @@ pub struct LimitsConfig {
     /// On shutdown, how long requests in flight may take to finish
     /// before their connections are closed.
     pub shutdown_drain_ms: u64,
+}
+
+/// `[delayed_events]`: delayed events (MSC4140), which Element Call's
+/// membership and every call's "leave" need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedEventsSection {
+    /// Off: the `org.matrix.msc4140.delay` parameter is refused (403),
+    /// the `delayed_events` endpoints are not routed and `/versions` does
+    /// not advertise `org.matrix.msc4140`.
+    pub enabled: bool,
+    /// The longest delay a client may ask for (Synapse's
+    /// `max_event_delay_duration`); past it 400 `M_MAX_DELAY_EXCEEDED`.
+    pub max_delay_ms: u64,
+    /// Delayed events one user may have scheduled at once (Synapse's
+    /// `msc4140_max_delayed_events_per_user`); past it 429.
+    pub max_per_user: usize,
+}
+
+impl Default for DelayedEventsSection {
+    fn default() -> Self {
+        Self { enabled: true, max_delay_ms: limits::MAX_EVENT_DELAY_MS, max_per_user: limits::MAX_DELAYED_EVENTS_PER_USER }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -252,6 +276,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             push: PushConfig::default(),
             media: MediaSection::default(),
+            delayed_events: DelayedEventsSection::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -422,6 +447,14 @@ impl Config {
             return Err(err(key, var_of(key), "must be at least 100"));
         }
         self.validate_media(&var_of)?;
+        for (key, value) in [
+            ("delayed_events.max_delay_ms", self.delayed_events.max_delay_ms),
+            ("delayed_events.max_per_user", self.delayed_events.max_per_user as u64),
+        ] {
+            if value == 0 {
+                return Err(err(key, var_of(key), "must be at least 1"));
+            }
+        }
         if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
             return Err(err("database", None, "connection counts must be at least 1"));
         }
@@ -669,6 +702,21 @@ mod tests {
         assert!(!c.media.url_preview);
         assert_eq!(c.media.max_upload_bytes, limits::MAX_UPLOAD_BYTES);
         assert_eq!(c.media_thumbnail_sizes().unwrap(), chancery_service::media::default_thumbnail_sizes());
+        let delayed = &c.delayed_events;
+        assert!(delayed.enabled);
+        assert_eq!(delayed.max_delay_ms, limits::MAX_EVENT_DELAY_MS);
+        assert_eq!(delayed.max_per_user, limits::MAX_DELAYED_EVENTS_PER_USER);
+    }
+
+    #[test]
+    fn delayed_event_limits_are_positive() {
+        let env = [("CHANCERY_DELAYED_EVENTS__MAX_DELAY_MS", "5000"), ("CHANCERY_DELAYED_EVENTS__ENABLED", "false")];
+        let c = load("", &env).unwrap();
+        assert_eq!((c.delayed_events.max_delay_ms, c.delayed_events.enabled), (5000, false));
+        for key in ["max_delay_ms", "max_per_user"] {
+            let err = load(&format!("[delayed_events]\n{key} = 0\n"), &[]).unwrap_err();
+            assert!(err.contains(&format!("delayed_events.{key}")), "{err}");
+        }
     }
 
     #[test]

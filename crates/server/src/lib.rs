@@ -92,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let push = components.push.clone();
     let pushers = components.pushers.clone();
     let media = components.media.clone();
+    let delayed_events = components.delayed_events.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -121,6 +122,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             let shutdown = shutdown_rx.clone();
             async move {
                 pushers.run_delivery(shutdown).await;
+                Ok(())
+            }
+        }),
+        // Fires delayed events on time, overdue ones (after a restart) first.
+        tokio::spawn({
+            let shutdown = shutdown_rx.clone();
+            async move {
+                delayed_events.run(shutdown).await;
                 Ok(())
             }
         }),

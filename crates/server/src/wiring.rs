@@ -13,11 +13,12 @@ use chancery_service::pushers::{GatewayPolicy, RetryPolicy};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
-    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DeviceLists, Directory,
-    DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps,
-    Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles, Push, PushDeps, Pushers, PushersConfig,
-    PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search,
-    SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
+    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DelayedEvents, DelayedEventsConfig,
+    DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps,
+    Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles,
+    Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
+    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps,
+    Visibility,
 };
 use chancery_store::DynStore;
 
@@ -152,6 +153,19 @@ pub fn components_with(
         limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
+        delayed_events: config.delayed_events.enabled.then(|| store.clone() as Arc<dyn chancery_store::DelayedEventStore>),
+    }));
+    let delayed_events = Arc::new(DelayedEvents::new(DelayedEventsDeps {
+        config: DelayedEventsConfig {
+            enabled: config.delayed_events.enabled,
+            max_delay_ms: config.delayed_events.max_delay_ms,
+            max_per_user: config.delayed_events.max_per_user,
+        },
+        store: store.clone(),
+        rooms: rooms.clone(),
+        limiters: limiters.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
     }));
     let room_reader = Arc::new(RoomReader::new(RoomReaderDeps {
         rooms: store.clone(),
@@ -273,6 +287,7 @@ pub fn components_with(
         reports,
         admin,
         media,
+        delayed_events,
         health,
     })
 }

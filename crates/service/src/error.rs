@@ -93,6 +93,10 @@ pub enum Error {
     /// preview's page): HTTP 502 `M_UNKNOWN`.
     #[error("{0}")]
     UpstreamFailed(String),
+    /// A delayed event's delay is past the server's maximum (HTTP 400
+    /// `M_MAX_DELAY_EXCEEDED` with `max_delay`, MSC4140).
+    #[error("the requested delay exceeds the allowed maximum ({max_delay_ms} ms)")]
+    MaxDelayExceeded { max_delay_ms: u64 },
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is
@@ -191,6 +195,9 @@ impl From<StoreError> for Error {
             // Spec `POST /_matrix/media/v1/create`: 429 M_LIMIT_EXCEEDED for
             // too many pending uploads; one frees as soon as one is uploaded.
             StoreError::TooManyPendingMedia => Error::LimitExceeded { retry_after_ms: PENDING_MEDIA_RETRY_AFTER_MS },
+            // `DelayedEvents` answers it with the time until the user's
+            // earliest event is due; this is the answer without a clock.
+            StoreError::TooManyDelayedEvents { .. } => Error::LimitExceeded { retry_after_ms: 1_000 },
             StoreError::AliasOfAnotherRoom => Error::InvalidParam("invalid alias".into()),
             StoreError::TextNotStorable => Error::InvalidParam("invalid text".into()),
             StoreError::PayloadTooLarge => Error::TooLarge("the message for other nodes is too large".into()),

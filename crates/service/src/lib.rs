@@ -27,6 +27,7 @@
 //! | [`Syncer`] | `/sync` |
 //! | [`SlidingSync`] | simplified sliding sync (MSC4186) for Element X |
 //! | [`Media`] | the content repository: uploads, downloads, thumbnails, URL previews, quarantine |
+//! | [`DelayedEvents`] | delayed events (MSC4140): scheduling, restarts, cancels, firing them on time |
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
@@ -40,6 +41,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod admin;
 pub mod clock;
+pub mod delayed_events;
 pub mod directory;
 pub mod ephemeral;
 mod error;
@@ -71,6 +73,7 @@ pub use accounts::{
 };
 pub use admin::Admin;
 pub use chancery_store::{Device, PoolStats};
+pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
@@ -114,5 +117,6 @@ pub struct Components {
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,
     pub media: Arc<Media>,
+    pub delayed_events: Arc<DelayedEvents>,
     pub health: Arc<Health>,
 }

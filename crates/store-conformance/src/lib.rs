@@ -7,6 +7,7 @@
 //! `chancery-store` holds no test code.
 
 mod account_data;
+mod delayed_events;
 mod hierarchy;
 mod keys;
 mod media;
@@ -22,6 +23,7 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use serde_json::json;
 
 pub use self::account_data::*;
+pub use self::delayed_events::*;
 pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::media::*;
@@ -75,6 +77,8 @@ macro_rules! store_conformance_tests {
             media_is_stored_once_and_counted_against_the_quota, concurrent_uploads_hold_the_quota,
             pending_media_is_bounded_expires_and_completes_once,
             thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
+            delayed_events_are_scheduled_bounded_and_listed, delayed_events_restart_cancel_and_claim_once,
+            concurrent_claims_hand_each_delayed_event_to_one_caller, replaced_state_cancels_other_users_delayed_state_events,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

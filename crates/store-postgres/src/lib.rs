@@ -9,6 +9,7 @@
 mod account_data;
 mod accounts;
 mod appender;
+mod delayed_events;
 mod directory;
 mod forgotten;
 mod hierarchy;

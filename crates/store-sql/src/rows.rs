@@ -451,3 +451,35 @@ pub const THUMBNAIL_COLUMNS: &str = "content_type, size_bytes, sha256";
 pub fn stored_thumbnail<R: Row>(row: &R, key: ThumbnailKey) -> Result<StoredThumbnail, R::Error> {
     Ok(StoredThumbnail { key, content_type: row.text(0)?, size_bytes: row.uint(1)?, sha256: row.text(2)? })
 }
+
+/// Columns of a [`DelayedEvent`], for [`delayed_event`].
+pub const DELAYED_EVENT_COLUMNS: &str =
+    "delay_id, user_id, device_id, room_id, event_type, state_key, content, delay_ms, send_ts, txn_id";
+
+/// A delayed event read with [`DELAYED_EVENT_COLUMNS`], its content still
+/// as stored (JSON text), which the backend parses with
+/// [`delayed_event_content`].
+pub fn delayed_event<R: Row>(row: &R) -> Result<(DelayedEvent, String), R::Error> {
+    Ok((
+        DelayedEvent {
+            delay_id: row.text(0)?,
+            user_id: row.text(1)?,
+            device_id: row.text(2)?,
+            room_id: row.text(3)?,
+            event_type: row.text(4)?,
+            state_key: row.opt_text(5)?,
+            content: serde_json::Value::Null,
+            delay_ms: row.uint(7)?,
+            send_ts: row.uint(8)?,
+            txn_id: row.opt_text(9)?,
+        },
+        row.text(6)?,
+    ))
+}
+
+/// Puts the stored content into the event [`delayed_event`] read.
+pub fn delayed_event_content((mut event, content): (DelayedEvent, String)) -> StoreResult<DelayedEvent> {
+    event.content =
+        serde_json::from_str(&content).map_err(|e| StoreError::Backend(format!("stored delayed event content: {e}")))?;
+    Ok(event)
+}

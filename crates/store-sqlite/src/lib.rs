@@ -11,6 +11,7 @@
 
 mod account_data;
 mod accounts;
+mod delayed_events;
 mod directory;
 mod forgotten;
 mod hierarchy;

@@ -6,6 +6,7 @@
 //! backends read no clock and tests control time.
 
 mod account_data;
+mod delayed_events;
 mod directory;
 mod forgotten;
 mod hierarchy;
@@ -30,6 +31,7 @@ use async_trait::async_trait;
 use serde_json::Value as JsonValue;
 
 pub use account_data::*;
+pub use delayed_events::*;
 pub use directory::*;
 pub use forgotten::*;
 pub use hierarchy::*;
@@ -168,6 +170,10 @@ pub enum StoreError {
     /// The uploader holds as many pending media ids as allowed.
     #[error("the account has too many pending media uploads")]
     TooManyPendingMedia,
+    /// The user has as many delayed events as they may; the earliest is
+    /// due at `next_send_ts` (which frees a place).
+    #[error("the account has too many delayed events")]
+    TooManyDelayedEvents { next_send_ts: u64 },
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -356,6 +362,7 @@ pub trait Store:
     + SlidingSyncStore
     + HierarchyStore
     + MediaStore
+    + DelayedEventStore
     + StreamStore
     + NodeBus
 {

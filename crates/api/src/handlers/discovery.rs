@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chancery_proto::ruma::api::client::discovery::get_supported_versions;
 use chancery_service::rooms::SUPPORTED_ROOM_VERSIONS;
-use chancery_service::{Health, Rooms};
+use chancery_service::{DelayedEvents, Health, Rooms};
 use serde_json::{Value as JsonValue, json};
 
 use crate::ApiConfig;
@@ -36,9 +36,20 @@ const UNSTABLE_FEATURES: &[&str] = &[
     "im.nheko.summary",
 ];
 
-pub async fn versions(Ruma(_): Ruma<get_supported_versions::Request>) -> RumaResponse<get_supported_versions::Response> {
+/// Delayed events (`?org.matrix.msc4140.delay=`,
+/// `/unstable/org.matrix.msc4140/delayed_events`): advertised only when
+/// they are on, since matrix-js-sdk (Element Call) checks this first.
+const DELAYED_EVENTS_FEATURE: &str = "org.matrix.msc4140";
+
+pub async fn versions(
+    State(delayed): State<Arc<DelayedEvents>>,
+    Ruma(_): Ruma<get_supported_versions::Request>,
+) -> RumaResponse<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
+    if delayed.enabled() {
+        response.unstable_features.insert(DELAYED_EVENTS_FEATURE.to_owned(), true);
+    }
     RumaResponse(response)
 }
 

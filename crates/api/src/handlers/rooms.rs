@@ -17,11 +17,13 @@ use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::room::RoomType;
 use chancery_proto::ruma::{EventId, OwnedRoomId, RoomId};
 use chancery_service::Error;
+use chancery_service::delayed_events::ScheduleRequest;
 use chancery_service::rooms::{CreateRoom, Direction, MembershipAction, Preset};
-use chancery_service::{Directory, RoomReader, Rooms};
+use chancery_service::{DelayedEvents, Directory, RoomReader, Rooms};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
+use super::delayed_events::RequestedDelay;
 use crate::ApiConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Ruma, RumaResponse, json_body};
@@ -168,30 +170,60 @@ async fn object_body(config: &ApiConfig, headers: &HeaderMap, body: Body) -> Api
     Ok(value)
 }
 
+// Each argument is one axum extractor.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     State(rooms): State<Arc<Rooms>>,
+    State(delayed): State<Arc<DelayedEvents>>,
     State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
+    RequestedDelay(delay_ms): RequestedDelay,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let room_id = parse_room(&room_id)?;
     let content = object_body(&config, &headers, body).await?;
+    if let Some(delay_ms) = delay_ms {
+        let req = ScheduleRequest {
+            room_id: &room_id,
+            event_type: &event_type,
+            state_key: None,
+            txn_id: Some(txn_id.as_str()),
+            content,
+            delay_ms,
+        };
+        return Ok(Json(json!({ "delay_id": delayed.schedule(&user, req).await? })));
+    }
     let event_id = rooms.send_message(&user, &room_id, &event_type, &txn_id, content).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
+// Each argument is one axum extractor.
+#[allow(clippy::too_many_arguments)]
 pub async fn put_state(
     State(rooms): State<Arc<Rooms>>,
+    State(delayed): State<Arc<DelayedEvents>>,
     State(config): State<Arc<ApiConfig>>,
     Authed(user): Authed,
     Path(params): Path<Vec<(String, String)>>,
+    RequestedDelay(delay_ms): RequestedDelay,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     let (room_id, event_type, state_key) = state_path(&params)?;
     let content = object_body(&config, &headers, body).await?;
+    if let Some(delay_ms) = delay_ms {
+        let req = ScheduleRequest {
+            room_id: &room_id,
+            event_type: &event_type,
+            state_key: Some(state_key.as_str()),
+            txn_id: None,
+            content,
+            delay_ms,
+        };
+        return Ok(Json(json!({ "delay_id": delayed.schedule(&user, req).await? })));
+    }
     let event_id = rooms.send_state(&user, &room_id, &event_type, &state_key, content).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }

@@ -34,6 +34,7 @@ mod common;
 mod components;
 mod concurrent_sends;
 mod connections;
+mod delayed_events;
 mod directory;
 mod e2ee;
 mod e2ee_dehydrated;

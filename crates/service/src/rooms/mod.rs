@@ -34,6 +34,7 @@ use chancery_proto::ruma::events::room::power_levels::{RoomPowerLevels, RoomPowe
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::{RoomVersionId, UserId};
 
+pub(crate) use actions::check_txn_id;
 pub use actions::{CreateRoom, EncryptionByDefault, MembershipAction, Preset, Rooms, RoomsConfig, RoomsDeps, UpgradeRoom};
 pub use format::{ClientEventOptions, EventFormatter, EventFormatterDeps};
 pub use reader::{ContextPage, MessagesPage, RelationsPage, RelationsRequest, RoomReader, RoomReaderDeps, ThreadsPage};

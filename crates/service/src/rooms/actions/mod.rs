@@ -5,6 +5,7 @@
 //! (`upgrade.rs`).
 
 mod create;
+mod delayed;
 mod forget;
 mod knock;
 mod membership;
@@ -16,7 +17,7 @@ use chancery_core::pdu::EventDraft;
 use chancery_proto::limits::MAX_TXN_ID_BYTES;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId};
-use chancery_store::{AccountStore, DirectoryStore, ForgottenRoomStore, RoomStore, TxnKey};
+use chancery_store::{AccountStore, DelayedEventStore, DirectoryStore, ForgottenRoomStore, RoomStore, TxnKey};
 use serde_json::Value as JsonValue;
 
 pub use create::{CreateRoom, Preset};
@@ -85,6 +86,9 @@ pub struct RoomsDeps {
     pub clock: Arc<dyn Clock>,
     /// Room ids of versions that do not derive them from the create event.
     pub entropy: Arc<dyn Entropy>,
+    /// When delayed events are on: other users' delayed state events at a
+    /// key a state event sets are cancelled.
+    pub delayed_events: Option<Arc<dyn DelayedEventStore>>,
 }
 
 /// Room actions of clients.
@@ -165,7 +169,9 @@ impl Rooms {
             self.deps.directory.check_canonical_alias(room_id, &content).await?;
         }
         let draft = draft(&user.user_id, event_type, Some(state_key), content, None);
-        Ok(self.deps.writer.append(room_id, draft, None).await?.0)
+        let event_id = self.deps.writer.append(room_id, draft, None).await?.0;
+        self.cancel_replaced_delayed_state(room_id, event_type, state_key, &user.user_id).await;
+        Ok(event_id)
     }
 
     /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
@@ -243,7 +249,7 @@ impl Rooms {
     }
 }
 
-fn check_txn_id(txn_id: &str) -> Result<(), Error> {
+pub(crate) fn check_txn_id(txn_id: &str) -> Result<(), Error> {
     if txn_id.is_empty() || txn_id.len() > MAX_TXN_ID_BYTES {
         return Err(Error::InvalidParam("bad transaction id".into()));
     }
