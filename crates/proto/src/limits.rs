@@ -451,3 +451,13 @@ pub const URL_PREVIEW_CACHE_ENTRIES: usize = 1_000;
 pub const URL_PREVIEW_CACHE_TTL_MS: u64 = 60 * 60 * 1000;
 pub const MAX_OPENGRAPH_PROPERTIES: usize = 64;
 pub const MAX_OPENGRAPH_VALUE_BYTES: usize = 2_048;
+
+/// How long an OpenID token (`/user/{userId}/openid/request_token`) is
+/// valid: an hour, as Synapse and the spec's example give.
+pub const OPENID_TOKEN_LIFETIME_MS: u64 = 60 * 60 * 1000;
+/// Unexpired OpenID tokens a user holds at most; a new one pushes out
+/// their oldest. A call join takes one or two.
+pub const MAX_OPENID_TOKENS_PER_USER: usize = 100;
+/// Largest LiveKit room name, participant identity or device id the
+/// token service accepts from a client (its own are 43 characters).
+pub const MAX_CALL_FIELD_BYTES: usize = 255;

@@ -92,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let push = components.push.clone();
     let pushers = components.pushers.clone();
     let media = components.media.clone();
+    let openid = components.openid.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -116,7 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = chancery_api::router(state);
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
-        tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, openid, shutdown_rx.clone())),
         tokio::spawn({
             let shutdown = shutdown_rx.clone();
             async move {

@@ -30,6 +30,8 @@
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
+//! | [`OpenId`] | OpenID tokens: issuing them, telling whose they are |
+//! | [`Calls`] | the MatrixRTC token service (lk-jwt-service compatible) |
 //!
 //! Architecture invariants: every write goes through one store call (one
 //! transaction); anything kept in memory (rate limiters, typing, presence,
@@ -39,6 +41,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod calls;
 pub mod clock;
 pub mod directory;
 pub mod ephemeral;
@@ -48,6 +51,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 mod nul;
+pub mod openid;
 pub mod profiles;
 pub mod push;
 pub mod pushers;
@@ -70,6 +74,7 @@ pub use accounts::{
     LoginOutcome, LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest, RegistrationMode,
 };
 pub use admin::Admin;
+pub use calls::{Calls, CallsConfig};
 pub use chancery_store::{Device, PoolStats};
 pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
@@ -78,6 +83,7 @@ pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use media::{Media, MediaConfig, MediaDeps};
 pub use notifier::Notifier;
+pub use openid::{OpenId, OpenIdDeps};
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
 pub use pushers::{PushGateway, Pushers, PushersConfig, PushersDeps};
@@ -115,4 +121,7 @@ pub struct Components {
     pub admin: Arc<Admin>,
     pub media: Arc<Media>,
     pub health: Arc<Health>,
+    pub openid: Arc<OpenId>,
+    /// The token service, when the operator configured calls.
+    pub calls: Option<Arc<Calls>>,
 }

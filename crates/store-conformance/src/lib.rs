@@ -11,6 +11,7 @@ mod hierarchy;
 mod keys;
 mod media;
 mod nul;
+mod openid;
 mod pushers;
 mod sliding_sync;
 
@@ -26,6 +27,7 @@ pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::media::*;
 pub use self::nul::*;
+pub use self::openid::*;
 pub use self::pushers::*;
 pub use self::sliding_sync::*;
 use chancery_store::*;
@@ -75,6 +77,7 @@ macro_rules! store_conformance_tests {
             media_is_stored_once_and_counted_against_the_quota, concurrent_uploads_hold_the_quota,
             pending_media_is_bounded_expires_and_completes_once,
             thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
+            openid_tokens_expire_are_bounded_per_user_and_purged,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

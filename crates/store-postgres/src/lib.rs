@@ -17,6 +17,7 @@ mod keys;
 mod media;
 mod migrations;
 mod notify;
+mod openid;
 mod push;
 mod pushers;
 mod query;

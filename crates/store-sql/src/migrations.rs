@@ -33,6 +33,7 @@ macro_rules! migration_sql {
             "0015_pushers",
             "0016_sliding_sync",
             "0017_spaces",
+            "0020_openid_tokens",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -11,6 +11,7 @@ mod forgotten;
 mod hierarchy;
 mod keys;
 mod media;
+mod openid;
 mod push;
 mod pushers;
 mod receipts;
@@ -35,6 +36,7 @@ pub use forgotten::*;
 pub use hierarchy::*;
 pub use keys::*;
 pub use media::*;
+pub use openid::*;
 pub use push::*;
 pub use pushers::*;
 pub use receipts::*;
@@ -356,6 +358,7 @@ pub trait Store:
     + SlidingSyncStore
     + HierarchyStore
     + MediaStore
+    + OpenIdStore
     + StreamStore
     + NodeBus
 {
