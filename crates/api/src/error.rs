@@ -60,6 +60,7 @@ impl From<Error> for ApiError {
             Error::ServerManaged(_) => (S::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::MissingToken => (S::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            Error::Unauthorized(_) => (S::UNAUTHORIZED, "M_UNAUTHORIZED"),
             Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
             Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             Error::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),

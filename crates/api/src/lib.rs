@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Health, Keys, Media, Profiles, Push, Pushers,
-    Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Health, Keys, Media, OpenId, Profiles, Push,
+    Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -111,6 +111,7 @@ component_state! {
     media: Media,
     delayed_events: DelayedEvents,
     health: Health,
+    openid: OpenId,
 }
 
 impl FromRef<AppState> for Arc<ApiConfig> {
@@ -212,6 +213,29 @@ fn media_routes(mut r: Router<AppState>, url_preview: bool) -> Router<AppState> 
         .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(h::media::admin_quarantine_user))
 }
 
+/// Where the token service is mounted: MSC4143's `livekit_service_url`
+/// is the public base URL followed by this, and Element Call POSTs to
+/// `<livekit_service_url>/sfu/get` and `/get_token`.
+pub const LIVEKIT_SERVICE_PATH: &str = "/livekit/jwt";
+
+/// OpenID tokens, and when calls are configured MSC4143's transports and
+/// the token service. The userinfo endpoint is the first of the
+/// federation API: it needs no request signature (the token is the
+/// credential), so it is served on the client listener, as Synapse's
+/// `openid` resource is.
+fn calls_routes(mut r: Router<AppState>, calls: bool) -> Router<AppState> {
+    use chancery_proto::ruma::api::client::account::request_openid_token;
+    r = ruma_route::<request_openid_token::v3::Request, _, _>(r, h::calls::request_token);
+    r = r.route("/_matrix/federation/v1/openid/userinfo", get(h::calls::userinfo));
+    if calls {
+        r = r
+            .route("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports", get(h::calls::rtc_transports))
+            .route(&format!("{LIVEKIT_SERVICE_PATH}/sfu/get"), post(h::calls::sfu_get))
+            .route(&format!("{LIVEKIT_SERVICE_PATH}/get_token"), post(h::calls::get_token));
+    }
+    r
+}
+
 /// Whether a matched route is an upload, whose deadline is
 /// [`ApiConfig::upload_timeout`].
 /// Delayed events (MSC4140) under their unstable prefix; only routed when
@@ -231,6 +255,7 @@ pub(crate) fn is_upload_route(route: &str) -> bool {
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     r = media_routes(r, state.components.media.url_preview_enabled());
+    r = calls_routes(r, state.components.calls.is_some());
     r = ruma_route::<discovery::get_supported_versions::Request, _, _>(r, h::discovery::versions);
     r = ruma_route::<session::get_login_types::v3::Request, _, _>(r, h::session::login_types);
     r = ruma_route::<session::login::v3::Request, _, _>(r, h::session::login);

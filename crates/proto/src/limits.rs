@@ -465,3 +465,12 @@ pub const MAX_DELAYED_EVENTS_PER_USER: usize = 100;
 pub const MAX_EVENT_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Delayed events one listing answers, whatever the configured bound.
 pub const MAX_DELAYED_EVENTS_LISTED: usize = 1_000;
+/// How long an OpenID token (`/user/{userId}/openid/request_token`) is
+/// valid: an hour, as Synapse and the spec's example give.
+pub const OPENID_TOKEN_LIFETIME_MS: u64 = 60 * 60 * 1000;
+/// Unexpired OpenID tokens a user holds at most; a new one pushes out
+/// their oldest. A call join takes one or two.
+pub const MAX_OPENID_TOKENS_PER_USER: usize = 100;
+/// Largest LiveKit room name, participant identity or device id the
+/// token service accepts from a client (its own are 43 characters).
+pub const MAX_CALL_FIELD_BYTES: usize = 255;

@@ -47,6 +47,9 @@ pub struct Config {
     pub push: PushConfig,
     pub media: MediaSection,
     pub delayed_events: DelayedEventsSection,
+    /// `[calls]`: Element Call meetings. Absent, no call transport is
+    /// advertised and the token service is not served.
+    pub calls: Option<CallsSection>,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -76,6 +79,24 @@ pub struct MediaSection {
     /// An upload must arrive whole within this time (the general
     /// `limits.request_timeout_ms` is for JSON requests).
     pub upload_timeout_ms: u64,
+}
+
+/// `[calls]`: the LiveKit SFU calls go through, and the token service
+/// (lk-jwt-service compatible) this server runs for it at
+/// `<public_baseurl>/livekit/jwt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsSection {
+    /// The SFU's WebSocket URL as clients reach it (`wss://…`).
+    pub livekit_url: String,
+    /// The API key and secret the SFU knows (its `keys:`); tokens are
+    /// signed with the secret.
+    pub livekit_api_key: String,
+    pub livekit_api_secret: String,
+    /// Users of these servers may create rooms on the SFU (lk-jwt-service's
+    /// full-access homeservers; `["*"]` for all). Default: this server.
+    #[serde(default)]
+    pub room_create_servers: Option<Vec<String>>,
 }
 
 /// One thumbnail box: `{ width = 96, height = 96, method = "crop" }`.
@@ -277,6 +298,7 @@ impl Default for Config {
             push: PushConfig::default(),
             media: MediaSection::default(),
             delayed_events: DelayedEventsSection::default(),
+            calls: None,
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -455,6 +477,19 @@ impl Config {
                 return Err(err(key, var_of(key), "must be at least 1"));
             }
         }
+        if let Some(calls) = &self.calls {
+            let key = "calls.livekit_url";
+            if !(calls.livekit_url.starts_with("wss://") || calls.livekit_url.starts_with("ws://")) {
+                return Err(err(key, var_of(key), "must start with wss:// or ws://"));
+            }
+            for (key, value) in
+                [("calls.livekit_api_key", &calls.livekit_api_key), ("calls.livekit_api_secret", &calls.livekit_api_secret)]
+            {
+                if value.is_empty() {
+                    return Err(err(key, var_of(key), "must not be empty"));
+                }
+            }
+        }
         if self.database.sqlite_readers == 0 || self.database.postgres_max_connections == 0 {
             return Err(err("database", None, "connection counts must be at least 1"));
         }
@@ -559,6 +594,24 @@ impl Config {
             None if self.server_name == "localhost" => format!("http://{}", self.listen),
             None => format!("https://{}", self.server_name),
         }
+    }
+
+    /// Where the token service is reached (MSC4143's `livekit_service_url`):
+    /// Element Call POSTs to `<this>/sfu/get` and `<this>/get_token`.
+    pub fn livekit_service_url(&self) -> String {
+        format!("{}{}", self.public_baseurl(), chancery_api::LIVEKIT_SERVICE_PATH)
+    }
+
+    /// The token service's configuration, when calls are configured.
+    pub fn calls_config(&self) -> Option<chancery_service::CallsConfig> {
+        let calls = self.calls.as_ref()?;
+        Some(chancery_service::CallsConfig {
+            livekit_url: calls.livekit_url.clone(),
+            livekit_api_key: calls.livekit_api_key.clone(),
+            livekit_api_secret: calls.livekit_api_secret.clone(),
+            livekit_service_url: self.livekit_service_url(),
+            room_create_servers: calls.room_create_servers.clone().unwrap_or_else(|| vec![self.server_name.clone()]),
+        })
     }
 
     pub fn federation_address(&self) -> String {

@@ -93,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let pushers = components.pushers.clone();
     let media = components.media.clone();
     let delayed_events = components.delayed_events.clone();
+    let openid = components.openid.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -117,7 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = chancery_api::router(state);
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
-        tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, shutdown_rx.clone())),
+        tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, openid, shutdown_rx.clone())),
         tokio::spawn({
             let shutdown = shutdown_rx.clone();
             async move {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chancery_service::{Media, Push, SlidingSync};
+use chancery_service::{Media, OpenId, Push, SlidingSync};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -18,6 +18,7 @@ pub(crate) async fn run(
     push: Arc<Push>,
     sliding_sync: Arc<SlidingSync>,
     media: Arc<Media>,
+    openid: Arc<OpenId>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut tick = tokio::time::interval_at(Instant::now() + FIRST_PASS_AFTER, PASS_EVERY);
@@ -41,6 +42,11 @@ pub(crate) async fn run(
                 Ok(report) if report == Default::default() => {}
                 Ok(report) => tracing::info!(?report, "collected media garbage"),
                 Err(e) => tracing::warn!(error = %e, "collecting media garbage failed; the next pass retries"),
+            }
+            match openid.delete_expired().await {
+                Ok(0) => {}
+                Ok(tokens) => tracing::info!(tokens, "deleted expired OpenID tokens"),
+                Err(e) => tracing::warn!(error = %e, "deleting expired OpenID tokens failed; the next pass retries"),
             }
         }
     };

@@ -13,12 +13,12 @@ use chancery_service::pushers::{GatewayPolicy, RetryPolicy};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
-    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Components, DelayedEvents, DelayedEventsConfig,
-    DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter, EventFormatterDeps,
-    Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, Profiles,
-    Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter,
-    RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps,
-    Visibility,
+    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, Components, DelayedEvents,
+    DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
+    EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps,
+    Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
+    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps,
+    Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -266,8 +266,16 @@ pub fn components_with(
         })
         .with_context(|| format!("opening the media directory {}", config.media_path().display()))?,
     );
-    let reports = Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock }));
+    let reports =
+        Arc::new(Reports::new(ReportsDeps { store: store.clone(), rooms: store.clone(), visibility, clock: clock.clone() }));
     let admin = Arc::new(Admin::new(store.clone(), store.clone()));
+    let openid = Arc::new(OpenId::new(OpenIdDeps {
+        store: store.clone(),
+        server_name: config.server_name(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
+    let calls = config.calls_config().map(|calls| Arc::new(Calls::new(calls, openid.clone(), clock.clone())));
     let health = Arc::new(Health::new(store, notifier));
     Ok(Components {
         accounts,
@@ -289,5 +297,7 @@ pub fn components_with(
         media,
         delayed_events,
         health,
+        openid,
+        calls,
     })
 }

@@ -37,6 +37,11 @@ pub enum Error {
     Unknown(String),
     #[error("missing access token")]
     MissingToken,
+    /// A credential other than an access token (the OpenID token given
+    /// to the MatrixRTC token service) could not be verified: 401
+    /// `M_UNAUTHORIZED`, lk-jwt-service's answer.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("unknown or expired access token")]
     UnknownToken { soft_logout: bool },
     #[error("too many requests")]

@@ -31,6 +31,8 @@
 //! | [`Reports`] | content reports |
 //! | [`Admin`] | the Synapse-compatible admin API |
 //! | [`Health`] | whether the database answers, pool figures |
+//! | [`OpenId`] | OpenID tokens: issuing them, telling whose they are |
+//! | [`Calls`] | the MatrixRTC token service (lk-jwt-service compatible) |
 //!
 //! Architecture invariants: every write goes through one store call (one
 //! transaction); anything kept in memory (rate limiters, typing, presence,
@@ -40,6 +42,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod calls;
 pub mod clock;
 pub mod delayed_events;
 pub mod directory;
@@ -50,6 +53,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 mod nul;
+pub mod openid;
 pub mod profiles;
 pub mod push;
 pub mod pushers;
@@ -72,6 +76,7 @@ pub use accounts::{
     LoginOutcome, LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest, RegistrationMode,
 };
 pub use admin::Admin;
+pub use calls::{Calls, CallsConfig};
 pub use chancery_store::{Device, PoolStats};
 pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};
@@ -81,6 +86,7 @@ pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use media::{Media, MediaConfig, MediaDeps};
 pub use notifier::Notifier;
+pub use openid::{OpenId, OpenIdDeps};
 pub use profiles::Profiles;
 pub use push::{Push, PushDeps};
 pub use pushers::{PushGateway, Pushers, PushersConfig, PushersDeps};
@@ -119,4 +125,7 @@ pub struct Components {
     pub media: Arc<Media>,
     pub delayed_events: Arc<DelayedEvents>,
     pub health: Arc<Health>,
+    pub openid: Arc<OpenId>,
+    /// The token service, when the operator configured calls.
+    pub calls: Option<Arc<Calls>>,
 }

@@ -12,6 +12,7 @@ mod hierarchy;
 mod keys;
 mod media;
 mod nul;
+mod openid;
 mod pushers;
 mod sliding_sync;
 
@@ -28,6 +29,7 @@ pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::media::*;
 pub use self::nul::*;
+pub use self::openid::*;
 pub use self::pushers::*;
 pub use self::sliding_sync::*;
 use chancery_store::*;
@@ -79,6 +81,7 @@ macro_rules! store_conformance_tests {
             thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
             delayed_events_are_scheduled_bounded_and_listed, delayed_events_restart_cancel_and_claim_once,
             concurrent_claims_hand_each_delayed_event_to_one_caller, replaced_state_cancels_other_users_delayed_state_events,
+            openid_tokens_expire_are_bounded_per_user_and_purged,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -18,6 +18,7 @@ mod keys;
 mod media;
 mod migrations;
 mod notify;
+mod openid;
 mod push;
 mod pushers;
 mod query;

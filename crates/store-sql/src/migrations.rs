@@ -34,6 +34,7 @@ macro_rules! migration_sql {
             "0016_sliding_sync",
             "0017_spaces",
             "0019_delayed_events",
+            "0020_openid_tokens",
             "0021_room_list",
             "0022_sliding_connections_apart",
         )

@@ -17,6 +17,7 @@ mod forgotten;
 mod hierarchy;
 mod keys;
 mod media;
+mod openid;
 mod pool;
 mod push;
 mod pushers;

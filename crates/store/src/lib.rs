@@ -12,6 +12,7 @@ mod forgotten;
 mod hierarchy;
 mod keys;
 mod media;
+mod openid;
 mod push;
 mod pushers;
 mod receipts;
@@ -37,6 +38,7 @@ pub use forgotten::*;
 pub use hierarchy::*;
 pub use keys::*;
 pub use media::*;
+pub use openid::*;
 pub use push::*;
 pub use pushers::*;
 pub use receipts::*;
@@ -363,6 +365,7 @@ pub trait Store:
     + HierarchyStore
     + MediaStore
     + DelayedEventStore
+    + OpenIdStore
     + StreamStore
     + NodeBus
 {

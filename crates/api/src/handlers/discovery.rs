@@ -11,9 +11,9 @@ use chancery_service::rooms::SUPPORTED_ROOM_VERSIONS;
 use chancery_service::{DelayedEvents, Health, Rooms};
 use serde_json::{Value as JsonValue, json};
 
-use crate::ApiConfig;
 use crate::error::ApiResult;
 use crate::extract::{Authed, Ruma, RumaResponse};
+use crate::{ApiConfig, AppState};
 
 /// Spec versions whose account, login and device semantics we follow.
 /// Clients use this to pick endpoints; later capabilities (rooms, sync)
@@ -34,6 +34,9 @@ const UNSTABLE_FEATURES: &[&str] = &[
     // Room summaries (`/unstable/im.nheko.summary/...`, MSC3266; stable
     // as `/v1/room_summary` since v1.15).
     "im.nheko.summary",
+    // `state_after` in `/sync` under its unstable names
+    // (`org.matrix.msc4222.use_state_after`), as matrix-js-sdk asks for it.
+    "org.matrix.msc4222",
 ];
 
 /// Delayed events (`?org.matrix.msc4140.delay=`,
@@ -53,8 +56,14 @@ pub async fn versions(
     RumaResponse(response)
 }
 
-pub async fn well_known_client(State(config): State<Arc<ApiConfig>>) -> Json<JsonValue> {
-    Json(json!({ "m.homeserver": { "base_url": config.public_baseurl } }))
+/// `/.well-known/matrix/client`: the homeserver, and when calls are
+/// configured the token service as MSC4143's `rtc_foci`.
+pub async fn well_known_client(State(state): State<AppState>) -> Json<JsonValue> {
+    let mut body = json!({ "m.homeserver": { "base_url": state.config.public_baseurl } });
+    if let Some(calls) = &state.components.calls {
+        body["org.matrix.msc4143.rtc_foci"] = json!([crate::handlers::calls::livekit_transport(calls)]);
+    }
+    Json(body)
 }
 
 pub async fn well_known_server(State(config): State<Arc<ApiConfig>>) -> Json<JsonValue> {

@@ -1,6 +1,7 @@
 pub mod account;
 pub mod account_data;
 pub mod admin;
+pub mod calls;
 pub mod delayed_events;
 pub mod devices;
 pub mod directory;

@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 
 mod admin;
 mod bad_input;
+mod calls;
 mod client_flows;
 mod common;
 mod components;

@@ -141,6 +141,22 @@ pub(super) fn send_typing(t: TypingFacts, whole_room: bool) -> bool {
     }
 }
 
+/// MSC4222's unstable name of `state_after`, which matrix-js-sdk asks
+/// for (`org.matrix.msc4222.use_state_after`) and reads.
+pub(crate) const UNSTABLE_STATE_AFTER: &str = "org.matrix.msc4222.state_after";
+
+/// The key of a room's state section: `state`, or with `use_state_after`
+/// `state_after` under the name the client asked by (spec v1.16 or
+/// MSC4222's unstable prefix). The other key is left out, as the spec
+/// requires.
+pub(super) fn state_section_key(use_state_after: bool, unstable_name: bool) -> &'static str {
+    match (use_state_after, unstable_name) {
+        (false, _) => "state",
+        (true, false) => "state_after",
+        (true, true) => UNSTABLE_STATE_AFTER,
+    }
+}
+
 /// Which state a room's `state` (or `state_after`) section is read as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum StateRead {
@@ -257,7 +273,7 @@ pub(super) fn membership_news<'a>(
         || !room.state.not_types.is_empty();
     let is_news = |event: &JsonValue| event["type"].as_str().is_some_and(|t| DEVICE_LIST_EVENT_TYPES.contains(&t));
     let section_has_news = |room: &JsonValue| {
-        ["timeline", "state", "state_after"]
+        ["timeline", "state", "state_after", UNSTABLE_STATE_AFTER]
             .iter()
             .any(|section| room[section]["events"].as_array().is_some_and(|events| events.iter().any(is_news)))
     };
@@ -400,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn state_section_keys_follow_the_request() {
+        let cases = [
+            (false, false, "state"),
+            (false, true, "state"),
+            (true, false, "state_after"),
+            (true, true, "org.matrix.msc4222.state_after"),
+        ];
+        for (after, unstable, want) in cases {
+            assert_eq!(state_section_key(after, unstable), want, "{after} {unstable}");
+        }
+    }
+
+    #[test]
     fn device_lists_are_looked_at_only_after_membership_or_encryption_changes() {
         use serde_json::json;
         let plain = FilterDefinition::default();
@@ -408,9 +437,11 @@ mod tests {
         let gappy = json!({"timeline": {"events": []}, "state": {"events": [{"type": "m.room.member"}]}});
         let encrypted = json!({"timeline": {"events": [{"type": "m.room.encryption"}]}});
         let after = json!({"timeline": {"events": []}, "state_after": {"events": [{"type": "m.room.member"}]}});
+        let unstable_after =
+            json!({"timeline": {"events": []}, "org.matrix.msc4222.state_after": {"events": [{"type": "m.room.member"}]}});
         assert_eq!(membership_news(&plain, [&message].into_iter(), false), MembershipNews::None);
         assert_eq!(membership_news(&plain, std::iter::empty(), false), MembershipNews::None);
-        for room in [&joined, &gappy, &encrypted, &after] {
+        for room in [&joined, &gappy, &encrypted, &after, &unstable_after] {
             assert_eq!(membership_news(&plain, [&message, room].into_iter(), false), MembershipNews::Possible, "{room}");
         }
         assert_eq!(membership_news(&plain, [&message].into_iter(), true), MembershipNews::Possible, "a room was left");

@@ -64,6 +64,9 @@ pub struct SyncRequest {
     pub timeout_ms: u64,
     pub full_state: bool,
     pub use_state_after: bool,
+    /// `use_state_after` was asked by MSC4222's unstable name, so the
+    /// section is named `org.matrix.msc4222.state_after`.
+    pub state_after_unstable: bool,
     /// How a syncing client counts for presence (`online` by default).
     pub set_presence: PresenceState,
     pub filter: FilterDefinition,

@@ -161,7 +161,7 @@ impl Syncer {
         };
         let (state, timeline, (unread, unread_threads)) =
             tokio::try_join!(state, self.deps.formatter.client_events(&w.timeline, &p.viewer), unread)?;
-        let state_key = if req.use_state_after { "state_after" } else { "state" };
+        let state_key = decide::state_section_key(req.use_state_after, req.state_after_unstable);
         let mut room = json!({
             "timeline": {
                 "events": without_room_ids(timeline),
@@ -189,16 +189,21 @@ impl Syncer {
         let w = self
             .window(&p.user.user_id, &m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored)
             .await?;
-        let state = self.state_section(p, &m.room_id, since, false, false, &w, m.stream_pos, &[]).await?;
-        Ok(json!({
+        let state_after = p.req.use_state_after;
+        let state = self.state_section(p, &m.room_id, since, false, state_after, &w, m.stream_pos, &[]).await?;
+        let mut room = json!({
             "timeline": {
                 "events": without_room_ids(self.deps.formatter.client_events(&w.timeline, &p.viewer).await?),
                 "limited": w.limited,
                 "prev_batch": format_token(w.before_timeline),
             },
-            "state": { "events": without_room_ids(self.deps.formatter.client_events(&state, &p.viewer).await?) },
             "account_data": { "events": account_data },
-        }))
+        });
+        // Spec v1.16: a left room's state section follows `use_state_after`
+        // too, up to the end of its timeline (the departure).
+        let state_key = decide::state_section_key(state_after, p.req.state_after_unstable);
+        room[state_key] = json!({ "events": without_room_ids(self.deps.formatter.client_events(&state, &p.viewer).await?) });
+        Ok(room)
     }
 
     /// The room as the user may see it before joining (see

@@ -82,6 +82,10 @@ fn default_power_levels(
             "m.room.tombstone": 100,
             "m.room.server_acl": 100,
             "m.room.encryption": 100,
+            // MatrixRTC call membership (MSC3401, as Element Call sends it):
+            // every member may join a call, in every room, not only in
+            // rooms Element Web created as call rooms.
+            "org.matrix.msc3401.call.member": 0,
         },
         "events_default": 0,
         "state_default": 50,
