@@ -64,6 +64,7 @@ pub mod forward;
 mod sfu;
 #[cfg(test)]
 mod tests;
+pub mod token;
 
 pub use livekit_protocol as protocol;
 pub use sfu::{

@@ -233,6 +233,9 @@ struct Participant {
     version: u32,
     /// The publisher connection came up: the client is ready for offers.
     active: bool,
+    /// The subscriber connection is up (ICE and DTLS): packets written
+    /// before it would be lost, so forwarding waits for it.
+    subscriber_connected: bool,
     publisher: Rtc,
     subscriber: Rtc,
     publisher_timeout: Instant,
@@ -408,6 +411,7 @@ impl Sfu {
             joined_ms: self.unix_ms(now),
             version: 1,
             active: false,
+            subscriber_connected: false,
             publisher: self.new_rtc(now),
             subscriber: self.new_rtc(now),
             publisher_timeout: now,
@@ -934,6 +938,7 @@ impl Sfu {
                 self.remove(now, key, LeaveReason::MediaFailed);
             }
             Event::Connected if pc == Pc::Publisher => self.activate(key),
+            Event::Connected => self.subscriber_up(key),
             Event::RtpPacket(packet) if pc == Pc::Publisher => self.forward(now, key, packet),
             Event::KeyframeRequest(request) if pc == Pc::Subscriber => {
                 let Some(d) = self.participants.get(&key).and_then(|p| p.downtracks.iter().find(|d| d.mid == Some(request.mid)))
@@ -971,6 +976,25 @@ impl Sfu {
         }
         if added {
             self.negotiate_subscriber(key);
+        }
+    }
+
+    /// The subscriber connection is up: forwarding to it starts, at a key
+    /// frame asked of each publisher now (the one asked at negotiation may
+    /// have gone by before the connection could carry it).
+    fn subscriber_up(&mut self, key: ParticipantKey) {
+        let Some(s) = self.participants.get_mut(&key) else {
+            return;
+        };
+        s.subscriber_connected = true;
+        let wanted: Vec<(ParticipantKey, Mid, Option<String>)> = s
+            .downtracks
+            .iter()
+            .filter(|d| d.negotiated && !d.removed && d.kind == MediaKind::Video)
+            .map(|d| (d.publisher, d.source_mid, d.target_rid.clone()))
+            .collect();
+        for (publisher, mid, rid) in wanted {
+            self.request_keyframe(publisher, mid, rid.as_deref());
         }
     }
 
@@ -1147,6 +1171,9 @@ impl Sfu {
             let Some(s) = self.participants.get_mut(&key) else {
                 continue;
             };
+            if !s.subscriber_connected {
+                continue;
+            }
             let Some(index) = s
                 .downtracks
                 .iter()
