@@ -348,3 +348,46 @@ async fn video_flows_between_two_browsers(backend: Backend) {
 }
 
 on_both_backends!(video_flows_between_two_browsers);
+
+/// Two headless Chromium pages running livekit-client (npm, pinned in
+/// tests/livekit) meet through the SFU: Alice publishes her fake camera
+/// with simulcast, Bob receives its video (tests/livekit/meet.mjs). Needs
+/// Node.js, `npm ci` in tests/livekit and Debian's chromium, which
+/// ./scripts/test installs.
+async fn livekit_client_in_chromium_meets_through_the_sfu(backend: Backend) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/livekit");
+    assert!(
+        dir.join("node_modules/livekit-client").is_dir() && dir.join("node_modules/playwright-core").is_dir(),
+        "livekit-client is not installed: run `npm ci` in {} (./scripts/test does)",
+        dir.display()
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium} (Debian package chromium; ./scripts/test installs it)"
+    );
+    let server = sfu_server(backend).await;
+    let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
+    let run = tokio::process::Command::new(&node)
+        .arg(dir.join("meet.mjs"))
+        .current_dir(&dir)
+        .args(["--url", &ws_base(&server), "--key", API_KEY, "--secret", API_SECRET, "--simulcast", "1"])
+        .env("CHROMIUM", &chromium)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("meet.mjs ends within 120 s")
+        .unwrap_or_else(|e| panic!("cannot run {node:?} ({e}): Node.js 20 or newer is needed"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Bob did not receive Alice's video ({}): {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await.unwrap();
+}
+
+on_both_backends!(livekit_client_in_chromium_meets_through_the_sfu);
