@@ -53,6 +53,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub sfu: SfuSection,
 }
 
 /// `[media]`: the content repository.
@@ -273,6 +274,43 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[sfu]`: the built-in SFU (LiveKit client protocol). Off unless
+/// enabled; its WebSocket is `<public base>/_chancery/livekit/rtc`, so the
+/// LiveKit URL handed to clients is `wss://<host>/_chancery/livekit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuSection {
+    pub enabled: bool,
+    /// The one UDP socket all media uses (ICE-lite, one port).
+    pub udp_listen: SocketAddr,
+    /// The address clients reach that socket at, announced as the ICE
+    /// candidate; default the bound address (which must then not be a
+    /// wildcard).
+    pub public_address: Option<std::net::IpAddr>,
+    /// Access tokens must be issued by this key and signed (HS256) with
+    /// this secret.
+    pub api_key: String,
+    pub api_secret: String,
+    pub max_rooms: usize,
+    pub max_participants_per_room: usize,
+    pub max_tracks_per_participant: usize,
+}
+
+impl Default for SfuSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            udp_listen: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            public_address: None,
+            api_key: String::new(),
+            api_secret: String::new(),
+            max_rooms: 256,
+            max_participants_per_room: 64,
+            max_tracks_per_participant: 8,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -302,6 +340,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            sfu: SfuSection::default(),
         }
     }
 }
@@ -451,6 +490,25 @@ impl Config {
         if self.limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
             let key = "limits.max_connections";
             return Err(err(key, var_of(key), format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS)));
+        }
+        if self.sfu.enabled {
+            if self.sfu.api_key.is_empty() || self.sfu.api_secret.len() < 32 {
+                let key = "sfu.api_secret";
+                return Err(err(key, var_of(key), "sfu.api_key must be set and sfu.api_secret at least 32 characters"));
+            }
+            if self.sfu.udp_listen.ip().is_unspecified() && self.sfu.public_address.is_none() {
+                let key = "sfu.public_address";
+                return Err(err(key, var_of(key), "must be set when sfu.udp_listen is a wildcard address"));
+            }
+            for (key, value) in [
+                ("sfu.max_rooms", self.sfu.max_rooms),
+                ("sfu.max_participants_per_room", self.sfu.max_participants_per_room),
+                ("sfu.max_tracks_per_participant", self.sfu.max_tracks_per_participant),
+            ] {
+                if value == 0 {
+                    return Err(err(key, var_of(key), "must be at least 1"));
+                }
+            }
         }
         if self.retention.notifications_days == 0 {
             let key = "retention.notifications_days";
@@ -785,6 +843,42 @@ mod tests {
         assert!(c.media.url_preview);
         assert_eq!(c.media_allow_ranges().unwrap().len(), 2);
         assert_eq!(c.media_path(), PathBuf::from("/srv/media"));
+    }
+
+    #[test]
+    fn sfu_section_is_checked_only_when_enabled() {
+        let secret = "a-secret-of-at-least-32-characters";
+        let cases: Vec<(&str, String, bool)> = vec![
+            ("absent: off", String::new(), true),
+            ("off with nothing set", "[sfu]\nenabled = false\n".into(), true),
+            ("on without a key", format!("[sfu]\nenabled = true\napi_secret = \"{secret}\"\n"), false),
+            ("on with a short secret", "[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"short\"\n".into(), false),
+            (
+                "on with a wildcard and no public address",
+                format!("[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\nudp_listen = \"0.0.0.0:7882\"\n"),
+                false,
+            ),
+            (
+                "on with a wildcard and a public address",
+                format!(
+                    "[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\nudp_listen = \"0.0.0.0:7882\"\npublic_address = \"203.0.113.7\"\n"
+                ),
+                true,
+            ),
+            (
+                "on with no room allowed",
+                format!("[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\nmax_rooms = 0\n"),
+                false,
+            ),
+        ];
+        for (what, toml, ok) in cases {
+            assert_eq!(load(&toml, &[]).is_ok(), ok, "{what}");
+        }
+        let c =
+            load("", &[("CHANCERY_SFU__ENABLED", "true"), ("CHANCERY_SFU__API_KEY", "k"), ("CHANCERY_SFU__API_SECRET", secret)])
+                .unwrap();
+        assert!(c.sfu.enabled);
+        assert_eq!(c.sfu.udp_listen.to_string(), "127.0.0.1:7882");
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub async fn serve(
                     req.extensions_mut().insert(ConnectInfo(peer));
                     req
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).into_owned();
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service)).into_owned();
                 let connection = graceful.watch(connection);
                 tasks.spawn(async move {
                     let _slot = slot;

@@ -5,6 +5,7 @@ pub mod config;
 mod http;
 mod maintenance;
 mod push_gateway;
+pub mod sfu;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The built-in SFU, when `[sfu]` enables it.
+    pub sfu: Option<Arc<sfu::SfuService>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     store: DynStore,
@@ -115,7 +118,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let limits = config.http_limits();
-    let app = chancery_api::router(state);
+    let mut app = chancery_api::router(state);
+    let mut sfu_service = None;
+    let mut sfu_task = None;
+    if config.sfu.enabled {
+        let clock: Arc<dyn chancery_service::clock::Clock> = Arc::new(chancery_service::clock::SystemClock);
+        let entropy: Arc<dyn chancery_service::tokens::Entropy> = Arc::new(chancery_service::tokens::OsEntropy);
+        let (service, task) = sfu::start(&config.sfu, clock, entropy, shutdown_rx.clone()).await?;
+        app = app.merge(sfu::router(service.clone()));
+        sfu_service = Some(service);
+        sfu_task = Some(task);
+    }
     let mut tasks = vec![
         tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
         tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, openid, shutdown_rx.clone())),
@@ -147,5 +160,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let Some(addr) = metrics_addr {
         tracing::info!(address = %addr, "metrics listening");
     }
-    Ok(RunningServer { local_addr, metrics_addr, shutdown, tasks, store, syncer, sliding_sync })
+    tasks.extend(sfu_task);
+    Ok(RunningServer { local_addr, metrics_addr, sfu: sfu_service, shutdown, tasks, store, syncer, sliding_sync })
 }

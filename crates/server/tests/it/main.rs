@@ -58,6 +58,7 @@ mod rooms_flow;
 mod rooms_http;
 mod scale;
 mod search;
+mod sfu;
 mod sliding_sync_http;
 mod spaces;
 mod store_conformance;

@@ -1,0 +1,497 @@
+//! Whole calls in memory: browsers simulated by str0m peers (two connections
+//! each, as livekit-client has them), datagrams shuttled between them and the
+//! SFU, time passed in.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use lk::signal_request::Message as Req;
+use lk::signal_response::Message as Resp;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use crate::{JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput};
+
+const SFU_ADDR: &str = "127.0.0.1:7882";
+const STEP: Duration = Duration::from_millis(5);
+
+fn sfu_addr() -> SocketAddr {
+    SFU_ADDR.parse().unwrap()
+}
+
+/// One simulated browser: its two peer connections and what it received.
+struct Client {
+    key: ParticipantKey,
+    publisher: Rtc,
+    subscriber: Rtc,
+    publisher_addr: SocketAddr,
+    subscriber_addr: SocketAddr,
+    pending_publisher_offer: Option<SdpPendingOffer>,
+    signals: Vec<Resp>,
+    subscriber_events: Vec<Event>,
+    publisher_connected: bool,
+}
+
+impl Client {
+    fn new(key: ParticipantKey, now: Instant, port: u16) -> Self {
+        let publisher_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let subscriber_addr: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+        let mut publisher = Rtc::builder().set_rtp_mode(true).build(now);
+        publisher.add_local_candidate(Candidate::host(publisher_addr, "udp").unwrap());
+        let mut subscriber = Rtc::builder().set_rtp_mode(true).build(now);
+        subscriber.add_local_candidate(Candidate::host(subscriber_addr, "udp").unwrap());
+        Self {
+            key,
+            publisher,
+            subscriber,
+            publisher_addr,
+            subscriber_addr,
+            pending_publisher_offer: None,
+            signals: Vec::new(),
+            subscriber_events: Vec::new(),
+            publisher_connected: false,
+        }
+    }
+
+    fn rtc_at(&mut self, addr: SocketAddr) -> Option<&mut Rtc> {
+        if addr == self.publisher_addr {
+            Some(&mut self.publisher)
+        } else if addr == self.subscriber_addr {
+            Some(&mut self.subscriber)
+        } else {
+            None
+        }
+    }
+
+    fn join_response(&self) -> &lk::JoinResponse {
+        match self.signals.first() {
+            Some(Resp::Join(join)) => join,
+            other => panic!("first message is not a join response: {other:?}"),
+        }
+    }
+}
+
+/// The SFU and its clients on one simulated clock.
+struct Call {
+    now: Instant,
+    sfu: Sfu,
+    clients: Vec<Client>,
+    events: Vec<SfuEvent>,
+    next_port: u16,
+}
+
+impl Call {
+    fn new() -> Self {
+        let now = Instant::now();
+        let sfu = Sfu::new(SfuConfig::default(), vec![sfu_addr()], 42, now, 1_700_000_000_000);
+        Self { now, sfu, clients: Vec::new(), events: Vec::new(), next_port: 40_000 }
+    }
+
+    fn join(&mut self, identity: &str) -> usize {
+        let grant = JoinGrant {
+            room: "room".to_owned(),
+            identity: identity.to_owned(),
+            name: identity.to_owned(),
+            metadata: String::new(),
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: true,
+        };
+        let key = self.sfu.join(self.now, grant, JoinOptions::default()).unwrap();
+        self.clients.push(Client::new(key, self.now, self.next_port));
+        self.next_port += 2;
+        self.pump();
+        self.clients.len() - 1
+    }
+
+    fn send(&mut self, index: usize, message: Req) {
+        let key = self.clients[index].key;
+        self.sfu.handle_signal(self.now, key, lk::SignalRequest { message: Some(message) }).unwrap();
+        self.pump();
+    }
+
+    /// Publishes a video track the way livekit-client does: `add_track`,
+    /// then an offer whose m-line carries the track's `cid` as msid track id.
+    /// Returns the client's mid.
+    fn publish_video(&mut self, index: usize, cid: &str) -> Mid {
+        self.send(
+            index,
+            Req::AddTrack(lk::AddTrackRequest {
+                cid: cid.to_owned(),
+                name: "camera".to_owned(),
+                r#type: lk::TrackType::Video as i32,
+                source: lk::TrackSource::Camera as i32,
+                width: 640,
+                height: 480,
+                ..Default::default()
+            }),
+        );
+        let published = self.clients[index].signals.iter().any(|m| {
+            matches!(m, Resp::TrackPublished(r) if r.cid == cid && r.track.as_ref().is_some_and(|t| t.sid.starts_with("TR_")))
+        });
+        assert!(published, "track_published for {cid}");
+        self.offer_publisher(index, Some(cid)).expect("a video m-line")
+    }
+
+    /// The client's publisher offer: the data channel first time, and a
+    /// video m-line for `cid`. Returns its mid.
+    fn offer_publisher(&mut self, index: usize, cid: Option<&str>) -> Option<Mid> {
+        let client = &mut self.clients[index];
+        let mut api = client.publisher.sdp_api();
+        if !client.publisher_connected {
+            api.add_channel("_reliable".into());
+        }
+        let mid =
+            cid.map(|cid| api.add_media(MediaKind::Video, Direction::SendOnly, Some("stream".into()), Some(cid.into()), None));
+        let (offer, pending) = api.apply().expect("changes to offer");
+        client.pending_publisher_offer = Some(pending);
+        self.send(
+            index,
+            Req::Offer(lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.to_sdp_string(),
+                id: 1,
+                ..Default::default()
+            }),
+        );
+        mid
+    }
+
+    /// Runs the SFU's outputs and every peer until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(output) = self.sfu.poll_output() {
+                moved = true;
+                match output {
+                    SfuOutput::Signal { to, message } => {
+                        let message = message.message.expect("a message");
+                        self.client_signal(to, message);
+                    }
+                    SfuOutput::Transmit(t) => {
+                        let now = self.now;
+                        if let Some(client) = self
+                            .clients
+                            .iter_mut()
+                            .find(|c| c.publisher_addr == t.destination || c.subscriber_addr == t.destination)
+                        {
+                            let rtc = client.rtc_at(t.destination).unwrap();
+                            let receive = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents).unwrap();
+                            rtc.handle_input(Input::Receive(now, receive)).unwrap();
+                        }
+                    }
+                    SfuOutput::Event(event) => self.events.push(event),
+                }
+            }
+            for i in 0..self.clients.len() {
+                moved |= self.poll_client(i);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the call never settled");
+    }
+
+    fn client_signal(&mut self, to: ParticipantKey, message: Resp) {
+        let now = self.now;
+        let Some(client) = self.clients.iter_mut().find(|c| c.key == to) else {
+            return;
+        };
+        match &message {
+            Resp::Answer(answer) => {
+                let pending = client.pending_publisher_offer.take().expect("an offer in flight");
+                let answer = SdpAnswer::from_sdp_string(&answer.sdp).unwrap();
+                client.publisher.sdp_api().accept_answer(pending, answer).unwrap();
+            }
+            Resp::Offer(offer) => {
+                let sdp = SdpOffer::from_sdp_string(&offer.sdp).unwrap();
+                let answer = client.subscriber.sdp_api().accept_offer(sdp).unwrap();
+                let (key, id) = (client.key, offer.id);
+                client.signals.push(message);
+                self.sfu
+                    .handle_signal(
+                        now,
+                        key,
+                        lk::SignalRequest {
+                            message: Some(Req::Answer(lk::SessionDescription {
+                                r#type: "answer".into(),
+                                sdp: answer.to_sdp_string(),
+                                id,
+                                ..Default::default()
+                            })),
+                        },
+                    )
+                    .unwrap();
+                return;
+            }
+            _ => {}
+        }
+        client.signals.push(message);
+    }
+
+    /// Polls one client's connections; their datagrams go to the SFU.
+    fn poll_client(&mut self, index: usize) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        let mut datagrams = Vec::new();
+        let client = &mut self.clients[index];
+        for subscriber in [false, true] {
+            let rtc = if subscriber { &mut client.subscriber } else { &mut client.publisher };
+            for _ in 0..10_000 {
+                match rtc.poll_output().unwrap() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => datagrams.push((t.source, t.destination, Vec::from(t.contents))),
+                    Output::Event(event) => {
+                        moved = true;
+                        if subscriber {
+                            client.subscriber_events.push(event);
+                        } else if matches!(event, Event::Connected) {
+                            client.publisher_connected = true;
+                        }
+                    }
+                }
+            }
+        }
+        for (source, destination, contents) in datagrams {
+            moved = true;
+            self.sfu.handle_datagram(now, source, destination, &contents);
+        }
+        moved
+    }
+
+    /// Advances the clock by `total`, one step at a time, pumping all along.
+    fn run(&mut self, total: Duration, mut each_step: impl FnMut(&mut Call)) {
+        let end = self.now + total;
+        while self.now < end {
+            self.now += STEP;
+            let now = self.now;
+            for client in &mut self.clients {
+                client.publisher.handle_input(Input::Timeout(now)).unwrap();
+                client.subscriber.handle_input(Input::Timeout(now)).unwrap();
+            }
+            if self.sfu.poll_timeout().is_some_and(|at| at <= now) {
+                self.sfu.handle_timeout(now);
+            }
+            each_step(self);
+            self.pump();
+        }
+    }
+}
+
+/// A VP8 payload: key frame or delta, with a recognisable body.
+fn vp8_payload(keyframe: bool, n: u8) -> Vec<u8> {
+    vec![0x10, if keyframe { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a, n, n, n]
+}
+
+#[test]
+fn join_response_comes_first_and_names_the_room() {
+    let mut call = Call::new();
+    let a = call.join("@alice:example.org:DEV");
+    let b = call.join("@bob:example.org:DEV");
+    let join_a = call.clients[a].join_response().clone();
+    let join_b = call.clients[b].join_response().clone();
+    assert_eq!(join_a.room.as_ref().unwrap().name, "room");
+    assert!(join_a.participant.as_ref().unwrap().sid.starts_with("PA_"));
+    assert!(join_a.other_participants.is_empty());
+    assert_eq!(join_b.other_participants.len(), 1);
+    assert_eq!(join_b.other_participants[0].identity, "@alice:example.org:DEV");
+    assert!(!join_b.subscriber_primary);
+    assert_eq!((join_b.ping_interval, join_b.ping_timeout), (5, 15));
+    assert_eq!(join_b.server_info.as_ref().unwrap().protocol, 16);
+    // Alice hears of Bob.
+    let update = call.clients[a].signals.iter().find_map(|m| match m {
+        Resp::Update(u) => Some(u.participants[0].identity.clone()),
+        _ => None,
+    });
+    assert_eq!(update.as_deref(), Some("@bob:example.org:DEV"));
+    assert!(matches!(call.events[..], [SfuEvent::Joined { .. }, SfuEvent::Joined { .. }]));
+}
+
+#[test]
+fn ping_is_answered_with_the_ping_timestamp() {
+    let mut call = Call::new();
+    let a = call.join("a");
+    call.send(a, Req::PingReq(lk::Ping { timestamp: 1234, rtt: 7 }));
+    call.send(a, Req::Ping(99));
+    let pong = call.clients[a].signals.iter().find_map(|m| match m {
+        Resp::PongResp(p) => Some(*p),
+        _ => None,
+    });
+    assert_eq!(pong, Some(lk::Pong { last_ping_timestamp: 1234, timestamp: 1_700_000_000_000 }));
+    assert!(call.clients[a].signals.iter().any(|m| matches!(m, Resp::Pong(99))));
+}
+
+#[test]
+fn a_silent_participant_is_removed_after_the_ping_timeout() {
+    let mut call = Call::new();
+    let a = call.join("a");
+    let b = call.join("b");
+    call.run(Duration::from_secs(10), |_| {});
+    call.send(b, Req::PingReq(lk::Ping { timestamp: 1, rtt: 0 }));
+    call.run(Duration::from_secs(7), |call| {
+        // Bob keeps pinging; Alice does not.
+        let key = call.clients[1].key;
+        let _ = call.sfu.handle_signal(
+            call.now,
+            key,
+            lk::SignalRequest { message: Some(Req::PingReq(lk::Ping { timestamp: 1, rtt: 0 })) },
+        );
+    });
+    let key_a = call.clients[a].key;
+    assert!(call.events.iter().any(|e| matches!(e,
+        SfuEvent::Left { participant, reason: LeaveReason::PingTimeout, .. } if *participant == key_a)));
+    assert!(!call.events.iter().any(|e| matches!(e, SfuEvent::Left { participant, .. } if *participant == call.clients[b].key)));
+}
+
+#[test]
+fn publisher_offer_is_answered_and_its_connection_comes_up() {
+    let mut call = Call::new();
+    let a = call.join("a");
+    call.publish_video(a, "cam-a");
+    let answer = call.clients[a].signals.iter().find_map(|m| match m {
+        Resp::Answer(d) => Some(d.clone()),
+        _ => None,
+    });
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.r#type, "answer");
+    assert!(answer.sdp.contains("a=ice-lite"), "ICE-lite announced");
+    assert!(answer.sdp.contains("a=candidate"), "the SFU's candidate is in the SDP");
+    assert_eq!(answer.mid_to_track_id.len(), 1, "{:?}", answer.mid_to_track_id);
+    call.run(Duration::from_secs(2), |_| {});
+    assert!(call.clients[a].publisher_connected, "ICE and DTLS completed");
+}
+
+#[test]
+fn add_track_is_bounded_and_needs_the_publish_grant() {
+    let mut call = Call::new();
+    let grant = JoinGrant {
+        room: "r".into(),
+        identity: "viewer".into(),
+        name: String::new(),
+        metadata: String::new(),
+        can_publish: false,
+        can_subscribe: true,
+        can_publish_data: false,
+    };
+    let viewer = call.sfu.join(call.now, grant, JoinOptions::default()).unwrap();
+    let add = |cid: &str| lk::SignalRequest {
+        message: Some(Req::AddTrack(lk::AddTrackRequest { cid: cid.into(), ..Default::default() })),
+    };
+    assert_eq!(call.sfu.handle_signal(call.now, viewer, add("x")), Err(crate::SignalError::NotAllowed));
+    let a = call.join("a");
+    let key = call.clients[a].key;
+    for i in 0..8 {
+        call.sfu.handle_signal(call.now, key, add(&format!("t{i}"))).unwrap();
+    }
+    assert_eq!(call.sfu.handle_signal(call.now, key, add("t8")), Err(crate::SignalError::TooManyTracks));
+}
+
+#[test]
+fn rooms_and_participants_are_bounded() {
+    let now = Instant::now();
+    let config = SfuConfig { max_rooms: 1, max_participants_per_room: 1, ..SfuConfig::default() };
+    let mut sfu = Sfu::new(config, vec![sfu_addr()], 1, now, 0);
+    let grant = |room: &str, who: &str| JoinGrant {
+        room: room.into(),
+        identity: who.into(),
+        name: String::new(),
+        metadata: String::new(),
+        can_publish: true,
+        can_subscribe: true,
+        can_publish_data: true,
+    };
+    sfu.join(now, grant("r", "a"), JoinOptions::default()).unwrap();
+    assert_eq!(sfu.join(now, grant("r", "b"), JoinOptions::default()), Err(crate::JoinError::RoomFull));
+    assert_eq!(sfu.join(now, grant("s", "b"), JoinOptions::default()), Err(crate::JoinError::TooManyRooms));
+    // The same identity again replaces the first session.
+    sfu.join(now, grant("r", "a"), JoinOptions::default()).unwrap();
+    assert_eq!(sfu.stats().participants, 1);
+}
+
+#[test]
+fn a_publishers_video_reaches_a_subscriber_through_the_sfu() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let mid_a = call.publish_video(a, "cam-a");
+    call.run(Duration::from_millis(500), |_| {});
+    assert!(call.clients[a].publisher_connected);
+
+    let b = call.join("bob");
+    call.offer_publisher(b, None);
+
+    let mut n: u8 = 0;
+    call.run(Duration::from_secs(3), |call| {
+        n = n.wrapping_add(1);
+        // 30 packets a second; a key frame every 10.
+        if !n.is_multiple_of(7) {
+            return;
+        }
+        let now = call.now;
+        let client = &mut call.clients[a];
+        let pt = client.publisher.codec_config().find(|p| p.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
+        let seq = u64::from(n / 7);
+        let mut api = client.publisher.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid_a, None) else {
+            return;
+        };
+        let payload = vp8_payload(seq % 10 == 1, seq as u8);
+        stream.write_rtp(RtpWrite::new(pt, (1000 + seq).into(), (seq * 3000) as u32, now, payload).marker(true));
+    });
+
+    let bob = &call.clients[b];
+    let offer = bob
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            Resp::Offer(o) => Some(o.clone()),
+            _ => None,
+        })
+        .expect("Bob gets a subscriber offer");
+    let alice_info = bob
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            Resp::Update(u) => u.participants.iter().find(|p| p.identity == "alice").cloned(),
+            _ => None,
+        })
+        .rfind(|p| !p.tracks.is_empty())
+        .or_else(|| bob.join_response().other_participants.iter().find(|p| p.identity == "alice").cloned())
+        .expect("Alice's track is announced to Bob");
+    let track_sid = alice_info.tracks[0].sid.clone();
+    assert_eq!(offer.mid_to_track_id.values().collect::<Vec<_>>(), vec![&track_sid]);
+    assert!(
+        offer.sdp.contains(&format!("a=msid:{}|{} {}", alice_info.sid, track_sid, track_sid)),
+        "msid names participant and track: {}",
+        offer.sdp
+    );
+
+    let received: Vec<Vec<u8>> = bob
+        .subscriber_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(p) => Some(p.payload.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert!(received.len() >= 10, "Bob received {} packets", received.len());
+    // Forwarding starts at a key frame and keeps the payload intact.
+    assert_eq!(received[0][1] & 0x01, 0, "first forwarded packet is a key frame");
+    assert!(received.iter().all(|p| p[..5] == [0x10, p[1], 0x9d, 0x01, 0x2a]));
+    assert!(call.sfu.stats().forwarded_packets >= 10);
+
+    // Alice leaves: Bob hears it, the SFU reports it.
+    call.send(a, Req::Leave(lk::LeaveRequest::default()));
+    let key_a = call.clients[a].key;
+    assert!(call.events.iter().any(|e| matches!(e,
+        SfuEvent::Left { participant, reason: LeaveReason::ClientLeft, .. } if *participant == key_a)));
+    let gone = call.clients[b].signals.iter().any(|m| {
+        matches!(m, Resp::Update(u)
+        if u.participants.iter().any(|p| p.identity == "alice" && p.state == lk::participant_info::State::Disconnected as i32))
+    });
+    assert!(gone, "Bob sees Alice leave");
+}
