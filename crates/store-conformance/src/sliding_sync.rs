@@ -14,14 +14,6 @@ fn sent(room_id: &str, record: &str) -> SentRoom {
     SentRoom { room_id: room_id.into(), record: record.into() }
 }
 
-fn start(owner: ConnectionOwner<'_>, max_per_device: usize) -> AnswerBase<'_> {
-    AnswerBase::Start { owner, max_per_device }
-}
-
-fn after(conn_key: u64, base_pos: u64) -> AnswerBase<'static> {
-    AnswerBase::After { conn_key, base_pos }
-}
-
 async fn records_at(store: &DynStore, conn_key: u64, pos: u64) -> Vec<(String, String)> {
     let at = store.sliding_position(OWNER, conn_key, pos, true).await.unwrap();
     at.rooms.into_iter().map(|r| (r.room_id, r.record)).collect()
@@ -67,28 +59,26 @@ pub async fn room_list_carries_bumps_types_and_encryption(store: DynStore) {
 }
 
 pub async fn sliding_positions_keep_what_the_client_may_still_send(store: DynStore) {
-    let (key, p1) =
-        store.record_sliding_answer(start(OWNER, 10), "t1", &[sent("!a:x", "a1"), sent("!b:x", "b1")], 1_001).await.unwrap();
+    let key = store.start_sliding_connection(OWNER, 1_000, 10).await.unwrap();
+    let p1 = store.record_sliding_answer(key, 0, "t1", &[sent("!a:x", "a1"), sent("!b:x", "b1")], 1_001).await.unwrap();
     assert_eq!(store.sliding_position(OWNER, key, p1, false).await.unwrap().token, "t1");
     assert_eq!(records_at(&store, key, p1).await, pairs(&[("!a:x", "a1"), ("!b:x", "b1")]));
-    let (_, p2) = store.record_sliding_answer(after(key, p1), "t2", &[sent("!a:x", "a2")], 1_002).await.unwrap();
+    let p2 = store.record_sliding_answer(key, p1, "t2", &[sent("!a:x", "a2")], 1_002).await.unwrap();
     assert!(p2 > p1);
     assert_eq!(records_at(&store, key, p2).await, pairs(&[("!a:x", "a2"), ("!b:x", "b1")]));
     // The client never got p2 and asks again from p1: p2 is forgotten,
     // p1's state is intact, the new answer builds on it.
     assert_eq!(records_at(&store, key, p1).await, pairs(&[("!a:x", "a1"), ("!b:x", "b1")]));
-    let (k3, p3) =
-        store.record_sliding_answer(after(key, p1), "t3", &[sent("!b:x", "b3"), sent("!c:x", "c3")], 1_003).await.unwrap();
-    assert_eq!(k3, key);
+    let p3 = store.record_sliding_answer(key, p1, "t3", &[sent("!b:x", "b3"), sent("!c:x", "c3")], 1_003).await.unwrap();
     assert!(p3 > p2, "positions are never reused");
     assert!(matches!(store.sliding_position(OWNER, key, p2, false).await, Err(StoreError::UnknownPosition)));
     assert_eq!(records_at(&store, key, p3).await, pairs(&[("!a:x", "a1"), ("!b:x", "b3"), ("!c:x", "c3")]));
     // Moving on from p3 forgets p1.
-    let (_, p4) = store.record_sliding_answer(after(key, p3), "t4", &[], 1_004).await.unwrap();
+    let p4 = store.record_sliding_answer(key, p3, "t4", &[], 1_004).await.unwrap();
     assert!(matches!(store.sliding_position(OWNER, key, p1, false).await, Err(StoreError::UnknownPosition)));
     assert_eq!(records_at(&store, key, p4).await, pairs(&[("!a:x", "a1"), ("!b:x", "b3"), ("!c:x", "c3")]));
     // An answer on a position the connection no longer has is refused.
-    let stale = store.record_sliding_answer(after(key, p2), "t5", &[], 1_005).await;
+    let stale = store.record_sliding_answer(key, p2, "t5", &[], 1_005).await;
     assert!(matches!(stale, Err(StoreError::UnknownPosition)), "{stale:?}");
 
     // Only the owner's device and conn_id reach the position.
@@ -100,19 +90,20 @@ pub async fn sliding_positions_keep_what_the_client_may_still_send(store: DynSto
         assert!(matches!(store.sliding_position(other, key, p4, false).await, Err(StoreError::UnknownPosition)));
     }
     // Starting the connection afresh forgets the old one entirely.
-    let (fresh, f1) = store.record_sliding_answer(start(OWNER, 10), "f1", &[], 2_000).await.unwrap();
+    let fresh = store.start_sliding_connection(OWNER, 2_000, 10).await.unwrap();
     assert_ne!(fresh, key);
     assert!(matches!(store.sliding_position(OWNER, key, p4, false).await, Err(StoreError::UnknownPosition)));
-    assert!(matches!(store.record_sliding_answer(after(key, p4), "t", &[], 2_001).await, Err(StoreError::UnknownPosition)));
+    assert!(matches!(store.record_sliding_answer(key, p4, "t", &[], 2_001).await, Err(StoreError::UnknownPosition)));
+    let f1 = store.record_sliding_answer(fresh, 0, "f1", &[], 2_002).await.unwrap();
     assert!(records_at(&store, fresh, f1).await.is_empty());
-    assert_eq!(store.sliding_position(OWNER, fresh, f1, false).await.unwrap().token, "f1");
 }
 
 pub async fn sliding_connections_are_bounded_per_device_and_expire(store: DynStore) {
     let mut keys = Vec::new();
     for (n, conn_id) in ["c0", "c1", "c2"].iter().enumerate() {
         let owner = ConnectionOwner { conn_id, ..OWNER };
-        let (key, pos) = store.record_sliding_answer(start(owner, 2), "t", &[sent("!a:x", "r")], 1_000 + n as u64).await.unwrap();
+        let key = store.start_sliding_connection(owner, 1_000 + n as u64, 2).await.unwrap();
+        let pos = store.record_sliding_answer(key, 0, "t", &[sent("!a:x", "r")], 1_000 + n as u64).await.unwrap();
         keys.push((owner, key, pos));
     }
     // The least recently used of three went when the third started.
@@ -123,7 +114,8 @@ pub async fn sliding_connections_are_bounded_per_device_and_expire(store: DynSto
     }
     // Another device has its own allowance.
     let laptop = ConnectionOwner { device_id: "LAPTOP", ..OWNER };
-    let (lk, lp) = store.record_sliding_answer(start(laptop, 2), "t", &[], 5_000).await.unwrap();
+    let lk = store.start_sliding_connection(laptop, 5_000, 2).await.unwrap();
+    let lp = store.record_sliding_answer(lk, 0, "t", &[], 5_000).await.unwrap();
     // Connections unused since before 4,000 expire; the laptop's stays.
     assert_eq!(store.expire_sliding_connections(4_000, 100).await.unwrap(), 2);
     for &(owner, key, pos) in &keys[1..] {

@@ -56,6 +56,53 @@ impl SlidingSyncStore for PostgresStore {
         rows.iter().map(|r| rows::room_list_entry(&PgRow(r))).collect()
     }
 
+    async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Starts of one device's connections go one at a time, and the
+        // rows they drop are locked first, so an answer being recorded on
+        // one of them finishes before its rows go (none is left behind).
+        query(
+            &tx,
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))",
+            &[&CONNECTIONS_LOCK, &owner.user_id, &owner.device_id],
+        )
+        .await?;
+        let previous: Vec<i64> = query(
+            &tx,
+            "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2 AND conn_id = $3
+             FOR UPDATE",
+            &[&owner.user_id, &owner.device_id, &owner.conn_id],
+        )
+        .await?
+        .iter()
+        .map(|r| get(r, 0))
+        .collect::<StoreResult<_>>()?;
+        drop_connections(&tx, &previous).await?;
+        let row = query_opt(
+            &tx,
+            "INSERT INTO sliding_sync_connections (user_id, device_id, conn_id, last_used_ts) VALUES ($1, $2, $3, $4)
+             RETURNING conn_key",
+            &[&owner.user_id, &owner.device_id, &owner.conn_id, &i(now_ts)],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Backend("INSERT returned no row".into()))?;
+        let conn_key: i64 = get(&row, 0)?;
+        let beyond: Vec<i64> = query(
+            &tx,
+            "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2
+             ORDER BY last_used_ts DESC, conn_key DESC OFFSET $3 FOR UPDATE",
+            &[&owner.user_id, &owner.device_id, &i(max_per_device as u64)],
+        )
+        .await?
+        .iter()
+        .map(|r| get(r, 0))
+        .collect::<StoreResult<_>>()?;
+        drop_connections(&tx, &beyond).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(u(conn_key))
+    }
+
     async fn sliding_position(
         &self,
         owner: ConnectionOwner<'_>,
@@ -84,17 +131,15 @@ impl SlidingSyncStore for PostgresStore {
 
     async fn record_sliding_answer(
         &self,
-        base: AnswerBase<'_>,
+        conn_key: u64,
+        base_pos: u64,
         token: &str,
         rooms: &[SentRoom],
         now_ts: u64,
-    ) -> StoreResult<(u64, u64)> {
+    ) -> StoreResult<u64> {
+        let (key, base) = (i(conn_key), i(base_pos));
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let (key, base) = match base {
-            AnswerBase::Start { owner, max_per_device } => (start_connection(&tx, owner, now_ts, max_per_device).await?, None),
-            AnswerBase::After { conn_key, base_pos } => (i(conn_key), Some(i(base_pos))),
-        };
         // Answers of one connection are recorded one at a time.
         let next: i64 = get(
             &query_opt(&tx, "SELECT next_pos FROM sliding_sync_connections WHERE conn_key = $1 FOR UPDATE", &[&key])
@@ -102,27 +147,26 @@ impl SlidingSyncStore for PostgresStore {
                 .ok_or(StoreError::UnknownPosition)?,
             0,
         )?;
-        if let Some(base) = base {
-            if query_opt(&tx, "SELECT 1 FROM sliding_sync_positions WHERE conn_key = $1 AND pos = $2", &[&key, &base])
+        if base_pos != 0
+            && query_opt(&tx, "SELECT 1 FROM sliding_sync_positions WHERE conn_key = $1 AND pos = $2", &[&key, &base])
                 .await?
                 .is_none()
-            {
-                return Err(StoreError::UnknownPosition);
-            }
-            // What the client can no longer ask for: positions but the base,
-            // records after it, and those the base's own superseded (every
-            // earlier position was a base once, so nothing older is left).
-            execute(
-                &tx,
-                "WITH p AS (DELETE FROM sliding_sync_positions WHERE conn_key = $1 AND pos <> $2),
-                      later AS (DELETE FROM sliding_sync_rooms WHERE conn_key = $1 AND pos > $2)
-                 DELETE FROM sliding_sync_rooms WHERE conn_key = $1 AND pos < $2
-                   AND room_id IN (SELECT room_id FROM sliding_sync_rooms WHERE conn_key = $1 AND pos = $2)",
-                &[&key, &base],
-            )
-            .await
-            .map_err(backend)?;
+        {
+            return Err(StoreError::UnknownPosition);
         }
+        // What the client can no longer ask for: positions but the base,
+        // records after it, and those the base's own superseded (every
+        // earlier position was a base once, so nothing older is left).
+        execute(
+            &tx,
+            "WITH p AS (DELETE FROM sliding_sync_positions WHERE conn_key = $1 AND pos <> $2),
+                  later AS (DELETE FROM sliding_sync_rooms WHERE conn_key = $1 AND pos > $2)
+             DELETE FROM sliding_sync_rooms WHERE conn_key = $1 AND pos < $2
+               AND room_id IN (SELECT room_id FROM sliding_sync_rooms WHERE conn_key = $1 AND pos = $2)",
+            &[&key, &base],
+        )
+        .await
+        .map_err(backend)?;
         let room_ids: Vec<&str> = rooms.iter().map(|r| r.room_id.as_str()).collect();
         let records: Vec<&str> = rooms.iter().map(|r| r.record.as_str()).collect();
         execute(
@@ -142,7 +186,7 @@ impl SlidingSyncStore for PostgresStore {
             }
         })?;
         tx.commit().await.map_err(backend)?;
-        Ok((u(key), u(next)))
+        Ok(u(next))
     }
 
     async fn expire_sliding_connections(&self, before_ts: u64, max: usize) -> StoreResult<u64> {
@@ -162,55 +206,4 @@ impl SlidingSyncStore for PostgresStore {
         tx.commit().await.map_err(backend)?;
         Ok(keys.len() as u64)
     }
-}
-
-/// Starts the owner's connection afresh (see
-/// [`SlidingSyncStore::record_sliding_answer`]); returns its key.
-async fn start_connection(
-    tx: &Transaction<'_>,
-    owner: ConnectionOwner<'_>,
-    now_ts: u64,
-    max_per_device: usize,
-) -> StoreResult<i64> {
-    // Starts of one device's connections go one at a time, and the
-    // rows they drop are locked first, so an answer being recorded on
-    // one of them finishes before its rows go (none is left behind).
-    query(
-        tx,
-        "SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))",
-        &[&CONNECTIONS_LOCK, &owner.user_id, &owner.device_id],
-    )
-    .await?;
-    let previous: Vec<i64> = query(
-        tx,
-        "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2 AND conn_id = $3
-         FOR UPDATE",
-        &[&owner.user_id, &owner.device_id, &owner.conn_id],
-    )
-    .await?
-    .iter()
-    .map(|r| get(r, 0))
-    .collect::<StoreResult<_>>()?;
-    drop_connections(tx, &previous).await?;
-    let row = query_opt(
-        tx,
-        "INSERT INTO sliding_sync_connections (user_id, device_id, conn_id, last_used_ts) VALUES ($1, $2, $3, $4)
-         RETURNING conn_key",
-        &[&owner.user_id, &owner.device_id, &owner.conn_id, &i(now_ts)],
-    )
-    .await?
-    .ok_or_else(|| StoreError::Backend("INSERT returned no row".into()))?;
-    let conn_key: i64 = get(&row, 0)?;
-    let beyond: Vec<i64> = query(
-        tx,
-        "SELECT conn_key FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2
-         ORDER BY last_used_ts DESC, conn_key DESC OFFSET $3 FOR UPDATE",
-        &[&owner.user_id, &owner.device_id, &i(max_per_device as u64)],
-    )
-    .await?
-    .iter()
-    .map(|r| get(r, 0))
-    .collect::<StoreResult<_>>()?;
-    drop_connections(tx, &beyond).await?;
-    Ok(conn_key)
 }

@@ -223,33 +223,29 @@ impl SlidingSyncStore for SqliteStore {
         })
     }
 
+    async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64> {
+        self.connections.run(|tx| {
+            start_connection(tx, owner.user_id, owner.device_id, owner.conn_id, now_ts, max_per_device).map(u)
+        })
+    }
+
     async fn record_sliding_answer(
         &self,
-        base: AnswerBase<'_>,
+        conn_key: u64,
+        base_pos: u64,
         token: &str,
         rooms: &[SentRoom],
         now_ts: u64,
-    ) -> StoreResult<(u64, u64)> {
-        let start = match base {
-            AnswerBase::Start { owner, max_per_device } => Some((owner.user_id, owner.device_id, owner.conn_id, max_per_device)),
-            AnswerBase::After { .. } => None,
-        };
-        let (conn_key, base_pos) = match base {
-            AnswerBase::Start { .. } => (0, 0),
-            AnswerBase::After { conn_key, base_pos } => (conn_key, base_pos),
-        };
+    ) -> StoreResult<u64> {
         self.connections.run(|tx| {
-            let key = match &start {
-                Some((user_id, device_id, conn_id, max)) => start_connection(tx, user_id, device_id, conn_id, now_ts, *max)?,
-                None => i(conn_key),
-            };
+            let key = i(conn_key);
             let base = i(base_pos);
             let next: i64 = tx
                 .prepare_cached("SELECT next_pos FROM sliding_sync_connections WHERE conn_key = ?1")
                 .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
                 .map_err(backend)?
                 .ok_or(StoreError::UnknownPosition)?;
-            if start.is_none() {
+            if base_pos != 0 {
                 tx.prepare_cached("SELECT 1 FROM sliding_sync_positions WHERE conn_key = ?1 AND pos = ?2")
                     .and_then(|mut s| s.query_row([key, base], |_| Ok(())).optional())
                     .map_err(backend)?
@@ -283,7 +279,7 @@ impl SlidingSyncStore for SqliteStore {
                     }
                 })?;
             }
-            Ok((u(key), u(next)))
+            Ok(u(next))
         })
     }
 
@@ -306,7 +302,7 @@ impl SlidingSyncStore for SqliteStore {
 }
 
 /// Starts the owner's connection afresh (see
-/// [`SlidingSyncStore::record_sliding_answer`]); returns its key.
+/// [`SlidingSyncStore::start_sliding_connection`]); returns its key.
 fn start_connection(
     tx: &Transaction<'_>,
     user_id: &str,
@@ -348,8 +344,9 @@ mod tests {
     const OWNER: ConnectionOwner<'static> = ConnectionOwner { user_id: "@a:x", device_id: "D", conn_id: "main" };
 
     async fn start(store: &SqliteStore) -> u64 {
-        let base = AnswerBase::Start { owner: OWNER, max_per_device: 4 };
-        store.record_sliding_answer(base, "t", &[], 1).await.unwrap().0
+        let key = store.start_sliding_connection(OWNER, 1, 4).await.unwrap();
+        assert_eq!(store.record_sliding_answer(key, 0, "t", &[], 1).await.unwrap(), 1);
+        key
     }
 
     /// Reopened, the file keeps its positions; the key sequence moves on,

@@ -97,20 +97,18 @@ pub struct ConnectionOwner<'a> {
     pub conn_id: &'a str,
 }
 
-/// What a recorded answer was built on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerBase<'a> {
-    /// Nothing: the first answer of a new connection (no `pos`).
-    Start { owner: ConnectionOwner<'a>, max_per_device: usize },
-    /// The client's position `base_pos` of connection `conn_key`.
-    After { conn_key: u64, base_pos: u64 },
-}
-
 #[async_trait]
 pub trait SlidingSyncStore: Send + Sync {
     /// The user's rooms for the room list: every room they have a
     /// membership in, with what sorting and filtering need, by room id.
     async fn room_list(&self, user_id: &str) -> StoreResult<Vec<RoomListEntry>>;
+
+    /// Starts the owner's connection afresh: its previous connection of
+    /// this `conn_id` and everything recorded for it go, and a new one
+    /// (with a key never used before) takes its place. The device keeps at
+    /// most `max_per_device` connections: the least recently used beyond
+    /// go too. Returns the new connection's key.
+    async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64>;
 
     /// The owner's connection `conn_key` at position `pos`, with its rooms
     /// if `with_rooms`. `UnknownPosition` if the owner has no such
@@ -123,32 +121,22 @@ pub trait SlidingSyncStore: Send + Sync {
         with_rooms: bool,
     ) -> StoreResult<SlidingPosition>;
 
-    /// Records an answer as a new position, in one transaction, and
-    /// returns the connection's key and that position.
-    ///
-    /// [`AnswerBase::Start`]: the first answer of a connection, which
-    /// starts the owner's connection afresh: their previous connection of
-    /// this `conn_id` and everything recorded for it go, and a new one
-    /// (with a key never used before) takes its place; the device keeps at
-    /// most `max_per_device` connections, the least recently used beyond
-    /// go too.
-    ///
-    /// [`AnswerBase::After`]: an answer built on position `base_pos` of
-    /// connection `conn_key`: what the client can no longer ask for is
-    /// dropped (positions other than `base_pos`, records after it and
-    /// those superseded at it). `UnknownPosition` if the connection is
-    /// gone (or `base_pos` with it).
-    ///
-    /// Either way: the token, the records of `rooms` (at most one per
-    /// room), the connection's use time; the new position is larger than
-    /// any the connection had.
+    /// Records an answer built on position `base_pos` (0: the first
+    /// answer of the connection) as a new position, in one transaction:
+    /// the token, the records of `rooms` (at most one per room), what the
+    /// client can no longer ask for dropped (positions other than
+    /// `base_pos`, records after it and those superseded at it), the
+    /// connection's use time. Returns the new position, larger than any
+    /// the connection had. `UnknownPosition` if the connection is gone (or
+    /// `base_pos` with it).
     async fn record_sliding_answer(
         &self,
-        base: AnswerBase<'_>,
+        conn_key: u64,
+        base_pos: u64,
         token: &str,
         rooms: &[SentRoom],
         now_ts: u64,
-    ) -> StoreResult<(u64, u64)>;
+    ) -> StoreResult<u64>;
 
     /// Drops the connections last used before `before_ts`, at most
     /// `max` of them; returns how many went.

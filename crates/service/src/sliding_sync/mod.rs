@@ -35,7 +35,7 @@ use chancery_proto::limits::{
 use chancery_proto::ruma::api::client::sync::sync_events::v5::{Request, request};
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::{
-    AnswerBase, ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore,
+    ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use hashlink::LruCache;
@@ -101,9 +101,9 @@ struct WantedList {
 
 /// The connection an answer continues.
 struct Connection {
-    /// The connection's key and the client's position; none for a new
-    /// connection (started when its first answer is recorded).
-    at: Option<(u64, u64)>,
+    key: u64,
+    /// The client's position; 0 on a new connection.
+    base_pos: u64,
     since: Option<StreamToken>,
     records: Records,
 }
@@ -244,17 +244,11 @@ impl SlidingSync {
                 _ = closing.wait_for(|closing| *closing) => break answer,
             }
         };
-        self.finish(owner, &conn, answer, txn_id).await
+        self.finish(&conn, answer, txn_id).await
     }
 
     /// Records the answer as the connection's next position.
-    async fn finish(
-        &self,
-        owner: ConnectionOwner<'_>,
-        conn: &Connection,
-        answer: Answer,
-        txn_id: Option<String>,
-    ) -> Result<JsonValue, Error> {
+    async fn finish(&self, conn: &Connection, answer: Answer, txn_id: Option<String>) -> Result<JsonValue, Error> {
         let mut sent = Vec::with_capacity(answer.changed.len());
         let records = if answer.changed.is_empty() {
             Arc::clone(&conn.records)
@@ -269,14 +263,10 @@ impl SlidingSync {
         };
         let now = self.deps.clock.now_ms();
         let token = answer.cut.to_string();
-        let base = match conn.at {
-            None => AnswerBase::Start { owner, max_per_device: MAX_SLIDING_CONNECTIONS_PER_DEVICE },
-            Some((conn_key, base_pos)) => AnswerBase::After { conn_key, base_pos },
-        };
-        let (key, pos) = self.deps.store.record_sliding_answer(base, &token, &sent, now).await?;
-        self.cache.lock().expect("sliding sync cache").insert(key, (pos, records));
+        let pos = self.deps.store.record_sliding_answer(conn.key, conn.base_pos, &token, &sent, now).await?;
+        self.cache.lock().expect("sliding sync cache").insert(conn.key, (pos, records));
         let mut body = answer.body;
-        body["pos"] = json!(format!("{key}_{pos}"));
+        body["pos"] = json!(format!("{}_{pos}", conn.key));
         if let Some(txn_id) = txn_id {
             body["txn_id"] = json!(txn_id);
         }
@@ -286,7 +276,12 @@ impl SlidingSync {
     /// The connection at the client's `pos`, or a new one.
     async fn connection(&self, owner: ConnectionOwner<'_>, pos: Option<&str>) -> Result<Connection, Error> {
         let Some(pos) = pos else {
-            return Ok(Connection { at: None, since: None, records: Arc::default() });
+            // Started now, not when the answer is recorded: of two requests
+            // that start a connection (a client that gave up on the first),
+            // the later one's survives, whichever finishes first.
+            let now = self.deps.clock.now_ms();
+            let key = self.deps.store.start_sliding_connection(owner, now, MAX_SLIDING_CONNECTIONS_PER_DEVICE).await?;
+            return Ok(Connection { key, base_pos: 0, since: None, records: Arc::default() });
         };
         let (key, at) = parse_pos(pos)?;
         let cached = self.cache.lock().expect("sliding sync cache").get(&key).filter(|(p, _)| *p == at).map(|(_, r)| r.clone());
@@ -304,7 +299,7 @@ impl SlidingSync {
             }
         };
         let since = StreamToken::parse(&position.token).map_err(|_| Error::UnknownPos)?;
-        Ok(Connection { at: Some((key, at)), since: Some(since), records })
+        Ok(Connection { key, base_pos: at, since: Some(since), records })
     }
 
     /// One pass: the cut, the lists, the rooms to send, the extensions.
