@@ -42,6 +42,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub user_directory: UserDirectoryConfig,
     pub presence: PresenceConfig,
+    pub experimental: ExperimentalConfig,
     pub rate_limits: RateLimitConfig,
     pub retention: RetentionConfig,
     pub push: PushConfig,
@@ -128,6 +129,19 @@ pub struct LimitsConfig {
     /// On shutdown, how long requests in flight may take to finish
     /// before their connections are closed.
     pub shutdown_drain_ms: u64,
+}
+
+/// `[experimental]`: features of unstable MSCs, off until their clients
+/// and the proposals settle (Synapse's `experimental_features`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentalConfig {
+    /// Thread subscriptions (MSC4306) and their sliding-sync extension
+    /// (MSC4308), as Element X uses them (Synapse's `msc4306_enabled`).
+    /// When on, a reply in a thread notifies only the users subscribed to
+    /// it (and those it mentions): clients that do not subscribe to
+    /// threads (Element Web today) then hear of no thread replies.
+    pub thread_subscriptions: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -248,6 +262,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             user_directory: UserDirectoryConfig::default(),
             presence: PresenceConfig::default(),
+            experimental: ExperimentalConfig::default(),
             rate_limits: RateLimitConfig::default(),
             retention: RetentionConfig::default(),
             push: PushConfig::default(),

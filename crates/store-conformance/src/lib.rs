@@ -13,6 +13,7 @@ mod media;
 mod nul;
 mod pushers;
 mod sliding_sync;
+mod thread_subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use self::media::*;
 pub use self::nul::*;
 pub use self::pushers::*;
 pub use self::sliding_sync::*;
+pub use self::thread_subscriptions::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -75,6 +77,9 @@ macro_rules! store_conformance_tests {
             media_is_stored_once_and_counted_against_the_quota, concurrent_uploads_hold_the_quota,
             pending_media_is_bounded_expires_and_completes_once,
             thumbnails_and_deletions_tell_which_files_are_unreferenced, quarantine_is_set_per_item_and_per_uploader,
+            thread_subscriptions_follow_the_subscribe_rules, thread_subscription_changes_page_back_from_the_newest,
+            thread_subscriptions_are_bounded_per_user_and_go_with_the_account,
+            concurrent_thread_subscriptions_become_visible_in_order,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -658,9 +663,10 @@ pub async fn stream_positions_read_every_stream(store: DynStore) {
             events: store.current_stream_pos().await.unwrap(),
             account_data: store.current_account_data_pos().await.unwrap(),
             receipts: store.current_receipt_pos().await.unwrap(),
-            // No keys changed and no message was sent.
+            // No keys changed, no message was sent, no thread followed.
             device_lists: 0,
             to_device: 0,
+            thread_subscriptions: 0,
         }
     );
     assert_eq!((got.events, got.receipts), (2, 0));

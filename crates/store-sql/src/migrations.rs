@@ -33,6 +33,7 @@ macro_rules! migration_sql {
             "0015_pushers",
             "0016_sliding_sync",
             "0017_spaces",
+            "0018_thread_subscriptions",
         )
     };
     (@files $($name:literal),* $(,)?) => {

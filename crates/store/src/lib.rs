@@ -20,6 +20,7 @@ pub mod retry;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod thread_subscriptions;
 mod types;
 mod user_data;
 
@@ -43,6 +44,7 @@ pub use reports::*;
 pub use rooms::*;
 pub use search::*;
 pub use sliding_sync::*;
+pub use thread_subscriptions::*;
 pub use types::*;
 pub use user_data::*;
 
@@ -168,6 +170,8 @@ pub enum StoreError {
     /// The uploader holds as many pending media ids as allowed.
     #[error("the account has too many pending media uploads")]
     TooManyPendingMedia,
+    #[error("the account has too many thread subscriptions")]
+    TooManyThreadSubscriptions,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -356,6 +360,7 @@ pub trait Store:
     + SlidingSyncStore
     + HierarchyStore
     + MediaStore
+    + ThreadSubscriptionStore
     + StreamStore
     + NodeBus
 {
@@ -401,6 +406,8 @@ pub struct StreamPositions {
     pub device_lists: u64,
     /// See [`KeyStore`]: messages queued for devices.
     pub to_device: u64,
+    /// See [`ThreadSubscriptionStore`]: users' thread subscriptions.
+    pub thread_subscriptions: u64,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -59,4 +59,5 @@ mod search;
 mod sliding_sync_http;
 mod spaces;
 mod store_conformance;
+mod thread_subscriptions;
 mod visibility;

@@ -69,6 +69,8 @@ pub struct SlidingSyncDeps {
     pub formatter: Arc<EventFormatter>,
     pub notifier: Arc<Notifier>,
     pub keys: Arc<Keys>,
+    /// The `thread_subscriptions` extension (MSC4308), when on.
+    pub thread_subscriptions: Arc<crate::ThreadSubscriptions>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -307,6 +309,7 @@ impl SlidingSync {
             presence: 0,
             to_device: positions.to_device,
             device_lists: positions.device_lists,
+            thread_subscriptions: positions.thread_subscriptions,
         };
         // A connection without lists or subscriptions (Element X's
         // encryption sync) reads no rooms at all.
