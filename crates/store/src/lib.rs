@@ -309,7 +309,7 @@ pub trait AccountStore: Send + Sync {
 pub trait StreamStore: Send + Sync {
     /// A counter that moves whenever any process sharing the database
     /// commits a change a sync may wait for (events, account data,
-    /// receipts, device lists, to-device messages). `None` where only one process uses the database.
+    /// receipts, device lists, to-device messages, thread subscriptions). `None` where only one process uses the database.
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }

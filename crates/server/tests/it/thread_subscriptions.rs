@@ -164,7 +164,12 @@ async fn push_notifies_subscribers_only(backend: Backend) {
     let alice = User::new(&server.base_url, "alice").await;
     let bob = User::new(&server.base_url, "bob").await;
     let (room, root) = room_with_thread(&alice, &bob).await;
+    // Alice has a rule set of her own (as soon as a client changes a rule,
+    // as Element X does): the server's thread rules are still in it.
+    let keyword = json!({ "pattern": "zebra", "actions": ["notify"] });
+    alice.ok(Method::PUT, "/pushrules/global/content/zebra", Some(keyword)).await;
     let rules = alice.ok(Method::GET, "/pushrules/", None).await;
+    assert_eq!(rules["global"]["content"][0]["rule_id"], "zebra", "{rules}");
     let ids: Vec<&str> =
         rules["global"]["postcontent"].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap()).collect();
     assert_eq!(ids, [".io.element.msc4306.rule.unsubscribed_thread", ".io.element.msc4306.rule.subscribed_thread"]);
@@ -315,3 +320,65 @@ async fn matrix_sdk_flow(backend: Backend) {
     assert!(listed.unsubscribed[&room_id].contains_key(&root_id), "{listed:?}");
 }
 on_both_backends!(matrix_sdk_flow);
+
+/// Element X's stack (matrix-sdk-ui's `SyncService`, whose room list asks
+/// for the extension with `limit: 10` once `/versions` advertises thread
+/// subscriptions): the first answer brings the newest ten, matrix-sdk
+/// pages back through the rest with `prev_batch`, and a change made on
+/// another device arrives with the next answer.
+async fn element_x_syncs_subscriptions(backend: Backend) {
+    use matrix_sdk::sliding_sync::VersionBuilder;
+    use matrix_sdk::store::ThreadSubscriptionStatus;
+    use matrix_sdk_ui::sync_service::SyncService;
+
+    let server = TestServer::start_with(backend, enabled).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    let bob = User::new(&server.base_url, "bob").await;
+    let (room, _) = room_with_thread(&alice, &bob).await;
+    // More threads than one answer carries (Element X asks for 10).
+    let mut roots = Vec::new();
+    for n in 0..13 {
+        let root = alice.say(&room, &format!("root{n}"), "a thread").await;
+        assert_eq!(subscription(&alice, Method::PUT, &room, &root, None).await.0, 200);
+        roots.push(OwnedEventId::try_from(root.as_str()).unwrap());
+    }
+
+    let client = Client::builder()
+        .homeserver_url(&server.base_url)
+        .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
+        .with_threading_support(matrix_sdk::ThreadingSupport::Enabled { with_subscriptions: true })
+        .build()
+        .await
+        .unwrap();
+    client.matrix_auth().login_username("alice", PASSWORD).send().await.unwrap();
+    let sync = SyncService::builder(client.clone()).build().await.unwrap();
+    sync.start().await;
+    let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
+    let status = async |root: &OwnedEventId| {
+        client.state_store().load_thread_subscription(&room_id, root).await.unwrap().map(|s| s.status)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut known = 0;
+        for root in &roots {
+            if status(root).await == Some(ThreadSubscriptionStatus::Subscribed { automatic: false }) {
+                known += 1;
+            }
+        }
+        if known == roots.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "matrix-sdk knows {known} of {} subscriptions", roots.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Alice unsubscribes on another device: her Element X hears of it.
+    assert_eq!(subscription(&alice, Method::DELETE, &room, roots[4].as_str(), None).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&roots[4]).await != Some(ThreadSubscriptionStatus::Unsubscribed) {
+        assert!(Instant::now() < deadline, "the unsubscription never reached matrix-sdk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sync.stop().await;
+}
+on_both_backends!(element_x_syncs_subscriptions);
