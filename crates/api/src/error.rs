@@ -78,6 +78,9 @@ impl From<Error> for ApiError {
             Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Error::UpstreamFailed(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
+            // MSC4306's codes, as Synapse and ruma spell them.
+            Error::ConflictingUnsubscription => (S::CONFLICT, "IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION"),
+            Error::NotInThread(_) => (S::BAD_REQUEST, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Error::MaxDelayExceeded { .. } => (S::BAD_REQUEST, "M_MAX_DELAY_EXCEEDED"),
             Error::Internal(detail) => {

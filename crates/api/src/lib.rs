@@ -31,7 +31,7 @@ use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
     AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Health, Keys, Media, OpenId, Profiles, Push,
-    Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
+    Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -106,6 +106,7 @@ component_state! {
     keys: Keys,
     syncer: Syncer,
     sliding_sync: SlidingSync,
+    thread_subscriptions: ThreadSubscriptions,
     reports: Reports,
     admin: Admin,
     media: Media,
@@ -165,6 +166,16 @@ fn keys_routes(mut r: Router<AppState>) -> Router<AppState> {
     r = ruma_route::<dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(r, h::keys::delete_dehydrated_device);
     r = ruma_route::<dehydrated_device::get_events::unstable::Request, _, _>(r, h::keys::dehydrated_device_events);
     r
+}
+
+/// Thread subscriptions (MSC4306) and the pagination of their changes
+/// (MSC4308), as Synapse serves them under `msc4306_enabled`.
+fn thread_subscription_routes(mut r: Router<AppState>) -> Router<AppState> {
+    use chancery_proto::ruma::api::client::threads::{get_thread_subscription, subscribe_thread, unsubscribe_thread};
+    r = ruma_route::<get_thread_subscription::unstable::Request, _, _>(r, h::threads::get);
+    r = ruma_route::<subscribe_thread::unstable::Request, _, _>(r, h::threads::subscribe);
+    r = ruma_route::<unsubscribe_thread::unstable::Request, _, _>(r, h::threads::unsubscribe);
+    r.route("/_matrix/client/unstable/io.element.msc4308/thread_subscriptions", get(h::threads::changes))
 }
 
 /// The content repository: authenticated media, uploads, the frozen
@@ -256,6 +267,9 @@ pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     r = media_routes(r, state.components.media.url_preview_enabled());
     r = calls_routes(r, state.components.calls.is_some());
+    if state.components.thread_subscriptions.enabled() {
+        r = thread_subscription_routes(r);
+    }
     r = ruma_route::<discovery::get_supported_versions::Request, _, _>(r, h::discovery::versions);
     r = ruma_route::<session::get_login_types::v3::Request, _, _>(r, h::session::login_types);
     r = ruma_route::<session::login::v3::Request, _, _>(r, h::session::login);

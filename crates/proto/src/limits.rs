@@ -474,3 +474,15 @@ pub const MAX_OPENID_TOKENS_PER_USER: usize = 100;
 /// Largest LiveKit room name, participant identity or device id the
 /// token service accepts from a client (its own are 43 characters).
 pub const MAX_CALL_FIELD_BYTES: usize = 255;
+// Thread subscriptions (MSC4306, MSC4308; `service::thread_subscriptions`).
+
+/// Threads one user may hold a row for, subscribed or unsubscribed (an
+/// unsubscription is kept so the user's other devices learn of it).
+/// Replacing an existing row is always allowed; a new one past this is
+/// 403 `M_FORBIDDEN`.
+pub const MAX_THREAD_SUBSCRIPTIONS_PER_USER: usize = 50_000;
+/// Changes sent in one page of `GET /unstable/io.element.msc4308/thread_subscriptions`
+/// and in one sliding-sync `thread_subscriptions` extension: the default
+/// when the client names none (the MSC's), and the most (Synapse's).
+pub const DEFAULT_THREAD_SUBSCRIPTIONS_PAGE: usize = 100;
+pub const MAX_THREAD_SUBSCRIPTIONS_PAGE: usize = 512;

@@ -42,6 +42,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub user_directory: UserDirectoryConfig,
     pub presence: PresenceConfig,
+    pub experimental: ExperimentalConfig,
     pub rate_limits: RateLimitConfig,
     pub retention: RetentionConfig,
     pub push: PushConfig,
@@ -174,6 +175,19 @@ impl Default for DelayedEventsSection {
     fn default() -> Self {
         Self { enabled: true, max_delay_ms: limits::MAX_EVENT_DELAY_MS, max_per_user: limits::MAX_DELAYED_EVENTS_PER_USER }
     }
+}
+
+/// `[experimental]`: features of unstable MSCs, off until their clients
+/// and the proposals settle (Synapse's `experimental_features`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentalConfig {
+    /// Thread subscriptions (MSC4306) and their sliding-sync extension
+    /// (MSC4308), as Element X uses them (Synapse's `msc4306_enabled`).
+    /// When on, a reply in a thread notifies only the users subscribed to
+    /// it (and those it mentions): clients that do not subscribe to
+    /// threads (Element Web today) then hear of no thread replies.
+    pub thread_subscriptions: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -331,6 +345,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             user_directory: UserDirectoryConfig::default(),
             presence: PresenceConfig::default(),
+            experimental: ExperimentalConfig::default(),
             rate_limits: RateLimitConfig::default(),
             retention: RetentionConfig::default(),
             push: PushConfig::default(),

@@ -18,7 +18,7 @@ use chancery_service::{
     EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps,
     Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
     RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps,
-    Spaces, SpacesDeps, Syncer, SyncerDeps, Visibility,
+    Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -118,6 +118,18 @@ pub fn components_with(
         notifier: notifier.clone(),
         clock: clock.clone(),
         notification_retention_ms: u64::from(config.retention.notifications_days) * 24 * 60 * 60 * 1000,
+        thread_subscriptions: config
+            .experimental
+            .thread_subscriptions
+            .then(|| store.clone() as Arc<dyn chancery_store::ThreadSubscriptionStore>),
+    }));
+    let thread_subscriptions = Arc::new(ThreadSubscriptions::new(ThreadSubscriptionsDeps {
+        store: store.clone(),
+        streams: store.clone(),
+        rooms: store.clone(),
+        visibility: visibility.clone(),
+        notifier: notifier.clone(),
+        enabled: config.experimental.thread_subscriptions,
     }));
     let writer = Arc::new(RoomWriter::new(RoomWriterDeps {
         rooms: store.clone(),
@@ -242,6 +254,7 @@ pub fn components_with(
         formatter,
         notifier: notifier.clone(),
         keys: keys.clone(),
+        thread_subscriptions: thread_subscriptions.clone(),
         clock: clock.clone(),
     }));
     let media = Arc::new(
@@ -292,6 +305,7 @@ pub fn components_with(
         keys,
         syncer,
         sliding_sync,
+        thread_subscriptions,
         reports,
         admin,
         media,

@@ -102,6 +102,15 @@ pub enum Error {
     /// `M_MAX_DELAY_EXCEEDED` with `max_delay`, MSC4140).
     #[error("the requested delay exceeds the allowed maximum ({max_delay_ms} ms)")]
     MaxDelayExceeded { max_delay_ms: u64 },
+    /// An automatic thread subscription whose cause the user had seen
+    /// when they unsubscribed (HTTP 409
+    /// `IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION`).
+    #[error("this automatic subscription is older than the user's unsubscription from the thread")]
+    ConflictingUnsubscription,
+    /// An automatic thread subscription naming an event that is not in
+    /// the thread (HTTP 400 `IO.ELEMENT.MSC4306.M_NOT_IN_THREAD`).
+    #[error("{0}")]
+    NotInThread(String),
     #[error("internal error")]
     Internal(String),
     /// The server cannot do this now but will later (its database is
@@ -181,6 +190,10 @@ impl From<StoreError> for Error {
             StoreError::TooManyPushers => Error::ResourceLimit(format!(
                 "an account has at most {} pushers; delete one of them first",
                 chancery_proto::limits::MAX_PUSHERS_PER_USER
+            )),
+            StoreError::TooManyThreadSubscriptions => Error::ResourceLimit(format!(
+                "an account follows at most {} threads (unsubscribed ones count until resubscribed)",
+                chancery_proto::limits::MAX_THREAD_SUBSCRIPTIONS_PER_USER
             )),
             StoreError::RegistrationTokenUnusable => Error::Forbidden("the registration token is not valid".into()),
             StoreError::UnknownRoom => Error::NotFound("this server does not know that room".into()),

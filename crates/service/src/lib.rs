@@ -26,6 +26,7 @@
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |
 //! | [`SlidingSync`] | simplified sliding sync (MSC4186) for Element X |
+//! | [`ThreadSubscriptions`] | thread subscriptions (MSC4306) and their changes (MSC4308) |
 //! | [`Media`] | the content repository: uploads, downloads, thumbnails, URL previews, quarantine |
 //! | [`DelayedEvents`] | delayed events (MSC4140): scheduling, restarts, cancels, firing them on time |
 //! | [`Reports`] | content reports |
@@ -66,6 +67,7 @@ pub mod sliding_sync;
 pub mod spaces;
 mod stream_token;
 pub mod sync;
+pub mod thread_subscriptions;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -100,6 +102,7 @@ pub use sliding_sync::{SlidingSync, SlidingSyncDeps};
 pub use spaces::{Spaces, SpacesDeps};
 pub use stream_token::StreamToken;
 pub use sync::{SyncRequest, Syncer, SyncerDeps};
+pub use thread_subscriptions::{ThreadSubscriptions, ThreadSubscriptionsDeps};
 
 /// Every client-facing component of one node, as `chancery-server` wired
 /// them: what the API layer hands out to its handlers. No component holds
@@ -120,6 +123,7 @@ pub struct Components {
     pub keys: Arc<Keys>,
     pub syncer: Arc<Syncer>,
     pub sliding_sync: Arc<SlidingSync>,
+    pub thread_subscriptions: Arc<ThreadSubscriptions>,
     pub reports: Arc<Reports>,
     pub admin: Arc<Admin>,
     pub media: Arc<Media>,

@@ -6,6 +6,7 @@
 //! In memory: the server's default rule sets of the users evaluated
 //! lately, which depend on nothing but the user id.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use chancery_core::pdu::Pdu;
@@ -20,7 +21,7 @@ use chancery_proto::ruma::push::{
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{OwnedUserId, RoomId, UInt, UserId};
-use chancery_store::{NewNotification, PushStore, RoomStore};
+use chancery_store::{NewNotification, PushStore, RoomStore, ThreadSubscriptionStore};
 use hashlink::LruCache;
 use serde_json::{Value as JsonValue, json};
 
@@ -31,12 +32,52 @@ use crate::rooms::state::{POWER_KEYS, state_subset};
 use crate::rooms::{ClientEventOptions, EventFormatter, StateMap, power_levels};
 use crate::{AuthedUser, Error};
 
+/// The server's default rules for the user. The two thread-subscription
+/// rules (MSC4306's `postcontent` kind) are among them only when thread
+/// subscriptions are on, as Synapse shows them only under
+/// `msc4306_enabled`: without subscriptions every thread would count as
+/// unsubscribed.
+fn server_default(user_id: &UserId, thread_subscriptions: bool) -> Ruleset {
+    let mut ruleset = Ruleset::server_default(user_id);
+    if !thread_subscriptions {
+        ruleset.postcontent.clear();
+    }
+    ruleset
+}
+
 /// A stored rule set, with the server's current default rules (whose
 /// `enabled`/`actions` the user may have changed) brought up to date.
-fn parse_ruleset(json: &str, user_id: &UserId) -> Result<Ruleset, Error> {
+fn parse_ruleset(json: &str, user_id: &UserId, thread_subscriptions: bool) -> Result<Ruleset, Error> {
     let mut ruleset: Ruleset = serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored push rules: {e}")))?;
-    ruleset.update_with_server_default(Ruleset::server_default(user_id));
+    let mut defaults = server_default(user_id, thread_subscriptions);
+    let mut postcontent = Ruleset::default();
+    std::mem::swap(&mut postcontent.postcontent, &mut defaults.postcontent);
+    ruleset.update_with_server_default(defaults);
+    update_postcontent_defaults(&mut ruleset, postcontent);
     Ok(ruleset)
+}
+
+/// What ruma's `update_with_server_default` does for the other kinds, for
+/// the `postcontent` kind it leaves alone: the current default rules
+/// (those of `defaults.postcontent`), with the `enabled`/`actions` the
+/// user gave them, after the user's own rules; default rules no longer
+/// among the defaults (the switch turned off) are dropped.
+fn update_postcontent_defaults(ruleset: &mut Ruleset, defaults: Ruleset) {
+    let stored = std::mem::take(&mut ruleset.postcontent);
+    ruleset.postcontent = stored.iter().filter(|r| !r.default).cloned().collect();
+    for mut rule in defaults.postcontent {
+        if let Some(old) = stored.get(rule.rule_id.as_str()) {
+            rule.enabled = old.enabled;
+            rule.actions = old.actions.clone();
+        }
+        ruleset.postcontent.insert(rule);
+    }
+}
+
+/// The thread `content` replies in (`m.relates_to` of type `m.thread`).
+fn thread_root_of(content: &JsonValue) -> Option<&str> {
+    let relation = content.get("m.relates_to")?;
+    (relation.get("rel_type")?.as_str()? == "m.thread").then(|| relation.get("event_id")?.as_str()).flatten()
 }
 
 /// What a request adds to a rule set, as JSON for [`refuse_nul_in_json`].
@@ -47,19 +88,22 @@ fn to_json(value: &impl serde::Serialize) -> Result<JsonValue, Error> {
 /// The server's default rule set of the users evaluated lately. It depends
 /// on nothing but the user id, so it never goes stale, and building it for
 /// every member of a room for every message was a tenth of a send's CPU.
-struct DefaultRulesets(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
+struct DefaultRulesets {
+    cache: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    thread_subscriptions: bool,
+}
 
 impl DefaultRulesets {
-    fn new() -> Self {
-        Self(Mutex::new(LruCache::new(MAX_CACHED_DEFAULT_RULESETS)))
+    fn new(thread_subscriptions: bool) -> Self {
+        Self { cache: Mutex::new(LruCache::new(MAX_CACHED_DEFAULT_RULESETS)), thread_subscriptions }
     }
 
     fn of(&self, user_id: &UserId) -> Arc<Ruleset> {
-        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ruleset) = lock().get(user_id) {
             return Arc::clone(ruleset);
         }
-        let ruleset = Arc::new(Ruleset::server_default(user_id));
+        let ruleset = Arc::new(server_default(user_id, self.thread_subscriptions));
         lock().insert(user_id.to_owned(), Arc::clone(&ruleset));
         ruleset
     }
@@ -76,6 +120,11 @@ pub struct PushDeps {
     pub clock: Arc<dyn Clock>,
     /// How long notifications are kept.
     pub notification_retention_ms: u64,
+    /// Who follows which thread, when thread subscriptions (MSC4306) are
+    /// on: a reply in a thread then notifies its subscribers by the
+    /// `.io.element.msc4306.rule.subscribed_thread` rule and nobody else
+    /// by `unsubscribed_thread` (but mentions and rules of higher kinds).
+    pub thread_subscriptions: Option<Arc<dyn ThreadSubscriptionStore>>,
 }
 
 /// Push rules and notifications.
@@ -86,14 +135,15 @@ pub struct Push {
 
 impl Push {
     pub fn new(deps: PushDeps) -> Self {
-        Self { deps, default_rulesets: DefaultRulesets::new() }
+        let default_rulesets = DefaultRulesets::new(deps.thread_subscriptions.is_some());
+        Self { deps, default_rulesets }
     }
 
     /// The user's rule set: what they stored, or the server defaults.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset, Error> {
         match self.deps.store.push_rules(user_id.as_str()).await? {
-            Some(json) => parse_ruleset(&json, user_id),
-            None => Ok(Ruleset::server_default(user_id)),
+            Some(json) => parse_ruleset(&json, user_id, self.deps.thread_subscriptions.is_some()),
+            None => Ok(server_default(user_id, self.deps.thread_subscriptions.is_some())),
         }
     }
 
@@ -179,6 +229,14 @@ impl Push {
         // flatten it again for each).
         let event = FlattenedJson::from_raw(&event);
         let member_count = UInt::try_from(joined).unwrap_or(UInt::MAX);
+        // A thread's subscribers, read once for all members (Synapse's
+        // `get_subscribers_to_thread`).
+        let mut thread_subscribers: Option<HashSet<String>> = None;
+        if let Some(store) = &self.deps.thread_subscriptions
+            && let Some(root) = thread_root_of(&pdu.content_json())
+        {
+            thread_subscribers = Some(store.thread_subscribers(room_id.as_str(), root).await?.into_iter().collect());
+        }
         let mut out = Vec::new();
         for target in targets {
             let Ok(user_id) = UserId::parse(target.as_str()) else { continue };
@@ -192,13 +250,17 @@ impl Push {
                     } else {
                         user_id.localpart().to_owned()
                     };
-                    let ruleset = parse_ruleset(json, &user_id).map(Arc::new);
+                    let ruleset = parse_ruleset(json, &user_id, self.deps.thread_subscriptions.is_some()).map(Arc::new);
                     (ruleset.unwrap_or_else(|_| self.default_rulesets.of(&user_id)), name)
                 }
                 None => (self.default_rulesets.of(&user_id), user_id.localpart().to_owned()),
             };
-            let ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
+            let mut ctx = PushConditionRoomCtx::new(room_id.to_owned(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_ctx.clone());
+            if let Some(subscribers) = &thread_subscribers {
+                let subscribed = subscribers.contains(&target);
+                ctx = ctx.with_has_thread_subscription_fn(move |_root| Box::pin(std::future::ready(subscribed)));
+            }
             let mut actions: &[Action] = &[];
             for rule in ruleset.iter() {
                 if rule.applies(&event, &ctx).await {
@@ -398,19 +460,53 @@ mod tests {
 
     #[test]
     fn default_rulesets_are_each_users_own_and_bounded() {
-        let cache = DefaultRulesets::new();
+        let cache = DefaultRulesets::new(false);
         let alice = UserId::parse("@alice:x").unwrap();
         let first = cache.of(&alice);
         assert!(Arc::ptr_eq(&first, &cache.of(&alice)), "built once");
         let json = |r: &Ruleset| serde_json::to_value(r).unwrap();
-        assert_eq!(json(&first), json(&Ruleset::server_default(&alice)));
+        assert_eq!(json(&first), json(&server_default(&alice, false)));
         let bob = UserId::parse("@bob:x").unwrap();
-        assert_eq!(json(&cache.of(&bob)), json(&Ruleset::server_default(&bob)));
+        assert_eq!(json(&cache.of(&bob)), json(&server_default(&bob, false)));
         assert_ne!(json(&cache.of(&bob)), json(&first), "the defaults name their user");
         for n in 0..MAX_CACHED_DEFAULT_RULESETS + 10 {
             cache.of(&UserId::parse(format!("@u{n}:x")).unwrap());
         }
-        assert_eq!(cache.0.lock().unwrap().len(), MAX_CACHED_DEFAULT_RULESETS);
+        assert_eq!(cache.cache.lock().unwrap().len(), MAX_CACHED_DEFAULT_RULESETS);
         assert!(!Arc::ptr_eq(&first, &cache.of(&alice)), "the least recently used went first");
+    }
+
+    #[test]
+    fn thread_subscription_rules_are_defaults_only_when_on() {
+        let alice = UserId::parse("@alice:x").unwrap();
+        let ids = |r: &Ruleset| r.postcontent.iter().map(|r| r.rule_id.clone()).collect::<Vec<_>>();
+        assert!(ids(&server_default(&alice, false)).is_empty());
+        assert_eq!(
+            ids(&server_default(&alice, true)),
+            [".io.element.msc4306.rule.unsubscribed_thread", ".io.element.msc4306.rule.subscribed_thread"]
+        );
+        // A rule set stored before they existed gets them.
+        let stored = serde_json::to_string(&server_default(&alice, false)).unwrap();
+        let with = parse_ruleset(&stored, &alice, true).unwrap();
+        assert_eq!(ids(&with), ids(&server_default(&alice, true)));
+        // The user's changes to them are kept, and they go when turned off.
+        let mut changed = with.clone();
+        let id = ".io.element.msc4306.rule.subscribed_thread";
+        changed.set_enabled(RuleKind::PostContent, id, false).unwrap();
+        let stored = serde_json::to_string(&changed).unwrap();
+        let kept = parse_ruleset(&stored, &alice, true).unwrap();
+        assert_eq!(ids(&kept), ids(&with));
+        assert!(!kept.postcontent.get(id).unwrap().enabled);
+        assert!(ids(&parse_ruleset(&stored, &alice, false).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn thread_roots_come_from_thread_relations_only() {
+        let root = |content: JsonValue| thread_root_of(&content).map(str::to_owned);
+        assert_eq!(root(json!({"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}})).as_deref(), Some("$root"));
+        assert_eq!(root(json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$root"}})), None);
+        assert_eq!(root(json!({"m.relates_to": {"rel_type": "m.thread"}})), None);
+        assert_eq!(root(json!({"body": "hi"})), None);
+        assert_eq!(root(JsonValue::Null), None);
     }
 }

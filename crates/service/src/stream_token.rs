@@ -1,7 +1,7 @@
 //! Sync tokens: one position per stream a client syncs on (see
 //! ARCHITECTURE.md, "Stream positions").
 //!
-//! Format: `s{events}_{account_data}_{receipts}_{typing}_{presence}_{to_device}_{device_lists}`. The first part
+//! Format: `s{events}_{account_data}_{receipts}_{typing}_{presence}_{to_device}_{device_lists}_{thread_subscriptions}`. The first part
 //! is the events position, so a sync token is also a valid `/messages`
 //! `from` token (pagination reads only the first part, see
 //! [`crate::rooms::parse_token`]). Tokens of the older one-part form `s{events}`
@@ -30,10 +30,13 @@ pub struct StreamToken {
     pub to_device: u64,
     /// Users' device and key changes.
     pub device_lists: u64,
+    /// Users' thread subscriptions (MSC4306; read by sliding sync's
+    /// MSC4308 extension). Tokens made before it existed read as 0.
+    pub thread_subscriptions: u64,
 }
 
 /// Streams after `events`, in token order.
-const PARTS: usize = 7;
+const PARTS: usize = 8;
 
 impl StreamToken {
     /// Parses a token; anything else is `M_INVALID_PARAM`.
@@ -47,8 +50,8 @@ impl StreamToken {
             }
             parts[index] = part.parse().map_err(|_| malformed())?;
         }
-        let [events, account_data, receipts, typing, presence, to_device, device_lists] = parts;
-        Ok(Self { events, account_data, receipts, typing, presence, to_device, device_lists })
+        let [events, account_data, receipts, typing, presence, to_device, device_lists, thread_subscriptions] = parts;
+        Ok(Self { events, account_data, receipts, typing, presence, to_device, device_lists, thread_subscriptions })
     }
 }
 
@@ -56,8 +59,15 @@ impl fmt::Display for StreamToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "s{}_{}_{}_{}_{}_{}_{}",
-            self.events, self.account_data, self.receipts, self.typing, self.presence, self.to_device, self.device_lists
+            "s{}_{}_{}_{}_{}_{}_{}_{}",
+            self.events,
+            self.account_data,
+            self.receipts,
+            self.typing,
+            self.presence,
+            self.to_device,
+            self.device_lists,
+            self.thread_subscriptions
         )
     }
 }
@@ -76,13 +86,16 @@ mod tests {
             presence: 7,
             to_device: 9,
             device_lists: 4,
+            thread_subscriptions: 5,
         };
-        assert_eq!(t.to_string(), "s12_3_0_1700000000000_7_9_4");
+        assert_eq!(t.to_string(), "s12_3_0_1700000000000_7_9_4_5");
         assert_eq!(StreamToken::parse(&t.to_string()).unwrap(), t);
         assert_eq!(StreamToken::parse("s42").unwrap(), StreamToken { events: 42, ..Default::default() });
         assert_eq!(StreamToken::parse("s1_2").unwrap(), StreamToken { events: 1, account_data: 2, ..Default::default() });
         // Tokens handed out before the encryption streams existed.
         assert_eq!(StreamToken::parse("s1_2_3_4_5").unwrap().to_device, 0);
+        // ... and before the thread-subscriptions stream.
+        assert_eq!(StreamToken::parse("s1_2_3_4_5_6_7").unwrap().thread_subscriptions, 0);
         // Pagination reads the events part of a sync token.
         assert_eq!(crate::rooms::parse_token(&t.to_string()).unwrap(), 12);
     }
@@ -90,7 +103,7 @@ mod tests {
     #[test]
     fn malformed() {
         for bad in
-            ["", "s", "12", "s1_", "s_1", "s1_2_3_4_5_6_7_8", "s-1", "s1_x", "t1", "s1__2", "s+1", "s99999999999999999999999"]
+            ["", "s", "12", "s1_", "s_1", "s1_2_3_4_5_6_7_8_9", "s-1", "s1_x", "t1", "s1__2", "s+1", "s99999999999999999999999"]
         {
             assert!(StreamToken::parse(bad).is_err(), "{bad:?}");
         }

@@ -15,6 +15,7 @@ mod nul;
 mod openid;
 mod pushers;
 mod sliding_sync;
+mod thread_subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use self::nul::*;
 pub use self::openid::*;
 pub use self::pushers::*;
 pub use self::sliding_sync::*;
+pub use self::thread_subscriptions::*;
 use chancery_store::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. `$factory` is an
@@ -82,6 +84,9 @@ macro_rules! store_conformance_tests {
             delayed_events_are_scheduled_bounded_and_listed, delayed_events_restart_cancel_and_claim_once,
             concurrent_claims_hand_each_delayed_event_to_one_caller, replaced_state_cancels_other_users_delayed_state_events,
             openid_tokens_expire_are_bounded_per_user_and_purged,
+            thread_subscriptions_follow_the_subscribe_rules, thread_subscription_changes_page_back_from_the_newest,
+            thread_subscriptions_are_bounded_per_user_and_go_with_the_account,
+            concurrent_thread_subscriptions_become_visible_in_order,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -665,9 +670,10 @@ pub async fn stream_positions_read_every_stream(store: DynStore) {
             events: store.current_stream_pos().await.unwrap(),
             account_data: store.current_account_data_pos().await.unwrap(),
             receipts: store.current_receipt_pos().await.unwrap(),
-            // No keys changed and no message was sent.
+            // No keys changed, no message was sent, no thread followed.
             device_lists: 0,
             to_device: 0,
+            thread_subscriptions: 0,
         }
     );
     assert_eq!((got.events, got.receipts), (2, 0));

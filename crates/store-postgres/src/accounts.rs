@@ -346,6 +346,9 @@ impl AccountStore for PostgresStore {
             // two DELETEs over overlapping rows could otherwise deadlock.
             execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&UIA_LOCK]).await.map_err(backend)?;
             execute(&tx, "DELETE FROM uia_sessions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
+            // As Synapse: a deactivated account's thread subscriptions go
+            // (the stream's counter does not go back).
+            execute(&tx, "DELETE FROM thread_subscriptions WHERE user_id = $1", &[&user_id]).await.map_err(backend)?;
             // Last: it ends in the device-list stream's lock, which is held
             // until commit.
             crate::keys::forget_account(&tx, user_id, &deleted).await?;

@@ -27,6 +27,7 @@ mod reports;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod thread_subscriptions;
 mod user_data;
 
 use std::str::FromStr;
@@ -292,7 +293,8 @@ impl StreamStore for PostgresStore {
                     COALESCE((SELECT pos FROM stream_counters WHERE stream = 'account_data'), 0),
                     COALESCE((SELECT pos FROM stream_counters WHERE stream = 'receipts'), 0),
                     COALESCE((SELECT pos FROM stream_counters WHERE stream = 'device_lists'), 0),
-                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'to_device'), 0)",
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'to_device'), 0),
+                    COALESCE((SELECT pos FROM stream_counters WHERE stream = 'thread_subscriptions'), 0)",
             &[],
         )
         .await?;
@@ -304,6 +306,7 @@ impl StreamStore for PostgresStore {
             receipts: pos(2)?,
             device_lists: pos(3)?,
             to_device: pos(4)?,
+            thread_subscriptions: pos(5)?,
         })
     }
 }

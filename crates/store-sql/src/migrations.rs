@@ -33,6 +33,7 @@ macro_rules! migration_sql {
             "0015_pushers",
             "0016_sliding_sync",
             "0017_spaces",
+            "0018_thread_subscriptions",
             "0019_delayed_events",
             "0020_openid_tokens",
             "0021_room_list",

@@ -286,6 +286,9 @@ impl AccountStore for SqliteStore {
             forget_account(tx, &user_id)?;
             tx.execute("DELETE FROM profile_fields WHERE user_id = ?1", [&user_id]).map_err(backend)?;
             tx.execute("DELETE FROM uia_sessions WHERE user_id = ?1", [&user_id]).map_err(backend)?;
+            // As Synapse: a deactivated account's thread subscriptions go
+            // (the stream's counter does not go back).
+            tx.execute("DELETE FROM thread_subscriptions WHERE user_id = ?1", [&user_id]).map_err(backend)?;
             tx.execute(
                 "UPDATE accounts SET password_hash = NULL, deactivated_ts = COALESCE(deactivated_ts, ?2) WHERE user_id = ?1",
                 params![user_id, i(now_ts)],

@@ -27,6 +27,7 @@ mod rooms;
 mod row;
 mod search;
 mod sliding_sync;
+mod thread_subscriptions;
 mod user_data;
 mod writer;
 
@@ -298,7 +299,8 @@ impl StreamStore for SqliteStore {
                         (SELECT COALESCE(MAX(stream_pos), 0) FROM account_data),
                         (SELECT COALESCE(MAX(stream_pos), 0) FROM receipts),
                         (SELECT COALESCE(MAX(stream_pos), 0) FROM device_list_changes),
-                        (SELECT pos FROM to_device_position WHERE id = 0)",
+                        (SELECT pos FROM to_device_position WHERE id = 0),
+                        (SELECT pos FROM thread_subscriptions_position WHERE id = 0)",
             )
             .and_then(|mut s| {
                 s.query_row([], |r| {
@@ -310,6 +312,7 @@ impl StreamStore for SqliteStore {
                         // The counter, not the table's maximum: read
                         // messages are deleted, so the maximum goes back.
                         to_device: u(r.get(4)?),
+                        thread_subscriptions: u(r.get(5)?),
                     })
                 })
             })

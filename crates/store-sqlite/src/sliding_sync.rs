@@ -224,9 +224,8 @@ impl SlidingSyncStore for SqliteStore {
     }
 
     async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64> {
-        self.connections.run(|tx| {
-            start_connection(tx, owner.user_id, owner.device_id, owner.conn_id, now_ts, max_per_device).map(u)
-        })
+        self.connections
+            .run(|tx| start_connection(tx, owner.user_id, owner.device_id, owner.conn_id, now_ts, max_per_device).map(u))
     }
 
     async fn record_sliding_answer(

@@ -22,6 +22,7 @@ pub mod retry;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod thread_subscriptions;
 mod types;
 mod user_data;
 
@@ -47,6 +48,7 @@ pub use reports::*;
 pub use rooms::*;
 pub use search::*;
 pub use sliding_sync::*;
+pub use thread_subscriptions::*;
 pub use types::*;
 pub use user_data::*;
 
@@ -176,6 +178,8 @@ pub enum StoreError {
     /// due at `next_send_ts` (which frees a place).
     #[error("the account has too many delayed events")]
     TooManyDelayedEvents { next_send_ts: u64 },
+    #[error("the account has too many thread subscriptions")]
+    TooManyThreadSubscriptions,
 
     // Bugs and failures.
     /// A read ran past the database's time limit and was stopped.
@@ -313,7 +317,7 @@ pub trait AccountStore: Send + Sync {
 pub trait StreamStore: Send + Sync {
     /// A counter that moves whenever any process sharing the database
     /// commits a change a sync may wait for (events, account data,
-    /// receipts, device lists, to-device messages). `None` where only one process uses the database.
+    /// receipts, device lists, to-device messages, thread subscriptions). `None` where only one process uses the database.
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
@@ -366,6 +370,7 @@ pub trait Store:
     + MediaStore
     + DelayedEventStore
     + OpenIdStore
+    + ThreadSubscriptionStore
     + StreamStore
     + NodeBus
 {
@@ -411,6 +416,8 @@ pub struct StreamPositions {
     pub device_lists: u64,
     /// See [`KeyStore`]: messages queued for devices.
     pub to_device: u64,
+    /// See [`ThreadSubscriptionStore`]: users' thread subscriptions.
+    pub thread_subscriptions: u64,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chancery_proto::ruma::api::client::discovery::get_supported_versions;
 use chancery_service::rooms::SUPPORTED_ROOM_VERSIONS;
-use chancery_service::{DelayedEvents, Health, Rooms};
+use chancery_service::{DelayedEvents, Health, Rooms, ThreadSubscriptions};
 use serde_json::{Value as JsonValue, json};
 
 use crate::error::ApiResult;
@@ -44,14 +44,24 @@ const UNSTABLE_FEATURES: &[&str] = &[
 /// they are on, since matrix-js-sdk (Element Call) checks this first.
 const DELAYED_EVENTS_FEATURE: &str = "org.matrix.msc4140";
 
+/// Thread subscriptions (`/unstable/io.element.msc4306/...` and
+/// `/unstable/io.element.msc4308/thread_subscriptions`), when the operator
+/// turned them on: matrix-sdk looks for this flag alone (Synapse
+/// advertises only it, for both MSCs).
+const THREAD_SUBSCRIPTIONS_FEATURE: &str = "org.matrix.msc4306";
+
 pub async fn versions(
     State(delayed): State<Arc<DelayedEvents>>,
+    State(threads): State<Arc<ThreadSubscriptions>>,
     Ruma(_): Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
     if delayed.enabled() {
         response.unstable_features.insert(DELAYED_EVENTS_FEATURE.to_owned(), true);
+    }
+    if threads.enabled() {
+        response.unstable_features.insert(THREAD_SUBSCRIPTIONS_FEATURE.to_owned(), true);
     }
     RumaResponse(response)
 }

@@ -20,6 +20,7 @@ pub mod search;
 pub mod session;
 pub mod spaces;
 pub mod sync;
+pub mod threads;
 
 use chancery_proto::ruma::api::client::uiaa::{AuthData, UserIdentifier};
 use chancery_service::{AuthPayload, AuthStage};

@@ -132,7 +132,7 @@ async fn account_data_and_tags(backend: Backend) {
     assert_eq!(global_account_data(&initial, "org.example.cfg"), [json!({"theme": "dark"})]);
     assert_eq!(room_account_data(&initial, &room, "org.example.cfg"), [json!({"pinned": true})]);
     let since = next_batch(&initial);
-    assert_eq!(since.split('_').count(), 7, "{since}");
+    assert_eq!(since.split('_').count(), 8, "{since}");
 
     // Incremental: only what changed, and a room with nothing else new
     // still comes with its account data.

@@ -62,4 +62,5 @@ mod sfu;
 mod sliding_sync_http;
 mod spaces;
 mod store_conformance;
+mod thread_subscriptions;
 mod visibility;

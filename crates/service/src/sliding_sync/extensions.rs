@@ -1,6 +1,6 @@
 //! Sliding-sync extensions (MSC3885 to-device, MSC3884 e2ee, MSC3959
 //! account data, MSC3960 receipts, MSC3961 typing), from the same
-//! components `/sync` uses.
+//! components `/sync` uses, and MSC4308 thread subscriptions.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -138,7 +138,45 @@ impl SlidingSync {
             next_typing_expiry = snapshot.next_expiry;
             body.insert("typing".into(), json!({ "rooms": rooms }));
         }
+        if ext.thread_subscriptions.enabled == Some(true)
+            && self.deps.thread_subscriptions.enabled()
+            && let Some(part) = self.thread_subscriptions_part(user, ext, since, cut).await?
+        {
+            has_news = true;
+            body.insert("io.element.msc4308.thread_subscriptions".into(), part);
+        }
         Ok(ExtensionsPart { body: JsonValue::Object(body), has_news, next_typing_expiry })
+    }
+
+    /// MSC4308: the user's thread subscriptions changed since the
+    /// connection's token (the newest `limit`, with `prev_batch` for the
+    /// rest, which the client pages back through with
+    /// `/unstable/io.element.msc4308/thread_subscriptions`); on a new
+    /// connection the newest of all. `None` when nothing changed (left
+    /// out of the answer, as Synapse does).
+    async fn thread_subscriptions_part(
+        &self,
+        user: &AuthedUser,
+        ext: &request::Extensions,
+        since: Option<StreamToken>,
+        cut: &StreamToken,
+    ) -> Result<Option<JsonValue>, Error> {
+        use crate::thread_subscriptions::{PageBounds, page_limit};
+        use chancery_proto::limits::DEFAULT_THREAD_SUBSCRIPTIONS_PAGE;
+        let limit = match ext.thread_subscriptions.limit.map(u64::from) {
+            // Synapse answers nothing for a limit of 0.
+            Some(0) => return Ok(None),
+            limit => page_limit(limit, DEFAULT_THREAD_SUBSCRIPTIONS_PAGE)?,
+        };
+        let bounds = PageBounds { after: since.map_or(0, |s| s.thread_subscriptions), up_to: cut.thread_subscriptions };
+        let (mut part, rest) = self.deps.thread_subscriptions.changes(user.user_id.as_str(), bounds, limit).await?;
+        if part.is_empty() {
+            return Ok(None);
+        }
+        if let Some(rest) = rest {
+            part.insert("prev_batch".into(), json!(rest));
+        }
+        Ok(Some(JsonValue::Object(part)))
     }
 
     /// Account data changed since the client's token (all of it on a new

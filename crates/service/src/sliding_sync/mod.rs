@@ -34,9 +34,7 @@ use chancery_proto::limits::{
 };
 use chancery_proto::ruma::api::client::sync::sync_events::v5::{Request, request};
 use chancery_proto::ruma::events::room::member::MembershipState;
-use chancery_store::{
-    ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore,
-};
+use chancery_store::{ConnectionOwner, ForgottenRoomStore, RoomListEntry, RoomStore, SentRoom, SlidingSyncStore, StreamStore};
 use futures_util::{StreamExt, TryStreamExt};
 use hashlink::LruCache;
 use serde_json::{Map, Value as JsonValue, json};
@@ -72,6 +70,8 @@ pub struct SlidingSyncDeps {
     pub formatter: Arc<EventFormatter>,
     pub notifier: Arc<Notifier>,
     pub keys: Arc<Keys>,
+    /// The `thread_subscriptions` extension (MSC4308), when on.
+    pub thread_subscriptions: Arc<crate::ThreadSubscriptions>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -314,6 +314,7 @@ impl SlidingSync {
             presence: 0,
             to_device: positions.to_device,
             device_lists: positions.device_lists,
+            thread_subscriptions: positions.thread_subscriptions,
         };
         // A connection without lists or subscriptions (Element X's
         // encryption sync) reads no rooms at all.

@@ -248,6 +248,8 @@ impl Syncer {
                 presence: 0, // likewise
                 to_device: positions.to_device,
                 device_lists: positions.device_lists,
+                // Not a `/sync` stream; carried so a token stays one cut.
+                thread_subscriptions: positions.thread_subscriptions,
             };
             let once = self.sync_once(user, &req, since, cut, &mut ignored).await?;
             // An initial sync, a full-state sync or one with news answers at
