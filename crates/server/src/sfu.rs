@@ -21,10 +21,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chancery_service::Calls;
 use chancery_service::clock::Clock;
 use chancery_service::tokens::Entropy;
 use chancery_sfu::protocol::SignalRequest;
-use chancery_sfu::{JoinError, JoinGrant, JoinOptions, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, token};
+use chancery_sfu::{JoinError, JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, token};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
@@ -300,4 +301,30 @@ async fn session(
     }
     let _ = service.commands.send(Command::Disconnect { participant }).await;
     let _ = sink.close().await;
+}
+
+/// Feeds the SFU's participant events to the token service until
+/// `shutdown`, and runs its keep-alive of delegated delayed leaves: a
+/// participant that left has its leave sent at once; one replaced by a new
+/// session of its identity (`DuplicateIdentity`, reported before the new
+/// session's `Joined`) has not left the call.
+pub async fn feed_calls(calls: Arc<Calls>, mut events: broadcast::Receiver<SfuEvent>, mut shutdown: watch::Receiver<bool>) {
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            event = events.recv() => match event {
+                Ok(SfuEvent::Joined { room, identity, .. }) => calls.participant_joined(&room, &identity),
+                Ok(SfuEvent::Left { reason: LeaveReason::DuplicateIdentity, .. }) => {}
+                Ok(SfuEvent::Left { room, identity, .. }) => calls.participant_left(&room, &identity).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the token service missed SFU participant events");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            () = calls.delegations_changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = calls.keep_delegations_alive().await;
+    }
 }
