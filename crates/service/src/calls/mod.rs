@@ -168,7 +168,7 @@ fn check_fields(required: &[(&str, &str)], delay_id: &str, delay_timeout: i64) -
         return Err(Error::BadJson("the request body is missing `delay_id` or `delay_timeout`".into()));
     }
     if all_delay {
-        return Err(Error::BadJson("delegation of delayed events is not supported by this server yet".into()));
+        return Err(Error::BadJson("delegation in a token request is not supported: use `delegate_delayed_leave`".into()));
     }
     Ok(())
 }
@@ -412,13 +412,14 @@ mod tests {
     #[test]
     fn fields_are_checked_like_lk_jwt_service() {
         let long = "x".repeat(MAX_CALL_FIELD_BYTES + 1);
-        let cases: &[(&str, &[(&str, &str)], &str, i64, bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, i64, bool);
+        let cases: &[Case] = &[
             ("all there", &[("room", "!r:x")], "", 0, true),
             ("one missing", &[("room", "!r:x"), ("slot_id", "")], "", 0, false),
             ("too long", &[("room", &long)], "", 0, false),
             ("delay id without timeout", &[("room", "!r:x")], "d", 0, false),
             ("timeout without delay id", &[("room", "!r:x")], "", 5, false),
-            ("delegation asked for: not built", &[("room", "!r:x")], "d", 5, false),
+            ("delegation asked for in a token request", &[("room", "!r:x")], "d", 5, false),
         ];
         for (what, required, delay_id, delay_timeout, ok) in cases {
             assert_eq!(check_fields(required, delay_id, *delay_timeout).is_ok(), *ok, "{what}");
