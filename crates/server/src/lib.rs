@@ -134,9 +134,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
         // Participants joining and leaving reach the token service, which
         // keeps delegated delayed leaves alive and sends them.
         if let Some(calls) = calls.filter(|calls| calls.delegates()) {
-            let (events, shutdown) = (service.subscribe_events(), shutdown_rx.clone());
+            let (service, shutdown) = (service.clone(), shutdown_rx.clone());
             tasks_before.push(tokio::spawn(async move {
-                sfu::feed_calls(calls, events, shutdown).await;
+                sfu::feed_calls(service, calls, shutdown).await;
                 Ok(())
             }));
         }

@@ -63,6 +63,9 @@ enum Command {
     Disconnect {
         participant: ParticipantKey,
     },
+    Present {
+        reply: oneshot::Sender<Vec<(String, String)>>,
+    },
 }
 
 /// The running SFU, shared by its routes.
@@ -81,6 +84,14 @@ impl SfuService {
     /// delayed leave of a participant that left).
     pub fn subscribe_events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
+    }
+
+    /// The room and identity of every participant now (None: the SFU is
+    /// stopping).
+    pub async fn present(&self) -> Option<Vec<(String, String)>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Present { reply }).await.ok()?;
+        answer.await.ok()
     }
 
     fn verify(&self, access_token: Option<&str>) -> Result<token::Claims, (StatusCode, String)> {
@@ -170,6 +181,9 @@ async fn run(
                     }
                 }
                 Some(Command::Disconnect { participant }) => sfu.disconnect(std::time::Instant::now(), participant),
+                Some(Command::Present { reply }) => {
+                    let _ = reply.send(sfu.present());
+                }
             },
             () = tokio::time::sleep_until(deadline) => sfu.handle_timeout(std::time::Instant::now()),
         }
@@ -308,7 +322,11 @@ async fn session(
 /// participant that left has its leave sent at once; one replaced by a new
 /// session of its identity (`DuplicateIdentity`, reported before the new
 /// session's `Joined`) has not left the call.
-pub async fn feed_calls(calls: Arc<Calls>, mut events: broadcast::Receiver<SfuEvent>, mut shutdown: watch::Receiver<bool>) {
+/// After missing events (the channel lagged), the token service's view of
+/// who is present is replaced by the SFU's own list, and the leaves of
+/// delegated participants no longer there are sent.
+pub async fn feed_calls(service: Arc<SfuService>, calls: Arc<Calls>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = service.subscribe_events();
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
@@ -318,7 +336,11 @@ pub async fn feed_calls(calls: Arc<Calls>, mut events: broadcast::Receiver<SfuEv
                 Ok(SfuEvent::Left { reason: LeaveReason::DuplicateIdentity, .. }) => {}
                 Ok(SfuEvent::Left { room, identity, .. }) => calls.participant_left(&room, &identity).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "the token service missed SFU participant events");
+                    tracing::warn!(missed, "the token service missed SFU participant events; resynchronising");
+                    match service.present().await {
+                        Some(present) => calls.resync_participants(present).await,
+                        None => break,
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },

@@ -130,6 +130,28 @@ impl Delegations {
         self.jobs.remove(key).map(|job| job.delay_id)
     }
 
+    /// Replaces the set of present participants by `present` (the SFU's own
+    /// list, after missed events): delegations of participants now present
+    /// are connected; those of connected participants no longer present
+    /// are removed, and their delay ids answered, to be sent.
+    pub fn resync(&mut self, present: Vec<Key>) -> Vec<String> {
+        self.present = present.into_iter().take(MAX_SFU_PRESENCES).collect();
+        let mut gone = Vec::new();
+        let present = &self.present;
+        self.jobs.retain(|key, job| match job.presence {
+            Presence::Waiting { .. } if present.contains(key) => {
+                job.presence = Presence::Connected { restarted_ms: None };
+                true
+            }
+            Presence::Connected { .. } if !present.contains(key) => {
+                gone.push(job.delay_id.clone());
+                false
+            }
+            _ => true,
+        });
+        gone
+    }
+
     /// Applies [`step`] to every delegation: forgets the expired, answers
     /// the delay ids to restart now and the earliest time anything else is
     /// due.
@@ -256,6 +278,22 @@ mod tests {
         assert_eq!(d.due(1_000).0, vec![(key("a"), "d2".to_owned())], "d1's results do not touch d2");
         d.forget(&key("a"), "d2");
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_resync_sends_the_leaves_of_those_missed_leaving() {
+        let mut d = Delegations::default();
+        for who in ["stays", "left unseen", "came unseen"] {
+            d.delegate(key(who), format!("d-{who}"), 10_000, format!("@{who}:x"), 0).unwrap();
+        }
+        d.joined(key("stays"));
+        d.joined(key("left unseen"));
+        let gone = d.resync(vec![key("stays"), key("came unseen")]);
+        assert_eq!(gone, vec!["d-left unseen".to_owned()]);
+        let mut restart: Vec<String> = d.due(0).0.into_iter().map(|(_, id)| id).collect();
+        restart.sort();
+        assert_eq!(restart, vec!["d-came unseen".to_owned(), "d-stays".to_owned()]);
+        assert_eq!(d.left(&key("came unseen")), Some("d-came unseen".to_owned()), "known present now");
     }
 
     #[test]

@@ -341,6 +341,21 @@ impl Calls {
         }
     }
 
+    /// Replaces what is known of who is on the SFU by its own list (after
+    /// missed events), and sends the leaves of connected participants no
+    /// longer on it.
+    pub async fn resync_participants(&self, present: Vec<(String, String)>) {
+        let Some(delayed_events) = &self.delayed_events else { return };
+        let gone = self.lock().resync(present);
+        for delay_id in gone {
+            match delayed_events.update(&delay_id, Action::Send).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "sending a delegated delayed leave failed; it fires at its time"),
+            }
+        }
+        self.changed.notify_one();
+    }
+
     /// Restarts the delegated leaves that are due and forgets those whose
     /// participant never came; answers how long until the next look.
     pub async fn keep_delegations_alive(&self) -> Duration {
