@@ -242,7 +242,8 @@ fn calls_routes(mut r: Router<AppState>, calls: bool) -> Router<AppState> {
         r = r
             .route("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports", get(h::calls::rtc_transports))
             .route(&format!("{LIVEKIT_SERVICE_PATH}/sfu/get"), post(h::calls::sfu_get))
-            .route(&format!("{LIVEKIT_SERVICE_PATH}/get_token"), post(h::calls::get_token));
+            .route(&format!("{LIVEKIT_SERVICE_PATH}/get_token"), post(h::calls::get_token))
+            .route(&format!("{LIVEKIT_SERVICE_PATH}/delegate_delayed_leave"), post(h::calls::delegate_delayed_leave));
     }
     r
 }

@@ -474,6 +474,15 @@ pub const MAX_OPENID_TOKENS_PER_USER: usize = 100;
 /// Largest LiveKit room name, participant identity or device id the
 /// token service accepts from a client (its own are 43 characters).
 pub const MAX_CALL_FIELD_BYTES: usize = 255;
+/// Delayed leaves one user may have delegated to the token service at once
+/// (`/delegate_delayed_leave`): one per call device.
+pub const MAX_CALL_DELEGATIONS_PER_USER: usize = 16;
+/// Delegated delayed leaves the process keeps at once.
+pub const MAX_CALL_DELEGATIONS: usize = 16_384;
+/// Participants of the built-in SFU the token service remembers as present
+/// (the SFU's own bounds keep it far below this).
+pub const MAX_SFU_PRESENCES: usize = 65_536;
+
 // Thread subscriptions (MSC4306, MSC4308; `service::thread_subscriptions`).
 
 /// Threads one user may hold a row for, subscribed or unsubscribed (an

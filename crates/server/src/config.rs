@@ -507,9 +507,23 @@ impl Config {
             return Err(err(key, var_of(key), format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS)));
         }
         if self.sfu.enabled {
-            if self.sfu.api_key.is_empty() || self.sfu.api_secret.len() < 32 {
+            // Both unset: generated at startup (`fill_sfu_keys`).
+            let generated = self.sfu.api_key.is_empty() && self.sfu.api_secret.is_empty();
+            if !generated && self.sfu.api_key.is_empty() {
+                let key = "sfu.api_key";
+                return Err(err(
+                    key,
+                    var_of(key),
+                    "must be set when sfu.api_secret is (or leave both unset to have them generated)",
+                ));
+            }
+            if !generated && self.sfu.api_secret.len() < 32 {
                 let key = "sfu.api_secret";
-                return Err(err(key, var_of(key), "sfu.api_key must be set and sfu.api_secret at least 32 characters"));
+                return Err(err(
+                    key,
+                    var_of(key),
+                    "must be at least 32 characters when sfu.api_key is set (or leave both unset to have them generated)",
+                ));
             }
             if self.sfu.udp_listen.ip().is_unspecified() && self.sfu.public_address.is_none() {
                 let key = "sfu.public_address";
@@ -675,16 +689,67 @@ impl Config {
         format!("{}{}", self.public_baseurl(), chancery_api::LIVEKIT_SERVICE_PATH)
     }
 
-    /// The token service's configuration, when calls are configured.
+    /// The token service's configuration: `[calls]` when present (an
+    /// external LiveKit, or the built-in SFU named explicitly); otherwise,
+    /// with the built-in SFU enabled, that SFU at
+    /// [`Config::builtin_livekit_url`] with `[sfu]`'s key and secret (once
+    /// [`Config::fill_sfu_keys`] has set them, if the operator did not).
+    /// None: calls are neither served nor advertised.
     pub fn calls_config(&self) -> Option<chancery_service::CallsConfig> {
-        let calls = self.calls.as_ref()?;
+        let default_servers = || vec![self.server_name.clone()];
+        if let Some(calls) = &self.calls {
+            return Some(chancery_service::CallsConfig {
+                livekit_url: calls.livekit_url.clone(),
+                livekit_api_key: calls.livekit_api_key.clone(),
+                livekit_api_secret: calls.livekit_api_secret.clone(),
+                livekit_service_url: self.livekit_service_url(),
+                room_create_servers: calls.room_create_servers.clone().unwrap_or_else(default_servers),
+            });
+        }
+        if !self.sfu.enabled || self.sfu.api_key.is_empty() || self.sfu.api_secret.is_empty() {
+            return None;
+        }
         Some(chancery_service::CallsConfig {
-            livekit_url: calls.livekit_url.clone(),
-            livekit_api_key: calls.livekit_api_key.clone(),
-            livekit_api_secret: calls.livekit_api_secret.clone(),
+            livekit_url: self.builtin_livekit_url(),
+            livekit_api_key: self.sfu.api_key.clone(),
+            livekit_api_secret: self.sfu.api_secret.clone(),
             livekit_service_url: self.livekit_service_url(),
-            room_create_servers: calls.room_create_servers.clone().unwrap_or_else(|| vec![self.server_name.clone()]),
+            room_create_servers: default_servers(),
         })
+    }
+
+    /// The built-in SFU's LiveKit URL: the public base URL with `ws` for
+    /// `http` (`wss` for `https`), followed by `/_chancery/livekit`.
+    pub fn builtin_livekit_url(&self) -> String {
+        let base = self.public_baseurl();
+        let base = match base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", base.strip_prefix("http://").unwrap_or(&base)),
+        };
+        format!("{base}{}", crate::sfu::SFU_PATH)
+    }
+
+    /// Whether the token service's tokens are for the built-in SFU, whose
+    /// participant events then reach it, so that it can keep delegated
+    /// delayed leaves alive and send them (delayed events enabled too).
+    pub fn calls_delegate_leaves(&self) -> bool {
+        self.sfu.enabled
+            && self.delayed_events.enabled
+            && self.calls_config().is_some_and(|calls| calls.livekit_api_key == self.sfu.api_key)
+    }
+
+    /// Generates `[sfu]`'s API key and secret when the SFU is enabled and
+    /// the operator set neither: 256 random bits of secret from `entropy`,
+    /// new at each start, never written anywhere (the token service and the
+    /// SFU are this one process). Tokens minted before a restart are then
+    /// refused after it, as are a node's tokens by another node: set both
+    /// explicitly to run several nodes or keep tokens across restarts.
+    pub fn fill_sfu_keys(&mut self, entropy: &dyn chancery_service::tokens::Entropy) {
+        use chancery_service::tokens::{ALNUM, random_string};
+        if self.sfu.enabled && self.sfu.api_key.is_empty() && self.sfu.api_secret.is_empty() {
+            self.sfu.api_key = format!("chancery-{}", random_string(entropy, ALNUM, 12));
+            self.sfu.api_secret = random_string(entropy, ALNUM, 43);
+        }
     }
 
     pub fn federation_address(&self) -> String {
@@ -868,6 +933,8 @@ mod tests {
             ("off with nothing set", "[sfu]\nenabled = false\n".into(), true),
             ("on without a key", format!("[sfu]\nenabled = true\napi_secret = \"{secret}\"\n"), false),
             ("on with a short secret", "[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"short\"\n".into(), false),
+            ("on with a key and no secret", "[sfu]\nenabled = true\napi_key = \"k\"\n".into(), false),
+            ("on with neither: generated at startup", "[sfu]\nenabled = true\n".into(), true),
             (
                 "on with a wildcard and no public address",
                 format!("[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\nudp_listen = \"0.0.0.0:7882\"\n"),
@@ -894,6 +961,49 @@ mod tests {
                 .unwrap();
         assert!(c.sfu.enabled);
         assert_eq!(c.sfu.udp_listen.to_string(), "127.0.0.1:7882");
+    }
+
+    #[test]
+    fn the_builtin_sfu_alone_serves_calls() {
+        let secret = "a-secret-of-at-least-32-characters";
+        // Alone, with its keys left to startup.
+        let mut c = load("public_baseurl = \"https://m.example.org/\"\n[sfu]\nenabled = true\n", &[]).unwrap();
+        assert!(c.calls_config().is_none(), "no keys yet, no token service");
+        c.fill_sfu_keys(&chancery_service::tokens::OsEntropy);
+        assert!(c.sfu.api_key.starts_with("chancery-") && c.sfu.api_secret.len() >= 32, "{:?}", c.sfu);
+        let calls = c.calls_config().unwrap();
+        assert_eq!(calls.livekit_url, "wss://m.example.org/_chancery/livekit");
+        assert_eq!(calls.livekit_service_url, "https://m.example.org/livekit/jwt");
+        assert_eq!(
+            (calls.livekit_api_key.as_str(), calls.livekit_api_secret.as_str()),
+            (c.sfu.api_key.as_str(), c.sfu.api_secret.as_str())
+        );
+        assert!(c.calls_delegate_leaves());
+        let (key, generated) = (c.sfu.api_key.clone(), c.sfu.api_secret.clone());
+        c.fill_sfu_keys(&chancery_service::tokens::OsEntropy);
+        assert_eq!((c.sfu.api_key.as_str(), c.sfu.api_secret.as_str()), (key.as_str(), generated.as_str()), "set once");
+
+        // Plain HTTP base, keys given.
+        let toml = format!(
+            "public_baseurl = \"http://10.0.0.5:8008\"\n[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\n"
+        );
+        let mut c = load(&toml, &[]).unwrap();
+        c.fill_sfu_keys(&chancery_service::tokens::OsEntropy);
+        assert_eq!(c.sfu.api_key, "k", "the operator's keys stay");
+        assert_eq!(c.calls_config().unwrap().livekit_url, "ws://10.0.0.5:8008/_chancery/livekit");
+        c.delayed_events.enabled = false;
+        assert!(!c.calls_delegate_leaves(), "no delayed events, no delegation");
+
+        // An explicit [calls] wins: an external LiveKit, no delegation.
+        let toml = format!(
+            "[sfu]\nenabled = true\napi_key = \"k\"\napi_secret = \"{secret}\"\n[calls]\nlivekit_url = \"wss://lk.example.org\"\nlivekit_api_key = \"other\"\nlivekit_api_secret = \"s\"\n"
+        );
+        let c = load(&toml, &[]).unwrap();
+        assert_eq!(c.calls_config().unwrap().livekit_url, "wss://lk.example.org");
+        assert!(!c.calls_delegate_leaves());
+
+        // Off: nothing.
+        assert!(load("", &[]).unwrap().calls_config().is_none());
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl RunningServer {
 }
 
 /// Binds the listeners and starts serving.
-pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
+    // The built-in SFU's key and secret, when the operator left them to us:
+    // shared by the SFU and the token service of this process.
+    config.fill_sfu_keys(&chancery_service::tokens::OsEntropy);
     let store = open_store(&config).await?;
     let components = components(&config, store.clone())?;
     let health = components.health.clone();
@@ -97,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let media = components.media.clone();
     let delayed_events = components.delayed_events.clone();
     let openid = components.openid.clone();
+    let calls = components.calls.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -121,11 +125,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut app = chancery_api::router(state);
     let mut sfu_service = None;
     let mut sfu_task = None;
+    let mut tasks_before = Vec::new();
     if config.sfu.enabled {
         let clock: Arc<dyn chancery_service::clock::Clock> = Arc::new(chancery_service::clock::SystemClock);
         let entropy: Arc<dyn chancery_service::tokens::Entropy> = Arc::new(chancery_service::tokens::OsEntropy);
         let (service, task) = sfu::start(&config.sfu, clock, entropy, shutdown_rx.clone()).await?;
         app = app.merge(sfu::router(service.clone()));
+        // Participants joining and leaving reach the token service, which
+        // keeps delegated delayed leaves alive and sends them.
+        if let Some(calls) = calls.filter(|calls| calls.delegates()) {
+            let (service, shutdown) = (service.clone(), shutdown_rx.clone());
+            tasks_before.push(tokio::spawn(async move {
+                sfu::feed_calls(service, calls, shutdown).await;
+                Ok(())
+            }));
+        }
         sfu_service = Some(service);
         sfu_task = Some(task);
     }
@@ -161,5 +175,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tracing::info!(address = %addr, "metrics listening");
     }
     tasks.extend(sfu_task);
+    tasks.extend(tasks_before);
     Ok(RunningServer { local_addr, metrics_addr, sfu: sfu_service, shutdown, tasks, store, syncer, sliding_sync })
 }

@@ -21,10 +21,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chancery_service::Calls;
 use chancery_service::clock::Clock;
 use chancery_service::tokens::Entropy;
 use chancery_sfu::protocol::SignalRequest;
-use chancery_sfu::{JoinError, JoinGrant, JoinOptions, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, token};
+use chancery_sfu::{JoinError, JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, token};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
@@ -62,6 +63,9 @@ enum Command {
     Disconnect {
         participant: ParticipantKey,
     },
+    Present {
+        reply: oneshot::Sender<Vec<(String, String)>>,
+    },
 }
 
 /// The running SFU, shared by its routes.
@@ -80,6 +84,14 @@ impl SfuService {
     /// delayed leave of a participant that left).
     pub fn subscribe_events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
+    }
+
+    /// The room and identity of every participant now (None: the SFU is
+    /// stopping).
+    pub async fn present(&self) -> Option<Vec<(String, String)>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Present { reply }).await.ok()?;
+        answer.await.ok()
     }
 
     fn verify(&self, access_token: Option<&str>) -> Result<token::Claims, (StatusCode, String)> {
@@ -169,6 +181,9 @@ async fn run(
                     }
                 }
                 Some(Command::Disconnect { participant }) => sfu.disconnect(std::time::Instant::now(), participant),
+                Some(Command::Present { reply }) => {
+                    let _ = reply.send(sfu.present());
+                }
             },
             () = tokio::time::sleep_until(deadline) => sfu.handle_timeout(std::time::Instant::now()),
         }
@@ -300,4 +315,38 @@ async fn session(
     }
     let _ = service.commands.send(Command::Disconnect { participant }).await;
     let _ = sink.close().await;
+}
+
+/// Feeds the SFU's participant events to the token service until
+/// `shutdown`, and runs its keep-alive of delegated delayed leaves: a
+/// participant that left has its leave sent at once; one replaced by a new
+/// session of its identity (`DuplicateIdentity`, reported before the new
+/// session's `Joined`) has not left the call.
+/// After missing events (the channel lagged), the token service's view of
+/// who is present is replaced by the SFU's own list, and the leaves of
+/// delegated participants no longer there are sent.
+pub async fn feed_calls(service: Arc<SfuService>, calls: Arc<Calls>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = service.subscribe_events();
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            event = events.recv() => match event {
+                Ok(SfuEvent::Joined { room, identity, .. }) => calls.participant_joined(&room, &identity),
+                Ok(SfuEvent::Left { reason: LeaveReason::DuplicateIdentity, .. }) => {}
+                Ok(SfuEvent::Left { room, identity, .. }) => calls.participant_left(&room, &identity).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the token service missed SFU participant events; resynchronising");
+                    match service.present().await {
+                        Some(present) => calls.resync_participants(present).await,
+                        None => break,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            () = calls.delegations_changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = calls.keep_delegations_alive().await;
+    }
 }

@@ -13,7 +13,7 @@ use chancery_service::pushers::{GatewayPolicy, RetryPolicy};
 use chancery_service::rooms::{RoomsConfig, ServerIdentity, supported_room_version};
 use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
-    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, Components, DelayedEvents,
+    AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, CallsDeps, Components, DelayedEvents,
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
     EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps,
     Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
@@ -288,7 +288,16 @@ pub fn components_with(
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
-    let calls = config.calls_config().map(|calls| Arc::new(Calls::new(calls, openid.clone(), clock.clone())));
+    let calls = config.calls_config().map(|calls| {
+        Arc::new(Calls::new(CallsDeps {
+            config: calls,
+            openid: openid.clone(),
+            clock: clock.clone(),
+            // The built-in SFU's participant events reach the component
+            // (`sfu::feed_calls`), so it can keep delegated leaves alive.
+            delayed_events: config.calls_delegate_leaves().then(|| delayed_events.clone()),
+        }))
+    });
     let health = Arc::new(Health::new(store, notifier));
     Ok(Components {
         accounts,

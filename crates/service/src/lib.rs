@@ -78,7 +78,7 @@ pub use accounts::{
     LoginOutcome, LoginRequest, NewRegistrationToken, RegisterOutcome, RegisterRequest, RegistrationMode,
 };
 pub use admin::Admin;
-pub use calls::{Calls, CallsConfig};
+pub use calls::{Calls, CallsConfig, CallsDeps};
 pub use chancery_store::{Device, PoolStats};
 pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};

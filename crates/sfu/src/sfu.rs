@@ -334,6 +334,12 @@ impl Sfu {
         }
     }
 
+    /// Every participant's room and identity (the host resynchronises
+    /// its view of who is present with it after missing events).
+    pub fn present(&self) -> Vec<(String, String)> {
+        self.participants.values().map(|p| (p.room.clone(), p.grant.identity.clone())).collect()
+    }
+
     /// The participant's `sid` as clients see it (`PA_…`).
     pub fn participant_sid(&self, key: ParticipantKey) -> Option<&str> {
         self.participants.get(&key).map(|p| p.sid.as_str())

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use chancery_proto::ruma::api::client::account::request_openid_token;
 use chancery_proto::ruma::authentication::TokenType;
-use chancery_service::calls::{LegacySfuRequest, SfuAnswer, SfuRequest};
+use chancery_service::calls::{DelegateRequest, LegacySfuRequest, SfuAnswer, SfuRequest};
 use chancery_service::{Calls, OpenId};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -104,4 +104,17 @@ pub async fn get_token(
 ) -> ApiResult<Json<SfuAnswer>> {
     let req: SfuRequest = service_body(&config, &headers, body).await?;
     Ok(Json(calls.token(&req).await?))
+}
+
+/// `POST <livekit_service_url>/delegate_delayed_leave`: answers `{}` once
+/// the member's delayed leave is in this server's keeping.
+pub async fn delegate_delayed_leave(
+    CallsEnabled(calls): CallsEnabled,
+    State(config): State<Arc<ApiConfig>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<JsonValue>> {
+    let req: DelegateRequest = service_body(&config, &headers, body).await?;
+    calls.delegate_delayed_leave(&req).await?;
+    Ok(Json(json!({})))
 }

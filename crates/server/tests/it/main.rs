@@ -30,6 +30,7 @@ macro_rules! on_both_backends {
 mod admin;
 mod bad_input;
 mod calls;
+mod calls_join;
 mod client_flows;
 mod common;
 mod components;
