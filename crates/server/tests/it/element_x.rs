@@ -140,7 +140,17 @@ async fn room_list_timeline_and_invites(backend: Backend) {
         .await;
 
     // Bob's encrypted message (to Alice's Element X device) moves the
-    // secret room to the top, and it decrypts in her timeline.
+    // secret room to the top, and it decrypts in her timeline. Bob must
+    // know that device first (its keys are uploaded by Element X's
+    // encryption sync, which races with this test): a message encrypted
+    // before would carry no room key for it, and matrix-sdk-ui does not
+    // move a room whose newest message it cannot decrypt.
+    let (alice_id, alice_device) = (alice.user_id().unwrap().to_owned(), alice.device_id().unwrap().to_owned());
+    until("Bob knowing Alice's Element X device", async || {
+        bob.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.unwrap();
+        bob.encryption().get_device(&alice_id, &alice_device).await.unwrap().is_some()
+    })
+    .await;
     say(&bob, &secret, "only for alice").await;
     list_until(&mut stream, &mut items, "the encrypted room on top", |items| {
         names(items).first().map(String::as_str) == Some("Secret")

@@ -88,9 +88,24 @@ pub fn running_since(send_ts: u64, delay_ms: u64) -> u64 {
     send_ts.saturating_sub(delay_ms)
 }
 
+/// When an event whose send failed for a passing reason (the room busy
+/// with another node's append, the database briefly unavailable) is tried
+/// again: after what the failure asks, within 100 ms to 5 s, not the claim
+/// lease's 30 s (a call member's leave must not hang that long).
+pub fn retry_send_at(now_ms: u64, retry_after_ms: u64) -> u64 {
+    now_ms.saturating_add(retry_after_ms.clamp(100, 5_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passing_failures_are_retried_soon() {
+        for (now, asked, at) in [(1_000, 0, 1_100), (1_000, 250, 1_250), (1_000, 60_000, 6_000), (u64::MAX, 10, u64::MAX)] {
+            assert_eq!(retry_send_at(now, asked), at, "{now} {asked}");
+        }
+    }
 
     #[test]
     fn delays_are_positive_and_bounded() {

@@ -245,10 +245,15 @@ impl DelayedEvents {
     async fn fire(&self, event: DelayedEvent) {
         match self.deps.rooms.send_delayed(&event).await {
             Ok(_) => {}
-            // The claim runs out and the event is taken again.
-            Err(e @ (Error::Unavailable { .. } | Error::LimitExceeded { .. })) => {
+            // Given back to be tried again soon (if that fails too, the
+            // claim runs out and the event is taken again).
+            Err(e @ (Error::Unavailable { retry_after_ms, .. } | Error::LimitExceeded { retry_after_ms })) => {
                 tracing::warn!(room_id = %event.room_id, event_type = %event.event_type, error = %e,
-                    "a delayed event could not be sent now; trying again later");
+                    "a delayed event could not be sent now; trying again shortly");
+                let at = decide::retry_send_at(self.deps.clock.now_ms(), retry_after_ms);
+                if let Err(e) = self.deps.store.release_delayed_event(&event.delay_id, at).await {
+                    tracing::warn!(error = %e, "giving a delayed event back failed; taken again when its claim runs out");
+                }
                 return;
             }
             Err(e) => {
