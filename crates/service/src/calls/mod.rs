@@ -125,26 +125,10 @@ pub struct SfuRequest {
 }
 
 /// `POST …/delegate_delayed_leave` (lk-jwt-service's
-/// `DelegateDelayedLeaveRequest`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DelegateRequest {
-    #[serde(default)]
-    pub room_id: String,
-    #[serde(default)]
-    pub slot_id: String,
-    #[serde(default)]
-    pub openid_token: OpenIdTokenBody,
-    #[serde(default)]
-    pub member: MemberBody,
-    #[serde(default)]
-    pub delay_id: String,
-    #[serde(default)]
-    pub delay_timeout: i64,
-    /// Ignored, as by lk-jwt-service: the event is this server's.
-    #[serde(default)]
-    pub delay_cs_api_url: String,
-}
+/// `DelegateDelayedLeaveRequest`): the fields of [`SfuRequest`];
+/// `delay_cs_api_url` is ignored, as by lk-jwt-service (the event is this
+/// server's).
+pub type DelegateRequest = SfuRequest;
 
 /// The answer of both endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
