@@ -137,6 +137,21 @@ pub struct SfuAnswer {
     pub jwt: String,
 }
 
+/// The fields `/get_token` and `/delegate_delayed_leave` both require, by
+/// the names their errors give.
+fn required_fields(req: &SfuRequest) -> [(&'static str, &str); 7] {
+    let (token, member) = (&req.openid_token, &req.member);
+    [
+        ("room_id", &req.room_id),
+        ("slot_id", &req.slot_id),
+        ("member.id", &member.id),
+        ("member.claimed_user_id", &member.claimed_user_id),
+        ("member.claimed_device_id", &member.claimed_device_id),
+        ("openid_token.access_token", &token.access_token),
+        ("openid_token.matrix_server_name", &token.matrix_server_name),
+    ]
+}
+
 /// Checks a request's fields as lk-jwt-service's `Validate` does (400
 /// `M_BAD_JSON`), and bounds their length.
 fn check_fields(required: &[(&str, &str)], delay_id: &str, delay_timeout: i64) -> Result<(), Error> {
@@ -236,19 +251,7 @@ impl Calls {
     /// `POST …/get_token`.
     pub async fn token(&self, req: &SfuRequest) -> Result<SfuAnswer, Error> {
         let (token, member) = (&req.openid_token, &req.member);
-        check_fields(
-            &[
-                ("room_id", &req.room_id),
-                ("slot_id", &req.slot_id),
-                ("member.id", &member.id),
-                ("member.claimed_user_id", &member.claimed_user_id),
-                ("member.claimed_device_id", &member.claimed_device_id),
-                ("openid_token.access_token", &token.access_token),
-                ("openid_token.matrix_server_name", &token.matrix_server_name),
-            ],
-            &req.delay_id,
-            req.delay_timeout,
-        )?;
+        check_fields(&required_fields(req), &req.delay_id, req.delay_timeout)?;
         let user_id = self.verify(token, Some(&member.claimed_user_id)).await?;
         let room = token::livekit_room(&req.room_id, &req.slot_id);
         let identity = token::livekit_identity(&user_id, &member.claimed_device_id, &member.id);
@@ -263,19 +266,7 @@ impl Calls {
     /// leaves. Answers `{}`.
     pub async fn delegate_delayed_leave(&self, req: &DelegateRequest) -> Result<(), Error> {
         let (token, member) = (&req.openid_token, &req.member);
-        check_fields(
-            &[
-                ("room_id", &req.room_id),
-                ("slot_id", &req.slot_id),
-                ("member.id", &member.id),
-                ("member.claimed_user_id", &member.claimed_user_id),
-                ("member.claimed_device_id", &member.claimed_device_id),
-                ("openid_token.access_token", &token.access_token),
-                ("openid_token.matrix_server_name", &token.matrix_server_name),
-            ],
-            "",
-            0,
-        )?;
+        check_fields(&required_fields(req), "", 0)?;
         if req.delay_id.is_empty() || req.delay_timeout <= 0 {
             return Err(Error::BadJson("the request body is missing `delay_id` or `delay_timeout`".into()));
         }

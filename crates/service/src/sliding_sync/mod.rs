@@ -410,6 +410,9 @@ impl SlidingSync {
         // window are read side by side on the runtime's threads (SQLite
         // reads run on the task that asks), and an answer of 200 rooms
         // does not take the whole connection pool.
+        // Owned first: a lazy iterator over `updates` borrowed inside the
+        // stream makes the handler's future fail to be `Send` for any
+        // lifetime (rustc's "not general enough").
         let jobs: Vec<(RoomListEntry, RoomConfig, Vec<String>, RoomUpdate)> = updates
             .iter()
             .map(|(entry, config, in_lists, update)| {
