@@ -124,6 +124,15 @@ impl Rewriter {
     }
 }
 
+/// How often a subscriber waiting for a key frame asks for one again.
+pub const KEYFRAME_ASK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a subscriber still waiting for a key frame asks again now,
+/// having last asked at `asked` (never: at once).
+pub fn ask_keyframe_again(asked: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    asked.is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_ASK_INTERVAL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +151,17 @@ mod tests {
         ];
         for (published, quality, expected) in cases {
             assert_eq!(choose_rid(published, *quality), *expected, "{published:?} {quality:?}");
+        }
+    }
+
+    #[test]
+    fn key_frames_are_asked_for_again_at_most_twice_a_second() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        for (asked, now, again) in
+            [(None, t0, true), (Some(t0), ms(100), false), (Some(t0), ms(499), false), (Some(t0), ms(500), true)]
+        {
+            assert_eq!(ask_keyframe_again(asked, now), again, "{asked:?} {now:?}");
         }
     }
 

@@ -219,6 +219,8 @@ struct DownTrack {
     target_rid: Option<String>,
     /// Video is held back until a key frame, so a decoder starts clean.
     waiting_keyframe: bool,
+    /// When a key frame was last asked for while waiting for one.
+    keyframe_asked: Option<Instant>,
     rewriter: Rewriter,
     /// Publisher payload type → subscriber payload type.
     pt_map: Vec<(Pt, Pt)>,
@@ -1042,6 +1044,7 @@ impl Sfu {
             current_rid: None,
             target_rid: target,
             waiting_keyframe: kind == MediaKind::Video,
+            keyframe_asked: None,
             rewriter: Rewriter::default(),
             pt_map: Vec::new(),
         });
@@ -1173,6 +1176,9 @@ impl Sfu {
         // Audio: 20 ms at 48 kHz; video: one frame at 30 fps (90 kHz).
         let time_step = if params.spec().codec.is_audio() { 960 } else { 3000 };
         let subscribers = self.room_others(publisher);
+        // Key frames to ask for: a request made before the layer's stream
+        // was known, or lost on the way, must not leave a subscriber black.
+        let mut ask = Vec::new();
         for key in subscribers {
             let Some(s) = self.participants.get_mut(&key) else {
                 continue;
@@ -1192,25 +1198,29 @@ impl Sfu {
                 continue;
             };
             // Layer choice: forward the current layer; move to the target
-            // one at its key frame (or at once for codecs we cannot inspect).
+            // one at its key frame (or at once for codecs we cannot
+            // inspect). Until something is forwarded, any layer's key frame
+            // starts the track: the target layer may be paused by the
+            // publisher's bandwidth estimate. Key frames are asked for again
+            // while waiting: a request made before the layer's stream was
+            // known, or lost on the way, must not leave a subscriber black.
             let keyframe_or_blind = is_keyframe || params.spec().codec != Codec::Vp8;
-            if rid != d.current_rid {
-                if rid != d.target_rid {
+            if d.waiting_keyframe || rid != d.current_rid {
+                if !d.waiting_keyframe && rid != d.target_rid {
                     continue;
                 }
-                if d.current_rid.is_some() {
-                    if !keyframe_or_blind {
-                        continue;
+                if !keyframe_or_blind {
+                    if forward::ask_keyframe_again(d.keyframe_asked, now) {
+                        d.keyframe_asked = Some(now);
+                        ask.push(rid.clone());
                     }
+                    continue;
+                }
+                if d.current_rid.is_some() && rid != d.current_rid {
                     d.rewriter.switch_source();
                 }
-                d.current_rid = rid.clone();
-            }
-            if d.waiting_keyframe {
-                if !keyframe_or_blind {
-                    continue;
-                }
                 d.waiting_keyframe = false;
+                d.current_rid = rid.clone();
             }
             let out_pt = match d.pt_map.iter().find(|(from, _)| *from == pt) {
                 Some((_, to)) => *to,
@@ -1247,6 +1257,9 @@ impl Sfu {
             self.forwarded_packets += 1;
             self.forwarded_bytes += packet.payload.len() as u64;
             self.dirty.insert((key, Pc::Subscriber));
+        }
+        for rid in ask {
+            self.request_keyframe(publisher, mid, rid.as_deref());
         }
     }
 }
