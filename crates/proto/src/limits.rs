@@ -331,6 +331,14 @@ pub const MAX_SLIDING_NAME_BYTES: usize = 64;
 pub const SLIDING_CONNECTION_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Connections whose state (what was sent per room) one node keeps in memory.
 pub const SLIDING_CONNECTIONS_CACHED: usize = 1_000;
+/// Room-list entries (one per room of a user) one node keeps in memory
+/// over all users, so that an answer reads only the rooms that moved on.
+pub const ROOM_LISTS_CACHED_ENTRIES: usize = 200_000;
+/// Rooms of the server that may have moved on since a kept list was
+/// brought up to date; beyond, the list is read whole again.
+pub const ROOM_LIST_CHANGES_MAX: usize = 500;
+/// A kept room list is read whole again at least this often.
+pub const ROOM_LIST_REREAD_MS: u64 = 60_000;
 // Spaces and room previews (`service::spaces`).
 
 /// Rooms one `/hierarchy` page lists: the default and the most a client

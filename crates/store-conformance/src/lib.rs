@@ -71,7 +71,7 @@ macro_rules! store_conformance_tests {
             one_sender_fills_only_its_share_of_an_inbox,
             backup_versions_are_numbered_and_bounded, backed_up_keys_keep_the_better_one_per_session,
             dehydrated_device_is_replaced_whole,
-            room_list_carries_bumps_types_and_encryption, sliding_positions_keep_what_the_client_may_still_send,
+            room_list_carries_bumps_types_and_encryption, room_list_changes_are_the_rooms_that_moved_on, sliding_positions_keep_what_the_client_may_still_send,
             sliding_connections_are_bounded_per_device_and_expire,
             current_state_of_one_type_is_read_in_state_key_order, hierarchy_walks_expire_and_are_bounded_per_user,
             pushers_are_set_updated_listed_and_deleted, pushers_go_with_their_device,

@@ -58,6 +58,30 @@ pub async fn room_list_carries_bumps_types_and_encryption(store: DynStore) {
     assert_eq!(store.room_list("@bob:x").await.unwrap().len(), 1);
 }
 
+pub async fn room_list_changes_are_the_rooms_that_moved_on(store: DynStore) {
+    room_with(&store, "!a:x", &[("$a1", "m.room.create", json!({}))], &[("$a2", "@alice:x", "join")]).await;
+    room_with(&store, "!b:x", &[("$b1", "m.room.create", json!({}))], &[("$b2", "@alice:x", "join")]).await;
+    room_with(&store, "!c:x", &[("$c1", "m.room.create", json!({}))], &[("$c2", "@carol:x", "join")]).await;
+    let at = store.event("$c2").await.unwrap().unwrap().stream_pos;
+    // From the beginning: the whole list.
+    assert_eq!(store.room_list_changes("@alice:x", 0, 100).await.unwrap().unwrap(), store.room_list("@alice:x").await.unwrap());
+    assert_eq!(store.room_list_changes("@alice:x", at, 100).await.unwrap(), Some(Vec::new()));
+    let sent = store.append_event(message("!a:x", "$a3", 3), &["$a2".into()]).await.unwrap();
+    // A room of someone else moving on is not in alice's changes.
+    store.append_event(message("!c:x", "$c3", 3), &["$c2".into()]).await.unwrap();
+    let changes = store.room_list_changes("@alice:x", at, 100).await.unwrap().unwrap();
+    assert_eq!(changes.iter().map(|e| (e.room_id.as_str(), e.last_pos)).collect::<Vec<_>>(), [("!a:x", sent)]);
+    // Alice's own leave is a change of her list, with her new membership.
+    let left = store.append_event(member("!b:x", "$b3", "@alice:x", "leave", 3), &["$b2".into()]).await.unwrap();
+    let changes = store.room_list_changes("@alice:x", sent, 100).await.unwrap().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].room_id.as_str(), changes[0].membership_pos), ("!b:x", left));
+    assert_eq!(changes[0].membership, chancery_proto::ruma::events::room::member::MembershipState::Leave);
+    // More rooms moved on than asked for: the caller reads the whole list.
+    assert_eq!(store.room_list_changes("@alice:x", at, 2).await.unwrap(), None);
+    assert!(store.room_list_changes("@alice:x", at, 3).await.unwrap().is_some());
+}
+
 pub async fn sliding_positions_keep_what_the_client_may_still_send(store: DynStore) {
     let key = store.start_sliding_connection(OWNER, 1_000, 10).await.unwrap();
     let p1 = store.record_sliding_answer(key, 0, "t1", &[sent("!a:x", "a1"), sent("!b:x", "b1")], 1_001).await.unwrap();

@@ -56,6 +56,27 @@ impl SlidingSyncStore for PostgresStore {
         rows.iter().map(|r| rows::room_list_entry(&PgRow(r))).collect()
     }
 
+    async fn room_list_changes(&self, user_id: &str, after: u64, max_rooms: usize) -> StoreResult<Option<Vec<RoomListEntry>>> {
+        let client = self.client().await?;
+        let (after, limit) = (i(after), i64::try_from(max_rooms).unwrap_or(i64::MAX).saturating_add(1));
+        let moved =
+            query_opt(&client, "SELECT COUNT(*) FROM (SELECT 1 FROM rooms WHERE last_pos > $1 LIMIT $2) m", &[&after, &limit])
+                .await?
+                .map_or(Ok(0), |row| get::<i64>(&row, 0))?;
+        if moved >= limit {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {ROOM_LIST_COLUMNS}
+             FROM rooms r JOIN room_state s ON s.room_id = r.room_id
+                 AND s.state_key = $1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL
+             WHERE r.last_pos > $2
+             ORDER BY s.room_id"
+        );
+        let rows = query(&client, &sql, &[&user_id, &after]).await?;
+        rows.iter().map(|r| rows::room_list_entry(&PgRow(r))).collect::<StoreResult<Vec<_>>>().map(Some)
+    }
+
     async fn start_sliding_connection(&self, owner: ConnectionOwner<'_>, now_ts: u64, max_per_device: usize) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;

@@ -38,6 +38,7 @@ macro_rules! migration_sql {
             "0020_openid_tokens",
             "0021_room_list",
             "0022_sliding_connections_apart",
+            "0023_room_list_changes",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -200,6 +200,30 @@ impl SlidingSyncStore for SqliteStore {
         .await
     }
 
+    async fn room_list_changes(&self, user_id: &str, after: u64, max_rooms: usize) -> StoreResult<Option<Vec<RoomListEntry>>> {
+        let user_id = user_id.to_owned();
+        let (after, limit) = (i(after), i64::try_from(max_rooms).unwrap_or(i64::MAX).saturating_add(1));
+        self.read(move |conn| {
+            let moved: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM (SELECT 1 FROM rooms WHERE last_pos > ?1 LIMIT ?2)")
+                .and_then(|mut s| s.query_row(params![after, limit], |r| r.get(0)))
+                .map_err(backend)?;
+            if moved >= limit {
+                return Ok(None);
+            }
+            let sql = format!(
+                "SELECT {ROOM_LIST_COLUMNS}
+                 FROM rooms r JOIN room_state s ON s.room_id = r.room_id
+                     AND s.state_key = ?1 AND s.event_type = 'm.room.member' AND s.to_pos IS NULL
+                 WHERE r.last_pos > ?2
+                 ORDER BY s.room_id"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            collect(stmt.query_map(params![user_id, after], |r| rows::room_list_entry(&SqliteRow(r))).map_err(backend)?).map(Some)
+        })
+        .await
+    }
+
     async fn sliding_position(
         &self,
         owner: ConnectionOwner<'_>,

@@ -103,6 +103,15 @@ pub trait SlidingSyncStore: Send + Sync {
     /// membership in, with what sorting and filtering need, by room id.
     async fn room_list(&self, user_id: &str) -> StoreResult<Vec<RoomListEntry>>;
 
+    /// What changed in the user's room list after stream position
+    /// `after`: their entries of the rooms with an event past it (a
+    /// membership change of theirs is such an event), by room id. `None`
+    /// when more than `max_rooms` rooms of the server moved on since
+    /// (reading the whole list is then cheaper). Every field of an entry
+    /// changes only with an event of its room, so a list read at or after
+    /// `after` and updated with these entries is the list now.
+    async fn room_list_changes(&self, user_id: &str, after: u64, max_rooms: usize) -> StoreResult<Option<Vec<RoomListEntry>>>;
+
     /// Starts the owner's connection afresh: its previous connection of
     /// this `conn_id` and everything recorded for it go, and a new one
     /// (with a key never used before) takes its place. The device keeps at

@@ -22,6 +22,7 @@
 mod decide;
 mod extensions;
 mod room;
+mod room_lists;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,7 @@ pub struct SlidingSync {
     deps: Arc<SlidingSyncDeps>,
     /// Per connection key: its last position and the records there.
     cache: Mutex<LruCache<u64, (u64, Records)>>,
+    room_lists: room_lists::RoomLists,
     closing: tokio::sync::watch::Sender<bool>,
 }
 
@@ -176,7 +178,12 @@ fn record_of(stored: &SentRoom) -> Result<RoomRecord, Error> {
 impl SlidingSync {
     pub fn new(deps: SlidingSyncDeps) -> Self {
         let cache = Mutex::new(LruCache::new(SLIDING_CONNECTIONS_CACHED));
-        Self { deps: Arc::new(deps), cache, closing: tokio::sync::watch::Sender::new(false) }
+        Self {
+            deps: Arc::new(deps),
+            cache,
+            room_lists: room_lists::RoomLists::new(),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
     }
 
     /// The server is shutting down: waiting long-polls answer now.
@@ -209,8 +216,8 @@ impl SlidingSync {
         let mut interest = if timeout.is_zero() {
             None
         } else {
-            let rooms = self.deps.rooms.memberships_of_user(user.user_id.as_str()).await?;
-            let joined = rooms.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect();
+            let at = self.deps.streams.stream_positions().await?.events;
+            let joined = self.joined_rooms(user.user_id.as_str(), at).await?;
             let interest = self.deps.notifier.register(user.user_id.as_str(), joined, MAX_LONG_POLLS_PER_USER);
             Some(interest.ok_or(Error::LimitExceeded { retry_after_ms: LONG_POLLS_RETRY_AFTER_MS })?)
         };
@@ -319,20 +326,25 @@ impl SlidingSync {
         // A connection without lists or subscriptions (Element X's
         // encryption sync) reads no rooms at all.
         let wants_rooms = !wanted.lists.is_empty() || !wanted.subscriptions.is_empty();
-        let (entries, direct, forgotten) = if wants_rooms {
+        let (list, direct, forgotten) = if wants_rooms {
             tokio::try_join!(
-                async { Ok::<_, Error>(self.deps.store.room_list(user_id).await?) },
+                async {
+                    Ok::<_, Error>(
+                        self.room_lists.at(self.deps.store.as_ref(), user_id, cut.events, self.deps.clock.now_ms()).await?,
+                    )
+                },
                 // `m.direct`, for `is_dm`.
                 self.deps.account_data.direct_rooms(user_id),
                 async { Ok::<_, Error>(self.deps.forgotten.forgotten_rooms(user_id).await?) },
             )?
         } else {
-            (Vec::new(), BTreeSet::new(), Vec::new())
+            (room_lists::RoomList::default(), BTreeSet::new(), Vec::new())
         };
         let forgotten: BTreeSet<String> = forgotten.into_iter().collect();
         // What the answer covers: rooms joined up to the cut.
-        let entries: Vec<&RoomListEntry> = entries
+        let entries: Vec<&RoomListEntry> = list
             .iter()
+            .map(|e| &**e)
             .filter(|e| e.membership_pos <= cut.events && !forgotten.contains(&e.room_id))
             .filter(|e| decide::listed(e, conn.records.contains_key(&e.room_id)))
             .collect();
@@ -341,8 +353,7 @@ impl SlidingSync {
         } else {
             // Still the rooms a long-poll waits on: a device-list change
             // of a room's member wakes the syncs of that room.
-            let memberships = self.deps.rooms.memberships_of_user(user_id).await?;
-            memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect()
+            self.joined_rooms(user_id, cut.events).await?
         };
 
         // Lists: sort once, filter per list, cut the ranges.
@@ -450,6 +461,16 @@ impl SlidingSync {
         let has_news = more_rooms || !rooms.is_empty() || ext.has_news;
         let body = json!({ "lists": lists, "rooms": rooms, "extensions": ext.body });
         Ok(Answer { body, has_news, changed, cut, joined, next_typing_expiry: ext.next_typing_expiry })
+    }
+
+    /// The rooms the user is joined to as of stream position `at`.
+    async fn joined_rooms(&self, user_id: &str, at: u64) -> Result<BTreeSet<String>, Error> {
+        let list = self.room_lists.at(self.deps.store.as_ref(), user_id, at, self.deps.clock.now_ms()).await?;
+        Ok(list
+            .iter()
+            .filter(|e| e.membership == MembershipState::Join && e.membership_pos <= at)
+            .map(|e| e.room_id.clone())
+            .collect())
     }
 
     /// The rooms among `unsent` (in view, not in the answer) the client
