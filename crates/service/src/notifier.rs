@@ -178,6 +178,13 @@ impl Interest {
         }
     }
 
+    /// [`Self::set_rooms`] from a borrowed set, copied only when it differs.
+    pub(crate) fn follow_rooms(&mut self, rooms: &BTreeSet<String>) {
+        if *rooms != self.rooms {
+            self.set_rooms(rooms.clone());
+        }
+    }
+
     /// Returns once something this sync waits on changed (at once if it
     /// changed since the last call).
     /// Counted in [`Notifier::long_polls_waiting`] while it waits.

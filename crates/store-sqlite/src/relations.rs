@@ -227,6 +227,16 @@ impl RelationStore for SqliteStore {
         let ids = json_list(event_ids)?;
         let viewer = viewer.to_owned();
         self.read(move |conn| {
+            // Most events have no relations at all: one look says so.
+            let related = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM json_each(?1) p WHERE EXISTS (SELECT 1 FROM relations x WHERE x.relates_to = p.value))",
+                )
+                .and_then(|mut s| s.query_row([&ids], |r| r.get::<_, bool>(0)))
+                .map_err(backend)?;
+            if !related {
+                return Ok(BundledAggregations::default());
+            }
             // Three statements, one snapshot.
             let tx = conn.unchecked_transaction().map_err(backend)?;
             let references = references_in(&tx, &ids, max_references)?;

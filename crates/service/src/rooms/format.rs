@@ -55,6 +55,46 @@ fn base(event: &StoredEvent, object: &Map<String, JsonValue>) -> Map<String, Jso
     out
 }
 
+/// The fields of a stored PDU a client sees ([`CLIENT_FIELDS`] but the
+/// ids, which the stored event carries); the rest (hashes, signatures,
+/// DAG fields) is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Shown {
+    content: Option<JsonValue>,
+    origin_server_ts: Option<JsonValue>,
+    sender: Option<JsonValue>,
+    state_key: Option<JsonValue>,
+    #[serde(rename = "type")]
+    kind: Option<JsonValue>,
+    redacts: Option<JsonValue>,
+}
+
+/// [`base`] of an event that was not redacted, read without building the
+/// whole PDU.
+fn shown(event: &StoredEvent) -> Result<Map<String, JsonValue>, Error> {
+    let shown: Shown = serde_json::from_str(&event.json).map_err(|e| Error::Internal(format!("stored event: {e}")))?;
+    let redacts = shown.redacts.or_else(|| {
+        (event.event_type == "m.room.redaction").then(|| shown.content.as_ref().and_then(|c| c.get("redacts")).cloned()).flatten()
+    });
+    let mut out = Map::new();
+    let fields = [
+        ("content", shown.content),
+        ("origin_server_ts", shown.origin_server_ts),
+        ("sender", shown.sender),
+        ("state_key", shown.state_key),
+        ("type", shown.kind),
+        ("redacts", redacts),
+    ];
+    for (field, value) in fields {
+        if let Some(value) = value {
+            out.insert(field.to_owned(), value);
+        }
+    }
+    out.insert("event_id".into(), json!(event.event_id));
+    out.insert("room_id".into(), json!(event.room_id));
+    Ok(out)
+}
+
 pub(crate) fn redacted_content(object: &Map<String, JsonValue>, rules: &RedactionRules) -> Result<JsonValue, Error> {
     let canonical: CanonicalJsonObject =
         serde_json::from_value(JsonValue::Object(object.clone())).map_err(|e| Error::Internal(e.to_string()))?;
@@ -367,12 +407,16 @@ impl EventFormatter {
         rules: &RedactionRules,
         redaction: Option<&StoredEvent>,
     ) -> Result<JsonValue, Error> {
-        let JsonValue::Object(object) =
-            serde_json::from_str(&event.json).map_err(|e| Error::Internal(format!("stored event: {e}")))?
-        else {
-            return Err(Error::Internal("stored event is not an object".into()));
+        let (mut out, object) = if event.redacted_by.is_some() {
+            let JsonValue::Object(object) =
+                serde_json::from_str(&event.json).map_err(|e| Error::Internal(format!("stored event: {e}")))?
+            else {
+                return Err(Error::Internal("stored event is not an object".into()));
+            };
+            (base(event, &object), Some(object))
+        } else {
+            (shown(event)?, None)
         };
-        let mut out = base(event, &object);
         let mut unsigned = Map::new();
         unsigned.insert("age".into(), json!(self.deps.clock.now_ms().saturating_sub(event.origin_server_ts)));
         if let Some(txn) = &event.txn
@@ -381,7 +425,7 @@ impl EventFormatter {
         {
             unsigned.insert("transaction_id".into(), json!(txn.txn_id));
         }
-        if event.redacted_by.is_some() {
+        if let Some(object) = object {
             out.insert("content".into(), redacted_content(&object, rules)?);
             if let Some(redaction) = redaction
                 && let Ok(JsonValue::Object(r)) = serde_json::from_str::<JsonValue>(&redaction.json)
@@ -391,5 +435,60 @@ impl EventFormatter {
         }
         out.insert("unsigned".into(), JsonValue::Object(unsigned));
         Ok(JsonValue::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(event_type: &str, json: JsonValue) -> StoredEvent {
+        StoredEvent {
+            event_id: "$e".into(),
+            room_id: "!r:x".into(),
+            event_type: event_type.into(),
+            state_key: None,
+            sender: "@a:x".into(),
+            origin_server_ts: 5,
+            depth: 3,
+            json: json.to_string(),
+            membership: None,
+            stream_pos: 9,
+            redacted_by: None,
+            txn: None,
+        }
+    }
+
+    #[test]
+    fn the_lean_read_shows_what_the_whole_pdu_shows() {
+        let pdus = [
+            (
+                "m.room.message",
+                json!({"type": "m.room.message", "sender": "@a:x", "origin_server_ts": 5, "room_id": "!r:x",
+                "content": {"body": "hi", "nested": {"a": [1, 2]}}, "depth": 3, "prev_events": ["$p"], "auth_events": ["$q"],
+                "hashes": {"sha256": "h"}, "signatures": {"x": {"ed25519:a": "s"}}, "unsigned": {"age_ts": 1}}),
+            ),
+            (
+                "m.room.topic",
+                json!({"type": "m.room.topic", "state_key": "", "sender": "@a:x", "origin_server_ts": 5,
+                "content": {"topic": "t"}}),
+            ),
+            // v11+ keep `redacts` in content; it is shown at the top too.
+            (
+                "m.room.redaction",
+                json!({"type": "m.room.redaction", "sender": "@a:x", "origin_server_ts": 5,
+                "content": {"redacts": "$t"}}),
+            ),
+            (
+                "m.room.redaction",
+                json!({"type": "m.room.redaction", "sender": "@a:x", "origin_server_ts": 5,
+                "redacts": "$old", "content": {}}),
+            ),
+        ];
+        for (event_type, pdu) in pdus {
+            let event = stored(event_type, pdu.clone());
+            let JsonValue::Object(object) = pdu else { unreachable!() };
+            assert_eq!(shown(&event).unwrap(), base(&event, &object), "{event_type}");
+        }
     }
 }

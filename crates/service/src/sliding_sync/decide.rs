@@ -125,7 +125,10 @@ pub fn passes(filters: Option<&ListFilters>, entry: &RoomListEntry, dm: bool) ->
 /// Sorts the list by recency: newest bump first, then by room id so the
 /// order is total.
 pub fn sort_by_recency(entries: &mut [&RoomListEntry]) {
-    entries.sort_by(|a, b| bump_stamp(b).cmp(&bump_stamp(a)).then_with(|| a.room_id.cmp(&b.room_id)));
+    entries.sort_unstable_by_key(|e| {
+        let e: &RoomListEntry = e;
+        (std::cmp::Reverse(bump_stamp(e)), e.room_id.as_str())
+    });
 }
 
 /// The indexes the ranges select of a list of `count` rooms (inclusive

@@ -116,7 +116,8 @@ struct Answer {
     has_news: bool,
     changed: Vec<(String, RoomRecord)>,
     cut: StreamToken,
-    joined: BTreeSet<String>,
+    /// The user's rooms (their joined ones are what a long-poll waits on).
+    rooms: room_lists::RoomList,
     next_typing_expiry: Option<Instant>,
 }
 
@@ -217,8 +218,8 @@ impl SlidingSync {
             None
         } else {
             let at = self.deps.streams.stream_positions().await?.events;
-            let joined = self.joined_rooms(user.user_id.as_str(), at).await?;
-            let interest = self.deps.notifier.register(user.user_id.as_str(), joined, MAX_LONG_POLLS_PER_USER);
+            let rooms = self.room_lists.at(self.deps.store.as_ref(), user.user_id.as_str(), at, self.deps.clock.now_ms()).await?;
+            let interest = self.deps.notifier.register(user.user_id.as_str(), rooms.joined.clone(), MAX_LONG_POLLS_PER_USER);
             Some(interest.ok_or(Error::LimitExceeded { retry_after_ms: LONG_POLLS_RETRY_AFTER_MS })?)
         };
         let mut remote = self.deps.streams.remote_changes();
@@ -233,7 +234,7 @@ impl SlidingSync {
             else {
                 break answer;
             };
-            interest.set_rooms(answer.joined.clone());
+            interest.follow_rooms(&answer.rooms.joined);
             let wake_at = answer.next_typing_expiry.map_or(deadline, |expiry| expiry.min(deadline));
             tokio::select! {
                 () = interest.changed() => {}
@@ -324,37 +325,31 @@ impl SlidingSync {
             thread_subscriptions: positions.thread_subscriptions,
         };
         // A connection without lists or subscriptions (Element X's
-        // encryption sync) reads no rooms at all.
+        // encryption sync) reads no rooms at all, but still waits on the
+        // user's joined rooms: a device-list change of a room's member
+        // wakes the syncs of that room.
         let wants_rooms = !wanted.lists.is_empty() || !wanted.subscriptions.is_empty();
+        let list = async {
+            Ok::<_, Error>(self.room_lists.at(self.deps.store.as_ref(), user_id, cut.events, self.deps.clock.now_ms()).await?)
+        };
         let (list, direct, forgotten) = if wants_rooms {
             tokio::try_join!(
-                async {
-                    Ok::<_, Error>(
-                        self.room_lists.at(self.deps.store.as_ref(), user_id, cut.events, self.deps.clock.now_ms()).await?,
-                    )
-                },
+                list,
                 // `m.direct`, for `is_dm`.
                 self.deps.account_data.direct_rooms(user_id),
                 async { Ok::<_, Error>(self.deps.forgotten.forgotten_rooms(user_id).await?) },
             )?
         } else {
-            (room_lists::RoomList::default(), BTreeSet::new(), Vec::new())
+            (list.await?, BTreeSet::new(), Vec::new())
         };
         let forgotten: BTreeSet<String> = forgotten.into_iter().collect();
         // What the answer covers: rooms joined up to the cut.
-        let entries: Vec<&RoomListEntry> = list
+        let entries: Vec<&RoomListEntry> = if wants_rooms { list.entries.as_slice() } else { &[] }
             .iter()
             .map(|e| &**e)
             .filter(|e| e.membership_pos <= cut.events && !forgotten.contains(&e.room_id))
             .filter(|e| decide::listed(e, conn.records.contains_key(&e.room_id)))
             .collect();
-        let joined: BTreeSet<String> = if wants_rooms {
-            entries.iter().filter(|e| e.membership == MembershipState::Join).map(|e| e.room_id.clone()).collect()
-        } else {
-            // Still the rooms a long-poll waits on: a device-list change
-            // of a room's member wakes the syncs of that room.
-            self.joined_rooms(user_id, cut.events).await?
-        };
 
         // Lists: sort once, filter per list, cut the ranges.
         let mut sorted = entries.clone();
@@ -457,20 +452,10 @@ impl SlidingSync {
         }
 
         let view: Vec<&str> = in_view.iter().copied().collect();
-        let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &joined, &view, &initial_rooms).await?;
+        let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &list.joined, &view, &initial_rooms).await?;
         let has_news = more_rooms || !rooms.is_empty() || ext.has_news;
         let body = json!({ "lists": lists, "rooms": rooms, "extensions": ext.body });
-        Ok(Answer { body, has_news, changed, cut, joined, next_typing_expiry: ext.next_typing_expiry })
-    }
-
-    /// The rooms the user is joined to as of stream position `at`.
-    async fn joined_rooms(&self, user_id: &str, at: u64) -> Result<BTreeSet<String>, Error> {
-        let list = self.room_lists.at(self.deps.store.as_ref(), user_id, at, self.deps.clock.now_ms()).await?;
-        Ok(list
-            .iter()
-            .filter(|e| e.membership == MembershipState::Join && e.membership_pos <= at)
-            .map(|e| e.room_id.clone())
-            .collect())
+        Ok(Answer { body, has_news, changed, cut, rooms: list, next_typing_expiry: ext.next_typing_expiry })
     }
 
     /// The rooms among `unsent` (in view, not in the answer) the client

@@ -100,7 +100,15 @@ impl SlidingSyncDeps {
             _ => (0, false, None),
         };
         let no_filter = RoomEventFilter::default();
-        let window = TimelineWindow { after, up_to, limit: config.timeline_limit, filter: &no_filter, ignored: &ctx.ignored };
+        let joined_since = joined.then_some(entry.membership_pos);
+        let window = TimelineWindow {
+            after,
+            up_to,
+            limit: config.timeline_limit,
+            filter: &no_filter,
+            ignored: &ctx.ignored,
+            joined_since,
+        };
         let timeline = async {
             let w = timeline_window(self.rooms.as_ref(), &self.visibility, &ctx.user.user_id, room_id, window).await?;
             Ok::<_, Error>((w.timeline, w.limited, format_token(w.before_timeline)))

@@ -15,14 +15,33 @@
 //! more than [`ROOM_LIST_CHANGES_MAX`] rooms of the server moved on since
 //! it was read, and at least every [`ROOM_LIST_REREAD_MS`].
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+
+use chancery_proto::ruma::events::room::member::MembershipState;
 
 use chancery_proto::limits::{ROOM_LIST_CHANGES_MAX, ROOM_LIST_REREAD_MS, ROOM_LISTS_CACHED_ENTRIES};
 use chancery_store::{RoomListEntry, SlidingSyncStore, StoreResult};
 use hashlink::LruCache;
 
-/// A user's room list by room id.
-pub(super) type RoomList = Arc<Vec<Arc<RoomListEntry>>>;
+/// A user's room list.
+pub(super) type RoomList = Arc<UserRooms>;
+
+#[derive(Default)]
+pub(super) struct UserRooms {
+    /// By room id.
+    pub entries: Vec<Arc<RoomListEntry>>,
+    /// The rooms they are joined to (some maybe only after the position
+    /// asked for: a list may be newer).
+    pub joined: BTreeSet<String>,
+}
+
+impl UserRooms {
+    fn new(entries: Vec<Arc<RoomListEntry>>) -> RoomList {
+        let joined = entries.iter().filter(|e| e.membership == MembershipState::Join).map(|e| e.room_id.clone()).collect();
+        Arc::new(Self { entries, joined })
+    }
+}
 
 struct Cached {
     /// The list holds every change up to this stream position.
@@ -60,7 +79,7 @@ impl RoomLists {
             Some((cached_at, read_ms, list)) if now_ms.saturating_sub(read_ms) < ROOM_LIST_REREAD_MS => {
                 match store.room_list_changes(user_id, cached_at, ROOM_LIST_CHANGES_MAX).await? {
                     Some(changes) if changes.is_empty() => (list, read_ms),
-                    Some(changes) => (Arc::new(merge(&list, changes)), read_ms),
+                    Some(changes) => (UserRooms::new(merge(&list.entries, changes)), read_ms),
                     None => (whole(store, user_id).await?, now_ms),
                 }
             }
@@ -74,27 +93,27 @@ impl RoomLists {
     /// is over the bound.
     fn keep(&self, user_id: &str, at: u64, read_ms: u64, list: &RoomList) {
         let mut lists = self.lists.lock().expect("room lists");
-        if list.len() > ROOM_LISTS_CACHED_ENTRIES {
+        if list.entries.len() > ROOM_LISTS_CACHED_ENTRIES {
             return;
         }
         if let Some(held) = lists.by_user.get(user_id) {
             if held.at > at {
                 return;
             }
-            let held = held.list.len();
+            let held = held.list.entries.len();
             lists.entries -= held;
         }
         lists.by_user.insert(user_id.to_owned(), Cached { at, read_ms, list: Arc::clone(list) });
-        lists.entries += list.len();
+        lists.entries += list.entries.len();
         while lists.entries > ROOM_LISTS_CACHED_ENTRIES {
             let Some((_, oldest)) = lists.by_user.remove_lru() else { break };
-            lists.entries -= oldest.list.len();
+            lists.entries -= oldest.list.entries.len();
         }
     }
 }
 
 async fn whole(store: &dyn SlidingSyncStore, user_id: &str) -> StoreResult<RoomList> {
-    Ok(Arc::new(store.room_list(user_id).await?.into_iter().map(Arc::new).collect()))
+    Ok(UserRooms::new(store.room_list(user_id).await?.into_iter().map(Arc::new).collect()))
 }
 
 /// `list` with `changes` in place of (or next to) its entries, both by
@@ -115,8 +134,6 @@ fn merge(list: &[Arc<RoomListEntry>], changes: Vec<RoomListEntry>) -> Vec<Arc<Ro
 
 #[cfg(test)]
 mod tests {
-    use chancery_proto::ruma::events::room::member::MembershipState;
-
     use super::*;
 
     fn entry(room_id: &str, last_pos: u64) -> RoomListEntry {

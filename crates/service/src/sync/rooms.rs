@@ -86,6 +86,11 @@ pub(crate) struct TimelineWindow<'a> {
     pub limit: usize,
     pub filter: &'a RoomEventFilter,
     pub ignored: &'a BTreeSet<String>,
+    /// The position of the user's membership event when they are joined
+    /// now: they have been in the room ever since, so they may see every
+    /// event after it whatever the history visibility, without a look at
+    /// the room's past.
+    pub joined_since: Option<u64>,
 }
 
 /// A room's timeline window as `user_id` may see it (history visibility
@@ -107,7 +112,11 @@ pub(crate) async fn timeline_window(
         events.into_iter().filter(|e| type_allowed(w.filter, &e.event_type) && decide::visible(e, w.ignored)).collect();
     // History visibility: a member who joined a `joined`-visibility room
     // does not see what was said before.
-    let timeline = visibility.visible_events(user_id, room_id, timeline).await?;
+    let timeline = if w.joined_since.is_some_and(|since| timeline.iter().all(|e| e.stream_pos > since)) {
+        timeline
+    } else {
+        visibility.visible_events(user_id, room_id, timeline).await?
+    };
     Ok(RoomWindow { timeline, limited, before_timeline })
 }
 
@@ -124,8 +133,19 @@ impl Syncer {
         // A room joined since the last sync is sent whole, like in an
         // initial sync.
         let window_since = if newly_joined { None } else { p.since.map(|s| s.events) };
+        let joined_since =
+            (m.membership == chancery_proto::ruma::events::room::member::MembershipState::Join).then_some(m.stream_pos);
         let (w, ephemeral) = tokio::try_join!(
-            self.window(&p.user.user_id, room_id, window_since, now, p.limit, &req.filter.room.timeline, &p.ignored),
+            self.window(
+                &p.user.user_id,
+                room_id,
+                window_since,
+                now,
+                p.limit,
+                &req.filter.room.timeline,
+                &p.ignored,
+                joined_since
+            ),
             self.ephemeral_events(p, room_id, newly_joined),
         )?;
         if !newly_joined
@@ -187,7 +207,7 @@ impl Syncer {
     pub(super) async fn left_room(&self, p: &Pass<'_>, m: &Membership, account_data: Vec<JsonValue>) -> Result<JsonValue, Error> {
         let since = p.since.map(|s| s.events);
         let w = self
-            .window(&p.user.user_id, &m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored)
+            .window(&p.user.user_id, &m.room_id, since, m.stream_pos, p.limit, &p.req.filter.room.timeline, &p.ignored, None)
             .await?;
         let state_after = p.req.use_state_after;
         let state = self.state_section(p, &m.room_id, since, false, state_after, &w, m.stream_pos, &[]).await?;
@@ -243,8 +263,9 @@ impl Syncer {
         limit: usize,
         filter: &RoomEventFilter,
         ignored: &BTreeSet<String>,
+        joined_since: Option<u64>,
     ) -> Result<RoomWindow, Error> {
-        let window = TimelineWindow { after: since.unwrap_or(0), up_to, limit, filter, ignored };
+        let window = TimelineWindow { after: since.unwrap_or(0), up_to, limit, filter, ignored, joined_since };
         timeline_window(self.deps.rooms.as_ref(), &self.deps.visibility, user_id, room_id, window).await
     }
 
