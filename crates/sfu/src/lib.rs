@@ -60,8 +60,11 @@
 //! the older participant (`DUPLICATE_IDENTITY`), ping interval 5 s and
 //! timeout 15 s.
 
+pub mod dynacast;
 pub mod forward;
+pub mod quality;
 mod sfu;
+pub mod speakers;
 #[cfg(test)]
 mod tests;
 pub mod token;

@@ -18,6 +18,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::forward::{self, Rewriter};
 
+mod feedback;
+
 /// Bounds and announced figures of one SFU. Every collection a client can
 /// grow is bounded here.
 #[derive(Debug, Clone)]
@@ -302,6 +304,8 @@ pub struct Sfu {
     anchor_unix_ms: i64,
     forwarded_packets: u64,
     forwarded_bytes: u64,
+    /// Speakers, connection quality and dynacast (see `feedback`).
+    feedback: feedback::Feedback,
 }
 
 impl Sfu {
@@ -324,6 +328,7 @@ impl Sfu {
             anchor_unix_ms: unix_ms,
             forwarded_packets: 0,
             forwarded_bytes: 0,
+            feedback: feedback::Feedback::new(now),
         }
     }
 
@@ -510,14 +515,20 @@ impl Sfu {
             Some(Req::Mute(mute)) => self.mute(key, mute),
             Some(Req::TrackSetting(setting)) => {
                 self.track_setting(now, key, setting);
+                self.dynacast_tick(now);
                 Ok(())
+            }
+            Some(Req::Subscription(update)) => {
+                let result = self.update_subscription(key, update);
+                self.dynacast_tick(now);
+                result
             }
             Some(Req::Leave(_)) => {
                 self.remove(now, key, LeaveReason::ClientLeft);
                 Ok(())
             }
-            // Other requests (subscription changes, metadata updates, data
-            // tracks, ...) are not served yet; they change nothing.
+            // Other requests (metadata updates, data tracks, ...) are not
+            // served yet; they change nothing.
             _ => Ok(()),
         };
         self.flush(now);
@@ -586,6 +597,7 @@ impl Sfu {
         for key in failed {
             self.remove(now, key, LeaveReason::MediaFailed);
         }
+        self.feedback_tick(now);
         self.flush(now);
     }
 
@@ -595,12 +607,14 @@ impl Sfu {
     }
 
     /// When [`Sfu::handle_timeout`] is next due: the earliest of the peer
-    /// connections' timers and the ping deadlines.
+    /// connections' timers, the ping deadlines and, while anyone is here,
+    /// the periodic speaker, quality and dynacast evaluations.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.participants
             .values()
             .flat_map(|p| [p.publisher_timeout, p.subscriber_timeout, p.last_signal + self.config.ping_timeout])
             .min()
+            .map(|at| at.min(self.feedback.due()))
     }
 
     fn signal(&mut self, to: ParticipantKey, message: Resp) {
@@ -831,6 +845,7 @@ impl Sfu {
         p.subscriber.disconnect();
         self.routes.retain(|_, (k, _)| *k != key);
         self.dirty.retain(|(k, _)| *k != key);
+        self.feedback.forget(key);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|k| *k != key);
             if room.participants.is_empty() {
@@ -947,7 +962,10 @@ impl Sfu {
             }
             Event::Connected if pc == Pc::Publisher => self.activate(key),
             Event::Connected => self.subscriber_up(key),
-            Event::RtpPacket(packet) if pc == Pc::Publisher => self.forward(now, key, packet),
+            Event::RtpPacket(packet) if pc == Pc::Publisher => {
+                self.observe_rtp(now, key, &packet);
+                self.forward(now, key, packet);
+            }
             Event::KeyframeRequest(request) if pc == Pc::Subscriber => {
                 let Some(d) = self.participants.get(&key).and_then(|p| p.downtracks.iter().find(|d| d.mid == Some(request.mid)))
                 else {
@@ -1007,9 +1025,28 @@ impl Sfu {
     }
 
     /// Adds a forwarded track to `subscriber` when it may and wants to
-    /// receive it. Returns whether one was added.
+    /// receive it (it subscribes automatically). Returns whether one was added.
     #[allow(clippy::too_many_arguments)]
     fn add_downtrack(
+        &mut self,
+        subscriber: ParticipantKey,
+        publisher: ParticipantKey,
+        publisher_sid: String,
+        track_sid: String,
+        source_mid: Mid,
+        kind: MediaKind,
+        rids: &[String],
+    ) -> bool {
+        if !self.participants.get(&subscriber).is_some_and(|s| s.options.auto_subscribe) {
+            return false;
+        }
+        self.subscribe_downtrack(subscriber, publisher, publisher_sid, track_sid, source_mid, kind, rids)
+    }
+
+    /// Adds a forwarded track to `subscriber` when it may receive it and
+    /// does not already. Returns whether one was added.
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_downtrack(
         &mut self,
         subscriber: ParticipantKey,
         publisher: ParticipantKey,
@@ -1022,7 +1059,7 @@ impl Sfu {
         let Some(s) = self.participants.get_mut(&subscriber) else {
             return false;
         };
-        if !s.active || !s.grant.can_subscribe || !s.options.auto_subscribe {
+        if !s.active || !s.grant.can_subscribe {
             return false;
         }
         if s.downtracks.iter().any(|d| d.track_sid == track_sid && !d.removed) {
