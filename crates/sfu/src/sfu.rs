@@ -223,6 +223,8 @@ struct DownTrack {
     waiting_keyframe: bool,
     /// When a key frame was last asked for while waiting for one.
     keyframe_asked: Option<Instant>,
+    /// When a packet was last forwarded (a layer that stops is left).
+    last_forwarded: Option<Instant>,
     rewriter: Rewriter,
     /// Publisher payload type → subscriber payload type.
     pt_map: Vec<(Pt, Pt)>,
@@ -1082,6 +1084,7 @@ impl Sfu {
             target_rid: target,
             waiting_keyframe: kind == MediaKind::Video,
             keyframe_asked: None,
+            last_forwarded: None,
             rewriter: Rewriter::default(),
             pt_map: Vec::new(),
         });
@@ -1244,7 +1247,13 @@ impl Sfu {
             let keyframe_or_blind = is_keyframe || params.spec().codec != Codec::Vp8;
             if d.waiting_keyframe || rid != d.current_rid {
                 if !d.waiting_keyframe && rid != d.target_rid {
-                    continue;
+                    // The layer forwarded stopped (the publisher paused it
+                    // for bandwidth or CPU) while this one flows: start
+                    // again at whichever layer's key frame comes first.
+                    if !forward::layer_stalled(d.last_forwarded, now) {
+                        continue;
+                    }
+                    d.waiting_keyframe = true;
                 }
                 if !keyframe_or_blind {
                     if forward::ask_keyframe_again(d.keyframe_asked, now) {
@@ -1291,6 +1300,7 @@ impl Sfu {
                     .ext_vals(ext)
                     .nackable(nackable),
             );
+            s.downtracks[index].last_forwarded = Some(now);
             self.forwarded_packets += 1;
             self.forwarded_bytes += packet.payload.len() as u64;
             self.dirty.insert((key, Pc::Subscriber));
