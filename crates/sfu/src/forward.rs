@@ -133,6 +133,16 @@ pub fn ask_keyframe_again(asked: Option<std::time::Instant>, now: std::time::Ins
     asked.is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_ASK_INTERVAL)
 }
 
+/// How long the layer being forwarded may send nothing before another
+/// layer's packets make the subscriber leave it.
+pub const LAYER_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the layer being forwarded, last forwarded at `last` (never:
+/// it is), has stopped by `now`.
+pub fn layer_stalled(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= LAYER_STALL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +172,17 @@ mod tests {
             [(None, t0, true), (Some(t0), ms(100), false), (Some(t0), ms(499), false), (Some(t0), ms(500), true)]
         {
             assert_eq!(ask_keyframe_again(asked, now), again, "{asked:?} {now:?}");
+        }
+    }
+
+    #[test]
+    fn a_layer_silent_for_a_second_has_stalled() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        for (last, now, stalled) in
+            [(None, t0, true), (Some(t0), ms(0), false), (Some(t0), ms(999), false), (Some(t0), ms(1000), true)]
+        {
+            assert_eq!(layer_stalled(last, now), stalled, "{last:?} {now:?}");
         }
     }
 

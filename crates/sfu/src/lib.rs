@@ -55,13 +55,27 @@
 //! - `ParticipantInfo.version` must not decrease (older updates are
 //!   ignored).
 //!
+//! - `speakers_changed` lists only the speakers whose level changed (and
+//!   those gone silent, `active = false`); the client merges them into its
+//!   list and emits `ActiveSpeakersChanged`. `connection_quality` carries
+//!   `ConnectionQualityInfo`s by participant sid, its own included.
+//!   `subscribed_quality_update` is read only with the room option
+//!   `dynacast` on: `subscribed_codecs[].codec` is compared with the
+//!   track's codec (`vp8`), and encodings whose quality is not enabled are
+//!   paused. `subscription` (`UpdateSubscription`) is sent when the app
+//!   subscribes or unsubscribes a publication by hand.
+//!
 //! What livekit-server does that we copy: ICE-lite on a single UDP port,
 //! candidates in the SDP (no TURN), a duplicate identity in a room replaces
 //! the older participant (`DUPLICATE_IDENTITY`), ping interval 5 s and
-//! timeout 15 s.
+//! timeout 15 s; its active-speaker, connection-quality and dynacast rules
+//! and intervals ([`speakers`], [`quality`], [`dynacast`]).
 
+pub mod dynacast;
 pub mod forward;
+pub mod quality;
 mod sfu;
+pub mod speakers;
 #[cfg(test)]
 mod tests;
 pub mod token;

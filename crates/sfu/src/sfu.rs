@@ -18,6 +18,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::forward::{self, Rewriter};
 
+mod feedback;
+
 /// Bounds and announced figures of one SFU. Every collection a client can
 /// grow is bounded here.
 #[derive(Debug, Clone)]
@@ -221,6 +223,8 @@ struct DownTrack {
     waiting_keyframe: bool,
     /// When a key frame was last asked for while waiting for one.
     keyframe_asked: Option<Instant>,
+    /// When a packet was last forwarded (a layer that stops is left).
+    last_forwarded: Option<Instant>,
     rewriter: Rewriter,
     /// Publisher payload type → subscriber payload type.
     pt_map: Vec<(Pt, Pt)>,
@@ -302,6 +306,8 @@ pub struct Sfu {
     anchor_unix_ms: i64,
     forwarded_packets: u64,
     forwarded_bytes: u64,
+    /// Speakers, connection quality and dynacast (see `feedback`).
+    feedback: feedback::Feedback,
 }
 
 impl Sfu {
@@ -324,6 +330,7 @@ impl Sfu {
             anchor_unix_ms: unix_ms,
             forwarded_packets: 0,
             forwarded_bytes: 0,
+            feedback: feedback::Feedback::new(now),
         }
     }
 
@@ -510,14 +517,20 @@ impl Sfu {
             Some(Req::Mute(mute)) => self.mute(key, mute),
             Some(Req::TrackSetting(setting)) => {
                 self.track_setting(now, key, setting);
+                self.dynacast_tick(now);
                 Ok(())
+            }
+            Some(Req::Subscription(update)) => {
+                let result = self.update_subscription(key, update);
+                self.dynacast_tick(now);
+                result
             }
             Some(Req::Leave(_)) => {
                 self.remove(now, key, LeaveReason::ClientLeft);
                 Ok(())
             }
-            // Other requests (subscription changes, metadata updates, data
-            // tracks, ...) are not served yet; they change nothing.
+            // Other requests (metadata updates, data tracks, ...) are not
+            // served yet; they change nothing.
             _ => Ok(()),
         };
         self.flush(now);
@@ -586,6 +599,7 @@ impl Sfu {
         for key in failed {
             self.remove(now, key, LeaveReason::MediaFailed);
         }
+        self.feedback_tick(now);
         self.flush(now);
     }
 
@@ -595,12 +609,14 @@ impl Sfu {
     }
 
     /// When [`Sfu::handle_timeout`] is next due: the earliest of the peer
-    /// connections' timers and the ping deadlines.
+    /// connections' timers, the ping deadlines and, while anyone is here,
+    /// the periodic speaker, quality and dynacast evaluations.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.participants
             .values()
             .flat_map(|p| [p.publisher_timeout, p.subscriber_timeout, p.last_signal + self.config.ping_timeout])
             .min()
+            .map(|at| at.min(self.feedback.due()))
     }
 
     fn signal(&mut self, to: ParticipantKey, message: Resp) {
@@ -831,6 +847,7 @@ impl Sfu {
         p.subscriber.disconnect();
         self.routes.retain(|_, (k, _)| *k != key);
         self.dirty.retain(|(k, _)| *k != key);
+        self.feedback.forget(key);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|k| *k != key);
             if room.participants.is_empty() {
@@ -947,7 +964,10 @@ impl Sfu {
             }
             Event::Connected if pc == Pc::Publisher => self.activate(key),
             Event::Connected => self.subscriber_up(key),
-            Event::RtpPacket(packet) if pc == Pc::Publisher => self.forward(now, key, packet),
+            Event::RtpPacket(packet) if pc == Pc::Publisher => {
+                self.observe_rtp(now, key, &packet);
+                self.forward(now, key, packet);
+            }
             Event::KeyframeRequest(request) if pc == Pc::Subscriber => {
                 let Some(d) = self.participants.get(&key).and_then(|p| p.downtracks.iter().find(|d| d.mid == Some(request.mid)))
                 else {
@@ -1007,9 +1027,28 @@ impl Sfu {
     }
 
     /// Adds a forwarded track to `subscriber` when it may and wants to
-    /// receive it. Returns whether one was added.
+    /// receive it (it subscribes automatically). Returns whether one was added.
     #[allow(clippy::too_many_arguments)]
     fn add_downtrack(
+        &mut self,
+        subscriber: ParticipantKey,
+        publisher: ParticipantKey,
+        publisher_sid: String,
+        track_sid: String,
+        source_mid: Mid,
+        kind: MediaKind,
+        rids: &[String],
+    ) -> bool {
+        if !self.participants.get(&subscriber).is_some_and(|s| s.options.auto_subscribe) {
+            return false;
+        }
+        self.subscribe_downtrack(subscriber, publisher, publisher_sid, track_sid, source_mid, kind, rids)
+    }
+
+    /// Adds a forwarded track to `subscriber` when it may receive it and
+    /// does not already. Returns whether one was added.
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_downtrack(
         &mut self,
         subscriber: ParticipantKey,
         publisher: ParticipantKey,
@@ -1022,7 +1061,7 @@ impl Sfu {
         let Some(s) = self.participants.get_mut(&subscriber) else {
             return false;
         };
-        if !s.active || !s.grant.can_subscribe || !s.options.auto_subscribe {
+        if !s.active || !s.grant.can_subscribe {
             return false;
         }
         if s.downtracks.iter().any(|d| d.track_sid == track_sid && !d.removed) {
@@ -1045,6 +1084,7 @@ impl Sfu {
             target_rid: target,
             waiting_keyframe: kind == MediaKind::Video,
             keyframe_asked: None,
+            last_forwarded: None,
             rewriter: Rewriter::default(),
             pt_map: Vec::new(),
         });
@@ -1207,7 +1247,13 @@ impl Sfu {
             let keyframe_or_blind = is_keyframe || params.spec().codec != Codec::Vp8;
             if d.waiting_keyframe || rid != d.current_rid {
                 if !d.waiting_keyframe && rid != d.target_rid {
-                    continue;
+                    // The layer forwarded stopped (the publisher paused it
+                    // for bandwidth or CPU) while this one flows: start
+                    // again at whichever layer's key frame comes first.
+                    if !forward::layer_stalled(d.last_forwarded, now) {
+                        continue;
+                    }
+                    d.waiting_keyframe = true;
                 }
                 if !keyframe_or_blind {
                     if forward::ask_keyframe_again(d.keyframe_asked, now) {
@@ -1254,6 +1300,7 @@ impl Sfu {
                     .ext_vals(ext)
                     .nackable(nackable),
             );
+            s.downtracks[index].last_forwarded = Some(now);
             self.forwarded_packets += 1;
             self.forwarded_bytes += packet.payload.len() as u64;
             self.dirty.insert((key, Pc::Subscriber));

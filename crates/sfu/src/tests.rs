@@ -11,7 +11,7 @@ use lk::signal_response::Message as Resp;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use crate::{JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput};
@@ -140,13 +140,17 @@ impl Call {
     /// The client's publisher offer: the data channel first time, and a
     /// video m-line for `cid`. Returns its mid.
     fn offer_publisher(&mut self, index: usize, cid: Option<&str>) -> Option<Mid> {
+        self.offer_publisher_kind(index, cid, MediaKind::Video)
+    }
+
+    /// The client's publisher offer with an m-line of `kind` for `cid`.
+    fn offer_publisher_kind(&mut self, index: usize, cid: Option<&str>, kind: MediaKind) -> Option<Mid> {
         let client = &mut self.clients[index];
         let mut api = client.publisher.sdp_api();
         if !client.publisher_connected {
             api.add_channel("_reliable".into());
         }
-        let mid =
-            cid.map(|cid| api.add_media(MediaKind::Video, Direction::SendOnly, Some("stream".into()), Some(cid.into()), None));
+        let mid = cid.map(|cid| api.add_media(kind, Direction::SendOnly, Some("stream".into()), Some(cid.into()), None));
         let (offer, pending) = api.apply().expect("changes to offer");
         client.pending_publisher_offer = Some(pending);
         self.send(
@@ -494,4 +498,331 @@ fn a_publishers_video_reaches_a_subscriber_through_the_sfu() {
         if u.participants.iter().any(|p| p.identity == "alice" && p.state == lk::participant_info::State::Disconnected as i32))
     });
     assert!(gone, "Bob sees Alice leave");
+}
+
+impl Call {
+    /// Publishes a microphone track (`add_track`, then an Opus m-line).
+    fn publish_audio(&mut self, index: usize, cid: &str) -> Mid {
+        self.send(
+            index,
+            Req::AddTrack(lk::AddTrackRequest {
+                cid: cid.to_owned(),
+                name: "microphone".to_owned(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            }),
+        );
+        self.offer_publisher_kind(index, Some(cid), MediaKind::Audio).expect("an audio m-line")
+    }
+
+    /// Writes one 20 ms Opus packet at `level` (−dBov) on the client's `mid`.
+    fn send_audio(&mut self, index: usize, mid: Mid, n: u64, level: i8) {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        let pt = client.publisher.codec_config().find(|p| p.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
+        let mut api = client.publisher.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        let ext = ExtensionValues { audio_level: Some(-level), voice_activity: Some(true), ..Default::default() };
+        stream.write_rtp(RtpWrite::new(pt, (500 + n).into(), (n * 960) as u32, now, vec![0xfc, n as u8, 1, 2]).ext_vals(ext));
+    }
+
+    /// Writes one VP8 packet numbered `seq` on the client's `mid`.
+    fn send_video(&mut self, index: usize, mid: Mid, seq: u64) {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        let pt = client.publisher.codec_config().find(|p| p.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
+        let mut api = client.publisher.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        let payload = vp8_payload(seq % 10 == 1, seq as u8);
+        stream.write_rtp(RtpWrite::new(pt, (1000 + seq).into(), (seq * 3000) as u32, now, payload).marker(true));
+    }
+
+    fn sid(&self, index: usize) -> String {
+        self.clients[index].join_response().participant.as_ref().unwrap().sid.clone()
+    }
+
+    fn signals_since<'a>(&'a self, index: usize, from: usize) -> impl Iterator<Item = &'a Resp> + 'a {
+        self.clients[index].signals[from..].iter()
+    }
+}
+
+#[test]
+fn the_publisher_answer_keeps_the_audio_level_extension() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    call.publish_audio(a, "mic-a");
+    let answer = call.clients[a].signals.iter().find_map(|m| match m {
+        Resp::Answer(d) => Some(d.sdp.clone()),
+        _ => None,
+    });
+    let answer = answer.expect("an answer");
+    assert!(answer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"), "{answer}");
+}
+
+#[test]
+fn a_loud_speaker_is_announced_to_the_room_and_dropped_when_silent() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let b = call.join("bob");
+    let mid = call.publish_audio(a, "mic-a");
+    call.offer_publisher(b, None);
+    call.run(Duration::from_millis(500), |_| {});
+    assert!(call.clients[a].publisher_connected);
+    let alice = call.sid(a);
+
+    // Alice talks at −20 dBov for 1.5 s (a packet every 20 ms).
+    let mut n = 0;
+    call.run(Duration::from_millis(1500), |call| {
+        n += 1;
+        if n % 4 == 0 {
+            call.send_audio(a, mid, n / 4, 20);
+        }
+    });
+    for who in [a, b] {
+        let speakers: Vec<&lk::SpeakerInfo> = call.clients[who]
+            .signals
+            .iter()
+            .filter_map(|m| match m {
+                Resp::SpeakersChanged(c) => Some(&c.speakers),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let last = speakers.last().unwrap_or_else(|| panic!("client {who} got no speakers_changed"));
+        assert_eq!(last.sid, alice);
+        assert!(last.active && last.level > 0.0 && last.level <= 1.0, "{last:?}");
+        // Changes only, at most every 400 ms: not one per packet.
+        assert!(speakers.len() <= 4, "{speakers:?}");
+    }
+
+    // She stops: two windows later, at the next evaluation, everyone
+    // hears she no longer speaks.
+    let from = call.clients[b].signals.len();
+    call.run(Duration::from_millis(1250), |_| {});
+    let silent = call.signals_since(b, from).any(
+        |m| matches!(m, Resp::SpeakersChanged(c) if c.speakers.iter().any(|s| s.sid == alice && !s.active && s.level == 0.0)),
+    );
+    assert!(silent, "Bob hears Alice fall silent");
+}
+
+#[test]
+fn quiet_audio_makes_no_speaker() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let mid = call.publish_audio(a, "mic-a");
+    call.run(Duration::from_millis(500), |_| {});
+    let mut n = 0;
+    call.run(Duration::from_secs(2), |call| {
+        n += 1;
+        if n % 4 == 0 {
+            call.send_audio(a, mid, n / 4, 70);
+        }
+    });
+    assert!(!call.clients[a].signals.iter().any(|m| matches!(m, Resp::SpeakersChanged(_))));
+}
+
+/// Connection quality updates Alice and Bob received, latest last, as
+/// (participant sid, quality) lists.
+fn qualities(call: &Call, index: usize) -> Vec<Vec<(String, i32)>> {
+    call.clients[index]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            Resp::ConnectionQuality(u) => Some(u.updates.iter().map(|i| (i.participant_sid.clone(), i.quality)).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connection_quality_is_excellent_when_clean_and_falls_with_loss() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let b = call.join("bob");
+    let mid = call.publish_video(a, "cam-a");
+    call.offer_publisher(b, None);
+    let (alice, bob) = (call.sid(a), call.sid(b));
+    let excellent = lk::ConnectionQuality::Excellent as i32;
+
+    let mut seq = 0;
+    call.run(Duration::from_millis(5500), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    for who in [a, b] {
+        let got = qualities(&call, who);
+        assert_eq!(got.len(), 1, "one update in the first 5 s: {got:?}");
+        let mut first = got[0].clone();
+        first.sort();
+        let mut expected = vec![(alice.clone(), excellent), (bob.clone(), excellent)];
+        expected.sort();
+        assert_eq!(first, expected);
+    }
+
+    // Then a fifth of Alice's packets are lost: she drops below EXCELLENT,
+    // Bob stays there.
+    call.run(Duration::from_secs(5), |call| {
+        seq += 1;
+        if seq % 5 != 0 {
+            call.send_video(a, mid, seq);
+        }
+    });
+    let got = qualities(&call, b);
+    assert_eq!(got.len(), 2, "a change is sent: {got:?}");
+    let latest = &got[1];
+    let of = |sid: &str| latest.iter().find(|(s, _)| s == sid).map(|(_, q)| *q);
+    assert_eq!(of(&bob), Some(excellent));
+    assert!(of(&alice).is_some_and(|q| q != excellent), "{latest:?}");
+    let score = call.clients[b].signals.iter().rev().find_map(|m| match m {
+        Resp::ConnectionQuality(u) => u.updates.iter().find(|i| i.participant_sid == alice).map(|i| i.score),
+        _ => None,
+    });
+    assert!(score.is_some_and(|s| (1.0..4.5).contains(&s)), "{score:?}");
+}
+
+fn quality_updates(call: &Call, index: usize) -> Vec<Vec<bool>> {
+    call.clients[index]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            Resp::SubscribedQualityUpdate(u) => {
+                assert_eq!(u.subscribed_codecs.len(), 1);
+                assert_eq!(u.subscribed_codecs[0].codec, "vp8");
+                Some(u.subscribed_codecs[0].qualities.iter().map(|q| q.enabled).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dynacast_tells_the_publisher_which_qualities_are_watched() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let b = call.join("bob");
+    let mid = call.publish_video(a, "cam-a");
+    call.offer_publisher(b, None);
+    let mut seq = 0;
+    call.run(Duration::from_millis(500), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    let track_sid = call.clients[a]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            Resp::TrackPublished(t) => t.track.as_ref().map(|t| t.sid.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // Bob watches everything: nothing to say.
+    assert!(quality_updates(&call, a).is_empty());
+
+    // Bob shrinks the tile to the low layer: Alice hears after 5 s.
+    call.send(
+        b,
+        Req::TrackSetting(lk::UpdateTrackSettings {
+            track_sids: vec![track_sid.clone()],
+            quality: lk::VideoQuality::Low as i32,
+            ..Default::default()
+        }),
+    );
+    call.run(Duration::from_secs(4), |_| {});
+    assert!(quality_updates(&call, a).is_empty(), "a fall waits");
+    call.run(Duration::from_millis(1500), |_| {});
+    assert_eq!(quality_updates(&call, a), vec![vec![true, false, false]]);
+
+    // Back to high: at once.
+    call.send(
+        b,
+        Req::TrackSetting(lk::UpdateTrackSettings {
+            track_sids: vec![track_sid.clone()],
+            quality: lk::VideoQuality::High as i32,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(quality_updates(&call, a).last(), Some(&vec![true, true, true]));
+
+    // Bob unsubscribes: nobody watches, Alice may pause everything.
+    call.send(
+        b,
+        Req::Subscription(lk::UpdateSubscription { track_sids: vec![track_sid], subscribe: false, ..Default::default() }),
+    );
+    call.run(Duration::from_millis(5500), |_| {});
+    assert_eq!(quality_updates(&call, a).last(), Some(&vec![false, false, false]));
+}
+
+#[test]
+fn unsubscribing_removes_the_track_and_subscribing_brings_it_back() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let b = call.join("bob");
+    let mid = call.publish_video(a, "cam-a");
+    call.offer_publisher(b, None);
+    let mut seq = 0;
+    call.run(Duration::from_millis(800), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    let offers = |call: &Call| -> Vec<lk::SessionDescription> {
+        call.clients[b]
+            .signals
+            .iter()
+            .filter_map(|m| match m {
+                Resp::Offer(o) => Some(o.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(offers(&call).len(), 1);
+    let track_sid = offers(&call)[0].mid_to_track_id.values().next().unwrap().clone();
+    let received = |call: &Call| call.clients[b].subscriber_events.iter().filter(|e| matches!(e, Event::RtpPacket(_))).count();
+    assert!(received(&call) > 0);
+
+    let unsubscribe = |subscribe| {
+        Req::Subscription(lk::UpdateSubscription {
+            participant_tracks: vec![lk::ParticipantTracks {
+                participant_sid: String::new(),
+                track_sids: vec![track_sid.clone()],
+            }],
+            subscribe,
+            ..Default::default()
+        })
+    };
+    call.send(b, unsubscribe(false));
+    let after = offers(&call);
+    assert_eq!(after.len(), 2, "a new offer");
+    assert!(after[1].mid_to_track_id.is_empty(), "{:?}", after[1].mid_to_track_id);
+    assert!(after[1].sdp.contains("m=video 0 "), "the m-line is stopped: {}", after[1].sdp);
+    call.run(Duration::from_millis(300), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    let stopped = received(&call);
+    call.run(Duration::from_millis(300), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    assert_eq!(received(&call), stopped, "nothing forwarded once unsubscribed");
+
+    call.send(b, unsubscribe(true));
+    let after = offers(&call);
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[2].mid_to_track_id.values().collect::<Vec<_>>(), vec![&track_sid]);
+    call.run(Duration::from_secs(1), |call| {
+        seq += 1;
+        call.send_video(a, mid, seq);
+    });
+    assert!(received(&call) > stopped, "forwarding resumes");
+    // Unknown tracks change nothing.
+    call.send(
+        b,
+        Req::Subscription(lk::UpdateSubscription { track_sids: vec!["TR_nope".into()], subscribe: true, ..Default::default() }),
+    );
+    assert_eq!(offers(&call).len(), 3);
 }

@@ -349,12 +349,11 @@ async fn video_flows_between_two_browsers(backend: Backend) {
 
 on_both_backends!(video_flows_between_two_browsers);
 
-/// Two headless Chromium pages running livekit-client (npm, pinned in
-/// tests/livekit) meet through the SFU: Alice publishes her fake camera
-/// with simulcast, Bob receives its video (tests/livekit/meet.mjs). Needs
-/// Node.js, `npm ci` in tests/livekit and Debian's chromium, which
-/// ./scripts/test installs.
-async fn livekit_client_in_chromium_meets_through_the_sfu(backend: Backend) {
+/// Runs a livekit-client browser script of tests/livekit (npm, pinned
+/// there) against a server with the SFU on; panics with its output when it
+/// fails. Needs Node.js, `npm ci` in tests/livekit and Debian's chromium,
+/// which ./scripts/test installs.
+async fn run_browser_script(backend: Backend, script: &str, extra: &[&str], failure: &str) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/livekit");
     assert!(
         dir.join("node_modules/livekit-client").is_dir() && dir.join("node_modules/playwright-core").is_dir(),
@@ -369,25 +368,38 @@ async fn livekit_client_in_chromium_meets_through_the_sfu(backend: Backend) {
     let server = sfu_server(backend).await;
     let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
     let run = tokio::process::Command::new(&node)
-        .arg(dir.join("meet.mjs"))
+        .arg(dir.join(script))
         .current_dir(&dir)
-        .args(["--url", &ws_base(&server), "--key", API_KEY, "--secret", API_SECRET, "--simulcast", "1"])
+        .args(["--url", &ws_base(&server), "--key", API_KEY, "--secret", API_SECRET])
+        .args(extra)
         .env("CHROMIUM", &chromium)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(120), run)
         .await
-        .expect("meet.mjs ends within 120 s")
+        .unwrap_or_else(|_| panic!("{script} ends within 120 s"))
         .unwrap_or_else(|e| panic!("cannot run {node:?} ({e}): Node.js 20 or newer is needed"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "Bob did not receive Alice's video ({}): {stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{failure} ({}): {stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     server.stop().await.unwrap();
 }
 
+/// Two headless Chromium pages running livekit-client meet through the
+/// SFU: Alice publishes her fake camera with simulcast, Bob receives its
+/// video (tests/livekit/meet.mjs).
+async fn livekit_client_in_chromium_meets_through_the_sfu(backend: Backend) {
+    run_browser_script(backend, "meet.mjs", &["--simulcast", "1"], "Bob did not receive Alice's video").await;
+}
+
 on_both_backends!(livekit_client_in_chromium_meets_through_the_sfu);
+
+/// Three Chromium pages each publish camera and microphone (dynacast and
+/// adaptive stream on); each sees the others' audio and video decoded and
+/// hears them as active speakers; one page closes and the other two see it
+/// leave (tests/livekit/call3.mjs).
+async fn three_chromium_participants_see_and_hear_each_other(backend: Backend) {
+    run_browser_script(backend, "call3.mjs", &[], "the three-participant call failed").await;
+}
+
+on_both_backends!(three_chromium_participants_see_and_hear_each_other);
