@@ -72,6 +72,13 @@ pub mod tokens;
 
 use std::sync::Arc;
 
+/// A JSON object of `fields`, moved in: `json!` copies every `Value` it is
+/// given (through `to_value`), which for a sync answer's rooms and
+/// timelines is most of the answer.
+pub(crate) fn json_object<const N: usize>(fields: [(&str, serde_json::Value); N]) -> serde_json::Value {
+    serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
 pub use account_data::{AccountData, AccountDataDeps};
 pub use accounts::{
     Accounts, AccountsConfig, AccountsDeps, AuthPayload, AuthStage, AuthedUser, InteractiveAuth, InteractiveAuthDeps,

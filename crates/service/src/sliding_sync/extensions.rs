@@ -8,7 +8,7 @@ use chancery_proto::ruma::api::client::sync::sync_events::v5::request;
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
 
-use super::SlidingSync;
+use super::{SlidingSync, object};
 use crate::keys::MembershipNews;
 use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
@@ -78,7 +78,10 @@ impl SlidingSync {
                 has_news |= !inbox.to_device.is_empty() || inbox.more_to_device;
                 body.insert(
                     "to_device".into(),
-                    json!({ "next_batch": inbox.to_device_up_to.to_string(), "events": inbox.to_device }),
+                    object([
+                        ("next_batch", json!(inbox.to_device_up_to.to_string())),
+                        ("events", JsonValue::Array(inbox.to_device)),
+                    ]),
                 );
             }
             if e2ee_on {
@@ -112,7 +115,7 @@ impl SlidingSync {
                 }
             }
             has_news |= !rooms.is_empty();
-            body.insert("receipts".into(), json!({ "rooms": rooms }));
+            body.insert("receipts".into(), object([("rooms", JsonValue::Object(rooms))]));
         }
         let mut next_typing_expiry = None;
         if ext.typing.enabled == Some(true) {
@@ -136,7 +139,7 @@ impl SlidingSync {
             }
             has_news |= !rooms.is_empty();
             next_typing_expiry = snapshot.next_expiry;
-            body.insert("typing".into(), json!({ "rooms": rooms }));
+            body.insert("typing".into(), object([("rooms", JsonValue::Object(rooms))]));
         }
         if ext.thread_subscriptions.enabled == Some(true)
             && self.deps.thread_subscriptions.enabled()
@@ -205,7 +208,8 @@ impl SlidingSync {
             let ruleset = self.deps.push.push_ruleset(&user.user_id).await?;
             global.push(json!({ "type": "m.push_rules", "content": { "global": ruleset } }));
         }
-        Ok((json!({ "global": global, "rooms": rooms }), news))
+        let rooms = rooms.into_iter().map(|(room_id, events)| (room_id, JsonValue::Array(events))).collect();
+        Ok((object([("global", JsonValue::Array(global)), ("rooms", JsonValue::Object(rooms))]), news))
     }
 }
 

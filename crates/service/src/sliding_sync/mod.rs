@@ -49,7 +49,7 @@ use crate::notifier::Notifier;
 use crate::push::Push;
 use crate::rooms::{EventFormatter, Visibility};
 use crate::stream_token::StreamToken;
-use crate::{AuthedUser, Error};
+use crate::{AuthedUser, Error, json_object as object};
 use decide::{RequiredState, RoomConfig, RoomRecord, RoomUpdate};
 
 /// Rooms of one answer read at the same time.
@@ -454,7 +454,8 @@ impl SlidingSync {
         let view: Vec<&str> = in_view.iter().copied().collect();
         let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &list.joined, &view, &initial_rooms).await?;
         let has_news = more_rooms || !rooms.is_empty() || ext.has_news;
-        let body = json!({ "lists": lists, "rooms": rooms, "extensions": ext.body });
+        // Moved in, not through `json!`, which would copy every room.
+        let body = object([("lists", JsonValue::Object(lists)), ("rooms", JsonValue::Object(rooms)), ("extensions", ext.body)]);
         Ok(Answer { body, has_news, changed, cut, rooms: list, next_typing_expiry: ext.next_typing_expiry })
     }
 

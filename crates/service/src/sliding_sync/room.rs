@@ -79,8 +79,8 @@ impl SlidingSyncDeps {
                 return Ok((None, record));
             };
             // ruma and matrix-sdk read `invite_state`; the MSC renamed it.
-            room.insert("invite_state".into(), json!(stripped));
-            room.insert("stripped_state".into(), json!(stripped));
+            room.insert("invite_state".into(), JsonValue::Array(stripped.clone()));
+            room.insert("stripped_state".into(), JsonValue::Array(stripped));
             return Ok((Some(JsonValue::Object(room)), record));
         }
 
@@ -211,7 +211,7 @@ impl SlidingSyncDeps {
                         hero
                     })
                     .collect();
-                room.insert("heroes".into(), json!(heroes));
+                room.insert("heroes".into(), JsonValue::Array(heroes));
             }
             None => {}
         }
@@ -232,8 +232,8 @@ impl SlidingSyncDeps {
         let positions: Vec<u64> = events.iter().map(|e| e.stream_pos).collect();
         let (state, timeline) =
             tokio::try_join!(self.formatter.client_events(&state, &viewer), self.formatter.client_events(&events, &viewer))?;
-        room.insert("required_state".into(), json!(without_room_ids(state)));
-        room.insert("timeline".into(), json!(without_room_ids(timeline)));
+        room.insert("required_state".into(), JsonValue::Array(without_room_ids(state)));
+        room.insert("timeline".into(), JsonValue::Array(without_room_ids(timeline)));
         room.insert("limited".into(), json!(limited));
         room.insert("prev_batch".into(), json!(prev_batch));
         room.insert("num_live".into(), json!(decide::num_live(&positions, ctx.since.map(|s| s.events))));
@@ -265,8 +265,8 @@ impl SlidingSyncDeps {
                 let own = self.rooms.event(&entry.membership_event_id).await?;
                 let own = self.formatter.client_events(own.as_slice(), viewer).await?;
                 let own = without_room_ids(own);
-                room.insert("required_state".into(), json!(own));
-                room.insert("timeline".into(), json!(own));
+                room.insert("required_state".into(), JsonValue::Array(own.clone()));
+                room.insert("timeline".into(), JsonValue::Array(own));
                 Ok(Some(JsonValue::Object(room)))
             }
             Err(e) => Err(e),

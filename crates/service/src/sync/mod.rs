@@ -50,7 +50,7 @@ use crate::push::Push;
 use crate::rooms::filter::{type_allowed, types_allowed};
 use crate::rooms::{ClientEventOptions, EventFormatter, Visibility};
 use crate::stream_token::StreamToken;
-use crate::{AuthedUser, Error};
+use crate::{AuthedUser, Error, json_object};
 use decide::{LazyMembers, RoomFacts, Section, TypingFacts};
 use lazy_members::LazyMembersCache;
 
@@ -385,12 +385,18 @@ impl Syncer {
             || keys.has_news()
             || keys.more_to_device
             || decide::has_news(join.len() + invite.len() + knock.len() + leave.len(), global_account_data.len(), presence.len());
-        let mut body = json!({
-            "next_batch": cut.to_string(),
-            "account_data": { "events": global_account_data },
-            "presence": { "events": presence },
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-        });
+        let rooms = json_object([
+            ("join", JsonValue::Object(join)),
+            ("invite", JsonValue::Object(invite)),
+            ("leave", JsonValue::Object(leave)),
+            ("knock", JsonValue::Object(knock)),
+        ]);
+        let mut body = json_object([
+            ("next_batch", json!(cut.to_string())),
+            ("account_data", json_object([("events", JsonValue::from(global_account_data))])),
+            ("presence", json_object([("events", JsonValue::from(presence))])),
+            ("rooms", rooms),
+        ]);
         keys.write_into(&mut body);
         Ok(OnePass { body, has_news, next_typing_expiry, joined: joined.into_iter().map(str::to_owned).collect() })
     }

@@ -11,9 +11,9 @@ use serde_json::{Value as JsonValue, json};
 
 use super::decide::{self, LazyMembers, StateRead};
 use super::{Pass, Syncer};
-use crate::Error;
 use crate::rooms::filter::type_allowed;
 use crate::rooms::{ClientEventOptions, EventFormatter, Visibility, format_token};
+use crate::{Error, json_object};
 
 /// State event types shown in an invite or knock (spec: "stripped state"
 /// should include these so the room can be displayed).
@@ -75,6 +75,15 @@ pub(crate) struct RoomWindow {
     pub limited: bool,
     /// Position just before the first timeline event (or the window end).
     pub before_timeline: u64,
+}
+
+/// A room's `timeline` section.
+fn timeline_section(events: Vec<JsonValue>, w: &RoomWindow) -> JsonValue {
+    json_object([
+        ("events", JsonValue::Array(events)),
+        ("limited", json!(w.limited)),
+        ("prev_batch", json!(format_token(w.before_timeline))),
+    ])
 }
 
 /// Which events of a room a timeline window takes: the newest `limit`
@@ -182,15 +191,11 @@ impl Syncer {
         let (state, timeline, (unread, unread_threads)) =
             tokio::try_join!(state, self.deps.formatter.client_events(&w.timeline, &p.viewer), unread)?;
         let state_key = decide::state_section_key(req.use_state_after, req.state_after_unstable);
-        let mut room = json!({
-            "timeline": {
-                "events": without_room_ids(timeline),
-                "limited": w.limited,
-                "prev_batch": format_token(w.before_timeline),
-            },
-            "ephemeral": { "events": ephemeral },
-            "account_data": { "events": account_data },
-        });
+        let mut room = json_object([
+            ("timeline", timeline_section(without_room_ids(timeline), &w)),
+            ("ephemeral", json_object([("events", JsonValue::Array(ephemeral))])),
+            ("account_data", json_object([("events", JsonValue::Array(account_data))])),
+        ]);
         if let Some(summary) = summary {
             room["summary"] = summary;
         }
@@ -198,7 +203,7 @@ impl Syncer {
         if let Some(threads) = unread_threads {
             room["unread_thread_notifications"] = threads;
         }
-        room[state_key] = json!({ "events": without_room_ids(state) });
+        room[state_key] = json_object([("events", JsonValue::Array(without_room_ids(state)))]);
         Ok(Some(room))
     }
 
@@ -211,18 +216,16 @@ impl Syncer {
             .await?;
         let state_after = p.req.use_state_after;
         let state = self.state_section(p, &m.room_id, since, false, state_after, &w, m.stream_pos, &[]).await?;
-        let mut room = json!({
-            "timeline": {
-                "events": without_room_ids(self.deps.formatter.client_events(&w.timeline, &p.viewer).await?),
-                "limited": w.limited,
-                "prev_batch": format_token(w.before_timeline),
-            },
-            "account_data": { "events": account_data },
-        });
+        let timeline = without_room_ids(self.deps.formatter.client_events(&w.timeline, &p.viewer).await?);
+        let mut room = json_object([
+            ("timeline", timeline_section(timeline, &w)),
+            ("account_data", json_object([("events", JsonValue::Array(account_data))])),
+        ]);
         // Spec v1.16: a left room's state section follows `use_state_after`
         // too, up to the end of its timeline (the departure).
         let state_key = decide::state_section_key(state_after, p.req.state_after_unstable);
-        room[state_key] = json!({ "events": without_room_ids(self.deps.formatter.client_events(&state, &p.viewer).await?) });
+        let state = without_room_ids(self.deps.formatter.client_events(&state, &p.viewer).await?);
+        room[state_key] = json_object([("events", JsonValue::Array(state))]);
         Ok(room)
     }
 
