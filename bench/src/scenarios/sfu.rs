@@ -96,6 +96,8 @@ pub async fn run(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
         o.figure(format!("{tag}_latency_p50_ms"), step.latency.percentile(50.0)?, Better::Lower);
         o.figure(format!("{tag}_latency_p99_ms"), step.latency.percentile(99.0)?, Better::Lower);
         o.figure(format!("{tag}_loss_pct"), step.loss * 100.0, Better::Lower);
+        o.figure(format!("{tag}_video_loss_pct"), step.video_loss * 100.0, Better::Lower);
+        o.figure(format!("{tag}_audio_loss_pct"), step.audio_loss * 100.0, Better::Lower);
         o.figure(format!("{tag}_received_mbit_per_s_per_subscriber"), step.received_mbit_per_s, Better::Higher);
         o.figure(format!("{tag}_forwarded_packets_per_s"), step.forwarded_per_s, Better::Higher);
         o.figure(format!("{tag}_server_cpu_cores"), step.cpu_cores, Better::Lower);
@@ -119,6 +121,8 @@ pub async fn run(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
 struct StepFigures {
     latency: Samples,
     loss: f64,
+    video_loss: f64,
+    audio_loss: f64,
     received_mbit_per_s: f64,
     forwarded_per_s: f64,
     cpu_cores: f64,
@@ -135,7 +139,8 @@ struct Shared {
     window_end_ns: AtomicU64,
     stop: AtomicBool,
     ready_subscribers: AtomicUsize,
-    sent_in_window: AtomicU64,
+    /// Packets sent in the window, video and audio.
+    sent_in_window: [AtomicU64; 2],
 }
 
 impl Shared {
@@ -173,7 +178,7 @@ async fn run_size(
         window_end_ns: AtomicU64::new(u64::MAX),
         stop: AtomicBool::new(false),
         ready_subscribers: AtomicUsize::new(0),
-        sent_in_window: AtomicU64::new(0),
+        sent_in_window: [AtomicU64::new(0), AtomicU64::new(0)],
     });
     let bound = JOIN_DEADLINE + Duration::from_secs(seconds) + STOP_DEADLINE;
     let mut tasks = tokio::task::JoinSet::new();
@@ -220,7 +225,7 @@ async fn run_size(
 
     let wall = ended.duration_since(started).as_secs_f64();
     let mut latency = Samples::new();
-    let (mut received, mut bytes) = (0u64, 0u64);
+    let (mut received, mut bytes) = ([0u64; 2], 0u64);
     for r in &reports {
         if r.bad_packets > 0 {
             bail!("a subscriber received {} packets that are not the benchmark's", r.bad_packets);
@@ -230,20 +235,25 @@ async fn run_size(
         {
             bail!("a subscriber did not receive every publisher's video and audio");
         }
-        received += r.received_in_window;
+        received[0] += r.received_in_window[0];
+        received[1] += r.received_in_window[1];
         bytes += r.bytes_in_window;
         for us in &r.latencies_us {
             latency.push_ms(f64::from(*us) / 1000.0);
         }
     }
-    let expected = shared.sent_in_window.load(Ordering::Relaxed) * subscribers as u64;
-    if expected == 0 {
-        bail!("no packet was sent in the window");
+    let expected = shared.sent_in_window.each_ref().map(|n| n.load(Ordering::Relaxed) * subscribers as u64);
+    if expected.contains(&0) {
+        bail!("no video or no audio packet was sent in the window");
     }
+    let loss_of = |kind: usize| 1.0 - (received[kind] as f64 / expected[kind] as f64).min(1.0);
+    let (expected, received) = (expected[0] + expected[1], received[0] + received[1]);
     let cpu_s = (cpu_end - cpu_start) as f64 / CLK_TCK;
     Ok(StepFigures {
         latency,
         loss: 1.0 - (received as f64 / expected as f64).min(1.0),
+        video_loss: loss_of(usize::from(VIDEO)),
+        audio_loss: loss_of(usize::from(AUDIO)),
         received_mbit_per_s: bytes as f64 * 8.0 / 1e6 / wall / subscribers as f64,
         forwarded_per_s: received as f64 / wall,
         cpu_cores: cpu_s / wall,
@@ -275,7 +285,8 @@ enum Role {
 struct Report {
     role: Role,
     latencies_us: Vec<u32>,
-    received_in_window: u64,
+    /// Video and audio packets received that were sent in the window.
+    received_in_window: [u64; 2],
     bytes_in_window: u64,
     bad_packets: u64,
     video_from: Vec<bool>,
@@ -388,7 +399,7 @@ impl Media {
                 let last = i + 1 == VIDEO_PACKETS_PER_FRAME;
                 stream.write_rtp(RtpWrite::new(self.video_pt, self.video_seq.into(), time, now, payload).marker(last));
                 if shared.in_window(sent) {
-                    shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
+                    shared.sent_in_window[usize::from(VIDEO)].fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.frame += 1;
@@ -403,7 +414,7 @@ impl Media {
             self.audio_seq += 1;
             stream.write_rtp(RtpWrite::new(self.audio_pt, self.audio_seq.into(), (self.audio_seq * 960) as u32, now, payload));
             if shared.in_window(sent) {
-                shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
+                shared.sent_in_window[usize::from(AUDIO)].fetch_add(1, Ordering::Relaxed);
             }
             self.next_audio += AUDIO_INTERVAL;
         }
@@ -427,7 +438,7 @@ async fn participant(shared: Arc<Shared>, role: Role, url: String, jwt: String, 
     let mut report = Report {
         role,
         latencies_us: Vec::new(),
-        received_in_window: 0,
+        received_in_window: [0, 0],
         bytes_in_window: 0,
         bad_packets: 0,
         video_from: vec![false; shared.publishers],
@@ -505,7 +516,7 @@ async fn participant(shared: Arc<Shared>, role: Role, url: String, jwt: String, 
                 shared.ready_subscribers.fetch_add(1, Ordering::Relaxed);
             }
             if shared.in_window(sent) {
-                report.received_in_window += 1;
+                report.received_in_window[usize::from(track)] += 1;
                 report.bytes_in_window += packet.payload.len() as u64;
                 if report.latencies_us.len() < MAX_SAMPLES_PER_SUBSCRIBER {
                     let delay = shared.ns(Instant::now()).saturating_sub(sent);
@@ -515,6 +526,13 @@ async fn participant(shared: Arc<Shared>, role: Role, url: String, jwt: String, 
         }
         if let Some(m) = media.as_mut() {
             wake_at = wake_at.min(m.send_due(&mut publisher.rtc, &shared));
+            // Out now, not at the next wake-up.
+            wake_at = wake_at.min(publisher.drive(&mut events).await?);
+            events.retain(|e| matches!(e, Event::KeyframeRequest(_)));
+            if !events.is_empty() {
+                m.keyframe_asked = true;
+                events.clear();
+            }
         }
         if Instant::now() >= next_ping {
             sink.send(request(Req::PingReq(lk::Ping { timestamp: 0, rtt: 0 }))).await?;

@@ -102,6 +102,8 @@ struct Call {
     clients: Vec<Client>,
     events: Vec<SfuEvent>,
     next_port: u16,
+    /// Datagrams over 1,000 bytes the SFU sent (media of the tests' size).
+    large_transmits: u64,
 }
 
 impl Call {
@@ -112,7 +114,7 @@ impl Call {
     fn with_config(config: SfuConfig) -> Self {
         let now = Instant::now();
         let sfu = Sfu::new(config, vec![sfu_addr()], 42, now, 1_700_000_000_000);
-        Self { now, sfu, clients: Vec::new(), events: Vec::new(), next_port: 40_000 }
+        Self { now, sfu, clients: Vec::new(), events: Vec::new(), next_port: 40_000, large_transmits: 0 }
     }
 
     fn join(&mut self, identity: &str) -> usize {
@@ -203,6 +205,9 @@ impl Call {
                         self.client_signal(to, message);
                     }
                     SfuOutput::Transmit(t) => {
+                        if t.contents.len() > 1000 {
+                            self.large_transmits += 1;
+                        }
                         let now = self.now;
                         if let Some(client) = self
                             .clients
@@ -684,4 +689,48 @@ fn everything_is_released_when_the_last_participant_leaves() {
     assert_eq!((stats.rooms, stats.participants, stats.published_tracks, stats.forwarded_tracks), (0, 0, 0, 0));
     assert_eq!(call.sfu.held_entries(), 0, "no room, participant, route or pending poll left");
     assert_eq!(call.sfu.poll_timeout(), None, "no timer left");
+}
+
+#[test]
+fn every_packet_of_a_steady_stream_leaves_the_sfu() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let mid_a = call.publish_video(a, "cam-a");
+    call.run(Duration::from_millis(500), |_| {});
+    let b = call.join("bob");
+    call.offer_publisher(b, None);
+    call.run(Duration::from_millis(500), |_| {});
+    let mut seq: u64 = 0;
+    let mut step: u64 = 0;
+    // 4 packets every 35 ms (7 steps of 5 ms) for 3.5 s: 400 packets.
+    call.run(Duration::from_millis(3500), |call| {
+        step += 1;
+        if !step.is_multiple_of(7) {
+            return;
+        }
+        let now = call.now;
+        let client = &mut call.clients[a];
+        let pt = client.publisher.codec_config().find(|p| p.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
+        let mut api = client.publisher.direct_api();
+        let stream = api.stream_tx_by_mid(mid_a, None).unwrap();
+        for i in 0..4 {
+            seq += 1;
+            let mut payload = vec![0u8; 1042];
+            if i == 0 {
+                payload[..5].copy_from_slice(&[0x10, if seq == 1 { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a]);
+            }
+            stream.write_rtp(RtpWrite::new(pt, seq.into(), (step * 3000) as u32, now, payload).marker(i == 3));
+        }
+    });
+    // Everything from the first key frame on is written to Bob's connection
+    // and leaves the SFU as a datagram of its own (the first frame may go
+    // by before Bob's connection is up).
+    let forwarded = call.sfu.stats().forwarded_packets;
+    assert!(forwarded >= seq - 4, "forwarded {forwarded} of {seq}");
+    // (Alice receives no media; resends, if Bob asks for any, come on top.)
+    assert!(call.large_transmits >= forwarded, "{} datagrams for {forwarded} packets", call.large_transmits);
+    // Known: the receiving str0m peer (RTP mode) surfaces only about one
+    // packet per 4-packet frame as `Event::RtpPacket` (99 of 396 here), so
+    // receiver-side counts understate what the SFU sends; see the `sfu`
+    // benchmark's notes.
 }
