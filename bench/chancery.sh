@@ -6,7 +6,8 @@
 #   bench/chancery.sh [DIR]            # DIR default /tmp/chancery-bench-chancery
 #
 # Environment: BENCH_CHANCERY_PORT (default 8028; not CHANCERY_*: Chancery
-# reads every CHANCERY_* variable as a config key), CHANCERY_DATABASE_URL
+# reads every CHANCERY_* variable as a config key), BENCH_SFU_PORT (the
+# built-in SFU's UDP port, default 7892), CHANCERY_DATABASE_URL
 # (default sqlite in DIR), FRESH=1 (delete DIR's database and logs first; a
 # PostgreSQL database is never touched: give an empty one), NO_BUILD=1 (use
 # the binary already built). Prints `url=`, `pid=` and `version=` lines on
@@ -55,6 +56,10 @@ export CHANCERY_RATE_LIMITS__ENABLED="false"
 export CHANCERY_LIMITS__MAX_CONNECTIONS="100000"
 export CHANCERY_LIMITS__MAX_CONNECTIONS_PER_ADDRESS="100000"
 export CHANCERY_LIMITS__HEADER_READ_TIMEOUT_MS="3600000"
+# The built-in SFU for `sfu` (its token service at /livekit/jwt, media on
+# one UDP port on loopback; BENCH_SFU_PORT, default 7892).
+export CHANCERY_SFU__ENABLED="true"
+export CHANCERY_SFU__UDP_LISTEN="127.0.0.1:${BENCH_SFU_PORT:-7892}"
 rm -f "$DIR/ready"
 nohup "$BIN" serve --ready-file "$DIR/ready" > "$DIR/chancery.log" 2>&1 &
 PID=$!

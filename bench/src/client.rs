@@ -327,6 +327,20 @@ impl Server {
         v.get("delayed_events").and_then(Value::as_array).cloned().ok_or_else(|| anyhow!("no delayed_events list in {v}"))
     }
 
+    /// A LiveKit URL and access token for `s` in `room_id`, as Element
+    /// Call gets them: an OpenID token from
+    /// `/user/{userId}/openid/request_token`, handed to the token service's
+    /// legacy `POST <livekit_service_url>/sfu/get` (lk-jwt-service's
+    /// endpoint; Chancery serves it at `/livekit/jwt`).
+    pub async fn livekit_token(&self, s: &Session, room_id: &str) -> Result<(String, String)> {
+        let url = self.url(&["_matrix", "client", "v3", "user", &s.user_id, "openid", "request_token"], &[]);
+        let (openid, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;
+        let body = json!({ "room": room_id, "openid_token": openid, "device_id": s.device_id });
+        let url = self.url(&["livekit", "jwt", "sfu", "get"], &[]);
+        let (answer, _) = self.json_call(Method::POST, url, None, Some(&body), Duration::ZERO).await?;
+        Ok((str_field(&answer, "url")?, str_field(&answer, "jwt")?))
+    }
+
     pub async fn join(&self, s: &Session, room_id: &str) -> Result<()> {
         let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "join"], &[]);
         let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;

@@ -197,6 +197,13 @@ struct Common {
     delayed_members: Option<usize>,
     #[arg(long)]
     delayed_restarts: Option<usize>,
+    /// `sfu` (Chancery only, not in `all`): call sizes as
+    /// PUBLISHERSxSUBSCRIBERS, run one after another.
+    #[arg(long, value_delimiter = ',', default_value = "2x4,4x8")]
+    sfu_sizes: Vec<String>,
+    /// Seconds measured at each `sfu` size (after everyone receives everything).
+    #[arg(long, default_value_t = 20)]
+    sfu_seconds: u64,
     /// Requests at once while setting up (registrations, joins, room creation).
     #[arg(long)]
     setup_concurrency: Option<usize>,
@@ -250,6 +257,8 @@ impl Common {
             thumbnail_samples: self.thumbnail_samples.unwrap_or(20),
             delayed_members: self.delayed_members.unwrap_or(pick(20, 200)),
             delayed_restarts: self.delayed_restarts.unwrap_or(pick(50, 200)),
+            sfu_sizes: self.sfu_sizes.iter().filter_map(|s| parse_size(s)).collect(),
+            sfu_seconds: self.sfu_seconds,
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
             sync_timeout_ms: self.sync_timeout_ms,
             room_version: (self.room_version != "default").then(|| self.room_version.clone()),
@@ -265,7 +274,19 @@ impl Common {
 
     fn scenarios(&self) -> Vec<Scenario> {
         let all = self.scenarios.contains(&Scenario::All);
-        Scenario::EVERY.into_iter().filter(|s| all || self.scenarios.contains(s)).collect()
+        let mut chosen: Vec<Scenario> = Scenario::EVERY.into_iter().filter(|s| all || self.scenarios.contains(s)).collect();
+        // Named only: `sfu` measures Chancery's own SFU.
+        if self.scenarios.contains(&Scenario::Sfu) {
+            chosen.push(Scenario::Sfu);
+        }
+        chosen
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Some(bad) = self.sfu_sizes.iter().find(|s| parse_size(s).is_none()) {
+            bail!("--sfu-sizes: {bad:?} is not PUBLISHERSxSUBSCRIBERS (both at least 1)");
+        }
+        Ok(())
     }
 
     fn preset_name(&self) -> &'static str {
@@ -274,6 +295,13 @@ impl Common {
             Preset::Target => "target",
         }
     }
+}
+
+/// `PxM` with both at least one.
+fn parse_size(s: &str) -> Option<(usize, usize)> {
+    let (p, m) = s.trim().split_once('x')?;
+    let (p, m) = (p.parse().ok()?, m.parse().ok()?);
+    (p > 0 && m > 0).then_some((p, m))
 }
 
 fn run_id() -> String {
@@ -303,6 +331,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::Thumbnail => scenarios::thumbnail::run(ctx, &mut o).await,
         Scenario::DelayedRestart => scenarios::delayed_restart::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
+        Scenario::Sfu => scenarios::sfu::run(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };
     o.wall_s = started.elapsed().as_secs_f64();
@@ -338,6 +367,7 @@ fn header_notes(common: &Common, sizes: &Sizes, servers: &[&Server]) -> Vec<Stri
 }
 
 async fn run_one(url: String, pid: Option<u32>, label: String, common: Common) -> Result<bool> {
+    common.check()?;
     let sizes = common.sizes();
     let id = run_id();
     let server = Server::new(&label, &url, pid, &id)?;

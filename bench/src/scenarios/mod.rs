@@ -13,6 +13,7 @@ pub mod key_share;
 pub mod register;
 pub mod rss;
 pub mod send;
+pub mod sfu;
 pub mod sliding;
 pub mod ss_arrival;
 pub mod ss_first;
@@ -72,6 +73,8 @@ pub enum Scenario {
     Rss,
     /// Every scenario above, in this order.
     All,
+    /// Chancery's built-in SFU (not in `all`: other servers have none).
+    Sfu,
 }
 
 impl Scenario {
@@ -109,6 +112,7 @@ impl Scenario {
             Scenario::DelayedRestart => "delayed-restart",
             Scenario::Rss => "rss",
             Scenario::All => "all",
+            Scenario::Sfu => "sfu",
         }
     }
 }
@@ -149,6 +153,10 @@ pub struct Sizes {
     pub thumbnail_samples: usize,
     pub delayed_members: usize,
     pub delayed_restarts: usize,
+    /// `sfu`: the (publishers, subscribers) sizes run one after another,
+    /// and the seconds measured at each.
+    pub sfu_sizes: Vec<(usize, usize)>,
+    pub sfu_seconds: u64,
     pub setup_concurrency: usize,
     pub sync_timeout_ms: u64,
     pub room_version: Option<String>,

@@ -1,8 +1,8 @@
 //! Prometheus metrics, served on their own listener (off unless
 //! configured): requests and latencies per endpoint, database pool, RSS,
-//! syncs waiting for news.
+//! syncs waiting for news, and the built-in SFU's figures when it runs.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +40,54 @@ pub struct Metrics {
     db_idle: Gauge,
     rss_bytes: Gauge,
     long_polls_waiting: Gauge,
+    sfu: OnceLock<SfuMetrics>,
+}
+
+/// The built-in SFU's figures as its host reads them (gauges are "now",
+/// the others are counts since it started and only grow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuFigures {
+    pub rooms: u64,
+    pub participants: u64,
+    pub published_tracks: u64,
+    pub forwarded_tracks: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub packets_lost: u64,
+    pub over_bitrate_packets: u64,
+    pub data_forwarded_packets: u64,
+    pub data_forwarded_bytes: u64,
+    pub data_dropped: u64,
+}
+
+type SfuSource = Box<dyn Fn() -> SfuFigures + Send + Sync>;
+
+struct SfuMetrics {
+    source: SfuSource,
+    gauges: [Gauge; 4],
+    counters: [Counter; 7],
+}
+
+impl SfuMetrics {
+    fn update(&self) {
+        let f = (self.source)();
+        for (gauge, value) in self.gauges.iter().zip([f.rooms, f.participants, f.published_tracks, f.forwarded_tracks]) {
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+        let totals = [
+            f.forwarded_packets,
+            f.forwarded_bytes,
+            f.packets_lost,
+            f.over_bitrate_packets,
+            f.data_forwarded_packets,
+            f.data_forwarded_bytes,
+            f.data_dropped,
+        ];
+        // The SFU keeps the totals; the counters follow them.
+        for (counter, total) in self.counters.iter().zip(totals) {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -69,7 +117,51 @@ impl Metrics {
             "/sync requests of this node parked waiting for news",
             long_polls_waiting.clone(),
         );
-        Self { registry: Mutex::new(registry), requests, latency, panics, db_connections, db_idle, rss_bytes, long_polls_waiting }
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            panics,
+            db_connections,
+            db_idle,
+            rss_bytes,
+            long_polls_waiting,
+            sfu: OnceLock::new(),
+        }
+    }
+
+    /// Serves the built-in SFU's figures, read from `source` at each
+    /// scrape (`chancery_sfu_*`; `rate()` of the byte and packet totals is
+    /// the forwarded bitrate and packet rate). Only the first call counts.
+    pub fn set_sfu_source(&self, source: impl Fn() -> SfuFigures + Send + Sync + 'static) {
+        let gauges: [Gauge; 4] = Default::default();
+        let counters: [Counter; 7] = Default::default();
+        let metrics = SfuMetrics { source: Box::new(source), gauges: gauges.clone(), counters: counters.clone() };
+        if self.sfu.set(metrics).is_err() {
+            return;
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let gauge_help = [
+            ("sfu_rooms", "Rooms on the built-in SFU"),
+            ("sfu_participants", "Participants connected to the built-in SFU"),
+            ("sfu_published_tracks", "Tracks published to the built-in SFU"),
+            ("sfu_forwarded_tracks", "Tracks forwarded by the built-in SFU (one per subscriber and track)"),
+        ];
+        for ((name, help), gauge) in gauge_help.into_iter().zip(gauges) {
+            registry.register(name, help, gauge);
+        }
+        let counter_help = [
+            ("sfu_forwarded_packets", "RTP packets the SFU wrote to subscribers"),
+            ("sfu_forwarded_bytes", "RTP payload bytes the SFU wrote to subscribers (rate() is the forwarded bitrate)"),
+            ("sfu_packets_lost", "Incoming RTP packets the SFU saw lost (sequence gaps)"),
+            ("sfu_over_bitrate_packets", "Incoming RTP packets not forwarded: their publisher was over its bitrate cap"),
+            ("sfu_data_forwarded_packets", "Data channel packets the SFU wrote to receivers"),
+            ("sfu_data_forwarded_bytes", "Data channel bytes the SFU wrote to receivers"),
+            ("sfu_data_dropped", "Data channel packets dropped (too big, over the sender's rate, or a receiver not ready)"),
+        ];
+        for ((name, help), counter) in counter_help.into_iter().zip(counters) {
+            registry.register(name, help, counter);
+        }
     }
 
     pub(crate) fn record_request(&self, method: &str, endpoint: &str, status: u16, elapsed: Duration) {
@@ -91,6 +183,9 @@ impl Metrics {
         self.db_idle.set(i64::try_from(pool.idle).unwrap_or(i64::MAX));
         if let Some(rss) = resident_memory_bytes() {
             self.rss_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        if let Some(sfu) = self.sfu.get() {
+            sfu.update();
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,4 +226,25 @@ pub fn router(metrics: std::sync::Arc<Metrics>, health: std::sync::Arc<chancery_
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sfu_figures_are_served_once_a_source_is_set() {
+        let metrics = Metrics::new();
+        let pool = chancery_service::PoolStats::default();
+        assert!(!metrics.render(pool, 0).contains("chancery_sfu_"));
+        let figures = std::sync::Arc::new(Mutex::new(SfuFigures { rooms: 2, forwarded_bytes: 1000, ..SfuFigures::default() }));
+        let source = figures.clone();
+        metrics.set_sfu_source(move || *source.lock().unwrap());
+        let text = metrics.render(pool, 0);
+        assert!(text.contains("chancery_sfu_rooms 2"), "{text}");
+        assert!(text.contains("chancery_sfu_forwarded_bytes_total 1000"), "{text}");
+        // The counters follow the SFU's totals.
+        figures.lock().unwrap().forwarded_bytes = 1500;
+        assert!(metrics.render(pool, 0).contains("chancery_sfu_forwarded_bytes_total 1500"));
+    }
 }

@@ -308,6 +308,15 @@ pub struct SfuSection {
     pub max_rooms: usize,
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
+    /// RTP payload bits a second one publisher may send, all its tracks and
+    /// simulcast layers together; packets beyond are not forwarded (a
+    /// guard against a misbehaving client, far above livekit-client's
+    /// 2.5–5 Mbit/s).
+    pub max_publisher_bitrate: u64,
+    /// Data channel bytes and packets a second one participant may send
+    /// (one second's worth may come at once); more is dropped.
+    pub data_bytes_per_second: u64,
+    pub data_packets_per_second: u64,
 }
 
 impl Default for SfuSection {
@@ -321,6 +330,9 @@ impl Default for SfuSection {
             max_rooms: 256,
             max_participants_per_room: 64,
             max_tracks_per_participant: 8,
+            max_publisher_bitrate: 20_000_000,
+            data_bytes_per_second: 1024 * 1024,
+            data_packets_per_second: 200,
         }
     }
 }
@@ -533,6 +545,9 @@ impl Config {
                 ("sfu.max_rooms", self.sfu.max_rooms),
                 ("sfu.max_participants_per_room", self.sfu.max_participants_per_room),
                 ("sfu.max_tracks_per_participant", self.sfu.max_tracks_per_participant),
+                ("sfu.max_publisher_bitrate", self.sfu.max_publisher_bitrate as usize),
+                ("sfu.data_bytes_per_second", self.sfu.data_bytes_per_second as usize),
+                ("sfu.data_packets_per_second", self.sfu.data_packets_per_second as usize),
             ] {
                 if value == 0 {
                     return Err(err(key, var_of(key), "must be at least 1"));

@@ -131,6 +131,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
         let entropy: Arc<dyn chancery_service::tokens::Entropy> = Arc::new(chancery_service::tokens::OsEntropy);
         let (service, task) = sfu::start(&config.sfu, clock, entropy, shutdown_rx.clone()).await?;
         app = app.merge(sfu::router(service.clone()));
+        if let Some(metrics) = &metrics {
+            let service = service.clone();
+            metrics.set_sfu_source(move || sfu::figures(&service.stats()));
+        }
         // Participants joining and leaving reach the token service, which
         // keeps delegated delayed leaves alive and sends them.
         if let Some(calls) = calls.filter(|calls| calls.delegates()) {

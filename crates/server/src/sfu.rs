@@ -25,7 +25,9 @@ use chancery_service::Calls;
 use chancery_service::clock::Clock;
 use chancery_service::tokens::Entropy;
 use chancery_sfu::protocol::SignalRequest;
-use chancery_sfu::{JoinError, JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, token};
+use chancery_sfu::{
+    JoinError, JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, SfuStats, token,
+};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
@@ -48,6 +50,8 @@ const COMMAND_QUEUE: usize = 4096;
 const TOKEN_LEEWAY_SECS: i64 = 60;
 /// A UDP datagram is at most this big on the paths WebRTC uses.
 const MAX_DATAGRAM_BYTES: usize = 2048;
+/// How often the SFU task copies its figures out for metrics.
+const STATS_EVERY: Duration = Duration::from_millis(500);
 
 enum Command {
     Join {
@@ -75,6 +79,8 @@ pub struct SfuService {
     api_key: String,
     api_secret: String,
     clock: Arc<dyn Clock>,
+    /// The SFU's figures, copied out by its task every [`STATS_EVERY`].
+    stats: Arc<std::sync::Mutex<SfuStats>>,
     /// Where the UDP socket is bound.
     pub udp_addr: SocketAddr,
 }
@@ -84,6 +90,11 @@ impl SfuService {
     /// delayed leave of a participant that left).
     pub fn subscribe_events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
+    }
+
+    /// The SFU's figures for metrics, at most [`STATS_EVERY`] old.
+    pub fn stats(&self) -> SfuStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The room and identity of every participant now (None: the SFU is
@@ -101,6 +112,24 @@ impl SfuService {
         let now = (self.clock.now_ms() / 1000) as i64;
         token::verify(access_token, &self.api_key, &self.api_secret, now, TOKEN_LEEWAY_SECS)
             .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+    }
+}
+
+/// The SFU's figures as the metrics listener serves them.
+pub fn figures(stats: &SfuStats) -> chancery_api::metrics::SfuFigures {
+    let n = |v: usize| v as u64;
+    chancery_api::metrics::SfuFigures {
+        rooms: n(stats.rooms),
+        participants: n(stats.participants),
+        published_tracks: n(stats.published_tracks),
+        forwarded_tracks: n(stats.forwarded_tracks),
+        forwarded_packets: stats.forwarded_packets,
+        forwarded_bytes: stats.forwarded_bytes,
+        packets_lost: stats.packets_lost,
+        over_bitrate_packets: stats.over_bitrate_packets,
+        data_forwarded_packets: stats.data_forwarded_packets,
+        data_forwarded_bytes: stats.data_forwarded_bytes,
+        data_dropped: stats.data_dropped,
     }
 }
 
@@ -122,12 +151,19 @@ pub async fn start(
         max_rooms: section.max_rooms,
         max_participants_per_room: section.max_participants_per_room,
         max_tracks_per_participant: section.max_tracks_per_participant,
+        max_publisher_bitrate: section.max_publisher_bitrate,
+        data_rate: chancery_sfu::DataRate {
+            bytes_per_second: section.data_bytes_per_second,
+            packets_per_second: section.data_packets_per_second,
+        },
         ..SfuConfig::default()
     };
     let sfu = Sfu::new(config, vec![announced], u64::from_le_bytes(seed), std::time::Instant::now(), clock.now_ms() as i64);
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(1024);
+    let stats = Arc::new(std::sync::Mutex::new(SfuStats::default()));
     let service = Arc::new(SfuService {
+        stats: stats.clone(),
         commands,
         events: events.clone(),
         api_key: section.api_key.clone(),
@@ -137,7 +173,7 @@ pub async fn start(
     });
     tracing::info!(udp = %bound, announced = %announced, "sfu listening");
     let task = tokio::spawn(async move {
-        run(sfu, socket, announced, command_rx, events, &mut shutdown).await;
+        run(sfu, socket, announced, command_rx, events, stats, &mut shutdown).await;
         Ok(())
     });
     Ok((service, task))
@@ -150,11 +186,18 @@ async fn run(
     announced: SocketAddr,
     mut commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<SfuEvent>,
+    stats: Arc<std::sync::Mutex<SfuStats>>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let mut sessions: HashMap<ParticipantKey, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
+    let mut stats_at = std::time::Instant::now();
     loop {
+        let now = std::time::Instant::now();
+        if now >= stats_at {
+            *stats.lock().unwrap_or_else(|p| p.into_inner()) = sfu.stats();
+            stats_at = now + STATS_EVERY;
+        }
         let deadline = sfu
             .poll_timeout()
             .map(tokio::time::Instant::from_std)

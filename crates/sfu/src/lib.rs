@@ -82,7 +82,7 @@ pub mod token;
 
 pub use livekit_protocol as protocol;
 pub use sfu::{
-    JoinError, JoinGrant, JoinOptions, LeaveReason, ParticipantKey, Sfu, SfuConfig, SfuEvent, SfuOutput, SfuStats, SignalError,
-    Transmit,
+    DataRate, JoinError, JoinGrant, JoinOptions, LeaveReason, MAX_DATA_PACKET_BYTES, ParticipantKey, Sfu, SfuConfig, SfuEvent,
+    SfuOutput, SfuStats, SignalError, Transmit,
 };
 pub use str0m;

@@ -19,6 +19,10 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use crate::forward::{self, Rewriter};
 
 mod feedback;
+mod data;
+mod meter;
+
+pub use data::{DataRate, MAX_DATA_PACKET_BYTES};
 
 /// Bounds and announced figures of one SFU. Every collection a client can
 /// grow is bounded here.
@@ -39,6 +43,11 @@ pub struct SfuConfig {
     pub server_version: String,
     /// `ServerInfo.node_id`.
     pub node_id: String,
+    /// What one participant may send on its data channels.
+    pub data_rate: DataRate,
+    /// RTP payload bits a second one publisher may send (all its tracks and
+    /// layers); packets beyond are not forwarded (see `meter`).
+    pub max_publisher_bitrate: u64,
 }
 
 impl Default for SfuConfig {
@@ -51,6 +60,8 @@ impl Default for SfuConfig {
             ping_timeout: Duration::from_secs(15),
             server_version: "1.9.0".to_owned(),
             node_id: "chancery".to_owned(),
+            data_rate: DataRate::default(),
+            max_publisher_bitrate: 20_000_000,
         }
     }
 }
@@ -169,8 +180,24 @@ pub enum SignalError {
 pub struct SfuStats {
     pub rooms: usize,
     pub participants: usize,
+    /// Tracks published now (media received).
+    pub published_tracks: usize,
+    /// Tracks forwarded now: one per subscriber and track.
+    pub forwarded_tracks: usize,
+    /// RTP packets and payload bytes written to subscribers, since start.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+    /// Incoming RTP packets known lost (sequence gaps), since start.
+    pub packets_lost: u64,
+    /// Incoming RTP packets not forwarded because their publisher was over
+    /// its bitrate cap, since start.
+    pub over_bitrate_packets: u64,
+    /// Data channel packets and bytes written to receivers, since start.
+    pub data_forwarded_packets: u64,
+    pub data_forwarded_bytes: u64,
+    /// Data packets dropped: too big, over the sender's rate, undecodable,
+    /// or a receiver's channel not open or full.
+    pub data_dropped: u64,
 }
 
 /// Which of a participant's two peer connections.
@@ -253,6 +280,8 @@ struct Participant {
     renegotiate: bool,
     next_offer_id: u32,
     last_signal: Instant,
+    data: data::DataChannels,
+    meter: meter::PublisherMeter,
 }
 
 impl Participant {
@@ -308,6 +337,11 @@ pub struct Sfu {
     forwarded_bytes: u64,
     /// Speakers, connection quality and dynacast (see `feedback`).
     feedback: feedback::Feedback,
+    packets_lost: u64,
+    over_bitrate_packets: u64,
+    data_forwarded_packets: u64,
+    data_forwarded_bytes: u64,
+    data_dropped: u64,
 }
 
 impl Sfu {
@@ -331,6 +365,11 @@ impl Sfu {
             forwarded_packets: 0,
             forwarded_bytes: 0,
             feedback: feedback::Feedback::new(now),
+            packets_lost: 0,
+            over_bitrate_packets: 0,
+            data_forwarded_packets: 0,
+            data_forwarded_bytes: 0,
+            data_dropped: 0,
         }
     }
 
@@ -338,9 +377,22 @@ impl Sfu {
         SfuStats {
             rooms: self.rooms.len(),
             participants: self.participants.len(),
+            published_tracks: self.participants.values().map(|p| p.tracks.len()).sum(),
+            forwarded_tracks: self.participants.values().map(|p| p.downtracks.iter().filter(|d| !d.removed).count()).sum(),
             forwarded_packets: self.forwarded_packets,
             forwarded_bytes: self.forwarded_bytes,
+            packets_lost: self.packets_lost,
+            over_bitrate_packets: self.over_bitrate_packets,
+            data_forwarded_packets: self.data_forwarded_packets,
+            data_forwarded_bytes: self.data_forwarded_bytes,
+            data_dropped: self.data_dropped,
         }
+    }
+
+    /// Entries of the SFU's internal maps (tests check teardown leaves none).
+    #[cfg(test)]
+    pub(crate) fn held_entries(&self) -> usize {
+        self.rooms.len() + self.participants.len() + self.routes.len() + self.dirty.len()
     }
 
     /// Every participant's room and identity (the host resynchronises
@@ -438,6 +490,8 @@ impl Sfu {
             renegotiate: false,
             next_offer_id: 1,
             last_signal: now,
+            data: data::DataChannels::new(self.config.data_rate),
+            meter: meter::PublisherMeter::new(self.config.max_publisher_bitrate),
         };
         let info = participant.info();
         self.participants.insert(key, participant);
@@ -968,6 +1022,9 @@ impl Sfu {
                 self.observe_rtp(now, key, &packet);
                 self.forward(now, key, packet);
             }
+            Event::ChannelOpen(id, label) => self.channel_open(key, pc, id, &label),
+            Event::ChannelData(data) if pc == Pc::Publisher => self.data_received(now, key, data),
+            Event::ChannelClose(id) => self.channel_closed(key, pc, id),
             Event::KeyframeRequest(request) if pc == Pc::Subscriber => {
                 let Some(d) = self.participants.get(&key).and_then(|p| p.downtracks.iter().find(|d| d.mid == Some(request.mid)))
                 else {
@@ -992,19 +1049,19 @@ impl Sfu {
         p.active = true;
         self.broadcast_update(key);
         let others = self.room_others(key);
-        let mut added = false;
         for other in others {
             let tracks: Vec<(String, String, Mid, MediaKind, Vec<String>)> = match self.participants.get(&other) {
                 Some(o) => o.tracks.iter().map(|t| (o.sid.clone(), t.info.sid.clone(), t.mid, t.kind, t.rids.clone())).collect(),
                 None => continue,
             };
             for (publisher_sid, track_sid, mid, kind, rids) in tracks {
-                added |= self.add_downtrack(key, other, publisher_sid, track_sid, mid, kind, &rids);
+                self.add_downtrack(key, other, publisher_sid, track_sid, mid, kind, &rids);
             }
         }
-        if added {
-            self.negotiate_subscriber(key);
-        }
+        // Offered even with no track to forward: it carries the data
+        // channels, which livekit-client expects on its subscriber
+        // connection (livekit-server offers them at once too).
+        self.negotiate_subscriber(key);
     }
 
     /// The subscriber connection is up: forwarding to it starts, at a key
@@ -1102,6 +1159,7 @@ impl Sfu {
             return;
         }
         let mut api = p.subscriber.sdp_api();
+        p.data.add_to_offer(&mut api);
         for d in p.downtracks.iter_mut() {
             if d.removed {
                 if let Some(mid) = d.mid {
@@ -1211,6 +1269,12 @@ impl Sfu {
         let Some(params) = p.publisher.codec_config().find(|c| c.pt() == pt).cloned() else {
             return;
         };
+        let (within_cap, lost) = p.meter.packet(now, ssrc, *packet.seq_no, packet.payload.len());
+        self.packets_lost += lost;
+        if !within_cap {
+            self.over_bitrate_packets += 1;
+            return;
+        }
         let rid = rid.map(|r| r.to_string());
         let is_keyframe = params.spec().codec == Codec::Vp8 && forward::vp8_is_keyframe(&packet.payload);
         // Audio: 20 ms at 48 kHz; video: one frame at 30 fps (90 kHz).

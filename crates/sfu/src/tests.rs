@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use lk::signal_request::Message as Req;
 use lk::signal_response::Message as Resp;
+use prost::Message as _;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
@@ -34,6 +36,8 @@ struct Client {
     signals: Vec<Resp>,
     subscriber_events: Vec<Event>,
     publisher_connected: bool,
+    /// Data channels open on the publisher connection, by label.
+    publisher_channels: Vec<(ChannelId, String)>,
 }
 
 impl Client {
@@ -54,6 +58,7 @@ impl Client {
             signals: Vec::new(),
             subscriber_events: Vec::new(),
             publisher_connected: false,
+            publisher_channels: Vec::new(),
         }
     }
 
@@ -65,6 +70,21 @@ impl Client {
         } else {
             None
         }
+    }
+
+    /// Data packets received on the subscriber channel labelled `label`.
+    fn data_received(&self, label: &str) -> Vec<lk::DataPacket> {
+        let channel = self.subscriber_events.iter().find_map(|e| match e {
+            Event::ChannelOpen(id, l) if l == label => Some(*id),
+            _ => None,
+        });
+        self.subscriber_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChannelData(d) if Some(d.id) == channel => Some(lk::DataPacket::decode(d.data.as_slice()).unwrap()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn join_response(&self) -> &lk::JoinResponse {
@@ -82,13 +102,19 @@ struct Call {
     clients: Vec<Client>,
     events: Vec<SfuEvent>,
     next_port: u16,
+    /// Datagrams over 1,000 bytes the SFU sent (media of the tests' size).
+    large_transmits: u64,
 }
 
 impl Call {
     fn new() -> Self {
+        Self::with_config(SfuConfig::default())
+    }
+
+    fn with_config(config: SfuConfig) -> Self {
         let now = Instant::now();
-        let sfu = Sfu::new(SfuConfig::default(), vec![sfu_addr()], 42, now, 1_700_000_000_000);
-        Self { now, sfu, clients: Vec::new(), events: Vec::new(), next_port: 40_000 }
+        let sfu = Sfu::new(config, vec![sfu_addr()], 42, now, 1_700_000_000_000);
+        Self { now, sfu, clients: Vec::new(), events: Vec::new(), next_port: 40_000, large_transmits: 0 }
     }
 
     fn join(&mut self, identity: &str) -> usize {
@@ -149,6 +175,12 @@ impl Call {
         let mut api = client.publisher.sdp_api();
         if !client.publisher_connected {
             api.add_channel("_reliable".into());
+            api.add_channel_with_config(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            });
         }
         let mid = cid.map(|cid| api.add_media(kind, Direction::SendOnly, Some("stream".into()), Some(cid.into()), None));
         let (offer, pending) = api.apply().expect("changes to offer");
@@ -177,6 +209,9 @@ impl Call {
                         self.client_signal(to, message);
                     }
                     SfuOutput::Transmit(t) => {
+                        if t.contents.len() > 1000 {
+                            self.large_transmits += 1;
+                        }
                         let now = self.now;
                         if let Some(client) = self
                             .clients
@@ -256,6 +291,8 @@ impl Call {
                             client.subscriber_events.push(event);
                         } else if matches!(event, Event::Connected) {
                             client.publisher_connected = true;
+                        } else if let Event::ChannelOpen(id, label) = event {
+                            client.publisher_channels.push((id, label));
                         }
                     }
                 }
@@ -825,4 +862,206 @@ fn unsubscribing_removes_the_track_and_subscribing_brings_it_back() {
         Req::Subscription(lk::UpdateSubscription { track_sids: vec!["TR_nope".into()], subscribe: true, ..Default::default() }),
     );
     assert_eq!(offers(&call).len(), 3);
+}
+
+/// Alice, Bob and Carol in one room, each with both connections and both
+/// data channels up.
+fn three_with_data_channels(config: SfuConfig) -> Call {
+    let mut call = Call::with_config(config);
+    for who in ["alice", "bob", "carol"] {
+        let i = call.join(who);
+        call.offer_publisher(i, None);
+    }
+    call.run(Duration::from_secs(2), |_| {});
+    for client in &call.clients {
+        let labels: Vec<&str> = client.publisher_channels.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(labels.contains(&"_reliable") && labels.contains(&"_lossy"), "publisher channels open: {labels:?}");
+        let sub: Vec<&str> = client
+            .subscriber_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChannelOpen(_, l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(sub.contains(&"_reliable") && sub.contains(&"_lossy"), "the SFU opened both subscriber channels: {sub:?}");
+    }
+    call
+}
+
+/// Writes `packet` on the client's publisher channel `label`.
+fn send_data(call: &mut Call, index: usize, label: &str, packet: &lk::DataPacket) {
+    let client = &mut call.clients[index];
+    let id = client.publisher_channels.iter().find(|(_, l)| l == label).unwrap().0;
+    let written = client.publisher.channel(id).unwrap().write(true, &packet.encode_to_vec()).unwrap();
+    assert!(written);
+}
+
+#[allow(deprecated)] // livekit-client still fills the user packet's own fields.
+fn user_packet(payload: &[u8], destinations: &[&str]) -> lk::DataPacket {
+    lk::DataPacket {
+        participant_identity: "bob".into(),
+        value: Some(lk::data_packet::Value::User(lk::UserPacket {
+            participant_identity: "bob".into(),
+            participant_sid: "PA_forged".into(),
+            payload: payload.to_vec(),
+            destination_identities: destinations.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn user_payloads(packets: &[lk::DataPacket]) -> Vec<Vec<u8>> {
+    packets
+        .iter()
+        .filter_map(|p| match &p.value {
+            Some(lk::data_packet::Value::User(u)) => Some(u.payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+#[allow(deprecated)]
+fn data_packets_reach_the_others_stamped_with_the_sender() {
+    let mut call = three_with_data_channels(SfuConfig::default());
+    let alice_sid = call.clients[0].join_response().participant.as_ref().unwrap().sid.clone();
+    // Alice claims to be Bob; everyone else gets it as Alice's.
+    send_data(&mut call, 0, "_reliable", &user_packet(b"to all", &[]));
+    call.run(Duration::from_millis(200), |_| {});
+    for receiver in [1, 2] {
+        let packets = call.clients[receiver].data_received("_reliable");
+        assert_eq!(user_payloads(&packets), vec![b"to all".to_vec()], "receiver {receiver}");
+        let p = &packets[0];
+        assert_eq!((p.participant_identity.as_str(), p.participant_sid.as_str()), ("alice", alice_sid.as_str()));
+        let Some(lk::data_packet::Value::User(u)) = &p.value else { panic!() };
+        assert_eq!((u.participant_identity.as_str(), u.participant_sid.as_str()), ("alice", alice_sid.as_str()));
+    }
+    assert!(call.clients[0].data_received("_reliable").is_empty(), "not echoed to the sender");
+
+    // Addressed to Carol only, on the lossy channel.
+    send_data(&mut call, 0, "_lossy", &user_packet(b"for carol", &["carol"]));
+    call.run(Duration::from_millis(200), |_| {});
+    assert_eq!(user_payloads(&call.clients[2].data_received("_lossy")), vec![b"for carol".to_vec()]);
+    assert!(call.clients[1].data_received("_lossy").is_empty(), "Bob is not addressed");
+    assert!(call.clients[2].data_received("_reliable").len() == 1, "the lossy packet stays on the lossy channel");
+    #[allow(deprecated)]
+    let kind = call.clients[2].data_received("_lossy")[0].kind;
+    assert_eq!(kind, lk::data_packet::Kind::Lossy as i32);
+
+    // Too big: dropped, counted.
+    let dropped_before = call.sfu.stats().data_dropped;
+    send_data(&mut call, 0, "_reliable", &user_packet(&vec![7u8; crate::MAX_DATA_PACKET_BYTES + 1], &[]));
+    call.run(Duration::from_millis(200), |_| {});
+    assert_eq!(call.clients[1].data_received("_reliable").len(), 1, "the oversized packet is not forwarded");
+    assert_eq!(call.sfu.stats().data_dropped, dropped_before + 1);
+    let stats = call.sfu.stats();
+    assert_eq!(stats.data_forwarded_packets, 3);
+}
+
+#[test]
+fn data_is_rate_limited_per_sender() {
+    let config =
+        SfuConfig { data_rate: crate::DataRate { bytes_per_second: 1_000_000, packets_per_second: 5 }, ..SfuConfig::default() };
+    let mut call = three_with_data_channels(config);
+    for n in 0..10u8 {
+        send_data(&mut call, 1, "_reliable", &user_packet(&[n], &[]));
+    }
+    call.run(Duration::from_millis(200), |_| {});
+    let got = user_payloads(&call.clients[0].data_received("_reliable"));
+    assert_eq!(got, (0..5u8).map(|n| vec![n]).collect::<Vec<_>>(), "the first five of a burst pass");
+    // A second later the bucket has refilled.
+    call.run(Duration::from_secs(1), |_| {});
+    send_data(&mut call, 1, "_reliable", &user_packet(b"later", &[]));
+    call.run(Duration::from_millis(200), |_| {});
+    assert_eq!(user_payloads(&call.clients[0].data_received("_reliable")).last().unwrap(), b"later");
+}
+
+#[test]
+fn a_participant_without_the_data_grant_is_not_relayed() {
+    let mut call = Call::new();
+    let a = call.join("a");
+    call.offer_publisher(a, None);
+    let grant = JoinGrant {
+        room: "room".into(),
+        identity: "quiet".into(),
+        name: String::new(),
+        metadata: String::new(),
+        can_publish: true,
+        can_subscribe: true,
+        can_publish_data: false,
+    };
+    let key = call.sfu.join(call.now, grant, JoinOptions::default()).unwrap();
+    call.clients.push(Client::new(key, call.now, 41_000));
+    call.pump();
+    call.offer_publisher(1, None);
+    call.run(Duration::from_secs(2), |_| {});
+    send_data(&mut call, 1, "_reliable", &user_packet(b"x", &[]));
+    call.run(Duration::from_millis(200), |_| {});
+    assert!(call.clients[0].data_received("_reliable").is_empty());
+}
+
+#[test]
+fn everything_is_released_when_the_last_participant_leaves() {
+    let mut call = three_with_data_channels(SfuConfig::default());
+    let mid = call.publish_video(0, "cam");
+    call.run(Duration::from_millis(500), |_| {});
+    assert_eq!(call.sfu.stats().published_tracks, 1);
+    assert_eq!(call.sfu.stats().forwarded_tracks, 2, "Bob and Carol each forwarded Alice's camera");
+    let _ = mid;
+    call.send(0, Req::Leave(lk::LeaveRequest::default()));
+    let key = call.clients[1].key;
+    call.sfu.disconnect(call.now, key);
+    call.run(Duration::from_millis(100), |_| {});
+    call.send(2, Req::Leave(lk::LeaveRequest::default()));
+    call.run(Duration::from_millis(100), |_| {});
+    let stats = call.sfu.stats();
+    assert_eq!((stats.rooms, stats.participants, stats.published_tracks, stats.forwarded_tracks), (0, 0, 0, 0));
+    assert_eq!(call.sfu.held_entries(), 0, "no room, participant, route or pending poll left");
+    assert_eq!(call.sfu.poll_timeout(), None, "no timer left");
+}
+
+#[test]
+fn every_packet_of_a_steady_stream_leaves_the_sfu() {
+    let mut call = Call::new();
+    let a = call.join("alice");
+    let mid_a = call.publish_video(a, "cam-a");
+    call.run(Duration::from_millis(500), |_| {});
+    let b = call.join("bob");
+    call.offer_publisher(b, None);
+    call.run(Duration::from_millis(500), |_| {});
+    let mut seq: u64 = 0;
+    let mut step: u64 = 0;
+    // 4 packets every 35 ms (7 steps of 5 ms) for 3.5 s: 400 packets.
+    call.run(Duration::from_millis(3500), |call| {
+        step += 1;
+        if !step.is_multiple_of(7) {
+            return;
+        }
+        let now = call.now;
+        let client = &mut call.clients[a];
+        let pt = client.publisher.codec_config().find(|p| p.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
+        let mut api = client.publisher.direct_api();
+        let stream = api.stream_tx_by_mid(mid_a, None).unwrap();
+        for i in 0..4 {
+            seq += 1;
+            let mut payload = vec![0u8; 1042];
+            if i == 0 {
+                payload[..5].copy_from_slice(&[0x10, if seq == 1 { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a]);
+            }
+            stream.write_rtp(RtpWrite::new(pt, seq.into(), (step * 3000) as u32, now, payload).marker(i == 3));
+        }
+    });
+    // Everything from the first key frame on is written to Bob's connection
+    // and leaves the SFU as a datagram of its own (the first frame may go
+    // by before Bob's connection is up).
+    let forwarded = call.sfu.stats().forwarded_packets;
+    assert!(forwarded >= seq - 4, "forwarded {forwarded} of {seq}");
+    // (Alice receives no media; resends, if Bob asks for any, come on top.)
+    assert!(call.large_transmits >= forwarded, "{} datagrams for {forwarded} packets", call.large_transmits);
+    // Known: the receiving str0m peer (RTP mode) surfaces only about one
+    // packet per 4-packet frame as `Event::RtpPacket` (99 of 396 here), so
+    // receiver-side counts understate what the SFU sends; see the `sfu`
+    // benchmark's notes.
 }
