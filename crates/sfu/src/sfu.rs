@@ -18,8 +18,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::forward::{self, Rewriter};
 
-mod feedback;
 mod data;
+mod feedback;
 mod meter;
 
 pub use data::{DataRate, MAX_DATA_PACKET_BYTES};

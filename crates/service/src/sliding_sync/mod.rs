@@ -208,11 +208,24 @@ impl SlidingSync {
         let (pos, timeout, set_presence, txn_id) = (req.pos.clone(), req.timeout, req.set_presence.clone(), req.txn_id.clone());
         let wanted = wanted(req)?;
         let owner = ConnectionOwner { user_id: user.user_id.as_str(), device_id: &user.device_id, conn_id: &conn_id };
-        let conn = self.connection(owner, pos.as_deref()).await?;
         self.deps.ephemeral.touch_presence(user, &set_presence);
+        let Some(pos) = pos else {
+            // A new connection answers at once (the MSC ignores `timeout`
+            // then), from nothing: its answer is read while it is started.
+            // Started now, not when the answer is recorded: of two requests
+            // that start a connection (a client that gave up on the first),
+            // the later one's survives, whichever finishes first.
+            let fresh = Connection { key: 0, base_pos: 0, since: None, records: Arc::default() };
+            let start = async {
+                let now = self.deps.clock.now_ms();
+                Ok::<_, Error>(self.deps.store.start_sliding_connection(owner, now, MAX_SLIDING_CONNECTIONS_PER_DEVICE).await?)
+            };
+            let (key, answer) = tokio::try_join!(start, self.pass(user, &wanted, &fresh))?;
+            return self.finish(&Connection { key, ..fresh }, answer, txn_id).await;
+        };
+        let conn = self.connection(owner, &pos).await?;
 
-        // A new connection answers at once (the MSC ignores `timeout` then).
-        let timeout = if conn.since.is_some() { timeout.unwrap_or_default() } else { Duration::ZERO };
+        let timeout = timeout.unwrap_or_default();
         let deadline = Instant::now() + timeout.min(Duration::from_millis(MAX_SYNC_TIMEOUT_MS));
         let mut interest = if timeout.is_zero() {
             None
@@ -281,16 +294,8 @@ impl SlidingSync {
         Ok(body)
     }
 
-    /// The connection at the client's `pos`, or a new one.
-    async fn connection(&self, owner: ConnectionOwner<'_>, pos: Option<&str>) -> Result<Connection, Error> {
-        let Some(pos) = pos else {
-            // Started now, not when the answer is recorded: of two requests
-            // that start a connection (a client that gave up on the first),
-            // the later one's survives, whichever finishes first.
-            let now = self.deps.clock.now_ms();
-            let key = self.deps.store.start_sliding_connection(owner, now, MAX_SLIDING_CONNECTIONS_PER_DEVICE).await?;
-            return Ok(Connection { key, base_pos: 0, since: None, records: Arc::default() });
-        };
+    /// The connection at the client's `pos`.
+    async fn connection(&self, owner: ConnectionOwner<'_>, pos: &str) -> Result<Connection, Error> {
         let (key, at) = parse_pos(pos)?;
         let cached = self.cache.lock().expect("sliding sync cache").get(&key).filter(|(p, _)| *p == at).map(|(_, r)| r.clone());
         // The owner is checked by the store either way: a position is
