@@ -82,7 +82,10 @@ impl From<Error> for ApiError {
             Error::ConflictingUnsubscription => (S::CONFLICT, "IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION"),
             Error::NotInThread(_) => (S::BAD_REQUEST, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD"),
             Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
-            Error::MaxDelayExceeded { .. } => (S::BAD_REQUEST, "M_MAX_DELAY_EXCEEDED"),
+            // What matrix-js-sdk's MatrixRTC membership manager (Element
+            // Call) recognises to shorten its delayed leave: `M_UNKNOWN`
+            // with the MSC4140 code and maximum in prefixed fields (below).
+            Error::MaxDelayExceeded { .. } => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::Internal(detail) => {
                 // The detail names what failed (database, hashing) and never
                 // holds request content; clients only see a generic message.
@@ -103,8 +106,12 @@ impl From<Error> for ApiError {
             Error::Unavailable { retry_after_ms, .. } => err.retry_after_ms = Some(retry_after_ms),
             // Spec "Server-side key backups": the client learns which
             // version to use (absent when there is none).
-            // MSC4140: the maximum allowed delay, in milliseconds.
+            // MSC4140: the maximum allowed delay, in milliseconds, under the
+            // prefixed names matrix-js-sdk reads, and `max_delay` as well
+            // (clients that read the unprefixed form).
             Error::MaxDelayExceeded { max_delay_ms } => {
+                err.extra.insert("org.matrix.msc4140.errcode".into(), json!("M_MAX_DELAY_EXCEEDED"));
+                err.extra.insert("org.matrix.msc4140.max_delay".into(), json!(max_delay_ms));
                 err.extra.insert("max_delay".into(), json!(max_delay_ms));
             }
             Error::WrongRoomKeysVersion { current: Some(current) } => {

@@ -165,7 +165,6 @@ pub fn components_with(
         limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
-        delayed_events: config.delayed_events.enabled.then(|| store.clone() as Arc<dyn chancery_store::DelayedEventStore>),
     }));
     let delayed_events = Arc::new(DelayedEvents::new(DelayedEventsDeps {
         config: DelayedEventsConfig {

@@ -99,7 +99,8 @@ pub enum Error {
     #[error("{0}")]
     UpstreamFailed(String),
     /// A delayed event's delay is past the server's maximum (HTTP 400
-    /// `M_MAX_DELAY_EXCEEDED` with `max_delay`, MSC4140).
+    /// `M_UNKNOWN` with `org.matrix.msc4140.errcode: M_MAX_DELAY_EXCEEDED` and
+    /// the maximum, as matrix-js-sdk reads it; MSC4140).
     #[error("the requested delay exceeds the allowed maximum ({max_delay_ms} ms)")]
     MaxDelayExceeded { max_delay_ms: u64 },
     /// An automatic thread subscription whose cause the user had seen

@@ -115,19 +115,65 @@ pub async fn concurrent_claims_hand_each_delayed_event_to_one_caller(store: DynS
 }
 
 pub async fn replaced_state_cancels_other_users_delayed_state_events(store: DynStore) {
-    let mut mine = delayed("mine", "@a:x", 1_000);
-    mine.state_key = Some("k".into());
-    let mut theirs = delayed("theirs", "@b:x", 1_000);
-    theirs.state_key = Some("k".into());
-    let mut other_key = delayed("other", "@b:x", 1_000);
-    other_key.state_key = Some("j".into());
-    for e in [&mine, &theirs, &other_key] {
-        store.schedule_delayed_event(e, 10).await.unwrap();
+    let r = "!r:x";
+    let at = |id: &str, user: &str, event_type: &str, key: &str| {
+        let mut e = delayed(id, user, 1_000);
+        e.event_type = event_type.into();
+        e.state_key = Some(key.into());
+        e
+    };
+    let call = "org.matrix.msc3401.call.member";
+    let scheduled = [
+        at("name", "@b:x", "m.room.name", ""),
+        at("mine", "@alice:x", call, "k"),
+        at("theirs", "@b:x", call, "k"),
+        at("sending", "@b:x", call, "k"),
+        at("other-key", "@b:x", call, "j"),
+        at("member", "@b:x", "m.room.member", "@c:x"),
+        at("other-room", "@b:x", "m.room.topic", ""),
+    ];
+    for e in &scheduled {
+        store.schedule_delayed_event(e, 100).await.unwrap();
     }
-    // @a sent state at "k": @b's delayed event there goes, @a's own and
-    // @b's at another key stay.
-    assert_eq!(store.cancel_delayed_state_events("!r:x", &mine.event_type, "k", "@a:x").await.unwrap(), 1);
-    assert_eq!(store.delayed_events_of_user("@a:x", 10).await.unwrap().len(), 1);
-    let left = store.delayed_events_of_user("@b:x", 10).await.unwrap();
-    assert_eq!(left.iter().map(|e| e.delay_id.as_str()).collect::<Vec<_>>(), ["other"]);
+    // Claimed (being sent): not cancelled under its sender.
+    assert!(store.claim_delayed_event("sending", 60_000).await.unwrap().is_some());
+    let mut elsewhere = at("elsewhere", "@b:x", "m.room.topic", "");
+    elsewhere.room_id = "!other:x".into();
+    store.schedule_delayed_event(&elsewhere, 100).await.unwrap();
+    let listed = |store: DynStore, user: &'static str| async move {
+        store.delayed_events_of_user(user, 100).await.unwrap().into_iter().map(|e| e.delay_id).collect::<BTreeSet<_>>()
+    };
+
+    // The room's creation sets its name (sent by @alice:x): @b's delayed
+    // name goes with it.
+    store
+        .create_room(
+            crate::room(r),
+            vec![
+                crate::event(r, "$create", "m.room.create", Some(""), 1),
+                crate::member(r, "$alice", "@alice:x", "join", 2),
+                crate::event(r, "$name", "m.room.name", Some(""), 3),
+            ],
+        )
+        .await
+        .unwrap();
+    let b = listed(store.clone(), "@b:x").await;
+    assert!(!b.contains("name") && b.contains("theirs"), "{b:?}");
+
+    // @alice sets the call key "k": @b's scheduled one there goes, @alice's
+    // own, @b's claimed one and @b's at another key stay.
+    store.append_event(crate::event(r, "$k", call, Some("k"), 4), &["$name".into()]).await.unwrap();
+    // A membership (by @c:x themself) cancels delayed state at its key too.
+    store.append_event(crate::member(r, "$c", "@c:x", "join", 5), &["$k".into()]).await.unwrap();
+    // A message event cancels nothing.
+    store.append_event(crate::message(r, "$m", 6), &["$c".into()]).await.unwrap();
+
+    assert_eq!(listed(store.clone(), "@alice:x").await, BTreeSet::from(["mine".to_owned()]));
+    assert_eq!(
+        listed(store.clone(), "@b:x").await,
+        ["other-key", "other-room", "elsewhere"].into_iter().map(str::to_owned).collect::<BTreeSet<_>>()
+    );
+    // The claimed one is still there to be finished by its sender.
+    store.release_delayed_event("sending", 500).await.unwrap();
+    assert!(listed(store.clone(), "@b:x").await.contains("sending"));
 }

@@ -363,13 +363,13 @@ pub async fn uia_sessions_are_reused_and_bounded_per_user(store: DynStore) {
     assert_eq!(later.session_id, "a5");
 }
 
-fn room(id: &str) -> NewRoom {
+pub(crate) fn room(id: &str) -> NewRoom {
     NewRoom { room_id: id.into(), room_version: RoomVersionId::V11, creator: "@alice:x".into(), created_ts: 1_000 }
 }
 
 /// An event of `room`; the JSON is whatever the store is given, kept
 /// byte for byte.
-fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth: u64) -> NewEvent {
+pub(crate) fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth: u64) -> NewEvent {
     let json = json!({
         "event_id": id,
         "room_id": room,
@@ -397,7 +397,7 @@ fn event(room: &str, id: &str, event_type: &str, state_key: Option<&str>, depth:
     }
 }
 
-fn member(room: &str, id: &str, user: &str, membership: &str, depth: u64) -> NewEvent {
+pub(crate) fn member(room: &str, id: &str, user: &str, membership: &str, depth: u64) -> NewEvent {
     let mut e = event(room, id, "m.room.member", Some(user), depth);
     e.sender = user.into();
     e.membership = Some(membership.into());
@@ -406,7 +406,7 @@ fn member(room: &str, id: &str, user: &str, membership: &str, depth: u64) -> New
     e
 }
 
-fn message(room: &str, id: &str, depth: u64) -> NewEvent {
+pub(crate) fn message(room: &str, id: &str, depth: u64) -> NewEvent {
     let mut e = event(room, id, "m.room.message", None, depth);
     e.json = json!({"event_id": id, "type": "m.room.message", "content": {"msgtype": "m.text", "body": id}}).to_string();
     e

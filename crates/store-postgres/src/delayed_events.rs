@@ -161,22 +161,4 @@ impl DelayedEventStore for PostgresStore {
             .ok_or(StoreError::Contract("MIN answers one row"))?;
         Ok(crate::query::get::<Option<i64>>(&row, 0)?.map(u))
     }
-
-    async fn cancel_delayed_state_events(
-        &self,
-        room_id: &str,
-        event_type: &str,
-        state_key: &str,
-        sender: &str,
-    ) -> StoreResult<u64> {
-        let client = self.client().await?;
-        execute(
-            &client,
-            "DELETE FROM delayed_events
-             WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND user_id <> $4 AND NOT claimed",
-            &[&room_id, &event_type, &state_key, &sender],
-        )
-        .await
-        .map_err(backend)
-    }
 }

@@ -87,6 +87,7 @@ pub(crate) struct Writes {
     insert_event: Statement,
     close_state: Statement,
     open_state: Statement,
+    cancel_delayed_state: Statement,
     bump_room: Statement,
     relations: crate::relations::RelationWrites,
 }
@@ -135,6 +136,12 @@ impl Writes {
             .await?,
             open_state: p("INSERT INTO room_state (room_id, event_type, state_key, event_id, membership, from_pos)
                            SELECT $1::text, $2::text, $3::text, $4::text, $5::text, pos FROM stream_position")
+            .await?,
+            // Other users' scheduled delayed events at the key the event
+            // sets (`RoomStore::append_event`).
+            cancel_delayed_state: p("DELETE FROM delayed_events
+                                     WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND user_id <> $4
+                                       AND NOT claimed")
             .await?,
             // After `insert_event`, like `open_state`.
             bump_room: p("UPDATE rooms SET last_pos = s.pos, bump_pos = CASE WHEN $3 THEN s.pos ELSE bump_pos END,
@@ -244,6 +251,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         insert_event(tx, w, event, &columns),
         close_state(tx, w, event),
         open_state(tx, w, event, &columns),
+        cancel_delayed_state(tx, w, event),
         bump_room(tx, w, event, &columns),
         // After `insert_event`: `stream_position` holds this event's position.
         add_relation(tx, w, event),
@@ -259,6 +267,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
         inserted,
         closed,
         opened,
+        cancelled,
         bumped,
         related,
         threaded,
@@ -272,6 +281,7 @@ async fn persist_one(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, first: 
     let position = u(get(&inserted.map_err(insert_error)?, 0)?);
     closed.map_err(backend)?;
     opened.map_err(backend)?;
+    cancelled.map_err(backend)?;
     bumped.map_err(backend)?;
     related.map_err(backend)?;
     threaded.map_err(backend)?;
@@ -396,6 +406,17 @@ async fn open_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent, c: &Inse
     match &event.state_key {
         Some(key) => {
             tx.execute(&w.open_state, &[&event.room_id, &event.event_type, key, &event.event_id, &c.membership]).await.map(drop)
+        }
+        None => Ok(()),
+    }
+}
+
+/// A state event cancels the other users' scheduled (unclaimed) delayed
+/// events at its key: they would overwrite state their sender never saw.
+async fn cancel_delayed_state(tx: &Transaction<'_>, w: &Writes, event: &NewEvent) -> StepResult {
+    match &event.state_key {
+        Some(key) => {
+            tx.execute(&w.cancel_delayed_state, &[&event.room_id, &event.event_type, key, &event.sender]).await.map(drop)
         }
         None => Ok(()),
     }

@@ -198,26 +198,4 @@ impl DelayedEventStore for SqliteStore {
         })
         .await
     }
-
-    async fn cancel_delayed_state_events(
-        &self,
-        room_id: &str,
-        event_type: &str,
-        state_key: &str,
-        sender: &str,
-    ) -> StoreResult<u64> {
-        let (room_id, event_type, state_key, sender) =
-            (room_id.to_owned(), event_type.to_owned(), state_key.to_owned(), sender.to_owned());
-        self.write(move |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM delayed_events
-                     WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND user_id <> ?4 AND claimed = 0",
-                    params![room_id, event_type, state_key, sender],
-                )
-                .map_err(backend)?;
-            Ok(u64::try_from(n).unwrap_or(u64::MAX))
-        })
-        .await
-    }
 }

@@ -161,7 +161,8 @@ fn make_only_extremity(tx: &Transaction<'_>, event: &NewEvent) -> StoreResult<()
 }
 
 /// The state event ends the span of the one it replaces and opens its own
-/// at `pos`.
+/// at `pos`; other users' scheduled delayed events at its key are
+/// cancelled (`RoomStore::append_event`).
 fn record_state(tx: &Transaction<'_>, event: &NewEvent, state_key: &str, pos: i64) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE room_state SET to_pos = ?4
@@ -183,6 +184,12 @@ fn record_state(tx: &Transaction<'_>, event: &NewEvent, state_key: &str, pos: i6
             pos
         ])
     })
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "DELETE FROM delayed_events
+         WHERE room_id = ?1 AND event_type = ?2 AND state_key = ?3 AND user_id <> ?4 AND claimed = 0",
+    )
+    .and_then(|mut s| s.execute(params![event.room_id, event.event_type, state_key, event.sender]))
     .map_err(backend)?;
     Ok(())
 }

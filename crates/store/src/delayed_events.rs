@@ -8,6 +8,13 @@
 //! event is then sent with its `delay_id` as transaction id, so a second
 //! send after a crash finds the first one's event instead of sending
 //! twice. Once sent (or given up), the row is deleted.
+//!
+//! A state event appended to a room (`RoomStore::append_event`,
+//! `create_room`, `upgrade_room`, any path) cancels, in its own
+//! transaction, the scheduled delayed state events of every other user at
+//! its `(room_id, type, state_key)`: they would overwrite state their
+//! sender never saw (Synapse cancels them likewise). The sender's own
+//! stay, and so do claimed ones (being sent).
 
 use async_trait::async_trait;
 use serde_json::Value as JsonValue;
@@ -80,16 +87,4 @@ pub trait DelayedEventStore: Send + Sync {
     /// The earliest `send_ts` of every delayed event, claimed ones
     /// included: when the firing task has something to do next.
     async fn next_delayed_event_ts(&self) -> StoreResult<Option<u64>>;
-
-    /// Deletes the scheduled delayed state events at `(room_id,
-    /// event_type, state_key)` of every user but `sender`: another user's
-    /// state event replaced that state, which their delayed event must
-    /// not overwrite later (Synapse does the same). Answers how many.
-    async fn cancel_delayed_state_events(
-        &self,
-        room_id: &str,
-        event_type: &str,
-        state_key: &str,
-        sender: &str,
-    ) -> StoreResult<u64>;
 }

@@ -235,7 +235,11 @@ async fn delays_and_counts_are_bounded(backend: Backend) {
     let room = call_room(&alice, &bob).await;
 
     let too_long = schedule_state(&bob, &room, "k", 60_001, json!({})).await;
-    assert_error(&too_long, 400, "M_MAX_DELAY_EXCEEDED");
+    // As matrix-js-sdk's MatrixRTC membership manager recognises it (it
+    // then schedules its leave with the server's maximum).
+    assert_error(&too_long, 400, "M_UNKNOWN");
+    assert_eq!(too_long.1["org.matrix.msc4140.errcode"], "M_MAX_DELAY_EXCEEDED");
+    assert_eq!(too_long.1["org.matrix.msc4140.max_delay"], 60_000);
     assert_eq!(too_long.1["max_delay"], 60_000);
     assert_error(&schedule_state(&bob, &room, "k", 0, json!({})).await, 400, "M_INVALID_PARAM");
     let path = format!("/rooms/{room}/state/{CALL_MEMBER}/k?org.matrix.msc4140.delay=soon");
@@ -343,6 +347,35 @@ async fn what_can_no_longer_be_sent_is_dropped(backend: Backend) {
     server.stop().await.unwrap();
 }
 on_both_backends!(what_can_no_longer_be_sent_is_dropped);
+
+/// State set by another path than `/state` (here a room upgrade, which
+/// sends the old room's tombstone and power levels as the upgrader)
+/// cancels other users' delayed state at the same key too; theirs at other
+/// keys stay.
+async fn state_set_by_any_path_cancels_other_users_delayed_state(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let (alice, bob) = (User::new(&server.base_url, "alice").await, User::new(&server.base_url, "bob").await);
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "power_level_content_override": {"users": {&alice.id: 100, &bob.id: 100}, "events": {CALL_MEMBER: 0}},
+        }))
+        .await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    let path = format!("/rooms/{room}/state/m.room.tombstone/?org.matrix.msc4140.delay=60000");
+    let (status, body) = bob.call(Method::PUT, &path, Some(json!({"body": "bob's", "replacement_room": "!elsewhere:x"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let tombstone = body["delay_id"].as_str().unwrap().to_owned();
+    let kept = schedule_ok(&bob, &room, "k", 60_000, json!({"by": "bob"})).await;
+    assert_eq!(listed(&bob).await.len(), 2);
+
+    alice.ok(Method::POST, &format!("/rooms/{room}/upgrade"), Some(json!({"new_version": "11"}))).await;
+    let left: Vec<Value> = listed(&bob).await.into_iter().map(|e| e["delay_id"].clone()).collect();
+    assert_eq!(left, [json!(kept)]);
+    assert_error(&act(&bob, &tombstone, "send").await, 404, "M_NOT_FOUND");
+    server.stop().await.unwrap();
+}
+on_both_backends!(state_set_by_any_path_cancels_other_users_delayed_state);
 
 async fn switched_off(backend: Backend) {
     let server = TestServer::start_with(backend, |c| c.delayed_events.enabled = false).await.unwrap();

@@ -88,27 +88,8 @@ impl Rooms {
                 if event.event_type == "m.room.canonical_alias" && key.is_empty() {
                     self.deps.directory.check_canonical_alias(&room_id, &event.content).await?;
                 }
-                let event_id = self.deps.writer.append(&room_id, draft, Some(txn)).await?.0;
-                self.cancel_replaced_delayed_state(&room_id, &event.event_type, key, &sender).await;
-                Ok(event_id)
+                Ok(self.deps.writer.append(&room_id, draft, Some(txn)).await?.0)
             }
-        }
-    }
-
-    /// Other users' delayed state events at a key `sender` just set no
-    /// longer fire: they would overwrite state they did not see (Synapse
-    /// cancels them likewise). A failure only costs a stale overwrite
-    /// later, so it is logged, not answered.
-    pub(crate) async fn cancel_replaced_delayed_state(
-        &self,
-        room_id: &RoomId,
-        event_type: &str,
-        state_key: &str,
-        sender: &UserId,
-    ) {
-        let Some(delayed) = &self.deps.delayed_events else { return };
-        if let Err(e) = delayed.cancel_delayed_state_events(room_id.as_str(), event_type, state_key, sender.as_str()).await {
-            tracing::warn!(error = %e, "cancelling delayed state events replaced by a state event failed");
         }
     }
 }

@@ -17,7 +17,7 @@ use chancery_core::pdu::EventDraft;
 use chancery_proto::limits::MAX_TXN_ID_BYTES;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId};
-use chancery_store::{AccountStore, DelayedEventStore, DirectoryStore, ForgottenRoomStore, RoomStore, TxnKey};
+use chancery_store::{AccountStore, DirectoryStore, ForgottenRoomStore, RoomStore, TxnKey};
 use serde_json::Value as JsonValue;
 
 pub use create::{CreateRoom, Preset};
@@ -86,9 +86,6 @@ pub struct RoomsDeps {
     pub clock: Arc<dyn Clock>,
     /// Room ids of versions that do not derive them from the create event.
     pub entropy: Arc<dyn Entropy>,
-    /// When delayed events are on: other users' delayed state events at a
-    /// key a state event sets are cancelled.
-    pub delayed_events: Option<Arc<dyn DelayedEventStore>>,
 }
 
 /// Room actions of clients.
@@ -169,9 +166,7 @@ impl Rooms {
             self.deps.directory.check_canonical_alias(room_id, &content).await?;
         }
         let draft = draft(&user.user_id, event_type, Some(state_key), content, None);
-        let event_id = self.deps.writer.append(room_id, draft, None).await?.0;
-        self.cancel_replaced_delayed_state(room_id, event_type, state_key, &user.user_id).await;
-        Ok(event_id)
+        Ok(self.deps.writer.append(room_id, draft, None).await?.0)
     }
 
     /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
