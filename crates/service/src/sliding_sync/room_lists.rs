@@ -149,6 +149,9 @@ mod tests {
         }
     }
 
+    /// Rooms and their newest positions.
+    type Rooms<'a> = &'a [(&'a str, u64)];
+
     fn rooms(list: &[Arc<RoomListEntry>]) -> Vec<(&str, u64)> {
         list.iter().map(|e| (e.room_id.as_str(), e.last_pos)).collect()
     }
@@ -156,7 +159,7 @@ mod tests {
     #[test]
     fn changes_replace_their_rooms_and_new_rooms_go_in_order() {
         let list: Vec<Arc<RoomListEntry>> = [entry("!b", 1), entry("!d", 1), entry("!f", 1)].into_iter().map(Arc::new).collect();
-        let cases: [(&[(&str, u64)], &[(&str, u64)]); 5] = [
+        let cases: [(Rooms, Rooms); 5] = [
             (&[], &[("!b", 1), ("!d", 1), ("!f", 1)]),
             (&[("!d", 5)], &[("!b", 1), ("!d", 5), ("!f", 1)]),
             (&[("!a", 5), ("!g", 6)], &[("!a", 5), ("!b", 1), ("!d", 1), ("!f", 1), ("!g", 6)]),
