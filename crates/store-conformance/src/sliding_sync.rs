@@ -77,6 +77,16 @@ pub async fn room_list_changes_are_the_rooms_that_moved_on(store: DynStore) {
     assert_eq!(changes.len(), 1);
     assert_eq!((changes[0].room_id.as_str(), changes[0].membership_pos), ("!b:x", left));
     assert_eq!(changes[0].membership, chancery_proto::ruma::events::room::member::MembershipState::Leave);
+    assert!(!changes[0].kicked, "she left herself");
+    // Carol's room: alice joins, carol kicks her.
+    store.append_event(member("!c:x", "$c4", "@alice:x", "join", 4), &["$c3".into()]).await.unwrap();
+    let mut kick = member("!c:x", "$c5", "@alice:x", "leave", 5);
+    kick.sender = "@carol:x".into();
+    store.append_event(kick, &["$c4".into()]).await.unwrap();
+    let list = store.room_list("@alice:x").await.unwrap();
+    let kicked: Vec<(&str, bool)> = list.iter().map(|e| (e.room_id.as_str(), e.kicked)).collect();
+    assert_eq!(kicked, [("!a:x", false), ("!b:x", false), ("!c:x", true)]);
+    assert_eq!(store.room_list_changes("@alice:x", left, 100).await.unwrap().unwrap(), list[2..]);
     // More rooms moved on than asked for: the caller reads the whole list.
     assert_eq!(store.room_list_changes("@alice:x", at, 2).await.unwrap(), None);
     assert!(store.room_list_changes("@alice:x", at, 3).await.unwrap().is_some());

@@ -331,7 +331,9 @@ pub fn key_signature<R: Row>(row: &R) -> Result<KeySignature, R::Error> {
 /// current membership row `s` of `room_state`, its room `r`, and whether
 /// the room has an encryption state event (the last column).
 pub const ROOM_LIST_COLUMNS: &str =
-    "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type, r.encrypted";
+    "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type, r.encrypted,
+     COALESCE(s.membership = 'leave' AND EXISTS (
+         SELECT 1 FROM events k WHERE k.event_id = s.event_id AND k.sender <> s.state_key), FALSE)";
 
 /// A row of [`ROOM_LIST_COLUMNS`].
 pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
@@ -344,6 +346,7 @@ pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
         last_pos: row.uint(5)?,
         room_type: row.opt_text(6)?,
         encrypted: row.boolean(7)?,
+        kicked: row.boolean(8)?,
     })
 }
 

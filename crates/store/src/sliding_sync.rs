@@ -67,6 +67,8 @@ pub struct RoomListEntry {
     pub room_type: Option<String>,
     /// The room has an `m.room.encryption` state event.
     pub encrypted: bool,
+    /// The membership is a leave someone else sent (a kick).
+    pub kicked: bool,
 }
 
 /// What a connection was sent of one room, as the service records it.

@@ -270,3 +270,30 @@ async fn rejected_and_ignored_invites(backend: Backend) {
     assert!(timeline_bodies(left).is_empty(), "{left}");
 }
 on_both_backends!(rejected_and_ignored_invites);
+
+/// A kicked user's room stays in the list, as a leave, even on a
+/// connection that never sent it (as Synapse lists kicks), so the client
+/// learns why it is gone; a room left by oneself is not listed there.
+async fn kicked_rooms_are_listed(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    let bob = User::new(&server.base_url, "bob").await;
+    let kicked_from = bob.create_room(json!({ "name": "kicked from", "preset": "public_chat" })).await;
+    let left = bob.create_room(json!({ "name": "left", "preset": "public_chat" })).await;
+    for room in [&kicked_from, &left] {
+        alice.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+    }
+    bob.ok(Method::POST, &format!("/rooms/{kicked_from}/kick"), Some(json!({ "user_id": alice.id, "reason": "enough" }))).await;
+    alice.ok(Method::POST, &format!("/rooms/{left}/leave"), Some(json!({}))).await;
+
+    let first = sliding_ok(&alice, list_request(None, 0)).await;
+    assert_eq!(first["lists"]["all"]["count"], 1, "{first}");
+    let room = &first["rooms"][&kicked_from];
+    assert_eq!(room["membership"], "leave", "{first}");
+    // Shown as it was when she was kicked: the kick is its newest event.
+    let own = room["required_state"].as_array().unwrap().iter().find(|e| e["state_key"] == alice.id.as_str()).cloned();
+    let own = own.unwrap_or_else(|| panic!("her membership in {room}"));
+    assert_eq!((own["content"]["membership"].as_str(), own["sender"].as_str()), (Some("leave"), Some(bob.id.as_str())));
+    assert!(first["rooms"].get(&left).is_none(), "{first}");
+}
+on_both_backends!(kicked_rooms_are_listed);

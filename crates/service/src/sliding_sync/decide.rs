@@ -94,11 +94,13 @@ pub struct RoomRecord {
 }
 
 /// Whether a room is in the list at all (MSC4186 "Lists"): every room the
-/// user is joined to, invited to or knocked on; a ban (they may not have
-/// seen it otherwise); a room they left only if this connection sent it.
+/// user is joined to, invited to or knocked on; a ban or a kick (they may
+/// not have seen it otherwise; Synapse lists kicks too); a room they left
+/// themselves only if this connection sent it.
 pub fn listed(entry: &RoomListEntry, sent_before: bool) -> bool {
     match entry.membership {
         MembershipState::Join | MembershipState::Invite | MembershipState::Knock | MembershipState::Ban => true,
+        MembershipState::Leave if entry.kicked => true,
         _ => sent_before,
     }
 }
@@ -227,6 +229,7 @@ mod tests {
             last_pos: bump,
             room_type: None,
             encrypted: false,
+            kicked: false,
         }
     }
 
@@ -306,6 +309,8 @@ mod tests {
         let left = entry("!l:x", MembershipState::Leave, 1, 1);
         assert!(!listed(&left, false) && listed(&left, true));
         assert!(listed(&entry("!b:x", MembershipState::Ban, 1, 1), false));
+        let kicked = RoomListEntry { kicked: true, ..left.clone() };
+        assert!(listed(&kicked, false), "a kick is listed like a ban");
         // Not joined: the membership is the bump.
         assert_eq!(bump_stamp(&invite), 1);
         assert_eq!(bump_stamp(&entry("!j:x", MembershipState::Join, 8, 3)), 8);

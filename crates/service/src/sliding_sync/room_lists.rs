@@ -146,6 +146,7 @@ mod tests {
             last_pos,
             room_type: None,
             encrypted: false,
+            kicked: false,
         }
     }
 
