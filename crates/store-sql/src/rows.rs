@@ -328,12 +328,13 @@ pub fn key_signature<R: Row>(row: &R) -> Result<KeySignature, R::Error> {
 }
 
 /// Columns of a [`RoomListEntry`], for [`room_list_entry`]: the user's
-/// current membership row `s` of `room_state`, its room `r`, and whether
-/// the room has an encryption state event (the last column).
+/// current membership row `s` of `room_state`, its room `r` (with whether
+/// it is encrypted), and whether a leave was sent by someone else (its
+/// event looked up for leaves only).
 pub const ROOM_LIST_COLUMNS: &str =
     "s.room_id, s.membership, s.event_id, s.from_pos, r.bump_pos, r.last_pos, r.room_type, r.encrypted,
-     COALESCE(s.membership = 'leave' AND EXISTS (
-         SELECT 1 FROM events k WHERE k.event_id = s.event_id AND k.sender <> s.state_key), FALSE)";
+     CASE WHEN s.membership = 'leave' THEN EXISTS (
+         SELECT 1 FROM events k WHERE k.event_id = s.event_id AND k.sender <> s.state_key) ELSE FALSE END";
 
 /// A row of [`ROOM_LIST_COLUMNS`].
 pub fn room_list_entry<R: Row>(row: &R) -> Result<RoomListEntry, R::Error> {
