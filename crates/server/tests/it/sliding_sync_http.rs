@@ -297,3 +297,32 @@ async fn kicked_rooms_are_listed(backend: Backend) {
     assert!(first["rooms"].get(&left).is_none(), "{first}");
 }
 on_both_backends!(kicked_rooms_are_listed);
+
+/// A list whose `count` alone changed (a room left outside its range)
+/// answers a waiting long-poll at once with the new count.
+async fn a_count_change_alone_answers_a_long_poll(backend: Backend) {
+    let server = TestServer::start_with(backend, crate::common::with_metrics).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    let oldest = alice.create_room(json!({ "name": "oldest" })).await;
+    for name in ["middle", "newest"] {
+        alice.create_room(json!({ "name": name })).await;
+    }
+    let mut request = list_request(None, 0);
+    request["lists"]["all"]["ranges"] = json!([[0, 0]]);
+    let first = sliding_ok(&alice, request.clone()).await;
+    assert_eq!(first["lists"]["all"]["count"], 3, "{first}");
+    assert!(first["rooms"].get(&oldest).is_none(), "outside the range: {first}");
+    request["pos"] = first["pos"].clone();
+    request["timeout"] = json!(20_000);
+    let started = Instant::now();
+    let leave = async {
+        // Once the long-poll waits, alice leaves the room outside the range.
+        crate::common::wait_for_parked_polls(&server, 1).await;
+        alice.ok(Method::POST, &format!("/rooms/{oldest}/leave"), Some(json!({}))).await;
+    };
+    let (answer, ()) = tokio::join!(sliding_ok(&alice, request), leave);
+    let took = started.elapsed();
+    assert_eq!(answer["lists"]["all"]["count"], 2, "{answer}");
+    assert!(took < Duration::from_secs(15), "answered at the leave, not at the timeout ({took:?})");
+}
+on_both_backends!(a_count_change_alone_answers_a_long_poll);

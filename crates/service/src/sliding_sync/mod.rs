@@ -458,7 +458,13 @@ impl SlidingSync {
 
         let view: Vec<&str> = in_view.iter().copied().collect();
         let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &list.joined, &view, &initial_rooms).await?;
-        let has_news = more_rooms || !rooms.is_empty() || ext.has_news;
+        // A membership of the user's that changed since the client's
+        // token may have changed a list's `count` alone (a room left or
+        // joined outside every range): that is news too.
+        let memberships_moved = conn
+            .since
+            .is_some_and(|since| list.entries.iter().any(|e| e.membership_pos > since.events && e.membership_pos <= cut.events));
+        let has_news = more_rooms || !rooms.is_empty() || ext.has_news || (wants_rooms && memberships_moved);
         // Moved in, not through `json!`, which would copy every room.
         let body = object([("lists", JsonValue::Object(lists)), ("rooms", JsonValue::Object(rooms)), ("extensions", ext.body)]);
         Ok(Answer { body, has_news, changed, cut, rooms: list, next_typing_expiry: ext.next_typing_expiry })
