@@ -65,6 +65,21 @@
 //!   paused. `subscription` (`UpdateSubscription`) is sent when the app
 //!   subscribes or unsubscribes a publication by hand.
 //!
+//! # Media: receiving, and repairing loss
+//!
+//! - str0m 0.25 in RTP mode holds one received packet until `poll_output`
+//!   returns it as `Event::RtpPacket`; another datagram handed in first
+//!   replaces it. The SFU polls a connection right after each datagram
+//!   ([`Sfu::handle_datagram`]), and any str0m peer driving it (tests, the
+//!   `sfu` benchmark) must do the same or it will miss packets.
+//! - A subscriber's NACK is answered by str0m from the subscriber
+//!   connection's send buffer (video is written `nackable`; its m-line has
+//!   an RTX SSRC), in the subscriber's numbering. A packet the SFU never
+//!   received is NACKed toward the publisher by the SFU's publisher
+//!   connection, and the repair is forwarded when it comes, in its place.
+//!   Downstream NACKs are not passed upstream (as in livekit-server, whose
+//!   `DownTrack` answers only from its buffer).
+//!
 //! What livekit-server does that we copy: ICE-lite on a single UDP port,
 //! candidates in the SDP (no TURN), a duplicate identity in a room replaces
 //! the older participant (`DUPLICATE_IDENTITY`), ping interval 5 s and

@@ -618,7 +618,10 @@ impl Sfu {
             if p.rtc(pc).handle_input(input).is_err() {
                 self.remove(now, key, LeaveReason::MediaFailed);
             } else {
-                self.dirty.insert((key, pc));
+                // At once, not via `dirty`: the packet just received must be
+                // taken out before the next datagram comes in.
+                self.dirty.remove(&(key, pc));
+                self.poll_connection(now, key, pc);
             }
         }
         self.flush(now);
@@ -967,47 +970,64 @@ impl Sfu {
             let Some((key, pc)) = self.dirty.pop_first() else {
                 break;
             };
-            let mut events = Vec::new();
-            let Some(p) = self.participants.get_mut(&key) else {
-                continue;
-            };
-            // str0m only does work once woken by an input: API calls
-            // (an accepted offer, a written packet) wait for the next one.
-            let mut failed = p.rtc(pc).handle_input(Input::Timeout(now)).is_err();
-            // A connection yields at most a bounded burst per poll round.
-            for _ in 0..if failed { 0 } else { 10_000 } {
-                match p.rtc(pc).poll_output() {
-                    Ok(Output::Timeout(at)) => {
-                        match pc {
-                            Pc::Publisher => p.publisher_timeout = at,
-                            Pc::Subscriber => p.subscriber_timeout = at,
-                        }
-                        break;
-                    }
-                    Ok(Output::Transmit(t)) => self.outputs.push_back(SfuOutput::Transmit(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    })),
-                    Ok(Output::Event(event)) => events.push(event),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
-                self.remove(now, key, LeaveReason::MediaFailed);
-                continue;
-            }
-            for event in events {
-                self.handle_event(now, key, pc, event);
-            }
+            self.poll_connection(now, key, pc);
         }
         if !self.dirty.is_empty() {
             for p in self.participants.values_mut() {
                 p.publisher_timeout = p.publisher_timeout.min(now);
             }
+        }
+    }
+
+    /// Polls one connection until it waits, queueing its datagrams and
+    /// handling its events.
+    ///
+    /// Must run after every `Input::Receive`, before the connection's next
+    /// input: in RTP mode str0m keeps a received packet in a single slot
+    /// until `poll_output` hands it out as `Event::RtpPacket`, so a second
+    /// datagram handed in first would overwrite (lose) it.
+    fn poll_connection(&mut self, now: Instant, key: ParticipantKey, pc: Pc) {
+        let mut events = Vec::new();
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        // str0m only does work once woken by an input: API calls
+        // (an accepted offer, a written packet) wait for the next one.
+        let mut failed = p.rtc(pc).handle_input(Input::Timeout(now)).is_err();
+        let mut idle = failed;
+        // A connection yields at most a bounded burst per poll round; one
+        // not idle after it stays dirty.
+        for _ in 0..if failed { 0 } else { 10_000 } {
+            match p.rtc(pc).poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    match pc {
+                        Pc::Publisher => p.publisher_timeout = at,
+                        Pc::Subscriber => p.subscriber_timeout = at,
+                    }
+                    idle = true;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.outputs.push_back(SfuOutput::Transmit(Transmit {
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                })),
+                Ok(Output::Event(event)) => events.push(event),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.remove(now, key, LeaveReason::MediaFailed);
+            return;
+        }
+        if !idle {
+            self.dirty.insert((key, pc));
+        }
+        for event in events {
+            self.handle_event(now, key, pc, event);
         }
     }
 

@@ -134,17 +134,7 @@ impl Peer {
     /// Runs str0m until it waits, sending its datagrams, then feeds what the
     /// socket holds (waiting at most `wait` for the first).
     async fn drive(&mut self, wait: Duration) {
-        for _ in 0..10_000 {
-            match self.rtc.poll_output().unwrap() {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination).await;
-                }
-                Output::Event(Event::Connected) => self.connected = true,
-                Output::Event(Event::RtpPacket(packet)) => self.rtp_payloads.push(packet.payload.to_vec()),
-                Output::Event(_) => {}
-            }
-        }
+        self.poll().await;
         let mut buf = vec![0u8; 2048];
         let mut first = true;
         for _ in 0..256 {
@@ -160,8 +150,26 @@ impl Peer {
             let Some((len, source)) = received else { break };
             let receive = Receive::new(Protocol::Udp, source, self.addr, &buf[..len]).unwrap();
             self.rtc.handle_input(Input::Receive(Instant::now(), receive)).unwrap();
+            // At once: in RTP mode str0m holds one received packet until
+            // polled, and the next datagram handed in would replace it.
+            self.poll().await;
         }
         self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+    }
+
+    /// Polls str0m until it waits: datagrams sent, events kept.
+    async fn poll(&mut self) {
+        for _ in 0..10_000 {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::RtpPacket(packet)) => self.rtp_payloads.push(packet.payload.to_vec()),
+                Output::Event(_) => {}
+            }
+        }
     }
 }
 
