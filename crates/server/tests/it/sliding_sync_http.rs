@@ -326,3 +326,41 @@ async fn a_count_change_alone_answers_a_long_poll(backend: Backend) {
     assert!(took < Duration::from_secs(15), "answered at the leave, not at the timeout ({took:?})");
 }
 on_both_backends!(a_count_change_alone_answers_a_long_poll);
+
+/// The receipts extension covers the rooms its `lists` and `rooms` name
+/// (all of the request's when absent, none of a kind when empty).
+async fn extensions_follow_their_lists_and_rooms(backend: Backend) {
+    let server = TestServer::start(backend).await.unwrap();
+    let alice = User::new(&server.base_url, "alice").await;
+    let bob = User::new(&server.base_url, "bob").await;
+    let mut rooms = Vec::new();
+    for name in ["first", "second"] {
+        let room = bob.create_room(json!({ "name": name, "preset": "public_chat" })).await;
+        alice.ok(Method::POST, &format!("/join/{room}"), Some(json!({}))).await;
+        let event = bob.say(&room, &format!("t-{name}"), "hello").await;
+        bob.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{event}"), Some(json!({}))).await;
+        rooms.push(room);
+    }
+    let receipts_for = |answer: &Value| -> Vec<String> {
+        let mut with: Vec<String> =
+            answer["extensions"]["receipts"]["rooms"].as_object().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+        with.sort_unstable();
+        with
+    };
+    let mut all = rooms.clone();
+    all.sort_unstable();
+
+    let mut request = list_request(None, 0);
+    request["extensions"]["receipts"] = json!({ "enabled": true });
+    assert_eq!(receipts_for(&sliding_ok(&alice, request.clone()).await), all, "absent lists and rooms: all of them");
+
+    request["conn_id"] = json!("scoped");
+    request["room_subscriptions"] = json!({ &rooms[0]: { "timeline_limit": 1 } });
+    request["extensions"]["receipts"] = json!({ "enabled": true, "lists": [], "rooms": [&rooms[0]] });
+    assert_eq!(receipts_for(&sliding_ok(&alice, request.clone()).await), [rooms[0].clone()], "the one room named");
+
+    request["conn_id"] = json!("none");
+    request["extensions"]["receipts"] = json!({ "enabled": true, "lists": [], "rooms": [] });
+    assert!(receipts_for(&sliding_ok(&alice, request).await).is_empty(), "empty lists and rooms: none");
+}
+on_both_backends!(extensions_follow_their_lists_and_rooms);

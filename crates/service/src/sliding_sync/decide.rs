@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use chancery_proto::ruma::api::client::sync::sync_events::v5::request::ListFilters;
+use chancery_proto::ruma::api::client::sync::sync_events::v5::request::{ExtensionRoomConfig, ListFilters};
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::RoomListEntry;
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,39 @@ pub fn listed(entry: &RoomListEntry, sent_before: bool) -> bool {
         MembershipState::Leave if entry.kicked => true,
         _ => sent_before,
     }
+}
+
+/// A room in view: the lists whose ranges hold it, and whether the
+/// request subscribes to it.
+pub struct InView<'a> {
+    pub room_id: &'a str,
+    pub lists: Vec<&'a str>,
+    pub subscribed: bool,
+}
+
+/// The rooms in view an extension with these `lists` and `rooms` covers
+/// (MSC4186 as ruma documents it and Synapse serves it): the rooms of the
+/// named lists (all lists when `lists` is absent) and the named
+/// subscriptions (`*`: all; all when `rooms` is absent). An empty list
+/// covers nothing of its kind; a named room counts only if it is
+/// subscribed.
+pub fn extension_rooms<'a>(view: &[InView<'a>], lists: Option<&[String]>, rooms: Option<&[ExtensionRoomConfig]>) -> Vec<&'a str> {
+    let by_list = |room: &InView| match lists {
+        None => !room.lists.is_empty(),
+        Some(names) => names.iter().any(|n| (n == "*" && !room.lists.is_empty()) || room.lists.contains(&n.as_str())),
+    };
+    let by_subscription = |room: &InView| {
+        room.subscribed
+            && match rooms {
+                None => true,
+                Some(rooms) => rooms.iter().any(|r| match r {
+                    ExtensionRoomConfig::AllSubscribed => true,
+                    ExtensionRoomConfig::Room(id) => id.as_str() == room.room_id,
+                    _ => false,
+                }),
+            }
+    };
+    view.iter().filter(|room| by_list(room) || by_subscription(room)).map(|room| room.room_id).collect()
 }
 
 /// A room's `bump_stamp`: its newest bump event when joined, else the
@@ -357,5 +390,33 @@ mod tests {
         assert_eq!(room_update(left), RoomUpdate::Changes { after: 10, expanded_timeline: false, widened_state: false });
         assert_eq!(num_live(&[3, 11, 12], Some(10)), 2);
         assert_eq!(num_live(&[3, 11], None), 0);
+    }
+
+    #[test]
+    fn extensions_cover_the_rooms_their_lists_and_rooms_name() {
+        let view = [
+            InView { room_id: "!a", lists: vec!["all"], subscribed: false },
+            InView { room_id: "!b", lists: vec!["all", "dms"], subscribed: false },
+            InView { room_id: "!c", lists: vec![], subscribed: true },
+            InView { room_id: "!d", lists: vec!["dms"], subscribed: true },
+        ];
+        let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let room = |r: &str| ExtensionRoomConfig::Room(r.try_into().unwrap());
+        let any = [ExtensionRoomConfig::AllSubscribed];
+        let cases: [(Option<Vec<String>>, Option<Vec<ExtensionRoomConfig>>, &[&str]); 7] = [
+            (None, None, &["!a", "!b", "!c", "!d"]),
+            (Some(names(&["dms"])), Some(vec![]), &["!b", "!d"]),
+            (Some(names(&[])), None, &["!c", "!d"]),
+            (Some(names(&[])), Some(vec![]), &[]),
+            (Some(names(&["*"])), Some(vec![]), &["!a", "!b", "!d"]),
+            (Some(names(&[])), Some(any.to_vec()), &["!c", "!d"]),
+            // A named room counts only if subscribed.
+            (Some(names(&[])), Some(vec![room("!c:x"), room("!a:x")]), &[]),
+        ];
+        for (lists, rooms, want) in cases {
+            assert_eq!(extension_rooms(&view, lists.as_deref(), rooms.as_deref()), want, "{lists:?} {rooms:?}");
+        }
+        let view = [InView { room_id: "!c:x", lists: vec![], subscribed: true }];
+        assert_eq!(extension_rooms(&view, Some(&[]), Some(&[room("!c:x")])), ["!c:x"]);
     }
 }

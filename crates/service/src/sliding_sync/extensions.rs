@@ -8,7 +8,7 @@ use chancery_proto::ruma::api::client::sync::sync_events::v5::request;
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
 
-use super::{SlidingSync, object};
+use super::{SlidingSync, decide, object};
 use crate::keys::MembershipNews;
 use crate::stream_token::StreamToken;
 use crate::{AuthedUser, Error};
@@ -62,7 +62,7 @@ impl SlidingSync {
         since: Option<StreamToken>,
         cut: &mut StreamToken,
         joined: &BTreeSet<String>,
-        view: &[&str],
+        view: &[decide::InView<'_>],
         initial_rooms: &BTreeSet<&str>,
     ) -> Result<ExtensionsPart, Error> {
         let mut body = Map::new();
@@ -104,10 +104,12 @@ impl SlidingSync {
             has_news |= news;
             body.insert("account_data".into(), part);
         }
-        let joined_view: Vec<&str> = view.iter().copied().filter(|r| joined.contains(*r)).collect();
+        let joined_in = |lists: Option<&[String]>, rooms: Option<&[request::ExtensionRoomConfig]>| -> Vec<&str> {
+            decide::extension_rooms(view, lists, rooms).into_iter().filter(|r| joined.contains(*r)).collect()
+        };
         if ext.receipts.enabled == Some(true) {
             let mut rooms = Map::new();
-            for room_id in &joined_view {
+            for room_id in &joined_in(ext.receipts.lists.as_deref(), ext.receipts.rooms.as_deref()) {
                 let after = if initial_rooms.contains(room_id) { 0 } else { since.map_or(0, |s| s.receipts) };
                 let events = self.deps.ephemeral.receipt_events(room_id, after, cut.receipts, user.user_id.as_str()).await?;
                 if let Some(event) = merged_receipts(events) {
@@ -119,6 +121,7 @@ impl SlidingSync {
         }
         let mut next_typing_expiry = None;
         if ext.typing.enabled == Some(true) {
+            let joined_view = joined_in(ext.typing.lists.as_deref(), ext.typing.rooms.as_deref());
             let snapshot = self.deps.ephemeral.typing_snapshot(joined_view.iter().copied());
             cut.typing = since.map_or(snapshot.serial, |s| s.typing.max(snapshot.serial));
             let mut rooms = Map::new();

@@ -386,6 +386,16 @@ impl SlidingSync {
 
         // Which selected rooms go, and how; the newest first when capped.
         let in_view: BTreeSet<&str> = selected.keys().copied().collect();
+        // Each room in view, the lists whose ranges hold it and whether it
+        // is subscribed: what the extensions' `lists` and `rooms` pick from.
+        let view_of: Vec<decide::InView> = selected
+            .iter()
+            .map(|(room_id, (_, in_lists, _))| decide::InView {
+                room_id,
+                lists: in_lists.clone(),
+                subscribed: wanted.subscriptions.contains_key(*room_id),
+            })
+            .collect();
         let mut updates: Vec<(&RoomListEntry, RoomConfig, Vec<&str>, RoomUpdate)> = Vec::new();
         for (config, in_lists, entry) in selected.into_values() {
             let last_pos = if entry.membership == MembershipState::Join {
@@ -456,8 +466,7 @@ impl SlidingSync {
             changed.push((room_id, record));
         }
 
-        let view: Vec<&str> = in_view.iter().copied().collect();
-        let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &list.joined, &view, &initial_rooms).await?;
+        let ext = self.extensions(user, &wanted.extensions, conn.since, &mut cut, &list.joined, &view_of, &initial_rooms).await?;
         // A membership of the user's that changed since the client's
         // token may have changed a list's `count` alone (a room left or
         // joined outside every range): that is news too.
