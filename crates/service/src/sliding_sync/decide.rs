@@ -403,7 +403,8 @@ mod tests {
         let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let room = |r: &str| ExtensionRoomConfig::Room(r.try_into().unwrap());
         let any = [ExtensionRoomConfig::AllSubscribed];
-        let cases: [(Option<Vec<String>>, Option<Vec<ExtensionRoomConfig>>, &[&str]); 7] = [
+        type Case<'a> = (Option<Vec<String>>, Option<Vec<ExtensionRoomConfig>>, &'a [&'a str]);
+        let cases: [Case; 7] = [
             (None, None, &["!a", "!b", "!c", "!d"]),
             (Some(names(&["dms"])), Some(vec![]), &["!b", "!d"]),
             (Some(names(&[])), None, &["!c", "!d"]),
