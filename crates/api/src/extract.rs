@@ -27,30 +27,64 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Ruma<T> {
 
     async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> = RawPathParams::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid path parameter"))?
-            .iter()
-            .map(|(_, v)| v.to_owned())
-            .collect();
-        let mut bytes = read_body(body, &parts.headers, &state.config).await?;
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                // Some clients send no body to POST /logout and friends.
-                bytes = Bytes::from_static(b"{}");
-            } else if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                return Err(ApiError::not_json("the request body is not valid JSON"));
-            }
-        }
-        refuse_what_ruma_panics_on::<T>(&bytes)?;
-        let request = axum::http::Request::from_parts(parts, bytes);
-        // Should another of ruma's request types index client JSON and
-        // panic on a body of the wrong shape, that is bad input too, not a
-        // server fault.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, &path_args)))
-            .map_err(|_| ApiError::bad_json("malformed request"))?;
-        decoded.map(Ruma).map_err(decode_error)
+        let path_args = path_args(&mut parts, state).await?;
+        let bytes = read_body(body, &parts.headers, &state.config).await?;
+        decode(parts, bytes, &path_args).map(Ruma)
     }
+}
+
+/// A ruma request another server signed (`X-Matrix`), with its origin:
+/// the signature is checked against the origin's keys and the operator's
+/// federation lists before the request is decoded. Bodies are bounded by
+/// [`MAX_FEDERATION_REQUEST_BYTES`](chancery_proto::limits::MAX_FEDERATION_REQUEST_BYTES).
+pub struct Signed<T> {
+    pub origin: chancery_proto::ruma::OwnedServerName,
+    pub request: T,
+}
+
+impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
+        let (mut parts, body) = req.into_parts();
+        let path_args = path_args(&mut parts, state).await?;
+        let limits =
+            ApiConfig { max_request_body_bytes: chancery_proto::limits::MAX_FEDERATION_REQUEST_BYTES, ..(*state.config).clone() };
+        let bytes = read_body(body, &parts.headers, &limits).await?;
+        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let origin = state.components.federation.authenticate(authorization, &parts.method, &parts.uri, &bytes).await?;
+        Ok(Signed { origin, request: decode(parts, bytes, &path_args)? })
+    }
+}
+
+async fn path_args(parts: &mut Parts, state: &AppState) -> ApiResult<Vec<String>> {
+    Ok(RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "invalid path parameter"))?
+        .iter()
+        .map(|(_, v)| v.to_owned())
+        .collect())
+}
+
+/// Decodes a request whose body was read: `M_NOT_JSON` for a body that is
+/// not JSON, `M_BAD_JSON` for JSON of the wrong shape.
+fn decode<T: IncomingRequest + 'static>(parts: Parts, mut bytes: Bytes, path_args: &[String]) -> ApiResult<T> {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            // Some clients send no body to POST /logout and friends.
+            bytes = Bytes::from_static(b"{}");
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Err(ApiError::not_json("the request body is not valid JSON"));
+        }
+    }
+    refuse_what_ruma_panics_on::<T>(&bytes)?;
+    let request = axum::http::Request::from_parts(parts, bytes);
+    // Should another of ruma's request types index client JSON and
+    // panic on a body of the wrong shape, that is bad input too, not a
+    // server fault.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, path_args)))
+        .map_err(|_| ApiError::bad_json("malformed request"))?;
+    decoded.map_err(decode_error)
 }
 
 /// Refuses, before ruma sees them, the bodies its decoders are known to

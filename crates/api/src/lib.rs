@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Health, Keys, Media, OpenId, Profiles, Push,
-    Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, Keys, Media, OpenId,
+    Profiles, Push, Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -113,6 +113,7 @@ component_state! {
     delayed_events: DelayedEvents,
     health: Health,
     openid: OpenId,
+    federation: Federation,
 }
 
 impl FromRef<AppState> for Arc<ApiConfig> {
@@ -261,6 +262,28 @@ fn delayed_event_routes(r: Router<AppState>) -> Router<AppState> {
 
 pub(crate) fn is_upload_route(route: &str) -> bool {
     route.starts_with("/_matrix/media/") && route.contains("/upload")
+}
+
+/// The server-server API, served on the federation listener (TLS): keys,
+/// the version, queries, and OpenID userinfo. Anything else is an unknown
+/// endpoint (404 `M_UNRECOGNIZED`).
+pub fn federation_router(state: AppState) -> Router {
+    use chancery_proto::ruma::api::federation::discovery::{get_remote_server_keys, get_remote_server_keys_batch};
+    use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
+    let mut r = Router::new()
+        .route("/_matrix/key/v2/server", get(h::federation::server_keys))
+        .route("/_matrix/federation/v1/version", get(h::federation::version))
+        .route("/_matrix/federation/v1/openid/userinfo", get(h::calls::userinfo));
+    r = ruma_route::<get_remote_server_keys::v2::Request, _, _>(r, h::federation::query_keys);
+    r = ruma_route::<get_remote_server_keys_batch::v2::Request, _, _>(r, h::federation::query_keys_batch);
+    r = ruma_route::<get_profile_information::v1::Request, _, _>(r, h::federation::query_profile);
+    r = ruma_route::<get_room_information::v1::Request, _, _>(r, h::federation::query_directory);
+    r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::deadline))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
 }
 
 /// The client-server API, `.well-known` and `/health`.

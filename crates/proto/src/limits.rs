@@ -503,3 +503,26 @@ pub const MAX_THREAD_SUBSCRIPTIONS_PER_USER: usize = 50_000;
 /// when the client names none (the MSC's), and the most (Synapse's).
 pub const DEFAULT_THREAD_SUBSCRIPTIONS_PAGE: usize = 100;
 pub const MAX_THREAD_SUBSCRIPTIONS_PAGE: usize = 512;
+
+// --- Federation (issue 16) ---
+
+/// Largest answer read from another server (a `send_join` of a large room
+/// is the largest the spec has); past it the request fails.
+pub const MAX_FEDERATION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request body another server may send (a transaction of 50 PDUs
+/// and 100 EDUs fits many times over).
+pub const MAX_FEDERATION_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Other servers whose signing keys are kept in memory.
+pub const MAX_CACHED_SERVER_KEYS: usize = 10_000;
+/// How long this server's published key document says it is valid
+/// (Synapse: a day); others re-fetch after it.
+pub const SERVER_KEY_VALIDITY_MS: u64 = 24 * 60 * 60 * 1000;
+/// After a failed key fetch, the server's keys are not asked for again
+/// for this long (requests signed by it are refused meanwhile).
+pub const SERVER_KEY_FAILURE_BACKOFF_MS: u64 = 60 * 1000;
+/// Servers one notary query (`/_matrix/key/v2/query`) may name.
+pub const MAX_NOTARY_QUERY_SERVERS: usize = 100;
+/// How long an outbound federation request may take, whole.
+pub const FEDERATION_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// How long connecting to another server may take.
+pub const FEDERATION_CONNECT_TIMEOUT_MS: u64 = 10_000;

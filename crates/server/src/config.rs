@@ -55,6 +55,48 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub sfu: SfuSection,
+    pub federation: FederationSection,
+}
+
+/// `[federation]`: the server-server API. Off unless enabled; when on it
+/// is served over TLS on its own listener, and the client API keeps its
+/// own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    pub enabled: bool,
+    /// The TLS listener of the server-server API.
+    pub listen: SocketAddr,
+    /// PEM files: the certificate chain other servers check against this
+    /// server's name, and its private key.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    /// Extra trust roots (PEM) for outbound TLS, beside the system's (a
+    /// state's own CA).
+    pub ca_file: Option<PathBuf>,
+    /// Servers federated with (names, `*` and `?` wildcards); empty: all
+    /// but `deny`. With a list, nothing outside it is contacted or heard.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Per server, the only signing keys believed for it:
+    /// `[federation.pinned_keys."other.gouv.fr"]` then
+    /// `"ed25519:abc" = "<base64 public key>"`.
+    pub pinned_keys: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8448)),
+            tls_certificate: None,
+            tls_private_key: None,
+            ca_file: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            pinned_keys: Default::default(),
+        }
+    }
 }
 
 /// `[media]`: the content repository.
@@ -368,6 +410,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             sfu: SfuSection::default(),
+            federation: FederationSection::default(),
         }
     }
 }
@@ -571,6 +614,20 @@ impl Config {
             return Err(err(key, var_of(key), "must be at least 100"));
         }
         self.validate_media(&var_of)?;
+        if self.federation.enabled {
+            for (key, value) in [
+                ("federation.tls_certificate", &self.federation.tls_certificate),
+                ("federation.tls_private_key", &self.federation.tls_private_key),
+            ] {
+                if value.is_none() {
+                    return Err(err(
+                        key,
+                        var_of(key),
+                        "must be set when federation is enabled (the server-server API is served over TLS)",
+                    ));
+                }
+            }
+        }
         for (key, value) in [
             ("delayed_events.max_delay_ms", self.delayed_events.max_delay_ms),
             ("delayed_events.max_per_user", self.delayed_events.max_per_user as u64),
@@ -767,8 +824,37 @@ impl Config {
         }
     }
 
+    /// Where other servers reach this one (`/.well-known/matrix/server`):
+    /// `federation_address`, or the server name when it carries a port,
+    /// or the name with the federation listener's port.
     pub fn federation_address(&self) -> String {
-        self.federation_address.clone().unwrap_or_else(|| format!("{}:443", self.server_name))
+        if let Some(address) = &self.federation_address {
+            return address.clone();
+        }
+        let name = self.server_name();
+        match (name.port(), self.federation.enabled) {
+            (Some(_), _) => name.to_string(),
+            (None, true) => format!("{}:{}", name.host(), self.federation.listen.port()),
+            (None, false) => format!("{}:443", self.server_name),
+        }
+    }
+
+    /// The federation component's part of the configuration; reads the
+    /// extra CA file.
+    pub fn federation_config(&self) -> Result<chancery_service::FederationConfig, ConfigError> {
+        let extra_ca_pem = match &self.federation.ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| err("federation.ca_file", None, format!("reading {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        Ok(chancery_service::FederationConfig {
+            enabled: self.federation.enabled,
+            allow: self.federation.allow.clone(),
+            deny: self.federation.deny.clone(),
+            pinned_keys: self.federation.pinned_keys.clone(),
+            extra_ca_pem,
+        })
     }
 }
 

@@ -47,10 +47,13 @@ pub struct HttpLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then drains.
+/// With `tls`, each connection first completes a TLS handshake (within the
+/// header read timeout).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -84,15 +87,44 @@ pub async fn serve(
                     req.extensions_mut().insert(ConnectInfo(peer));
                     req
                 });
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service)).into_owned();
-                let connection = graceful.watch(connection);
-                tasks.spawn(async move {
-                    let _slot = slot;
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                            .into_owned();
+                        let connection = graceful.watch(connection);
+                        tasks.spawn(async move {
+                            let _slot = slot;
+                            if let Err(e) = connection.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                        let handshake_timeout = limits.header_read_timeout;
+                        tasks.spawn(async move {
+                            let _slot = slot;
+                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                                .into_owned();
+                            if let Err(e) = watcher.watch(connection).await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             Err(refusal) => {
                 if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {

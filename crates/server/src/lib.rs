@@ -56,6 +56,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The server-server API's TLS listener, when `[federation]` enables it.
+    pub federation_addr: Option<SocketAddr>,
     /// The built-in SFU, when `[sfu]` enables it.
     pub sfu: Option<Arc<sfu::SfuService>>,
     shutdown: watch::Sender<bool>,
@@ -88,7 +90,17 @@ impl RunningServer {
 }
 
 /// Binds the listeners and starts serving.
-pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with_federation_listener(config, None).await
+}
+
+/// [`start`], serving the server-server API on `federation_listener`
+/// instead of binding `federation.listen` (tests bind first, so a server
+/// name can carry the port before the server starts).
+pub async fn start_with_federation_listener(
+    mut config: Config,
+    federation_listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<RunningServer> {
     // The built-in SFU's key and secret, when the operator left them to us:
     // shared by the SFU and the token service of this process.
     config.fill_sfu_keys(&chancery_service::tokens::OsEntropy);
@@ -122,6 +134,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let limits = config.http_limits();
+    let federation_app = config.federation.enabled.then(|| chancery_api::federation_router(state.clone()));
     let mut app = chancery_api::router(state);
     let mut sfu_service = None;
     let mut sfu_task = None;
@@ -148,7 +161,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
         sfu_task = Some(task);
     }
     let mut tasks = vec![
-        tokio::spawn(http::serve(listener, app, limits.clone(), shutdown_rx.clone())),
+        tokio::spawn(http::serve(listener, app, limits.clone(), None, shutdown_rx.clone())),
         tokio::spawn(maintenance::run(push, sliding_sync.clone(), media, openid, shutdown_rx.clone())),
         tokio::spawn({
             let shutdown = shutdown_rx.clone();
@@ -167,18 +180,74 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningServer> {
         }),
     ];
 
+    let mut federation_addr = None;
+    if let Some(app) = federation_app {
+        let acceptor = federation_tls(&config)?;
+        let listener = match federation_listener {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)?
+            }
+            None => tokio::net::TcpListener::bind(config.federation.listen)
+                .await
+                .with_context(|| format!("binding federation.listen {}", config.federation.listen))?,
+        };
+        federation_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(http::serve(listener, app, limits.clone(), Some(acceptor), shutdown_rx.clone())));
+    }
+
     let mut metrics_addr = None;
     if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics.listen {addr}"))?;
         metrics_addr = Some(listener.local_addr()?);
         let app = chancery_api::metrics::router(metrics, health);
-        tasks.push(tokio::spawn(http::serve(listener, app, limits, shutdown_rx)));
+        tasks.push(tokio::spawn(http::serve(listener, app, limits, None, shutdown_rx)));
     }
     tracing::info!(address = %local_addr, server_name = %config.server_name, database = store.kind(), "listening");
     if let Some(addr) = metrics_addr {
         tracing::info!(address = %addr, "metrics listening");
     }
+    if let Some(addr) = federation_addr {
+        tracing::info!(address = %addr, "federation listening (TLS)");
+    }
     tasks.extend(sfu_task);
     tasks.extend(tasks_before);
-    Ok(RunningServer { local_addr, metrics_addr, sfu: sfu_service, shutdown, tasks, store, syncer, sliding_sync })
+    Ok(RunningServer {
+        local_addr,
+        metrics_addr,
+        federation_addr,
+        sfu: sfu_service,
+        shutdown,
+        tasks,
+        store,
+        syncer,
+        sliding_sync,
+    })
+}
+
+/// The federation listener's TLS: the operator's certificate chain and key
+/// (PEM), HTTP/1.1 and HTTP/2 offered by ALPN.
+fn federation_tls(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert_path), Some(key_path)) = (&config.federation.tls_certificate, &config.federation.tls_private_key) else {
+        anyhow::bail!("federation needs tls_certificate and tls_private_key");
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading federation.tls_certificate {}", cert_path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("federation.tls_certificate {} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("reading federation.tls_private_key {}", key_path.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("federation TLS certificate and key")?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }

@@ -15,10 +15,11 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, CallsDeps, Components, DelayedEvents,
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
-    EventFormatterDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps,
-    Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps,
-    RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps,
-    Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
+    EventFormatterDeps, Federation, FederationDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters,
+    Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps,
+    Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps,
+    SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps,
+    Visibility,
 };
 use chancery_store::DynStore;
 
@@ -96,7 +97,19 @@ pub fn components_with(
         entropy: entropy.clone(),
         device_lists,
     }));
-    let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone()));
+    // The key file exists now: the federation component signs with the
+    // same key as the write path.
+    let federation = Arc::new(
+        Federation::new(FederationDeps {
+            config: config.federation_config()?,
+            server_name: server_name.clone(),
+            signing_key: chancery_service::signing::load_or_generate(&config.signing_key_path())
+                .map_err(|e| anyhow::anyhow!(e))?,
+            clock: clock.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("federation: {e}"))?,
+    );
+    let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone(), federation.clone()));
     let account_data = Arc::new(AccountData::new(AccountDataDeps {
         store: store.clone(),
         filters: store.clone(),
@@ -144,6 +157,7 @@ pub fn components_with(
         writer: writer.clone(),
         server_name: server_name.clone(),
         clock: clock.clone(),
+        federation: federation.clone(),
     }));
     let spaces = Arc::new(Spaces::new(SpacesDeps {
         rooms: store.clone(),
@@ -320,6 +334,7 @@ pub fn components_with(
         delayed_events,
         health,
         openid,
+        federation,
         calls,
     })
 }

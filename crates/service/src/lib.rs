@@ -34,6 +34,7 @@
 //! | [`Health`] | whether the database answers, pool figures |
 //! | [`OpenId`] | OpenID tokens: issuing them, telling whose they are |
 //! | [`Calls`] | the MatrixRTC token service (lk-jwt-service compatible) |
+//! | [`Federation`] | server keys, request signatures both ways, the allow/deny lists, queries to and from other servers |
 //!
 //! Architecture invariants: every write goes through one store call (one
 //! transaction); anything kept in memory (rate limiters, typing, presence,
@@ -49,6 +50,7 @@ pub mod delayed_events;
 pub mod directory;
 pub mod ephemeral;
 mod error;
+pub mod federation;
 pub mod health;
 pub mod keys;
 pub mod media;
@@ -91,6 +93,7 @@ pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
+pub use federation::{Federation, FederationConfig, FederationDeps, FederationError};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use media::{Media, MediaConfig, MediaDeps};
@@ -137,6 +140,7 @@ pub struct Components {
     pub delayed_events: Arc<DelayedEvents>,
     pub health: Arc<Health>,
     pub openid: Arc<OpenId>,
+    pub federation: Arc<Federation>,
     /// The token service, when the operator configured calls.
     pub calls: Option<Arc<Calls>>,
 }

@@ -11,17 +11,19 @@ use chancery_store::AccountStore;
 use serde_json::Value as JsonValue;
 
 use crate::nul::refuse_nul_in_json;
-use crate::{AuthedUser, Error};
+use crate::{AuthedUser, Error, Federation};
 
 /// Users' profiles.
 pub struct Profiles {
     store: Arc<dyn AccountStore>,
     server_name: OwnedServerName,
+    /// Asks other servers for their users' profiles.
+    federation: Arc<Federation>,
 }
 
 impl Profiles {
-    pub fn new(store: Arc<dyn AccountStore>, server_name: OwnedServerName) -> Self {
-        Self { store, server_name }
+    pub fn new(store: Arc<dyn AccountStore>, server_name: OwnedServerName, federation: Arc<Federation>) -> Self {
+        Self { store, server_name, federation }
     }
 
     async fn local_active_user(&self, user_id: &UserId) -> Result<(), Error> {
@@ -34,14 +36,40 @@ impl Profiles {
         }
     }
 
+    /// A user's profile: a local user's from the store, another server's
+    /// user's from that server (`/_matrix/federation/v1/query/profile`).
     pub async fn profile(&self, user_id: &UserId) -> Result<BTreeMap<String, JsonValue>, Error> {
+        if user_id.server_name() != self.server_name {
+            return self.federation.query_profile(user_id, None).await;
+        }
         self.local_active_user(user_id).await?;
         Ok(self.store.profile(user_id.as_str()).await?)
     }
 
     pub async fn profile_field(&self, user_id: &UserId, key: &str) -> Result<JsonValue, Error> {
-        let mut profile = self.profile(user_id).await?;
+        let mut profile = if user_id.server_name() != self.server_name {
+            self.federation.query_profile(user_id, Some(key)).await?
+        } else {
+            self.profile(user_id).await?
+        };
         profile.remove(key).ok_or_else(|| Error::NotFound(format!("the profile has no {key}")))
+    }
+
+    /// A local user's profile as another server asks for it (all of it,
+    /// or one field); users of other servers are not answered for.
+    pub async fn profile_for_federation(
+        &self,
+        user_id: &UserId,
+        field: Option<&str>,
+    ) -> Result<BTreeMap<String, JsonValue>, Error> {
+        if user_id.server_name() != self.server_name {
+            return Err(Error::InvalidParam("that user is not on this server".into()));
+        }
+        let mut profile = self.profile(user_id).await?;
+        if let Some(field) = field {
+            profile.retain(|k, _| k == field);
+        }
+        Ok(profile)
     }
 
     /// Sets (or, for an empty `avatar_url`/`displayname`, removes) a field of

@@ -5,6 +5,7 @@
 //!
 //! Architecture invariant: product code never depends on this crate.
 
+pub mod federation;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

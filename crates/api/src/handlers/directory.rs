@@ -31,8 +31,7 @@ pub async fn get_alias(
     State(directory): State<Arc<Directory>>,
     Ruma(req): Ruma<get_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<get_alias::v3::Response>> {
-    let room_id = directory.resolve_alias(&req.room_alias).await?;
-    let servers = vec![directory.server_name().to_owned()];
+    let (room_id, servers) = directory.resolve_alias_with_servers(&req.room_alias).await?;
     Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)))
 }
 

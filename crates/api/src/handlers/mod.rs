@@ -6,6 +6,7 @@ pub mod delayed_events;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod federation;
 pub mod filters;
 pub mod keys;
 pub mod media;

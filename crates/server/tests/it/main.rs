@@ -44,6 +44,7 @@ mod e2ee_http;
 mod element_x;
 mod ephemeral;
 mod faults;
+mod federation;
 mod hostile;
 mod js_client;
 mod lazy_members;

@@ -9,7 +9,7 @@
 use chancery_core::pdu::EventDraft;
 use chancery_proto::limits::MAX_ALIASES_PER_ROOM;
 use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
-use chancery_proto::ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId};
+use chancery_proto::ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId};
 use chancery_store::{RoomAlias, StoreError, history_visibility_of};
 use serde_json::Value as JsonValue;
 
@@ -48,12 +48,28 @@ impl Directory {
         Ok(alias)
     }
 
-    /// `GET /directory/room/{roomAlias}`.
+    /// `GET /directory/room/{roomAlias}`: the room and servers that may
+    /// be asked to join it; another server's alias is asked of that server.
+    pub async fn resolve_alias_with_servers(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
+        if alias.server_name() != self.deps.server_name {
+            return self.deps.federation.query_alias(alias).await;
+        }
+        Ok((self.resolve_alias(alias).await?, vec![self.deps.server_name.clone()]))
+    }
+
+    /// A room alias of this server or another's.
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
         if alias.server_name() != self.deps.server_name {
-            return Err(Error::NotFound(format!(
-                "{alias} belongs to another server; federation is not available on this server yet"
-            )));
+            return Ok(self.deps.federation.query_alias(alias).await?.0);
+        }
+        self.resolve_local_alias(alias).await
+    }
+
+    /// An alias of this server (`/_matrix/federation/v1/query/directory`
+    /// answers only for these).
+    pub async fn resolve_local_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
+        if alias.server_name() != self.deps.server_name {
+            return Err(Error::NotFound(format!("{alias} is not an alias of this server")));
         }
         let found = self.deps.store.alias(alias.as_str()).await?;
         let found = found.ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;

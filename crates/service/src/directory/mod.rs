@@ -31,6 +31,8 @@ pub struct DirectoryDeps {
     pub server_name: OwnedServerName,
     /// When an alias was created.
     pub clock: Arc<dyn Clock>,
+    /// Other servers' aliases are asked of them.
+    pub federation: Arc<crate::Federation>,
 }
 
 /// Room addresses and the room directory.

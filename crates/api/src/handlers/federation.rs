@@ -1,0 +1,79 @@
+//! The server-server API: keys, the version, and the queries other servers
+//! make. Served on the federation listener only (`federation_router`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use chancery_proto::ruma::api::federation::discovery::{
+    get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
+};
+use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
+use chancery_service::{Directory, Federation, Profiles};
+use serde_json::{Value as JsonValue, json};
+
+use crate::error::ApiResult;
+use crate::extract::{Ruma, RumaResponse, Signed};
+
+/// `GET /_matrix/key/v2/server`: this server's keys, self-signed.
+pub async fn server_keys(State(federation): State<Arc<Federation>>) -> Json<JsonValue> {
+    Json(json!(federation.own_keys()))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`: a notary answer for one server.
+pub async fn query_keys(
+    State(federation): State<Arc<Federation>>,
+    Ruma(req): Ruma<get_remote_server_keys::v2::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let minimum = u64::from(req.minimum_valid_until_ts.get());
+    let keys = federation.notary_keys(vec![(req.server_name, Some(minimum))]).await?;
+    Ok(Json(json!({ "server_keys": keys })))
+}
+
+/// `POST /_matrix/key/v2/query`: a notary answer for several servers.
+pub async fn query_keys_batch(
+    State(federation): State<Arc<Federation>>,
+    Ruma(req): Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let servers = req
+        .server_keys
+        .into_iter()
+        .map(|(server, criteria)| {
+            let minimum = criteria.values().filter_map(|c| c.minimum_valid_until_ts).map(|ts| u64::from(ts.get())).max();
+            (server, minimum)
+        })
+        .collect();
+    let keys = federation.notary_keys(servers).await?;
+    Ok(Json(json!({ "server_keys": keys })))
+}
+
+/// `GET /_matrix/federation/v1/version`.
+pub async fn version() -> RumaResponse<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Chancery".into());
+    server.version = Some(env!("CARGO_PKG_VERSION").into());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    RumaResponse(response)
+}
+
+/// `GET /_matrix/federation/v1/query/profile`.
+pub async fn query_profile(
+    State(profiles): State<Arc<Profiles>>,
+    Signed { origin, request }: Signed<get_profile_information::v1::Request>,
+) -> ApiResult<RumaResponse<get_profile_information::v1::Response>> {
+    tracing::debug!(origin = %origin, "profile query");
+    let field = request.field.as_ref().map(|f| f.as_str().to_owned());
+    let profile = profiles.profile_for_federation(&request.user_id, field.as_deref()).await?;
+    Ok(RumaResponse(profile.into_iter().collect()))
+}
+
+/// `GET /_matrix/federation/v1/query/directory`.
+pub async fn query_directory(
+    State(directory): State<Arc<Directory>>,
+    Signed { origin, request }: Signed<get_room_information::v1::Request>,
+) -> ApiResult<RumaResponse<get_room_information::v1::Response>> {
+    tracing::debug!(origin = %origin, "directory query");
+    let (room_id, servers) = directory.resolve_alias_with_servers(&request.room_alias).await?;
+    Ok(RumaResponse(get_room_information::v1::Response::new(room_id, servers)))
+}

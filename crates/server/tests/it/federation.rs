@@ -1,0 +1,216 @@
+//! Federation between Chancery servers (issue 16): keys, signed requests,
+//! queries, and the closed-federation controls. Servers are named
+//! `127.0.0.1:<port>` and federate over TLS with certificates of the test
+//! process's CA.
+
+use chancery_testkit::federation::TestCa;
+use chancery_testkit::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{User, assert_error, urlencode};
+
+/// A client of the server-server API that trusts the test CA.
+fn federation_http() -> reqwest::Client {
+    let ca = std::fs::read(&TestCa::shared().cert_path).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn get_json(client: &reqwest::Client, url: &str, authorization: Option<&str>) -> (StatusCode, Value) {
+    let mut request = client.get(url);
+    if let Some(authorization) = authorization {
+        request = request.header("Authorization", authorization);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn keys_version_and_unknown_endpoints(backend: Backend) {
+    let server = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let base = server.federation_url().unwrap();
+    let client = federation_http();
+
+    let (status, keys) = get_json(&client, &format!("{base}/_matrix/key/v2/server"), None).await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["server_name"], server.server_name());
+    let verify_keys = keys["verify_keys"].as_object().unwrap();
+    assert_eq!(verify_keys.len(), 1);
+    let key_id = verify_keys.keys().next().unwrap();
+    assert!(key_id.starts_with("ed25519:"));
+    assert!(keys["signatures"][server.server_name()][key_id].is_string(), "{keys}");
+    assert!(keys["valid_until_ts"].as_u64().unwrap() > 0);
+
+    let (status, version) = get_json(&client, &format!("{base}/_matrix/federation/v1/version"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(version["server"]["name"], "Chancery");
+
+    // A notary answer for itself is its own document.
+    let (status, notary) = get_json(&client, &format!("{base}/_matrix/key/v2/query/{}", server.server_name()), None).await;
+    assert_eq!(status, 200, "{notary}");
+    assert_eq!(notary["server_keys"][0]["server_name"], server.server_name());
+
+    // Not (yet) served: unknown, as the spec says.
+    let got = get_json(&client, &format!("{base}/_matrix/federation/v1/no_such_thing"), None).await;
+    assert_error(&got, 404, "M_UNRECOGNIZED");
+    // The client listener does not serve the server-server API.
+    let got = crate::common::call(Method::GET, &format!("{}/_matrix/key/v2/server", server.base_url), None, None).await;
+    assert_error(&got, 404, "M_UNRECOGNIZED");
+    server.stop().await.unwrap();
+}
+on_both_backends!(keys_version_and_unknown_endpoints);
+
+async fn profiles_and_aliases_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    alice
+        .ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&alice.id)), Some(json!({"displayname": "Alice A"})))
+        .await;
+    let room = alice.create_room(json!({"room_alias_name": "lobby", "preset": "public_chat"})).await;
+
+    // Bob, on B, reads Alice's profile on A: B asks A over federation.
+    let profile = bob.ok(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    assert_eq!(profile["displayname"], "Alice A", "{profile}");
+    let name = bob.ok(Method::GET, &format!("/profile/{}/displayname", urlencode(&alice.id)), None).await;
+    assert_eq!(name["displayname"], "Alice A");
+    let got = bob.call(Method::GET, &format!("/profile/{}", urlencode(&format!("@nobody:{}", a.server_name()))), None).await;
+    assert_error(&got, 404, "M_NOT_FOUND");
+
+    // And resolves A's alias.
+    let alias = format!("#lobby:{}", a.server_name());
+    let found = bob.ok(Method::GET, &format!("/directory/room/{}", urlencode(&alias)), None).await;
+    assert_eq!(found["room_id"], room.as_str());
+    assert_eq!(found["servers"], json!([a.server_name()]));
+    let missing = format!("#nowhere:{}", a.server_name());
+    let got = bob.call(Method::GET, &format!("/directory/room/{}", urlencode(&missing)), None).await;
+    assert_error(&got, 404, "M_NOT_FOUND");
+
+    // B, as a notary, hands on A's keys with its own signature added.
+    let client = federation_http();
+    let url = format!("{}/_matrix/key/v2/query/{}", b.federation_url().unwrap(), a.server_name());
+    let (status, notary) = get_json(&client, &url, None).await;
+    assert_eq!(status, 200, "{notary}");
+    let document = &notary["server_keys"][0];
+    assert_eq!(document["server_name"], a.server_name());
+    assert!(
+        document["signatures"][a.server_name()].is_object() && document["signatures"][b.server_name()].is_object(),
+        "{document}"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(profiles_and_aliases_across_servers);
+
+/// Signed endpoints refuse requests without a valid signature: 401
+/// `M_UNAUTHORIZED`, whatever is wrong with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_and_badly_signed_requests_are_refused() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let client = federation_http();
+    let url = format!("{}/_matrix/federation/v1/query/profile?user_id={}", a.federation_url().unwrap(), urlencode(&alice.id));
+    let got = get_json(&client, &url, None).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    let got = get_json(&client, &url, Some("Bearer abc")).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    // A key B does not have.
+    let forged =
+        format!(r#"X-Matrix origin="{}",destination="{}",key="ed25519:nope",sig="AAAA""#, b.server_name(), a.server_name());
+    let got = get_json(&client, &url, Some(&forged)).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    // B's real key, but a signature that is not over this request.
+    let (_, keys) = get_json(&client, &format!("{}/_matrix/key/v2/server", b.federation_url().unwrap()), None).await;
+    let key_id = keys["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let bad_sig = "a".repeat(86);
+    let forged =
+        format!(r#"X-Matrix origin="{}",destination="{}",key="{key_id}",sig="{bad_sig}""#, b.server_name(), a.server_name());
+    let got = get_json(&client, &url, Some(&forged)).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    // Addressed to another server.
+    let forged =
+        format!(r#"X-Matrix origin="{}",destination="elsewhere.example",key="{key_id}",sig="{bad_sig}""#, b.server_name());
+    let got = get_json(&client, &url, Some(&forged)).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    // A server that does not answer for its keys.
+    let forged = format!(r#"X-Matrix origin="127.0.0.1:1",destination="{}",key="ed25519:x",sig="AAAA""#, a.server_name());
+    let got = get_json(&client, &url, Some(&forged)).await;
+    assert_error(&got, 401, "M_UNAUTHORIZED");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// With an allow list, a server outside it is neither heard nor contacted;
+/// a denied server neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_federation_hears_and_contacts_only_the_allowed() {
+    let partner = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let outsider = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let partner_name = partner.server_name().to_owned();
+    let home = TestServer::start_federating(Backend::Sqlite, |c| c.federation.allow = vec![partner_name]).await.unwrap();
+    let alice = User::new(&home.base_url, "alice").await;
+    let pat = User::new(&partner.base_url, "pat").await;
+    let olga = User::new(&outsider.base_url, "olga").await;
+
+    // The partner is heard and contacted.
+    pat.ok(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    alice.ok(Method::GET, &format!("/profile/{}", urlencode(&pat.id)), None).await;
+    // The outsider is not heard: home refuses its signed request...
+    let (status, body) = olga.call(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    assert_eq!(status, 502, "the outsider's server relays home's refusal: {body}");
+    assert!(body["error"].as_str().unwrap().contains("403"), "{body}");
+    // ... and not contacted.
+    let got = alice.call(Method::GET, &format!("/profile/{}", urlencode(&olga.id)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+
+    let denying =
+        TestServer::start_federating(Backend::Sqlite, |c| c.federation.deny = vec!["127.0.0.1:*".into()]).await.unwrap();
+    let dan = User::new(&denying.base_url, "dan").await;
+    let got = dan.call(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    for server in [partner, outsider, home, denying] {
+        server.stop().await.unwrap();
+    }
+}
+
+/// A pinned key is the only one believed for its server: a server
+/// presenting another key (a stolen name) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_keys_refuse_any_other_key() {
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let client = federation_http();
+    let (_, keys) = get_json(&client, &format!("{}/_matrix/key/v2/server", b.federation_url().unwrap()), None).await;
+    let (key_id, key) = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .map(|(id, k)| (id.clone(), k["key"].as_str().unwrap().to_owned()))
+        .unwrap();
+    let b_name = b.server_name().to_owned();
+    let bob = User::new(&b.base_url, "bob").await;
+
+    // Right pin: heard.
+    let pinned = [(b_name.clone(), [(key_id.clone(), key)].into())].into();
+    let trusting = TestServer::start_federating(Backend::Sqlite, |c| c.federation.pinned_keys = pinned).await.unwrap();
+    let alice = User::new(&trusting.base_url, "alice").await;
+    bob.ok(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+
+    // Wrong pin (another key under the same id): refused.
+    let wrong = "Ab9x5vyYJNl1vRrbvaVAp7+b5r6kOIa1AfoLHbYdBa8".to_owned();
+    let pinned = [(b_name, [(key_id, wrong)].into())].into();
+    let suspicious = TestServer::start_federating(Backend::Sqlite, |c| c.federation.pinned_keys = pinned).await.unwrap();
+    let carol = User::new(&suspicious.base_url, "carol").await;
+    let (status, body) = bob.call(Method::GET, &format!("/profile/{}", urlencode(&carol.id)), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("401"), "{body}");
+    for server in [b, trusting, suspicious] {
+        server.stop().await.unwrap();
+    }
+}
