@@ -11,9 +11,10 @@ use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::signatures::Ed25519KeyPair;
 use chancery_proto::ruma::state_res;
 use chancery_proto::ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
-    ServerName, UInt, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomId, ServerName, UInt, UserId,
 };
+use chancery_proto::ruma::signatures::PublicKeyMap;
 use serde::Deserialize;
 use serde_json::Value as JsonValue;
 use serde_json::value::RawValue as RawJsonValue;
@@ -207,6 +208,69 @@ pub fn build_pdu(
     }
     let hash = chancery_proto::ruma::signatures::reference_hash(&object, rules).map_err(size_error)?;
     Pdu::from_json(&format!("${hash}"), &json)
+}
+
+/// Completes an event template another server made (`make_join`,
+/// `make_leave`): this server's `origin_server_ts`, content hash and
+/// signature, then the event id.
+pub fn sign_template(
+    mut object: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    origin_server_ts: u64,
+    origin: &ServerName,
+    key: &Ed25519KeyPair,
+) -> Result<Pdu, PduError> {
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(origin_server_ts.try_into().map_err(|_| PduError::Invalid("timestamp".into()))?),
+    );
+    // Templates may carry fields of older room versions.
+    object.remove("signatures");
+    object.remove("hashes");
+    object.remove("unsigned");
+    object.remove("event_id");
+    chancery_proto::ruma::signatures::hash_and_sign_event(origin.as_str(), key, &mut object, &rules.redaction).map_err(size_error)?;
+    finish(object, rules)
+}
+
+/// The servers whose signatures a received PDU must carry (spec
+/// "Validating hashes and signatures on received events").
+pub fn servers_to_verify(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Vec<OwnedServerName>, PduError> {
+    chancery_proto::ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
+        .map(|servers| servers.into_iter().collect())
+        .map_err(|e| PduError::Invalid(e.to_string()))
+}
+
+/// Checks a PDU received from another server, steps 1–3 of the spec's
+/// "Checks performed on receipt of a PDU": its format, the signatures of
+/// the servers [`servers_to_verify`] names (with `keys`), and its content
+/// hash. A PDU whose hash does not match is kept redacted, as the spec
+/// says. Returns it with its event id (the reference hash).
+pub fn check_received(object: CanonicalJsonObject, rules: &RoomVersionRules, keys: &PublicKeyMap) -> Result<Pdu, PduError> {
+    use chancery_proto::ruma::signatures::{Verified, verify_event};
+    let object = match verify_event(keys, &object, rules).map_err(|e| PduError::Forbidden(format!("signature check failed: {e}")))? {
+        Verified::All => object,
+        Verified::Signatures => chancery_proto::ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|e| PduError::Invalid(e.to_string()))?,
+    };
+    finish(object, rules)
+}
+
+/// The canonical JSON of a signed event and its reference-hash id, parsed.
+fn finish(object: CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Pdu, PduError> {
+    let json = CanonicalJsonValue::Object(object.clone()).to_string();
+    if json.len() > MAX_PDU_BYTES {
+        return Err(PduError::TooLarge);
+    }
+    let hash = chancery_proto::ruma::signatures::reference_hash(&object, rules).map_err(size_error)?;
+    Pdu::from_json(&format!("${hash}"), &json)
+}
+
+fn size_error(e: chancery_proto::ruma::signatures::JsonError) -> PduError {
+    match e {
+        chancery_proto::ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
+        e => PduError::Invalid(e.to_string()),
+    }
 }
 
 /// The room version's authorization rules for `pdu` against `state` (the
