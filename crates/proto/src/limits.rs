@@ -526,3 +526,20 @@ pub const MAX_NOTARY_QUERY_SERVERS: usize = 100;
 pub const FEDERATION_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// How long connecting to another server may take.
 pub const FEDERATION_CONNECT_TIMEOUT_MS: u64 = 10_000;
+// Federation server discovery (`service::server_discovery`).
+
+/// Longest server name, in bytes, that federation discovery resolves: a DNS
+/// name is at most 253 bytes, and with a `:port` and IPv6 brackets the
+/// spec's grammar stays within 255 (appendices, "Server name").
+pub const MAX_SERVER_NAME_BYTES: usize = 255;
+/// Largest `/.well-known/matrix/server` body read; past it the fetch counts
+/// as failed (Synapse allows 50 KiB). A delegation is one short string.
+pub const MAX_WELL_KNOWN_BODY_BYTES: usize = 64 * 1024;
+/// Redirects followed when fetching `/.well-known/matrix/server` (the spec
+/// asks that 30x be followed and loops avoided).
+pub const MAX_WELL_KNOWN_REDIRECTS: usize = 5;
+/// Whole-request deadline of one `/.well-known/matrix/server` fetch.
+pub const WELL_KNOWN_TIMEOUT_MS: u64 = 10_000;
+/// Server names whose discovery (well-known answer, resolved destination,
+/// SRV targets) is remembered at once; least recently used go first.
+pub const MAX_SERVER_DISCOVERY_CACHE_ENTRIES: usize = 10_000;

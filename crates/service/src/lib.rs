@@ -64,6 +64,7 @@ pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod server_discovery;
 pub mod signing;
 pub mod sliding_sync;
 pub mod spaces;
