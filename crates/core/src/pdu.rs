@@ -9,12 +9,12 @@ use chancery_proto::limits::MAX_PDU_BYTES;
 use chancery_proto::ruma::events::{StateEventType, TimelineEventType};
 use chancery_proto::ruma::room_version_rules::RoomVersionRules;
 use chancery_proto::ruma::signatures::Ed25519KeyPair;
+use chancery_proto::ruma::signatures::PublicKeyMap;
 use chancery_proto::ruma::state_res;
 use chancery_proto::ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
     OwnedUserId, RoomId, ServerName, UInt, UserId,
 };
-use chancery_proto::ruma::signatures::PublicKeyMap;
 use serde::Deserialize;
 use serde_json::Value as JsonValue;
 use serde_json::value::RawValue as RawJsonValue;
@@ -229,7 +229,8 @@ pub fn sign_template(
     object.remove("hashes");
     object.remove("unsigned");
     object.remove("event_id");
-    chancery_proto::ruma::signatures::hash_and_sign_event(origin.as_str(), key, &mut object, &rules.redaction).map_err(size_error)?;
+    chancery_proto::ruma::signatures::hash_and_sign_event(origin.as_str(), key, &mut object, &rules.redaction)
+        .map_err(size_error)?;
     finish(object, rules)
 }
 
@@ -248,11 +249,12 @@ pub fn servers_to_verify(object: &CanonicalJsonObject, rules: &RoomVersionRules)
 /// says. Returns it with its event id (the reference hash).
 pub fn check_received(object: CanonicalJsonObject, rules: &RoomVersionRules, keys: &PublicKeyMap) -> Result<Pdu, PduError> {
     use chancery_proto::ruma::signatures::{Verified, verify_event};
-    let object = match verify_event(keys, &object, rules).map_err(|e| PduError::Forbidden(format!("signature check failed: {e}")))? {
-        Verified::All => object,
-        Verified::Signatures => chancery_proto::ruma::canonical_json::redact(object, &rules.redaction, None)
-            .map_err(|e| PduError::Invalid(e.to_string()))?,
-    };
+    let object =
+        match verify_event(keys, &object, rules).map_err(|e| PduError::Forbidden(format!("signature check failed: {e}")))? {
+            Verified::All => object,
+            Verified::Signatures => chancery_proto::ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| PduError::Invalid(e.to_string()))?,
+        };
     finish(object, rules)
 }
 

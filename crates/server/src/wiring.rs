@@ -106,6 +106,7 @@ pub fn components_with(
             signing_key: chancery_service::signing::load_or_generate(&config.signing_key_path())
                 .map_err(|e| anyhow::anyhow!(e))?,
             clock: clock.clone(),
+            entropy: entropy.clone(),
         })
         .map_err(|e| anyhow::anyhow!("federation: {e}"))?,
     );

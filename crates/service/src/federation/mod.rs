@@ -34,6 +34,7 @@ use serde_json::Value as JsonValue;
 
 use crate::Error;
 use crate::clock::Clock;
+use crate::server_discovery::{Destination, ServerDiscovery, ServerDiscoveryDeps};
 use keys::{KeyCache, KnownKeys};
 use policy::ServerPolicy;
 
@@ -58,6 +59,8 @@ pub struct FederationDeps {
     pub server_name: OwnedServerName,
     pub signing_key: Ed25519KeyPair,
     pub clock: Arc<dyn Clock>,
+    /// SRV answers are picked by weight.
+    pub entropy: Arc<dyn crate::tokens::Entropy>,
 }
 
 /// Why a request to another server failed.
@@ -97,6 +100,8 @@ pub struct Federation {
     /// Server → key id → public key bytes.
     pinned: HashMap<OwnedServerName, BTreeMap<String, Vec<u8>>>,
     http: reqwest::Client,
+    /// Where each server is reached (well-known, SRV).
+    discovery: ServerDiscovery,
     keys: Mutex<KeyCache>,
 }
 
@@ -121,20 +126,35 @@ impl Federation {
             }
             pinned.insert(server, decoded);
         }
-        let mut http = reqwest::Client::builder()
+        let extra_roots = match &deps.config.extra_ca_pem {
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?;
+                if certs.is_empty() {
+                    return Err("ca_file: no certificate in it".into());
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let well_known = ServerDiscovery::well_known_client_builder()
+            .tls_certs_merge(extra_roots.clone())
+            .build()
+            .map_err(|e| format!("building the well-known client: {e}"))?;
+        let discovery = ServerDiscovery::new(ServerDiscoveryDeps {
+            http: well_known,
+            clock: deps.clock.clone(),
+            entropy: deps.entropy.clone(),
+        });
+        let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(FEDERATION_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(FEDERATION_REQUEST_TIMEOUT_MS))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Chancery/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &deps.config.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?;
-            if certs.is_empty() {
-                return Err("ca_file: no certificate in it".into());
-            }
-            http = http.tls_certs_merge(certs);
-        }
-        let http = http.build().map_err(|e| format!("building the federation client: {e}"))?;
-        Ok(Self { deps, policy, pinned, http, keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)) })
+            .user_agent(concat!("Chancery/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(discovery.dns_resolver())
+            .tls_certs_merge(extra_roots)
+            .build()
+            .map_err(|e| format!("building the federation client: {e}"))?;
+        Ok(Self { deps, policy, pinned, http, discovery, keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)) })
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -269,14 +289,12 @@ impl Federation {
 
     // ----- outbound -----
 
-    /// Where requests to `server` go. Server names with an explicit port
-    /// or an IP literal are used as they are; others on the federation
-    /// default port 8448.
-    fn base_url(server: &ServerName) -> String {
-        match server.port() {
-            Some(_) => format!("https://{server}"),
-            None => format!("https://{}:8448", server.host()),
-        }
+    /// Where requests to `server` go (spec "Resolving server names").
+    async fn destination(&self, server: &ServerName) -> Result<Destination, FederationError> {
+        self.discovery
+            .resolve(server)
+            .await
+            .map_err(|e| FederationError::Unreachable { server: server.to_owned(), reason: e.to_string() })
     }
 
     /// Sends a signed request to `destination`.
@@ -285,11 +303,12 @@ impl Federation {
         R: OutgoingRequest + Metadata<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
         self.permit(destination)?;
+        let target = self.destination(destination).await?;
         let input = ServerSignaturesInput::new(self.deps.server_name.clone(), destination.to_owned(), &self.deps.signing_key);
         let request = request
-            .try_into_http_request::<Vec<u8>>(&Self::base_url(destination), input, ())
+            .try_into_http_request::<Vec<u8>>(&target.url_base, input, ())
             .map_err(|e| FederationError::Build(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(destination, request).await
+        self.execute::<R::IncomingResponse>(destination, &target, request).await
     }
 
     /// Sends a request that needs no signature (key fetches).
@@ -298,18 +317,24 @@ impl Federation {
         R: OutgoingRequest + Metadata<Authentication = NoAuthentication, PathBuilder = SinglePath>,
     {
         self.permit(destination)?;
+        let target = self.destination(destination).await?;
         let request = request
-            .try_into_http_request::<Vec<u8>>(&Self::base_url(destination), (), ())
+            .try_into_http_request::<Vec<u8>>(&target.url_base, (), ())
             .map_err(|e| FederationError::Build(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(destination, request).await
+        self.execute::<R::IncomingResponse>(destination, &target, request).await
     }
 
     async fn execute<T: IncomingResponse>(
         &self,
         server: &ServerName,
-        request: http::Request<Vec<u8>>,
+        target: &Destination,
+        mut request: http::Request<Vec<u8>>,
     ) -> Result<T, FederationError> {
         let unreachable = |e: reqwest::Error| FederationError::Unreachable { server: server.to_owned(), reason: error_chain(&e) };
+        // The spec's Host header (no port after an SRV answer or the 8448
+        // default), not what the URL would give.
+        let host = http::HeaderValue::from_str(&target.host_header).map_err(|e| FederationError::Build(e.to_string()))?;
+        request.headers_mut().insert(http::header::HOST, host);
         let request = reqwest::Request::try_from(request).map_err(|e| FederationError::Build(e.to_string()))?;
         let mut response = self.http.execute(request).await.map_err(unreachable)?;
         let status = response.status();
