@@ -67,6 +67,7 @@ impl From<Error> for ApiError {
             Error::ProfileTooLarge => (S::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             Error::KeyTooLarge => (S::BAD_REQUEST, "M_KEY_TOO_LARGE"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            Error::IncompatibleRoomVersion { .. } => (S::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             Error::DuplicateAnnotation => (S::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
             Error::RoomInUse(_) => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
@@ -109,6 +110,9 @@ impl From<Error> for ApiError {
             // MSC4140: the maximum allowed delay, in milliseconds, under the
             // prefixed names matrix-js-sdk reads, and `max_delay` as well
             // (clients that read the unprefixed form).
+            Error::IncompatibleRoomVersion { room_version } => {
+                err.extra.insert("room_version".into(), json!(room_version));
+            }
             Error::MaxDelayExceeded { max_delay_ms } => {
                 err.extra.insert("org.matrix.msc4140.errcode".into(), json!("M_MAX_DELAY_EXCEEDED"));
                 err.extra.insert("org.matrix.msc4140.max_delay".into(), json!(max_delay_ms));

@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, Keys, Media, OpenId,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, RoomFederation, Keys, Media, OpenId,
     Profiles, Push, Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
 };
 use tower_http::cors::{Any, CorsLayer};
@@ -114,6 +114,7 @@ component_state! {
     health: Health,
     openid: OpenId,
     federation: Federation,
+    room_federation: RoomFederation,
 }
 
 impl FromRef<AppState> for Arc<ApiConfig> {
@@ -278,6 +279,13 @@ pub fn federation_router(state: AppState) -> Router {
     r = ruma_route::<get_remote_server_keys_batch::v2::Request, _, _>(r, h::federation::query_keys_batch);
     r = ruma_route::<get_profile_information::v1::Request, _, _>(r, h::federation::query_profile);
     r = ruma_route::<get_room_information::v1::Request, _, _>(r, h::federation::query_directory);
+    {
+        use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
+        use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
+        r = ruma_route::<prepare_join_event::v1::Request, _, _>(r, h::federation::make_join);
+        r = ruma_route::<create_join_event::v2::Request, _, _>(r, h::federation::send_join);
+        r = ruma_route::<send_transaction_message::v1::Request, _, _>(r, h::federation::send_transaction);
+    }
     r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))

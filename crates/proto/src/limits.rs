@@ -543,3 +543,12 @@ pub const WELL_KNOWN_TIMEOUT_MS: u64 = 10_000;
 /// Server names whose discovery (well-known answer, resolved destination,
 /// SRV targets) is remembered at once; least recently used go first.
 pub const MAX_SERVER_DISCOVERY_CACHE_ENTRIES: usize = 10_000;
+/// PDUs in one inbound transaction (the spec's limit).
+pub const MAX_TRANSACTION_PDUS: usize = 50;
+/// EDUs in one inbound transaction (the spec's limit).
+pub const MAX_TRANSACTION_EDUS: usize = 100;
+/// Servers a join is tried through, in turn.
+pub const MAX_FEDERATION_JOIN_SERVERS: usize = 5;
+/// State events (and, apart, auth chain events) a `send_join` hands out
+/// or takes; a larger room needs partial-state joins (not built yet).
+pub const MAX_JOIN_STATE_EVENTS: usize = 20_000;

@@ -15,7 +15,7 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, CallsDeps, Components, DelayedEvents,
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
-    EventFormatterDeps, Federation, FederationDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters,
+    EventFormatterDeps, Federation, FederationDeps, Health, RoomFederation, RoomFederationDeps, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters,
     Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps,
     Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps,
     SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps,
@@ -168,6 +168,13 @@ pub fn components_with(
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
+    let room_federation = Arc::new(RoomFederation::new(RoomFederationDeps {
+        federation: federation.clone(),
+        rooms: store.clone(),
+        writer: writer.clone(),
+        server_name: server_name.clone(),
+        clock: clock.clone(),
+    }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
         config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },
         writer,
@@ -180,6 +187,7 @@ pub fn components_with(
         limiters: limiters.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
+        federation: room_federation.clone(),
     }));
     let delayed_events = Arc::new(DelayedEvents::new(DelayedEventsDeps {
         config: DelayedEventsConfig {
@@ -336,6 +344,7 @@ pub fn components_with(
         health,
         openid,
         federation,
+        room_federation,
         calls,
     })
 }

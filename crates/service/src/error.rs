@@ -59,6 +59,9 @@ pub enum Error {
     Uia(Box<UiaChallenge>),
     #[error("room version {0} is not supported")]
     UnsupportedRoomVersion(String),
+    /// The room's version is not among those the joining server supports.
+    #[error("the room's version {room_version} is not one your server supports")]
+    IncompatibleRoomVersion { room_version: String },
     /// A second identical annotation of one event by one sender (spec
     /// "Event annotations", "Avoiding duplicate annotations").
     #[error("you already sent this annotation to that event")]

@@ -94,7 +94,7 @@ pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
-pub use federation::{Federation, FederationConfig, FederationDeps, FederationError};
+pub use federation::{Federation, FederationConfig, FederationDeps, FederationError, RoomFederation, RoomFederationDeps};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use media::{Media, MediaConfig, MediaDeps};
@@ -142,6 +142,7 @@ pub struct Components {
     pub health: Arc<Health>,
     pub openid: Arc<OpenId>,
     pub federation: Arc<Federation>,
+    pub room_federation: Arc<RoomFederation>,
     /// The token service, when the operator configured calls.
     pub calls: Option<Arc<Calls>>,
 }

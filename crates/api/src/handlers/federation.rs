@@ -8,8 +8,10 @@ use axum::extract::State;
 use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
+use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
-use chancery_service::{Directory, Federation, Profiles};
+use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
+use chancery_service::{Directory, Federation, Profiles, RoomFederation};
 use serde_json::{Value as JsonValue, json};
 
 use crate::error::ApiResult;
@@ -76,4 +78,45 @@ pub async fn query_directory(
     tracing::debug!(origin = %origin, "directory query");
     let (room_id, servers) = directory.resolve_alias_with_servers(&request.room_alias).await?;
     Ok(RumaResponse(get_room_information::v1::Response::new(room_id, servers)))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`.
+pub async fn make_join(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<prepare_join_event::v1::Request>,
+) -> ApiResult<RumaResponse<prepare_join_event::v1::Response>> {
+    let (room_version, template) = rooms.make_join(&origin, &request.room_id, &request.user_id, &request.ver).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(room_version);
+    Ok(RumaResponse(response))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
+pub async fn send_join(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<create_join_event::v2::Request>,
+) -> ApiResult<RumaResponse<create_join_event::v2::Response>> {
+    let answer = rooms.send_join(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
+    let mut state = create_join_event::v2::RoomState::new();
+    state.state = answer.state;
+    state.auth_chain = answer.auth_chain;
+    state.event = Some(answer.event);
+    Ok(RumaResponse(create_join_event::v2::Response::new(state)))
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`: the PDUs are checked and
+/// stored one by one; EDUs are not handled yet and are dropped.
+pub async fn send_transaction(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<send_transaction_message::v1::Request>,
+) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
+    if request.origin != origin {
+        return Err(chancery_service::Error::Forbidden("the transaction's origin is not the server that signed it".into()).into());
+    }
+    if request.edus.len() > chancery_proto::limits::MAX_TRANSACTION_EDUS {
+        return Err(chancery_service::Error::TooLarge("a transaction holds at most 100 EDUs".into()).into());
+    }
+    let pdus = rooms.receive_pdus(&origin, &request.pdus).await?;
+    Ok(RumaResponse(send_transaction_message::v1::Response::new(pdus)))
 }

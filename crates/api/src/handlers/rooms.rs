@@ -80,7 +80,7 @@ pub async fn join_by_id(
     Authed(user): Authed,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
-    rooms.join_room(&user, &req.room_id, req.reason).await?;
+    rooms.join_room(&user, &req.room_id, &[], req.reason).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
@@ -90,8 +90,12 @@ pub async fn join_by_id_or_alias(
     Authed(user): Authed,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
-    let room_id = directory.resolve_room_or_alias(&req.room_id_or_alias).await?;
-    rooms.join_room(&user, &room_id, req.reason).await?;
+    let (room_id, mut servers) = match <&RoomId>::try_from(&*req.room_id_or_alias) {
+        Ok(room_id) => (room_id.to_owned(), Vec::new()),
+        Err(alias) => directory.resolve_alias_with_servers(alias).await?,
+    };
+    servers.extend(req.via);
+    rooms.join_room(&user, &room_id, &servers, req.reason).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 

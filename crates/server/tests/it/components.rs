@@ -114,7 +114,7 @@ async fn notifications_older_than_the_retention_are_deleted() {
     let bob = user(components.accounts.create_user("bob", None, false).await.unwrap());
     let request = CreateRoom { invite: vec![bob.user_id.clone()], is_direct: true, ..Default::default() };
     let room = components.rooms.create_room(&alice, request).await.unwrap();
-    components.rooms.join_room(&bob, &room, None).await.unwrap();
+    components.rooms.join_room(&bob, &room, &[], None).await.unwrap();
     let say = |txn: &'static str| {
         let (components, alice, room) = (&components, &alice, &room);
         async move {

@@ -162,9 +162,9 @@ async fn closed_federation_hears_and_contacts_only_the_allowed() {
     pat.ok(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
     alice.ok(Method::GET, &format!("/profile/{}", urlencode(&pat.id)), None).await;
     // The outsider is not heard: home refuses its signed request...
-    let (status, body) = olga.call(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
-    assert_eq!(status, 502, "the outsider's server relays home's refusal: {body}");
-    assert!(body["error"].as_str().unwrap().contains("403"), "{body}");
+    let got = olga.call(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    assert!(got.1["error"].as_str().unwrap().contains("403"), "the outsider's server relays home's refusal: {}", got.1);
     // ... and not contacted.
     let got = alice.call(Method::GET, &format!("/profile/{}", urlencode(&olga.id)), None).await;
     assert_error(&got, 403, "M_FORBIDDEN");
@@ -214,3 +214,44 @@ async fn pinned_keys_refuse_any_other_key() {
         server.stop().await.unwrap();
     }
 }
+
+/// A user of one server joins a public room of another by its alias: the
+/// room appears on the joiner's server with its state, and the resident
+/// server sees the join. A room the user may not join stays closed.
+async fn joins_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    bob.ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&bob.id)), Some(json!({"displayname": "Bob B"}))).await;
+    let room = alice.create_room(json!({"room_alias_name": "lobby", "preset": "public_chat", "name": "Lobby"})).await;
+    alice.say(&room, "t1", "before bob").await;
+
+    let alias = format!("#lobby:{}", a.server_name());
+    let joined = bob.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    assert_eq!(joined["room_id"], room.as_str());
+
+    // B knows the room now: its name, its members.
+    let name = bob.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name/"), None).await;
+    assert_eq!(name["name"], "Lobby");
+    let members = bob.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&alice.id].is_object() && members["joined"][&bob.id].is_object(), "{members}");
+    let sync = bob.sync("").await;
+    assert!(sync["rooms"]["join"][&room].is_object(), "{sync}");
+    // A stored Bob's join, with the display name B put in it.
+    let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert_eq!(members["joined"][&bob.id]["display_name"], "Bob B", "{members}");
+    // Joining again changes nothing.
+    bob.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+
+    // An invite-only room: A refuses the join, and B says so.
+    let private = alice.create_room(json!({"room_alias_name": "private", "preset": "private_chat"})).await;
+    let alias = format!("#private:{}", a.server_name());
+    let got = bob.call(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got = bob.call(Method::GET, &format!("/rooms/{private}/state"), None).await;
+    assert_eq!(got.0, 403, "B does not know the private room: {}", got.1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(joins_across_servers);

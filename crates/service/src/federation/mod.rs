@@ -12,6 +12,9 @@
 
 pub mod keys;
 pub mod policy;
+mod rooms;
+
+pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,7 +31,7 @@ use chancery_proto::ruma::api::federation::query::{get_profile_information, get_
 use chancery_proto::ruma::api::path_builder::SinglePath;
 use chancery_proto::ruma::api::{IncomingResponse, Metadata, OutgoingRequest};
 use chancery_proto::ruma::serde::Base64;
-use chancery_proto::ruma::signatures::Ed25519KeyPair;
+use chancery_proto::ruma::signatures::{Ed25519KeyPair, PublicKeyMap};
 use chancery_proto::ruma::{CanonicalJsonObject, OwnedRoomId, OwnedServerName, RoomAliasId, ServerName, UserId};
 use serde_json::Value as JsonValue;
 
@@ -87,6 +90,9 @@ impl From<FederationError> for Error {
         match e {
             FederationError::Disabled | FederationError::NotPermitted(_) => Error::Forbidden(e.to_string()),
             FederationError::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
+            // The other server refused (not allowed to join, not federating
+            // with us): the user is refused, with its words.
+            FederationError::Remote { status: 403, .. } => Error::Forbidden(e.to_string()),
             FederationError::Build(reason) => Error::InvalidParam(reason),
             _ => Error::UpstreamFailed(e.to_string()),
         }
@@ -159,6 +165,11 @@ impl Federation {
 
     pub fn server_name(&self) -> &ServerName {
         &self.deps.server_name
+    }
+
+    /// The key this server signs events and requests with.
+    pub(crate) fn signing_key(&self) -> &Ed25519KeyPair {
+        &self.deps.signing_key
     }
 
     pub fn enabled(&self) -> bool {
@@ -259,6 +270,34 @@ impl Federation {
         let answer = self.send_unsigned(server, get_server_keys::v2::Request::new()).await.map_err(|e| e.to_string())?;
         let document: CanonicalJsonObject = serde_json::from_str(answer.server_key.json().get()).map_err(|e| e.to_string())?;
         keys::check_document(server, document, None, now_ms).map_err(|e| e.to_string())
+    }
+
+    /// The public keys of `servers` to check event signatures with: this
+    /// server's own, pinned ones, or those of the servers' key documents
+    /// (current and old keys; the spec checks an old key against the
+    /// event's time, which the caller's check does not see, so old keys
+    /// count as the servers published them).
+    pub async fn event_keys(&self, servers: &[OwnedServerName]) -> Result<PublicKeyMap, Error> {
+        let mut map = PublicKeyMap::new();
+        let now = self.deps.clock.now_ms();
+        for server in servers {
+            let mut set = BTreeMap::new();
+            if *server == self.deps.server_name {
+                let id = format!("ed25519:{}", self.deps.signing_key.version());
+                set.insert(id, Base64::new(self.deps.signing_key.public_key().to_vec()));
+            } else if let Some(pinned) = self.pinned.get(server) {
+                set.extend(pinned.iter().map(|(id, key)| (id.clone(), Base64::new(key.clone()))));
+            } else {
+                if !self.policy.permits(server) {
+                    return Err(Error::Forbidden(format!("{server} is not a server this one federates with")));
+                }
+                let known = self.server_keys(server, now).await?;
+                set.extend(known.verify_keys.iter().map(|(id, key)| (id.clone(), Base64::new(key.clone()))));
+                set.extend(known.old_verify_keys.iter().map(|(id, (key, _))| (id.clone(), Base64::new(key.clone()))));
+            }
+            map.insert(server.to_string(), set);
+        }
+        Ok(map)
     }
 
     /// The notary answer (`/_matrix/key/v2/query`): for each server named,

@@ -24,7 +24,7 @@ mod format;
 mod reader;
 pub(crate) mod state;
 mod visibility;
-mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 

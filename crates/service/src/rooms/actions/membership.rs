@@ -2,7 +2,7 @@
 //! whose permission the room version's authorization rules decide.
 
 use chancery_proto::ruma::events::room::member::MembershipState;
-use chancery_proto::ruma::{OwnedEventId, RoomId, UserId};
+use chancery_proto::ruma::{OwnedServerName, OwnedEventId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
 use super::{Rooms, draft};
@@ -61,15 +61,26 @@ impl Rooms {
         Ok(self.deps.writer.append(room_id, draft, None).await?.0)
     }
 
-    /// `POST /rooms/{roomId}/join` and `/join/{roomIdOrAlias}` for a room
-    /// on this server. Joining again while joined changes nothing.
-    pub async fn join_room(&self, user: &AuthedUser, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
+    /// `POST /rooms/{roomId}/join` and `/join/{roomIdOrAlias}`. Joining
+    /// again while joined changes nothing. A room this server does not
+    /// know is joined through one of `servers` (or the room id's server):
+    /// over federation.
+    pub async fn join_room(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        servers: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<(), Error> {
         if membership(&*self.deps.rooms, room_id, &user.user_id).await? == Some(MembershipState::Join) {
             return Ok(());
         }
         let mut content = self.member_content(&user.user_id, MembershipState::Join).await?;
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
+        }
+        if self.deps.rooms.room(room_id.as_str()).await?.is_none() {
+            return self.deps.federation.join_remote(&user.user_id, room_id, servers, content).await;
         }
         self.member_event(room_id, &user.user_id, &user.user_id, content).await?;
         Ok(())

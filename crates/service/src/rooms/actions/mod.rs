@@ -86,6 +86,8 @@ pub struct RoomsDeps {
     pub clock: Arc<dyn Clock>,
     /// Room ids of versions that do not derive them from the create event.
     pub entropy: Arc<dyn Entropy>,
+    /// Joins of rooms this server is not in go through another server.
+    pub federation: Arc<crate::federation::RoomFederation>,
 }
 
 /// Room actions of clients.

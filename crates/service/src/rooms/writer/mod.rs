@@ -140,6 +140,61 @@ impl RoomWriter {
         }
     }
 
+    /// Appends an event another server built and signed (received in a
+    /// transaction, or a `send_join`), checked first against the room
+    /// version's auth rules with the room's current state (its cited auth
+    /// events looked up by id when they are no longer current). The event
+    /// keeps the `prev_events` it was signed with; the room's extremities
+    /// become this event (the store's linear model). Returns its position,
+    /// or 0 when the event was already stored.
+    pub(crate) async fn append_received(&self, room_id: &RoomId, pdu: &pdu::Pdu) -> Result<u64, Error> {
+        let room = self.locks.room(room_id);
+        let _guard = room.lock.lock().await;
+        room.drain().await;
+        if self.deps.rooms.event(pdu.event_id.as_str()).await?.is_some() {
+            return Ok(0);
+        }
+        let draft = EventDraft {
+            room_id: Some(room_id.to_owned()),
+            sender: pdu.sender.clone(),
+            event_type: pdu.event_type.to_string(),
+            state_key: pdu.state_key.clone(),
+            content: pdu.content_json(),
+            redacts: pdu.redacts_target(),
+        };
+        for _ in 0..MAX_APPEND_RETRIES {
+            let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+            let rules = rules_of(&info.room_version)?;
+            let mut keys = pdu::auth_types(&draft, &rules)?;
+            keys.push((StateEventType::RoomCreate, String::new()));
+            let state = state_subset(&*self.deps.rooms, room_id, &keys).await?;
+            let mut cited = std::collections::BTreeMap::new();
+            for id in &pdu.auth_events {
+                if !state.values().any(|p| &p.event_id == id)
+                    && let Some(stored) = self.deps.rooms.event(id.as_str()).await?
+                {
+                    cited.insert(id.clone(), pdu::Pdu::from_json(&stored.event_id, &stored.json)?);
+                }
+            }
+            let by_id: std::collections::BTreeMap<&EventId, &pdu::Pdu> =
+                state.values().map(|p| (p.event_id.as_ref(), p)).chain(cited.iter().map(|(id, p)| (id.as_ref(), p))).collect();
+            pdu::authorize_with(&rules, pdu, |id| by_id.get(id).copied(), &state)?;
+            let notifications = self.deps.push.evaluate(room_id, pdu, &rules, &state).await?;
+            let mut event = new_event(pdu, room_id, None, notifications);
+            // Another server's relation is recorded when it would be valid
+            // here; an invalid one leaves the event unrelated, not lost.
+            event.relates_to =
+                relations::relation_to_record(&*self.deps.rooms, &*self.deps.relations, room_id, &draft).await.ok().flatten();
+            match self.deps.rooms.append_event(event, &info.forward_extremities).await {
+                Ok(pos) => return Ok(pos),
+                Err(StoreError::StaleExtremities) => continue,
+                Err(StoreError::EventIdTaken) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::LimitExceeded { retry_after_ms: 100 })
+    }
+
     async fn append_checked(
         &self,
         room_id: &RoomId,

@@ -1,0 +1,389 @@
+//! Rooms across servers: joins both ways (`make_join` / `send_join` v2)
+//! and the PDUs of inbound transactions.
+//!
+//! Every received PDU is checked as the spec orders (server-server API,
+//! "Checks performed on receipt of a PDU"): format and size, the
+//! signatures of the servers that must have signed it, its content hash
+//! (a mismatch keeps it redacted), then the auth rules against the room's
+//! current state in the write path ([`RoomWriter::append_received`]). A
+//! PDU that fails is not stored and its error is answered per event.
+//!
+//! What is not done yet (issue 16): forks are linearised (a received event
+//! is appended after the room's current extremities, its state applied in
+//! arrival order, without state resolution), missing `prev_events` are not
+//! fetched, and joins take the whole state at once (no partial state).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chancery_core::pdu::{self, Pdu};
+use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
+use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use chancery_proto::ruma::events::StateEventType;
+use chancery_proto::ruma::events::room::member::MembershipState;
+use chancery_proto::ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    UserId,
+};
+use chancery_store::{NewRoom, RoomStore};
+use serde_json::Value as JsonValue;
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::Federation;
+use crate::Error;
+use crate::clock::Clock;
+use crate::rooms::writer::new_event;
+use crate::rooms::state::state_subset;
+use crate::rooms::{RoomWriter, rules_of};
+
+/// What [`RoomFederation`] is built from.
+pub struct RoomFederationDeps {
+    pub federation: Arc<Federation>,
+    pub rooms: Arc<dyn RoomStore>,
+    /// Received events go through the write path like local ones.
+    pub writer: Arc<RoomWriter>,
+    pub server_name: OwnedServerName,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The answer to a `send_join`: the room's state before the join, its
+/// auth chain, and the join as stored.
+#[derive(Debug)]
+pub struct SendJoinAnswer {
+    pub state: Vec<Box<RawJsonValue>>,
+    pub auth_chain: Vec<Box<RawJsonValue>>,
+    pub event: Box<RawJsonValue>,
+}
+
+/// Rooms shared with other servers.
+pub struct RoomFederation {
+    deps: RoomFederationDeps,
+}
+
+impl RoomFederation {
+    pub fn new(deps: RoomFederationDeps) -> Self {
+        Self { deps }
+    }
+
+    // ----- inbound -----
+
+    /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: a join
+    /// event for `user_id` to sign, if the room's rules let the user join.
+    pub async fn make_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject), Error> {
+        if user_id.server_name() != origin {
+            return Err(Error::Forbidden("a server may only make joins for its own users".into()));
+        }
+        let info = self.joined_room(room_id).await?;
+        if !versions.contains(&info.room_version) {
+            return Err(Error::IncompatibleRoomVersion { room_version: info.room_version.to_string() });
+        }
+        let rules = rules_of(&info.room_version)?;
+        let draft = pdu::EventDraft {
+            room_id: Some(room_id.to_owned()),
+            sender: user_id.to_owned(),
+            event_type: "m.room.member".into(),
+            state_key: Some(user_id.to_string()),
+            content: serde_json::json!({ "membership": MembershipState::Join }),
+            redacts: None,
+        };
+        let mut keys = pdu::auth_types(&draft, &rules)?;
+        keys.push((StateEventType::RoomCreate, String::new()));
+        let state = state_subset(&*self.deps.rooms, room_id, &keys).await?;
+        let auth_events: Vec<OwnedEventId> =
+            pdu::auth_types(&draft, &rules)?.iter().filter_map(|k| state.get(k)).map(|p| p.event_id.clone()).collect();
+        let mut template = CanonicalJsonObject::new();
+        let ids = |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
+        let prev: Vec<OwnedEventId> = info.forward_extremities.iter().filter_map(|e| e.parse().ok()).collect();
+        template.insert("auth_events".into(), ids(&auth_events));
+        template.insert("content".into(), serde_json::json!({ "membership": "join" }).try_into().expect("a JSON object"));
+        template.insert("depth".into(), CanonicalJsonValue::Integer((info.max_depth + 1).try_into().unwrap_or_default()));
+        template.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(self.deps.clock.now_ms().try_into().unwrap_or_default()));
+        template.insert("prev_events".into(), ids(&prev));
+        template.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        template.insert("sender".into(), CanonicalJsonValue::String(user_id.to_string()));
+        template.insert("state_key".into(), CanonicalJsonValue::String(user_id.to_string()));
+        template.insert("type".into(), CanonicalJsonValue::String("m.room.member".into()));
+        // Would the join be allowed now? (Checked again on send_join.)
+        let json = CanonicalJsonValue::Object(template.clone()).to_string();
+        let unsigned = Pdu::from_json("$template", &json)?;
+        pdu::authorize(&rules, &unsigned, &state)?;
+        Ok((info.room_version, template))
+    }
+
+    /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: checks
+    /// the signed join of one of `origin`'s users, appends it, and answers
+    /// with the state before it and the auth chain.
+    pub async fn send_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        raw: &RawJsonValue,
+    ) -> Result<SendJoinAnswer, Error> {
+        let info = self.joined_room(room_id).await?;
+        let pdu = self.check_pdu(&info.room_version, raw).await?;
+        if &pdu.event_id != event_id {
+            return Err(Error::BadJson("the event id does not match the event".into()));
+        }
+        let membership = pdu.content_json().get("membership").and_then(JsonValue::as_str).map(MembershipState::from);
+        if pdu.event_type.to_string() != "m.room.member"
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+            || membership != Some(MembershipState::Join)
+            || pdu.sender.server_name() != origin
+            || pdu.room_id.as_deref() != Some(room_id)
+        {
+            return Err(Error::BadJson("not a join of one of the origin's users to this room".into()));
+        }
+        let pos = self.deps.writer.append_received(room_id, &pdu).await?;
+        // Position 0: the join was stored already (a retried send_join).
+        let _ = pos;
+        let stored = self.deps.rooms.event(pdu.event_id.as_str()).await?.ok_or_else(|| Error::Internal("join vanished".into()))?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), Some(stored.stream_pos.saturating_sub(1))).await?;
+        if state.len() > MAX_JOIN_STATE_EVENTS {
+            return Err(Error::TooLarge("the room's state is larger than this server hands out at once".into()));
+        }
+        let auth_chain = self.auth_chain(state.iter().map(|e| e.json.as_str()).chain([stored.json.as_str()])).await?;
+        Ok(SendJoinAnswer {
+            state: state.iter().map(|e| raw_json(&e.json)).collect::<Result<_, _>>()?,
+            auth_chain: auth_chain.iter().map(|json| raw_json(json)).collect::<Result<_, _>>()?,
+            event: raw_json(&stored.json)?,
+        })
+    }
+
+    /// The PDUs of `PUT /_matrix/federation/v1/send/{txnId}`: each checked
+    /// and appended on its own; the answer says per event what failed.
+    pub async fn receive_pdus(&self, origin: &ServerName, pdus: &[Box<RawJsonValue>]) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, Error> {
+        if pdus.len() > MAX_TRANSACTION_PDUS {
+            return Err(Error::TooLarge(format!("a transaction holds at most {MAX_TRANSACTION_PDUS} PDUs")));
+        }
+        let mut results = BTreeMap::new();
+        for raw in pdus {
+            let Some(room_id) = room_id_of(raw) else {
+                tracing::debug!(origin = %origin, "a PDU without a room id");
+                continue;
+            };
+            let outcome = self.receive_one(&room_id, raw).await;
+            match outcome {
+                Ok(event_id) => {
+                    results.insert(event_id, Ok(()));
+                }
+                Err((Some(event_id), e)) => {
+                    tracing::info!(origin = %origin, event_id = %event_id, error = %e, "a received PDU was refused");
+                    results.insert(event_id, Err(e.to_string()));
+                }
+                Err((None, e)) => tracing::info!(origin = %origin, error = %e, "an unreadable PDU was dropped"),
+            }
+        }
+        Ok(results)
+    }
+
+    async fn receive_one(&self, room_id: &RoomId, raw: &RawJsonValue) -> Result<OwnedEventId, (Option<OwnedEventId>, Error)> {
+        let info = self.deps.rooms.room(room_id.as_str()).await.map_err(|e| (None, e.into()))?;
+        let info = info.ok_or_else(|| (None, Error::NotFound(format!("this server is not in {room_id}"))))?;
+        let pdu = self.check_pdu(&info.room_version, raw).await.map_err(|e| (None, e))?;
+        self.deps.writer.append_received(room_id, &pdu).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
+        Ok(pdu.event_id)
+    }
+
+    // ----- outbound -----
+
+    /// Joins `user` to a room this server is not in, through one of
+    /// `servers` (tried in turn): `make_join`, sign, `send_join`, then the
+    /// room is created here from the state the resident server answered
+    /// with, each event's signatures checked.
+    pub async fn join_remote(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        servers: &[OwnedServerName],
+        extra_content: JsonValue,
+    ) -> Result<(), Error> {
+        let mut candidates: Vec<OwnedServerName> = servers.iter().filter(|s| **s != self.deps.server_name).cloned().collect();
+        if let Some(server) = room_id.server_name().filter(|s| *s != self.deps.server_name) {
+            candidates.push(server.to_owned());
+        }
+        let mut seen = BTreeSet::new();
+        candidates.retain(|s| seen.insert(s.clone()));
+        candidates.truncate(MAX_FEDERATION_JOIN_SERVERS);
+        if candidates.is_empty() {
+            return Err(Error::NotFound("this server does not know that room, and no server to join it through was named".into()));
+        }
+        let mut last_error = None;
+        for server in &candidates {
+            match self.join_through(server, user, room_id, &extra_content).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(server = %server, room_id = %room_id, error = %e, "joining through a server failed");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("at least one candidate was tried"))
+    }
+
+    async fn join_through(&self, server: &ServerName, user: &UserId, room_id: &RoomId, extra: &JsonValue) -> Result<(), Error> {
+        let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+        request.ver = crate::rooms::SUPPORTED_ROOM_VERSIONS.to_vec();
+        let made = self.deps.federation.send(server, request).await?;
+        let room_version = made.room_version.unwrap_or(RoomVersionId::V1);
+        if !crate::rooms::SUPPORTED_ROOM_VERSIONS.contains(&room_version) {
+            return Err(Error::UnsupportedRoomVersion(format!("the room is of version {room_version}, which this server does not support")));
+        }
+        let rules = rules_of(&room_version)?;
+        let mut template: CanonicalJsonObject =
+            serde_json::from_str(made.event.get()).map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
+        let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
+        if !(is("type", "m.room.member") && is("sender", user.as_str()) && is("state_key", user.as_str()) && is("room_id", room_id.as_str())) {
+            return Err(Error::UpstreamFailed(format!("{server} made a join for something else")));
+        }
+        let mut content = match template.remove("content") {
+            Some(CanonicalJsonValue::Object(content)) => content,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert("membership".into(), CanonicalJsonValue::String("join".into()));
+        if let JsonValue::Object(extra) = extra {
+            for (key, value) in extra {
+                if key != "membership"
+                    && let Ok(value) = CanonicalJsonValue::try_from(value.clone())
+                {
+                    content.insert(key.clone(), value);
+                }
+            }
+        }
+        template.insert("content".into(), CanonicalJsonValue::Object(content));
+        let join = pdu::sign_template(template, &rules, self.deps.clock.now_ms(), &self.deps.server_name, self.deps.federation.signing_key())?;
+        let raw = raw_json(&join.json)?;
+        let answer = self
+            .deps
+            .federation
+            .send(server, create_join_event::v2::Request::new(room_id.to_owned(), join.event_id.clone(), raw))
+            .await?;
+        let answer = answer.room_state;
+        if answer.state.len() > MAX_JOIN_STATE_EVENTS {
+            return Err(Error::TooLarge(format!("{server} answered with more state than this server takes at once")));
+        }
+        // The resident server's copy of the join may carry its signature
+        // too (restricted joins); ours is the one we signed.
+        let mut state = Vec::with_capacity(answer.state.len());
+        for raw in &answer.state {
+            let pdu = self.check_pdu(&room_version, raw).await?;
+            if pdu.room_id_or_derived()? != room_id {
+                return Err(Error::UpstreamFailed(format!("{server} answered with an event of another room")));
+            }
+            if pdu.state_key.is_some() {
+                state.push(pdu);
+            }
+        }
+        let state_map: BTreeMap<(StateEventType, String), Pdu> = state
+            .iter()
+            .map(|p| ((StateEventType::from(p.event_type.to_string().as_str()), p.state_key.clone().unwrap_or_default()), p.clone()))
+            .collect();
+        let create = state_map
+            .get(&(StateEventType::RoomCreate, String::new()))
+            .ok_or_else(|| Error::UpstreamFailed(format!("{server} answered without the room's create event")))?
+            .clone();
+        // The join must be allowed by the state the room is in.
+        pdu::authorize(&rules, &join, &state_map)?;
+        let mut ordered: Vec<&Pdu> = state_map.values().collect();
+        ordered.sort_by_key(|p| (p.event_id != create.event_id, u64::from(p.depth), p.event_id.clone()));
+        let mut events: Vec<_> = ordered.into_iter().map(|p| new_event(p, room_id, None, Vec::new())).collect();
+        events.push(new_event(&join, room_id, None, Vec::new()));
+        let room = NewRoom {
+            room_id: room_id.to_string(),
+            room_version,
+            creator: create.sender.to_string(),
+            created_ts: create.origin_server_ts.get().into(),
+        };
+        match self.deps.rooms.create_room(room, events).await {
+            Ok(_) => Ok(()),
+            Err(chancery_store::StoreError::RoomIdTaken) => {
+                // Known already (a user of ours joined meanwhile, or left
+                // before): the join goes through the write path.
+                self.deps.writer.append_received(room_id, &join).await.map(|_| ())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ----- shared -----
+
+    /// A room this server is joined to (others answer 404, as Synapse does).
+    async fn joined_room(&self, room_id: &RoomId) -> Result<chancery_store::RoomInfo, Error> {
+        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("this server is not in that room".into()))?;
+        let local_joined = self
+            .deps
+            .rooms
+            .members_of_room(room_id.as_str())
+            .await?
+            .into_iter()
+            .any(|m| m.membership == MembershipState::Join && m.user_id.ends_with(&format!(":{}", self.deps.server_name)));
+        if !local_joined {
+            return Err(Error::NotFound("this server is not in that room".into()));
+        }
+        Ok(info)
+    }
+
+    /// Steps 1–3 of the checks on a received PDU: size, format, signatures
+    /// (keys fetched as needed), content hash.
+    async fn check_pdu(&self, room_version: &RoomVersionId, raw: &RawJsonValue) -> Result<Pdu, Error> {
+        if raw.get().len() > chancery_proto::limits::MAX_PDU_BYTES {
+            return Err(Error::TooLarge("the event is larger than 65,536 bytes".into()));
+        }
+        let rules = rules_of(room_version)?;
+        let object: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
+        let servers = pdu::servers_to_verify(&object, &rules)?;
+        let keys = self.deps.federation.event_keys(&servers).await?;
+        Ok(pdu::check_received(object, &rules, &keys)?)
+    }
+
+    /// The auth chain of events (their `auth_events`, transitively), as
+    /// stored, bounded by [`MAX_JOIN_STATE_EVENTS`].
+    async fn auth_chain<'a>(&self, events: impl Iterator<Item = &'a str>) -> Result<Vec<String>, Error> {
+        let mut todo: Vec<String> = Vec::new();
+        for json in events {
+            todo.extend(auth_events_of(json));
+        }
+        let mut seen = BTreeSet::new();
+        let mut chain = Vec::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if seen.len() > MAX_JOIN_STATE_EVENTS {
+                return Err(Error::TooLarge("the room's auth chain is larger than this server hands out at once".into()));
+            }
+            if let Some(event) = self.deps.rooms.event(&id).await? {
+                todo.extend(auth_events_of(&event.json));
+                chain.push(event.json);
+            }
+        }
+        Ok(chain)
+    }
+}
+
+fn auth_events_of(json: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct AuthEvents {
+        #[serde(default)]
+        auth_events: Vec<String>,
+    }
+    serde_json::from_str::<AuthEvents>(json).map(|a| a.auth_events).unwrap_or_default()
+}
+
+fn room_id_of(raw: &RawJsonValue) -> Option<OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct RoomOf {
+        room_id: OwnedRoomId,
+    }
+    serde_json::from_str::<RoomOf>(raw.get()).ok().map(|r| r.room_id)
+}
+
+fn raw_json(json: &str) -> Result<Box<RawJsonValue>, Error> {
+    RawJsonValue::from_string(json.to_owned()).map_err(|e| Error::Internal(format!("stored event JSON: {e}")))
+}
