@@ -30,8 +30,9 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, RoomFederation, Keys, Media, OpenId,
-    Profiles, Push, Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, Keys, Media, OpenId,
+    Profiles, Push, Pushers, Reports, RoomFederation, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
+    ThreadSubscriptions,
 };
 use tower_http::cors::{Any, CorsLayer};
 

@@ -552,3 +552,6 @@ pub const MAX_FEDERATION_JOIN_SERVERS: usize = 5;
 /// State events (and, apart, auth chain events) a `send_join` hands out
 /// or takes; a larger room needs partial-state joins (not built yet).
 pub const MAX_JOIN_STATE_EVENTS: usize = 20_000;
+/// How long a remote user's typing lasts unless their server renews it
+/// (Synapse's federation timeout).
+pub const FEDERATION_TYPING_TIMEOUT_MS: u64 = 30_000;

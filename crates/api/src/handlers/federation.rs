@@ -11,7 +11,7 @@ use chancery_proto::ruma::api::federation::discovery::{
 use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
-use chancery_service::{Directory, Federation, Profiles, RoomFederation};
+use chancery_service::{Directory, Ephemeral, Federation, Profiles, RoomFederation};
 use serde_json::{Value as JsonValue, json};
 
 use crate::error::ApiResult;
@@ -106,9 +106,11 @@ pub async fn send_join(
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}`: the PDUs are checked and
-/// stored one by one; EDUs are not handled yet and are dropped.
+/// stored one by one, then the typing and receipt EDUs applied (others
+/// are not handled yet and are dropped).
 pub async fn send_transaction(
     State(rooms): State<Arc<RoomFederation>>,
+    State(ephemeral): State<Arc<Ephemeral>>,
     Signed { origin, request }: Signed<send_transaction_message::v1::Request>,
 ) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
     if request.origin != origin {
@@ -118,5 +120,6 @@ pub async fn send_transaction(
         return Err(chancery_service::Error::TooLarge("a transaction holds at most 100 EDUs".into()).into());
     }
     let pdus = rooms.receive_pdus(&origin, &request.pdus).await?;
+    ephemeral.receive_edus(&origin, &request.edus).await;
     Ok(RumaResponse(send_transaction_message::v1::Response::new(pdus)))
 }

@@ -255,3 +255,65 @@ async fn joins_across_servers(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(joins_across_servers);
+
+/// Sends a transaction to `to` as `from` would, signed with `from`'s key
+/// (read from its key file): the test plays `from`'s sender.
+async fn send_transaction_as(from: &TestServer, to: &TestServer, txn_id: &str, body: Value) -> (StatusCode, Value) {
+    use chancery_proto::ruma::ServerName;
+    use chancery_proto::ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
+    let key = chancery_service::signing::load_or_generate(&from.config.signing_key_path()).unwrap();
+    let path = format!("/_matrix/federation/v1/send/{txn_id}");
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let request = http::Request::builder().method("PUT").uri(&path).body(bytes.clone()).unwrap();
+    let origin = ServerName::parse(from.server_name()).unwrap();
+    let destination = ServerName::parse(to.server_name()).unwrap();
+    let header = XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, &key)).unwrap();
+    let response = federation_http()
+        .put(format!("{}{path}", to.federation_url().unwrap()))
+        .header("Authorization", header.to_string())
+        .header("Content-Type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Typing and read receipts of a remote user arrive as EDUs and show in
+/// local users' syncs; an EDU speaking for another server's user is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_from_another_server() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "edus", "preset": "public_chat"})).await;
+    let event = alice.say(&room, "t1", "read me").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#edus:{}", a.server_name()))), Some(json!({}))).await;
+
+    let edus = json!({
+        "origin": b.server_name(), "origin_server_ts": 1, "pdus": [],
+        "edus": [
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.id, "typing": true}},
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": alice.id, "typing": true}},
+            {"edu_type": "m.receipt", "content": {room.clone(): {"m.read": {bob.id.clone(): {"data": {"ts": 5}, "event_ids": [event]}}}}},
+        ],
+    });
+    let (status, body) = send_transaction_as(&b, &a, "txn1", edus).await;
+    assert_eq!(status, 200, "{body}");
+    let sync = alice.sync("").await;
+    let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    let typing = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.typing").expect("a typing event");
+    assert_eq!(typing["content"]["user_ids"], json!([bob.id]), "B may not speak for alice: {typing}");
+    let receipt = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.receipt").expect("a receipt");
+    assert!(receipt["content"][&event]["m.read"][&bob.id]["ts"].is_u64(), "{receipt}");
+
+    // A transaction whose origin is not its signer is refused whole.
+    let forged = json!({"origin": "elsewhere.example", "origin_server_ts": 1, "pdus": [], "edus": []});
+    let got = send_transaction_as(&b, &a, "txn2", forged).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -32,8 +32,8 @@ use serde_json::value::RawValue as RawJsonValue;
 use super::Federation;
 use crate::Error;
 use crate::clock::Clock;
-use crate::rooms::writer::new_event;
 use crate::rooms::state::state_subset;
+use crate::rooms::writer::new_event;
 use crate::rooms::{RoomWriter, rules_of};
 
 /// What [`RoomFederation`] is built from.
@@ -98,12 +98,16 @@ impl RoomFederation {
         let auth_events: Vec<OwnedEventId> =
             pdu::auth_types(&draft, &rules)?.iter().filter_map(|k| state.get(k)).map(|p| p.event_id.clone()).collect();
         let mut template = CanonicalJsonObject::new();
-        let ids = |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
+        let ids =
+            |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
         let prev: Vec<OwnedEventId> = info.forward_extremities.iter().filter_map(|e| e.parse().ok()).collect();
         template.insert("auth_events".into(), ids(&auth_events));
         template.insert("content".into(), serde_json::json!({ "membership": "join" }).try_into().expect("a JSON object"));
         template.insert("depth".into(), CanonicalJsonValue::Integer((info.max_depth + 1).try_into().unwrap_or_default()));
-        template.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(self.deps.clock.now_ms().try_into().unwrap_or_default()));
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(self.deps.clock.now_ms().try_into().unwrap_or_default()),
+        );
         template.insert("prev_events".into(), ids(&prev));
         template.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
         template.insert("sender".into(), CanonicalJsonValue::String(user_id.to_string()));
@@ -143,7 +147,8 @@ impl RoomFederation {
         let pos = self.deps.writer.append_received(room_id, &pdu).await?;
         // Position 0: the join was stored already (a retried send_join).
         let _ = pos;
-        let stored = self.deps.rooms.event(pdu.event_id.as_str()).await?.ok_or_else(|| Error::Internal("join vanished".into()))?;
+        let stored =
+            self.deps.rooms.event(pdu.event_id.as_str()).await?.ok_or_else(|| Error::Internal("join vanished".into()))?;
         let state = self.deps.rooms.state_at(room_id.as_str(), Some(stored.stream_pos.saturating_sub(1))).await?;
         if state.len() > MAX_JOIN_STATE_EVENTS {
             return Err(Error::TooLarge("the room's state is larger than this server hands out at once".into()));
@@ -158,7 +163,11 @@ impl RoomFederation {
 
     /// The PDUs of `PUT /_matrix/federation/v1/send/{txnId}`: each checked
     /// and appended on its own; the answer says per event what failed.
-    pub async fn receive_pdus(&self, origin: &ServerName, pdus: &[Box<RawJsonValue>]) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, Error> {
+    pub async fn receive_pdus(
+        &self,
+        origin: &ServerName,
+        pdus: &[Box<RawJsonValue>],
+    ) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, Error> {
         if pdus.len() > MAX_TRANSACTION_PDUS {
             return Err(Error::TooLarge(format!("a transaction holds at most {MAX_TRANSACTION_PDUS} PDUs")));
         }
@@ -212,7 +221,9 @@ impl RoomFederation {
         candidates.retain(|s| seen.insert(s.clone()));
         candidates.truncate(MAX_FEDERATION_JOIN_SERVERS);
         if candidates.is_empty() {
-            return Err(Error::NotFound("this server does not know that room, and no server to join it through was named".into()));
+            return Err(Error::NotFound(
+                "this server does not know that room, and no server to join it through was named".into(),
+            ));
         }
         let mut last_error = None;
         for server in &candidates {
@@ -233,13 +244,19 @@ impl RoomFederation {
         let made = self.deps.federation.send(server, request).await?;
         let room_version = made.room_version.unwrap_or(RoomVersionId::V1);
         if !crate::rooms::SUPPORTED_ROOM_VERSIONS.contains(&room_version) {
-            return Err(Error::UnsupportedRoomVersion(format!("the room is of version {room_version}, which this server does not support")));
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "the room is of version {room_version}, which this server does not support"
+            )));
         }
         let rules = rules_of(&room_version)?;
-        let mut template: CanonicalJsonObject =
-            serde_json::from_str(made.event.get()).map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
+        let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get())
+            .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
         let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
-        if !(is("type", "m.room.member") && is("sender", user.as_str()) && is("state_key", user.as_str()) && is("room_id", room_id.as_str())) {
+        if !(is("type", "m.room.member")
+            && is("sender", user.as_str())
+            && is("state_key", user.as_str())
+            && is("room_id", room_id.as_str()))
+        {
             return Err(Error::UpstreamFailed(format!("{server} made a join for something else")));
         }
         let mut content = match template.remove("content") {
@@ -257,7 +274,13 @@ impl RoomFederation {
             }
         }
         template.insert("content".into(), CanonicalJsonValue::Object(content));
-        let join = pdu::sign_template(template, &rules, self.deps.clock.now_ms(), &self.deps.server_name, self.deps.federation.signing_key())?;
+        let join = pdu::sign_template(
+            template,
+            &rules,
+            self.deps.clock.now_ms(),
+            &self.deps.server_name,
+            self.deps.federation.signing_key(),
+        )?;
         let raw = raw_json(&join.json)?;
         let answer = self
             .deps
@@ -282,7 +305,9 @@ impl RoomFederation {
         }
         let state_map: BTreeMap<(StateEventType, String), Pdu> = state
             .iter()
-            .map(|p| ((StateEventType::from(p.event_type.to_string().as_str()), p.state_key.clone().unwrap_or_default()), p.clone()))
+            .map(|p| {
+                ((StateEventType::from(p.event_type.to_string().as_str()), p.state_key.clone().unwrap_or_default()), p.clone())
+            })
             .collect();
         let create = state_map
             .get(&(StateEventType::RoomCreate, String::new()))
@@ -315,7 +340,12 @@ impl RoomFederation {
 
     /// A room this server is joined to (others answer 404, as Synapse does).
     async fn joined_room(&self, room_id: &RoomId) -> Result<chancery_store::RoomInfo, Error> {
-        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("this server is not in that room".into()))?;
+        let info = self
+            .deps
+            .rooms
+            .room(room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound("this server is not in that room".into()))?;
         let local_joined = self
             .deps
             .rooms
@@ -336,7 +366,8 @@ impl RoomFederation {
             return Err(Error::TooLarge("the event is larger than 65,536 bytes".into()));
         }
         let rules = rules_of(room_version)?;
-        let object: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
+        let object: CanonicalJsonObject =
+            serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
         let servers = pdu::servers_to_verify(&object, &rules)?;
         let keys = self.deps.federation.event_keys(&servers).await?;
         Ok(pdu::check_received(object, &rules, &keys)?)
