@@ -555,3 +555,6 @@ pub const MAX_JOIN_STATE_EVENTS: usize = 20_000;
 /// How long a remote user's typing lasts unless their server renews it
 /// (Synapse's federation timeout).
 pub const FEDERATION_TYPING_TIMEOUT_MS: u64 = 30_000;
+/// Events one `backfill` or `get_missing_events` answer holds, and event
+/// ids one such request may name.
+pub const MAX_FEDERATION_PAGE: usize = 100;

@@ -259,23 +259,26 @@ on_both_backends!(joins_across_servers);
 /// Sends a transaction to `to` as `from` would, signed with `from`'s key
 /// (read from its key file): the test plays `from`'s sender.
 async fn send_transaction_as(from: &TestServer, to: &TestServer, txn_id: &str, body: Value) -> (StatusCode, Value) {
+    signed_as(from, to, "PUT", &format!("/_matrix/federation/v1/send/{txn_id}"), Some(body)).await
+}
+
+/// A request to `to`'s server-server API signed as `from` signs them.
+async fn signed_as(from: &TestServer, to: &TestServer, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
     use chancery_proto::ruma::ServerName;
     use chancery_proto::ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
     let key = chancery_service::signing::load_or_generate(&from.config.signing_key_path()).unwrap();
-    let path = format!("/_matrix/federation/v1/send/{txn_id}");
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let request = http::Request::builder().method("PUT").uri(&path).body(bytes.clone()).unwrap();
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    let request = http::Request::builder().method(method).uri(path).body(bytes.clone()).unwrap();
     let origin = ServerName::parse(from.server_name()).unwrap();
     let destination = ServerName::parse(to.server_name()).unwrap();
     let header = XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, &key)).unwrap();
-    let response = federation_http()
-        .put(format!("{}{path}", to.federation_url().unwrap()))
-        .header("Authorization", header.to_string())
-        .header("Content-Type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let mut request = federation_http()
+        .request(method.parse().unwrap(), format!("{}{path}", to.federation_url().unwrap()))
+        .header("Authorization", header.to_string());
+    if !bytes.is_empty() {
+        request = request.header("Content-Type", "application/json").body(bytes);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -317,3 +320,58 @@ async fn typing_and_receipts_from_another_server() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// The reads other servers make of a shared room: one event, the state at
+/// an event, backfill and missing events; a server with no user in the
+/// room reads nothing.
+async fn room_reads_for_servers_in_the_room(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let c = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "reads", "preset": "public_chat"})).await;
+    let first = alice.say(&room, "t1", "one").await;
+    let second = alice.say(&room, "t2", "two").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#reads:{}", a.server_name()))), Some(json!({}))).await;
+    let third = alice.say(&room, "t3", "three").await;
+
+    let (status, got) = signed_as(&b, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&second)), None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["pdus"][0]["content"]["body"], "two");
+    assert_eq!(got["origin"], a.server_name());
+
+    let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    let state_ids = got["pdu_ids"].as_array().unwrap();
+    assert!(state_ids.len() >= 5, "create, members, power levels, join rules...: {got}");
+    assert!(!got["auth_chain_ids"].as_array().unwrap().is_empty(), "{got}");
+    let path = format!("/_matrix/federation/v1/state/{}?event_id={}", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["pdus"].as_array().unwrap().len(), state_ids.len());
+
+    let path = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=3", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    let bodies: Vec<&Value> = got["pdus"].as_array().unwrap().iter().map(|p| &p["content"]).collect();
+    assert_eq!(bodies.len(), 3, "{got}");
+    assert_eq!(bodies[0]["body"], "three", "newest first, from v on: {got}");
+
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", urlencode(&room));
+    let body = json!({"earliest_events": [first], "latest_events": [third], "limit": 10, "min_depth": 0});
+    let (status, got) = signed_as(&b, &a, "POST", &path, Some(body)).await;
+    assert_eq!(status, 200, "{got}");
+    let events = got["events"].as_array().unwrap();
+    assert_eq!(events.first().unwrap()["content"]["body"], "two", "oldest first: {got}");
+    assert_eq!(events.last().unwrap()["content"]["membership"], "join", "bob's join is between: {got}");
+
+    // C has nobody in the room.
+    let got = signed_as(&c, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&second)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    for server in [a, b, c] {
+        server.stop().await.unwrap();
+    }
+}
+on_both_backends!(room_reads_for_servers_in_the_room);

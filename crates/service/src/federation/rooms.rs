@@ -17,13 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chancery_core::pdu::{self, Pdu};
-use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
+use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_FEDERATION_PAGE, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
 use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
 };
 use chancery_store::{NewRoom, RoomStore};
 use serde_json::Value as JsonValue;
@@ -156,7 +156,7 @@ impl RoomFederation {
         let auth_chain = self.auth_chain(state.iter().map(|e| e.json.as_str()).chain([stored.json.as_str()])).await?;
         Ok(SendJoinAnswer {
             state: state.iter().map(|e| raw_json(&e.json)).collect::<Result<_, _>>()?,
-            auth_chain: auth_chain.iter().map(|json| raw_json(json)).collect::<Result<_, _>>()?,
+            auth_chain: auth_chain.iter().map(|(_, json)| raw_json(json)).collect::<Result<_, _>>()?,
             event: raw_json(&stored.json)?,
         })
     }
@@ -198,6 +198,112 @@ impl RoomFederation {
         let pdu = self.check_pdu(&info.room_version, raw).await.map_err(|e| (None, e))?;
         self.deps.writer.append_received(room_id, &pdu).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
         Ok(pdu.event_id)
+    }
+
+    // ----- reads other servers make of rooms they share -----
+
+    /// `GET /event/{eventId}`: one event, for a server in its room.
+    pub async fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Box<RawJsonValue>, Error> {
+        let event = self.deps.rooms.event(event_id.as_str()).await?.ok_or_else(|| Error::NotFound("no such event".into()))?;
+        let room_id = RoomId::parse(&event.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+        self.ensure_origin_in_room(origin, &room_id).await?;
+        raw_json(&event.json)
+    }
+
+    /// `GET /state/{roomId}` and `/state_ids`: the room's state before the
+    /// event, and its auth chain.
+    pub async fn state_at_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<(Vec<(OwnedEventId, String)>, Vec<(OwnedEventId, String)>), Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let event = crate::rooms::state::event_in_room(&*self.deps.rooms, room_id, event_id).await?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), Some(event.stream_pos.saturating_sub(1))).await?;
+        if state.len() > MAX_JOIN_STATE_EVENTS {
+            return Err(Error::TooLarge("the room's state is larger than this server hands out at once".into()));
+        }
+        let chain = self.auth_chain(state.iter().map(|e| e.json.as_str())).await?;
+        let with_ids = |events: Vec<(String, String)>| -> Vec<(OwnedEventId, String)> {
+            events.into_iter().filter_map(|(id, json)| id.parse().ok().map(|id| (id, json))).collect()
+        };
+        let state = with_ids(state.into_iter().map(|e| (e.event_id, e.json)).collect());
+        Ok((state, with_ids(chain)))
+    }
+
+    /// `GET /backfill/{roomId}`: up to `limit` events from the newest of
+    /// `from` back, newest first (the store's order is the room's).
+    pub async fn backfill(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Box<RawJsonValue>>, Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let mut newest = 0;
+        for id in from.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                newest = newest.max(event.stream_pos);
+            }
+        }
+        if newest == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
+        let events = self.deps.rooms.room_events(room_id.as_str(), 0, newest, limit, true).await?;
+        events.iter().map(|e| raw_json(&e.json)).collect()
+    }
+
+    /// `POST /get_missing_events/{roomId}`: events after the newest of
+    /// `earliest` and before the oldest of `latest`, oldest first, at most
+    /// `limit`, none below `min_depth`.
+    pub async fn missing_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Box<RawJsonValue>>, Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let mut after = 0;
+        for id in earliest.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                after = after.max(event.stream_pos);
+            }
+        }
+        let mut before = None::<u64>;
+        for id in latest.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                before = Some(before.map_or(event.stream_pos, |b| b.min(event.stream_pos)));
+            }
+        }
+        let Some(before) = before.filter(|b| *b > after + 1) else { return Ok(Vec::new()) };
+        let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
+        let mut events = self.deps.rooms.room_events(room_id.as_str(), after, before - 1, limit, true).await?;
+        events.retain(|e| e.depth >= min_depth);
+        events.reverse();
+        events.iter().map(|e| raw_json(&e.json)).collect()
+    }
+
+    /// Other servers read a room's events only while one of their users is
+    /// joined or invited to it.
+    async fn ensure_origin_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<(), Error> {
+        let suffix = format!(":{origin}");
+        let present = self
+            .deps
+            .rooms
+            .members_of_room(room_id.as_str())
+            .await?
+            .into_iter()
+            .any(|m| matches!(m.membership, MembershipState::Join | MembershipState::Invite) && m.user_id.ends_with(&suffix));
+        if !present {
+            return Err(Error::Forbidden(format!("{origin} has no user in this room")));
+        }
+        Ok(())
     }
 
     // ----- outbound -----
@@ -374,8 +480,8 @@ impl RoomFederation {
     }
 
     /// The auth chain of events (their `auth_events`, transitively), as
-    /// stored, bounded by [`MAX_JOIN_STATE_EVENTS`].
-    async fn auth_chain<'a>(&self, events: impl Iterator<Item = &'a str>) -> Result<Vec<String>, Error> {
+    /// stored (id, JSON), bounded by [`MAX_JOIN_STATE_EVENTS`].
+    async fn auth_chain<'a>(&self, events: impl Iterator<Item = &'a str>) -> Result<Vec<(String, String)>, Error> {
         let mut todo: Vec<String> = Vec::new();
         for json in events {
             todo.extend(auth_events_of(json));
@@ -391,7 +497,7 @@ impl RoomFederation {
             }
             if let Some(event) = self.deps.rooms.event(&id).await? {
                 todo.extend(auth_events_of(&event.json));
-                chain.push(event.json);
+                chain.push((event.event_id, event.json));
             }
         }
         Ok(chain)
