@@ -12,6 +12,7 @@
 
 pub mod keys;
 pub mod policy;
+pub mod sender;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
