@@ -15,11 +15,11 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, CallsDeps, Components, DelayedEvents,
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
-    EventFormatterDeps, Federation, FederationDeps, FederationSender, FederationSenderDeps, Health, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters,
-    Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps,
-    Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps,
-    SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps,
-    Visibility,
+    EventFormatterDeps, Federation, FederationDeps, FederationSender, FederationSenderDeps, Health, InteractiveAuth,
+    InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push,
+    PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps,
+    Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps,
+    ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
 };
 use chancery_store::DynStore;
 

@@ -85,7 +85,10 @@ pub async fn federation_events_go_to_the_servers_in_the_room(store: DynStore) {
     append(
         &store,
         &mut closed,
-        vec![member_by("!closed:x", "$bob-in-closed", "@bob:y", "@bob:y", "join", 3), message_by("!closed:x", "$closed", "@alice:x", 4)],
+        vec![
+            member_by("!closed:x", "$bob-in-closed", "@bob:y", "@bob:y", "join", 3),
+            message_by("!closed:x", "$closed", "@alice:x", 4),
+        ],
     )
     .await;
     append(

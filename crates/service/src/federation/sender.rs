@@ -120,9 +120,7 @@ impl DestinationState {
     /// The transaction to send now, if that is the next step (a read
     /// step stays undone: see [`Self::next_step`]).
     pub fn next_batch(&mut self, now_ms: u64) -> Option<Batch> {
-        if self.pending.is_none() {
-            return None;
-        }
+        self.pending.as_ref()?;
         match self.next_step(now_ms) {
             Some(Step::Send(batch)) => Some(batch),
             _ => None,
