@@ -8,6 +8,7 @@
 
 mod account_data;
 mod delayed_events;
+mod federation;
 mod hierarchy;
 mod keys;
 mod media;
@@ -26,6 +27,7 @@ use serde_json::json;
 
 pub use self::account_data::*;
 pub use self::delayed_events::*;
+pub use self::federation::*;
 pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::media::*;
@@ -87,6 +89,8 @@ macro_rules! store_conformance_tests {
             thread_subscriptions_follow_the_subscribe_rules, thread_subscription_changes_page_back_from_the_newest,
             thread_subscriptions_are_bounded_per_user_and_go_with_the_account,
             concurrent_thread_subscriptions_become_visible_in_order,
+            federation_events_go_to_the_servers_in_the_room, federation_destinations_come_from_membership_changes,
+            federation_positions_persist_and_never_move_back,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
