@@ -375,3 +375,62 @@ async fn room_reads_for_servers_in_the_room(backend: Backend) {
     }
 }
 on_both_backends!(room_reads_for_servers_in_the_room);
+
+/// Waits (bounded) until `user`'s sync shows a message with `body` in
+/// `room`; returns the bodies of the room's messages seen, in order.
+async fn wait_for_message(user: &User, room: &str, body: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut since: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let query = match &since {
+            Some(token) => format!("timeout=5000&since={token}"),
+            None => "timeout=0".to_owned(),
+        };
+        let sync = user.sync(&query).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        if let Some(events) = sync["rooms"]["join"][room]["timeline"]["events"].as_array() {
+            for event in events.iter().filter(|e| e["type"] == "m.room.message") {
+                seen.push(event["content"]["body"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        if seen.iter().any(|b| b == body) {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body:?} never reached {}: saw {seen:?}", user.id);
+    }
+}
+
+/// Two users on two servers chat both ways; with one server stopped the
+/// other keeps sending, and after its restart everything arrives, in order.
+async fn chat_across_servers_survives_a_restart(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let mut b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let mut bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "chat", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#chat:{}", a.server_name()))), Some(json!({}))).await;
+
+    alice.say(&room, "a1", "hello from A").await;
+    wait_for_message(&bob, &room, "hello from A").await;
+    bob.say(&room, "b1", "hello from B").await;
+    wait_for_message(&alice, &room, "hello from B").await;
+
+    // B goes down; A keeps sending; B comes back on the same port.
+    b.restart_after(|| async {
+        for n in 0..3 {
+            alice.say(&room, &format!("down{n}"), &format!("while B was down {n}")).await;
+        }
+    })
+    .await
+    .unwrap();
+    bob.base = b.base_url.clone();
+    let seen = wait_for_message(&bob, &room, "while B was down 2").await;
+    let down: Vec<&String> = seen.iter().filter(|b| b.starts_with("while B was down")).collect();
+    assert_eq!(down, ["while B was down 0", "while B was down 1", "while B was down 2"], "in order, once each: {seen:?}");
+    bob.say(&room, "b2", "back").await;
+    wait_for_message(&alice, &room, "back").await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(chat_across_servers_survives_a_restart);
