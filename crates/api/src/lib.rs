@@ -293,6 +293,10 @@ pub fn federation_router(state: AppState) -> Router {
         r = ruma_route::<get_room_state_ids::v1::Request, _, _>(r, h::federation::state_ids);
         r = ruma_route::<get_backfill::v1::Request, _, _>(r, h::federation::backfill);
         r = ruma_route::<get_missing_events::v1::Request, _, _>(r, h::federation::missing_events);
+        use chancery_proto::ruma::api::federation::membership::{create_invite, create_leave_event, prepare_leave_event};
+        r = ruma_route::<create_invite::v2::Request, _, _>(r, h::federation::invite);
+        r = ruma_route::<prepare_leave_event::v1::Request, _, _>(r, h::federation::make_leave);
+        r = ruma_route::<create_leave_event::v2::Request, _, _>(r, h::federation::send_leave);
     }
     r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })

@@ -185,6 +185,8 @@ pub fn components_with(
         writer: writer.clone(),
         server_name: server_name.clone(),
         clock: clock.clone(),
+        accounts: store.clone(),
+        notifier: notifier.clone(),
     }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
         config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },

@@ -11,7 +11,9 @@ use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
 use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
-use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use chancery_proto::ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
 use chancery_service::{Directory, Ephemeral, Federation, Profiles, RoomFederation};
@@ -195,4 +197,32 @@ pub async fn missing_events(
         )
         .await?;
     Ok(RumaResponse(get_missing_events::v1::Response::new(events)))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
+pub async fn invite(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<create_invite::v2::Request>,
+) -> ApiResult<RumaResponse<create_invite::v2::Response>> {
+    let event = rooms.receive_invite(&origin, &request.room_id, &request.event_id, &request.room_version, &request.event).await?;
+    Ok(RumaResponse(create_invite::v2::Response::new(event)))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
+pub async fn make_leave(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<prepare_leave_event::v1::Request>,
+) -> ApiResult<RumaResponse<prepare_leave_event::v1::Response>> {
+    let (room_version, template) = rooms.make_leave(&origin, &request.room_id, &request.user_id).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(Some(room_version), event)))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
+pub async fn send_leave(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<create_leave_event::v2::Request>,
+) -> ApiResult<RumaResponse<create_leave_event::v2::Response>> {
+    rooms.send_leave(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
+    Ok(RumaResponse(create_leave_event::v2::Response::new()))
 }

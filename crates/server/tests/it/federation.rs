@@ -434,3 +434,71 @@ async fn chat_across_servers_survives_a_restart(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(chat_across_servers_survives_a_restart);
+
+/// Waits (bounded) until `user`'s sync shows an invite to `room`.
+async fn wait_for_invite(user: &User, room: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = user.sync("timeout=0").await;
+        if sync["rooms"]["invite"][room].is_object() {
+            return sync["rooms"]["invite"][room].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no invite to {room} for {}: {sync}", user.id);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A direct chat with a user of another server: created with the invite,
+/// seen by the invitee, accepted over federation, and used both ways; an
+/// invite refused is seen refused by the inviter.
+async fn invites_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let carol = User::new(&b.base_url, "carol").await;
+    let room = alice.create_room(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob.id]})).await;
+
+    let invite = wait_for_invite(&bob, &room).await;
+    let own = invite["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id.as_str())
+        .cloned();
+    assert_eq!(own.as_ref().map(|e| e["sender"].clone()), Some(json!(alice.id)), "{invite}");
+    assert_eq!(own.map(|e| e["content"]["is_direct"].clone()), Some(json!(true)));
+
+    bob.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    let members = bob.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&alice.id].is_object() && members["joined"][&bob.id].is_object(), "{members}");
+    alice.say(&room, "a1", "hi bob").await;
+    wait_for_message(&bob, &room, "hi bob").await;
+    bob.say(&room, "b1", "hi alice").await;
+    wait_for_message(&alice, &room, "hi alice").await;
+
+    // An invite through /invite, refused.
+    alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": carol.id}))).await;
+    wait_for_invite(&carol, &room).await;
+    carol.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let member = alice.call(Method::GET, &format!("/rooms/{room}/state/m.room.member/{}", urlencode(&carol.id)), None).await;
+        if member.1["membership"] == "leave" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol's refusal never reached A: {}", member.1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sync = carol.sync("timeout=0").await;
+    assert!(sync["rooms"]["invite"][&room].is_null(), "the invite is gone for carol: {sync}");
+
+    // Inviting a user that does not exist on the other server fails.
+    let got = alice
+        .call(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": format!("@ghost:{}", b.server_name())})))
+        .await;
+    assert_eq!(got.0, 404, "{}", got.1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(invites_across_servers);
