@@ -502,3 +502,43 @@ async fn invites_across_servers(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(invites_across_servers);
+
+/// Three servers in one room: a user of the third joins through the
+/// resident server, which passes the join on; everyone's messages reach
+/// everyone.
+async fn three_servers_in_one_room(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let c = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let carol = User::new(&c.base_url, "carol").await;
+    let room = alice.create_room(json!({"room_alias_name": "three", "preset": "public_chat"})).await;
+    let alias = format!("#three:{}", a.server_name());
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    carol.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+
+    // B learns of carol's join from A, and so sends to C too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let members = bob.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+        if members["joined"][&carol.id].is_object() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol's join never reached B: {members}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bob.say(&room, "b1", "from B").await;
+    wait_for_message(&carol, &room, "from B").await;
+    wait_for_message(&alice, &room, "from B").await;
+    carol.say(&room, "c1", "from C").await;
+    wait_for_message(&bob, &room, "from C").await;
+    wait_for_message(&alice, &room, "from C").await;
+    alice.say(&room, "a1", "from A").await;
+    wait_for_message(&bob, &room, "from A").await;
+    wait_for_message(&carol, &room, "from A").await;
+    for server in [a, b, c] {
+        server.stop().await.unwrap();
+    }
+}
+on_both_backends!(three_servers_in_one_room);
