@@ -261,6 +261,7 @@ pub fn components_with(
             pushers: pushers.clone(),
             limiters,
             clock: clock.clone(),
+            edus: Arc::new(chancery_service::federation::edus::EduSender::new(federation.clone(), store.clone(), clock.clone())),
         },
         &*entropy,
         config.presence.enabled,

@@ -542,3 +542,59 @@ async fn three_servers_in_one_room(backend: Backend) {
     }
 }
 on_both_backends!(three_servers_in_one_room);
+
+/// Waits (bounded) until `user`'s sync shows an ephemeral event of `kind`
+/// in `room` that `accept` takes.
+async fn wait_for_ephemeral(user: &User, room: &str, kind: &str, accept: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = user.sync("timeout=0").await;
+        let events = sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["type"] == kind && accept(e)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {kind} for {} in {room}: {sync}", user.id);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A user's typing and read receipts reach the users of the other server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_reach_the_other_server() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "eph", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#eph:{}", a.server_name()))), Some(json!({}))).await;
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)),
+            Some(json!({"typing": true, "timeout": 20000})),
+        )
+        .await;
+    let alice_id = alice.id.clone();
+    wait_for_ephemeral(&bob, &room, "m.typing", |e| e["content"]["user_ids"] == json!([alice_id])).await;
+    alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)), Some(json!({"typing": false}))).await;
+    // Stopped: an initial sync shows nobody typing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = bob.sync("timeout=0").await;
+        let events = sync["rooms"]["join"][&room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if !events.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] != json!([])) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "alice never stopped typing on B: {sync}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let event = alice.say(&room, "a1", "read this").await;
+    wait_for_message(&bob, &room, "read this").await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{}", urlencode(&event)), Some(json!({}))).await;
+    let (bob_id, event_id) = (bob.id.clone(), event.clone());
+    wait_for_ephemeral(&alice, &room, "m.receipt", |e| e["content"][&event_id]["m.read"][&bob_id].is_object()).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -10,6 +10,7 @@
 //! pinned) that is valid now; answers from other servers are read within
 //! [`MAX_FEDERATION_RESPONSE_BYTES`] and [`FEDERATION_REQUEST_TIMEOUT_MS`].
 
+pub mod edus;
 pub mod keys;
 pub mod policy;
 mod rooms;
