@@ -63,25 +63,59 @@ impl EduSender {
         self.send(room_id, json!({"edu_type": "m.receipt", "content": content}));
     }
 
+    pub fn server_name(&self) -> &ServerName {
+        self.federation.server_name()
+    }
+
+    /// `user`'s devices or keys changed: the servers sharing one of
+    /// `rooms` with them hear of it (they ask again when their users need
+    /// the keys).
+    pub fn device_list_update(&self, user_id: &UserId, rooms: Vec<String>) {
+        let edu = json!({"edu_type": "m.device_list_update", "content": {
+            "user_id": user_id, "device_id": "", "stream_id": self.clock.now_ms(), "prev_id": [], "deleted": false,
+        }});
+        self.spawn_send(Targets::Rooms(rooms), edu);
+    }
+
+    /// To-device messages for users of `server`: one `m.direct_to_device`
+    /// EDU (`messages`: user → device or `*` → content).
+    pub fn to_device(&self, server: OwnedServerName, sender: &UserId, event_type: &str, message_id: &str, messages: JsonValue) {
+        let edu = json!({"edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": event_type, "message_id": message_id, "messages": messages,
+        }});
+        self.spawn_send(Targets::Server(server), edu);
+    }
+
     fn send(&self, room_id: &RoomId, edu: JsonValue) {
+        self.spawn_send(Targets::Rooms(vec![room_id.to_string()]), edu);
+    }
+
+    fn spawn_send(&self, targets: Targets, edu: JsonValue) {
         if !self.federation.enabled() {
             return;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            tracing::debug!(room_id = %room_id, "too many EDUs in flight; one dropped");
+            tracing::debug!("too many EDUs in flight; one dropped");
             return;
         };
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let txn_id = OwnedTransactionId::from(format!("edu.{}.{n}", self.started_ms));
-        let (federation, rooms, room_id) = (self.federation.clone(), self.rooms.clone(), room_id.to_owned());
+        let (federation, rooms) = (self.federation.clone(), self.rooms.clone());
         let now = self.clock.now_ms();
         tokio::spawn(async move {
             let _permit = permit;
-            let servers = match servers_in_room(&*rooms, &room_id, federation.server_name()).await {
-                Ok(servers) => servers,
-                Err(e) => {
-                    tracing::debug!(room_id = %room_id, error = %e, "the room's servers could not be read; an EDU was dropped");
-                    return;
+            let servers = match targets {
+                Targets::Server(server) => BTreeSet::from([server]),
+                Targets::Rooms(room_ids) => {
+                    let mut servers = BTreeSet::new();
+                    for room_id in room_ids.iter().take(MAX_EDU_ROOMS) {
+                        let Ok(room_id) = RoomId::parse(room_id) else { continue };
+                        match servers_in_room(&*rooms, &room_id, federation.server_name()).await {
+                            Ok(found) => servers.extend(found),
+                            Err(e) => tracing::debug!(room_id = %room_id, error = %e, "a room's servers could not be read"),
+                        }
+                    }
+                    servers
                 }
             };
             let Ok(raw) = serde_json::value::to_raw_value(&edu) else { return };
@@ -98,6 +132,17 @@ impl EduSender {
         });
     }
 }
+
+/// Where an EDU goes.
+enum Targets {
+    /// The other servers with a joined user in these rooms.
+    Rooms(Vec<String>),
+    Server(OwnedServerName),
+}
+
+/// Rooms whose servers one EDU is sent to (a user in more rooms reaches the
+/// servers of these; the others learn of the change when they next ask).
+const MAX_EDU_ROOMS: usize = 1_000;
 
 /// The other servers with a joined user in the room.
 async fn servers_in_room(
