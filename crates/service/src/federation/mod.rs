@@ -90,7 +90,9 @@ pub enum FederationError {
 impl From<FederationError> for Error {
     fn from(e: FederationError) -> Self {
         match e {
-            FederationError::Disabled | FederationError::NotPermitted(_) => Error::Forbidden(e.to_string()),
+            // As before federation: what is on another server is not found.
+            FederationError::Disabled => Error::NotFound(e.to_string()),
+            FederationError::NotPermitted(_) => Error::Forbidden(e.to_string()),
             FederationError::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
             // The other server refused (not allowed to join, not federating
             // with us): the user is refused, with its words.
