@@ -40,6 +40,9 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Ruma<T> {
 pub struct Signed<T> {
     pub origin: chancery_proto::ruma::OwnedServerName,
     pub request: T,
+    /// The origin's place among its requests in flight, held until the
+    /// handler is done.
+    pub permit: chancery_service::federation::InboundPermit,
 }
 
 impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
@@ -53,9 +56,10 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
         let bytes = read_body(body, &parts.headers, &limits).await?;
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let origin = state.components.federation.authenticate(authorization, &parts.method, &parts.uri, &bytes).await?;
+        let permit = state.components.federation.admit(&origin)?;
         // A server that talks to us is up: what waits for it goes now.
         state.components.federation_sender.peer_is_back(&origin);
-        Ok(Signed { origin, request: decode(parts, bytes, &path_args)? })
+        Ok(Signed { origin, request: decode(parts, bytes, &path_args)?, permit })
     }
 }
 

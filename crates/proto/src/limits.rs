@@ -573,3 +573,6 @@ pub const FEDERATION_RETRY_MAX_MS: u64 = 60 * 60 * 1000;
 /// Typing and receipt transactions in flight at once (best effort; past
 /// it a change is not sent).
 pub const MAX_CONCURRENT_EDU_SENDS: usize = 64;
+/// Requests one other server may have in flight here at once (past it,
+/// 429); Synapse lets 3 per origin run and queues a few more.
+pub const MAX_INBOUND_REQUESTS_PER_ORIGIN: usize = 32;

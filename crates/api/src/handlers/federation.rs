@@ -70,7 +70,7 @@ pub async fn version() -> RumaResponse<get_server_version::v1::Response> {
 /// `GET /_matrix/federation/v1/query/profile`.
 pub async fn query_profile(
     State(profiles): State<Arc<Profiles>>,
-    Signed { origin, request }: Signed<get_profile_information::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_profile_information::v1::Request>,
 ) -> ApiResult<RumaResponse<get_profile_information::v1::Response>> {
     tracing::debug!(origin = %origin, "profile query");
     let field = request.field.as_ref().map(|f| f.as_str().to_owned());
@@ -81,7 +81,7 @@ pub async fn query_profile(
 /// `GET /_matrix/federation/v1/query/directory`.
 pub async fn query_directory(
     State(directory): State<Arc<Directory>>,
-    Signed { origin, request }: Signed<get_room_information::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_room_information::v1::Request>,
 ) -> ApiResult<RumaResponse<get_room_information::v1::Response>> {
     tracing::debug!(origin = %origin, "directory query");
     let (room_id, servers) = directory.resolve_alias_with_servers(&request.room_alias).await?;
@@ -91,7 +91,7 @@ pub async fn query_directory(
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`.
 pub async fn make_join(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<prepare_join_event::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<prepare_join_event::v1::Request>,
 ) -> ApiResult<RumaResponse<prepare_join_event::v1::Response>> {
     let (room_version, template) = rooms.make_join(&origin, &request.room_id, &request.user_id, &request.ver).await?;
     let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
@@ -103,7 +103,7 @@ pub async fn make_join(
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
 pub async fn send_join(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<create_join_event::v2::Request>,
+    Signed { origin, request, permit: _permit }: Signed<create_join_event::v2::Request>,
 ) -> ApiResult<RumaResponse<create_join_event::v2::Response>> {
     let answer = rooms.send_join(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
     let mut state = create_join_event::v2::RoomState::new();
@@ -120,7 +120,7 @@ pub async fn send_transaction(
     State(rooms): State<Arc<RoomFederation>>,
     State(ephemeral): State<Arc<Ephemeral>>,
     State(keys): State<Arc<Keys>>,
-    Signed { origin, request }: Signed<send_transaction_message::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<send_transaction_message::v1::Request>,
 ) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
     if request.origin != origin {
         return Err(chancery_service::Error::Forbidden("the transaction's origin is not the server that signed it".into()).into());
@@ -138,7 +138,7 @@ pub async fn send_transaction(
 pub async fn event(
     State(rooms): State<Arc<RoomFederation>>,
     State(federation): State<Arc<Federation>>,
-    Signed { origin, request }: Signed<get_event::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_event::v1::Request>,
 ) -> ApiResult<RumaResponse<get_event::v1::Response>> {
     let pdu = rooms.event(&origin, &request.event_id).await?;
     Ok(RumaResponse(get_event::v1::Response::new(federation.server_name().to_owned(), MilliSecondsSinceUnixEpoch::now(), pdu)))
@@ -147,7 +147,7 @@ pub async fn event(
 /// `GET /_matrix/federation/v1/state/{roomId}`.
 pub async fn state(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<get_room_state::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_room_state::v1::Request>,
 ) -> ApiResult<RumaResponse<get_room_state::v1::Response>> {
     let (state, chain) = rooms.state_at_event(&origin, &request.room_id, &request.event_id).await?;
     let raw = |events: Vec<(chancery_proto::ruma::OwnedEventId, String)>| -> ApiResult<Vec<Box<RawJsonValue>>> {
@@ -162,7 +162,7 @@ pub async fn state(
 /// `GET /_matrix/federation/v1/state_ids/{roomId}`.
 pub async fn state_ids(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<get_room_state_ids::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_room_state_ids::v1::Request>,
 ) -> ApiResult<RumaResponse<get_room_state_ids::v1::Response>> {
     let (state, chain) = rooms.state_at_event(&origin, &request.room_id, &request.event_id).await?;
     let ids = |events: Vec<(chancery_proto::ruma::OwnedEventId, String)>| events.into_iter().map(|(id, _)| id).collect();
@@ -173,7 +173,7 @@ pub async fn state_ids(
 pub async fn backfill(
     State(rooms): State<Arc<RoomFederation>>,
     State(federation): State<Arc<Federation>>,
-    Signed { origin, request }: Signed<get_backfill::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_backfill::v1::Request>,
 ) -> ApiResult<RumaResponse<get_backfill::v1::Response>> {
     let limit = usize::try_from(u64::from(request.limit)).unwrap_or(usize::MAX);
     let pdus = rooms.backfill(&origin, &request.room_id, &request.v, limit).await?;
@@ -187,7 +187,7 @@ pub async fn backfill(
 /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`.
 pub async fn missing_events(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<get_missing_events::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<get_missing_events::v1::Request>,
 ) -> ApiResult<RumaResponse<get_missing_events::v1::Response>> {
     let limit = usize::try_from(u64::from(request.limit)).unwrap_or(usize::MAX);
     let events = rooms
@@ -206,7 +206,7 @@ pub async fn missing_events(
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
 pub async fn invite(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<create_invite::v2::Request>,
+    Signed { origin, request, permit: _permit }: Signed<create_invite::v2::Request>,
 ) -> ApiResult<RumaResponse<create_invite::v2::Response>> {
     let event = rooms.receive_invite(&origin, &request.room_id, &request.event_id, &request.room_version, &request.event).await?;
     Ok(RumaResponse(create_invite::v2::Response::new(event)))
@@ -215,7 +215,7 @@ pub async fn invite(
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
 pub async fn make_leave(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<prepare_leave_event::v1::Request>,
+    Signed { origin, request, permit: _permit }: Signed<prepare_leave_event::v1::Request>,
 ) -> ApiResult<RumaResponse<prepare_leave_event::v1::Response>> {
     let (room_version, template) = rooms.make_leave(&origin, &request.room_id, &request.user_id).await?;
     let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
@@ -225,7 +225,7 @@ pub async fn make_leave(
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
 pub async fn send_leave(
     State(rooms): State<Arc<RoomFederation>>,
-    Signed { origin, request }: Signed<create_leave_event::v2::Request>,
+    Signed { origin, request, permit: _permit }: Signed<create_leave_event::v2::Request>,
 ) -> ApiResult<RumaResponse<create_leave_event::v2::Response>> {
     rooms.send_leave(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
     Ok(RumaResponse(create_leave_event::v2::Response::new()))
@@ -234,7 +234,7 @@ pub async fn send_leave(
 /// `POST /_matrix/federation/v1/user/keys/query`.
 pub async fn keys_query(
     State(keys): State<Arc<Keys>>,
-    Signed { request, .. }: Signed<get_keys::v1::Request>,
+    Signed { request, permit: _permit, .. }: Signed<get_keys::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let wanted =
         request.device_keys.into_iter().map(|(u, d)| (u.to_string(), d.into_iter().map(|d| d.to_string()).collect())).collect();
@@ -244,7 +244,7 @@ pub async fn keys_query(
 /// `POST /_matrix/federation/v1/user/keys/claim`.
 pub async fn keys_claim(
     State(keys): State<Arc<Keys>>,
-    Signed { request, .. }: Signed<claim_keys::v1::Request>,
+    Signed { request, permit: _permit, .. }: Signed<claim_keys::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let wanted = request
         .one_time_keys
@@ -257,7 +257,7 @@ pub async fn keys_claim(
 /// `GET /_matrix/federation/v1/user/devices/{userId}`.
 pub async fn user_devices(
     State(keys): State<Arc<Keys>>,
-    Signed { request, .. }: Signed<get_devices::v1::Request>,
+    Signed { request, permit: _permit, .. }: Signed<get_devices::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
     let stream_id = u64::from(MilliSecondsSinceUnixEpoch::now().get());
     Ok(Json(keys.devices_for_server(&request.user_id, stream_id).await?))

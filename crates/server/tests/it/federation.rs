@@ -251,6 +251,16 @@ async fn joins_across_servers(backend: Backend) {
     assert_error(&got, 403, "M_FORBIDDEN");
     let got = bob.call(Method::GET, &format!("/rooms/{private}/state"), None).await;
     assert_eq!(got.0, 403, "B does not know the private room: {}", got.1);
+
+    // A room that does not federate: public, yet closed to other servers.
+    let local = alice
+        .create_room(json!({"room_alias_name": "local", "preset": "public_chat", "creation_content": {"m.federate": false}}))
+        .await;
+    let got =
+        bob.call(Method::POST, &format!("/join/{}", urlencode(&format!("#local:{}", a.server_name()))), Some(json!({}))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got = alice.call(Method::POST, &format!("/rooms/{local}/invite"), Some(json!({"user_id": bob.id}))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chancery_proto::limits::{
     FEDERATION_CONNECT_TIMEOUT_MS, FEDERATION_REQUEST_TIMEOUT_MS, MAX_CACHED_SERVER_KEYS, MAX_FEDERATION_RESPONSE_BYTES,
-    MAX_NOTARY_QUERY_SERVERS, SERVER_KEY_FAILURE_BACKOFF_MS, SERVER_KEY_VALIDITY_MS,
+    MAX_INBOUND_REQUESTS_PER_ORIGIN, MAX_NOTARY_QUERY_SERVERS, SERVER_KEY_FAILURE_BACKOFF_MS, SERVER_KEY_VALIDITY_MS,
 };
 use chancery_proto::ruma::api::auth_scheme::NoAuthentication;
 use chancery_proto::ruma::api::federation::authentication::{ServerSignatures, ServerSignaturesInput, XMatrix};
@@ -113,6 +113,14 @@ pub struct Federation {
     /// Where each server is reached (well-known, SRV).
     discovery: ServerDiscovery,
     keys: Mutex<KeyCache>,
+    /// Requests each other server has in flight here.
+    inbound: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Holds one of an origin's places among its requests in flight until
+/// dropped.
+pub struct InboundPermit {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Federation {
@@ -164,7 +172,15 @@ impl Federation {
             .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| format!("building the federation client: {e}"))?;
-        Ok(Self { deps, policy, pinned, http, discovery, keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)) })
+        Ok(Self {
+            deps,
+            policy,
+            pinned,
+            http,
+            discovery,
+            keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)),
+            inbound: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -226,6 +242,27 @@ impl Federation {
             .verify_request(&request, &self.deps.server_name, &keys)
             .map_err(|e| Error::Unauthorized(format!("the X-Matrix signature does not verify: {e}")))?;
         Ok(origin)
+    }
+
+    /// A place among `origin`'s requests in flight, or 429
+    /// `M_LIMIT_EXCEEDED` past [`MAX_INBOUND_REQUESTS_PER_ORIGIN`]: one
+    /// server cannot take every worker.
+    pub fn admit(&self, origin: &ServerName) -> Result<InboundPermit, Error> {
+        let semaphore = {
+            let mut inbound = self.inbound.lock().expect("inbound lock");
+            if inbound.len() >= MAX_CACHED_SERVER_KEYS {
+                // Idle origins hold no permit: forget them.
+                inbound.retain(|_, s| s.available_permits() < MAX_INBOUND_REQUESTS_PER_ORIGIN);
+            }
+            inbound
+                .entry(origin.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_REQUESTS_PER_ORIGIN)))
+                .clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map(|permit| InboundPermit { _permit: permit })
+            .map_err(|_| Error::LimitExceeded { retry_after_ms: 1_000 })
     }
 
     /// The public key `key_id` of `server`, valid now: a pinned one, or one

@@ -423,6 +423,7 @@ impl RoomFederation {
     /// is checked and appended.
     pub async fn invite_remote(&self, room_id: &RoomId, invite: &Pdu) -> Result<(), Error> {
         let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+        self.ensure_federated(room_id).await?;
         let target = invite
             .state_key
             .as_deref()
@@ -703,7 +704,23 @@ impl RoomFederation {
         if !local_joined {
             return Err(Error::NotFound("this server is not in that room".into()));
         }
+        self.ensure_federated(room_id).await?;
         Ok(info)
+    }
+
+    /// Rooms created with `m.federate: false` stay on this server: no other
+    /// server joins them or is invited to them.
+    async fn ensure_federated(&self, room_id: &RoomId) -> Result<(), Error> {
+        let create =
+            self.deps.rooms.current_state_events(room_id.as_str(), &[("m.room.create".to_owned(), String::new())]).await?;
+        let local_only = create
+            .first()
+            .and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok())
+            .is_some_and(|e| e["content"]["m.federate"] == JsonValue::Bool(false));
+        if local_only {
+            return Err(Error::Forbidden("this room does not federate (m.federate is false)".into()));
+        }
+        Ok(())
     }
 
     /// Steps 1–3 of the checks on a received PDU: size, format, signatures
