@@ -53,6 +53,8 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
         let bytes = read_body(body, &parts.headers, &limits).await?;
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let origin = state.components.federation.authenticate(authorization, &parts.method, &parts.uri, &bytes).await?;
+        // A server that talks to us is up: what waits for it goes now.
+        state.components.federation_sender.peer_is_back(&origin);
         Ok(Signed { origin, request: decode(parts, bytes, &path_args)? })
     }
 }

@@ -30,8 +30,9 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use chancery_proto::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use chancery_service::{
-    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, RoomFederation, Keys, Media, OpenId,
-    Profiles, Push, Pushers, Reports, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer, ThreadSubscriptions,
+    AccountData, Accounts, Admin, Components, DelayedEvents, Directory, Ephemeral, Federation, Health, Keys, Media, OpenId,
+    Profiles, Push, Pushers, Reports, RoomFederation, RoomReader, Rooms, Search, SlidingSync, Spaces, Syncer,
+    ThreadSubscriptions,
 };
 use tower_http::cors::{Any, CorsLayer};
 
@@ -285,6 +286,13 @@ pub fn federation_router(state: AppState) -> Router {
         r = ruma_route::<prepare_join_event::v1::Request, _, _>(r, h::federation::make_join);
         r = ruma_route::<create_join_event::v2::Request, _, _>(r, h::federation::send_join);
         r = ruma_route::<send_transaction_message::v1::Request, _, _>(r, h::federation::send_transaction);
+        use chancery_proto::ruma::api::federation::backfill::get_backfill;
+        use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+        r = ruma_route::<get_event::v1::Request, _, _>(r, h::federation::event);
+        r = ruma_route::<get_room_state::v1::Request, _, _>(r, h::federation::state);
+        r = ruma_route::<get_room_state_ids::v1::Request, _, _>(r, h::federation::state_ids);
+        r = ruma_route::<get_backfill::v1::Request, _, _>(r, h::federation::backfill);
+        r = ruma_route::<get_missing_events::v1::Request, _, _>(r, h::federation::missing_events);
     }
     r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })

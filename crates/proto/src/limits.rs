@@ -552,3 +552,21 @@ pub const MAX_FEDERATION_JOIN_SERVERS: usize = 5;
 /// State events (and, apart, auth chain events) a `send_join` hands out
 /// or takes; a larger room needs partial-state joins (not built yet).
 pub const MAX_JOIN_STATE_EVENTS: usize = 20_000;
+/// How long a remote user's typing lasts unless their server renews it
+/// (Synapse's federation timeout).
+pub const FEDERATION_TYPING_TIMEOUT_MS: u64 = 30_000;
+/// Events one `backfill` or `get_missing_events` answer holds, and event
+/// ids one such request may name.
+pub const MAX_FEDERATION_PAGE: usize = 100;
+/// PDUs in one outbound transaction (spec: "Transactions" are limited to
+/// 50 PDUs).
+pub const MAX_PDUS_PER_TRANSACTION: usize = 50;
+/// Servers the federation sender keeps a queue for; destinations found
+/// beyond it are left out (and logged).
+pub const MAX_FEDERATION_DESTINATIONS: usize = 4_096;
+/// Destinations the sender reads for or sends to at once, per node.
+pub const MAX_CONCURRENT_FEDERATION_SENDS: usize = 32;
+/// The federation sender's first retry after a failed transaction; each
+/// further failure doubles it, up to [`FEDERATION_RETRY_MAX_MS`].
+pub const FEDERATION_RETRY_INITIAL_MS: u64 = 1_000;
+pub const FEDERATION_RETRY_MAX_MS: u64 = 60 * 60 * 1000;

@@ -113,6 +113,7 @@ pub async fn start_with_federation_listener(
     let delayed_events = components.delayed_events.clone();
     let openid = components.openid.clone();
     let calls = components.calls.clone();
+    let federation_sender = components.federation_sender.clone();
     let syncer = components.syncer.clone();
     let sliding_sync = components.sliding_sync.clone();
     let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
@@ -194,6 +195,14 @@ pub async fn start_with_federation_listener(
         };
         federation_addr = Some(listener.local_addr()?);
         tasks.push(tokio::spawn(http::serve(listener, app, limits.clone(), Some(acceptor), shutdown_rx.clone())));
+        // Sends local events to the other servers in their rooms.
+        tasks.push(tokio::spawn({
+            let shutdown = shutdown_rx.clone();
+            async move {
+                federation_sender.run(shutdown).await;
+                Ok(())
+            }
+        }));
     }
 
     let mut metrics_addr = None;

@@ -15,11 +15,11 @@ use chancery_service::tokens::{Entropy, OsEntropy};
 use chancery_service::{
     AccountData, AccountDataDeps, Accounts, AccountsConfig, AccountsDeps, Admin, Calls, CallsDeps, Components, DelayedEvents,
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
-    EventFormatterDeps, Federation, FederationDeps, Health, RoomFederation, RoomFederationDeps, InteractiveAuth, InteractiveAuthDeps, Keys, KeysDeps, Limiters,
-    Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push, PushDeps, Pushers, PushersConfig, PushersDeps,
-    Reports, ReportsDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps,
-    SlidingSync, SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps,
-    Visibility,
+    EventFormatterDeps, Federation, FederationDeps, FederationSender, FederationSenderDeps, Health, InteractiveAuth,
+    InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push,
+    PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomFederation, RoomFederationDeps, RoomReader,
+    RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces,
+    SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -57,8 +57,12 @@ pub fn components_with(
     let push_wake = Arc::new(tokio::sync::Notify::new());
     let syncs = notifier.listener();
     let pushes = push_wake.clone();
+    // And the federation sender (a commit may hold events for other servers).
+    let federation_wake = Arc::new(tokio::sync::Notify::new());
+    let outbound = federation_wake.clone();
     store.set_event_listener(Arc::new(move |room_id: &str, member_target: Option<&str>| {
         pushes.notify_one();
+        outbound.notify_one();
         syncs(room_id, member_target)
     }));
 
@@ -110,6 +114,13 @@ pub fn components_with(
         })
         .map_err(|e| anyhow::anyhow!("federation: {e}"))?,
     );
+    let federation_sender = Arc::new(FederationSender::new(FederationSenderDeps {
+        store: store.clone(),
+        federation: federation.clone(),
+        server_name: server_name.clone(),
+        clock: clock.clone(),
+        wake: federation_wake,
+    }));
     let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone(), federation.clone()));
     let account_data = Arc::new(AccountData::new(AccountDataDeps {
         store: store.clone(),
@@ -345,6 +356,7 @@ pub fn components_with(
         openid,
         federation,
         room_federation,
+        federation_sender,
         calls,
     })
 }

@@ -35,6 +35,7 @@
 //! | [`OpenId`] | OpenID tokens: issuing them, telling whose they are |
 //! | [`Calls`] | the MatrixRTC token service (lk-jwt-service compatible) |
 //! | [`Federation`] | server keys, request signatures both ways, the allow/deny lists, queries to and from other servers |
+//! | [`FederationSender`] | outbound transactions: every local event to the servers in its room, in order, retried with backoff |
 //!
 //! Architecture invariants: every write goes through one store call (one
 //! transaction); anything kept in memory (rate limiters, typing, presence,
@@ -94,6 +95,7 @@ pub use delayed_events::{DelayedEvents, DelayedEventsConfig, DelayedEventsDeps};
 pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
+pub use federation::sender::{FederationSender, FederationSenderDeps};
 pub use federation::{Federation, FederationConfig, FederationDeps, FederationError, RoomFederation, RoomFederationDeps};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
@@ -143,6 +145,9 @@ pub struct Components {
     pub openid: Arc<OpenId>,
     pub federation: Arc<Federation>,
     pub room_federation: Arc<RoomFederation>,
+    /// The outbound transaction sender (its task runs only when
+    /// federation is enabled).
+    pub federation_sender: Arc<FederationSender>,
     /// The token service, when the operator configured calls.
     pub calls: Option<Arc<Calls>>,
 }

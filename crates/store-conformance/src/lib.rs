@@ -8,6 +8,7 @@
 
 mod account_data;
 mod delayed_events;
+mod federation;
 mod hierarchy;
 mod keys;
 mod media;
@@ -26,6 +27,7 @@ use serde_json::json;
 
 pub use self::account_data::*;
 pub use self::delayed_events::*;
+pub use self::federation::*;
 pub use self::hierarchy::*;
 pub use self::keys::*;
 pub use self::media::*;
@@ -46,7 +48,7 @@ macro_rules! store_conformance_tests {
             registration_token_uses_hold_under_concurrency, devices_and_sessions, device_limit_is_enforced,
             refresh_keeps_previous_token_until_new_one_used, password_change_logs_out_others,
             deactivation_erases_and_keeps_the_name, profile_fields_respect_size_limit, uia_sessions_expire_and_are_bounded, uia_sessions_are_reused_and_bounded_per_user,
-            rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked,
+            rooms_create_append_and_read, append_checks_extremities_and_txn, redactions_are_linked, stub_rooms_are_replaced_whole,
             racing_appends_to_one_room_let_exactly_one_win, concurrent_appends_to_different_rooms_keep_positions_dense_and_ordered,
             one_bad_append_among_concurrent_ones_fails_alone,
             account_data_is_per_user_and_room_with_a_stream, account_data_limits_and_tags, concurrent_tag_changes_all_survive,
@@ -87,6 +89,8 @@ macro_rules! store_conformance_tests {
             thread_subscriptions_follow_the_subscribe_rules, thread_subscription_changes_page_back_from_the_newest,
             thread_subscriptions_are_bounded_per_user_and_go_with_the_account,
             concurrent_thread_subscriptions_become_visible_in_order,
+            federation_events_go_to_the_servers_in_the_room, federation_destinations_come_from_membership_changes,
+            federation_positions_persist_and_never_move_back,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -678,6 +682,32 @@ pub async fn stream_positions_read_every_stream(store: DynStore) {
     );
     assert_eq!((got.events, got.receipts), (2, 0));
     assert!(got.account_data > 0);
+}
+
+/// A room known only through an invite is replaced whole by the room a
+/// join made known; a room with a create event is no stub.
+pub async fn stub_rooms_are_replaced_whole(store: DynStore) {
+    let r = "!remote:y";
+    store.create_room(room(r), vec![member(r, "$invite", "@bob:x", "invite", 5)]).await.unwrap();
+    let members = store.members_of_room(r).await.unwrap();
+    assert_eq!(members.len(), 1);
+    let chain = vec![
+        event(r, "$rcreate", "m.room.create", Some(""), 1),
+        member(r, "$ralice", "@alice:y", "join", 2),
+        member(r, "$rbob", "@bob:x", "join", 6),
+    ];
+    let pos = store.replace_stub_room(room(r), chain).await.unwrap();
+    assert!(pos > 1);
+    let state = store.state_at(r, None).await.unwrap();
+    assert_eq!(ids(&state), vec!["$rcreate", "$ralice", "$rbob"]);
+    assert!(store.event("$invite").await.unwrap().is_none(), "the stub's events are gone");
+    assert_eq!(store.room(r).await.unwrap().unwrap().forward_extremities, vec!["$rbob".to_owned()]);
+    // Now a real room: not replaced again, nothing changed.
+    let again = store.replace_stub_room(room(r), vec![event(r, "$other", "m.room.create", Some(""), 1)]).await;
+    assert!(matches!(again, Err(StoreError::UnknownRoom)), "{again:?}");
+    let missing = store.replace_stub_room(room("!none:y"), vec![event("!none:y", "$n", "m.room.create", Some(""), 1)]).await;
+    assert!(matches!(missing, Err(StoreError::UnknownRoom)), "{missing:?}");
+    assert_eq!(ids(&store.state_at(r, None).await.unwrap()), vec!["$rcreate", "$ralice", "$rbob"]);
 }
 
 pub async fn rooms_create_append_and_read(store: DynStore) {

@@ -11,6 +11,7 @@ mod accounts;
 mod appender;
 mod delayed_events;
 mod directory;
+mod federation;
 mod forgotten;
 mod hierarchy;
 mod json;

@@ -479,6 +479,43 @@ impl RoomStore for PostgresStore {
         .await
     }
 
+    async fn replace_stub_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
+        check_room_events(&room.room_id, &events)?;
+        let max_depth = events.iter().map(|e| i(e.depth)).max().unwrap_or(0);
+        let (room, events) = (&room, &events);
+        retry::conflicts(move || async move {
+            let mut client = self.client().await?;
+            let w = Writes::prepare(&client).await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            // The room's row is locked first: an append to the stub waits.
+            let stub = tx
+                .query_opt(
+                    "SELECT 1 FROM rooms r WHERE r.room_id = $1
+                     AND NOT EXISTS (SELECT 1 FROM room_state s WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create')
+                     FOR UPDATE",
+                    &[&room.room_id],
+                )
+                .await
+                .map_err(backend)?;
+            if stub.is_none() {
+                return Err(StoreError::UnknownRoom);
+            }
+            for table in ["room_state", "forward_extremities", "events"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE room_id = $1"), &[&room.room_id]).await.map_err(backend)?;
+            }
+            tx.execute(
+                "UPDATE rooms SET room_version = $2, creator = $3, created_ts = $4, max_depth = $5 WHERE room_id = $1",
+                &[&room.room_id, &room.room_version.as_str(), &room.creator, &i(room.created_ts), &max_depth],
+            )
+            .await
+            .map_err(backend)?;
+            let pos = persist(&tx, &w, events).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(pos)
+        })
+        .await
+    }
+
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
         self.appender.append(event, prev_extremities).await
     }

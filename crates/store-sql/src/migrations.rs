@@ -39,6 +39,7 @@ macro_rules! migration_sql {
             "0021_room_list",
             "0022_sliding_connections_apart",
             "0023_room_list_changes",
+            "0024_federation_destinations",
         )
     };
     (@files $($name:literal),* $(,)?) => {

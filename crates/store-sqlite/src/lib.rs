@@ -13,6 +13,7 @@ mod account_data;
 mod accounts;
 mod delayed_events;
 mod directory;
+mod federation;
 mod forgotten;
 mod hierarchy;
 mod keys;

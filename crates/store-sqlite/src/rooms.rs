@@ -238,6 +238,26 @@ impl RoomStore for SqliteStore {
         self.write(move |tx| create_room_in_tx(tx, &room, &events)).await
     }
 
+    async fn replace_stub_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let stub = tx
+                .prepare_cached(
+                    "SELECT 1 FROM rooms r WHERE r.room_id = ?1
+                     AND NOT EXISTS (SELECT 1 FROM room_state s WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create')",
+                )
+                .and_then(|mut s| s.query_row([&room.room_id], |_| Ok(())).optional())
+                .map_err(backend)?;
+            if stub.is_none() {
+                return Err(StoreError::UnknownRoom);
+            }
+            for table in ["room_state", "forward_extremities", "events", "rooms"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [&room.room_id]).map_err(backend)?;
+            }
+            create_room_in_tx(tx, &room, &events)
+        })
+        .await
+    }
+
     async fn append_event(&self, event: NewEvent, prev_extremities: &[String]) -> StoreResult<u64> {
         let prev = prev_extremities.to_vec();
         let listener = self.event_listener.get().cloned();

@@ -8,6 +8,7 @@
 mod account_data;
 mod delayed_events;
 mod directory;
+mod federation;
 mod forgotten;
 mod hierarchy;
 mod keys;
@@ -35,6 +36,7 @@ use serde_json::Value as JsonValue;
 pub use account_data::*;
 pub use delayed_events::*;
 pub use directory::*;
+pub use federation::*;
 pub use forgotten::*;
 pub use hierarchy::*;
 pub use keys::*;
@@ -371,6 +373,7 @@ pub trait Store:
     + DelayedEventStore
     + OpenIdStore
     + ThreadSubscriptionStore
+    + FederationStore
     + StreamStore
     + NodeBus
 {

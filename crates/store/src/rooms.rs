@@ -162,6 +162,14 @@ pub trait RoomStore: Send + Sync {
     /// stream position of the last event.
     async fn create_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64>;
 
+    /// Replaces a room this server knew only through invites of its users
+    /// (a room of another server: no create event in its state) by the
+    /// room as a join over federation made it known, in one transaction:
+    /// the stub's events, state and extremities go, then the room is
+    /// created from `events` as [`Self::create_room`] does. `UnknownRoom`
+    /// if there is no such stub.
+    async fn replace_stub_room(&self, room: NewRoom, events: Vec<NewEvent>) -> StoreResult<u64>;
+
     /// Appends one event whose `prev_events` are `prev_extremities`.
     /// `StaleExtremities` if the room's forward extremities are no
     /// longer exactly those (another writer went first: re-read and

@@ -129,6 +129,25 @@ impl TestServer {
         Ok(())
     }
 
+    /// Stops the server, runs `meanwhile`, then starts it again on the
+    /// same data (and the same federation port, if it federates).
+    pub async fn restart_after<F, Fut>(&mut self, meanwhile: F) -> anyhow::Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await?;
+        }
+        meanwhile().await;
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse()?;
+        let running = chancery_server::start(config).await?;
+        self.base_url = running.base_url();
+        self.running = Some(running);
+        Ok(())
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(running) = self.running.take() {
             running.shutdown().await?;

@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use chancery_proto::ruma::MilliSecondsSinceUnixEpoch;
+use chancery_proto::ruma::api::federation::backfill::get_backfill;
 use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
+use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
 use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
-use chancery_service::{Directory, Federation, Profiles, RoomFederation};
+use chancery_service::{Directory, Ephemeral, Federation, Profiles, RoomFederation};
+use serde_json::value::RawValue as RawJsonValue;
 use serde_json::{Value as JsonValue, json};
 
 use crate::error::ApiResult;
@@ -106,9 +110,11 @@ pub async fn send_join(
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}`: the PDUs are checked and
-/// stored one by one; EDUs are not handled yet and are dropped.
+/// stored one by one, then the typing and receipt EDUs applied (others
+/// are not handled yet and are dropped).
 pub async fn send_transaction(
     State(rooms): State<Arc<RoomFederation>>,
+    State(ephemeral): State<Arc<Ephemeral>>,
     Signed { origin, request }: Signed<send_transaction_message::v1::Request>,
 ) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
     if request.origin != origin {
@@ -118,5 +124,75 @@ pub async fn send_transaction(
         return Err(chancery_service::Error::TooLarge("a transaction holds at most 100 EDUs".into()).into());
     }
     let pdus = rooms.receive_pdus(&origin, &request.pdus).await?;
+    ephemeral.receive_edus(&origin, &request.edus).await;
     Ok(RumaResponse(send_transaction_message::v1::Response::new(pdus)))
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`.
+pub async fn event(
+    State(rooms): State<Arc<RoomFederation>>,
+    State(federation): State<Arc<Federation>>,
+    Signed { origin, request }: Signed<get_event::v1::Request>,
+) -> ApiResult<RumaResponse<get_event::v1::Response>> {
+    let pdu = rooms.event(&origin, &request.event_id).await?;
+    Ok(RumaResponse(get_event::v1::Response::new(federation.server_name().to_owned(), MilliSecondsSinceUnixEpoch::now(), pdu)))
+}
+
+/// `GET /_matrix/federation/v1/state/{roomId}`.
+pub async fn state(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<get_room_state::v1::Request>,
+) -> ApiResult<RumaResponse<get_room_state::v1::Response>> {
+    let (state, chain) = rooms.state_at_event(&origin, &request.room_id, &request.event_id).await?;
+    let raw = |events: Vec<(chancery_proto::ruma::OwnedEventId, String)>| -> ApiResult<Vec<Box<RawJsonValue>>> {
+        events
+            .into_iter()
+            .map(|(_, json)| RawJsonValue::from_string(json).map_err(|e| chancery_service::Error::Internal(e.to_string()).into()))
+            .collect()
+    };
+    Ok(RumaResponse(get_room_state::v1::Response::new(raw(chain)?, raw(state)?)))
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}`.
+pub async fn state_ids(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<get_room_state_ids::v1::Request>,
+) -> ApiResult<RumaResponse<get_room_state_ids::v1::Response>> {
+    let (state, chain) = rooms.state_at_event(&origin, &request.room_id, &request.event_id).await?;
+    let ids = |events: Vec<(chancery_proto::ruma::OwnedEventId, String)>| events.into_iter().map(|(id, _)| id).collect();
+    Ok(RumaResponse(get_room_state_ids::v1::Response::new(ids(chain), ids(state))))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}`.
+pub async fn backfill(
+    State(rooms): State<Arc<RoomFederation>>,
+    State(federation): State<Arc<Federation>>,
+    Signed { origin, request }: Signed<get_backfill::v1::Request>,
+) -> ApiResult<RumaResponse<get_backfill::v1::Response>> {
+    let limit = usize::try_from(u64::from(request.limit)).unwrap_or(usize::MAX);
+    let pdus = rooms.backfill(&origin, &request.room_id, &request.v, limit).await?;
+    Ok(RumaResponse(get_backfill::v1::Response::new(
+        federation.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        pdus,
+    )))
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`.
+pub async fn missing_events(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<get_missing_events::v1::Request>,
+) -> ApiResult<RumaResponse<get_missing_events::v1::Response>> {
+    let limit = usize::try_from(u64::from(request.limit)).unwrap_or(usize::MAX);
+    let events = rooms
+        .missing_events(
+            &origin,
+            &request.room_id,
+            &request.earliest_events,
+            &request.latest_events,
+            limit,
+            request.min_depth.into(),
+        )
+        .await?;
+    Ok(RumaResponse(get_missing_events::v1::Response::new(events)))
 }

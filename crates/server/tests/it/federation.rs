@@ -255,3 +255,182 @@ async fn joins_across_servers(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(joins_across_servers);
+
+/// Sends a transaction to `to` as `from` would, signed with `from`'s key
+/// (read from its key file): the test plays `from`'s sender.
+async fn send_transaction_as(from: &TestServer, to: &TestServer, txn_id: &str, body: Value) -> (StatusCode, Value) {
+    signed_as(from, to, "PUT", &format!("/_matrix/federation/v1/send/{txn_id}"), Some(body)).await
+}
+
+/// A request to `to`'s server-server API signed as `from` signs them.
+async fn signed_as(from: &TestServer, to: &TestServer, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    use chancery_proto::ruma::ServerName;
+    use chancery_proto::ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
+    let key = chancery_service::signing::load_or_generate(&from.config.signing_key_path()).unwrap();
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    let request = http::Request::builder().method(method).uri(path).body(bytes.clone()).unwrap();
+    let origin = ServerName::parse(from.server_name()).unwrap();
+    let destination = ServerName::parse(to.server_name()).unwrap();
+    let header = XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, &key)).unwrap();
+    let mut request = federation_http()
+        .request(method.parse().unwrap(), format!("{}{path}", to.federation_url().unwrap()))
+        .header("Authorization", header.to_string());
+    if !bytes.is_empty() {
+        request = request.header("Content-Type", "application/json").body(bytes);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Typing and read receipts of a remote user arrive as EDUs and show in
+/// local users' syncs; an EDU speaking for another server's user is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_from_another_server() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "edus", "preset": "public_chat"})).await;
+    let event = alice.say(&room, "t1", "read me").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#edus:{}", a.server_name()))), Some(json!({}))).await;
+
+    let edus = json!({
+        "origin": b.server_name(), "origin_server_ts": 1, "pdus": [],
+        "edus": [
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.id, "typing": true}},
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": alice.id, "typing": true}},
+            {"edu_type": "m.receipt", "content": {room.clone(): {"m.read": {bob.id.clone(): {"data": {"ts": 5}, "event_ids": [event]}}}}},
+        ],
+    });
+    let (status, body) = send_transaction_as(&b, &a, "txn1", edus).await;
+    assert_eq!(status, 200, "{body}");
+    let sync = alice.sync("").await;
+    let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    let typing = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.typing").expect("a typing event");
+    assert_eq!(typing["content"]["user_ids"], json!([bob.id]), "B may not speak for alice: {typing}");
+    let receipt = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.receipt").expect("a receipt");
+    assert!(receipt["content"][&event]["m.read"][&bob.id]["ts"].is_u64(), "{receipt}");
+
+    // A transaction whose origin is not its signer is refused whole.
+    let forged = json!({"origin": "elsewhere.example", "origin_server_ts": 1, "pdus": [], "edus": []});
+    let got = send_transaction_as(&b, &a, "txn2", forged).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// The reads other servers make of a shared room: one event, the state at
+/// an event, backfill and missing events; a server with no user in the
+/// room reads nothing.
+async fn room_reads_for_servers_in_the_room(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let c = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "reads", "preset": "public_chat"})).await;
+    let first = alice.say(&room, "t1", "one").await;
+    let second = alice.say(&room, "t2", "two").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#reads:{}", a.server_name()))), Some(json!({}))).await;
+    let third = alice.say(&room, "t3", "three").await;
+
+    let (status, got) = signed_as(&b, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&second)), None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["pdus"][0]["content"]["body"], "two");
+    assert_eq!(got["origin"], a.server_name());
+
+    let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    let state_ids = got["pdu_ids"].as_array().unwrap();
+    assert!(state_ids.len() >= 5, "create, members, power levels, join rules...: {got}");
+    assert!(!got["auth_chain_ids"].as_array().unwrap().is_empty(), "{got}");
+    let path = format!("/_matrix/federation/v1/state/{}?event_id={}", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["pdus"].as_array().unwrap().len(), state_ids.len());
+
+    let path = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=3", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    let bodies: Vec<&Value> = got["pdus"].as_array().unwrap().iter().map(|p| &p["content"]).collect();
+    assert_eq!(bodies.len(), 3, "{got}");
+    assert_eq!(bodies[0]["body"], "three", "newest first, from v on: {got}");
+
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", urlencode(&room));
+    let body = json!({"earliest_events": [first], "latest_events": [third], "limit": 10, "min_depth": 0});
+    let (status, got) = signed_as(&b, &a, "POST", &path, Some(body)).await;
+    assert_eq!(status, 200, "{got}");
+    let events = got["events"].as_array().unwrap();
+    assert_eq!(events.first().unwrap()["content"]["body"], "two", "oldest first: {got}");
+    assert_eq!(events.last().unwrap()["content"]["membership"], "join", "bob's join is between: {got}");
+
+    // C has nobody in the room.
+    let got = signed_as(&c, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&second)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    for server in [a, b, c] {
+        server.stop().await.unwrap();
+    }
+}
+on_both_backends!(room_reads_for_servers_in_the_room);
+
+/// Waits (bounded) until `user`'s sync shows a message with `body` in
+/// `room`; returns the bodies of the room's messages seen, in order.
+async fn wait_for_message(user: &User, room: &str, body: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut since: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let query = match &since {
+            Some(token) => format!("timeout=5000&since={token}"),
+            None => "timeout=0".to_owned(),
+        };
+        let sync = user.sync(&query).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        if let Some(events) = sync["rooms"]["join"][room]["timeline"]["events"].as_array() {
+            for event in events.iter().filter(|e| e["type"] == "m.room.message") {
+                seen.push(event["content"]["body"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        if seen.iter().any(|b| b == body) {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body:?} never reached {}: saw {seen:?}", user.id);
+    }
+}
+
+/// Two users on two servers chat both ways; with one server stopped the
+/// other keeps sending, and after its restart everything arrives, in order.
+async fn chat_across_servers_survives_a_restart(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let mut b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let mut bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "chat", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#chat:{}", a.server_name()))), Some(json!({}))).await;
+
+    alice.say(&room, "a1", "hello from A").await;
+    wait_for_message(&bob, &room, "hello from A").await;
+    bob.say(&room, "b1", "hello from B").await;
+    wait_for_message(&alice, &room, "hello from B").await;
+
+    // B goes down; A keeps sending; B comes back on the same port.
+    b.restart_after(|| async {
+        for n in 0..3 {
+            alice.say(&room, &format!("down{n}"), &format!("while B was down {n}")).await;
+        }
+    })
+    .await
+    .unwrap();
+    bob.base = b.base_url.clone();
+    let seen = wait_for_message(&bob, &room, "while B was down 2").await;
+    let down: Vec<&String> = seen.iter().filter(|b| b.starts_with("while B was down")).collect();
+    assert_eq!(down, ["while B was down 0", "while B was down 1", "while B was down 2"], "in order, once each: {seen:?}");
+    bob.say(&room, "b2", "back").await;
+    wait_for_message(&alice, &room, "back").await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(chat_across_servers_survives_a_restart);

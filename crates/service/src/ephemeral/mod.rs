@@ -12,6 +12,7 @@
 mod cluster;
 mod presence;
 mod receipts;
+mod remote;
 mod typing;
 
 use std::sync::Arc;

@@ -21,7 +21,7 @@ use crate::account_data::FULLY_READ;
 use crate::rooms::state::{ensure_joined, event_of_room};
 use crate::{AuthedUser, Error};
 
-const READ: &str = "m.read";
+pub(super) const READ: &str = "m.read";
 /// The answer for an event that does not exist, or that the user may not see.
 const NO_SUCH_EVENT: &str = "no such event in this room";
 pub(crate) const READ_PRIVATE: &str = "m.read.private";
@@ -128,7 +128,7 @@ impl Ephemeral {
         Ok(seen.into_iter().map(|e| e.event_id).collect())
     }
 
-    async fn put_receipt(
+    pub(super) async fn put_receipt(
         &self,
         user: &AuthedUser,
         room_id: &RoomId,

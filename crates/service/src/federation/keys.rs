@@ -128,7 +128,7 @@ pub fn check_document(
     }
     Ok(KnownKeys {
         verify_keys: verify_keys.into_iter().map(|(id, (key, _))| (id, key)).collect(),
-        old_verify_keys: old.into_iter().map(|(id, (key, expired))| (id, (key, expired))).collect(),
+        old_verify_keys: old,
         valid_until_ts,
         document,
     })

@@ -15,6 +15,7 @@ pub mod policy;
 mod rooms;
 
 pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
+pub mod sender;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

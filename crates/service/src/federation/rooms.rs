@@ -17,13 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chancery_core::pdu::{self, Pdu};
-use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
+use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_FEDERATION_PAGE, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
 use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
 };
 use chancery_store::{NewRoom, RoomStore};
 use serde_json::Value as JsonValue;
@@ -32,8 +32,8 @@ use serde_json::value::RawValue as RawJsonValue;
 use super::Federation;
 use crate::Error;
 use crate::clock::Clock;
-use crate::rooms::writer::new_event;
 use crate::rooms::state::state_subset;
+use crate::rooms::writer::new_event;
 use crate::rooms::{RoomWriter, rules_of};
 
 /// What [`RoomFederation`] is built from.
@@ -98,12 +98,16 @@ impl RoomFederation {
         let auth_events: Vec<OwnedEventId> =
             pdu::auth_types(&draft, &rules)?.iter().filter_map(|k| state.get(k)).map(|p| p.event_id.clone()).collect();
         let mut template = CanonicalJsonObject::new();
-        let ids = |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
+        let ids =
+            |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
         let prev: Vec<OwnedEventId> = info.forward_extremities.iter().filter_map(|e| e.parse().ok()).collect();
         template.insert("auth_events".into(), ids(&auth_events));
         template.insert("content".into(), serde_json::json!({ "membership": "join" }).try_into().expect("a JSON object"));
         template.insert("depth".into(), CanonicalJsonValue::Integer((info.max_depth + 1).try_into().unwrap_or_default()));
-        template.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(self.deps.clock.now_ms().try_into().unwrap_or_default()));
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(self.deps.clock.now_ms().try_into().unwrap_or_default()),
+        );
         template.insert("prev_events".into(), ids(&prev));
         template.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
         template.insert("sender".into(), CanonicalJsonValue::String(user_id.to_string()));
@@ -143,7 +147,8 @@ impl RoomFederation {
         let pos = self.deps.writer.append_received(room_id, &pdu).await?;
         // Position 0: the join was stored already (a retried send_join).
         let _ = pos;
-        let stored = self.deps.rooms.event(pdu.event_id.as_str()).await?.ok_or_else(|| Error::Internal("join vanished".into()))?;
+        let stored =
+            self.deps.rooms.event(pdu.event_id.as_str()).await?.ok_or_else(|| Error::Internal("join vanished".into()))?;
         let state = self.deps.rooms.state_at(room_id.as_str(), Some(stored.stream_pos.saturating_sub(1))).await?;
         if state.len() > MAX_JOIN_STATE_EVENTS {
             return Err(Error::TooLarge("the room's state is larger than this server hands out at once".into()));
@@ -151,14 +156,18 @@ impl RoomFederation {
         let auth_chain = self.auth_chain(state.iter().map(|e| e.json.as_str()).chain([stored.json.as_str()])).await?;
         Ok(SendJoinAnswer {
             state: state.iter().map(|e| raw_json(&e.json)).collect::<Result<_, _>>()?,
-            auth_chain: auth_chain.iter().map(|json| raw_json(json)).collect::<Result<_, _>>()?,
+            auth_chain: auth_chain.iter().map(|(_, json)| raw_json(json)).collect::<Result<_, _>>()?,
             event: raw_json(&stored.json)?,
         })
     }
 
     /// The PDUs of `PUT /_matrix/federation/v1/send/{txnId}`: each checked
     /// and appended on its own; the answer says per event what failed.
-    pub async fn receive_pdus(&self, origin: &ServerName, pdus: &[Box<RawJsonValue>]) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, Error> {
+    pub async fn receive_pdus(
+        &self,
+        origin: &ServerName,
+        pdus: &[Box<RawJsonValue>],
+    ) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, Error> {
         if pdus.len() > MAX_TRANSACTION_PDUS {
             return Err(Error::TooLarge(format!("a transaction holds at most {MAX_TRANSACTION_PDUS} PDUs")));
         }
@@ -191,6 +200,112 @@ impl RoomFederation {
         Ok(pdu.event_id)
     }
 
+    // ----- reads other servers make of rooms they share -----
+
+    /// `GET /event/{eventId}`: one event, for a server in its room.
+    pub async fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Box<RawJsonValue>, Error> {
+        let event = self.deps.rooms.event(event_id.as_str()).await?.ok_or_else(|| Error::NotFound("no such event".into()))?;
+        let room_id = RoomId::parse(&event.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+        self.ensure_origin_in_room(origin, &room_id).await?;
+        raw_json(&event.json)
+    }
+
+    /// `GET /state/{roomId}` and `/state_ids`: the room's state before the
+    /// event, and its auth chain.
+    pub async fn state_at_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<(Vec<(OwnedEventId, String)>, Vec<(OwnedEventId, String)>), Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let event = crate::rooms::state::event_in_room(&*self.deps.rooms, room_id, event_id).await?;
+        let state = self.deps.rooms.state_at(room_id.as_str(), Some(event.stream_pos.saturating_sub(1))).await?;
+        if state.len() > MAX_JOIN_STATE_EVENTS {
+            return Err(Error::TooLarge("the room's state is larger than this server hands out at once".into()));
+        }
+        let chain = self.auth_chain(state.iter().map(|e| e.json.as_str())).await?;
+        let with_ids = |events: Vec<(String, String)>| -> Vec<(OwnedEventId, String)> {
+            events.into_iter().filter_map(|(id, json)| id.parse().ok().map(|id| (id, json))).collect()
+        };
+        let state = with_ids(state.into_iter().map(|e| (e.event_id, e.json)).collect());
+        Ok((state, with_ids(chain)))
+    }
+
+    /// `GET /backfill/{roomId}`: up to `limit` events from the newest of
+    /// `from` back, newest first (the store's order is the room's).
+    pub async fn backfill(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Box<RawJsonValue>>, Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let mut newest = 0;
+        for id in from.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                newest = newest.max(event.stream_pos);
+            }
+        }
+        if newest == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
+        let events = self.deps.rooms.room_events(room_id.as_str(), 0, newest, limit, true).await?;
+        events.iter().map(|e| raw_json(&e.json)).collect()
+    }
+
+    /// `POST /get_missing_events/{roomId}`: events after the newest of
+    /// `earliest` and before the oldest of `latest`, oldest first, at most
+    /// `limit`, none below `min_depth`.
+    pub async fn missing_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Box<RawJsonValue>>, Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let mut after = 0;
+        for id in earliest.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                after = after.max(event.stream_pos);
+            }
+        }
+        let mut before = None::<u64>;
+        for id in latest.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                before = Some(before.map_or(event.stream_pos, |b| b.min(event.stream_pos)));
+            }
+        }
+        let Some(before) = before.filter(|b| *b > after + 1) else { return Ok(Vec::new()) };
+        let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
+        let mut events = self.deps.rooms.room_events(room_id.as_str(), after, before - 1, limit, true).await?;
+        events.retain(|e| e.depth >= min_depth);
+        events.reverse();
+        events.iter().map(|e| raw_json(&e.json)).collect()
+    }
+
+    /// Other servers read a room's events only while one of their users is
+    /// joined or invited to it.
+    async fn ensure_origin_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<(), Error> {
+        let suffix = format!(":{origin}");
+        let present = self
+            .deps
+            .rooms
+            .members_of_room(room_id.as_str())
+            .await?
+            .into_iter()
+            .any(|m| matches!(m.membership, MembershipState::Join | MembershipState::Invite) && m.user_id.ends_with(&suffix));
+        if !present {
+            return Err(Error::Forbidden(format!("{origin} has no user in this room")));
+        }
+        Ok(())
+    }
+
     // ----- outbound -----
 
     /// Joins `user` to a room this server is not in, through one of
@@ -212,7 +327,9 @@ impl RoomFederation {
         candidates.retain(|s| seen.insert(s.clone()));
         candidates.truncate(MAX_FEDERATION_JOIN_SERVERS);
         if candidates.is_empty() {
-            return Err(Error::NotFound("this server does not know that room, and no server to join it through was named".into()));
+            return Err(Error::NotFound(
+                "this server does not know that room, and no server to join it through was named".into(),
+            ));
         }
         let mut last_error = None;
         for server in &candidates {
@@ -233,13 +350,19 @@ impl RoomFederation {
         let made = self.deps.federation.send(server, request).await?;
         let room_version = made.room_version.unwrap_or(RoomVersionId::V1);
         if !crate::rooms::SUPPORTED_ROOM_VERSIONS.contains(&room_version) {
-            return Err(Error::UnsupportedRoomVersion(format!("the room is of version {room_version}, which this server does not support")));
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "the room is of version {room_version}, which this server does not support"
+            )));
         }
         let rules = rules_of(&room_version)?;
-        let mut template: CanonicalJsonObject =
-            serde_json::from_str(made.event.get()).map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
+        let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get())
+            .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
         let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
-        if !(is("type", "m.room.member") && is("sender", user.as_str()) && is("state_key", user.as_str()) && is("room_id", room_id.as_str())) {
+        if !(is("type", "m.room.member")
+            && is("sender", user.as_str())
+            && is("state_key", user.as_str())
+            && is("room_id", room_id.as_str()))
+        {
             return Err(Error::UpstreamFailed(format!("{server} made a join for something else")));
         }
         let mut content = match template.remove("content") {
@@ -257,7 +380,13 @@ impl RoomFederation {
             }
         }
         template.insert("content".into(), CanonicalJsonValue::Object(content));
-        let join = pdu::sign_template(template, &rules, self.deps.clock.now_ms(), &self.deps.server_name, self.deps.federation.signing_key())?;
+        let join = pdu::sign_template(
+            template,
+            &rules,
+            self.deps.clock.now_ms(),
+            &self.deps.server_name,
+            self.deps.federation.signing_key(),
+        )?;
         let raw = raw_json(&join.json)?;
         let answer = self
             .deps
@@ -282,7 +411,9 @@ impl RoomFederation {
         }
         let state_map: BTreeMap<(StateEventType, String), Pdu> = state
             .iter()
-            .map(|p| ((StateEventType::from(p.event_type.to_string().as_str()), p.state_key.clone().unwrap_or_default()), p.clone()))
+            .map(|p| {
+                ((StateEventType::from(p.event_type.to_string().as_str()), p.state_key.clone().unwrap_or_default()), p.clone())
+            })
             .collect();
         let create = state_map
             .get(&(StateEventType::RoomCreate, String::new()))
@@ -315,7 +446,12 @@ impl RoomFederation {
 
     /// A room this server is joined to (others answer 404, as Synapse does).
     async fn joined_room(&self, room_id: &RoomId) -> Result<chancery_store::RoomInfo, Error> {
-        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("this server is not in that room".into()))?;
+        let info = self
+            .deps
+            .rooms
+            .room(room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound("this server is not in that room".into()))?;
         let local_joined = self
             .deps
             .rooms
@@ -336,15 +472,16 @@ impl RoomFederation {
             return Err(Error::TooLarge("the event is larger than 65,536 bytes".into()));
         }
         let rules = rules_of(room_version)?;
-        let object: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
+        let object: CanonicalJsonObject =
+            serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
         let servers = pdu::servers_to_verify(&object, &rules)?;
         let keys = self.deps.federation.event_keys(&servers).await?;
         Ok(pdu::check_received(object, &rules, &keys)?)
     }
 
     /// The auth chain of events (their `auth_events`, transitively), as
-    /// stored, bounded by [`MAX_JOIN_STATE_EVENTS`].
-    async fn auth_chain<'a>(&self, events: impl Iterator<Item = &'a str>) -> Result<Vec<String>, Error> {
+    /// stored (id, JSON), bounded by [`MAX_JOIN_STATE_EVENTS`].
+    async fn auth_chain<'a>(&self, events: impl Iterator<Item = &'a str>) -> Result<Vec<(String, String)>, Error> {
         let mut todo: Vec<String> = Vec::new();
         for json in events {
             todo.extend(auth_events_of(json));
@@ -360,7 +497,7 @@ impl RoomFederation {
             }
             if let Some(event) = self.deps.rooms.event(&id).await? {
                 todo.extend(auth_events_of(&event.json));
-                chain.push(event.json);
+                chain.push((event.event_id, event.json));
             }
         }
         Ok(chain)

@@ -2,7 +2,7 @@
 //! whose permission the room version's authorization rules decide.
 
 use chancery_proto::ruma::events::room::member::MembershipState;
-use chancery_proto::ruma::{OwnedServerName, OwnedEventId, RoomId, UserId};
+use chancery_proto::ruma::{OwnedEventId, OwnedServerName, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
 use super::{Rooms, draft};
