@@ -30,7 +30,9 @@ pub struct SynapseServer {
     pub base_url: String,
     /// `127.0.0.1:<federation port>`.
     pub server_name: String,
-    dir: tempfile::TempDir,
+    /// Config, database and logs; kept (not deleted) when a test fails.
+    dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The venv Synapse runs from.
@@ -100,7 +102,13 @@ impl SynapseServer {
             .stderr(stdout)
             .spawn()
             .context("starting Synapse")?;
-        let mut server = Self { child: Some(child), base_url: format!("http://127.0.0.1:{client_port}"), server_name, dir };
+        let mut server = Self {
+            child: Some(child),
+            base_url: format!("http://127.0.0.1:{client_port}"),
+            server_name,
+            dir: dir.path().to_owned(),
+            _dir: Some(dir),
+        };
         server.wait_until_answering(client_port).await?;
         Ok(server)
     }
@@ -125,8 +133,11 @@ impl SynapseServer {
     pub fn log_tail(&self) -> String {
         let mut tail = String::new();
         for name in ["stdout.log", "homeserver.log"] {
-            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
+            let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            // Without the access log and /sync's cache hits: polling
+            // tests would fill the tail with them.
+            let lines: Vec<&str> =
+                text.lines().filter(|l| !l.contains(" - synapse.access.") && !l.contains("response_cache")).collect();
             tail += &format!("--- {name} ---\n{}\n", lines[lines.len().saturating_sub(60)..].join("\n"));
         }
         tail
@@ -146,12 +157,14 @@ impl SynapseServer {
 }
 
 impl Drop for SynapseServer {
-    /// Kills Synapse; when a test failed, shows the tail of its log first.
+    /// Kills Synapse; when a test failed, shows the tail of its log and
+    /// keeps its directory.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("Synapse {} ({}):\n{}", self.server_name, self.base_url, self.log_tail());
-        }
         self.kill();
+        if std::thread::panicking() {
+            let kept = self._dir.take().map(tempfile::TempDir::keep);
+            eprintln!("Synapse {} ({}), its files kept in {kept:?}:\n{}", self.server_name, self.base_url, self.log_tail());
+        }
     }
 }
 

@@ -35,15 +35,26 @@ async fn poll(user: &User, path: &str, what: &str, done: impl Fn(&Value) -> bool
     panic!("{what}: not within 30 s; last answer to {path}: {last}");
 }
 
-/// The bodies of the `m.room.message` events in `room` of a `/sync` answer.
-fn synced_texts(sync: &Value, room: &str) -> Vec<String> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect()
+/// Syncs as `user` (an initial `/sync`, then incremental ones long-polling
+/// up to 1 s each, for at most 30 s) until a message with body `text` in
+/// `room` has come down. Synapse caches identical `/sync` answers, so
+/// each request carries the previous `next_batch`.
+async fn message_reaches_sync(user: &User, room: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    while Instant::now() < deadline {
+        let query = match &since {
+            Some(since) => format!("since={}&timeout=1000", urlencode(since)),
+            None => String::new(),
+        };
+        let sync = user.sync(&query).await;
+        let events = sync["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["type"] == "m.room.message" && e["content"]["body"] == text) {
+            return;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{text:?} did not reach {}'s /sync in {room} within 30 s", user.id);
 }
 
 /// Each server's users read the other's profiles and resolve its aliases.
@@ -86,7 +97,7 @@ on_both_backends!(profiles_and_aliases_with_synapse);
 
 /// A Synapse user joins a public Chancery room by its alias and talks in
 /// it: Chancery shows the join and delivers the message to its user's
-/// `/sync`; Synapse shows the room's name.
+/// `/sync`; Synapse shows the room's name and delivers the answer.
 async fn synapse_user_joins_chancery_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -107,10 +118,10 @@ async fn synapse_user_joins_chancery_room(backend: Backend) {
 
     // Sam talks: Synapse sends the PDU to Chancery in a transaction.
     sam.say(&room, "s1", "hello from synapse").await;
-    poll(&alice, "/sync", "Sam's message in Alice's /sync", |sync| {
-        synced_texts(sync, &room).contains(&"hello from synapse".to_owned())
-    })
-    .await;
+    message_reaches_sync(&alice, &room, "hello from synapse").await;
+    // Alice answers: Chancery's sender delivers it to Synapse.
+    alice.say(&room, "t2", "hello from chancery").await;
+    message_reaches_sync(&sam, &room, "hello from chancery").await;
     chancery.stop().await.unwrap();
     synapse.stop();
 }
@@ -118,7 +129,7 @@ on_both_backends!(synapse_user_joins_chancery_room);
 
 /// A Chancery user joins a public Synapse room (room version 12, Synapse's
 /// default: its id names no server) by alias: Chancery shows the room's
-/// state and members.
+/// state and members; messages go both ways.
 async fn chancery_user_joins_synapse_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -149,8 +160,10 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
 
     // Sam talks after the join: the message reaches Alice.
     sam.say(&room, "s2", "welcome alice").await;
-    poll(&alice, "/sync", "Sam's message in Alice's /sync", |sync| synced_texts(sync, &room).contains(&"welcome alice".to_owned()))
-        .await;
+    message_reaches_sync(&alice, &room, "welcome alice").await;
+    // Alice answers in Synapse's room.
+    alice.say(&room, "t1", "thanks sam").await;
+    message_reaches_sync(&sam, &room, "thanks sam").await;
     chancery.stop().await.unwrap();
     synapse.stop();
 }
