@@ -97,7 +97,8 @@ on_both_backends!(profiles_and_aliases_with_synapse);
 
 /// A Synapse user joins a public Chancery room by its alias and talks in
 /// it: Chancery shows the join and delivers the message to its user's
-/// `/sync`; Synapse shows the room's name and delivers the answer.
+/// `/sync`; Synapse shows the room's name, delivers the answer and
+/// backfills the history from before the join.
 async fn synapse_user_joins_chancery_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -122,6 +123,15 @@ async fn synapse_user_joins_chancery_room(backend: Backend) {
     // Alice answers: Chancery's sender delivers it to Synapse.
     alice.say(&room, "t2", "hello from chancery").await;
     message_reaches_sync(&sam, &room, "hello from chancery").await;
+
+    // Synapse fetches the history from before Sam's join from Chancery
+    // (backfill) when Sam pages back.
+    let history = poll(&sam, &format!("/rooms/{room}/messages?dir=b&limit=50"), "history before Sam's join", |page| {
+        page["chunk"].as_array().is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "before sam"))
+    })
+    .await;
+    let bodies: Vec<&str> = history["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["hello from chancery", "hello from synapse", "before sam"], "newest first: {history}");
     chancery.stop().await.unwrap();
     synapse.stop();
 }
