@@ -59,7 +59,9 @@ impl SynapseServer {
             .output()
             .ok()
             .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            // Inside a git checkout (target/synapse-venv) Synapse appends
+            // " (b=<branch>,<commit>)" of that checkout: the first word is its own.
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_owned));
         match version.as_deref() {
             Some(SYNAPSE_VERSION) => {}
             Some(other) => bail!("{} has Synapse {other}, the tests need {SYNAPSE_VERSION}", python.display()),
