@@ -103,6 +103,7 @@ async fn synapse_user_joins_chancery_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
     let sam = User::new(&synapse.base_url, "sam").await;
+    sam.ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&sam.id)), Some(json!({"displayname": "Sam S"}))).await;
     let room = alice.create_room(json!({"room_alias_name": "lobby", "preset": "public_chat", "name": "Lobby"})).await;
     alice.say(&room, "t1", "before sam").await;
 
@@ -111,7 +112,7 @@ async fn synapse_user_joins_chancery_room(backend: Backend) {
     assert_eq!(joined["room_id"], room.as_str(), "{joined}");
 
     let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
-    assert!(members["joined"][&sam.id].is_object(), "Chancery shows Sam joined: {members}");
+    assert_eq!(members["joined"][&sam.id]["display_name"], "Sam S", "Chancery shows Sam joined, named as on Synapse: {members}");
     let name = sam.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name/"), None).await;
     assert_eq!(name["name"], "Lobby", "{name}");
     let members = sam.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
@@ -144,6 +145,9 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
     let sam = User::new(&synapse.base_url, "sam").await;
+    alice
+        .ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&alice.id)), Some(json!({"displayname": "Alice C"})))
+        .await;
     let room =
         sam.create_room(json!({"room_alias_name": "square", "preset": "public_chat", "name": "Square", "topic": "talk"})).await;
     sam.say(&room, "s1", "before alice").await;
@@ -163,8 +167,8 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
     let sync = alice.sync("").await;
     assert!(sync["rooms"]["join"][&room].is_object(), "{sync}");
     // Synapse shows Alice joined.
-    poll(&sam, &format!("/rooms/{room}/joined_members"), "Alice joined on Synapse", |members| {
-        members["joined"][&alice.id].is_object()
+    poll(&sam, &format!("/rooms/{room}/joined_members"), "Alice joined on Synapse, named as on Chancery", |members| {
+        members["joined"][&alice.id]["display_name"] == "Alice C"
     })
     .await;
 
