@@ -36,10 +36,10 @@ async fn poll(user: &User, path: &str, what: &str, done: impl Fn(&Value) -> bool
 }
 
 /// Syncs as `user` (an initial `/sync`, then incremental ones long-polling
-/// up to 1 s each, for at most 30 s) until a message with body `text` in
-/// `room` has come down. Synapse caches identical `/sync` answers, so
-/// each request carries the previous `next_batch`.
-async fn message_reaches_sync(user: &User, room: &str, text: &str) {
+/// up to 1 s each, for at most 30 s) until `seen` holds for an answer.
+/// Synapse caches identical `/sync` answers, so each request carries the
+/// previous `next_batch`.
+async fn sync_until(user: &User, what: &str, seen: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut since: Option<String> = None;
     while Instant::now() < deadline {
@@ -48,13 +48,26 @@ async fn message_reaches_sync(user: &User, room: &str, text: &str) {
             None => String::new(),
         };
         let sync = user.sync(&query).await;
-        let events = sync["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
-        if events.iter().any(|e| e["type"] == "m.room.message" && e["content"]["body"] == text) {
+        if seen(&sync) {
             return;
         }
         since = sync["next_batch"].as_str().map(str::to_owned);
     }
-    panic!("{text:?} did not reach {}'s /sync in {room} within 30 s", user.id);
+    panic!("{what}: not in {}'s /sync within 30 s", user.id);
+}
+
+/// A message with body `text` in `room` comes down `user`'s `/sync`.
+async fn message_reaches_sync(user: &User, room: &str, text: &str) {
+    sync_until(user, &format!("message {text:?} in {room}"), |sync| {
+        let events = sync["rooms"]["join"][room]["timeline"]["events"].as_array();
+        events.is_some_and(|events| events.iter().any(|e| e["type"] == "m.room.message" && e["content"]["body"] == text))
+    })
+    .await;
+}
+
+/// The ephemeral event of `kind` in `room` of a `/sync` answer.
+fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
 }
 
 /// Each server's users read the other's profiles and resolve its aliases.
@@ -97,8 +110,9 @@ on_both_backends!(profiles_and_aliases_with_synapse);
 
 /// A Synapse user joins a public Chancery room by its alias and talks in
 /// it: Chancery shows the join and delivers the message to its user's
-/// `/sync`; Synapse shows the room's name, delivers the answer and
-/// backfills the history from before the join.
+/// `/sync`, as do Sam's typing and read receipt; Synapse shows the room's
+/// name, delivers the answer and backfills the history from before the
+/// join.
 async fn synapse_user_joins_chancery_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -121,9 +135,23 @@ async fn synapse_user_joins_chancery_room(backend: Backend) {
     // Sam talks: Synapse sends the PDU to Chancery in a transaction.
     sam.say(&room, "s1", "hello from synapse").await;
     message_reaches_sync(&alice, &room, "hello from synapse").await;
+
+    // Synapse's EDUs: Sam types.
+    sam.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&sam.id)), Some(json!({"typing": true, "timeout": 30000})))
+        .await;
+    sync_until(&alice, "Sam typing", |sync| {
+        ephemeral(sync, &room, "m.typing").is_some_and(|typing| typing["content"]["user_ids"] == json!([sam.id]))
+    })
+    .await;
     // Alice answers: Chancery's sender delivers it to Synapse.
-    alice.say(&room, "t2", "hello from chancery").await;
+    let answer = alice.say(&room, "t2", "hello from chancery").await;
     message_reaches_sync(&sam, &room, "hello from chancery").await;
+    // Sam reads it: Synapse's receipt EDU reaches Alice.
+    sam.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{answer}"), Some(json!({}))).await;
+    sync_until(&alice, "Sam's read receipt", |sync| {
+        ephemeral(sync, &room, "m.receipt").is_some_and(|receipt| receipt["content"][&answer]["m.read"][&sam.id].is_object())
+    })
+    .await;
 
     // Synapse fetches the history from before Sam's join from Chancery
     // (backfill) when Sam pages back.
