@@ -293,6 +293,15 @@ pub fn federation_router(state: AppState) -> Router {
         r = ruma_route::<get_room_state_ids::v1::Request, _, _>(r, h::federation::state_ids);
         r = ruma_route::<get_backfill::v1::Request, _, _>(r, h::federation::backfill);
         r = ruma_route::<get_missing_events::v1::Request, _, _>(r, h::federation::missing_events);
+        use chancery_proto::ruma::api::federation::membership::{create_invite, create_leave_event, prepare_leave_event};
+        r = ruma_route::<create_invite::v2::Request, _, _>(r, h::federation::invite);
+        r = ruma_route::<prepare_leave_event::v1::Request, _, _>(r, h::federation::make_leave);
+        r = ruma_route::<create_leave_event::v2::Request, _, _>(r, h::federation::send_leave);
+        use chancery_proto::ruma::api::federation::device::get_devices;
+        use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
+        r = ruma_route::<get_keys::v1::Request, _, _>(r, h::federation::keys_query);
+        r = ruma_route::<claim_keys::v1::Request, _, _>(r, h::federation::keys_claim);
+        r = ruma_route::<get_devices::v1::Request, _, _>(r, h::federation::user_devices);
     }
     r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })

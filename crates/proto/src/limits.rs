@@ -570,3 +570,6 @@ pub const MAX_CONCURRENT_FEDERATION_SENDS: usize = 32;
 /// further failure doubles it, up to [`FEDERATION_RETRY_MAX_MS`].
 pub const FEDERATION_RETRY_INITIAL_MS: u64 = 1_000;
 pub const FEDERATION_RETRY_MAX_MS: u64 = 60 * 60 * 1000;
+/// Typing and receipt transactions in flight at once (best effort; past
+/// it a change is not sent).
+pub const MAX_CONCURRENT_EDU_SENDS: usize = 64;

@@ -66,43 +66,8 @@ pub fn components_with(
         syncs(room_id, member_target)
     }));
 
-    let limiters = Arc::new(Limiters::new(&config.rate_limits));
-    let device_lists = Arc::new(DeviceLists::new(store.clone(), notifier.clone()));
-    let uia = Arc::new(InteractiveAuth::new(InteractiveAuthDeps {
-        store: store.clone(),
-        server_name: server_name.clone(),
-        limiters: limiters.clone(),
-        clock: clock.clone(),
-        entropy: entropy.clone(),
-    }));
-    let keys = Arc::new(Keys::new(KeysDeps {
-        server_name: server_name.clone(),
-        keys: store.clone(),
-        accounts: store.clone(),
-        uia: uia.clone(),
-        device_lists: device_lists.clone(),
-        max_devices_per_user: config.limits.max_devices_per_user,
-        clock: clock.clone(),
-        entropy: entropy.clone(),
-    }));
-    let accounts = Arc::new(Accounts::new(AccountsDeps {
-        config: AccountsConfig {
-            server_name: server_name.clone(),
-            registration: config.registration,
-            reserved_usernames: config.reserved_usernames.clone(),
-            password_min_length: config.password_min_length,
-            access_token_lifetime_ms: config.access_token_lifetime_ms,
-            max_devices_per_user: config.limits.max_devices_per_user,
-        },
-        store: store.clone(),
-        uia,
-        limiters: limiters.clone(),
-        clock: clock.clone(),
-        entropy: entropy.clone(),
-        device_lists,
-    }));
-    // The key file exists now: the federation component signs with the
-    // same key as the write path.
+    // The federation component signs with the same key as the write path
+    // (the file was created above if it did not exist).
     let federation = Arc::new(
         Federation::new(FederationDeps {
             config: config.federation_config()?,
@@ -120,6 +85,46 @@ pub fn components_with(
         server_name: server_name.clone(),
         clock: clock.clone(),
         wake: federation_wake,
+    }));
+    // Local users' typing, receipts, device-list changes and to-device
+    // messages for other servers.
+    let edus = Arc::new(chancery_service::federation::edus::EduSender::new(federation.clone(), store.clone(), clock.clone()));
+    let limiters = Arc::new(Limiters::new(&config.rate_limits));
+    let device_lists = Arc::new(DeviceLists::new(store.clone(), notifier.clone(), edus.clone()));
+    let uia = Arc::new(InteractiveAuth::new(InteractiveAuthDeps {
+        store: store.clone(),
+        server_name: server_name.clone(),
+        limiters: limiters.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+    }));
+    let keys = Arc::new(Keys::new(KeysDeps {
+        server_name: server_name.clone(),
+        keys: store.clone(),
+        accounts: store.clone(),
+        uia: uia.clone(),
+        device_lists: device_lists.clone(),
+        max_devices_per_user: config.limits.max_devices_per_user,
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+        federation: federation.clone(),
+        edus: edus.clone(),
+    }));
+    let accounts = Arc::new(Accounts::new(AccountsDeps {
+        config: AccountsConfig {
+            server_name: server_name.clone(),
+            registration: config.registration,
+            reserved_usernames: config.reserved_usernames.clone(),
+            password_min_length: config.password_min_length,
+            access_token_lifetime_ms: config.access_token_lifetime_ms,
+            max_devices_per_user: config.limits.max_devices_per_user,
+        },
+        store: store.clone(),
+        uia,
+        limiters: limiters.clone(),
+        clock: clock.clone(),
+        entropy: entropy.clone(),
+        device_lists,
     }));
     let profiles = Arc::new(Profiles::new(store.clone(), server_name.clone(), federation.clone()));
     let account_data = Arc::new(AccountData::new(AccountDataDeps {
@@ -185,6 +190,8 @@ pub fn components_with(
         writer: writer.clone(),
         server_name: server_name.clone(),
         clock: clock.clone(),
+        accounts: store.clone(),
+        notifier: notifier.clone(),
     }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
         config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },
@@ -259,6 +266,7 @@ pub fn components_with(
             pushers: pushers.clone(),
             limiters,
             clock: clock.clone(),
+            edus: edus.clone(),
         },
         &*entropy,
         config.presence.enabled,

@@ -42,11 +42,15 @@ fn new_destinations_sql() -> String {
 }
 
 /// `$3` is this server, `$4` the destination; a room's members at an
-/// event are the membership rows in force right after it.
+/// event are the membership rows in force right after it. Besides this
+/// server's own events, the joins of other servers' users are passed on
+/// (the resident server of a `send_join` must; a copy another server also
+/// sends is dropped by its receiver as already known).
 fn events_for_sql() -> String {
     format!(
         "SELECT e.stream_pos, e.event_id, e.json FROM events e
-         WHERE e.stream_pos > $1 AND e.stream_pos <= $2 AND {sender} = $3
+         WHERE e.stream_pos > $1 AND e.stream_pos <= $2
+           AND ({sender} = $3 OR (e.event_type = 'm.room.member' AND e.membership = 'join' AND {sender} <> $4))
            AND ((e.event_type = 'm.room.member' AND {target} = $4)
                 OR EXISTS (SELECT 1 FROM room_state s
                            WHERE s.room_id = e.room_id AND s.event_type = 'm.room.member' AND s.membership = 'join'

@@ -765,6 +765,13 @@ impl KeyStore for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
+    async fn note_remote_device_list_change(&self, user_id: &str) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        move_device_lists(&tx, &[user_id]).await?;
+        tx.commit().await.map_err(backend)
+    }
+
     async fn add_key_signatures(&self, signatures: &[KeySignature]) -> StoreResult<()> {
         if signatures.is_empty() {
             return Ok(());

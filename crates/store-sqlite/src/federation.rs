@@ -47,12 +47,17 @@ const NEW_DESTINATIONS: &str = concat!(
 );
 
 /// `?3` is this server, `?4` the destination; a room's members at an
-/// event are the membership rows in force right after it.
+/// event are the membership rows in force right after it. Besides this
+/// server's own events, the joins of other servers' users are passed on
+/// (the resident server of a `send_join` must; a copy another server also
+/// sends is dropped by its receiver as already known).
 const EVENTS_FOR: &str = concat!(
     "SELECT e.stream_pos, e.event_id, e.json FROM events e
-     WHERE e.stream_pos > ?1 AND e.stream_pos <= ?2 AND ",
+     WHERE e.stream_pos > ?1 AND e.stream_pos <= ?2 AND (",
     server_of!("e.sender"),
-    " = ?3
+    " = ?3 OR (e.event_type = 'm.room.member' AND e.membership = 'join' AND ",
+    server_of!("e.sender"),
+    " <> ?4))
        AND ((e.event_type = 'm.room.member' AND ",
     server_of!("e.state_key"),
     " = ?4)

@@ -548,6 +548,11 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn note_remote_device_list_change(&self, user_id: &str) -> StoreResult<()> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| move_device_list(tx, &user_id)).await
+    }
+
     async fn set_cross_signing_keys(&self, user_id: &str, keys: &[CrossSigningKey]) -> StoreResult<()> {
         let (user_id, keys) = (user_id.to_owned(), keys.to_vec());
         if keys.iter().any(|k| k.user_id != user_id) {

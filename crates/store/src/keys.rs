@@ -337,6 +337,11 @@ pub trait KeyStore: Send + Sync {
         events: Option<(u64, u64)>,
     ) -> StoreResult<DeviceListUpdates>;
 
+    /// Moves a user of another server to the next position of the
+    /// device-list stream: their server said their devices changed, so the
+    /// local users sharing a room with them are told to ask again.
+    async fn note_remote_device_list_change(&self, user_id: &str) -> StoreResult<()>;
+
     /// Queues messages of one `/sendToDevice` request, all or nothing.
     /// `TransactionIdUsed` if the sender's device already used `txn_id`
     /// (nothing queued again); a device's newest

@@ -7,14 +7,18 @@ use axum::Json;
 use axum::extract::State;
 use chancery_proto::ruma::MilliSecondsSinceUnixEpoch;
 use chancery_proto::ruma::api::federation::backfill::get_backfill;
+use chancery_proto::ruma::api::federation::device::get_devices;
 use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
 use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
-use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
+use chancery_proto::ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
-use chancery_service::{Directory, Ephemeral, Federation, Profiles, RoomFederation};
+use chancery_service::{Directory, Ephemeral, Federation, Keys, Profiles, RoomFederation};
 use serde_json::value::RawValue as RawJsonValue;
 use serde_json::{Value as JsonValue, json};
 
@@ -115,6 +119,7 @@ pub async fn send_join(
 pub async fn send_transaction(
     State(rooms): State<Arc<RoomFederation>>,
     State(ephemeral): State<Arc<Ephemeral>>,
+    State(keys): State<Arc<Keys>>,
     Signed { origin, request }: Signed<send_transaction_message::v1::Request>,
 ) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
     if request.origin != origin {
@@ -125,6 +130,7 @@ pub async fn send_transaction(
     }
     let pdus = rooms.receive_pdus(&origin, &request.pdus).await?;
     ephemeral.receive_edus(&origin, &request.edus).await;
+    keys.receive_edus(&origin, &request.edus).await;
     Ok(RumaResponse(send_transaction_message::v1::Response::new(pdus)))
 }
 
@@ -195,4 +201,64 @@ pub async fn missing_events(
         )
         .await?;
     Ok(RumaResponse(get_missing_events::v1::Response::new(events)))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
+pub async fn invite(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<create_invite::v2::Request>,
+) -> ApiResult<RumaResponse<create_invite::v2::Response>> {
+    let event = rooms.receive_invite(&origin, &request.room_id, &request.event_id, &request.room_version, &request.event).await?;
+    Ok(RumaResponse(create_invite::v2::Response::new(event)))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
+pub async fn make_leave(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<prepare_leave_event::v1::Request>,
+) -> ApiResult<RumaResponse<prepare_leave_event::v1::Response>> {
+    let (room_version, template) = rooms.make_leave(&origin, &request.room_id, &request.user_id).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(Some(room_version), event)))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
+pub async fn send_leave(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request }: Signed<create_leave_event::v2::Request>,
+) -> ApiResult<RumaResponse<create_leave_event::v2::Response>> {
+    rooms.send_leave(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
+    Ok(RumaResponse(create_leave_event::v2::Response::new()))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`.
+pub async fn keys_query(
+    State(keys): State<Arc<Keys>>,
+    Signed { request, .. }: Signed<get_keys::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let wanted =
+        request.device_keys.into_iter().map(|(u, d)| (u.to_string(), d.into_iter().map(|d| d.to_string()).collect())).collect();
+    Ok(Json(keys.query_for_server(wanted).await?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`.
+pub async fn keys_claim(
+    State(keys): State<Arc<Keys>>,
+    Signed { request, .. }: Signed<claim_keys::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let wanted = request
+        .one_time_keys
+        .into_iter()
+        .map(|(u, d)| (u.to_string(), d.into_iter().map(|(d, a)| (d.to_string(), a.to_string())).collect()))
+        .collect();
+    Ok(Json(keys.claim_for_server(wanted).await?))
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`.
+pub async fn user_devices(
+    State(keys): State<Arc<Keys>>,
+    Signed { request, .. }: Signed<get_devices::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let stream_id = u64::from(MilliSecondsSinceUnixEpoch::now().get());
+    Ok(Json(keys.devices_for_server(&request.user_id, stream_id).await?))
 }

@@ -102,7 +102,7 @@ where
 
 /// The plaintext bodies the client's sync handed to its handlers
 /// (decrypted ones included), in order.
-fn collect_texts(client: &Client) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn collect_texts(client: &Client) -> Arc<Mutex<Vec<String>>> {
     let texts = Arc::new(Mutex::new(Vec::new()));
     let sink = texts.clone();
     client.add_event_handler(move |event: OriginalSyncRoomMessageEvent| {
@@ -112,24 +112,24 @@ fn collect_texts(client: &Client) -> Arc<Mutex<Vec<String>>> {
     texts
 }
 
-fn has(texts: &Arc<Mutex<Vec<String>>>, text: &str) -> bool {
+pub(crate) fn has(texts: &Arc<Mutex<Vec<String>>>, text: &str) -> bool {
     texts.lock().unwrap().iter().any(|t| t == text)
 }
 
-async fn private_room(alice: &Client, invite: &[&Client]) -> OwnedRoomId {
+pub(crate) async fn private_room(alice: &Client, invite: &[&Client]) -> OwnedRoomId {
     let mut request = create_room::v3::Request::new();
     request.preset = Some(RoomPreset::PrivateChat);
     request.invite = invite.iter().map(|c| c.user_id().unwrap().to_owned()).collect();
     alice.create_room(request).await.unwrap().room_id().to_owned()
 }
 
-async fn join(client: &Client, room_id: &RoomId) -> Room {
+pub(crate) async fn join(client: &Client, room_id: &RoomId) -> Room {
     sync_until(&[client], "the invite", || async { client.get_room(room_id).is_some() }).await;
     client.join_room_by_id(room_id).await.unwrap();
     client.get_room(room_id).unwrap()
 }
 
-async fn say(client: &Client, room_id: &RoomId, text: &str) {
+pub(crate) async fn say(client: &Client, room_id: &RoomId, text: &str) {
     let room = client.get_room(room_id).unwrap();
     room.send(RoomMessageEventContent::text_plain(text)).await.unwrap();
 }

@@ -434,3 +434,167 @@ async fn chat_across_servers_survives_a_restart(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(chat_across_servers_survives_a_restart);
+
+/// Waits (bounded) until `user`'s sync shows an invite to `room`.
+async fn wait_for_invite(user: &User, room: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = user.sync("timeout=0").await;
+        if sync["rooms"]["invite"][room].is_object() {
+            return sync["rooms"]["invite"][room].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no invite to {room} for {}: {sync}", user.id);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A direct chat with a user of another server: created with the invite,
+/// seen by the invitee, accepted over federation, and used both ways; an
+/// invite refused is seen refused by the inviter.
+async fn invites_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let carol = User::new(&b.base_url, "carol").await;
+    let room = alice.create_room(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob.id]})).await;
+
+    let invite = wait_for_invite(&bob, &room).await;
+    let own = invite["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id.as_str())
+        .cloned();
+    assert_eq!(own.as_ref().map(|e| e["sender"].clone()), Some(json!(alice.id)), "{invite}");
+    assert_eq!(own.map(|e| e["content"]["is_direct"].clone()), Some(json!(true)));
+
+    bob.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    let members = bob.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&alice.id].is_object() && members["joined"][&bob.id].is_object(), "{members}");
+    alice.say(&room, "a1", "hi bob").await;
+    wait_for_message(&bob, &room, "hi bob").await;
+    bob.say(&room, "b1", "hi alice").await;
+    wait_for_message(&alice, &room, "hi alice").await;
+
+    // An invite through /invite, refused.
+    alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": carol.id}))).await;
+    wait_for_invite(&carol, &room).await;
+    carol.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let member = alice.call(Method::GET, &format!("/rooms/{room}/state/m.room.member/{}", urlencode(&carol.id)), None).await;
+        if member.1["membership"] == "leave" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol's refusal never reached A: {}", member.1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sync = carol.sync("timeout=0").await;
+    assert!(sync["rooms"]["invite"][&room].is_null(), "the invite is gone for carol: {sync}");
+
+    // Inviting a user that does not exist on the other server fails.
+    let got = alice
+        .call(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": format!("@ghost:{}", b.server_name())})))
+        .await;
+    assert_eq!(got.0, 404, "{}", got.1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(invites_across_servers);
+
+/// Three servers in one room: a user of the third joins through the
+/// resident server, which passes the join on; everyone's messages reach
+/// everyone.
+async fn three_servers_in_one_room(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let c = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let carol = User::new(&c.base_url, "carol").await;
+    let room = alice.create_room(json!({"room_alias_name": "three", "preset": "public_chat"})).await;
+    let alias = format!("#three:{}", a.server_name());
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    carol.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+
+    // B learns of carol's join from A, and so sends to C too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let members = bob.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+        if members["joined"][&carol.id].is_object() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol's join never reached B: {members}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bob.say(&room, "b1", "from B").await;
+    wait_for_message(&carol, &room, "from B").await;
+    wait_for_message(&alice, &room, "from B").await;
+    carol.say(&room, "c1", "from C").await;
+    wait_for_message(&bob, &room, "from C").await;
+    wait_for_message(&alice, &room, "from C").await;
+    alice.say(&room, "a1", "from A").await;
+    wait_for_message(&bob, &room, "from A").await;
+    wait_for_message(&carol, &room, "from A").await;
+    for server in [a, b, c] {
+        server.stop().await.unwrap();
+    }
+}
+on_both_backends!(three_servers_in_one_room);
+
+/// Waits (bounded) until `user`'s sync shows an ephemeral event of `kind`
+/// in `room` that `accept` takes.
+async fn wait_for_ephemeral(user: &User, room: &str, kind: &str, accept: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = user.sync("timeout=0").await;
+        let events = sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["type"] == kind && accept(e)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {kind} for {} in {room}: {sync}", user.id);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A user's typing and read receipts reach the users of the other server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_reach_the_other_server() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "eph", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#eph:{}", a.server_name()))), Some(json!({}))).await;
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)),
+            Some(json!({"typing": true, "timeout": 20000})),
+        )
+        .await;
+    let alice_id = alice.id.clone();
+    wait_for_ephemeral(&bob, &room, "m.typing", |e| e["content"]["user_ids"] == json!([alice_id])).await;
+    alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)), Some(json!({"typing": false}))).await;
+    // Stopped: an initial sync shows nobody typing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sync = bob.sync("timeout=0").await;
+        let events = sync["rooms"]["join"][&room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if !events.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] != json!([])) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "alice never stopped typing on B: {sync}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let event = alice.say(&room, "a1", "read this").await;
+    wait_for_message(&bob, &room, "read this").await;
+    bob.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{}", urlencode(&event)), Some(json!({}))).await;
+    let (bob_id, event_id) = (bob.id.clone(), event.clone());
+    wait_for_ephemeral(&alice, &room, "m.receipt", |e| e["content"][&event_id]["m.read"][&bob_id].is_object()).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -45,6 +45,7 @@ mod element_x;
 mod ephemeral;
 mod faults;
 mod federation;
+mod federation_e2ee;
 mod federation_synapse;
 mod hostile;
 mod js_client;

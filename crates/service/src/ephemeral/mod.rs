@@ -48,6 +48,9 @@ pub struct EphemeralDeps {
     /// Per-user bounds on receipts and read markers.
     pub limiters: Arc<Limiters>,
     pub clock: Arc<dyn Clock>,
+    /// Local users' typing and receipts go to the other servers in the
+    /// room.
+    pub edus: Arc<crate::federation::edus::EduSender>,
 }
 
 /// Typing, receipts and presence.

@@ -78,7 +78,11 @@ impl Ephemeral {
         if receipt_type == FULLY_READ {
             return self.deps.account_data.set_fully_read(user, room_id, event_id).await;
         }
-        self.put_receipt(user, room_id, receipt_type, event_id, thread_id).await
+        self.put_receipt(user, room_id, receipt_type, event_id, thread_id.clone()).await?;
+        if receipt_type == READ {
+            self.deps.edus.receipt(room_id, &user.user_id, event_id.as_str(), thread_id.as_deref());
+        }
+        Ok(())
     }
 
     /// `POST /rooms/{roomId}/read_markers`: the fully-read marker and/or

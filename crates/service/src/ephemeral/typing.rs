@@ -197,6 +197,11 @@ impl Ephemeral {
         let now = Instant::now();
         let until = timeout_ms.map(|ms| now + Duration::from_millis(ms.min(MAX_TYPING_TIMEOUT_MS)));
         let changed = self.typing.set(room_id.as_str(), user.user_id.as_str(), until, now, self.deps.clock.now_ms());
+        // Other servers expire a typing user themselves: a refresh goes
+        // too, a repeated stop does not.
+        if changed || until.is_some() {
+            self.deps.edus.typing(room_id, &user.user_id, until.is_some());
+        }
         if changed {
             self.deps.notifier.room(room_id.as_str());
             self.publish(Update::Typing {

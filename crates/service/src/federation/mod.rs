@@ -10,6 +10,7 @@
 //! pinned) that is valid now; answers from other servers are read within
 //! [`MAX_FEDERATION_RESPONSE_BYTES`] and [`FEDERATION_REQUEST_TIMEOUT_MS`].
 
+pub mod edus;
 pub mod keys;
 pub mod policy;
 mod rooms;
@@ -89,7 +90,9 @@ pub enum FederationError {
 impl From<FederationError> for Error {
     fn from(e: FederationError) -> Self {
         match e {
-            FederationError::Disabled | FederationError::NotPermitted(_) => Error::Forbidden(e.to_string()),
+            // As before federation: what is on another server is not found.
+            FederationError::Disabled => Error::NotFound(e.to_string()),
+            FederationError::NotPermitted(_) => Error::Forbidden(e.to_string()),
             FederationError::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
             // The other server refused (not allowed to join, not federating
             // with us): the user is refused, with its words.

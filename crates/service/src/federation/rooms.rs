@@ -18,20 +18,23 @@ use std::sync::Arc;
 
 use chancery_core::pdu::{self, Pdu};
 use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_FEDERATION_PAGE, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
-use chancery_proto::ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use chancery_proto::ruma::api::federation::membership::{
+    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
     ServerName, UserId,
 };
-use chancery_store::{NewRoom, RoomStore};
+use chancery_store::{AccountStore, NewRoom, RoomStore, StoreError};
 use serde_json::Value as JsonValue;
 use serde_json::value::RawValue as RawJsonValue;
 
 use super::Federation;
 use crate::Error;
 use crate::clock::Clock;
+use crate::notifier::Notifier;
 use crate::rooms::state::state_subset;
 use crate::rooms::writer::new_event;
 use crate::rooms::{RoomWriter, rules_of};
@@ -44,6 +47,11 @@ pub struct RoomFederationDeps {
     pub writer: Arc<RoomWriter>,
     pub server_name: OwnedServerName,
     pub clock: Arc<dyn Clock>,
+    /// Invites are accepted only for this server's active users.
+    pub accounts: Arc<dyn AccountStore>,
+    /// Users whose rooms appear or change outside the write path (a room
+    /// joined over federation, an invite to a room of another server).
+    pub notifier: Arc<Notifier>,
 }
 
 /// The answer to a `send_join`: the room's state before the join, its
@@ -76,11 +84,33 @@ impl RoomFederation {
         user_id: &UserId,
         versions: &[RoomVersionId],
     ) -> Result<(RoomVersionId, CanonicalJsonObject), Error> {
+        self.make_membership(origin, room_id, user_id, Some(versions), MembershipState::Join).await
+    }
+
+    /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: a leave
+    /// (or an invite's refusal) for `user_id` to sign.
+    pub async fn make_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject), Error> {
+        self.make_membership(origin, room_id, user_id, None, MembershipState::Leave).await
+    }
+
+    async fn make_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: Option<&[RoomVersionId]>,
+        membership: MembershipState,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject), Error> {
         if user_id.server_name() != origin {
-            return Err(Error::Forbidden("a server may only make joins for its own users".into()));
+            return Err(Error::Forbidden("a server may only make membership events for its own users".into()));
         }
         let info = self.joined_room(room_id).await?;
-        if !versions.contains(&info.room_version) {
+        if versions.is_some_and(|v| !v.contains(&info.room_version)) {
             return Err(Error::IncompatibleRoomVersion { room_version: info.room_version.to_string() });
         }
         let rules = rules_of(&info.room_version)?;
@@ -89,20 +119,21 @@ impl RoomFederation {
             sender: user_id.to_owned(),
             event_type: "m.room.member".into(),
             state_key: Some(user_id.to_string()),
-            content: serde_json::json!({ "membership": MembershipState::Join }),
+            content: serde_json::json!({ "membership": membership }),
             redacts: None,
         };
-        let mut keys = pdu::auth_types(&draft, &rules)?;
+        let auth_types = pdu::auth_types(&draft, &rules)?;
+        let mut keys = auth_types.clone();
         keys.push((StateEventType::RoomCreate, String::new()));
         let state = state_subset(&*self.deps.rooms, room_id, &keys).await?;
-        let auth_events: Vec<OwnedEventId> =
-            pdu::auth_types(&draft, &rules)?.iter().filter_map(|k| state.get(k)).map(|p| p.event_id.clone()).collect();
+        let auth_events: Vec<OwnedEventId> = auth_types.iter().filter_map(|k| state.get(k)).map(|p| p.event_id.clone()).collect();
         let mut template = CanonicalJsonObject::new();
         let ids =
             |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|e| CanonicalJsonValue::String(e.to_string())).collect());
         let prev: Vec<OwnedEventId> = info.forward_extremities.iter().filter_map(|e| e.parse().ok()).collect();
         template.insert("auth_events".into(), ids(&auth_events));
-        template.insert("content".into(), serde_json::json!({ "membership": "join" }).try_into().expect("a JSON object"));
+        let content = serde_json::json!({ "membership": membership }).try_into().map_err(|e| Error::Internal(format!("{e}")))?;
+        template.insert("content".into(), content);
         template.insert("depth".into(), CanonicalJsonValue::Integer((info.max_depth + 1).try_into().unwrap_or_default()));
         template.insert(
             "origin_server_ts".into(),
@@ -113,11 +144,95 @@ impl RoomFederation {
         template.insert("sender".into(), CanonicalJsonValue::String(user_id.to_string()));
         template.insert("state_key".into(), CanonicalJsonValue::String(user_id.to_string()));
         template.insert("type".into(), CanonicalJsonValue::String("m.room.member".into()));
-        // Would the join be allowed now? (Checked again on send_join.)
+        // Would it be allowed now? (Checked again when it comes back.)
         let json = CanonicalJsonValue::Object(template.clone()).to_string();
         let unsigned = Pdu::from_json("$template", &json)?;
         pdu::authorize(&rules, &unsigned, &state)?;
         Ok((info.room_version, template))
+    }
+
+    /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: checks
+    /// and appends the signed leave of one of `origin`'s users.
+    pub async fn send_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        raw: &RawJsonValue,
+    ) -> Result<(), Error> {
+        let info = self.joined_room(room_id).await?;
+        let pdu = self.check_pdu(&info.room_version, raw).await?;
+        if &pdu.event_id != event_id {
+            return Err(Error::BadJson("the event id does not match the event".into()));
+        }
+        if !is_own_membership(&pdu, origin, room_id, MembershipState::Leave) {
+            return Err(Error::BadJson("not a leave of one of the origin's users from this room".into()));
+        }
+        self.deps.writer.append_received(room_id, &pdu).await?;
+        Ok(())
+    }
+
+    /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another
+    /// server invites one of this server's users. The invite is checked,
+    /// countersigned and kept: appended if this server is in the room,
+    /// else as the only event of a room known only through it (a stub,
+    /// replaced whole when the user joins).
+    pub async fn receive_invite(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        room_version: &RoomVersionId,
+        raw: &RawJsonValue,
+    ) -> Result<Box<RawJsonValue>, Error> {
+        if !crate::rooms::SUPPORTED_ROOM_VERSIONS.contains(room_version) {
+            return Err(Error::IncompatibleRoomVersion { room_version: room_version.to_string() });
+        }
+        let pdu = self.check_pdu(room_version, raw).await?;
+        let membership = pdu.content_json().get("membership").and_then(JsonValue::as_str).map(MembershipState::from);
+        let target = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+        let valid = &pdu.event_id == event_id
+            && pdu.event_type.to_string() == "m.room.member"
+            && membership == Some(MembershipState::Invite)
+            && pdu.sender.server_name() == origin
+            && pdu.room_id.as_deref() == Some(room_id);
+        let Some(target) = target.filter(|t| valid && t.server_name() == self.deps.server_name) else {
+            return Err(Error::BadJson("not an invite of one of this server's users to this room".into()));
+        };
+        match self.deps.accounts.account(target.as_str()).await? {
+            Some(account) if !account.deactivated => {}
+            _ => return Err(Error::NotFound(format!("{target} does not exist"))),
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_str(&pdu.json).map_err(|e| Error::Internal(e.to_string()))?;
+        chancery_proto::ruma::signatures::sign_json(
+            self.deps.server_name.as_str(),
+            self.deps.federation.signing_key(),
+            &mut object,
+        )
+        .map_err(|e| Error::BadJson(e.to_string()))?;
+        let signed = Pdu::from_json(pdu.event_id.as_str(), &CanonicalJsonValue::Object(object).to_string())?;
+        match self.deps.rooms.room(room_id.as_str()).await? {
+            Some(_) if self.is_stub(room_id).await? => {
+                self.deps.writer.append_to_stub(room_id, &signed).await?;
+            }
+            Some(_) => {
+                self.deps.writer.append_received(room_id, &signed).await?;
+            }
+            None => {
+                let room = NewRoom {
+                    room_id: room_id.to_string(),
+                    room_version: room_version.clone(),
+                    creator: signed.sender.to_string(),
+                    created_ts: signed.origin_server_ts.get().into(),
+                };
+                match self.deps.rooms.create_room(room, vec![new_event(&signed, room_id, None, Vec::new())]).await {
+                    Ok(_) | Err(StoreError::RoomIdTaken) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.deps.notifier.user(target.as_str());
+        raw_json(&signed.json)
     }
 
     /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: checks
@@ -135,13 +250,7 @@ impl RoomFederation {
         if &pdu.event_id != event_id {
             return Err(Error::BadJson("the event id does not match the event".into()));
         }
-        let membership = pdu.content_json().get("membership").and_then(JsonValue::as_str).map(MembershipState::from);
-        if pdu.event_type.to_string() != "m.room.member"
-            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-            || membership != Some(MembershipState::Join)
-            || pdu.sender.server_name() != origin
-            || pdu.room_id.as_deref() != Some(room_id)
-        {
+        if !is_own_membership(&pdu, origin, room_id, MembershipState::Join) {
             return Err(Error::BadJson("not a join of one of the origin's users to this room".into()));
         }
         let pos = self.deps.writer.append_received(room_id, &pdu).await?;
@@ -308,6 +417,130 @@ impl RoomFederation {
 
     // ----- outbound -----
 
+    /// Invites a user of another server: the invite this server built and
+    /// signed goes to the invitee's server with the room's stripped state
+    /// (as full PDUs, spec v1.16); the countersigned event that comes back
+    /// is checked and appended.
+    pub async fn invite_remote(&self, room_id: &RoomId, invite: &Pdu) -> Result<(), Error> {
+        let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+        let target = invite
+            .state_key
+            .as_deref()
+            .and_then(|k| UserId::parse(k).ok())
+            .ok_or_else(|| Error::Internal("an invite without a target".into()))?;
+        let mut stripped = Vec::new();
+        let keys: Vec<(String, String)> = STRIPPED_STATE_TYPES
+            .iter()
+            .map(|t| (t.to_string(), String::new()))
+            .chain([("m.room.member".to_owned(), invite.sender.to_string())])
+            .collect();
+        for event in self.deps.rooms.current_state_events(room_id.as_str(), &keys).await? {
+            stripped.push(RawStrippedState::Pdu(raw_json(&event.json)?));
+        }
+        let request = create_invite::v2::Request::new(
+            room_id.to_owned(),
+            invite.event_id.clone(),
+            info.room_version.clone(),
+            raw_json(&invite.json)?,
+            stripped,
+        );
+        let answer = self.deps.federation.send(target.server_name(), request).await?;
+        let signed = self.check_pdu(&info.room_version, &answer.event).await?;
+        let countersigned = serde_json::from_str::<JsonValue>(&signed.json)
+            .ok()
+            .and_then(|v| v.get("signatures").and_then(|s| s.get(target.server_name().as_str())).map(|_| ()))
+            .is_some();
+        if signed.event_id != invite.event_id || !countersigned {
+            return Err(Error::UpstreamFailed(format!("{} did not countersign the invite", target.server_name())));
+        }
+        self.deps.writer.append_received(room_id, &signed).await?;
+        Ok(())
+    }
+
+    /// Refuses an invite to (or leaves) a room known only through the
+    /// invite: `make_leave` and `send_leave` through the inviter's server,
+    /// then the leave is kept here too.
+    pub async fn leave_stub(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
+        let servers = self.stub_servers(user, room_id).await?;
+        let mut last_error = None;
+        for server in &servers {
+            let attempt = async {
+                let made = self
+                    .deps
+                    .federation
+                    .send(server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned()))
+                    .await?;
+                let room_version = made.room_version.unwrap_or(RoomVersionId::V1);
+                let rules = rules_of(&room_version)?;
+                let template: CanonicalJsonObject = serde_json::from_str(made.event.get())
+                    .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad leave: {e}")))?;
+                let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
+                if !(is("type", "m.room.member")
+                    && is("sender", user.as_str())
+                    && is("state_key", user.as_str())
+                    && is("room_id", room_id.as_str()))
+                {
+                    return Err(Error::UpstreamFailed(format!("{server} made a leave for something else")));
+                }
+                let leave = pdu::sign_template(
+                    template,
+                    &rules,
+                    self.deps.clock.now_ms(),
+                    &self.deps.server_name,
+                    self.deps.federation.signing_key(),
+                )?;
+                if leave.content_json().get("membership").and_then(JsonValue::as_str) != Some("leave") {
+                    return Err(Error::UpstreamFailed(format!("{server} made something else than a leave")));
+                }
+                self.deps
+                    .federation
+                    .send(
+                        server,
+                        create_leave_event::v2::Request::new(room_id.to_owned(), leave.event_id.clone(), raw_json(&leave.json)?),
+                    )
+                    .await?;
+                self.deps.writer.append_to_stub(room_id, &leave).await?;
+                Ok::<(), Error>(())
+            };
+            match attempt.await {
+                Ok(()) => {
+                    self.deps.notifier.user(user.as_str());
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(server = %server, room_id = %room_id, error = %e, "leaving through a server failed");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::NotFound("no server to leave the room through".into())))
+    }
+
+    /// Whether this server knows the room only through invites of its
+    /// users (no create event here).
+    pub async fn is_stub(&self, room_id: &RoomId) -> Result<bool, Error> {
+        let create =
+            self.deps.rooms.current_state_events(room_id.as_str(), &[("m.room.create".to_owned(), String::new())]).await?;
+        Ok(create.is_empty() && self.deps.rooms.room(room_id.as_str()).await?.is_some())
+    }
+
+    /// The servers that may let `user` in or out of a stub room: the
+    /// inviter's, then the room id's.
+    async fn stub_servers(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedServerName>, Error> {
+        let mut servers = Vec::new();
+        if let Some(invite) = self.deps.rooms.state_event(room_id.as_str(), "m.room.member", user.as_str(), None).await?
+            && let Ok(sender) = UserId::parse(&invite.sender)
+        {
+            servers.push(sender.server_name().to_owned());
+        }
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
+        servers.retain(|s| *s != self.deps.server_name);
+        servers.dedup();
+        Ok(servers)
+    }
+
     /// Joins `user` to a room this server is not in, through one of
     /// `servers` (tried in turn): `make_join`, sign, `send_join`, then the
     /// room is created here from the state the resident server answered
@@ -320,6 +553,7 @@ impl RoomFederation {
         extra_content: JsonValue,
     ) -> Result<(), Error> {
         let mut candidates: Vec<OwnedServerName> = servers.iter().filter(|s| **s != self.deps.server_name).cloned().collect();
+        candidates.extend(self.stub_servers(user, room_id).await?);
         if let Some(server) = room_id.server_name().filter(|s| *s != self.deps.server_name) {
             candidates.push(server.to_owned());
         }
@@ -334,7 +568,11 @@ impl RoomFederation {
         let mut last_error = None;
         for server in &candidates {
             match self.join_through(server, user, room_id, &extra_content).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.deps.notifier.user(user.as_str());
+                    self.deps.notifier.room(room_id.as_str());
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::info!(server = %server, room_id = %room_id, error = %e, "joining through a server failed");
                     last_error = Some(e);
@@ -431,13 +669,16 @@ impl RoomFederation {
             creator: create.sender.to_string(),
             created_ts: create.origin_server_ts.get().into(),
         };
-        match self.deps.rooms.create_room(room, events).await {
+        match self.deps.rooms.create_room(room.clone(), events.clone()).await {
             Ok(_) => Ok(()),
-            Err(chancery_store::StoreError::RoomIdTaken) => {
+            Err(StoreError::RoomIdTaken) => match self.deps.rooms.replace_stub_room(room, events).await {
+                // Known only through an invite: now known whole.
+                Ok(_) => Ok(()),
                 // Known already (a user of ours joined meanwhile, or left
                 // before): the join goes through the write path.
-                self.deps.writer.append_received(room_id, &join).await.map(|_| ())
-            }
+                Err(StoreError::UnknownRoom) => self.deps.writer.append_received(room_id, &join).await.map(|_| ()),
+                Err(e) => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
         }
     }
@@ -502,6 +743,28 @@ impl RoomFederation {
         }
         Ok(chain)
     }
+}
+
+/// The state types an invite carries along (spec "Stripped state").
+const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// Whether `pdu` is a membership event of `membership` that one of
+/// `origin`'s users sent about themselves in `room_id`.
+fn is_own_membership(pdu: &Pdu, origin: &ServerName, room_id: &RoomId, membership: MembershipState) -> bool {
+    let found = pdu.content_json().get("membership").and_then(JsonValue::as_str).map(MembershipState::from);
+    pdu.event_type.to_string() == "m.room.member"
+        && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
+        && found == Some(membership)
+        && pdu.sender.server_name() == origin
+        && pdu.room_id.as_deref() == Some(room_id)
 }
 
 fn auth_events_of(json: &str) -> Vec<String> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_store::RoomStore;
 
+use crate::federation::edus::EduSender;
 use crate::notifier::Notifier;
 
 /// Wakes the syncs a device-list change concerns. Handed to the
@@ -17,11 +18,13 @@ use crate::notifier::Notifier;
 pub struct DeviceLists {
     rooms: Arc<dyn RoomStore>,
     notifier: Arc<Notifier>,
+    /// Other servers sharing a room with a local user hear of the change.
+    edus: Arc<EduSender>,
 }
 
 impl DeviceLists {
-    pub fn new(rooms: Arc<dyn RoomStore>, notifier: Arc<Notifier>) -> Self {
-        Self { rooms, notifier }
+    pub fn new(rooms: Arc<dyn RoomStore>, notifier: Arc<Notifier>, edus: Arc<EduSender>) -> Self {
+        Self { rooms, notifier, edus }
     }
 
     /// `user_id`'s device list changed (and was committed).
@@ -31,8 +34,15 @@ impl DeviceLists {
         // change or timeout; the change itself is stored.
         match self.rooms.memberships_of_user(user_id).await {
             Ok(memberships) => {
-                for m in memberships.iter().filter(|m| m.membership == MembershipState::Join) {
-                    self.notifier.room(&m.room_id);
+                let joined: Vec<&str> =
+                    memberships.iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id.as_str()).collect();
+                for room_id in &joined {
+                    self.notifier.room(room_id);
+                }
+                if let Ok(user) = chancery_proto::ruma::UserId::parse(user_id)
+                    && user.server_name() == self.edus.server_name()
+                {
+                    self.edus.device_list_update(&user, joined.iter().map(|r| r.to_string()).collect());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read a user's rooms to wake their device-list watchers"),

@@ -15,6 +15,7 @@
 mod backup;
 mod dehydrated;
 pub mod device_lists;
+mod remote;
 mod sync;
 mod to_device;
 
@@ -29,7 +30,7 @@ use chancery_core::uia::{Operation, stage};
 use chancery_proto::limits::{
     MAX_KEY_CLAIMS, MAX_KEY_QUERY_USERS, MAX_KEYS_PER_UPLOAD, MAX_ONE_TIME_KEYS_PER_DEVICE, MAX_SIGNATURE_UPLOADS,
 };
-use chancery_proto::ruma::{OwnedServerName, UserId};
+use chancery_proto::ruma::{OwnedDeviceId, OwnedServerName, UserId};
 use chancery_store::{
     AccountStore, CrossSigningKey, CrossSigningKeyKind, KeyClaim, KeyLimits, KeySignature, KeyStore, KeyUpload, OneTimeKey,
 };
@@ -63,6 +64,10 @@ pub struct KeysDeps {
     pub clock: Arc<dyn Clock>,
     /// Tokens of dehydrated devices (which nobody holds).
     pub entropy: Arc<dyn Entropy>,
+    /// Keys of other servers' users are asked of their servers.
+    pub federation: Arc<crate::Federation>,
+    /// To-device messages for other servers' users.
+    pub edus: Arc<crate::federation::edus::EduSender>,
 }
 
 /// Keys, device lists, to-device messages, key backups, dehydrated devices.
@@ -200,20 +205,32 @@ impl Keys {
         if wanted.len() > MAX_KEY_QUERY_USERS {
             return Err(Error::InvalidParam(format!("at most {MAX_KEY_QUERY_USERS} users per query")));
         }
-        let requester = user.user_id.as_str();
-        let mut failures = Map::new();
         let mut local: Vec<(String, Vec<String>)> = Vec::new();
+        let mut remote: remote::ByServer<Vec<OwnedDeviceId>> = BTreeMap::new();
         for (user_id, devices) in wanted {
             let Ok(parsed) = UserId::parse(user_id.as_str()) else { continue };
             if self.is_local(&parsed) {
                 local.push((user_id, devices));
             } else {
-                failures.insert(
-                    parsed.server_name().to_string(),
-                    json!({ "errcode": "M_UNKNOWN", "error": "this server does not federate yet" }),
-                );
+                let devices = devices.into_iter().map(OwnedDeviceId::from).collect();
+                remote.entry(parsed.server_name().to_owned()).or_default().insert(parsed, devices);
             }
         }
+        let mut answer = self.query_local(Some(user.user_id.as_str()), local).await?;
+        self.query_remote(remote, &mut answer).await;
+        Ok(answer)
+    }
+
+    /// Device and cross-signing keys of local users (`requester`: who
+    /// asks, for the user-signing key and the signatures they may see;
+    /// `None` for another server).
+    pub(super) async fn query_local(
+        &self,
+        requester: Option<&str>,
+        local: Vec<(String, Vec<String>)>,
+    ) -> Result<JsonValue, Error> {
+        let requester = requester.unwrap_or_default();
+        let failures = Map::new();
         let users: Vec<String> = local.iter().map(|(u, _)| u.clone()).collect();
         let (devices, cross_signing, signatures) = tokio::try_join!(
             async { Ok::<_, Error>(self.deps.keys.device_keys(&local).await?) },
@@ -266,15 +283,13 @@ impl Keys {
         if count > MAX_KEY_CLAIMS {
             return Err(Error::InvalidParam(format!("at most {MAX_KEY_CLAIMS} keys per claim")));
         }
-        let mut failures = Map::new();
         let mut claims = Vec::with_capacity(count);
+        let mut remote: remote::ByServer<BTreeMap<OwnedDeviceId, String>> = BTreeMap::new();
         for (user_id, devices) in wanted {
             let Ok(parsed) = UserId::parse(user_id.as_str()) else { continue };
             if !self.is_local(&parsed) {
-                failures.insert(
-                    parsed.server_name().to_string(),
-                    json!({ "errcode": "M_UNKNOWN", "error": "this server does not federate yet" }),
-                );
+                let devices = devices.into_iter().map(|(d, a)| (OwnedDeviceId::from(d), a)).collect();
+                remote.entry(parsed.server_name().to_owned()).or_default().insert(parsed, devices);
                 continue;
             }
             for (device_id, algorithm) in devices {
@@ -291,7 +306,9 @@ impl Keys {
                 .or_default()
                 .insert(key.key_id, stored_json(&key.key)?);
         }
-        Ok(json!({ "one_time_keys": one_time_keys, "failures": failures }))
+        let mut answer = json!({ "one_time_keys": one_time_keys, "failures": {} });
+        self.claim_remote(remote, &mut answer).await;
+        Ok(answer)
     }
 
     /// `GET /keys/changes`: users whose device lists changed between two

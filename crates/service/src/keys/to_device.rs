@@ -69,20 +69,31 @@ impl Keys {
             return Err(Error::InvalidParam(format!("at most {MAX_TO_DEVICE_MESSAGES_PER_REQUEST} messages per request")));
         }
         let mut queued = Vec::with_capacity(messages.len());
-        let mut remote = 0usize;
+        let mut remote: std::collections::BTreeMap<
+            chancery_proto::ruma::OwnedServerName,
+            serde_json::Map<String, serde_json::Value>,
+        > = std::collections::BTreeMap::new();
         for m in messages {
             let Ok(recipient) = UserId::parse(m.user_id.as_str()) else {
                 return Err(Error::InvalidParam(format!("{:?} is not a user id", m.user_id)));
             };
             check_content(&m.content)?;
             if !self.is_local(&recipient) {
-                remote += 1;
+                let content: serde_json::Value = serde_json::from_str(&m.content).map_err(|e| Error::BadJson(e.to_string()))?;
+                let devices = remote
+                    .entry(recipient.server_name().to_owned())
+                    .or_default()
+                    .entry(m.user_id.clone())
+                    .or_insert_with(|| serde_json::json!({}));
+                devices[m.device_id.as_deref().unwrap_or("*")] = content;
                 continue;
             }
             queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content: m.content });
         }
-        if remote > 0 {
-            tracing::debug!(remote, "to-device messages for other servers not delivered: no federation");
+        // Other servers' users get theirs as one EDU per server (best
+        // effort: not retried if the server is down).
+        for (server, messages) in remote {
+            self.deps.edus.to_device(server, &user.user_id, event_type, txn_id, serde_json::Value::Object(messages));
         }
         let sender = user.user_id.as_str();
         match self.deps.keys.send_to_device(sender, &user.device_id, txn_id, event_type, &queued, MAX_TO_DEVICE_INBOX).await {

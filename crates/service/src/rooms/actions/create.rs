@@ -197,7 +197,9 @@ fn push_initial_events(
     if let Some(topic) = &req.topic {
         b.push(creator, "m.room.topic", "", json!({"topic": topic, "m.topic": [{"body": topic, "mimetype": "text/plain"}]}))?;
     }
-    for invitee in &req.invite {
+    // Users of other servers are invited once the room exists (their
+    // servers countersign their invites).
+    for invitee in req.invite.iter().filter(|u| u.server_name() == creator.server_name()) {
         let mut content = json!({"membership": MembershipState::Invite});
         if req.is_direct {
             content["is_direct"] = json!(true);
@@ -219,11 +221,30 @@ impl Rooms {
         let mut not_before_ms = 0;
         for _ in 0..MAX_CREATE_ROOM_ATTEMPTS {
             match self.create_room_once(user, &req, &version, alias.as_ref(), not_before_ms).await? {
-                Attempt::Created(room_id) => return Ok(room_id),
+                Attempt::Created(room_id) => {
+                    self.invite_remote_invitees(user, &room_id, &req).await;
+                    return Ok(room_id);
+                }
                 Attempt::IdTaken { create_ts } => not_before_ms = create_ts + 1,
             }
         }
         Err(Error::LimitExceeded { retry_after_ms: 10 })
+    }
+
+    /// The invitees of other servers, once the room exists: each invite
+    /// goes to its server to be countersigned. One that fails is logged;
+    /// the room stays (as Synapse leaves it), and the user may invite
+    /// again.
+    async fn invite_remote_invitees(&self, user: &AuthedUser, room_id: &RoomId, req: &CreateRoom) {
+        for invitee in req.invite.iter().filter(|u| u.server_name() != self.deps.config.server_name) {
+            let mut content = json!({"membership": MembershipState::Invite});
+            if req.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            if let Err(e) = self.invite_remote(user, room_id, invitee, content).await {
+                tracing::warn!(room_id = %room_id, server = %invitee.server_name(), error = %e, "inviting a user of another server failed");
+            }
+        }
     }
 
     /// What can be refused before building anything: sizes, the version,
@@ -242,7 +263,7 @@ impl Rooms {
             }
             None => self.deps.config.default_room_version.clone(),
         };
-        for invitee in &req.invite {
+        for invitee in req.invite.iter().filter(|u| u.server_name() == self.deps.config.server_name) {
             self.ensure_local_user(invitee).await?;
         }
         let alias = req.room_alias_name.as_deref().map(|name| self.deps.directory.new_local_alias(name)).transpose()?;

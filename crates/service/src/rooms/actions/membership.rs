@@ -79,7 +79,7 @@ impl Rooms {
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
-        if self.deps.rooms.room(room_id.as_str()).await?.is_none() {
+        if self.deps.rooms.room(room_id.as_str()).await?.is_none() || self.deps.federation.is_stub(room_id).await? {
             return self.deps.federation.join_remote(&user.user_id, room_id, servers, content).await;
         }
         self.member_event(room_id, &user.user_id, &user.user_id, content).await?;
@@ -92,6 +92,10 @@ impl Rooms {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
             Some(MembershipState::Leave) => return Ok(()),
             _ => return Err(Error::Forbidden("you are not in this room".into())),
+        }
+        if self.deps.federation.is_stub(room_id).await? {
+            // An invite to a room of another server: refused through it.
+            return self.deps.federation.leave_stub(&user.user_id, room_id).await;
         }
         let mut content = json!({"membership": MembershipState::Leave});
         if let Some(reason) = reason {
@@ -114,17 +118,37 @@ impl Rooms {
         // membership first would let outsiders probe who is in a room.
         ensure_joined(&*self.deps.rooms, room_id, &user.user_id).await?;
         let current = membership(&*self.deps.rooms, room_id, target).await?;
+        let remote = target.server_name() != self.deps.config.server_name;
         if action == MembershipAction::Invite {
             self.deps.limiters.invites_per_user.check_user(user)?;
-            self.ensure_local_user(target).await?;
+            if !remote {
+                self.ensure_local_user(target).await?;
+            }
         }
         let Some(membership) = membership_after(action, target, current.as_ref())? else { return Ok(()) };
         let mut content = json!({"membership": membership});
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
+        if action == MembershipAction::Invite && remote {
+            return self.invite_remote(user, room_id, target, content).await;
+        }
         self.member_event(room_id, &user.user_id, target, content).await?;
         Ok(())
+    }
+
+    /// Invites a user of another server: the event is built and checked
+    /// here, countersigned by the invitee's server, then appended.
+    pub(super) async fn invite_remote(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        target: &UserId,
+        content: JsonValue,
+    ) -> Result<(), Error> {
+        let draft = draft(&user.user_id, "m.room.member", Some(target.as_str()), content, None);
+        let invite = self.deps.writer.build_unpersisted(room_id, draft).await?;
+        self.deps.federation.invite_remote(room_id, &invite).await
     }
 }
 

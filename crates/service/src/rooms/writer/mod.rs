@@ -140,6 +140,41 @@ impl RoomWriter {
         }
     }
 
+    /// Builds, signs and authorises `draft` on the room's current
+    /// extremities and state without persisting it: an invite another
+    /// server must countersign first (it comes back through
+    /// [`Self::append_received`]).
+    pub(crate) async fn build_unpersisted(&self, room_id: &RoomId, mut draft: EventDraft) -> Result<pdu::Pdu, Error> {
+        refuse_nul(&draft)?;
+        draft.room_id = Some(room_id.to_owned());
+        let room = self.locks.room(room_id);
+        let _guard = room.lock.lock().await;
+        room.drain().await;
+        let base = self.build_base(&room, room_id, false, true).await?;
+        let built = self.build(room_id, &draft, &base, None, None, true).await?;
+        Ok(pdu::Pdu::from_json(built.event_id.as_str(), &built.event.json)?)
+    }
+
+    /// Appends a membership event of one of this server's users to a room
+    /// known only through invites (no create event here to check it
+    /// against): the resident server checked it when it accepted it.
+    pub(crate) async fn append_to_stub(&self, room_id: &RoomId, pdu: &pdu::Pdu) -> Result<u64, Error> {
+        let room = self.locks.room(room_id);
+        let _guard = room.lock.lock().await;
+        room.drain().await;
+        for _ in 0..MAX_APPEND_RETRIES {
+            let info = self.deps.rooms.room(room_id.as_str()).await?.ok_or_else(|| Error::NotFound("unknown room".into()))?;
+            let event = new_event(pdu, room_id, None, Vec::new());
+            match self.deps.rooms.append_event(event, &info.forward_extremities).await {
+                Ok(pos) => return Ok(pos),
+                Err(StoreError::StaleExtremities) => continue,
+                Err(StoreError::EventIdTaken) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::LimitExceeded { retry_after_ms: 100 })
+    }
+
     /// Appends an event another server built and signed (received in a
     /// transaction, or a `send_join`), checked first against the room
     /// version's auth rules with the room's current state (its cited auth
