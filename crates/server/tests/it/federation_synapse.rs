@@ -168,7 +168,8 @@ on_both_backends!(synapse_user_joins_chancery_room);
 
 /// A Chancery user joins a public Synapse room (room version 12, Synapse's
 /// default: its id names no server) by alias: Chancery shows the room's
-/// state and members; messages go both ways.
+/// state and members; messages go both ways, and Chancery's typing and
+/// read receipt reach Synapse.
 async fn chancery_user_joins_synapse_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -201,11 +202,24 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
     .await;
 
     // Sam talks after the join: the message reaches Alice.
-    sam.say(&room, "s2", "welcome alice").await;
+    let welcome = sam.say(&room, "s2", "welcome alice").await;
     message_reaches_sync(&alice, &room, "welcome alice").await;
     // Alice answers in Synapse's room.
     alice.say(&room, "t1", "thanks sam").await;
     message_reaches_sync(&sam, &room, "thanks sam").await;
+
+    // Chancery's EDUs: Alice types, and reads Sam's message.
+    let typing = json!({"typing": true, "timeout": 30000});
+    alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)), Some(typing)).await;
+    sync_until(&sam, "Alice typing", |sync| {
+        ephemeral(sync, &room, "m.typing").is_some_and(|typing| typing["content"]["user_ids"] == json!([alice.id]))
+    })
+    .await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{welcome}"), Some(json!({}))).await;
+    sync_until(&sam, "Alice's read receipt", |sync| {
+        ephemeral(sync, &room, "m.receipt").is_some_and(|receipt| receipt["content"][&welcome]["m.read"][&alice.id].is_object())
+    })
+    .await;
     chancery.stop().await.unwrap();
     synapse.stop();
 }
