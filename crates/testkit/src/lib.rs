@@ -7,6 +7,7 @@
 
 pub mod federation;
 pub mod pg;
+pub mod synapse;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

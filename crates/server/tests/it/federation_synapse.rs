@@ -1,0 +1,226 @@
+//! Federation with a real Synapse (1.163.2), started by each test: both
+//! servers named `127.0.0.1:<port>`, TLS with certificates of the test CA,
+//! certificate checks on both sides. Profiles, aliases, joins and messages,
+//! in both directions.
+
+use std::time::{Duration, Instant};
+
+use chancery_testkit::synapse::SynapseServer;
+use chancery_testkit::{Backend, TestServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{User, urlencode};
+
+/// A Chancery server and a Synapse, federating.
+async fn pair(backend: Backend) -> (TestServer, SynapseServer) {
+    let chancery = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let synapse = SynapseServer::start().await.unwrap();
+    (chancery, synapse)
+}
+
+/// Polls `GET path` as `user` (every 100 ms, at most 30 s) until `done`
+/// holds for a 200 answer; returns that answer.
+async fn poll(user: &User, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let (status, body) = user.call(Method::GET, path, None).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        last = json!({"status": status.as_u16(), "body": body});
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 30 s; last answer to {path}: {last}");
+}
+
+/// Syncs as `user` (an initial `/sync`, then incremental ones long-polling
+/// up to 1 s each, for at most 30 s) until `seen` holds for an answer.
+/// Synapse caches identical `/sync` answers, so each request carries the
+/// previous `next_batch`.
+async fn sync_until(user: &User, what: &str, seen: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    while Instant::now() < deadline {
+        let query = match &since {
+            Some(since) => format!("since={}&timeout=1000", urlencode(since)),
+            None => String::new(),
+        };
+        let sync = user.sync(&query).await;
+        if seen(&sync) {
+            return;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{what}: not in {}'s /sync within 30 s", user.id);
+}
+
+/// A message with body `text` in `room` comes down `user`'s `/sync`.
+async fn message_reaches_sync(user: &User, room: &str, text: &str) {
+    sync_until(user, &format!("message {text:?} in {room}"), |sync| {
+        let events = sync["rooms"]["join"][room]["timeline"]["events"].as_array();
+        events.is_some_and(|events| events.iter().any(|e| e["type"] == "m.room.message" && e["content"]["body"] == text))
+    })
+    .await;
+}
+
+/// The ephemeral event of `kind` in `room` of a `/sync` answer.
+fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
+}
+
+/// Each server's users read the other's profiles and resolve its aliases.
+async fn profiles_and_aliases_with_synapse(backend: Backend) {
+    let (chancery, synapse) = pair(backend).await;
+    let alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+    alice
+        .ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&alice.id)), Some(json!({"displayname": "Alice C"})))
+        .await;
+    sam.ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&sam.id)), Some(json!({"displayname": "Sam S"}))).await;
+    let lobby = alice.create_room(json!({"room_alias_name": "lobby", "preset": "public_chat"})).await;
+    let square = sam.create_room(json!({"room_alias_name": "square", "preset": "public_chat"})).await;
+
+    // Synapse asks Chancery.
+    let profile = sam.ok(Method::GET, &format!("/profile/{}", urlencode(&alice.id)), None).await;
+    assert_eq!(profile["displayname"], "Alice C", "{profile}");
+    let alias = format!("#lobby:{}", chancery.server_name());
+    let found = sam.ok(Method::GET, &format!("/directory/room/{}", urlencode(&alias)), None).await;
+    assert_eq!(found["room_id"], lobby.as_str(), "{found}");
+    assert_eq!(found["servers"], json!([chancery.server_name()]), "{found}");
+    let missing = format!("#nowhere:{}", chancery.server_name());
+    let (status, body) = sam.call(Method::GET, &format!("/directory/room/{}", urlencode(&missing)), None).await;
+    assert_eq!((status.as_u16(), &body["errcode"]), (404, &json!("M_NOT_FOUND")), "{body}");
+
+    // Chancery asks Synapse.
+    let profile = alice.ok(Method::GET, &format!("/profile/{}", urlencode(&sam.id)), None).await;
+    assert_eq!(profile["displayname"], "Sam S", "{profile}");
+    let alias = format!("#square:{}", synapse.server_name);
+    let found = alice.ok(Method::GET, &format!("/directory/room/{}", urlencode(&alias)), None).await;
+    assert_eq!(found["room_id"], square.as_str(), "{found}");
+    assert!(found["servers"].as_array().unwrap().contains(&json!(synapse.server_name)), "{found}");
+    let missing = format!("#nowhere:{}", synapse.server_name);
+    let (status, body) = alice.call(Method::GET, &format!("/directory/room/{}", urlencode(&missing)), None).await;
+    assert_eq!((status.as_u16(), &body["errcode"]), (404, &json!("M_NOT_FOUND")), "{body}");
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(profiles_and_aliases_with_synapse);
+
+/// A Synapse user joins a public Chancery room by its alias and talks in
+/// it: Chancery shows the join and delivers the message to its user's
+/// `/sync`, as do Sam's typing and read receipt; Synapse shows the room's
+/// name, delivers the answer and backfills the history from before the
+/// join.
+async fn synapse_user_joins_chancery_room(backend: Backend) {
+    let (chancery, synapse) = pair(backend).await;
+    let alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+    sam.ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&sam.id)), Some(json!({"displayname": "Sam S"}))).await;
+    let room = alice.create_room(json!({"room_alias_name": "lobby", "preset": "public_chat", "name": "Lobby"})).await;
+    alice.say(&room, "t1", "before sam").await;
+
+    let alias = format!("#lobby:{}", chancery.server_name());
+    let joined = sam.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    assert_eq!(joined["room_id"], room.as_str(), "{joined}");
+
+    let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert_eq!(members["joined"][&sam.id]["display_name"], "Sam S", "Chancery shows Sam joined, named as on Synapse: {members}");
+    let name = sam.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name/"), None).await;
+    assert_eq!(name["name"], "Lobby", "{name}");
+    let members = sam.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&alice.id].is_object() && members["joined"][&sam.id].is_object(), "{members}");
+
+    // Sam talks: Synapse sends the PDU to Chancery in a transaction.
+    sam.say(&room, "s1", "hello from synapse").await;
+    message_reaches_sync(&alice, &room, "hello from synapse").await;
+
+    // Synapse's EDUs: Sam types.
+    sam.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&sam.id)), Some(json!({"typing": true, "timeout": 30000})))
+        .await;
+    sync_until(&alice, "Sam typing", |sync| {
+        ephemeral(sync, &room, "m.typing").is_some_and(|typing| typing["content"]["user_ids"] == json!([sam.id]))
+    })
+    .await;
+    // Alice answers: Chancery's sender delivers it to Synapse.
+    let answer = alice.say(&room, "t2", "hello from chancery").await;
+    message_reaches_sync(&sam, &room, "hello from chancery").await;
+    // Sam reads it: Synapse's receipt EDU reaches Alice.
+    sam.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{answer}"), Some(json!({}))).await;
+    sync_until(&alice, "Sam's read receipt", |sync| {
+        ephemeral(sync, &room, "m.receipt").is_some_and(|receipt| receipt["content"][&answer]["m.read"][&sam.id].is_object())
+    })
+    .await;
+
+    // Synapse fetches the history from before Sam's join from Chancery
+    // (backfill) when Sam pages back.
+    let history = poll(&sam, &format!("/rooms/{room}/messages?dir=b&limit=50"), "history before Sam's join", |page| {
+        page["chunk"].as_array().is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "before sam"))
+    })
+    .await;
+    let bodies: Vec<&str> = history["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["hello from chancery", "hello from synapse", "before sam"], "newest first: {history}");
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(synapse_user_joins_chancery_room);
+
+/// A Chancery user joins a public Synapse room (room version 12, Synapse's
+/// default: its id names no server) by alias: Chancery shows the room's
+/// state and members; messages go both ways, and Chancery's typing and
+/// read receipt reach Synapse.
+async fn chancery_user_joins_synapse_room(backend: Backend) {
+    let (chancery, synapse) = pair(backend).await;
+    let alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+    alice
+        .ok(Method::PUT, &format!("/profile/{}/displayname", urlencode(&alice.id)), Some(json!({"displayname": "Alice C"})))
+        .await;
+    let room =
+        sam.create_room(json!({"room_alias_name": "square", "preset": "public_chat", "name": "Square", "topic": "talk"})).await;
+    sam.say(&room, "s1", "before alice").await;
+
+    let alias = format!("#square:{}", synapse.server_name);
+    let joined = alice.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    assert_eq!(joined["room_id"], room.as_str(), "{joined}");
+
+    let create = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.create/"), None).await;
+    assert_eq!(create["room_version"], "12", "Synapse's default room version: {create}");
+    let name = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name/"), None).await;
+    assert_eq!(name["name"], "Square", "{name}");
+    let topic = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.topic/"), None).await;
+    assert_eq!(topic["topic"], "talk", "{topic}");
+    let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&alice.id].is_object() && members["joined"][&sam.id].is_object(), "{members}");
+    let sync = alice.sync("").await;
+    assert!(sync["rooms"]["join"][&room].is_object(), "{sync}");
+    // Synapse shows Alice joined.
+    poll(&sam, &format!("/rooms/{room}/joined_members"), "Alice joined on Synapse, named as on Chancery", |members| {
+        members["joined"][&alice.id]["display_name"] == "Alice C"
+    })
+    .await;
+
+    // Sam talks after the join: the message reaches Alice.
+    let welcome = sam.say(&room, "s2", "welcome alice").await;
+    message_reaches_sync(&alice, &room, "welcome alice").await;
+    // Alice answers in Synapse's room.
+    alice.say(&room, "t1", "thanks sam").await;
+    message_reaches_sync(&sam, &room, "thanks sam").await;
+
+    // Chancery's EDUs: Alice types, and reads Sam's message.
+    let typing = json!({"typing": true, "timeout": 30000});
+    alice.ok(Method::PUT, &format!("/rooms/{room}/typing/{}", urlencode(&alice.id)), Some(typing)).await;
+    sync_until(&sam, "Alice typing", |sync| {
+        ephemeral(sync, &room, "m.typing").is_some_and(|typing| typing["content"]["user_ids"] == json!([alice.id]))
+    })
+    .await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/receipt/m.read/{welcome}"), Some(json!({}))).await;
+    sync_until(&sam, "Alice's read receipt", |sync| {
+        ephemeral(sync, &room, "m.receipt").is_some_and(|receipt| receipt["content"][&welcome]["m.read"][&alice.id].is_object())
+    })
+    .await;
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(chancery_user_joins_synapse_room);
