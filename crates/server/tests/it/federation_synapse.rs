@@ -224,3 +224,45 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
     synapse.stop();
 }
 on_both_backends!(chancery_user_joins_synapse_room);
+
+/// Direct chats across the two implementations: Chancery invites a
+/// Synapse user (Synapse countersigns), who accepts and answers; Synapse
+/// invites a Chancery user, who sees the invite, accepts it through
+/// Synapse, and answers.
+async fn invites_with_synapse(backend: Backend) {
+    let (chancery, synapse) = pair(backend).await;
+    let alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+
+    // Chancery → Synapse.
+    let room = alice.create_room(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [sam.id]})).await;
+    sync_until(&sam, "Alice's invite on Synapse", |sync| sync["rooms"]["invite"][&room].is_object()).await;
+    sam.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    sam.say(&room, "s1", "hi alice, from synapse").await;
+    message_reaches_sync(&alice, &room, "hi alice, from synapse").await;
+    alice.say(&room, "a1", "hi sam, from chancery").await;
+    message_reaches_sync(&sam, &room, "hi sam, from chancery").await;
+
+    // Synapse → Chancery.
+    let room = sam.create_room(json!({"preset": "private_chat", "is_direct": true, "invite": [alice.id]})).await;
+    sync_until(&alice, "Sam's invite on Chancery", |sync| sync["rooms"]["invite"][&room].is_object()).await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&sam.id].is_object() && members["joined"][&alice.id].is_object(), "{members}");
+    alice.say(&room, "a2", "accepted, from chancery").await;
+    message_reaches_sync(&sam, &room, "accepted, from chancery").await;
+    sam.say(&room, "s2", "welcome, from synapse").await;
+    message_reaches_sync(&alice, &room, "welcome, from synapse").await;
+
+    // An invite refused on Chancery reaches Synapse as a leave.
+    let room = sam.create_room(json!({"preset": "private_chat", "invite": [alice.id]})).await;
+    sync_until(&alice, "Sam's second invite", |sync| sync["rooms"]["invite"][&room].is_object()).await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/leave"), Some(json!({}))).await;
+    poll(&sam, &format!("/rooms/{room}/state/m.room.member/{}", urlencode(&alice.id)), "Alice's refusal on Synapse", |m| {
+        m["membership"] == "leave"
+    })
+    .await;
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(invites_with_synapse);
