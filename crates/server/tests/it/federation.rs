@@ -608,3 +608,44 @@ async fn typing_and_receipts_reach_the_other_server() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// A room's server ACL shuts servers out: once IP literals are denied,
+/// neither the server of a member already in nor a new one is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_acls_shut_servers_out() {
+    let a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let carol = User::new(&c.base_url, "carol").await;
+    let room = alice.create_room(json!({"room_alias_name": "acl", "preset": "public_chat"})).await;
+    let alias = format!("#acl:{}", a.server_name());
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    let event = alice.say(&room, "a1", "before the ACL").await;
+    let (status, _) = signed_as(&b, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&event)), None).await;
+    assert_eq!(status, 200);
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{room}/state/m.room.server_acl/"),
+            Some(json!({"allow": ["*"], "allow_ip_literals": false})),
+        )
+        .await;
+    let got = signed_as(&b, &a, "GET", &format!("/_matrix/federation/v1/event/{}", urlencode(&event)), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got = carol.call(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // B's typing in the room is ignored now.
+    let typing = json!({"origin": b.server_name(), "origin_server_ts": 1, "pdus": [], "edus": [
+        {"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.id, "typing": true}}]});
+    let (status, _) = send_transaction_as(&b, &a, "acl1", typing).await;
+    assert_eq!(status, 200);
+    let sync = alice.sync("").await;
+    let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(typing.iter().all(|e| e["type"] != "m.typing" || e["content"]["user_ids"] == json!([])), "{typing:?}");
+    for server in [a, b, c] {
+        server.stop().await.unwrap();
+    }
+}

@@ -52,6 +52,7 @@ impl Ephemeral {
     /// renews and stops it).
     async fn typing_from(&self, origin: &ServerName, room_id: &RoomId, user_id: &UserId, typing: bool) -> Result<(), Error> {
         ensure_from(origin, user_id)?;
+        ensure_allowed(&*self.deps.rooms, room_id, origin).await?;
         ensure_joined(&*self.deps.rooms, room_id, user_id).await?;
         let now = Instant::now();
         let until = typing.then(|| now + Duration::from_millis(FEDERATION_TYPING_TIMEOUT_MS));
@@ -77,11 +78,21 @@ impl Ephemeral {
         thread: Option<String>,
     ) -> Result<(), Error> {
         ensure_from(origin, user_id)?;
+        ensure_allowed(&*self.deps.rooms, room_id, origin).await?;
         ensure_joined(&*self.deps.rooms, room_id, user_id).await?;
         event_in_room(&*self.deps.rooms, room_id, event_id).await?;
         let user = AuthedUser { user_id: user_id.to_owned(), device_id: String::new(), is_admin: false };
         self.put_receipt(&user, room_id, super::receipts::READ, event_id, thread).await
     }
+}
+
+/// The room's server ACL must let the origin in (spec: EDUs of a room
+/// from a denied server are ignored).
+async fn ensure_allowed(rooms: &dyn chancery_store::RoomStore, room_id: &RoomId, origin: &ServerName) -> Result<(), Error> {
+    if !crate::federation::server_allowed_in_room(rooms, room_id, origin).await? {
+        return Err(Error::Forbidden(format!("the room's server ACL denies {origin}")));
+    }
+    Ok(())
 }
 
 fn ensure_from(origin: &ServerName, user_id: &UserId) -> Result<(), Error> {

@@ -15,6 +15,8 @@ pub mod keys;
 pub mod policy;
 mod rooms;
 
+pub(crate) use rooms::server_allowed_in_room;
+
 pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
 pub mod sender;
 

@@ -39,6 +39,28 @@ impl ServerPolicy {
     }
 }
 
+/// Whether a room's `m.room.server_acl` content lets `server` take part
+/// (client-server API "Server Access Control Lists"): the port is not
+/// considered; an IP literal is refused unless `allow_ip_literals` (true
+/// by default); `deny` wins; a missing `allow` allows nobody.
+pub fn room_acl_allows(content: &serde_json::Value, server: &ServerName) -> bool {
+    let host = server.host().to_ascii_lowercase();
+    if server.is_ip_literal() && content.get("allow_ip_literals").and_then(serde_json::Value::as_bool) == Some(false) {
+        return false;
+    }
+    let patterns = |key: &str| -> Vec<String> {
+        content
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .map(|list| list.iter().filter_map(|p| p.as_str().map(str::to_ascii_lowercase)).collect())
+            .unwrap_or_default()
+    };
+    if patterns("deny").iter().any(|p| glob_matches(p, &host)) {
+        return false;
+    }
+    patterns("allow").iter().any(|p| glob_matches(p, &host))
+}
+
 /// `*` matches any run of characters (also none), `?` exactly one.
 /// Iterative with one backtrack point, so linear-ish in the input and
 /// never recursive on hostile patterns.
@@ -90,6 +112,20 @@ mod tests {
         for (pattern, text, expected) in cases {
             assert_eq!(glob_matches(pattern, text), expected, "{pattern} ~ {text}");
         }
+    }
+
+    #[test]
+    fn room_acls() {
+        use serde_json::json;
+        let acl = json!({"allow": ["*"], "deny": ["*.evil.org"], "allow_ip_literals": false});
+        assert!(room_acl_allows(&acl, name("good.org:8448")), "ports are not considered");
+        assert!(!room_acl_allows(&acl, name("a.evil.org")));
+        assert!(!room_acl_allows(&acl, name("127.0.0.1:8448")), "no IP literals");
+        let acl = json!({"allow": ["*.gouv.fr"]});
+        assert!(room_acl_allows(&acl, name("interieur.gouv.fr")));
+        assert!(!room_acl_allows(&acl, name("matrix.org")));
+        assert!(room_acl_allows(&json!({"allow": ["127.0.0.1"]}), name("127.0.0.1:8448")), "IP literals allowed by default");
+        assert!(!room_acl_allows(&json!({"deny": []}), name("anyone.org")), "no allow list: nobody");
     }
 
     #[test]

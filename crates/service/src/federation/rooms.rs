@@ -110,6 +110,7 @@ impl RoomFederation {
             return Err(Error::Forbidden("a server may only make membership events for its own users".into()));
         }
         let info = self.joined_room(room_id).await?;
+        self.ensure_acl(room_id, origin).await?;
         if versions.is_some_and(|v| !v.contains(&info.room_version)) {
             return Err(Error::IncompatibleRoomVersion { room_version: info.room_version.to_string() });
         }
@@ -161,6 +162,7 @@ impl RoomFederation {
         raw: &RawJsonValue,
     ) -> Result<(), Error> {
         let info = self.joined_room(room_id).await?;
+        self.ensure_acl(room_id, origin).await?;
         let pdu = self.check_pdu(&info.room_version, raw).await?;
         if &pdu.event_id != event_id {
             return Err(Error::BadJson("the event id does not match the event".into()));
@@ -211,6 +213,9 @@ impl RoomFederation {
         )
         .map_err(|e| Error::BadJson(e.to_string()))?;
         let signed = Pdu::from_json(pdu.event_id.as_str(), &CanonicalJsonValue::Object(object).to_string())?;
+        if !server_allowed_in_room(&*self.deps.rooms, room_id, origin).await? {
+            return Err(Error::Forbidden(format!("the room's server ACL denies {origin}")));
+        }
         match self.deps.rooms.room(room_id.as_str()).await? {
             Some(_) if self.is_stub(room_id).await? => {
                 self.deps.writer.append_to_stub(room_id, &signed).await?;
@@ -246,6 +251,7 @@ impl RoomFederation {
         raw: &RawJsonValue,
     ) -> Result<SendJoinAnswer, Error> {
         let info = self.joined_room(room_id).await?;
+        self.ensure_acl(room_id, origin).await?;
         let pdu = self.check_pdu(&info.room_version, raw).await?;
         if &pdu.event_id != event_id {
             return Err(Error::BadJson("the event id does not match the event".into()));
@@ -286,7 +292,7 @@ impl RoomFederation {
                 tracing::debug!(origin = %origin, "a PDU without a room id");
                 continue;
             };
-            let outcome = self.receive_one(&room_id, raw).await;
+            let outcome = self.receive_one(origin, &room_id, raw).await;
             match outcome {
                 Ok(event_id) => {
                     results.insert(event_id, Ok(()));
@@ -301,10 +307,16 @@ impl RoomFederation {
         Ok(results)
     }
 
-    async fn receive_one(&self, room_id: &RoomId, raw: &RawJsonValue) -> Result<OwnedEventId, (Option<OwnedEventId>, Error)> {
+    async fn receive_one(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+    ) -> Result<OwnedEventId, (Option<OwnedEventId>, Error)> {
         let info = self.deps.rooms.room(room_id.as_str()).await.map_err(|e| (None, e.into()))?;
         let info = info.ok_or_else(|| (None, Error::NotFound(format!("this server is not in {room_id}"))))?;
         let pdu = self.check_pdu(&info.room_version, raw).await.map_err(|e| (None, e))?;
+        self.ensure_acl(room_id, origin).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
         self.deps.writer.append_received(room_id, &pdu).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
         Ok(pdu.event_id)
     }
@@ -412,7 +424,7 @@ impl RoomFederation {
         if !present {
             return Err(Error::Forbidden(format!("{origin} has no user in this room")));
         }
-        Ok(())
+        self.ensure_acl(room_id, origin).await
     }
 
     // ----- outbound -----
@@ -687,6 +699,15 @@ impl RoomFederation {
     // ----- shared -----
 
     /// A room this server is joined to (others answer 404, as Synapse does).
+    /// 403 unless the room's server ACL lets `origin` in (spec "Server
+    /// Access Control Lists").
+    async fn ensure_acl(&self, room_id: &RoomId, origin: &ServerName) -> Result<(), Error> {
+        if !server_allowed_in_room(&*self.deps.rooms, room_id, origin).await? {
+            return Err(Error::Forbidden(format!("the room's server ACL denies {origin}")));
+        }
+        Ok(())
+    }
+
     async fn joined_room(&self, room_id: &RoomId) -> Result<chancery_store::RoomInfo, Error> {
         let info = self
             .deps
@@ -760,6 +781,15 @@ impl RoomFederation {
         }
         Ok(chain)
     }
+}
+
+/// Whether the room's server ACL (if any) lets `server` take part.
+pub(crate) async fn server_allowed_in_room(rooms: &dyn RoomStore, room_id: &RoomId, server: &ServerName) -> Result<bool, Error> {
+    let acl = rooms.current_state_events(room_id.as_str(), &[("m.room.server_acl".to_owned(), String::new())]).await?;
+    Ok(match acl.first().and_then(|e| serde_json::from_str::<JsonValue>(&e.json).ok()) {
+        Some(event) => super::policy::room_acl_allows(&event["content"], server),
+        None => true,
+    })
 }
 
 /// The state types an invite carries along (spec "Stripped state").
