@@ -302,6 +302,9 @@ pub fn federation_router(state: AppState) -> Router {
         r = ruma_route::<get_keys::v1::Request, _, _>(r, h::federation::keys_query);
         r = ruma_route::<claim_keys::v1::Request, _, _>(r, h::federation::keys_claim);
         r = ruma_route::<get_devices::v1::Request, _, _>(r, h::federation::user_devices);
+        use chancery_proto::ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
+        r = ruma_route::<get_public_rooms::v1::Request, _, _>(r, h::federation::public_rooms);
+        r = ruma_route::<get_public_rooms_filtered::v1::Request, _, _>(r, h::federation::public_rooms_filtered);
     }
     r.fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })

@@ -8,6 +8,7 @@ use axum::extract::State;
 use chancery_proto::ruma::MilliSecondsSinceUnixEpoch;
 use chancery_proto::ruma::api::federation::backfill::get_backfill;
 use chancery_proto::ruma::api::federation::device::get_devices;
+use chancery_proto::ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
 use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
@@ -18,6 +19,8 @@ use chancery_proto::ruma::api::federation::membership::{
 };
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
+use chancery_proto::ruma::directory::RoomNetwork;
+use chancery_service::directory::PublicRoomsRequest;
 use chancery_service::{Directory, Ephemeral, Federation, Keys, Profiles, RoomFederation};
 use serde_json::value::RawValue as RawJsonValue;
 use serde_json::{Value as JsonValue, json};
@@ -261,4 +264,34 @@ pub async fn user_devices(
 ) -> ApiResult<Json<JsonValue>> {
     let stream_id = u64::from(MilliSecondsSinceUnixEpoch::now().get());
     Ok(Json(keys.devices_for_server(&request.user_id, stream_id).await?))
+}
+
+/// `GET /_matrix/federation/v1/publicRooms`: this server's directory.
+pub async fn public_rooms(
+    State(directory): State<Arc<Directory>>,
+    Signed { request, permit: _permit, .. }: Signed<get_public_rooms::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let request = PublicRoomsRequest {
+        limit: request.limit.map(u64::from),
+        since: request.since,
+        third_party_network: matches!(request.room_network, RoomNetwork::ThirdParty(_)),
+        ..Default::default()
+    };
+    Ok(Json(directory.public_rooms(request).await?))
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`.
+pub async fn public_rooms_filtered(
+    State(directory): State<Arc<Directory>>,
+    Signed { request, permit: _permit, .. }: Signed<get_public_rooms_filtered::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let request = PublicRoomsRequest {
+        limit: request.limit.map(u64::from),
+        since: request.since,
+        search: request.filter.generic_search_term,
+        room_types: request.filter.room_types.iter().map(|t| t.as_str().map(str::to_owned)).collect(),
+        third_party_network: matches!(request.room_network, RoomNetwork::ThirdParty(_)),
+        server: None,
+    };
+    Ok(Json(directory.public_rooms(request).await?))
 }

@@ -91,6 +91,19 @@ async fn profiles_and_aliases_across_servers(backend: Backend) {
     let got = bob.call(Method::GET, &format!("/directory/room/{}", urlencode(&missing)), None).await;
     assert_error(&got, 404, "M_NOT_FOUND");
 
+    // B's users read A's published room directory.
+    alice.ok(Method::PUT, &format!("/directory/list/room/{room}"), Some(json!({"visibility": "public"}))).await;
+    let page = bob.ok(Method::GET, &format!("/publicRooms?server={}", urlencode(a.server_name())), None).await;
+    assert_eq!(page["chunk"][0]["room_id"], room.as_str(), "{page}");
+    let page = bob
+        .ok(
+            Method::POST,
+            &format!("/publicRooms?server={}", urlencode(a.server_name())),
+            Some(json!({"filter": {"generic_search_term": "zzz-nothing"}})),
+        )
+        .await;
+    assert_eq!(page["chunk"], json!([]), "{page}");
+
     // B, as a notary, hands on A's keys with its own signature added.
     let client = federation_http();
     let url = format!("{}/_matrix/key/v2/query/{}", b.federation_url().unwrap(), a.server_name());

@@ -8,6 +8,7 @@
 
 use chancery_proto::limits::{MAX_DIRECTORY_ROOM_TYPES, MAX_DIRECTORY_SEARCH_TERM_BYTES, MAX_PUBLIC_ROOMS_LIMIT};
 use chancery_proto::ruma::RoomId;
+use chancery_proto::ruma::ServerName;
 use chancery_proto::ruma::events::room::guest_access::GuestAccess;
 use chancery_proto::ruma::events::room::history_visibility::HistoryVisibility;
 use chancery_store::{DirectoryCursor, PublicRoomEntry, PublicRoomsQuery};
@@ -90,11 +91,13 @@ impl Directory {
     /// `GET`/`POST /publicRooms`: a page of this server's directory.
     pub async fn public_rooms(&self, req: PublicRoomsRequest) -> Result<JsonValue, Error> {
         if let Some(server) = req.server.as_deref().filter(|s| *s != self.deps.server_name.as_str()) {
-            // As Synapse answers when federation with that server is not
-            // allowed.
-            return Err(Error::Forbidden(format!(
-                "cannot read the room directory of {server}: federation is not available on this server yet"
-            )));
+            if !self.deps.federation.enabled() {
+                // As Synapse answers when federation with that server is
+                // not allowed.
+                return Err(Error::Forbidden(format!("cannot read the room directory of {server}: federation is off")));
+            }
+            let server = ServerName::parse(server).map_err(|e| Error::InvalidParam(format!("server: {e}")))?;
+            return self.deps.federation.public_rooms(&server, &req).await;
         }
         let limit = match req.limit {
             None | Some(0) => MAX_PUBLIC_ROOMS_LIMIT,

@@ -454,6 +454,31 @@ impl Federation {
         Ok(answer.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
+    /// A page of another server's public room directory.
+    pub async fn public_rooms(
+        &self,
+        server: &ServerName,
+        req: &crate::directory::PublicRoomsRequest,
+    ) -> Result<JsonValue, Error> {
+        use chancery_proto::ruma::api::federation::directory::get_public_rooms_filtered;
+        use chancery_proto::ruma::directory::{Filter, RoomNetwork, RoomTypeFilter};
+        let mut request = get_public_rooms_filtered::v1::Request::new();
+        request.limit = req.limit.and_then(|l| chancery_proto::ruma::UInt::new(l));
+        request.since = req.since.clone();
+        let mut filter = Filter::new();
+        filter.generic_search_term = req.search.clone();
+        filter.room_types = req.room_types.iter().map(|t| RoomTypeFilter::from(t.clone())).collect();
+        request.filter = filter;
+        request.room_network = RoomNetwork::Matrix;
+        let answer = self.send(server, request).await?;
+        Ok(serde_json::json!({
+            "chunk": answer.chunk,
+            "next_batch": answer.next_batch,
+            "prev_batch": answer.prev_batch,
+            "total_room_count_estimate": answer.total_room_count_estimate,
+        }))
+    }
+
     /// A remote room alias: the room and servers that may be asked to join.
     pub async fn query_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
         let answer = self.send(alias.server_name(), get_room_information::v1::Request::new(alias.to_owned())).await?;
