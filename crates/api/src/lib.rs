@@ -289,6 +289,8 @@ pub fn federation_router(state: AppState) -> Router {
         use chancery_proto::ruma::api::federation::backfill::get_backfill;
         use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
         r = ruma_route::<get_event::v1::Request, _, _>(r, h::federation::event);
+        use chancery_proto::ruma::api::federation::authorization::get_event_authorization;
+        r = ruma_route::<get_event_authorization::v1::Request, _, _>(r, h::federation::event_auth);
         r = ruma_route::<get_room_state::v1::Request, _, _>(r, h::federation::state);
         r = ruma_route::<get_room_state_ids::v1::Request, _, _>(r, h::federation::state_ids);
         r = ruma_route::<get_backfill::v1::Request, _, _>(r, h::federation::backfill);

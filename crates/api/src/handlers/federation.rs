@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use chancery_proto::ruma::MilliSecondsSinceUnixEpoch;
+use chancery_proto::ruma::api::federation::authorization::get_event_authorization;
 use chancery_proto::ruma::api::federation::backfill::get_backfill;
 use chancery_proto::ruma::api::federation::device::get_devices;
 use chancery_proto::ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
@@ -294,4 +295,13 @@ pub async fn public_rooms_filtered(
         server: None,
     };
     Ok(Json(directory.public_rooms(request).await?))
+}
+
+/// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`.
+pub async fn event_auth(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<get_event_authorization::v1::Request>,
+) -> ApiResult<RumaResponse<get_event_authorization::v1::Response>> {
+    let chain = rooms.event_auth(&origin, &request.room_id, &request.event_id).await?;
+    Ok(RumaResponse(get_event_authorization::v1::Response::new(chain)))
 }

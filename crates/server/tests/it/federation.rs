@@ -375,6 +375,12 @@ async fn room_reads_for_servers_in_the_room(backend: Backend) {
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["pdus"].as_array().unwrap().len(), state_ids.len());
 
+    let path = format!("/_matrix/federation/v1/event_auth/{}/{}", urlencode(&room), urlencode(&third));
+    let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status, 200, "{got}");
+    let types: Vec<&str> = got["auth_chain"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"m.room.create") && types.contains(&"m.room.power_levels"), "{got}");
+
     let path = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=3", urlencode(&room), urlencode(&third));
     let (status, got) = signed_as(&b, &a, "GET", &path, None).await;
     assert_eq!(status, 200, "{got}");

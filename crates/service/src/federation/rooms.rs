@@ -353,6 +353,19 @@ impl RoomFederation {
         Ok((state, with_ids(chain)))
     }
 
+    /// `GET /event_auth/{roomId}/{eventId}`: the event's auth chain.
+    pub async fn event_auth(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Vec<Box<RawJsonValue>>, Error> {
+        self.ensure_origin_in_room(origin, room_id).await?;
+        let event = crate::rooms::state::event_in_room(&*self.deps.rooms, room_id, event_id).await?;
+        let chain = self.auth_chain(std::iter::once(event.json.as_str())).await?;
+        chain.iter().map(|(_, json)| raw_json(json)).collect()
+    }
+
     /// `GET /backfill/{roomId}`: up to `limit` events from the newest of
     /// `from` back, newest first (the store's order is the room's).
     pub async fn backfill(
