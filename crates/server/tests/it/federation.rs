@@ -445,11 +445,14 @@ async fn chat_across_servers_survives_a_restart(backend: Backend) {
     bob.say(&room, "b1", "hello from B").await;
     wait_for_message(&alice, &room, "hello from B").await;
 
-    // B goes down; A keeps sending; B comes back on the same port.
+    // B goes down; A keeps sending (and a to-device message for bob, which
+    // A tries again); B comes back on the same port.
     b.restart_after(|| async {
         for n in 0..3 {
             alice.say(&room, &format!("down{n}"), &format!("while B was down {n}")).await;
         }
+        let body = json!({"messages": {bob.id.clone(): {"*": {"note": "sent while B was down"}}}});
+        alice.ok(Method::PUT, "/sendToDevice/org.example.note/td1", Some(body)).await;
     })
     .await
     .unwrap();
@@ -459,6 +462,18 @@ async fn chat_across_servers_survives_a_restart(backend: Backend) {
     assert_eq!(down, ["while B was down 0", "while B was down 1", "while B was down 2"], "in order, once each: {seen:?}");
     bob.say(&room, "b2", "back").await;
     wait_for_message(&alice, &room, "back").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let sync = bob.sync("timeout=0").await;
+        let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        if let Some(note) = events.iter().find(|e| e["type"] == "org.example.note") {
+            assert_eq!(note["sender"], alice.id.as_str());
+            assert_eq!(note["content"]["note"], "sent while B was down");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the to-device message never reached bob: {sync}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }

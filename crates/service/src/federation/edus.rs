@@ -2,8 +2,10 @@
 //! servers in the room as EDUs (server-server API "Typing
 //! Notifications", "Receipts"). Best effort: each change goes at once in a
 //! transaction of its own, at most [`MAX_CONCURRENT_EDU_SENDS`] at a time
-//! (past it a change is dropped, as one to a server that is down is);
-//! EDUs are not persisted or retried, unlike PDUs (`sender.rs`).
+//! (past it a change is dropped). Device-list changes and to-device
+//! messages are tried again with a growing delay for about 15 minutes;
+//! typing and receipts are not. EDUs are not persisted, unlike PDUs
+//! (`sender.rs`): a restart loses those still waiting.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct EduSender {
     rooms: Arc<dyn RoomStore>,
     clock: Arc<dyn Clock>,
     in_flight: Arc<Semaphore>,
+    /// EDUs being tried again (past it, one that failed is given up).
+    retry_slots: Arc<Semaphore>,
     /// Transaction ids `edu.<start ms>.<n>`: unique while the clock does
     /// not go back between runs.
     started_ms: u64,
@@ -42,6 +46,7 @@ impl EduSender {
             rooms,
             clock,
             in_flight: Arc::new(Semaphore::new(MAX_CONCURRENT_EDU_SENDS)),
+            retry_slots: Arc::new(Semaphore::new(MAX_EDU_RETRIES_IN_FLIGHT)),
             started_ms,
             next: AtomicU64::new(0),
         }
@@ -91,6 +96,12 @@ impl EduSender {
     }
 
     fn spawn_send(&self, targets: Targets, edu: JsonValue) {
+        // Typing and receipts are soon stale; device-list changes and
+        // to-device messages (room keys) must arrive.
+        let retries = match edu["edu_type"].as_str() {
+            Some("m.direct_to_device" | "m.device_list_update") => EDU_RETRIES,
+            _ => 0,
+        };
         if !self.federation.enabled() {
             return;
         }
@@ -100,7 +111,7 @@ impl EduSender {
         };
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let txn_id = OwnedTransactionId::from(format!("edu.{}.{n}", self.started_ms));
-        let (federation, rooms) = (self.federation.clone(), self.rooms.clone());
+        let (federation, rooms, retry_slots) = (self.federation.clone(), self.rooms.clone(), self.retry_slots.clone());
         let now = self.clock.now_ms();
         tokio::spawn(async move {
             let _permit = permit;
@@ -121,17 +132,56 @@ impl EduSender {
             let Ok(raw) = serde_json::value::to_raw_value(&edu) else { return };
             let raw = Raw::from_json(raw);
             let ts = MilliSecondsSinceUnixEpoch(UInt::new(now).unwrap_or_default());
-            for server in servers {
-                let mut request =
-                    send_transaction_message::v1::Request::new(txn_id.clone(), federation.server_name().to_owned(), ts);
-                request.edus = vec![raw.clone()];
-                if let Err(e) = federation.send(&server, request).await {
-                    tracing::debug!(server = %server, error = %e, "an EDU did not reach its server");
+            let sends = servers.into_iter().map(|server| {
+                let (federation, raw, txn_id, retry_slots) =
+                    (federation.clone(), raw.clone(), txn_id.clone(), retry_slots.clone());
+                async move {
+                    let attempt = move |federation: Arc<Federation>, server: OwnedServerName| {
+                        let mut request =
+                            send_transaction_message::v1::Request::new(txn_id.clone(), federation.server_name().to_owned(), ts);
+                        request.edus = vec![raw.clone()];
+                        async move { federation.send(&server, request).await }
+                    };
+                    let Err(e) = attempt(federation.clone(), server.clone()).await else { return };
+                    // Those that must arrive are tried again, a second
+                    // later, then twice as late each time, within bounds
+                    // and in a task of their own (same transaction id: the
+                    // receiver drops a repeat).
+                    let slot = (retries > 0).then(|| retry_slots.try_acquire_owned().ok()).flatten();
+                    let Some(slot) = slot else {
+                        tracing::debug!(server = %server, error = %e, "an EDU did not reach its server");
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        let mut delay_ms = EDU_RETRY_FIRST_MS;
+                        for n in 1..=retries {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                            delay_ms = (delay_ms * 2).min(EDU_RETRY_MAX_MS);
+                            match attempt(federation.clone(), server.clone()).await {
+                                Ok(_) => return,
+                                Err(e) if n == retries => {
+                                    tracing::info!(server = %server, error = %e, "an EDU did not reach its server; given up");
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    });
                 }
-            }
+            });
+            futures_util::future::join_all(sends).await;
         });
     }
 }
+
+/// How often an EDU that must arrive is tried again, and the delays (1 s
+/// doubling to 2 min: about 15 minutes in all). Past that, or after a
+/// restart, it is lost (not persisted yet).
+const EDU_RETRIES: u32 = 12;
+const EDU_RETRY_FIRST_MS: u64 = 1_000;
+const EDU_RETRY_MAX_MS: u64 = 120_000;
+/// EDUs waiting to be tried again at once.
+const MAX_EDU_RETRIES_IN_FLIGHT: usize = 1_024;
 
 /// Where an EDU goes.
 enum Targets {
