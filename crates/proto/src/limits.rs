@@ -576,3 +576,6 @@ pub const MAX_CONCURRENT_EDU_SENDS: usize = 64;
 /// Requests one other server may have in flight here at once (past it,
 /// 429); Synapse lets 3 per origin run and queues a few more.
 pub const MAX_INBOUND_REQUESTS_PER_ORIGIN: usize = 32;
+/// Events walked back to tell whether a received state event knew the
+/// one in force (a fork); past it, it is taken as knowing it.
+pub const MAX_ANCESTRY_WALK: usize = 1_000;

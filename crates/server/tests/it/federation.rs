@@ -683,3 +683,44 @@ async fn server_acls_shut_servers_out() {
         server.stop().await.unwrap();
     }
 }
+
+/// Both servers change the room's name at the same moment, several times:
+/// whatever the order their events cross in, both end with the same name.
+async fn concurrent_state_changes_converge(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice
+        .create_room(json!({"room_alias_name": "race", "preset": "public_chat",
+        "power_level_content_override": {"events": {"m.room.name": 0}}}))
+        .await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#race:{}", a.server_name()))), Some(json!({}))).await;
+    let path = format!("/rooms/{room}/state/m.room.name/");
+    for round in 0..5 {
+        let (x, y) = tokio::join!(
+            alice.call(Method::PUT, &path, Some(json!({"name": format!("A{round}")}))),
+            bob.call(Method::PUT, &path, Some(json!({"name": format!("B{round}")}))),
+        );
+        assert_eq!((x.0.as_u16(), y.0.as_u16()), (200, 200), "{} {}", x.1, y.1);
+        // Both servers have both events once each has the other's: then
+        // their names must agree.
+        let (ex, ey) = (x.1["event_id"].as_str().unwrap().to_owned(), y.1["event_id"].as_str().unwrap().to_owned());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let a_has = alice.call(Method::GET, &format!("/rooms/{room}/event/{}", urlencode(&ey)), None).await.0 == 200;
+            let b_has = bob.call(Method::GET, &format!("/rooms/{room}/event/{}", urlencode(&ex)), None).await.0 == 200;
+            if a_has && b_has {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: the events never crossed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let on_a = alice.ok(Method::GET, &path, None).await["name"].clone();
+        let on_b = bob.ok(Method::GET, &path, None).await["name"].clone();
+        assert_eq!(on_a, on_b, "round {round}: the servers disagree on the room's name");
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(concurrent_state_changes_converge);

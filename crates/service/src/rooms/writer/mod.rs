@@ -140,6 +140,64 @@ impl RoomWriter {
         }
     }
 
+    /// Whether a received state event takes over its (type, state key):
+    /// yes when the event in force is among its ancestors (it was built
+    /// knowing it) or there is none; when the two are concurrent (a fork),
+    /// the one state resolution v2 applies last wins: the later
+    /// `origin_server_ts`, then the greater event id. Both servers of a
+    /// fork so pick the same one. (The full algorithm also orders power
+    /// events by power and by the power levels' mainline; not yet.)
+    async fn wins_current_state(&self, room_id: &RoomId, pdu: &pdu::Pdu, extremities: &[String]) -> Result<bool, Error> {
+        let key = (pdu.event_type.to_string(), pdu.state_key.clone().unwrap_or_default());
+        let Some(current) = self.deps.rooms.current_state_events(room_id.as_str(), std::slice::from_ref(&key)).await?.pop()
+        else {
+            return Ok(true);
+        };
+        // Built on exactly the room's tips: it saw everything in force.
+        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let mut sorted_prev = prev.clone();
+        sorted_prev.sort();
+        let mut tips = extremities.to_vec();
+        tips.sort();
+        if sorted_prev == tips || self.is_ancestor(&current.event_id, current.stream_pos, &prev).await? {
+            return Ok(true);
+        }
+        let theirs = (u64::from(pdu.origin_server_ts.get()), pdu.event_id.as_str());
+        Ok(theirs > (current.origin_server_ts, current.event_id.as_str()))
+    }
+
+    /// Whether `candidate` (stored at `candidate_pos`) is an ancestor of
+    /// events `from` (through `prev_events`). An event is stored after its
+    /// ancestors, so the walk stops at events older than the candidate;
+    /// past `MAX_ANCESTRY_WALK` events it answers yes (as before forks
+    /// were looked at).
+    async fn is_ancestor(&self, candidate: &str, candidate_pos: u64, from: &[String]) -> Result<bool, Error> {
+        let mut todo: Vec<String> = from.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(id) = todo.pop() {
+            if id == candidate {
+                return Ok(true);
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if seen.len() > chancery_proto::limits::MAX_ANCESTRY_WALK {
+                return Ok(true);
+            }
+            if let Some(event) = self.deps.rooms.event(&id).await?
+                && event.stream_pos > candidate_pos
+            {
+                #[derive(serde::Deserialize)]
+                struct Prev {
+                    #[serde(default)]
+                    prev_events: Vec<String>,
+                }
+                todo.extend(serde_json::from_str::<Prev>(&event.json).map(|p| p.prev_events).unwrap_or_default());
+            }
+        }
+        Ok(false)
+    }
+
     /// Builds, signs and authorises `draft` on the room's current
     /// extremities and state without persisting it: an invite another
     /// server must countersign first (it comes back through
@@ -216,6 +274,11 @@ impl RoomWriter {
             pdu::authorize_with(&rules, pdu, |id| by_id.get(id).copied(), &state)?;
             let notifications = self.deps.push.evaluate(room_id, pdu, &rules, &state).await?;
             let mut event = new_event(pdu, room_id, None, notifications);
+            // A state event that lost to a concurrent one already in force
+            // is kept in the timeline but changes no state.
+            if pdu.state_key.is_some() && !self.wins_current_state(room_id, pdu, &info.forward_extremities).await? {
+                event.state_key = None;
+            }
             // Another server's relation is recorded when it would be valid
             // here; an invalid one leaves the event unrelated, not lost.
             event.relates_to =
