@@ -463,7 +463,7 @@ impl Federation {
         use chancery_proto::ruma::api::federation::directory::get_public_rooms_filtered;
         use chancery_proto::ruma::directory::{Filter, RoomNetwork, RoomTypeFilter};
         let mut request = get_public_rooms_filtered::v1::Request::new();
-        request.limit = req.limit.and_then(|l| chancery_proto::ruma::UInt::new(l));
+        request.limit = req.limit.and_then(chancery_proto::ruma::UInt::new);
         request.since = req.since.clone();
         let mut filter = Filter::new();
         filter.generic_search_term = req.search.clone();
