@@ -152,6 +152,29 @@ impl RoomFederation {
         Ok((info.room_version, template))
     }
 
+    /// A join or leave one of `origin`'s users signed for themselves
+    /// (`send_join`, `send_leave`), checked: the room is one this server is
+    /// in, the ACL lets `origin` in, the PDU checks, its id is `event_id`.
+    async fn signed_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        raw: &RawJsonValue,
+        membership: MembershipState,
+    ) -> Result<Pdu, Error> {
+        let info = self.joined_room(room_id).await?;
+        self.ensure_acl(room_id, origin).await?;
+        let pdu = self.check_pdu(&info.room_version, raw).await?;
+        if &pdu.event_id != event_id {
+            return Err(Error::BadJson("the event id does not match the event".into()));
+        }
+        if !is_own_membership(&pdu, origin, room_id, membership.clone()) {
+            return Err(Error::BadJson(format!("not a {membership} of one of the origin's users in this room")));
+        }
+        Ok(pdu)
+    }
+
     /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: checks
     /// and appends the signed leave of one of `origin`'s users.
     pub async fn send_leave(
@@ -161,15 +184,7 @@ impl RoomFederation {
         event_id: &OwnedEventId,
         raw: &RawJsonValue,
     ) -> Result<(), Error> {
-        let info = self.joined_room(room_id).await?;
-        self.ensure_acl(room_id, origin).await?;
-        let pdu = self.check_pdu(&info.room_version, raw).await?;
-        if &pdu.event_id != event_id {
-            return Err(Error::BadJson("the event id does not match the event".into()));
-        }
-        if !is_own_membership(&pdu, origin, room_id, MembershipState::Leave) {
-            return Err(Error::BadJson("not a leave of one of the origin's users from this room".into()));
-        }
+        let pdu = self.signed_membership(origin, room_id, event_id, raw, MembershipState::Leave).await?;
         self.deps.writer.append_received(room_id, &pdu).await?;
         Ok(())
     }
@@ -250,15 +265,7 @@ impl RoomFederation {
         event_id: &OwnedEventId,
         raw: &RawJsonValue,
     ) -> Result<SendJoinAnswer, Error> {
-        let info = self.joined_room(room_id).await?;
-        self.ensure_acl(room_id, origin).await?;
-        let pdu = self.check_pdu(&info.room_version, raw).await?;
-        if &pdu.event_id != event_id {
-            return Err(Error::BadJson("the event id does not match the event".into()));
-        }
-        if !is_own_membership(&pdu, origin, room_id, MembershipState::Join) {
-            return Err(Error::BadJson("not a join of one of the origin's users to this room".into()));
-        }
+        let pdu = self.signed_membership(origin, room_id, event_id, raw, MembershipState::Join).await?;
         let pos = self.deps.writer.append_received(room_id, &pdu).await?;
         // Position 0: the join was stored already (a retried send_join).
         let _ = pos;
@@ -455,7 +462,7 @@ impl RoomFederation {
             .and_then(|k| UserId::parse(k).ok())
             .ok_or_else(|| Error::Internal("an invite without a target".into()))?;
         let mut stripped = Vec::new();
-        let keys: Vec<(String, String)> = STRIPPED_STATE_TYPES
+        let keys: Vec<(String, String)> = crate::sync::rooms::INVITE_STATE_TYPES
             .iter()
             .map(|t| (t.to_string(), String::new()))
             .chain([("m.room.member".to_owned(), invite.sender.to_string())])
@@ -500,12 +507,7 @@ impl RoomFederation {
                 let rules = rules_of(&room_version)?;
                 let template: CanonicalJsonObject = serde_json::from_str(made.event.get())
                     .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad leave: {e}")))?;
-                let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
-                if !(is("type", "m.room.member")
-                    && is("sender", user.as_str())
-                    && is("state_key", user.as_str())
-                    && is("room_id", room_id.as_str()))
-                {
+                if !is_template_for(&template, user, room_id) {
                     return Err(Error::UpstreamFailed(format!("{server} made a leave for something else")));
                 }
                 let leave = pdu::sign_template(
@@ -621,12 +623,7 @@ impl RoomFederation {
         let rules = rules_of(&room_version)?;
         let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get())
             .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
-        let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
-        if !(is("type", "m.room.member")
-            && is("sender", user.as_str())
-            && is("state_key", user.as_str())
-            && is("room_id", room_id.as_str()))
-        {
+        if !is_template_for(&template, user, room_id) {
             return Err(Error::UpstreamFailed(format!("{server} made a join for something else")));
         }
         let mut content = match template.remove("content") {
@@ -805,16 +802,15 @@ pub(crate) async fn server_allowed_in_room(rooms: &dyn RoomStore, room_id: &Room
     })
 }
 
-/// The state types an invite carries along (spec "Stripped state").
-const STRIPPED_STATE_TYPES: [&str; 7] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
+/// Whether a `make_join`/`make_leave` template is a membership event of
+/// `user` about themselves in `room_id`.
+fn is_template_for(template: &CanonicalJsonObject, user: &UserId, room_id: &RoomId) -> bool {
+    let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
+    is("type", "m.room.member")
+        && is("sender", user.as_str())
+        && is("state_key", user.as_str())
+        && is("room_id", room_id.as_str())
+}
 
 /// Whether `pdu` is a membership event of `membership` that one of
 /// `origin`'s users sent about themselves in `room_id`.

@@ -17,7 +17,7 @@ use crate::{Error, json_object};
 
 /// State event types shown in an invite or knock (spec: "stripped state"
 /// should include these so the room can be displayed).
-const INVITE_STATE_TYPES: &[&str] = &[
+pub(crate) const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
