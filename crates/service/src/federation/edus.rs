@@ -156,7 +156,11 @@ impl EduSender {
                         let _slot = slot;
                         let mut delay_ms = EDU_RETRY_FIRST_MS;
                         for n in 1..=retries {
-                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                            tokio::select! {
+                                () = tokio::time::sleep(std::time::Duration::from_millis(delay_ms)) => {}
+                                // A server talked to us: maybe it is this one, back.
+                                () = federation.peer_came_back(&server) => {}
+                            }
                             delay_ms = (delay_ms * 2).min(EDU_RETRY_MAX_MS);
                             match attempt(federation.clone(), server.clone()).await {
                                 Ok(_) => return,
