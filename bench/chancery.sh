@@ -12,6 +12,11 @@
 # PostgreSQL database is never touched: give an empty one), NO_BUILD=1 (use
 # the binary already built). Prints `url=`, `pid=` and `version=` lines on
 # stdout once the server answers; stop it with `kill PID`.
+#
+# Federation (bench/federation.sh sets these): BENCH_FED_PORT turns on
+# `[federation]` on 127.0.0.1:BENCH_FED_PORT with server name
+# `127.0.0.1:BENCH_FED_PORT`, TLS from BENCH_FED_CERT / BENCH_FED_KEY (PEM)
+# and BENCH_FED_CA as an extra trust root for the servers it contacts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -46,6 +51,17 @@ unset CHANCERY_CONFIG
 export CHANCERY_LISTEN="127.0.0.1:$PORT"
 export CHANCERY_DATA_DIR="$DIR/data"
 export CHANCERY_SERVER_NAME="localhost"
+if [ -n "${BENCH_FED_PORT:-}" ]; then
+  for v in BENCH_FED_CERT BENCH_FED_KEY BENCH_FED_CA; do
+    [ -r "${!v:-}" ] || { log "BENCH_FED_PORT needs $v (a readable PEM file)"; exit 1; }
+  done
+  export CHANCERY_SERVER_NAME="127.0.0.1:$BENCH_FED_PORT"
+  export CHANCERY_FEDERATION__ENABLED="true"
+  export CHANCERY_FEDERATION__LISTEN="127.0.0.1:$BENCH_FED_PORT"
+  export CHANCERY_FEDERATION__TLS_CERTIFICATE="$BENCH_FED_CERT"
+  export CHANCERY_FEDERATION__TLS_PRIVATE_KEY="$BENCH_FED_KEY"
+  export CHANCERY_FEDERATION__CA_FILE="$BENCH_FED_CA"
+fi
 export CHANCERY_REGISTRATION="open"
 export CHANCERY_RATE_LIMITS__ENABLED="false"
 # The benchmark connects from one address (`connections` holds thousands of

@@ -9,12 +9,21 @@
 #   SYNAPSE_DATABASE_URL=postgres://user:pass@127.0.0.1:5432/synapse bench/synapse.sh [DIR]
 #
 # DIR (default /tmp/chancery-bench-synapse) holds the venv, config, database,
-# logs and media. Environment: SYNAPSE_PORT (default 8018),
+# logs and media. Environment: SYNAPSE_PORT (default 8018), SYNAPSE_VENV
+# (default DIR/venv; one venv may serve several servers),
 # SYNAPSE_VERSION (default the pinned one), SYNAPSE_BCRYPT_ROUNDS (default:
 # Synapse's own, 12), FRESH=1 (delete the SQLite database, media and logs
 # first; the venv and signing key stay; a PostgreSQL database is never
 # touched: give an empty one). Prints `url=`, `pid=` and `version=` lines on
 # stdout once the server answers; stop it with `kill PID`.
+#
+# Federation (bench/federation.sh sets these): SYNAPSE_FED_PORT adds a TLS
+# listener with the federation and keys resources on 127.0.0.1:SYNAPSE_FED_PORT,
+# names the server `127.0.0.1:SYNAPSE_FED_PORT`, and federates with
+# certificates checked against SYNAPSE_FED_CA; SYNAPSE_FED_CERT /
+# SYNAPSE_FED_KEY are its own (PEM). Synapse refuses loopback addresses
+# by default and, for IP-literal server names, checks only the federation
+# blocklist (1.163's BlocklistingAgentWrapper), so that list is emptied.
 set -euo pipefail
 
 SYNAPSE_VERSION="${SYNAPSE_VERSION:-1.163.2}"
@@ -23,7 +32,7 @@ PORT="${SYNAPSE_PORT:-8018}"
 DB_URL="${SYNAPSE_DATABASE_URL:-}"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
-VENV="$DIR/venv"
+VENV="${SYNAPSE_VENV:-$DIR/venv}"
 PY="$VENV/bin/python"
 
 log() { echo "synapse.sh: $*" >&2; }
@@ -43,17 +52,25 @@ if [ -n "$DB_URL" ] && ! "$PY" -c 'import psycopg2' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check psycopg2-binary >&2
 fi
 
+FED_PORT="${SYNAPSE_FED_PORT:-}"
+if [ -n "$FED_PORT" ]; then
+  for v in SYNAPSE_FED_CERT SYNAPSE_FED_KEY SYNAPSE_FED_CA; do
+    [ -r "${!v:-}" ] || { log "SYNAPSE_FED_PORT needs $v (a readable PEM file)"; exit 1; }
+  done
+fi
+
 if [ "${FRESH:-0}" = 1 ]; then
   rm -rf "$DIR/homeserver.db" "$DIR/homeserver.db-wal" "$DIR/homeserver.db-shm" "$DIR/media_store" "$DIR"/homeserver.log* "$DIR/stdout.log"
 fi
 
 # 2. The config, written anew each start so it always matches this script.
 CONFIG="$DIR/homeserver.yaml"
-"$PY" - "$DIR" "$PORT" "$DB_URL" "${SYNAPSE_BCRYPT_ROUNDS:-}" > "$CONFIG" <<'PYEOF'
+"$PY" - "$DIR" "$PORT" "$DB_URL" "${SYNAPSE_BCRYPT_ROUNDS:-}" "$FED_PORT" "${SYNAPSE_FED_CERT:-}" "${SYNAPSE_FED_KEY:-}" "${SYNAPSE_FED_CA:-}" > "$CONFIG" <<'PYEOF'
 import json, sys, secrets, os
 from urllib.parse import urlparse, unquote
 
 dir_, port, db_url, bcrypt_rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+fed_port, fed_cert, fed_key, fed_ca = sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 
 # A secret that survives restarts, so tokens stay valid.
 secret_file = os.path.join(dir_, "macaroon_secret")
@@ -122,6 +139,19 @@ config = {
 }
 if bcrypt_rounds:
     config["bcrypt_rounds"] = int(bcrypt_rounds)
+if fed_port:
+    config["server_name"] = "127.0.0.1:" + fed_port
+    config["listeners"].append({
+        "port": int(fed_port), "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+        "x_forwarded": False, "resources": [{"names": ["federation", "keys"], "compress": False}],
+    })
+    config["tls_certificate_path"] = fed_cert
+    config["tls_private_key_path"] = fed_key
+    config["federation_custom_ca_list"] = [fed_ca]
+    config["federation_verify_certificates"] = True
+    config["federation_ip_range_blacklist"] = []
+    # An empty whitelist forbids every server: federate with any.
+    del config["federation_domain_whitelist"]
 # JSON is YAML.
 print(json.dumps(config, indent=2))
 PYEOF

@@ -341,6 +341,32 @@ impl Server {
         Ok((str_field(&answer, "url")?, str_field(&answer, "jwt")?))
     }
 
+    /// Creates a public room with a name and the alias `#alias_local:<server>`;
+    /// returns its id.
+    pub async fn create_room_with_alias(
+        &self,
+        s: &Session,
+        name: &str,
+        alias_local: &str,
+        room_version: Option<&str>,
+    ) -> Result<String> {
+        let url = self.url(&["_matrix", "client", "v3", "createRoom"], &[]);
+        let mut body = json!({ "preset": "public_chat", "name": name, "room_alias_name": alias_local });
+        if let Some(v) = room_version {
+            body["room_version"] = json!(v);
+        }
+        let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&body), Duration::ZERO).await?;
+        str_field(&v, "room_id")
+    }
+
+    /// `POST /join/{roomIdOrAlias}` with an alias (resolved over federation
+    /// when it names another server); returns the room id joined.
+    pub async fn join_alias(&self, s: &Session, alias: &str) -> Result<String> {
+        let url = self.url(&["_matrix", "client", "v3", "join", alias], &[]);
+        let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;
+        str_field(&v, "room_id")
+    }
+
     pub async fn join(&self, s: &Session, room_id: &str) -> Result<()> {
         let url = self.url(&["_matrix", "client", "v3", "rooms", room_id, "join"], &[]);
         let (v, _) = self.json_call(Method::POST, url, Some(&s.access_token), Some(&json!({})), Duration::ZERO).await?;

@@ -43,6 +43,10 @@ enum Command {
         /// Name of the server in the output.
         #[arg(long, default_value = "server")]
         label: String,
+        /// Base URL of a second server federating with the first (the
+        /// receiving side of `fed-latency` and `fed-throughput`).
+        #[arg(long)]
+        url_remote: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -58,6 +62,10 @@ enum Command {
         /// Name of server A in the output.
         #[arg(long, default_value = "A")]
         a_label: String,
+        /// Base URL of a second server of A's kind federating with A (the
+        /// receiving side of the `fed-*` scenarios).
+        #[arg(long)]
+        a_remote: Option<String>,
         /// Base URL of server B (the denominator).
         #[arg(long)]
         b: String,
@@ -67,6 +75,9 @@ enum Command {
         /// Name of server B in the output.
         #[arg(long, default_value = "B")]
         b_label: String,
+        /// Base URL of a second server of B's kind federating with B.
+        #[arg(long)]
+        b_remote: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -197,6 +208,17 @@ struct Common {
     delayed_members: Option<usize>,
     #[arg(long)]
     delayed_restarts: Option<usize>,
+    /// `fed-latency` (named only; needs the remote server): messages timed
+    /// from a send on one server to its arrival in a long-poll `/sync` on
+    /// the other.
+    #[arg(long)]
+    fed_latency_samples: Option<usize>,
+    /// `fed-throughput` (named only): messages sent on one server, and
+    /// sends in flight at once, until the other server's user has them all.
+    #[arg(long)]
+    fed_throughput_messages: Option<usize>,
+    #[arg(long)]
+    fed_throughput_concurrency: Option<usize>,
     /// `sfu` (Chancery only, not in `all`): call sizes as
     /// PUBLISHERSxSUBSCRIBERS, run one after another.
     #[arg(long, value_delimiter = ',', default_value = "2x4,4x8")]
@@ -257,6 +279,9 @@ impl Common {
             thumbnail_samples: self.thumbnail_samples.unwrap_or(20),
             delayed_members: self.delayed_members.unwrap_or(pick(20, 200)),
             delayed_restarts: self.delayed_restarts.unwrap_or(pick(50, 200)),
+            fed_latency_samples: self.fed_latency_samples.unwrap_or(pick(50, 200)),
+            fed_throughput_messages: self.fed_throughput_messages.unwrap_or(pick(500, 5_000)),
+            fed_throughput_concurrency: self.fed_throughput_concurrency.unwrap_or(4),
             sfu_sizes: self.sfu_sizes.iter().filter_map(|s| parse_size(s)).collect(),
             sfu_seconds: self.sfu_seconds,
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
@@ -276,8 +301,11 @@ impl Common {
         let all = self.scenarios.contains(&Scenario::All);
         let mut chosen: Vec<Scenario> = Scenario::EVERY.into_iter().filter(|s| all || self.scenarios.contains(s)).collect();
         // Named only: `sfu` measures Chancery's own SFU.
-        if self.scenarios.contains(&Scenario::Sfu) {
-            chosen.push(Scenario::Sfu);
+        // Named only: the `fed-*` scenarios need a second, federating server.
+        for named in [Scenario::Sfu, Scenario::FedLatency, Scenario::FedThroughput] {
+            if self.scenarios.contains(&named) {
+                chosen.push(named);
+            }
         }
         chosen
     }
@@ -314,6 +342,9 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
     eprintln!("[{}] {} ...", server.label, scenario.name());
     let max_time = if scenario == Scenario::SsFirst { ctx.sizes.ss_first_max_time } else { ctx.sizes.max_time };
     server.budget.reset(max_time, ctx.sizes.max_requests);
+    if let Some(remote) = &ctx.remote {
+        remote.server.budget.reset(max_time, ctx.sizes.max_requests);
+    }
     let mut o = Outcome::new(scenario.name(), &server.label, server.base.as_str());
     let started = Instant::now();
     let result = match scenario {
@@ -332,10 +363,12 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::DelayedRestart => scenarios::delayed_restart::run(ctx, &mut o).await,
         Scenario::Rss => scenarios::rss::run(ctx, &mut o).await,
         Scenario::Sfu => scenarios::sfu::run(ctx, &mut o).await,
+        Scenario::FedLatency => scenarios::federation::latency(ctx, &mut o).await,
+        Scenario::FedThroughput => scenarios::federation::throughput(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };
     o.wall_s = started.elapsed().as_secs_f64();
-    o.requests = server.budget.used();
+    o.requests = server.budget.used() + ctx.remote.as_ref().map_or(0, |r| r.server.budget.used());
     if let Err(e) = result {
         o.error = Some(format!("{e:#}"));
         eprintln!("[{}] {} FAILED: {e:#}", server.label, scenario.name());
@@ -366,15 +399,32 @@ fn header_notes(common: &Common, sizes: &Sizes, servers: &[&Server]) -> Vec<Stri
     notes
 }
 
-async fn run_one(url: String, pid: Option<u32>, label: String, common: Common) -> Result<bool> {
+/// The context of one server, with its federating partner when given
+/// (`remote`: that server's URL; its users get the run id plus `r`).
+async fn context(server: Server, remote: Option<&str>, sizes: &Sizes, id: &str) -> Result<Ctx> {
+    let ctx = Ctx::new(server, sizes.clone(), id)?;
+    let Some(url) = remote else { return Ok(ctx) };
+    let remote_id = format!("{id}r");
+    let server = Server::new(&format!("{}-remote", ctx.server.label), url, None, &remote_id)?;
+    server.check_reachable().await?;
+    Ok(ctx.with_remote(Ctx::new(server, sizes.clone(), &remote_id)?))
+}
+
+fn remote_note(label: &str, remote: Option<&str>) -> Option<String> {
+    remote.map(|url| format!("{label}-remote (federating with {label}): {url}"))
+}
+
+async fn run_one(url: String, pid: Option<u32>, label: String, url_remote: Option<String>, common: Common) -> Result<bool> {
     common.check()?;
     let sizes = common.sizes();
     let id = run_id();
     let server = Server::new(&label, &url, pid, &id)?;
     server.check_reachable().await?;
     let results = ResultsFile::new(common.results.as_deref());
-    results.start_run(&format!("{} — run against {label}", report::utc_now()), &header_notes(&common, &sizes, &[&server]))?;
-    let ctx = Ctx::new(server, sizes, &id)?;
+    let mut notes = header_notes(&common, &sizes, &[&server]);
+    notes.extend(remote_note(&label, url_remote.as_deref()));
+    results.start_run(&format!("{} — run against {label}", report::utc_now()), &notes)?;
+    let ctx = context(server, url_remote.as_deref(), &sizes, &id).await?;
     let mut ok = true;
     for scenario in common.scenarios() {
         let o = run_scenario(&ctx, scenario).await;
@@ -384,7 +434,10 @@ async fn run_one(url: String, pid: Option<u32>, label: String, common: Common) -
     Ok(ok)
 }
 
-async fn compare(a: (String, Option<u32>, String), b: (String, Option<u32>, String), common: Common) -> Result<bool> {
+/// One side of `compare`: URL, pid, label and the federating partner's URL.
+type Side = (String, Option<u32>, String, Option<String>);
+
+async fn compare(a: Side, b: Side, common: Common) -> Result<bool> {
     let sizes = common.sizes();
     let id = run_id();
     let server_a = Server::new(&a.2, &a.0, a.1, &format!("{id}a"))?;
@@ -395,13 +448,13 @@ async fn compare(a: (String, Option<u32>, String), b: (String, Option<u32>, Stri
         bail!("--a-label and --b-label must differ");
     }
     let results = ResultsFile::new(common.results.as_deref());
-    results.start_run(
-        &format!("{} — compare {} (A) with {} (B)", report::utc_now(), a.2, b.2),
-        &header_notes(&common, &sizes, &[&server_a, &server_b]),
-    )?;
+    let mut notes = header_notes(&common, &sizes, &[&server_a, &server_b]);
+    notes.extend(remote_note(&a.2, a.3.as_deref()));
+    notes.extend(remote_note(&b.2, b.3.as_deref()));
+    results.start_run(&format!("{} — compare {} (A) with {} (B)", report::utc_now(), a.2, b.2), &notes)?;
     // Both contexts first, so both idle memory figures precede any load.
-    let ctx_a = Ctx::new(server_a, sizes.clone(), &format!("{id}a"))?;
-    let ctx_b = Ctx::new(server_b, sizes, &format!("{id}b"))?;
+    let ctx_a = context(server_a, a.3.as_deref(), &sizes, &format!("{id}a")).await?;
+    let ctx_b = context(server_b, b.3.as_deref(), &sizes, &format!("{id}b")).await?;
     let mut pairs = Vec::new();
     let mut ok = true;
     for (i, scenario) in common.scenarios().into_iter().enumerate() {
@@ -447,9 +500,9 @@ async fn compare(a: (String, Option<u32>, String), b: (String, Option<u32>, Stri
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let ok = match cli.command {
-        Command::Run { url, pid, label, common } => run_one(url, pid, label, common).await?,
-        Command::Compare { a, a_pid, a_label, b, b_pid, b_label, common } => {
-            compare((a, a_pid, a_label), (b, b_pid, b_label), common).await?
+        Command::Run { url, pid, label, url_remote, common } => run_one(url, pid, label, url_remote, common).await?,
+        Command::Compare { a, a_pid, a_label, a_remote, b, b_pid, b_label, b_remote, common } => {
+            compare((a, a_pid, a_label, a_remote), (b, b_pid, b_label, b_remote), common).await?
         }
     };
     if !ok {

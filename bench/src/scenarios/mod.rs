@@ -6,6 +6,7 @@ pub mod connections;
 pub mod delayed_restart;
 pub mod e2e;
 pub mod fanout;
+pub mod federation;
 pub mod history;
 pub mod initial_sync;
 pub mod join_large;
@@ -75,6 +76,11 @@ pub enum Scenario {
     All,
     /// Chancery's built-in SFU (not in `all`: other servers have none).
     Sfu,
+    /// Federation latency between two servers of one implementation (not
+    /// in `all`: needs the second server, `--url-remote` / `--a-remote`).
+    FedLatency,
+    /// Federation throughput between the same two servers (not in `all`).
+    FedThroughput,
 }
 
 impl Scenario {
@@ -113,6 +119,8 @@ impl Scenario {
             Scenario::Rss => "rss",
             Scenario::All => "all",
             Scenario::Sfu => "sfu",
+            Scenario::FedLatency => "fed-latency",
+            Scenario::FedThroughput => "fed-throughput",
         }
     }
 }
@@ -153,6 +161,11 @@ pub struct Sizes {
     pub thumbnail_samples: usize,
     pub delayed_members: usize,
     pub delayed_restarts: usize,
+    /// `fed-latency`: messages timed; `fed-throughput`: messages sent, and
+    /// how many sends are in flight at once.
+    pub fed_latency_samples: usize,
+    pub fed_throughput_messages: usize,
+    pub fed_throughput_concurrency: usize,
     /// `sfu`: the (publishers, subscribers) sizes run one after another,
     /// and the seconds measured at each.
     pub sfu_sizes: Vec<(usize, usize)>,
@@ -180,6 +193,9 @@ pub struct Ctx {
     /// Peak `VmRSS` during the measured phase of each scenario run so far.
     pub peaks_kb: Mutex<HashMap<&'static str, u64>>,
     sampler: Mutex<Option<PeakSampler>>,
+    /// The second server of a federating pair (`fed-*` scenarios): its
+    /// users are the receivers, the server above is where rooms are made.
+    pub remote: Option<Box<Ctx>>,
 }
 
 impl Ctx {
@@ -194,7 +210,14 @@ impl Ctx {
             idle_rss_kb,
             peaks_kb: Mutex::new(HashMap::new()),
             sampler: Mutex::new(None),
+            remote: None,
         })
+    }
+
+    /// This context with `remote` as the other server of a federating pair.
+    pub fn with_remote(mut self, remote: Ctx) -> Self {
+        self.remote = Some(Box::new(remote));
+        self
     }
 
     /// A marker unique to this run, put in message bodies so that
@@ -373,6 +396,12 @@ impl ReceiverLink {
         let answer = request.await;
         self.parked.fetch_sub(1, Ordering::SeqCst);
         (answer, Instant::now())
+    }
+
+    /// Reports one arrival found another way than in a long-poll answer
+    /// (read back through `/messages`).
+    pub fn send_arrival(&self, arrival: Arrival) {
+        let _ = self.tx.send(arrival);
     }
 
     /// Reports every `m.room.message` among `events` whose body starts
