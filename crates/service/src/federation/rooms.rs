@@ -383,15 +383,7 @@ impl RoomFederation {
         limit: usize,
     ) -> Result<Vec<Box<RawJsonValue>>, Error> {
         self.ensure_origin_in_room(origin, room_id).await?;
-        let mut newest = 0;
-        for id in from.iter().take(MAX_FEDERATION_PAGE) {
-            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
-                newest = newest.max(event.stream_pos);
-            }
-        }
-        if newest == 0 {
-            return Ok(Vec::new());
-        }
+        let Some(newest) = self.positions_of(room_id, from).await?.into_iter().max() else { return Ok(Vec::new()) };
         let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
         let events = self.deps.rooms.room_events(room_id.as_str(), 0, newest, limit, true).await?;
         events.iter().map(|e| raw_json(&e.json)).collect()
@@ -410,24 +402,26 @@ impl RoomFederation {
         min_depth: u64,
     ) -> Result<Vec<Box<RawJsonValue>>, Error> {
         self.ensure_origin_in_room(origin, room_id).await?;
-        let mut after = 0;
-        for id in earliest.iter().take(MAX_FEDERATION_PAGE) {
-            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
-                after = after.max(event.stream_pos);
-            }
-        }
-        let mut before = None::<u64>;
-        for id in latest.iter().take(MAX_FEDERATION_PAGE) {
-            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
-                before = Some(before.map_or(event.stream_pos, |b| b.min(event.stream_pos)));
-            }
-        }
+        let after = self.positions_of(room_id, earliest).await?.into_iter().max().unwrap_or(0);
+        let before = self.positions_of(room_id, latest).await?.into_iter().min();
         let Some(before) = before.filter(|b| *b > after + 1) else { return Ok(Vec::new()) };
         let limit = limit.clamp(1, MAX_FEDERATION_PAGE);
         let mut events = self.deps.rooms.room_events(room_id.as_str(), after, before - 1, limit, true).await?;
         events.retain(|e| e.depth >= min_depth);
         events.reverse();
         events.iter().map(|e| raw_json(&e.json)).collect()
+    }
+
+    /// The positions of those of `ids` (at most [`MAX_FEDERATION_PAGE`])
+    /// that are events of the room here.
+    async fn positions_of(&self, room_id: &RoomId, ids: &[OwnedEventId]) -> Result<Vec<u64>, Error> {
+        let mut positions = Vec::new();
+        for id in ids.iter().take(MAX_FEDERATION_PAGE) {
+            if let Some(event) = crate::rooms::state::event_of_room(&*self.deps.rooms, room_id, id.as_str()).await? {
+                positions.push(event.stream_pos);
+            }
+        }
+        Ok(positions)
     }
 
     /// Other servers read a room's events only while one of their users is
