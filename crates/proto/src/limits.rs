@@ -579,3 +579,12 @@ pub const MAX_INBOUND_REQUESTS_PER_ORIGIN: usize = 32;
 /// Events walked back to tell whether a received state event knew the
 /// one in force (a fork); past it, it is taken as knowing it.
 pub const MAX_ANCESTRY_WALK: usize = 1_000;
+
+/// A room's history from before this server's join (federation
+/// "Backfilling"): events kept per room (past it the history stops), rounds
+/// of fetching one `/messages` page may wait for, how long each may take,
+/// and servers asked in turn.
+pub const MAX_HISTORY_EVENTS_PER_ROOM: u64 = 100_000;
+pub const MAX_HISTORY_FETCH_ROUNDS: usize = 3;
+pub const HISTORY_FETCH_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_HISTORY_SERVERS: usize = 3;

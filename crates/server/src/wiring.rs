@@ -17,9 +17,9 @@ use chancery_service::{
     DelayedEventsConfig, DelayedEventsDeps, DeviceLists, Directory, DirectoryDeps, Ephemeral, EphemeralDeps, EventFormatter,
     EventFormatterDeps, Federation, FederationDeps, FederationSender, FederationSenderDeps, Health, InteractiveAuth,
     InteractiveAuthDeps, Keys, KeysDeps, Limiters, Media, MediaConfig, MediaDeps, Notifier, OpenId, OpenIdDeps, Profiles, Push,
-    PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomFederation, RoomFederationDeps, RoomReader,
-    RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync, SlidingSyncDeps, Spaces,
-    SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
+    PushDeps, Pushers, PushersConfig, PushersDeps, Reports, ReportsDeps, RoomFederation, RoomFederationDeps, RoomHistory,
+    RoomHistoryDeps, RoomReader, RoomReaderDeps, RoomWriter, RoomWriterDeps, Rooms, RoomsDeps, Search, SearchDeps, SlidingSync,
+    SlidingSyncDeps, Spaces, SpacesDeps, Syncer, SyncerDeps, ThreadSubscriptions, ThreadSubscriptionsDeps, Visibility,
 };
 use chancery_store::DynStore;
 
@@ -184,6 +184,11 @@ pub fn components_with(
         clock: clock.clone(),
         entropy: entropy.clone(),
     }));
+    let history = Arc::new(RoomHistory::new(RoomHistoryDeps {
+        federation: federation.clone(),
+        rooms: store.clone(),
+        history: store.clone(),
+    }));
     let room_federation = Arc::new(RoomFederation::new(RoomFederationDeps {
         federation: federation.clone(),
         rooms: store.clone(),
@@ -192,6 +197,7 @@ pub fn components_with(
         clock: clock.clone(),
         accounts: store.clone(),
         notifier: notifier.clone(),
+        history: history.clone(),
     }));
     let rooms = Arc::new(Rooms::new(RoomsDeps {
         config: RoomsConfig { server_name, default_room_version, encryption_by_default: config.encryption_by_default },
@@ -225,6 +231,7 @@ pub fn components_with(
         visibility: visibility.clone(),
         formatter: formatter.clone(),
         account_data: account_data.clone(),
+        history,
     }));
     let search = Arc::new(Search::new(SearchDeps {
         store: store.clone(),

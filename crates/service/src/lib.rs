@@ -96,7 +96,10 @@ pub use directory::{Directory, DirectoryDeps};
 pub use ephemeral::{Ephemeral, EphemeralDeps, ReceiptThread};
 pub use error::{Error, UiaChallenge};
 pub use federation::sender::{FederationSender, FederationSenderDeps};
-pub use federation::{Federation, FederationConfig, FederationDeps, FederationError, RoomFederation, RoomFederationDeps};
+pub use federation::{
+    Federation, FederationConfig, FederationDeps, FederationError, HistoryPage, RoomFederation, RoomFederationDeps, RoomHistory,
+    RoomHistoryDeps,
+};
 pub use health::Health;
 pub use keys::{DeviceLists, Keys, KeysDeps};
 pub use media::{Media, MediaConfig, MediaDeps};

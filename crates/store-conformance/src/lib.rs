@@ -10,6 +10,7 @@ mod account_data;
 mod delayed_events;
 mod federation;
 mod hierarchy;
+mod history;
 mod keys;
 mod media;
 mod nul;
@@ -29,6 +30,7 @@ pub use self::account_data::*;
 pub use self::delayed_events::*;
 pub use self::federation::*;
 pub use self::hierarchy::*;
+pub use self::history::*;
 pub use self::keys::*;
 pub use self::media::*;
 pub use self::nul::*;
@@ -91,6 +93,7 @@ macro_rules! store_conformance_tests {
             concurrent_thread_subscriptions_become_visible_in_order,
             federation_events_go_to_the_servers_in_the_room, federation_destinations_come_from_membership_changes,
             federation_positions_persist_and_never_move_back,
+            history_walks_back_numbered_hidden_and_bounded,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

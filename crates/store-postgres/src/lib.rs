@@ -14,6 +14,7 @@ mod directory;
 mod federation;
 mod forgotten;
 mod hierarchy;
+mod history;
 mod json;
 mod keys;
 mod media;

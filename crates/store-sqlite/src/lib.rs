@@ -16,6 +16,7 @@ mod directory;
 mod federation;
 mod forgotten;
 mod hierarchy;
+mod history;
 mod keys;
 mod media;
 mod openid;

@@ -11,6 +11,7 @@ mod directory;
 mod federation;
 mod forgotten;
 mod hierarchy;
+mod history;
 mod keys;
 mod media;
 mod openid;
@@ -39,6 +40,7 @@ pub use directory::*;
 pub use federation::*;
 pub use forgotten::*;
 pub use hierarchy::*;
+pub use history::*;
 pub use keys::*;
 pub use media::*;
 pub use openid::*;
@@ -374,6 +376,7 @@ pub trait Store:
     + OpenIdStore
     + ThreadSubscriptionStore
     + FederationStore
+    + RoomHistoryStore
     + StreamStore
     + NodeBus
 {

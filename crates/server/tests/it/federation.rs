@@ -735,3 +735,70 @@ async fn concurrent_state_changes_converge(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(concurrent_state_changes_converge);
+
+/// Pages `room` back as `user` with `/messages` (`limit` a page, at most
+/// 50 pages) until no `end` token; returns the message bodies, newest
+/// first, and how many pages it took.
+pub(crate) async fn page_back(user: &User, room: &str, limit: usize) -> (Vec<String>, usize) {
+    let mut from: Option<String> = None;
+    let mut bodies = Vec::new();
+    for page in 1..=50 {
+        let query = match &from {
+            Some(token) => format!("dir=b&limit={limit}&from={}", urlencode(token)),
+            None => format!("dir=b&limit={limit}"),
+        };
+        let answer = user.ok(Method::GET, &format!("/rooms/{room}/messages?{query}"), None).await;
+        for event in answer["chunk"].as_array().into_iter().flatten().filter(|e| e["type"] == "m.room.message") {
+            bodies.push(event["content"]["body"].as_str().unwrap_or_default().to_owned());
+        }
+        match answer["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return (bodies, page),
+        }
+    }
+    panic!("{}'s pages of {room} never ended: {bodies:?}", user.id);
+}
+
+/// A user who joins a room of another server pages back into its history
+/// from before the join: fetched from the resident server (`/backfill`),
+/// each event once, in order, and only where the room's history
+/// visibility lets a new member see it.
+async fn history_from_before_a_join_is_fetched(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "archive", "preset": "public_chat"})).await;
+    for n in 0..25 {
+        alice.say(&room, &format!("t{n}"), &format!("old {n}")).await;
+    }
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#archive:{}", a.server_name()))), Some(json!({}))).await;
+    alice.say(&room, "after", "after the join").await;
+    wait_for_message(&bob, &room, "after the join").await;
+
+    let (bodies, pages) = page_back(&bob, &room, 10).await;
+    let mut expected = vec!["after the join".to_owned()];
+    expected.extend((0..25).rev().map(|n| format!("old {n}")));
+    assert_eq!(bodies, expected);
+    assert!(pages >= 3, "25 old messages in pages of 10 take several pages, not {pages}");
+    // Read again, now from what B stored: the same.
+    assert_eq!(page_back(&bob, &room, 7).await.0, expected);
+
+    // History only members at the time may read stays hidden from a new one.
+    let closed = alice
+        .create_room(json!({"room_alias_name": "closed", "preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.say(&closed, "c1", "members only").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#closed:{}", a.server_name()))), Some(json!({}))).await;
+    let (bodies, _) = page_back(&bob, &closed, 10).await;
+    assert!(bodies.is_empty(), "{bodies:?}");
+
+    // A user of B outside the room reads none of it.
+    let carol = User::new(&b.base_url, "carol").await;
+    let got = carol.call(Method::GET, &format!("/rooms/{room}/messages?dir=b&from=h0"), None).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(history_from_before_a_join_is_fetched);

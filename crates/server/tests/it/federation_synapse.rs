@@ -168,8 +168,9 @@ on_both_backends!(synapse_user_joins_chancery_room);
 
 /// A Chancery user joins a public Synapse room (room version 12, Synapse's
 /// default: its id names no server) by alias: Chancery shows the room's
-/// state and members; messages go both ways, and Chancery's typing and
-/// read receipt reach Synapse.
+/// state and members and fetches the history from before the join;
+/// messages go both ways, and Chancery's typing and read receipt reach
+/// Synapse.
 async fn chancery_user_joins_synapse_room(backend: Backend) {
     let (chancery, synapse) = pair(backend).await;
     let alice = User::new(&chancery.base_url, "alice").await;
@@ -204,6 +205,10 @@ async fn chancery_user_joins_synapse_room(backend: Backend) {
     // Sam talks after the join: the message reaches Alice.
     let welcome = sam.say(&room, "s2", "welcome alice").await;
     message_reaches_sync(&alice, &room, "welcome alice").await;
+    // Alice pages back into the history from before her join, which
+    // Chancery fetches from Synapse.
+    let (bodies, _) = crate::federation::page_back(&alice, &room, 5).await;
+    assert_eq!(bodies, ["welcome alice", "before alice"]);
     // Alice answers in Synapse's room.
     alice.say(&room, "t1", "thanks sam").await;
     message_reaches_sync(&sam, &room, "thanks sam").await;

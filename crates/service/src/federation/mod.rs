@@ -11,12 +11,14 @@
 //! [`MAX_FEDERATION_RESPONSE_BYTES`] and [`FEDERATION_REQUEST_TIMEOUT_MS`].
 
 pub mod edus;
+mod history;
 pub mod keys;
 pub mod policy;
 mod rooms;
 
 pub(crate) use rooms::server_allowed_in_room;
 
+pub use history::{HistoryPage, RoomHistory, RoomHistoryDeps};
 pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
 pub mod sender;
 
@@ -24,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chancery_core::pdu::{self, Pdu};
 use chancery_proto::limits::{
     FEDERATION_CONNECT_TIMEOUT_MS, FEDERATION_REQUEST_TIMEOUT_MS, MAX_CACHED_SERVER_KEYS, MAX_FEDERATION_RESPONSE_BYTES,
     MAX_INBOUND_REQUESTS_PER_ORIGIN, MAX_NOTARY_QUERY_SERVERS, SERVER_KEY_FAILURE_BACKOFF_MS, SERVER_KEY_VALIDITY_MS,
@@ -36,8 +39,9 @@ use chancery_proto::ruma::api::path_builder::SinglePath;
 use chancery_proto::ruma::api::{IncomingResponse, Metadata, OutgoingRequest};
 use chancery_proto::ruma::serde::Base64;
 use chancery_proto::ruma::signatures::{Ed25519KeyPair, PublicKeyMap};
-use chancery_proto::ruma::{CanonicalJsonObject, OwnedRoomId, OwnedServerName, RoomAliasId, ServerName, UserId};
+use chancery_proto::ruma::{CanonicalJsonObject, OwnedRoomId, OwnedServerName, RoomAliasId, RoomVersionId, ServerName, UserId};
 use serde_json::Value as JsonValue;
+use serde_json::value::RawValue as RawJsonValue;
 
 use crate::Error;
 use crate::clock::Clock;
@@ -401,6 +405,22 @@ impl Federation {
             .resolve(server)
             .await
             .map_err(|e| FederationError::Unreachable { server: server.to_owned(), reason: e.to_string() })
+    }
+
+    /// Steps 1–3 of the checks on a received PDU (server-server API,
+    /// "Checks performed on receipt of a PDU"): size, format, the
+    /// signatures of the servers that must have signed it (keys fetched as
+    /// needed), content hash (a mismatch keeps it redacted).
+    pub async fn check_pdu(&self, room_version: &RoomVersionId, raw: &RawJsonValue) -> Result<Pdu, Error> {
+        if raw.get().len() > chancery_proto::limits::MAX_PDU_BYTES {
+            return Err(Error::TooLarge("the event is larger than 65,536 bytes".into()));
+        }
+        let rules = crate::rooms::rules_of(room_version)?;
+        let object: CanonicalJsonObject =
+            serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
+        let servers = pdu::servers_to_verify(&object, &rules)?;
+        let keys = self.event_keys(&servers).await?;
+        Ok(pdu::check_received(object, &rules, &keys)?)
     }
 
     /// Sends a signed request to `destination`.

@@ -52,6 +52,8 @@ pub struct RoomFederationDeps {
     /// Users whose rooms appear or change outside the write path (a room
     /// joined over federation, an invite to a room of another server).
     pub notifier: Arc<Notifier>,
+    /// Rooms joined through another server have history before the join.
+    pub history: Arc<super::RoomHistory>,
 }
 
 /// The answer to a `send_join`: the room's state before the join, its
@@ -686,11 +688,13 @@ impl RoomFederation {
             creator: create.sender.to_string(),
             created_ts: create.origin_server_ts.get().into(),
         };
+        // The room's history before the join is fetched when a reader
+        // pages back to it.
         match self.deps.rooms.create_room(room.clone(), events.clone()).await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.deps.history.open(room_id, &join).await,
             Err(StoreError::RoomIdTaken) => match self.deps.rooms.replace_stub_room(room, events).await {
                 // Known only through an invite: now known whole.
-                Ok(_) => Ok(()),
+                Ok(_) => self.deps.history.open(room_id, &join).await,
                 // Known already (a user of ours joined meanwhile, or left
                 // before): the join goes through the write path.
                 Err(StoreError::UnknownRoom) => self.deps.writer.append_received(room_id, &join).await.map(|_| ()),
@@ -751,15 +755,7 @@ impl RoomFederation {
     /// Steps 1–3 of the checks on a received PDU: size, format, signatures
     /// (keys fetched as needed), content hash.
     async fn check_pdu(&self, room_version: &RoomVersionId, raw: &RawJsonValue) -> Result<Pdu, Error> {
-        if raw.get().len() > chancery_proto::limits::MAX_PDU_BYTES {
-            return Err(Error::TooLarge("the event is larger than 65,536 bytes".into()));
-        }
-        let rules = rules_of(room_version)?;
-        let object: CanonicalJsonObject =
-            serde_json::from_str(raw.get()).map_err(|e| Error::BadJson(format!("not a PDU: {e}")))?;
-        let servers = pdu::servers_to_verify(&object, &rules)?;
-        let keys = self.deps.federation.event_keys(&servers).await?;
-        Ok(pdu::check_received(object, &rules, &keys)?)
+        self.deps.federation.check_pdu(room_version, raw).await
     }
 
     /// The auth chain of events (their `auth_events`, transitively), as

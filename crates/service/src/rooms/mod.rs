@@ -68,6 +68,19 @@ pub fn format_token(pos: u64) -> String {
     format!("s{pos}")
 }
 
+/// A `/messages` token inside a room's history from before this server
+/// joined it ([`crate::RoomHistory`]): `h<ordinal>`, the page goes on
+/// after that ordinal. Apart from the stream, so it never looks like a
+/// sync token.
+pub fn format_history_token(ordinal: u64) -> String {
+    format!("h{ordinal}")
+}
+
+/// The ordinal of a history token, `None` for any other token.
+pub fn parse_history_token(token: &str) -> Option<u64> {
+    token.strip_prefix('h').and_then(|rest| rest.parse().ok())
+}
+
 pub fn parse_token(token: &str) -> Result<u64, Error> {
     token
         .strip_prefix('s')

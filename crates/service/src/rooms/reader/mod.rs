@@ -13,7 +13,7 @@ use chancery_proto::limits::MAX_MESSAGES_LIMIT;
 use chancery_proto::ruma::api::client::filter::{LazyLoadOptions, RoomEventFilter};
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{EventId, RoomId};
-use chancery_store::{RelationStore, RoomStore};
+use chancery_store::{RelationStore, RoomStore, StoredEvent};
 use serde_json::{Map, Value as JsonValue, json};
 
 pub use context::ContextPage;
@@ -22,8 +22,12 @@ pub use relations::{RelationsPage, RelationsRequest, ThreadsPage};
 use super::filter::event_allowed;
 use super::state::ensure_joined;
 use super::visibility::Standing;
-use super::{ClientEventOptions, Direction, EventFormatter, Visibility, format_token, parse_token};
+use super::{
+    ClientEventOptions, Direction, EventFormatter, Visibility, format_history_token, format_token, parse_history_token,
+    parse_token,
+};
 use crate::account_data::AccountData;
+use crate::federation::RoomHistory;
 use crate::{AuthedUser, Error};
 
 #[derive(Debug, Clone)]
@@ -44,6 +48,9 @@ pub struct RoomReaderDeps {
     pub formatter: Arc<EventFormatter>,
     /// For the ignored-user list `/messages` applies.
     pub account_data: Arc<AccountData>,
+    /// `/messages` pages on into a room's history from before this server
+    /// joined it.
+    pub history: Arc<RoomHistory>,
 }
 
 /// Reading rooms back.
@@ -163,28 +170,41 @@ impl RoomReader {
         let limit = limit.clamp(1, MAX_MESSAGES_LIMIT);
         let current = self.deps.rooms.current_stream_pos().await?;
         let viewer = ClientEventOptions::from(user);
-        let (events, start, end) = match dir {
-            Direction::Backward => {
+        // Within the room's history from before this server's join (a
+        // history token), or in the stream, going on into that history when
+        // a backward page reaches the stream's first event of the room.
+        let history_from = from.and_then(parse_history_token);
+        let (events, start, end) = match (dir, history_from) {
+            (Direction::Backward, Some(after)) => {
+                let page = self.deps.history.page(&user.user_id, room_id, after, limit).await?;
+                let events = self.page_filter(user, room_id, filter, Vec::new(), page.events).await?;
+                (events, format_history_token(after), page.next.map(format_history_token))
+            }
+            (Direction::Backward, None) => {
                 let up_to = from.map(parse_token).transpose()?.unwrap_or(current).min(current);
                 let events = self.deps.rooms.room_events(room_id.as_str(), 0, up_to, limit, true).await?;
-                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos - 1)).flatten();
-                (events, up_to, end)
+                let (end, history) = if events.len() == limit {
+                    (events.last().map(|e| format_token(e.stream_pos - 1)), Vec::new())
+                } else if self.deps.history.has_history(room_id).await? {
+                    let page = self.deps.history.page(&user.user_id, room_id, 0, limit - events.len()).await?;
+                    (page.next.map(format_history_token), page.events)
+                } else {
+                    (None, Vec::new())
+                };
+                (self.page_filter(user, room_id, filter, events, history).await?, format_token(up_to), end)
             }
-            Direction::Forward => {
-                let after = from.map(parse_token).transpose()?.unwrap_or(0);
+            (Direction::Forward, _) => {
+                // Forward from inside the history goes on from the
+                // stream's first event of the room.
+                let after = match history_from {
+                    Some(_) => 0,
+                    None => from.map(parse_token).transpose()?.unwrap_or(0),
+                };
                 let events = self.deps.rooms.room_events(room_id.as_str(), after, current, limit, false).await?;
-                let end = (events.len() == limit).then(|| events.last().map(|e| e.stream_pos)).flatten();
-                (events, after, end)
+                let end = (events.len() == limit).then(|| events.last().map(|e| format_token(e.stream_pos))).flatten();
+                (self.page_filter(user, room_id, filter, events, Vec::new()).await?, format_token(after), end)
             }
         };
-        // Filtering after the page is cut keeps tokens exact; a page may hold
-        // fewer events than `limit`, which the spec allows.
-        let events: Vec<_> = events.into_iter().filter(|e| event_allowed(filter, &e.event_type, &e.sender)).collect();
-        let events = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
-        // Spec "Ignoring Users": no timeline events of ignored users, here
-        // as in /sync; their state events stay.
-        let ignored = self.deps.account_data.ignored_users(user.user_id.as_str()).await?;
-        let events: Vec<_> = events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect();
         let state = if matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
             // The member events of the page's senders, so the client can
             // show them without the full member list. On every page, also
@@ -211,11 +231,29 @@ impl RoomReader {
         } else {
             Vec::new()
         };
-        Ok(MessagesPage {
-            chunk: self.deps.formatter.client_events(&events, &viewer).await?,
-            start: format_token(start),
-            end: end.map(format_token),
-            state,
-        })
+        Ok(MessagesPage { chunk: self.deps.formatter.client_events(&events, &viewer).await?, start, end, state })
+    }
+
+    /// A `/messages` page's events as the reader may see them: the
+    /// stream's (`events`) after the filter and history visibility, then
+    /// the room's history before the join (`history`, already judged by
+    /// [`RoomHistory`]) after the filter; no timeline events of ignored
+    /// users (spec "Ignoring Users", as in /sync; their state events stay).
+    /// Filtering after the page is cut keeps tokens exact; a page may hold
+    /// fewer events than `limit`, which the spec allows.
+    async fn page_filter(
+        &self,
+        user: &AuthedUser,
+        room_id: &RoomId,
+        filter: &RoomEventFilter,
+        events: Vec<StoredEvent>,
+        history: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let allowed = |e: &StoredEvent| event_allowed(filter, &e.event_type, &e.sender);
+        let events: Vec<_> = events.into_iter().filter(allowed).collect();
+        let mut events = self.deps.visibility.visible_events(&user.user_id, room_id.as_str(), events).await?;
+        events.extend(history.into_iter().filter(allowed));
+        let ignored = self.deps.account_data.ignored_users(user.user_id.as_str()).await?;
+        Ok(events.into_iter().filter(|e| e.state_key.is_some() || !ignored.contains(&e.sender)).collect())
     }
 }
