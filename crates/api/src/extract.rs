@@ -56,7 +56,11 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
         let bytes = read_body(body, &parts.headers, &limits).await?;
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let origin = state.components.federation.authenticate(authorization, &parts.method, &parts.uri, &bytes).await?;
-        let permit = state.components.federation.admit(&origin)?;
+        // Transactions are not rate-limited: a sender has one in flight per
+        // destination, each bounded in size, and a 429 would only slow
+        // delivery; everything else is.
+        let transaction = parts.uri.path().starts_with("/_matrix/federation/v1/send/");
+        let permit = state.components.federation.admit(&origin, !transaction)?;
         // A server that talks to us is up: what waits for it goes now.
         state.components.federation_sender.peer_is_back(&origin);
         state.components.federation.peer_is_back(&origin);

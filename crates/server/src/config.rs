@@ -82,6 +82,9 @@ pub struct FederationSection {
     /// `[federation.pinned_keys."other.gouv.fr"]` then
     /// `"ed25519:abc" = "<base64 public key>"`.
     pub pinned_keys: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Requests one other server may make: a sustained rate and a burst
+    /// (429 `M_LIMIT_EXCEEDED` past it), beside at most 32 in flight.
+    pub requests_per_origin: chancery_service::RateLimit,
 }
 
 impl Default for FederationSection {
@@ -95,6 +98,7 @@ impl Default for FederationSection {
             allow: Vec::new(),
             deny: Vec::new(),
             pinned_keys: Default::default(),
+            requests_per_origin: chancery_service::federation::DEFAULT_REQUESTS_PER_ORIGIN,
         }
     }
 }
@@ -854,6 +858,7 @@ impl Config {
             deny: self.federation.deny.clone(),
             pinned_keys: self.federation.pinned_keys.clone(),
             extra_ca_pem,
+            requests_per_origin: self.federation.requests_per_origin,
         })
     }
 }

@@ -802,3 +802,35 @@ async fn history_from_before_a_join_is_fetched(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(history_from_before_a_join_is_fetched);
+
+/// One server's requests are rate-limited apart from another's: past its
+/// burst an origin gets 429 `M_LIMIT_EXCEEDED` with the time to wait,
+/// save for its transactions, while another origin is still heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_rate_limited_per_origin() {
+    let noisy = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let quiet = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let home = TestServer::start_federating(Backend::Sqlite, |c| {
+        c.federation.requests_per_origin = chancery_service::RateLimit { per_second: 0.01, burst: 3 };
+    })
+    .await
+    .unwrap();
+    let alice = User::new(&home.base_url, "alice").await;
+    let path = format!("/_matrix/federation/v1/query/profile?user_id={}", urlencode(&alice.id));
+    for n in 0..3 {
+        let got = signed_as(&noisy, &home, "GET", &path, None).await;
+        assert_eq!(got.0, 200, "request {n} within the burst: {}", got.1);
+    }
+    let got = signed_as(&noisy, &home, "GET", &path, None).await;
+    assert_error(&got, 429, "M_LIMIT_EXCEEDED");
+    assert!(got.1["retry_after_ms"].as_u64().is_some_and(|ms| ms > 1_000), "{}", got.1);
+    // Transactions are not rate-limited (one in flight per destination).
+    let txn = json!({"origin": noisy.server_name(), "origin_server_ts": 1, "pdus": [], "edus": []});
+    let got = send_transaction_as(&noisy, &home, "t1", txn).await;
+    assert_eq!(got.0, 200, "a transaction past the rate: {}", got.1);
+    let got = signed_as(&quiet, &home, "GET", &path, None).await;
+    assert_eq!(got.0, 200, "another origin is still heard: {}", got.1);
+    for server in [noisy, quiet, home] {
+        server.stop().await.unwrap();
+    }
+}

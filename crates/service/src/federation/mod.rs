@@ -50,7 +50,7 @@ use keys::{KeyCache, KnownKeys};
 use policy::ServerPolicy;
 
 /// What the operator configured (`[federation]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FederationConfig {
     /// Whether this server talks to others at all. Off, every outbound
     /// request is refused and no federation listener runs.
@@ -62,6 +62,29 @@ pub struct FederationConfig {
     pub pinned_keys: BTreeMap<String, BTreeMap<String, String>>,
     /// Extra trust roots (PEM) for outbound TLS, beside the system's.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// Requests one origin may make (beside at most
+    /// [`MAX_INBOUND_REQUESTS_PER_ORIGIN`] in flight); past it 429.
+    pub requests_per_origin: crate::ratelimit::RateLimit,
+}
+
+/// Requests one other server may make by default, transactions apart
+/// (`admit`): Synapse's `rc_federation` delays past 10 a second and
+/// refuses past 50 queued; a joining Synapse fetches a big room's events
+/// in bursts, so the burst is large.
+pub const DEFAULT_REQUESTS_PER_ORIGIN: crate::ratelimit::RateLimit =
+    crate::ratelimit::RateLimit { per_second: 100.0, burst: 1_000 };
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            pinned_keys: BTreeMap::new(),
+            extra_ca_pem: None,
+            requests_per_origin: DEFAULT_REQUESTS_PER_ORIGIN,
+        }
+    }
 }
 
 /// What [`Federation`] is built from.
@@ -121,6 +144,8 @@ pub struct Federation {
     keys: Mutex<KeyCache>,
     /// Requests each other server has in flight here.
     inbound: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
+    /// Requests per origin over time.
+    inbound_rate: crate::ratelimit::RateLimiter,
     /// Per server with something waiting to be sent again: woken when it
     /// talks to this one (it is back), so the retry need not wait out its
     /// delay.
@@ -182,6 +207,7 @@ impl Federation {
             .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| format!("building the federation client: {e}"))?;
+        let inbound_rate = crate::ratelimit::RateLimiter::new(deps.config.requests_per_origin, true);
         Ok(Self {
             deps,
             policy,
@@ -190,6 +216,7 @@ impl Federation {
             discovery,
             keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)),
             inbound: Mutex::new(HashMap::new()),
+            inbound_rate,
             peer_back: Mutex::new(HashMap::new()),
         })
     }
@@ -275,9 +302,14 @@ impl Federation {
     }
 
     /// A place among `origin`'s requests in flight, or 429
-    /// `M_LIMIT_EXCEEDED` past [`MAX_INBOUND_REQUESTS_PER_ORIGIN`]: one
-    /// server cannot take every worker.
-    pub fn admit(&self, origin: &ServerName) -> Result<InboundPermit, Error> {
+    /// `M_LIMIT_EXCEEDED` (with `retry_after_ms`) past
+    /// [`MAX_INBOUND_REQUESTS_PER_ORIGIN`] or past the origin's rate
+    /// (`requests_per_origin`, when `rate_limited`): one server cannot
+    /// take every worker.
+    pub fn admit(&self, origin: &ServerName, rate_limited: bool) -> Result<InboundPermit, Error> {
+        if rate_limited {
+            self.inbound_rate.check(origin.as_str())?;
+        }
         let semaphore = {
             let mut inbound = self.inbound.lock().expect("inbound lock");
             if inbound.len() >= MAX_CACHED_SERVER_KEYS {
