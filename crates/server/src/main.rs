@@ -50,6 +50,10 @@ enum Command {
     /// Manage registration tokens (for `registration = "token"`).
     #[command(subcommand)]
     RegistrationToken(TokenCommand),
+    /// Replace the server's signing key with a new one; the old one stays
+    /// published (`old_verify_keys`) so the events it signed still verify.
+    /// Restart every node afterwards.
+    RotateSigningKey,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +150,14 @@ async fn run(command: Command, config: Config, path: PathBuf) -> anyhow::Result<
             if generated {
                 println!("password: {password}");
             }
+            Ok(())
+        }
+        Command::RotateSigningKey => {
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let path = config.signing_key_path();
+            let (old, new) = chancery_service::signing::rotate(&path, now_ms).map_err(|e| anyhow::anyhow!(e))?;
+            println!("signing key {new} replaces {old} (kept in {})", chancery_service::signing::old_keys_path(&path).display());
+            println!("restart every node of this server to sign with it");
             Ok(())
         }
         Command::RegistrationToken(cmd) => {

@@ -74,6 +74,7 @@ pub fn components_with(
             server_name: server_name.clone(),
             signing_key: chancery_service::signing::load_or_generate(&config.signing_key_path())
                 .map_err(|e| anyhow::anyhow!(e))?,
+            old_keys: chancery_service::signing::load_old_keys(&config.signing_key_path()).map_err(|e| anyhow::anyhow!(e))?,
             clock: clock.clone(),
             entropy: entropy.clone(),
         })

@@ -834,3 +834,48 @@ async fn requests_are_rate_limited_per_origin() {
         server.stop().await.unwrap();
     }
 }
+
+/// After a key rotation (`chancery rotate-signing-key`), the server signs
+/// with its new key and still publishes the old one (`old_verify_keys`,
+/// with when it expired), so a server that joins afterwards verifies the
+/// room's events signed before the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_stays_published_for_old_events() {
+    let mut a = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |_| {}).await.unwrap();
+    let mut alice = User::new(&a.base_url, "alice").await;
+    let room = alice.create_room(json!({"room_alias_name": "keys", "preset": "public_chat", "name": "Before"})).await;
+    alice.say(&room, "t1", "signed with the first key").await;
+    let client = federation_http();
+    let keys_url = format!("{}/_matrix/key/v2/server", a.federation_url().unwrap());
+    let before = client.get(&keys_url).send().await.unwrap().json::<Value>().await.unwrap();
+    let first = before["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    assert_eq!(before["old_verify_keys"], json!({}));
+
+    let path = a.config.signing_key_path();
+    a.restart_after(|| async {
+        chancery_service::signing::rotate(&path, 1_234).unwrap();
+    })
+    .await
+    .unwrap();
+    alice.base = a.base_url.clone();
+    let keys_url = format!("{}/_matrix/key/v2/server", a.federation_url().unwrap());
+    let after = client.get(&keys_url).send().await.unwrap().json::<Value>().await.unwrap();
+    let second = after["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    assert_ne!(first, second);
+    assert_eq!(after["old_verify_keys"][&first]["key"], before["verify_keys"][&first]["key"]);
+    assert_eq!(after["old_verify_keys"][&first]["expired_ts"], 1_234);
+
+    // B joins now: the room's state was signed with the old key.
+    let bob = User::new(&b.base_url, "bob").await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#keys:{}", a.server_name()))), Some(json!({}))).await;
+    let name = bob.ok(Method::GET, &format!("/rooms/{room}/state/m.room.name/"), None).await;
+    assert_eq!(name["name"], "Before");
+    let (bodies, _) = page_back(&bob, &room, 10).await;
+    assert_eq!(bodies, ["signed with the first key"]);
+    // And what A signs with the new key reaches B.
+    alice.say(&room, "t2", "signed with the second key").await;
+    wait_for_message(&bob, &room, "signed with the second key").await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -10,6 +10,8 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use chancery_proto::ruma::signatures::{self, Ed25519KeyPair};
 use chancery_proto::ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName, SigningKeyAlgorithm};
 
+use crate::signing::OldKey;
+
 /// Why a key document of another server is not believed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyDocumentError {
@@ -45,8 +47,15 @@ impl KnownKeys {
     }
 }
 
-/// This server's key document, valid `validity_ms` from `now_ms`, signed.
-pub fn own_document(server_name: &ServerName, key: &Ed25519KeyPair, now_ms: u64, validity_ms: u64) -> CanonicalJsonObject {
+/// This server's key document, valid `validity_ms` from `now_ms`, signed,
+/// with the keys it signed with before as `old_verify_keys`.
+pub fn own_document(
+    server_name: &ServerName,
+    key: &Ed25519KeyPair,
+    old_keys: &[OldKey],
+    now_ms: u64,
+    validity_ms: u64,
+) -> CanonicalJsonObject {
     let key_id = format!("ed25519:{}", key.version());
     let public = STANDARD_NO_PAD.encode(key.public_key());
     let mut verify_keys = CanonicalJsonObject::new();
@@ -58,7 +67,14 @@ pub fn own_document(server_name: &ServerName, key: &Ed25519KeyPair, now_ms: u64,
         CanonicalJsonValue::Integer((now_ms.saturating_add(validity_ms)).min(i64::MAX as u64).try_into().unwrap_or_default()),
     );
     document.insert("verify_keys".into(), CanonicalJsonValue::Object(verify_keys));
-    document.insert("old_verify_keys".into(), CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+    let mut old_verify_keys = CanonicalJsonObject::new();
+    for old in old_keys {
+        let expired_ts =
+            CanonicalJsonValue::Integer(i64::try_from(old.expired_ts).unwrap_or(i64::MAX).try_into().unwrap_or_default());
+        let public = CanonicalJsonValue::String(STANDARD_NO_PAD.encode(&old.public_key));
+        old_verify_keys.insert(old.key_id.clone(), object([("key", public), ("expired_ts", expired_ts)]));
+    }
+    document.insert("old_verify_keys".into(), CanonicalJsonValue::Object(old_verify_keys));
     signatures::sign_json(server_name.as_str(), key, &mut document).expect("a document of strings and numbers signs");
     document
 }
@@ -228,7 +244,7 @@ mod tests {
     #[test]
     fn own_document_checks_as_another_servers() {
         let k = key("a1");
-        let doc = own_document(name("one.example"), &k, 1_000, 60_000);
+        let doc = own_document(name("one.example"), &k, &[], 1_000, 60_000);
         let known = check_document(name("one.example"), doc.clone(), None, 2_000).unwrap();
         assert_eq!(known.valid_until_ts, 61_000);
         assert_eq!(known.request_key("ed25519:a1", 2_000), Some(&k.public_key()[..]));
@@ -237,9 +253,19 @@ mod tests {
     }
 
     #[test]
+    fn old_keys_are_published_and_count_for_events_only() {
+        let k = key("a2");
+        let old = OldKey { key_id: "ed25519:a1".into(), public_key: key("a1").public_key().to_vec(), expired_ts: 900 };
+        let doc = own_document(name("one.example"), &k, std::slice::from_ref(&old), 1_000, 60_000);
+        let known = check_document(name("one.example"), doc, None, 2_000).unwrap();
+        assert_eq!(known.old_verify_keys.get("ed25519:a1"), Some(&(old.public_key.clone(), 900)));
+        assert_eq!(known.request_key("ed25519:a1", 2_000), None, "an old key verifies no request");
+    }
+
+    #[test]
     fn refusals() {
         let k = key("a1");
-        let doc = own_document(name("one.example"), &k, 1_000, 60_000);
+        let doc = own_document(name("one.example"), &k, &[], 1_000, 60_000);
         assert!(matches!(
             check_document(name("two.example"), doc.clone(), None, 2_000),
             Err(KeyDocumentError::WrongServer { .. })
@@ -250,7 +276,7 @@ mod tests {
         tampered.insert("valid_until_ts".into(), CanonicalJsonValue::Integer(999_999u32.into()));
         assert!(matches!(check_document(name("one.example"), tampered, None, 2_000), Err(KeyDocumentError::NotSelfSigned(_))));
         // Signed by a key it does not list.
-        let other = own_document(name("one.example"), &key("b2"), 1_000, 60_000);
+        let other = own_document(name("one.example"), &key("b2"), &[], 1_000, 60_000);
         let mut swapped = doc.clone();
         swapped.insert("signatures".into(), other.get("signatures").unwrap().clone());
         assert!(matches!(check_document(name("one.example"), swapped, None, 2_000), Err(KeyDocumentError::NotSelfSigned(_))));
@@ -266,7 +292,7 @@ mod tests {
 
     #[test]
     fn countersigned_documents_still_check() {
-        let doc = own_document(name("one.example"), &key("a1"), 1_000, 60_000);
+        let doc = own_document(name("one.example"), &key("a1"), &[], 1_000, 60_000);
         let notarised = countersign(name("notary.example"), &key("n1"), &doc);
         let CanonicalJsonValue::Object(sigs) = notarised.get("signatures").unwrap() else { panic!() };
         assert!(sigs.contains_key("notary.example") && sigs.contains_key("one.example"));

@@ -92,6 +92,8 @@ pub struct FederationDeps {
     pub config: FederationConfig,
     pub server_name: OwnedServerName,
     pub signing_key: Ed25519KeyPair,
+    /// Keys this server signed with before (`signing::load_old_keys`).
+    pub old_keys: Vec<crate::signing::OldKey>,
     pub clock: Arc<dyn Clock>,
     /// SRV answers are picked by weight.
     pub entropy: Arc<dyn crate::tokens::Entropy>,
@@ -237,7 +239,13 @@ impl Federation {
     /// This server's key document, signed, as `/_matrix/key/v2/server`
     /// serves it.
     pub fn own_keys(&self) -> CanonicalJsonObject {
-        keys::own_document(&self.deps.server_name, &self.deps.signing_key, self.deps.clock.now_ms(), SERVER_KEY_VALIDITY_MS)
+        keys::own_document(
+            &self.deps.server_name,
+            &self.deps.signing_key,
+            &self.deps.old_keys,
+            self.deps.clock.now_ms(),
+            SERVER_KEY_VALIDITY_MS,
+        )
     }
 
     fn permit(&self, server: &ServerName) -> Result<(), FederationError> {
@@ -388,6 +396,7 @@ impl Federation {
             if *server == self.deps.server_name {
                 let id = format!("ed25519:{}", self.deps.signing_key.version());
                 set.insert(id, Base64::new(self.deps.signing_key.public_key().to_vec()));
+                set.extend(self.deps.old_keys.iter().map(|old| (old.key_id.clone(), Base64::new(old.public_key.clone()))));
             } else if let Some(pinned) = self.pinned.get(server) {
                 set.extend(pinned.iter().map(|(id, key)| (id.clone(), Base64::new(key.clone()))));
             } else {
