@@ -588,3 +588,7 @@ pub const MAX_HISTORY_EVENTS_PER_ROOM: u64 = 100_000;
 pub const MAX_HISTORY_FETCH_ROUNDS: usize = 3;
 pub const HISTORY_FETCH_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_HISTORY_SERVERS: usize = 3;
+
+/// Events asked of a server (`get_missing_events`) to fill the gap before
+/// an event it sent whose `prev_events` this server lacks.
+pub const MAX_MISSING_EVENTS_FETCH: usize = 50;

@@ -30,9 +30,25 @@ pub struct SynapseServer {
     pub base_url: String,
     /// `127.0.0.1:<federation port>`.
     pub server_name: String,
+    client_port: u16,
     /// Config, database and logs; kept (not deleted) when a test fails.
     dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Starts Synapse on the config in `dir`, its output appended to
+/// `stdout.log` there.
+fn spawn(dir: &Path) -> anyhow::Result<Child> {
+    let stdout = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log"))?;
+    Command::new(venv().join("bin/python"))
+        .args(["-m", "synapse.app.homeserver", "--config-path"])
+        .arg(dir.join("homeserver.yaml"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone()?)
+        .stderr(stdout)
+        .spawn()
+        .context("starting Synapse")
 }
 
 /// The venv Synapse runs from.
@@ -94,25 +110,26 @@ impl SynapseServer {
             bail!("synapse --generate-keys failed: {status}");
         }
 
-        let stdout = std::fs::File::create(dir.path().join("stdout.log"))?;
-        let child = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "--config-path"])
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout.try_clone()?)
-            .stderr(stdout)
-            .spawn()
-            .context("starting Synapse")?;
+        let child = spawn(dir.path())?;
         let mut server = Self {
             child: Some(child),
             base_url: format!("http://127.0.0.1:{client_port}"),
             server_name,
+            client_port,
             dir: dir.path().to_owned(),
             _dir: Some(dir),
         };
         server.wait_until_answering(client_port).await?;
         Ok(server)
+    }
+
+    /// Kills Synapse and starts it again on the same data and ports: what
+    /// it held only in memory (its federation send queues) is lost, as in
+    /// a crash.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Some(spawn(&self.dir)?);
+        self.wait_until_answering(self.client_port).await
     }
 
     async fn wait_until_answering(&mut self, port: u16) -> anyhow::Result<()> {

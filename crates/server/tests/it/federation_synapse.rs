@@ -271,3 +271,44 @@ async fn invites_with_synapse(backend: Backend) {
     synapse.stop();
 }
 on_both_backends!(invites_with_synapse);
+
+/// Chancery goes down while a Synapse user keeps talking, and Synapse
+/// restarts meanwhile. When Chancery is back, Synapse sends only the
+/// room's latest event ("catch-up"); Chancery asks for the ones between
+/// (`get_missing_events`), so its user sees every message, in order.
+async fn synapse_catch_up_after_an_outage(backend: Backend) {
+    let (mut chancery, mut synapse) = pair(backend).await;
+    let mut alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+    let room = sam.create_room(json!({"room_alias_name": "outage", "preset": "public_chat"})).await;
+    let alias = format!("#outage:{}", synapse.server_name);
+    alice.ok(Method::POST, &format!("/join/{}", urlencode(&alias)), Some(json!({}))).await;
+    sam.say(&room, "s0", "before the outage").await;
+    message_reaches_sync(&alice, &room, "before the outage").await;
+
+    chancery
+        .restart_after(|| async {
+            for n in 1..=5 {
+                sam.say(&room, &format!("s{n}"), &format!("during the outage {n}")).await;
+            }
+            // Synapse restarts too: its queue for Chancery, held in
+            // memory, is gone; on start it catches up from its database.
+            synapse.restart().await.unwrap();
+        })
+        .await
+        .unwrap();
+    alice.base = chancery.base_url.clone();
+    // Alice speaks: Synapse hears from Chancery, so it tries again at once.
+    alice.say(&room, "a1", "back again").await;
+    message_reaches_sync(&alice, &room, "during the outage 5").await;
+    let (bodies, _) = crate::federation::page_back(&alice, &room, 50).await;
+    let during: Vec<&str> = bodies.iter().map(String::as_str).filter(|b| b.starts_with("during")).collect();
+    assert_eq!(
+        during,
+        ["during the outage 5", "during the outage 4", "during the outage 3", "during the outage 2", "during the outage 1"],
+        "every message, newest first: {bodies:?}"
+    );
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(synapse_catch_up_after_an_outage);

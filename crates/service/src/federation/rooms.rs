@@ -8,16 +8,22 @@
 //! current state in the write path ([`RoomWriter::append_received`]). A
 //! PDU that fails is not stored and its error is answered per event.
 //!
+//! Missing `prev_events` of a received PDU are asked of its origin first
+//! (`get_missing_events`, one answer's worth).
+//!
 //! What is not done yet (issue 16): forks are linearised (a received event
 //! is appended after the room's current extremities, its state applied in
-//! arrival order, without state resolution), missing `prev_events` are not
-//! fetched, and joins take the whole state at once (no partial state).
+//! arrival order, with only state resolution v2's tie-break), and joins
+//! take the whole state at once (no partial state).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chancery_core::pdu::{self, Pdu};
-use chancery_proto::limits::{MAX_FEDERATION_JOIN_SERVERS, MAX_FEDERATION_PAGE, MAX_JOIN_STATE_EVENTS, MAX_TRANSACTION_PDUS};
+use chancery_proto::limits::{
+    MAX_FEDERATION_JOIN_SERVERS, MAX_FEDERATION_PAGE, MAX_JOIN_STATE_EVENTS, MAX_MISSING_EVENTS_FETCH, MAX_TRANSACTION_PDUS,
+};
+use chancery_proto::ruma::api::federation::event::get_missing_events;
 use chancery_proto::ruma::api::federation::membership::{
     RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
 };
@@ -25,7 +31,7 @@ use chancery_proto::ruma::events::StateEventType;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
-    ServerName, UserId,
+    ServerName, UInt, UserId,
 };
 use chancery_store::{AccountStore, NewRoom, RoomStore, StoreError};
 use serde_json::Value as JsonValue;
@@ -326,8 +332,61 @@ impl RoomFederation {
         let info = info.ok_or_else(|| (None, Error::NotFound(format!("this server is not in {room_id}"))))?;
         let pdu = self.check_pdu(&info.room_version, raw).await.map_err(|e| (None, e))?;
         self.ensure_acl(room_id, origin).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
+        self.fill_gap(origin, room_id, &info.room_version, &pdu).await;
         self.deps.writer.append_received(room_id, &pdu).await.map_err(|e| (Some(pdu.event_id.clone()), e))?;
         Ok(pdu.event_id)
+    }
+
+    /// Before a received event whose `prev_events` this server lacks: asks
+    /// its origin for the events between the room's forward extremities
+    /// and it (`POST /get_missing_events`, at most
+    /// [`MAX_MISSING_EVENTS_FETCH`]) and appends those, oldest first, each
+    /// checked like a received PDU. Synapse relies on this: after an
+    /// outage it sends only each room's latest event ("catch-up"). Best
+    /// effort: a gap wider than one answer stays (the event is appended
+    /// after what this server has), and failures are only logged.
+    async fn fill_gap(&self, origin: &ServerName, room_id: &RoomId, room_version: &RoomVersionId, pdu: &Pdu) {
+        let mut missing = false;
+        for prev in pdu.prev_events.iter().take(MAX_FEDERATION_PAGE) {
+            match self.deps.rooms.event(prev.as_str()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing = true,
+                Err(e) => {
+                    tracing::info!(room_id = %room_id, error = %e, "reading prev_events failed");
+                    return;
+                }
+            }
+        }
+        if !missing {
+            return;
+        }
+        let earliest = match self.deps.rooms.room(room_id.as_str()).await {
+            Ok(Some(info)) => info.forward_extremities.iter().filter_map(|e| EventId::parse(e).ok()).collect(),
+            _ => return,
+        };
+        let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![pdu.event_id.clone()]);
+        request.limit = UInt::try_from(MAX_MISSING_EVENTS_FETCH).unwrap_or(UInt::MIN);
+        let answer = match self.deps.federation.send(origin, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::info!(origin = %origin, room_id = %room_id, error = %e, "fetching missing events failed");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        for raw in answer.events.iter().take(MAX_MISSING_EVENTS_FETCH) {
+            match self.check_pdu(room_version, raw).await {
+                Ok(event) if event.room_id_or_derived().is_ok_and(|r| r == room_id) => events.push(event),
+                Ok(_) => tracing::debug!(origin = %origin, "a missing event of another room"),
+                Err(e) => tracing::debug!(origin = %origin, error = %e, "a missing event failed its checks"),
+            }
+        }
+        events.sort_by(|a, b| a.depth.cmp(&b.depth).then_with(|| a.event_id.cmp(&b.event_id)));
+        for event in events {
+            if let Err(e) = self.deps.writer.append_received(room_id, &event).await {
+                tracing::info!(origin = %origin, event_id = %event.event_id, error = %e, "a missing event was refused");
+            }
+        }
     }
 
     // ----- reads other servers make of rooms they share -----
