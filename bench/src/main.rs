@@ -219,6 +219,10 @@ struct Common {
     fed_throughput_messages: Option<usize>,
     #[arg(long)]
     fed_throughput_concurrency: Option<usize>,
+    /// `fed-join-large` (named only): members of the home server's room
+    /// that a user of the remote server joins.
+    #[arg(long)]
+    fed_join_members: Option<usize>,
     /// `sfu` (Chancery only, not in `all`): call sizes as
     /// PUBLISHERSxSUBSCRIBERS, run one after another.
     #[arg(long, value_delimiter = ',', default_value = "2x4,4x8")]
@@ -282,6 +286,7 @@ impl Common {
             fed_latency_samples: self.fed_latency_samples.unwrap_or(pick(50, 200)),
             fed_throughput_messages: self.fed_throughput_messages.unwrap_or(pick(500, 5_000)),
             fed_throughput_concurrency: self.fed_throughput_concurrency.unwrap_or(4),
+            fed_join_members: self.fed_join_members.unwrap_or(pick(500, 10_000)),
             sfu_sizes: self.sfu_sizes.iter().filter_map(|s| parse_size(s)).collect(),
             sfu_seconds: self.sfu_seconds,
             setup_concurrency: self.setup_concurrency.unwrap_or(pick(4, 8)),
@@ -302,7 +307,7 @@ impl Common {
         let mut chosen: Vec<Scenario> = Scenario::EVERY.into_iter().filter(|s| all || self.scenarios.contains(s)).collect();
         // Named only: `sfu` measures Chancery's own SFU.
         // Named only: the `fed-*` scenarios need a second, federating server.
-        for named in [Scenario::Sfu, Scenario::FedLatency, Scenario::FedThroughput] {
+        for named in [Scenario::Sfu, Scenario::FedLatency, Scenario::FedThroughput, Scenario::FedJoinLarge] {
             if self.scenarios.contains(&named) {
                 chosen.push(named);
             }
@@ -365,6 +370,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Outcome {
         Scenario::Sfu => scenarios::sfu::run(ctx, &mut o).await,
         Scenario::FedLatency => scenarios::federation::latency(ctx, &mut o).await,
         Scenario::FedThroughput => scenarios::federation::throughput(ctx, &mut o).await,
+        Scenario::FedJoinLarge => scenarios::federation::join_large(ctx, &mut o).await,
         Scenario::All => unreachable!("expanded before running"),
     };
     o.wall_s = started.elapsed().as_secs_f64();

@@ -1,4 +1,4 @@
-//! `fed-latency` and `fed-throughput`: two servers of one implementation
+//! `fed-latency`, `fed-throughput` and `fed-join-large`: two servers of one implementation
 //! federating over loopback. A user of the home server (`--url`, `--a`,
 //! `--b`) makes a public room with an alias; a user of the remote server
 //! (`--url-remote`, `--a-remote`, `--b-remote`) joins it by that alias,
@@ -384,4 +384,73 @@ mod tests {
         assert_eq!(server_name("@a:localhost").unwrap(), "localhost");
         assert!(server_name("nobody").is_err());
     }
+}
+
+/// How long the remote server may take to hold a big room's full state.
+const FULL_STATE_LIMIT: Duration = Duration::from_secs(1_800);
+
+/// `fed-join-large`: a room of M members on the home server (M users of
+/// it); a fresh user of the remote server joins it by alias. Timed from
+/// the start of the `/join`: until it answers, until the joiner's first
+/// message is accepted (join + send), and until the remote server counts
+/// all M + 1 members (its full state: after a partial-state join Synapse
+/// answers `/joined_members` only once the room's full state is in).
+pub async fn join_large(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
+    let remote = remote(ctx)?;
+    let m = ctx.sizes.fed_join_members.max(1);
+    o.param("members", m);
+    let members = ctx.pool_users(m).await?;
+    let owner = members[0].clone();
+    let alias_local = ctx.localpart().replace("bench-", "fed-join-large-");
+    let room_id = ctx
+        .server
+        .create_room_with_alias(&owner, "bench fed-join-large", &alias_local, ctx.sizes.room_version.as_deref())
+        .await
+        .context("creating the room on the home server")?;
+    let (server, r) = (ctx.server.clone(), room_id.clone());
+    bounded(members[1..].to_vec(), ctx.sizes.setup_concurrency, move |u| {
+        let (server, r) = (server.clone(), r.clone());
+        async move { server.join(&u, &r).await }
+    })
+    .await?;
+    let before = ctx.server.joined_members_count(&owner, &room_id).await?;
+    if before != m {
+        bail!("room has {before} joined members after setup, expected {m}");
+    }
+    let alias = format!("#{alias_local}:{}", server_name(&owner.user_id)?);
+    let joiner = remote.fresh_users(1).await?.remove(0);
+
+    ctx.measure_begin();
+    let t0 = Instant::now();
+    let joined = remote.server.join_alias(&joiner, &alias).await.with_context(|| format!("joining {alias} over federation"))?;
+    let join_ms = ms(t0.elapsed());
+    if joined != room_id {
+        bail!("joining {alias} gave {joined}, the room is {room_id}");
+    }
+    remote.server.send_text(&joiner, &room_id, "hello, big room").await.context("the joiner's first message")?;
+    let send_ms = ms(t0.elapsed());
+    let deadline = t0 + FULL_STATE_LIMIT;
+    let full_ms = loop {
+        let count = remote.server.joined_members_count(&joiner, &room_id).await?;
+        if count == m + 1 {
+            break ms(t0.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!("the remote server counts {count} of {} members {FULL_STATE_LIMIT:?} after the join", m + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ctx.measure_end("fed-join-large", o).await;
+    o.figure("join_ms", join_ms, Better::Lower);
+    o.figure("first_send_ms", send_ms, Better::Lower);
+    o.figure("full_state_ms", full_ms, Better::Lower);
+    let home = ctx.server.joined_members_count(&owner, &room_id).await?;
+    if home != m + 1 {
+        bail!("the home server counts {home} members after the remote join, expected {}", m + 1);
+    }
+    o.verified = format!(
+        "the remote user joined a room of {m} members by alias and sent a message; both servers count {} joined members",
+        m + 1
+    );
+    Ok(())
 }

@@ -81,6 +81,8 @@ pub enum Scenario {
     FedLatency,
     /// Federation throughput between the same two servers (not in `all`).
     FedThroughput,
+    /// A remote join of a room of many members (not in `all`).
+    FedJoinLarge,
 }
 
 impl Scenario {
@@ -121,6 +123,7 @@ impl Scenario {
             Scenario::Sfu => "sfu",
             Scenario::FedLatency => "fed-latency",
             Scenario::FedThroughput => "fed-throughput",
+            Scenario::FedJoinLarge => "fed-join-large",
         }
     }
 }
@@ -166,6 +169,8 @@ pub struct Sizes {
     pub fed_latency_samples: usize,
     pub fed_throughput_messages: usize,
     pub fed_throughput_concurrency: usize,
+    /// `fed-join-large`: members of the room the remote user joins.
+    pub fed_join_members: usize,
     /// `sfu`: the (publishers, subscribers) sizes run one after another,
     /// and the seconds measured at each.
     pub sfu_sizes: Vec<(usize, usize)>,

@@ -592,3 +592,6 @@ pub const MAX_HISTORY_SERVERS: usize = 3;
 /// Events asked of a server (`get_missing_events`) to fill the gap before
 /// an event it sent whose `prev_events` this server lacks.
 pub const MAX_MISSING_EVENTS_FETCH: usize = 50;
+
+/// Presence updates read from one `m.presence` EDU (the rest are dropped).
+pub const MAX_PRESENCE_UPDATES_PER_EDU: usize = 1_000;

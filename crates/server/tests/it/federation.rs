@@ -879,3 +879,38 @@ async fn a_rotated_key_stays_published_for_old_events() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// With presence on, another server's `m.presence` EDU sets its users'
+/// presence here for the local users who share a room with them; an
+/// update about a user of another server than the sender is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_from_another_server() {
+    let a = TestServer::start_federating(Backend::Sqlite, |c| c.presence.enabled = true).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |c| c.presence.enabled = true).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    alice.create_room(json!({"room_alias_name": "status", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#status:{}", a.server_name()))), Some(json!({}))).await;
+
+    let update = |user: &str, presence: &str, status: &str| json!({"user_id": user, "presence": presence, "status_msg": status, "last_active_ago": 2_000, "currently_active": true});
+    let txn = json!({"origin": b.server_name(), "origin_server_ts": 1, "pdus": [], "edus": [
+        {"edu_type": "m.presence", "content": {"push": [
+            update(&bob.id, "unavailable", "in a meeting"),
+            update(&alice.id, "online", "forged by B"),
+        ]}},
+    ]});
+    let (status, body) = send_transaction_as(&b, &a, "p1", txn).await;
+    assert_eq!(status, 200, "{body}");
+    let got = alice.ok(Method::GET, &format!("/presence/{}/status", urlencode(&bob.id)), None).await;
+    assert_eq!(got["presence"], "unavailable", "{got}");
+    assert_eq!(got["status_msg"], "in a meeting", "{got}");
+    assert!(got["last_active_ago"].as_u64().is_some_and(|ago| ago >= 2_000), "{got}");
+    let own = alice.ok(Method::GET, &format!("/presence/{}/status", urlencode(&alice.id)), None).await;
+    assert_ne!(own["status_msg"], "forged by B", "B may not speak for A's users: {own}");
+    // It reaches Alice's /sync as an m.presence event.
+    let sync = alice.sync("").await;
+    let events = sync["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| e["sender"] == bob.id.as_str() && e["content"]["presence"] == "unavailable"), "{sync}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -1,12 +1,14 @@
-//! Typing and receipts of other servers' users, from the EDUs of their
-//! transactions (server-server API "Typing Notifications", "Receipts").
-//! An EDU is believed only for users of the server that sent it, in rooms
-//! they are joined to; anything else is dropped (EDUs have no answer).
+//! Typing, receipts and presence of other servers' users, from the EDUs
+//! of their transactions (server-server API "Typing Notifications",
+//! "Receipts", "Presence"). An EDU is believed only for users of the
+//! server that sent it, in rooms they are joined to (presence: joined to
+//! some room here); anything else is dropped (EDUs have no answer).
 
 use std::time::Duration;
 
-use chancery_proto::limits::FEDERATION_TYPING_TIMEOUT_MS;
-use chancery_proto::ruma::api::federation::transactions::edu::Edu;
+use chancery_proto::limits::{FEDERATION_TYPING_TIMEOUT_MS, MAX_PRESENCE_UPDATES_PER_EDU, MAX_STATUS_MSG_BYTES};
+use chancery_proto::ruma::api::federation::transactions::edu::{Edu, PresenceUpdate};
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{EventId, RoomId, ServerName, UserId};
 use tokio::time::Instant;
@@ -17,8 +19,9 @@ use crate::rooms::state::{ensure_joined, event_in_room};
 use crate::{AuthedUser, Error};
 
 impl Ephemeral {
-    /// Applies the typing and receipt EDUs of a transaction from `origin`
-    /// (others are not handled yet). Returns how many were applied.
+    /// Applies the typing, receipt and presence EDUs of a transaction from
+    /// `origin` (others are handled elsewhere). Returns how many were
+    /// applied.
     pub async fn receive_edus(&self, origin: &ServerName, edus: &[Raw<Edu>]) -> usize {
         let mut applied = 0;
         for raw in edus {
@@ -36,6 +39,7 @@ impl Ephemeral {
                     }
                     result
                 }
+                Ok(Edu::Presence(presence)) => self.presence_from(origin, &presence.push).await,
                 Ok(_) => continue,
                 Err(e) => Err(Error::BadJson(e.to_string())),
             };
@@ -83,6 +87,41 @@ impl Ephemeral {
         event_in_room(&*self.deps.rooms, room_id, event_id).await?;
         let user = AuthedUser { user_id: user_id.to_owned(), device_id: String::new(), is_admin: false };
         self.put_receipt(&user, room_id, super::receipts::READ, event_id, thread).await
+    }
+}
+
+impl Ephemeral {
+    /// `m.presence`: remote users' presence, kept (in memory, like local
+    /// users') only when presence is on here, for users of `origin` joined
+    /// to some room here, at most [`MAX_PRESENCE_UPDATES_PER_EDU`] an EDU.
+    async fn presence_from(&self, origin: &ServerName, updates: &[PresenceUpdate]) -> Result<(), Error> {
+        if !self.presence.enabled {
+            return Ok(());
+        }
+        let now = self.deps.clock.now_ms();
+        for update in updates.iter().take(MAX_PRESENCE_UPDATES_PER_EDU) {
+            let user_id = &update.user_id;
+            let valid = super::presence::is_known(&update.presence)
+                && update.status_msg.as_ref().is_none_or(|m| m.len() <= MAX_STATUS_MSG_BYTES);
+            if ensure_from(origin, user_id).is_err() || !valid {
+                tracing::debug!(origin = %origin, "a presence update was dropped");
+                continue;
+            }
+            let memberships = self.deps.rooms.memberships_of_user(user_id.as_str()).await?;
+            if !memberships.iter().any(|m| m.membership == MembershipState::Join) {
+                continue;
+            }
+            let last_active = now.saturating_sub(u64::from(update.last_active_ago));
+            if self.presence.set(user_id.as_str(), &update.presence, update.status_msg.clone(), last_active).is_some() {
+                self.deps.notifier.everyone();
+                self.publish(Update::Presence {
+                    user_id: user_id.to_string(),
+                    presence: update.presence.clone(),
+                    status_msg: update.status_msg.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
