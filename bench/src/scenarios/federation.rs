@@ -374,18 +374,6 @@ async fn read_gap(
     bail!("the gap before a limited /sync timeline holds more than {limit} messages")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::server_name;
-
-    #[test]
-    fn server_names_keep_their_port() {
-        assert_eq!(server_name("@a:127.0.0.1:8448").unwrap(), "127.0.0.1:8448");
-        assert_eq!(server_name("@a:localhost").unwrap(), "localhost");
-        assert!(server_name("nobody").is_err());
-    }
-}
-
 /// How long the remote server may take to hold a big room's full state.
 const FULL_STATE_LIMIT: Duration = Duration::from_secs(1_800);
 
@@ -453,4 +441,16 @@ pub async fn join_large(ctx: &Ctx, o: &mut Outcome) -> Result<()> {
         m + 1
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_name;
+
+    #[test]
+    fn server_names_keep_their_port() {
+        assert_eq!(server_name("@a:127.0.0.1:8448").unwrap(), "127.0.0.1:8448");
+        assert_eq!(server_name("@a:localhost").unwrap(), "localhost");
+        assert!(server_name("nobody").is_err());
+    }
 }
