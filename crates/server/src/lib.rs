@@ -195,11 +195,32 @@ pub async fn start_with_federation_listener(
         };
         federation_addr = Some(listener.local_addr()?);
         tasks.push(tokio::spawn(http::serve(listener, app, limits.clone(), Some(acceptor), shutdown_rx.clone())));
-        // Sends local events to the other servers in their rooms.
+        // Sends local events to the other servers in their rooms: on one
+        // node of the cluster at a time, the one holding the lease.
         tasks.push(tokio::spawn({
             let shutdown = shutdown_rx.clone();
+            let leases: Arc<dyn chancery_store::JobLeaseStore> = store.clone();
+            let clock: Arc<dyn chancery_service::clock::Clock> = Arc::new(chancery_service::clock::SystemClock);
+            let node = chancery_service::tokens::random_string(
+                &chancery_service::tokens::OsEntropy,
+                chancery_service::tokens::ALNUM,
+                12,
+            );
             async move {
-                federation_sender.run(shutdown).await;
+                let job = move |stop| {
+                    let sender = federation_sender.clone();
+                    async move { sender.run(stop).await }
+                };
+                chancery_service::leases::run_leased(
+                    leases,
+                    clock,
+                    "federation-sender",
+                    &node,
+                    chancery_service::leases::SENDER_LEASE,
+                    shutdown,
+                    job,
+                )
+                .await;
                 Ok(())
             }
         }));

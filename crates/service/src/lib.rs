@@ -54,6 +54,7 @@ mod error;
 pub mod federation;
 pub mod health;
 pub mod keys;
+pub mod leases;
 pub mod media;
 pub mod notifier;
 mod nul;

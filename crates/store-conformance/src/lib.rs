@@ -12,6 +12,7 @@ mod federation;
 mod hierarchy;
 mod history;
 mod keys;
+mod leases;
 mod media;
 mod nul;
 mod openid;
@@ -32,6 +33,7 @@ pub use self::federation::*;
 pub use self::hierarchy::*;
 pub use self::history::*;
 pub use self::keys::*;
+pub use self::leases::*;
 pub use self::media::*;
 pub use self::nul::*;
 pub use self::openid::*;
@@ -94,6 +96,7 @@ macro_rules! store_conformance_tests {
             federation_events_go_to_the_servers_in_the_room, federation_destinations_come_from_membership_changes,
             federation_positions_persist_and_never_move_back,
             history_walks_back_numbered_hidden_and_bounded,
+            job_leases_go_to_one_node_until_they_end, concurrent_lease_claims_give_a_job_to_one_node,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

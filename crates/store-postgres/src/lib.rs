@@ -17,6 +17,7 @@ mod hierarchy;
 mod history;
 mod json;
 mod keys;
+mod leases;
 mod media;
 mod migrations;
 mod notify;

@@ -41,6 +41,7 @@ macro_rules! migration_sql {
             "0023_room_list_changes",
             "0024_federation_destinations",
             "0026_room_history",
+            "0027_job_leases",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -18,6 +18,7 @@ mod forgotten;
 mod hierarchy;
 mod history;
 mod keys;
+mod leases;
 mod media;
 mod openid;
 mod pool;

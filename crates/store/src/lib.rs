@@ -13,6 +13,7 @@ mod forgotten;
 mod hierarchy;
 mod history;
 mod keys;
+mod leases;
 mod media;
 mod openid;
 mod push;
@@ -42,6 +43,7 @@ pub use forgotten::*;
 pub use hierarchy::*;
 pub use history::*;
 pub use keys::*;
+pub use leases::*;
 pub use media::*;
 pub use openid::*;
 pub use push::*;
@@ -377,6 +379,7 @@ pub trait Store:
     + ThreadSubscriptionStore
     + FederationStore
     + RoomHistoryStore
+    + JobLeaseStore
     + StreamStore
     + NodeBus
 {

@@ -75,6 +75,21 @@ impl TestServer {
         Ok(Self { base_url: running.base_url(), running: Some(running), config, dir })
     }
 
+    /// Another node of this federating server (same database, PostgreSQL,
+    /// and signing key), with a federation listener of its own: other
+    /// servers reach the first node's, as the server name says.
+    pub async fn another_federating_node(&self) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse()?;
+        config.signing_key_path = Some(self.config.signing_key_path());
+        config.data_dir = dir.path().to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a federation port")?;
+        config.federation.listen = listener.local_addr()?;
+        let running = chancery_server::start_with_federation_listener(config.clone(), Some(listener)).await?;
+        Ok(Self { base_url: running.base_url(), running: Some(running), config, dir })
+    }
+
     /// The server's name (`127.0.0.1:<port>` for federating test servers).
     pub fn server_name(&self) -> &str {
         &self.config.server_name

@@ -89,38 +89,59 @@ impl SynapseServer {
         }
 
         let dir = tempfile::tempdir()?;
-        let (client_port, federation_port) = (free_port()?, free_port()?);
-        let server_name = format!("127.0.0.1:{federation_port}");
         let (cert, key) = TestCa::shared().issue(dir.path())?;
-        let config_path = dir.path().join("homeserver.yaml");
-        std::fs::write(&config_path, config(dir.path(), &server_name, client_port, federation_port, &cert, &key).to_string())?;
         std::fs::write(dir.path().join("log.yaml"), log_config(dir.path()))?;
-
-        let status = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "--config-path"])
-            .arg(&config_path)
-            .arg("--generate-keys")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("generating Synapse's signing key")?;
-        if !status.success() {
-            bail!("synapse --generate-keys failed: {status}");
+        // The ports are free when picked, but another process may take one
+        // before Synapse binds it: then Synapse is started again on others.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (client_port, federation_port) = (free_port()?, free_port()?);
+            let server_name = format!("127.0.0.1:{federation_port}");
+            let config_path = dir.path().join("homeserver.yaml");
+            std::fs::write(
+                &config_path,
+                config(dir.path(), &server_name, client_port, federation_port, &cert, &key).to_string(),
+            )?;
+            if attempt == 1 {
+                let status = Command::new(&python)
+                    .args(["-m", "synapse.app.homeserver", "--config-path"])
+                    .arg(&config_path)
+                    .arg("--generate-keys")
+                    .current_dir(dir.path())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .context("generating Synapse's signing key")?;
+                if !status.success() {
+                    bail!("synapse --generate-keys failed: {status}");
+                }
+            }
+            let child = spawn(dir.path())?;
+            let mut server = Self {
+                child: Some(child),
+                base_url: format!("http://127.0.0.1:{client_port}"),
+                server_name,
+                client_port,
+                dir: dir.path().to_owned(),
+                _dir: None,
+            };
+            match server.wait_until_answering(client_port).await {
+                Ok(()) => {
+                    server._dir = Some(dir);
+                    return Ok(server);
+                }
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                    server.kill();
+                    continue;
+                }
+                Err(e) => {
+                    server._dir = Some(dir);
+                    return Err(e);
+                }
+            }
         }
-
-        let child = spawn(dir.path())?;
-        let mut server = Self {
-            child: Some(child),
-            base_url: format!("http://127.0.0.1:{client_port}"),
-            server_name,
-            client_port,
-            dir: dir.path().to_owned(),
-            _dir: Some(dir),
-        };
-        server.wait_until_answering(client_port).await?;
-        Ok(server)
     }
 
     /// Kills Synapse and starts it again on the same data and ports: what

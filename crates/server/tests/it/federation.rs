@@ -914,3 +914,34 @@ async fn presence_from_another_server() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// Two nodes of one server on one PostgreSQL: one of them (the lease's
+/// holder) sends to other servers; when it stops, the other takes over
+/// and messages sent through it still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_sends_and_another_takes_over() {
+    let first = TestServer::start_federating(Backend::Postgres, |_| {}).await.unwrap();
+    let second = first.another_federating_node().await.unwrap();
+    let b = TestServer::start_federating(Backend::Postgres, |_| {}).await.unwrap();
+    let alice = User::new(&first.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"room_alias_name": "nodes", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#nodes:{}", first.server_name()))), Some(json!({}))).await;
+    alice.say(&room, "t1", "through the first node").await;
+    wait_for_message(&bob, &room, "through the first node").await;
+
+    // Someone holds the sender's lease, and it is not up for grabs.
+    let store = chancery_server::open_store(&first.config).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(!store.try_job_lease("federation-sender", "probe", now, now + 1).await.unwrap());
+
+    first.stop().await.unwrap();
+    let alice_elsewhere = User { base: second.base_url.clone(), token: alice.token.clone(), id: alice.id.clone() };
+    alice_elsewhere.say(&room, "t2", "through the second node").await;
+    wait_for_message(&bob, &room, "through the second node").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(!store.try_job_lease("federation-sender", "probe", now, now + 1).await.unwrap(), "the second node holds it");
+    store.close().await;
+    second.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
