@@ -47,9 +47,9 @@ fn check_content(content: &str) -> Result<(), Error> {
 impl Keys {
     /// `PUT /sendToDevice/{eventType}/{txnId}`. A transaction id the
     /// device used before answers as the first time did, queueing
-    /// nothing again. Messages for users of other servers are not
-    /// delivered (no federation yet); those for devices that do not exist
-    /// are dropped, as Synapse does.
+    /// nothing again. Messages for users of other servers are committed
+    /// to the federation outbox (one EDU per server) before this returns;
+    /// those for devices that do not exist are dropped, as Synapse does.
     pub async fn send_to_device(
         &self,
         user: &AuthedUser,
@@ -90,10 +90,13 @@ impl Keys {
             }
             queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content: m.content });
         }
-        // Other servers' users get theirs as one EDU per server (best
-        // effort: not retried if the server is down).
-        for (server, messages) in remote {
-            self.deps.edus.to_device(server, &user.user_id, event_type, txn_id, serde_json::Value::Object(messages));
+        // Other servers' users get theirs as one EDU per server, committed
+        // to the federation outbox before the local ones: a failure after
+        // it makes the client retry, and the receiver drops the repeat
+        // (same origin and message id).
+        if !remote.is_empty() {
+            let by_server = remote.into_iter().map(|(server, messages)| (server, serde_json::Value::Object(messages))).collect();
+            self.deps.edus.to_device(&user.user_id, event_type, txn_id, by_server).await?;
         }
         let sender = user.user_id.as_str();
         match self.deps.keys.send_to_device(sender, &user.device_id, txn_id, event_type, &queued, MAX_TO_DEVICE_INBOX).await {
