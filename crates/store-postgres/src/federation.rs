@@ -184,8 +184,10 @@ impl FederationStore for PostgresStore {
         }
         let mut dropped = Vec::new();
         for destination in touched {
-            let count: i64 =
-                get(&query(&tx, "SELECT COUNT(*) FROM federation_edu_outbox WHERE destination = $1", &[&destination]).await?[0], 0)?;
+            let count: i64 = get(
+                &query(&tx, "SELECT COUNT(*) FROM federation_edu_outbox WHERE destination = $1", &[&destination]).await?[0],
+                0,
+            )?;
             let excess = u(count).saturating_sub(limits.max_per_destination as u64);
             if excess > 0 {
                 execute(
@@ -225,7 +227,8 @@ impl FederationStore for PostgresStore {
             &[&destination, &limit_param(limit)],
         )
         .await?;
-        let edus = rows.iter().map(|r| Ok(OutboundEdu { id: u(get::<i64>(r, 0)?), json: get(r, 1)? })).collect::<StoreResult<_>>()?;
+        let edus =
+            rows.iter().map(|r| Ok(OutboundEdu { id: u(get::<i64>(r, 0)?), json: get(r, 1)? })).collect::<StoreResult<_>>()?;
         tx.commit().await.map_err(backend)?;
         Ok(QueuedEdus { edus, expired })
     }

@@ -345,10 +345,8 @@ impl FederationSender {
         if edus.is_empty() {
             return Ok(());
         }
-        let rows: Vec<NewOutboundEdu> = edus
-            .iter()
-            .map(|(server, edu)| NewOutboundEdu { destination: server.to_string(), json: edu.to_string() })
-            .collect();
+        let rows: Vec<NewOutboundEdu> =
+            edus.iter().map(|(server, edu)| NewOutboundEdu { destination: server.to_string(), json: edu.to_string() }).collect();
         let dropped = self.deps.store.queue_federation_edus(&rows, self.deps.clock.now_ms(), EDU_OUTBOX_LIMITS).await?;
         for (server, count) in dropped {
             tracing::warn!(server = %server, dropped = count, "federation EDU outbox full: its oldest EDUs were dropped");

@@ -63,11 +63,8 @@ impl DeviceLists {
         // change or timeout; the change itself is stored.
         match self.rooms.memberships_of_user(user_id).await {
             Ok(memberships) => {
-                let joined: Vec<String> = memberships
-                    .into_iter()
-                    .filter(|m| m.membership == MembershipState::Join)
-                    .map(|m| m.room_id)
-                    .collect();
+                let joined: Vec<String> =
+                    memberships.into_iter().filter(|m| m.membership == MembershipState::Join).map(|m| m.room_id).collect();
                 for room_id in &joined {
                     self.notifier.room(room_id);
                 }
