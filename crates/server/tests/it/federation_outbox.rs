@@ -55,7 +55,7 @@ fn changed_has(sync: &Value, user_id: &str) -> bool {
 
 /// A to-device message for a user of a stopped server, sent before the
 /// sending server restarts, arrives once both are up again, exactly once
-/// and before a later one.
+/// (a client's retry of the request too) and before a later one.
 async fn to_device_survives_both_servers_restarting(backend: Backend) {
     let mut a = TestServer::start_federating(backend, |_| {}).await.unwrap();
     let mut b = TestServer::start_federating(backend, |_| {}).await.unwrap();
@@ -72,6 +72,10 @@ async fn to_device_survives_both_servers_restarting(backend: Backend) {
     .await
     .unwrap();
     (alice.base, bob.base) = (a.base_url.clone(), b.base_url.clone());
+    // The client retries the first request (it never saw the answer):
+    // queued again, dropped by B as a repeat.
+    let body = json!({"messages": {bob.id.clone(): {"*": {"note": "sent while B was down"}}}});
+    alice.ok(Method::PUT, "/sendToDevice/org.example.note/td1", Some(body)).await;
     // A later message, sent once both are up: the first must come before
     // it, and only once.
     let body = json!({"messages": {bob.id.clone(): {"*": {"note": "sent after"}}}});
