@@ -63,7 +63,6 @@ impl<T: IncomingRequest + Send + 'static> FromRequest<AppState> for Signed<T> {
         let permit = state.components.federation.admit(&origin, !transaction)?;
         // A server that talks to us is up: what waits for it goes now.
         state.components.federation_sender.peer_is_back(&origin);
-        state.components.federation.peer_is_back(&origin);
         Ok(Signed { origin, request: decode(parts, bytes, &path_args)?, permit })
     }
 }

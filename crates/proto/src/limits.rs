@@ -570,6 +570,19 @@ pub const MAX_CONCURRENT_FEDERATION_SENDS: usize = 32;
 /// further failure doubles it, up to [`FEDERATION_RETRY_MAX_MS`].
 pub const FEDERATION_RETRY_INITIAL_MS: u64 = 1_000;
 pub const FEDERATION_RETRY_MAX_MS: u64 = 60 * 60 * 1000;
+/// EDUs in one outbound transaction (spec: at most 100).
+pub const MAX_EDUS_PER_TRANSACTION: usize = 100;
+/// Bytes of EDU JSON in one outbound transaction (at least one EDU goes
+/// whatever its size): with 50 PDUs of at most 64 KiB it stays within
+/// [`MAX_FEDERATION_REQUEST_BYTES`].
+pub const MAX_TRANSACTION_EDU_BYTES: usize = 4 * 1024 * 1024;
+/// EDUs that must arrive (to-device, device-list and cross-signing
+/// updates) kept per destination while it is unreachable; queueing more
+/// drops the oldest (logged).
+pub const MAX_EDU_OUTBOX_PER_DESTINATION: usize = 10_000;
+/// How long such an EDU waits for its destination before it is dropped
+/// (logged): a week, as long as a server is worth catching up with.
+pub const MAX_EDU_OUTBOX_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Typing and receipt transactions in flight at once (best effort; past
 /// it a change is not sent).
 pub const MAX_CONCURRENT_EDU_SENDS: usize = 64;

@@ -87,9 +87,15 @@ pub fn components_with(
         clock: clock.clone(),
         wake: federation_wake,
     }));
-    // Local users' typing, receipts, device-list changes and to-device
-    // messages for other servers.
-    let edus = Arc::new(chancery_service::federation::edus::EduSender::new(federation.clone(), store.clone(), clock.clone()));
+    // Local users' typing and receipts for other servers (at once), and
+    // their device-list, cross-signing and to-device EDUs (through the
+    // sender's persisted outbox).
+    let edus = Arc::new(chancery_service::federation::edus::EduSender::new(
+        federation.clone(),
+        store.clone(),
+        clock.clone(),
+        federation_sender.clone(),
+    ));
     let limiters = Arc::new(Limiters::new(&config.rate_limits));
     let device_lists = Arc::new(DeviceLists::new(store.clone(), notifier.clone(), edus.clone()));
     let uia = Arc::new(InteractiveAuth::new(InteractiveAuthDeps {

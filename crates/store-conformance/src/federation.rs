@@ -203,3 +203,67 @@ pub async fn federation_positions_persist_and_never_move_back(store: DynStore) {
     store.add_federation_destinations(&[], 30).await.unwrap();
     assert_eq!(store.federation_sender_state(10).await.unwrap().scanned_pos, Some(30));
 }
+
+fn edu(destination: &str, n: u32) -> NewOutboundEdu {
+    NewOutboundEdu { destination: destination.into(), json: format!(r#"{{"edu_type":"m.test","content":{{"n":{n}}}}}"#) }
+}
+
+fn jsons(queued: &QueuedEdus) -> Vec<String> {
+    queued.edus.iter().map(|e| e.json.clone()).collect()
+}
+
+pub async fn federation_edus_wait_per_destination_until_acknowledged(store: DynStore) {
+    let limits = EduOutboxLimits { max_per_destination: 100, max_age_ms: 1_000_000 };
+    assert!(store.federation_edu_destinations(10).await.unwrap().is_empty());
+    let dropped = store.queue_federation_edus(&[edu("y", 1), edu("z", 2), edu("y", 3)], 1_000, limits).await.unwrap();
+    assert!(dropped.is_empty());
+    store.queue_federation_edus(&[edu("y", 4)], 1_001, limits).await.unwrap();
+    assert_eq!(store.federation_edu_destinations(10).await.unwrap(), ["y", "z"]);
+    assert_eq!(store.federation_edu_destinations(1).await.unwrap(), ["y"]);
+
+    // A destination's EDUs come in the order queued, at most `limit`.
+    let y = store.federation_edus_for("y", 2_000, limits, 2).await.unwrap();
+    assert_eq!(jsons(&y), [edu("y", 1).json, edu("y", 3).json]);
+    assert_eq!(y.expired, 0);
+    assert!(y.edus[0].id < y.edus[1].id);
+    let all_y = store.federation_edus_for("y", 2_000, limits, 10).await.unwrap();
+    assert_eq!(jsons(&all_y), [edu("y", 1).json, edu("y", 3).json, edu("y", 4).json]);
+    assert_eq!(jsons(&store.federation_edus_for("z", 2_000, limits, 10).await.unwrap()), [edu("z", 2).json]);
+    assert!(store.federation_edus_for("w", 2_000, limits, 10).await.unwrap().edus.is_empty());
+
+    // Acknowledging removes those sent (not another destination's, not
+    // those queued since) and moves the position, never back.
+    let ids: Vec<u64> = y.edus.iter().map(|e| e.id).collect();
+    let z_id = store.federation_edus_for("z", 2_000, limits, 10).await.unwrap().edus[0].id;
+    store.federation_transaction_acknowledged("y", 7, &[ids[0], ids[1], z_id]).await.unwrap();
+    assert_eq!(jsons(&store.federation_edus_for("y", 2_000, limits, 10).await.unwrap()), [edu("y", 4).json]);
+    assert_eq!(store.federation_edus_for("z", 2_000, limits, 10).await.unwrap().edus.len(), 1, "z's EDU is z's");
+    store.federation_transaction_acknowledged("y", 5, &ids).await.unwrap();
+    let state = store.federation_sender_state(10).await.unwrap();
+    assert_eq!(state.destinations, [("y".to_owned(), 7)]);
+    let last = store.federation_edus_for("y", 2_000, limits, 10).await.unwrap().edus[0].id;
+    store.federation_transaction_acknowledged("y", 9, &[last]).await.unwrap();
+    assert_eq!(store.federation_edu_destinations(10).await.unwrap(), ["z"]);
+    // Later EDUs get greater ids than any before.
+    store.queue_federation_edus(&[edu("y", 5)], 3_000, limits).await.unwrap();
+    assert!(store.federation_edus_for("y", 3_000, limits, 10).await.unwrap().edus[0].id > last);
+}
+
+pub async fn federation_edu_outbox_is_bounded_in_count_and_age(store: DynStore) {
+    let limits = EduOutboxLimits { max_per_destination: 3, max_age_ms: 1_000 };
+    store.queue_federation_edus(&[edu("y", 1), edu("y", 2), edu("z", 1)], 10_000, limits).await.unwrap();
+    // Past the count, the oldest of that destination go.
+    let dropped = store.queue_federation_edus(&[edu("y", 3), edu("y", 4), edu("y", 5)], 10_500, limits).await.unwrap();
+    assert_eq!(dropped, [("y".to_owned(), 2)]);
+    let y = store.federation_edus_for("y", 10_500, limits, 10).await.unwrap();
+    assert_eq!(jsons(&y), [edu("y", 3).json, edu("y", 4).json, edu("y", 5).json]);
+    assert_eq!(store.federation_edus_for("z", 10_500, limits, 10).await.unwrap().edus.len(), 1);
+    // Past the age, a read drops them (those queued at the limit too).
+    let z = store.federation_edus_for("z", 11_000, limits, 10).await.unwrap();
+    assert_eq!((z.edus.len(), z.expired), (0, 1));
+    let y = store.federation_edus_for("y", 11_499, limits, 10).await.unwrap();
+    assert_eq!((y.edus.len(), y.expired), (3, 0));
+    let y = store.federation_edus_for("y", 11_500, limits, 10).await.unwrap();
+    assert_eq!((y.edus.len(), y.expired), (0, 3));
+    assert!(store.federation_edu_destinations(10).await.unwrap().is_empty());
+}

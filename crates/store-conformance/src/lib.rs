@@ -94,7 +94,8 @@ macro_rules! store_conformance_tests {
             thread_subscriptions_are_bounded_per_user_and_go_with_the_account,
             concurrent_thread_subscriptions_become_visible_in_order,
             federation_events_go_to_the_servers_in_the_room, federation_destinations_come_from_membership_changes,
-            federation_positions_persist_and_never_move_back,
+            federation_positions_persist_and_never_move_back, federation_edus_wait_per_destination_until_acknowledged,
+            federation_edu_outbox_is_bounded_in_count_and_age,
             history_walks_back_numbered_hidden_and_bounded,
             job_leases_go_to_one_node_until_they_end, concurrent_lease_claims_give_a_job_to_one_node,
         );

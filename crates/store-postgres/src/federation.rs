@@ -3,7 +3,10 @@
 //! up to the committed position never skips an event still in flight.
 
 use async_trait::async_trait;
-use chancery_store::{FederationSenderState, FederationStore, OutgoingPdu, RoomStore, StoreResult};
+use chancery_store::{
+    EduOutboxLimits, FederationSenderState, FederationStore, NewOutboundEdu, OutboundEdu, OutgoingPdu, QueuedEdus, RoomStore,
+    StoreResult,
+};
 use chancery_store_sql::{i, u};
 
 use crate::json::jsonb_or_null;
@@ -157,6 +160,107 @@ impl FederationStore for PostgresStore {
         )
         .await
         .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn queue_federation_edus(
+        &self,
+        edus: &[NewOutboundEdu],
+        now_ms: u64,
+        limits: EduOutboxLimits,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let mut touched = std::collections::BTreeSet::new();
+        for edu in edus {
+            execute(
+                &tx,
+                "INSERT INTO federation_edu_outbox (destination, json, queued_ms) VALUES ($1, $2, $3)",
+                &[&edu.destination, &edu.json, &i(now_ms)],
+            )
+            .await
+            .map_err(backend)?;
+            touched.insert(edu.destination.as_str());
+        }
+        let mut dropped = Vec::new();
+        for destination in touched {
+            let count: i64 = get(
+                &query(&tx, "SELECT COUNT(*) FROM federation_edu_outbox WHERE destination = $1", &[&destination]).await?[0],
+                0,
+            )?;
+            let excess = u(count).saturating_sub(limits.max_per_destination as u64);
+            if excess > 0 {
+                execute(
+                    &tx,
+                    "DELETE FROM federation_edu_outbox WHERE id IN
+                       (SELECT id FROM federation_edu_outbox WHERE destination = $1 ORDER BY id LIMIT $2)",
+                    &[&destination, &i(excess)],
+                )
+                .await
+                .map_err(backend)?;
+                dropped.push((destination.to_owned(), excess));
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(dropped)
+    }
+
+    async fn federation_edus_for(
+        &self,
+        destination: &str,
+        now_ms: u64,
+        limits: EduOutboxLimits,
+        limit: usize,
+    ) -> StoreResult<QueuedEdus> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let expired = execute(
+            &tx,
+            "DELETE FROM federation_edu_outbox WHERE destination = $1 AND queued_ms <= $2",
+            &[&destination, &i(now_ms.saturating_sub(limits.max_age_ms))],
+        )
+        .await
+        .map_err(backend)?;
+        let rows = query(
+            &tx,
+            "SELECT id, json FROM federation_edu_outbox WHERE destination = $1 ORDER BY id LIMIT $2",
+            &[&destination, &limit_param(limit)],
+        )
+        .await?;
+        let edus =
+            rows.iter().map(|r| Ok(OutboundEdu { id: u(get::<i64>(r, 0)?), json: get(r, 1)? })).collect::<StoreResult<_>>()?;
+        tx.commit().await.map_err(backend)?;
+        Ok(QueuedEdus { edus, expired })
+    }
+
+    async fn federation_edu_destinations(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT DISTINCT destination FROM federation_edu_outbox ORDER BY destination LIMIT $1",
+            &[&limit_param(limit)],
+        )
+        .await?;
+        rows.iter().map(|r| get::<String>(r, 0)).collect()
+    }
+
+    async fn federation_transaction_acknowledged(&self, destination: &str, sent_pos: u64, edu_ids: &[u64]) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        execute(
+            &tx,
+            "INSERT INTO federation_destinations (server_name, sent_pos) VALUES ($1, $2)
+             ON CONFLICT (server_name) DO UPDATE
+             SET sent_pos = GREATEST(federation_destinations.sent_pos, excluded.sent_pos)",
+            &[&destination, &i(sent_pos)],
+        )
+        .await
+        .map_err(backend)?;
+        let ids: Vec<i64> = edu_ids.iter().map(|id| i(*id)).collect();
+        execute(&tx, "DELETE FROM federation_edu_outbox WHERE destination = $1 AND id = ANY($2)", &[&destination, &ids])
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(())
     }
 }

@@ -40,6 +40,7 @@ macro_rules! migration_sql {
             "0022_sliding_connections_apart",
             "0023_room_list_changes",
             "0024_federation_destinations",
+            "0025_federation_edu_outbox",
             "0026_room_history",
             "0027_job_leases",
         )

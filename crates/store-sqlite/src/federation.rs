@@ -2,7 +2,10 @@
 //! events table.
 
 use async_trait::async_trait;
-use chancery_store::{FederationSenderState, FederationStore, OutgoingPdu, RoomStore, StoreResult};
+use chancery_store::{
+    EduOutboxLimits, FederationSenderState, FederationStore, NewOutboundEdu, OutboundEdu, OutgoingPdu, QueuedEdus, RoomStore,
+    StoreResult,
+};
 use chancery_store_sql::{i, u};
 use rusqlite::{OptionalExtension, params};
 
@@ -175,6 +178,105 @@ impl FederationStore for SqliteStore {
                 params![destination, i(sent_pos)],
             )
             .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_federation_edus(
+        &self,
+        edus: &[NewOutboundEdu],
+        now_ms: u64,
+        limits: EduOutboxLimits,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let edus = edus.to_vec();
+        self.write(move |tx| {
+            let mut touched = std::collections::BTreeSet::new();
+            for edu in &edus {
+                tx.execute(
+                    "INSERT INTO federation_edu_outbox (destination, json, queued_ms) VALUES (?1, ?2, ?3)",
+                    params![edu.destination, edu.json, i(now_ms)],
+                )
+                .map_err(backend)?;
+                touched.insert(edu.destination.as_str());
+            }
+            let mut dropped = Vec::new();
+            for destination in touched {
+                let count: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM federation_edu_outbox WHERE destination = ?1", [destination], |r| r.get(0))
+                    .map_err(backend)?;
+                let excess = u(count).saturating_sub(limits.max_per_destination as u64);
+                if excess > 0 {
+                    tx.execute(
+                        "DELETE FROM federation_edu_outbox WHERE id IN
+                           (SELECT id FROM federation_edu_outbox WHERE destination = ?1 ORDER BY id LIMIT ?2)",
+                        params![destination, i(excess)],
+                    )
+                    .map_err(backend)?;
+                    dropped.push((destination.to_owned(), excess));
+                }
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn federation_edus_for(
+        &self,
+        destination: &str,
+        now_ms: u64,
+        limits: EduOutboxLimits,
+        limit: usize,
+    ) -> StoreResult<QueuedEdus> {
+        let destination = destination.to_owned();
+        let expired_at = now_ms.saturating_sub(limits.max_age_ms);
+        self.write(move |tx| {
+            let expired = tx
+                .execute(
+                    "DELETE FROM federation_edu_outbox WHERE destination = ?1 AND queued_ms <= ?2",
+                    params![destination, i(expired_at)],
+                )
+                .map_err(backend)? as u64;
+            let mut stmt = tx
+                .prepare_cached("SELECT id, json FROM federation_edu_outbox WHERE destination = ?1 ORDER BY id LIMIT ?2")
+                .map_err(backend)?;
+            let edus = stmt
+                .query_map(params![destination, limit_param(limit)], |r| Ok(OutboundEdu { id: u(r.get(0)?), json: r.get(1)? }))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(QueuedEdus { edus, expired })
+        })
+        .await
+    }
+
+    async fn federation_edu_destinations(&self, limit: usize) -> StoreResult<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT destination FROM federation_edu_outbox ORDER BY destination LIMIT ?1")
+                .map_err(backend)?;
+            stmt.query_map([limit_param(limit)], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn federation_transaction_acknowledged(&self, destination: &str, sent_pos: u64, edu_ids: &[u64]) -> StoreResult<()> {
+        let (destination, edu_ids) = (destination.to_owned(), edu_ids.to_vec());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO federation_destinations (server_name, sent_pos) VALUES (?1, ?2)
+                 ON CONFLICT (server_name) DO UPDATE SET sent_pos = MAX(sent_pos, excluded.sent_pos)",
+                params![destination, i(sent_pos)],
+            )
+            .map_err(backend)?;
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM federation_edu_outbox WHERE id = ?1 AND destination = ?2").map_err(backend)?;
+            for id in &edu_ids {
+                stmt.execute(params![i(*id), destination]).map_err(backend)?;
+            }
             Ok(())
         })
         .await

@@ -9,6 +9,13 @@
 //! destinations, so a destination that appeared just before a restart is
 //! still found after it.
 //!
+//! EDUs that must not be lost (to-device messages, device-list and
+//! cross-signing updates) wait in a per-destination outbox until the
+//! destination acknowledged a transaction holding them
+//! ([`FederationStore::queue_federation_edus`]): they ride in the same
+//! transactions as the destination's events. The outbox is bounded per
+//! destination in count and age; past either the oldest go.
+//!
 //! Server names are compared exactly with the part of a user id after its
 //! first `:` (user ids are `@local:server`, `local` holds no `:`; a server
 //! name may hold a port, `127.0.0.1:8448`).
@@ -33,6 +40,39 @@ pub struct FederationSenderState {
     pub scanned_pos: Option<u64>,
     /// (server name, sent_pos), by server name.
     pub destinations: Vec<(String, u64)>,
+}
+
+/// An EDU to queue for a destination server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutboundEdu {
+    pub destination: String,
+    /// The whole EDU (`{"edu_type": …, "content": …}`) as JSON text.
+    pub json: String,
+}
+
+/// An EDU waiting in a destination's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundEdu {
+    /// Increasing in queue order: a destination's EDUs go in id order.
+    pub id: u64,
+    pub json: String,
+}
+
+/// The bounds of one destination's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EduOutboxLimits {
+    /// EDUs kept per destination; queueing more drops the oldest.
+    pub max_per_destination: usize,
+    /// EDUs queued this long ago or longer are dropped when read.
+    pub max_age_ms: u64,
+}
+
+/// A destination's oldest waiting EDUs, and how many expired ones the
+/// read dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuedEdus {
+    pub edus: Vec<OutboundEdu>,
+    pub expired: u64,
 }
 
 #[async_trait]
@@ -83,4 +123,37 @@ pub trait FederationStore: Send + Sync {
     /// moves a position back (a late answer of an older attempt changes
     /// nothing); creates the row if it is missing.
     async fn set_federation_sent_pos(&self, destination: &str, sent_pos: u64) -> StoreResult<()>;
+
+    /// In one transaction: appends `edus` to their destinations' outboxes
+    /// (in the order given, queued at `now_ms`), then drops the oldest of
+    /// each destination touched past `limits.max_per_destination`.
+    /// Returns (destination, how many were dropped) for those that lost
+    /// any.
+    async fn queue_federation_edus(
+        &self,
+        edus: &[NewOutboundEdu],
+        now_ms: u64,
+        limits: EduOutboxLimits,
+    ) -> StoreResult<Vec<(String, u64)>>;
+
+    /// The oldest EDUs (at most `limit`, in id order) waiting for
+    /// `destination`; those queued at or before `now_ms -
+    /// limits.max_age_ms` are deleted first, in the same transaction, and
+    /// counted in `expired`.
+    async fn federation_edus_for(
+        &self,
+        destination: &str,
+        now_ms: u64,
+        limits: EduOutboxLimits,
+        limit: usize,
+    ) -> StoreResult<QueuedEdus>;
+
+    /// The destinations with EDUs waiting (at most `limit`, by name).
+    async fn federation_edu_destinations(&self, limit: usize) -> StoreResult<Vec<String>>;
+
+    /// `destination` acknowledged a transaction: in one transaction, its
+    /// position moves to `sent_pos` (as [`Self::set_federation_sent_pos`])
+    /// and the EDUs `edu_ids` leave its outbox (ids no longer there are
+    /// passed over).
+    async fn federation_transaction_acknowledged(&self, destination: &str, sent_pos: u64, edu_ids: &[u64]) -> StoreResult<()>;
 }

@@ -118,8 +118,10 @@ pub async fn send_join(
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}`: the PDUs are checked and
-/// stored one by one, then the typing and receipt EDUs applied (others
-/// are not handled yet and are dropped).
+/// stored one by one, then the EDUs applied (typing and receipts; device
+/// lists, cross-signing updates and to-device messages, which, if this
+/// server fails to store them, fail the transaction so that the origin
+/// sends it again; unknown EDU types are dropped).
 pub async fn send_transaction(
     State(rooms): State<Arc<RoomFederation>>,
     State(ephemeral): State<Arc<Ephemeral>>,
@@ -134,7 +136,7 @@ pub async fn send_transaction(
     }
     let pdus = rooms.receive_pdus(&origin, &request.pdus).await?;
     ephemeral.receive_edus(&origin, &request.edus).await;
-    keys.receive_edus(&origin, &request.edus).await;
+    keys.receive_edus(&origin, &request.edus).await?;
     Ok(RumaResponse(send_transaction_message::v1::Response::new(pdus)))
 }
 

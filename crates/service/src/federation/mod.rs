@@ -148,10 +148,6 @@ pub struct Federation {
     inbound: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
     /// Requests per origin over time.
     inbound_rate: crate::ratelimit::RateLimiter,
-    /// Per server with something waiting to be sent again: woken when it
-    /// talks to this one (it is back), so the retry need not wait out its
-    /// delay.
-    peer_back: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Notify>>>,
 }
 
 /// Holds one of an origin's places among its requests in flight until
@@ -219,7 +215,6 @@ impl Federation {
             keys: Mutex::new(KeyCache::new(MAX_CACHED_SERVER_KEYS)),
             inbound: Mutex::new(HashMap::new()),
             inbound_rate,
-            peer_back: Mutex::new(HashMap::new()),
         })
     }
 
@@ -288,25 +283,6 @@ impl Federation {
             .verify_request(&request, &self.deps.server_name, &keys)
             .map_err(|e| Error::Unauthorized(format!("the X-Matrix signature does not verify: {e}")))?;
         Ok(origin)
-    }
-
-    /// `origin` authenticated a request: it is up.
-    pub fn peer_is_back(&self, origin: &ServerName) {
-        let waiting = self.peer_back.lock().expect("peer_back lock").get(origin).cloned();
-        if let Some(notify) = waiting {
-            notify.notify_waiters();
-        }
-    }
-
-    /// Resolves when `server` next talks to this one.
-    pub(crate) async fn peer_came_back(&self, server: &ServerName) {
-        let notify = {
-            let mut waiting = self.peer_back.lock().expect("peer_back lock");
-            // Entries nobody waits on any more go (bounded by the waiters).
-            waiting.retain(|_, n| Arc::strong_count(n) > 1);
-            waiting.entry(server.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Notify::new())).clone()
-        };
-        notify.notified().await;
     }
 
     /// A place among `origin`'s requests in flight, or 429

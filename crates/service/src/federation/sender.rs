@@ -1,22 +1,31 @@
 //! The outbound transaction sender (server-server API, "Transactions"):
-//! every event a local user sends in a room with members on other servers
-//! reaches those servers in `PUT /_matrix/federation/v1/send/{txnId}`
-//! transactions, in order, and nothing acknowledged is lost across
-//! restarts of either side.
+//! every event a local user sends in a room with members on other servers,
+//! and every EDU that must arrive (to-device messages, device-list and
+//! cross-signing updates), reaches those servers in
+//! `PUT /_matrix/federation/v1/send/{txnId}` transactions, in order, and
+//! nothing acknowledged is lost across restarts of either side.
 //!
-//! The events table is the queue ([`FederationStore`]): per destination, a
-//! persisted `sent_pos` moves only after the destination answered 200 to a
-//! transaction holding its events up to there. A destination's decisions
+//! The events table is the PDU queue ([`FederationStore`]): per
+//! destination, a persisted `sent_pos` moves only after the destination
+//! answered 200 to a transaction holding its events up to there. EDUs wait
+//! in a persisted per-destination outbox ([`FederationSender::queue_edus`]
+//! commits them before the client's request returns) and leave it in the
+//! same store transaction that moves `sent_pos`, after the 200; they ride
+//! with the destination's PDUs (at most [`MAX_PDUS_PER_TRANSACTION`] PDUs
+//! and [`MAX_EDUS_PER_TRANSACTION`] EDUs a transaction), so backoff and
+//! "retry when the peer is back" are shared. A destination's decisions
 //! (what to read next, when to retry, which transaction id) are a sans-I/O
 //! state machine, [`DestinationState`], with the time passed in;
 //! [`FederationSender::run`] does the reads, sends and writes around it.
+//! Typing and receipts are ephemeral and go apart, unpersisted (`edus.rs`).
 //!
 //! Invariants: a destination has at most one transaction in flight, and a
-//! retried transaction is the same one (same id, same PDUs: the receiver
-//! deduplicates by origin and id); a destination's events are sent in
-//! stream order; at most [`MAX_CONCURRENT_FEDERATION_SENDS`] destinations
-//! are read for or sent to at once, at most
-//! [`MAX_FEDERATION_DESTINATIONS`] are known.
+//! retried transaction is the same one (same id, same PDUs and EDUs: the
+//! receiver deduplicates by origin and id, and to-device messages by
+//! origin and message id); a destination's events are sent in stream
+//! order and its EDUs in queue order; at most
+//! [`MAX_CONCURRENT_FEDERATION_SENDS`] destinations are read for or sent
+//! to at once, at most [`MAX_FEDERATION_DESTINATIONS`] are known.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chancery_proto::limits::{
-    FEDERATION_RETRY_INITIAL_MS, FEDERATION_RETRY_MAX_MS, MAX_CONCURRENT_FEDERATION_SENDS, MAX_FEDERATION_DESTINATIONS,
-    MAX_PDUS_PER_TRANSACTION,
+    FEDERATION_RETRY_INITIAL_MS, FEDERATION_RETRY_MAX_MS, MAX_CONCURRENT_FEDERATION_SENDS, MAX_EDU_OUTBOX_AGE_MS,
+    MAX_EDU_OUTBOX_PER_DESTINATION, MAX_EDUS_PER_TRANSACTION, MAX_FEDERATION_DESTINATIONS, MAX_PDUS_PER_TRANSACTION,
+    MAX_TRANSACTION_EDU_BYTES,
 };
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
+use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName, UInt};
-use chancery_store::{FederationStore, OutgoingPdu, StoreError};
+use chancery_store::{EduOutboxLimits, FederationStore, NewOutboundEdu, OutboundEdu, OutgoingPdu, StoreError};
 use serde_json::value::RawValue as RawJsonValue;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -51,12 +62,18 @@ const SCAN_PERSIST_EVERY: u64 = 10_000;
 /// How long shutdown waits for transactions in flight.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
-/// One transaction: its id and what it carries. Only PDUs for now; EDUs
-/// (typing, receipts, device lists) will join them here.
+/// The bounds of the persisted EDU outbox.
+const EDU_OUTBOX_LIMITS: EduOutboxLimits =
+    EduOutboxLimits { max_per_destination: MAX_EDU_OUTBOX_PER_DESTINATION, max_age_ms: MAX_EDU_OUTBOX_AGE_MS };
+
+/// One transaction: its id and what it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub txn_id: String,
     pub pdus: Vec<OutgoingPdu>,
+    /// Outbox EDUs, in queue order; they leave the outbox once the
+    /// transaction is acknowledged.
+    pub edus: Vec<OutboundEdu>,
     /// Once acknowledged, the destination has every event meant for it up
     /// to this position (the read covered positions past the last PDU
     /// that held nothing for it).
@@ -67,8 +84,10 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Read its events at positions `after < p <= upto` (at most
-    /// [`MAX_PDUS_PER_TRANSACTION`]), then call [`DestinationState::on_read`].
-    Read { after: u64, upto: u64 },
+    /// [`MAX_PDUS_PER_TRANSACTION`]; none if `after == upto`) and, if
+    /// `edus`, its oldest outbox EDUs (at most
+    /// [`MAX_EDUS_PER_TRANSACTION`]), then call [`DestinationState::on_read`].
+    Read { after: u64, upto: u64, edus: bool },
     /// Send this transaction, then call [`DestinationState::on_sent`] or
     /// [`DestinationState::on_failed`].
     Send(Batch),
@@ -88,12 +107,31 @@ pub struct DestinationState {
     busy: bool,
     failures: u32,
     retry_at: Option<u64>,
+    /// Its outbox may hold EDUs no read has seen yet.
+    edus_waiting: bool,
+    /// The read in flight reads the outbox.
+    reading_edus: bool,
 }
 
 impl DestinationState {
     /// A destination whose events are acknowledged through `sent_pos`.
     pub fn new(sent_pos: u64) -> Self {
-        Self { cursor: sent_pos, upto: sent_pos, pending: None, busy: false, failures: 0, retry_at: None }
+        Self {
+            cursor: sent_pos,
+            upto: sent_pos,
+            pending: None,
+            busy: false,
+            failures: 0,
+            retry_at: None,
+            edus_waiting: false,
+            reading_edus: false,
+        }
+    }
+
+    /// EDUs were queued in its outbox (committed): a read after the one
+    /// in flight, if any, picks them up.
+    pub fn on_edus_queued(&mut self) {
+        self.edus_waiting = true;
     }
 
     /// Events are committed through `upto`.
@@ -110,7 +148,11 @@ impl DestinationState {
         self.retry_at = None;
         let step = match &self.pending {
             Some(batch) => Step::Send(batch.clone()),
-            None if self.cursor < self.upto => Step::Read { after: self.cursor, upto: self.upto },
+            None if self.cursor < self.upto || self.edus_waiting => {
+                // EDUs queued from here on are not seen by this read.
+                self.reading_edus = std::mem::take(&mut self.edus_waiting);
+                Step::Read { after: self.cursor, upto: self.upto, edus: self.reading_edus }
+            }
             None => return None,
         };
         self.busy = true;
@@ -127,24 +169,44 @@ impl DestinationState {
         }
     }
 
-    /// The read of `after < p <= upto` found `pdus` (at most `limit`);
+    /// The read of `after < p <= upto` found `pdus` (at most `limit`)
+    /// and the outbox `edus` (at most [`MAX_EDUS_PER_TRANSACTION`]);
     /// `txn_id` names the transaction they make (called only if they
     /// make one).
-    pub fn on_read(&mut self, pdus: Vec<OutgoingPdu>, upto: u64, limit: usize, txn_id: impl FnOnce() -> String) {
+    pub fn on_read(
+        &mut self,
+        pdus: Vec<OutgoingPdu>,
+        edus: Vec<OutboundEdu>,
+        upto: u64,
+        limit: usize,
+        txn_id: impl FnOnce() -> String,
+    ) {
         self.busy = false;
-        let Some(last) = pdus.last() else {
-            self.cursor = self.cursor.max(upto);
-            return;
-        };
+        self.reading_edus = false;
+        // A full read may have left EDUs out, and so may the byte budget:
+        // read the outbox again after this transaction.
+        let edus_read = edus.len();
+        let edus = fit_edus(edus, MAX_EDUS_PER_TRANSACTION, MAX_TRANSACTION_EDU_BYTES);
+        if edus_read >= MAX_EDUS_PER_TRANSACTION || edus.len() < edus_read {
+            self.edus_waiting = true;
+        }
         // A full read may have left events out: the next read starts
         // after the last one it gave.
-        let through = if pdus.len() >= limit { last.stream_pos } else { upto };
-        self.pending = Some(Batch { txn_id: txn_id(), pdus, through });
+        let through = match pdus.last() {
+            Some(last) if pdus.len() >= limit => last.stream_pos,
+            _ => upto.max(self.cursor),
+        };
+        if pdus.is_empty() && edus.is_empty() {
+            self.cursor = through;
+            return;
+        }
+        self.pending = Some(Batch { txn_id: txn_id(), pdus, edus, through });
     }
 
     /// The read failed (the store): try again a little later.
     pub fn on_read_failed(&mut self, now_ms: u64) {
         self.busy = false;
+        self.edus_waiting |= std::mem::take(&mut self.reading_edus);
         self.retry_at = Some(now_ms + READ_RETRY_MS);
     }
 
@@ -191,6 +253,24 @@ impl DestinationState {
     }
 }
 
+/// The first of `edus` (in queue order) that one transaction carries: at
+/// most `max_count`, and within `max_bytes` of JSON, except that the
+/// first always goes (an EDU larger than the budget would otherwise
+/// never leave).
+pub fn fit_edus(mut edus: Vec<OutboundEdu>, max_count: usize, max_bytes: usize) -> Vec<OutboundEdu> {
+    let mut bytes = 0usize;
+    let mut keep = 0;
+    for edu in edus.iter().take(max_count) {
+        bytes = bytes.saturating_add(edu.json.len());
+        if keep > 0 && bytes > max_bytes {
+            break;
+        }
+        keep += 1;
+    }
+    edus.truncate(keep);
+    edus
+}
+
 /// The wait after `failures` failures in a row (at least one): the
 /// initial delay doubled each time, capped.
 pub fn retry_delay_ms(failures: u32) -> u64 {
@@ -226,6 +306,9 @@ pub struct FederationSender {
     deps: FederationSenderDeps,
     /// Servers that contacted us since the loop last looked (bounded).
     back: Mutex<BTreeSet<OwnedServerName>>,
+    /// Servers EDUs were queued for since the loop last looked (bounded;
+    /// past it the periodic look at the outbox finds them).
+    edus_queued: Mutex<BTreeSet<OwnedServerName>>,
     /// Transaction ids are `<start ms>.<n>`: unique across restarts.
     txn_prefix: u64,
     txn_seq: AtomicU64,
@@ -233,7 +316,7 @@ pub struct FederationSender {
 
 /// How one step ended.
 enum Outcome {
-    Read { pdus: Vec<OutgoingPdu>, upto: u64 },
+    Read { pdus: Vec<OutgoingPdu>, edus: Vec<OutboundEdu>, upto: u64 },
     ReadFailed,
     Sent { txn_id: String },
     Failed,
@@ -242,7 +325,41 @@ enum Outcome {
 impl FederationSender {
     pub fn new(deps: FederationSenderDeps) -> Self {
         let txn_prefix = deps.clock.now_ms();
-        Self { deps, back: Mutex::new(BTreeSet::new()), txn_prefix, txn_seq: AtomicU64::new(0) }
+        Self {
+            deps,
+            back: Mutex::new(BTreeSet::new()),
+            edus_queued: Mutex::new(BTreeSet::new()),
+            txn_prefix,
+            txn_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues EDUs that must arrive (destination, the whole EDU) in the
+    /// persisted outbox, in one store transaction: once this returns they
+    /// are committed and go in the destinations' next transactions, after
+    /// a restart too. Past a destination's bound its oldest EDUs are
+    /// dropped (logged, without content).
+    pub async fn queue_edus(&self, edus: &[(OwnedServerName, serde_json::Value)]) -> Result<(), StoreError> {
+        let edus: Vec<(OwnedServerName, serde_json::Value)> =
+            edus.iter().filter(|(server, _)| *server != self.deps.server_name).cloned().collect();
+        if edus.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<NewOutboundEdu> =
+            edus.iter().map(|(server, edu)| NewOutboundEdu { destination: server.to_string(), json: edu.to_string() }).collect();
+        let dropped = self.deps.store.queue_federation_edus(&rows, self.deps.clock.now_ms(), EDU_OUTBOX_LIMITS).await?;
+        for (server, count) in dropped {
+            tracing::warn!(server = %server, dropped = count, "federation EDU outbox full: its oldest EDUs were dropped");
+        }
+        let mut queued = self.edus_queued.lock().expect("edus-queued lock");
+        for (server, _) in edus {
+            if queued.len() < MAX_FEDERATION_DESTINATIONS {
+                queued.insert(server);
+            }
+        }
+        drop(queued);
+        self.deps.wake.notify_one();
+        Ok(())
     }
 
     /// `server` just contacted us (an authenticated inbound request): what
@@ -265,6 +382,9 @@ impl FederationSender {
         let Some((mut states, mut scanned, mut scanned_persisted)) = self.load(&mut shutdown).await else {
             return;
         };
+        // The outbox is looked at whole on start-up (EDUs queued before a
+        // restart) and then now and then (EDUs another node queued).
+        let mut outbox_looked_at: Option<u64> = None;
         let mut tasks: JoinSet<(OwnedServerName, Outcome)> = JoinSet::new();
         // Where the last round of starts stopped, so every destination
         // gets its turn when more than the concurrency limit are ready.
@@ -290,6 +410,33 @@ impl FederationSender {
                 if let Some(state) = states.get_mut(&server) {
                     state.peer_is_back();
                 }
+            }
+            let mut with_edus: Vec<OwnedServerName> =
+                std::mem::take(&mut *self.edus_queued.lock().expect("edus-queued lock")).into_iter().collect();
+            if outbox_looked_at.is_none_or(|at| now.saturating_sub(at) >= SWEEP_MS) {
+                match self.deps.store.federation_edu_destinations(MAX_FEDERATION_DESTINATIONS).await {
+                    Ok(found) => {
+                        outbox_looked_at = Some(now);
+                        with_edus.extend(found.iter().filter_map(|s| ServerName::parse(s).ok()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "federation sender: reading the EDU outbox failed");
+                        outbox_looked_at = Some(now.saturating_sub(SWEEP_MS).saturating_add(STORE_RETRY_MS));
+                    }
+                }
+            }
+            for server in with_edus {
+                if server == self.deps.server_name {
+                    continue;
+                }
+                if !states.contains_key(&server) && states.len() >= MAX_FEDERATION_DESTINATIONS {
+                    tracing::warn!(server = %server, "federation sender: too many destinations; EDUs for this one wait");
+                    continue;
+                }
+                // A destination known only by its EDUs: its events are
+                // looked for from where discovery stands (the earlier ones
+                // would have made it a destination).
+                states.entry(server).or_insert_with(|| DestinationState::new(scanned)).on_edus_queued();
             }
 
             let now = self.deps.clock.now_ms();
@@ -430,15 +577,13 @@ impl FederationSender {
         let now_ms = self.deps.clock.now_ms();
         tasks.spawn(async move {
             let outcome = match step {
-                Step::Read { after, upto } => {
-                    match store.federation_events_for(origin.as_str(), server.as_str(), after, upto, MAX_PDUS_PER_TRANSACTION).await {
-                        Ok(pdus) => Outcome::Read { pdus, upto },
-                        Err(e) => {
-                            tracing::warn!(server = %server, error = %e, "federation sender: reading a destination's events failed");
-                            Outcome::ReadFailed
-                        }
+                Step::Read { after, upto, edus } => match read_step(&*store, &origin, &server, after, upto, edus, now_ms).await {
+                    Ok((pdus, edus)) => Outcome::Read { pdus, edus, upto },
+                    Err(e) => {
+                        tracing::warn!(server = %server, error = %e, "federation sender: reading a destination's events failed");
+                        Outcome::ReadFailed
                     }
-                }
+                },
                 Step::Send(batch) => send_batch(&*store, &federation, origin, &server, batch, now_ms).await,
             };
             (server, outcome)
@@ -448,7 +593,9 @@ impl FederationSender {
     fn apply(&self, state: &mut DestinationState, outcome: Outcome) {
         let now = self.deps.clock.now_ms();
         match outcome {
-            Outcome::Read { pdus, upto } => state.on_read(pdus, upto, MAX_PDUS_PER_TRANSACTION, || self.next_txn_id()),
+            Outcome::Read { pdus, edus, upto } => {
+                state.on_read(pdus, edus, upto, MAX_PDUS_PER_TRANSACTION, || self.next_txn_id());
+            }
             Outcome::ReadFailed => state.on_read_failed(now),
             Outcome::Sent { txn_id } => {
                 state.on_sent(&txn_id);
@@ -458,9 +605,38 @@ impl FederationSender {
     }
 }
 
+/// One read step: the destination's events `after < p <= upto` and, if
+/// asked, its oldest outbox EDUs (expired ones dropped, logged).
+async fn read_step(
+    store: &dyn FederationStore,
+    origin: &ServerName,
+    server: &ServerName,
+    after: u64,
+    upto: u64,
+    edus: bool,
+    now_ms: u64,
+) -> Result<(Vec<OutgoingPdu>, Vec<OutboundEdu>), StoreError> {
+    let pdus = if after < upto {
+        store.federation_events_for(origin.as_str(), server.as_str(), after, upto, MAX_PDUS_PER_TRANSACTION).await?
+    } else {
+        Vec::new()
+    };
+    let edus = if edus {
+        let queued = store.federation_edus_for(server.as_str(), now_ms, EDU_OUTBOX_LIMITS, MAX_EDUS_PER_TRANSACTION).await?;
+        if queued.expired > 0 {
+            tracing::warn!(server = %server, dropped = queued.expired, "federation EDUs waited too long for their server; dropped");
+        }
+        queued.edus
+    } else {
+        Vec::new()
+    };
+    Ok((pdus, edus))
+}
+
 /// Sends one transaction and, on the destination's 200, persists its new
-/// position. A destination the policy does not permit gets nothing: its
-/// events are passed over as if sent.
+/// position and drops its EDUs from the outbox. A destination the policy
+/// does not permit gets nothing: its events and EDUs are passed over as
+/// if sent.
 async fn send_batch(
     store: &dyn FederationStore,
     federation: &Federation,
@@ -470,14 +646,17 @@ async fn send_batch(
     now_ms: u64,
 ) -> Outcome {
     let pdus: Result<Vec<Box<RawJsonValue>>, _> = batch.pdus.iter().map(|p| RawJsonValue::from_string(p.json.clone())).collect();
-    let answer = match pdus {
-        Ok(pdus) => {
+    let edus: Result<Vec<Raw<_>>, _> =
+        batch.edus.iter().map(|e| RawJsonValue::from_string(e.json.clone()).map(Raw::from_json)).collect();
+    let answer = match pdus.and_then(|pdus| edus.map(|edus| (pdus, edus))) {
+        Ok((pdus, edus)) => {
             let mut request = send_transaction_message::v1::Request::new(
                 OwnedTransactionId::from(batch.txn_id.as_str()),
                 origin,
                 MilliSecondsSinceUnixEpoch(UInt::new_saturating(now_ms)),
             );
             request.pdus = pdus;
+            request.edus = edus;
             federation.send(server, request).await
         }
         Err(e) => Err(FederationError::Build(e.to_string())),
@@ -498,9 +677,10 @@ async fn send_batch(
             return Outcome::Failed;
         }
     }
-    if let Err(e) = store.set_federation_sent_pos(server.as_str(), batch.through).await {
-        // Sent all the same: after a restart the events go again, which
-        // the destination tells apart by their ids.
+    let edu_ids: Vec<u64> = batch.edus.iter().map(|e| e.id).collect();
+    if let Err(e) = store.federation_transaction_acknowledged(server.as_str(), batch.through, &edu_ids).await {
+        // Sent all the same: after a restart the events and EDUs go
+        // again, which the destination tells apart by their ids.
         tracing::warn!(server = %server, error = %e, "federation sender: persisting a destination's position failed");
     }
     Outcome::Sent { txn_id: batch.txn_id }
@@ -525,7 +705,7 @@ mod tests {
         d.on_wake(9);
         assert_eq!(d.next_step(0), None, "an older position changes nothing");
         d.on_wake(12);
-        assert_eq!(d.next_step(0), Some(Step::Read { after: 10, upto: 12 }));
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 10, upto: 12, edus: false }));
         assert_eq!(d.next_step(0), None, "one step at a time");
         assert_eq!(d.next_retry_at(), None);
     }
@@ -534,12 +714,12 @@ mod tests {
     fn an_empty_read_moves_the_cursor_and_sends_nothing() {
         let mut d = DestinationState::new(0);
         d.on_wake(100);
-        assert_eq!(d.next_step(0), Some(Step::Read { after: 0, upto: 100 }));
-        d.on_read(Vec::new(), 100, MAX_PDUS_PER_TRANSACTION, || unreachable!("no transaction for nothing"));
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 0, upto: 100, edus: false }));
+        d.on_read(Vec::new(), Vec::new(), 100, MAX_PDUS_PER_TRANSACTION, || unreachable!("no transaction for nothing"));
         assert_eq!(d.next_step(0), None);
         assert_eq!(d.next_batch(0), None);
         d.on_wake(101);
-        assert_eq!(d.next_step(0), Some(Step::Read { after: 100, upto: 101 }));
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 100, upto: 101, edus: false }));
     }
 
     #[test]
@@ -556,14 +736,14 @@ mod tests {
             let mut d = DestinationState::new(0);
             d.on_wake(*upto);
             assert!(matches!(d.next_step(0), Some(Step::Read { .. })));
-            d.on_read(pdus(read.clone()), *upto, limit, || "t1".into());
+            d.on_read(pdus(read.clone()), Vec::new(), *upto, limit, || "t1".into());
             let batch = d.next_batch(0).expect("a transaction");
             assert_eq!(batch.pdus.len(), read.clone().count());
             assert!(batch.pdus.len() <= limit);
             assert_eq!(batch.through, *next, "{read:?} up to {upto}");
             assert_eq!(d.on_sent("t1"), Some(*next));
             d.on_wake(*upto + 1);
-            assert_eq!(d.next_step(0), Some(Step::Read { after: *next, upto: *upto + 1 }), "{read:?}");
+            assert_eq!(d.next_step(0), Some(Step::Read { after: *next, upto: *upto + 1, edus: false }), "{read:?}");
         }
     }
 
@@ -572,7 +752,7 @@ mod tests {
         let mut d = DestinationState::new(0);
         d.on_wake(3);
         d.next_step(0);
-        d.on_read(pdus(1..=3), 3, 50, || "t1".into());
+        d.on_read(pdus(1..=3), Vec::new(), 3, 50, || "t1".into());
         let first = d.next_batch(1_000).unwrap();
         d.on_failed(1_000);
         assert_eq!(d.failures(), 1);
@@ -590,7 +770,7 @@ mod tests {
         assert_eq!(third.txn_id, "t1");
         assert_eq!(d.on_sent("t1"), Some(3));
         assert_eq!((d.failures(), d.next_retry_at()), (0, None));
-        assert_eq!(d.next_step(4_000), Some(Step::Read { after: 3, upto: 10 }));
+        assert_eq!(d.next_step(4_000), Some(Step::Read { after: 3, upto: 10, edus: false }));
     }
 
     #[test]
@@ -615,7 +795,7 @@ mod tests {
         let mut d = DestinationState::new(0);
         d.on_wake(1);
         d.next_step(0);
-        d.on_read(pdus(1..=1), 1, 50, || "t1".into());
+        d.on_read(pdus(1..=1), Vec::new(), 1, 50, || "t1".into());
         for n in 0..12 {
             d.next_batch(u64::MAX / 2).unwrap();
             d.on_failed(n);
@@ -645,7 +825,7 @@ mod tests {
         assert_eq!(d.failures(), 0);
         assert_eq!(d.next_retry_at(), Some(100 + READ_RETRY_MS));
         assert_eq!(d.next_step(100), None);
-        assert_eq!(d.next_step(100 + READ_RETRY_MS), Some(Step::Read { after: 0, upto: 5 }));
+        assert_eq!(d.next_step(100 + READ_RETRY_MS), Some(Step::Read { after: 0, upto: 5, edus: false }));
     }
 
     #[test]
@@ -659,5 +839,95 @@ mod tests {
         assert_eq!(start_position(42), 41);
         assert_eq!(start_position(1), 0);
         assert_eq!(start_position(0), 0);
+    }
+
+    fn edu(id: u64, bytes: usize) -> OutboundEdu {
+        OutboundEdu { id, json: "x".repeat(bytes) }
+    }
+
+    fn edus(ids: std::ops::RangeInclusive<u64>) -> Vec<OutboundEdu> {
+        ids.map(|id| edu(id, 10)).collect()
+    }
+
+    #[test]
+    fn queued_edus_make_a_read_of_the_outbox() {
+        let mut d = DestinationState::new(5);
+        d.on_edus_queued();
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 5, upto: 5, edus: true }));
+        d.on_read(Vec::new(), edus(1..=2), 5, 50, || "t1".into());
+        let batch = d.next_batch(0).expect("EDUs alone make a transaction");
+        assert_eq!((batch.pdus.len(), batch.edus.len(), batch.through), (0, 2, 5));
+        assert_eq!(d.on_sent("t1"), Some(5));
+        assert_eq!(d.next_step(0), None, "the outbox was read whole");
+        // Events and EDUs ride together; the outbox is read only when told.
+        d.on_wake(8);
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 5, upto: 8, edus: false }));
+        d.on_read(pdus(6..=7), Vec::new(), 8, 50, || "t2".into());
+        d.on_edus_queued();
+        d.next_batch(0).unwrap();
+        assert_eq!(d.on_sent("t2"), Some(8));
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 8, upto: 8, edus: true }));
+        d.on_read(Vec::new(), Vec::new(), 8, 50, || unreachable!("nothing to send"));
+        assert_eq!(d.next_step(0), None);
+    }
+
+    #[test]
+    fn edus_queued_during_a_read_get_a_read_of_their_own() {
+        let mut d = DestinationState::new(0);
+        d.on_edus_queued();
+        assert!(matches!(d.next_step(0), Some(Step::Read { edus: true, .. })));
+        d.on_edus_queued(); // committed after the read began: it may miss them
+        d.on_read(Vec::new(), edus(1..=1), 0, 50, || "t1".into());
+        d.next_batch(0).unwrap();
+        d.on_sent("t1");
+        assert_eq!(d.next_step(0), Some(Step::Read { after: 0, upto: 0, edus: true }));
+        // A failed read of the outbox reads it again after the wait.
+        d.on_read_failed(10);
+        assert_eq!(d.next_step(10), None);
+        assert_eq!(d.next_step(10 + READ_RETRY_MS), Some(Step::Read { after: 0, upto: 0, edus: true }));
+    }
+
+    #[test]
+    fn a_transaction_holds_at_most_a_hundred_edus_within_a_byte_budget() {
+        assert_eq!(MAX_EDUS_PER_TRANSACTION, 100);
+        // (EDUs read, their sizes) → (EDUs carried, outbox read again)
+        let full: Vec<OutboundEdu> = edus(1..=100);
+        let big: Vec<OutboundEdu> = (1..=3).map(|id| edu(id, MAX_TRANSACTION_EDU_BYTES / 2)).collect();
+        let huge: Vec<OutboundEdu> = vec![edu(1, MAX_TRANSACTION_EDU_BYTES + 1), edu(2, 1)];
+        let cases: Vec<(Vec<OutboundEdu>, usize, bool)> =
+            vec![(edus(1..=99), 99, false), (full, 100, true), (big, 2, true), (huge, 1, true)];
+        for (read, carried, again) in cases {
+            let mut d = DestinationState::new(0);
+            d.on_edus_queued();
+            d.next_step(0);
+            d.on_read(Vec::new(), read, 0, 50, || "t".into());
+            let batch = d.next_batch(0).unwrap();
+            assert_eq!(batch.edus.len(), carried);
+            assert!(batch.edus.windows(2).all(|w| w[0].id < w[1].id), "in queue order");
+            d.on_sent("t");
+            assert_eq!(d.next_step(0).is_some(), again, "{carried}");
+        }
+        assert_eq!(fit_edus(edus(1..=5), 3, usize::MAX).len(), 3);
+        assert_eq!(fit_edus(edus(1..=5), 10, 25).len(), 2);
+        assert_eq!(fit_edus(Vec::new(), 10, 25).len(), 0);
+    }
+
+    #[test]
+    fn edus_share_the_backoff_and_the_peers_return() {
+        let mut d = DestinationState::new(0);
+        d.on_edus_queued();
+        d.next_step(0);
+        d.on_read(Vec::new(), edus(1..=2), 0, 50, || "t1".into());
+        let first = d.next_batch(0).unwrap();
+        d.on_failed(0);
+        d.on_failed(0);
+        // More EDUs meanwhile wait for the waiting transaction to go.
+        d.on_edus_queued();
+        assert_eq!(d.next_step(100), None, "backing off");
+        d.peer_is_back();
+        let again = d.next_batch(100).expect("retried at once");
+        assert_eq!(again, first, "same id, same EDUs");
+        assert_eq!(d.on_sent("t1"), Some(0));
+        assert_eq!(d.next_step(100), Some(Step::Read { after: 0, upto: 0, edus: true }));
     }
 }

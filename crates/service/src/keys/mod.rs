@@ -8,9 +8,11 @@
 //! it checks who owns each key and that its signatures verify
 //! (`chancery_core::keys`), stores it in canonical JSON and hands it out.
 //!
-//! Keys of users on other servers need federation, which this server does
-//! not speak yet: they are answered in `failures` under the other
-//! server's name, as the spec answers for a server it cannot reach.
+//! Keys of users on other servers are asked of their servers
+//! (`remote.rs`); a server that cannot be reached is named in `failures`.
+//! Changes of this server's users' devices and cross-signing keys, and
+//! their to-device messages for other servers, go out through the
+//! persisted federation outbox (`federation::edus`).
 
 mod backup;
 mod dehydrated;
@@ -379,7 +381,10 @@ impl Keys {
         if let Some(session) = session {
             self.deps.uia.finish(&session).await;
         }
-        self.deps.device_lists.changed(user_id).await;
+        // Other servers hear of the master and self-signing keys (spec
+        // "m.signing_key_update"); the user-signing key is the user's own.
+        let public = |key: &Option<CheckedCrossSigningKey>| key.as_ref().and_then(|k| serde_json::to_value(&k.object).ok());
+        self.deps.device_lists.signing_keys_changed(user_id, public(&master), public(&self_signing)).await;
         Ok(())
     }
 

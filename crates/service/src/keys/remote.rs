@@ -149,9 +149,13 @@ impl Keys {
         Ok(body)
     }
 
-    /// The device-list and to-device EDUs of a transaction from `origin`.
-    /// Returns how many were applied.
-    pub async fn receive_edus(&self, origin: &ServerName, edus: &[Raw<Edu>]) -> usize {
+    /// The device-list, cross-signing and to-device EDUs of a
+    /// transaction from `origin`. Returns how many were applied. One that
+    /// is not valid or not `origin`'s to send is dropped; one this server
+    /// failed to store fails the call (the transaction is then not
+    /// acknowledged and `origin` sends it again: what was applied before
+    /// is dropped as a repeat, to-device messages by their message id).
+    pub async fn receive_edus(&self, origin: &ServerName, edus: &[Raw<Edu>]) -> Result<usize, Error> {
         let mut applied = 0;
         for raw in edus {
             let result = match raw.deserialize() {
@@ -173,10 +177,11 @@ impl Keys {
             };
             match result {
                 Ok(()) => applied += 1,
+                Err(e @ (Error::Internal(_) | Error::Unavailable { .. })) => return Err(e),
                 Err(e) => tracing::debug!(origin = %origin, error = %e, "an EDU was dropped"),
             }
         }
-        applied
+        Ok(applied)
     }
 
     async fn remote_device_list_changed(&self, origin: &ServerName, user_id: &UserId) -> Result<(), Error> {

@@ -44,12 +44,24 @@ fn check_content(content: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The `message_id` of the `m.direct_to_device` EDUs of one request: the
+/// same for a retry of it (the receiver drops the repeat by origin and
+/// message id), different for another device of the same user using the
+/// same transaction id (transaction ids are per device). Opaque: a hash,
+/// so the device id does not travel.
+fn federation_message_id(device_id: &str, txn_id: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{device_id}\0{txn_id}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
 impl Keys {
     /// `PUT /sendToDevice/{eventType}/{txnId}`. A transaction id the
     /// device used before answers as the first time did, queueing
-    /// nothing again. Messages for users of other servers are not
-    /// delivered (no federation yet); those for devices that do not exist
-    /// are dropped, as Synapse does.
+    /// nothing again. Messages for users of other servers are committed
+    /// to the federation outbox (one EDU per server) before this returns;
+    /// those for devices that do not exist are dropped, as Synapse does.
     pub async fn send_to_device(
         &self,
         user: &AuthedUser,
@@ -90,10 +102,14 @@ impl Keys {
             }
             queued.push(ToDeviceMessage { user_id: m.user_id, device_id: m.device_id, content: m.content });
         }
-        // Other servers' users get theirs as one EDU per server (best
-        // effort: not retried if the server is down).
-        for (server, messages) in remote {
-            self.deps.edus.to_device(server, &user.user_id, event_type, txn_id, serde_json::Value::Object(messages));
+        // Other servers' users get theirs as one EDU per server, committed
+        // to the federation outbox before the local ones: a failure after
+        // it makes the client retry, and the receiver drops the repeat
+        // (same origin and message id).
+        if !remote.is_empty() {
+            let by_server = remote.into_iter().map(|(server, messages)| (server, serde_json::Value::Object(messages))).collect();
+            let message_id = federation_message_id(&user.device_id, txn_id);
+            self.deps.edus.to_device(&user.user_id, event_type, &message_id, by_server).await?;
         }
         let sender = user.user_id.as_str();
         match self.deps.keys.send_to_device(sender, &user.device_id, txn_id, event_type, &queued, MAX_TO_DEVICE_INBOX).await {
@@ -116,6 +132,19 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_per_device_and_transaction() {
+        let id = federation_message_id("PHONE", "m1.1");
+        assert_eq!(id, federation_message_id("PHONE", "m1.1"), "a retry keeps it");
+        assert_eq!(id.len(), 22);
+        let others = [
+            federation_message_id("LAPTOP", "m1.1"),
+            federation_message_id("PHONE", "m1.2"),
+            federation_message_id("PHONEm", "1.1"),
+        ];
+        assert!(others.iter().all(|other| *other != id), "{others:?}");
+    }
 
     #[test]
     fn content_must_be_an_object_bounded_and_without_nul() {
