@@ -945,3 +945,30 @@ async fn one_node_sends_and_another_takes_over() {
     second.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// With presence on at both, a user's presence set on one server reaches
+/// the users of another who share a room with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_servers() {
+    let a = TestServer::start_federating(Backend::Sqlite, |c| c.presence.enabled = true).await.unwrap();
+    let b = TestServer::start_federating(Backend::Sqlite, |c| c.presence.enabled = true).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    alice.create_room(json!({"room_alias_name": "lunch", "preset": "public_chat"})).await;
+    bob.ok(Method::POST, &format!("/join/{}", urlencode(&format!("#lunch:{}", a.server_name()))), Some(json!({}))).await;
+    let status = json!({"presence": "unavailable", "status_msg": "at lunch"});
+    bob.ok(Method::PUT, &format!("/presence/{}/status", urlencode(&bob.id)), Some(status)).await;
+    let path = format!("/presence/{}/status", urlencode(&bob.id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = alice.ok(Method::GET, &path, None).await;
+        if got["status_msg"] == "at lunch" {
+            assert_eq!(got["presence"], "unavailable", "{got}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Bob's presence never reached A: {got}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

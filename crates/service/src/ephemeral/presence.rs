@@ -125,6 +125,7 @@ impl Ephemeral {
             && self.presence.set(user.user_id.as_str(), presence, status_msg.clone(), self.deps.clock.now_ms()).is_some()
         {
             self.deps.notifier.everyone();
+            self.presence_to_other_servers(&user.user_id);
             self.publish(Update::Presence { user_id: user.user_id.to_string(), presence: presence.clone(), status_msg });
         }
         Ok(())
@@ -140,11 +141,20 @@ impl Ephemeral {
         let status = self.presence.get(user.user_id.as_str()).and_then(|p| p.status_msg);
         if self.presence.set(user.user_id.as_str(), set_presence, status.clone(), self.deps.clock.now_ms()).is_some() {
             self.deps.notifier.everyone();
+            self.presence_to_other_servers(&user.user_id);
             self.publish(Update::Presence {
                 user_id: user.user_id.to_string(),
                 presence: set_presence.clone(),
                 status_msg: status,
             });
+        }
+    }
+
+    /// A local user's new presence, for the servers sharing a room with
+    /// them (the node where it changed sends it).
+    fn presence_to_other_servers(&self, user_id: &UserId) {
+        if let Some(p) = self.presence.get(user_id.as_str()) {
+            self.deps.edus.presence(user_id, presence_content(&p, self.deps.clock.now_ms()));
         }
     }
 

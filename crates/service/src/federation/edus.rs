@@ -11,7 +11,7 @@
 //!   with its backoff and after a restart, and drops them from the outbox
 //!   only after the destination's 200. Per (sender, destination) they go
 //!   in the order queued, so to-device messages keep their order.
-//! - Typing and read receipts are ephemeral: each change goes at once in a
+//! - Typing, read receipts and presence are ephemeral: each change goes at once in a
 //!   transaction of its own, best effort, at most
 //!   [`MAX_CONCURRENT_EDU_SENDS`] at a time (past it a change is dropped),
 //!   not retried and not persisted.
@@ -24,7 +24,9 @@ use chancery_proto::limits::MAX_CONCURRENT_EDU_SENDS;
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::serde::Raw;
-use chancery_proto::ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, RoomId, ServerName, UInt, UserId};
+use chancery_proto::ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedServerName, OwnedTransactionId, OwnedUserId, RoomId, ServerName, UInt, UserId,
+};
 use chancery_store::RoomStore;
 use serde_json::{Value as JsonValue, json};
 use tokio::sync::Semaphore;
@@ -71,7 +73,7 @@ impl EduSender {
     /// `user` started (`typing`) or stopped typing in `room_id`.
     pub fn typing(&self, room_id: &RoomId, user_id: &UserId, typing: bool) {
         let edu = json!({"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user_id, "typing": typing}});
-        self.send_now(room_id, edu);
+        self.send_now(Audience::Room(room_id.to_owned()), edu);
     }
 
     /// `user` read up to `event_id` in `room_id` (a public receipt).
@@ -81,7 +83,16 @@ impl EduSender {
             data["thread_id"] = json!(thread);
         }
         let content = json!({ room_id.as_str(): {"m.read": { user_id.as_str(): {"data": data, "event_ids": [event_id]}}}});
-        self.send_now(room_id, json!({"edu_type": "m.receipt", "content": content}));
+        self.send_now(Audience::Room(room_id.to_owned()), json!({"edu_type": "m.receipt", "content": content}));
+    }
+
+    /// `user`'s presence changed (`content`: `presence`, `status_msg`,
+    /// `last_active_ago`, `currently_active`): an `m.presence` for the
+    /// servers sharing a joined room with them, best effort like typing.
+    pub fn presence(&self, user_id: &UserId, mut content: JsonValue) {
+        content["user_id"] = json!(user_id);
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [content]}});
+        self.send_now(Audience::RoomsOf(user_id.to_owned()), edu);
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -159,9 +170,9 @@ impl EduSender {
         Ok(self.outbox.queue_edus(&edus).await?)
     }
 
-    /// Typing and receipts: at once, one transaction per server, best
-    /// effort.
-    fn send_now(&self, room_id: &RoomId, edu: JsonValue) {
+    /// Typing, receipts and presence: at once, one transaction per
+    /// server, best effort.
+    fn send_now(&self, audience: Audience, edu: JsonValue) {
         if !self.federation.enabled() {
             return;
         }
@@ -171,14 +182,14 @@ impl EduSender {
         };
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let txn_id = OwnedTransactionId::from(format!("edu.{}.{n}", self.started_ms));
-        let (federation, rooms, room_id) = (self.federation.clone(), self.rooms.clone(), room_id.to_owned());
+        let (federation, rooms) = (self.federation.clone(), self.rooms.clone());
         let now = self.clock.now_ms();
         tokio::spawn(async move {
             let _permit = permit;
-            let servers = match servers_in_room(&*rooms, &room_id, federation.server_name()).await {
+            let servers = match audience.servers(&*rooms, federation.server_name()).await {
                 Ok(found) => found,
                 Err(e) => {
-                    tracing::debug!(room_id = %room_id, error = %e, "a room's servers could not be read");
+                    tracing::debug!(error = %e, "the servers of an EDU could not be read");
                     return;
                 }
             };
@@ -198,6 +209,36 @@ impl EduSender {
             });
             futures_util::future::join_all(sends).await;
         });
+    }
+}
+
+/// Whom an ephemeral EDU goes to.
+enum Audience {
+    /// The other servers with a joined user in the room.
+    Room(OwnedRoomId),
+    /// The other servers sharing a joined room with the user.
+    RoomsOf(OwnedUserId),
+}
+
+impl Audience {
+    async fn servers(
+        &self,
+        rooms: &dyn RoomStore,
+        us: &ServerName,
+    ) -> Result<BTreeSet<OwnedServerName>, chancery_store::StoreError> {
+        match self {
+            Audience::Room(room_id) => servers_in_room(rooms, room_id, us).await,
+            Audience::RoomsOf(user_id) => {
+                let mut servers = BTreeSet::new();
+                let memberships = rooms.memberships_of_user(user_id.as_str()).await?;
+                let joined = memberships.iter().filter(|m| m.membership == MembershipState::Join);
+                for membership in joined.take(MAX_EDU_ROOMS) {
+                    let Ok(room_id) = RoomId::parse(&membership.room_id) else { continue };
+                    servers.extend(servers_in_room(rooms, &room_id, us).await?);
+                }
+                Ok(servers)
+            }
+        }
     }
 }
 
