@@ -116,6 +116,8 @@ pub fn components_with(
         entropy: entropy.clone(),
         federation: federation.clone(),
         edus: edus.clone(),
+        remote_keys: store.clone(),
+        rooms: store.clone(),
     }));
     let accounts = Arc::new(Accounts::new(AccountsDeps {
         config: AccountsConfig {

@@ -17,6 +17,7 @@ mod media;
 mod nul;
 mod openid;
 mod pushers;
+mod remote_keys;
 mod sliding_sync;
 mod thread_subscriptions;
 
@@ -38,6 +39,7 @@ pub use self::media::*;
 pub use self::nul::*;
 pub use self::openid::*;
 pub use self::pushers::*;
+pub use self::remote_keys::*;
 pub use self::sliding_sync::*;
 pub use self::thread_subscriptions::*;
 use chancery_store::*;
@@ -98,6 +100,7 @@ macro_rules! store_conformance_tests {
             federation_edu_outbox_is_bounded_in_count_and_age,
             history_walks_back_numbered_hidden_and_bounded,
             job_leases_go_to_one_node_until_they_end, concurrent_lease_claims_give_a_job_to_one_node,
+            remote_keys_are_cached_until_the_device_list_moves,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

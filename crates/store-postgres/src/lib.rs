@@ -26,6 +26,7 @@ mod push;
 mod pushers;
 mod query;
 mod relations;
+mod remote_keys;
 mod reports;
 mod rooms;
 mod search;

@@ -43,6 +43,7 @@ macro_rules! migration_sql {
             "0025_federation_edu_outbox",
             "0026_room_history",
             "0027_job_leases",
+            "0028_remote_device_keys",
         )
     };
     (@files $($name:literal),* $(,)?) => {

@@ -25,6 +25,7 @@ mod pool;
 mod push;
 mod pushers;
 mod relations;
+mod remote_keys;
 mod reports;
 mod rooms;
 mod row;

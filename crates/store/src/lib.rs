@@ -20,6 +20,7 @@ mod push;
 mod pushers;
 mod receipts;
 mod relations;
+mod remote_keys;
 mod reports;
 pub mod retry;
 mod rooms;
@@ -50,6 +51,7 @@ pub use push::*;
 pub use pushers::*;
 pub use receipts::*;
 pub use relations::*;
+pub use remote_keys::*;
 pub use reports::*;
 pub use rooms::*;
 pub use search::*;
@@ -380,6 +382,7 @@ pub trait Store:
     + FederationStore
     + RoomHistoryStore
     + JobLeaseStore
+    + RemoteKeyCacheStore
     + StreamStore
     + NodeBus
 {

@@ -153,3 +153,50 @@ async fn signing_key_update_survives_both_servers_restarting(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(signing_key_update_survives_both_servers_restarting);
+
+/// B caches the keys A answered for Alice: Bob's key query still finds
+/// them while A is down, and once Alice changes her keys (A announces it)
+/// B asks again rather than answering from the stale entry.
+async fn remote_keys_are_cached_until_their_server_announces_a_change(backend: Backend) {
+    let mut a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let mut alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let since = shared_encrypted_room(&a, &alice, &bob).await;
+    let master =
+        |public: &str, user: &str| json!({"user_id": user, "usage": ["master"], "keys": {format!("ed25519:{public}"): public}});
+    let first = "firstMasterKeyOfAliceAAAAAAAAAAAAAAAAAAAAAA";
+    alice.ok(Method::POST, "/keys/device_signing/upload", Some(json!({"master_key": master(first, &alice.id)}))).await;
+    let since = sync_until(&bob, &since, "Alice in Bob's device_lists.changed", |sync| changed_has(sync, &alice.id)).await;
+    let query = json!({"device_keys": {alice.id.as_str(): []}});
+    let got = bob.ok(Method::POST, "/keys/query", Some(query.clone())).await;
+    assert_eq!(got["master_keys"][&alice.id]["keys"][format!("ed25519:{first}")], first, "{got}");
+
+    // A is down: B answers from what it cached.
+    let (bob_ref, query_ref, alice_id) = (&bob, &query, alice.id.clone());
+    a.restart_after(move || async move {
+        let got = bob_ref.ok(Method::POST, "/keys/query", Some(query_ref.clone())).await;
+        assert_eq!(got["master_keys"][&alice_id]["keys"][format!("ed25519:{first}")], first, "{got}");
+        assert!(got["failures"].as_object().is_none_or(|f| f.is_empty()), "{got}");
+    })
+    .await
+    .unwrap();
+    alice.base = a.base_url.clone();
+
+    // Alice's keys change: A says so, and B asks again.
+    let second = "secondMasterKeyOfAliceAAAAAAAAAAAAAAAAAAAAA";
+    // Replacing keys asks for the password (interactive auth).
+    let upload = json!({"master_key": master(second, &alice.id)});
+    let (status, body) = alice.call(Method::POST, "/keys/device_signing/upload", Some(upload.clone())).await;
+    assert_eq!(status, 401, "{body}");
+    let mut upload = upload;
+    upload["auth"] = json!({"type": "m.login.password", "session": body["session"],
+        "identifier": {"type": "m.id.user", "user": alice.id}, "password": PASSWORD});
+    alice.ok(Method::POST, "/keys/device_signing/upload", Some(upload)).await;
+    sync_until(&bob, &since, "Alice in Bob's device_lists.changed again", |sync| changed_has(sync, &alice.id)).await;
+    let got = bob.ok(Method::POST, "/keys/query", Some(query)).await;
+    assert_eq!(got["master_keys"][&alice.id]["keys"][format!("ed25519:{second}")], second, "{got}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(remote_keys_are_cached_until_their_server_announces_a_change);

@@ -70,6 +70,11 @@ pub struct KeysDeps {
     pub federation: Arc<crate::Federation>,
     /// To-device messages for other servers' users.
     pub edus: Arc<crate::federation::edus::EduSender>,
+    /// Other servers' users' keys as their servers answered.
+    pub remote_keys: Arc<dyn chancery_store::RemoteKeyCacheStore>,
+    /// Whether another server's user is joined to a room here (their keys
+    /// are then cached: their server announces changes).
+    pub rooms: Arc<dyn chancery_store::RoomStore>,
 }
 
 /// Keys, device lists, to-device messages, key backups, dehydrated devices.

@@ -9,13 +9,37 @@ use std::collections::BTreeMap;
 use chancery_proto::limits::{MAX_KEY_CLAIMS, MAX_KEY_QUERY_USERS, MAX_TO_DEVICE_INBOX};
 use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
 use chancery_proto::ruma::api::federation::transactions::edu::Edu;
+use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId};
-use chancery_store::ToDeviceMessage;
+use chancery_store::{RemoteUserKeys, ToDeviceMessage};
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::Keys;
 use crate::Error;
+
+/// How long cached keys of another server's user are used at most, even
+/// without a change announced (a missed announcement heals by then).
+const REMOTE_KEYS_MAX_AGE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Users of other servers whose keys are cached (the least recently
+/// fetched go past it).
+const MAX_CACHED_REMOTE_USERS: usize = 100_000;
+
+/// Puts one user's keys (`device_keys`, `master_key`, `self_signing_key`
+/// as a server answered them) into a `/keys/query` answer.
+fn merge_user_keys(answer: &mut JsonValue, user: &UserId, keys: &JsonValue) {
+    if let Some(devices) = keys.get("device_keys").and_then(JsonValue::as_object) {
+        let mut entry = answer["device_keys"][user.as_str()].as_object().cloned().unwrap_or_default();
+        entry.extend(devices.iter().map(|(d, k)| (d.clone(), k.clone())));
+        answer["device_keys"][user.as_str()] = JsonValue::Object(entry);
+    }
+    for (from, to) in [("master_key", "master_keys"), ("self_signing_key", "self_signing_keys")] {
+        if let Some(key) = keys.get(from) {
+            answer[to][user.as_str()] = key.clone();
+        }
+    }
+}
 
 /// Users of other servers, by server, with what is wanted of each.
 pub(super) type ByServer<T> = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>;
@@ -23,27 +47,73 @@ pub(super) type ByServer<T> = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>
 impl Keys {
     /// Merges the device and cross-signing keys other servers hold of
     /// their users into a `/keys/query` answer; a server that fails is
-    /// named in `failures`.
+    /// named in `failures`. Users asked for all their devices are answered
+    /// from the cache when their entry still holds (their device list has
+    /// not moved since, and it is younger than [`REMOTE_KEYS_MAX_AGE_MS`]);
+    /// what a server answers is cached for users joined to a room here
+    /// (their server then tells this one when their devices change).
     pub(super) async fn query_remote(&self, wanted: ByServer<Vec<OwnedDeviceId>>, answer: &mut JsonValue) {
-        for (server, users) in wanted {
-            match self.deps.federation.send(&server, get_keys::v1::Request::new(users)).await {
+        let fresh_after = self.deps.clock.now_ms().saturating_sub(REMOTE_KEYS_MAX_AGE_MS);
+        for (server, mut users) in wanted {
+            let whole: Vec<String> = users.iter().filter(|(_, devices)| devices.is_empty()).map(|(u, _)| u.to_string()).collect();
+            match self.deps.remote_keys.cached_remote_keys(&whole, fresh_after).await {
+                Ok(cached) => {
+                    for (user, json) in cached {
+                        if let (Ok(user), Ok(keys)) = (UserId::parse(&user), serde_json::from_str::<JsonValue>(&json)) {
+                            merge_user_keys(answer, &user, &keys);
+                            users.remove(&user);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading cached keys of other servers' users failed"),
+            }
+            if users.is_empty() {
+                continue;
+            }
+            // Read before the query goes out: a change announced while it
+            // is in flight leaves the cached answer unused.
+            let positions = self.deps.remote_keys.remote_device_list_positions(&whole).await.unwrap_or_default();
+            match self.deps.federation.send(&server, get_keys::v1::Request::new(users.clone())).await {
                 Ok(found) => {
+                    let mut by_user: BTreeMap<OwnedUserId, JsonValue> = BTreeMap::new();
                     for (user, devices) in found.device_keys {
-                        let entry = answer["device_keys"][user.as_str()].as_object().cloned().unwrap_or_default();
-                        let mut entry = entry;
+                        let mut entry = Map::new();
                         for (device, keys) in devices {
                             if let Ok(keys) = keys.deserialize_as_unchecked::<JsonValue>() {
                                 entry.insert(device.to_string(), keys);
                             }
                         }
-                        answer["device_keys"][user.as_str()] = JsonValue::Object(entry);
+                        by_user.entry(user).or_insert_with(|| json!({}))["device_keys"] = JsonValue::Object(entry);
                     }
-                    for (field, keys) in [("master_keys", found.master_keys), ("self_signing_keys", found.self_signing_keys)] {
+                    for (field, keys) in [("master_key", found.master_keys), ("self_signing_key", found.self_signing_keys)] {
                         for (user, key) in keys {
                             if let Ok(key) = key.deserialize_as_unchecked::<JsonValue>() {
-                                answer[field][user.as_str()] = key;
+                                by_user.entry(user).or_insert_with(|| json!({}))[field] = key;
                             }
                         }
+                    }
+                    let mut cache = Vec::new();
+                    for (user, keys) in &by_user {
+                        // Only what was asked of this server, about its own users.
+                        if user.server_name() != server || !users.contains_key(user) {
+                            continue;
+                        }
+                        merge_user_keys(answer, user, keys);
+                        let position = positions.iter().find(|(u, _)| u == user.as_str()).map(|(_, p)| *p);
+                        if let Some(list_pos) = position
+                            && self.joined_somewhere(user).await
+                        {
+                            cache.push(RemoteUserKeys { user_id: user.to_string(), keys_json: keys.to_string(), list_pos });
+                        }
+                    }
+                    if !cache.is_empty()
+                        && let Err(e) = self
+                            .deps
+                            .remote_keys
+                            .cache_remote_keys(&cache, self.deps.clock.now_ms(), MAX_CACHED_REMOTE_USERS)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "caching keys of other servers' users failed");
                     }
                 }
                 Err(e) => {
@@ -51,6 +121,15 @@ impl Keys {
                     answer["failures"][server.as_str()] = json!({"errcode": "M_UNKNOWN", "error": e.to_string()});
                 }
             }
+        }
+    }
+
+    /// Whether `user` (of another server) is joined to a room here: their
+    /// server then sends this one their device-list changes.
+    async fn joined_somewhere(&self, user: &UserId) -> bool {
+        match self.deps.rooms.memberships_of_user(user.as_str()).await {
+            Ok(memberships) => memberships.iter().any(|m| m.membership == MembershipState::Join),
+            Err(_) => false,
         }
     }
 
