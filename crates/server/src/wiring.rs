@@ -187,6 +187,7 @@ pub fn components_with(
     let room_federation = Arc::new(RoomFederation::new(RoomFederationDeps {
         federation: federation.clone(),
         rooms: store.clone(),
+        relations: store.clone(),
         writer: writer.clone(),
         server_name: server_name.clone(),
         clock: clock.clone(),
@@ -225,6 +226,7 @@ pub fn components_with(
         visibility: visibility.clone(),
         formatter: formatter.clone(),
         account_data: account_data.clone(),
+        federation: room_federation.clone(),
     }));
     let search = Arc::new(Search::new(SearchDeps {
         store: store.clone(),

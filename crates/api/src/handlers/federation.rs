@@ -16,7 +16,8 @@ use chancery_proto::ruma::api::federation::discovery::{
 use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
 use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
 use chancery_proto::ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
@@ -102,6 +103,25 @@ pub async fn make_join(
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(room_version);
     Ok(RumaResponse(response))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`.
+pub async fn make_knock(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<prepare_knock_event::v1::Request>,
+) -> ApiResult<RumaResponse<prepare_knock_event::v1::Response>> {
+    let (room_version, template) = rooms.make_knock(&origin, &request.room_id, &request.user_id, &request.ver).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(room_version, event)))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`.
+pub async fn send_knock(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<create_knock_event::v1::Request>,
+) -> ApiResult<RumaResponse<create_knock_event::v1::Response>> {
+    let state = rooms.send_knock(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
+    Ok(RumaResponse(create_knock_event::v1::Response::new(state)))
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.

@@ -12,6 +12,7 @@
 
 pub mod edus;
 pub mod keys;
+mod knock;
 pub mod policy;
 mod rooms;
 
@@ -19,6 +20,8 @@ pub(crate) use rooms::server_allowed_in_room;
 
 pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
 pub mod sender;
+mod timestamp;
+pub(crate) use timestamp::closer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -44,6 +44,9 @@ pub struct RoomReaderDeps {
     pub formatter: Arc<EventFormatter>,
     /// For the ignored-user list `/messages` applies.
     pub account_data: Arc<AccountData>,
+    /// Other servers in a room, asked for `/timestamp_to_event` when this
+    /// server's copy may lack the history near the time.
+    pub federation: Arc<crate::federation::RoomFederation>,
 }
 
 /// Reading rooms back.
