@@ -183,6 +183,7 @@ pub fn components_with(
         server_name: server_name.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
+        federation: federation.clone(),
     }));
     let room_federation = Arc::new(RoomFederation::new(RoomFederationDeps {
         federation: federation.clone(),

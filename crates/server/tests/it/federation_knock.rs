@@ -114,3 +114,115 @@ async fn knocks_across_servers(backend: Backend) {
     b.stop().await.unwrap();
 }
 on_both_backends!(knocks_across_servers);
+
+/// The milliseconds since the epoch now, by the clock the servers read.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Waits (bounded) until the clock has passed `ts_ms`, so the next event
+/// any server stamps is later than it.
+async fn clock_passes(ts_ms: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while now_ms() <= ts_ms {
+        assert!(std::time::Instant::now() < deadline, "the clock never passed {ts_ms}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A space on A whose children B partly knows: a user of B walks it and
+/// sees the rooms only A knows (a public sub-space and its child, asked of
+/// A through the links' `via`), but not A's invite-only room. A serves
+/// `/hierarchy` to B by the spec's rules.
+async fn space_hierarchy_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let space_of = |name: &str| json!({"preset": "public_chat", "name": name, "creation_content": {"type": "m.space"}});
+    let space = alice.create_room(space_of("Ministry")).await;
+    let shared = alice.create_room(json!({"preset": "public_chat", "name": "Shared"})).await;
+    let sub = alice.create_room(space_of("Only on A")).await;
+    let deep = alice.create_room(json!({"preset": "public_chat", "name": "Deep"})).await;
+    let private = alice.create_room(json!({"preset": "private_chat", "name": "Private"})).await;
+    let link = |parent: &str, child: &str| {
+        let path = format!("/rooms/{parent}/state/m.space.child/{child}");
+        (path, json!({"via": [a.server_name()]}))
+    };
+    for (parent, child) in [(&space, &shared), (&space, &sub), (&space, &private), (&sub, &deep)] {
+        let (path, body) = link(parent, child);
+        alice.ok(Method::PUT, &path, Some(body)).await;
+    }
+    for room in [&space, &shared] {
+        bob.ok(Method::POST, &format!("/join/{room}?via={}", urlencode(a.server_name())), Some(json!({}))).await;
+    }
+
+    let url = format!("{}/_matrix/client/v1/rooms/{space}/hierarchy", b.base_url);
+    let (status, page) = crate::common::call(Method::GET, &url, Some(&bob.token), None).await;
+    assert_eq!(status.as_u16(), 200, "{page}");
+    let rooms = page["rooms"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = rooms.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["Ministry", "Shared", "Only on A", "Deep"], "{page}");
+    let sub_room = rooms.iter().find(|r| r["room_id"] == sub.as_str()).unwrap();
+    assert_eq!(sub_room["room_type"], "m.space", "{sub_room}");
+    assert_eq!(sub_room["children_state"][0]["state_key"], deep.as_str(), "{sub_room}");
+    assert_eq!(rooms[0]["children_state"].as_array().map(Vec::len), Some(3), "every link shows: {page}");
+
+    // A's answer to B.
+    let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&space));
+    let (status, body) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(body["room"]["room_id"], space.as_str(), "{body}");
+    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(3), "{body}");
+    let mut children: Vec<&str> = body["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
+    children.sort_unstable();
+    let mut expected = [shared.as_str(), sub.as_str()];
+    expected.sort_unstable();
+    assert_eq!(children, expected, "{body}");
+    assert_eq!(body["inaccessible_children"], json!([private]), "{body}");
+    // An invite-only room B has no user in, and an unknown room: 404.
+    for room in [private.clone(), format!("!nowhere:{}", a.server_name())] {
+        let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&room));
+        let (status, body) = signed_as(&b, &a, "GET", &path, None).await;
+        assert_eq!((status.as_u16(), body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{room}: {body}");
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(space_hierarchy_across_servers);
+
+/// A user of B joined a room of A after its first messages: "jump to
+/// date" finds a message only A holds (asked of A), and A answers B's
+/// server directly only for a room B has a user in.
+async fn timestamp_to_event_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let b = TestServer::start_federating(backend, |_| {}).await.unwrap();
+    let alice = User::new(&a.base_url, "alice").await;
+    let bob = User::new(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat", "name": "History"})).await;
+    let private = alice.create_room(json!({"preset": "private_chat"})).await;
+    // The message is later than every state event, and the join later
+    // than the message, so each direction has one closest answer.
+    clock_passes(now_ms()).await;
+    let message = alice.say(&room, "m1", "before bob").await;
+    let ts = alice.ok(Method::GET, &format!("/rooms/{room}/event/{message}"), None).await["origin_server_ts"].as_u64().unwrap();
+    clock_passes(ts).await;
+    bob.ok(Method::POST, &format!("/join/{room}?via={}", urlencode(a.server_name())), Some(json!({}))).await;
+
+    for dir in ["b", "f"] {
+        let path = format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts={ts}&dir={dir}");
+        let (status, body) = crate::common::call(Method::GET, &format!("{}{path}", b.base_url), Some(&bob.token), None).await;
+        assert_eq!(status.as_u16(), 200, "{dir}: {body}");
+        assert_eq!((body["event_id"].as_str(), body["origin_server_ts"].as_u64()), (Some(message.as_str()), Some(ts)), "{dir}");
+    }
+
+    let path = format!("/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir=b", urlencode(&room));
+    let (status, body) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!((status.as_u16(), body["event_id"].as_str()), (200, Some(message.as_str())), "{body}");
+    let path = format!("/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir=b", urlencode(&private));
+    let (status, body) = signed_as(&b, &a, "GET", &path, None).await;
+    assert_eq!((status.as_u16(), body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+on_both_backends!(timestamp_to_event_across_servers);
