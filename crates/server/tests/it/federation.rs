@@ -286,7 +286,13 @@ async fn send_transaction_as(from: &TestServer, to: &TestServer, txn_id: &str, b
 }
 
 /// A request to `to`'s server-server API signed as `from` signs them.
-pub(crate) async fn signed_as(from: &TestServer, to: &TestServer, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(crate) async fn signed_as(
+    from: &TestServer,
+    to: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     use chancery_proto::ruma::ServerName;
     use chancery_proto::ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
     let key = chancery_service::signing::load_or_generate(&from.config.signing_key_path()).unwrap();

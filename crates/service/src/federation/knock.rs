@@ -85,9 +85,7 @@ impl RoomFederation {
         candidates.retain(|s| seen.insert(s.clone()));
         candidates.truncate(MAX_FEDERATION_JOIN_SERVERS);
         if candidates.is_empty() {
-            return Err(Error::NotFound(
-                "this server does not know that room, and no server to knock through was named".into(),
-            ));
+            return Err(Error::NotFound("this server does not know that room, and no server to knock through was named".into()));
         }
         let mut last_error = None;
         for server in &candidates {
@@ -120,11 +118,14 @@ impl RoomFederation {
         if !rules.authorization.knocking {
             return Err(Error::IncompatibleRoomVersion { room_version: room_version.to_string() });
         }
-        let knock = self.sign_made(server, &made.event, &rules, user, room_id, MembershipState::Knock, extra)?;
+        let knock = self.sign_made(&made.event, &rules, user, room_id, MembershipState::Knock, extra)?;
         let answer = self
             .deps
             .federation
-            .send(server, create_knock_event::v1::Request::new(room_id.to_owned(), knock.event_id.clone(), raw_json(&knock.json)?))
+            .send(
+                server,
+                create_knock_event::v1::Request::new(room_id.to_owned(), knock.event_id.clone(), raw_json(&knock.json)?),
+            )
             .await?;
         let state = self.verified_knock_state(&room_version, room_id, &answer.knock_room_state).await;
         self.keep_knock(room_id, &room_version, &knock, &state).await
@@ -135,7 +136,12 @@ impl RoomFederation {
     /// a knocker is shown, but neither the create event (a stub has none:
     /// that is what makes it one) nor member events. Others are dropped,
     /// as the spec says improperly signed entries should be.
-    async fn verified_knock_state(&self, room_version: &RoomVersionId, room_id: &RoomId, entries: &[RawStrippedState]) -> Vec<Pdu> {
+    async fn verified_knock_state(
+        &self,
+        room_version: &RoomVersionId,
+        room_id: &RoomId,
+        entries: &[RawStrippedState],
+    ) -> Vec<Pdu> {
         let mut kept: Vec<Pdu> = Vec::new();
         for entry in entries.iter().take(MAX_KNOCK_STATE_EVENTS) {
             let RawStrippedState::Pdu(raw) = entry else { continue };

@@ -486,11 +486,7 @@ impl RoomFederation {
     /// `knock_room_state`): the current `INVITE_STATE_TYPES` events, with
     /// `m.room.create`, and `sender`'s member event, as full PDUs (spec
     /// v1.16).
-    pub(super) async fn stripped_state(
-        &self,
-        room_id: &RoomId,
-        sender: Option<&UserId>,
-    ) -> Result<Vec<RawStrippedState>, Error> {
+    pub(super) async fn stripped_state(&self, room_id: &RoomId, sender: Option<&UserId>) -> Result<Vec<RawStrippedState>, Error> {
         let keys: Vec<(String, String)> = crate::sync::rooms::INVITE_STATE_TYPES
             .iter()
             .map(|t| (t.to_string(), String::new()))
@@ -641,7 +637,7 @@ impl RoomFederation {
             )));
         }
         let rules = rules_of(&room_version)?;
-        let join = self.sign_made(server, &made.event, &rules, user, room_id, MembershipState::Join, extra)?;
+        let join = self.sign_made(&made.event, &rules, user, room_id, MembershipState::Join, extra)?;
         let raw = raw_json(&join.json)?;
         let answer = self
             .deps
@@ -708,7 +704,6 @@ impl RoomFederation {
     /// (reason, display name) added.
     pub(super) fn sign_made(
         &self,
-        server: &ServerName,
         made: &RawJsonValue,
         rules: &chancery_proto::ruma::room_version_rules::RoomVersionRules,
         user: &UserId,
@@ -717,9 +712,9 @@ impl RoomFederation {
         extra: &JsonValue,
     ) -> Result<Pdu, Error> {
         let mut template: CanonicalJsonObject = serde_json::from_str(made.get())
-            .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad {membership}: {e}")))?;
+            .map_err(|e| Error::UpstreamFailed(format!("the resident server made a bad {membership}: {e}")))?;
         if !is_template_for(&template, user, room_id) {
-            return Err(Error::UpstreamFailed(format!("{server} made a {membership} for something else")));
+            return Err(Error::UpstreamFailed(format!("the resident server made a {membership} for something else")));
         }
         let mut content = match template.remove("content") {
             Some(CanonicalJsonValue::Object(content)) => content,

@@ -59,7 +59,12 @@ impl RoomFederation {
     /// the federation request timeout) for the event closest to `ts_ms`;
     /// the first answer on the right side of `ts_ms` is taken. `None` when
     /// none answers one.
-    pub async fn remote_timestamp_to_event(&self, room_id: &RoomId, ts_ms: u64, forward: bool) -> Result<Option<EventAtTs>, Error> {
+    pub async fn remote_timestamp_to_event(
+        &self,
+        room_id: &RoomId,
+        ts_ms: u64,
+        forward: bool,
+    ) -> Result<Option<EventAtTs>, Error> {
         let mut servers: Vec<OwnedServerName> = Vec::new();
         for member in self.deps.rooms.members_of_room(room_id.as_str()).await? {
             if member.membership != MembershipState::Join {
@@ -86,7 +91,9 @@ impl RoomFederation {
                     }
                     tracing::info!(server = %server, room_id = %room_id, "timestamp_to_event: an answer on the wrong side of the time");
                 }
-                Err(e) => tracing::info!(server = %server, room_id = %room_id, error = %e, "timestamp_to_event over federation failed"),
+                Err(e) => {
+                    tracing::info!(server = %server, room_id = %room_id, error = %e, "timestamp_to_event over federation failed")
+                }
             }
         }
         Ok(None)

@@ -214,12 +214,7 @@ impl Spaces {
     /// A space's child links that count (a `via`, and `suggested` if only
     /// suggested ones are asked for), in the spec's order, each with its
     /// stripped event for `children_state`.
-    async fn children(
-        &self,
-        space: &RoomId,
-        room: &RoomFacts,
-        params: HierarchyParams,
-    ) -> Result<Vec<Child>, Error> {
+    async fn children(&self, space: &RoomId, room: &RoomFacts, params: HierarchyParams) -> Result<Vec<Child>, Error> {
         let links = self.deps.rooms.current_state_of_type(space.as_str(), "m.space.child", MAX_SPACE_CHILDREN).await?;
         let mut children = Vec::with_capacity(links.len());
         for link in links {

@@ -36,7 +36,9 @@ use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId};
 use serde_json::Value as JsonValue;
 
-use super::decide::{Access, HierarchyParams, child_order_key, hierarchy_params, is_child_link, is_suggested, may_preview, needs_allow_check};
+use super::decide::{
+    Access, HierarchyParams, child_order_key, hierarchy_params, is_child_link, is_suggested, may_preview, needs_allow_check,
+};
 use super::summary::{joined_to_any, read_room};
 use super::{Child, Spaces};
 use crate::Error;
@@ -54,7 +56,12 @@ pub(super) struct RemoteRooms {
 
 impl RemoteRooms {
     pub(super) fn new(now_ms: u64) -> Self {
-        Self { via: HashMap::new(), named: HashMap::new(), asked: 0, deadline_ms: now_ms.saturating_add(HIERARCHY_REMOTE_BUDGET_MS) }
+        Self {
+            via: HashMap::new(),
+            named: HashMap::new(),
+            asked: 0,
+            deadline_ms: now_ms.saturating_add(HIERARCHY_REMOTE_BUDGET_MS),
+        }
     }
 
     /// Remembers the servers a link names for its child.
@@ -153,15 +160,20 @@ impl Spaces {
                 (answer.room.summary, answer.room.children_state)
             }
         };
-        let mut access =
-            Access { join_rule: &summary.join_rule, world_readable: summary.world_readable, membership: None, in_allowed_room: false };
+        let mut access = Access {
+            join_rule: &summary.join_rule,
+            world_readable: summary.world_readable,
+            membership: None,
+            in_allowed_room: false,
+        };
         if needs_allow_check(access) {
             access.in_allowed_room = joined_to_any(&*self.deps.rooms, &summary.join_rule, Some(user)).await?;
         }
         if !may_preview(access) {
             return Ok(None);
         }
-        let children = if summary.room_type == Some(RoomType::Space) { remote_children(children_state, params) } else { Vec::new() };
+        let children =
+            if summary.room_type == Some(RoomType::Space) { remote_children(children_state, params) } else { Vec::new() };
         Ok(Some((summary, children)))
     }
 
@@ -191,7 +203,9 @@ impl Spaces {
             match tokio::time::timeout(Duration::from_millis(left_ms), self.deps.federation.send(&server, request)).await {
                 Ok(Ok(answer)) if answer.room.summary.room_id == room_id => return Some(answer),
                 Ok(Ok(_)) => tracing::info!(server = %server, room_id = %room_id, "hierarchy: an answer about another room"),
-                Ok(Err(e)) => tracing::info!(server = %server, room_id = %room_id, error = %e, "hierarchy over federation failed"),
+                Ok(Err(e)) => {
+                    tracing::info!(server = %server, room_id = %room_id, error = %e, "hierarchy over federation failed")
+                }
                 Err(_) => tracing::info!(server = %server, room_id = %room_id, "hierarchy over federation timed out"),
             }
         }

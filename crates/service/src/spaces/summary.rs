@@ -114,7 +114,11 @@ pub(crate) async fn read_room(
 
 /// Whether the requester is joined to one of the rooms a restricted join
 /// rule allows (the first [`MAX_ALLOW_ROOMS_CHECKED`] of them).
-pub(super) async fn joined_to_any(store: &dyn RoomStore, rule: &JoinRuleSummary, requester: Option<&UserId>) -> Result<bool, Error> {
+pub(super) async fn joined_to_any(
+    store: &dyn RoomStore,
+    rule: &JoinRuleSummary,
+    requester: Option<&UserId>,
+) -> Result<bool, Error> {
     let (JoinRuleSummary::Restricted(r) | JoinRuleSummary::KnockRestricted(r)) = rule else { return Ok(false) };
     let Some(user) = requester else { return Ok(false) };
     for allowed in r.allowed_room_ids.iter().take(MAX_ALLOW_ROOMS_CHECKED) {
