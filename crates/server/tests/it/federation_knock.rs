@@ -145,38 +145,50 @@ async fn space_hierarchy_across_servers(backend: Backend) {
     let sub = alice.create_room(space_of("Only on A")).await;
     let deep = alice.create_room(json!({"preset": "public_chat", "name": "Deep"})).await;
     let private = alice.create_room(json!({"preset": "private_chat", "name": "Private"})).await;
+    let knocky = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "name": "Knock here",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+        }))
+        .await;
     let link = |parent: &str, child: &str| {
         let path = format!("/rooms/{parent}/state/m.space.child/{child}");
         (path, json!({"via": [a.server_name()]}))
     };
-    for (parent, child) in [(&space, &shared), (&space, &sub), (&space, &private), (&sub, &deep)] {
+    for (parent, child) in [(&space, &shared), (&space, &sub), (&space, &private), (&space, &knocky), (&sub, &deep)] {
         let (path, body) = link(parent, child);
         alice.ok(Method::PUT, &path, Some(body)).await;
     }
     for room in [&space, &shared] {
         bob.ok(Method::POST, &format!("/join/{room}?via={}", urlencode(a.server_name())), Some(json!({}))).await;
     }
+    // B knows the knock-only room only as the stub of Bob's knock.
+    bob.ok(Method::POST, &format!("/knock/{knocky}?via={}", urlencode(a.server_name())), Some(json!({}))).await;
 
     let url = format!("{}/_matrix/client/v1/rooms/{space}/hierarchy", b.base_url);
     let (status, page) = crate::common::call(Method::GET, &url, Some(&bob.token), None).await;
     assert_eq!(status.as_u16(), 200, "{page}");
     let rooms = page["rooms"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = rooms.iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["Ministry", "Shared", "Only on A", "Deep"], "{page}");
+    assert_eq!(names, ["Ministry", "Shared", "Only on A", "Deep", "Knock here"], "{page}");
     let sub_room = rooms.iter().find(|r| r["room_id"] == sub.as_str()).unwrap();
     assert_eq!(sub_room["room_type"], "m.space", "{sub_room}");
     assert_eq!(sub_room["children_state"][0]["state_key"], deep.as_str(), "{sub_room}");
-    assert_eq!(rooms[0]["children_state"].as_array().map(Vec::len), Some(3), "every link shows: {page}");
+    assert_eq!(rooms[0]["children_state"].as_array().map(Vec::len), Some(4), "every link shows: {page}");
+    // The knocked room as A has it, not as B's stub does.
+    let knocked = rooms.iter().find(|r| r["room_id"] == knocky.as_str()).unwrap();
+    assert_eq!((knocked["num_joined_members"].as_u64(), knocked["join_rule"].as_str()), (Some(1), Some("knock")), "{knocked}");
 
     // A's answer to B.
     let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&space));
     let (status, body) = signed_as(&b, &a, "GET", &path, None).await;
     assert_eq!(status.as_u16(), 200, "{body}");
     assert_eq!(body["room"]["room_id"], space.as_str(), "{body}");
-    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(3), "{body}");
+    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(4), "{body}");
     let mut children: Vec<&str> = body["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
     children.sort_unstable();
-    let mut expected = [shared.as_str(), sub.as_str()];
+    let mut expected = [shared.as_str(), sub.as_str(), knocky.as_str()];
     expected.sort_unstable();
     assert_eq!(children, expected, "{body}");
     assert_eq!(body["inaccessible_children"], json!([private]), "{body}");

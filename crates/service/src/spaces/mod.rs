@@ -170,12 +170,13 @@ impl Spaces {
             visits += 1;
             let Ok(room_id) = OwnedRoomId::try_from(next.room_id) else { continue };
             let (summary, children) = match self.facts(&mut facts, &room_id, user).await?.cloned() {
-                Some(room) if room.may_preview => {
+                // A stub's state is not the room's: asked like an unknown room.
+                Some(room) if room.may_preview && !room.stub => {
                     let children = if room.is_space() { self.children(&room_id, &room, params).await? } else { Vec::new() };
                     (room.summary, children)
                 }
-                Some(_) => continue,
-                None => match self.remote_room(&mut remote, &room_id, user, params).await? {
+                Some(room) if !room.stub => continue,
+                _ => match self.remote_room(&mut remote, &room_id, user, params).await? {
                     Some(found) => found,
                     None => continue,
                 },

@@ -9,7 +9,7 @@
 //! see, and the ids of those it may not (`inaccessible_children`).
 //!
 //! Asked: while walking a hierarchy for a user, a room this server does
-//! not know is asked of the servers its `m.space.child` link names in
+//! not know (or knows only as the stub of an invite or a knock) is asked of the servers its `m.space.child` link names in
 //! `via` (or, on a later page where the link is no longer at hand, the
 //! room id's server). The summaries of the children another server
 //! answers with are kept for the request, so a child that is not a space
@@ -83,7 +83,7 @@ impl Spaces {
         suggested_only: bool,
     ) -> Result<get_hierarchy::v1::Response, Error> {
         let not_found = || Error::NotFound("room not found, or your server may not see it".into());
-        let room = read_room(&*self.deps.rooms, room_id, None).await?.ok_or_else(not_found)?;
+        let room = read_room(&*self.deps.rooms, room_id, None).await?.filter(|r| !r.stub).ok_or_else(not_found)?;
         if !self.server_may_see(origin, room_id, &room.summary, room.may_preview, room.federates).await? {
             return Err(not_found());
         }
@@ -92,7 +92,7 @@ impl Spaces {
         let children_state = children.iter().map(|c| c.event.clone()).collect();
         let mut response = get_hierarchy::v1::Response::new(SpaceHierarchyParentSummary::new(room.summary, children_state));
         for child in children.into_iter().take(MAX_HIERARCHY_ROOMS_VISITED_PER_REQUEST) {
-            let Some(facts) = read_room(&*self.deps.rooms, &child.room_id, None).await? else { continue };
+            let Some(facts) = read_room(&*self.deps.rooms, &child.room_id, None).await?.filter(|f| !f.stub) else { continue };
             if self.server_may_see(origin, &child.room_id, &facts.summary, facts.may_preview, facts.federates).await? {
                 response.children.push(facts.summary);
             } else {
