@@ -87,6 +87,10 @@ impl RoomFederation {
         if candidates.is_empty() {
             return Err(Error::NotFound("this server does not know that room, and no server to knock through was named".into()));
         }
+        // A refusal (the room's rules, a ban, its version) says more than
+        // a server that does not know the room: it is the answer when no
+        // server lets the knock through.
+        let mut refusal = None;
         let mut last_error = None;
         for server in &candidates {
             match self.knock_through(server, user, room_id, &content).await {
@@ -94,16 +98,16 @@ impl RoomFederation {
                     self.deps.notifier.user(user.as_str());
                     return Ok(());
                 }
-                // The room refuses the knock: asking another of its servers
-                // would get the same answer.
-                Err(e @ (Error::Forbidden(_) | Error::IncompatibleRoomVersion { .. })) => return Err(e),
                 Err(e) => {
                     tracing::info!(server = %server, room_id = %room_id, error = %e, "knocking through a server failed");
-                    last_error = Some(e);
+                    match e {
+                        Error::Forbidden(_) | Error::IncompatibleRoomVersion { .. } if refusal.is_none() => refusal = Some(e),
+                        e => last_error = Some(e),
+                    }
                 }
             }
         }
-        Err(last_error.expect("at least one candidate was tried"))
+        Err(refusal.or(last_error).expect("at least one candidate was tried"))
     }
 
     async fn knock_through(&self, server: &ServerName, user: &UserId, room_id: &RoomId, extra: &JsonValue) -> Result<(), Error> {
