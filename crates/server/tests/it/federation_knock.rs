@@ -66,6 +66,18 @@ async fn knocks_across_servers(backend: Backend) {
     assert!(has("m.room.name", &|e| e["content"]["name"] == "Behind the door"), "{knock}");
     assert!(has("m.room.join_rules", &|e| e["content"]["join_rule"] == "knock"), "{knock}");
     assert!(has("m.room.member", &|e| e["state_key"] == bob.id.as_str() && e["content"]["membership"] == "knock"), "{knock}");
+    // Sliding sync (Element X) shows it too, as stripped state.
+    let request = json!({
+        "conn_id": "room-list",
+        "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1, "required_state": [["m.room.name", ""]]}},
+    });
+    let url = format!("{}/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", b.base_url);
+    let (status, sliding) = crate::common::call(Method::POST, &url, Some(&bob.token), Some(request)).await;
+    assert_eq!(status.as_u16(), 200, "{sliding}");
+    let listed = &sliding["rooms"][&room];
+    assert_eq!(listed["membership"], "knock", "{sliding}");
+    let stripped = listed["invite_state"].as_array().cloned().unwrap_or_default();
+    assert!(stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Behind the door"), "{listed}");
     // Knocking again changes nothing.
     bob.ok(Method::POST, &format!("/knock/{room}"), Some(json!({}))).await;
 

@@ -1,5 +1,7 @@
-//! Rooms across servers: joins both ways (`make_join` / `send_join` v2)
-//! and the PDUs of inbound transactions.
+//! Rooms across servers: joins both ways (`make_join` / `send_join` v2),
+//! invites, leaves, the reads servers in a room make of it, and the PDUs
+//! of inbound transactions. Knocks are in `knock.rs`, `timestamp_to_event`
+//! in `timestamp.rs` (the same component).
 //!
 //! Every received PDU is checked as the spec orders (server-server API,
 //! "Checks performed on receipt of a PDU"): format and size, the
