@@ -154,7 +154,11 @@ async fn space_hierarchy_across_servers(backend: Backend) {
     let space_of = |name: &str| json!({"preset": "public_chat", "name": name, "creation_content": {"type": "m.space"}});
     let space = alice.create_room(space_of("Ministry")).await;
     let shared = alice.create_room(json!({"preset": "public_chat", "name": "Shared"})).await;
-    let sub = alice.create_room(space_of("Only on A")).await;
+    // Room version 12: its id names no server, so only the link's `via`
+    // says where to ask, also on a later page.
+    let mut sub_request = space_of("Only on A");
+    sub_request["room_version"] = json!("12");
+    let sub = alice.create_room(sub_request).await;
     let deep = alice.create_room(json!({"preset": "public_chat", "name": "Deep"})).await;
     let private = alice.create_room(json!({"preset": "private_chat", "name": "Private"})).await;
     let knocky = alice
@@ -191,6 +195,23 @@ async fn space_hierarchy_across_servers(backend: Backend) {
     // The knocked room as A has it, not as B's stub does.
     let knocked = rooms.iter().find(|r| r["room_id"] == knocky.as_str()).unwrap();
     assert_eq!((knocked["num_joined_members"].as_u64(), knocked["join_rule"].as_str()), (Some(1), Some("knock")), "{knocked}");
+
+    // The same walk two rooms a page: the rooms left waiting keep their
+    // links' servers.
+    let mut paged = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..5 {
+        let query = from.as_ref().map_or(String::new(), |f| format!("&from={}", urlencode(f)));
+        let url = format!("{}/_matrix/client/v1/rooms/{space}/hierarchy?limit=2{query}", b.base_url);
+        let (status, page) = crate::common::call(Method::GET, &url, Some(&bob.token), None).await;
+        assert_eq!(status.as_u16(), 200, "{page}");
+        paged.extend(page["rooms"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str().map(str::to_owned)));
+        from = page["next_batch"].as_str().map(str::to_owned);
+        if from.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, names, "paged like the whole walk");
 
     // A's answer to B.
     let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&space));

@@ -138,8 +138,8 @@ impl Spaces {
         let user: &UserId = &requester.user_id;
         let now = self.deps.clock.now_ms();
         let expire_before = now.saturating_sub(HIERARCHY_WALK_TTL_MS);
-        let mut walk = match &req.from {
-            None => Walk::new(req.room_id.as_str()),
+        let (mut walk, mut remote) = match &req.from {
+            None => (Walk::new(req.room_id.as_str()), remote::RemoteRooms::new(now, &[])),
             Some(token) => {
                 let saved = self
                     .deps
@@ -153,7 +153,8 @@ impl Spaces {
                                 .into(),
                         )
                     })?;
-                Walk::resume(saved.pending, saved.visited)
+                let remote = remote::RemoteRooms::new(now, &saved.pending);
+                (Walk::resume(saved.pending, saved.visited), remote)
             }
         };
         let mut facts = Facts::new();
@@ -164,7 +165,6 @@ impl Spaces {
 
         let mut page = HierarchyPage::default();
         let mut visits = 0;
-        let mut remote = remote::RemoteRooms::new(now);
         while page.rooms.len() < params.limit && visits < MAX_HIERARCHY_ROOMS_VISITED_PER_REQUEST {
             let Some(next) = walk.next() else { break };
             visits += 1;
@@ -187,7 +187,8 @@ impl Spaces {
         }
         if walk.has_more() {
             let token = random_string(&*self.deps.entropy, ALNUM, 32);
-            let (pending, visited) = walk.into_parts();
+            let (mut pending, visited) = walk.into_parts();
+            remote.annotate(&mut pending);
             let saved = HierarchyWalk {
                 token: token.clone(),
                 user_id: user.to_string(),

@@ -10,8 +10,8 @@
 //!
 //! Asked: while walking a hierarchy for a user, a room this server does
 //! not know (or knows only as the stub of an invite or a knock) is asked of the servers its `m.space.child` link names in
-//! `via` (or, on a later page where the link is no longer at hand, the
-//! room id's server). The summaries of the children another server
+//! `via` (kept with a paused walk for the rooms it leaves waiting, so a
+//! later page asks them too; else the room id's server). The summaries of the children another server
 //! answers with are kept for the request, so a child that is not a space
 //! costs no second request. The user sees a remote room under the same
 //! rule as a local one (`decide::may_preview`, without a membership this
@@ -34,6 +34,7 @@ use chancery_proto::ruma::events::space::child::HierarchySpaceChildEvent;
 use chancery_proto::ruma::room::{JoinRuleSummary, RoomSummary, RoomType};
 use chancery_proto::ruma::serde::Raw;
 use chancery_proto::ruma::{OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId};
+use chancery_store::PendingRoom;
 use serde_json::Value as JsonValue;
 
 use super::decide::{
@@ -55,19 +56,34 @@ pub(super) struct RemoteRooms {
 }
 
 impl RemoteRooms {
-    pub(super) fn new(now_ms: u64) -> Self {
-        Self {
-            via: HashMap::new(),
-            named: HashMap::new(),
-            asked: 0,
-            deadline_ms: now_ms.saturating_add(HIERARCHY_REMOTE_BUDGET_MS),
+    /// For a request continuing a walk whose waiting rooms are `pending`
+    /// (with the `via` servers of their links, saved with the walk).
+    pub(super) fn new(now_ms: u64, pending: &[PendingRoom]) -> Self {
+        let mut via = HashMap::new();
+        for room in pending.iter().filter(|p| !p.via.is_empty()) {
+            let Ok(room_id) = OwnedRoomId::try_from(room.room_id.as_str()) else { continue };
+            via.insert(room_id, room.via.iter().filter_map(|s| ServerName::parse(s).ok()).collect());
+        }
+        Self { via, named: HashMap::new(), asked: 0, deadline_ms: now_ms.saturating_add(HIERARCHY_REMOTE_BUDGET_MS) }
+    }
+
+    /// Remembers the servers a link names for its child (as many as are
+    /// ever asked).
+    pub(super) fn note_links(&mut self, children: &[Child]) {
+        for child in children {
+            self.via
+                .entry(child.room_id.clone())
+                .or_insert_with(|| child.via.iter().take(MAX_HIERARCHY_SERVERS_PER_ROOM).cloned().collect());
         }
     }
 
-    /// Remembers the servers a link names for its child.
-    pub(super) fn note_links(&mut self, children: &[Child]) {
-        for child in children {
-            self.via.entry(child.room_id.clone()).or_insert_with(|| child.via.clone());
+    /// Gives the rooms left waiting the `via` servers of their links, so
+    /// the next page, on any node, asks the right servers.
+    pub(super) fn annotate(&self, pending: &mut [PendingRoom]) {
+        for room in pending {
+            if let Some(via) = RoomId::parse(&room.room_id).ok().and_then(|id| self.via.get(&id)) {
+                room.via = via.iter().map(ToString::to_string).collect();
+            }
         }
     }
 }
