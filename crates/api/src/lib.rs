@@ -299,6 +299,13 @@ pub fn federation_router(state: AppState) -> Router {
         r = ruma_route::<create_invite::v2::Request, _, _>(r, h::federation::invite);
         r = ruma_route::<prepare_leave_event::v1::Request, _, _>(r, h::federation::make_leave);
         r = ruma_route::<create_leave_event::v2::Request, _, _>(r, h::federation::send_leave);
+        use chancery_proto::ruma::api::federation::membership::{create_knock_event, prepare_knock_event};
+        r = ruma_route::<prepare_knock_event::v1::Request, _, _>(r, h::federation::make_knock);
+        r = ruma_route::<create_knock_event::v1::Request, _, _>(r, h::federation::send_knock);
+        use chancery_proto::ruma::api::federation::event::get_event_by_timestamp;
+        r = ruma_route::<get_event_by_timestamp::v1::Request, _, _>(r, h::federation::timestamp_to_event);
+        use chancery_proto::ruma::api::federation::space::get_hierarchy;
+        r = ruma_route::<get_hierarchy::v1::Request, _, _>(r, h::federation::hierarchy);
         use chancery_proto::ruma::api::federation::device::get_devices;
         use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
         r = ruma_route::<get_keys::v1::Request, _, _>(r, h::federation::keys_query);

@@ -549,6 +549,18 @@ pub const MAX_TRANSACTION_PDUS: usize = 50;
 pub const MAX_TRANSACTION_EDUS: usize = 100;
 /// Servers a join is tried through, in turn.
 pub const MAX_FEDERATION_JOIN_SERVERS: usize = 5;
+/// Servers a `timestamp_to_event` is asked of, in turn, when this
+/// server's copy of the room may lack the history near the time.
+pub const MAX_TIMESTAMP_TO_EVENT_SERVERS: usize = 3;
+/// Rooms of other servers one `/hierarchy` request asks their servers
+/// about (`GET /_matrix/federation/v1/hierarchy`), each through at most
+/// [`MAX_HIERARCHY_SERVERS_PER_ROOM`] of its `via` servers.
+pub const MAX_HIERARCHY_REMOTE_ROOMS_PER_REQUEST: usize = 10;
+/// `via` servers a remote room of a hierarchy is asked through, in turn.
+pub const MAX_HIERARCHY_SERVERS_PER_ROOM: usize = 3;
+/// The time one `/hierarchy` request spends asking other servers in all;
+/// rooms not reached by then are left out of the page.
+pub const HIERARCHY_REMOTE_BUDGET_MS: u64 = 10_000;
 /// State events (and, apart, auth chain events) a `send_join` hands out
 /// or takes; a larger room needs partial-state joins (not built yet).
 pub const MAX_JOIN_STATE_EVENTS: usize = 20_000;

@@ -192,6 +192,7 @@ pub fn components_with(
         server_name: server_name.clone(),
         clock: clock.clone(),
         entropy: entropy.clone(),
+        federation: federation.clone(),
     }));
     let history = Arc::new(RoomHistory::new(RoomHistoryDeps {
         federation: federation.clone(),
@@ -201,6 +202,7 @@ pub fn components_with(
     let room_federation = Arc::new(RoomFederation::new(RoomFederationDeps {
         federation: federation.clone(),
         rooms: store.clone(),
+        relations: store.clone(),
         writer: writer.clone(),
         server_name: server_name.clone(),
         clock: clock.clone(),
@@ -241,6 +243,7 @@ pub fn components_with(
         formatter: formatter.clone(),
         account_data: account_data.clone(),
         history,
+        federation: room_federation.clone(),
     }));
     let search = Arc::new(Search::new(SearchDeps {
         store: store.clone(),

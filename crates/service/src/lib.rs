@@ -21,7 +21,7 @@
 //! | [`EventFormatter`] | events as clients see them, with bundled aggregations |
 //! | [`Directory`] | room aliases and the published room directory |
 //! | [`Search`] | the user directory and message search |
-//! | [`Spaces`] | space hierarchies and room previews (summaries) |
+//! | [`Spaces`] | space hierarchies (also served to, and asked of, other servers) and room previews (summaries) |
 //! | [`Ephemeral`] | typing, receipts, presence, and telling other nodes of them |
 //! | [`Keys`] | end-to-end encryption: keys, device lists, to-device messages, key backups, dehydrated devices |
 //! | [`Syncer`] | `/sync` |

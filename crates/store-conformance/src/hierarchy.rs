@@ -46,7 +46,10 @@ fn walk(token: &str, user: &str, created_ts: u64) -> HierarchyWalk {
         room_id: "!space:x".into(),
         suggested_only: true,
         max_depth: 3,
-        pending: vec![PendingRoom { room_id: "!b:x".into(), depth: 1 }, PendingRoom { room_id: "!a:x".into(), depth: 2 }],
+        pending: vec![
+            PendingRoom { room_id: "!b:x".into(), depth: 1, via: vec!["y".into()] },
+            PendingRoom { room_id: "!a:x".into(), depth: 2, via: Vec::new() },
+        ],
         visited: vec!["!space:x".into(), "!c:x".into()],
         created_ts,
     }

@@ -718,6 +718,24 @@ pub async fn stub_rooms_are_replaced_whole(store: DynStore) {
     let missing = store.replace_stub_room(room("!none:y"), vec![event("!none:y", "$n", "m.room.create", Some(""), 1)]).await;
     assert!(matches!(missing, Err(StoreError::UnknownRoom)), "{missing:?}");
     assert_eq!(ids(&store.state_at(r, None).await.unwrap()), vec!["$rcreate", "$ralice", "$rbob"]);
+
+    // A knock's stub holds some of the room's state, a searchable name
+    // among it; the joined room's copy of that event replaces it.
+    let k = "!knocked:y";
+    let named = || {
+        let mut name = event(k, "$kname", "m.room.name", Some(""), 3);
+        name.search_text = vec![("content.name".to_owned(), "Behind the door".to_owned())];
+        name
+    };
+    store.create_room(room(k), vec![named(), member(k, "$kknock", "@bob:x", "knock", 5)]).await.unwrap();
+    let chain = vec![
+        event(k, "$kcreate", "m.room.create", Some(""), 1),
+        member(k, "$kalice", "@alice:y", "join", 2),
+        named(),
+        member(k, "$kbob", "@bob:x", "join", 6),
+    ];
+    store.replace_stub_room(room(k), chain).await.unwrap();
+    assert_eq!(ids(&store.state_at(k, None).await.unwrap()), vec!["$kcreate", "$kalice", "$kbob", "$kname"]);
 }
 
 pub async fn rooms_create_append_and_read(store: DynStore) {

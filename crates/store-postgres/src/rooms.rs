@@ -500,7 +500,9 @@ impl RoomStore for PostgresStore {
             if stub.is_none() {
                 return Err(StoreError::UnknownRoom);
             }
-            for table in ["room_state", "forward_extremities", "events"] {
+            // A knock's stub holds searchable state (the room's name):
+            // the joined room's copy of those events is indexed anew.
+            for table in ["room_state", "forward_extremities", "event_search", "events"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE room_id = $1"), &[&room.room_id]).await.map_err(backend)?;
             }
             tx.execute(

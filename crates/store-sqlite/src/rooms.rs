@@ -250,7 +250,9 @@ impl RoomStore for SqliteStore {
             if stub.is_none() {
                 return Err(StoreError::UnknownRoom);
             }
-            for table in ["room_state", "forward_extremities", "events", "rooms"] {
+            // A knock's stub holds searchable state (the room's name):
+            // the joined room's copy of those events is indexed anew.
+            for table in ["room_state", "forward_extremities", "event_search", "events", "rooms"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [&room.room_id]).map_err(backend)?;
             }
             create_room_in_tx(tx, &room, &events)

@@ -18,6 +18,11 @@ use crate::StoreResult;
 pub struct PendingRoom {
     pub room_id: String,
     pub depth: u32,
+    /// The servers the link to it names (`via`), for a room of another
+    /// server that a later page asks them about (absent in walks saved
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
 }
 
 /// A walk paused after one page, saved under `token`.

@@ -138,7 +138,7 @@ pub async fn knock(
     Authed(user): Authed,
     Ruma(req): Ruma<knock_room::v3::Request>,
 ) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
-    let room_id = rooms.knock(&user, &req.room_id_or_alias, req.reason).await?;
+    let room_id = rooms.knock(&user, &req.room_id_or_alias, &req.via, req.reason).await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 

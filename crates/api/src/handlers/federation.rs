@@ -13,10 +13,13 @@ use chancery_proto::ruma::api::federation::directory::{get_public_rooms, get_pub
 use chancery_proto::ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_version,
 };
-use chancery_proto::ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use chancery_proto::ruma::api::federation::event::{
+    get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids,
+};
 use chancery_proto::ruma::api::federation::keys::{claim_keys, get_keys};
 use chancery_proto::ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 use chancery_proto::ruma::api::federation::query::{get_profile_information, get_room_information};
 use chancery_proto::ruma::api::federation::transactions::send_transaction_message;
@@ -102,6 +105,45 @@ pub async fn make_join(
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(room_version);
     Ok(RumaResponse(response))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`.
+pub async fn make_knock(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<prepare_knock_event::v1::Request>,
+) -> ApiResult<RumaResponse<prepare_knock_event::v1::Response>> {
+    let (room_version, template) = rooms.make_knock(&origin, &request.room_id, &request.user_id, &request.ver).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| chancery_service::Error::Internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(room_version, event)))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`.
+pub async fn send_knock(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<create_knock_event::v1::Request>,
+) -> ApiResult<RumaResponse<create_knock_event::v1::Response>> {
+    let state = rooms.send_knock(&origin, &request.room_id, &request.event_id, &request.pdu).await?;
+    Ok(RumaResponse(create_knock_event::v1::Response::new(state)))
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}`.
+pub async fn timestamp_to_event(
+    State(rooms): State<Arc<RoomFederation>>,
+    Signed { origin, request, permit: _permit }: Signed<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let forward = request.dir == chancery_proto::ruma::api::Direction::Forward;
+    let (event_id, ts) = rooms.timestamp_to_event(&origin, &request.room_id, u64::from(request.ts.get()), forward).await?;
+    let event_id = event_id.parse().map_err(|e| chancery_service::Error::Internal(format!("stored event id: {e}")))?;
+    let ts = MilliSecondsSinceUnixEpoch(chancery_proto::ruma::UInt::new_saturating(ts));
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(event_id, ts)))
+}
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}`.
+pub async fn hierarchy(
+    State(spaces): State<Arc<chancery_service::Spaces>>,
+    Signed { origin, request, permit: _permit }: Signed<chancery_proto::ruma::api::federation::space::get_hierarchy::v1::Request>,
+) -> ApiResult<RumaResponse<chancery_proto::ruma::api::federation::space::get_hierarchy::v1::Response>> {
+    Ok(RumaResponse(spaces.hierarchy_for_server(&origin, &request.room_id, request.suggested_only).await?))
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.

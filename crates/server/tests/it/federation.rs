@@ -286,7 +286,13 @@ async fn send_transaction_as(from: &TestServer, to: &TestServer, txn_id: &str, b
 }
 
 /// A request to `to`'s server-server API signed as `from` signs them.
-async fn signed_as(from: &TestServer, to: &TestServer, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(crate) async fn signed_as(
+    from: &TestServer,
+    to: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     use chancery_proto::ruma::ServerName;
     use chancery_proto::ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
     let key = chancery_service::signing::load_or_generate(&from.config.signing_key_path()).unwrap();
@@ -491,7 +497,7 @@ async fn chat_across_servers_survives_a_restart(backend: Backend) {
 on_both_backends!(chat_across_servers_survives_a_restart);
 
 /// Waits (bounded) until `user`'s sync shows an invite to `room`.
-async fn wait_for_invite(user: &User, room: &str) -> Value {
+pub(crate) async fn wait_for_invite(user: &User, room: &str) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let sync = user.sync("timeout=0").await;

@@ -312,3 +312,58 @@ async fn synapse_catch_up_after_an_outage(backend: Backend) {
     synapse.stop();
 }
 on_both_backends!(synapse_catch_up_after_an_outage);
+
+/// Knocks across the two implementations. A Chancery user knocks on a
+/// knock-only Synapse room (room version 12) by its alias: Chancery shows
+/// the knock, Synapse's member sees it and invites, and the knocker joins
+/// through Synapse. A Synapse user knocks on a knock-only Chancery room:
+/// Chancery's member sees the knock and invites, and the knocker joins.
+async fn knocks_with_synapse(backend: Backend) {
+    let (chancery, synapse) = pair(backend).await;
+    let alice = User::new(&chancery.base_url, "alice").await;
+    let sam = User::new(&synapse.base_url, "sam").await;
+    let knock_only = |alias: &str, name: &str| {
+        json!({
+            "room_alias_name": alias,
+            "preset": "private_chat",
+            "name": name,
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+        })
+    };
+
+    // Chancery → Synapse.
+    let room = sam.create_room(knock_only("samdoor", "Sam's door")).await;
+    let alias = format!("#samdoor:{}", synapse.server_name);
+    let knocked = alice.ok(Method::POST, &format!("/knock/{}", urlencode(&alias)), Some(json!({"reason": "hello"}))).await;
+    assert_eq!(knocked["room_id"], room.as_str(), "{knocked}");
+    sync_until(&alice, "the knock on Chancery", |sync| {
+        sync["rooms"]["knock"][&room]["knock_state"]["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| e["state_key"] == alice.id.as_str() && e["content"]["membership"] == "knock")
+        })
+    })
+    .await;
+    poll(&sam, &format!("/rooms/{room}/state/m.room.member/{}", urlencode(&alice.id)), "Alice's knock on Synapse", |m| {
+        m["membership"] == "knock"
+    })
+    .await;
+    sam.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": alice.id}))).await;
+    sync_until(&alice, "Sam's invite after the knock", |sync| sync["rooms"]["invite"][&room].is_object()).await;
+    alice.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    poll(&sam, &format!("/rooms/{room}/joined_members"), "Alice joined on Synapse", |m| m["joined"][&alice.id].is_object()).await;
+
+    // Synapse → Chancery.
+    let room = alice.create_room(knock_only("alicedoor", "Alice's door")).await;
+    let alias = format!("#alicedoor:{}", chancery.server_name());
+    let knocked = sam.ok(Method::POST, &format!("/knock/{}", urlencode(&alias)), Some(json!({"reason": "hi"}))).await;
+    assert_eq!(knocked["room_id"], room.as_str(), "{knocked}");
+    let member = alice.ok(Method::GET, &format!("/rooms/{room}/state/m.room.member/{}", urlencode(&sam.id)), None).await;
+    assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("knock"), Some("hi")), "{member}");
+    alice.ok(Method::POST, &format!("/rooms/{room}/invite"), Some(json!({"user_id": sam.id}))).await;
+    sync_until(&sam, "Alice's invite after the knock", |sync| sync["rooms"]["invite"][&room].is_object()).await;
+    sam.ok(Method::POST, &format!("/rooms/{room}/join"), Some(json!({}))).await;
+    let members = alice.ok(Method::GET, &format!("/rooms/{room}/joined_members"), None).await;
+    assert!(members["joined"][&sam.id].is_object(), "{members}");
+    chancery.stop().await.unwrap();
+    synapse.stop();
+}
+on_both_backends!(knocks_with_synapse);

@@ -46,6 +46,7 @@ mod ephemeral;
 mod faults;
 mod federation;
 mod federation_e2ee;
+mod federation_knock;
 mod federation_outbox;
 mod federation_synapse;
 mod hostile;

@@ -13,6 +13,7 @@
 pub mod edus;
 mod history;
 pub mod keys;
+mod knock;
 pub mod policy;
 mod rooms;
 
@@ -21,6 +22,8 @@ pub(crate) use rooms::server_allowed_in_room;
 pub use history::{HistoryPage, RoomHistory, RoomHistoryDeps};
 pub use rooms::{RoomFederation, RoomFederationDeps, SendJoinAnswer};
 pub mod sender;
+mod timestamp;
+pub(crate) use timestamp::closer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,7 @@
-//! Rooms across servers: joins both ways (`make_join` / `send_join` v2)
-//! and the PDUs of inbound transactions.
+//! Rooms across servers: joins both ways (`make_join` / `send_join` v2),
+//! invites, leaves, the reads servers in a room make of it, and the PDUs
+//! of inbound transactions. Knocks are in `knock.rs`, `timestamp_to_event`
+//! in `timestamp.rs` (the same component).
 //!
 //! Every received PDU is checked as the spec orders (server-server API,
 //! "Checks performed on receipt of a PDU"): format and size, the
@@ -33,7 +35,7 @@ use chancery_proto::ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
     ServerName, UInt, UserId,
 };
-use chancery_store::{AccountStore, NewRoom, RoomStore, StoreError};
+use chancery_store::{AccountStore, NewRoom, RelationStore, RoomStore, StoreError};
 use serde_json::Value as JsonValue;
 use serde_json::value::RawValue as RawJsonValue;
 
@@ -49,6 +51,8 @@ use crate::rooms::{RoomWriter, rules_of};
 pub struct RoomFederationDeps {
     pub federation: Arc<Federation>,
     pub rooms: Arc<dyn RoomStore>,
+    /// `timestamp_to_event` answers.
+    pub relations: Arc<dyn RelationStore>,
     /// Received events go through the write path like local ones.
     pub writer: Arc<RoomWriter>,
     pub server_name: OwnedServerName,
@@ -73,7 +77,7 @@ pub struct SendJoinAnswer {
 
 /// Rooms shared with other servers.
 pub struct RoomFederation {
-    deps: RoomFederationDeps,
+    pub(super) deps: RoomFederationDeps,
 }
 
 impl RoomFederation {
@@ -106,7 +110,7 @@ impl RoomFederation {
         self.make_membership(origin, room_id, user_id, None, MembershipState::Leave).await
     }
 
-    async fn make_membership(
+    pub(super) async fn make_membership(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
@@ -123,6 +127,9 @@ impl RoomFederation {
             return Err(Error::IncompatibleRoomVersion { room_version: info.room_version.to_string() });
         }
         let rules = rules_of(&info.room_version)?;
+        if membership == MembershipState::Knock && !rules.authorization.knocking {
+            return Err(Error::IncompatibleRoomVersion { room_version: info.room_version.to_string() });
+        }
         let draft = pdu::EventDraft {
             room_id: Some(room_id.to_owned()),
             sender: user_id.to_owned(),
@@ -163,7 +170,7 @@ impl RoomFederation {
     /// A join or leave one of `origin`'s users signed for themselves
     /// (`send_join`, `send_leave`), checked: the room is one this server is
     /// in, the ACL lets `origin` in, the PDU checks, its id is `event_id`.
-    async fn signed_membership(
+    pub(super) async fn signed_membership(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
@@ -487,7 +494,7 @@ impl RoomFederation {
 
     /// Other servers read a room's events only while one of their users is
     /// joined or invited to it.
-    async fn ensure_origin_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<(), Error> {
+    pub(super) async fn ensure_origin_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<(), Error> {
         let suffix = format!(":{origin}");
         let present = self
             .deps
@@ -516,15 +523,7 @@ impl RoomFederation {
             .as_deref()
             .and_then(|k| UserId::parse(k).ok())
             .ok_or_else(|| Error::Internal("an invite without a target".into()))?;
-        let mut stripped = Vec::new();
-        let keys: Vec<(String, String)> = crate::sync::rooms::INVITE_STATE_TYPES
-            .iter()
-            .map(|t| (t.to_string(), String::new()))
-            .chain([("m.room.member".to_owned(), invite.sender.to_string())])
-            .collect();
-        for event in self.deps.rooms.current_state_events(room_id.as_str(), &keys).await? {
-            stripped.push(RawStrippedState::Pdu(raw_json(&event.json)?));
-        }
+        let stripped = self.stripped_state(room_id, Some(&invite.sender)).await?;
         let request = create_invite::v2::Request::new(
             room_id.to_owned(),
             invite.event_id.clone(),
@@ -543,6 +542,24 @@ impl RoomFederation {
         }
         self.deps.writer.append_received(room_id, &signed).await?;
         Ok(())
+    }
+
+    /// The room's stripped state as another server's user is shown it
+    /// before joining (an invite's `invite_room_state`, a knock's
+    /// `knock_room_state`): the current `INVITE_STATE_TYPES` events, with
+    /// `m.room.create`, and `sender`'s member event, as full PDUs (spec
+    /// v1.16).
+    pub(super) async fn stripped_state(&self, room_id: &RoomId, sender: Option<&UserId>) -> Result<Vec<RawStrippedState>, Error> {
+        let keys: Vec<(String, String)> = crate::sync::rooms::INVITE_STATE_TYPES
+            .iter()
+            .map(|t| (t.to_string(), String::new()))
+            .chain(sender.map(|s| ("m.room.member".to_owned(), s.to_string())))
+            .collect();
+        let mut stripped = Vec::new();
+        for event in self.deps.rooms.current_state_events(room_id.as_str(), &keys).await? {
+            stripped.push(RawStrippedState::Pdu(raw_json(&event.json)?));
+        }
+        Ok(stripped)
     }
 
     /// Refuses an invite to (or leaves) a room known only through the
@@ -609,10 +626,16 @@ impl RoomFederation {
 
     /// The servers that may let `user` in or out of a stub room: the
     /// inviter's, then the room id's.
-    async fn stub_servers(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedServerName>, Error> {
+    pub(super) async fn stub_servers(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedServerName>, Error> {
         let mut servers = Vec::new();
         if let Some(invite) = self.deps.rooms.state_event(room_id.as_str(), "m.room.member", user.as_str(), None).await?
             && let Ok(sender) = UserId::parse(&invite.sender)
+        {
+            servers.push(sender.server_name().to_owned());
+        }
+        // A knock's stub keeps the room's join rules, set by a member.
+        if let Some(rules) = self.deps.rooms.state_event(room_id.as_str(), "m.room.join_rules", "", None).await?
+            && let Ok(sender) = UserId::parse(&rules.sender)
         {
             servers.push(sender.server_name().to_owned());
         }
@@ -620,7 +643,8 @@ impl RoomFederation {
             servers.push(server.to_owned());
         }
         servers.retain(|s| *s != self.deps.server_name);
-        servers.dedup();
+        let mut seen = BTreeSet::new();
+        servers.retain(|s| seen.insert(s.clone()));
         Ok(servers)
     }
 
@@ -676,33 +700,7 @@ impl RoomFederation {
             )));
         }
         let rules = rules_of(&room_version)?;
-        let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get())
-            .map_err(|e| Error::UpstreamFailed(format!("{server} made a bad join: {e}")))?;
-        if !is_template_for(&template, user, room_id) {
-            return Err(Error::UpstreamFailed(format!("{server} made a join for something else")));
-        }
-        let mut content = match template.remove("content") {
-            Some(CanonicalJsonValue::Object(content)) => content,
-            _ => CanonicalJsonObject::new(),
-        };
-        content.insert("membership".into(), CanonicalJsonValue::String("join".into()));
-        if let JsonValue::Object(extra) = extra {
-            for (key, value) in extra {
-                if key != "membership"
-                    && let Ok(value) = CanonicalJsonValue::try_from(value.clone())
-                {
-                    content.insert(key.clone(), value);
-                }
-            }
-        }
-        template.insert("content".into(), CanonicalJsonValue::Object(content));
-        let join = pdu::sign_template(
-            template,
-            &rules,
-            self.deps.clock.now_ms(),
-            &self.deps.server_name,
-            self.deps.federation.signing_key(),
-        )?;
+        let join = self.sign_made(&made.event, &rules, user, room_id, MembershipState::Join, extra)?;
         let raw = raw_json(&join.json)?;
         let answer = self
             .deps
@@ -765,6 +763,48 @@ impl RoomFederation {
 
     // ----- shared -----
 
+    /// Signs the membership event a resident server made for `user`
+    /// (`make_join`, `make_knock`): checked to be `user`'s own membership
+    /// in `room_id`, its `membership` set to `membership`, `extra` content
+    /// (reason, display name) added.
+    pub(super) fn sign_made(
+        &self,
+        made: &RawJsonValue,
+        rules: &chancery_proto::ruma::room_version_rules::RoomVersionRules,
+        user: &UserId,
+        room_id: &RoomId,
+        membership: MembershipState,
+        extra: &JsonValue,
+    ) -> Result<Pdu, Error> {
+        let mut template: CanonicalJsonObject = serde_json::from_str(made.get())
+            .map_err(|e| Error::UpstreamFailed(format!("the resident server made a bad {membership}: {e}")))?;
+        if !is_template_for(&template, user, room_id) {
+            return Err(Error::UpstreamFailed(format!("the resident server made a {membership} for something else")));
+        }
+        let mut content = match template.remove("content") {
+            Some(CanonicalJsonValue::Object(content)) => content,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert("membership".into(), CanonicalJsonValue::String(membership.to_string()));
+        if let JsonValue::Object(extra) = extra {
+            for (key, value) in extra {
+                if key != "membership"
+                    && let Ok(value) = CanonicalJsonValue::try_from(value.clone())
+                {
+                    content.insert(key.clone(), value);
+                }
+            }
+        }
+        template.insert("content".into(), CanonicalJsonValue::Object(content));
+        Ok(pdu::sign_template(
+            template,
+            rules,
+            self.deps.clock.now_ms(),
+            &self.deps.server_name,
+            self.deps.federation.signing_key(),
+        )?)
+    }
+
     /// A room this server is joined to (others answer 404, as Synapse does).
     /// 403 unless the room's server ACL lets `origin` in (spec "Server
     /// Access Control Lists").
@@ -813,7 +853,7 @@ impl RoomFederation {
 
     /// Steps 1–3 of the checks on a received PDU: size, format, signatures
     /// (keys fetched as needed), content hash.
-    async fn check_pdu(&self, room_version: &RoomVersionId, raw: &RawJsonValue) -> Result<Pdu, Error> {
+    pub(super) async fn check_pdu(&self, room_version: &RoomVersionId, raw: &RawJsonValue) -> Result<Pdu, Error> {
         self.deps.federation.check_pdu(room_version, raw).await
     }
 
@@ -853,7 +893,7 @@ pub(crate) async fn server_allowed_in_room(rooms: &dyn RoomStore, room_id: &Room
 
 /// Whether a `make_join`/`make_leave` template is a membership event of
 /// `user` about themselves in `room_id`.
-fn is_template_for(template: &CanonicalJsonObject, user: &UserId, room_id: &RoomId) -> bool {
+pub(super) fn is_template_for(template: &CanonicalJsonObject, user: &UserId, room_id: &RoomId) -> bool {
     let is = |key: &str, value: &str| matches!(template.get(key), Some(CanonicalJsonValue::String(v)) if v == value);
     is("type", "m.room.member")
         && is("sender", user.as_str())
@@ -889,6 +929,6 @@ fn room_id_of(raw: &RawJsonValue) -> Option<OwnedRoomId> {
     serde_json::from_str::<RoomOf>(raw.get()).ok().map(|r| r.room_id)
 }
 
-fn raw_json(json: &str) -> Result<Box<RawJsonValue>, Error> {
+pub(super) fn raw_json(json: &str) -> Result<Box<RawJsonValue>, Error> {
     RawJsonValue::from_string(json.to_owned()).map_err(|e| Error::Internal(format!("stored event JSON: {e}")))
 }

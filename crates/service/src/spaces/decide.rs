@@ -137,7 +137,7 @@ pub(crate) struct Walk {
 
 impl Walk {
     pub(crate) fn new(root: &str) -> Self {
-        Self { pending: vec![PendingRoom { room_id: root.to_owned(), depth: 0 }], ..Self::default() }
+        Self { pending: vec![PendingRoom { room_id: root.to_owned(), depth: 0, via: Vec::new() }], ..Self::default() }
     }
 
     pub(crate) fn resume(pending: Vec<PendingRoom>, visited: Vec<String>) -> Self {
@@ -167,7 +167,7 @@ impl Walk {
         let fresh: Vec<&str> = children.filter(|c| !self.visited_set.contains(*c)).collect();
         let room_left = MAX_HIERARCHY_ROOMS_PER_WALK.saturating_sub(self.visited.len() + self.pending.len());
         for child in fresh.into_iter().take(room_left).rev() {
-            self.pending.push(PendingRoom { room_id: child.to_owned(), depth: depth + 1 });
+            self.pending.push(PendingRoom { room_id: child.to_owned(), depth: depth + 1, via: Vec::new() });
         }
     }
 

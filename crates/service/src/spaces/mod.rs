@@ -8,11 +8,12 @@
 //! walked depth first (`decide::Walk`); between pages the walk is saved
 //! in the store under the `next_batch` token (`HierarchyStore`), so any
 //! node answers the next page and no room is listed twice. Rooms this
-//! server does not know (other servers' rooms, until federation exists)
-//! are skipped: they are neither listed nor walked into; their
-//! `m.space.child` links still show in their parent's `children_state`.
+//! server does not know are asked of other servers (`remote`: the
+//! `via` servers of their links, bounded per request), and served to
+//! other servers (`GET /_matrix/federation/v1/hierarchy`).
 
 mod decide;
+mod remote;
 mod summary;
 
 use std::collections::HashMap;
@@ -51,6 +52,16 @@ pub struct SpacesDeps {
     pub clock: Arc<dyn Clock>,
     /// `next_batch` tokens.
     pub entropy: Arc<dyn Entropy>,
+    /// Other servers' rooms in a hierarchy are asked of them.
+    pub federation: Arc<crate::Federation>,
+}
+
+/// A counting child link of a space: the child, the servers the link
+/// names, and the link as `children_state` shows it.
+pub(crate) struct Child {
+    pub room_id: OwnedRoomId,
+    pub via: Vec<OwnedServerName>,
+    pub event: Raw<HierarchySpaceChildEvent>,
 }
 
 /// What a client asked `/hierarchy` for.
@@ -127,8 +138,8 @@ impl Spaces {
         let user: &UserId = &requester.user_id;
         let now = self.deps.clock.now_ms();
         let expire_before = now.saturating_sub(HIERARCHY_WALK_TTL_MS);
-        let mut walk = match &req.from {
-            None => Walk::new(req.room_id.as_str()),
+        let (mut walk, mut remote) = match &req.from {
+            None => (Walk::new(req.room_id.as_str()), remote::RemoteRooms::new(now, &[])),
             Some(token) => {
                 let saved = self
                     .deps
@@ -142,7 +153,8 @@ impl Spaces {
                                 .into(),
                         )
                     })?;
-                Walk::resume(saved.pending, saved.visited)
+                let remote = remote::RemoteRooms::new(now, &saved.pending);
+                (Walk::resume(saved.pending, saved.visited), remote)
             }
         };
         let mut facts = Facts::new();
@@ -157,16 +169,26 @@ impl Spaces {
             let Some(next) = walk.next() else { break };
             visits += 1;
             let Ok(room_id) = OwnedRoomId::try_from(next.room_id) else { continue };
-            let Some(room) = self.facts(&mut facts, &room_id, user).await?.filter(|f| f.may_preview).cloned() else {
-                continue;
+            let (summary, children) = match self.facts(&mut facts, &room_id, user).await?.cloned() {
+                // A stub's state is not the room's: asked like an unknown room.
+                Some(room) if room.may_preview && !room.stub => {
+                    let children = if room.is_space() { self.children(&room_id, &room, params).await? } else { Vec::new() };
+                    (room.summary, children)
+                }
+                Some(room) if !room.stub => continue,
+                _ => match self.remote_room(&mut remote, &room_id, user, params).await? {
+                    Some(found) => found,
+                    None => continue,
+                },
             };
-            let children = if room.is_space() { self.children(&room_id, &room, params).await? } else { Vec::new() };
-            walk.expand(children.iter().map(|(id, _)| id.as_str()), next.depth, params.max_depth);
-            page.rooms.push(SpaceHierarchyRoomsChunk::new(room.summary, children.into_iter().map(|(_, raw)| raw).collect()));
+            remote.note_links(&children);
+            walk.expand(children.iter().map(|c| c.room_id.as_str()), next.depth, params.max_depth);
+            page.rooms.push(SpaceHierarchyRoomsChunk::new(summary, children.into_iter().map(|c| c.event).collect()));
         }
         if walk.has_more() {
             let token = random_string(&*self.deps.entropy, ALNUM, 32);
-            let (pending, visited) = walk.into_parts();
+            let (mut pending, visited) = walk.into_parts();
+            remote.annotate(&mut pending);
             let saved = HierarchyWalk {
                 token: token.clone(),
                 user_id: user.to_string(),
@@ -194,12 +216,7 @@ impl Spaces {
     /// A space's child links that count (a `via`, and `suggested` if only
     /// suggested ones are asked for), in the spec's order, each with its
     /// stripped event for `children_state`.
-    async fn children(
-        &self,
-        space: &RoomId,
-        room: &RoomFacts,
-        params: HierarchyParams,
-    ) -> Result<Vec<(OwnedRoomId, Raw<HierarchySpaceChildEvent>)>, Error> {
+    async fn children(&self, space: &RoomId, room: &RoomFacts, params: HierarchyParams) -> Result<Vec<Child>, Error> {
         let links = self.deps.rooms.current_state_of_type(space.as_str(), "m.space.child", MAX_SPACE_CHILDREN).await?;
         let mut children = Vec::with_capacity(links.len());
         for link in links {
@@ -228,7 +245,7 @@ impl Spaces {
                     "origin_server_ts": link.origin_server_ts,
                 });
                 let raw = serde_json::value::to_raw_value(&stripped).map_err(|e| Error::Internal(format!("space child: {e}")))?;
-                Ok((child, Raw::from_json(raw)))
+                Ok(Child { via: remote::via_of(&content), room_id: child, event: Raw::from_json(raw) })
             })
             .collect()
     }

@@ -39,6 +39,11 @@ pub(crate) struct RoomFacts {
     pub membership: Option<MembershipState>,
     pub may_preview: bool,
     pub redaction: RedactionRules,
+    /// Not created with `m.federate: false`: other servers may see it.
+    pub federates: bool,
+    /// Known only through an invite or a knock (no create event here):
+    /// its state here is a few stripped events, not the room's.
+    pub stub: bool,
 }
 
 impl RoomFacts {
@@ -103,15 +108,21 @@ pub(crate) async fn read_room(
     summary.canonical_alias = alias.as_ref().and_then(|c| text(c, "alias")).and_then(|a| OwnedRoomAliasId::try_from(a).ok());
     let create = content(StateEventType::RoomCreate)?;
     summary.room_type = create.as_ref().and_then(|c| text(c, "type")).map(RoomType::from);
+    let stub = create.is_none();
+    let federates = create.as_ref().and_then(|c| c.get("m.federate")).and_then(JsonValue::as_bool) != Some(false);
     let encryption = content(StateEventType::RoomEncryption)?;
     summary.encryption = encryption.as_ref().and_then(|c| text(c, "algorithm")).map(EventEncryptionAlgorithm::from);
     summary.room_version = Some(RoomVersionId::clone(&info.room_version));
-    Ok(Some(RoomFacts { summary, membership, may_preview, redaction }))
+    Ok(Some(RoomFacts { summary, membership, may_preview, redaction, federates, stub }))
 }
 
 /// Whether the requester is joined to one of the rooms a restricted join
 /// rule allows (the first [`MAX_ALLOW_ROOMS_CHECKED`] of them).
-async fn joined_to_any(store: &dyn RoomStore, rule: &JoinRuleSummary, requester: Option<&UserId>) -> Result<bool, Error> {
+pub(super) async fn joined_to_any(
+    store: &dyn RoomStore,
+    rule: &JoinRuleSummary,
+    requester: Option<&UserId>,
+) -> Result<bool, Error> {
     let (JoinRuleSummary::Restricted(r) | JoinRuleSummary::KnockRestricted(r)) = rule else { return Ok(false) };
     let Some(user) = requester else { return Ok(false) };
     for allowed in r.allowed_room_ids.iter().take(MAX_ALLOW_ROOMS_CHECKED) {

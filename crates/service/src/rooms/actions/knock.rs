@@ -5,7 +5,7 @@
 
 use chancery_proto::ruma::events::room::member::MembershipState;
 use chancery_proto::ruma::room::JoinRuleKind;
-use chancery_proto::ruma::{OwnedRoomId, RoomOrAliasId};
+use chancery_proto::ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId};
 use serde_json::{Value as JsonValue, json};
 
 use super::{Rooms, draft};
@@ -22,20 +22,41 @@ fn accepts_knocks(join_rules_content: Option<&JsonValue>) -> bool {
 
 impl Rooms {
     /// `POST /knock/{roomIdOrAlias}`. Knocking again while knocking
-    /// changes nothing (members are not notified twice).
-    pub async fn knock(&self, user: &AuthedUser, target: &RoomOrAliasId, reason: Option<String>) -> Result<OwnedRoomId, Error> {
-        let room_id = self.deps.directory.resolve_room_or_alias(target).await?;
-        let info = self
-            .deps
-            .rooms
-            .room(room_id.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound("that room does not appear to exist".into()))?;
+    /// changes nothing (members are not notified twice). A room this
+    /// server does not have (or knows only through an invite or an earlier
+    /// knock) is knocked on over federation, through `via`, the alias's
+    /// servers and the room id's server.
+    pub async fn knock(
+        &self,
+        user: &AuthedUser,
+        target: &RoomOrAliasId,
+        via: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<OwnedRoomId, Error> {
+        let (room_id, mut servers) = match <&RoomId>::try_from(target) {
+            Ok(room_id) => (room_id.to_owned(), Vec::new()),
+            Err(alias) => self.deps.directory.resolve_alias_with_servers(alias).await?,
+        };
+        servers.extend_from_slice(via);
+        let current = membership(&*self.deps.rooms, &room_id, &user.user_id).await?;
+        let info = self.deps.rooms.room(room_id.as_str()).await?;
+        if info.is_none() || self.deps.federation.is_stub(&room_id).await? {
+            if current == Some(MembershipState::Knock) {
+                return Ok(room_id);
+            }
+            if current == Some(MembershipState::Invite) {
+                return Err(Error::Forbidden("you are already invited to this room; join it".into()));
+            }
+            let content = self.knock_content(user, reason).await?;
+            self.deps.federation.knock_remote(&user.user_id, &room_id, &servers, content).await?;
+            return Ok(room_id);
+        }
+        let info = info.ok_or_else(|| Error::NotFound("that room does not appear to exist".into()))?;
         let rules = rules_of(&info.room_version)?;
         if !rules.authorization.knocking {
             return Err(Error::Forbidden(format!("room version {} does not support knocking", info.room_version)));
         }
-        match membership(&*self.deps.rooms, &room_id, &user.user_id).await? {
+        match current {
             Some(MembershipState::Join) => return Err(Error::Forbidden("you are already in this room".into())),
             Some(MembershipState::Invite) => {
                 return Err(Error::Forbidden("you are already invited to this room; join it".into()));
@@ -49,13 +70,18 @@ impl Rooms {
         if !accepts_knocks(content.as_ref()) {
             return Err(Error::Forbidden("this room does not accept knocks".into()));
         }
+        let content = self.knock_content(user, reason).await?;
+        let draft = draft(&user.user_id, "m.room.member", Some(user.user_id.as_str()), content, None);
+        self.deps.writer.append(&room_id, draft, None).await?;
+        Ok(room_id)
+    }
+
+    async fn knock_content(&self, user: &AuthedUser, reason: Option<String>) -> Result<JsonValue, Error> {
         let mut content = self.member_content(&user.user_id, MembershipState::Knock).await?;
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
-        let draft = draft(&user.user_id, "m.room.member", Some(user.user_id.as_str()), content, None);
-        self.deps.writer.append(&room_id, draft, None).await?;
-        Ok(room_id)
+        Ok(content)
     }
 }
 

@@ -148,8 +148,12 @@ impl RoomReader {
     /// the room's first event at or after `ts_ms` (forward) or last one at
     /// or before it (backward), among those the user may see: events
     /// hidden from them are passed over as if they did not exist, so the
-    /// answer does not reveal them. Only this server's copy of the room is
-    /// searched, which is all of it until federation exists.
+    /// answer does not reveal them. When this server has no answer, or its
+    /// copy of the room may lack history (it joined a room another server
+    /// created), the other servers in the room are asked too (bounded:
+    /// `RoomFederation::remote_timestamp_to_event`) and the answer closer
+    /// to `ts_ms` wins. A remote answer is the remote server's view: this
+    /// server may not hold that event yet.
     pub async fn timestamp_to_event(
         &self,
         user: &AuthedUser,
@@ -162,11 +166,16 @@ impl RoomReader {
         let current = self.deps.rooms.current_stream_pos().await?;
         let seen = self.deps.visibility.room_access(&user.user_id, room_id.as_str(), 0, current).await?.seen_ranges();
         let found = self.deps.relations.event_near_ts_within(room_id.as_str(), ts_ms, forward, &seen).await?;
-        let event = found.ok_or_else(|| {
+        let local = found.map(|e| (e.event_id, e.origin_server_ts));
+        let remote = if local.is_none() || self.deps.federation.is_partly_local(room_id).await? {
+            self.deps.federation.remote_timestamp_to_event(room_id, ts_ms, forward).await?
+        } else {
+            None
+        };
+        crate::federation::closer(ts_ms, forward, local, remote).ok_or_else(|| {
             let direction = if forward { "forward" } else { "backward" };
             Error::NotFound(format!("no event from {ts_ms} in the {direction} direction"))
-        })?;
-        Ok((event.event_id, event.origin_server_ts))
+        })
     }
 }
 

@@ -51,6 +51,9 @@ pub struct RoomReaderDeps {
     /// `/messages` pages on into a room's history from before this server
     /// joined it.
     pub history: Arc<RoomHistory>,
+    /// Other servers in a room, asked for `/timestamp_to_event` when this
+    /// server's copy may lack the history near the time.
+    pub federation: Arc<crate::federation::RoomFederation>,
 }
 
 /// Reading rooms back.
