@@ -190,9 +190,9 @@ pub async fn federation_positions_persist_and_never_move_back(store: DynStore) {
 
     // Known destinations keep their position; the discovery position moves.
     store.add_federation_destinations(&[("y".into(), 1), ("z".into(), 11)], 12).await.unwrap();
-    store.set_federation_sent_pos("y", 20).await.unwrap();
-    store.set_federation_sent_pos("y", 15).await.unwrap();
-    store.set_federation_sent_pos("new", 3).await.unwrap();
+    store.federation_transaction_acknowledged("y", 20, &[]).await.unwrap();
+    store.federation_transaction_acknowledged("y", 15, &[]).await.unwrap();
+    store.federation_transaction_acknowledged("new", 3, &[]).await.unwrap();
     let state = store.federation_sender_state(10).await.unwrap();
     assert_eq!(state.scanned_pos, Some(12));
     assert_eq!(

@@ -149,20 +149,6 @@ impl FederationStore for PostgresStore {
         Ok(())
     }
 
-    async fn set_federation_sent_pos(&self, destination: &str, sent_pos: u64) -> StoreResult<()> {
-        let client = self.client().await?;
-        execute(
-            &client,
-            "INSERT INTO federation_destinations (server_name, sent_pos) VALUES ($1, $2)
-             ON CONFLICT (server_name) DO UPDATE
-             SET sent_pos = GREATEST(federation_destinations.sent_pos, excluded.sent_pos)",
-            &[&destination, &i(sent_pos)],
-        )
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
     async fn queue_federation_edus(
         &self,
         edus: &[NewOutboundEdu],

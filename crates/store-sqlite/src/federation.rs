@@ -169,20 +169,6 @@ impl FederationStore for SqliteStore {
         .await
     }
 
-    async fn set_federation_sent_pos(&self, destination: &str, sent_pos: u64) -> StoreResult<()> {
-        let destination = destination.to_owned();
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO federation_destinations (server_name, sent_pos) VALUES (?1, ?2)
-                 ON CONFLICT (server_name) DO UPDATE SET sent_pos = MAX(sent_pos, excluded.sent_pos)",
-                params![destination, i(sent_pos)],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn queue_federation_edus(
         &self,
         edus: &[NewOutboundEdu],

@@ -7,6 +7,11 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{SqliteStore, backend};
 
+/// `?1` the room, `?2` an event id not stored yet.
+const ADD_TO_FRONTIER: &str = "INSERT INTO history_frontier (room_id, event_id) SELECT ?1, ?2
+     WHERE NOT EXISTS (SELECT 1 FROM history_events WHERE event_id = ?2)
+     ON CONFLICT DO NOTHING";
+
 const HISTORY_COLUMNS: &str = "ordinal, event_id, event_type, state_key, sender, origin_server_ts, depth, json, shown";
 
 fn history_event(r: &Row<'_>) -> rusqlite::Result<HistoryEvent> {
@@ -34,13 +39,7 @@ impl RoomHistoryStore for SqliteStore {
         self.write(move |tx| {
             tx.execute("INSERT INTO history_rooms (room_id) VALUES (?1) ON CONFLICT DO NOTHING", [&room_id]).map_err(backend)?;
             for id in &frontier {
-                tx.execute(
-                    "INSERT INTO history_frontier (room_id, event_id) SELECT ?1, ?2
-                     WHERE NOT EXISTS (SELECT 1 FROM history_events WHERE event_id = ?2)
-                     ON CONFLICT DO NOTHING",
-                    params![room_id, id],
-                )
-                .map_err(backend)?;
+                tx.execute(ADD_TO_FRONTIER, params![room_id, id]).map_err(backend)?;
             }
             Ok(())
         })
@@ -139,13 +138,7 @@ impl RoomHistoryStore for SqliteStore {
                 }
             }
             for id in stored.iter().flat_map(|e| &e.prev_events) {
-                tx.execute(
-                    "INSERT INTO history_frontier (room_id, event_id) SELECT ?1, ?2
-                     WHERE NOT EXISTS (SELECT 1 FROM history_events WHERE event_id = ?2)
-                     ON CONFLICT DO NOTHING",
-                    params![room_id, id],
-                )
-                .map_err(backend)?;
+                tx.execute(ADD_TO_FRONTIER, params![room_id, id]).map_err(backend)?;
             }
             Ok(stored.len())
         })

@@ -119,11 +119,6 @@ pub trait FederationStore: Send + Sync {
     /// the discovery position to `scanned_pos`.
     async fn add_federation_destinations(&self, destinations: &[(String, u64)], scanned_pos: u64) -> StoreResult<()>;
 
-    /// `destination` acknowledged its events through `sent_pos`. Never
-    /// moves a position back (a late answer of an older attempt changes
-    /// nothing); creates the row if it is missing.
-    async fn set_federation_sent_pos(&self, destination: &str, sent_pos: u64) -> StoreResult<()>;
-
     /// In one transaction: appends `edus` to their destinations' outboxes
     /// (in the order given, queued at `now_ms`), then drops the oldest of
     /// each destination touched past `limits.max_per_destination`.
@@ -152,8 +147,8 @@ pub trait FederationStore: Send + Sync {
     async fn federation_edu_destinations(&self, limit: usize) -> StoreResult<Vec<String>>;
 
     /// `destination` acknowledged a transaction: in one transaction, its
-    /// position moves to `sent_pos` (as [`Self::set_federation_sent_pos`])
-    /// and the EDUs `edu_ids` leave its outbox (ids no longer there are
-    /// passed over).
+    /// position moves to `sent_pos` (never back: a late answer of an older
+    /// attempt changes nothing; the row is created if missing) and the EDUs
+    /// `edu_ids` leave its outbox (ids no longer there are passed over).
     async fn federation_transaction_acknowledged(&self, destination: &str, sent_pos: u64, edu_ids: &[u64]) -> StoreResult<()>;
 }
