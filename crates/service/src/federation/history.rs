@@ -76,14 +76,10 @@ impl RoomHistory {
         Ok(self.deps.history.open_history(room_id.as_str(), &frontier).await?)
     }
 
-    /// Whether the room has history from before this server's join.
-    pub async fn has_history(&self, room_id: &RoomId) -> Result<bool, Error> {
-        Ok(self.deps.history.history_status(room_id.as_str()).await?.opened)
-    }
-
     /// Up to `limit` events after ordinal `after` (0: from the newest),
-    /// fetched from other servers when what is stored runs short. The
-    /// caller has checked that `viewer` may read the room.
+    /// fetched from other servers when what is stored runs short; none for
+    /// a room without history here (created here). The caller has checked
+    /// that `viewer` may read the room.
     pub async fn page(&self, viewer: &UserId, room_id: &RoomId, after: u64, limit: usize) -> Result<HistoryPage, Error> {
         let store = &self.deps.history;
         let status = store.history_status(room_id.as_str()).await?;
@@ -91,6 +87,7 @@ impl RoomHistory {
             return Ok(HistoryPage::default());
         }
         let mut rows = store.history_page(room_id.as_str(), after, limit).await?;
+        let mut status = status;
         let mut rounds = 0;
         while rows.len() < limit && rounds < MAX_HISTORY_FETCH_ROUNDS {
             rounds += 1;
@@ -108,7 +105,10 @@ impl RoomHistory {
                 }
             }
         }
-        let status = store.history_status(room_id.as_str()).await?;
+        // Fetching moved the frontier: read it again only then.
+        if rounds > 0 {
+            status = store.history_status(room_id.as_str()).await?;
+        }
         let next = match rows.last() {
             Some(last) if rows.len() == limit || status.frontier > 0 => Some(last.ordinal),
             Some(_) => None,

@@ -72,7 +72,11 @@ impl Keys {
             }
             // Read before the query goes out: a change announced while it
             // is in flight leaves the cached answer unused.
-            let positions = self.deps.remote_keys.remote_device_list_positions(&whole).await.unwrap_or_default();
+            let positions = if whole.is_empty() {
+                Vec::new()
+            } else {
+                self.deps.remote_keys.remote_device_list_positions(&whole).await.unwrap_or_default()
+            };
             match self.deps.federation.send(&server, get_keys::v1::Request::new(users.clone())).await {
                 Ok(found) => {
                     let mut by_user: BTreeMap<OwnedUserId, JsonValue> = BTreeMap::new();
